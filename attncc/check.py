@@ -1,0 +1,537 @@
+"""AST -> CheckedSpec: names, arities, types and roles, every error collected before raising.
+
+The checked spec is the dense meaning of the attention, per head h:
+  softmax:     W[i,j] = mask(i,j) * exp(score(i,j) + bias(i,j))     out_i = sum_j W[i,j] v_j / sum_j W[i,j]
+  rows / none: W[i,j] = mask(i,j) * weight(i,j)                     out_i = sum_j W[i,j] v_j / (sum_j W[i,j] + eps)  (rows)
+Defaults: score = dot(q[i], k[j]) * scale; weight = dot(phi(q[i]), phi(k[j])) for the single declared feature phi.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from . import ast
+from .expr import (BOOL, BITWISE, COMPARE, FLOAT, FUNCTIONS, INT, RUNTIME_SIZES, SYMBOL_TO_OP, VEC, TExpr,
+                   const, var)
+from .features import FEATURE_MAPS
+from .source import DiagnosticBag, Source, Span, did_you_mean
+
+INT_LIMIT = 2**31
+NORMALIZERS = {"softmax": {}, "rows": {"eps": 1e-6}, "none": {}}
+INITIALIZERS = {"zeros": {}, "ones": {}, "alibi": {}, "normal": {"std": 0.02, "mean": 0.0},
+                "uniform": {"low": -0.1, "high": 0.1}}
+INPUT_DTYPES = ("int", "float", "bool")
+RESERVED = {"q", "k", "v", "h", "scale", "dot", "true", "false", *RUNTIME_SIZES, *FUNCTIONS, *FEATURE_MAPS}
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    name: str
+    shape: tuple[TExpr, ...]
+    init: str
+    init_args: tuple[tuple[str, float], ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    name: str
+    dims: tuple[TExpr, ...]
+    dtype: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    name: str
+    fn: str
+    kwargs: tuple[tuple[str, float], ...]
+
+
+@dataclass
+class CheckedSpec:
+    name: str
+    source: Source
+    sizes: dict[str, int]
+    params: dict[str, ParamInfo]
+    inputs: dict[str, InputInfo]
+    features: dict[str, FeatureInfo]
+    normalize: str
+    eps: float
+    logits: TExpr | None  # softmax: score + bias
+    weight: TExpr | None  # kernelized
+    mask: TExpr | None
+    spans: dict[str, Span] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return "softmax" if self.normalize == "softmax" else "kernel"
+
+
+class _Checker:
+    def __init__(self, src: Source, spec: ast.Spec):
+        self.src, self.spec = src, spec
+        self.bag = DiagnosticBag(src)
+        self.sizes: dict[str, int] = {}
+        self.params: dict[str, ParamInfo] = {}
+        self.inputs: dict[str, InputInfo] = {}
+        self.features: dict[str, FeatureInfo] = {}
+        self.defs: dict[str, ast.Def] = {}
+        self.normalize: ast.Normalize | None = None
+        self.index_names: tuple[str, str] = ("i", "j")
+        self.role = ""
+
+    # ---------------------------------------------------------------- declarations
+    def run(self) -> CheckedSpec:
+        declared: dict[str, Span] = {}
+        for s in self.spec.stmts:
+            name = getattr(s, "name", None)
+            if name is not None:
+                if name in declared:
+                    self.bag.error(f"`{name}` is declared twice", s.name_span, "each name is declared once")
+                    continue
+                if name in RESERVED:
+                    self.bag.error(f"`{name}` is a built-in name and cannot be declared", s.name_span,
+                                   "choose another name")
+                    continue
+                declared[name] = s.name_span
+            handler = getattr(self, "_" + type(s).__name__)
+            handler(s)
+        return self._finish()
+
+    def _SizeDecl(self, s: ast.SizeDecl):
+        value = self._const_int(s.value, "a size")
+        if value is not None:
+            self.sizes[s.name] = value
+
+    def _ParamDecl(self, s: ast.ParamDecl):
+        shape = tuple(self._shape_expr(d, allow_tokens=False) for d in s.shape)
+        init, args = "zeros", ()
+        if s.init is not None:
+            init, args = self._initializer(s.init)
+        if all(d is not None for d in shape):
+            self.params[s.name] = ParamInfo(s.name, shape, init, args, s.span)
+
+    def _InputDecl(self, s: ast.InputDecl):
+        dims = tuple(self._shape_expr(d, allow_tokens=True) for d in s.dims)
+        dtype = s.dtype or "float"
+        if dtype not in INPUT_DTYPES:
+            self.bag.error(f"unknown input type `{dtype}`", s.dtype_span,
+                           did_you_mean(dtype, INPUT_DTYPES) or "use int, float or bool")
+            dtype = "float"
+        if all(d is not None for d in dims):
+            self.inputs[s.name] = InputInfo(s.name, dims, dtype, s.span)
+
+    def _FeatureDecl(self, s: ast.FeatureDecl):
+        fmap = FEATURE_MAPS.get(s.fn)
+        if fmap is None:
+            self.bag.error(f"unknown feature map `{s.fn}`", s.fn_span,
+                           did_you_mean(s.fn, FEATURE_MAPS) or f"known maps: {', '.join(sorted(FEATURE_MAPS))}")
+            return
+        kwargs = self._options(s.args, s.kwargs, fmap.kwargs, f"feature map `{s.fn}`", s.fn_span)
+        if kwargs is not None:
+            self.features[s.name] = FeatureInfo(s.name, s.fn, kwargs)
+
+    def _Def(self, s: ast.Def):
+        if s.kind in self.defs:
+            self.bag.error(f"`{s.kind}` is defined twice", s.kind_span, "combine the two with `and` or `+`")
+            return
+        a, b = s.params
+        if a == b:
+            self.bag.error("the two index names must differ", s.params_span, f"write `{s.kind}(i, j)`")
+            return
+        self.defs[s.kind] = s
+
+    def _Normalize(self, s: ast.Normalize):
+        if self.normalize is not None:
+            self.bag.error("`normalize` is given twice", s.kind_span)
+            return
+        if s.kind not in NORMALIZERS:
+            self.bag.error(f"unknown normalization `{s.kind}`", s.kind_span,
+                           did_you_mean(s.kind, NORMALIZERS) or "use softmax, rows or none")
+            return
+        self.normalize = s
+
+    def _options(self, args, kwargs, allowed: dict, what: str, span: Span):
+        if args:
+            self.bag.error(f"{what} takes keyword arguments only", args[0].span,
+                           f"write {', '.join(f'{k}=...' for k in allowed) or 'no arguments'}")
+            return None
+        out = dict(allowed)
+        for kw in kwargs:
+            if kw.name not in allowed:
+                self.bag.error(f"{what} has no argument `{kw.name}`", kw.span,
+                               did_you_mean(kw.name, allowed) or (f"its arguments: {', '.join(allowed)}"
+                                                                  if allowed else "it takes no arguments"))
+                return None
+            value = self._const_number(kw.value, f"argument `{kw.name}`")
+            if value is None:
+                return None
+            out[kw.name] = value
+        return tuple(out.items())
+
+    def _initializer(self, e: ast.Expr):
+        if isinstance(e, (ast.Num, ast.Unary)):
+            value = self._const_number(e, "an initial value")
+            return ("constant", (("value", value),)) if value is not None else ("zeros", ())
+        name, span, args, kwargs = None, e.span, (), ()
+        if isinstance(e, ast.Name):
+            name = e.id
+        elif isinstance(e, ast.Call):
+            name, span, args, kwargs = e.fn, e.fn_span, e.args, e.kwargs
+        if name not in INITIALIZERS:
+            self.bag.error(f"unknown initializer `{name or '...'}`", span,
+                           did_you_mean(name or "", INITIALIZERS) or
+                           f"use a number or one of {', '.join(INITIALIZERS)}")
+            return "zeros", ()
+        opts = self._options(args, kwargs, INITIALIZERS[name], f"initializer `{name}`", span)
+        return name, opts or ()
+
+    # ---------------------------------------------------------------- constants and shapes
+    def _const_number(self, e: ast.Expr, what: str):
+        t = self._expr(e, ctx="const")
+        if t is None:
+            return None
+        if t.op != "const" or t.type == BOOL:
+            self.bag.error(f"{what} must be a constant number", e.span)
+            return None
+        return t.value
+
+    def _const_int(self, e: ast.Expr, what: str):
+        value = self._const_number(e, what)
+        if value is not None and not isinstance(value, int):
+            self.bag.error(f"{what} must be an integer", e.span)
+            return None
+        return value
+
+    def _shape_expr(self, e: ast.Expr, allow_tokens: bool):
+        t = self._expr(e, ctx="shape_tokens" if allow_tokens else "shape")
+        if t is not None and t.type != INT:
+            self.bag.error("a dimension must be an integer expression", e.span)
+            return None
+        return t
+
+    # ---------------------------------------------------------------- expressions
+    def _expr(self, e: ast.Expr, ctx: str) -> TExpr | None:
+        """Type one expression. ctx: const | shape | shape_tokens | index | score | weight."""
+        try:
+            return self._typed(e, ctx)
+        except RecursionError:
+            self.bag.error("expression is too deeply nested", e.span)
+            return None
+
+    def _typed(self, e: ast.Expr, ctx: str) -> TExpr | None:
+        if isinstance(e, ast.Num):
+            if isinstance(e.value, int) and abs(e.value) >= INT_LIMIT:
+                self.bag.error("integer literal out of range", e.span, "integers must lie within ±2^31")
+                return None
+            if isinstance(e.value, float) and not math.isfinite(e.value):
+                self.bag.error("number literal out of range", e.span)
+                return None
+            return const(e.value, e.span)
+        if isinstance(e, ast.Bool):
+            return const(e.value, e.span)
+        if isinstance(e, ast.Name):
+            return self._name(e, ctx)
+        if isinstance(e, ast.Unary):
+            x = self._typed(e.operand, ctx)
+            if x is None:
+                return None
+            if e.op == "not":
+                return self._fold(TExpr("not", (self._want(x, BOOL, e.operand.span, "`not`"),), None, BOOL, e.span))
+            if x.type not in (INT, FLOAT):
+                self.bag.error(f"`{e.op}` needs a number, got {x.type}", e.operand.span)
+                return None
+            return x if e.op == "+" else self._fold(TExpr("neg", (x,), None, x.type, e.span))
+        if isinstance(e, ast.Binary):
+            return self._binary(e, ctx)
+        if isinstance(e, ast.Call):
+            return self._call(e, ctx)
+        if isinstance(e, ast.Index):
+            return self._index(e, ctx)
+        raise TypeError(type(e))
+
+    def _name(self, e: ast.Name, ctx: str) -> TExpr | None:
+        n = e.id
+        if ctx in ("index", "score", "weight"):
+            if n == self.index_names[0]:
+                return TExpr("var", (), "i", INT, e.span)
+            if n == self.index_names[1]:
+                return TExpr("var", (), "j", INT, e.span)
+            if n == "h":
+                return TExpr("var", (), "h", INT, e.span)
+            if n == "scale":
+                return TExpr("scale", (), "scale", FLOAT, e.span)
+            if n in ("N", "Nq", "H", "D", "E"):
+                return TExpr("rsize", (), n, INT, e.span)
+        if ctx.startswith("shape"):
+            if n in ("H", "D", "E"):
+                return TExpr("rsize", (), n, INT, e.span)
+            if n in ("N", "Nq"):
+                if ctx == "shape_tokens":
+                    return TExpr("rsize", (), n, INT, e.span)
+                self.bag.error(f"a learned table cannot be sized by the run-time length `{n}`", e.span,
+                               "declare a maximum, e.g. `size max_len = 1024`, and size the table by it")
+                return None
+        if n in self.sizes:
+            return TExpr("size", (), n, INT, e.span) if ctx not in ("const",) else const(self.sizes[n], e.span)
+        if n in self.params or n in self.inputs:
+            self.bag.error(f"`{n}` is a table; index it", e.span, f"write `{n}[...]`")
+            return None
+        if n in ("q", "k", "v"):
+            self.bag.error(f"`{n}` is a tensor of rows; index it with a token", e.span,
+                           "write `dot(q[i], k[j])`")
+            return None
+        known = set(self.sizes) | {"h", "scale", *RUNTIME_SIZES, *self.index_names}
+        where = {"const": "a constant", "shape": "a table shape", "shape_tokens": "an input shape"}.get(ctx)
+        if where and (n in known or n in ("i", "j")):
+            self.bag.error(f"`{n}` cannot be used in {where}", e.span)
+            return None
+        self.bag.error(f"unknown name `{n}`", e.span, did_you_mean(n, known | set(self.params) | set(self.inputs)))
+        return None
+
+    def _want(self, x: TExpr, t: str, span: Span, what: str) -> TExpr:
+        if x.type == t or (t == FLOAT and x.type == INT):
+            return x
+        self.bag.error(f"{what} needs {'a ' if t != INT else 'an '}{t}, got {x.type}", span,
+                       "compare it, e.g. `x != 0`" if t == BOOL else None)
+        return x
+
+    def _binary(self, e: ast.Binary, ctx: str) -> TExpr | None:
+        left, right = self._typed(e.left, ctx), self._typed(e.right, ctx)
+        if left is None or right is None:
+            return None
+        op = SYMBOL_TO_OP[e.op]
+        for side, x in (("left", left), ("right", right)):
+            if x.type == VEC:
+                self.bag.error(f"`{e.op}` cannot take a row vector", (e.left if side == "left" else e.right).span,
+                               "combine rows with `dot(...)`")
+                return None
+        if op in ("and_", "or_"):
+            self._want(left, BOOL, e.left.span, f"`{e.op}`")
+            self._want(right, BOOL, e.right.span, f"`{e.op}`")
+            return self._fold(TExpr(op, (left, right), None, BOOL, e.span))
+        if BOOL in (left.type, right.type) and op not in ("eq", "ne"):
+            bad = e.left if left.type == BOOL else e.right
+            self.bag.error(f"`{e.op}` needs numbers, got a bool", bad.span, "combine conditions with `and` / `or`")
+            return None
+        if op in COMPARE:
+            return self._fold(TExpr(op, (left, right), None, BOOL, e.span))
+        if op in BITWISE or op in ("floordiv", "mod"):
+            if op in BITWISE:
+                for x, sub in ((left, e.left), (right, e.right)):
+                    if x.type != INT:
+                        self.bag.error(f"`{e.op}` needs integers, got {x.type}", sub.span)
+                        return None
+            if op in ("floordiv", "mod") and right.op == "const" and right.value == 0:
+                self.bag.error("division by zero", e.right.span)
+                return None
+            result = INT if (left.type, right.type) == (INT, INT) else FLOAT
+            return self._fold(TExpr(op, (left, right), None, result, e.span))
+        if op == "div":
+            if right.op == "const" and right.value == 0:
+                self.bag.error("division by zero", e.right.span)
+                return None
+            return self._fold(TExpr(op, (left, right), None, FLOAT, e.span))
+        if op == "pow" and left.type == INT and right.type == INT:
+            if not (right.op == "const" and 0 <= right.value <= 64):
+                self.bag.error("an integer power needs a constant exponent in 0..64", e.right.span,
+                               "write a float base, e.g. `2.0 ** x`")
+                return None
+        result = INT if (left.type, right.type) == (INT, INT) else FLOAT
+        return self._fold(TExpr(op, (left, right), None, result, e.span))
+
+    def _call(self, e: ast.Call, ctx: str) -> TExpr | None:
+        if e.kwargs:
+            self.bag.error(f"`{e.fn}` takes no keyword arguments here", e.kwargs[0].span)
+            return None
+        if e.fn == "dot":
+            return self._dot(e, ctx)
+        if e.fn in self.features or e.fn in FEATURE_MAPS:
+            self.bag.error(f"feature map `{e.fn}` applies to a row inside `dot`", e.span,
+                           f"write `dot({e.fn}(q[i]), {e.fn}(k[j]))`")
+            return None
+        if e.fn not in FUNCTIONS:
+            self.bag.error(f"unknown function `{e.fn}`", e.fn_span,
+                           did_you_mean(e.fn, set(FUNCTIONS) | {"dot"} | set(self.features)))
+            return None
+        args = [self._typed(a, ctx) for a in e.args]
+        if any(a is None for a in args):
+            return None
+        pattern, rule = FUNCTIONS[e.fn]
+        kinds = pattern.split(",")
+        variadic = pattern.endswith("+")
+        if (variadic and len(args) < 2) or (not variadic and len(args) != len(kinds)):
+            n = "2 or more" if variadic else str(len(kinds))
+            self.bag.error(f"`{e.fn}` takes {n} argument{'s' if n != '1' else ''}, got {len(args)}", e.span)
+            return None
+        for idx, (a, node) in enumerate(zip(args, e.args)):
+            kind = kinds[0].rstrip("+") if variadic else kinds[idx]
+            if a.type == VEC or (kind == "num" and a.type == BOOL):
+                self.bag.error(f"`{e.fn}` needs a number, got {a.type}", node.span)
+                return None
+            if kind in (INT, BOOL) and a.type != kind:
+                self.bag.error(f"`{e.fn}` needs {'an' if kind == INT else 'a'} {kind}, got {a.type}", node.span,
+                               "use `//` for integer division" if kind == INT else None)
+                return None
+        values = args[1:] if e.fn == "where" else args
+        if e.fn == "where" and (BOOL in (values[0].type, values[1].type)) and values[0].type != values[1].type:
+            self.bag.error("`where` needs both branches of the same kind", e.span)
+            return None
+        if rule == "float":
+            result = FLOAT
+        elif rule == "same" or rule == "int":
+            result = args[0].type if rule == "same" else INT
+        else:
+            types = {a.type for a in values}
+            result = BOOL if types == {BOOL} else INT if types == {INT} else FLOAT
+        return self._fold(TExpr("call", tuple(args), e.fn, result, e.span))
+
+    def _dot(self, e: ast.Call, ctx: str) -> TExpr | None:
+        if ctx not in ("score", "weight"):
+            self.bag.error("`dot` may appear only in `score` or `weight`", e.span,
+                           "masks and biases depend on positions, not on q and k")
+            return None
+        if len(e.args) != 2:
+            self.bag.error(f"`dot` takes 2 arguments, got {len(e.args)}", e.span)
+            return None
+        sides = [self._row(a) for a in e.args]
+        if any(s is None for s in sides):
+            return None
+        if {s.args[0].op if s.op == "feature" else s.op for s in sides} != {"qrow", "krow"}:
+            self.bag.error("`dot` takes one row of q and one row of k", e.span, "write `dot(q[i], k[j])`")
+            return None
+        maps = {s.value if s.op == "feature" else None for s in sides}
+        if ctx == "softmax_dot" and maps != {None}:
+            pass
+        if sides[0].args and sides[0].args[0].op == "krow" or sides[0].op == "krow":
+            sides.reverse()
+        return TExpr("dot", tuple(sides), None, FLOAT, e.span)
+
+    def _row(self, e: ast.Expr) -> TExpr | None:
+        if isinstance(e, ast.Call) and not e.kwargs and len(e.args) == 1 and \
+                (e.fn in self.features or e.fn in FEATURE_MAPS):
+            inner = self._row(e.args[0])
+            if inner is None:
+                return None
+            if inner.op == "feature":
+                self.bag.error("feature maps do not compose", e.span)
+                return None
+            fn = self.features[e.fn].fn if e.fn in self.features else e.fn
+            return TExpr("feature", (inner,), fn, VEC, e.span)
+        if isinstance(e, ast.Index) and e.table in ("q", "k"):
+            want = self.index_names[0] if e.table == "q" else self.index_names[1]
+            if len(e.indices) != 1 or not (isinstance(e.indices[0], ast.Name) and e.indices[0].id == want):
+                which = "query" if e.table == "q" else "key"
+                self.bag.error(f"`{e.table}` is indexed by the {which} index `{want}`", e.span,
+                               f"write `{e.table}[{want}]`")
+                return None
+            return TExpr("qrow" if e.table == "q" else "krow", (), e.table, VEC, e.span)
+        self.bag.error("expected a row of q or k, optionally through a feature map", e.span,
+                       "write `q[i]`, `k[j]` or `phi(q[i])`")
+        return None
+
+    def _index(self, e: ast.Index, ctx: str) -> TExpr | None:
+        if e.table in ("q", "k", "v"):
+            self.bag.error(f"a row of `{e.table}` may appear only inside `dot`", e.span,
+                           "write `dot(q[i], k[j])`")
+            return None
+        table = self.params.get(e.table) or self.inputs.get(e.table)
+        if table is None:
+            self.bag.error(f"unknown table `{e.table}`", e.table_span,
+                           did_you_mean(e.table, set(self.params) | set(self.inputs)))
+            return None
+        if ctx not in ("index", "score", "weight"):
+            self.bag.error(f"table `{e.table}` cannot be used here", e.span)
+            return None
+        dims = table.shape if isinstance(table, ParamInfo) else table.dims
+        if len(e.indices) != len(dims):
+            self.bag.error(f"`{e.table}` has {len(dims)} dimension{'s' if len(dims) != 1 else ''}, "
+                           f"indexed with {len(e.indices)}", e.span)
+            return None
+        idx = [self._typed(i, ctx) for i in e.indices]
+        if any(i is None for i in idx):
+            return None
+        for i, node in zip(idx, e.indices):
+            if i.type != INT:
+                self.bag.error(f"a table index must be an integer, got {i.type}", node.span,
+                               "use `//` for integer division")
+                return None
+        if isinstance(table, ParamInfo):
+            return TExpr("param", tuple(idx), e.table, FLOAT, e.span)
+        dtype = {"int": INT, "float": FLOAT, "bool": BOOL}[table.dtype]
+        return TExpr("input", tuple(idx), e.table, dtype, e.span)
+
+    @staticmethod
+    def _fold(t: TExpr) -> TExpr:
+        """Fold operators over constants so that sizes and literals become plain numbers."""
+        if not t.args or any(a.op != "const" for a in t.args):
+            return t
+        from .evaluate import eval_scalar  # one definition of operator semantics for folding
+        try:
+            return const(eval_scalar(t), t.span)
+        except (ArithmeticError, ValueError, OverflowError):
+            return t
+
+    # ---------------------------------------------------------------- roles
+    def _finish(self) -> CheckedSpec:
+        norm = self.normalize.kind if self.normalize else ("softmax" if "weight" not in self.defs else "rows")
+        eps = 0.0
+        if self.normalize is not None and self.normalize.kind in NORMALIZERS:
+            opts = self._options(self.normalize.args, self.normalize.kwargs, NORMALIZERS[self.normalize.kind],
+                                 f"normalize {self.normalize.kind}", self.normalize.kind_span)
+            eps = dict(opts or ()).get("eps", 0.0)
+        elif norm == "rows":
+            eps = NORMALIZERS["rows"]["eps"]
+        exprs: dict[str, TExpr | None] = {}
+        for kind, d in self.defs.items():
+            self.index_names = d.params
+            ctx = {"score": "score", "weight": "weight"}.get(kind, "index")
+            exprs[kind] = self._expr(d.body, ctx)
+        softmax = norm == "softmax"
+        for kind in ("score", "bias") if not softmax else ("weight",):
+            if kind in self.defs:
+                good = "weight" if softmax is False else "score"
+                self.bag.error(f"`{kind}` is for {'softmax' if not softmax else 'kernelized'} attention, "
+                               f"but this spec normalizes with `{norm}`", self.defs[kind].kind_span,
+                               f"use `{good}(i, j)`" + ("" if softmax else " or `normalize softmax`"))
+        mask = exprs.get("mask")
+        if mask is not None and mask.type != BOOL:
+            self.bag.error(f"a mask must be a condition, got {mask.type}", self.defs["mask"].body.span,
+                           "compare it, e.g. `j <= i`")
+        for kind in ("score", "weight", "bias"):
+            x = exprs.get(kind)
+            if x is not None and x.type not in (INT, FLOAT):
+                self.bag.error(f"`{kind}` must be a number, got {x.type}", self.defs[kind].body.span)
+            if kind in ("score", "weight") and x is not None and not x.uses("dot"):
+                self.bag.error(f"`{kind}` does not use `dot(...)` of q and k", self.defs[kind].body.span,
+                               "write e.g. `dot(q[i], k[j]) * scale`")
+        logits = weight = None
+        if softmax:
+            logits = exprs.get("score") if "score" in self.defs else TExpr(
+                "mul", (TExpr("dot", (TExpr("qrow", (), "q", VEC), TExpr("krow", (), "k", VEC)), None, FLOAT),
+                        TExpr("scale", (), "scale", FLOAT)), None, FLOAT)
+            if exprs.get("bias") is not None and logits is not None:
+                logits = TExpr("add", (logits, exprs["bias"]), None, FLOAT)
+            for x in self.features.values():
+                if logits is not None and not logits.uses("feature"):
+                    self.bag.error(f"feature `{x.name}` is declared but softmax attention does not use it",
+                                   self.spec.name_span, "use it in `score`, or drop it")
+        else:
+            weight = exprs.get("weight")
+            if "weight" not in self.defs:
+                if len(self.features) == 1:
+                    (phi,) = self.features.values()
+                    row = lambda op: TExpr("feature", (TExpr(op, (), op[0], VEC),), phi.fn, VEC)
+                    weight = TExpr("dot", (row("qrow"), row("krow")), None, FLOAT)
+                else:
+                    self.bag.error(f"`normalize {norm}` needs `weight(i, j)`", self.spec.name_span,
+                                   "e.g. `weight(i, j) = dot(phi(q[i]), phi(k[j]))`")
+        self.bag.raise_if_any()
+        spans = {kind: d.span for kind, d in self.defs.items()}
+        return CheckedSpec(self.spec.name, self.src, dict(self.sizes), self.params, self.inputs, self.features,
+                           norm, float(eps), logits, weight, mask, spans)
+
+
+def check(src: Source, spec: ast.Spec) -> CheckedSpec:
+    return _Checker(src, spec).run()

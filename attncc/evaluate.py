@@ -1,0 +1,151 @@
+"""The meaning of typed expressions, evaluated with broadcasting torch ops.
+
+This interpreter is the semantics of the language: the dense reference uses it in float64 and the
+checker folds constants with it. Emitted backends re-implement the same meaning as generated code
+and are tested against it. Values broadcast to [batch, heads, query tokens, key tokens].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .expr import BOOL, FLOAT, INT, TExpr
+
+
+@dataclass
+class Env:
+    sizes: dict[str, int] = field(default_factory=dict)
+    rsizes: dict[str, int] = field(default_factory=dict)
+    i: torch.Tensor | None = None
+    j: torch.Tensor | None = None
+    h: torch.Tensor | None = None
+    params: dict[str, torch.Tensor] = field(default_factory=dict)
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # [B, *dims] or [*dims]
+    dot: Callable[[TExpr], torch.Tensor] | None = None
+    float_dtype: torch.dtype = torch.float64
+
+
+def lookup(table: torch.Tensor, indices: list[torch.Tensor], batched: bool) -> torch.Tensor:
+    """table[indices] with every index clamped into range; a batched table gathers per batch row."""
+    dims = table.shape[1:] if batched else table.shape
+    idx = [torch.as_tensor(ix).long().clamp(0, n - 1) for ix, n in zip(indices, dims)]
+    idx = list(torch.broadcast_tensors(*idx))
+    if batched:
+        b = torch.arange(table.shape[0], device=table.device).view(-1, *([1] * (idx[0].dim() - 1)))
+        if idx[0].dim() == 0:
+            b = torch.arange(table.shape[0], device=table.device)
+        return table[(b, *idx)]
+    return table[tuple(idx)]
+
+
+def popcount(x: torch.Tensor) -> torch.Tensor:
+    """Number of set bits of the 32-bit two's complement pattern of x."""
+    x = x.long() & 0xFFFFFFFF
+    count = torch.zeros_like(x)
+    for _ in range(32):
+        count += x & 1
+        x = x >> 1
+    return count
+
+
+def _binary(op: str, a: torch.Tensor, b: torch.Tensor, result_type: str) -> torch.Tensor:
+    if op == "add":
+        return a + b
+    if op == "sub":
+        return a - b
+    if op == "mul":
+        return a * b
+    if op == "div":
+        return a.double() / b if not a.is_floating_point() and not b.is_floating_point() else a / b
+    if op == "floordiv":
+        return torch.div(a, b, rounding_mode="floor")
+    if op == "mod":
+        return torch.remainder(a, b)
+    if op == "pow":
+        return torch.pow(a, b)
+    if op == "xor":
+        return torch.bitwise_xor(a, b)
+    if op == "bitand":
+        return torch.bitwise_and(a, b)
+    if op == "bitor":
+        return torch.bitwise_or(a, b)
+    if op == "and_":
+        return torch.logical_and(a, b)
+    if op == "or_":
+        return torch.logical_or(a, b)
+    compare = {"lt": torch.lt, "le": torch.le, "gt": torch.gt, "ge": torch.ge, "eq": torch.eq, "ne": torch.ne}
+    return compare[op](a, b)
+
+
+def _call(fn: str, args: list[torch.Tensor]) -> torch.Tensor:
+    if fn in ("min", "max"):
+        out = args[0]
+        for a in args[1:]:
+            out = torch.minimum(out, a) if fn == "min" else torch.maximum(out, a)
+        return out
+    if fn == "where":
+        return torch.where(args[0], args[1], args[2])
+    if fn == "popcount":
+        return popcount(args[0])
+    if fn == "gray":
+        return torch.bitwise_xor(args[0], args[0] >> 1)
+    if fn == "abs":
+        return torch.abs(args[0])
+    x = args[0] if args[0].is_floating_point() else args[0].double()
+    return {"exp": torch.exp, "log": torch.log, "sqrt": torch.sqrt, "tanh": torch.tanh,
+            "sigmoid": torch.sigmoid}[fn](x)
+
+
+def evaluate(t: TExpr, env: Env) -> torch.Tensor:
+    """Evaluate a typed expression; ints are int64, floats env.float_dtype, bools bool."""
+    op = t.op
+    if op == "const":
+        dtype = torch.bool if t.type == BOOL else torch.int64 if t.type == INT else env.float_dtype
+        return torch.tensor(t.value, dtype=dtype)
+    if op == "var":
+        return {"i": env.i, "j": env.j, "h": env.h}[t.value]
+    if op == "size":
+        return torch.tensor(env.sizes[t.value], dtype=torch.int64)
+    if op == "rsize":
+        return torch.tensor(env.rsizes[t.value], dtype=torch.int64)
+    if op == "scale":
+        return torch.tensor(env.rsizes["D"] ** -0.5, dtype=env.float_dtype)
+    if op == "dot":
+        return env.dot(t)
+    args = [evaluate(a, env) for a in t.args]
+    if op == "neg":
+        return -args[0]
+    if op == "not":
+        return torch.logical_not(args[0])
+    if op == "call":
+        out = _call(t.value, args)
+    elif op == "param":
+        out = lookup(env.params[t.value], args, batched=False)
+    elif op == "input":
+        table = env.inputs[t.value]
+        ndims = len(t.args)
+        out = lookup(table, args, batched=table.dim() > ndims)
+        if out.dim() >= 1 and table.dim() > ndims:  # batch leads: align it with [B, H, Nq, N]
+            out = out.reshape(out.shape[0], *([1] * max(0, 4 - out.dim())), *out.shape[1:]) \
+                if out.dim() < 4 else out
+    else:
+        out = _binary(op, args[0], args[1], t.type)
+    if t.type == FLOAT and out.dtype != env.float_dtype:
+        out = out.to(env.float_dtype)
+    return out
+
+
+def eval_scalar(t: TExpr) -> int | float | bool:
+    """Evaluate an expression over constants to a Python number (used for constant folding)."""
+    value = evaluate(t, Env()).item()
+    if t.type == INT:
+        if abs(value) >= 2**31:
+            raise OverflowError("integer out of range")
+        return int(value)
+    if t.type == BOOL:
+        return bool(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError("not finite")
+    return float(value)
