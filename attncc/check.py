@@ -475,7 +475,8 @@ class _Checker:
 
     # ---------------------------------------------------------------- roles
     def _finish(self) -> CheckedSpec:
-        norm = self.normalize.kind if self.normalize else ("softmax" if "weight" not in self.defs else "rows")
+        kernelized = "weight" in self.defs or bool(self.features)
+        norm = self.normalize.kind if self.normalize else ("rows" if kernelized else "softmax")
         eps = 0.0
         if self.normalize is not None and self.normalize.kind in NORMALIZERS:
             opts = self._options(self.normalize.args, self.normalize.kwargs, NORMALIZERS[self.normalize.kind],

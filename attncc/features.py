@@ -25,7 +25,6 @@ FEATURE_MAPS = {
                        "torch.nn.functional.elu(x) + 1", "tl.where(x > 0, x + 1, tl.exp(x))"),
     "relu": FeatureMap("relu", "max(x, 0)", {}, "torch.relu(x)", "tl.maximum(x, 0)"),
     "identity": FeatureMap("identity", "x (plain dot-product kernel)", {}, "x", "x"),
-    "exp": FeatureMap("exp", "exp(x), positive", {}, "torch.exp(x)", "tl.exp(x)"),
 }
 
 
@@ -37,6 +36,4 @@ def apply_feature_map(name: str, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(x)
     if name == "identity":
         return x
-    if name == "exp":
-        return torch.exp(x)
     raise KeyError(name)

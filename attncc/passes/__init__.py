@@ -1,0 +1,34 @@
+"""The pass pipeline: plain functions Graph, PassContext -> None, run in order, verified between.
+
+Each pass's docstring states its algebra (before -> after).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..check import CheckedSpec
+from ..ir import Graph, verify
+from .mask_structure import analyse_mask
+from .reassociate import reassociate_kernel
+
+
+@dataclass
+class PassContext:
+    spec: CheckedSpec
+    symbols: dict
+    log: list[tuple[str, str]] = field(default_factory=list)
+
+    def note(self, pass_name: str, message: str) -> None:
+        self.log.append((pass_name, message))
+
+
+PIPELINE = [analyse_mask, reassociate_kernel]
+
+
+def run_pipeline(graph: Graph, ctx: PassContext, check: bool = True) -> Graph:
+    for p in PIPELINE:
+        p(graph, ctx)
+        graph.remove_dead()
+        if check:
+            verify(graph)
+    return graph

@@ -1,0 +1,22 @@
+"""Mask structure analysis."""
+from __future__ import annotations
+
+from ..ir import Graph, expr_of
+from ..source import AttnccError
+from ..structure import band_holds, classify_mask
+
+
+def analyse_mask(graph: Graph, ctx) -> None:
+    """attend(s, mask, v) -> attend(s, mask, v) {mask_structure = full | causal | band(lo, hi) | toeplitz | general}
+
+    The mask expression is rewritten in d = i - j with sympy; a conjunction of linear bounds on d is
+    a band [lo, hi] (causal is [0, oo)). Every band claim is re-checked on sampled grids.
+    """
+    for nid in graph.find("attend"):
+        node = graph.node(nid)
+        mask = expr_of(graph, graph.operands(nid)[1]) if node.attr("masked") else None
+        structure = classify_mask(mask, ctx.symbols)
+        if mask is not None and structure.is_band and not band_holds(mask, structure, ctx.spec.sizes):
+            raise AttnccError(f"internal error: mask structure {structure.describe()} failed its sampled check")
+        graph.set_attrs(nid, mask_structure=structure)
+        ctx.note("analyse_mask", f"mask is {structure.describe()}: {structure.reason}")

@@ -1,0 +1,71 @@
+"""Reassociation of kernelized attention into linear form."""
+from __future__ import annotations
+
+from ..expr import FLOAT, TExpr
+from ..ir import Graph, expr_of
+from ..lower import ExprBuilder
+from ..structure import classify_modulation
+
+
+def _factors(t: TExpr) -> list[TExpr]:
+    return _factors(t.args[0]) + _factors(t.args[1]) if t.op == "mul" else [t]
+
+
+def split_kernel(weight: TExpr) -> tuple[TExpr, TExpr | None] | None:
+    """weight = dot(phi(q), psi(k)) * M(i, j, h) -> (dot, M); None if dot is not a plain factor."""
+    factors = _factors(weight)
+    dots = [f for f in factors if f.op == "dot"]
+    rest = [f for f in factors if f.op != "dot"]
+    if len(dots) != 1 or any(f.uses("dot") for f in rest):
+        return None
+    modulation = None
+    for f in rest:
+        modulation = f if modulation is None else TExpr("mul", (modulation, f), None, FLOAT)
+    return dots[0], modulation
+
+
+def reassociate_kernel(graph: Graph, ctx) -> None:
+    """Kernelized attention with W = (phi(Q) psi(K)^T) o M o mask:
+
+      M o mask full:     out = phi(Q) (psi(K)^T V) / (phi(Q) psi(K)^T 1 + eps)        -> linear_attend {causal=False}
+      M o mask causal:   out_i = phi(q_i) S_i / (phi(q_i) z_i + eps), S_i = sum_{j<=i} psi(k_j) v_j^T
+                                                                                    -> linear_attend {causal=True}
+      M o mask Toeplitz: (M o phi(Q) psi(K)^T) V = sum_l diag(phi(Q)_l) T_f diag(psi(K)_l) V with
+                         f(i - j) = where(mask, M, 0), each T_f product a convolution (FFT) -> toeplitz_attend
+    A scalar M (no i, j) stays as the `modulation` operand. Anything else stays a quadratic attend.
+    """
+    for nid in graph.find("attend"):
+        node = graph.node(nid)
+        if node.attr("normalize") == "softmax":
+            continue
+        ops = graph.operands(nid)
+        split = split_kernel(expr_of(graph, ops[0]))
+        if split is None:
+            ctx.note("reassociate_kernel", "weight is not dot(phi(q), psi(k)) times an index expression: "
+                     "stays quadratic")
+            continue
+        dot, modulation = split
+        mod_structure = classify_modulation(modulation, ctx.symbols)
+        mask_structure = node.attr("mask_structure")
+        build = ExprBuilder(graph)
+        phi_q, phi_k = (build.add(side) for side in dot.args)
+        common = dict(shape=node.shape, dtype=FLOAT, normalize=node.attr("normalize"), eps=node.attr("eps"))
+        if mod_structure.kind == "full" and mask_structure.kind in ("full", "causal"):
+            causal = mask_structure.kind == "causal"
+            mod = [build.add(modulation)] if modulation is not None else []
+            new = graph.add("linear_attend", [phi_q, phi_k, *mod, ops[-1]], causal=causal, modulated=bool(mod),
+                            **common)
+            ctx.note("reassociate_kernel", f"kernelized with {'causal' if causal else 'full'} mask: "
+                     f"phi(Q) (phi(K)^T V){' by prefix sums' if causal else ''}, O(N m e)")
+        elif mod_structure.is_toeplitz and mask_structure.is_toeplitz:
+            f = modulation if modulation is not None else TExpr("const", (), 1.0, FLOAT)
+            if node.attr("masked"):
+                f = TExpr("call", (expr_of(graph, ops[1]), f, TExpr("const", (), 0.0, FLOAT)), "where", FLOAT)
+            new = graph.add("toeplitz_attend", [phi_q, phi_k, build.add(f), ops[-1]], **common)
+            ctx.note("reassociate_kernel", "kernelized with a Toeplitz mask/modulation f(i - j): "
+                     "sum_l diag(phi(Q)_l) T_f diag(phi(K)_l) V by FFT, O(N m e log N)")
+        else:
+            ctx.note("reassociate_kernel", f"modulation is {mod_structure.describe()}, mask is "
+                     f"{mask_structure.describe()}: stays quadratic")
+            continue
+        graph.replace_uses(nid, new)

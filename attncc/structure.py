@@ -1,0 +1,214 @@
+"""What a mask or modulation depends on, proven with sympy and cross-checked by sampling.
+
+A Structure says for which (i, j) an expression is non-zero (masks) or how it varies (modulations):
+  full                      every (i, j)
+  band(lo, hi)              exactly lo <= i - j <= hi (causal is band(0, oo)); lo, hi sympy in sizes
+  toeplitz                  depends on (i, j) only through d = i - j (and on h)
+  general                   nothing proven
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import sympy
+import torch
+
+from .expr import BOOL, INT, TExpr
+from .evaluate import Env, evaluate
+
+I, J, DIFF, HEAD = sympy.symbols("i j d h", integer=True)
+_UNINTERPRETED = {"xor", "bitand", "bitor"}
+
+
+@dataclass(frozen=True)
+class Structure:
+    kind: str  # full | causal | band | toeplitz | general
+    lo: object = -sympy.oo
+    hi: object = sympy.oo
+    reason: str = ""
+
+    @property
+    def is_band(self) -> bool:
+        return self.kind in ("full", "causal", "band")
+
+    @property
+    def is_toeplitz(self) -> bool:
+        return self.kind != "general"
+
+    def describe(self) -> str:
+        if self.kind == "band":
+            return f"band {self.lo} <= i - j <= {self.hi}"
+        return self.kind
+
+
+FULL = Structure("full", reason="no mask")
+
+
+def to_sympy(t: TExpr, symbols: dict[str, sympy.Symbol]):
+    """Typed expression -> sympy; lookups, bit operations and popcount stay uninterpreted functions."""
+    op = t.op
+    if op == "const":
+        return sympy.true if t.value is True else sympy.false if t.value is False else sympy.sympify(t.value)
+    if op == "var":
+        return {"i": I, "j": J, "h": HEAD}[t.value]
+    if op in ("size", "rsize"):
+        return symbols[t.value]
+    if op == "scale":
+        return symbols["D"] ** sympy.Rational(-1, 2)
+    if op in ("dot", "feature", "qrow", "krow"):
+        raise ValueError("q/k terms have no index structure")
+    a = [to_sympy(x, symbols) for x in t.args]
+    table = {
+        "add": lambda: a[0] + a[1], "sub": lambda: a[0] - a[1], "mul": lambda: a[0] * a[1],
+        "div": lambda: a[0] / a[1], "floordiv": lambda: sympy.floor(a[0] / a[1]), "mod": lambda: sympy.Mod(a[0], a[1]),
+        "pow": lambda: a[0] ** a[1], "neg": lambda: -a[0], "not": lambda: sympy.Not(a[0]),
+        "and_": lambda: sympy.And(a[0], a[1]), "or_": lambda: sympy.Or(a[0], a[1]),
+        "lt": lambda: sympy.Lt(a[0], a[1]), "le": lambda: sympy.Le(a[0], a[1]), "gt": lambda: sympy.Gt(a[0], a[1]),
+        "ge": lambda: sympy.Ge(a[0], a[1]), "eq": lambda: sympy.Eq(a[0], a[1]), "ne": lambda: sympy.Ne(a[0], a[1]),
+    }
+    if op in table:
+        return table[op]()
+    if op in _UNINTERPRETED or op in ("param", "input"):
+        return sympy.Function(f"{op}_{t.value}" if t.value else op)(*a)
+    if op == "call":
+        fn = t.value
+        direct = {"exp": sympy.exp, "log": sympy.log, "sqrt": sympy.sqrt, "tanh": sympy.tanh, "abs": sympy.Abs,
+                  "min": sympy.Min, "max": sympy.Max}
+        if fn in direct:
+            return direct[fn](*a)
+        if fn == "sigmoid":
+            return 1 / (1 + sympy.exp(-a[0]))
+        if fn == "where":
+            return sympy.Piecewise((a[1], a[0]), (a[2], True))
+        return sympy.Function(fn)(*a)
+    raise ValueError(f"no sympy form for {op}")
+
+
+def _in_d(expr):
+    """Rewrite an (i, j) expression in d = i - j; None if j does not cancel."""
+    rewritten = sympy.simplify(expr.subs(I, J + DIFF)) if expr.has(I) or expr.has(J) else expr
+    return None if rewritten.has(J) or rewritten.has(I) else rewritten
+
+
+def _linear_bound(rel):
+    """a*d + c (op) 0 with numeric a != 0 -> ('lo'|'hi'|'eq', bound) on the integer d."""
+    e = sympy.expand(rel.lhs - rel.rhs)
+    a = e.coeff(DIFF, 1)
+    c = sympy.expand(e - a * DIFF)
+    if not a.is_number or a == 0 or c.has(DIFF):
+        return None
+    x = -c / a
+    op = type(rel)
+    if a < 0:  # dividing by a negative flips the comparison
+        op = {sympy.Lt: sympy.Gt, sympy.Le: sympy.Ge, sympy.Gt: sympy.Lt, sympy.Ge: sympy.Le}.get(op, op)
+    if op is sympy.Lt:
+        return [("hi", sympy.ceiling(x) - 1)]
+    if op is sympy.Le:
+        return [("hi", sympy.floor(x))]
+    if op is sympy.Gt:
+        return [("lo", sympy.floor(x) + 1)]
+    if op is sympy.Ge:
+        return [("lo", sympy.ceiling(x))]
+    if op is sympy.Eq:
+        return [("lo", x), ("hi", x)] if x.is_integer is not False else None
+    return None
+
+
+def _interval(cond):
+    """Interval [lo, hi] of integers d where cond holds, if cond is a conjunction of linear bounds."""
+    if cond is sympy.true:
+        return -sympy.oo, sympy.oo
+    if isinstance(cond, sympy.And):
+        lo, hi = -sympy.oo, sympy.oo
+        for part in cond.args:
+            sub = _interval(part)
+            if sub is None:
+                return None
+            lo, hi = sympy.Max(lo, sub[0]), sympy.Min(hi, sub[1])
+        return sympy.simplify(lo), sympy.simplify(hi)
+    if isinstance(cond, sympy.core.relational.Relational):
+        if cond.has(sympy.Abs):  # |u| <= w  <=>  -w <= u <= w
+            lhs, rhs = cond.lhs, cond.rhs
+            if isinstance(lhs, sympy.Abs) and type(cond) in (sympy.Le, sympy.Lt):
+                u = lhs.args[0]
+                return _interval(sympy.And(type(cond)(u, rhs), type(cond)(-u, rhs)))
+            if isinstance(rhs, sympy.Abs) and type(cond) in (sympy.Ge, sympy.Gt):
+                flip = {sympy.Ge: sympy.Le, sympy.Gt: sympy.Lt}[type(cond)]
+                return _interval(flip(rhs, lhs))
+            return None
+        bounds = _linear_bound(cond)
+        if bounds is None:
+            return None
+        lo, hi = -sympy.oo, sympy.oo
+        for side, value in bounds:
+            lo, hi = (value, hi) if side == "lo" else (lo, value)
+        return lo, hi
+    return None
+
+
+def classify_mask(mask: TExpr | None, symbols: dict[str, sympy.Symbol]) -> Structure:
+    if mask is None:
+        return FULL
+    try:
+        expr = to_sympy(mask, symbols)
+    except ValueError:
+        return Structure("general", reason="mask is not an index expression")
+    if expr is sympy.true:
+        return Structure("full", reason="mask is always true")
+    in_d = _in_d(expr)
+    if in_d is None:
+        return Structure("general", reason="mask depends on more than i - j")
+    interval = _interval(in_d)
+    if interval is None:
+        return Structure("toeplitz", reason=f"mask depends only on d = i - j: {in_d}")
+    lo, hi = interval
+    if lo == -sympy.oo and hi == sympy.oo:
+        return Structure("full", reason=f"{in_d} holds for every d")
+    if lo == 0 and hi == sympy.oo:
+        return Structure("causal", 0, sympy.oo, reason=f"{in_d} <=> i - j >= 0")
+    return Structure("band", lo, hi, reason=f"{in_d} <=> {lo} <= i - j <= {hi}")
+
+
+def classify_modulation(m: TExpr | None, symbols: dict[str, sympy.Symbol]) -> Structure:
+    """Structure of a numeric factor M(i, j, h) multiplying the kernel."""
+    if m is None:
+        return FULL
+    try:
+        expr = to_sympy(m, symbols)
+    except ValueError:
+        return Structure("general", reason="modulation uses q or k")
+    if not (expr.has(I) or expr.has(J)):
+        return Structure("full", reason=f"modulation {expr} does not depend on i, j")
+    if _in_d(expr) is not None:
+        return Structure("toeplitz", reason=f"modulation depends only on d = i - j")
+    return Structure("general", reason="modulation depends on more than i - j")
+
+
+def band_holds(mask: TExpr, s: Structure, sizes: dict[str, int], samples: int = 4, seed: int = 0) -> bool:
+    """Cross-check a proven structure on random grids: a mismatch is a compiler bug."""
+    rng = random.Random(seed)
+    for _ in range(samples):
+        nq, nk, heads = rng.randint(1, 40), rng.randint(1, 40), 2
+        rsizes = {"N": nk, "Nq": nq, "H": heads, "D": 4, "E": 4}
+        env = Env(sizes=sizes, rsizes=rsizes, i=torch.arange(nq).view(1, 1, nq, 1),
+                  j=torch.arange(nk).view(1, 1, 1, nk), h=torch.arange(heads).view(1, heads, 1, 1))
+        if mask.uses("input") or mask.uses("param"):
+            return True  # tables are arbitrary: structure was proven without looking into them
+        got = evaluate(mask, env).expand(1, heads, nq, nk)
+        subs = {sym: sizes.get(str(sym), rsizes.get(str(sym))) for sym in
+                set().union(*(sympy.sympify(b).free_symbols for b in (s.lo, s.hi)))}
+        lo = sympy.sympify(s.lo).subs(subs)
+        hi = sympy.sympify(s.hi).subs(subs)
+        d = (torch.arange(nq).view(-1, 1) - torch.arange(nk).view(1, -1)).view(1, 1, nq, nk)
+        want = torch.ones_like(d, dtype=torch.bool)
+        if lo != -sympy.oo:
+            want &= d >= int(lo)
+        if hi != sympy.oo:
+            want &= d <= int(hi)
+        if not torch.equal(got.bool(), want.expand_as(got)):
+            return False
+    return True
+
+
+__all__ = ["Structure", "classify_mask", "classify_modulation", "band_holds", "to_sympy", "BOOL", "INT"]
