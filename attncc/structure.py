@@ -36,9 +36,16 @@ class Structure:
     def is_toeplitz(self) -> bool:
         return self.kind != "general"
 
+    @property
+    def bounded(self) -> bool:
+        """Whether a band [lo, hi] on i - j is known to contain every unmasked pair."""
+        return sympy.sympify(self.lo).is_finite or sympy.sympify(self.hi).is_finite
+
     def describe(self) -> str:
         if self.kind == "band":
             return f"band {self.lo} <= i - j <= {self.hi}"
+        if self.kind in ("general", "toeplitz") and self.bounded:
+            return f"{self.kind} within {self.lo} <= i - j <= {self.hi}"
         return self.kind
 
 
@@ -147,6 +154,17 @@ def _interval(cond):
     return None
 
 
+def _conjunct_bounds(expr) -> tuple:
+    """A band that contains the mask: the conjuncts of an `and` that are linear bounds on i - j."""
+    lo, hi = -sympy.oo, sympy.oo
+    for part in (expr.args if isinstance(expr, sympy.And) else (expr,)):
+        in_d = _in_d(part)
+        interval = _interval(in_d) if in_d is not None else None
+        if interval is not None:
+            lo, hi = sympy.Max(lo, interval[0]), sympy.Min(hi, interval[1])
+    return lo, hi
+
+
 def classify_mask(mask: TExpr | None, symbols: dict[str, sympy.Symbol]) -> Structure:
     if mask is None:
         return FULL
@@ -158,10 +176,13 @@ def classify_mask(mask: TExpr | None, symbols: dict[str, sympy.Symbol]) -> Struc
         return Structure("full", reason="mask is always true")
     in_d = _in_d(expr)
     if in_d is None:
-        return Structure("general", reason="mask depends on more than i - j")
+        lo, hi = _conjunct_bounds(expr)
+        within = f"; keys outside {lo} <= i - j <= {hi} are masked" if (lo, hi) != (-sympy.oo, sympy.oo) else ""
+        return Structure("general", lo, hi, reason="mask depends on more than i - j" + within)
     interval = _interval(in_d)
     if interval is None:
-        return Structure("toeplitz", reason=f"mask depends only on d = i - j: {in_d}")
+        lo, hi = _conjunct_bounds(in_d)
+        return Structure("toeplitz", lo, hi, reason=f"mask depends only on d = i - j: {in_d}")
     lo, hi = interval
     if lo == -sympy.oo and hi == sympy.oo:
         return Structure("full", reason=f"{in_d} holds for every d")

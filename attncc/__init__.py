@@ -1,0 +1,12 @@
+"""attncc: a compiler for attention mechanisms.
+
+    Attn = attncc.compile("examples/window.attn")   # nn.Module class
+    out = Attn()(q, k, v)                            # [batch, heads, tokens, dim]
+    ref = attncc.reference("examples/window.attn", q, k, v)
+"""
+__version__ = "0.1.0"
+
+from .api import build, compile, reference  # noqa: E402
+from .source import AttnccError, ShapeError, SpecError  # noqa: E402
+
+__all__ = ["compile", "reference", "build", "AttnccError", "SpecError", "ShapeError", "__version__"]

@@ -1,0 +1,115 @@
+"""The Python surface: compile a spec to an nn.Module class, run the dense reference."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .ast import Spec, format_spec
+from .check import CheckedSpec, check
+from .emit.module import header, module_class
+from .emit.torch import emit_torch
+from .emit.triton import emit_triton
+from .ir import Graph
+from .lower import lower, size_symbols
+from .parse import parse
+from .passes import PassContext, run_pipeline
+from .runtime import load_module
+from .select import Plan, select
+from .source import AttnccError, Source
+
+
+@dataclass
+class Compilation:
+    """Every stage of one compile, for inspection."""
+
+    source: Source
+    ast: Spec
+    checked: CheckedSpec
+    ir: Graph
+    optimized: Graph
+    plan: Plan
+    log: list = field(default_factory=list)
+    torch_source: str = ""
+    triton_source: str = ""
+    module_source: str = ""
+    spec_hash: str = ""
+
+
+def read_source(spec: str | Path) -> Source:
+    """A path to a .attn file, or spec text itself."""
+    if isinstance(spec, Path) or (isinstance(spec, str) and "{" not in spec and spec.strip().endswith(".attn")):
+        path = Path(spec)
+        try:
+            return Source(path.read_text(encoding="utf-8"), str(path))
+        except FileNotFoundError:
+            raise AttnccError(f"{path}: no such spec file") from None
+        except (UnicodeDecodeError, OSError) as exc:
+            raise AttnccError(f"{path}: cannot read spec: {exc}") from None
+    if not isinstance(spec, str):
+        raise AttnccError(f"expected spec text or a path, got {type(spec).__name__}")
+    return Source(spec, "<spec>")
+
+
+def build(spec: str | Path | Source, sizes: dict | None = None, lowering: str | None = None) -> Compilation:
+    """Run the whole pipeline up to generated source (nothing is imported or executed)."""
+    src = spec if isinstance(spec, Source) else read_source(spec)
+    tree = parse(src)
+    checked = check(src, tree)
+    ir = lower(checked)
+    optimized = lower(checked)
+    ctx = PassContext(checked, size_symbols(checked))
+    run_pipeline(optimized, ctx)
+    attend = optimized.operands(optimized.output)[0]
+    mask = optimized.node(attend).attr("mask_structure") or ctx_mask(ctx, checked)
+    plan = select(optimized, mask, {**checked.sizes, **(sizes or {})}, lowering)
+    spec_hash = "sha256:" + hashlib.sha256(f"{__version__}\n{format_spec(tree)}\n{plan.lowering}".encode()).hexdigest()[:16]
+    comp = Compilation(src, tree, checked, ir, optimized, plan, ctx.log, spec_hash=spec_hash)
+    comp.torch_source = emit_torch(checked, plan, optimized)
+    comp.triton_source, triton_lowering = emit_triton(checked, plan, optimized)
+    comp.module_source = (header(checked, plan, spec_hash, __version__) + "\n\n# " + "-" * 70 + " torch backend\n"
+                          + comp.torch_source + "\n\n# " + "-" * 70 + " triton backend\n" + comp.triton_source
+                          + "\n\n" + module_class(checked, plan, spec_hash, triton_lowering))
+    return comp
+
+
+def ctx_mask(ctx: PassContext, checked: CheckedSpec):
+    from .structure import classify_mask
+    return classify_mask(checked.mask, ctx.symbols)
+
+
+def compile(spec: str | Path, backend: str = "auto", sizes: dict | None = None, lowering: str | None = None):
+    """Compile a spec (path or text) to an nn.Module class; instantiate it with sizes / backend.
+
+    >>> Attn = attncc.compile("examples/causal.attn")
+    >>> out = Attn()(q, k, v)            # q, k, v: [batch, heads, tokens, dim]
+    """
+    comp = build(spec, sizes, lowering)
+    module = load_module(comp.checked.name, comp.module_source)
+    base = module.Module
+    cls = type(comp.checked.name, (base,), {"checked": comp.checked, "compilation": comp,
+                                            "__module__": module.__name__,
+                                            "__init__": _init_with_backend(base, backend)})
+    return cls
+
+
+def _init_with_backend(base, default_backend: str):
+    def __init__(self, backend: str = default_backend, **sizes):
+        base.__init__(self, backend=backend, **sizes)
+    return __init__
+
+
+def reference(spec: str | Path, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              params: dict | None = None, **inputs) -> torch.Tensor:
+    """The dense float64 result of a spec: the oracle every backend is tested against."""
+    cls = compile(spec, backend="reference")
+    module = cls(**{n: s for n, s in (("H", q.shape[1]), ("D", q.shape[3]), ("E", v.shape[3]))
+                    if n in cls.NEEDS})
+    if params:
+        with torch.no_grad():
+            for name, value in params.items():
+                getattr(module, name).copy_(torch.as_tensor(value))
+    return module.reference(q, k, v, **inputs)

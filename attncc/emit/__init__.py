@@ -1,0 +1,1 @@
+"""Code emission: readable, deterministic Python (torch) and Triton source from a Plan."""

@@ -1,0 +1,74 @@
+"""Assemble one generated Python module: header, torch section, Triton section, Module class."""
+from __future__ import annotations
+
+from ..check import CheckedSpec
+from ..expr import TExpr
+from ..select import Plan
+from .exprs import TorchExpr, key, literal
+from .writer import CodeWriter
+
+
+class _ShapeExpr(TorchExpr):
+    """Table shapes are functions of a dict `s` of sizes (declared and H, D, E, N, Nq)."""
+
+    def __call__(self, t: TExpr) -> str:
+        if t.op in ("size", "rsize"):
+            return f"s[{key(t.value)}]"
+        return super().__call__(t)
+
+
+def header(spec: CheckedSpec, plan: Plan, spec_hash: str, version: str) -> str:
+    flops, nbytes = plan.chosen.at(plan.sizes)
+    sizes = ", ".join(f"{k}={v}" for k, v in plan.sizes.items())
+    return f'''"""attncc generated module (attncc {version}); do not edit, regenerate from the spec.
+
+spec:      {spec.name}
+hash:      {spec_hash}
+lowering:  {plan.lowering}: {plan.chosen.note}
+cost:      {flops:.3e} flops, {nbytes:.3e} bytes at {sizes}
+mask:      {plan.mask.describe()}
+glossary:  q [B, H, Nq, D], k [B, H, N, D], v [B, H, N, E]; i query token, j key token, h head;
+           ctx.sizes declared sizes, ctx.params learned tables, ctx.inputs call-time inputs,
+           ctx.N / ctx.Nq / ctx.H / ctx.D / ctx.E run-time sizes, ctx.scale = D ** -0.5.
+"""
+import math
+
+import torch
+
+from attncc import torch_algorithms as rt
+from attncc.runtime import CompiledAttention, InputSpec, ParamSpec
+'''
+
+
+def module_class(spec: CheckedSpec, plan: Plan, spec_hash: str, triton_lowering: str) -> str:
+    w = CodeWriter()
+    shape = _ShapeExpr()
+    needs = sorted({e.value for p in spec.params.values() for d in p.shape for e in d.walk() if e.op == "rsize"})
+    with w.block("class Module(CompiledAttention):"):
+        w.line(f'"""{spec.name}: compiled attention (lowering: {plan.lowering})."""')
+        w.line()
+        w.line(f"SPEC_NAME = {key(spec.name)}")
+        w.line(f"SPEC_HASH = {spec_hash!r}")
+        w.line(f"LOWERING = {plan.lowering!r}")
+        w.line(f"TRITON_LOWERING = {triton_lowering!r}")
+        w.line("SIZES = {" + ", ".join(f"{key(n)}: {int(v)}" for n, v in spec.sizes.items()) + "}")
+        w.line(f"NEEDS = ({''.join(f'{key(n)}, ' for n in needs)})")
+        with w.block("PARAMS = {"):
+            for p in spec.params.values():
+                dims = "".join(f"{shape(d)}, " for d in p.shape)
+                args = "{" + ", ".join(f"{key(k)}: {literal_number(v)}" for k, v in p.init_args) + "}"
+                w.line(f"{key(p.name)}: ParamSpec(lambda s: ({dims}), {p.init!r}, {args}),")
+        w.line("}")
+        with w.block("INPUTS = {"):
+            for i in spec.inputs.values():
+                dims = "".join(f"{shape(d)}, " for d in i.dims)
+                w.line(f"{key(i.name)}: InputSpec(lambda s: ({dims}), {i.dtype!r}),")
+        w.line("}")
+        w.line()
+        w.line("forward_torch = forward_torch")
+        w.line("forward_triton = forward_triton")
+    return w.text()
+
+
+def literal_number(v) -> str:
+    return literal(TExpr("const", (), v, "bool" if isinstance(v, bool) else "int" if isinstance(v, int) else "float"))

@@ -1,0 +1,122 @@
+"""Emit the torch backend: hole functions plus a forward that calls a torch_algorithms skeleton."""
+from __future__ import annotations
+
+import sympy
+
+from ..check import CheckedSpec
+from ..expr import TExpr, fmt
+from ..ir import Graph, expr_of
+from ..select import Plan
+from .exprs import TorchExpr, py_size_expr
+from .writer import CodeWriter
+
+
+def _dots(t: TExpr | None, out: dict[TExpr, str]) -> dict[TExpr, str]:
+    for e in (t.walk() if t is not None else ()):
+        if e.op == "dot" and e not in out:
+            out[e] = f"qk{len(out)}"
+    return out
+
+
+def _row(t: TExpr, x: str) -> str:
+    return f"feature_{t.value}({x})" if t.op == "feature" else x
+
+
+def emit_features(w: CodeWriter, maps: list[str]) -> None:
+    from ..features import FEATURE_MAPS
+    for name in sorted(set(maps)):
+        with w.block(f"def feature_{name}(x):"):
+            w.line(f'"""{FEATURE_MAPS[name].doc}"""')
+            w.line(f"return {FEATURE_MAPS[name].torch_expr}")
+        w.line()
+
+
+def feature_maps_used(*exprs: TExpr | None) -> list[str]:
+    return [e.value for t in exprs if t is not None for e in t.walk() if e.op == "feature"]
+
+
+def key_range_lines(plan: Plan) -> list[str]:
+    """Keys that queries [q0, q1) may see under a band lo <= i - j <= hi: [q0 - hi, q1 - lo)."""
+    s = plan.mask
+    banded = s.kind != "full"
+    lo, hi = sympy.sympify(s.lo), sympy.sympify(s.hi)
+    k0 = f"q0 - ({py_size_expr(hi)})" if banded and hi.is_finite else "0"
+    k1 = f"q1 - ({py_size_expr(lo)})" if banded and lo.is_finite else "ctx.N"
+    return [f"return {k0}, {k1}"]
+
+
+def emit_tiled(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
+    scores = spec.logits if spec.normalize == "softmax" else spec.weight
+    dots = _dots(scores, {})
+    ex = TorchExpr(dots)
+    with w.block("def scores(qc, kc, i, j, h, ctx):"):
+        w.line(f'"""{"logits" if spec.normalize == "softmax" else "weights"}: {fmt(scores)}"""')
+        for d, name in dots.items():
+            w.line(f"{name} = {_row(d.args[0], 'qc')} @ {_row(d.args[1], 'kc')}.transpose(-1, -2)")
+        w.line(f"return {ex(scores)}")
+    w.line()
+    if spec.mask is not None:
+        with w.block("def mask(i, j, h, ctx):"):
+            w.line(f'"""{fmt(spec.mask)}"""')
+            w.line(f"return torch.as_tensor({ex(spec.mask)}, device=i.device)")
+        w.line()
+    with w.block("def key_range(q0, q1, ctx):"):
+        w.line(f'"""Keys visible from queries [q0, q1): mask is {plan.mask.describe()}."""')
+        for ln in key_range_lines(plan):
+            w.line(ln)
+    w.line()
+    plain = fmt(scores) == "(dot(q[i], k[j]) * scale)" and plan.mask.kind in ("full", "causal")
+    with w.block("def forward_torch(self, q, k, v, ctx):"):
+        if plain and spec.normalize == "softmax":
+            w.line("# plain softmax(q k^T / sqrt(d)) with a full or causal mask: torch's fused SDPA kernels")
+            with w.block("if q.shape[2] <= k.shape[2]:"):
+                w.line(f"return rt.sdpa_attention(q, k, v, causal={plan.mask.kind == 'causal'})")
+        w.line(f"return rt.tiled_attention(q, k, v, ctx, scores=scores, mask={'mask' if spec.mask is not None else 'None'}, "
+               f"key_range=key_range, normalize={spec.normalize!r}, eps={spec.eps!r})")
+
+
+def emit_linear(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) -> None:
+    (out,) = graph.operands(graph.output)
+    ops = graph.operands(out)
+    phi_q, phi_k = expr_of(graph, ops[0]), expr_of(graph, ops[1])
+    ex = TorchExpr()
+    if plan.lowering == "fft":
+        f = expr_of(graph, ops[2])
+        with w.block("def toeplitz_f(ctx):"):
+            w.line(f'"""f(d) for d = i - j in -(N-1) .. Nq-1: {fmt(f)}"""')
+            w.line("i = torch.arange(ctx.Nq + ctx.N - 1).view(1, 1, -1, 1)  # i = d + (N - 1) at j = N - 1")
+            w.line("j = torch.full((1, 1, 1, 1), ctx.N - 1)")
+            w.line("h = torch.arange(ctx.H).view(1, ctx.H, 1, 1)")
+            w.line(f"return rt.toeplitz_row({ex(f)}, ctx.Nq + ctx.N - 1)")
+        w.line()
+    modulated = plan.attrs.get("modulated")
+    if modulated:
+        m = expr_of(graph, ops[2])
+        with w.block("def modulation(ctx):"):
+            w.line(f'"""scalar factor of the kernel (no i, j): {fmt(m)}"""')
+            w.line("i = j = torch.zeros((1, 1, 1, 1), dtype=torch.long)")
+            w.line("h = torch.arange(ctx.H).view(1, ctx.H, 1, 1)")
+            w.line(f"return rt.as_4d({ex(m)}, ctx.H)")
+        w.line()
+    with w.block("def forward_torch(self, q, k, v, ctx):"):
+        w.line(f"pq, pk = {_row(phi_q, 'q')}, {_row(phi_k, 'k')}")
+        common = f"normalize={spec.normalize!r}, eps={spec.eps!r}"
+        if plan.lowering == "fft":
+            w.line("# the convolution runs as torch.fft (cuFFT / pocketfft)")
+            w.line(f"return rt.toeplitz_attention(pq, pk, v, toeplitz_f(ctx).to(q.device), {common})")
+        else:
+            fn = "causal_linear_attention" if plan.lowering == "linear_chunked" else "linear_attention"
+            mod = "modulation(ctx).to(q.device)" if modulated else "None"
+            w.line(f"return rt.{fn}(pq, pk, v, modulation={mod}, {common})")
+
+
+def emit_torch(spec: CheckedSpec, plan: Plan, graph: Graph) -> str:
+    w = CodeWriter()
+    if plan.lowering == "tiled":
+        emit_features(w, feature_maps_used(spec.logits, spec.weight))
+        emit_tiled(w, spec, plan)
+    else:
+        (out,) = graph.operands(graph.output)
+        emit_features(w, feature_maps_used(*(expr_of(graph, o) for o in graph.operands(out)[:2])))
+        emit_linear(w, spec, plan, graph)
+    return w.text()

@@ -1,0 +1,57 @@
+"""The dense reference: float64, materializes W[b, h, i, j], straight from the checked spec.
+
+    softmax:     W = mask * exp(s - max_j s)        out = W V / sum_j W      (rows with no key: 0)
+    rows / none: W = mask * weight                  out = W V / (sum_j W + eps)  |  W V
+It shares nothing with the emitted backends except the expression semantics (attncc.evaluate).
+"""
+from __future__ import annotations
+
+import torch
+
+from .check import CheckedSpec
+from .evaluate import Env, evaluate
+from .expr import TExpr
+from .features import apply_feature_map
+
+
+def _row(t: TExpr, x: torch.Tensor) -> torch.Tensor:
+    return apply_feature_map(t.value, x) if t.op == "feature" else x
+
+
+def dense_weights(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: dict, e_dim: int = 0) -> torch.Tensor:
+    """W[b, h, i, j] in float64 (softmax: the normalized probabilities)."""
+    q, k = q.double(), k.double()
+    B, H, Nq, D = q.shape
+    N = k.shape[2]
+    env = Env(sizes=sizes, rsizes={"N": N, "Nq": Nq, "H": H, "D": D, "E": e_dim},
+              i=torch.arange(Nq, device=q.device).view(1, 1, Nq, 1),
+              j=torch.arange(N, device=q.device).view(1, 1, 1, N),
+              h=torch.arange(H, device=q.device).view(1, H, 1, 1),
+              params={n: p.double() if p.is_floating_point() else p for n, p in params.items()},
+              inputs=inputs, float_dtype=torch.float64)
+
+    def dot(t: TExpr) -> torch.Tensor:
+        return torch.einsum("bhid,bhjd->bhij", _row(t.args[0], q), _row(t.args[1], k))
+
+    env.dot = dot
+    shape = (B, H, Nq, N)
+    mask = evaluate(spec.mask, env).expand(shape) if spec.mask is not None else torch.ones(shape, dtype=torch.bool)
+    mask = mask.to(q.device)
+    if spec.normalize == "softmax":
+        s = evaluate(spec.logits, env).double().expand(shape).masked_fill(~mask, float("-inf"))
+        top = s.amax(-1, keepdim=True)
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        w = torch.exp(s - top)
+        z = w.sum(-1, keepdim=True)
+        return w / torch.where(z == 0, torch.ones_like(z), z)
+    return torch.where(mask, evaluate(spec.weight, env).double().expand(shape), torch.zeros((), dtype=torch.float64))
+
+
+def dense_attention(spec: CheckedSpec, q, k, v, params: dict, inputs: dict, sizes: dict) -> torch.Tensor:
+    """out[b, h, i, :] in float64."""
+    v = v.double()
+    w = dense_weights(spec, q, k, params, inputs, sizes, e_dim=v.shape[-1])
+    out = w @ v
+    if spec.normalize == "rows":
+        out = out / (w.sum(-1, keepdim=True) + spec.eps)
+    return out

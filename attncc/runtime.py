@@ -1,0 +1,230 @@
+"""What every compiled module shares: parameters, input checks, backend choice, loading.
+
+A generated module file defines `class Module(CompiledAttention)` with its tables (SIZES, PARAMS,
+INPUTS) and `forward_torch` / `forward_triton`; this base class does everything else.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .source import AttnccError, ShapeError, did_you_mean
+
+BACKENDS = ("auto", "torch", "triton", "reference")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    shape: Callable[[dict], tuple]
+    init: str
+    args: dict
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    dims: Callable[[dict], tuple]
+    dtype: str
+
+
+@dataclass
+class Context:
+    """Everything a generated hole may read: sizes, tables and the run-time dims."""
+
+    sizes: dict
+    params: dict
+    inputs: dict
+    N: int
+    Nq: int
+    H: int
+    D: int
+    E: int
+
+    @property
+    def scale(self) -> float:
+        return self.D ** -0.5
+
+
+def init_table(shape: tuple, init: str, args: dict) -> torch.Tensor:
+    if init == "zeros":
+        return torch.zeros(shape)
+    if init == "ones":
+        return torch.ones(shape)
+    if init == "constant":
+        return torch.full(shape, float(args["value"]))
+    if init == "normal":
+        return torch.randn(shape) * args["std"] + args["mean"]
+    if init == "uniform":
+        return torch.rand(shape) * (args["high"] - args["low"]) + args["low"]
+    if init == "alibi":  # ALiBi slopes 2^(-8 k / n), k = 1..n, along the first dimension
+        n = shape[0]
+        slopes = torch.tensor([2.0 ** (-8.0 * (idx + 1) / n) for idx in range(n)])
+        return slopes.view(n, *([1] * (len(shape) - 1))).expand(shape).clone()
+    raise AttnccError(f"unknown initializer {init}")
+
+
+def cuda_triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+class CompiledAttention(nn.Module):
+    SPEC_NAME = "attention"
+    SPEC_HASH = ""
+    LOWERING = "tiled"
+    SIZES: dict = {}
+    PARAMS: dict = {}
+    INPUTS: dict = {}
+    NEEDS: tuple = ()
+    TRITON_LOWERING = ""
+    checked = None  # the CheckedSpec, attached by attncc.compile (for .reference)
+
+    def __init__(self, backend: str = "auto", **sizes):
+        super().__init__()
+        if backend not in BACKENDS:
+            raise AttnccError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+        self.backend = backend
+        self.last_backend: str | None = None
+        unknown = set(sizes) - set(self.SIZES) - set(self.NEEDS)
+        if unknown:
+            name = sorted(unknown)[0]
+            hint = did_you_mean(name, set(self.SIZES) | set(self.NEEDS))
+            raise AttnccError(f"{self.SPEC_NAME}: unknown size `{name}`" + (f"; {hint}" if hint else ""))
+        missing = [n for n in self.NEEDS if n not in sizes]
+        if missing:
+            raise AttnccError(f"{self.SPEC_NAME}: its tables are sized by {', '.join(missing)}; pass "
+                              + ", ".join(f"{n}=..." for n in missing) + " to the constructor")
+        self.sizes = {**self.SIZES, **{n: int(v) for n, v in sizes.items() if n in self.SIZES}}
+        self.fixed = {n: int(sizes[n]) for n in self.NEEDS}
+        for name, p in self.PARAMS.items():
+            shape = tuple(int(d) for d in p.shape({**self.sizes, **self.fixed}))
+            if any(d <= 0 for d in shape):
+                raise AttnccError(f"{self.SPEC_NAME}: table `{name}` would have shape {shape}")
+            self.register_parameter(name, nn.Parameter(init_table(shape, p.init, p.args)))
+
+    # ------------------------------------------------------------------ calling
+    def params_dict(self) -> dict:
+        return {name: getattr(self, name) for name in self.PARAMS}
+
+    def _context(self, q, k, v, inputs: dict) -> Context:
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            if not isinstance(t, torch.Tensor):
+                raise ShapeError(f"{self.SPEC_NAME}: `{name}` must be a tensor, got {type(t).__name__}")
+            if t.dim() != 4:
+                raise ShapeError(f"{self.SPEC_NAME}: `{name}` must be [batch, heads, tokens, dim], got "
+                                 f"{tuple(t.shape)}")
+            if not t.is_floating_point():
+                raise ShapeError(f"{self.SPEC_NAME}: `{name}` must be floating point, got {t.dtype}")
+        B, H, Nq, D = q.shape
+        N = k.shape[2]
+        want = {"k": (B, H, N, D), "v": (B, H, N, v.shape[-1])}
+        for name, t in (("k", k), ("v", v)):
+            if tuple(t.shape) != want[name]:
+                raise ShapeError(f"{self.SPEC_NAME}: `{name}` has shape {tuple(t.shape)}, expected {want[name]} "
+                                 f"(q is {tuple(q.shape)}; k and v share their token count)")
+            if t.dtype != q.dtype or t.device != q.device:
+                raise ShapeError(f"{self.SPEC_NAME}: `{name}` is {t.dtype} on {t.device}, q is {q.dtype} on "
+                                 f"{q.device}")
+        dims = {"N": N, "Nq": Nq, "H": H, "D": D, "E": v.shape[-1]}
+        for n, value in self.fixed.items():
+            if dims[n] != value:
+                raise ShapeError(f"{self.SPEC_NAME}: built for {n} = {value}, called with {n} = {dims[n]}")
+        unknown = set(inputs) - set(self.INPUTS)
+        if unknown:
+            name = sorted(unknown)[0]
+            hint = did_you_mean(name, self.INPUTS)
+            raise ShapeError(f"{self.SPEC_NAME}: unexpected input `{name}`" + (f"; {hint}" if hint else ""))
+        checked = {}
+        for name, spec in self.INPUTS.items():
+            if name not in inputs:
+                raise ShapeError(f"{self.SPEC_NAME}: missing input `{name}` (declared `input {name}[...]`)")
+            t = torch.as_tensor(inputs[name], device=q.device)
+            shape = tuple(int(d) for d in spec.dims({**self.sizes, **dims}))
+            if tuple(t.shape) not in (shape, (B, *shape)):
+                raise ShapeError(f"{self.SPEC_NAME}: input `{name}` has shape {tuple(t.shape)}, expected "
+                                 f"{shape} or {(B, *shape)}")
+            if spec.dtype in ("int", "bool") and t.is_floating_point():
+                raise ShapeError(f"{self.SPEC_NAME}: input `{name}` must be {spec.dtype}, got {t.dtype}")
+            checked[name] = t.long() if spec.dtype == "int" else t.bool() if spec.dtype == "bool" else t.float()
+        return Context(self.sizes, self.params_dict(), checked, **dims)
+
+    def resolve_backend(self, q: torch.Tensor) -> str:
+        if self.backend != "auto":
+            return self.backend
+        return "triton" if q.is_cuda and cuda_triton_available() else "torch"
+
+    def forward(self, q, k, v, **inputs):
+        ctx = self._context(q, k, v, inputs)
+        backend = self.resolve_backend(q)
+        self.last_backend = backend
+        if backend == "reference":
+            return self.reference(q, k, v, **inputs).to(v.dtype)
+        if q.shape[2] == 0:
+            return v.new_zeros(*q.shape[:3], v.shape[-1])
+        if k.shape[2] == 0:
+            return v.new_zeros(*q.shape[:3], v.shape[-1])
+        if backend == "triton":
+            return self.forward_triton(q, k, v, ctx)
+        return self.forward_torch(q, k, v, ctx)
+
+    def reference(self, q, k, v, **inputs) -> torch.Tensor:
+        """The dense float64 meaning of the spec with this module's tables."""
+        from .reference import dense_attention
+        ctx = self._context(q, k, v, inputs)
+        return dense_attention(self.checked, q, k, v, {n: p.detach() for n, p in ctx.params.items()},
+                               ctx.inputs, self.sizes)
+
+    def forward_torch(self, q, k, v, ctx):  # pragma: no cover - replaced by generated code
+        raise NotImplementedError
+
+    def forward_triton(self, q, k, v, ctx):  # pragma: no cover - replaced by generated code
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        chosen = {"auto": "triton on CUDA, torch elsewhere"}.get(self.backend, self.backend)
+        sizes = ", ".join(f"{k}={v}" for k, v in {**self.sizes, **self.fixed}.items())
+        last = f", last_run={self.last_backend}" if self.last_backend else ""
+        return (f"spec={self.SPEC_NAME}, lowering={self.LOWERING}, backend={self.backend} ({chosen}){last}"
+                + (f", {sizes}" if sizes else ""))
+
+
+# ---------------------------------------------------------------------- loading generated code
+def cache_dir() -> Path:
+    root = os.environ.get("ATTNCC_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "attncc")
+    return Path(root)
+
+
+def load_module(name: str, source: str):
+    """Write generated source to the cache (atomically, keyed by its hash) and import it."""
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    directory = cache_dir() / digest
+    path = directory / f"{name}.py"
+    if not (path.exists() and path.read_text() == source):
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(source)
+        os.replace(tmp, path)
+    module_name = f"attncc_generated_{name}_{digest}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+__all__ = ["CompiledAttention", "Context", "ParamSpec", "InputSpec", "load_module", "math"]

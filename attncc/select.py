@@ -1,0 +1,106 @@
+"""Choose a lowering for each attention node by a sympy cost model.
+
+Every candidate carries flops and bytes as sympy expressions of B, H, Nq, N, D, E (m = feature
+dimension = D for the maps of this version). The cheapest valid candidate at the design sizes wins;
+a spec may force one with `lowering=`. The quadratic `tiled` lowering is valid for every node.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy
+
+from .ir import B, D, E, Graph, H, N, Nq
+from .source import AttnccError
+from .structure import Structure
+
+DESIGN_SIZES = {"B": 1, "H": 8, "Nq": 4096, "N": 4096, "D": 64, "E": 64}
+BLOCK = 64  # tile edge assumed by the cost model
+CHUNK = 64  # chunk length of causal linear attention
+LOWERINGS = ("tiled", "linear", "linear_chunked", "fft")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    flops: sympy.Expr
+    bytes: sympy.Expr
+    note: str
+
+    def at(self, sizes: dict) -> tuple[float, float]:
+        subs = {sympy.Symbol(k, integer=True, positive=True): v for k, v in sizes.items()}
+        return float(self.flops.subs(subs)), float(self.bytes.subs(subs))
+
+
+@dataclass
+class Plan:
+    lowering: str
+    node_op: str
+    mask: Structure
+    candidates: list[Candidate]
+    sizes: dict
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def chosen(self) -> Candidate:
+        return next(c for c in self.candidates if c.name == self.lowering)
+
+
+def visited_pairs(s: Structure) -> sympy.Expr:
+    """(query, key) pairs whose tiles a band-aware loop visits."""
+    if s.kind == "causal":
+        return Nq * (N + BLOCK) / 2
+    if s.kind != "full" and s.bounded:
+        lo = -N if s.lo == -sympy.oo else s.lo
+        hi = Nq if s.hi == sympy.oo else s.hi
+        return Nq * sympy.Min(N, hi - lo + 1 + BLOCK)
+    return Nq * N
+
+
+def candidates(op: str, attrs: dict, mask: Structure) -> list[Candidate]:
+    bytes_io = 4 * B * H * (Nq * (D + E) + N * (D + E))
+    pairs = visited_pairs(mask)
+    out = [Candidate("tiled", 2 * B * H * pairs * (D + E), bytes_io + 4 * B * H * (Nq / BLOCK) * (pairs / Nq) * (D + E),
+                     "quadratic tiles, online softmax / row sums, empty tiles skipped by mask structure")]
+    if op == "linear_attend" and not attrs.get("causal"):
+        out.append(Candidate("linear", 2 * B * H * (N + Nq) * D * (E + 1), bytes_io,
+                             "phi(Q) (phi(K)^T V): one pass for the state, one for the output"))
+    if op == "linear_attend" and attrs.get("causal"):
+        out.append(Candidate("linear_chunked", 2 * B * H * (N * CHUNK * (D + E) + 2 * N * D * (E + 1)), bytes_io,
+                             f"chunks of {CHUNK}: quadratic inside, prefix state across"))
+    if op == "toeplitz_attend":
+        length = Nq + 2 * N
+        out.append(Candidate("fft", B * H * D * (E + 1) * 5 * length * sympy.log(length, 2) + 4 * B * H * Nq * D * E,
+                             bytes_io + 4 * B * H * length * D * (E + 1) * 3,
+                             "circulant embedding, one FFT convolution per feature and value column"))
+    return out
+
+
+def select(graph: Graph, mask: Structure, sizes: dict | None = None, force: str | None = None) -> Plan:
+    (out,) = graph.operands(graph.output)
+    node = graph.node(out)
+    attrs = dict(node.attrs)
+    design = {**DESIGN_SIZES, **(sizes or {})}
+    cands = candidates(node.op, attrs, mask)
+    if force is not None:
+        names = [c.name for c in cands]
+        if force not in names:
+            raise AttnccError(f"lowering `{force}` does not apply to this spec; it can use {', '.join(names)}")
+        chosen = force
+    else:
+        chosen = min(cands, key=lambda c: c.at(design)).name
+    return Plan(chosen, node.op, mask, cands, design, attrs)
+
+
+def format_plan(plan: Plan, log: list[tuple[str, str]]) -> str:
+    sizes = ", ".join(f"{k}={v}" for k, v in plan.sizes.items())
+    lines = ["analysis:"]
+    lines += [f"  [{name}] {msg}" for name, msg in log]
+    lines.append(f"candidates at {sizes}:")
+    for c in plan.candidates:
+        flops, nbytes = c.at(plan.sizes)
+        mark = "*" if c.name == plan.lowering else " "
+        lines.append(f" {mark} {c.name:<15} flops {flops:10.3e}  bytes {nbytes:10.3e}  flops = {c.flops}")
+        lines.append(f"   {'':<15} {c.note}")
+    lines.append(f"chosen: {plan.lowering}")
+    return "\n".join(lines)

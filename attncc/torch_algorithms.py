@@ -1,0 +1,174 @@
+"""Skeletons of the torch backend; the generated module fills their holes (scores, masks, f(d)).
+
+Each works on [B, H, tokens, dim] tensors, is differentiable by autograd, and never materializes
+an N x N buffer except one query chunk at a time (tiled) or not at all (linear, fft).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .evaluate import lookup, popcount  # noqa: F401  (re-exported for generated code)
+
+QUERY_CHUNK = 256
+LINEAR_CHUNK = 64
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def input_lookup(table: torch.Tensor, indices, ndims: int) -> torch.Tensor:
+    """Lookup into a call-time input; a leading batch dimension lines up with [B, H, Nq, N]."""
+    batched = table.dim() > ndims
+    out = lookup(table, list(indices), batched=batched)
+    if batched:
+        out = out.reshape(out.shape[0], *([1] * max(0, 4 - out.dim())), *out.shape[1:]) if out.dim() < 4 else out
+    return out
+
+
+def minimum(*xs):
+    out = xs[0]
+    for x in xs[1:]:
+        out = torch.minimum(torch.as_tensor(out), torch.as_tensor(x))
+    return out
+
+
+def maximum(*xs):
+    out = xs[0]
+    for x in xs[1:]:
+        out = torch.maximum(torch.as_tensor(out), torch.as_tensor(x))
+    return out
+
+
+def logical_not(x):
+    return torch.logical_not(torch.as_tensor(x))
+
+
+def as_float(x, dtype=torch.float32):
+    x = torch.as_tensor(x)
+    return x if x.is_floating_point() else x.to(dtype)
+
+
+def as_4d(x, heads: int) -> torch.Tensor:
+    """A per-head (or scalar) factor as a [1|B, H|1, 1, 1] float tensor."""
+    x = as_float(x)
+    return x.reshape(*([1] * (4 - x.dim())), *x.shape) if x.dim() < 4 else x
+
+
+def toeplitz_row(x, length: int) -> torch.Tensor:
+    """f(d) evaluated on an [.., length, 1] grid, as a float [1|B, 1|H, length] tensor."""
+    x = as_float(x)
+    x = x.reshape(*([1] * (4 - x.dim())), *x.shape) if x.dim() < 4 else x
+    return x.expand(*x.shape[:2], length, 1)[..., 0]
+
+
+def tiled_attention(q, k, v, ctx, *, scores: Callable, mask: Callable | None, key_range: Callable,
+                    normalize: str, eps: float, chunk: int = QUERY_CHUNK) -> torch.Tensor:
+    """out = normalize(mask o scores) V, one chunk of queries at a time over the keys it can see.
+
+    scores(qc, kc, i, j, h, ctx) -> [B|1, H|1, cq, ck]; mask(i, j, h, ctx) -> bool, same grid;
+    key_range(q0, q1, ctx) -> (k0, k1): keys outside [k0, k1) are proven masked for queries [q0, q1).
+    """
+    B, H, Nq, _ = q.shape
+    N, E = k.shape[2], v.shape[-1]
+    dtype = compute_dtype(q)
+    h = torch.arange(H, device=q.device).view(1, H, 1, 1)
+    outs = []
+    for q0 in range(0, Nq, chunk):
+        q1 = min(Nq, q0 + chunk)
+        k0, k1 = key_range(q0, q1, ctx)
+        k0, k1 = max(0, k0), min(N, k1)
+        if k1 <= k0:
+            outs.append(q.new_zeros(B, H, q1 - q0, E, dtype=dtype))
+            continue
+        i = torch.arange(q0, q1, device=q.device).view(1, 1, -1, 1)
+        j = torch.arange(k0, k1, device=q.device).view(1, 1, 1, -1)
+        qc, kc, vc = q[:, :, q0:q1].to(dtype), k[:, :, k0:k1].to(dtype), v[:, :, k0:k1].to(dtype)
+        s = scores(qc, kc, i, j, h, ctx).to(dtype).expand(B, H, q1 - q0, k1 - k0)
+        m = mask(i, j, h, ctx).expand_as(s) if mask is not None else None
+        if normalize == "softmax":
+            if m is not None:
+                s = s.masked_fill(~m, float("-inf"))
+            top = s.amax(-1, keepdim=True).detach()
+            top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+            w = torch.exp(s - top)
+            z = w.sum(-1, keepdim=True)
+            outs.append((w @ vc) / torch.where(z == 0, torch.ones_like(z), z))
+        else:
+            w = torch.where(m, s, torch.zeros((), dtype=dtype, device=s.device)) if m is not None else s
+            out = w @ vc
+            outs.append(out / (w.sum(-1, keepdim=True) + eps) if normalize == "rows" else out)
+    return torch.cat(outs, dim=2).to(v.dtype)
+
+
+def sdpa_attention(q, k, v, *, causal: bool) -> torch.Tensor:
+    """Plain softmax(q k^T / sqrt(d)) v with a full or causal (i >= j) mask: torch's fused kernels."""
+    if causal and q.shape[2] > k.shape[2]:  # rows past the last key see every key: no fused equivalent
+        raise NotImplementedError
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+
+def _finish(num, den, normalize: str, eps: float):
+    return num / (den.unsqueeze(-1) + eps) if normalize == "rows" else num
+
+
+def linear_attention(pq, pk, v, *, modulation, normalize: str, eps: float) -> torch.Tensor:
+    """out = phi(Q) (phi(K)^T V) / (phi(Q) phi(K)^T 1 + eps), times a scalar modulation."""
+    dtype = compute_dtype(v)
+    pq, pk, vv = pq.to(dtype), pk.to(dtype), v.to(dtype)
+    kv = torch.einsum("bhnm,bhne->bhme", pk, vv)
+    num = torch.einsum("bhqm,bhme->bhqe", pq, kv)
+    den = torch.einsum("bhqm,bhm->bhq", pq, pk.sum(2))
+    if modulation is not None:
+        num, den = num * modulation, den * modulation.squeeze(-1)
+    return _finish(num, den, normalize, eps).to(v.dtype)
+
+
+def causal_linear_attention(pq, pk, v, *, modulation, normalize: str, eps: float,
+                            chunk: int = LINEAR_CHUNK) -> torch.Tensor:
+    """out_i = phi(q_i) S_i / (phi(q_i) z_i + eps), S_i = sum_{j <= i} phi(k_j) v_j^T, in chunks:
+    quadratic (masked) inside a chunk, an exclusive prefix sum of chunk states across chunks."""
+    dtype = compute_dtype(v)
+    B, H, Nq, m = pq.shape
+    N, E = pk.shape[2], v.shape[-1]
+    length = max(Nq, N)
+    L = -(-length // chunk) * chunk
+    nc = L // chunk
+    pad = lambda x, n: F.pad(x.to(dtype), (0, 0, 0, L - n)).view(B, H, nc, chunk, x.shape[-1])
+    qc, kc, vc = pad(pq, Nq), pad(pk, N), pad(v, N)
+    states = torch.einsum("bhcnm,bhcne->bhcme", kc, vc)
+    zs = kc.sum(3)
+    prefix = torch.cumsum(states, dim=2) - states
+    zprefix = torch.cumsum(zs, dim=2) - zs
+    tri = torch.tril(torch.ones(chunk, chunk, dtype=torch.bool, device=v.device))
+    intra = torch.einsum("bhcim,bhcjm->bhcij", qc, kc).masked_fill(~tri, 0)
+    num = intra @ vc + torch.einsum("bhcim,bhcme->bhcie", qc, prefix)
+    den = intra.sum(-1) + torch.einsum("bhcim,bhcm->bhci", qc, zprefix)
+    num, den = num.reshape(B, H, L, E)[:, :, :Nq], den.reshape(B, H, L)[:, :, :Nq]
+    if modulation is not None:
+        num, den = num * modulation, den * modulation.squeeze(-1)
+    return _finish(num, den, normalize, eps).to(v.dtype)
+
+
+def toeplitz_attention(pq, pk, v, f, *, normalize: str, eps: float) -> torch.Tensor:
+    """num_i = sum_l phi(q_i)_l sum_j f(i - j) phi(k_j)_l [v_j, 1]: one linear convolution over tokens
+    per (feature, value column), done by FFT on a zero-padded (circulant-embedded) length.
+
+    f: [1|B, 1|H, Nq + N - 1] holding f(d) for d = -(N-1) .. Nq-1.
+    """
+    dtype = compute_dtype(v)
+    B, H, Nq, m = pq.shape
+    N, E = pk.shape[2], v.shape[-1]
+    ones = torch.ones(*v.shape[:-1], 1, dtype=dtype, device=v.device)
+    u = pk.to(dtype).unsqueeze(-1) * torch.cat([v.to(dtype), ones], -1).unsqueeze(-2)  # [B,H,N,m,E+1]
+    n_fft = 1 << math.ceil(math.log2(max(2, Nq + 2 * N - 2)))
+    g = torch.fft.rfft(f.to(dtype), n=n_fft, dim=-1)
+    y = torch.fft.irfft(torch.fft.rfft(u, n=n_fft, dim=2) * g[..., None, None], n=n_fft, dim=2)
+    y = y[:, :, N - 1:N - 1 + Nq]  # [B,H,Nq,m,E+1]
+    num = torch.einsum("bhqm,bhqme->bhqe", pq.to(dtype), y[..., :E])
+    den = torch.einsum("bhqm,bhqm->bhq", pq.to(dtype), y[..., E])
+    return _finish(num, den, normalize, eps).to(v.dtype)
