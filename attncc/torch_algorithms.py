@@ -6,6 +6,7 @@ an N x N buffer except one query chunk at a time (tiled) or not at all (linear, 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Callable
 
 import torch
@@ -172,3 +173,38 @@ def toeplitz_attention(pq, pk, v, f, *, normalize: str, eps: float) -> torch.Ten
     num = torch.einsum("bhqm,bhqme->bhqe", pq.to(dtype), y[..., :E])
     den = torch.einsum("bhqm,bhqm->bhq", pq.to(dtype), y[..., E])
     return _finish(num, den, normalize, eps).to(v.dtype)
+
+
+class _RecomputeBackward(torch.autograd.Function):
+    """Forward by a Triton launcher; backward by re-running the torch backend under autograd."""
+
+    @staticmethod
+    def forward(fctx, triton_fn, torch_fn, ctx, names, q, k, v, *tables):
+        fctx.fns = (torch_fn, ctx, names)
+        fctx.save_for_backward(q, k, v, *tables)
+        return triton_fn(q, k, v, ctx)
+
+    @staticmethod
+    def backward(fctx, grad):
+        torch_fn, ctx, names = fctx.fns
+        saved = fctx.saved_tensors
+        needs = fctx.needs_input_grad[4:]
+        with torch.enable_grad():
+            leaves = [x.detach().requires_grad_(need) for x, need in zip(saved, needs)]
+            q, k, v, *tables = leaves
+            params = {**ctx.params, **{n: t for n, t in zip(names, tables) if n in ctx.params}}
+            inputs = {**ctx.inputs, **{n: t for n, t in zip(names, tables) if n not in ctx.params}}
+            out = torch_fn(q, k, v, replace(ctx, params=params, inputs=inputs))
+            wanted = [x for x, need in zip(leaves, needs) if need]
+            got = iter(torch.autograd.grad(out, wanted, grad, allow_unused=True))
+        return (None, None, None, None, *[next(got) if need else None for need in needs])
+
+
+def with_torch_backward(triton_fn: Callable, torch_fn: Callable, q, k, v, ctx) -> torch.Tensor:
+    """Run triton_fn; if anything needs a gradient, make its backward the torch backend's."""
+    tables = [(n, t) for n, t in ctx.params.items()] + \
+             [(n, t) for n, t in ctx.inputs.items() if t.is_floating_point()]
+    leaves = (q, k, v, *(t for _, t in tables))
+    if not (torch.is_grad_enabled() and any(x.requires_grad for x in leaves)):
+        return triton_fn(q, k, v, ctx)
+    return _RecomputeBackward.apply(triton_fn, torch_fn, ctx, [n for n, _ in tables], *leaves)

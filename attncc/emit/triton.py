@@ -1,8 +1,399 @@
-"""Emit the Triton backend (placeholder until the kernels land)."""
+"""Emit the Triton backend: fixed kernel skeletons with generated holes, plus their launchers.
+
+Skeletons:
+  tiled           grid (cdiv(Nq, BLOCK_M), B*H); loop over key tiles inside the proven band;
+                  softmax: online max/sum (rows with no visible key give 0); rows/none: running sums.
+  linear          state pass S = phi(K)^T V, z = phi(K)^T 1 per (b, h); output pass phi(Q) S / (phi(Q) z + eps).
+  linear_chunked  one program per (b, h) walks chunks: masked quadratic inside, carried state across.
+  fft             no Triton kernel: the generated launcher runs the torch backend (torch.fft).
+Holes: the score/weight and mask expressions over tiles (i = offs_m[:, None], j = offs_n[None, :],
+h = off_h), feature maps, table loads (indices clamped into range). Backward: recomputation through
+the torch backend's autograd (no N x N buffer beyond one query chunk).
+"""
 from __future__ import annotations
 
+import sympy
 
-def emit_triton(spec, plan, graph):
-    src = ("def forward_triton(self, q, k, v, ctx):\n"
-           "    raise NotImplementedError('triton backend not generated yet')\n")
-    return src, ""
+from ..check import CheckedSpec
+from ..expr import TExpr, fmt
+from ..features import FEATURE_MAPS
+from ..ir import Graph, expr_of
+from ..select import Plan
+from .exprs import TritonExpr, key, py_size_expr
+from .writer import CodeWriter
+
+BIG = 1 << 30
+
+HELPERS = {
+    "_floordiv": '''@triton.jit
+def _floordiv(a, b):
+    """Python floor division on integers (Triton's // truncates toward zero)."""
+    q = a // b
+    return tl.where(((a % b) != 0) & ((a < 0) != (b < 0)), q - 1, q)
+''',
+    "_floormod": '''@triton.jit
+def _floormod(a, b):
+    """Python modulo on integers: the result takes the sign of the divisor."""
+    r = a % b
+    return tl.where((r != 0) & ((r < 0) != (b < 0)), r + b, r)
+''',
+    "_tanh": '''@triton.jit
+def _tanh(x):
+    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+''',
+    "_popcount": '''@triton.jit
+def _popcount(x):
+    """Set bits of the 32-bit pattern of x (SWAR)."""
+    u = x.to(tl.int32).to(tl.uint32, bitcast=True)
+    u = u - ((u >> 1) & 0x55555555)
+    u = (u & 0x33333333) + ((u >> 2) & 0x33333333)
+    u = (u + (u >> 4)) & 0x0F0F0F0F
+    return ((u * 0x01010101) >> 24).to(tl.int32)
+''',
+}
+
+
+class _KernelExpr(TritonExpr):
+    """TritonExpr with table loads: params P_<name>, inputs I_<name> (batch stride I_<name>_sb)."""
+
+    def __call__(self, t: TExpr) -> str:
+        if t.op in ("param", "input"):
+            prefix = "P_" if t.op == "param" else "I_"
+            base = prefix + t.value
+            terms = [f"tl.minimum(tl.maximum({self(x)}, 0), {base}_n{d} - 1) * {base}_s{d}"
+                     for d, x in enumerate(t.args)]
+            batch = f"off_b * {base}_sb + " if t.op == "input" else ""
+            return f"tl.load({base} + {batch}{' + '.join(terms)}).to(tl.float32)" if t.type == "float" else \
+                f"tl.load({base} + {batch}{' + '.join(terms)})"
+        return super().__call__(t)
+
+
+def _tables(*exprs: TExpr | None) -> tuple[list[str], list[tuple[str, int]]]:
+    params, inputs = [], []
+    for t in exprs:
+        for e in (t.walk() if t is not None else ()):
+            if e.op == "param" and e.value not in params:
+                params.append(e.value)
+            if e.op == "input" and e.value not in [n for n, _ in inputs]:
+                inputs.append((e.value, len(e.args)))
+    return params, inputs
+
+
+def _sizes(*exprs: TExpr | None) -> list[str]:
+    out = []
+    for t in exprs:
+        for e in (t.walk() if t is not None else ()):
+            if e.op in ("size", "rsize") and e.value not in out:
+                out.append(e.value)
+    return out
+
+
+def _size_arg(name: str) -> str:
+    return {"N": "N", "Nq": "Nq", "H": "H", "D": "D", "E": "E"}.get(name, "S_" + name)
+
+
+class _Kernel:
+    """Shared pieces of every kernel: table/size arguments and their launcher values."""
+
+    def __init__(self, spec: CheckedSpec, exprs: list[TExpr | None], param_dims: dict):
+        self.params, self.inputs = _tables(*exprs)
+        self.sizes = [s for s in _sizes(*exprs) if s not in ("N", "Nq", "H", "D", "E")]
+        self.param_dims = param_dims
+        self.helpers = sorted({h for t in exprs if t is not None for h in _helpers_of(t)})
+
+    def arg_names(self) -> list[str]:
+        names = []
+        for p in self.params:
+            names += [f"P_{p}"] + [f"P_{p}_n{d}" for d in range(self.param_dims[p])] + \
+                     [f"P_{p}_s{d}" for d in range(self.param_dims[p])]
+        for name, nd in self.inputs:
+            names += [f"I_{name}", f"I_{name}_sb"] + [f"I_{name}_n{d}" for d in range(nd)] + \
+                     [f"I_{name}_s{d}" for d in range(nd)]
+        names += [f"S_{s}" for s in self.sizes]
+        return names
+
+    def arg_values(self) -> list[str]:
+        values = []
+        for p in self.params:
+            t = f"ctx.params[{key(p)}]"
+            nd = self.param_dims[p]
+            values += [t] + [f"{t}.shape[{d}]" for d in range(nd)] + [f"{t}.stride({d})" for d in range(nd)]
+        for name, nd in self.inputs:
+            t = f"ctx.inputs[{key(name)}]"
+            values += [t, f"({t}.stride(0) if {t}.dim() > {nd} else 0)"]
+            values += [f"{t}.shape[{t}.dim() - {nd - d}]" for d in range(nd)]
+            values += [f"{t}.stride({t}.dim() - {nd - d})" for d in range(nd)]
+        values += [f"ctx.sizes[{key(s)}]" for s in self.sizes]
+        return values
+
+
+def _helpers_of(t: TExpr):
+    for e in t.walk():
+        if e.op in ("floordiv", "mod") and e.type == "int":
+            yield "_floordiv" if e.op == "floordiv" else "_floormod"
+        if e.op == "call" and e.value in ("tanh", "popcount"):
+            yield "_" + e.value
+
+
+def _feature_fn(w: CodeWriter, name: str) -> None:
+    w.line("@triton.jit")
+    with w.block(f"def _feature_{name}(x):"):
+        w.line(f'"""{FEATURE_MAPS[name].doc}"""')
+        w.line(f"return {FEATURE_MAPS[name].triton_expr}")
+    w.line()
+
+
+def _load_rows(w: CodeWriter, var: str, ptr: str, offs: str, limit: str, cols: str, width: str, feature=None):
+    """Load a [rows, cols] tile of a [B, H, tokens, dim] tensor, zero outside; optionally apply phi in fp32."""
+    w.line(f"{var} = tl.load({ptr} + {offs}[:, None] * stride_{ptr.lower()}m + {cols}[None, :] * stride_{ptr.lower()}d, "
+           f"mask=({offs}[:, None] < {limit}) & ({cols}[None, :] < {width}), other=0.0)")
+    if feature is not None:
+        x = f"{var}.to(tl.float32)"
+        body = f"_feature_{feature}({x})" if feature != "identity" else x
+        w.line(f"{var} = tl.where(({offs}[:, None] < {limit}) & ({cols}[None, :] < {width}), {body}, 0.0)")
+
+
+def _common_args() -> str:
+    return ("Q, K, V, Out, Nq, N, H, D, E, "
+            "stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_km, stride_kd, "
+            "stride_vb, stride_vh, stride_vm, stride_vd, stride_ob, stride_oh, stride_om, stride_od")
+
+
+def _launch_common() -> str:
+    return ("q, k, v, out, Nq, N, H, D, E, *q.stride(), *k.stride(), *v.stride(), *out.stride()")
+
+
+def _prologue(w: CodeWriter, per_bh_only: bool = False) -> None:
+    if not per_bh_only:
+        w.line("pid_m = tl.program_id(0)")
+        w.line("pid_bh = tl.program_id(1)")
+    else:
+        w.line("pid_bh = tl.program_id(0)")
+    w.line("off_b = pid_bh // H")
+    w.line("off_h = pid_bh % H")
+    w.line("Q += off_b * stride_qb + off_h * stride_qh")
+    w.line("K += off_b * stride_kb + off_h * stride_kh")
+    w.line("V += off_b * stride_vb + off_h * stride_vh")
+    w.line("Out += off_b * stride_ob + off_h * stride_oh")
+    w.line("offs_d = tl.arange(0, BLOCK_D)")
+    w.line("offs_e = tl.arange(0, BLOCK_E)")
+
+
+def _row_feature(t: TExpr):
+    return t.value if t.op == "feature" else None
+
+
+def emit_tiled_kernel(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Kernel) -> None:
+    softmax = spec.normalize == "softmax"
+    scores = spec.logits if softmax else spec.weight
+    dots = {}
+    for e in scores.walk():
+        if e.op == "dot" and e not in dots:
+            dots[e] = f"qk{len(dots)}"
+    ex = _KernelExpr(dots, {s: _size_arg(s) for s in _sizes(scores, spec.mask)})
+    banded = plan.mask.kind != "full" and plan.mask.bounded
+    extra = "".join(f"{a}, " for a in kernel.arg_names())
+    w.line("@triton.jit")
+    with w.block(f"def _attn_fwd({_common_args()}, {extra}sm_scale, eps, band_lo, band_hi,"):
+        w.line("BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,")
+        w.line("PRECISION: tl.constexpr):")
+        w.line(f'"""{"softmax" if softmax else spec.normalize} attention over tiles; '
+               f'{"logits" if softmax else "weights"} = {fmt(scores)}; mask = {fmt(spec.mask) if spec.mask else "none"}."""')
+        _prologue(w)
+        w.line("offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)")
+        for fm in dict.fromkeys(_row_feature(d.args[0]) for d in dots):
+            _load_rows(w, f"q_{fm or 'raw'}", "Q", "offs_m", "Nq", "offs_d", "D", feature=fm)
+        w.line("m_i = tl.full([BLOCK_M], float('-inf'), dtype=tl.float32)")
+        w.line("l_i = tl.zeros([BLOCK_M], dtype=tl.float32)")
+        w.line("acc = tl.zeros([BLOCK_M, BLOCK_E], dtype=tl.float32)")
+        if banded:
+            w.line(f"# mask is {plan.mask.describe()}: only key tiles inside the band are visited")
+            w.line("lo = tl.maximum(pid_m * BLOCK_M - band_hi, 0) // BLOCK_N * BLOCK_N")
+            w.line("hi = tl.minimum(pid_m * BLOCK_M + BLOCK_M - band_lo, N)")
+        else:
+            w.line("lo = 0")
+            w.line("hi = N")
+        with w.block("for start_n in range(lo, hi, BLOCK_N):"):
+            w.line("offs_n = start_n + tl.arange(0, BLOCK_N)")
+            for fm in dict.fromkeys(_row_feature(d.args[1]) for d in dots):
+                _load_rows(w, f"k_{fm or 'raw'}", "K", "offs_n", "N", "offs_d", "D", feature=fm)
+            for d, name in dots.items():
+                qvar, kvar = (f"{x}_{_row_feature(side) or 'raw'}" for x, side in zip("qk", d.args))
+                w.line(f"{name} = tl.dot({qvar}, tl.trans({kvar}), input_precision=PRECISION)")
+            w.line(f"s = {ex(scores)}")
+            valid = "(offs_n[None, :] < N)"
+            if spec.mask is not None:
+                valid = f"{valid} & ({ex(spec.mask)})"
+            w.line(f"valid = {valid}")
+            _load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
+            if softmax:
+                w.line("s = tl.where(valid, s, float('-inf'))")
+                w.line("m_new = tl.maximum(m_i, tl.max(s, 1))")
+                w.line("m_safe = tl.where(m_new == float('-inf'), 0.0, m_new)  # rows with no visible key yet")
+                w.line("p = tl.exp(s - m_safe[:, None])")
+                w.line("alpha = tl.exp(m_i - m_safe)")
+                w.line("l_i = l_i * alpha + tl.sum(p, 1)")
+                w.line("acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)")
+                w.line("m_i = m_new")
+            else:
+                w.line("p = tl.where(valid, s * 1.0, 0.0)")
+                w.line("l_i += tl.sum(p, 1)")
+                w.line("acc += tl.dot(p.to(v.dtype), v, input_precision=PRECISION)")
+        if softmax:
+            w.line("out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # no visible key: output 0")
+        elif spec.normalize == "rows":
+            w.line("out = acc / (l_i + eps)[:, None]")
+        else:
+            w.line("out = acc")
+        w.line("tl.store(Out + offs_m[:, None] * stride_om + offs_e[None, :] * stride_od, out.to(Out.dtype.element_ty), "
+               "mask=(offs_m[:, None] < Nq) & (offs_e[None, :] < E))")
+    w.line()
+    band = []
+    if banded:
+        lo, hi = sympy.sympify(plan.mask.lo), sympy.sympify(plan.mask.hi)
+        band = [py_size_expr(lo) if lo.is_finite else f"-{BIG}", py_size_expr(hi) if hi.is_finite else str(BIG)]
+    else:
+        band = [f"-{BIG}", str(BIG)]
+    with w.block("def triton_forward(q, k, v, ctx):"):
+        _launcher_head(w)
+        w.line(f"band_lo, band_hi = {band[0]}, {band[1]}  # keys j with band_lo <= i - j <= band_hi")
+        w.line("grid = (triton.cdiv(Nq, BLOCK_M), B * H)")
+        vals = "".join(f"{v}, " for v in kernel.arg_values())
+        w.line(f"_attn_fwd[grid]({_launch_common()}, {vals}ctx.scale, {spec.eps!r}, band_lo, band_hi,")
+        w.line("    BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision)")
+        w.line("return out")
+
+
+def _launcher_head(w: CodeWriter) -> None:
+    w.line("B, H, Nq, D = q.shape")
+    w.line("N, E = k.shape[2], v.shape[3]")
+    w.line("q, k, v = q.contiguous(), k.contiguous(), v.contiguous()")
+    w.line("out = torch.empty(B, H, Nq, E, device=q.device, dtype=q.dtype)")
+    w.line("BLOCK_M = BLOCK_N = 64 if q.is_cuda else 16")
+    w.line("BLOCK_D = max(16, triton.next_power_of_2(D))")
+    w.line("BLOCK_E = max(16, triton.next_power_of_2(E))")
+    w.line("precision = 'ieee' if q.dtype == torch.float32 else 'tf32'")
+
+
+def emit_linear_kernels(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) -> None:
+    (out,) = graph.operands(graph.output)
+    ops = graph.operands(out)
+    fq = _row_feature(expr_of(graph, ops[0])) or "identity"
+    fk = _row_feature(expr_of(graph, ops[1])) or "identity"
+    causal = plan.lowering == "linear_chunked"
+    finish = {"rows": "num * mod / (den * mod + eps)[:, None]", "none": "num * mod"}[spec.normalize]
+    if causal:
+        w.line("@triton.jit")
+        with w.block(f"def _linear_causal({_common_args()}, Mod, eps, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,"):
+            w.line("BLOCK_E: tl.constexpr, PRECISION: tl.constexpr):")
+            w.line('"""Causal linear attention, one program per (b, h): chunks of BLOCK tokens, quadratic (masked)')
+            w.line('inside a chunk, the running state S = sum phi(k_j) v_j^T, z = sum phi(k_j) across chunks."""')
+            _prologue(w, per_bh_only=True)
+            w.line("mod = tl.load(Mod + pid_bh)")
+            w.line("S = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
+            w.line("z = tl.zeros([BLOCK_D], dtype=tl.float32)")
+            with w.block("for start in range(0, tl.maximum(Nq, N), BLOCK):"):
+                w.line("offs = start + tl.arange(0, BLOCK)")
+                _load_rows(w, "pq", "Q", "offs", "Nq", "offs_d", "D", feature=fq)
+                _load_rows(w, "pk", "K", "offs", "N", "offs_d", "D", feature=fk)
+                _load_rows(w, "v", "V", "offs", "N", "offs_e", "E")
+                w.line("v = v.to(tl.float32)")
+                w.line("a = tl.dot(pq, tl.trans(pk), input_precision=PRECISION)")
+                w.line("a = tl.where(offs[:, None] >= offs[None, :], a, 0.0)")
+                w.line("num = tl.dot(a, v, input_precision=PRECISION) + tl.dot(pq, S, input_precision=PRECISION)")
+                w.line("den = tl.sum(a, 1) + tl.sum(pq * z[None, :], 1)")
+                w.line(f"out = {finish}")
+                w.line("tl.store(Out + offs[:, None] * stride_om + offs_e[None, :] * stride_od, out.to(Out.dtype.element_ty), "
+                       "mask=(offs[:, None] < Nq) & (offs_e[None, :] < E))")
+                w.line("S += tl.dot(tl.trans(pk), v, input_precision=PRECISION)")
+                w.line("z += tl.sum(pk, 0)")
+        w.line()
+    else:
+        w.line("@triton.jit")
+        with w.block(f"def _linear_state({_common_args()}, State, Z, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,"):
+            w.line("BLOCK_E: tl.constexpr, PRECISION: tl.constexpr):")
+            w.line('"""S = phi(K)^T V and z = phi(K)^T 1 for one (b, h)."""')
+            _prologue(w, per_bh_only=True)
+            w.line("S = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
+            w.line("z = tl.zeros([BLOCK_D], dtype=tl.float32)")
+            with w.block("for start in range(0, N, BLOCK):"):
+                w.line("offs = start + tl.arange(0, BLOCK)")
+                _load_rows(w, "pk", "K", "offs", "N", "offs_d", "D", feature=fk)
+                _load_rows(w, "v", "V", "offs", "N", "offs_e", "E")
+                w.line("S += tl.dot(tl.trans(pk), v.to(tl.float32), input_precision=PRECISION)")
+                w.line("z += tl.sum(pk, 0)")
+            w.line("State += pid_bh * BLOCK_D * BLOCK_E")
+            w.line("tl.store(State + offs_d[:, None] * BLOCK_E + offs_e[None, :], S)")
+            w.line("tl.store(Z + pid_bh * BLOCK_D + offs_d, z)")
+        w.line()
+        w.line("@triton.jit")
+        with w.block(f"def _linear_out({_common_args()}, State, Z, Mod, eps, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,"):
+            w.line("BLOCK_E: tl.constexpr, PRECISION: tl.constexpr):")
+            w.line('"""out = phi(Q) S / (phi(Q) z + eps) for one tile of queries."""')
+            _prologue(w)
+            w.line("offs = pid_m * BLOCK + tl.arange(0, BLOCK)")
+            w.line("mod = tl.load(Mod + pid_bh)")
+            _load_rows(w, "pq", "Q", "offs", "Nq", "offs_d", "D", feature=fq)
+            w.line("S = tl.load(State + pid_bh * BLOCK_D * BLOCK_E + offs_d[:, None] * BLOCK_E + offs_e[None, :])")
+            w.line("z = tl.load(Z + pid_bh * BLOCK_D + offs_d)")
+            w.line("num = tl.dot(pq, S, input_precision=PRECISION)")
+            w.line("den = tl.sum(pq * z[None, :], 1)")
+            w.line(f"out = {finish}")
+            w.line("tl.store(Out + offs[:, None] * stride_om + offs_e[None, :] * stride_od, out.to(Out.dtype.element_ty), "
+                   "mask=(offs[:, None] < Nq) & (offs_e[None, :] < E))")
+        w.line()
+    with w.block("def triton_forward(q, k, v, ctx):"):
+        _launcher_head(w)
+        if plan.attrs.get("modulated"):
+            w.line("mod = modulation(ctx).to(device=q.device, dtype=torch.float32).expand(B, H, 1, 1).contiguous()")
+        else:
+            w.line("mod = torch.ones(B, H, device=q.device, dtype=torch.float32)")
+        if causal:
+            w.line(f"_linear_causal[(B * H,)]({_launch_common()}, mod, {spec.eps!r}, BLOCK=BLOCK_M, BLOCK_D=BLOCK_D,")
+            w.line("    BLOCK_E=BLOCK_E, PRECISION=precision)")
+        else:
+            w.line("state = torch.empty(B * H, BLOCK_D, BLOCK_E, device=q.device, dtype=torch.float32)")
+            w.line("z = torch.empty(B * H, BLOCK_D, device=q.device, dtype=torch.float32)")
+            w.line(f"_linear_state[(B * H,)]({_launch_common()}, state, z, BLOCK=BLOCK_N, BLOCK_D=BLOCK_D,")
+            w.line("    BLOCK_E=BLOCK_E, PRECISION=precision)")
+            w.line(f"_linear_out[(triton.cdiv(Nq, BLOCK_M), B * H)]({_launch_common()}, state, z, mod, {spec.eps!r},")
+            w.line("    BLOCK=BLOCK_M, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision)")
+        w.line("return out")
+
+
+def emit_triton(spec: CheckedSpec, plan: Plan, graph: Graph) -> tuple[str, str]:
+    """(source, description of the Triton lowering)."""
+    w = CodeWriter()
+    w.line("import triton")
+    w.line("import triton.language as tl")
+    w.line()
+    if plan.lowering == "fft":
+        w.line("# No Triton kernel for this lowering: the FFT convolution runs through torch.fft (cuFFT on GPU),")
+        w.line("# exactly as in the torch backend above.")
+        with w.block("def forward_triton(self, q, k, v, ctx):"):
+            w.line("return forward_torch(self, q, k, v, ctx)")
+        return w.text(), "fft via torch.fft (no Triton kernel)"
+    if plan.lowering == "tiled":
+        exprs = [spec.logits if spec.normalize == "softmax" else spec.weight, spec.mask]
+        dims = {n: len(p.shape) for n, p in spec.params.items()}
+        kernel = _Kernel(spec, exprs, dims)
+        for h in kernel.helpers:
+            w.lines_of(HELPERS[h])
+            w.line()
+        for fm in sorted({e.value for t in exprs if t is not None for e in t.walk() if e.op == "feature"} - {"identity"}):
+            _feature_fn(w, fm)
+        emit_tiled_kernel(w, spec, plan, kernel)
+        description = f"tiled {'online-softmax' if spec.normalize == 'softmax' else 'weighted-sum'} kernel"
+    else:
+        (out,) = graph.operands(graph.output)
+        for fm in sorted({_row_feature(expr_of(graph, o)) for o in graph.operands(out)[:2]} - {None, "identity"}):
+            _feature_fn(w, fm)
+        emit_linear_kernels(w, spec, plan, graph)
+        description = "chunked causal linear kernel" if plan.lowering == "linear_chunked" else "linear state + output kernels"
+    w.line()
+    w.line()
+    with w.block("def forward_triton(self, q, k, v, ctx):"):
+        w.line('"""Triton forward; gradients by recomputing the torch backend under autograd."""')
+        w.line("return rt.with_torch_backward(triton_forward, lambda q, k, v, ctx: forward_torch(self, q, k, v, ctx),")
+        w.line("                              q, k, v, ctx)")
+    return w.text(), description + "; backward recomputes through the torch backend"
