@@ -158,7 +158,10 @@ class CompiledAttention(nn.Module):
             if spec.dtype in ("int", "bool") and t.is_floating_point():
                 raise ShapeError(f"{self.SPEC_NAME}: input `{name}` must be {spec.dtype}, got {t.dtype}")
             checked[name] = t.long() if spec.dtype == "int" else t.bool() if spec.dtype == "bool" else t.float()
-        return Context(self.sizes, self.params_dict(), checked, **dims)
+        params = self.params_dict()
+        if q.dtype == torch.float64:  # tables join the computation at its precision
+            params = {n: p.double() for n, p in params.items()}
+        return Context(self.sizes, params, checked, **dims)
 
     def resolve_backend(self, q: torch.Tensor) -> str:
         if self.backend != "auto":

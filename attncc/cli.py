@@ -1,0 +1,137 @@
+"""The `attncc` command: compile, inspect and check specs."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+BACKEND_RUNS = [("torch", "float32"), ("torch", "float64"), ("torch", "bfloat16"),
+                ("triton", "float32"), ("triton", "float16"), ("triton", "bfloat16")]
+CHECK_SHAPES = [(37, 37), (1, 1), (20, 45), (45, 20), (130, 130)]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="attncc", description="A compiler for attention mechanisms.")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compile", help="write the generated Python/Triton module of a spec")
+    c.add_argument("spec")
+    c.add_argument("-o", "--out", default=".", help="directory for <name>.py (default: .)")
+    c.add_argument("--lowering", help="force a lowering (tiled, linear, linear_chunked, fft)")
+    i = sub.add_parser("inspect", help="print one stage of the pipeline")
+    i.add_argument("spec")
+    i.add_argument("--stage", choices=["ast", "ir", "optimized", "plan"], default="plan")
+    i.add_argument("--emit", choices=["triton", "torch", "module", "ir", "dot"],
+                   help="print generated source (triton, torch, module) or the stage's graph (ir, dot)")
+    i.add_argument("--lowering")
+    k = sub.add_parser("check", help="run every backend against the dense reference")
+    k.add_argument("specs", nargs="+")
+    k.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    k.add_argument("--lowering")
+    k.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _stage_graph(comp, stage):
+    return comp.optimized if stage in ("optimized", "plan") else comp.ir
+
+
+def cmd_compile(args) -> int:
+    from .api import build
+    comp = build(args.spec, lowering=args.lowering)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{comp.checked.name}.py"
+    path.write_text(comp.module_source)
+    print(f"{path}: {comp.checked.name}, lowering {comp.plan.lowering} ({comp.spec_hash})")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from .api import build
+    from .ast import format_spec
+    from .ir import print_graph, to_dot
+    from .runtime import cuda_triton_available
+    from .select import format_plan
+    comp = build(args.spec, lowering=args.lowering)
+    if args.emit in ("triton", "torch", "module"):
+        print({"triton": comp.triton_source, "torch": comp.torch_source, "module": comp.module_source}[args.emit],
+              end="")
+        return 0
+    if args.emit in ("ir", "dot") or args.stage in ("ir", "optimized"):
+        graph = _stage_graph(comp, args.stage)
+        print(to_dot(graph) if args.emit == "dot" else print_graph(graph))
+        if args.stage == "optimized" and args.emit != "dot":
+            print("\n".join(f"# [{name}] {msg}" for name, msg in comp.log))
+        return 0
+    if args.stage == "ast":
+        print(format_spec(comp.ast))
+        return 0
+    print(format_plan(comp.plan, comp.log))
+    here = "triton" if cuda_triton_available() else "torch"
+    print(f"backend auto: triton on a CUDA device, torch elsewhere (here: {here})")
+    print(f"triton lowering: {comp.module_source.split('TRITON_LOWERING = ')[1].splitlines()[0]}")
+    return 0
+
+
+def cmd_check(args) -> int:
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first @triton.jit
+    from .api import compile as compile_spec
+    from .checking import compare, make_module, random_inputs, triton_runnable
+
+    console = Console()
+    failed = 0
+    for spec in args.specs:
+        cls = compile_spec(spec, lowering=args.lowering)
+        table = Table(title=f"{spec}: {cls.SPEC_NAME}, lowering {cls.LOWERING}")
+        for col in ("backend", "dtype", "Nq x N", "max error", "tolerance", "result"):
+            table.add_column(col)
+        for backend, dtype_name in BACKEND_RUNS:
+            dtype = getattr(torch, dtype_name)
+            if backend == "triton":
+                runnable, why = triton_runnable(device)
+                if not runnable or (dtype == torch.bfloat16 and device == "cpu"):
+                    why = why if not runnable else "interpreter bf16 tl.dot (triton#11584)"
+                    table.add_row(backend, dtype_name, "-", "-", "-", f"[yellow]skipped: {why}")
+                    continue
+            for nq, nk in CHECK_SHAPES:
+                module = make_module(cls, heads=3, dim=24, dim_v=20, seed=args.seed)
+                gen = torch.Generator().manual_seed(args.seed + nq * 1000 + nk)
+                q, k, v, inputs = random_inputs(cls, 2, 3, nq, nk, 24, 20, generator=gen)
+                if cls.INPUTS and nq != nk:
+                    continue  # inputs indexed by both i and j need equal lengths in these checks
+                r = compare(module, q, k, v, inputs, backend, dtype, device)
+                failed += not r.ok
+                table.add_row(backend, dtype_name, f"{nq} x {nk}", f"{r.error:.2e}", f"{r.tolerance:.0e}",
+                              "[green]ok" if r.ok else "[red]FAIL")
+        console.print(table)
+    console.print(f"{'[red]' + str(failed) + ' failed' if failed else '[green]all backends match the reference'}")
+    return 1 if failed else 0
+
+
+def main(argv=None) -> int:
+    from .source import AttnccError
+    args = _parser().parse_args(argv)
+    try:
+        return {"compile": cmd_compile, "inspect": cmd_inspect, "check": cmd_check}[args.command](args)
+    except AttnccError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # never a traceback for users; ATTNCC_DEBUG=1 shows it
+        if os.environ.get("ATTNCC_DEBUG"):
+            raise
+        print(f"attncc: internal error: {type(exc).__name__}: {exc}\n"
+              "  hint: this is a bug in attncc; rerun with ATTNCC_DEBUG=1 for the traceback", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

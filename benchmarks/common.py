@@ -1,0 +1,137 @@
+"""Helpers shared by the benchmark scripts: paths, timing, module setup, tables and result files.
+
+Only torch and attncc are needed at import time; rich is optional (tables fall back to markdown),
+so the GPU script also runs where rich is not installed.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def example_paths(names=None) -> list[Path]:
+    """examples/<name>.attn for the given names, or every example (sorted)."""
+    if names is None:
+        return sorted(EXAMPLES.glob("*.attn"))
+    return [EXAMPLES / f"{name}.attn" for name in names]
+
+
+def parse_ints(text: str) -> list[int]:
+    """'1024,2048' -> [1024, 2048] (for --sizes style flags)."""
+    return [int(x) for x in text.replace(" ", "").split(",") if x]
+
+
+# ---------------------------------------------------------------------- timing
+def median_ms(fn, repeats: int = 5, warmup: int = 1, budget_s: float | None = None, sync=None) -> float:
+    """Median wall time of fn() in milliseconds.
+
+    With budget_s, the repeat count shrinks so that the timed runs take about that long (at least
+    one), judged from the last warm-up run; sync (e.g. torch.cuda.synchronize) runs after each call.
+    """
+    sync = sync or (lambda: None)
+    first = None
+    for _ in range(warmup):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        first = time.perf_counter() - t0
+    if budget_s is not None and first:
+        repeats = max(1, min(repeats, int(budget_s / first)))
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        samples.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(samples)
+
+
+# ---------------------------------------------------------------------- compiled modules
+def instantiate(cls, *, heads: int, tokens: int, **kwargs):
+    """Cls(...) with the sizes a benchmark shape needs: H (and D/E) for specs whose tables are
+    sized by them, and any `max_len`-style size raised to cover `tokens` (relative-position tables)."""
+    sizes = {"H": heads} if "H" in cls.NEEDS else {}
+    for name, value in cls.SIZES.items():
+        if name.startswith("max_") and value < tokens:
+            sizes[name] = tokens
+    return cls(**sizes, **kwargs)
+
+
+def call_inputs(cls, batch: int, tokens: int, device="cpu", seed: int = 0) -> dict:
+    """Call-time inputs of the examples: `doc` = sorted random document ids [batch, tokens]."""
+    inputs = {}
+    gen = torch.Generator().manual_seed(seed)
+    for name, spec in cls.INPUTS.items():
+        if name != "doc":
+            raise NotImplementedError(f"no benchmark data for input `{name}`")
+        docs = torch.randint(0, 8, (batch, tokens), generator=gen).sort(dim=-1).values
+        inputs[name] = docs.to(device)
+    return inputs
+
+
+def qkv(batch: int, heads: int, tokens: int, dim: int, dtype=torch.float32, device="cpu", seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, heads, tokens, dim, generator=gen).to(device=device, dtype=dtype) for _ in range(3)]
+
+
+# ---------------------------------------------------------------------- tables and files
+def fmt(x, digits: int = 2) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.{digits}e}" if x != 0 and (abs(x) < 1e-2 or abs(x) >= 1e5) else f"{x:.{digits}f}"
+    return str(x)
+
+
+def markdown_table(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def print_table(title: str, headers: list[str], rows: list[list]) -> None:
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        print(f"\n## {title}\n\n{markdown_table(headers, rows)}\n")
+        return
+    table = Table(title=title)
+    for h in headers:
+        table.add_column(h, justify="left" if h == headers[0] else "right")
+    for row in rows:
+        table.add_row(*(fmt(c) for c in row))
+    Console().print(table)
+
+
+def environment() -> dict:
+    env = {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine(),
+           "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name()
+    try:
+        import triton
+        env["triton"] = triton.__version__
+    except ImportError:
+        pass
+    return env
+
+
+def write_results(json_path: Path, data: dict, sections: list[tuple[str, list[str], list[list]]],
+                  notes: str = "") -> None:
+    """Write data as JSON and the (title, headers, rows) sections as markdown next to it (.md)."""
+    json_path = Path(json_path)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps({"environment": environment(), **data}, indent=2) + "\n")
+    md = [f"## {title}\n\n{markdown_table(headers, rows)}\n" for title, headers, rows in sections]
+    json_path.with_suffix(".md").write_text("\n".join(md) + (f"\n{notes.strip()}\n" if notes else ""))
+    print(f"wrote {json_path} and {json_path.with_suffix('.md')}")
