@@ -205,10 +205,11 @@ def _recover(src: Source) -> list[Diagnostic]:
         diagnostics.append(Diagnostic("expected `attention NAME {` at the start of the spec",
                                       Span(len(header) - len(header.lstrip()), max(1, len(header.rstrip()))),
                                       "a spec starts with `attention NAME {`"))
+    bad_chars = [d.span.start for d in diagnostics]
     for start, end in zip(cuts[:-1], cuts[1:]):
         piece = text[start:end]
-        if not piece.strip():
-            continue
+        if not piece.strip() or any(start <= pos < end for pos in bad_chars):
+            continue  # a statement with a bad character has its error already
         try:
             parser().parse(piece, start="stmt")
         except lark.exceptions.UnexpectedInput as err:
@@ -216,12 +217,13 @@ def _recover(src: Source) -> list[Diagnostic]:
         except RecursionError:
             diagnostics.append(Diagnostic("statement is too deeply nested", Span(start, start + 1)))
     tail = text[body_end:].strip()
-    if tail != "}":
-        pos = body_end + len(text[body_end:]) - len(text[body_end:].lstrip())
-        msg = "expected `}` to close the spec" if not tail else "unexpected text after the closing `}`"
-        if tail.startswith("}"):
-            pos += 1
-        diagnostics.append(Diagnostic(msg, Span(min(pos, len(text)), min(pos, len(text)) + 1)))
+    if not tail:
+        pos = len(text.rstrip())
+        diagnostics.append(Diagnostic("expected `}` to close the spec", Span(pos, pos + 1)))
+    elif tail != "}":
+        pos = text.index("}", body_end) + 1
+        pos += len(text[pos:]) - len(text[pos:].lstrip())
+        diagnostics.append(Diagnostic("unexpected text after the closing `}`", Span(pos, pos + 1)))
     return diagnostics
 
 

@@ -104,5 +104,10 @@ class DiagnosticBag:
 
 
 def did_you_mean(name: str, candidates) -> str | None:
-    close = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.6)
-    return f"did you mean `{close[0]}`?" if close else None
+    """The closest candidate by similarity; ties go to one that extends the name, then the shorter."""
+    def score(c: str):
+        return (difflib.SequenceMatcher(None, name, c).ratio(), c.startswith(name), -len(c), c)
+    best = max(candidates, key=score, default=None)
+    if best is None or score(best)[0] < 0.6:
+        return None
+    return f"did you mean `{best}`?"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -110,7 +111,7 @@ def print_table(title: str, headers: list[str], rows: list[list]) -> None:
         table.add_column(h, justify="left" if h == headers[0] else "right")
     for row in rows:
         table.add_row(*(fmt(c) for c in row))
-    Console().print(table)
+    Console(width=max(120, shutil.get_terminal_size().columns)).print(table)
 
 
 def environment() -> dict:
