@@ -40,8 +40,9 @@ class ExprBuilder:
     def _new(self, t: TExpr, args: tuple[int, ...]) -> int:
         g = self.graph
         if t.op == "feature":
+            options = self.feature_options.get(t.value)
             return g.add("feature", args, shape=g.node(args[0]).shape, dtype=FLOAT, span=t.span, map=t.value,
-                         options=self.feature_options.get(t.value, ()))
+                         **({"options": options} if options else {}))
         if t.op == "dot":
             return g.add("pairdot", args, shape=(B, H, Nq, N), dtype=FLOAT, span=t.span)
         if t.op == "var":

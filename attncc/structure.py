@@ -122,6 +122,20 @@ def _linear_bound(rel):
     return None
 
 
+def _split_extremum(rel):
+    """max(a, b) <= w  <=>  a <= w and b <= w;  min(a, b) >= w  <=>  a >= w and b >= w (either side)."""
+    op, lhs, rhs = type(rel), rel.lhs, rel.rhs
+    flip = {sympy.Le: sympy.Ge, sympy.Lt: sympy.Gt, sympy.Ge: sympy.Le, sympy.Gt: sympy.Lt}
+    if op not in flip:
+        return None
+    if isinstance(rhs, (sympy.Max, sympy.Min)) and not isinstance(lhs, (sympy.Max, sympy.Min)):
+        op, lhs, rhs = flip[op], rhs, lhs
+    if (isinstance(lhs, sympy.Max) and op in (sympy.Le, sympy.Lt)) or \
+            (isinstance(lhs, sympy.Min) and op in (sympy.Ge, sympy.Gt)):
+        return sympy.And(*(op(a, rhs) for a in lhs.args))
+    return None
+
+
 def _interval(cond):
     """Interval [lo, hi] of integers d where cond holds, if cond is a conjunction of linear bounds."""
     if cond is sympy.true:
@@ -135,6 +149,9 @@ def _interval(cond):
             lo, hi = sympy.Max(lo, sub[0]), sympy.Min(hi, sub[1])
         return sympy.simplify(lo), sympy.simplify(hi)
     if isinstance(cond, sympy.core.relational.Relational):
+        split = _split_extremum(cond)
+        if split is not None:
+            return _interval(split)
         if cond.has(sympy.Abs):  # |u| <= w  <=>  -w <= u <= w
             lhs, rhs = cond.lhs, cond.rhs
             if isinstance(lhs, sympy.Abs) and type(cond) in (sympy.Le, sympy.Lt):

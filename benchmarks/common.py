@@ -33,22 +33,15 @@ def parse_ints(text: str) -> list[int]:
 
 # ---------------------------------------------------------------------- timing
 def median_ms(fn, repeats: int = 5, warmup: int = 1, budget_s: float | None = None, sync=None) -> float:
-    """Median wall time of fn() in milliseconds.
-
-    With budget_s, the repeat count shrinks so that the timed runs take about that long (at least
-    one), judged from the last warm-up run; sync (e.g. torch.cuda.synchronize) runs after each call.
-    """
+    """Median wall time of fn() in milliseconds over up to `repeats` timed calls after `warmup`
+    untimed ones; with budget_s, stops early once the timed calls have taken that long (at least one
+    call). sync (e.g. torch.cuda.synchronize) runs after each call."""
     sync = sync or (lambda: None)
-    first = None
     for _ in range(warmup):
-        t0 = time.perf_counter()
         fn()
         sync()
-        first = time.perf_counter() - t0
-    if budget_s is not None and first:
-        repeats = max(1, min(repeats, int(budget_s / first)))
     samples = []
-    for _ in range(repeats):
+    while len(samples) < max(1, repeats) and (budget_s is None or sum(samples) < budget_s):
         t0 = time.perf_counter()
         fn()
         sync()

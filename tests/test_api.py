@@ -1,0 +1,117 @@
+"""The Python surface: compile, modules, backends, call-time errors, gradients."""
+import pytest
+import torch
+
+import attncc
+from attncc import AttnccError, ShapeError
+
+from .conftest import ROOT
+
+ALIBI = str(ROOT / "examples" / "alibi.attn")
+DOCUMENT = str(ROOT / "examples" / "document.attn")
+
+
+def test_compile_from_path_and_text_give_the_same_module():
+    text = (ROOT / "examples" / "causal.attn").read_text()
+    a, b = attncc.compile(str(ROOT / "examples" / "causal.attn")), attncc.compile(text)
+    assert a.compilation.module_source == b.compilation.module_source
+    assert issubclass(a, torch.nn.Module)
+
+
+def test_auto_backend_is_torch_on_cpu_and_repr_says_so():
+    m = attncc.compile(ALIBI)(H=2)
+    q = torch.randn(1, 2, 8, 16)
+    m(q, q, q)
+    assert m.last_backend == "torch"
+    assert "backend=auto" in repr(m) and "last_run=torch" in repr(m) and "lowering=tiled" in repr(m)
+
+
+def test_reference_function():
+    q, k, v = (torch.randn(1, 2, 9, 8) for _ in range(3))
+    ref = attncc.reference(str(ROOT / "examples" / "softmax.attn"), q, k, v)
+    want = torch.softmax(q.double() @ k.double().transpose(-1, -2) / 8 ** 0.5, -1) @ v.double()
+    assert torch.allclose(ref, want)
+
+
+def test_constructor_errors():
+    cls = attncc.compile(ALIBI)
+    with pytest.raises(AttnccError, match="pass H=..."):
+        cls()
+    with pytest.raises(AttnccError, match="unknown size `windw`"):
+        attncc.compile(str(ROOT / "examples" / "sliding_window.attn"))(windw=3)
+    with pytest.raises(AttnccError, match="unknown backend"):
+        cls(H=2, backend="cuda")
+
+
+@pytest.mark.parametrize("q_shape,k_shape,v_shape,message", [
+    ((1, 2, 8), (1, 2, 8, 4), (1, 2, 8, 4), "`q` must be \\[batch, heads, tokens, dim\\]"),
+    ((1, 2, 8, 4), (1, 2, 7, 4), (1, 2, 8, 4), "`v` has shape"),
+    ((1, 2, 8, 4), (1, 3, 8, 4), (1, 3, 8, 4), "`k` has shape"),
+    ((1, 3, 8, 4), (1, 3, 8, 4), (1, 3, 8, 4), "built for H = 2"),
+])
+def test_call_time_shape_errors(q_shape, k_shape, v_shape, message):
+    m = attncc.compile(ALIBI)(H=2)
+    with pytest.raises(ShapeError, match=message):
+        m(torch.randn(q_shape), torch.randn(k_shape), torch.randn(v_shape))
+
+
+def test_input_errors():
+    m = attncc.compile(DOCUMENT)()
+    q = torch.randn(2, 1, 6, 4)
+    with pytest.raises(ShapeError, match="missing input `doc`"):
+        m(q, q, q)
+    with pytest.raises(ShapeError, match="unexpected input `dco`; did you mean `doc`"):
+        m(q, q, q, doc=torch.zeros(2, 6, dtype=torch.long), dco=1)
+    with pytest.raises(ShapeError, match="input `doc` has shape \\(5,\\), expected \\(6,\\) or \\(2, 6\\)"):
+        m(q, q, q, doc=torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ShapeError, match="must be int"):
+        m(q, q, q, doc=torch.zeros(6))
+    out = m(q, q, q, doc=torch.zeros(6, dtype=torch.long))  # one set of ids shared by the batch
+    assert out.shape == (2, 1, 6, 4)
+
+
+def test_dtype_mismatch_is_named():
+    m = attncc.compile(str(ROOT / "examples" / "causal.attn"))()
+    q = torch.randn(1, 1, 4, 4)
+    with pytest.raises(ShapeError, match="`k` is torch.float16"):
+        m(q, q.half(), q)
+
+
+def test_empty_sequences():
+    m = attncc.compile(str(ROOT / "examples" / "causal.attn"))()
+    assert m(torch.randn(1, 1, 0, 4), torch.randn(1, 1, 5, 4), torch.randn(1, 1, 5, 3)).shape == (1, 1, 0, 3)
+    assert torch.equal(m(torch.randn(1, 1, 2, 4), torch.randn(1, 1, 0, 4), torch.randn(1, 1, 0, 3)),
+                       torch.zeros(1, 1, 2, 3))
+
+
+def test_fully_masked_rows_are_zero_not_nan():
+    cls = attncc.compile("attention a { mask(i, j) = j < i }")  # row 0 sees no key
+    q = torch.randn(1, 1, 5, 16)
+    for backend in ("torch", "triton", "reference"):
+        out = cls(backend=backend)(q, q, q)
+        assert torch.isfinite(out).all() and torch.equal(out[0, 0, 0], torch.zeros(16))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_gradients_match_reference(backend):
+    cls = attncc.compile(ALIBI)
+    m = cls(H=2, backend=backend)
+    with torch.no_grad():
+        m.slope.mul_(3)
+    q, k, v = (torch.randn(1, 2, 20, 16, dtype=torch.float32, requires_grad=True) for _ in range(3))
+    m(q, k, v).square().sum().backward()
+    grads = [t.grad.clone() for t in (q, k, v)] + [m.slope.grad.clone()]
+    qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = cls(H=2, backend="torch").double()
+    ref.load_state_dict({"slope": m.slope.detach().double()})
+    ref(qd, kd, vd).square().sum().backward()
+    for got, want in zip(grads, [qd.grad, kd.grad, vd.grad, ref.slope.grad]):
+        assert torch.allclose(got.double(), want, atol=1e-4, rtol=1e-4)
+
+
+def test_state_dict_round_trip():
+    cls = attncc.compile(str(ROOT / "examples" / "toeplitz_linear.attn"))
+    a, b = cls(), cls()
+    b.load_state_dict(a.state_dict())
+    q = torch.randn(1, 1, 10, 8)
+    assert torch.equal(a(q, q, q), b(q, q, q))

@@ -1,0 +1,83 @@
+"""Property tests: every backend of every example, and every lowering, matches the dense reference."""
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import attncc
+from attncc.checking import compare, make_module, random_inputs
+from attncc.testing import attention_shapes
+
+from .conftest import EXAMPLES
+
+RUNS = [("torch", torch.float32), ("torch", torch.float64), ("torch", torch.bfloat16),
+        ("triton", torch.float32), ("triton", torch.float16)]
+CLASSES = {p.stem: attncc.compile(str(p)) for p in EXAMPLES}
+
+
+def _check(cls, shape, backend, dtype, seed=0, **sizes):
+    b, h, nq, nk, d, e = shape
+    if cls.INPUTS:
+        nk = nq  # the example inputs (document ids) are indexed by both i and j
+    module = make_module(cls, h, d, e, seed=seed, **sizes)
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v, inputs = random_inputs(cls, b, h, nq, nk, d, e, generator=gen)
+    result = compare(module, q, k, v, inputs, backend, dtype)
+    assert result.ok, f"{cls.SPEC_NAME} {backend} {dtype} {shape}: error {result.error:.3e} > {result.tolerance:.0e}"
+
+
+@pytest.mark.parametrize("backend,dtype", RUNS, ids=[f"{b}-{str(d)[6:]}" for b, d in RUNS])
+@pytest.mark.parametrize("name", sorted(CLASSES))
+@given(shape=attention_shapes(max_tokens=70), seed=st.integers(0, 2**16))
+def test_example_matches_reference(name, backend, dtype, shape, seed):
+    _check(CLASSES[name], shape, backend, dtype, seed)
+
+
+KERNELIZED = {
+    "linear_elu": ["tiled", "linear"],
+    "linear_elu_causal": ["tiled", "linear_chunked"],
+    "toeplitz_linear": ["tiled", "fft"],
+}
+
+
+@pytest.mark.parametrize("backend,dtype", [("torch", torch.float64), ("triton", torch.float32)])
+@pytest.mark.parametrize("name,lowering", [(n, lw) for n, lws in KERNELIZED.items() for lw in lws])
+@settings(max_examples=4)
+@given(shape=attention_shapes(max_tokens=70))
+def test_every_lowering_matches_reference(name, lowering, backend, dtype, shape):
+    cls = attncc.compile(str(next(p for p in EXAMPLES if p.stem == name)), lowering=lowering)
+    assert cls.LOWERING == lowering
+    _check(cls, shape, backend, dtype)
+
+
+def test_sizes_past_one_block_and_band_skipping():
+    """Enough tokens for several tiles in every backend, with band bounds that skip tiles."""
+    cls = CLASSES["sliding_window"]
+    for backend, dtype in RUNS:
+        _check(cls, (1, 2, 150, 150, 16, 16), backend, dtype, window=7)
+
+
+MODULATED = """attention modulated {
+    feature phi = elu1
+    param g[H] = uniform(low=0.5, high=2.0)
+    weight(i, j) = dot(phi(q[i]), phi(k[j])) * g[h] * 0.5
+    mask(i, j) = j <= i
+}"""
+
+
+@pytest.mark.parametrize("lowering", ["linear_chunked", "tiled"])
+@pytest.mark.parametrize("backend,dtype", [("torch", torch.float64), ("triton", torch.float32)])
+def test_per_head_modulation(lowering, backend, dtype):
+    cls = attncc.compile(MODULATED, lowering=lowering)
+    _check(cls, (2, 3, 33, 33, 8, 8), backend, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", sorted(CLASSES))
+def test_triton_on_gpu(name, dtype):
+    cls = CLASSES[name]
+    module = make_module(cls, 4, 64, 64)
+    q, k, v, inputs = random_inputs(cls, 2, 4, 1000, 1000, 64, 64)
+    result = compare(module, q, k, v, inputs, "triton", dtype, device="cuda")
+    assert result.ok, f"{name} {dtype}: {result.error:.3e}"

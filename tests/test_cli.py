@@ -1,0 +1,48 @@
+"""The attncc command line."""
+import ast as pyast
+
+import pytest
+
+from attncc.cli import main
+
+from .conftest import ROOT
+
+SPEC = str(ROOT / "examples" / "sliding_window.attn")
+
+
+def test_compile_writes_module(tmp_path, capsys):
+    assert main(["compile", SPEC, "-o", str(tmp_path)]) == 0
+    source = (tmp_path / "sliding_window.py").read_text()
+    pyast.parse(source)
+    assert "@triton.jit" in source and "def forward_torch" in source
+    assert "lowering tiled" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("stage", ["ast", "ir", "optimized", "plan"])
+@pytest.mark.parametrize("emit", [None, "triton", "torch", "module", "ir", "dot"])
+def test_inspect_every_stage(stage, emit, capsys):
+    args = ["inspect", SPEC, "--stage", stage] + (["--emit", emit] if emit else [])
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    expected = {"triton": "@triton.jit", "torch": "def forward_torch", "module": "class Module",
+                "ir": "graph sliding_window", "dot": "digraph"}.get(emit) or \
+        {"ast": "attention sliding_window {", "ir": "= attend(", "optimized": "mask_structure=",
+         "plan": "chosen: tiled"}[stage]
+    assert expected in out
+
+
+def test_inspect_plan_explains_the_band(capsys):
+    main(["inspect", SPEC])
+    out = capsys.readouterr().out
+    assert "band -window <= i - j <= window" in out and "backend auto" in out
+
+
+def test_check_passes_and_prints_a_table(capsys):
+    assert main(["check", str(ROOT / "examples" / "linear_elu_causal.attn")]) == 0
+    out = capsys.readouterr().out
+    assert "all backends match the reference" in out and "triton" in out
+
+
+def test_forced_lowering_that_does_not_apply(capsys):
+    assert main(["inspect", SPEC, "--lowering", "fft"]) == 1
+    assert "does not apply" in capsys.readouterr().err

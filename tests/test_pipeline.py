@@ -1,0 +1,71 @@
+"""IR and plan printing (golden), verifier, determinism of generated source."""
+import ast as pyast
+import subprocess
+import sys
+
+import pytest
+
+from attncc.api import build
+from attncc.ast import format_spec
+from attncc.ir import print_graph, to_dot, verify
+from attncc.parse import parse
+from attncc.select import format_plan
+from attncc.source import Source
+
+from .conftest import EXAMPLES, ROOT, golden
+
+GOLDEN = ROOT / "tests" / "golden" / "ir"
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_printed_ir_golden(path, update_golden):
+    comp = build(str(path.relative_to(ROOT)))
+    text = "\n\n".join([print_graph(comp.ir), print_graph(comp.optimized), format_plan(comp.plan, comp.log)])
+    golden(GOLDEN / f"{path.stem}.txt", text + "\n", update_golden)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_graphs_verify_and_render(path):
+    comp = build(str(path))
+    verify(comp.ir)
+    verify(comp.optimized)
+    assert to_dot(comp.optimized).startswith("digraph")
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_canonical_ast_round_trips(path):
+    tree = parse(Source(path.read_text()))
+    again = parse(Source(format_spec(tree)))
+    assert format_spec(again) == format_spec(tree)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_generated_source_is_python_and_deterministic(path):
+    first = build(str(path)).module_source
+    assert first == build(str(path)).module_source
+    pyast.parse(first)
+
+
+def test_generated_source_is_identical_across_processes():
+    path = EXAMPLES[0]
+    code = f"import attncc, hashlib; print(hashlib.sha256(attncc.build({str(path)!r}).module_source.encode()).hexdigest())"
+    runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+            for _ in range(2)}
+    here = __import__("hashlib").sha256(build(str(path)).module_source.encode()).hexdigest()
+    assert runs == {here + "\n"}
+
+
+def test_comments_and_layout_do_not_reach_generated_code():
+    plain = "attention a { mask(i, j) = j <= i }"
+    noisy = "# exec('rm -rf /')\nattention a {\n  # __import__('os')\n  mask(i, j) =\n    j <= i  # \"quote\"\n}\n"
+    assert build(plain).module_source == build(noisy).module_source
+    assert "exec" not in build(noisy).module_source
+
+
+def test_verifier_catches_a_broken_graph():
+    comp = build(str(EXAMPLES[0]))
+    g = comp.optimized
+    attend = g.operands(g.output)[0]
+    g.g.remove_edge(g.operands(attend)[0], attend)
+    with pytest.raises(AssertionError):
+        verify(g)
