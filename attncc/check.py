@@ -24,6 +24,11 @@ INPUT_DTYPES = ("int", "float", "bool")
 RESERVED = {"q", "k", "v", "h", "scale", "dot", "true", "false", *RUNTIME_SIZES, *FUNCTIONS, *FEATURE_MAPS}
 
 
+# dot(q[i], k[j]) * scale: the logits of plain softmax attention.
+DEFAULT_LOGITS = TExpr("mul", (TExpr("dot", (TExpr("qrow", (), "q", VEC), TExpr("krow", (), "k", VEC)), None, FLOAT),
+                               TExpr("scale", (), "scale", FLOAT)), None, FLOAT)
+
+
 @dataclass(frozen=True)
 class ParamInfo:
     name: str
@@ -509,9 +514,7 @@ class _Checker:
                                "write e.g. `dot(q[i], k[j]) * scale`")
         logits = weight = None
         if softmax:
-            logits = exprs.get("score") if "score" in self.defs else TExpr(
-                "mul", (TExpr("dot", (TExpr("qrow", (), "q", VEC), TExpr("krow", (), "k", VEC)), None, FLOAT),
-                        TExpr("scale", (), "scale", FLOAT)), None, FLOAT)
+            logits = exprs.get("score") if "score" in self.defs else DEFAULT_LOGITS
             if exprs.get("bias") is not None and logits is not None:
                 logits = TExpr("add", (logits, exprs["bias"]), None, FLOAT)
             for x in self.features.values():

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sympy
 
-from ..check import CheckedSpec
+from ..check import DEFAULT_LOGITS, CheckedSpec
 from ..expr import TExpr, fmt
 from ..ir import Graph, expr_of
 from ..select import Plan
@@ -65,12 +65,12 @@ def emit_tiled(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
         for ln in key_range_lines(plan):
             w.line(ln)
     w.line()
-    plain = fmt(scores) == "(dot(q[i], k[j]) * scale)" and plan.mask.kind in ("full", "causal")
+    plain = scores == DEFAULT_LOGITS and plan.mask.kind in ("full", "causal")
     with w.block("def forward_torch(self, q, k, v, ctx):"):
         if plain and spec.normalize == "softmax":
             w.line("# plain softmax(q k^T / sqrt(d)) with a full or causal mask: torch's fused SDPA kernels")
-            with w.block("if q.shape[2] <= k.shape[2]:"):
-                w.line(f"return rt.sdpa_attention(q, k, v, causal={plan.mask.kind == 'causal'})")
+            w.line(f"return rt.sdpa_attention(q, k, v, causal={plan.mask.kind == 'causal'})")
+            return
         w.line(f"return rt.tiled_attention(q, k, v, ctx, scores=scores, mask={'mask' if spec.mask is not None else 'None'}, "
                f"key_range=key_range, normalize={spec.normalize!r}, eps={spec.eps!r})")
 
