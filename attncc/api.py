@@ -64,7 +64,7 @@ def build(spec: str | Path | Source, sizes: dict | None = None, lowering: str | 
     ctx = PassContext(checked, size_symbols(checked))
     run_pipeline(optimized, ctx)
     attend = optimized.operands(optimized.output)[0]
-    mask = optimized.node(attend).attr("mask_structure") or ctx_mask(ctx, checked)
+    mask = optimized.node(attend).attr("mask_structure")
     plan = select(optimized, mask, {**checked.sizes, **(sizes or {})}, lowering)
     spec_hash = "sha256:" + hashlib.sha256(f"{__version__}\n{format_spec(tree)}\n{plan.lowering}".encode()).hexdigest()[:16]
     comp = Compilation(src, tree, checked, ir, optimized, plan, ctx.log, spec_hash=spec_hash)
@@ -74,11 +74,6 @@ def build(spec: str | Path | Source, sizes: dict | None = None, lowering: str | 
                           + comp.torch_source + "\n\n# " + "-" * 70 + " triton backend\n" + comp.triton_source
                           + "\n\n" + module_class(checked, plan, spec_hash, triton_lowering))
     return comp
-
-
-def ctx_mask(ctx: PassContext, checked: CheckedSpec):
-    from .structure import classify_mask
-    return classify_mask(checked.mask, ctx.symbols)
 
 
 def compile(spec: str | Path, backend: str = "auto", sizes: dict | None = None, lowering: str | None = None):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from . import ast
 from .expr import (BOOL, BITWISE, COMPARE, FLOAT, FUNCTIONS, INT, RUNTIME_SIZES, SYMBOL_TO_OP, VEC, TExpr,
-                   const, var)
+                   const)
 from .features import FEATURE_MAPS
 from .source import DiagnosticBag, Source, Span, did_you_mean
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import math
 import os
 import sys
 import tempfile
@@ -230,4 +229,4 @@ def load_module(name: str, source: str):
     return module
 
 
-__all__ = ["CompiledAttention", "Context", "ParamSpec", "InputSpec", "load_module", "math"]
+__all__ = ["CompiledAttention", "Context", "ParamSpec", "InputSpec", "load_module"]

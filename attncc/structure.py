@@ -219,7 +219,7 @@ def classify_modulation(m: TExpr | None, symbols: dict[str, sympy.Symbol]) -> St
     if not (expr.has(I) or expr.has(J)):
         return Structure("full", reason=f"modulation {expr} does not depend on i, j")
     if _in_d(expr) is not None:
-        return Structure("toeplitz", reason=f"modulation depends only on d = i - j")
+        return Structure("toeplitz", reason="modulation depends only on d = i - j")
     return Structure("general", reason="modulation depends on more than i - j")
 
 

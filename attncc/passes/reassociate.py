@@ -49,7 +49,8 @@ def reassociate_kernel(graph: Graph, ctx) -> None:
         mask_structure = node.attr("mask_structure")
         build = ExprBuilder(graph)
         phi_q, phi_k = (build.add(side) for side in dot.args)
-        common = dict(shape=node.shape, dtype=FLOAT, normalize=node.attr("normalize"), eps=node.attr("eps"))
+        common = dict(shape=node.shape, dtype=FLOAT, normalize=node.attr("normalize"), eps=node.attr("eps"),
+                      mask_structure=mask_structure)
         if mod_structure.kind == "full" and mask_structure.kind in ("full", "causal"):
             causal = mask_structure.kind == "causal"
             mod = [build.add(modulation)] if modulation is not None else []
