@@ -148,6 +148,8 @@ def verify(graph: Graph) -> None:
 
 
 def _fmt_attr(value) -> str:
+    if hasattr(value, "describe"):  # analysis results (Structure)
+        return value.describe()
     if isinstance(value, TExpr):
         from .expr import fmt
         return fmt(value)
