@@ -21,7 +21,7 @@ NORMALIZERS = {"softmax": {}, "rows": {"eps": 1e-6}, "none": {}}
 INITIALIZERS = {"zeros": {}, "ones": {}, "alibi": {}, "normal": {"std": 0.02, "mean": 0.0},
                 "uniform": {"low": -0.1, "high": 0.1}}
 INPUT_DTYPES = ("int", "float", "bool")
-RESERVED = {"q", "k", "v", "h", "scale", "dot", "true", "false", *RUNTIME_SIZES, *FUNCTIONS, *FEATURE_MAPS}
+RESERVED = {"q", "k", "v", "i", "j", "h", "scale", "dot", "true", "false", *RUNTIME_SIZES, *FUNCTIONS, *FEATURE_MAPS}
 
 
 # dot(q[i], k[j]) * scale: the logits of plain softmax attention.
@@ -67,6 +67,7 @@ class CheckedSpec:
     weight: TExpr | None  # kernelized
     mask: TExpr | None
     spans: dict[str, Span] = field(default_factory=dict)
+    derived: dict[str, TExpr] = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
@@ -78,6 +79,7 @@ class _Checker:
         self.src, self.spec = src, spec
         self.bag = DiagnosticBag(src)
         self.sizes: dict[str, int] = {}
+        self.derived: dict[str, TExpr] = {}  # sizes defined from other sizes, recomputed on override
         self.params: dict[str, ParamInfo] = {}
         self.inputs: dict[str, InputInfo] = {}
         self.features: dict[str, FeatureInfo] = {}
@@ -105,9 +107,24 @@ class _Checker:
         return self._finish()
 
     def _SizeDecl(self, s: ast.SizeDecl):
-        value = self._const_int(s.value, "a size")
-        if value is not None:
-            self.sizes[s.name] = value
+        t = self._expr(s.value, ctx="size")
+        if t is None:
+            return
+        if t.type != INT:
+            self.bag.error(f"a size must be an integer, got {t.type}", s.value.span)
+            return
+        from .evaluate import Env, eval_scalar, evaluate
+        try:
+            value = int(evaluate(t, Env(sizes=self.sizes)).item()) if t.op != "const" else eval_scalar(t)
+        except (ArithmeticError, RuntimeError, OverflowError):
+            self.bag.error("this size cannot be evaluated", s.value.span)
+            return
+        if value < 0:
+            self.bag.error(f"a size must be >= 0, got {value}", s.value.span)
+            return
+        self.sizes[s.name] = value
+        if t.op != "const":
+            self.derived[s.name] = t
 
     def _ParamDecl(self, s: ast.ParamDecl):
         shape = tuple(self._shape_expr(d, allow_tokens=False) for d in s.shape)
@@ -185,7 +202,7 @@ class _Checker:
         elif isinstance(e, ast.Call):
             name, span, args, kwargs = e.fn, e.fn_span, e.args, e.kwargs
         if name not in INITIALIZERS:
-            self.bag.error(f"unknown initializer `{name or '...'}`", span,
+            self.bag.error(f"unknown initializer `{name or ast.format_expr(e)}`", span,
                            did_you_mean(name or "", INITIALIZERS) or
                            f"use a number or one of {', '.join(INITIALIZERS)}")
             return "zeros", ()
@@ -279,7 +296,7 @@ class _Checker:
                                "declare a maximum, e.g. `size max_len = 1024`, and size the table by it")
                 return None
         if n in self.sizes:
-            return TExpr("size", (), n, INT, e.span) if ctx not in ("const",) else const(self.sizes[n], e.span)
+            return TExpr("size", (), n, INT, e.span) if ctx != "const" else const(self.sizes[n], e.span)
         if n in self.params or n in self.inputs:
             self.bag.error(f"`{n}` is a table; index it", e.span, f"write `{n}[...]`")
             return None
@@ -316,9 +333,10 @@ class _Checker:
             self._want(left, BOOL, e.left.span, f"`{e.op}`")
             self._want(right, BOOL, e.right.span, f"`{e.op}`")
             return self._fold(TExpr(op, (left, right), None, BOOL, e.span))
-        if BOOL in (left.type, right.type) and op not in ("eq", "ne"):
+        if BOOL in (left.type, right.type) and (op not in ("eq", "ne") or left.type != right.type):
             bad = e.left if left.type == BOOL else e.right
-            self.bag.error(f"`{e.op}` needs numbers, got a bool", bad.span, "combine conditions with `and` / `or`")
+            what = "compares a bool with a number" if op in ("eq", "ne") else "needs numbers, got a bool"
+            self.bag.error(f"`{e.op}` {what}", bad.span, "combine conditions with `and` / `or`")
             return None
         if op in COMPARE:
             return self._fold(TExpr(op, (left, right), None, BOOL, e.span))
@@ -432,6 +450,12 @@ class _Checker:
                                f"write `{e.table}[{want}]`")
                 return None
             return TExpr("qrow" if e.table == "q" else "krow", (), e.table, VEC, e.span)
+        if isinstance(e, ast.Call) and len(e.args) == 1 and isinstance(e.args[0], ast.Index) \
+                and e.args[0].table in ("q", "k"):
+            self.bag.error(f"unknown feature map `{e.fn}`", e.fn_span,
+                           did_you_mean(e.fn, set(self.features) | set(FEATURE_MAPS))
+                           or f"declare it, e.g. `feature {e.fn} = elu1`")
+            return None
         self.bag.error("expected a row of q or k, optionally through a feature map", e.span,
                        "write `q[i]`, `k[j]` or `phi(q[i])`")
         return None
@@ -534,7 +558,7 @@ class _Checker:
         self.bag.raise_if_any()
         spans = {kind: d.span for kind, d in self.defs.items()}
         return CheckedSpec(self.spec.name, self.src, dict(self.sizes), self.params, self.inputs, self.features,
-                           norm, float(eps), logits, weight, mask, spans)
+                           norm, float(eps), logits, weight, mask, spans, dict(self.derived))
 
 
 def check(src: Source, spec: ast.Spec) -> CheckedSpec:

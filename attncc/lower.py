@@ -69,8 +69,8 @@ def lower(spec: CheckedSpec) -> Graph:
 
 
 def size_symbols(spec: CheckedSpec) -> dict[str, sympy.Symbol]:
-    """Sympy symbols of run-time sizes and declared sizes (declared ones are positive integers)."""
+    """Sympy symbols of run-time sizes (positive) and declared sizes (non-negative integers)."""
     out = dict(SIZE_SYMBOLS)
     for name in spec.sizes:
-        out[name] = sympy.Symbol(name, integer=True, positive=True)
+        out[name] = sympy.Symbol(name, integer=True, nonnegative=True)
     return out

@@ -149,9 +149,14 @@ def _syntax_diagnostic(err: lark.exceptions.UnexpectedInput, base: int, text: st
         return Diagnostic(message, Span(pos, pos + 1), _expected(getattr(err, "expected", ())))
     start = token.start_pos + base
     span = Span(start, start + max(1, len(str(token))))
-    hint = _expected(getattr(err, "expected", ()))
-    if str(token) == "=" and "CMPOP" in getattr(err, "expected", ()):
+    expected = getattr(err, "expected", ())
+    hint = _expected(expected)
+    if str(token) == "=" and "CMPOP" in expected:
         hint = "use `==` to compare"
+    elif token.type == "CMPOP":
+        hint = "comparisons do not chain: write `a < b and b < c`"
+    elif "NAME" in expected and token.type != "NAME" and str(token).isidentifier():
+        hint = f"`{token}` is a reserved word; choose another name"
     return Diagnostic(f"unexpected {_describe(token)}", span, hint)
 
 
@@ -206,14 +211,23 @@ def _recover(src: Source) -> list[Diagnostic]:
                                       Span(len(header) - len(header.lstrip()), max(1, len(header.rstrip()))),
                                       "a spec starts with `attention NAME {`"))
     bad_chars = [d.span.start for d in diagnostics]
+    skip = False
     for start, end in zip(cuts[:-1], cuts[1:]):
         piece = text[start:end]
-        if not piece.strip() or any(start <= pos < end for pos in bad_chars):
-            continue  # a statement with a bad character has its error already
+        if skip or not piece.strip() or any(start <= pos < end for pos in bad_chars):
+            skip = False
+            continue  # a statement with a bad character (or a keyword used as a name) has its error already
         try:
             parser().parse(piece, start="stmt")
         except lark.exceptions.UnexpectedInput as err:
-            diagnostics.append(_syntax_diagnostic(err, start, piece))
+            diag = _syntax_diagnostic(err, start, piece)
+            word = text[end:].split("(")[0].split()[0] if text[end:].split() else ""
+            if "NAME" in getattr(err, "expected", ()) and getattr(err, "token", None) is not None \
+                    and err.token.type == "$END" and word in STATEMENT_KEYWORDS:
+                diag = Diagnostic(f"`{word}` is a reserved word and cannot be a name", Span(end, end + len(word)),
+                                  "choose another name")
+                skip = True
+            diagnostics.append(diag)
         except RecursionError:
             diagnostics.append(Diagnostic("statement is too deeply nested", Span(start, start + 1)))
     tail = text[body_end:].strip()

@@ -2,6 +2,7 @@
 
     softmax:     W = mask * exp(s - max_j s)        out = W V / sum_j W      (rows with no key: 0)
     rows / none: W = mask * weight                  out = W V / (sum_j W + eps)  |  W V
+(a row whose normalizer is exactly 0 gives 0, never NaN)
 It shares nothing with the emitted backends except the expression semantics (attncc.evaluate).
 """
 from __future__ import annotations
@@ -53,5 +54,6 @@ def dense_attention(spec: CheckedSpec, q, k, v, params: dict, inputs: dict, size
     w = dense_weights(spec, q, k, params, inputs, sizes, e_dim=v.shape[-1])
     out = w @ v
     if spec.normalize == "rows":
-        out = out / (w.sum(-1, keepdim=True) + spec.eps)
+        z = w.sum(-1, keepdim=True) + spec.eps
+        out = out / torch.where(z == 0, torch.ones_like(z), z)  # a row with nothing to normalize: 0
     return out

@@ -84,6 +84,7 @@ class CompiledAttention(nn.Module):
     SPEC_HASH = ""
     LOWERING = "tiled"
     SIZES: dict = {}
+    DERIVED: dict = {}  # sizes declared from other sizes: recomputed after overrides
     PARAMS: dict = {}
     INPUTS: dict = {}
     NEEDS: tuple = ()
@@ -105,7 +106,15 @@ class CompiledAttention(nn.Module):
         if missing:
             raise AttnccError(f"{self.SPEC_NAME}: its tables are sized by {', '.join(missing)}; pass "
                               + ", ".join(f"{n}=..." for n in missing) + " to the constructor")
+        derived = sorted(set(sizes) & set(self.DERIVED))
+        if derived:
+            raise AttnccError(f"{self.SPEC_NAME}: size `{derived[0]}` is derived from other sizes; set those instead")
         self.sizes = {**self.SIZES, **{n: int(v) for n, v in sizes.items() if n in self.SIZES}}
+        for name, fn in self.DERIVED.items():  # in declaration order, so chains resolve
+            self.sizes[name] = int(fn(self.sizes))
+        negative = [n for n, v in {**self.sizes, **sizes}.items() if int(v) < 0]
+        if negative:
+            raise AttnccError(f"{self.SPEC_NAME}: size `{negative[0]}` must be >= 0")
         self.fixed = {n: int(sizes[n]) for n in self.NEEDS}
         for name, p in self.PARAMS.items():
             shape = tuple(int(d) for d in p.shape({**self.sizes, **self.fixed}))

@@ -1,8 +1,9 @@
 """Choose a lowering for each attention node by a sympy cost model.
 
 Every candidate carries flops and bytes as sympy expressions of B, H, Nq, N, D, E (m = feature
-dimension = D for the maps of this version). The cheapest valid candidate at the design sizes wins;
-a spec may force one with `lowering=`. The quadratic `tiled` lowering is valid for every node.
+dimension = D for the maps of this version). The candidate with the least roofline time (the slower
+of flops / rate and bytes / bandwidth on MACHINE) at the design sizes wins; a spec may force one
+with `lowering=`. The quadratic `tiled` lowering is valid for every node.
 """
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ DESIGN_SIZES = {"B": 1, "H": 8, "Nq": 4096, "N": 4096, "D": 64, "E": 64}
 BLOCK = 64  # tile edge assumed by the cost model
 CHUNK = 64  # chunk length of causal linear attention
 LOWERINGS = ("tiled", "linear", "linear_chunked", "fft")
+# The reference machine of the roofline: an H100's dense fp16/bf16 tensor-core rate with fp32
+# accumulation (about a third of its peak, what attention kernels reach) and its memory bandwidth.
+MACHINE = {"flops_per_s": 300e12, "bytes_per_s": 3.0e12}
 
 
 @dataclass(frozen=True)
@@ -28,8 +32,13 @@ class Candidate:
     note: str
 
     def at(self, sizes: dict) -> tuple[float, float]:
-        subs = {sympy.Symbol(k, integer=True, positive=True): v for k, v in sizes.items()}
-        return float(self.flops.subs(subs)), float(self.bytes.subs(subs))
+        values = lambda e: {s: sizes[s.name] for s in e.free_symbols if s.name in sizes}
+        return float(self.flops.subs(values(self.flops))), float(self.bytes.subs(values(self.bytes)))
+
+    def seconds(self, sizes: dict) -> float:
+        """Roofline estimate on the reference machine: the slower of compute and memory traffic."""
+        flops, nbytes = self.at(sizes)
+        return max(flops / MACHINE["flops_per_s"], nbytes / MACHINE["bytes_per_s"])
 
 
 @dataclass
@@ -88,7 +97,7 @@ def select(graph: Graph, mask: Structure, sizes: dict | None = None, force: str 
             raise AttnccError(f"lowering `{force}` does not apply to this spec; it can use {', '.join(names)}")
         chosen = force
     else:
-        chosen = min(cands, key=lambda c: c.at(design)).name
+        chosen = min(cands, key=lambda c: (c.seconds(design), c.at(design))).name
     return Plan(chosen, node.op, mask, cands, design, attrs)
 
 
@@ -96,11 +105,13 @@ def format_plan(plan: Plan, log: list[tuple[str, str]]) -> str:
     sizes = ", ".join(f"{k}={v}" for k, v in plan.sizes.items())
     lines = ["analysis:"]
     lines += [f"  [{name}] {msg}" for name, msg in log]
-    lines.append(f"candidates at {sizes}:")
+    lines.append(f"candidates at {sizes} (roofline: {MACHINE['flops_per_s']:.0e} flop/s, "
+                 f"{MACHINE['bytes_per_s']:.0e} B/s):")
     for c in plan.candidates:
         flops, nbytes = c.at(plan.sizes)
         mark = "*" if c.name == plan.lowering else " "
-        lines.append(f" {mark} {c.name:<15} flops {flops:10.3e}  bytes {nbytes:10.3e}  flops = {c.flops}")
+        lines.append(f" {mark} {c.name:<15} {c.seconds(plan.sizes) * 1e3:9.4f} ms  flops {flops:10.3e}  "
+                     f"bytes {nbytes:10.3e}  flops = {c.flops}")
         lines.append(f"   {'':<15} {c.note}")
     lines.append(f"chosen: {plan.lowering}")
     return "\n".join(lines)

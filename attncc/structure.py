@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import sympy
 import torch
 
-from .expr import BOOL, INT, TExpr
+from .expr import BOOL, TExpr
 from .evaluate import Env, evaluate
 
 I, J, DIFF, HEAD = sympy.symbols("i j d h", integer=True)
@@ -74,10 +74,13 @@ def to_sympy(t: TExpr, symbols: dict[str, sympy.Symbol]):
         "lt": lambda: sympy.Lt(a[0], a[1]), "le": lambda: sympy.Le(a[0], a[1]), "gt": lambda: sympy.Gt(a[0], a[1]),
         "ge": lambda: sympy.Ge(a[0], a[1]), "eq": lambda: sympy.Eq(a[0], a[1]), "ne": lambda: sympy.Ne(a[0], a[1]),
     }
+    if op in ("eq", "ne") and t.args[0].type == BOOL:  # equality of conditions, not of numbers
+        return sympy.Equivalent(a[0], a[1]) if op == "eq" else sympy.Xor(a[0], a[1])
     if op in table:
         return table[op]()
     if op in _UNINTERPRETED or op in ("param", "input"):
-        return sympy.Function(f"{op}_{t.value}" if t.value else op)(*a)
+        f = sympy.Function(f"{op}_{t.value}" if t.value else op)(*a)
+        return sympy.Eq(f, 1) if t.type == BOOL else f  # a bool lookup must stay a sympy Boolean
     if op == "call":
         fn = t.value
         direct = {"exp": sympy.exp, "log": sympy.log, "sqrt": sympy.sqrt, "tanh": sympy.tanh, "abs": sympy.Abs,
@@ -182,13 +185,23 @@ def _conjunct_bounds(expr) -> tuple:
     return lo, hi
 
 
+def _guarded(classify):
+    """Analysis only ever proves more structure: if sympy fails on an expression, it is `general`."""
+    def run(t: TExpr | None, symbols: dict) -> Structure:
+        try:
+            return classify(t, symbols)
+        except Exception as exc:  # noqa: BLE001  (sympy raises many kinds; none may reach users)
+            return Structure("general", reason=f"not analysed ({type(exc).__name__}: {exc})")
+    run.__doc__ = classify.__doc__
+    return run
+
+
+@_guarded
 def classify_mask(mask: TExpr | None, symbols: dict[str, sympy.Symbol]) -> Structure:
+    """Structure of a boolean mask(i, j, h)."""
     if mask is None:
         return FULL
-    try:
-        expr = to_sympy(mask, symbols)
-    except ValueError:
-        return Structure("general", reason="mask is not an index expression")
+    expr = to_sympy(mask, symbols)
     if expr is sympy.true:
         return Structure("full", reason="mask is always true")
     in_d = _in_d(expr)
@@ -208,14 +221,12 @@ def classify_mask(mask: TExpr | None, symbols: dict[str, sympy.Symbol]) -> Struc
     return Structure("band", lo, hi, reason=f"{in_d} <=> {lo} <= i - j <= {hi}")
 
 
+@_guarded
 def classify_modulation(m: TExpr | None, symbols: dict[str, sympy.Symbol]) -> Structure:
     """Structure of a numeric factor M(i, j, h) multiplying the kernel."""
     if m is None:
         return FULL
-    try:
-        expr = to_sympy(m, symbols)
-    except ValueError:
-        return Structure("general", reason="modulation uses q or k")
+    expr = to_sympy(m, symbols)
     if not (expr.has(I) or expr.has(J)):
         return Structure("full", reason=f"modulation {expr} does not depend on i, j")
     if _in_d(expr) is not None:
@@ -223,30 +234,66 @@ def classify_modulation(m: TExpr | None, symbols: dict[str, sympy.Symbol]) -> St
     return Structure("general", reason="modulation depends on more than i - j")
 
 
-def band_holds(mask: TExpr, s: Structure, sizes: dict[str, int], samples: int = 4, seed: int = 0) -> bool:
-    """Cross-check a proven structure on random grids: a mismatch is a compiler bug."""
+def random_tables(spec, heads: int, generator: torch.Generator) -> tuple[dict, dict, dict]:
+    """Random params and inputs for sampling: claims must hold for every table, not just the init."""
+    rsizes = {"H": heads, "D": 4, "E": 4}
+    sizes = dict(spec.sizes)
+    env = Env(sizes=sizes, rsizes=rsizes)
+    params = {n: torch.randn(tuple(int(evaluate(d, env)) for d in p.shape), generator=generator, dtype=torch.float64)
+              for n, p in spec.params.items()}
+    return sizes, rsizes, params
+
+
+def structure_holds(t: TExpr, s: Structure, spec, is_mask: bool, samples: int = 4, seed: int = 0) -> bool:
+    """Cross-check a proven structure on random grids, tables and inputs: a mismatch is a compiler bug.
+
+    mask, band [lo, hi] (any kind):  mask(i, j) is false whenever i - j lies outside [lo, hi]
+    mask, band / causal / full:      mask(i, j) is true exactly inside [lo, hi]
+    toeplitz (mask or modulation):   value(i, j) == value(i + s, j + s)
+    full modulation:                 value(i, j) == value(0, 0)
+    """
     rng = random.Random(seed)
+    g = torch.Generator().manual_seed(seed)
     for _ in range(samples):
         nq, nk, heads = rng.randint(1, 40), rng.randint(1, 40), 2
-        rsizes = {"N": nk, "Nq": nq, "H": heads, "D": 4, "E": 4}
-        env = Env(sizes=sizes, rsizes=rsizes, i=torch.arange(nq).view(1, 1, nq, 1),
-                  j=torch.arange(nk).view(1, 1, 1, nk), h=torch.arange(heads).view(1, heads, 1, 1))
-        if mask.uses("input") or mask.uses("param"):
-            return True  # tables are arbitrary: structure was proven without looking into them
-        got = evaluate(mask, env).expand(1, heads, nq, nk)
+        sizes, rsizes, params = random_tables(spec, heads, g)
+        rsizes.update({"N": nk, "Nq": nq})
+        inputs = {}
+        for name, info in spec.inputs.items():
+            shape = tuple(int(evaluate(d, Env(sizes=sizes, rsizes=rsizes))) for d in info.dims)
+            inputs[name] = (torch.randint(0, 3, (1, *shape), generator=g) if info.dtype == "int" else
+                            torch.rand((1, *shape), generator=g) > 0.5 if info.dtype == "bool" else
+                            torch.randn((1, *shape), generator=g, dtype=torch.float64))
+
+        def value(shift: int) -> torch.Tensor:
+            env = Env(sizes=sizes, rsizes=rsizes, params=params, inputs=inputs,
+                      i=torch.arange(nq).view(1, 1, nq, 1) + shift, j=torch.arange(nk).view(1, 1, 1, nk) + shift,
+                      h=torch.arange(heads).view(1, heads, 1, 1))
+            return evaluate(t, env).expand(1, heads, nq, nk)
+
+        got = value(0)
         subs = {sym: sizes.get(str(sym), rsizes.get(str(sym))) for sym in
                 set().union(*(sympy.sympify(b).free_symbols for b in (s.lo, s.hi)))}
-        lo = sympy.sympify(s.lo).subs(subs)
-        hi = sympy.sympify(s.hi).subs(subs)
+        lo, hi = (sympy.sympify(b).subs(subs) for b in (s.lo, s.hi))
         d = (torch.arange(nq).view(-1, 1) - torch.arange(nk).view(1, -1)).view(1, 1, nq, nk)
-        want = torch.ones_like(d, dtype=torch.bool)
+        inside = torch.ones_like(d, dtype=torch.bool)
         if lo != -sympy.oo:
-            want &= d >= int(lo)
+            inside &= d >= int(lo)
         if hi != sympy.oo:
-            want &= d <= int(hi)
-        if not torch.equal(got.bool(), want.expand_as(got)):
+            inside &= d <= int(hi)
+        inside = inside.expand_as(got)
+        if is_mask and (got.bool() & ~inside).any():
             return False
+        if is_mask and s.kind in ("full", "causal", "band") and not torch.equal(got.bool(), inside):
+            return False
+        if s.kind == "toeplitz" or (not is_mask and s.kind == "full"):
+            shift = rng.randint(1, 50)
+            other = value(shift) if s.kind == "toeplitz" else evaluate(t, Env(
+                sizes=sizes, rsizes=rsizes, params=params, inputs=inputs, i=torch.zeros(1, 1, 1, 1, dtype=torch.long),
+                j=torch.zeros(1, 1, 1, 1, dtype=torch.long), h=torch.arange(heads).view(1, heads, 1, 1))).expand_as(got)
+            if not torch.allclose(got.double(), other.double(), equal_nan=True):
+                return False
     return True
 
 
-__all__ = ["Structure", "classify_mask", "classify_modulation", "band_holds", "to_sympy", "BOOL", "INT"]
+__all__ = ["Structure", "classify_mask", "classify_modulation", "structure_holds", "to_sympy"]

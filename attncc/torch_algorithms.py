@@ -101,8 +101,7 @@ def tiled_attention(q, k, v, ctx, *, scores: Callable, mask: Callable | None, ke
             outs.append((w @ vc) / torch.where(z == 0, torch.ones_like(z), z))
         else:
             w = torch.where(m, s, torch.zeros((), dtype=dtype, device=s.device)) if m is not None else s
-            out = w @ vc
-            outs.append(out / (w.sum(-1, keepdim=True) + eps) if normalize == "rows" else out)
+            outs.append(_finish(w @ vc, w.sum(-1), normalize, eps))
     return torch.cat(outs, dim=2).to(v.dtype)
 
 
@@ -113,7 +112,11 @@ def sdpa_attention(q, k, v, *, causal: bool) -> torch.Tensor:
 
 
 def _finish(num, den, normalize: str, eps: float):
-    return num / (den.unsqueeze(-1) + eps) if normalize == "rows" else num
+    """num / (den + eps) for `rows` (0 where that is exactly 0), num for `none`."""
+    if normalize != "rows":
+        return num
+    den = den.unsqueeze(-1) + eps
+    return num / torch.where(den == 0, torch.ones_like(den), den)
 
 
 def linear_attention(pq, pk, v, *, modulation, normalize: str, eps: float) -> torch.Tensor:

@@ -124,9 +124,10 @@ class TritonExpr:
         if op == "div":
             return f"(({self(a[0])}) * 1.0 / {self(a[1])})"
         if op == "pow":
-            if a[1].op == "const" and a[1].type == INT and 0 <= a[1].value <= 16:
-                return "(" + " * ".join([self(a[0])] * int(a[1].value)) + ")" if a[1].value else "1"
-            return f"tl.exp({self(a[1])} * tl.log(({self(a[0])}) * 1.0))"
+            if t.type == INT or (a[1].op == "const" and a[1].type == INT and 0 <= a[1].value <= 16):
+                n = int(a[1].value)  # the checker keeps integer exponents constant in 0..64
+                return "(" + " * ".join([f"({self(a[0])})"] * n) + ")" if n else "1"
+            return f"_powf(({self(a[0])}) * 1.0, ({self(a[1])}) * 1.0)"
         if op in _PY_BINARY:
             return f"({self(a[0])} {_PY_BINARY[op]} {self(a[1])})"
         if op in ("param", "input"):

@@ -37,6 +37,15 @@ def _floormod(a, b):
     r = a % b
     return tl.where((r != 0) & ((r < 0) != (b < 0)), r + b, r)
 ''',
+    "_powf": '''@triton.jit
+def _powf(a, b):
+    """a ** b on floats as in torch: negative bases need integral exponents (else NaN)."""
+    r = tl.exp(b * tl.log(tl.abs(a)))
+    whole = tl.floor(b) == b
+    odd = whole & (tl.abs(b - 2.0 * tl.floor(b * 0.5)) == 1.0)
+    r = tl.where(a < 0.0, tl.where(whole, tl.where(odd, -r, r), float('nan')), r)
+    return tl.where(a == 0.0, tl.where(b == 0.0, 1.0, tl.where(b > 0.0, 0.0, float('inf'))), r)
+''',
     "_tanh": '''@triton.jit
 def _tanh(x):
     return 2.0 * tl.sigmoid(2.0 * x) - 1.0
@@ -133,6 +142,14 @@ def _helpers_of(t: TExpr):
             yield "_floordiv" if e.op == "floordiv" else "_floormod"
         if e.op == "call" and e.value in ("tanh", "popcount"):
             yield "_" + e.value
+        if e.op == "pow" and not _small_int_power(e):
+            yield "_powf"
+
+
+def _small_int_power(e: TExpr) -> bool:
+    """Integer powers and constant exponents 0..16 are emitted as products."""
+    exponent = e.args[1]
+    return e.type == "int" or (exponent.op == "const" and exponent.type == "int" and 0 <= exponent.value <= 16)
 
 
 def _feature_fn(w: CodeWriter, name: str) -> None:
@@ -242,7 +259,8 @@ def emit_tiled_kernel(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Ker
         if softmax:
             w.line("out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # no visible key: output 0")
         elif spec.normalize == "rows":
-            w.line("out = acc / (l_i + eps)[:, None]")
+            w.line("z = l_i + eps")
+            w.line("out = acc / tl.where(z == 0.0, 1.0, z)[:, None]  # nothing to normalize: output 0")
         else:
             w.line("out = acc")
         w.line("tl.store(Out + offs_m[:, None] * stride_om + offs_e[None, :] * stride_od, out.to(Out.dtype.element_ty), "
@@ -281,7 +299,8 @@ def emit_linear_kernels(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Gra
     fq = _row_feature(expr_of(graph, ops[0])) or "identity"
     fk = _row_feature(expr_of(graph, ops[1])) or "identity"
     causal = plan.lowering == "linear_chunked"
-    finish = {"rows": "num * mod / (den * mod + eps)[:, None]", "none": "num * mod"}[spec.normalize]
+    finish = {"rows": "num * mod / tl.where(den * mod + eps == 0.0, 1.0, den * mod + eps)[:, None]",
+              "none": "num * mod"}[spec.normalize]
     if causal:
         w.line("@triton.jit")
         with w.block(f"def _linear_causal({_common_args()}, Mod, eps, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,"):

@@ -4,7 +4,8 @@ from __future__ import annotations
 from ..expr import FLOAT, TExpr
 from ..ir import Graph, expr_of
 from ..lower import ExprBuilder
-from ..structure import classify_modulation
+from ..source import AttnccError
+from ..structure import classify_modulation, structure_holds
 
 
 def _factors(t: TExpr) -> list[TExpr]:
@@ -46,8 +47,11 @@ def reassociate_kernel(graph: Graph, ctx) -> None:
             continue
         dot, modulation = split
         mod_structure = classify_modulation(modulation, ctx.symbols)
+        if modulation is not None and not structure_holds(modulation, mod_structure, ctx.spec, is_mask=False):
+            raise AttnccError(f"internal error: modulation structure `{mod_structure.describe()}` failed its "
+                              "sampled check; please report this spec")
         mask_structure = node.attr("mask_structure")
-        build = ExprBuilder(graph)
+        build = ExprBuilder(graph, {f.fn: f.kwargs for f in ctx.spec.features.values()})
         phi_q, phi_k = (build.add(side) for side in dot.args)
         common = dict(shape=node.shape, dtype=FLOAT, normalize=node.attr("normalize"), eps=node.attr("eps"),
                       mask_structure=mask_structure)

@@ -1,0 +1,60 @@
+"""Regression tests for language semantics across backends, and for analysis soundness."""
+import pytest
+import torch
+
+import attncc
+from attncc.api import build
+from attncc.checking import compare, make_module, random_inputs
+from attncc.source import SpecError
+
+SPECS = {
+    "powers": "attention powers { score(i, j) = dot(q[i], k[j]) * scale + 0.001 * ((i - j) ** 3)"
+              " + 0.1 * (((i - j) * 0.1) ** 2.0) + 1e-20 * (((i - j) * 1.0) ** 17) + 0.01 * abs(i - j) ** 0.5 }",
+    "eps_zero": "attention eps_zero { weight(i, j) = dot(q[i], k[j]) ** 2  mask(i, j) = j < i  normalize rows(eps = 0) }",
+    "bool_input": "attention bool_input { size w = 2  size r = w * 3  input adj[Nq, N] : bool"
+                  "  mask(i, j) = adj[i, j] and abs(i - j) <= r }",
+    "bool_equality": "attention bool_equality { feature phi = elu1  input adj[Nq, N] : bool"
+                     "  mask(i, j) = adj[i, j] == (j <= i) }",
+    "hypercube": "attention hypercube { size block = 4  mask(i, j) = popcount(gray(i // block) ^ gray(j // block)) <= 1 }",
+    "softcap": "attention softcap { size cap = 5  score(i, j) = tanh(dot(q[i], k[j]) * scale / cap) * cap"
+               "  mask(i, j) = where(i > 10, j <= i, true) }",
+}
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_backends_agree_on_semantics(name, backend):
+    cls = attncc.compile(SPECS[name])
+    module = make_module(cls, 2, 16, 16)
+    q, k, v, inputs = random_inputs(cls, 2, 2, 29, 29, 16, 16)
+    result = compare(module, q, k, v, inputs, backend, torch.float32)
+    assert result.ok, f"{name}: {result.error:.3e}"
+
+
+def test_bool_equality_is_not_mistaken_for_structure():
+    comp = build(SPECS["bool_equality"])
+    assert comp.plan.mask.kind == "general" and comp.plan.lowering == "tiled"
+
+
+def test_analysis_failure_falls_back_to_general():
+    assert build(SPECS["hypercube"]).plan.mask.kind == "general"
+
+
+def test_derived_sizes_follow_overrides():
+    cls = attncc.compile(SPECS["bool_input"])
+    assert cls(w=5).sizes == {"w": 5, "r": 15}
+    with pytest.raises(attncc.AttnccError, match="derived"):
+        cls(r=1)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("size w = -3", "a size must be >= 0"),
+    ("mask(i, j) = (j <= i) == 1", "compares a bool with a number"),
+    ("size i = 3", "`i` is a built-in name"),
+    ("weight(i, j) = dot(psi(q[i]), k[j])", "unknown feature map `psi`"),
+    ("mask(i, j) = 0 < i < 5", "comparisons do not chain"),
+    ("size score = 3", "`score` is a reserved word"),
+])
+def test_checker_rejects(text, message):
+    with pytest.raises(SpecError, match=message):
+        build(f"attention a {{ {text} }}")
