@@ -60,7 +60,7 @@ def build(spec: str | Path | Source, sizes: dict | None = None, lowering: str | 
     tree = parse(src)
     checked = check(src, tree)
     ir = lower(checked)
-    optimized = lower(checked)
+    optimized = ir.copy()
     ctx = PassContext(checked, size_symbols(checked))
     run_pipeline(optimized, ctx)
     attend = optimized.operands(optimized.output)[0]

@@ -68,6 +68,13 @@ class Graph:
             self.output = nid
         return nid
 
+    def copy(self) -> "Graph":
+        """An independent graph with the same nodes (payloads are immutable, so they are shared)."""
+        other = Graph(self.name)
+        other.g = self.g.copy()
+        other._next, other.output, other.meta = self._next, self.output, dict(self.meta)
+        return other
+
     def node(self, nid: int) -> Node:
         return self.g.nodes[nid]["node"]
 

@@ -36,8 +36,8 @@ def dense_weights(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: di
 
     env.dot = dot
     shape = (B, H, Nq, N)
-    mask = evaluate(spec.mask, env).expand(shape) if spec.mask is not None else torch.ones(shape, dtype=torch.bool)
-    mask = mask.to(q.device)
+    mask = evaluate(spec.mask, env).to(q.device).expand(shape) if spec.mask is not None else \
+        torch.ones((), dtype=torch.bool, device=q.device).expand(shape)
     if spec.normalize == "softmax":
         s = evaluate(spec.logits, env).double().expand(shape).masked_fill(~mask, float("-inf"))
         top = s.amax(-1, keepdim=True)

@@ -96,9 +96,19 @@ def to_sympy(t: TExpr, symbols: dict[str, sympy.Symbol]):
 
 
 def _in_d(expr):
-    """Rewrite an (i, j) expression in d = i - j; None if j does not cancel."""
-    rewritten = sympy.simplify(expr.subs(I, J + DIFF)) if expr.has(I) or expr.has(J) else expr
-    return None if rewritten.has(J) or rewritten.has(I) else rewritten
+    """Rewrite an (i, j) expression in d = i - j; None if j does not cancel.
+
+    Substitution alone settles most masks; `simplify` (slow) runs only when j survives outside any
+    table lookup, since a lookup of j (doc[j]) never cancels."""
+    if not (expr.has(I) or expr.has(J)):
+        return expr
+    rewritten = expr.subs(I, J + DIFF)
+    if not rewritten.has(J):
+        return rewritten
+    if any(f.has(J) for f in rewritten.atoms(sympy.core.function.AppliedUndef)):
+        return None
+    rewritten = sympy.simplify(rewritten)
+    return None if rewritten.has(J) else rewritten
 
 
 def _linear_bound(rel):

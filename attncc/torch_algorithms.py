@@ -157,24 +157,28 @@ def causal_linear_attention(pq, pk, v, *, modulation, normalize: str, eps: float
     return _finish(num, den, normalize, eps).to(v.dtype)
 
 
-def toeplitz_attention(pq, pk, v, f, *, normalize: str, eps: float) -> torch.Tensor:
+def toeplitz_attention(pq, pk, v, f, *, normalize: str, eps: float, budget: int = 1 << 27) -> torch.Tensor:
     """num_i = sum_l phi(q_i)_l sum_j f(i - j) phi(k_j)_l [v_j, 1]: one linear convolution over tokens
-    per (feature, value column), done by FFT on a zero-padded (circulant-embedded) length.
+    per (feature, value column), by FFT on a zero-padded (circulant-embedded) length, tokens last so
+    every transform is contiguous; features go in groups so that no buffer exceeds `budget` elements.
 
     f: [1|B, 1|H, Nq + N - 1] holding f(d) for d = -(N-1) .. Nq-1.
     """
     dtype = compute_dtype(v)
     B, H, Nq, m = pq.shape
     N, E = pk.shape[2], v.shape[-1]
-    ones = torch.ones(*v.shape[:-1], 1, dtype=dtype, device=v.device)
-    u = pk.to(dtype).unsqueeze(-1) * torch.cat([v.to(dtype), ones], -1).unsqueeze(-2)  # [B,H,N,m,E+1]
     n_fft = 1 << math.ceil(math.log2(max(2, Nq + 2 * N - 2)))
-    g = torch.fft.rfft(f.to(dtype), n=n_fft, dim=-1)
-    y = torch.fft.irfft(torch.fft.rfft(u, n=n_fft, dim=2) * g[..., None, None], n=n_fft, dim=2)
-    y = y[:, :, N - 1:N - 1 + Nq]  # [B,H,Nq,m,E+1]
-    num = torch.einsum("bhqm,bhqme->bhqe", pq.to(dtype), y[..., :E])
-    den = torch.einsum("bhqm,bhqm->bhq", pq.to(dtype), y[..., E])
-    return _finish(num, den, normalize, eps).to(v.dtype)
+    g = torch.fft.rfft(f.to(dtype), n=n_fft, dim=-1)[:, :, None, None, :]  # [.., .., 1, 1, F]
+    ones = torch.ones(*v.shape[:-1], 1, dtype=dtype, device=v.device)
+    v1 = torch.cat([v.to(dtype), ones], -1).transpose(-1, -2)  # [B, H, E+1, N]
+    pq, pk = pq.to(dtype), pk.to(dtype).transpose(-1, -2)  # pk: [B, H, m, N]
+    group = max(1, budget // max(1, B * H * (E + 1) * n_fft))
+    out = torch.zeros(B, H, Nq, E + 1, dtype=dtype, device=v.device)
+    for l0 in range(0, m, group):
+        u = pk[:, :, l0:l0 + group, None, :] * v1[:, :, None]  # [B, H, ml, E+1, N]
+        y = torch.fft.irfft(torch.fft.rfft(u, n=n_fft, dim=-1) * g, n=n_fft, dim=-1)[..., N - 1:N - 1 + Nq]
+        out = out + torch.einsum("bhqm,bhmeq->bhqe", pq[..., l0:l0 + group], y)
+    return _finish(out[..., :E], out[..., E], normalize, eps).to(v.dtype)
 
 
 class _RecomputeBackward(torch.autograd.Function):
