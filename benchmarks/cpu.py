@@ -7,8 +7,8 @@
              several float64 N x N buffers)
 
 Times are medians of up to --repeats calls after one warm-up, each capped at --budget seconds;
-torch's default thread count. `x naive` / `x reference` are speedups (their time / attncc's time);
-`rel err` is max |out - reference| / max |reference|.
+torch's default thread count, OMP_WAIT_POLICY=PASSIVE unless set. `x naive` / `x reference` are
+speedups (their time / attncc's time); `rel err` is max |out - reference| / max |reference|.
 
     python benchmarks/cpu.py                 # N = 1024, 2048, 4096, 8192
     python benchmarks/cpu.py --quick         # N = 128, 256 (seconds; writes cpu_quick.json)
@@ -17,14 +17,29 @@ torch's default thread count. `x naive` / `x reference` are speedups (their time
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from functools import partial
 from pathlib import Path
+
+# libgomp's default wait policy made every parallel torch op cost ~5 ms (up to 30x slowdowns) on the
+# 2-core VM these results come from; PASSIVE (or ACTIVE) does not. Must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 import torch.nn.functional as F
+from common import (
+    RESULTS,
+    example_paths,
+    instantiate,
+    median_ms,
+    parse_ints,
+    print_table,
+    qkv,
+    write_results,
+)
 
 import attncc
-from common import RESULTS, example_paths, instantiate, median_ms, parse_ints, print_table, qkv, write_results
 
 BATCH, HEADS, DIM = 1, 4, 64
 SIZES, QUICK_SIZES = [1024, 2048, 4096, 8192], [128, 256]
@@ -44,8 +59,7 @@ def naive_softmax(q, k, v, mask=None):
 
 
 def naive_kernel(q, k, v, mask=None, modulation=None, eps=1e-6):
-    phi = lambda x: F.elu(x) + 1  # noqa: E731  (elu1, the feature map of the linear examples)
-    w = phi(q) @ phi(k).transpose(-1, -2)
+    w = (F.elu(q) + 1) @ (F.elu(k) + 1).transpose(-1, -2)  # phi = elu1, as in the linear examples
     if modulation is not None:
         w = w * modulation
     if mask is not None:
@@ -75,13 +89,13 @@ def bench(name: str, sizes: list[int], args) -> list[dict]:
     for n in sizes:
         m = instantiate(cls, heads=HEADS, tokens=n)
         q, k, v = qkv(BATCH, HEADS, n, DIM)
-        ours, naive = (lambda: m(q, k, v)), (lambda: NAIVE[name](q, k, v, m))
+        ours, naive, reference = partial(m, q, k, v), partial(NAIVE[name], q, k, v, m), partial(m.reference, q, k, v)
         row = {"spec": name, "N": n, "lowering": cls.LOWERING,
                "attncc_ms": median_ms(ours, args.repeats, budget_s=args.budget),
                "naive_ms": median_ms(naive, args.repeats, budget_s=args.budget)}
         if n <= args.ref_max:
-            ref = m.reference(q, k, v)  # doubles as the warm-up
-            row["reference_ms"] = median_ms(lambda: m.reference(q, k, v), args.repeats, warmup=0, budget_s=args.budget)
+            ref = reference()  # doubles as the warm-up
+            row["reference_ms"] = median_ms(reference, args.repeats, warmup=0, budget_s=args.budget)
             row["attncc_rel_err"], row["naive_rel_err"] = rel_err(ours(), ref), rel_err(naive(), ref)
             del ref
         row["speedup_vs_naive"] = row["naive_ms"] / row["attncc_ms"]

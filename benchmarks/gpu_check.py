@@ -16,13 +16,22 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import (
+    call_inputs,
+    example_paths,
+    instantiate,
+    parse_ints,
+    print_table,
+    qkv,
+    write_results,
+)
 
 import attncc
-from common import call_inputs, example_paths, instantiate, parse_ints, print_table, qkv, write_results
 
 TOLERANCE = {torch.bfloat16: 2e-2, torch.float16: 5e-3}
 ACC_SHAPE = {"batch": 2, "heads": 4, "dim": 64}
@@ -60,7 +69,7 @@ def accuracy(names, sizes) -> list[dict]:
                                backend=m.last_backend, out_dtype=str(out.dtype).removeprefix("torch."))
                     row["ok"] = (row["rel_err"] <= tol and m.last_backend == "triton" and out.dtype == dtype
                                  and bool(torch.isfinite(out).all()))
-                except Exception as exc:  # report every case, keep going
+                except Exception as exc:  # noqa: BLE001  (report every case, keep going)
                     row.update(ok=False, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
                 print(f"{row['spec']} N={n} {row['dtype']}: " + ("ok" if row["ok"] else "FAIL")
                       + (f" rel err {row['rel_err']:.2e}" if "rel_err" in row else f" {row.get('error')}"),
@@ -75,13 +84,13 @@ def sdpa_bench(q, k, v, causal: bool) -> tuple[float, str]:
     """do_bench of SDPA, forced to the flash backend if this build / GPU has it."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from triton.testing import do_bench
-    fn = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # noqa: E731
+    fn = partial(F.scaled_dot_product_attention, q, k, v, is_causal=causal)
     try:
         with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
             fn()
-            return do_bench(fn), "flash"
+            return do_bench(fn, return_mode="median"), "flash"
     except RuntimeError:
-        return do_bench(fn), "default"
+        return do_bench(fn, return_mode="median"), "default"
 
 
 def speed(dims) -> list[dict]:
@@ -96,7 +105,7 @@ def speed(dims) -> list[dict]:
             flops = 4 * B * H * N * N * d * (0.5 if causal else 1.0)
             with torch.no_grad():
                 out = m(q, k, v)
-                ours_ms = do_bench(lambda: m(q, k, v))
+                ours_ms = do_bench(partial(m, q, k, v), return_mode="median")
                 sdpa_ms, sdpa_kind = sdpa_bench(q, k, v, causal)
                 diff = (out.float() - F.scaled_dot_product_attention(q, k, v, is_causal=causal).float()).abs().max()
             row = {"spec": name, "d": d, "backend": m.last_backend, "attncc_ms": ours_ms,
@@ -129,15 +138,16 @@ def main() -> int:
     acc_headers = ["spec", "N", "dtype", "lowering", "max abs err", "out scale", "rel err", "tol", "ok"]
     acc_rows = [[r["spec"], r["N"], r["dtype"], r["lowering"], r.get("max_abs_err"), r.get("out_scale"),
                  r.get("rel_err", r.get("error", "")[:60]), r["tol"], "ok" if r["ok"] else "FAIL"] for r in acc]
-    sections = [(f"Triton vs float64 reference (B={ACC_SHAPE['batch']} H={ACC_SHAPE['heads']} "
-                 f"d={ACC_SHAPE['dim']})", acc_headers, acc_rows)]
+    acc_title = f"Triton vs float64 reference (B={ACC_SHAPE['batch']} H={ACC_SHAPE['heads']} d={ACC_SHAPE['dim']})"
+    sections = [(acc_title, acc_headers, acc_rows)]
     if perf:
         perf_headers = ["spec", "d", "attncc ms", "attncc TFLOP/s", "SDPA", "SDPA ms", "SDPA TFLOP/s",
                         "attncc / SDPA", "max |diff|"]
         perf_rows = [[r["spec"], r["d"], r["attncc_ms"], r["attncc_tflops"], r["sdpa"], r["sdpa_ms"],
                       r["sdpa_tflops"], r["ratio"], r["max_abs_diff_vs_sdpa"]] for r in perf]
-        sections.append((f"forward speed, bf16, B={PERF_SHAPE['batch']} H={PERF_SHAPE['heads']} "
-                         f"N={PERF_SHAPE['tokens']} (triton.testing.do_bench)", perf_headers, perf_rows))
+        perf_title = (f"forward speed, bf16, B={PERF_SHAPE['batch']} H={PERF_SHAPE['heads']} "
+                      f"N={PERF_SHAPE['tokens']} (triton.testing.do_bench)")
+        sections.append((perf_title, perf_headers, perf_rows))
     for title, headers, rows in sections:
         print_table(title, headers, rows)
     failed = sum(not r["ok"] for r in acc)
