@@ -10,9 +10,9 @@ import torch
 from . import __version__
 from .ast import Spec, format_spec
 from .check import CheckedSpec, check
-from .emit.module import header, module_class
+from .emit.module import header, module_class, triton_entry
 from .emit.torch import emit_torch
-from .emit.triton import emit_triton
+from .emit.triton import emit_triton, triton_header
 from .ir import Graph
 from .lower import lower, size_symbols
 from .parse import parse
@@ -69,11 +69,18 @@ def build(spec: str | Path | Source, sizes: dict | None = None, lowering: str | 
     spec_hash = "sha256:" + hashlib.sha256(f"{__version__}\n{format_spec(tree)}\n{plan.lowering}".encode()).hexdigest()[:16]
     comp = Compilation(src, tree, checked, ir, optimized, plan, ctx.log, spec_hash=spec_hash)
     comp.torch_source = emit_torch(checked, plan, optimized)
-    comp.triton_source, triton_lowering = emit_triton(checked, plan, optimized)
+    kernels, triton_lowering = emit_triton(checked, plan, optimized)
+    comp.triton_source = triton_header(checked, spec_hash, __version__) + kernels
     comp.module_source = (header(checked, plan, spec_hash, __version__) + "\n\n# " + "-" * 70 + " torch backend\n"
-                          + comp.torch_source + "\n\n# " + "-" * 70 + " triton backend\n" + comp.triton_source
+                          + comp.torch_source + "\n\n# " + "-" * 70 + " triton backend\n" + triton_entry(checked)
                           + "\n\n" + module_class(checked, plan, spec_hash, triton_lowering))
     return comp
+
+
+def generated_files(comp: Compilation) -> dict[str, str]:
+    """File name -> source of everything generated for a spec."""
+    name = comp.checked.name
+    return {f"{name}.py": comp.module_source, f"{name}_triton.py": comp.triton_source}
 
 
 def compile(spec: str | Path, backend: str = "auto", sizes: dict | None = None, lowering: str | None = None):
@@ -83,7 +90,7 @@ def compile(spec: str | Path, backend: str = "auto", sizes: dict | None = None, 
     >>> out = Attn()(q, k, v)            # q, k, v: [batch, heads, tokens, dim]
     """
     comp = build(spec, sizes, lowering)
-    module = load_module(comp.checked.name, comp.module_source)
+    module = load_module(comp.checked.name, generated_files(comp))
     base = module.Module
     cls = type(comp.checked.name, (base,), {"checked": comp.checked, "compilation": comp,
                                             "__module__": module.__name__,

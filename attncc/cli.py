@@ -14,9 +14,9 @@ CHECK_SHAPES = [(37, 37), (1, 1), (20, 45), (45, 20), (130, 130)]
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="attncc", description="A compiler for attention mechanisms.")
     sub = p.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("compile", help="write the generated Python/Triton module of a spec")
+    c = sub.add_parser("compile", help="write the generated modules of a spec: <name>.py and <name>_triton.py")
     c.add_argument("spec")
-    c.add_argument("-o", "--out", default=".", help="directory for <name>.py (default: .)")
+    c.add_argument("-o", "--out", default=".", help="output directory (default: .)")
     c.add_argument("--lowering", help="force a lowering (tiled, linear, linear_chunked, fft)")
     i = sub.add_parser("inspect", help="print one stage of the pipeline")
     i.add_argument("spec")
@@ -37,13 +37,14 @@ def _stage_graph(comp, stage):
 
 
 def cmd_compile(args) -> int:
-    from .api import build
+    from .api import build, generated_files
     comp = build(args.spec, lowering=args.lowering)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{comp.checked.name}.py"
-    path.write_text(comp.module_source)
-    print(f"{path}: {comp.checked.name}, lowering {comp.plan.lowering} ({comp.spec_hash})")
+    for name, source in generated_files(comp).items():
+        (out / name).write_text(source)
+        print(f"{out / name}")
+    print(f"{comp.checked.name}: lowering {comp.plan.lowering} ({comp.spec_hash})")
     return 0
 
 

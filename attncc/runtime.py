@@ -217,25 +217,40 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def load_module(name: str, source: str):
-    """Write generated source to the cache (atomically, keyed by its hash) and import it."""
-    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+def load_module(name: str, files: dict[str, str]):
+    """Write generated files into the cache (atomically, in a folder keyed by their hash) and import
+    `<name>.py`; siblings are imported later, on demand (`import_sibling`)."""
+    digest = hashlib.sha256("".join(f"{n}\0{src}\0" for n, src in sorted(files.items())).encode()).hexdigest()[:16]
     directory = cache_dir() / digest
-    path = directory / f"{name}.py"
-    if not (path.exists() and path.read_text() == source):
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(source)
-        os.replace(tmp, path)
-    module_name = f"attncc_generated_{name}_{digest}"
+    for file_name, source in files.items():
+        path = directory / file_name
+        if not (path.exists() and path.read_text() == source):
+            directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                f.write(source)
+            os.replace(tmp, path)
+    return _import(directory / f"{name}.py", f"attncc_generated_{name}_{digest}")
+
+
+def import_sibling(main_file: str, suffix: str):
+    """Import `<stem><suffix>.py` that lies beside a generated module (once per process)."""
+    path = Path(main_file)
+    return _import(path.with_name(path.stem + suffix + ".py"), f"attncc_generated_{path.stem}{suffix}_{path.parent.name}")
+
+
+def _import(path: Path, module_name: str):
     if module_name in sys.modules:
         return sys.modules[module_name]
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
     return module
 
 
-__all__ = ["CompiledAttention", "Context", "ParamSpec", "InputSpec", "load_module"]
+__all__ = ["CompiledAttention", "Context", "ParamSpec", "InputSpec", "load_module", "import_sibling"]

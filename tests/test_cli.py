@@ -12,9 +12,12 @@ SPEC = str(ROOT / "examples" / "sliding_window.attn")
 
 def test_compile_writes_module(tmp_path, capsys):
     assert main(["compile", SPEC, "-o", str(tmp_path)]) == 0
-    source = (tmp_path / "sliding_window.py").read_text()
-    pyast.parse(source)
-    assert "@triton.jit" in source and "def forward_torch" in source
+    main_source = (tmp_path / "sliding_window.py").read_text()
+    kernels = (tmp_path / "sliding_window_triton.py").read_text()
+    pyast.parse(main_source)
+    pyast.parse(kernels)
+    assert "def forward_torch" in main_source and "import triton" not in main_source
+    assert "@triton.jit" in kernels
     assert "lowering tiled" in capsys.readouterr().out
 
 

@@ -32,11 +32,12 @@ glossary:  q [B, H, Nq, D], k [B, H, N, D], v [B, H, N, E]; i query token, j key
            ctx.N / ctx.Nq / ctx.H / ctx.D / ctx.E run-time sizes, ctx.scale = D ** -0.5.
 """
 import math
+import sys
 
 import torch
 
 from attncc import torch_algorithms as rt
-from attncc.runtime import CompiledAttention, InputSpec, ParamSpec
+from attncc.runtime import CompiledAttention, InputSpec, ParamSpec, import_sibling
 '''
 
 
@@ -69,6 +70,13 @@ def module_class(spec: CheckedSpec, plan: Plan, spec_hash: str, triton_lowering:
         w.line("forward_torch = forward_torch")
         w.line("forward_triton = forward_triton")
     return w.text()
+
+
+def triton_entry(spec: CheckedSpec) -> str:
+    """The main module's Triton entry: the kernels file beside it is imported on first use only."""
+    return (f"def forward_triton(self, q, k, v, ctx):\n"
+            f"    \"\"\"Triton kernels: {spec.name}_triton.py beside this file, imported on the first call.\"\"\"\n"
+            f"    return import_sibling(__file__, \"_triton\").forward_triton(self, q, k, v, ctx, sys.modules[__name__])\n")
 
 
 def literal_number(v) -> str:

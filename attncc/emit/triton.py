@@ -272,7 +272,7 @@ def emit_tiled_kernel(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Ker
         band = [py_size_expr(lo) if lo.is_finite else f"-{BIG}", py_size_expr(hi) if hi.is_finite else str(BIG)]
     else:
         band = [f"-{BIG}", str(BIG)]
-    with w.block("def triton_forward(q, k, v, ctx):"):
+    with w.block("def triton_forward(q, k, v, ctx, host):"):
         _launcher_head(w)
         w.line(f"band_lo, band_hi = {band[0]}, {band[1]}  # keys j with band_lo <= i - j <= band_hi")
         w.line("grid = (triton.cdiv(Nq, BLOCK_M), B * H)")
@@ -361,10 +361,10 @@ def emit_linear_kernels(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Gra
             w.line("tl.store(Out + offs[:, None] * stride_om + offs_e[None, :] * stride_od, out.to(Out.dtype.element_ty), "
                    "mask=(offs[:, None] < Nq) & (offs_e[None, :] < E))")
         w.line()
-    with w.block("def triton_forward(q, k, v, ctx):"):
+    with w.block("def triton_forward(q, k, v, ctx, host):"):
         _launcher_head(w)
         if plan.attrs.get("modulated"):
-            w.line("mod = modulation(ctx).to(device=q.device, dtype=torch.float32).expand(B, H, 1, 1).contiguous()")
+            w.line("mod = host.modulation(ctx).to(device=q.device, dtype=torch.float32).expand(B, H, 1, 1).contiguous()")
         else:
             w.line("mod = torch.ones(B, H, device=q.device, dtype=torch.float32)")
         if causal:
@@ -380,17 +380,28 @@ def emit_linear_kernels(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Gra
         w.line("return out")
 
 
+def triton_header(spec: CheckedSpec, spec_hash: str, version: str) -> str:
+    return f'''"""attncc generated Triton kernels (attncc {version}) of spec {spec.name} ({spec_hash}).
+
+Imported by the main module on the first Triton call; `host` is that module (torch backend, tables).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from attncc import torch_algorithms as rt
+
+'''
+
+
 def emit_triton(spec: CheckedSpec, plan: Plan, graph: Graph) -> tuple[str, str]:
-    """(source, description of the Triton lowering)."""
+    """(kernels and launchers, description of the Triton lowering)."""
     w = CodeWriter()
-    w.line("import triton")
-    w.line("import triton.language as tl")
-    w.line()
     if plan.lowering == "fft":
         w.line("# No Triton kernel for this lowering: the FFT convolution runs through torch.fft (cuFFT on GPU),")
-        w.line("# exactly as in the torch backend above.")
-        with w.block("def forward_triton(self, q, k, v, ctx):"):
-            w.line("return forward_torch(self, q, k, v, ctx)")
+        w.line("# exactly as in the torch backend.")
+        with w.block("def forward_triton(self, q, k, v, ctx, host):"):
+            w.line("return host.forward_torch(self, q, k, v, ctx)")
         return w.text(), "fft via torch.fft (no Triton kernel)"
     if plan.lowering == "tiled":
         exprs = [spec.logits if spec.normalize == "softmax" else spec.weight, spec.mask]
@@ -411,8 +422,8 @@ def emit_triton(spec: CheckedSpec, plan: Plan, graph: Graph) -> tuple[str, str]:
         description = "chunked causal linear kernel" if plan.lowering == "linear_chunked" else "linear state + output kernels"
     w.line()
     w.line()
-    with w.block("def forward_triton(self, q, k, v, ctx):"):
+    with w.block("def forward_triton(self, q, k, v, ctx, host):"):
         w.line('"""Triton forward; gradients by recomputing the torch backend under autograd."""')
-        w.line("return rt.with_torch_backward(triton_forward, lambda q, k, v, ctx: forward_torch(self, q, k, v, ctx),")
-        w.line("                              q, k, v, ctx)")
+        w.line("return rt.with_torch_backward(lambda q, k, v, ctx: triton_forward(q, k, v, ctx, host),")
+        w.line("                              lambda q, k, v, ctx: host.forward_torch(self, q, k, v, ctx), q, k, v, ctx)")
     return w.text(), description + "; backward recomputes through the torch backend"
