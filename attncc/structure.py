@@ -244,14 +244,41 @@ def classify_modulation(m: TExpr | None, symbols: dict[str, sympy.Symbol]) -> St
     return Structure("general", reason="modulation depends on more than i - j")
 
 
-def random_tables(spec, heads: int, generator: torch.Generator) -> tuple[dict, dict, dict]:
-    """Random params and inputs for sampling: claims must hold for every table, not just the init."""
-    rsizes = {"H": heads, "D": 4, "E": 4}
+def _random_env(spec, rng: random.Random, g: torch.Generator) -> Env:
+    """Random lengths, tables and inputs: claims must hold for every table, not just the init."""
+    nq, nk, heads = rng.randint(1, 40), rng.randint(1, 40), 2
     sizes = dict(spec.sizes)
-    env = Env(sizes=sizes, rsizes=rsizes)
-    params = {n: torch.randn(tuple(int(evaluate(d, env)) for d in p.shape), generator=generator, dtype=torch.float64)
-              for n, p in spec.params.items()}
-    return sizes, rsizes, params
+    rsizes = {"H": heads, "D": 4, "E": 4, "N": nk, "Nq": nq}
+    shape_of = lambda dims: tuple(int(evaluate(d, Env(sizes=sizes, rsizes=rsizes))) for d in dims)
+    params = {n: torch.randn(shape_of(p.shape), generator=g, dtype=torch.float64) for n, p in spec.params.items()}
+    inputs = {}
+    for name, info in spec.inputs.items():
+        shape = (1, *shape_of(info.dims))
+        inputs[name] = (torch.randint(0, 3, shape, generator=g) if info.dtype == "int" else
+                        torch.rand(shape, generator=g) > 0.5 if info.dtype == "bool" else
+                        torch.randn(shape, generator=g, dtype=torch.float64))
+    return Env(sizes=sizes, rsizes=rsizes, params=params, inputs=inputs, h=torch.arange(heads).view(1, heads, 1, 1))
+
+
+def _values(t: TExpr, env: Env, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """t on the grid i [Nq, 1] x j [1, N], as a [1, H, Nq, N] tensor."""
+    env.i, env.j = i.view(1, 1, -1, 1), j.view(1, 1, 1, -1)
+    return evaluate(t, env).expand(1, env.rsizes["H"], i.numel(), j.numel())
+
+
+def _inside(s: Structure, env: Env) -> torch.Tensor:
+    """[Nq, N] bool: whether i - j lies in the structure's band."""
+    nq, nk = env.rsizes["Nq"], env.rsizes["N"]
+    values = {**env.sizes, **env.rsizes}
+    lo, hi = (sympy.sympify(b) for b in (s.lo, s.hi))
+    lo, hi = (b.subs({sym: values[str(sym)] for sym in b.free_symbols}) for b in (lo, hi))
+    d = torch.arange(nq).view(-1, 1) - torch.arange(nk).view(1, -1)
+    inside = torch.ones_like(d, dtype=torch.bool)
+    if lo != -sympy.oo:
+        inside &= d >= int(lo)
+    if hi != sympy.oo:
+        inside &= d <= int(hi)
+    return inside
 
 
 def structure_holds(t: TExpr, s: Structure, spec, is_mask: bool, samples: int = 4, seed: int = 0) -> bool:
@@ -262,47 +289,27 @@ def structure_holds(t: TExpr, s: Structure, spec, is_mask: bool, samples: int = 
     toeplitz (mask or modulation):   value(i, j) == value(i + s, j + s)
     full modulation:                 value(i, j) == value(0, 0)
     """
-    rng = random.Random(seed)
-    g = torch.Generator().manual_seed(seed)
+    rng, g = random.Random(seed), torch.Generator().manual_seed(seed)
     for _ in range(samples):
-        nq, nk, heads = rng.randint(1, 40), rng.randint(1, 40), 2
-        sizes, rsizes, params = random_tables(spec, heads, g)
-        rsizes.update({"N": nk, "Nq": nq})
-        inputs = {}
-        for name, info in spec.inputs.items():
-            shape = tuple(int(evaluate(d, Env(sizes=sizes, rsizes=rsizes))) for d in info.dims)
-            inputs[name] = (torch.randint(0, 3, (1, *shape), generator=g) if info.dtype == "int" else
-                            torch.rand((1, *shape), generator=g) > 0.5 if info.dtype == "bool" else
-                            torch.randn((1, *shape), generator=g, dtype=torch.float64))
-
-        def value(shift: int) -> torch.Tensor:
-            env = Env(sizes=sizes, rsizes=rsizes, params=params, inputs=inputs,
-                      i=torch.arange(nq).view(1, 1, nq, 1) + shift, j=torch.arange(nk).view(1, 1, 1, nk) + shift,
-                      h=torch.arange(heads).view(1, heads, 1, 1))
-            return evaluate(t, env).expand(1, heads, nq, nk)
-
-        got = value(0)
-        subs = {sym: sizes.get(str(sym), rsizes.get(str(sym))) for sym in
-                set().union(*(sympy.sympify(b).free_symbols for b in (s.lo, s.hi)))}
-        lo, hi = (sympy.sympify(b).subs(subs) for b in (s.lo, s.hi))
-        d = (torch.arange(nq).view(-1, 1) - torch.arange(nk).view(1, -1)).view(1, 1, nq, nk)
-        inside = torch.ones_like(d, dtype=torch.bool)
-        if lo != -sympy.oo:
-            inside &= d >= int(lo)
-        if hi != sympy.oo:
-            inside &= d <= int(hi)
-        inside = inside.expand_as(got)
-        if is_mask and (got.bool() & ~inside).any():
-            return False
-        if is_mask and s.kind in ("full", "causal", "band") and not torch.equal(got.bool(), inside):
-            return False
-        if s.kind == "toeplitz" or (not is_mask and s.kind == "full"):
-            shift = rng.randint(1, 50)
-            other = value(shift) if s.kind == "toeplitz" else evaluate(t, Env(
-                sizes=sizes, rsizes=rsizes, params=params, inputs=inputs, i=torch.zeros(1, 1, 1, 1, dtype=torch.long),
-                j=torch.zeros(1, 1, 1, 1, dtype=torch.long), h=torch.arange(heads).view(1, heads, 1, 1))).expand_as(got)
-            if not torch.allclose(got.double(), other.double(), equal_nan=True):
+        env = _random_env(spec, rng, g)
+        i, j = torch.arange(env.rsizes["Nq"]), torch.arange(env.rsizes["N"])
+        got = _values(t, env, i, j)
+        if is_mask:
+            inside = _inside(s, env).expand_as(got)
+            if (got.bool() & ~inside).any():
                 return False
+            if s.kind in ("full", "causal", "band") and not torch.equal(got.bool(), inside):
+                return False
+        if s.kind == "toeplitz":
+            shift = rng.randint(1, 50)
+            other = _values(t, env, i + shift, j + shift)
+        elif not is_mask and s.kind == "full":
+            zero = torch.zeros(1, dtype=torch.long)
+            other = _values(t, env, zero, zero).expand_as(got)
+        else:
+            continue
+        if not torch.allclose(got.double(), other.double(), equal_nan=True):
+            return False
     return True
 
 

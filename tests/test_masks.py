@@ -1,7 +1,6 @@
 """Random masks written in the language: analysis claims hold, and all backends agree with the reference."""
 import pytest
 import torch
-import sympy
 from hypothesis import given, settings
 
 import attncc
