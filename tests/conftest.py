@@ -14,7 +14,7 @@ from hypothesis import settings  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.attn"))
 
-settings.register_profile("ci", deadline=None, max_examples=10, derandomize=True, print_blob=True)
+settings.register_profile("ci", deadline=None, max_examples=20, derandomize=True, print_blob=True)
 settings.register_profile("slow", deadline=None, max_examples=200)
 settings.load_profile("ci")
 
