@@ -90,7 +90,13 @@ def cmd_check(args) -> int:
     failed = 0
     for spec in args.specs:
         cls = compile_spec(spec, lowering=args.lowering)
-        table = Table(title=f"{spec}: {cls.SPEC_NAME}, lowering {cls.LOWERING}")
+        comp = cls.compilation
+        console.print(f"[bold]{spec}[/bold]: `{cls.SPEC_NAME}`, {comp.checked.normalize} attention")
+        for name, message in comp.log:
+            console.print(f"  [{name}] {message}", markup=False)
+        console.print(f"  lowering: {cls.LOWERING} ({comp.plan.chosen.note}); triton: {cls.TRITON_LOWERING}"
+                      + ("; run by Triton's interpreter on the CPU" if device == "cpu" else ""), markup=False)
+        table = Table(title=f"{cls.SPEC_NAME}: every backend vs the dense float64 reference")
         for col in ("backend", "dtype", "Nq x N", "max error", "tolerance", "result"):
             table.add_column(col)
         for backend, dtype_name in BACKEND_RUNS:
