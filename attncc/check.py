@@ -424,11 +424,8 @@ class _Checker:
         if {s.args[0].op if s.op == "feature" else s.op for s in sides} != {"qrow", "krow"}:
             self.bag.error("`dot` takes one row of q and one row of k", e.span, "write `dot(q[i], k[j])`")
             return None
-        maps = {s.value if s.op == "feature" else None for s in sides}
-        if ctx == "softmax_dot" and maps != {None}:
-            pass
-        if sides[0].args and sides[0].args[0].op == "krow" or sides[0].op == "krow":
-            sides.reverse()
+        if sides[0].op == "krow" or (sides[0].args and sides[0].args[0].op == "krow"):
+            sides.reverse()  # dot is symmetric: keep the q side first
         return TExpr("dot", tuple(sides), None, FLOAT, e.span)
 
     def _row(self, e: ast.Expr) -> TExpr | None:
