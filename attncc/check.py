@@ -14,6 +14,7 @@ from . import ast
 from .expr import (BOOL, BITWISE, COMPARE, FLOAT, FUNCTIONS, INT, RUNTIME_SIZES, SYMBOL_TO_OP, VEC, TExpr,
                    const)
 from .features import FEATURE_MAPS
+from .runtime import RESERVED_ATTRIBUTES
 from .source import DiagnosticBag, Source, Span, did_you_mean
 
 INT_LIMIT = 2**31
@@ -127,6 +128,10 @@ class _Checker:
             self.derived[s.name] = t
 
     def _ParamDecl(self, s: ast.ParamDecl):
+        if s.name in RESERVED_ATTRIBUTES:  # tables become attributes of the module (state_dict keys)
+            self.bag.error(f"`{s.name}` is an attribute of the compiled nn.Module and cannot name a table",
+                           s.name_span, f"choose another name, e.g. `{s.name.strip('_')}_table`")
+            return
         shape = tuple(self._shape_expr(d, allow_tokens=False) for d in s.shape)
         init, args = "zeros", ()
         if s.init is not None:

@@ -211,6 +211,11 @@ class CompiledAttention(nn.Module):
                 + (f", {sizes}" if sizes else ""))
 
 
+# Names a learned table may not take: it becomes an attribute of the module.
+RESERVED_ATTRIBUTES = (frozenset(dir(CompiledAttention)) | frozenset(vars(nn.Module()))
+                       | {"backend", "last_backend", "sizes", "fixed", "compilation"})
+
+
 # ---------------------------------------------------------------------- loading generated code
 def cache_dir() -> Path:
     root = os.environ.get("ATTNCC_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "attncc")
