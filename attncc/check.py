@@ -236,6 +236,16 @@ class _Checker:
         if t is not None and t.type != INT:
             self.bag.error("a dimension must be an integer expression", e.span)
             return None
+        if t is not None and not t.uses("rsize"):  # known now: check it (run-time sizes are checked at construction)
+            from .evaluate import Env, evaluate
+            try:
+                value = int(evaluate(t, Env(sizes=self.sizes)).item())
+            except (ArithmeticError, RuntimeError):
+                self.bag.error("this dimension cannot be evaluated", e.span)
+                return None
+            if value < 1:
+                self.bag.error(f"a dimension must be at least 1, got {value}", e.span)
+                return None
         return t
 
     # ---------------------------------------------------------------- expressions

@@ -11,6 +11,7 @@ import os
 import sys
 import tempfile
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
@@ -109,15 +110,20 @@ class CompiledAttention(nn.Module):
         derived = sorted(set(sizes) & set(self.DERIVED))
         if derived:
             raise AttnccError(f"{self.SPEC_NAME}: size `{derived[0]}` is derived from other sizes; set those instead")
-        self.sizes = {**self.SIZES, **{n: int(v) for n, v in sizes.items() if n in self.SIZES}}
-        for name, fn in self.DERIVED.items():  # in declaration order, so chains resolve
-            self.sizes[name] = int(fn(self.sizes))
-        negative = [n for n, v in {**self.sizes, **sizes}.items() if int(v) < 0]
+        try:
+            self.sizes = {**self.SIZES, **{n: int(v) for n, v in sizes.items() if n in self.SIZES}}
+            self.fixed = {n: int(sizes[n]) for n in self.NEEDS}
+            for name, fn in self.DERIVED.items():  # in declaration order, so chains resolve
+                self.sizes[name] = int(fn(self.sizes))
+            shapes = {name: tuple(int(d) for d in p.shape({**self.sizes, **self.fixed}))
+                      for name, p in self.PARAMS.items()}
+        except (TypeError, ValueError, ArithmeticError) as exc:
+            raise AttnccError(f"{self.SPEC_NAME}: bad sizes {sizes}: {exc}") from None
+        negative = [n for n, v in {**self.sizes, **self.fixed}.items() if v < 0]
         if negative:
             raise AttnccError(f"{self.SPEC_NAME}: size `{negative[0]}` must be >= 0")
-        self.fixed = {n: int(sizes[n]) for n in self.NEEDS}
         for name, p in self.PARAMS.items():
-            shape = tuple(int(d) for d in p.shape({**self.sizes, **self.fixed}))
+            shape = shapes[name]
             if any(d <= 0 for d in shape):
                 raise AttnccError(f"{self.SPEC_NAME}: table `{name}` would have shape {shape}")
             self.register_parameter(name, nn.Parameter(init_table(shape, p.init, p.args)))
@@ -222,20 +228,40 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def toolchain() -> str:
+    """What generated code depends on besides its own text (part of every cache key)."""
+    try:
+        triton_version = metadata.version("triton")
+    except metadata.PackageNotFoundError:
+        triton_version = "none"
+    return f"torch {torch.__version__}, triton {triton_version}"
+
+
 def load_module(name: str, files: dict[str, str]):
-    """Write generated files into the cache (atomically, in a folder keyed by their hash) and import
-    `<name>.py`; siblings are imported later, on demand (`import_sibling`)."""
-    digest = hashlib.sha256("".join(f"{n}\0{src}\0" for n, src in sorted(files.items())).encode()).hexdigest()[:16]
+    """Write generated files into the cache and import `<name>.py`; siblings are imported on demand
+    (`import_sibling`). The folder is keyed by the sources (which name the spec hash and the attncc
+    version) and the toolchain; each file is written atomically (temporary file, then rename), so
+    concurrent compiles of one spec agree, and a file whose text differs (corrupted, truncated) is
+    rewritten before it is imported."""
+    key = "".join(f"{n}\0{src}\0" for n, src in sorted(files.items())) + toolchain()
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     directory = cache_dir() / digest
     for file_name, source in files.items():
         path = directory / file_name
-        if not (path.exists() and path.read_text() == source):
+        if not (path.exists() and _read(path) == source):
             directory.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(source)
             os.replace(tmp, path)
     return _import(directory / f"{name}.py", f"attncc_generated_{name}_{digest}")
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def import_sibling(main_file: str, suffix: str):

@@ -13,6 +13,7 @@ from hypothesis import settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.attn"))
+FUZZ_COUNTS: dict[str, int] = {}  # inputs fed to the compiler by the robustness tests, by kind
 
 settings.register_profile("ci", deadline=None, max_examples=20, derandomize=True, print_blob=True)
 settings.register_profile("slow", deadline=None, max_examples=200)
@@ -37,6 +38,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_slow)
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FUZZ_COUNTS:
+        parts = ", ".join(f"{kind} {n}" for kind, n in sorted(FUZZ_COUNTS.items()))
+        terminalreporter.write_line(f"fuzzed {sum(FUZZ_COUNTS.values())} spec inputs ({parts})")
 
 
 @pytest.fixture
