@@ -198,7 +198,7 @@ class CompiledAttention(nn.Module):
 
     def reference(self, q, k, v, **inputs) -> torch.Tensor:
         """The dense float64 meaning of the spec with this module's tables."""
-        from .reference import dense_attention
+        from .dense import dense_attention
         ctx = self._context(q, k, v, inputs)
         return dense_attention(self.checked, q, k, v, {n: p.detach() for n, p in ctx.params.items()},
                                ctx.inputs, self.sizes)

@@ -115,3 +115,10 @@ def test_state_dict_round_trip():
     b.load_state_dict(a.state_dict())
     q = torch.randn(1, 1, 10, 8)
     assert torch.equal(a(q, q, q), b(q, q, q))
+
+
+def test_reference_function_survives_module_references():
+    q = torch.randn(1, 1, 5, 8)
+    attncc.compile(str(ROOT / "examples" / "causal.attn"))().reference(q, q, q)
+    for _ in range(2):
+        assert attncc.reference(str(ROOT / "examples" / "softmax.attn"), q, q, q).shape == (1, 1, 5, 8)

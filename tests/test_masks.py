@@ -53,7 +53,7 @@ def test_integer_semantics_match_python():
     cls = attncc.compile(spec)
     module = make_module(cls, 1, 16, 16)
     q, k, v, inputs = random_inputs(cls, 1, 1, 40, 40, 16, 16)
-    from attncc.reference import dense_weights
+    from attncc.dense import dense_weights
     w = dense_weights(cls.checked, q, k, {}, {}, {})
     i, j = 17, 5
     want = ((i - j) // 3) % 4 == (j - i) % 3 or bin((i ^ (i >> 1)) ^ j).count("1") == 2 or (i - 20) // -3 == j % -5
