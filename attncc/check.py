@@ -503,15 +503,17 @@ class _Checker:
         dtype = {"int": INT, "float": FLOAT, "bool": BOOL}[table.dtype]
         return TExpr("input", tuple(idx), e.table, dtype, e.span)
 
-    @staticmethod
-    def _fold(t: TExpr) -> TExpr:
+    def _fold(self, t: TExpr) -> TExpr:
         """Fold operators over constants so that sizes and literals become plain numbers."""
         if not t.args or any(a.op != "const" for a in t.args):
             return t
         from .evaluate import eval_scalar  # one definition of operator semantics for folding
         try:
             return const(eval_scalar(t), t.span)
-        except (ArithmeticError, ValueError, OverflowError):
+        except OverflowError:
+            self.bag.error("integer overflow in a constant expression", t.span, "integers are 32-bit")
+            return t
+        except (ArithmeticError, ValueError, RuntimeError):
             return t
 
     # ---------------------------------------------------------------- roles

@@ -24,10 +24,9 @@ def dense_weights(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: di
     q, k = q.double(), k.double()
     B, H, Nq, D = q.shape
     N = k.shape[2]
+    grid = lambda n: torch.arange(n, device=q.device, dtype=torch.int32)
     env = Env(sizes=sizes, rsizes={"N": N, "Nq": Nq, "H": H, "D": D, "E": e_dim},
-              i=torch.arange(Nq, device=q.device).view(1, 1, Nq, 1),
-              j=torch.arange(N, device=q.device).view(1, 1, 1, N),
-              h=torch.arange(H, device=q.device).view(1, H, 1, 1),
+              i=grid(Nq).view(1, 1, Nq, 1), j=grid(N).view(1, 1, 1, N), h=grid(H).view(1, H, 1, 1),
               params={n: p.double() if p.is_floating_point() else p for n, p in params.items()},
               inputs=inputs, float_dtype=torch.float64)
 
@@ -36,8 +35,12 @@ def dense_weights(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: di
 
     env.dot = dot
     shape = (B, H, Nq, N)
-    mask = evaluate(spec.mask, env).to(q.device).expand(shape) if spec.mask is not None else \
-        torch.ones((), dtype=torch.bool, device=q.device).expand(shape)
+    if spec.mask is not None:  # masks in float32 arithmetic, as kernels evaluate them: one well-defined set
+        env.float_dtype = torch.float32
+        mask = evaluate(spec.mask, env).to(q.device).expand(shape)
+        env.float_dtype = torch.float64
+    else:
+        mask = torch.ones((), dtype=torch.bool, device=q.device).expand(shape)
     if spec.normalize == "softmax":
         s = evaluate(spec.logits, env).double().expand(shape).masked_fill(~mask, float("-inf"))
         top = s.amax(-1, keepdim=True)

@@ -1,7 +1,8 @@
 """The meaning of typed expressions, evaluated with broadcasting torch ops.
 
-This interpreter is the semantics of the language: the dense reference uses it in float64 and the
-checker folds constants with it. Emitted backends re-implement the same meaning as generated code
+This interpreter is the semantics of the language: the dense reference uses it (float64 for scores
+and weights, float32 for masks, as kernels compute them; ints are 32-bit and wrap) and the checker
+folds constants with it. Emitted backends re-implement the same meaning as generated code
 and are tested against it. Values broadcast to [batch, heads, query tokens, key tokens].
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ class Env:
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # [B, *dims] or [*dims]
     dot: Callable[[TExpr], torch.Tensor] | None = None
     float_dtype: torch.dtype = torch.float64
+    int_dtype: torch.dtype = torch.int32  # the language's ints; int64 only to detect overflow when folding
 
 
 def lookup(table: torch.Tensor, indices: list[torch.Tensor], batched: bool) -> torch.Tensor:
@@ -47,10 +49,10 @@ def popcount(x: torch.Tensor) -> torch.Tensor:
     for _ in range(32):
         count += x & 1
         x = x >> 1
-    return count
+    return count.int()
 
 
-def _binary(op: str, a: torch.Tensor, b: torch.Tensor, result_type: str) -> torch.Tensor:
+def _binary(op: str, a: torch.Tensor, b: torch.Tensor, float_dtype: torch.dtype) -> torch.Tensor:
     if op == "add":
         return a + b
     if op == "sub":
@@ -58,7 +60,7 @@ def _binary(op: str, a: torch.Tensor, b: torch.Tensor, result_type: str) -> torc
     if op == "mul":
         return a * b
     if op == "div":
-        return a.double() / b if not a.is_floating_point() and not b.is_floating_point() else a / b
+        return a.to(float_dtype) / b if not a.is_floating_point() and not b.is_floating_point() else a / b
     if op == "floordiv":
         return torch.div(a, b, rounding_mode="floor")
     if op == "mod":
@@ -79,7 +81,7 @@ def _binary(op: str, a: torch.Tensor, b: torch.Tensor, result_type: str) -> torc
     return compare[op](a, b)
 
 
-def _call(fn: str, args: list[torch.Tensor]) -> torch.Tensor:
+def _call(fn: str, args: list[torch.Tensor], float_dtype: torch.dtype) -> torch.Tensor:
     if fn in ("min", "max"):
         out = args[0]
         for a in args[1:]:
@@ -93,23 +95,23 @@ def _call(fn: str, args: list[torch.Tensor]) -> torch.Tensor:
         return torch.bitwise_xor(args[0], args[0] >> 1)
     if fn == "abs":
         return torch.abs(args[0])
-    x = args[0] if args[0].is_floating_point() else args[0].double()
+    x = args[0] if args[0].is_floating_point() else args[0].to(float_dtype)
     return {"exp": torch.exp, "log": torch.log, "sqrt": torch.sqrt, "tanh": torch.tanh,
             "sigmoid": torch.sigmoid}[fn](x)
 
 
 def evaluate(t: TExpr, env: Env) -> torch.Tensor:
-    """Evaluate a typed expression; ints are int64, floats env.float_dtype, bools bool."""
+    """Evaluate a typed expression; ints are int32 (wrapping, as in kernels), floats env.float_dtype."""
     op = t.op
     if op == "const":
-        dtype = torch.bool if t.type == BOOL else torch.int64 if t.type == INT else env.float_dtype
+        dtype = torch.bool if t.type == BOOL else env.int_dtype if t.type == INT else env.float_dtype
         return torch.tensor(t.value, dtype=dtype)
     if op == "var":
         return {"i": env.i, "j": env.j, "h": env.h}[t.value]
     if op == "size":
-        return torch.tensor(env.sizes[t.value], dtype=torch.int64)
+        return torch.tensor(env.sizes[t.value], dtype=env.int_dtype)
     if op == "rsize":
-        return torch.tensor(env.rsizes[t.value], dtype=torch.int64)
+        return torch.tensor(env.rsizes[t.value], dtype=env.int_dtype)
     if op == "scale":
         return torch.tensor(env.rsizes["D"] ** -0.5, dtype=env.float_dtype)
     if op == "dot":
@@ -120,7 +122,7 @@ def evaluate(t: TExpr, env: Env) -> torch.Tensor:
     if op == "not":
         return torch.logical_not(args[0])
     if op == "call":
-        out = _call(t.value, args)
+        out = _call(t.value, args, env.float_dtype)
     elif op == "param":
         out = lookup(env.params[t.value], args, batched=False)
     elif op == "input":
@@ -131,7 +133,7 @@ def evaluate(t: TExpr, env: Env) -> torch.Tensor:
             out = out.reshape(out.shape[0], *([1] * max(0, 4 - out.dim())), *out.shape[1:]) \
                 if out.dim() < 4 else out
     else:
-        out = _binary(op, args[0], args[1], t.type)
+        out = _binary(op, args[0], args[1], env.float_dtype)
     if t.type == FLOAT and out.dtype != env.float_dtype:
         out = out.to(env.float_dtype)
     return out
@@ -139,7 +141,7 @@ def evaluate(t: TExpr, env: Env) -> torch.Tensor:
 
 def eval_scalar(t: TExpr) -> int | float | bool:
     """Evaluate an expression over constants to a Python number (used for constant folding)."""
-    value = evaluate(t, Env()).item()
+    value = evaluate(t, Env(int_dtype=torch.int64)).item()
     if t.type == INT:
         if abs(value) >= 2**31:
             raise OverflowError("integer out of range")

@@ -171,7 +171,7 @@ class CompiledAttention(nn.Module):
                                  f"{shape} or {(B, *shape)}")
             if spec.dtype in ("int", "bool") and t.is_floating_point():
                 raise ShapeError(f"{self.SPEC_NAME}: input `{name}` must be {spec.dtype}, got {t.dtype}")
-            checked[name] = t.long() if spec.dtype == "int" else t.bool() if spec.dtype == "bool" else t.float()
+            checked[name] = t.int() if spec.dtype == "int" else t.bool() if spec.dtype == "bool" else t.float()
         params = self.params_dict()
         if q.dtype == torch.float64:  # tables join the computation at its precision
             params = {n: p.double() for n, p in params.items()}

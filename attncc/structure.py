@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import sympy
 import torch
 
-from .expr import BOOL, TExpr
+from .expr import BOOL, FLOAT, TExpr
 from .evaluate import Env, evaluate
 
 I, J, DIFF, HEAD = sympy.symbols("i j d h", integer=True)
@@ -111,12 +111,20 @@ def _in_d(expr):
     return None if rewritten.has(J) else rewritten
 
 
+def _exact_in_sizes(c) -> bool:
+    """Whether c is exact integer arithmetic over sizes: no float, no table, no head, no irrational power.
+    Only such bounds are the same number in every backend, for every head, and in Python launchers."""
+    return (not c.atoms(sympy.Float) and not c.atoms(sympy.core.function.AppliedUndef)
+            and all(s.is_integer and s not in (I, J, HEAD, DIFF) for s in c.free_symbols)
+            and all(p.exp.is_integer for p in c.atoms(sympy.Pow)))
+
+
 def _linear_bound(rel):
-    """a*d + c (op) 0 with numeric a != 0 -> ('lo'|'hi'|'eq', bound) on the integer d."""
+    """a*d + c (op) 0 with rational a != 0 and c exact in sizes -> [('lo'|'hi', bound)] on the integer d."""
     e = sympy.expand(rel.lhs - rel.rhs)
     a = e.coeff(DIFF, 1)
     c = sympy.expand(e - a * DIFF)
-    if not a.is_number or a == 0 or c.has(DIFF):
+    if not a.is_Rational or a == 0 or c.has(DIFF) or not _exact_in_sizes(c):
         return None
     x = -c / a
     op = type(rel)
@@ -130,8 +138,8 @@ def _linear_bound(rel):
         return [("lo", sympy.floor(x) + 1)]
     if op is sympy.Ge:
         return [("lo", sympy.ceiling(x))]
-    if op is sympy.Eq:
-        return [("lo", x), ("hi", x)] if x.is_integer is not False else None
+    if op is sympy.Eq:  # d == x has a solution only if x is an integer: claim a band only when provable
+        return [("lo", x), ("hi", x)] if x.is_integer else None
     return None
 
 
@@ -184,11 +192,15 @@ def _interval(cond):
     return None
 
 
-def _conjunct_bounds(expr) -> tuple:
+def _conjuncts(t: TExpr) -> list[TExpr]:
+    return _conjuncts(t.args[0]) + _conjuncts(t.args[1]) if t.op == "and_" else [t]
+
+
+def _conjunct_bounds(conjuncts: list[TExpr], symbols: dict) -> tuple:
     """A band that contains the mask: the conjuncts of an `and` that are linear bounds on i - j."""
     lo, hi = -sympy.oo, sympy.oo
-    for part in (expr.args if isinstance(expr, sympy.And) else (expr,)):
-        in_d = _in_d(part)
+    for part in conjuncts:
+        in_d = _in_d(to_sympy(part, symbols))
         interval = _interval(in_d) if in_d is not None else None
         if interval is not None:
             lo, hi = sympy.Max(lo, interval[0]), sympy.Min(hi, interval[1])
@@ -214,14 +226,19 @@ def classify_mask(mask: TExpr | None, symbols: dict[str, sympy.Symbol]) -> Struc
     expr = to_sympy(mask, symbols)
     if expr is sympy.true:
         return Structure("full", reason="mask is always true")
+    conjuncts = _conjuncts(mask)
+    exact = [c for c in conjuncts if not any(e.type == FLOAT for e in c.walk())]
+    if len(exact) < len(conjuncts):  # float rounding differs per (i, j): no claim beyond exact conjuncts
+        lo, hi = _conjunct_bounds(exact, symbols)
+        return Structure("general", lo, hi, reason="mask uses float arithmetic; only its integer conjuncts bound it")
     in_d = _in_d(expr)
     if in_d is None:
-        lo, hi = _conjunct_bounds(expr)
+        lo, hi = _conjunct_bounds(conjuncts, symbols)
         within = f"; keys outside {lo} <= i - j <= {hi} are masked" if (lo, hi) != (-sympy.oo, sympy.oo) else ""
         return Structure("general", lo, hi, reason="mask depends on more than i - j" + within)
     interval = _interval(in_d)
     if interval is None:
-        lo, hi = _conjunct_bounds(in_d)
+        lo, hi = _conjunct_bounds(conjuncts, symbols)
         return Structure("toeplitz", lo, hi, reason=f"mask depends only on d = i - j: {in_d}")
     lo, hi = interval
     if lo == -sympy.oo and hi == sympy.oo:

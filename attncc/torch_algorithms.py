@@ -77,7 +77,8 @@ def tiled_attention(q, k, v, ctx, *, scores: Callable, mask: Callable | None, ke
     B, H, Nq, _ = q.shape
     N, E = k.shape[2], v.shape[-1]
     dtype = compute_dtype(q)
-    h = torch.arange(H, device=q.device).view(1, H, 1, 1)
+    grid = lambda a, b: torch.arange(a, b, device=q.device, dtype=torch.int32)  # ints are 32-bit, as in kernels
+    h = grid(0, H).view(1, H, 1, 1)
     outs = []
     for q0 in range(0, Nq, chunk):
         q1 = min(Nq, q0 + chunk)
@@ -86,8 +87,7 @@ def tiled_attention(q, k, v, ctx, *, scores: Callable, mask: Callable | None, ke
         if k1 <= k0:
             outs.append(q.new_zeros(B, H, q1 - q0, E, dtype=dtype))
             continue
-        i = torch.arange(q0, q1, device=q.device).view(1, 1, -1, 1)
-        j = torch.arange(k0, k1, device=q.device).view(1, 1, 1, -1)
+        i, j = grid(q0, q1).view(1, 1, -1, 1), grid(k0, k1).view(1, 1, 1, -1)
         qc, kc, vc = q[:, :, q0:q1].to(dtype), k[:, :, k0:k1].to(dtype), v[:, :, k0:k1].to(dtype)
         s = scores(qc, kc, i, j, h, ctx).to(dtype).expand(B, H, q1 - q0, k1 - k0)
         m = mask(i, j, h, ctx).expand_as(s) if mask is not None else None

@@ -18,6 +18,11 @@ SPECS = {
     "hypercube": "attention hypercube { size block = 4  mask(i, j) = popcount(gray(i // block) ^ gray(j // block)) <= 1 }",
     "softcap": "attention softcap { size cap = 5  score(i, j) = tanh(dot(q[i], k[j]) * scale / cap) * cap"
                "  mask(i, j) = where(i > 10, j <= i, true) }",
+    "float_mask": "attention float_mask { mask(i, j) = (i - j) * 0.1 <= 0.3 and i * 0.1 - j * 0.1 < 0.7 }",
+    "int_overflow": "attention int_overflow { mask(i, j) = (i ** 4) % 7 <= j % 7 }",
+    "bounds": "attention bounds { param t[1] = 3  input lens[1] : int"
+              "  mask(i, j) = i - j < h + 1 and i - j <= t[0] * 2 and i - j <= lens[0] + 9 and i - j <= N // 2"
+              " and i - j < 100 * scale and i - j != N / 2 }",
 }
 
 
@@ -26,7 +31,7 @@ SPECS = {
 def test_backends_agree_on_semantics(name, backend):
     cls = attncc.compile(SPECS[name])
     module = make_module(cls, 2, 16, 16)
-    q, k, v, inputs = random_inputs(cls, 2, 2, 29, 29, 16, 16)
+    q, k, v, inputs = random_inputs(cls, 2, 2, 300 if name == "int_overflow" else 29, 29, 16, 16)
     result = compare(module, q, k, v, inputs, backend, torch.float32)
     assert result.ok, f"{name}: {result.error:.3e}"
 
@@ -58,3 +63,14 @@ def test_derived_sizes_follow_overrides():
 def test_checker_rejects(text, message):
     with pytest.raises(SpecError, match=message):
         build(f"attention a {{ {text} }}")
+
+
+@pytest.mark.parametrize("mask,claim", [
+    ("(i - j) * 0.1 <= 0.3", "general"),  # float rounding differs per (i, j): no band
+    ("i * 0.1 - j * 0.1 < 0.5", "general"),
+    ("i - j == N / 2", "general"),  # no integer solution for odd N
+    ("i - j <= N // 2", "band -oo <= i - j <= floor(N/2)"),
+    ("i - j < 100 * scale and j <= i", "general within 0 <= i - j <= oo"),
+])
+def test_no_structure_is_claimed_from_inexact_arithmetic(mask, claim):
+    assert build(f"attention a {{ mask(i, j) = {mask} }}").plan.mask.describe() == claim

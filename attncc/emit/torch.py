@@ -84,9 +84,9 @@ def emit_linear(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) -> N
         f = expr_of(graph, ops[2])
         with w.block("def toeplitz_f(ctx):"):
             w.line(f'"""f(d) for d = i - j in -(N-1) .. Nq-1: {fmt(f)}"""')
-            w.line("i = torch.arange(ctx.Nq + ctx.N - 1).view(1, 1, -1, 1)  # i = d + (N - 1) at j = N - 1")
-            w.line("j = torch.full((1, 1, 1, 1), ctx.N - 1)")
-            w.line("h = torch.arange(ctx.H).view(1, ctx.H, 1, 1)")
+            w.line("i = torch.arange(ctx.Nq + ctx.N - 1, dtype=torch.int32).view(1, 1, -1, 1)  # i = d + N - 1 at j = N - 1")
+            w.line("j = torch.full((1, 1, 1, 1), ctx.N - 1, dtype=torch.int32)")
+            w.line("h = torch.arange(ctx.H, dtype=torch.int32).view(1, ctx.H, 1, 1)")
             w.line(f"return rt.toeplitz_row({ex(f)}, ctx.Nq + ctx.N - 1)")
         w.line()
     modulated = plan.attrs.get("modulated")
@@ -94,8 +94,8 @@ def emit_linear(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) -> N
         m = expr_of(graph, ops[2])
         with w.block("def modulation(ctx):"):
             w.line(f'"""scalar factor of the kernel (no i, j): {fmt(m)}"""')
-            w.line("i = j = torch.zeros((1, 1, 1, 1), dtype=torch.long)")
-            w.line("h = torch.arange(ctx.H).view(1, ctx.H, 1, 1)")
+            w.line("i = j = torch.zeros((1, 1, 1, 1), dtype=torch.int32)")
+            w.line("h = torch.arange(ctx.H, dtype=torch.int32).view(1, ctx.H, 1, 1)")
             w.line(f"return rt.as_4d({ex(m)}, ctx.H)")
         w.line()
     with w.block("def forward_torch(self, q, k, v, ctx):"):

@@ -385,6 +385,8 @@ def triton_header(spec: CheckedSpec, spec_hash: str, version: str) -> str:
 
 Imported by the main module on the first Triton call; `host` is that module (torch backend, tables).
 """
+import math
+
 import torch
 import triton
 import triton.language as tl
