@@ -13,6 +13,7 @@ from .check import CheckedSpec
 from .evaluate import Env, evaluate
 from .expr import TExpr
 from .features import apply_feature_map
+from .torch_algorithms import keep_grad
 
 
 def _row(t: TExpr, x: torch.Tensor) -> torch.Tensor:
@@ -30,10 +31,6 @@ def dense_weights(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: di
               params={n: p.double() if p.is_floating_point() else p for n, p in params.items()},
               inputs=inputs, float_dtype=torch.float64)
 
-    def dot(t: TExpr) -> torch.Tensor:
-        return torch.einsum("bhid,bhjd->bhij", _row(t.args[0], q), _row(t.args[1], k))
-
-    env.dot = dot
     shape = (B, H, Nq, N)
     if spec.mask is not None:  # masks in float32 arithmetic, as kernels evaluate them: one well-defined set
         env.float_dtype = torch.float32
@@ -41,6 +38,11 @@ def dense_weights(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: di
         env.float_dtype = torch.float64
     else:
         mask = torch.ones((), dtype=torch.bool, device=q.device).expand(shape)
+
+    def dot(t: TExpr) -> torch.Tensor:  # gradients stop at masked pairs, where a score may be undefined
+        return keep_grad(torch.einsum("bhid,bhjd->bhij", _row(t.args[0], q), _row(t.args[1], k)), mask)
+
+    env.dot = dot
     if spec.normalize == "softmax":
         s = evaluate(spec.logits, env).double().expand(shape).masked_fill(~mask, float("-inf"))
         top = s.amax(-1, keepdim=True)

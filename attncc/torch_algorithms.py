@@ -54,6 +54,14 @@ def as_float(x, dtype=torch.float32):
     return x if x.is_floating_point() else x.to(dtype)
 
 
+def keep_grad(x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """x, whose gradient is zeroed where `keep` is false: a score may be undefined (inf, NaN) at
+    masked pairs, e.g. dot / (i - j) on the diagonal, and 0 * inf there would poison q and k."""
+    if keep is not None and x.requires_grad:
+        x.register_hook(lambda g: torch.where(keep, g, torch.zeros((), dtype=g.dtype, device=g.device)))
+    return x
+
+
 def as_4d(x, heads: int) -> torch.Tensor:
     """A per-head (or scalar) factor as a [1|B, H|1, 1, 1] float tensor."""
     x = as_float(x)
@@ -71,7 +79,7 @@ def tiled_attention(q, k, v, ctx, *, scores: Callable, mask: Callable | None, ke
                     normalize: str, eps: float, chunk: int = QUERY_CHUNK) -> torch.Tensor:
     """out = normalize(mask o scores) V, one chunk of queries at a time over the keys it can see.
 
-    scores(qc, kc, i, j, h, ctx) -> [B|1, H|1, cq, ck]; mask(i, j, h, ctx) -> bool, same grid;
+    scores(qc, kc, i, j, h, ctx, keep) -> [B|1, H|1, cq, ck]; mask(i, j, h, ctx) -> bool, same grid;
     key_range(q0, q1, ctx) -> (k0, k1): keys outside [k0, k1) are proven masked for queries [q0, q1).
     """
     B, H, Nq, _ = q.shape
@@ -89,8 +97,8 @@ def tiled_attention(q, k, v, ctx, *, scores: Callable, mask: Callable | None, ke
             continue
         i, j = grid(q0, q1).view(1, 1, -1, 1), grid(k0, k1).view(1, 1, 1, -1)
         qc, kc, vc = q[:, :, q0:q1].to(dtype), k[:, :, k0:k1].to(dtype), v[:, :, k0:k1].to(dtype)
-        s = scores(qc, kc, i, j, h, ctx).to(dtype).expand(B, H, q1 - q0, k1 - k0)
-        m = mask(i, j, h, ctx).expand_as(s) if mask is not None else None
+        m = mask(i, j, h, ctx).expand(B, H, q1 - q0, k1 - k0) if mask is not None else None
+        s = scores(qc, kc, i, j, h, ctx, m).to(dtype).expand(B, H, q1 - q0, k1 - k0)
         if normalize == "softmax":
             if m is not None:
                 s = s.masked_fill(~m, float("-inf"))

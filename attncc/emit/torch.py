@@ -49,10 +49,10 @@ def emit_tiled(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
     scores = spec.logits if spec.normalize == "softmax" else spec.weight
     dots = _dots(scores, {})
     ex = TorchExpr(dots)
-    with w.block("def scores(qc, kc, i, j, h, ctx):"):
+    with w.block("def scores(qc, kc, i, j, h, ctx, keep):"):
         w.line(f'"""{"logits" if spec.normalize == "softmax" else "weights"}: {fmt(scores)}"""')
         for d, name in dots.items():
-            w.line(f"{name} = {_row(d.args[0], 'qc')} @ {_row(d.args[1], 'kc')}.transpose(-1, -2)")
+            w.line(f"{name} = rt.keep_grad({_row(d.args[0], 'qc')} @ {_row(d.args[1], 'kc')}.transpose(-1, -2), keep)")
         w.line(f"return {ex(scores)}")
     w.line()
     if spec.mask is not None:
