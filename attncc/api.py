@@ -65,7 +65,7 @@ def build(spec: str | Path | Source, sizes: dict | None = None, lowering: str | 
     run_pipeline(optimized, ctx)
     attend = optimized.operands(optimized.output)[0]
     mask = optimized.node(attend).attr("mask_structure")
-    plan = select(optimized, mask, {**checked.sizes, **(sizes or {})}, lowering)
+    plan = select(optimized, mask, {**checked.sizes, **_design_sizes(sizes, checked)}, lowering)
     spec_hash = "sha256:" + hashlib.sha256(f"{__version__}\n{format_spec(tree)}\n{plan.lowering}".encode()).hexdigest()[:16]
     comp = Compilation(src, tree, checked, ir, optimized, plan, ctx.log, spec_hash=spec_hash)
     comp.torch_source = emit_torch(checked, plan, optimized)
@@ -75,6 +75,18 @@ def build(spec: str | Path | Source, sizes: dict | None = None, lowering: str | 
                           + comp.torch_source + "\n\n# " + "-" * 70 + " triton backend\n" + triton_entry(checked)
                           + "\n\n" + module_class(checked, plan, spec_hash, triton_lowering))
     return comp
+
+
+def _design_sizes(sizes: dict | None, checked: CheckedSpec) -> dict:
+    """The sizes the cost model chooses for: run-time sizes (B, H, Nq, N, D, E) and declared ones."""
+    from .select import DESIGN_SIZES
+    sizes = dict(sizes or {})
+    for name, value in sizes.items():
+        if name not in DESIGN_SIZES and name not in checked.sizes:
+            raise AttnccError(f"sizes: unknown size `{name}`; use {', '.join([*DESIGN_SIZES, *checked.sizes])}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name in checked.sizes else 1):
+            raise AttnccError(f"sizes: `{name}` must be a positive integer, got {value!r}")
+    return sizes
 
 
 def generated_files(comp: Compilation) -> dict[str, str]:

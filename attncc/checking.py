@@ -69,10 +69,16 @@ def triton_runnable(device: str) -> tuple[bool, str]:
 
 def compare(module, q, k, v, inputs, backend: str, dtype: torch.dtype, device: str = "cpu") -> Result:
     ref = module.reference(q, k, v, **inputs)
-    module.backend = backend
     cast = [t.to(device=device, dtype=dtype) for t in (q, k, v)]
-    with torch.no_grad():
-        out = module.to(device)(*cast, **{n: t.to(device) for n, t in inputs.items()})
+    saved, home = module.backend, next((p.device for p in module.parameters()), None)
+    try:
+        module.backend = backend
+        with torch.no_grad():
+            out = module.to(device)(*cast, **{n: t.to(device) for n, t in inputs.items()})
+    finally:  # leave the caller's module as it was
+        module.backend = saved
+        if home is not None:
+            module.to(home)
     scale = max(1.0, float(ref.abs().max())) if ref.numel() else 1.0
     error = float((out.double().cpu() - ref.cpu()).abs().max()) / scale if ref.numel() else 0.0
     if not torch.isfinite(out).all():

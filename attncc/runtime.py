@@ -110,6 +110,12 @@ class CompiledAttention(nn.Module):
         derived = sorted(set(sizes) & set(self.DERIVED))
         if derived:
             raise AttnccError(f"{self.SPEC_NAME}: size `{derived[0]}` is derived from other sizes; set those instead")
+        bad = [n for n, v in sizes.items() if isinstance(v, bool) or not isinstance(v, int)]
+        if bad:
+            raise AttnccError(f"{self.SPEC_NAME}: size `{bad[0]}` must be an integer, got {sizes[bad[0]]!r}")
+        too_big = [n for n, v in sizes.items() if abs(v) >= 2**31]
+        if too_big:
+            raise AttnccError(f"{self.SPEC_NAME}: size `{too_big[0]}` must be below 2^31 (ints are 32-bit)")
         try:
             self.sizes = {**self.SIZES, **{n: int(v) for n, v in sizes.items() if n in self.SIZES}}
             self.fixed = {n: int(sizes[n]) for n in self.NEEDS}
@@ -126,7 +132,11 @@ class CompiledAttention(nn.Module):
             shape = shapes[name]
             if any(d <= 0 for d in shape):
                 raise AttnccError(f"{self.SPEC_NAME}: table `{name}` would have shape {shape}")
-            self.register_parameter(name, nn.Parameter(init_table(shape, p.init, p.args)))
+            try:
+                table = init_table(shape, p.init, p.args)
+            except RuntimeError as exc:  # e.g. out of memory for a huge size
+                raise AttnccError(f"{self.SPEC_NAME}: cannot create table `{name}` of shape {shape}: {exc}") from None
+            self.register_parameter(name, nn.Parameter(table))
 
     # ------------------------------------------------------------------ calling
     def params_dict(self) -> dict:
@@ -164,7 +174,13 @@ class CompiledAttention(nn.Module):
         for name, spec in self.INPUTS.items():
             if name not in inputs:
                 raise ShapeError(f"{self.SPEC_NAME}: missing input `{name}` (declared `input {name}[...]`)")
-            t = torch.as_tensor(inputs[name], device=q.device)
+            try:
+                t = torch.as_tensor(inputs[name], device=q.device)
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise ShapeError(f"{self.SPEC_NAME}: input `{name}` must be a tensor or a nested list of "
+                                 f"numbers, got {type(inputs[name]).__name__} ({exc})") from None
+            if t.is_complex():
+                raise ShapeError(f"{self.SPEC_NAME}: input `{name}` must be real, got {t.dtype}")
             shape = tuple(int(d) for d in spec.dims({**self.sizes, **dims}))
             if tuple(t.shape) not in (shape, (B, *shape)):
                 raise ShapeError(f"{self.SPEC_NAME}: input `{name}` has shape {tuple(t.shape)}, expected "
@@ -186,20 +202,23 @@ class CompiledAttention(nn.Module):
         ctx = self._context(q, k, v, inputs)
         backend = self.resolve_backend(q)
         self.last_backend = backend
+        if q.shape[2] == 0 or k.shape[2] == 0:  # nothing to attend with or to: zeros, in every backend
+            return v.new_zeros(*q.shape[:3], v.shape[-1])
         if backend == "reference":
-            return self.reference(q, k, v, **inputs).to(v.dtype)
-        if q.shape[2] == 0:
-            return v.new_zeros(*q.shape[:3], v.shape[-1])
-        if k.shape[2] == 0:
-            return v.new_zeros(*q.shape[:3], v.shape[-1])
+            return self._dense(q, k, v, ctx).to(v.dtype)
         if backend == "triton":
             return self.forward_triton(q, k, v, ctx)
         return self.forward_torch(q, k, v, ctx)
 
     def reference(self, q, k, v, **inputs) -> torch.Tensor:
         """The dense float64 meaning of the spec with this module's tables."""
-        from .dense import dense_attention
         ctx = self._context(q, k, v, inputs)
+        if q.shape[2] == 0 or k.shape[2] == 0:
+            return torch.zeros(*q.shape[:3], v.shape[-1], dtype=torch.float64, device=q.device)
+        return self._dense(q, k, v, ctx)
+
+    def _dense(self, q, k, v, ctx: Context) -> torch.Tensor:
+        from .dense import dense_attention
         return dense_attention(self.checked, q, k, v, {n: p.detach() for n, p in ctx.params.items()},
                                ctx.inputs, self.sizes)
 

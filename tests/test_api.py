@@ -142,3 +142,29 @@ def test_gradients_ignore_scores_undefined_at_masked_pairs(spec, backend):
     m.reference(q, k, v).sum().backward()
     for got, want in zip(grads, (q.grad, k.grad, v.grad)):
         assert torch.allclose(got, want, rtol=1e-3, atol=1e-4)
+
+
+def test_bad_arguments_are_attncc_errors():
+    doc_cls = attncc.compile(DOCUMENT)
+    q = torch.randn(1, 1, 4, 8)
+    for bad in ("abc", [[1, 2], [3]], None, torch.zeros(4, dtype=torch.complex64)):
+        with pytest.raises(ShapeError, match="input `doc`"):
+            doc_cls()(q, q, q, doc=bad)
+    window = str(ROOT / "examples" / "sliding_window.attn")
+    with pytest.raises(AttnccError, match="must be an integer"):
+        attncc.compile(window)(window=2.5)
+    with pytest.raises(AttnccError, match="below 2\\^31"):
+        attncc.compile(window)(window=10**12)
+    with pytest.raises(AttnccError, match="cannot create table"):
+        attncc.compile("attention a { size n = 1  param t[n, n, n] = 0 }")(n=2**20)
+    with pytest.raises(AttnccError, match="must be a positive integer"):
+        attncc.compile(window, sizes={"N": "x"})
+    with pytest.raises(AttnccError, match="unknown size `M`"):
+        attncc.compile(window, sizes={"M": 3})
+
+
+def test_reference_of_empty_sequences():
+    m = attncc.compile(str(ROOT / "examples" / "causal.attn"))(backend="reference")
+    q, k0 = torch.randn(1, 1, 3, 4), torch.randn(1, 1, 0, 4)
+    assert torch.equal(m(q, k0, k0), torch.zeros(1, 1, 3, 4))
+    assert torch.equal(m.reference(q, k0, k0), torch.zeros(1, 1, 3, 4, dtype=torch.float64))
