@@ -140,8 +140,7 @@ def format_expr(e: Expr) -> str:
     if isinstance(e, Binary):
         return f"({format_expr(e.left)} {e.op} {format_expr(e.right)})"
     if isinstance(e, Call):
-        parts = [format_expr(a) for a in e.args] + [f"{k.name}={format_expr(k.value)}" for k in e.kwargs]
-        return f"{e.fn}({', '.join(parts)})"
+        return f"{e.fn}({_call_args(e.args, e.kwargs)})"
     if isinstance(e, Index):
         return f"{e.table}[{', '.join(format_expr(i) for i in e.indices)}]"
     raise TypeError(type(e))

@@ -55,11 +55,6 @@ def const(value, span: Span = NO_SPAN) -> TExpr:
     return TExpr("const", (), value, t, span)
 
 
-def var(name: str) -> TExpr:
-    """An index variable: 'i' (query token), 'j' (key token) or 'h' (head)."""
-    return TExpr("var", (), name, INT)
-
-
 def fmt(e: TExpr) -> str:
     """Readable, fully parenthesised text of a typed expression."""
     if e.op == "const":

@@ -19,9 +19,8 @@ _VAR_SHAPES = {"i": (1, 1, Nq, 1), "j": (1, 1, 1, N), "h": (1, H, 1, 1)}
 class ExprBuilder:
     """Adds the nodes of typed expressions to a graph, sharing structurally equal subexpressions."""
 
-    def __init__(self, graph: Graph, feature_options: dict | None = None):
+    def __init__(self, graph: Graph):
         self.graph = graph
-        self.feature_options = feature_options or {}
         self.cache: dict[tuple, int] = {}
         self.leaves = {graph.node(n).op: n for n in graph.order() if graph.node(n).op in ("q", "k", "v")}
         for name, shape in (("q", (B, H, Nq, D)), ("k", (B, H, N, D)), ("v", (B, H, N, E))):
@@ -40,9 +39,7 @@ class ExprBuilder:
     def _new(self, t: TExpr, args: tuple[int, ...]) -> int:
         g = self.graph
         if t.op == "feature":
-            options = self.feature_options.get(t.value)
-            return g.add("feature", args, shape=g.node(args[0]).shape, dtype=FLOAT, span=t.span, map=t.value,
-                         **({"options": options} if options else {}))
+            return g.add("feature", args, shape=g.node(args[0]).shape, dtype=FLOAT, span=t.span, map=t.value)
         if t.op == "dot":
             return g.add("pairdot", args, shape=(B, H, Nq, N), dtype=FLOAT, span=t.span)
         if t.op == "var":
@@ -56,7 +53,7 @@ class ExprBuilder:
 
 def lower(spec: CheckedSpec) -> Graph:
     graph = Graph(spec.name)
-    build = ExprBuilder(graph, {f.fn: f.kwargs for f in spec.features.values()})
+    build = ExprBuilder(graph)
     operands = [build.add(spec.logits if spec.normalize == "softmax" else spec.weight)]
     if spec.mask is not None:
         operands.append(build.add(spec.mask))

@@ -35,8 +35,7 @@ def parser() -> Lark:
 
 
 def _span(meta_or_token) -> Span:
-    if isinstance(meta_or_token, Token):
-        return Span(meta_or_token.start_pos, meta_or_token.end_pos)
+    """Tokens and rule metadata both carry start_pos / end_pos."""
     return Span(meta_or_token.start_pos, meta_or_token.end_pos)
 
 

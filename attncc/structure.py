@@ -29,11 +29,8 @@ class Structure:
     reason: str = ""
 
     @property
-    def is_band(self) -> bool:
-        return self.kind in ("full", "causal", "band")
-
-    @property
     def is_toeplitz(self) -> bool:
+        """Depends on (i, j) only through i - j: true of full, causal and band masks too."""
         return self.kind != "general"
 
     @property

@@ -1,4 +1,4 @@
-"""A tiny code writer: lines, indentation blocks, and deterministic fresh names."""
+"""A tiny code writer: lines and indentation blocks."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -9,7 +9,6 @@ class CodeWriter:
         self.lines: list[str] = []
         self.level = 0
         self.indent = indent
-        self.counts: dict[str, int] = {}
 
     def line(self, text: str = "") -> None:
         self.lines.append(self.indent * self.level + text if text else "")
@@ -24,11 +23,6 @@ class CodeWriter:
         self.level += 1
         yield
         self.level -= 1
-
-    def fresh(self, base: str) -> str:
-        n = self.counts.get(base, 0)
-        self.counts[base] = n + 1
-        return f"{base}{n}"
 
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"

@@ -51,7 +51,7 @@ def reassociate_kernel(graph: Graph, ctx) -> None:
             raise AttnccError(f"internal error: modulation structure `{mod_structure.describe()}` failed its "
                               "sampled check; please report this spec")
         mask_structure = node.attr("mask_structure")
-        build = ExprBuilder(graph, {f.fn: f.kwargs for f in ctx.spec.features.values()})
+        build = ExprBuilder(graph)
         phi_q, phi_k = (build.add(side) for side in dot.args)
         common = dict(shape=node.shape, dtype=FLOAT, normalize=node.attr("normalize"), eps=node.attr("eps"),
                       mask_structure=mask_structure)
