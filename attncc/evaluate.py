@@ -42,6 +42,15 @@ def lookup(table: torch.Tensor, indices: list[torch.Tensor], batched: bool) -> t
     return table[tuple(idx)]
 
 
+def input_lookup(table: torch.Tensor, indices, ndims: int) -> torch.Tensor:
+    """Lookup into a call-time input; a leading batch dimension lines up with [B, H, Nq, N]."""
+    batched = table.dim() > ndims
+    out = lookup(table, list(indices), batched=batched)
+    if batched and out.dim() < 4:
+        out = out.reshape(out.shape[0], *([1] * (4 - out.dim())), *out.shape[1:])
+    return out
+
+
 def popcount(x: torch.Tensor) -> torch.Tensor:
     """Number of set bits of the 32-bit two's complement pattern of x."""
     x = x.long() & 0xFFFFFFFF
@@ -126,12 +135,7 @@ def evaluate(t: TExpr, env: Env) -> torch.Tensor:
     elif op == "param":
         out = lookup(env.params[t.value], args, batched=False)
     elif op == "input":
-        table = env.inputs[t.value]
-        ndims = len(t.args)
-        out = lookup(table, args, batched=table.dim() > ndims)
-        if out.dim() >= 1 and table.dim() > ndims:  # batch leads: align it with [B, H, Nq, N]
-            out = out.reshape(out.shape[0], *([1] * max(0, 4 - out.dim())), *out.shape[1:]) \
-                if out.dim() < 4 else out
+        out = input_lookup(env.inputs[t.value], args, len(t.args))
     else:
         out = _binary(op, args[0], args[1], env.float_dtype)
     if t.type == FLOAT and out.dtype != env.float_dtype:

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .evaluate import lookup, popcount  # noqa: F401  (re-exported for generated code)
+from .evaluate import input_lookup, lookup, popcount  # noqa: F401  (re-exported for generated code)
 
 QUERY_CHUNK = 256
 LINEAR_CHUNK = 64
@@ -20,15 +20,6 @@ LINEAR_CHUNK = 64
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def input_lookup(table: torch.Tensor, indices, ndims: int) -> torch.Tensor:
-    """Lookup into a call-time input; a leading batch dimension lines up with [B, H, Nq, N]."""
-    batched = table.dim() > ndims
-    out = lookup(table, list(indices), batched=batched)
-    if batched:
-        out = out.reshape(out.shape[0], *([1] * max(0, 4 - out.dim())), *out.shape[1:]) if out.dim() < 4 else out
-    return out
 
 
 def minimum(*xs):
@@ -62,16 +53,15 @@ def keep_grad(x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
     return x
 
 
-def as_4d(x, heads: int) -> torch.Tensor:
-    """A per-head (or scalar) factor as a [1|B, H|1, 1, 1] float tensor."""
+def as_4d(x) -> torch.Tensor:
+    """A value of an index expression (scalar, or broadcastable to [B, H, Nq, N]) as a 4-d float tensor."""
     x = as_float(x)
     return x.reshape(*([1] * (4 - x.dim())), *x.shape) if x.dim() < 4 else x
 
 
 def toeplitz_row(x, length: int) -> torch.Tensor:
     """f(d) evaluated on an [.., length, 1] grid, as a float [1|B, 1|H, length] tensor."""
-    x = as_float(x)
-    x = x.reshape(*([1] * (4 - x.dim())), *x.shape) if x.dim() < 4 else x
+    x = as_4d(x)
     return x.expand(*x.shape[:2], length, 1)[..., 0]
 
 

@@ -92,6 +92,24 @@ def py_size_expr(e) -> str:
     return _SizePrinter({"standard": "python3"}).doprint(e)
 
 
+def band_bounds(structure) -> tuple[str | None, str | None]:
+    """Python code (over ctx sizes) of the band lo <= i - j <= hi that holds every unmasked pair;
+    None for a side that is unbounded."""
+    lo, hi = sympy.sympify(structure.lo), sympy.sympify(structure.hi)
+    code = lambda b: py_size_expr(b) if structure.kind != "full" and b.is_finite else None
+    return code(lo), code(hi)
+
+
+def name_dots(*exprs: TExpr | None) -> dict[TExpr, str]:
+    """The distinct dot(.., ..) terms of expressions, named qk0, qk1, ... in order of appearance."""
+    names: dict[TExpr, str] = {}
+    for t in exprs:
+        for e in (t.walk() if t is not None else ()):
+            if e.op == "dot" and e not in names:
+                names[e] = f"qk{len(names)}"
+    return names
+
+
 class TritonExpr:
     """Emit Triton code over tile index vectors: `offs_m[:, None]` (i), `offs_n[None, :]` (j), `off_h` (h)."""
 

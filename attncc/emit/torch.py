@@ -1,21 +1,13 @@
 """Emit the torch backend: hole functions plus a forward that calls a torch_algorithms skeleton."""
 from __future__ import annotations
 
-import sympy
 
 from ..check import DEFAULT_LOGITS, CheckedSpec
 from ..expr import TExpr, fmt
 from ..ir import Graph, expr_of
 from ..select import Plan
-from .exprs import TorchExpr, py_size_expr
+from .exprs import TorchExpr, band_bounds, name_dots
 from .writer import CodeWriter
-
-
-def _dots(t: TExpr | None, out: dict[TExpr, str]) -> dict[TExpr, str]:
-    for e in (t.walk() if t is not None else ()):
-        if e.op == "dot" and e not in out:
-            out[e] = f"qk{len(out)}"
-    return out
 
 
 def _row(t: TExpr, x: str) -> str:
@@ -37,17 +29,13 @@ def feature_maps_used(*exprs: TExpr | None) -> list[str]:
 
 def key_range_lines(plan: Plan) -> list[str]:
     """Keys that queries [q0, q1) may see under a band lo <= i - j <= hi: [q0 - hi, q1 - lo)."""
-    s = plan.mask
-    banded = s.kind != "full"
-    lo, hi = sympy.sympify(s.lo), sympy.sympify(s.hi)
-    k0 = f"q0 - ({py_size_expr(hi)})" if banded and hi.is_finite else "0"
-    k1 = f"q1 - ({py_size_expr(lo)})" if banded and lo.is_finite else "ctx.N"
-    return [f"return {k0}, {k1}"]
+    lo, hi = band_bounds(plan.mask)
+    return [f"return {f'q0 - ({hi})' if hi else '0'}, {f'q1 - ({lo})' if lo else 'ctx.N'}"]
 
 
 def emit_tiled(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
     scores = spec.logits if spec.normalize == "softmax" else spec.weight
-    dots = _dots(scores, {})
+    dots = name_dots(scores)
     ex = TorchExpr(dots)
     with w.block("def scores(qc, kc, i, j, h, ctx, keep):"):
         w.line(f'"""{"logits" if spec.normalize == "softmax" else "weights"}: {fmt(scores)}"""')
@@ -96,7 +84,7 @@ def emit_linear(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) -> N
             w.line(f'"""scalar factor of the kernel (no i, j): {fmt(m)}"""')
             w.line("i = j = torch.zeros((1, 1, 1, 1), dtype=torch.int32)")
             w.line("h = torch.arange(ctx.H, dtype=torch.int32).view(1, ctx.H, 1, 1)")
-            w.line(f"return rt.as_4d({ex(m)}, ctx.H)")
+            w.line(f"return rt.as_4d({ex(m)})")
         w.line()
     with w.block("def forward_torch(self, q, k, v, ctx):"):
         w.line(f"pq, pk = {_row(phi_q, 'q')}, {_row(phi_k, 'k')}")

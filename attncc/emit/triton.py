@@ -12,14 +12,13 @@ the torch backend's autograd (no N x N buffer beyond one query chunk).
 """
 from __future__ import annotations
 
-import sympy
 
 from ..check import CheckedSpec
 from ..expr import TExpr, fmt
 from ..features import FEATURE_MAPS
 from ..ir import Graph, expr_of
 from ..select import Plan
-from .exprs import TritonExpr, key, py_size_expr
+from .exprs import TritonExpr, band_bounds, key, name_dots
 from .writer import CodeWriter
 
 BIG = 1 << 30
@@ -203,12 +202,10 @@ def _row_feature(t: TExpr):
 def emit_tiled_kernel(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Kernel) -> None:
     softmax = spec.normalize == "softmax"
     scores = spec.logits if softmax else spec.weight
-    dots = {}
-    for e in scores.walk():
-        if e.op == "dot" and e not in dots:
-            dots[e] = f"qk{len(dots)}"
+    dots = name_dots(scores)
     ex = _KernelExpr(dots, {s: _size_arg(s) for s in _sizes(scores, spec.mask)})
-    banded = plan.mask.kind != "full" and plan.mask.bounded
+    lo, hi = band_bounds(plan.mask)
+    banded = lo is not None or hi is not None
     extra = "".join(f"{a}, " for a in kernel.arg_names())
     w.line("@triton.jit")
     with w.block(f"def _attn_fwd({_common_args()}, {extra}sm_scale, eps, band_lo, band_hi,"):
@@ -266,12 +263,7 @@ def emit_tiled_kernel(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Ker
         w.line("tl.store(Out + offs_m[:, None] * stride_om + offs_e[None, :] * stride_od, out.to(Out.dtype.element_ty), "
                "mask=(offs_m[:, None] < Nq) & (offs_e[None, :] < E))")
     w.line()
-    band = []
-    if banded:
-        lo, hi = sympy.sympify(plan.mask.lo), sympy.sympify(plan.mask.hi)
-        band = [py_size_expr(lo) if lo.is_finite else f"-{BIG}", py_size_expr(hi) if hi.is_finite else str(BIG)]
-    else:
-        band = [f"-{BIG}", str(BIG)]
+    band = [lo or f"-{BIG}", hi or str(BIG)]  # an unbounded side: a bound no tile reaches
     with w.block("def triton_forward(q, k, v, ctx, host):"):
         _launcher_head(w)
         w.line(f"band_lo, band_hi = {band[0]}, {band[1]}  # keys j with band_lo <= i - j <= band_hi")
