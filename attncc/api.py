@@ -63,9 +63,7 @@ def build(spec: str | Path | Source, sizes: dict | None = None, lowering: str | 
     optimized = ir.copy()
     ctx = PassContext(checked, size_symbols(checked))
     run_pipeline(optimized, ctx)
-    attend = optimized.operands(optimized.output)[0]
-    mask = optimized.node(attend).attr("mask_structure")
-    plan = select(optimized, mask, {**checked.sizes, **_design_sizes(sizes, checked)}, lowering)
+    plan = select(optimized, {**checked.sizes, **_design_sizes(sizes, checked)}, lowering)
     spec_hash = "sha256:" + hashlib.sha256(f"{__version__}\n{format_spec(tree)}\n{plan.lowering}".encode()).hexdigest()[:16]
     comp = Compilation(src, tree, checked, ir, optimized, plan, ctx.log, spec_hash=spec_hash)
     comp.torch_source = emit_torch(checked, plan, optimized)

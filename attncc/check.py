@@ -250,7 +250,7 @@ class _Checker:
 
     # ---------------------------------------------------------------- expressions
     def _expr(self, e: ast.Expr, ctx: str) -> TExpr | None:
-        """Type one expression. ctx: const | shape | shape_tokens | index | score | weight."""
+        """Type one expression. ctx: const | size | shape | shape_tokens | index | score | weight."""
         try:
             return self._typed(e, ctx)
         except RecursionError:
@@ -320,7 +320,8 @@ class _Checker:
                            "write `dot(q[i], k[j])`")
             return None
         known = set(self.sizes) | {"h", "scale", *RUNTIME_SIZES, *self.index_names}
-        where = {"const": "a constant", "shape": "a table shape", "shape_tokens": "an input shape"}.get(ctx)
+        where = {"const": "a constant", "size": "a size", "shape": "a table shape",
+                 "shape_tokens": "an input shape"}.get(ctx)
         if where and (n in known or n in ("i", "j")):
             self.bag.error(f"`{n}` cannot be used in {where}", e.span)
             return None
@@ -418,8 +419,10 @@ class _Checker:
             return None
         if rule == "float":
             result = FLOAT
-        elif rule == "same" or rule == "int":
-            result = args[0].type if rule == "same" else INT
+        elif rule == "same":
+            result = args[0].type
+        elif rule == "int":
+            result = INT
         else:
             types = {a.type for a in values}
             result = BOOL if types == {BOOL} else INT if types == {INT} else FLOAT
@@ -535,7 +538,7 @@ class _Checker:
         softmax = norm == "softmax"
         for kind in ("score", "bias") if not softmax else ("weight",):
             if kind in self.defs:
-                good = "weight" if softmax is False else "score"
+                good = "score" if softmax else "weight"
                 self.bag.error(f"`{kind}` is for {'softmax' if not softmax else 'kernelized'} attention, "
                                f"but this spec normalizes with `{norm}`", self.defs[kind].kind_span,
                                f"use `{good}(i, j)`" + ("" if softmax else " or `normalize softmax`"))

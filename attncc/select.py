@@ -85,10 +85,11 @@ def candidates(op: str, attrs: dict, mask: Structure) -> list[Candidate]:
     return out
 
 
-def select(graph: Graph, mask: Structure, sizes: dict | None = None, force: str | None = None) -> Plan:
+def select(graph: Graph, sizes: dict | None = None, force: str | None = None) -> Plan:
     (out,) = graph.operands(graph.output)
     node = graph.node(out)
     attrs = dict(node.attrs)
+    mask = attrs["mask_structure"]
     design = {**DESIGN_SIZES, **(sizes or {})}
     cands = candidates(node.op, attrs, mask)
     if force is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 
 from ..check import CheckedSpec
-from ..expr import TExpr, fmt
+from ..expr import RUNTIME_SIZES, TExpr, fmt
 from ..features import FEATURE_MAPS
 from ..ir import Graph, expr_of
 from ..select import Plan
@@ -97,15 +97,16 @@ def _sizes(*exprs: TExpr | None) -> list[str]:
 
 
 def _size_arg(name: str) -> str:
-    return {"N": "N", "Nq": "Nq", "H": "H", "D": "D", "E": "E"}.get(name, "S_" + name)
+    """Run-time sizes are kernel arguments of their own name; declared sizes are S_<name>."""
+    return name if name in RUNTIME_SIZES else "S_" + name
 
 
 class _Kernel:
     """Shared pieces of every kernel: table/size arguments and their launcher values."""
 
-    def __init__(self, spec: CheckedSpec, exprs: list[TExpr | None], param_dims: dict):
+    def __init__(self, exprs: list[TExpr | None], param_dims: dict):
         self.params, self.inputs = _tables(*exprs)
-        self.sizes = [s for s in _sizes(*exprs) if s not in ("N", "Nq", "H", "D", "E")]
+        self.sizes = [s for s in _sizes(*exprs) if s not in RUNTIME_SIZES]
         self.param_dims = param_dims
         self.helpers = sorted({h for t in exprs if t is not None for h in _helpers_of(t)})
 
@@ -400,7 +401,7 @@ def emit_triton(spec: CheckedSpec, plan: Plan, graph: Graph) -> tuple[str, str]:
     if plan.lowering == "tiled":
         exprs = [spec.logits if spec.normalize == "softmax" else spec.weight, spec.mask]
         dims = {n: len(p.shape) for n, p in spec.params.items()}
-        kernel = _Kernel(spec, exprs, dims)
+        kernel = _Kernel(exprs, dims)
         for h in kernel.helpers:
             w.lines_of(HELPERS[h])
             w.line()
