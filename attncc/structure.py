@@ -92,6 +92,13 @@ def to_sympy(t: TExpr, symbols: dict[str, sympy.Symbol]):
     raise ValueError(f"no sympy form for {op}")
 
 
+def _to_zero(rel):
+    """a (op) b -> a - b (op) 0, written with a positive coefficient of d where it has one."""
+    moved = rel.func(sympy.expand(rel.lhs - rel.rhs), 0)
+    coeff = moved.lhs.coeff(DIFF, 1)
+    return moved.reversedsign if coeff.is_number and coeff < 0 else moved
+
+
 def _in_d(expr):
     """Rewrite an (i, j) expression in d = i - j; None if j does not cancel.
 
@@ -100,6 +107,8 @@ def _in_d(expr):
     if not (expr.has(I) or expr.has(J)):
         return expr
     rewritten = expr.subs(I, J + DIFF)
+    if rewritten.has(J):  # j <= j + d: move every comparison to `lhs - rhs (op) 0`, which cancels j cheaply
+        rewritten = rewritten.replace(lambda e: isinstance(e, sympy.core.relational.Relational), _to_zero)
     if not rewritten.has(J):
         return rewritten
     if any(f.has(J) for f in rewritten.atoms(sympy.core.function.AppliedUndef)):
@@ -165,7 +174,7 @@ def _interval(cond):
             if sub is None:
                 return None
             lo, hi = sympy.Max(lo, sub[0]), sympy.Min(hi, sub[1])
-        return sympy.simplify(lo), sympy.simplify(hi)
+        return lo, hi
     if isinstance(cond, sympy.core.relational.Relational):
         split = _split_extremum(cond)
         if split is not None:
