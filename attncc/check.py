@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from . import ast
-from .expr import (BOOL, BITWISE, COMPARE, FLOAT, FUNCTIONS, INT, RUNTIME_SIZES, SYMBOL_TO_OP, VEC, TExpr,
+from .expr import (BINARY_OPS, BOOL, BITWISE, COMPARE, FLOAT, FUNCTIONS, INT, RUNTIME_SIZES, SYMBOL_TO_OP, VEC, TExpr,
                    const)
 from .features import FEATURE_MAPS
 from .runtime import RESERVED_ATTRIBUTES
@@ -69,6 +69,7 @@ class CheckedSpec:
     mask: TExpr | None
     spans: dict[str, Span] = field(default_factory=dict)
     derived: dict[str, TExpr] = field(default_factory=dict)
+    divisors: tuple[TExpr, ...] = ()
 
     @property
     def kind(self) -> str:
@@ -81,6 +82,7 @@ class _Checker:
         self.bag = DiagnosticBag(src)
         self.sizes: dict[str, int] = {}
         self.derived: dict[str, TExpr] = {}  # sizes defined from other sizes, recomputed on override
+        self.divisors: list[TExpr] = []  # divisors made of sizes: must stay non-zero under overrides
         self.params: dict[str, ParamInfo] = {}
         self.inputs: dict[str, InputInfo] = {}
         self.features: dict[str, FeatureInfo] = {}
@@ -362,14 +364,12 @@ class _Checker:
                     if x.type != INT:
                         self.bag.error(f"`{e.op}` needs integers, got {x.type}", sub.span)
                         return None
-            if op in ("floordiv", "mod") and right.op == "const" and right.value == 0:
-                self.bag.error("division by zero", e.right.span)
+            if op in ("floordiv", "mod") and not self._nonzero_divisor(right, e.right.span):
                 return None
             result = INT if (left.type, right.type) == (INT, INT) else FLOAT
             return self._fold(TExpr(op, (left, right), None, result, e.span))
         if op == "div":
-            if right.op == "const" and right.value == 0:
-                self.bag.error("division by zero", e.right.span)
+            if not self._nonzero_divisor(right, e.right.span):
                 return None
             return self._fold(TExpr(op, (left, right), None, FLOAT, e.span))
         if op == "pow" and left.type == INT and right.type == INT:
@@ -379,6 +379,23 @@ class _Checker:
                 return None
         result = INT if (left.type, right.type) == (INT, INT) else FLOAT
         return self._fold(TExpr(op, (left, right), None, result, e.span))
+
+    def _nonzero_divisor(self, t: TExpr, span: Span) -> bool:
+        """A divisor made of constants and declared sizes must not be 0 (checked again at construction)."""
+        if any(x.op not in ("const", "size") and x.op not in BINARY_OPS and x.op not in ("neg", "call")
+               for x in t.walk()) or any(x.op == "call" and x.value not in ("min", "max", "abs") for x in t.walk()):
+            return True
+        from .evaluate import Env, evaluate
+        try:
+            zero = float(evaluate(t, Env(sizes=self.sizes)).item()) == 0
+        except (ArithmeticError, RuntimeError):
+            zero = True
+        if zero:
+            self.bag.error("division by zero", span, "a divisor of sizes must not be 0" if t.op != "const" else None)
+            return False
+        if t.op != "const":
+            self.divisors.append(t)
+        return True
 
     def _call(self, e: ast.Call, ctx: str) -> TExpr | None:
         if e.kwargs:
@@ -575,7 +592,8 @@ class _Checker:
         self.bag.raise_if_any()
         spans = {kind: d.span for kind, d in self.defs.items()}
         return CheckedSpec(self.spec.name, self.src, dict(self.sizes), self.params, self.inputs, self.features,
-                           norm, float(eps), logits, weight, mask, spans, dict(self.derived))
+                           norm, float(eps), logits, weight, mask, spans, dict(self.derived),
+                           tuple(dict.fromkeys(self.divisors)))
 
 
 def check(src: Source, spec: ast.Spec) -> CheckedSpec:

@@ -51,6 +51,25 @@ def input_lookup(table: torch.Tensor, indices, ndims: int) -> torch.Tensor:
     return out
 
 
+def _int_divisor(a, b) -> tuple[bool, object]:
+    ints = not (torch.as_tensor(a).is_floating_point() or torch.as_tensor(b).is_floating_point())
+    return ints, torch.where(torch.as_tensor(b) == 0, 1, b) if ints else b
+
+
+def floordiv(a, b):
+    """a // b rounding down; on ints, x // 0 = 0 (floats follow IEEE)."""
+    ints, safe = _int_divisor(a, b)
+    q = torch.div(torch.as_tensor(a), safe, rounding_mode="floor")
+    return torch.where(torch.as_tensor(b) == 0, 0, q) if ints else q
+
+
+def floormod(a, b):
+    """a % b with the divisor's sign; on ints, x % 0 = x, so that x == (x // y) * y + x % y."""
+    ints, safe = _int_divisor(a, b)
+    r = torch.remainder(torch.as_tensor(a), safe)
+    return torch.where(torch.as_tensor(b) == 0, a, r) if ints else r
+
+
 def popcount(x: torch.Tensor) -> torch.Tensor:
     """Number of set bits of the 32-bit two's complement pattern of x."""
     x = x.long() & 0xFFFFFFFF
@@ -71,9 +90,9 @@ def _binary(op: str, a: torch.Tensor, b: torch.Tensor, float_dtype: torch.dtype)
     if op == "div":
         return a.to(float_dtype) / b if not a.is_floating_point() and not b.is_floating_point() else a / b
     if op == "floordiv":
-        return torch.div(a, b, rounding_mode="floor")
+        return floordiv(a, b)
     if op == "mod":
-        return torch.remainder(a, b)
+        return floormod(a, b)
     if op == "pow":
         return torch.pow(a, b)
     if op == "xor":

@@ -86,6 +86,7 @@ class CompiledAttention(nn.Module):
     LOWERING = "tiled"
     SIZES: dict = {}
     DERIVED: dict = {}  # sizes declared from other sizes: recomputed after overrides
+    DIVISORS: tuple = ()  # divisors made of sizes: must not become 0 through overrides
     PARAMS: dict = {}
     INPUTS: dict = {}
     NEEDS: tuple = ()
@@ -98,6 +99,7 @@ class CompiledAttention(nn.Module):
             raise AttnccError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
         self.backend = backend
         self.last_backend: str | None = None
+        self._layouts: dict = {}  # block-sparse layouts by lengths and sizes
         unknown = set(sizes) - set(self.SIZES) - set(self.NEEDS)
         if unknown:
             name = sorted(unknown)[0]
@@ -128,6 +130,8 @@ class CompiledAttention(nn.Module):
         negative = [n for n, v in {**self.sizes, **self.fixed}.items() if v < 0]
         if negative:
             raise AttnccError(f"{self.SPEC_NAME}: size `{negative[0]}` must be >= 0")
+        if any(fn(self.sizes) == 0 for fn in self.DIVISORS):
+            raise AttnccError(f"{self.SPEC_NAME}: sizes {self.sizes} make a divisor of the spec 0")
         for name, p in self.PARAMS.items():
             shape = shapes[name]
             if any(d <= 0 for d in shape):
@@ -210,6 +214,32 @@ class CompiledAttention(nn.Module):
             return self.forward_triton(q, k, v, ctx)
         return self.forward_torch(q, k, v, ctx)
 
+    def cached_layout(self, ctx: Context, block_layout: Callable, device) -> tuple[int, torch.Tensor]:
+        """(b, bool layout over blocks of b tokens) for these lengths and sizes: computed once, then cached."""
+        key = ("blocks", ctx.Nq, ctx.N, tuple(sorted(self.sizes.items())), str(device))
+        if key not in self._layouts:
+            block, layout = block_layout(ctx)
+            if block < 1:
+                raise AttnccError(f"{self.SPEC_NAME}: block size must be >= 1, got {block}")
+            self._layouts[key] = (int(block), layout.to(device=device, dtype=torch.bool).contiguous())
+        return self._layouts[key]
+
+    def cached_tiles(self, ctx: Context, block_layout: Callable, device) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """(tile, row_ptr, cols): the layout as CSR over square tiles of a power-of-two edge >= 16 that
+        is a multiple of the block (a tile is visited if any of its blocks is); cached like the layout."""
+        from .blocks import csr, tile_layout
+        block, layout = self.cached_layout(ctx, block_layout, device)
+        key = ("tiles", ctx.Nq, ctx.N, tuple(sorted(self.sizes.items())), str(device))
+        if key not in self._layouts:
+            if block & (block - 1) == 0:  # power of two: tiles align with blocks
+                tile = max(16, block)
+                tiles = tile_layout(layout, block, tile)
+            else:  # no aligned tile: visit every tile, the mask decides
+                tile = 64
+                tiles = torch.ones(-(-ctx.Nq // tile), -(-ctx.N // tile), dtype=torch.bool, device=device)
+            self._layouts[key] = (tile, *csr(tiles))
+        return self._layouts[key]
+
     def reference(self, q, k, v, **inputs) -> torch.Tensor:
         """The dense float64 meaning of the spec with this module's tables."""
         ctx = self._context(q, k, v, inputs)
@@ -238,7 +268,7 @@ class CompiledAttention(nn.Module):
 
 # Names a learned table may not take: it becomes an attribute of the module.
 RESERVED_ATTRIBUTES = (frozenset(dir(CompiledAttention)) | frozenset(vars(nn.Module()))
-                       | {"backend", "last_backend", "sizes", "fixed", "compilation"})
+                       | {"backend", "last_backend", "sizes", "fixed", "compilation", "_layouts"})
 
 
 # ---------------------------------------------------------------------- loading generated code

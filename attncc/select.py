@@ -13,12 +13,13 @@ import sympy
 
 from .ir import B, D, E, Graph, H, N, Nq
 from .source import AttnccError
+from .blocks import block_size, evaluate_layout
 from .structure import Structure
 
 DESIGN_SIZES = {"B": 1, "H": 8, "Nq": 4096, "N": 4096, "D": 64, "E": 64}
 BLOCK = 64  # tile edge assumed by the cost model
 CHUNK = 64  # chunk length of causal linear attention
-LOWERINGS = ("tiled", "linear", "linear_chunked", "fft")
+LOWERINGS = ("tiled", "block_sparse", "linear", "linear_chunked", "fft")
 # The reference machine of the roofline: an H100's dense fp16/bf16 tensor-core rate with fp32
 # accumulation (about a third of its peak, what attention kernels reach) and its memory bandwidth.
 MACHINE = {"flops_per_s": 300e12, "bytes_per_s": 3.0e12}
@@ -66,11 +67,19 @@ def visited_pairs(s: Structure) -> sympy.Expr:
     return Nq * N
 
 
-def candidates(op: str, attrs: dict, mask: Structure) -> list[Candidate]:
+def candidates(op: str, attrs: dict, mask: Structure, sizes: dict) -> list[Candidate]:
     bytes_io = 4 * B * H * (Nq * (D + E) + N * (D + E))
     pairs = visited_pairs(mask)
     out = [Candidate("tiled", 2 * B * H * pairs * (D + E), bytes_io + 4 * B * H * (Nq / BLOCK) * (pairs / Nq) * (D + E),
                      "quadratic tiles, online softmax / row sums, empty tiles skipped by mask structure")]
+    layout = attrs.get("block_layout")
+    if op == "attend" and layout is not None:
+        block = block_size(layout, sizes)
+        rho = sympy.Float(float(evaluate_layout(layout, sizes, sizes["Nq"], sizes["N"]).float().mean()), 4)
+        out.append(Candidate("block_sparse", 2 * B * H * Nq * N * (D + E) * rho,
+                             bytes_io + 4 * B * H * Nq * N * rho / block * (D + E),
+                             f"block-sparse over {block}-token blocks: {float(rho):.2%} of the score blocks "
+                             f"at the design sizes, layout computed once per length"))
     if op == "linear_attend" and not attrs.get("causal"):
         out.append(Candidate("linear", 2 * B * H * (N + Nq) * D * (E + 1), bytes_io,
                              "phi(Q) (phi(K)^T V): one pass for the state, one for the output"))
@@ -91,7 +100,7 @@ def select(graph: Graph, sizes: dict | None = None, force: str | None = None) ->
     attrs = dict(node.attrs)
     mask = attrs["mask_structure"]
     design = {**DESIGN_SIZES, **(sizes or {})}
-    cands = candidates(node.op, attrs, mask)
+    cands = candidates(node.op, attrs, mask, design)
     if force is not None:
         names = [c.name for c in cands]
         if force not in names:

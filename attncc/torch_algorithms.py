@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .evaluate import input_lookup, lookup, popcount  # noqa: F401  (re-exported for generated code)
+from .evaluate import floordiv, floormod, input_lookup, lookup, popcount  # noqa: F401  (re-exported for generated code)
 
 QUERY_CHUNK = 256
 LINEAR_CHUNK = 64
@@ -65,6 +65,34 @@ def toeplitz_row(x, length: int) -> torch.Tensor:
     return x.expand(*x.shape[:2], length, 1)[..., 0]
 
 
+def _attend(q, k, v, ctx, q0: int, q1: int, keys, *, scores: Callable, mask: Callable | None,
+            normalize: str, eps: float) -> torch.Tensor:
+    """Queries [q0, q1) against the keys at positions `keys` (a slice or an index tensor): the dense
+    formula on that slab, in the compute dtype."""
+    dtype = compute_dtype(q)
+    B, H = q.shape[:2]
+    grid = lambda a, b: torch.arange(a, b, device=q.device, dtype=torch.int32)  # ints are 32-bit, as in kernels
+    i, h = grid(q0, q1).view(1, 1, -1, 1), grid(0, H).view(1, H, 1, 1)
+    if isinstance(keys, slice):
+        j, kc, vc = grid(keys.start, keys.stop).view(1, 1, 1, -1), k[:, :, keys], v[:, :, keys]
+    else:
+        j, kc, vc = keys.view(1, 1, 1, -1).int(), k.index_select(2, keys), v.index_select(2, keys)
+    qc, kc, vc = q[:, :, q0:q1].to(dtype), kc.to(dtype), vc.to(dtype)
+    shape = (B, H, q1 - q0, j.shape[-1])
+    m = mask(i, j, h, ctx).expand(shape) if mask is not None else None
+    s = scores(qc, kc, i, j, h, ctx, m).to(dtype).expand(shape)
+    if normalize == "softmax":
+        if m is not None:
+            s = s.masked_fill(~m, float("-inf"))
+        top = s.amax(-1, keepdim=True).detach()
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        w = torch.exp(s - top)
+        z = w.sum(-1, keepdim=True)
+        return (w @ vc) / torch.where(z == 0, torch.ones_like(z), z)
+    w = torch.where(m, s, torch.zeros((), dtype=dtype, device=s.device)) if m is not None else s
+    return _finish(w @ vc, w.sum(-1), normalize, eps)
+
+
 def tiled_attention(q, k, v, ctx, *, scores: Callable, mask: Callable | None, key_range: Callable,
                     normalize: str, eps: float, chunk: int = QUERY_CHUNK) -> torch.Tensor:
     """out = normalize(mask o scores) V, one chunk of queries at a time over the keys it can see.
@@ -74,32 +102,36 @@ def tiled_attention(q, k, v, ctx, *, scores: Callable, mask: Callable | None, ke
     """
     B, H, Nq, _ = q.shape
     N, E = k.shape[2], v.shape[-1]
-    dtype = compute_dtype(q)
-    grid = lambda a, b: torch.arange(a, b, device=q.device, dtype=torch.int32)  # ints are 32-bit, as in kernels
-    h = grid(0, H).view(1, H, 1, 1)
     outs = []
     for q0 in range(0, Nq, chunk):
         q1 = min(Nq, q0 + chunk)
         k0, k1 = key_range(q0, q1, ctx)
         k0, k1 = max(0, k0), min(N, k1)
         if k1 <= k0:
-            outs.append(q.new_zeros(B, H, q1 - q0, E, dtype=dtype))
+            outs.append(q.new_zeros(B, H, q1 - q0, E, dtype=compute_dtype(q)))
             continue
-        i, j = grid(q0, q1).view(1, 1, -1, 1), grid(k0, k1).view(1, 1, 1, -1)
-        qc, kc, vc = q[:, :, q0:q1].to(dtype), k[:, :, k0:k1].to(dtype), v[:, :, k0:k1].to(dtype)
-        m = mask(i, j, h, ctx).expand(B, H, q1 - q0, k1 - k0) if mask is not None else None
-        s = scores(qc, kc, i, j, h, ctx, m).to(dtype).expand(B, H, q1 - q0, k1 - k0)
-        if normalize == "softmax":
-            if m is not None:
-                s = s.masked_fill(~m, float("-inf"))
-            top = s.amax(-1, keepdim=True).detach()
-            top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-            w = torch.exp(s - top)
-            z = w.sum(-1, keepdim=True)
-            outs.append((w @ vc) / torch.where(z == 0, torch.ones_like(z), z))
-        else:
-            w = torch.where(m, s, torch.zeros((), dtype=dtype, device=s.device)) if m is not None else s
-            outs.append(_finish(w @ vc, w.sum(-1), normalize, eps))
+        outs.append(_attend(q, k, v, ctx, q0, q1, slice(k0, k1), scores=scores, mask=mask, normalize=normalize,
+                            eps=eps))
+    return torch.cat(outs, dim=2).to(v.dtype)
+
+
+def block_sparse_attention(q, k, v, ctx, *, layout: torch.Tensor, block: int, scores: Callable,
+                           mask: Callable | None, normalize: str, eps: float) -> torch.Tensor:
+    """out = normalize(mask o scores) V, one query block at a time over the key blocks its layout row
+    lists (layout: bool [ceil(Nq / block), ceil(N / block)], exact for the mask's block conjuncts)."""
+    B, H, Nq, _ = q.shape
+    N, E = k.shape[2], v.shape[-1]
+    offsets = torch.arange(block, device=q.device)
+    outs = []
+    for row in range(layout.shape[0]):
+        q0, q1 = row * block, min(Nq, (row + 1) * block)
+        cols = layout[row].nonzero()[:, 0]
+        keys = (cols[:, None] * block + offsets).flatten()
+        keys = keys[keys < N]
+        if keys.numel() == 0:
+            outs.append(q.new_zeros(B, H, q1 - q0, E, dtype=compute_dtype(q)))
+            continue
+        outs.append(_attend(q, k, v, ctx, q0, q1, keys, scores=scores, mask=mask, normalize=normalize, eps=eps))
     return torch.cat(outs, dim=2).to(v.dtype)
 
 

@@ -9,6 +9,8 @@ from attncc.checking import compare, make_module, random_inputs
 from attncc.testing import mask_expressions
 from attncc.structure import structure_holds
 
+from .conftest import ROOT
+
 EQUIVALENT_WINDOWS = ["abs(j - i) <= w", "i - w <= j and j <= i + w", "not (abs(i - j) > w)",
                       "max(i - j, j - i) <= w", "j - i <= w and i - j <= w"]
 
@@ -60,3 +62,42 @@ def test_integer_semantics_match_python():
     assert bool(w[0, 0, i, j] > 0) == want
     for backend in ("torch", "triton"):
         assert compare(module, q, k, v, inputs, backend, torch.float32).ok
+
+
+@pytest.mark.parametrize("text,layout", [
+    ("popcount(gray(i // b) ^ gray(j // b)) <= 1", "blocks of b tokens"),
+    ("i // 64 == j // 64 and j <= i", "blocks of 64 tokens"),
+    ("j // b <= i // b and i - j < 100", "blocks of b tokens"),
+    ("i // 4 == j // 8", None),  # different block sizes: no common layout
+    ("doc[i // b] == doc[j // b]", None),  # a call-time input: not known at compile time
+    ("j <= i", None),
+])
+def test_block_layouts_are_found_by_analysis(text, layout):
+    comp = build(f"attention a {{ size b = 16  input doc[N] : int  mask(i, j) = {text} }}")
+    found = comp.plan.attrs.get("block_layout")
+    assert (found.describe().split(" where")[0] if found else None) == layout
+
+
+def test_hypercube_visits_log_many_tiles():
+    """At N = 4096 with 16-token blocks: (log2(N / 16) + 1) / (N / 16) of the score tiles."""
+    import sys
+    cls = attncc.compile(str(ROOT / "examples" / "hypercube.attn"))
+    m = cls()
+    q = torch.zeros(1, 1, 4096, 16)
+    ctx = m._context(q, q, q, {})
+    tile, row_ptr, cols = m.cached_tiles(ctx, sys.modules[cls.__module__].block_layout, "cpu")
+    blocks = 4096 // 16
+    assert tile == 16 and cols.numel() / blocks**2 == (12 - 4 + 1) / blocks
+    assert m.cached_tiles(ctx, sys.modules[cls.__module__].block_layout, "cpu")[1] is row_ptr  # cached
+
+
+@pytest.mark.parametrize("lowering", ["tiled", "block_sparse"])
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("name,sizes", [("hypercube", {"block": 16}), ("hypercube", {"block": 8}),
+                                        ("hypercube", {"block": 12}), ("block_diagonal", {"chunk": 32})])
+def test_block_sparse_lowerings_match(name, sizes, backend, lowering):
+    """Blocks equal to, smaller than, and not aligned with the 16-token tile."""
+    cls = attncc.compile(str(ROOT / "examples" / f"{name}.attn"), lowering=lowering)
+    module = make_module(cls, 2, 16, 16, **sizes)
+    q, k, v, inputs = random_inputs(cls, 1, 2, 77, 90, 16, 16)
+    assert compare(module, q, k, v, inputs, backend, torch.float32).ok

@@ -74,3 +74,16 @@ def test_checker_rejects(text, message):
 ])
 def test_no_structure_is_claimed_from_inexact_arithmetic(mask, claim):
     assert build(f"attention a {{ mask(i, j) = {mask} }}").plan.mask.describe() == claim
+
+
+def test_integer_division_by_zero_is_defined_everywhere():
+    """x // 0 = 0 and x % 0 = x, so that x == (x // y) * y + x % y holds for every y."""
+    spec = "attention divzero { mask(i, j) = (i + 3) // (j % 4) == 1 or (i - 5) % (j - 2) >= 2 or j == 0 }"
+    cls = attncc.compile(spec)
+    module = make_module(cls, 1, 16, 16)
+    q, k, v, inputs = random_inputs(cls, 1, 1, 30, 30, 16, 16)
+    for backend in ("torch", "triton"):
+        assert compare(module, q, k, v, inputs, backend, torch.float32).ok
+    from attncc.evaluate import floordiv, floormod
+    x, y = torch.tensor([7, -7, 5]), torch.tensor([0, 0, 3])
+    assert floordiv(x, y).tolist() == [0, 0, 1] and floormod(x, y).tolist() == [7, -7, 2]

@@ -55,6 +55,8 @@ class TorchExpr:
             return f"rt.logical_not({self(a[0])})"
         if op == "div":
             return f"(rt.as_float({self(a[0])}) / {self(a[1])})"
+        if op in ("floordiv", "mod"):
+            return f"rt.{'floordiv' if op == 'floordiv' else 'floormod'}({self(a[0])}, {self(a[1])})"
         if op in _PY_BINARY:
             return f"({self(a[0])} {_PY_BINARY[op]} {self(a[1])})"
         if op == "param":

@@ -54,6 +54,7 @@ def module_class(spec: CheckedSpec, plan: Plan, spec_hash: str, triton_lowering:
         w.line(f"TRITON_LOWERING = {triton_lowering!r}")
         w.line("SIZES = {" + ", ".join(f"{key(n)}: {int(v)}" for n, v in spec.sizes.items()) + "}")
         w.line("DERIVED = {" + ", ".join(f"{key(n)}: lambda s: {shape(t)}" for n, t in spec.derived.items()) + "}")
+        w.line("DIVISORS = (" + "".join(f"lambda s: {shape(t)}, " for t in spec.divisors) + ")")
         w.line(f"NEEDS = ({''.join(f'{key(n)}, ' for n in needs)})")
         with w.block("PARAMS = {"):
             for p in spec.params.values():

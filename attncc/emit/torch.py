@@ -48,6 +48,14 @@ def emit_tiled(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
             w.line(f'"""{fmt(spec.mask)}"""')
             w.line(f"return torch.as_tensor({ex(spec.mask)}, device=i.device)")
         w.line()
+    mask_arg = "mask" if spec.mask is not None else "None"
+    common = f"scores=scores, mask={mask_arg}, normalize={spec.normalize!r}, eps={spec.eps!r}"
+    if plan.lowering == "block_sparse":
+        emit_block_layout(w, plan.attrs["block_layout"])
+        with w.block("def forward_torch(self, q, k, v, ctx):"):
+            w.line("block, layout = self.cached_layout(ctx, block_layout, q.device)")
+            w.line(f"return rt.block_sparse_attention(q, k, v, ctx, layout=layout, block=block, {common})")
+        return
     with w.block("def key_range(q0, q1, ctx):"):
         w.line(f'"""Keys visible from queries [q0, q1): mask is {plan.mask.describe()}."""')
         for ln in key_range_lines(plan):
@@ -59,8 +67,19 @@ def emit_tiled(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
             w.line("# plain softmax(q k^T / sqrt(d)) with a full or causal mask: torch's fused SDPA kernels")
             w.line(f"return rt.sdpa_attention(q, k, v, causal={plan.mask.kind == 'causal'})")
             return
-        w.line(f"return rt.tiled_attention(q, k, v, ctx, scores=scores, mask={'mask' if spec.mask is not None else 'None'}, "
-               f"key_range=key_range, normalize={spec.normalize!r}, eps={spec.eps!r})")
+        w.line(f"return rt.tiled_attention(q, k, v, ctx, key_range=key_range, {common})")
+
+
+def emit_block_layout(w: CodeWriter, layout) -> None:
+    """The layout function: the block predicate at the first token of every block."""
+    ex = TorchExpr()
+    with w.block("def block_layout(ctx):"):
+        w.line(f'"""(b, L): L[I, J] = {fmt(layout.predicate)} at i = I b, j = J b; exact for blocks of b."""')
+        w.line(f"b = {ex(layout.block)}")
+        w.line("i = torch.arange(0, ctx.Nq, b, dtype=torch.int32).view(-1, 1)")
+        w.line("j = torch.arange(0, ctx.N, b, dtype=torch.int32).view(1, -1)")
+        w.line(f"return b, torch.as_tensor({ex(layout.predicate)}).expand(i.shape[0], j.shape[1])")
+    w.line()
 
 
 def emit_linear(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) -> None:
@@ -100,7 +119,7 @@ def emit_linear(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) -> N
 
 def emit_torch(spec: CheckedSpec, plan: Plan, graph: Graph) -> str:
     w = CodeWriter()
-    if plan.lowering == "tiled":
+    if plan.lowering in ("tiled", "block_sparse"):
         emit_features(w, feature_maps_used(spec.logits, spec.weight))
         emit_tiled(w, spec, plan)
     else:

@@ -26,15 +26,17 @@ BIG = 1 << 30
 HELPERS = {
     "_floordiv": '''@triton.jit
 def _floordiv(a, b):
-    """Python floor division on integers (Triton's // truncates toward zero)."""
-    q = a // b
-    return tl.where(((a % b) != 0) & ((a < 0) != (b < 0)), q - 1, q)
+    """Floor division on integers (Triton's // truncates toward zero); x // 0 = 0."""
+    safe = tl.where(b == 0, 1, b)
+    q = a // safe
+    return tl.where(b == 0, 0, tl.where(((a % safe) != 0) & ((a < 0) != (safe < 0)), q - 1, q))
 ''',
     "_floormod": '''@triton.jit
 def _floormod(a, b):
-    """Python modulo on integers: the result takes the sign of the divisor."""
-    r = a % b
-    return tl.where((r != 0) & ((r < 0) != (b < 0)), r + b, r)
+    """Modulo on integers with the divisor's sign; x % 0 = x."""
+    safe = tl.where(b == 0, 1, b)
+    r = a % safe
+    return tl.where(b == 0, a, tl.where((r != 0) & ((r < 0) != (safe < 0)), r + safe, r))
 ''',
     "_powf": '''@triton.jit
 def _powf(a, b):
@@ -207,7 +209,8 @@ def emit_tiled_kernel(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Ker
     ex = _KernelExpr(dots, {s: _size_arg(s) for s in _sizes(scores, spec.mask)})
     lo, hi = band_bounds(plan.mask)
     banded = lo is not None or hi is not None
-    extra = "".join(f"{a}, " for a in kernel.arg_names())
+    sparse = plan.lowering == "block_sparse"
+    extra = "".join(f"{a}, " for a in kernel.arg_names()) + ("RowPtr, Cols, " if sparse else "")
     w.line("@triton.jit")
     with w.block(f"def _attn_fwd({_common_args()}, {extra}sm_scale, eps, band_lo, band_hi,"):
         w.line("BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,")
@@ -221,14 +224,19 @@ def emit_tiled_kernel(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Ker
         w.line("m_i = tl.full([BLOCK_M], float('-inf'), dtype=tl.float32)")
         w.line("l_i = tl.zeros([BLOCK_M], dtype=tl.float32)")
         w.line("acc = tl.zeros([BLOCK_M, BLOCK_E], dtype=tl.float32)")
-        if banded:
+        if sparse:
+            w.line(f"# block-sparse: only the key tiles that the layout row lists ({plan.attrs['block_layout'].describe()})")
+            loop = "for idx in range(tl.load(RowPtr + pid_m), tl.load(RowPtr + pid_m + 1)):"
+        elif banded:
             w.line(f"# mask is {plan.mask.describe()}: only key tiles inside the band are visited")
             w.line("lo = tl.maximum(pid_m * BLOCK_M - band_hi, 0) // BLOCK_N * BLOCK_N")
             w.line("hi = tl.minimum(pid_m * BLOCK_M + BLOCK_M - band_lo, N)")
+            loop = "for start_n in range(lo, hi, BLOCK_N):"
         else:
-            w.line("lo = 0")
-            w.line("hi = N")
-        with w.block("for start_n in range(lo, hi, BLOCK_N):"):
+            loop = "for start_n in range(0, N, BLOCK_N):"
+        with w.block(loop):
+            if sparse:
+                w.line("start_n = tl.load(Cols + idx) * BLOCK_N")
             w.line("offs_n = start_n + tl.arange(0, BLOCK_N)")
             for fm in dict.fromkeys(_row_feature(d.args[1]) for d in dots):
                 _load_rows(w, f"k_{fm or 'raw'}", "K", "offs_n", "N", "offs_d", "D", feature=fm)
@@ -265,11 +273,14 @@ def emit_tiled_kernel(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Ker
                "mask=(offs_m[:, None] < Nq) & (offs_e[None, :] < E))")
     w.line()
     band = [lo or f"-{BIG}", hi or str(BIG)]  # an unbounded side: a bound no tile reaches
-    with w.block("def triton_forward(q, k, v, ctx, host):"):
+    with w.block("def triton_forward(self, q, k, v, ctx, host):"):
         _launcher_head(w)
+        if sparse:
+            w.line("BLOCK_M, row_ptr, cols = self.cached_tiles(ctx, host.block_layout, q.device)  # once per length")
+            w.line("BLOCK_N = BLOCK_M")
         w.line(f"band_lo, band_hi = {band[0]}, {band[1]}  # keys j with band_lo <= i - j <= band_hi")
         w.line("grid = (triton.cdiv(Nq, BLOCK_M), B * H)")
-        vals = "".join(f"{v}, " for v in kernel.arg_values())
+        vals = "".join(f"{v}, " for v in kernel.arg_values()) + ("row_ptr, cols, " if sparse else "")
         w.line(f"_attn_fwd[grid]({_launch_common()}, {vals}ctx.scale, {spec.eps!r}, band_lo, band_hi,")
         w.line("    BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision)")
         w.line("return out")
@@ -354,7 +365,7 @@ def emit_linear_kernels(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Gra
             w.line("tl.store(Out + offs[:, None] * stride_om + offs_e[None, :] * stride_od, out.to(Out.dtype.element_ty), "
                    "mask=(offs[:, None] < Nq) & (offs_e[None, :] < E))")
         w.line()
-    with w.block("def triton_forward(q, k, v, ctx, host):"):
+    with w.block("def triton_forward(self, q, k, v, ctx, host):"):
         _launcher_head(w)
         if plan.attrs.get("modulated"):
             w.line("mod = host.modulation(ctx).to(device=q.device, dtype=torch.float32).expand(B, H, 1, 1).contiguous()")
@@ -398,7 +409,7 @@ def emit_triton(spec: CheckedSpec, plan: Plan, graph: Graph) -> tuple[str, str]:
         with w.block("def forward_triton(self, q, k, v, ctx, host):"):
             w.line("return host.forward_torch(self, q, k, v, ctx)")
         return w.text(), "fft via torch.fft (no Triton kernel)"
-    if plan.lowering == "tiled":
+    if plan.lowering in ("tiled", "block_sparse"):
         exprs = [spec.logits if spec.normalize == "softmax" else spec.weight, spec.mask]
         dims = {n: len(p.shape) for n, p in spec.params.items()}
         kernel = _Kernel(exprs, dims)
@@ -408,7 +419,8 @@ def emit_triton(spec: CheckedSpec, plan: Plan, graph: Graph) -> tuple[str, str]:
         for fm in sorted({e.value for t in exprs if t is not None for e in t.walk() if e.op == "feature"} - {"identity"}):
             _feature_fn(w, fm)
         emit_tiled_kernel(w, spec, plan, kernel)
-        description = f"tiled {'online-softmax' if spec.normalize == 'softmax' else 'weighted-sum'} kernel"
+        description = (f"{'block-sparse' if plan.lowering == 'block_sparse' else 'tiled'} "
+                       f"{'online-softmax' if spec.normalize == 'softmax' else 'weighted-sum'} kernel")
     else:
         (out,) = graph.operands(graph.output)
         for fm in sorted({_row_feature(expr_of(graph, o)) for o in graph.operands(out)[:2]} - {None, "identity"}):
@@ -419,6 +431,6 @@ def emit_triton(spec: CheckedSpec, plan: Plan, graph: Graph) -> tuple[str, str]:
     w.line()
     with w.block("def forward_triton(self, q, k, v, ctx, host):"):
         w.line('"""Triton forward; gradients by recomputing the torch backend under autograd."""')
-        w.line("return rt.with_torch_backward(lambda q, k, v, ctx: triton_forward(q, k, v, ctx, host),")
+        w.line("return rt.with_torch_backward(lambda q, k, v, ctx: triton_forward(self, q, k, v, ctx, host),")
         w.line("                              lambda q, k, v, ctx: host.forward_torch(self, q, k, v, ctx), q, k, v, ctx)")
     return w.text(), description + "; backward recomputes through the torch backend"

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from ..check import CheckedSpec
 from ..ir import Graph, verify
+from .block_layout import analyse_blocks
 from .mask_structure import analyse_mask
 from .reassociate import reassociate_kernel
 
@@ -22,7 +23,7 @@ class PassContext:
         self.log.append((pass_name, message))
 
 
-PIPELINE = [analyse_mask, reassociate_kernel]
+PIPELINE = [analyse_mask, analyse_blocks, reassociate_kernel]
 
 
 def run_pipeline(graph: Graph, ctx: PassContext, check: bool = True) -> Graph:
