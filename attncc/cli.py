@@ -29,6 +29,11 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     k.add_argument("--lowering")
     k.add_argument("--seed", type=int, default=0)
+    f = sub.add_parser("fuzz", help="random masks and biases (or your spec family with ?? holes) vs the reference")
+    f.add_argument("specs", nargs="*", help="specs or families with `??` holes (default: a random mask + bias family)")
+    f.add_argument("--examples", type=int, default=200)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--out", default="fuzz-failure.attn", help="where a shrunk failing spec is written")
     return p
 
 
@@ -120,11 +125,41 @@ def cmd_check(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_fuzz(args) -> int:
+    import torch
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    from .api import read_source
+    from .fuzzing import DEFAULT_FAMILY, fuzz, write_failure
+
+    families = [read_source(s).text for s in args.specs] or [DEFAULT_FAMILY]
+    runs = [("torch", torch.float32), ("triton", torch.float32)]
+    console = Console()
+    with Progress(TextColumn("fuzzing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        task = progress.add_task("fuzz", total=args.examples)
+        report = fuzz(families, args.examples, runs, args.seed, lambda: progress.advance(task))
+    lowerings = ", ".join(f"{k} {v}" for k, v in sorted(report.lowerings.items()))
+    console.print(f"{report.examples} specs run (with shrinking), {report.rejected} rejected by the checker; "
+                  f"lowerings: {lowerings or 'none'}", markup=False)
+    if report.failure is None:
+        console.print("[green]no failure: every backend matches the reference")
+        return 0
+    write_failure(report, Path(args.out))
+    console.print(f"[red]failure[/red] ({report.error}); minimal spec written to {args.out}:")
+    console.print(report.failure, markup=False)
+    return 1
+
+
 def main(argv=None) -> int:
     from .source import AttnccError
     args = _parser().parse_args(argv)
     try:
-        return {"compile": cmd_compile, "inspect": cmd_inspect, "check": cmd_check}[args.command](args)
+        commands = {"compile": cmd_compile, "inspect": cmd_inspect, "check": cmd_check, "fuzz": cmd_fuzz}
+        return commands[args.command](args)
     except AttnccError as exc:
         print(str(exc), file=sys.stderr)
         return 1

@@ -1,6 +1,6 @@
 """Hypothesis strategies and assertions for testing specs against their dense reference.
 
-    from attncc.testing import attention_shapes, mask_expressions, assert_matches_reference
+    from attncc.testing import attention_shapes, mask_expressions, bias_expressions, assert_matches_reference
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def attention_shapes(draw, max_tokens: int = 80, dims=(8, 16, 24, 32)):
 
 
 def _int_terms(sizes: tuple[str, ...]):
-    leaves = st.sampled_from(["i", "j", *sizes]) | st.integers(-9, 9).map(str)
+    leaves = st.sampled_from(["i", "j", "h", *sizes]) | st.integers(-9, 9).map(str)
     return st.recursive(
         leaves,
         lambda inner: st.one_of(
@@ -45,4 +45,16 @@ def mask_expressions(sizes: tuple[str, ...] = ()):
             inner.map(lambda t: f"not ({t})"),
         ),
         max_leaves=3,
+    )
+
+
+def bias_expressions(sizes: tuple[str, ...] = ()):
+    """Random numeric bias expressions (relative positions, blocks, bit patterns), as spec text."""
+    term = _int_terms(sizes)
+    return st.one_of(
+        st.tuples(st.floats(-2, 2, allow_nan=False).map(lambda x: f"{x:.3f}"), term).map(lambda t: f"{t[0]} * {t[1]}"),
+        term.map(lambda t: f"exp(-0.1 * abs({t}))"),
+        term.map(lambda t: f"log(1 + abs({t}))"),
+        st.tuples(mask_expressions(sizes), st.floats(-3, 3, allow_nan=False)).map(
+            lambda t: f"where({t[0]}, {t[1]:.3f}, 0.0)"),
     )
