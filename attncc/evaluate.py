@@ -162,6 +162,27 @@ def evaluate(t: TExpr, env: Env) -> torch.Tensor:
     return out
 
 
+def fold_constants(t: TExpr) -> TExpr:
+    """t with every operator over constants replaced by its value (where that value is finite), and
+    the exact identities x ** 1 = x, x ** 0 = 1, x * 1 = 1 * x = x, x / 1 = x applied."""
+    args = tuple(fold_constants(a) for a in t.args)
+    t = TExpr(t.op, args, t.value, t.type, t.span) if args else t
+    one = lambda a: a.op == "const" and a.value == 1 and not isinstance(a.value, bool)
+    if t.op == "pow" and args[1].op == "const" and args[1].value in (0, 1) and not isinstance(args[1].value, bool):
+        return args[0] if args[1].value == 1 and args[0].type == t.type else \
+            TExpr("const", (), 1 if t.type == INT else 1.0, t.type, t.span) if args[1].value == 0 else t
+    if t.op in ("mul", "div") and one(args[1]) and args[0].type == t.type:
+        return args[0]
+    if t.op == "mul" and one(args[0]) and args[1].type == t.type:
+        return args[1]
+    if args and all(a.op == "const" for a in args) and t.op not in ("param", "input", "dot", "feature"):
+        try:
+            return TExpr("const", (), eval_scalar(t), t.type, t.span)
+        except (ArithmeticError, ValueError, RuntimeError):
+            return t
+    return t
+
+
 def eval_scalar(t: TExpr) -> int | float | bool:
     """Evaluate an expression over constants to a Python number (used for constant folding)."""
     value = evaluate(t, Env(int_dtype=torch.int64)).item()

@@ -55,6 +55,15 @@ def const(value, span: Span = NO_SPAN) -> TExpr:
     return TExpr("const", (), value, t, span)
 
 
+def substitute(t: TExpr, values: dict[str, TExpr]) -> TExpr:
+    """t with the index variables named in `values` replaced."""
+    if t.op == "var" and t.value in values:
+        return values[t.value]
+    if not t.args:
+        return t
+    return TExpr(t.op, tuple(substitute(a, values) for a in t.args), t.value, t.type, t.span)
+
+
 def fmt(e: TExpr) -> str:
     """Readable, fully parenthesised text of a typed expression."""
     if e.op == "const":

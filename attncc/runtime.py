@@ -48,10 +48,15 @@ class Context:
     H: int
     D: int
     E: int
+    dtype: torch.dtype = torch.float32  # of the computation: float64 for float64 inputs
 
     @property
     def scale(self) -> float:
         return self.D ** -0.5
+
+    def fp(self, x: float) -> torch.Tensor:
+        """A float literal at the precision of the computation."""
+        return torch.tensor(x, dtype=self.dtype)
 
 
 def init_table(shape: tuple, init: str, args: dict) -> torch.Tensor:
@@ -195,7 +200,8 @@ class CompiledAttention(nn.Module):
         params = self.params_dict()
         if q.dtype == torch.float64:  # tables join the computation at its precision
             params = {n: p.double() for n, p in params.items()}
-        return Context(self.sizes, params, checked, **dims)
+        dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+        return Context(self.sizes, params, checked, **dims, dtype=dtype)
 
     def resolve_backend(self, q: torch.Tensor) -> str:
         if self.backend != "auto":

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import sympy
 import torch
 
-from .expr import BOOL, FLOAT, TExpr
-from .evaluate import Env, evaluate
+from .expr import BOOL, FLOAT, TExpr, const, substitute
+from .evaluate import Env, evaluate, fold_constants
 
 I, J, DIFF, HEAD = sympy.symbols("i j d h", integer=True)
 _UNINTERPRETED = {"xor", "bitand", "bitor"}
@@ -252,6 +252,43 @@ def classify_mask(mask: TExpr | None, symbols: dict[str, sympy.Symbol]) -> Struc
     if lo == 0 and hi == sympy.oo:
         return Structure("causal", 0, sympy.oo, reason=f"{in_d} <=> i - j >= 0")
     return Structure("band", lo, hi, reason=f"{in_d} <=> {lo} <= i - j <= {hi}")
+
+
+def decay_form(m: TExpr | None, symbols: dict) -> tuple[TExpr, TExpr] | None:
+    """M(i, j, h) = A(h) * gamma(h)^(i - j)? Then (A, gamma) as expressions, else None.
+
+    Proof: in d = i - j, j cancels and log f(d + 1) - log f(d) no longer depends on d; then A = M(0, 0) and
+    gamma = M(1, 0) / M(0, 0). Float arithmetic is allowed: it only rounds the factors."""
+    if m is None:
+        return None
+    try:
+        f = _in_d(to_sympy(m, symbols))
+        if f is None or not f.has(DIFF):
+            return None
+        log_f = sympy.expand_log(sympy.log(f), force=True)  # log A + d log gamma, if it is a decay
+        if sympy.expand(log_f.subs(DIFF, DIFF + 1) - log_f).has(DIFF):
+            return None
+    except Exception:  # noqa: BLE001  (no proof, no claim)
+        return None
+    at = lambda i, j: fold_constants(substitute(m, {"i": const(i), "j": const(j)}))
+    return at(0, 0), fold_constants(TExpr("div", (at(1, 0), at(0, 0)), None, FLOAT))
+
+
+def decay_holds(m: TExpr, amplitude: TExpr, gamma: TExpr, spec, samples: int = 4, seed: int = 0) -> bool:
+    """Cross-check M(i, j) == A gamma^(i - j) at sampled pairs j <= i with random tables."""
+    rng, g = random.Random(seed), torch.Generator().manual_seed(seed)
+    for _ in range(samples):
+        env = _random_env(spec, rng, g)
+        i, j = torch.arange(env.rsizes["Nq"]), torch.arange(env.rsizes["N"])
+        got = _values(m, env, i, j).double()
+        zero = torch.zeros(1, dtype=torch.long)
+        a, gam = (_values(t, env, zero, zero).double() for t in (amplitude, gamma))
+        d = (i.view(-1, 1) - j.view(1, -1)).double()
+        want = a * torch.pow(gam, d)
+        causal = (d >= 0).expand_as(got)
+        if not torch.allclose(got[causal], want.expand_as(got)[causal], rtol=1e-6, atol=1e-12):
+            return False
+    return True
 
 
 @_guarded

@@ -161,27 +161,34 @@ def linear_attention(pq, pk, v, *, modulation, normalize: str, eps: float) -> to
     return _finish(num, den, normalize, eps).to(v.dtype)
 
 
-def causal_linear_attention(pq, pk, v, *, modulation, normalize: str, eps: float,
+def causal_linear_attention(pq, pk, v, *, modulation, normalize: str, eps: float, decay=None,
                             chunk: int = LINEAR_CHUNK) -> torch.Tensor:
-    """out_i = phi(q_i) S_i / (phi(q_i) z_i + eps), S_i = sum_{j <= i} phi(k_j) v_j^T, in chunks:
-    quadratic (masked) inside a chunk, an exclusive prefix sum of chunk states across chunks."""
+    """out_i = phi(q_i) S_i / (phi(q_i) z_i + eps), S_i = sum_{j <= i} gamma^(i - j) phi(k_j) v_j^T
+    (gamma = 1 without a decay), in chunks: quadratic (masked, decayed) inside a chunk, the carried
+    state across chunks: S <- gamma^C S + sum_b gamma^(C - 1 - b) phi(k_b) v_b^T."""
     dtype = compute_dtype(v)
     B, H, Nq, m = pq.shape
     N, E = pk.shape[2], v.shape[-1]
-    length = max(Nq, N)
-    L = -(-length // chunk) * chunk
-    nc = L // chunk
-    pad = lambda x, n: F.pad(x.to(dtype), (0, 0, 0, L - n)).view(B, H, nc, chunk, x.shape[-1])
+    L = -(-max(Nq, N) // chunk) * chunk
+    pad = lambda x, n: F.pad(x.to(dtype), (0, 0, 0, L - n)).view(B, H, L // chunk, chunk, x.shape[-1])
     qc, kc, vc = pad(pq, Nq), pad(pk, N), pad(v, N)
-    states = torch.einsum("bhcnm,bhcne->bhcme", kc, vc)
-    zs = kc.sum(3)
-    prefix = torch.cumsum(states, dim=2) - states
-    zprefix = torch.cumsum(zs, dim=2) - zs
-    tri = torch.tril(torch.ones(chunk, chunk, dtype=torch.bool, device=v.device))
-    intra = torch.einsum("bhcim,bhcjm->bhcij", qc, kc).masked_fill(~tri, 0)
-    num = intra @ vc + torch.einsum("bhcim,bhcme->bhcie", qc, prefix)
-    den = intra.sum(-1) + torch.einsum("bhcim,bhcm->bhci", qc, zprefix)
-    num, den = num.reshape(B, H, L, E)[:, :, :Nq], den.reshape(B, H, L)[:, :, :Nq]
+    pos = torch.arange(chunk, device=v.device, dtype=dtype)
+    gamma = (decay if decay is not None else torch.ones(1, 1, 1, 1, device=v.device)).to(dtype)
+    steps = (pos[:, None] - pos[None, :]).clamp(min=0)
+    within = torch.where(pos[:, None] >= pos[None, :], torch.pow(gamma, steps), 0)  # [.., C, C]
+    q_decay, k_decay = torch.pow(gamma, pos[:, None] + 1), torch.pow(gamma, chunk - 1 - pos[:, None])
+    carry = torch.pow(gamma, chunk)
+    state = torch.zeros(B, H, m, E, dtype=dtype, device=v.device)
+    z = torch.zeros(B, H, m, 1, dtype=dtype, device=v.device)
+    nums, dens = [], []
+    for c in range(L // chunk):
+        q_, k_, v_ = qc[:, :, c], kc[:, :, c], vc[:, :, c]
+        intra = (q_ @ k_.transpose(-1, -2)) * within
+        nums.append(intra @ v_ + q_decay * (q_ @ state))
+        dens.append(intra.sum(-1, keepdim=True) + q_decay * (q_ @ z))
+        state = carry * state + (k_ * k_decay).transpose(-1, -2) @ v_
+        z = carry * z + (k_ * k_decay).sum(2).unsqueeze(-1)
+    num, den = torch.cat(nums, 2)[:, :, :Nq], torch.cat(dens, 2)[:, :, :Nq, 0]
     if modulation is not None:
         num, den = num * modulation, den * modulation.squeeze(-1)
     return _finish(num, den, normalize, eps).to(v.dtype)

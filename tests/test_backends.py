@@ -35,6 +35,7 @@ KERNELIZED = {
     "linear_elu": ["tiled", "linear"],
     "linear_elu_causal": ["tiled", "linear_chunked"],
     "toeplitz_linear": ["tiled", "fft"],
+    "retention": ["tiled", "linear_chunked"],
 }
 
 
@@ -61,13 +62,22 @@ MODULATED = """attention modulated {
     weight(i, j) = dot(phi(q[i]), phi(k[j])) * g[h] * 0.5
     mask(i, j) = j <= i
 }"""
+DECAYED = """attention decayed {
+    feature phi = elu1
+    param t[H] = uniform(low=0.05, high=0.5)
+    weight(i, j) = dot(phi(q[i]), phi(k[j])) * 3.0 * exp(-t[h] * (i - j))
+    mask(i, j) = j <= i
+}"""
 
 
+@pytest.mark.parametrize("spec", [MODULATED, DECAYED], ids=["modulated", "decayed"])
 @pytest.mark.parametrize("lowering", ["linear_chunked", "tiled"])
-@pytest.mark.parametrize("backend,dtype", [("torch", torch.float64), ("triton", torch.float32)])
-def test_per_head_modulation(lowering, backend, dtype):
-    cls = attncc.compile(MODULATED, lowering=lowering)
-    _check(cls, (2, 3, 33, 33, 8, 8), backend, dtype)
+@pytest.mark.parametrize("backend,dtype", [("torch", torch.float64), ("triton", torch.float32),
+                                           ("triton", torch.float16)])
+def test_per_head_modulation_and_decay(spec, lowering, backend, dtype):
+    cls = attncc.compile(spec, lowering=lowering)
+    for shape in [(2, 3, 33, 33, 8, 8), (1, 2, 100, 100, 16, 8), (1, 2, 70, 5, 16, 8)]:
+        _check(cls, shape, backend, dtype)
 
 
 @pytest.mark.gpu

@@ -30,15 +30,19 @@ def key(name: str) -> str:
 
 
 class TorchExpr:
-    """Emit torch code; i, j, h are index tensors, `ctx` the runtime Context, dots named by `dots`."""
+    """Emit torch code; i, j, h are index tensors, `ctx` the runtime Context, dots named by `dots`.
 
-    def __init__(self, dots: dict[TExpr, str] | None = None):
+    Floats are computed at the precision of the computation (`ctx.dtype`: float64 for float64
+    inputs, else float32), except in masks, which are float32 everywhere (as in the reference)."""
+
+    def __init__(self, dots: dict[TExpr, str] | None = None, mask: bool = False):
         self.dots = dots or {}
+        self.float_dtype = "torch.float32" if mask else "ctx.dtype"
 
     def __call__(self, t: TExpr) -> str:
         op, a = t.op, t.args
         if op == "const":
-            return literal(t)
+            return f"ctx.fp({literal(t)})" if t.type == FLOAT and self.float_dtype == "ctx.dtype" else literal(t)
         if op == "var":
             return t.value
         if op == "size":
@@ -54,7 +58,7 @@ class TorchExpr:
         if op == "not":
             return f"rt.logical_not({self(a[0])})"
         if op == "div":
-            return f"(rt.as_float({self(a[0])}) / {self(a[1])})"
+            return f"(rt.as_float({self(a[0])}, {self.float_dtype}) / {self(a[1])})"
         if op in ("floordiv", "mod"):
             return f"rt.{'floordiv' if op == 'floordiv' else 'floormod'}({self(a[0])}, {self(a[1])})"
         if op in _PY_BINARY:
@@ -76,7 +80,7 @@ class TorchExpr:
                 return f"({args[0]} ^ ({args[0]} >> 1))"
             if fn == "abs":
                 return f"abs({args[0]})"
-            return f"torch.{fn}(rt.as_float({args[0]}))"
+            return f"torch.{fn}(rt.as_float({args[0]}, {self.float_dtype}))"
         raise ValueError(f"cannot emit {op}")
 
 

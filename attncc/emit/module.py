@@ -14,6 +14,8 @@ class _ShapeExpr(TorchExpr):
     def __call__(self, t: TExpr) -> str:
         if t.op in ("size", "rsize"):
             return f"s[{key(t.value)}]"
+        if t.op == "const":
+            return literal(t)
         return super().__call__(t)
 
 

@@ -36,7 +36,7 @@ def key_range_lines(plan: Plan) -> list[str]:
 def emit_tiled(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
     scores = spec.logits if spec.normalize == "softmax" else spec.weight
     dots = name_dots(scores)
-    ex = TorchExpr(dots)
+    ex, ex_mask = TorchExpr(dots), TorchExpr(mask=True)
     with w.block("def scores(qc, kc, i, j, h, ctx, keep):"):
         w.line(f'"""{"logits" if spec.normalize == "softmax" else "weights"}: {fmt(scores)}"""')
         for d, name in dots.items():
@@ -46,7 +46,7 @@ def emit_tiled(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
     if spec.mask is not None:
         with w.block("def mask(i, j, h, ctx):"):
             w.line(f'"""{fmt(spec.mask)}"""')
-            w.line(f"return torch.as_tensor({ex(spec.mask)}, device=i.device)")
+            w.line(f"return torch.as_tensor({ex_mask(spec.mask)}, device=i.device)")
         w.line()
     mask_arg = "mask" if spec.mask is not None else "None"
     common = f"scores=scores, mask={mask_arg}, normalize={spec.normalize!r}, eps={spec.eps!r}"
@@ -72,7 +72,7 @@ def emit_tiled(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
 
 def emit_block_layout(w: CodeWriter, layout) -> None:
     """The layout function: the block predicate at the first token of every block."""
-    ex = TorchExpr()
+    ex = TorchExpr(mask=True)
     with w.block("def block_layout(ctx):"):
         w.line(f'"""(b, L): L[I, J] = {fmt(layout.predicate)} at i = I b, j = J b; exact for blocks of b."""')
         w.line(f"b = {ex(layout.block)}")
@@ -96,11 +96,13 @@ def emit_linear(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) -> N
             w.line("h = torch.arange(ctx.H, dtype=torch.int32).view(1, ctx.H, 1, 1)")
             w.line(f"return rt.toeplitz_row({ex(f)}, ctx.Nq + ctx.N - 1)")
         w.line()
-    modulated = plan.attrs.get("modulated")
-    if modulated:
-        m = expr_of(graph, ops[2])
-        with w.block("def modulation(ctx):"):
-            w.line(f'"""scalar factor of the kernel (no i, j): {fmt(m)}"""')
+    modulated, decayed = plan.attrs.get("modulated"), plan.attrs.get("decayed")
+    factors = [("modulation", "factor of the kernel with no i, j", ops[2])] if modulated else []
+    factors += [("decay", "per-step decay gamma of M = A gamma^(i - j)", ops[3])] if decayed else []
+    for name, what, node in factors:
+        m = expr_of(graph, node)
+        with w.block(f"def {name}(ctx):"):
+            w.line(f'"""{what}: {fmt(m)}"""')
             w.line("i = j = torch.zeros((1, 1, 1, 1), dtype=torch.int32)")
             w.line("h = torch.arange(ctx.H, dtype=torch.int32).view(1, ctx.H, 1, 1)")
             w.line(f"return rt.as_4d({ex(m)})")
@@ -114,7 +116,8 @@ def emit_linear(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) -> N
         else:
             fn = "causal_linear_attention" if plan.lowering == "linear_chunked" else "linear_attention"
             mod = "modulation(ctx).to(q.device)" if modulated else "None"
-            w.line(f"return rt.{fn}(pq, pk, v, modulation={mod}, {common})")
+            dec = ", decay=decay(ctx).to(q.device)" if decayed else ""
+            w.line(f"return rt.{fn}(pq, pk, v, modulation={mod}{dec}, {common})")
 
 
 def emit_torch(spec: CheckedSpec, plan: Plan, graph: Graph) -> str:

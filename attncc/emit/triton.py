@@ -259,9 +259,9 @@ def emit_tiled_kernel(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Ker
                 w.line("acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)")
                 w.line("m_i = m_new")
             else:
-                w.line("p = tl.where(valid, s * 1.0, 0.0)")
+                w.line("p = tl.where(valid, s * 1.0, 0.0)  # unnormalized weights: kept in fp32 (fp16 would under/overflow)")
                 w.line("l_i += tl.sum(p, 1)")
-                w.line("acc += tl.dot(p.to(v.dtype), v, input_precision=PRECISION)")
+                w.line("acc += tl.dot(p, v.to(tl.float32), input_precision=PRECISION)")
         if softmax:
             w.line("out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # no visible key: output 0")
         elif spec.normalize == "rows":
@@ -305,16 +305,27 @@ def emit_linear_kernels(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Gra
     causal = plan.lowering == "linear_chunked"
     finish = {"rows": "num * mod / tl.where(den * mod + eps == 0.0, 1.0, den * mod + eps)[:, None]",
               "none": "num * mod"}[spec.normalize]
+    decayed = plan.attrs.get("decayed")
     if causal:
         w.line("@triton.jit")
-        with w.block(f"def _linear_causal({_common_args()}, Mod, eps, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,"):
+        with w.block(f"def _linear_causal({_common_args()}, Mod, Decay, eps, BLOCK: tl.constexpr, "
+                     "BLOCK_D: tl.constexpr,"):
             w.line("BLOCK_E: tl.constexpr, PRECISION: tl.constexpr):")
             w.line('"""Causal linear attention, one program per (b, h): chunks of BLOCK tokens, quadratic (masked)')
-            w.line('inside a chunk, the running state S = sum phi(k_j) v_j^T, z = sum phi(k_j) across chunks."""')
+            w.line('inside a chunk, the running state S = sum phi(k_j) v_j^T, z = sum phi(k_j) across chunks'
+                   + (' (decayed: S <- gamma^BLOCK S + sum_b gamma^(BLOCK-1-b) phi(k_b) v_b^T)."""' if decayed else '."""'))
             _prologue(w, per_bh_only=True)
             w.line("mod = tl.load(Mod + pid_bh)")
             w.line("S = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
             w.line("z = tl.zeros([BLOCK_D], dtype=tl.float32)")
+            if decayed:
+                w.line("gamma = tl.load(Decay + pid_bh)")
+                w.line("pos = tl.arange(0, BLOCK) * 1.0")
+                w.line("steps = pos[:, None] - pos[None, :]")
+                w.line("within = tl.where(steps >= 0, _powf(gamma + steps * 0.0, tl.maximum(steps, 0.0)), 0.0)")
+                w.line("q_decay = _powf(gamma + pos * 0.0, pos + 1.0)")
+                w.line("k_decay = _powf(gamma + pos * 0.0, (BLOCK - 1) - pos)")
+                w.line("carry = _powf(gamma, BLOCK * 1.0)")
             with w.block("for start in range(0, tl.maximum(Nq, N), BLOCK):"):
                 w.line("offs = start + tl.arange(0, BLOCK)")
                 _load_rows(w, "pq", "Q", "offs", "Nq", "offs_d", "D", feature=fq)
@@ -322,14 +333,25 @@ def emit_linear_kernels(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Gra
                 _load_rows(w, "v", "V", "offs", "N", "offs_e", "E")
                 w.line("v = v.to(tl.float32)")
                 w.line("a = tl.dot(pq, tl.trans(pk), input_precision=PRECISION)")
-                w.line("a = tl.where(offs[:, None] >= offs[None, :], a, 0.0)")
-                w.line("num = tl.dot(a, v, input_precision=PRECISION) + tl.dot(pq, S, input_precision=PRECISION)")
-                w.line("den = tl.sum(a, 1) + tl.sum(pq * z[None, :], 1)")
+                if decayed:
+                    w.line("a = a * within")
+                    w.line("num = tl.dot(a, v, input_precision=PRECISION) + q_decay[:, None] * "
+                           "tl.dot(pq, S, input_precision=PRECISION)")
+                    w.line("den = tl.sum(a, 1) + q_decay * tl.sum(pq * z[None, :], 1)")
+                else:
+                    w.line("a = tl.where(offs[:, None] >= offs[None, :], a, 0.0)")
+                    w.line("num = tl.dot(a, v, input_precision=PRECISION) + tl.dot(pq, S, input_precision=PRECISION)")
+                    w.line("den = tl.sum(a, 1) + tl.sum(pq * z[None, :], 1)")
                 w.line(f"out = {finish}")
                 w.line("tl.store(Out + offs[:, None] * stride_om + offs_e[None, :] * stride_od, out.to(Out.dtype.element_ty), "
                        "mask=(offs[:, None] < Nq) & (offs_e[None, :] < E))")
-                w.line("S += tl.dot(tl.trans(pk), v, input_precision=PRECISION)")
-                w.line("z += tl.sum(pk, 0)")
+                if decayed:
+                    w.line("pk = pk * k_decay[:, None]")
+                    w.line("S = carry * S + tl.dot(tl.trans(pk), v, input_precision=PRECISION)")
+                    w.line("z = carry * z + tl.sum(pk, 0)")
+                else:
+                    w.line("S += tl.dot(tl.trans(pk), v, input_precision=PRECISION)")
+                    w.line("z += tl.sum(pk, 0)")
         w.line()
     else:
         w.line("@triton.jit")
@@ -372,7 +394,11 @@ def emit_linear_kernels(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Gra
         else:
             w.line("mod = torch.ones(B, H, device=q.device, dtype=torch.float32)")
         if causal:
-            w.line(f"_linear_causal[(B * H,)]({_launch_common()}, mod, {spec.eps!r}, BLOCK=BLOCK_M, BLOCK_D=BLOCK_D,")
+            if decayed:
+                w.line("gamma = host.decay(ctx).to(device=q.device, dtype=torch.float32).expand(B, H, 1, 1).contiguous()")
+            else:
+                w.line("gamma = mod  # unused without a decay")
+            w.line(f"_linear_causal[(B * H,)]({_launch_common()}, mod, gamma, {spec.eps!r}, BLOCK=BLOCK_M, BLOCK_D=BLOCK_D,")
             w.line("    BLOCK_E=BLOCK_E, PRECISION=precision)")
         else:
             w.line("state = torch.empty(B * H, BLOCK_D, BLOCK_E, device=q.device, dtype=torch.float32)")
@@ -423,6 +449,9 @@ def emit_triton(spec: CheckedSpec, plan: Plan, graph: Graph) -> tuple[str, str]:
                        f"{'online-softmax' if spec.normalize == 'softmax' else 'weighted-sum'} kernel")
     else:
         (out,) = graph.operands(graph.output)
+        if plan.attrs.get("decayed") and plan.lowering == "linear_chunked":
+            w.lines_of(HELPERS["_powf"])
+            w.line()
         for fm in sorted({_row_feature(expr_of(graph, o)) for o in graph.operands(out)[:2]} - {None, "identity"}):
             _feature_fn(w, fm)
         emit_linear_kernels(w, spec, plan, graph)

@@ -1,11 +1,11 @@
 """Reassociation of kernelized attention into linear form."""
 from __future__ import annotations
 
-from ..expr import FLOAT, TExpr
+from ..expr import FLOAT, TExpr, fmt
 from ..ir import Graph, expr_of
 from ..lower import ExprBuilder
 from ..source import AttnccError
-from ..structure import classify_modulation, structure_holds
+from ..structure import classify_modulation, decay_form, decay_holds, structure_holds
 
 
 def _factors(t: TExpr) -> list[TExpr]:
@@ -31,6 +31,8 @@ def reassociate_kernel(graph: Graph, ctx) -> None:
       M o mask full:     out = phi(Q) (psi(K)^T V) / (phi(Q) psi(K)^T 1 + eps)        -> linear_attend {causal=False}
       M o mask causal:   out_i = phi(q_i) S_i / (phi(q_i) z_i + eps), S_i = sum_{j<=i} psi(k_j) v_j^T
                                                                                     -> linear_attend {causal=True}
+      M = A gamma^(i - j), mask causal: S_t = gamma S_(t-1) + psi(k_t) v_t^T (retention), chunked
+                                                                                    -> linear_attend {decayed}
       M o mask Toeplitz: (M o phi(Q) psi(K)^T) V = sum_l diag(phi(Q)_l) T_f diag(psi(K)_l) V with
                          f(i - j) = where(mask, M, 0), each T_f product a convolution (FFT) -> toeplitz_attend
     A scalar M (no i, j) stays as the `modulation` operand. Anything else stays a quadratic attend.
@@ -62,6 +64,14 @@ def reassociate_kernel(graph: Graph, ctx) -> None:
                             **common)
             ctx.note("reassociate_kernel", f"kernelized with {'causal' if causal else 'full'} mask: "
                      f"phi(Q) (phi(K)^T V){' by prefix sums' if causal else ''}, O(N m e)")
+        elif mask_structure.kind == "causal" and (decay := decay_form(modulation, ctx.symbols)) is not None:
+            amplitude, gamma = decay
+            if not decay_holds(modulation, amplitude, gamma, ctx.spec):
+                raise AttnccError("internal error: decay form failed its sampled check; please report this spec")
+            new = graph.add("linear_attend", [phi_q, phi_k, build.add(amplitude), build.add(gamma), ops[-1]],
+                            causal=True, modulated=True, decayed=True, **common)
+            ctx.note("reassociate_kernel", f"kernelized with a decay {fmt(gamma)}^(i - j) on j <= i: the "
+                     "recurrence S_t = gamma S_(t-1) + phi(k_t) v_t^T in chunks, O(N m e)")
         elif mod_structure.is_toeplitz and mask_structure.is_toeplitz:
             f = modulation if modulation is not None else TExpr("const", (), 1.0, FLOAT)
             if node.attr("masked"):
