@@ -87,7 +87,7 @@ def candidates(op: str, attrs: dict, mask: Structure, sizes: dict) -> list[Candi
         out.append(Candidate("linear_chunked", 2 * B * H * (N * CHUNK * (D + E) + 2 * N * D * (E + 1)), bytes_io,
                              f"chunks of {CHUNK}: quadratic inside, prefix state across"))
     if op == "toeplitz_attend":
-        length = Nq + 2 * N
+        length = Nq + N
         out.append(Candidate("fft", B * H * D * (E + 1) * 5 * length * sympy.log(length, 2) + 4 * B * H * Nq * D * E,
                              bytes_io + 4 * B * H * length * D * (E + 1) * 3,
                              "circulant embedding, one FFT convolution per feature and value column"))

@@ -204,7 +204,8 @@ def toeplitz_attention(pq, pk, v, f, *, normalize: str, eps: float, budget: int 
     dtype = compute_dtype(v)
     B, H, Nq, m = pq.shape
     N, E = pk.shape[2], v.shape[-1]
-    n_fft = 1 << math.ceil(math.log2(max(2, Nq + 2 * N - 2)))
+    # outputs need g[n - j] for 0 <= n - j <= Nq + N - 2 only: a circular length >= Nq + N - 1 never wraps
+    n_fft = 1 << math.ceil(math.log2(max(2, Nq + N - 1)))
     g = torch.fft.rfft(f.to(dtype), n=n_fft, dim=-1)[:, :, None, None, :]  # [.., .., 1, 1, F]
     ones = torch.ones(*v.shape[:-1], 1, dtype=dtype, device=v.device)
     v1 = torch.cat([v.to(dtype), ones], -1).transpose(-1, -2)  # [B, H, E+1, N]
