@@ -66,13 +66,27 @@ def find_layout(mask: TExpr | None) -> BlockLayout | None:
     return BlockLayout(block, predicate)
 
 
-def evaluate_layout(layout: BlockLayout, sizes: dict, nq: int, nk: int, device="cpu") -> torch.Tensor:
-    """L[I, J] for the ceil(Nq / b) x ceil(N / b) blocks, as bool."""
+def within_band(i: torch.Tensor, j: torch.Tensor, b: int, lo: int | None, hi: int | None) -> torch.Tensor:
+    """Whether the block starting at (i, j) holds any pair with lo <= i - j <= hi (None: unbounded):
+    its differences run from i - (j + b - 1) to (i + b - 1) - j."""
+    keep = torch.ones(torch.broadcast_shapes(i.shape, j.shape), dtype=torch.bool, device=i.device)
+    if lo is not None:
+        keep &= (i + b - 1) - j >= lo
+    if hi is not None:
+        keep &= i - (j + b - 1) <= hi
+    return keep
+
+
+def evaluate_layout(layout: BlockLayout, sizes: dict, nq: int, nk: int, band=(None, None), device="cpu"):
+    """L[I, J] for the ceil(Nq / b) x ceil(N / b) blocks, as bool, cut to the blocks that meet the
+    band lo <= i - j <= hi proven for the whole mask (band: ints or None)."""
     b = block_size(layout, sizes)
     rsizes = {"N": nk, "Nq": nq}
     first = lambda n: torch.arange(0, n, b, dtype=torch.int32, device=device)
-    env = Env(sizes=sizes, rsizes=rsizes, i=first(nq).view(-1, 1), j=first(nk).view(1, -1), float_dtype=torch.float32)
-    return evaluate(layout.predicate, env).to(device).expand(-(-nq // b), -(-nk // b)).clone()
+    i, j = first(nq).view(-1, 1), first(nk).view(1, -1)
+    env = Env(sizes=sizes, rsizes=rsizes, i=i, j=j, float_dtype=torch.float32)
+    grid = evaluate(layout.predicate, env).to(device).expand(i.shape[0], j.shape[1])
+    return grid & within_band(i, j, b, *band)
 
 
 def block_size(layout: BlockLayout, sizes: dict) -> int:

@@ -58,7 +58,7 @@ class Plan:
 
 def visited_pairs(s: Structure) -> sympy.Expr:
     """(query, key) pairs whose tiles a band-aware loop visits."""
-    if s.kind == "causal":
+    if s.kind == "causal" or (s.lo == 0 and s.hi == sympy.oo):
         return Nq * (N + BLOCK) / 2
     if s.kind != "full" and s.bounded:
         lo = -N if s.lo == -sympy.oo else s.lo
@@ -75,7 +75,9 @@ def candidates(op: str, attrs: dict, mask: Structure, sizes: dict) -> list[Candi
     layout = attrs.get("block_layout")
     if op == "attend" and layout is not None:
         block = block_size(layout, sizes)
-        rho = sympy.Float(float(evaluate_layout(layout, sizes, sizes["Nq"], sizes["N"]).float().mean()), 4)
+        band = tuple(None if not sympy.sympify(b).is_finite else int(sympy.sympify(b).subs(
+            {s: sizes[s.name] for s in sympy.sympify(b).free_symbols})) for b in (mask.lo, mask.hi))
+        rho = sympy.Float(float(evaluate_layout(layout, sizes, sizes["Nq"], sizes["N"], band).float().mean()), 4)
         out.append(Candidate("block_sparse", 2 * B * H * Nq * N * (D + E) * rho,
                              bytes_io + 4 * B * H * Nq * N * rho / block * (D + E),
                              f"block-sparse over {block}-token blocks: {float(rho):.2%} of the score blocks "

@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .blocks import within_band  # noqa: F401  (re-exported for generated code)
 from .evaluate import floordiv, floormod, input_lookup, lookup, popcount  # noqa: F401  (re-exported for generated code)
 
 QUERY_CHUNK = 256

@@ -51,7 +51,7 @@ def emit_tiled(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
     mask_arg = "mask" if spec.mask is not None else "None"
     common = f"scores=scores, mask={mask_arg}, normalize={spec.normalize!r}, eps={spec.eps!r}"
     if plan.lowering == "block_sparse":
-        emit_block_layout(w, plan.attrs["block_layout"])
+        emit_block_layout(w, plan)
         with w.block("def forward_torch(self, q, k, v, ctx):"):
             w.line("block, layout = self.cached_layout(ctx, block_layout, q.device)")
             w.line(f"return rt.block_sparse_attention(q, k, v, ctx, layout=layout, block=block, {common})")
@@ -70,15 +70,20 @@ def emit_tiled(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
         w.line(f"return rt.tiled_attention(q, k, v, ctx, key_range=key_range, {common})")
 
 
-def emit_block_layout(w: CodeWriter, layout) -> None:
-    """The layout function: the block predicate at the first token of every block."""
-    ex = TorchExpr(mask=True)
+def emit_block_layout(w: CodeWriter, plan: Plan) -> None:
+    """The layout function: the block predicate at the first token of every block, cut to the
+    blocks that meet the band proven for the whole mask."""
+    layout, ex = plan.attrs["block_layout"], TorchExpr(mask=True)
+    lo, hi = band_bounds(plan.mask)
     with w.block("def block_layout(ctx):"):
         w.line(f'"""(b, L): L[I, J] = {fmt(layout.predicate)} at i = I b, j = J b; exact for blocks of b."""')
         w.line(f"b = {ex(layout.block)}")
         w.line("i = torch.arange(0, ctx.Nq, b, dtype=torch.int32).view(-1, 1)")
         w.line("j = torch.arange(0, ctx.N, b, dtype=torch.int32).view(1, -1)")
-        w.line(f"return b, torch.as_tensor({ex(layout.predicate)}).expand(i.shape[0], j.shape[1])")
+        w.line(f"layout = torch.as_tensor({ex(layout.predicate)}).expand(i.shape[0], j.shape[1])")
+        if lo or hi:
+            w.line(f"layout = layout & rt.within_band(i, j, b, {lo}, {hi})  # mask is {plan.mask.describe()}")
+        w.line("return b, layout")
     w.line()
 
 
