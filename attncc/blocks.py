@@ -37,8 +37,8 @@ def _block_of(t: TExpr) -> TExpr | None | bool:
     if t.op == "floordiv" and t.args[0].op == "var" and t.args[0].value in ("i", "j"):
         b = t.args[1]
         return b if b.op == "size" or (b.op == "const" and b.type == "int" and b.value > 0) else False
-    if t.op == "var" or t.op in ("param", "input"):
-        return False
+    if t.op in ("var", "param", "input", "scale") or (t.op == "rsize" and t.value not in ("N", "Nq")):
+        return False  # heads, tables, inputs and head dims are not part of a per-length layout
     found = None
     for arg in t.args:
         b = _block_of(arg)

@@ -133,15 +133,16 @@ def cmd_fuzz(args) -> int:
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
     from .api import read_source
-    from .fuzzing import DEFAULT_FAMILY, fuzz, write_failure
+    from .fuzzing import DEFAULT_FAMILIES, fuzz, write_failure
 
-    families = [read_source(s).text for s in args.specs] or [DEFAULT_FAMILY]
+    families = [read_source(s).text for s in args.specs] or DEFAULT_FAMILIES
     runs = [("torch", torch.float32), ("triton", torch.float32)]
     console = Console()
     with Progress(TextColumn("fuzzing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
         task = progress.add_task("fuzz", total=args.examples)
-        report = fuzz(families, args.examples, runs, args.seed, lambda: progress.advance(task))
+        report = fuzz(families, args.examples, runs, args.seed,
+                      lambda n: progress.update(task, completed=min(n, args.examples)))
     lowerings = ", ".join(f"{k} {v}" for k, v in sorted(report.lowerings.items()))
     console.print(f"{report.examples} specs run (with shrinking), {report.rejected} rejected by the checker; "
                   f"lowerings: {lowerings or 'none'}", markup=False)

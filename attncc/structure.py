@@ -271,7 +271,12 @@ def decay_form(m: TExpr | None, symbols: dict) -> tuple[TExpr, TExpr] | None:
     except Exception:  # noqa: BLE001  (no proof, no claim)
         return None
     at = lambda i, j: fold_constants(substitute(m, {"i": const(i), "j": const(j)}))
-    return at(0, 0), fold_constants(TExpr("div", (at(1, 0), at(0, 0)), None, FLOAT))
+    amplitude, ratio = at(0, 0), fold_constants(TExpr("div", (at(1, 0), at(0, 0)), None, FLOAT))
+    if amplitude.op == "const":
+        return amplitude, ratio
+    # where A = 0 every weight is 0 and gamma is irrelevant: 1 keeps the recurrence finite
+    zero = TExpr("eq", (amplitude, const(0.0)), None, BOOL)
+    return amplitude, TExpr("call", (zero, const(1.0), ratio), "where", FLOAT)
 
 
 def decay_holds(m: TExpr, amplitude: TExpr, gamma: TExpr, spec, samples: int = 4, seed: int = 0) -> bool:

@@ -20,7 +20,7 @@ def attention_shapes(draw, max_tokens: int = 80, dims=(8, 16, 24, 32)):
 
 
 def _int_terms(sizes: tuple[str, ...]):
-    leaves = st.sampled_from(["i", "j", "h", *sizes]) | st.integers(-9, 9).map(str)
+    leaves = st.sampled_from(["i", "j", "h", "N", "Nq", "H", *sizes]) | st.integers(-9, 9).map(str)
     return st.recursive(
         leaves,
         lambda inner: st.one_of(
@@ -57,4 +57,6 @@ def bias_expressions(sizes: tuple[str, ...] = ()):
         term.map(lambda t: f"log(1 + abs({t}))"),
         st.tuples(mask_expressions(sizes), st.floats(-3, 3, allow_nan=False)).map(
             lambda t: f"where({t[0]}, {t[1]:.3f}, 0.0)"),
+        st.tuples(st.floats(0.5, 1.05), st.sampled_from(["1.0", "h", "(h + 1) * 0.5"])).map(  # decays
+            lambda t: f"{t[1]} * {t[0]:.3f} ** (i - j)"),
     )

@@ -4,19 +4,29 @@ import torch
 from attncc import fuzzing
 from attncc.checking import Result
 from attncc.cli import main
-from attncc.fuzzing import DEFAULT_FAMILY, family_strategy, fuzz
+from attncc.fuzzing import DEFAULT_FAMILIES, family_strategy, fuzz
 
 from .conftest import ROOT
 
 
 def test_holes_are_filled_by_kind():
-    spec = family_strategy(DEFAULT_FAMILY).example()
-    assert "??" not in spec and spec.startswith("attention fuzz")
+    for family in DEFAULT_FAMILIES:
+        spec = family_strategy(family).example()
+        assert "??" not in spec and spec.startswith("attention fuzz")
 
 
-def test_default_family_passes_every_backend():
-    report = fuzz([DEFAULT_FAMILY], 15, [("torch", torch.float32), ("triton", torch.float32)])
-    assert report.failure is None and report.examples >= 15
+def test_default_families_pass_every_backend():
+    report = fuzz(DEFAULT_FAMILIES, 30, [("torch", torch.float32), ("triton", torch.float32)])
+    assert report.failure is None and report.examples >= 30, report.error
+
+
+def test_same_seed_same_specs(monkeypatch):
+    seen = []
+    real = fuzzing.compile_spec
+    monkeypatch.setattr(fuzzing, "compile_spec", lambda spec: seen.append(spec) or real(spec))
+    for _ in range(2):
+        fuzz(DEFAULT_FAMILIES, 5, [("torch", torch.float32)], seed=7)
+    assert seen[:len(seen) // 2] == seen[len(seen) // 2:]
 
 
 def test_a_failure_is_shrunk_and_written(monkeypatch, tmp_path):

@@ -87,3 +87,26 @@ def test_integer_division_by_zero_is_defined_everywhere():
     from attncc.evaluate import floordiv, floormod
     x, y = torch.tensor([7, -7, 5]), torch.tensor([0, 0, 3])
     assert floordiv(x, y).tolist() == [0, 0, 1] and floormod(x, y).tolist() == [7, -7, 2]
+
+
+@pytest.mark.parametrize("weight,sizes", [
+    ("dot(q[i], k[j]) * a[h] * 0.9 ** (i - j)", {}),  # a table amplitude, zero at init
+    ("dot(q[i], k[j]) * h * 0.9 ** (i - j)", {}),  # amplitude 0 on head 0
+    ("dot(q[i], k[j]) * r * 0.9 ** (i - j)", {"r": 0}),
+])
+def test_decay_with_a_zero_amplitude(weight, sizes):
+    cls = attncc.compile(f"attention z {{ size r = 1  param a[H] = zeros  weight(i, j) = {weight}"
+                         "  mask(i, j) = j <= i  normalize none }", lowering="linear_chunked")
+    module = make_module(cls, 2, 16, 16, randomize=False, **sizes)
+    q, k, v, inputs = random_inputs(cls, 1, 2, 30, 30, 16, 16)
+    for backend in ("torch", "triton"):
+        assert compare(module, q, k, v, inputs, backend, torch.float32).ok
+
+
+@pytest.mark.parametrize("mask", ["(i // 4 + j // 4) % H == 0", "(i // 4 - j // 4) < D", "(j // 4) * scale < 1.0"])
+def test_block_conjuncts_reading_head_sizes_are_not_layouts(mask):
+    cls = attncc.compile(f"attention a {{ mask(i, j) = {mask} }}")
+    assert cls.compilation.plan.attrs.get("block_layout") is None
+    module = make_module(cls, 2, 16, 16)
+    q, k, v, inputs = random_inputs(cls, 1, 2, 30, 30, 16, 16)
+    assert compare(module, q, k, v, inputs, "torch", torch.float32).ok
