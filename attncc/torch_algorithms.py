@@ -173,26 +173,50 @@ def causal_linear_attention(pq, pk, v, *, modulation, normalize: str, eps: float
     L = -(-max(Nq, N) // chunk) * chunk
     pad = lambda x, n: F.pad(x.to(dtype), (0, 0, 0, L - n)).view(B, H, L // chunk, chunk, x.shape[-1])
     qc, kc, vc = pad(pq, Nq), pad(pk, N), pad(v, N)
-    pos = torch.arange(chunk, device=v.device, dtype=dtype)
-    gamma = (decay if decay is not None else torch.ones(1, 1, 1, 1, device=v.device)).to(dtype)
+    if decay is None:  # every chunk's state at once: an exclusive prefix sum over chunks
+        num, den = _prefix_chunks(qc, kc, vc)
+    else:
+        num, den = _decayed_chunks(qc, kc, vc, decay.to(dtype))
+    num, den = num.reshape(B, H, L, E)[:, :, :Nq], den.reshape(B, H, L)[:, :, :Nq]
+    if modulation is not None:
+        num, den = num * modulation, den * modulation.squeeze(-1)
+    return _finish(num, den, normalize, eps).to(v.dtype)
+
+
+def _prefix_chunks(qc, kc, vc):
+    """Chunked causal sums without decay: [B, H, chunks, C, .] in, (num, den) per chunk row out."""
+    chunk = qc.shape[3]
+    states = torch.einsum("bhcnm,bhcne->bhcme", kc, vc)
+    zs = kc.sum(3)
+    prefix, zprefix = torch.cumsum(states, dim=2) - states, torch.cumsum(zs, dim=2) - zs
+    tri = torch.tril(torch.ones(chunk, chunk, dtype=torch.bool, device=qc.device))
+    intra = torch.einsum("bhcim,bhcjm->bhcij", qc, kc).masked_fill(~tri, 0)
+    num = intra @ vc + torch.einsum("bhcim,bhcme->bhcie", qc, prefix)
+    den = intra.sum(-1) + torch.einsum("bhcim,bhcm->bhci", qc, zprefix)
+    return num, den
+
+
+def _decayed_chunks(qc, kc, vc, gamma):
+    """Chunked causal sums with decay gamma^(i - j), walking chunks with the carried state (a closed-form
+    prefix sum would divide by gamma^(C c), which under- or overflows)."""
+    B, H, nc, chunk, m = qc.shape
+    E, dtype = vc.shape[-1], qc.dtype
+    pos = torch.arange(chunk, device=qc.device, dtype=dtype)
     steps = (pos[:, None] - pos[None, :]).clamp(min=0)
     within = torch.where(pos[:, None] >= pos[None, :], torch.pow(gamma, steps), 0)  # [.., C, C]
     q_decay, k_decay = torch.pow(gamma, pos[:, None] + 1), torch.pow(gamma, chunk - 1 - pos[:, None])
     carry = torch.pow(gamma, chunk)
-    state = torch.zeros(B, H, m, E, dtype=dtype, device=v.device)
-    z = torch.zeros(B, H, m, 1, dtype=dtype, device=v.device)
+    state = torch.zeros(B, H, m, E, dtype=dtype, device=qc.device)
+    z = torch.zeros(B, H, m, 1, dtype=dtype, device=qc.device)
     nums, dens = [], []
-    for c in range(L // chunk):
+    for c in range(nc):
         q_, k_, v_ = qc[:, :, c], kc[:, :, c], vc[:, :, c]
         intra = (q_ @ k_.transpose(-1, -2)) * within
         nums.append(intra @ v_ + q_decay * (q_ @ state))
         dens.append(intra.sum(-1, keepdim=True) + q_decay * (q_ @ z))
         state = carry * state + (k_ * k_decay).transpose(-1, -2) @ v_
         z = carry * z + (k_ * k_decay).sum(2).unsqueeze(-1)
-    num, den = torch.cat(nums, 2)[:, :, :Nq], torch.cat(dens, 2)[:, :, :Nq, 0]
-    if modulation is not None:
-        num, den = num * modulation, den * modulation.squeeze(-1)
-    return _finish(num, den, normalize, eps).to(v.dtype)
+    return torch.stack(nums, 2), torch.stack(dens, 2)[..., 0]
 
 
 def toeplitz_attention(pq, pk, v, f, *, normalize: str, eps: float, budget: int = 1 << 27) -> torch.Tensor:
