@@ -1,0 +1,99 @@
+"""Issue 3's CPU measurements of structured masks (torch backend, B=1, H=4, d=64, fp32).
+
+- Toeplitz-modulated linear attention (examples/toeplitz_linear.attn): the `fft` lowering against
+  the dense float64 reference, naive dense fp32 (materialized weights) and `tiled`; the slope of
+  log(time) against log(N) for `fft` (N log N gives slightly above 1).
+- Hypercube (examples/hypercube.attn): the fraction of score tiles visited against
+  (log2(N / 16) + 1) / (N / 16), counted from the cached layout, and the time of block_sparse vs tiled.
+
+    python benchmarks/structured.py                    # N = 1k .. 8k
+    python benchmarks/structured.py --sizes 1024,2048 --ref-max 2048
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/README.md
+
+import argparse  # noqa: E402
+import math  # noqa: E402
+import sys  # noqa: E402
+
+import torch  # noqa: E402
+
+import attncc  # noqa: E402
+from common import RESULTS, example_paths, fmt, instantiate, median_ms, parse_ints, print_table, qkv, write_results  # noqa: E402
+
+
+def naive_toeplitz(m, q, k, v) -> torch.Tensor:
+    """Dense fp32: W = exp(rpe[i - j + max_len - 1]) o phi(Q) phi(K)^T, out = W V / rowsum."""
+    n = q.shape[2]
+    phi = lambda x: torch.nn.functional.elu(x) + 1
+    d = torch.arange(n).view(-1, 1) - torch.arange(n).view(1, -1) + m.sizes["max_len"] - 1
+    w = (phi(q) @ phi(k).transpose(-1, -2)) * torch.exp(m.rpe.detach()[d.clamp(0, m.rpe.numel() - 1)])
+    return (w @ v) / (w.sum(-1, keepdim=True) + 1e-6)
+
+
+def toeplitz(sizes: list[int], ref_max: int, repeats: int) -> tuple[list, list]:
+    path = str(example_paths(["toeplitz_linear"])[0])
+    fft_cls, tiled_cls = attncc.compile(path, lowering="fft"), attncc.compile(path, lowering="tiled")
+    rows, fft_times = [], []
+    for n in sizes:
+        fft_m = instantiate(fft_cls, heads=4, tokens=n, backend="torch")
+        tiled_m = instantiate(tiled_cls, heads=4, tokens=n, backend="torch")
+        tiled_m.load_state_dict(fft_m.state_dict())
+        q, k, v = qkv(1, 4, n, 64)
+        with torch.no_grad():
+            t_fft = median_ms(lambda: fft_m(q, k, v), repeats, budget_s=5)
+            t_tiled = median_ms(lambda: tiled_m(q, k, v), repeats, budget_s=5)
+            t_naive = median_ms(lambda: naive_toeplitz(fft_m, q, k, v), repeats, budget_s=5)
+            t_ref = median_ms(lambda: fft_m.reference(q, k, v), 1, warmup=0) if n <= ref_max else None
+            err = float((fft_m(q, k, v).double() - fft_m.reference(q, k, v)).abs().max()) if n <= ref_max else None
+        fft_times.append(t_fft)
+        rows.append([n, fmt(t_fft), fmt(t_tiled), fmt(t_naive), fmt(t_ref) if t_ref else "skipped",
+                     fmt(t_ref / t_fft) if t_ref else "-", fmt(t_naive / t_fft), f"{err:.1e}" if err is not None else "-"])
+    xs, ys = [math.log(n) for n in sizes], [math.log(t) for t in fft_times]
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / max(1e-12, sum((x - mean_x) ** 2 for x in xs))
+    return rows, [["fft: slope of log time vs log N", fmt(slope)]]
+
+
+def hypercube(sizes: list[int], repeats: int) -> list:
+    path = str(example_paths(["hypercube"])[0])
+    sparse_cls, tiled_cls = attncc.compile(path, lowering="block_sparse"), attncc.compile(path, lowering="tiled")
+    layout_fn = sys.modules[sparse_cls.__module__].block_layout
+    rows = []
+    for n in sizes:
+        sparse_m, tiled_m = sparse_cls(backend="torch"), tiled_cls(backend="torch")
+        q, k, v = qkv(1, 4, n, 64)
+        tile, row_ptr, cols = sparse_m.cached_tiles(sparse_m._context(q, k, v, {}), layout_fn, "cpu")
+        blocks = -(-n // tile)
+        with torch.no_grad():
+            t_sparse = median_ms(lambda: sparse_m(q, k, v), repeats, budget_s=5)
+            t_tiled = median_ms(lambda: tiled_m(q, k, v), repeats, budget_s=5)
+        bound = (math.log2(n / 16) + 1) / (n / 16)
+        rows.append([n, tile, f"{cols.numel() / blocks ** 2:.4f}", f"{bound:.4f}", fmt(t_sparse), fmt(t_tiled),
+                     fmt(t_tiled / t_sparse)])
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=parse_ints, default=[1024, 2048, 4096, 8192])
+    parser.add_argument("--ref-max", type=int, default=8192, help="largest N for the float64 dense reference")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    t_rows, slope = toeplitz(args.sizes, args.ref_max, args.repeats)
+    t_head = ["N", "fft ms", "tiled ms", "naive fp32 ms", "reference f64 ms", "x reference", "x naive", "fft error"]
+    h_rows = hypercube(args.sizes, args.repeats)
+    h_head = ["N", "tile", "tiles visited", "(log2(N/16)+1)/(N/16)", "block_sparse ms", "tiled ms", "x tiled"]
+    print_table("toeplitz_linear (B=1, H=4, d=64, fp32)", t_head, t_rows)
+    print_table("fft scaling", ["fit", "value"], slope)
+    print_table("hypercube (B=1, H=4, d=64, fp32)", h_head, h_rows)
+    write_results(RESULTS / "structured.json", {"toeplitz": t_rows, "fft_slope": slope, "hypercube": h_rows},
+                  [("toeplitz_linear", t_head, t_rows), ("fft scaling", ["fit", "value"], slope),
+                   ("hypercube", h_head, h_rows)])
+
+
+if __name__ == "__main__":
+    main()
