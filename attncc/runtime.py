@@ -10,6 +10,7 @@ import importlib.util
 import os
 import sys
 import tempfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -21,6 +22,8 @@ from torch import nn
 from .source import AttnccError, ShapeError, did_you_mean
 
 BACKENDS = ("auto", "torch", "triton", "reference")
+LAYOUT_CACHE = 16  # block-sparse layouts kept per module (one per length and sizes)
+MAX_TILE = 128  # largest Triton tile edge for block-sparse kernels
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,7 @@ class CompiledAttention(nn.Module):
             raise AttnccError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
         self.backend = backend
         self.last_backend: str | None = None
-        self._layouts: dict = {}  # block-sparse layouts by lengths and sizes
+        self._layouts: OrderedDict = OrderedDict()  # block-sparse layouts by lengths and sizes, LRU
         unknown = set(sizes) - set(self.SIZES) - set(self.NEEDS)
         if unknown:
             name = sorted(unknown)[0]
@@ -220,31 +223,44 @@ class CompiledAttention(nn.Module):
             return self.forward_triton(q, k, v, ctx)
         return self.forward_torch(q, k, v, ctx)
 
+    def _cached(self, key: tuple, compute: Callable):
+        """An LRU of LAYOUT_CACHE entries: decoding with a growing N must not keep every length."""
+        if key in self._layouts:
+            self._layouts.move_to_end(key)
+        else:
+            self._layouts[key] = compute()
+            while len(self._layouts) > LAYOUT_CACHE:
+                self._layouts.popitem(last=False)
+        return self._layouts[key]
+
     def cached_layout(self, ctx: Context, block_layout: Callable, device) -> tuple[int, torch.Tensor]:
         """(b, bool layout over blocks of b tokens) for these lengths and sizes: computed once, then cached."""
-        key = ("blocks", ctx.Nq, ctx.N, tuple(sorted(self.sizes.items())), str(device))
-        if key not in self._layouts:
+        def compute():
             block, layout = block_layout(ctx)
             if block < 1:
                 raise AttnccError(f"{self.SPEC_NAME}: block size must be >= 1, got {block}")
-            self._layouts[key] = (int(block), layout.to(device=device, dtype=torch.bool).contiguous())
-        return self._layouts[key]
+            return int(block), layout.to(device=device, dtype=torch.bool).contiguous()
+        return self._cached(("blocks", ctx.Nq, ctx.N, tuple(sorted(self.sizes.items())), str(device)), compute)
 
     def cached_tiles(self, ctx: Context, block_layout: Callable, device) -> tuple[int, torch.Tensor, torch.Tensor]:
-        """(tile, row_ptr, cols): the layout as CSR over square tiles of a power-of-two edge >= 16 that
-        is a multiple of the block (a tile is visited if any of its blocks is); cached like the layout."""
+        """(tile, row_ptr, cols): the layout as CSR over square tiles of a power-of-two edge in
+        [16, MAX_TILE] aligned with the blocks (a tile is visited if any block it meets is); cached
+        like the layout. A block size that is not a power of two visits every 64-tile."""
         from .blocks import csr, tile_layout
-        block, layout = self.cached_layout(ctx, block_layout, device)
-        key = ("tiles", ctx.Nq, ctx.N, tuple(sorted(self.sizes.items())), str(device))
-        if key not in self._layouts:
-            if block & (block - 1) == 0:  # power of two: tiles align with blocks
-                tile = max(16, block)
-                tiles = tile_layout(layout, block, tile)
-            else:  # no aligned tile: visit every tile, the mask decides
+
+        def compute():
+            block, layout = self.cached_layout(ctx, block_layout, device)
+            if block & (block - 1):  # no aligned tile: visit every tile, the mask decides
                 tile = 64
-                tiles = torch.ones(-(-ctx.Nq // tile), -(-ctx.N // tile), dtype=torch.bool, device=device)
-            self._layouts[key] = (tile, *csr(tiles))
-        return self._layouts[key]
+                return tile, *csr(torch.ones(-(-ctx.Nq // tile), -(-ctx.N // tile), dtype=torch.bool, device=device))
+            tile = min(max(16, block), MAX_TILE)
+            if block > tile:  # split each block into (block / tile)^2 tiles
+                split = block // tile
+                layout = layout.repeat_interleave(split, 0).repeat_interleave(split, 1)
+                layout = layout[:-(-ctx.Nq // tile), :-(-ctx.N // tile)]
+                return tile, *csr(layout.contiguous())
+            return tile, *csr(tile_layout(layout, block, tile))
+        return self._cached(("tiles", ctx.Nq, ctx.N, tuple(sorted(self.sizes.items())), str(device)), compute)
 
     def reference(self, q, k, v, **inputs) -> torch.Tensor:
         """The dense float64 meaning of the spec with this module's tables."""

@@ -101,3 +101,23 @@ def test_block_sparse_lowerings_match(name, sizes, backend, lowering):
     module = make_module(cls, 2, 16, 16, **sizes)
     q, k, v, inputs = random_inputs(cls, 1, 2, 77, 90, 16, 16)
     assert compare(module, q, k, v, inputs, backend, torch.float32).ok
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_blocks_larger_than_the_largest_tile(backend):
+    cls = attncc.compile(str(ROOT / "examples" / "block_diagonal.attn"), lowering="block_sparse")
+    module = make_module(cls, 1, 16, 16, chunk=256)
+    q, k, v, inputs = random_inputs(cls, 1, 1, 300, 530, 16, 16)
+    assert compare(module, q, k, v, inputs, backend, torch.float32).ok
+
+
+def test_layout_cache_is_bounded():
+    import sys
+    from attncc.runtime import LAYOUT_CACHE
+    cls = attncc.compile(str(ROOT / "examples" / "hypercube.attn"))
+    m = cls()
+    fn = sys.modules[cls.__module__].block_layout
+    for n in range(1, 3 * LAYOUT_CACHE):
+        q = torch.zeros(1, 1, n, 16)
+        m.cached_tiles(m._context(q, q, q, {}), fn, "cpu")
+    assert len(m._layouts) <= LAYOUT_CACHE
