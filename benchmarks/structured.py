@@ -17,12 +17,17 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/README.md
 
 import argparse  # noqa: E402
 import math  # noqa: E402
+from functools import partial  # noqa: E402
 import sys  # noqa: E402
 
 import torch  # noqa: E402
 
 import attncc  # noqa: E402
 from common import RESULTS, example_paths, fmt, instantiate, median_ms, parse_ints, print_table, qkv, write_results  # noqa: E402
+
+
+def timed(repeats: int, fn, *args) -> float:
+    return median_ms(partial(fn, *args), repeats, budget_s=5)
 
 
 def naive_toeplitz(m, q, k, v) -> torch.Tensor:
@@ -44,10 +49,9 @@ def toeplitz(sizes: list[int], ref_max: int, repeats: int) -> tuple[list, list]:
         tiled_m.load_state_dict(fft_m.state_dict())
         q, k, v = qkv(1, 4, n, 64)
         with torch.no_grad():
-            t_fft = median_ms(lambda: fft_m(q, k, v), repeats, budget_s=5)
-            t_tiled = median_ms(lambda: tiled_m(q, k, v), repeats, budget_s=5)
-            t_naive = median_ms(lambda: naive_toeplitz(fft_m, q, k, v), repeats, budget_s=5)
-            t_ref = median_ms(lambda: fft_m.reference(q, k, v), 1, warmup=0) if n <= ref_max else None
+            t_fft, t_tiled = timed(repeats, fft_m, q, k, v), timed(repeats, tiled_m, q, k, v)
+            t_naive = timed(repeats, naive_toeplitz, fft_m, q, k, v)
+            t_ref = median_ms(partial(fft_m.reference, q, k, v), 1, warmup=0) if n <= ref_max else None
             err = float((fft_m(q, k, v).double() - fft_m.reference(q, k, v)).abs().max()) if n <= ref_max else None
         fft_times.append(t_fft)
         rows.append([n, fmt(t_fft), fmt(t_tiled), fmt(t_naive), fmt(t_ref) if t_ref else "skipped",
@@ -69,8 +73,7 @@ def hypercube(sizes: list[int], repeats: int) -> list:
         tile, row_ptr, cols = sparse_m.cached_tiles(sparse_m._context(q, k, v, {}), layout_fn, "cpu")
         blocks = -(-n // tile)
         with torch.no_grad():
-            t_sparse = median_ms(lambda: sparse_m(q, k, v), repeats, budget_s=5)
-            t_tiled = median_ms(lambda: tiled_m(q, k, v), repeats, budget_s=5)
+            t_sparse, t_tiled = timed(repeats, sparse_m, q, k, v), timed(repeats, tiled_m, q, k, v)
         bound = (math.log2(n / 16) + 1) / (n / 16)
         rows.append([n, tile, f"{cols.numel() / blocks ** 2:.4f}", f"{bound:.4f}", fmt(t_sparse), fmt(t_tiled),
                      fmt(t_tiled / t_sparse)])
