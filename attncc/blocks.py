@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .evaluate import Env, evaluate
-from .expr import TExpr, fmt
+from .expr import TExpr, conjuncts, fmt
 
 
 @dataclass(frozen=True)
@@ -25,10 +25,6 @@ class BlockLayout:
 
     def describe(self) -> str:
         return f"blocks of {fmt(self.block)} tokens where {fmt(self.predicate)}"
-
-
-def _conjuncts(t: TExpr) -> list[TExpr]:
-    return _conjuncts(t.args[0]) + _conjuncts(t.args[1]) if t.op == "and_" else [t]
 
 
 def _block_of(t: TExpr) -> TExpr | None | bool:
@@ -53,7 +49,7 @@ def find_layout(mask: TExpr | None) -> BlockLayout | None:
     if mask is None:
         return None
     groups: dict[TExpr, list[TExpr]] = {}
-    for c in _conjuncts(mask):
+    for c in conjuncts(mask):
         b = _block_of(c)
         if b not in (None, False):
             groups.setdefault(b, []).append(c)

@@ -37,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interpret_triton(device: str) -> None:
+    """On the CPU, Triton kernels run in Triton's interpreter; this must precede the first @triton.jit."""
+    if device == "cpu":
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
 def _stage_graph(comp, stage):
     return comp.optimized if stage in ("optimized", "plan") else comp.ir
 
@@ -86,8 +92,7 @@ def cmd_check(args) -> int:
     from rich.table import Table
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
-        os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first @triton.jit
+    _interpret_triton(device)
     from .api import compile as compile_spec
     from .checking import compare, make_module, random_inputs, triton_runnable
 
@@ -130,8 +135,7 @@ def cmd_fuzz(args) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    if not torch.cuda.is_available():
-        os.environ.setdefault("TRITON_INTERPRET", "1")
+    _interpret_triton("cuda" if torch.cuda.is_available() else "cpu")
     from .api import read_source
     from .fuzzing import DEFAULT_FAMILIES, fuzz, write_failure
 

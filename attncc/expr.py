@@ -55,6 +55,11 @@ def const(value, span: Span = NO_SPAN) -> TExpr:
     return TExpr("const", (), value, t, span)
 
 
+def conjuncts(t: TExpr) -> list[TExpr]:
+    """The operands of a chain of `and`s (a single condition is its own conjunct)."""
+    return conjuncts(t.args[0]) + conjuncts(t.args[1]) if t.op == "and_" else [t]
+
+
 def substitute(t: TExpr, values: dict[str, TExpr]) -> TExpr:
     """t with the index variables named in `values` replaced."""
     if t.op == "var" and t.value in values:

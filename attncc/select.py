@@ -75,8 +75,7 @@ def candidates(op: str, attrs: dict, mask: Structure, sizes: dict) -> list[Candi
     layout = attrs.get("block_layout")
     if op == "attend" and layout is not None:
         block = block_size(layout, sizes)
-        band = tuple(None if not sympy.sympify(b).is_finite else int(sympy.sympify(b).subs(
-            {s: sizes[s.name] for s in sympy.sympify(b).free_symbols})) for b in (mask.lo, mask.hi))
+        band = mask.bounds_at(sizes)
         rho = sympy.Float(float(evaluate_layout(layout, sizes, sizes["Nq"], sizes["N"], band).float().mean()), 4)
         out.append(Candidate("block_sparse", 2 * B * H * Nq * N * (D + E) * rho,
                              bytes_io + 4 * B * H * Nq * N * rho / block * (D + E),

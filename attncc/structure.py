@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import sympy
 import torch
 
-from .expr import BOOL, FLOAT, TExpr, const, substitute
+from .expr import BOOL, FLOAT, TExpr, conjuncts, const, substitute
 from .evaluate import Env, evaluate, fold_constants
 
 I, J, DIFF, HEAD = sympy.symbols("i j d h", integer=True)
@@ -37,6 +37,13 @@ class Structure:
     def bounded(self) -> bool:
         """Whether a band [lo, hi] on i - j is known to contain every unmasked pair."""
         return sympy.sympify(self.lo).is_finite or sympy.sympify(self.hi).is_finite
+
+    def bounds_at(self, values: dict) -> tuple[int | None, int | None]:
+        """(lo, hi) as ints at concrete sizes (values by symbol name); None for an unbounded side."""
+        def at(b):
+            b = sympy.sympify(b)
+            return int(b.subs({s: values[s.name] for s in b.free_symbols})) if b.is_finite else None
+        return at(self.lo), at(self.hi)
 
     def describe(self) -> str:
         if self.kind == "band":
@@ -198,10 +205,6 @@ def _interval(cond):
     return None
 
 
-def _conjuncts(t: TExpr) -> list[TExpr]:
-    return _conjuncts(t.args[0]) + _conjuncts(t.args[1]) if t.op == "and_" else [t]
-
-
 def _conjunct_bounds(conjuncts: list[TExpr], symbols: dict) -> tuple:
     """A band that contains the mask: the conjuncts of an `and` that are linear bounds on i - j."""
     lo, hi = -sympy.oo, sympy.oo
@@ -232,19 +235,19 @@ def classify_mask(mask: TExpr | None, symbols: dict[str, sympy.Symbol]) -> Struc
     expr = to_sympy(mask, symbols)
     if expr is sympy.true:
         return Structure("full", reason="mask is always true")
-    conjuncts = _conjuncts(mask)
-    exact = [c for c in conjuncts if not any(e.type == FLOAT for e in c.walk())]
-    if len(exact) < len(conjuncts):  # float rounding differs per (i, j): no claim beyond exact conjuncts
+    parts = conjuncts(mask)
+    exact = [c for c in parts if not any(e.type == FLOAT for e in c.walk())]
+    if len(exact) < len(parts):  # float rounding differs per (i, j): no claim beyond exact conjuncts
         lo, hi = _conjunct_bounds(exact, symbols)
         return Structure("general", lo, hi, reason="mask uses float arithmetic; only its integer conjuncts bound it")
     in_d = _in_d(expr)
     if in_d is None:
-        lo, hi = _conjunct_bounds(conjuncts, symbols)
+        lo, hi = _conjunct_bounds(parts, symbols)
         within = f"; keys outside {lo} <= i - j <= {hi} are masked" if (lo, hi) != (-sympy.oo, sympy.oo) else ""
         return Structure("general", lo, hi, reason="mask depends on more than i - j" + within)
     interval = _interval(in_d)
     if interval is None:
-        lo, hi = _conjunct_bounds(conjuncts, symbols)
+        lo, hi = _conjunct_bounds(parts, symbols)
         return Structure("toeplitz", lo, hi, reason=f"mask depends only on d = i - j: {in_d}")
     lo, hi = interval
     if lo == -sympy.oo and hi == sympy.oo:
@@ -334,15 +337,13 @@ def _values(t: TExpr, env: Env, i: torch.Tensor, j: torch.Tensor) -> torch.Tenso
 def _inside(s: Structure, env: Env) -> torch.Tensor:
     """[Nq, N] bool: whether i - j lies in the structure's band."""
     nq, nk = env.rsizes["Nq"], env.rsizes["N"]
-    values = {**env.sizes, **env.rsizes}
-    lo, hi = (sympy.sympify(b) for b in (s.lo, s.hi))
-    lo, hi = (b.subs({sym: values[str(sym)] for sym in b.free_symbols}) for b in (lo, hi))
+    lo, hi = s.bounds_at({**env.sizes, **env.rsizes})
     d = torch.arange(nq).view(-1, 1) - torch.arange(nk).view(1, -1)
     inside = torch.ones_like(d, dtype=torch.bool)
-    if lo != -sympy.oo:
-        inside &= d >= int(lo)
-    if hi != sympy.oo:
-        inside &= d <= int(hi)
+    if lo is not None:
+        inside &= d >= lo
+    if hi is not None:
+        inside &= d <= hi
     return inside
 
 
