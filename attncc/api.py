@@ -84,6 +84,9 @@ def _design_sizes(sizes: dict | None, checked: CheckedSpec) -> dict:
             raise AttnccError(f"sizes: unknown size `{name}`; use {', '.join([*DESIGN_SIZES, *checked.sizes])}")
         if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name in checked.sizes else 1):
             raise AttnccError(f"sizes: `{name}` must be a positive integer, got {value!r}")
+    randoms = [phi for phi in checked.features.values() if phi.random]
+    if randoms:  # kernels see rows of random features: the cost model's D is their width m
+        sizes["D"] = randoms[0].out_dim
     return sizes
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from . import ast
 from .expr import BOOL, FLOAT, FUNCTIONS, INT, RUNTIME_SIZES, VEC, TExpr
-from .features import FEATURE_MAPS
+from .features import ALL_MAPS, RANDOM_MAPS
 from .runtime import RESERVED_ATTRIBUTES
 from .source import DiagnosticBag, Source, Span, did_you_mean
 from .typecheck import ExprTyper
@@ -20,7 +20,7 @@ NORMALIZERS = {"softmax": {}, "rows": {"eps": 1e-6}, "none": {}}
 INITIALIZERS = {"zeros": {}, "ones": {}, "alibi": {}, "normal": {"std": 0.02, "mean": 0.0},
                 "uniform": {"low": -0.1, "high": 0.1}}
 INPUT_DTYPES = ("int", "float", "bool")
-RESERVED = {"q", "k", "v", "i", "j", "h", "scale", "dot", "true", "false", *RUNTIME_SIZES, *FUNCTIONS, *FEATURE_MAPS}
+RESERVED = {"q", "k", "v", "i", "j", "h", "scale", "dot", "true", "false", *RUNTIME_SIZES, *FUNCTIONS, *ALL_MAPS}
 
 
 # dot(q[i], k[j]) * scale: the logits of plain softmax attention.
@@ -50,6 +50,19 @@ class FeatureInfo:
     name: str
     fn: str
     kwargs: tuple[tuple[str, float], ...]
+
+    @property
+    def random(self) -> bool:
+        """A random-feature map: it has a projection buffer and is referred to by its declared name."""
+        return self.fn in RANDOM_MAPS
+
+    @property
+    def options(self) -> dict:
+        return dict(self.kwargs)
+
+    @property
+    def out_dim(self) -> int:
+        return RANDOM_MAPS[self.fn].out_dim(int(self.options["features"])) if self.random else 0
 
 
 @dataclass
@@ -150,14 +163,28 @@ class _Checker(ExprTyper):
             self.inputs[s.name] = InputInfo(s.name, dims, dtype, s.span)
 
     def _FeatureDecl(self, s: ast.FeatureDecl):
-        fmap = FEATURE_MAPS.get(s.fn)
+        fmap = ALL_MAPS.get(s.fn)
         if fmap is None:
             self.bag.error(f"unknown feature map `{s.fn}`", s.fn_span,
-                           did_you_mean(s.fn, FEATURE_MAPS) or f"known maps: {', '.join(sorted(FEATURE_MAPS))}")
+                           did_you_mean(s.fn, ALL_MAPS) or f"known maps: {', '.join(sorted(ALL_MAPS))}")
             return
         kwargs = self._options(s.args, s.kwargs, fmap.kwargs, f"feature map `{s.fn}`", s.fn_span)
-        if kwargs is not None:
-            self.features[s.name] = FeatureInfo(s.name, s.fn, kwargs)
+        if kwargs is None:
+            return
+        if s.fn in RANDOM_MAPS:
+            opts = dict(kwargs)
+            rules = {"features": (1, 1 << 16, "a whole number of random features in 1 .. 65536"),
+                     "seed": (0, (1 << 31) - 1, "a whole number in 0 .. 2^31 - 1"),
+                     "orthogonal": (0, 1, "0 (independent draws) or 1 (orthogonal blocks)"),
+                     "redraw": (0, 1, "0 (fixed features) or 1 (a fresh draw at every training step)")}
+            for name, (lo, hi, hint) in rules.items():
+                value = opts[name]
+                if value != int(value) or not lo <= value <= hi:
+                    span = next((kw.span for kw in s.kwargs if kw.name == name), s.fn_span)
+                    self.bag.error(f"`{name}` of `{s.fn}` must be {hint}, got {value}", span)
+                    return
+            kwargs = tuple((k, int(v)) for k, v in kwargs)
+        self.features[s.name] = FeatureInfo(s.name, s.fn, kwargs)
 
     def _Def(self, s: ast.Def):
         if s.kind in self.defs:
@@ -296,16 +323,37 @@ class _Checker(ExprTyper):
             if "weight" not in self.defs:
                 if len(self.features) == 1:
                     (phi,) = self.features.values()
-                    row = lambda op: TExpr("feature", (TExpr(op, (), op[0], VEC),), phi.fn, VEC)
+                    fn = phi.name if phi.random else phi.fn
+                    row = lambda op: TExpr("feature", (TExpr(op, (), op[0], VEC),), fn, VEC)
                     weight = TExpr("dot", (row("qrow"), row("krow")), None, FLOAT)
                 else:
                     self.bag.error(f"`normalize {norm}` needs `weight(i, j)`", self.spec.name_span,
                                    "e.g. `weight(i, j) = dot(phi(q[i]), phi(k[j]))`")
+        self._check_random_features(logits if softmax else weight)
         self.bag.raise_if_any()
         spans = {kind: d.span for kind, d in self.defs.items()}
         return CheckedSpec(self.spec.name, self.src, dict(self.sizes), self.params, self.inputs, self.features,
                            norm, float(eps), logits, weight, mask, spans, dict(self.derived),
                            tuple(dict.fromkeys(self.divisors)))
+
+    def _check_random_features(self, scores: TExpr | None) -> None:
+        """A random-feature map replaces q and k by their features before any kernel runs, so when
+        one is used, every row of q and k in the spec must go through that same map."""
+        if scores is None:
+            return
+        sides = [side for d in scores.walk() if d.op == "dot" for side in d.args]
+        used = {s.value for s in sides if s.op == "feature" and s.value in self.features
+                and self.features[s.value].random}
+        if not used:
+            return
+        name = sorted(used)[0]
+        for d in scores.walk():
+            if d.op == "dot" and any(s.op != "feature" or s.value != name for s in d.args):
+                self.bag.error(f"random feature map `{name}` must be applied to both rows of every `dot`",
+                               d.span or self.spec.name_span,
+                               f"write `dot({name}(q[i]), {name}(k[j]))`: q and k are replaced by their "
+                               "random features before the kernels run")
+                return
 
 
 def check(src: Source, spec: ast.Spec) -> CheckedSpec:

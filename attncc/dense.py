@@ -12,16 +12,22 @@ import torch
 from .check import CheckedSpec
 from .evaluate import Env, evaluate
 from .expr import TExpr
-from .features import apply_feature_map
+from .features import FEATURE_MAPS, apply_feature_map, random_features
 from .torch_algorithms import keep_grad
 
 
-def _row(t: TExpr, x: torch.Tensor) -> torch.Tensor:
-    return apply_feature_map(t.value, x) if t.op == "feature" else x
+def dense_weights(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: dict, e_dim: int = 0,
+                  projections: dict | None = None) -> torch.Tensor:
+    """W[b, h, i, j] in float64 (softmax: the normalized probabilities).
 
+    projections: the random-feature projection [m, D] of each declared random map, by name."""
+    def _row(t: TExpr, x: torch.Tensor) -> torch.Tensor:
+        if t.op != "feature":
+            return x
+        if t.value in FEATURE_MAPS:
+            return apply_feature_map(t.value, x)
+        return random_features(spec.features[t.value].fn, x, projections[t.value].double())
 
-def dense_weights(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: dict, e_dim: int = 0) -> torch.Tensor:
-    """W[b, h, i, j] in float64 (softmax: the normalized probabilities)."""
     q, k = q.double(), k.double()
     B, H, Nq, D = q.shape
     N = k.shape[2]
@@ -53,10 +59,11 @@ def dense_weights(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: di
     return torch.where(mask, evaluate(spec.weight, env).double().expand(shape), torch.zeros((), dtype=torch.float64))
 
 
-def dense_attention(spec: CheckedSpec, q, k, v, params: dict, inputs: dict, sizes: dict) -> torch.Tensor:
+def dense_attention(spec: CheckedSpec, q, k, v, params: dict, inputs: dict, sizes: dict,
+                    projections: dict | None = None) -> torch.Tensor:
     """out[b, h, i, :] in float64."""
     v = v.double()
-    w = dense_weights(spec, q, k, params, inputs, sizes, e_dim=v.shape[-1])
+    w = dense_weights(spec, q, k, params, inputs, sizes, e_dim=v.shape[-1], projections=projections)
     out = w @ v
     if spec.normalize == "rows":
         z = w.sum(-1, keepdim=True) + spec.eps

@@ -1,10 +1,14 @@
 """Feature maps phi: R^d -> R^m applied to rows of q and k in kernelized attention.
 
-Each map is described once here; the reference, the torch emitter and the Triton emitter all read
-this table, so a new map is one entry plus its three one-line implementations.
+Elementwise maps (m = d) are described once in FEATURE_MAPS; the reference, the torch emitter and
+the Triton emitter all read that table. Random-feature maps (RANDOM_MAPS) project rows onto m
+random directions drawn from a seed; a compiled module holds the projection as a buffer and
+computes the features once per call, before any kernel runs (so every lowering sees rows of
+width m, and the generated kernels treat the map as the identity).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -28,8 +32,31 @@ FEATURE_MAPS = {
 }
 
 
+@dataclass(frozen=True)
+class RandomMap:
+    name: str
+    doc: str
+    kwargs: dict
+    width: int  # output columns per random direction
+
+    def out_dim(self, features: int) -> int:
+        return self.width * features
+
+
+RANDOM_KWARGS = {"features": 64, "seed": 0, "orthogonal": 1, "redraw": 1}
+RANDOM_MAPS = {
+    "favor": RandomMap("favor", "positive random features (FAVOR+, Choromanski et al.): "
+                       "exp(w.x' - |x'|^2 / 2) / sqrt(m), x' = x d^(-1/4); E[phi(q).phi(k)] = exp(q.k / sqrt(d))",
+                       RANDOM_KWARGS, 1),
+    "trig": RandomMap("trig", "trigonometric random features (RFA, Rahimi & Recht): "
+                      "exp(|x'|^2 / 2) [sin(W x'), cos(W x')] / sqrt(m), x' = x d^(-1/4); "
+                      "E[phi(q).phi(k)] = exp(q.k / sqrt(d)); signed", RANDOM_KWARGS, 2),
+}
+ALL_MAPS = {**FEATURE_MAPS, **RANDOM_MAPS}
+
+
 def apply_feature_map(name: str, x: torch.Tensor) -> torch.Tensor:
-    """Reference implementation, kept apart from the emitted code on purpose."""
+    """Reference implementation of the elementwise maps, kept apart from the emitted code on purpose."""
     if name == "elu1":
         return F.elu(x) + 1
     if name == "relu":
@@ -37,3 +64,39 @@ def apply_feature_map(name: str, x: torch.Tensor) -> torch.Tensor:
     if name == "identity":
         return x
     raise KeyError(name)
+
+
+def draw_projection(features: int, dim: int, seed: int, draw: int, orthogonal: bool) -> torch.Tensor:
+    """W [features, dim], rows ~ N(0, I_dim): draw number `draw` of `seed`.
+
+    Drawn in float64 on the CPU from a generator seeded by (seed, draw), so a seed gives the same
+    features on every device and every run. Orthogonal draws (Performer): blocks of `dim` rows
+    are orthonormal (QR of a Gaussian block), each row rescaled to the norm of a Gaussian vector,
+    so every row keeps the N(0, I) marginal while the rows of a block do not overlap."""
+    g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(draw)) % (1 << 63))
+    if not orthogonal:
+        return torch.randn(features, dim, generator=g, dtype=torch.float64).float()
+    blocks = []
+    for _ in range(-(-features // max(dim, 1))):
+        q, r = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))
+        blocks.append((q * torch.sign(torch.diagonal(r))).T)  # sign fix: Haar-distributed rows
+    rows = torch.cat(blocks)[:features]
+    norms = torch.randn(features, dim, generator=g, dtype=torch.float64).norm(dim=-1, keepdim=True)
+    return (rows * norms).float()
+
+
+def random_features(kind: str, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """phi(x) for rows x [..., d] and a projection w [m, d], at the precision of x (float32 at least).
+
+    favor: exp(w.x' - |x'|^2 / 2) / sqrt(m);  trig: exp(|x'|^2 / 2) [sin(w.x'), cos(w.x')] / sqrt(m);
+    x' = x d^(-1/4), so phi(q).phi(k) estimates exp(q.k / sqrt(d)) without bias."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    x = x.to(dtype) * x.shape[-1] ** -0.25
+    u = x @ w.to(device=x.device, dtype=dtype).T
+    half_norm = 0.5 * (x * x).sum(-1, keepdim=True)
+    norm = w.shape[0] ** -0.5
+    if kind == "favor":
+        return torch.exp(u - half_norm) * norm
+    if kind == "trig":
+        return torch.cat([torch.sin(u), torch.cos(u)], -1) * (torch.exp(half_norm) * norm)
+    raise KeyError(kind)

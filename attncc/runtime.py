@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .source import AttnccError, ShapeError, did_you_mean
+from .features import draw_projection, random_features
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 LAYOUT_CACHE = 16  # block-sparse layouts kept per module (one per length and sizes)
@@ -98,6 +99,7 @@ class CompiledAttention(nn.Module):
     PARAMS: dict = {}
     INPUTS: dict = {}
     NEEDS: tuple = ()
+    RANDOM_FEATURES: dict = {}  # name -> (map, options): projections held in the `random_features` buffers
     TRITON_LOWERING = ""
     checked = None  # the CheckedSpec, attached by attncc.compile (for .reference)
 
@@ -149,6 +151,33 @@ class CompiledAttention(nn.Module):
             except RuntimeError as exc:  # e.g. out of memory for a huge size
                 raise AttnccError(f"{self.SPEC_NAME}: cannot create table `{name}` of shape {shape}: {exc}") from None
             self.register_parameter(name, nn.Parameter(table))
+        self.random_features = nn.Module()
+        for name, (_, opts) in self.RANDOM_FEATURES.items():
+            self.random_features.register_buffer(name, draw_projection(
+                opts["features"], self.fixed["D"], opts["seed"], 0, bool(opts["orthogonal"])))
+            self.random_features.register_buffer(f"{name}_draws", torch.zeros((), dtype=torch.int64))
+
+    # ------------------------------------------------------------------ random features
+    def projections(self) -> dict:
+        """The current random-feature projection [m, D] of each random map, by name."""
+        return {name: getattr(self.random_features, name) for name in self.RANDOM_FEATURES}
+
+    def redraw_features(self) -> None:
+        """A fresh draw for every random map: draw t of seed s is the same on every device."""
+        for name, (_, opts) in self.RANDOM_FEATURES.items():
+            draws = getattr(self.random_features, f"{name}_draws")
+            draws += 1
+            w = draw_projection(opts["features"], self.fixed["D"], opts["seed"], int(draws), bool(opts["orthogonal"]))
+            getattr(self.random_features, name).copy_(w)
+
+    def featurize(self, q, k):
+        """(phi(q), phi(k)) through the spec's random map (the spec allows exactly one); in training,
+        maps declared with redraw=1 draw new features first (Performer's redraw per step)."""
+        (name, (kind, opts)), = self.RANDOM_FEATURES.items()
+        if self.training and opts["redraw"]:
+            self.redraw_features()
+        w = getattr(self.random_features, name)
+        return random_features(kind, q, w).to(q.dtype), random_features(kind, k, w).to(k.dtype)
 
     # ------------------------------------------------------------------ calling
     def params_dict(self) -> dict:
@@ -219,6 +248,8 @@ class CompiledAttention(nn.Module):
             return v.new_zeros(*q.shape[:3], v.shape[-1])
         if backend == "reference":
             return self._dense(q, k, v, ctx).to(v.dtype)
+        if self.RANDOM_FEATURES:
+            q, k = self.featurize(q, k)
         if backend == "triton":
             return self.forward_triton(q, k, v, ctx)
         return self.forward_torch(q, k, v, ctx)
@@ -272,7 +303,7 @@ class CompiledAttention(nn.Module):
     def _dense(self, q, k, v, ctx: Context) -> torch.Tensor:
         from .dense import dense_attention
         return dense_attention(self.checked, q, k, v, {n: p.detach() for n, p in ctx.params.items()},
-                               ctx.inputs, self.sizes)
+                               ctx.inputs, self.sizes, self.projections())
 
     def forward_torch(self, q, k, v, ctx):  # pragma: no cover - replaced by generated code
         raise NotImplementedError
@@ -290,7 +321,7 @@ class CompiledAttention(nn.Module):
 
 # Names a learned table may not take: it becomes an attribute of the module.
 RESERVED_ATTRIBUTES = (frozenset(dir(CompiledAttention)) | frozenset(vars(nn.Module()))
-                       | {"backend", "last_backend", "sizes", "fixed", "compilation", "_layouts"})
+                       | {"backend", "last_backend", "sizes", "fixed", "compilation", "_layouts", "random_features"})
 
 
 # ---------------------------------------------------------------------- loading generated code

@@ -12,7 +12,7 @@ import math
 from . import ast
 from .expr import (BINARY_OPS, BITWISE, BOOL, COMPARE, FLOAT, FUNCTIONS, INT, RUNTIME_SIZES, SYMBOL_TO_OP, VEC,
                    TExpr, const)
-from .features import FEATURE_MAPS
+from .features import ALL_MAPS, RANDOM_MAPS
 from .source import Span, did_you_mean
 
 INT_LIMIT = 2**31
@@ -171,7 +171,7 @@ class ExprTyper:
             return None
         if e.fn == "dot":
             return self._dot(e, ctx)
-        if e.fn in self.features or e.fn in FEATURE_MAPS:
+        if e.fn in self.features or e.fn in ALL_MAPS:
             self.bag.error(f"feature map `{e.fn}` applies to a row inside `dot`", e.span,
                            f"write `dot({e.fn}(q[i]), {e.fn}(k[j]))`")
             return None
@@ -233,14 +233,19 @@ class ExprTyper:
 
     def _row(self, e: ast.Expr) -> TExpr | None:
         if isinstance(e, ast.Call) and not e.kwargs and len(e.args) == 1 and \
-                (e.fn in self.features or e.fn in FEATURE_MAPS):
+                (e.fn in self.features or e.fn in ALL_MAPS):
             inner = self._row(e.args[0])
             if inner is None:
                 return None
             if inner.op == "feature":
                 self.bag.error("feature maps do not compose", e.span)
                 return None
-            fn = self.features[e.fn].fn if e.fn in self.features else e.fn
+            if e.fn in RANDOM_MAPS and e.fn not in self.features:
+                self.bag.error(f"random feature map `{e.fn}` must be declared: it carries a seed and a draw",
+                               e.fn_span, f"declare `feature phi = {e.fn}(features=64, seed=0)` and write `phi(q[i])`")
+                return None
+            info = self.features.get(e.fn)
+            fn = (info.name if info.random else info.fn) if info else e.fn
             return TExpr("feature", (inner,), fn, VEC, e.span)
         if isinstance(e, ast.Index) and e.table in ("q", "k"):
             want = self.index_names[0] if e.table == "q" else self.index_names[1]
@@ -253,7 +258,7 @@ class ExprTyper:
         if isinstance(e, ast.Call) and len(e.args) == 1 and isinstance(e.args[0], ast.Index) \
                 and e.args[0].table in ("q", "k"):
             self.bag.error(f"unknown feature map `{e.fn}`", e.fn_span,
-                           did_you_mean(e.fn, set(self.features) | set(FEATURE_MAPS))
+                           did_you_mean(e.fn, set(self.features) | set(ALL_MAPS))
                            or f"declare it, e.g. `feature {e.fn} = elu1`")
             return None
         self.bag.error("expected a row of q or k, optionally through a feature map", e.span,

@@ -46,7 +46,9 @@ from attncc.runtime import CompiledAttention, InputSpec, ParamSpec, import_sibli
 def module_class(spec: CheckedSpec, plan: Plan, spec_hash: str, triton_lowering: str) -> str:
     w = CodeWriter()
     shape = _ShapeExpr()
-    needs = sorted({e.value for p in spec.params.values() for d in p.shape for e in d.walk() if e.op == "rsize"})
+    needs = {e.value for p in spec.params.values() for d in p.shape for e in d.walk() if e.op == "rsize"}
+    randoms = [phi for phi in spec.features.values() if phi.random]
+    needs = sorted(needs | ({"D"} if randoms else set()))  # a projection is [features, D]
     with w.block("class Module(CompiledAttention):"):
         w.line(f'"""{spec.name}: compiled attention (lowering: {plan.lowering})."""')
         w.line()
@@ -58,6 +60,8 @@ def module_class(spec: CheckedSpec, plan: Plan, spec_hash: str, triton_lowering:
         w.line("DERIVED = {" + ", ".join(f"{key(n)}: lambda s: {shape(t)}" for n, t in spec.derived.items()) + "}")
         w.line("DIVISORS = (" + "".join(f"lambda s: {shape(t)}, " for t in spec.divisors) + ")")
         w.line(f"NEEDS = ({''.join(f'{key(n)}, ' for n in needs)})")
+        w.line("RANDOM_FEATURES = {" + ", ".join(f"{key(phi.name)}: ({key(phi.fn)}, {phi.options!r})"
+                                                 for phi in randoms) + "}")
         with w.block("PARAMS = {"):
             for p in spec.params.values():
                 dims = "".join(f"{shape(d)}, " for d in p.shape)

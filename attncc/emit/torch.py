@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..check import DEFAULT_LOGITS, CheckedSpec
 from ..expr import TExpr, fmt
+from ..features import FEATURE_MAPS
 from ..ir import Graph, expr_of
 from ..select import Plan
 from .exprs import TorchExpr, band_bounds, name_dots
@@ -11,11 +12,11 @@ from .writer import CodeWriter
 
 
 def _row(t: TExpr, x: str) -> str:
-    return f"feature_{t.value}({x})" if t.op == "feature" else x
+    """A row through its map; random-feature rows arrive already mapped (see features.py)."""
+    return f"feature_{t.value}({x})" if t.op == "feature" and t.value in FEATURE_MAPS else x
 
 
 def emit_features(w: CodeWriter, maps: list[str]) -> None:
-    from ..features import FEATURE_MAPS
     for name in sorted(set(maps)):
         with w.block(f"def feature_{name}(x):"):
             w.line(f'"""{FEATURE_MAPS[name].doc}"""')
@@ -24,7 +25,15 @@ def emit_features(w: CodeWriter, maps: list[str]) -> None:
 
 
 def feature_maps_used(*exprs: TExpr | None) -> list[str]:
-    return [e.value for t in exprs if t is not None for e in t.walk() if e.op == "feature"]
+    """The elementwise maps to emit (random-feature maps are applied by the module, not here)."""
+    return [e.value for t in exprs if t is not None for e in t.walk() if e.op == "feature" and e.value in FEATURE_MAPS]
+
+
+def random_features_note(w: CodeWriter, spec: CheckedSpec) -> None:
+    for phi in spec.features.values():
+        if phi.random:
+            w.line(f"# q and k arrive as {phi.fn} random features {phi.name}(q), {phi.name}(k) ({phi.out_dim} columns),")
+            w.line("# computed by the module (CompiledAttention.featurize) from its seeded projection buffer")
 
 
 def key_range_lines(plan: Plan) -> list[str]:
@@ -63,6 +72,7 @@ def emit_tiled(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
     w.line()
     plain = scores == DEFAULT_LOGITS and plan.mask.kind in ("full", "causal")
     with w.block("def forward_torch(self, q, k, v, ctx):"):
+        random_features_note(w, spec)
         if plain and spec.normalize == "softmax":
             w.line("# plain softmax(q k^T / sqrt(d)) with a full or causal mask: torch's fused SDPA kernels")
             w.line(f"return rt.sdpa_attention(q, k, v, causal={plan.mask.kind == 'causal'})")
@@ -113,6 +123,7 @@ def emit_linear(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) -> N
             w.line(f"return rt.as_4d({ex(m)})")
         w.line()
     with w.block("def forward_torch(self, q, k, v, ctx):"):
+        random_features_note(w, spec)
         w.line(f"pq, pk = {_row(phi_q, 'q')}, {_row(phi_k, 'k')}")
         common = f"normalize={spec.normalize!r}, eps={spec.eps!r}"
         if plan.lowering == "fft":

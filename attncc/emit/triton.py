@@ -199,7 +199,8 @@ def _prologue(w: CodeWriter, per_bh_only: bool = False) -> None:
 
 
 def _row_feature(t: TExpr):
-    return t.value if t.op == "feature" else None
+    """The elementwise map of a dot side; random-feature rows arrive already mapped (features.py)."""
+    return t.value if t.op == "feature" and t.value in FEATURE_MAPS else None
 
 
 def emit_tiled_kernel(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Kernel) -> None:
@@ -442,7 +443,7 @@ def emit_triton(spec: CheckedSpec, plan: Plan, graph: Graph) -> tuple[str, str]:
         for h in kernel.helpers:
             w.lines_of(HELPERS[h])
             w.line()
-        for fm in sorted({e.value for t in exprs if t is not None for e in t.walk() if e.op == "feature"} - {"identity"}):
+        for fm in sorted({_row_feature(e) for t in exprs if t is not None for e in t.walk()} - {None, "identity"}):
             _feature_fn(w, fm)
         emit_tiled_kernel(w, spec, plan, kernel)
         description = (f"{'block-sparse' if plan.lowering == 'block_sparse' else 'tiled'} "
