@@ -70,13 +70,16 @@ def triton_runnable(device: str) -> tuple[bool, str]:
 def compare(module, q, k, v, inputs, backend: str, dtype: torch.dtype, device: str = "cpu") -> Result:
     ref = module.reference(q, k, v, **inputs)
     cast = [t.to(device=device, dtype=dtype) for t in (q, k, v)]
-    saved, home = module.backend, next((p.device for p in module.parameters()), None)
+    saved, training = module.backend, module.training
+    home = next((t.device for t in (*module.parameters(), *module.buffers())), None)
     try:
         module.backend = backend
+        module.eval()  # random features stay fixed: the reference above used this draw
         with torch.no_grad():
             out = module.to(device)(*cast, **{n: t.to(device) for n, t in inputs.items()})
     finally:  # leave the caller's module as it was
         module.backend = saved
+        module.train(training)
         if home is not None:
             module.to(home)
     scale = max(1.0, float(ref.abs().max())) if ref.numel() else 1.0

@@ -36,6 +36,8 @@ KERNELIZED = {
     "linear_elu_causal": ["tiled", "linear_chunked"],
     "toeplitz_linear": ["tiled", "fft"],
     "retention": ["tiled", "linear_chunked"],
+    "performer": ["tiled", "linear"],
+    "rpe_performer": ["tiled", "fft"],
 }
 
 
