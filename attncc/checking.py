@@ -86,7 +86,7 @@ def compare(module, q, k, v, inputs, backend: str, dtype: torch.dtype, device: s
     error = float((out.double().cpu() - ref.cpu()).abs().max()) / scale if ref.numel() else 0.0
     if not torch.isfinite(out).all():
         error = float("inf")
-    table = FFT_TOLERANCE if module.LOWERING == "fft" else TOLERANCE
+    table = FFT_TOLERANCE if module.LOWERING in ("fft", "fft2") else TOLERANCE
     tol = table.get(dtype, TOLERANCE[dtype])
     return Result(backend, dtype, tuple(q.shape[2:3]) + tuple(k.shape[2:3]), error, tol)
 

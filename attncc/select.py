@@ -19,7 +19,7 @@ from .structure import Structure
 DESIGN_SIZES = {"B": 1, "H": 8, "Nq": 4096, "N": 4096, "D": 64, "E": 64}
 BLOCK = 64  # tile edge assumed by the cost model
 CHUNK = 64  # chunk length of causal linear attention
-LOWERINGS = ("tiled", "block_sparse", "linear", "linear_chunked", "fft")
+LOWERINGS = ("tiled", "block_sparse", "linear", "linear_chunked", "fft", "fft2", "rings")
 # The reference machine of the roofline: an H100's dense fp16/bf16 tensor-core rate with fp32
 # accumulation (about a third of its peak, what attention kernels reach) and its memory bandwidth.
 MACHINE = {"flops_per_s": 300e12, "bytes_per_s": 3.0e12}
@@ -92,6 +92,31 @@ def candidates(op: str, attrs: dict, mask: Structure, sizes: dict) -> list[Candi
         out.append(Candidate("fft", B * H * D * (E + 1) * 5 * length * sympy.log(length, 2) + 4 * B * H * Nq * D * E,
                              bytes_io + 4 * B * H * length * D * (E + 1) * 3,
                              "circulant embedding, one FFT convolution per feature and value column"))
+    if op == "grid_attend":
+        out += grid_candidates(attrs["grid"], sizes)
+    return out
+
+
+def grid_candidates(form, sizes: dict) -> list[Candidate]:
+    """2-D FFT over the (Rq + Rk) x 2w offset plane; rings: T summed-area boxes per query."""
+    from .evaluate import Env, evaluate
+    from .grid import saturation_at
+    from .torch_algorithms import ring_extent
+    width = max(1, int(evaluate(form.width, Env(sizes=sizes))))
+    rows = sympy.ceiling(Nq / width) + sympy.ceiling(N / width)
+    out = []
+    if form.toeplitz:
+        cells = 2 * rows * 2 * width
+        out.append(Candidate("fft2", B * H * D * (E + 1) * 5 * cells * sympy.log(cells, 2) + 4 * B * H * Nq * D * E,
+                             4 * B * H * (Nq * (D + E) + N * (D + E)) + 4 * B * H * cells * D * (E + 1) * 3,
+                             f"2-D FFT convolutions on the {width}-column grid (zero-padded, circulant-embedded)"))
+    if form.metric:
+        extent = ring_extent(sizes["Nq"], sizes["N"], width, form.metric)
+        rings = min(extent, saturation_at(form, sizes)) if form.saturation is not None else extent
+        out.append(Candidate("rings", 2 * B * H * Nq * (rings + 1) * 4 * D * (E + 1) + 4 * B * H * N * D * (E + 1),
+                             4 * B * H * Nq * (rings + 1) * 4 * D * (E + 1),
+                             f"summed-area tables on the {width}-column grid, {form.metric} rings: "
+                             f"{rings} boxes of 4 reads per query at the design sizes"))
     return out
 
 

@@ -219,29 +219,130 @@ def _decayed_chunks(qc, kc, vc, gamma):
     return torch.stack(nums, 2), torch.stack(dens, 2)[..., 0]
 
 
-def toeplitz_attention(pq, pk, v, f, *, normalize: str, eps: float, budget: int = 1 << 27) -> torch.Tensor:
+def _kernel_sums(pq, pk, v, transform: Callable, *, normalize: str, eps: float, cells: int,
+                 budget: int = 1 << 22) -> torch.Tensor:
+    """num_i = sum_l phi(q_i)_l [T (phi(K)_l o [V, 1])]_i for a linear map T over key tokens given as
+    `transform` ([.., N] -> [.., Nq], applied to every (feature, value column) at once), then the
+    normalization. Features go in groups whose largest buffer (`cells` elements per column) stays
+    within `budget` elements: small enough to stay in cache, which matters more on CPUs than the
+    number of calls."""
+    dtype = compute_dtype(v)
+    B, H, Nq, m = pq.shape
+    E = v.shape[-1]
+    ones = torch.ones(*v.shape[:-1], 1, dtype=dtype, device=v.device)
+    v1 = torch.cat([v.to(dtype), ones], -1).transpose(-1, -2)  # [B, H, E+1, N]
+    pq, pk = pq.to(dtype).permute(3, 0, 1, 2), pk.to(dtype).permute(3, 0, 1, 2)  # [m, B, H, tokens]
+    group = max(1, budget // max(1, B * H * (E + 1) * cells))
+    out = torch.zeros(B, H, E + 1, Nq, dtype=dtype, device=v.device)
+    for l0 in range(0, m, group):
+        y = transform(pk[l0:l0 + group, :, :, None, :] * v1)  # [ml, B, H, E+1, Nq]
+        out = out + (pq[l0:l0 + group, :, :, None, :] * y).sum(0)
+    out = out.transpose(-1, -2)
+    return _finish(out[..., :E], out[..., E], normalize, eps).to(v.dtype)
+
+
+def fft_length(n: int) -> int:
+    return 1 << math.ceil(math.log2(max(2, n)))
+
+
+def toeplitz_attention(pq, pk, v, f, *, normalize: str, eps: float) -> torch.Tensor:
     """num_i = sum_l phi(q_i)_l sum_j f(i - j) phi(k_j)_l [v_j, 1]: one linear convolution over tokens
-    per (feature, value column), by FFT on a zero-padded (circulant-embedded) length, tokens last so
-    every transform is contiguous; features go in groups so that no buffer exceeds `budget` elements.
+    per (feature, value column), by FFT on a zero-padded (circulant-embedded) length.
 
     f: [1|B, 1|H, Nq + N - 1] holding f(d) for d = -(N-1) .. Nq-1.
     """
-    dtype = compute_dtype(v)
-    B, H, Nq, m = pq.shape
-    N, E = pk.shape[2], v.shape[-1]
+    Nq, N = pq.shape[2], pk.shape[2]
     # outputs need g[n - j] for 0 <= n - j <= Nq + N - 2 only: a circular length >= Nq + N - 1 never wraps
-    n_fft = 1 << math.ceil(math.log2(max(2, Nq + N - 1)))
-    g = torch.fft.rfft(f.to(dtype), n=n_fft, dim=-1)[:, :, None, None, :]  # [.., .., 1, 1, F]
-    ones = torch.ones(*v.shape[:-1], 1, dtype=dtype, device=v.device)
-    v1 = torch.cat([v.to(dtype), ones], -1).transpose(-1, -2)  # [B, H, E+1, N]
-    pq, pk = pq.to(dtype), pk.to(dtype).transpose(-1, -2)  # pk: [B, H, m, N]
-    group = max(1, budget // max(1, B * H * (E + 1) * n_fft))
-    out = torch.zeros(B, H, Nq, E + 1, dtype=dtype, device=v.device)
-    for l0 in range(0, m, group):
-        u = pk[:, :, l0:l0 + group, None, :] * v1[:, :, None]  # [B, H, ml, E+1, N]
-        y = torch.fft.irfft(torch.fft.rfft(u, n=n_fft, dim=-1) * g, n=n_fft, dim=-1)[..., N - 1:N - 1 + Nq]
-        out = out + torch.einsum("bhqm,bhmeq->bhqe", pq[..., l0:l0 + group], y)
-    return _finish(out[..., :E], out[..., E], normalize, eps).to(v.dtype)
+    n_fft = fft_length(Nq + N - 1)
+    g = torch.fft.rfft(f.to(compute_dtype(v)), n=n_fft, dim=-1)[:, :, None, :]  # [1|B, 1|H, 1, F]
+
+    def convolve(u):
+        return torch.fft.irfft(torch.fft.rfft(u, n=n_fft, dim=-1) * g, n=n_fft, dim=-1)[..., N - 1:N - 1 + Nq]
+    return _kernel_sums(pq, pk, v, convolve, normalize=normalize, eps=eps, cells=n_fft)
+
+
+def offset_pairs(dr, dc, width):
+    """(i, j) with i // w - j // w = dr and i % w - j % w = dc, both columns inside [0, w)."""
+    return dr.clamp(min=0) * width + dc.clamp(min=0), (-dr).clamp(min=0) * width + (-dc).clamp(min=0)
+
+
+def ring_pairs(i, rho, width):
+    """(i, j) with j rho grid rows below i in the same column: Chebyshev and Manhattan distance rho."""
+    return i, i + rho * width
+
+
+def grid_offsets(nq: int, n: int, width: int, device=None):
+    """(dr [1, 1, Lr, 1], dc [1, 1, 1, Lc]): every offset between a query and a key cell of the grid,
+    dr in -(Rk-1) .. Rq-1, dc in -(w-1) .. w-1, for Rq, Rk = rows of Nq, N tokens."""
+    rq, rk = -(-nq // width), -(-n // width)
+    dr = torch.arange(-(rk - 1), rq, dtype=torch.int32, device=device).view(1, 1, -1, 1)
+    dc = torch.arange(-(width - 1), width, dtype=torch.int32, device=device).view(1, 1, 1, -1)
+    return dr, dc
+
+
+def grid_toeplitz_attention(pq, pk, v, f, width: int, *, normalize: str, eps: float) -> torch.Tensor:
+    """Tokens row-major on a grid of `width` columns, f(dr, dc) 2-level block Toeplitz: every T_f
+    product is a 2-D linear convolution of the key grid (zero-padded past N) with f, by 2-D FFT.
+
+    f: [1|B, 1|H, Rk + Rq - 1, 2 w - 1] holding f(dr, dc) on grid_offsets(Nq, N, w)."""
+    Nq, N = pq.shape[2], pk.shape[2]
+    rq, rk = -(-Nq // width), -(-N // width)
+    shape = (fft_length(rq + rk - 1), fft_length(2 * width - 1))
+    g = torch.fft.rfft2(f.to(compute_dtype(v)), s=shape)[:, :, None]  # [1|B, 1|H, 1, Fr, Fc]
+
+    def convolve(u):
+        grid = torch.nn.functional.pad(u, (0, rk * width - N)).unflatten(-1, (rk, width))
+        y = torch.fft.irfft2(torch.fft.rfft2(grid, s=shape) * g, s=shape)
+        return y[..., rk - 1:rk - 1 + rq, width - 1:2 * width - 1].flatten(-2)[..., :Nq]
+    return _kernel_sums(pq, pk, v, convolve, normalize=normalize, eps=eps, cells=shape[0] * shape[1])
+
+
+def ring_coordinates(t, width: int, metric: str):
+    """Token t -> (a, b) on the plane where the ring distance is Chebyshev: (row, column) itself, or
+    for Manhattan the rotated (r + c, r - c + w - 1), since |dr| + |dc| = max(|dr + dc|, |dr - dc|)."""
+    r, c = t // width, t % width
+    return (r, c) if metric == "chebyshev" else (r + c, r - c + width - 1)
+
+
+def ring_extent(nq: int, n: int, width: int, metric: str) -> int:
+    """The largest ring distance between a query and a key token."""
+    rows = max(-(-nq // width), -(-n // width)) - 1
+    return max(rows, width - 1) if metric == "chebyshev" else rows + width - 1
+
+
+def ring_attention(pq, pk, v, g, width: int, metric: str, *, normalize: str, eps: float) -> torch.Tensor:
+    """f(i, j) = g(i, rho(i, j)) with rho a ring distance on a grid of `width` columns (ripple):
+
+        sum_j g(i, rho) x_j = sum_{rho < T} (g(i, rho) - g(i, rho + 1)) box_i(rho) + g(i, T) total
+
+    with box_i(rho) = the keys within distance rho of i, four reads of a summed-area table, and
+    g(i, rho) = g(i, T) for rho >= T (the last column of g). O(N T m e) after an O(N m e) table.
+
+    g: [1|B, 1|H, Nq, T + 1] holding g(i, rho) for rho = 0 .. T."""
+    Nq, N = pq.shape[2], pk.shape[2]
+    device = v.device
+    a_k, b_k = ring_coordinates(torch.arange(N, device=device), width, metric)
+    rows, cols = (int(a_k.max()) + 1, int(b_k.max()) + 1) if metric == "chebyshev" else (-(-N // width) + width - 1,) * 2
+    cell = a_k * (cols + 1) + b_k + cols + 2  # (a + 1, b + 1) of the (rows + 1) x (cols + 1) table
+    a_q, b_q = ring_coordinates(torch.arange(Nq, device=device), width, metric)
+    g = g.to(compute_dtype(v))
+    T = g.shape[-1] - 1
+    weights = [(g[..., r] - g[..., r + 1]).unsqueeze(-2) for r in range(T)] + [g[..., T].unsqueeze(-2)]  # [.., 1, Nq]
+
+    def corner(a, b):
+        return a.clamp(0, rows) * (cols + 1) + b.clamp(0, cols)
+
+    def ring_sums(u):
+        table = u.new_zeros(*u.shape[:-1], (rows + 1) * (cols + 1)).index_copy(-1, cell, u)
+        table = table.unflatten(-1, (rows + 1, cols + 1)).cumsum(-2).cumsum(-1).flatten(-2)
+        y = weights[T] * table[..., -1:]  # every key, at the saturated weight
+        for r in range(T):
+            a0, a1, b0, b1 = a_q - r, a_q + r + 1, b_q - r, b_q + r + 1
+            box = (table[..., corner(a1, b1)] - table[..., corner(a0, b1)] - table[..., corner(a1, b0)]
+                   + table[..., corner(a0, b0)])
+            y = y + weights[r] * box
+        return y
+    return _kernel_sums(pq, pk, v, ring_sums, normalize=normalize, eps=eps, cells=(rows + 1) * (cols + 1) + Nq)
 
 
 class _RecomputeBackward(torch.autograd.Function):

@@ -51,10 +51,10 @@ def median_ms(fn, repeats: int = 5, warmup: int = 1, budget_s: float | None = No
 
 
 # ---------------------------------------------------------------------- compiled modules
-def instantiate(cls, *, heads: int, tokens: int, **kwargs):
-    """Cls(...) with the sizes a benchmark shape needs: H for specs whose tables are sized by it, and
-    any `max_*` size raised to cover `tokens` (relative-position tables such as toeplitz_linear's)."""
-    sizes = {"H": heads} if "H" in cls.NEEDS else {}
+def instantiate(cls, *, heads: int, tokens: int, dim: int = 64, **kwargs):
+    """Cls(...) with the sizes a benchmark shape needs: H (D) for specs whose tables (random features)
+    are sized by it, and any `max_*` size raised to cover `tokens` (relative-position tables)."""
+    sizes = {n: v for n, v in (("H", heads), ("D", dim)) if n in cls.NEEDS}
     for name, value in cls.SIZES.items():
         if name.startswith("max_") and value < tokens:
             sizes[name] = tokens

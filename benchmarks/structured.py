@@ -1,8 +1,9 @@
 """Issue 3's CPU measurements of structured masks (torch backend, B=1, H=4, d=64, fp32).
 
-- Toeplitz-modulated linear attention (examples/toeplitz_linear.attn): the `fft` lowering against
-  the dense float64 reference, naive dense fp32 (materialized weights) and `tiled`; the slope of
-  log(time) against log(N) for `fft` (N log N gives slightly above 1).
+- Toeplitz-modulated kernelized attention, examples/rpe_performer.attn (FAVOR+, m = 16 features, as
+  in the official Fast-Attention code) and examples/toeplitz_linear.attn (elu + 1, m = d = 64): the
+  `fft` lowering against the dense float64 reference, naive dense fp32 (materialized weights) and
+  `tiled`; the slope of log(time) against log(N) for `fft` from 1k to 32k (N log N: slightly above 1).
 - Hypercube (examples/hypercube.attn): the fraction of score tiles visited against
   (log2(N / 16) + 1) / (N / 16), counted from the cached layout, and the time of block_sparse vs tiled.
 
@@ -33,33 +34,42 @@ def timed(repeats: int, fn, *args) -> float:
 def naive_toeplitz(m, q, k, v) -> torch.Tensor:
     """Dense fp32: W = exp(rpe[i - j + max_len - 1]) o phi(Q) phi(K)^T, out = W V / rowsum."""
     n = q.shape[2]
-    phi = lambda x: torch.nn.functional.elu(x) + 1
+    pq, pk = m.featurize(q, k) if m.RANDOM_FEATURES else (torch.nn.functional.elu(x) + 1 for x in (q, k))
     d = torch.arange(n).view(-1, 1) - torch.arange(n).view(1, -1) + m.sizes["max_len"] - 1
-    w = (phi(q) @ phi(k).transpose(-1, -2)) * torch.exp(m.rpe.detach()[d.clamp(0, m.rpe.numel() - 1)])
+    w = (pq @ pk.transpose(-1, -2)) * torch.exp(m.rpe.detach()[d.clamp(0, m.rpe.numel() - 1)])
     return (w @ v) / (w.sum(-1, keepdim=True) + 1e-6)
 
 
-def toeplitz(sizes: list[int], ref_max: int, repeats: int) -> tuple[list, list]:
-    path = str(example_paths(["toeplitz_linear"])[0])
+def slope_of(sizes: list[int], times: list[float]) -> float:
+    """Least-squares slope of log(time) against log(N): N log N gives slightly above 1."""
+    xs, ys = [math.log(n) for n in sizes], [math.log(t) for t in times]
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / max(1e-12, sum((x - mean_x) ** 2 for x in xs))
+
+
+def toeplitz(name: str, sizes: list[int], dense_max: int, ref_max: int, repeats: int) -> tuple[list, list]:
+    path = str(example_paths([name])[0])
     fft_cls, tiled_cls = attncc.compile(path, lowering="fft"), attncc.compile(path, lowering="tiled")
     rows, fft_times = [], []
     for n in sizes:
-        fft_m = instantiate(fft_cls, heads=4, tokens=n, backend="torch")
-        tiled_m = instantiate(tiled_cls, heads=4, tokens=n, backend="torch")
-        tiled_m.load_state_dict(fft_m.state_dict())
+        fft_m = instantiate(fft_cls, heads=4, tokens=n, backend="torch").eval()
         q, k, v = qkv(1, 4, n, 64)
+        dense = n <= dense_max
         with torch.no_grad():
-            t_fft, t_tiled = timed(repeats, fft_m, q, k, v), timed(repeats, tiled_m, q, k, v)
-            t_naive = timed(repeats, naive_toeplitz, fft_m, q, k, v)
+            t_fft = timed(repeats, fft_m, q, k, v)
+            if dense:
+                tiled_m = instantiate(tiled_cls, heads=4, tokens=n, backend="torch").eval()
+                tiled_m.load_state_dict(fft_m.state_dict())
+                t_tiled, t_naive = timed(repeats, tiled_m, q, k, v), timed(repeats, naive_toeplitz, fft_m, q, k, v)
             t_ref = median_ms(partial(fft_m.reference, q, k, v), 1, warmup=0) if n <= ref_max else None
             err = float((fft_m(q, k, v).double() - fft_m.reference(q, k, v)).abs().max()) if n <= ref_max else None
         fft_times.append(t_fft)
-        rows.append([n, fmt(t_fft), fmt(t_tiled), fmt(t_naive), fmt(t_ref) if t_ref else "skipped",
-                     fmt(t_ref / t_fft) if t_ref else "-", fmt(t_naive / t_fft), f"{err:.1e}" if err is not None else "-"])
-    xs, ys = [math.log(n) for n in sizes], [math.log(t) for t in fft_times]
-    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / max(1e-12, sum((x - mean_x) ** 2 for x in xs))
-    return rows, [["fft: slope of log time vs log N", fmt(slope)]]
+        skip = "skipped"
+        rows.append([n, fmt(t_fft), fmt(t_tiled) if dense else skip, fmt(t_naive) if dense else skip,
+                     fmt(t_ref) if t_ref else skip, fmt(t_ref / t_fft) if t_ref else "-",
+                     fmt(t_naive / t_fft) if dense else "-", f"{err:.1e}" if err is not None else "-"])
+    return rows, [[f"{name} fft: slope of log time vs log N, N = {sizes[0]} .. {sizes[-1]}",
+                   fmt(slope_of(sizes, fft_times))]]
 
 
 def hypercube(sizes: list[int], repeats: int) -> list:
@@ -83,19 +93,24 @@ def hypercube(sizes: list[int], repeats: int) -> list:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=parse_ints, default=[1024, 2048, 4096, 8192])
+    parser.add_argument("--fft-sizes", type=parse_ints, default=[1024, 2048, 4096, 8192, 16384, 32768],
+                        help="N for the FFT lowering (dense baselines stop at --dense-max)")
+    parser.add_argument("--dense-max", type=int, default=8192, help="largest N for tiled and naive fp32")
     parser.add_argument("--ref-max", type=int, default=8192, help="largest N for the float64 dense reference")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    t_rows, slope = toeplitz(args.sizes, args.ref_max, args.repeats)
     t_head = ["N", "fft ms", "tiled ms", "naive fp32 ms", "reference f64 ms", "x reference", "x naive", "fft error"]
+    results, tables, slopes = {}, [], []
+    for name in ("rpe_performer", "toeplitz_linear"):
+        rows, slope = toeplitz(name, args.fft_sizes, args.dense_max, args.ref_max, args.repeats)
+        results[name], slopes = rows, slopes + slope
+        tables.append((f"{name} (B=1, H=4, d=64, fp32)", t_head, rows))
     h_rows = hypercube(args.sizes, args.repeats)
     h_head = ["N", "tile", "tiles visited", "(log2(N/16)+1)/(N/16)", "block_sparse ms", "tiled ms", "x tiled"]
-    print_table("toeplitz_linear (B=1, H=4, d=64, fp32)", t_head, t_rows)
-    print_table("fft scaling", ["fit", "value"], slope)
-    print_table("hypercube (B=1, H=4, d=64, fp32)", h_head, h_rows)
-    write_results(RESULTS / "structured.json", {"toeplitz": t_rows, "fft_slope": slope, "hypercube": h_rows},
-                  [("toeplitz_linear", t_head, t_rows), ("fft scaling", ["fit", "value"], slope),
-                   ("hypercube", h_head, h_rows)])
+    tables += [("fft scaling", ["fit", "value"], slopes), ("hypercube (B=1, H=4, d=64, fp32)", h_head, h_rows)]
+    for title, head, rows in tables:
+        print_table(title, head, rows)
+    write_results(RESULTS / "structured.json", {**results, "fft_slope": slopes, "hypercube": h_rows}, tables)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from ..expr import TExpr, fmt
 from ..features import FEATURE_MAPS
 from ..ir import Graph, expr_of
 from ..select import Plan
-from .exprs import TorchExpr, band_bounds, name_dots
+from .exprs import TorchExpr, band_bounds, name_dots, py_size_expr
 from .writer import CodeWriter
 
 
@@ -111,6 +111,8 @@ def emit_linear(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) -> N
             w.line("h = torch.arange(ctx.H, dtype=torch.int32).view(1, ctx.H, 1, 1)")
             w.line(f"return rt.toeplitz_row({ex(f)}, ctx.Nq + ctx.N - 1)")
         w.line()
+    if plan.lowering in ("fft2", "rings"):
+        emit_grid_factor(w, plan, expr_of(graph, ops[2]))
     modulated, decayed = plan.attrs.get("modulated"), plan.attrs.get("decayed")
     factors = [("modulation", "factor of the kernel with no i, j", ops[2])] if modulated else []
     factors += [("decay", "per-step decay gamma of M = A gamma^(i - j)", ops[3])] if decayed else []
@@ -129,11 +131,51 @@ def emit_linear(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) -> N
         if plan.lowering == "fft":
             w.line("# the convolution runs as torch.fft (cuFFT / pocketfft)")
             w.line(f"return rt.toeplitz_attention(pq, pk, v, toeplitz_f(ctx).to(q.device), {common})")
+        elif plan.lowering == "fft2":
+            w.line("# the 2-D convolutions run as torch.fft.rfft2 (cuFFT / pocketfft)")
+            w.line(f"return rt.grid_toeplitz_attention(pq, pk, v, grid_f(ctx).to(q.device), grid_width(ctx), {common})")
+        elif plan.lowering == "rings":
+            metric = plan.attrs["grid"].metric
+            w.line(f"return rt.ring_attention(pq, pk, v, ring_g(ctx).to(q.device), grid_width(ctx), {metric!r}, {common})")
         else:
             fn = "causal_linear_attention" if plan.lowering == "linear_chunked" else "linear_attention"
             mod = "modulation(ctx).to(q.device)" if modulated else "None"
             dec = ", decay=decay(ctx).to(q.device)" if decayed else ""
             w.line(f"return rt.{fn}(pq, pk, v, modulation={mod}{dec}, {common})")
+
+
+def emit_grid_factor(w: CodeWriter, plan: Plan, f: TExpr) -> None:
+    """grid_width(ctx), and f at one representative (i, j) per offset (fft2) or per (query, ring) (rings)."""
+    form, ex = plan.attrs["grid"], TorchExpr()
+    with w.block("def grid_width(ctx):"):
+        w.line(f'"""Tokens lie row-major on a grid of this many columns: {form.describe()}."""')
+        w.line(f"width = int({ex(form.width)})")
+        w.line("if width < 1:")
+        w.line("    raise ValueError(f'grid width must be >= 1, got {width}')")
+        w.line("return width")
+    w.line()
+    if plan.lowering == "fft2":
+        with w.block("def grid_f(ctx):"):
+            w.line(f'"""f(dr, dc) on every grid offset: {fmt(f)}"""')
+            w.line("width = grid_width(ctx)")
+            w.line("dr, dc = rt.grid_offsets(ctx.Nq, ctx.N, width)")
+            w.line("i, j = rt.offset_pairs(dr, dc, width)")
+            w.line("h = torch.arange(ctx.H, dtype=torch.int32).view(1, ctx.H, 1, 1)")
+            w.line(f"return rt.as_4d({ex(f)}).expand(-1, -1, dr.shape[2], dc.shape[3])")
+        w.line()
+        return
+    with w.block("def ring_g(ctx):"):
+        w.line(f'"""g(i, rho) for rho = 0 .. T, past which rings share ring T\'s weight: {fmt(f)}"""')
+        w.line("width = grid_width(ctx)")
+        w.line(f"T = rt.ring_extent(ctx.Nq, ctx.N, width, {form.metric!r})")
+        if form.saturation is not None:
+            w.line(f"T = max(0, min(T, {py_size_expr(form.saturation)}))  # proven saturation")
+        w.line("i = torch.arange(ctx.Nq, dtype=torch.int32).view(1, 1, -1, 1)")
+        w.line("rho = torch.arange(T + 1, dtype=torch.int32).view(1, 1, 1, -1)")
+        w.line("i, j = rt.ring_pairs(i, rho, width)")
+        w.line("h = torch.arange(ctx.H, dtype=torch.int32).view(1, ctx.H, 1, 1)")
+        w.line(f"return rt.as_4d({ex(f)}).expand(-1, -1, ctx.Nq, T + 1)")
+    w.line()
 
 
 def emit_torch(spec: CheckedSpec, plan: Plan, graph: Graph) -> str:

@@ -22,6 +22,8 @@ from .exprs import TritonExpr, band_bounds, key, name_dots
 from .writer import CodeWriter
 
 BIG = 1 << 30
+TORCH_ONLY = {"fft": "the FFT convolution (torch.fft)", "fft2": "the 2-D FFT convolution (torch.fft.rfft2)",
+              "rings": "the summed-area tables and their box reads"}
 
 HELPERS = {
     "_floordiv": '''@triton.jit
@@ -430,12 +432,12 @@ from attncc import torch_algorithms as rt
 def emit_triton(spec: CheckedSpec, plan: Plan, graph: Graph) -> tuple[str, str]:
     """(kernels and launchers, description of the Triton lowering)."""
     w = CodeWriter()
-    if plan.lowering == "fft":
-        w.line("# No Triton kernel for this lowering: the FFT convolution runs through torch.fft (cuFFT on GPU),")
-        w.line("# exactly as in the torch backend.")
+    if plan.lowering in TORCH_ONLY:
+        w.line(f"# No Triton kernel for this lowering: {TORCH_ONLY[plan.lowering]} runs through torch")
+        w.line("# (cuFFT / cumsum and gathers on GPU), exactly as in the torch backend.")
         with w.block("def forward_triton(self, q, k, v, ctx, host):"):
             w.line("return host.forward_torch(self, q, k, v, ctx)")
-        return w.text(), "fft via torch.fft (no Triton kernel)"
+        return w.text(), f"{plan.lowering} via torch ({TORCH_ONLY[plan.lowering]}; no Triton kernel)"
     if plan.lowering in ("tiled", "block_sparse"):
         exprs = [spec.logits if spec.normalize == "softmax" else spec.weight, spec.mask]
         dims = {n: len(p.shape) for n, p in spec.params.items()}

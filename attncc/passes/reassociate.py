@@ -1,15 +1,21 @@
 """Reassociation of kernelized attention into linear form."""
 from __future__ import annotations
 
-from ..expr import FLOAT, TExpr, fmt
+from ..expr import FLOAT, TExpr, const, fmt
 from ..ir import Graph, expr_of
 from ..lower import ExprBuilder
 from ..source import AttnccError
+from ..grid import classify_grid, grid_holds
 from ..structure import classify_modulation, decay_form, decay_holds, structure_holds
 
 
 def _factors(t: TExpr) -> list[TExpr]:
-    return _factors(t.args[0]) + _factors(t.args[1]) if t.op == "mul" else [t]
+    """The factors of a product; a division by a dot-free term is a factor 1 / term."""
+    if t.op == "mul":
+        return _factors(t.args[0]) + _factors(t.args[1])
+    if t.op == "div" and not t.args[1].uses("dot"):
+        return _factors(t.args[0]) + [TExpr("div", (const(1.0), t.args[1]), None, FLOAT)]
+    return [t]
 
 
 def split_kernel(weight: TExpr) -> tuple[TExpr, TExpr | None] | None:
@@ -25,6 +31,14 @@ def split_kernel(weight: TExpr) -> tuple[TExpr, TExpr | None] | None:
     return dots[0], modulation
 
 
+def _kernel_factor(graph: Graph, node, ops, modulation: TExpr | None) -> TExpr:
+    """f(i, j) = where(mask, M, 0): the whole non-kernel factor of W."""
+    f = modulation if modulation is not None else TExpr("const", (), 1.0, FLOAT)
+    if node.attr("masked"):
+        f = TExpr("call", (expr_of(graph, ops[1]), f, TExpr("const", (), 0.0, FLOAT)), "where", FLOAT)
+    return f
+
+
 def reassociate_kernel(graph: Graph, ctx) -> None:
     """Kernelized attention with W = (phi(Q) psi(K)^T) o M o mask:
 
@@ -35,6 +49,10 @@ def reassociate_kernel(graph: Graph, ctx) -> None:
                                                                                     -> linear_attend {decayed}
       M o mask Toeplitz: (M o phi(Q) psi(K)^T) V = sum_l diag(phi(Q)_l) T_f diag(psi(K)_l) V with
                          f(i - j) = where(mask, M, 0), each T_f product a convolution (FFT) -> toeplitz_attend
+      f = where(mask, M, 0) on a grid of width w (r = t // w, c = t % w):
+        f = g(dr, dc):           the same sum with T_f 2-level block Toeplitz: 2-D convolutions (FFT)
+        f = g(i, rho(dr, dc)):   sum over rings rho of g(i, rho) (box(rho) - box(rho - 1)), each box
+                                 of phi(K)_l [V, 1] four summed-area-table reads  -> grid_attend {grid}
     A scalar M (no i, j) stays as the `modulation` operand. Anything else stays a quadratic attend.
     """
     for nid in graph.find("attend"):
@@ -73,12 +91,17 @@ def reassociate_kernel(graph: Graph, ctx) -> None:
             ctx.note("reassociate_kernel", f"kernelized with a decay {fmt(gamma)}^(i - j) on j <= i: the "
                      "recurrence S_t = gamma S_(t-1) + phi(k_t) v_t^T in chunks, O(N m e)")
         elif mod_structure.is_toeplitz and mask_structure.is_toeplitz:
-            f = modulation if modulation is not None else TExpr("const", (), 1.0, FLOAT)
-            if node.attr("masked"):
-                f = TExpr("call", (expr_of(graph, ops[1]), f, TExpr("const", (), 0.0, FLOAT)), "where", FLOAT)
+            f = _kernel_factor(graph, node, ops, modulation)
             new = graph.add("toeplitz_attend", [phi_q, phi_k, build.add(f), ops[-1]], **common)
             ctx.note("reassociate_kernel", "kernelized with a Toeplitz mask/modulation f(i - j): "
                      "sum_l diag(phi(Q)_l) T_f diag(phi(K)_l) V by FFT, O(N m e log N)")
+        elif (form := classify_grid(f := _kernel_factor(graph, node, ops, modulation), ctx.spec, ctx.symbols)):
+            if not grid_holds(f, form, ctx.spec):
+                raise AttnccError(f"internal error: grid form `{form.describe()}` failed its sampled check; "
+                                  "please report this spec")
+            new = graph.add("grid_attend", [phi_q, phi_k, build.add(f), ops[-1]], grid=form, **common)
+            ctx.note("reassociate_kernel", f"kernelized with a grid mask/modulation: {form.describe()} "
+                     f"({form.reason})")
         else:
             ctx.note("reassociate_kernel", f"modulation is {mod_structure.describe()}, mask is "
                      f"{mask_structure.describe()}: stays quadratic")
