@@ -91,7 +91,7 @@ def _saturation(g, spec, symbols):
         return x.func(*args)
 
     def cut_where(x):
-        if len(x.args) != 2 or x.args[1][0] != 0:
+        if len(x.args) != 2 or not x.args[1][0].is_zero:
             return x
         value, cond = x.args[0]
         if isinstance(cond, (sympy.Le, sympy.Lt)) and cond.lhs == RHO and not cond.rhs.has(RHO):

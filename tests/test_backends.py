@@ -38,6 +38,8 @@ KERNELIZED = {
     "retention": ["tiled", "linear_chunked"],
     "performer": ["tiled", "linear"],
     "rpe_performer": ["tiled", "fft"],
+    "grid_rpe": ["tiled", "fft2"],
+    "ripple": ["tiled", "fft2", "rings"],
 }
 
 
