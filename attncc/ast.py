@@ -89,6 +89,7 @@ class InputDecl(Stmt):
     dims: tuple[Expr, ...]
     dtype: str | None
     dtype_span: Span | None
+    source: Expr | None = None  # a graph kernel of another input: `= diffusion(adj, t=0.5)`
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,8 @@ def format_stmt(s: Stmt) -> str:
         return f"param {s.name}[{', '.join(map(format_expr, s.shape))}]{init}"
     if isinstance(s, InputDecl):
         dtype = f" : {s.dtype}" if s.dtype else ""
-        return f"input {s.name}[{', '.join(map(format_expr, s.dims))}]{dtype}"
+        source = f" = {format_expr(s.source)}" if s.source is not None else ""
+        return f"input {s.name}[{', '.join(map(format_expr, s.dims))}]{dtype}{source}"
     if isinstance(s, FeatureDecl):
         return f"feature {s.name} = {s.fn}({_call_args(s.args, s.kwargs)})"
     if isinstance(s, Def):

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import ast
-from .expr import BOOL, FLOAT, FUNCTIONS, INT, RUNTIME_SIZES, VEC, TExpr
+from .expr import BOOL, FLOAT, FUNCTIONS, INT, RUNTIME_SIZES, VEC, TExpr, fmt
 from .features import ALL_MAPS, RANDOM_MAPS
+from .graphs import GRAPH_KERNELS
 from .runtime import RESERVED_ATTRIBUTES
 from .source import DiagnosticBag, Source, Span, did_you_mean
 from .typecheck import ExprTyper
@@ -43,6 +44,19 @@ class InputInfo:
     dims: tuple[TExpr, ...]
     dtype: str
     span: Span
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    """An input computed from another: a graph kernel of an adjacency input (see graphs.py)."""
+    name: str
+    kind: str
+    adjacency: str
+    kwargs: tuple[tuple[str, float], ...]
+
+    @property
+    def options(self) -> dict:
+        return dict(self.kwargs)
 
 
 @dataclass(frozen=True)
@@ -81,6 +95,7 @@ class CheckedSpec:
     spans: dict[str, Span] = field(default_factory=dict)
     derived: dict[str, TExpr] = field(default_factory=dict)
     divisors: tuple[TExpr, ...] = ()
+    graphs: dict[str, GraphInfo] = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
@@ -97,6 +112,7 @@ class _Checker(ExprTyper):
         self.params: dict[str, ParamInfo] = {}
         self.inputs: dict[str, InputInfo] = {}
         self.features: dict[str, FeatureInfo] = {}
+        self.graphs: dict[str, GraphInfo] = {}
         self.defs: dict[str, ast.Def] = {}
         self.normalize: ast.Normalize | None = None
         self.index_names: tuple[str, str] = ("i", "j")
@@ -159,8 +175,44 @@ class _Checker(ExprTyper):
             self.bag.error(f"unknown input type `{dtype}`", s.dtype_span,
                            did_you_mean(dtype, INPUT_DTYPES) or "use int, float or bool")
             dtype = "float"
+        if s.source is not None:
+            if not self._graph(s, dims, dtype):
+                return
         if all(d is not None for d in dims):
             self.inputs[s.name] = InputInfo(s.name, dims, dtype, s.span)
+
+    def _graph(self, s: ast.InputDecl, dims, dtype: str) -> bool:
+        """`input G[N, N] = KERNEL(adj, ...)`: a graph kernel of a declared [N, N] input."""
+        src = s.source
+        if not isinstance(src, ast.Call) or src.fn not in GRAPH_KERNELS:
+            name = src.fn if isinstance(src, ast.Call) else ast.format_expr(src)
+            self.bag.error(f"`{name}` is not a graph kernel", src.span,
+                           did_you_mean(name, GRAPH_KERNELS) or f"use one of {', '.join(GRAPH_KERNELS)}, "
+                           "e.g. `input G[N, N] = diffusion(adj, t=0.5)`")
+            return False
+        square = lambda ds: [fmt(d) if d is not None else "?" for d in ds] == ["N", "N"]
+        if not square(dims) or (s.dtype is not None and dtype != "float"):
+            self.bag.error(f"a graph kernel is a float input of shape [N, N]", s.name_span,
+                           f"declare `input {s.name}[N, N] = {src.fn}(...)`")
+            return False
+        if len(src.args) != 1 or not isinstance(src.args[0], ast.Name):
+            self.bag.error(f"`{src.fn}` takes the adjacency input as its one positional argument", src.span,
+                           f"write `{src.fn}(adj, ...)` with `input adj[N, N]` declared above")
+            return False
+        adj = self.inputs.get(src.args[0].id)
+        if adj is None or not square(adj.dims) or src.args[0].id in self.graphs:
+            self.bag.error(f"`{src.args[0].id}` is not an adjacency input declared above", src.args[0].span,
+                           f"declare `input {src.args[0].id}[N, N]` (float or bool) before `{s.name}`")
+            return False
+        opts = self._options((), src.kwargs, GRAPH_KERNELS[src.fn], f"graph kernel `{src.fn}`", src.fn_span)
+        if opts is None:
+            return False
+        steps = dict(opts).get("steps")
+        if steps is not None and (steps != int(steps) or not 0 <= steps <= 64):
+            self.bag.error(f"`steps` must be a whole number in 0 .. 64, got {steps}", src.span)
+            return False
+        self.graphs[s.name] = GraphInfo(s.name, src.fn, adj.name, opts)
+        return True
 
     def _FeatureDecl(self, s: ast.FeatureDecl):
         fmap = ALL_MAPS.get(s.fn)
@@ -334,7 +386,7 @@ class _Checker(ExprTyper):
         spans = {kind: d.span for kind, d in self.defs.items()}
         return CheckedSpec(self.spec.name, self.src, dict(self.sizes), self.params, self.inputs, self.features,
                            norm, float(eps), logits, weight, mask, spans, dict(self.derived),
-                           tuple(dict.fromkeys(self.divisors)))
+                           tuple(dict.fromkeys(self.divisors)), dict(self.graphs))
 
     def _check_random_features(self, scores: TExpr | None) -> None:
         """A random-feature map replaces q and k by their features before any kernel runs, so when

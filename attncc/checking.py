@@ -39,9 +39,13 @@ def random_inputs(cls, batch: int, heads: int, nq: int, nk: int, dim: int, dim_v
     v = torch.randn(batch, heads, nk, dim_v, generator=g, dtype=torch.float64)
     sizes = {**cls.SIZES, "N": nk, "Nq": nq, "H": heads, "D": dim, "E": dim_v}
     inputs = {}
+    adjacencies = {adj for _, adj, _ in cls.GRAPHS.values()}
     for name, spec in cls.INPUTS.items():
         shape = (batch, *(int(d) for d in spec.dims(sizes)))
-        if spec.dtype == "int":
+        if name in adjacencies:  # a graph: sparse, symmetric, 0/1
+            edges = torch.rand(shape, generator=g) < 0.15
+            inputs[name] = (edges | edges.transpose(-1, -2)).to(torch.float32 if spec.dtype == "float" else torch.bool)
+        elif spec.dtype == "int":
             inputs[name] = torch.sort(torch.randint(0, 3, shape, generator=g), dim=-1).values
         elif spec.dtype == "bool":
             inputs[name] = torch.rand(shape, generator=g) > 0.5

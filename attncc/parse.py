@@ -68,7 +68,7 @@ class _ToAst(Transformer):
         dtype = c[2]
         return ast.InputDecl(self._s(meta), str(c[0]), self._s(c[0]), tuple(c[1]),
                              str(dtype) if dtype is not None else None,
-                             self._s(dtype) if dtype is not None else None)
+                             self._s(dtype) if dtype is not None else None, c[3])
 
     def feature_decl(self, meta, c):
         args, kwargs = c[2] if c[2] is not None else ((), ())

@@ -21,6 +21,7 @@ from torch import nn
 
 from .source import AttnccError, ShapeError, did_you_mean
 from .features import draw_projection, random_features
+from .graphs import dense_kernel
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 LAYOUT_CACHE = 16  # block-sparse layouts kept per module (one per length and sizes)
@@ -99,6 +100,7 @@ class CompiledAttention(nn.Module):
     PARAMS: dict = {}
     INPUTS: dict = {}
     NEEDS: tuple = ()
+    GRAPHS: dict = {}  # name -> (kernel, adjacency input, options): inputs computed from inputs
     RANDOM_FEATURES: dict = {}  # name -> (map, options): projections held in the `random_features` buffers
     TRITON_LOWERING = ""
     checked = None  # the CheckedSpec, attached by attncc.compile (for .reference)
@@ -229,10 +231,13 @@ class CompiledAttention(nn.Module):
             if spec.dtype in ("int", "bool") and t.is_floating_point():
                 raise ShapeError(f"{self.SPEC_NAME}: input `{name}` must be {spec.dtype}, got {t.dtype}")
             checked[name] = t.int() if spec.dtype == "int" else t.bool() if spec.dtype == "bool" else t.float()
+        dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+        if self.LOWERING != "graph":  # lowerings that read G[i, j] as a table get it materialized
+            for name, (kind, adj, opts) in self.GRAPHS.items():
+                checked[name] = dense_kernel(kind, checked[adj].double(), opts).to(dtype)
         params = self.params_dict()
         if q.dtype == torch.float64:  # tables join the computation at its precision
             params = {n: p.double() for n, p in params.items()}
-        dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
         return Context(self.sizes, params, checked, **dims, dtype=dtype)
 
     def resolve_backend(self, q: torch.Tensor) -> str:
@@ -302,8 +307,11 @@ class CompiledAttention(nn.Module):
 
     def _dense(self, q, k, v, ctx: Context) -> torch.Tensor:
         from .dense import dense_attention
+        inputs = dict(ctx.inputs)
+        for name, (kind, adj, opts) in self.GRAPHS.items():
+            inputs[name] = dense_kernel(kind, inputs[adj].double(), opts)
         return dense_attention(self.checked, q, k, v, {n: p.detach() for n, p in ctx.params.items()},
-                               ctx.inputs, self.sizes, self.projections())
+                               inputs, self.sizes, self.projections())
 
     def forward_torch(self, q, k, v, ctx):  # pragma: no cover - replaced by generated code
         raise NotImplementedError

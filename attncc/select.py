@@ -19,7 +19,9 @@ from .structure import Structure
 DESIGN_SIZES = {"B": 1, "H": 8, "Nq": 4096, "N": 4096, "D": 64, "E": 64}
 BLOCK = 64  # tile edge assumed by the cost model
 CHUNK = 64  # chunk length of causal linear attention
-LOWERINGS = ("tiled", "block_sparse", "linear", "linear_chunked", "fft", "fft2", "rings")
+LOWERINGS = ("tiled", "block_sparse", "linear", "linear_chunked", "fft", "fft2", "rings", "graph")
+GRAPH_DEGREE = 16  # edges per token assumed by the cost model (the graph is a call-time input)
+GRAPH_PRODUCTS = 12  # products with A per application of exp(t A) (a Taylor series; walks: its steps)
 # The reference machine of the roofline: an H100's dense fp16/bf16 tensor-core rate with fp32
 # accumulation (about a third of its peak, what attention kernels reach) and its memory bandwidth.
 MACHINE = {"flops_per_s": 300e12, "bytes_per_s": 3.0e12}
@@ -92,6 +94,14 @@ def candidates(op: str, attrs: dict, mask: Structure, sizes: dict) -> list[Candi
         out.append(Candidate("fft", B * H * D * (E + 1) * 5 * length * sympy.log(length, 2) + 4 * B * H * Nq * D * E,
                              bytes_io + 4 * B * H * length * D * (E + 1) * 3,
                              "circulant embedding, one FFT convolution per feature and value column"))
+    if op == "graph_attend":  # the table lowerings first form G = kernel(A): dense N x N products
+        out[0] = Candidate("tiled", out[0].flops + B * 2 * N ** 3 * (attrs["graph_steps"] or GRAPH_PRODUCTS),
+                           out[0].bytes + 4 * B * N * N * 3, out[0].note + "; G = kernel(A) formed densely first")
+        nnz, products = N * GRAPH_DEGREE, attrs["graph_steps"] or GRAPH_PRODUCTS
+        out.append(Candidate("graph", B * H * D * (E + 1) * products * 2 * nnz + 2 * B * H * Nq * D * E,
+                             bytes_io + products * (8 * nnz + 8 * B * H * N * D * (E + 1)),
+                             f"{products} products with the adjacency ({GRAPH_DEGREE} edges per token assumed; "
+                             f"CSR when sparse), G = kernel(A) never formed"))
     if op == "grid_attend":
         out += grid_candidates(attrs["grid"], sizes)
     return out

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from .blocks import within_band  # noqa: F401  (re-exported for generated code)
 from .evaluate import floordiv, floormod, input_lookup, lookup, popcount  # noqa: F401  (re-exported for generated code)
+from .source import ShapeError
 
 QUERY_CHUNK = 256
 LINEAR_CHUNK = 64
@@ -259,6 +260,17 @@ def toeplitz_attention(pq, pk, v, f, *, normalize: str, eps: float) -> torch.Ten
     def convolve(u):
         return torch.fft.irfft(torch.fft.rfft(u, n=n_fft, dim=-1) * g, n=n_fft, dim=-1)[..., N - 1:N - 1 + Nq]
     return _kernel_sums(pq, pk, v, convolve, normalize=normalize, eps=eps, cells=n_fft)
+
+
+def graph_attention(pq, pk, v, adj, kind: str, options: dict, *, normalize: str, eps: float) -> torch.Tensor:
+    """W = G o phi(Q) phi(K)^T for a graph kernel G of adj (attncc.graphs): the m (e + 1) products
+    G (phi(K)_l o [V, 1]) go through products with adj (sparse when adj is), G is never formed."""
+    from .graphs import graph_attention_transform
+    if pq.shape[2] != pk.shape[2]:
+        raise ShapeError(f"a graph kernel relates tokens to tokens: queries ({pq.shape[2]}) and keys "
+                         f"({pk.shape[2]}) must be the same tokens")
+    return _kernel_sums(pq, pk, v, graph_attention_transform(kind, adj, options), normalize=normalize, eps=eps,
+                        cells=pk.shape[2])
 
 
 def offset_pairs(dr, dc, width):

@@ -60,6 +60,8 @@ def module_class(spec: CheckedSpec, plan: Plan, spec_hash: str, triton_lowering:
         w.line("DERIVED = {" + ", ".join(f"{key(n)}: lambda s: {shape(t)}" for n, t in spec.derived.items()) + "}")
         w.line("DIVISORS = (" + "".join(f"lambda s: {shape(t)}, " for t in spec.divisors) + ")")
         w.line(f"NEEDS = ({''.join(f'{key(n)}, ' for n in needs)})")
+        w.line("GRAPHS = {" + ", ".join(f"{key(g.name)}: ({key(g.kind)}, {key(g.adjacency)}, {g.options!r})"
+                                        for g in spec.graphs.values()) + "}")
         w.line("RANDOM_FEATURES = {" + ", ".join(f"{key(phi.name)}: ({key(phi.fn)}, {phi.options!r})"
                                                  for phi in randoms) + "}")
         with w.block("PARAMS = {"):
@@ -70,6 +72,8 @@ def module_class(spec: CheckedSpec, plan: Plan, spec_hash: str, triton_lowering:
         w.line("}")
         with w.block("INPUTS = {"):
             for i in spec.inputs.values():
+                if i.name in spec.graphs:
+                    continue
                 dims = "".join(f"{shape(d)}, " for d in i.dims)
                 w.line(f"{key(i.name)}: InputSpec(lambda s: ({dims}), {i.dtype!r}),")
         w.line("}")

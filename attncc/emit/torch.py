@@ -7,7 +7,7 @@ from ..expr import TExpr, fmt
 from ..features import FEATURE_MAPS
 from ..ir import Graph, expr_of
 from ..select import Plan
-from .exprs import TorchExpr, band_bounds, name_dots, py_size_expr
+from .exprs import TorchExpr, band_bounds, key, name_dots, py_size_expr
 from .writer import CodeWriter
 
 
@@ -131,6 +131,11 @@ def emit_linear(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) -> N
         if plan.lowering == "fft":
             w.line("# the convolution runs as torch.fft (cuFFT / pocketfft)")
             w.line(f"return rt.toeplitz_attention(pq, pk, v, toeplitz_f(ctx).to(q.device), {common})")
+        elif plan.lowering == "graph":
+            g = spec.graphs[plan.attrs["graph"]]
+            w.line(f"# G = {g.kind}({g.adjacency}) applied through products with {g.adjacency} (torch.sparse when sparse)")
+            w.line(f"return rt.graph_attention(pq, pk, v, ctx.inputs[{key(g.adjacency)}], {key(g.kind)}, "
+                   f"{g.options!r}, {common})")
         elif plan.lowering == "fft2":
             w.line("# the 2-D convolutions run as torch.fft.rfft2 (cuFFT / pocketfft)")
             w.line(f"return rt.grid_toeplitz_attention(pq, pk, v, grid_f(ctx).to(q.device), grid_width(ctx), {common})")

@@ -31,6 +31,14 @@ def split_kernel(weight: TExpr) -> tuple[TExpr, TExpr | None] | None:
     return dots[0], modulation
 
 
+def _graph_lookup(m: TExpr | None, spec) -> str | None:
+    """M = G[i, j] for a graph kernel G of the spec: its name."""
+    if m is not None and m.op == "input" and m.value in spec.graphs and \
+            [a.op for a in m.args] == ["var", "var"] and [a.value for a in m.args] == ["i", "j"]:
+        return m.value
+    return None
+
+
 def _kernel_factor(graph: Graph, node, ops, modulation: TExpr | None) -> TExpr:
     """f(i, j) = where(mask, M, 0): the whole non-kernel factor of W."""
     f = modulation if modulation is not None else TExpr("const", (), 1.0, FLOAT)
@@ -53,6 +61,8 @@ def reassociate_kernel(graph: Graph, ctx) -> None:
         f = g(dr, dc):           the same sum with T_f 2-level block Toeplitz: 2-D convolutions (FFT)
         f = g(i, rho(dr, dc)):   sum over rings rho of g(i, rho) (box(rho) - box(rho - 1)), each box
                                  of phi(K)_l [V, 1] four summed-area-table reads  -> grid_attend {grid}
+      M = G[i, j], G a graph kernel of an adjacency A (no mask): each G product through products with
+                         A (sparse when A is), G never formed                     -> graph_attend {graph}
     A scalar M (no i, j) stays as the `modulation` operand. Anything else stays a quadratic attend.
     """
     for nid in graph.find("attend"):
@@ -90,6 +100,12 @@ def reassociate_kernel(graph: Graph, ctx) -> None:
                             causal=True, modulated=True, decayed=True, **common)
             ctx.note("reassociate_kernel", f"kernelized with a decay {fmt(gamma)}^(i - j) on j <= i: the "
                      "recurrence S_t = gamma S_(t-1) + phi(k_t) v_t^T in chunks, O(N m e)")
+        elif (graph_name := _graph_lookup(modulation, ctx.spec)) and not node.attr("masked"):
+            g = ctx.spec.graphs[graph_name]
+            new = graph.add("graph_attend", [phi_q, phi_k, ops[-1]], graph=graph_name,
+                            graph_steps=int(g.options["steps"]) if g.kind == "walks" else None, **common)
+            ctx.note("reassociate_kernel", f"kernelized with the graph kernel {graph_name} = {g.kind}({g.adjacency}): "
+                     f"sum_l diag(phi(Q)_l) G diag(phi(K)_l) V through products with {g.adjacency}, G never formed")
         elif mod_structure.is_toeplitz and mask_structure.is_toeplitz:
             f = _kernel_factor(graph, node, ops, modulation)
             new = graph.add("toeplitz_attend", [phi_q, phi_k, build.add(f), ops[-1]], **common)
