@@ -192,7 +192,7 @@ class _Checker(ExprTyper):
             return False
         square = lambda ds: [fmt(d) if d is not None else "?" for d in ds] == ["N", "N"]
         if not square(dims) or (s.dtype is not None and dtype != "float"):
-            self.bag.error(f"a graph kernel is a float input of shape [N, N]", s.name_span,
+            self.bag.error("a graph kernel is a float input of shape [N, N]", s.name_span,
                            f"declare `input {s.name}[N, N] = {src.fn}(...)`")
             return False
         if len(src.args) != 1 or not isinstance(src.args[0], ast.Name):

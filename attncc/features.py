@@ -8,7 +8,6 @@ width m, and the generated kernels treat the map as the identity).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch

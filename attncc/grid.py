@@ -154,16 +154,15 @@ def grid_holds(f: TExpr, form: GridForm, spec, samples: int = 4, seed: int = 0) 
             continue
         i = torch.arange(env.rsizes["Nq"]).view(-1, 1)
         j = torch.arange(env.rsizes["N"]).view(1, -1)
-        at = lambda a, b: _at(f, env, a, b)
-        got = at(i, j)
+        got = _at(f, env, i, j)
         dr, dc = i // width - j // width, i % width - j % width
-        if form.toeplitz and not torch.allclose(got, at(*offset_pairs(dr, dc, width)), equal_nan=True):
+        if form.toeplitz and not torch.allclose(got, _at(f, env, *offset_pairs(dr, dc, width)), equal_nan=True):
             return False
         if form.metric:
             rho = torch.maximum(dr.abs(), dc.abs()) if form.metric == "chebyshev" else dr.abs() + dc.abs()
             if form.saturation is not None:
                 rho = rho.clamp(max=saturation_at(form, {**env.sizes, **env.rsizes}))
-            if not torch.allclose(got, at(*ring_pairs(i.expand_as(rho), rho, width)), equal_nan=True):
+            if not torch.allclose(got, _at(f, env, *ring_pairs(i.expand_as(rho), rho, width)), equal_nan=True):
                 return False
     return True
 

@@ -61,7 +61,6 @@ def _lowerings(body):
 def test_every_grid_lowering_matches_reference(name, nq, nk, seed):
     body = FORMS[name][0]
     g = torch.Generator().manual_seed(seed)
-    q, k = torch.randn(2, 1, 2, nq, 4, generator=g, dtype=torch.float64)[0], None
     q, k, v = (torch.randn(1, 2, n, 4, generator=g, dtype=torch.float64) for n in (nq, nk, nk))
     inputs = {"s": torch.randn(nq, 8, generator=g)} if "input s" in body else {}
     for lowering in _lowerings(body):
@@ -71,7 +70,7 @@ def test_every_grid_lowering_matches_reference(name, nq, nk, seed):
             for p in module.parameters():
                 p.copy_(0.3 * torch.randn(p.shape, generator=g))
         torch.testing.assert_close(module(q, k, v, **inputs), module.reference(q, k, v, **inputs),
-                                   rtol=1e-7, atol=1e-7, msg=lambda m: f"{name} {lowering}: {m}")
+                                   rtol=1e-7, atol=1e-7, msg=lambda m, lw=lowering: f"{name} {lw}: {m}")
 
 
 def test_width_that_is_not_positive_is_a_clear_error():
