@@ -14,7 +14,7 @@ import attncc
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = ["causal", "sliding_window", "hypercube", "block_diagonal", "linear_elu_causal", "toeplitz_linear",
-            "retention"]
+            "rpe_performer", "grid_rpe", "ripple", "gkat", "retention"]
 LENGTHS = [2 ** p for p in range(9, 17)]  # 512 .. 64k
 
 
@@ -38,7 +38,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default=str(ROOT / "docs" / "complexity.png"))
     args = parser.parse_args()
-    fig, axes = plt.subplots(2, 4, figsize=(16, 7), sharex=True)
+    rows = -(-len(FAMILIES) // 4)
+    fig, axes = plt.subplots(rows, 4, figsize=(16, 3.5 * rows), sharex=True, squeeze=False)
     for ax, name in zip(axes.flat, FAMILIES):
         times, chosen = estimates(name)
         for candidate, ms in times.items():
@@ -48,8 +49,9 @@ def main() -> None:
         ax.legend(fontsize=7)
         switches = [f"{chosen[k]} from N={LENGTHS[k]}" for k in range(len(LENGTHS)) if k == 0 or chosen[k] != chosen[k - 1]]
         print(f"{name:18s} " + "; ".join(switches))
-    axes.flat[-1].axis("off")
-    for ax in axes[1]:
+    for ax in axes.flat[len(FAMILIES):]:
+        ax.axis("off")
+    for ax in axes[-1]:
         ax.set_xlabel("tokens N (= Nq)")
     for ax in axes[:, 0]:
         ax.set_ylabel("estimated ms (B=1, H=8, d=64)")
