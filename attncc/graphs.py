@@ -25,9 +25,10 @@ def dense_kernel(kind: str, adj: torch.Tensor, options: dict) -> torch.Tensor:
     a = adj.to(torch.promote_types(adj.dtype, torch.float32))
     if kind == "diffusion":
         return torch.linalg.matrix_exp(options["t"] * a)
-    g = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device).expand_as(a)
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    g = eye.expand_as(a)
     for _ in range(int(options["steps"])):  # Horner: I + c A (I + c A (...))
-        g = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device) + options["decay"] * (a @ g)
+        g = eye + options["decay"] * (a @ g)
     return g.contiguous()
 
 

@@ -20,11 +20,10 @@ import torch
 
 from .evaluate import evaluate
 from .expr import TExpr, fmt
-from .structure import I, J, _random_env, to_sympy
+from .structure import I, J, _random_env, _to_zero, to_sympy
 from .torch_algorithms import offset_pairs, ring_pairs
 
 RI, CI, RJ, CJ, DR, DC, RHO = sympy.symbols("r_i c_i r_j c_j dr dc rho", integer=True)
-METRICS = ("chebyshev", "manhattan")
 
 
 @dataclass(frozen=True)
@@ -55,12 +54,6 @@ def _width(f: TExpr) -> TExpr | None:
                 return None
             found.setdefault(fmt(w), w)
     return next(iter(found.values())) if len(found) == 1 else None
-
-
-def _to_zero(e):
-    """Move every comparison to `lhs - rhs (op) 0`, so a common offset cancels."""
-    return e.replace(lambda x: isinstance(x, sympy.core.relational.Relational),
-                     lambda rel: rel.func(sympy.expand(rel.lhs - rel.rhs), 0))
 
 
 def _saturation(g, spec, symbols):
@@ -120,7 +113,8 @@ def classify_grid(f: TExpr, spec, symbols: dict) -> GridForm | None:
             return None
         toeplitz = False
         if not e.has(I):
-            shifted = _to_zero(e.subs({RI: RJ + DR, CI: CJ + DC}))
+            shifted = e.subs({RI: RJ + DR, CI: CJ + DC})  # comparisons moved to `lhs - rhs (op) 0` cancel r_j, c_j
+            shifted = shifted.replace(lambda x: isinstance(x, sympy.core.relational.Relational), _to_zero)
             toeplitz = not (shifted.has(RJ) or shifted.has(CJ) or shifted.has(I))
         metric = saturation = None
         for name, distance in (("chebyshev", sympy.Max(abs(RI - RJ), abs(CI - CJ))),

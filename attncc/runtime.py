@@ -231,13 +231,10 @@ class CompiledAttention(nn.Module):
             if spec.dtype in ("int", "bool") and t.is_floating_point():
                 raise ShapeError(f"{self.SPEC_NAME}: input `{name}` must be {spec.dtype}, got {t.dtype}")
             checked[name] = t.int() if spec.dtype == "int" else t.bool() if spec.dtype == "bool" else t.float()
-        dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-        if self.LOWERING != "graph":  # lowerings that read G[i, j] as a table get it materialized
-            for name, (kind, adj, opts) in self.GRAPHS.items():
-                checked[name] = dense_kernel(kind, checked[adj].double(), opts).to(dtype)
         params = self.params_dict()
         if q.dtype == torch.float64:  # tables join the computation at its precision
             params = {n: p.double() for n, p in params.items()}
+        dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
         return Context(self.sizes, params, checked, **dims, dtype=dtype)
 
     def resolve_backend(self, q: torch.Tensor) -> str:
@@ -253,6 +250,8 @@ class CompiledAttention(nn.Module):
             return v.new_zeros(*q.shape[:3], v.shape[-1])
         if backend == "reference":
             return self._dense(q, k, v, ctx).to(v.dtype)
+        if self.LOWERING != "graph":  # lowerings that read G[i, j] as a table get it formed
+            ctx.inputs.update(self.graph_tables(ctx.inputs, ctx.dtype))
         if self.RANDOM_FEATURES:
             q, k = self.featurize(q, k)
         if backend == "triton":
@@ -307,11 +306,14 @@ class CompiledAttention(nn.Module):
 
     def _dense(self, q, k, v, ctx: Context) -> torch.Tensor:
         from .dense import dense_attention
-        inputs = dict(ctx.inputs)
-        for name, (kind, adj, opts) in self.GRAPHS.items():
-            inputs[name] = dense_kernel(kind, inputs[adj].double(), opts)
+        inputs = {**ctx.inputs, **self.graph_tables(ctx.inputs, torch.float64)}
         return dense_attention(self.checked, q, k, v, {n: p.detach() for n, p in ctx.params.items()},
                                inputs, self.sizes, self.projections())
+
+    def graph_tables(self, inputs: dict, dtype: torch.dtype) -> dict:
+        """Each graph kernel G of the spec formed densely from its adjacency input, by name."""
+        return {name: dense_kernel(kind, inputs[adj].double(), opts).to(dtype)
+                for name, (kind, adj, opts) in self.GRAPHS.items()}
 
     def forward_torch(self, q, k, v, ctx):  # pragma: no cover - replaced by generated code
         raise NotImplementedError
