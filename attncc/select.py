@@ -19,7 +19,7 @@ from .structure import Structure
 DESIGN_SIZES = {"B": 1, "H": 8, "Nq": 4096, "N": 4096, "D": 64, "E": 64}
 BLOCK = 64  # tile edge assumed by the cost model
 CHUNK = 64  # chunk length of causal linear attention
-LOWERINGS = ("tiled", "block_sparse", "linear", "linear_chunked", "fft", "fft2", "rings", "graph")
+LOWERINGS = ("tiled", "block_sparse", "linear", "linear_chunked", "fft", "fft2", "rings", "graph", "mixed_chunk")
 GRAPH_DEGREE = 16  # edges per token assumed by the cost model (the graph is a call-time input)
 GRAPH_PRODUCTS = 12  # products with A per application of exp(t A) (a Taylor series; walks: its steps)
 # The reference machine of the roofline: an H100's dense fp16/bf16 tensor-core rate with fp32
@@ -104,7 +104,21 @@ def candidates(op: str, attrs: dict, mask: Structure, sizes: dict) -> list[Candi
                              f"CSR when sparse), G = kernel(A) never formed"))
     if op == "grid_attend":
         out += grid_candidates(attrs["grid"], sizes)
+    if op == "mixed_attend":
+        out.append(mixed_candidate(attrs["mixed"]))
     return out
+
+
+def mixed_candidate(form) -> Candidate:
+    """FLASH mixed chunks: c x c blocks on the diagonal (c keys per query), and per linear term the
+    chunk states psi(K_g)^T V_g, their (prefix) sums over G = N / c chunks, and phi(Q) S."""
+    from .structure import to_sympy
+    c = to_sympy(form.chunk, {form.chunk.value: sympy.Symbol(form.chunk.value, integer=True, positive=True)}
+                 if form.chunk.op == "size" else {})
+    terms = len(form.linear)
+    flops = 2 * B * H * Nq * c * (D + E) + terms * 2 * B * H * (N + Nq) * D * (E + 1) + terms * B * H * (N / c) * D * E
+    nbytes = 4 * B * H * (Nq * (D + E) + N * (D + E)) + terms * 4 * B * H * (N / c) * D * (E + 1)
+    return Candidate("mixed_chunk", flops, nbytes, "quadratic inside chunks of c, chunk states prefix-summed across")
 
 
 def grid_candidates(form, sizes: dict) -> list[Candidate]:

@@ -390,3 +390,7 @@ def with_torch_backward(triton_fn: Callable, torch_fn: Callable, q, k, v, ctx) -
     if not (torch.is_grad_enabled() and any(x.requires_grad for x in leaves)):
         return triton_fn(q, k, v, ctx)
     return _RecomputeBackward.apply(triton_fn, torch_fn, ctx, [n for n, _ in tables], *leaves)
+
+
+# Skeletons of the named mechanisms live in their own module (imported last: they use the above).
+from .mechanism_algorithms import chunk_states, mixed_chunk_attention, mixed_linear_sums  # noqa: E402,F401

@@ -185,7 +185,10 @@ def emit_grid_factor(w: CodeWriter, plan: Plan, f: TExpr) -> None:
 
 def emit_torch(spec: CheckedSpec, plan: Plan, graph: Graph) -> str:
     w = CodeWriter()
-    if plan.lowering in ("tiled", "block_sparse"):
+    if plan.lowering == "mixed_chunk":
+        from .mixed import emit_mixed_torch
+        emit_mixed_torch(w, spec, plan)
+    elif plan.lowering in ("tiled", "block_sparse"):
         emit_features(w, feature_maps_used(spec.logits, spec.weight))
         emit_tiled(w, spec, plan)
     else:

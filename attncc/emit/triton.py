@@ -451,6 +451,9 @@ def emit_triton(spec: CheckedSpec, plan: Plan, graph: Graph) -> tuple[str, str]:
         emit_tiled_kernel(w, spec, plan, kernel)
         description = (f"{'block-sparse' if plan.lowering == 'block_sparse' else 'tiled'} "
                        f"{'online-softmax' if spec.normalize == 'softmax' else 'weighted-sum'} kernel")
+    elif plan.lowering == "mixed_chunk":
+        from .mixed import emit_mixed_triton
+        description = emit_mixed_triton(w, spec, plan)
     else:
         (out,) = graph.operands(graph.output)
         if plan.attrs.get("decayed") and plan.lowering == "linear_chunked":

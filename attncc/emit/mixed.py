@@ -1,0 +1,131 @@
+"""Emit FLASH mixed chunk attention (lowering `mixed_chunk`, attncc/chunks.py) in both backends.
+
+torch:  local(qc, kc, i, j, h, ctx, keep) on [B, H, G, c, c] diagonal blocks, local_mask, one
+        amplitude function per linear term, linear_terms(q, k, ctx), chunk_size(ctx); the forward
+        calls rt.mixed_chunk_attention.
+triton: `_mixed_local`, grid (cdiv(Nq, BLOCK_M), B*H): the key tiles of the chunks its queries
+        lie in, weights summed into accumulators seeded with the linear terms' numerator and row
+        sums, which torch computes first (chunk-state einsums and cumsums, O(N m e)).
+"""
+from __future__ import annotations
+
+from ..check import CheckedSpec
+from ..expr import fmt
+from ..select import Plan
+from .exprs import TorchExpr, name_dots
+from .writer import CodeWriter
+
+
+def emit_mixed_torch(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
+    from .torch import _row, emit_features, feature_maps_used
+    form = plan.attrs["mixed"]
+    emit_features(w, feature_maps_used(form.local, *(t.dot for t in form.linear)))
+    dots = name_dots(form.local)
+    ex, ex_mask = TorchExpr(dots), TorchExpr(mask=True)
+    with w.block("def chunk_size(ctx):"):
+        w.line(f'"""c: {fmt(form.chunk)}"""')
+        w.line(f"return int({ex(form.chunk)})")
+    w.line()
+    with w.block("def local(qc, kc, i, j, h, ctx, keep):"):
+        w.line(f'"""weight inside a chunk: {fmt(form.local)}"""')
+        for d, name in dots.items():
+            w.line(f"{name} = rt.keep_grad({_row(d.args[0], 'qc')} @ {_row(d.args[1], 'kc')}.transpose(-1, -2), keep)")
+        w.line(f"return {ex(form.local)}")
+    w.line()
+    if form.local_mask is not None:
+        with w.block("def local_mask(i, j, h, ctx):"):
+            w.line(f'"""inside a chunk, also: {fmt(form.local_mask)}"""')
+            w.line(f"return torch.as_tensor({ex_mask(form.local_mask)}, device=i.device)")
+        w.line()
+    for n, t in enumerate(form.linear):
+        if t.amplitude is None:
+            continue
+        with w.block(f"def amplitude{n}(ctx):"):
+            w.line(f'"""scale of linear term {n}: {fmt(t.amplitude)}"""')
+            w.line("i = j = torch.zeros((1, 1, 1, 1), dtype=torch.int32)")
+            w.line("h = torch.arange(ctx.H, dtype=torch.int32).view(1, ctx.H, 1, 1)")
+            w.line(f"return rt.as_4d({ex(t.amplitude)})")
+        w.line()
+    with w.block("def linear_terms(q, k, ctx):"):
+        w.line('"""(phi(Q), psi(K), scale, key set) of each cross-chunk kernelized term."""')
+        w.line("return [")
+        for n, t in enumerate(form.linear):
+            amp = f"amplitude{n}(ctx).to(q.device)" if t.amplitude is not None else "None"
+            w.line(f"    ({_row(t.dot.args[0], 'q')}, {_row(t.dot.args[1], 'k')}, {amp}, {t.across!r}),  # {t.describe()}")
+        w.line("]")
+    w.line()
+    with w.block("def forward_torch(self, q, k, v, ctx):"):
+        mask = "local_mask" if form.local_mask is not None else "None"
+        w.line(f"return rt.mixed_chunk_attention(q, k, v, ctx, chunk=chunk_size(ctx), local=local, mask={mask},")
+        w.line(f"                                linear=linear_terms(q, k, ctx), normalize={spec.normalize!r}, "
+               f"eps={spec.eps!r})")
+
+
+def emit_mixed_triton(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> str:
+    from .triton import (HELPERS, _common_args, _feature_fn, _Kernel, _KernelExpr, _launch_common, _launcher_head,
+                         _load_rows, _prologue, _row_feature, _size_arg, _sizes)
+    form = plan.attrs["mixed"]
+    exprs = [form.local, form.local_mask]
+    kernel = _Kernel(exprs, {n: len(p.shape) for n, p in spec.params.items()})
+    for helper in kernel.helpers:
+        w.lines_of(HELPERS[helper])
+        w.line()
+    dots = name_dots(form.local)
+    for fm in sorted({_row_feature(side) for d in dots for side in d.args} - {None, "identity"}):
+        _feature_fn(w, fm)
+    ex = _KernelExpr(dots, {s: _size_arg(s) for s in _sizes(*exprs)})
+    extra = "".join(f"{a}, " for a in kernel.arg_names())
+    w.line("@triton.jit")
+    with w.block(f"def _mixed_local({_common_args()}, {extra}Num0, Den0, chunk, sm_scale, eps,"):
+        w.line("BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,")
+        w.line("PRECISION: tl.constexpr):")
+        w.line(f'"""Chunk-local weights {fmt(form.local)} over the key tiles of the chunks of this query tile,')
+        w.line('added to the linear terms\' numerator Num0 and row sums Den0 (fp32, [B*H, Nq, E] and [B*H, Nq])."""')
+        _prologue(w)
+        w.line("offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)")
+        for fm in dict.fromkeys(_row_feature(d.args[0]) for d in dots):
+            _load_rows(w, f"q_{fm or 'raw'}", "Q", "offs_m", "Nq", "offs_d", "D", feature=fm)
+        w.line("rows = (offs_m[:, None] < Nq) & (offs_e[None, :] < E)")
+        w.line("acc = tl.load(Num0 + pid_bh * Nq * E + offs_m[:, None] * E + offs_e[None, :], mask=rows, other=0.0)")
+        w.line("l_i = tl.load(Den0 + pid_bh * Nq + offs_m, mask=offs_m < Nq, other=0.0)")
+        w.line("# keys of the chunks that this tile's queries lie in (token indices are >= 0: // is floor)")
+        w.line("lo = (pid_m * BLOCK_M) // chunk * chunk // BLOCK_N * BLOCK_N")
+        w.line("hi = tl.minimum(((tl.minimum(pid_m * BLOCK_M + BLOCK_M, Nq) - 1) // chunk + 1) * chunk, N)")
+        with w.block("for start_n in range(lo, hi, BLOCK_N):"):
+            w.line("offs_n = start_n + tl.arange(0, BLOCK_N)")
+            for fm in dict.fromkeys(_row_feature(d.args[1]) for d in dots):
+                _load_rows(w, f"k_{fm or 'raw'}", "K", "offs_n", "N", "offs_d", "D", feature=fm)
+            for d, name in dots.items():
+                qvar, kvar = (f"{x}_{_row_feature(side) or 'raw'}" for x, side in zip("qk", d.args))
+                w.line(f"{name} = tl.dot({qvar}, tl.trans({kvar}), input_precision=PRECISION)")
+            w.line(f"s = {ex(form.local)}")
+            valid = "(offs_n[None, :] < N) & (offs_m[:, None] // chunk == offs_n[None, :] // chunk)"
+            if form.local_mask is not None:
+                valid += f" & ({ex(form.local_mask)})"
+            w.line(f"valid = {valid}")
+            _load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
+            w.line("p = tl.where(valid, s * 1.0, 0.0)  # unnormalized weights, kept in fp32")
+            w.line("l_i += tl.sum(p, 1)")
+            w.line("acc += tl.dot(p, v.to(tl.float32), input_precision=PRECISION)")
+        if spec.normalize == "rows":
+            w.line("z = l_i + eps")
+            w.line("acc = acc / tl.where(z == 0.0, 1.0, z)[:, None]  # nothing to normalize: output 0")
+        w.line("tl.store(Out + offs_m[:, None] * stride_om + offs_e[None, :] * stride_od, acc.to(Out.dtype.element_ty), "
+               "mask=rows)")
+    w.line()
+    with w.block("def triton_forward(self, q, k, v, ctx, host):"):
+        _launcher_head(w)
+        w.line("chunk = host.chunk_size(ctx)")
+        w.line("if chunk < 1:")
+        w.line("    raise ValueError(f'chunk size must be >= 1, got {chunk}')")
+        w.line("# The cross-chunk linear terms run in torch (chunk-state einsums, cumsum across chunks;")
+        w.line("# O(N m e)); their numerator and row sums seed the kernel's accumulators.")
+        w.line("num0, den0 = rt.mixed_linear_sums(q, k, v, chunk=chunk, linear=host.linear_terms(q, k, ctx), "
+               "dtype=torch.float32)")
+        w.line("num0, den0 = num0.float().contiguous(), den0.float().contiguous()")
+        w.line("grid = (triton.cdiv(Nq, BLOCK_M), B * H)")
+        vals = "".join(f"{v}, " for v in kernel.arg_values())
+        w.line(f"_mixed_local[grid]({_launch_common()}, {vals}num0, den0, chunk, ctx.scale, {spec.eps!r},")
+        w.line("    BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision)")
+        w.line("return out")
+    return "mixed chunk kernel (local relu^2-style blocks; cross-chunk linear terms in torch)"

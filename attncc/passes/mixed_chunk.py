@@ -1,0 +1,32 @@
+"""Mixed chunk attention (FLASH): a chunk-local term plus kernelized cross-chunk terms."""
+from __future__ import annotations
+
+from ..chunks import find_mixed, mixed_holds
+from ..ir import Graph
+from ..source import AttnccError
+
+
+def mixed_chunk(graph: Graph, ctx) -> None:
+    """attend(W, mask?, v) {rows | none} with
+         mask o W = blockdiag_c(where(P0, X, 0)) + sum_t M_t o (phi_t(Q) psi_t(K)^T) A_t(h),
+         M_t in {1, [J < I], [J <= I], [j <= i]}, I = i // c, J = j // c
+    -> mixed_attend(q, k, v) {mixed = MixedForm}: quadratic inside chunks of c, chunk states
+    S_g = psi(K_g)^T V_g summed (or prefix-summed) across chunks: O(N c (d + e) + N m e).
+    The decomposition is cross-checked against the weight on random grids (chunks.mixed_holds)."""
+    spec = ctx.spec
+    if spec.normalize == "softmax" or spec.weight is None:
+        return
+    for nid in graph.find("attend"):
+        form = find_mixed(spec.weight, spec.mask, ctx.symbols)
+        if form is None:
+            continue
+        if not mixed_holds(spec.weight, spec.mask, form, spec):
+            raise AttnccError("internal error: mixed chunk form failed its sampled check; please report this spec")
+        node = graph.node(nid)
+        leaves = {graph.node(n).op: n for n in graph.order() if graph.node(n).op in ("q", "k", "v")}
+        new = graph.add("mixed_attend", [leaves["q"], leaves["k"], leaves["v"]], shape=node.shape, dtype=node.dtype,
+                        normalize=node.attr("normalize"), eps=node.attr("eps"),
+                        mask_structure=node.attr("mask_structure"), mixed=form)
+        graph.replace_uses(nid, new)
+        ctx.note("mixed_chunk", f"mixed chunk attention, {form.describe()}: quadratic inside chunks, "
+                 "chunk states (prefix-)summed across, O(N c (d + e) + N m e)")
