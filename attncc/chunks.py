@@ -170,6 +170,17 @@ def _across_mask(across: str, i, j, c) -> torch.Tensor:
             "upto": j // c <= i // c, "causal": j <= i}[across]
 
 
+def _random_dots(shape: tuple, g: torch.Generator):
+    """env.dot for a cross-check: each distinct dot term gets its own random values, drawn once."""
+    dots: dict[TExpr, torch.Tensor] = {}
+
+    def dot(d: TExpr) -> torch.Tensor:
+        if d not in dots:
+            dots[d] = torch.randn(*shape, generator=g, dtype=torch.float64)
+        return dots[d]
+    return dot
+
+
 def mixed_holds(weight: TExpr, mask: TExpr | None, form: MixedForm, spec, samples: int = 4, seed: int = 0) -> bool:
     """Cross-check: where(mask, weight, 0) equals the reassembled form on random grids, tables and
     dot values (each distinct dot gets its own random [1, H, Nq, N] values)."""
@@ -182,8 +193,7 @@ def mixed_holds(weight: TExpr, mask: TExpr | None, form: MixedForm, spec, sample
             env.sizes = {**env.sizes, form.chunk.value: rng.randint(1, 6)}
         nq, nk, heads = env.rsizes["Nq"], env.rsizes["N"], env.rsizes["H"]
         env.i, env.j = torch.arange(nq).view(1, 1, -1, 1).int(), torch.arange(nk).view(1, 1, 1, -1).int()
-        dots: dict[TExpr, torch.Tensor] = {}
-        env.dot = lambda d: dots.setdefault(d, torch.randn(1, heads, nq, nk, generator=g, dtype=torch.float64))
+        env.dot = _random_dots((1, heads, nq, nk), g)
         shape = (1, heads, nq, nk)
         zero = torch.zeros((), dtype=torch.float64)
         m = evaluate(mask, env).expand(shape) if mask is not None else torch.ones(shape, dtype=torch.bool)
