@@ -17,7 +17,7 @@ from .runtime import RESERVED_ATTRIBUTES
 from .source import DiagnosticBag, Source, Span, did_you_mean
 from .typecheck import ExprTyper
 
-NORMALIZERS = {"softmax": {}, "rows": {"eps": 1e-6}, "none": {}}
+NORMALIZERS = {"softmax": {}, "rows": {"eps": 1e-6}, "none": {}, "ista": {"steps": 5, "lam": 0.3}}
 INITIALIZERS = {"zeros": {}, "ones": {}, "alibi": {}, "normal": {"std": 0.02, "mean": 0.0},
                 "uniform": {"low": -0.1, "high": 0.1}}
 INPUT_DTYPES = ("int", "float", "bool")
@@ -79,6 +79,13 @@ class FeatureInfo:
         return RANDOM_MAPS[self.fn].out_dim(int(self.options["features"])) if self.random else 0
 
 
+@dataclass(frozen=True)
+class IstaInfo:
+    """VARS: T unrolled ISTA steps of min_z 1/2 |V - Phi z|^2 + lam |z|_1 (see attncc/ista.py)."""
+    steps: int
+    lam: float
+
+
 @dataclass
 class CheckedSpec:
     name: str
@@ -96,6 +103,7 @@ class CheckedSpec:
     derived: dict[str, TExpr] = field(default_factory=dict)
     divisors: tuple[TExpr, ...] = ()
     graphs: dict[str, GraphInfo] = field(default_factory=dict)
+    ista: IstaInfo | None = None  # `normalize ista(...)`: the unrolled sparse-reconstruction solver
 
     @property
     def kind(self) -> str:
@@ -254,7 +262,7 @@ class _Checker(ExprTyper):
             return
         if s.kind not in NORMALIZERS:
             self.bag.error(f"unknown normalization `{s.kind}`", s.kind_span,
-                           did_you_mean(s.kind, NORMALIZERS) or "use softmax, rows or none")
+                           did_you_mean(s.kind, NORMALIZERS) or "use softmax, rows, none or ista")
             return
         self.normalize = s
 
@@ -382,11 +390,12 @@ class _Checker(ExprTyper):
                     self.bag.error(f"`normalize {norm}` needs `weight(i, j)`", self.spec.name_span,
                                    "e.g. `weight(i, j) = dot(phi(q[i]), phi(k[j]))`")
         self._check_random_features(logits if softmax else weight)
+        ista = self._check_ista(weight, mask, opts) if norm == "ista" else None
         self.bag.raise_if_any()
         spans = {kind: d.span for kind, d in self.defs.items()}
         return CheckedSpec(self.spec.name, self.src, dict(self.sizes), self.params, self.inputs, self.features,
                            norm, float(eps), logits, weight, mask, spans, dict(self.derived),
-                           tuple(dict.fromkeys(self.divisors)), dict(self.graphs))
+                           tuple(dict.fromkeys(self.divisors)), dict(self.graphs), ista)
 
     def _check_random_features(self, scores: TExpr | None) -> None:
         """A random-feature map replaces q and k by their features before any kernel runs, so when
@@ -406,6 +415,36 @@ class _Checker(ExprTyper):
                                f"write `dot({name}(q[i]), {name}(k[j]))`: q and k are replaced by their "
                                "random features before the kernels run")
                 return
+
+
+    def _check_ista(self, weight: TExpr | None, mask: TExpr | None, opts) -> IstaInfo | None:
+        """`normalize ista(steps, lam)`: the weight is exactly dot(phi(q[i]), psi(k[j])) (the dictionary
+        is the keys' features, its columns normalized), no mask, 1 <= steps <= 64, lam >= 0."""
+        norm = self.normalize
+        opts = dict(opts or ())  # None: its arguments were already reported
+        span_of = lambda name: next((kw.span for kw in norm.kwargs if kw.name == name), norm.kind_span)
+        ok = True
+        if opts and (opts["steps"] != int(opts["steps"]) or not 1 <= opts["steps"] <= 64):
+            self.bag.error(f"`steps` of `ista` must be a whole number in 1 .. 64, got {opts['steps']}",
+                           span_of("steps"), "VARS unrolls T = 5 steps")
+            ok = False
+        if opts and opts["lam"] < 0:
+            self.bag.error(f"`lam` of `ista` must be >= 0, got {opts['lam']}", span_of("lam"),
+                           "lam weighs the L1 penalty; 0 gives plain gradient steps")
+            ok = False
+        if mask is not None:
+            self.bag.error("`normalize ista` reconstructs v from the features of every key: it takes no mask",
+                           self.defs["mask"].kind_span, "drop the mask, or use `normalize rows` for masked "
+                           "kernelized attention")
+            ok = False
+        plain = weight is not None and weight.op == "dot" and all(side.op == "feature" for side in weight.args)
+        if weight is not None and not plain:
+            span = self.defs["weight"].body.span if "weight" in self.defs else self.spec.name_span
+            self.bag.error("`normalize ista` needs the weight `dot(phi(q[i]), phi(k[j]))` and nothing else",
+                           span, "the dictionary Phi is the keys' features: declare e.g. "
+                           "`feature phi = favor(features = 128, seed = 0)`")
+            ok = False
+        return IstaInfo(int(opts["steps"]), float(opts["lam"])) if ok and opts else None
 
 
 def check(src: Source, spec: ast.Spec) -> CheckedSpec:

@@ -16,18 +16,21 @@ from .features import FEATURE_MAPS, apply_feature_map, random_features
 from .torch_algorithms import keep_grad
 
 
+def feature_rows(spec: CheckedSpec, t: TExpr, x: torch.Tensor, projections: dict | None) -> torch.Tensor:
+    """A dot side `phi(q[i])` / `k[j]` on rows x: through its map (random maps by their projection)."""
+    if t.op != "feature":
+        return x
+    if t.value in FEATURE_MAPS:
+        return apply_feature_map(t.value, x)
+    return random_features(spec.features[t.value].fn, x, projections[t.value].double())
+
+
 def dense_weights(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: dict, e_dim: int = 0,
                   projections: dict | None = None) -> torch.Tensor:
     """W[b, h, i, j] in float64 (softmax: the normalized probabilities).
 
     projections: the random-feature projection [m, D] of each declared random map, by name."""
-    def _row(t: TExpr, x: torch.Tensor) -> torch.Tensor:
-        if t.op != "feature":
-            return x
-        if t.value in FEATURE_MAPS:
-            return apply_feature_map(t.value, x)
-        return random_features(spec.features[t.value].fn, x, projections[t.value].double())
-
+    _row = lambda t, x: feature_rows(spec, t, x, projections)
     q, k = q.double(), k.double()
     B, H, Nq, D = q.shape
     N = k.shape[2]
@@ -62,6 +65,9 @@ def dense_weights(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: di
 def dense_attention(spec: CheckedSpec, q, k, v, params: dict, inputs: dict, sizes: dict,
                     projections: dict | None = None) -> torch.Tensor:
     """out[b, h, i, :] in float64."""
+    if spec.normalize == "ista":  # not a fixed W: the unrolled solver, naively (attncc/ista.py)
+        from .ista import dense_ista
+        return dense_ista(spec, q, k, v, projections)
     v = v.double()
     w = dense_weights(spec, q, k, params, inputs, sizes, e_dim=v.shape[-1], projections=projections)
     out = w @ v

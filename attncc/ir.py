@@ -21,7 +21,7 @@ SIZE_SYMBOLS = {"B": B, "H": H, "Nq": Nq, "N": N, "D": D, "E": E}
 ELEMENTWISE = {*BINARY_OPS, "neg", "not", "call", "param", "input"}
 LEAVES = {"q", "k", "v", "const", "var", "size", "rsize", "scale"}
 TENSOR_OPS = {"feature", "pairdot", "attend", "linear_attend", "toeplitz_attend", "grid_attend", "graph_attend", "mixed_attend",
-              "output"}
+              "ista_attend", "output"}
 
 
 @dataclass(frozen=True)

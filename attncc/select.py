@@ -19,7 +19,7 @@ from .structure import Structure
 DESIGN_SIZES = {"B": 1, "H": 8, "Nq": 4096, "N": 4096, "D": 64, "E": 64}
 BLOCK = 64  # tile edge assumed by the cost model
 CHUNK = 64  # chunk length of causal linear attention
-LOWERINGS = ("tiled", "block_sparse", "linear", "linear_chunked", "fft", "fft2", "rings", "graph", "mixed_chunk")
+LOWERINGS = ("tiled", "block_sparse", "linear", "linear_chunked", "fft", "fft2", "rings", "graph", "mixed_chunk", "ista")
 GRAPH_DEGREE = 16  # edges per token assumed by the cost model (the graph is a call-time input)
 GRAPH_PRODUCTS = 12  # products with A per application of exp(t A) (a Taylor series; walks: its steps)
 # The reference machine of the roofline: an H100's dense fp16/bf16 tensor-core rate with fp32
@@ -70,6 +70,8 @@ def visited_pairs(s: Structure) -> sympy.Expr:
 
 
 def candidates(op: str, attrs: dict, mask: Structure, sizes: dict) -> list[Candidate]:
+    if op == "ista_attend":  # VARS: the solver is the only way to compute it (there is no fixed W to tile)
+        return [ista_candidate(attrs["steps"])]
     bytes_io = 4 * B * H * (Nq * (D + E) + N * (D + E))
     pairs = visited_pairs(mask)
     out = [Candidate("tiled", 2 * B * H * pairs * (D + E), bytes_io + 4 * B * H * (Nq / BLOCK) * (pairs / Nq) * (D + E),
@@ -107,6 +109,14 @@ def candidates(op: str, attrs: dict, mask: Structure, sizes: dict) -> list[Candi
     if op == "mixed_attend":
         out.append(mixed_candidate(attrs["mixed"]))
     return out
+
+
+def ista_candidate(steps: int) -> Candidate:
+    """VARS: column norms, G = Phi_K^T Phi_K and b = Phi_K^T V (N m (m + e)), T steps of G z (m^2 e),
+    out = Phi_Q z (Nq m e); m = D, the feature width."""
+    flops = 2 * B * H * (N * D * (D + E) + steps * D * D * E + Nq * D * E)
+    return Candidate("ista", flops, 4 * B * H * (Nq * (D + E) + N * (D + E) + (steps + 1) * D * (D + E)),
+                     f"{steps} unrolled ISTA steps on the m x m Gram matrix, no N x N buffer")
 
 
 def mixed_candidate(form) -> Candidate:

@@ -128,7 +128,11 @@ def emit_linear(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) -> N
         random_features_note(w, spec)
         w.line(f"pq, pk = {_row(phi_q, 'q')}, {_row(phi_k, 'k')}")
         common = f"normalize={spec.normalize!r}, eps={spec.eps!r}"
-        if plan.lowering == "fft":
+        if plan.lowering == "ista":
+            w.line(f"# VARS: {plan.attrs['steps']} ISTA steps of min_z 1/2 |V - Phi z|^2 + lam |z|_1, Phi the "
+                   "column-normalized key features")
+            w.line(f"return rt.ista_attention(pq, pk, v, steps={plan.attrs['steps']!r}, lam={plan.attrs['lam']!r})")
+        elif plan.lowering == "fft":
             w.line("# the convolution runs as torch.fft (cuFFT / pocketfft)")
             w.line(f"return rt.toeplitz_attention(pq, pk, v, toeplitz_f(ctx).to(q.device), {common})")
         elif plan.lowering == "graph":

@@ -24,7 +24,8 @@ from .writer import CodeWriter
 BIG = 1 << 30
 TORCH_ONLY = {"fft": "the FFT convolution (torch.fft)", "fft2": "the 2-D FFT convolution (torch.fft.rfft2)",
               "rings": "the summed-area tables and their box reads",
-              "graph": "the products with the adjacency (torch.sparse)"}
+              "graph": "the products with the adjacency (torch.sparse)",
+              "ista": "the unrolled ISTA steps on m x m Gram matrices (batched matmuls)"}
 
 HELPERS = {
     "_floordiv": '''@triton.jit

@@ -10,6 +10,7 @@ from ..check import CheckedSpec
 from ..ir import Graph, verify
 from .block_layout import analyse_blocks
 from .mask_structure import analyse_mask
+from .ista import lower_ista
 from .mixed_chunk import mixed_chunk
 from .reassociate import reassociate_kernel
 
@@ -24,7 +25,7 @@ class PassContext:
         self.log.append((pass_name, message))
 
 
-PIPELINE = [analyse_mask, analyse_blocks, mixed_chunk, reassociate_kernel]
+PIPELINE = [analyse_mask, analyse_blocks, lower_ista, mixed_chunk, reassociate_kernel]
 
 
 def run_pipeline(graph: Graph, ctx: PassContext, check: bool = True) -> Graph:

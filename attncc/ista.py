@@ -1,0 +1,45 @@
+"""VARS (Shi et al., "Visual Attention Emerges from Recurrent Sparse Reconstruction", ICML 2022):
+attention as T unrolled ISTA steps of a sparse reconstruction of the values.
+
+Per batch element and head, with weight(i, j) = dot(phi(q[i]), psi(k[j])):
+
+    n_l     = |psi(K)_{:, l}|  (0 -> 1)       column norms of the keys' features over the N keys
+    Phi_K   = psi(K) diag(1 / n)  [N, m]      the dictionary: unit columns
+    Phi_Q   = phi(Q) diag(1 / n)  [Nq, m]     the queries' features, scaled alike (Phi_Q = Phi_K when q = k)
+    G       = Phi_K^T Phi_K  [m, m]           b = Phi_K^T V  [m, e]
+    L       = |G|_F  (0 -> 1)                 the step constant: the Frobenius norm of G, an upper bound
+                                              of its largest eigenvalue, so 1/L is a safe ISTA step
+    z_0 = 0,  z_{t+1} = S_{lam/L}(z_t - (G z_t - b) / L),   S_tau(x) = sign(x) max(|x| - tau, 0)
+    out     = Phi_Q z_T  [Nq, e]
+
+solves min_z 1/2 |V - Phi_K z|^2 + lam |z|_1 approximately (T steps). One step with lam = 0 is
+z_1 = b / L: out = Phi_Q Phi_K^T V / L, kernelized attention without row normalization.
+The lowering never forms an N x N matrix: O(N m (m + e) + T m^2 e).
+"""
+from __future__ import annotations
+
+import torch
+
+from .check import CheckedSpec
+
+
+def dense_ista(spec: CheckedSpec, q, k, v, projections: dict | None) -> torch.Tensor:
+    """The naive reference in float64: the dictionary formed explicitly, each step's gradient taken
+    through the [N, e] residual Phi_K z - V (never through G)."""
+    from .dense import feature_rows
+    phi_q = feature_rows(spec, spec.weight.args[0], q.double(), projections).double()
+    phi_k = feature_rows(spec, spec.weight.args[1], k.double(), projections).double()
+    v = v.double()
+    norms = torch.sqrt((phi_k * phi_k).sum(dim=2, keepdim=True))
+    norms = torch.where(norms == 0, torch.ones_like(norms), norms)
+    dictionary, queries = phi_k / norms, phi_q / norms
+    gram = dictionary.transpose(-1, -2) @ dictionary
+    step = torch.sqrt((gram * gram).sum(dim=(-2, -1), keepdim=True))
+    step = torch.where(step == 0, torch.ones_like(step), step)
+    lam = spec.ista.lam
+    z = torch.zeros(*v.shape[:2], dictionary.shape[-1], v.shape[-1], dtype=torch.float64, device=v.device)
+    for _ in range(spec.ista.steps):
+        residual = dictionary @ z - v
+        u = z - dictionary.transpose(-1, -2) @ residual / step
+        z = torch.where(u.abs() > lam / step, u - torch.sign(u) * lam / step, torch.zeros_like(u))
+    return queries @ z
