@@ -3,9 +3,10 @@ attention as T unrolled ISTA steps of a sparse reconstruction of the values.
 
 Per batch element and head, with weight(i, j) = dot(phi(q[i]), psi(k[j])):
 
-    n_l     = |psi(K)_{:, l}|  (0 -> 1)       column norms of the keys' features over the N keys
-    Phi_K   = psi(K) diag(1 / n)  [N, m]      the dictionary: unit columns
-    Phi_Q   = phi(Q) diag(1 / n)  [Nq, m]     the queries' features, scaled alike (Phi_Q = Phi_K when q = k)
+    Phi_K   = psi(K) diag(1 / |psi(K)_{:, l}|)  [N, m]    the dictionary: unit columns (a zero column stays 0)
+    Phi_Q   = phi(Q) diag(1 / |phi(Q)_{:, l}|)  [Nq, m]   the queries' features, normalized alike
+                                              (Phi_Q = Phi_K when q = k, the paper's self-attention;
+                                              each side by its own norms keeps |Phi_Q| <= 1 when q != k)
     G       = Phi_K^T Phi_K  [m, m]           b = Phi_K^T V  [m, e]
     L       = |G|_F  (0 -> 1)                 the step constant: the Frobenius norm of G, an upper bound
                                               of its largest eigenvalue, so 1/L is a safe ISTA step
@@ -23,6 +24,11 @@ import torch
 from .check import CheckedSpec
 
 
+def _unit_columns(x: torch.Tensor) -> torch.Tensor:
+    norms = torch.sqrt((x * x).sum(dim=2, keepdim=True))
+    return x / torch.where(norms == 0, torch.ones_like(norms), norms)
+
+
 def dense_ista(spec: CheckedSpec, q, k, v, projections: dict | None) -> torch.Tensor:
     """The naive reference in float64: the dictionary formed explicitly, each step's gradient taken
     through the [N, e] residual Phi_K z - V (never through G)."""
@@ -30,9 +36,7 @@ def dense_ista(spec: CheckedSpec, q, k, v, projections: dict | None) -> torch.Te
     phi_q = feature_rows(spec, spec.weight.args[0], q.double(), projections).double()
     phi_k = feature_rows(spec, spec.weight.args[1], k.double(), projections).double()
     v = v.double()
-    norms = torch.sqrt((phi_k * phi_k).sum(dim=2, keepdim=True))
-    norms = torch.where(norms == 0, torch.ones_like(norms), norms)
-    dictionary, queries = phi_k / norms, phi_q / norms
+    dictionary, queries = _unit_columns(phi_k), _unit_columns(phi_q)
     gram = dictionary.transpose(-1, -2) @ dictionary
     step = torch.sqrt((gram * gram).sum(dim=(-2, -1), keepdim=True))
     step = torch.where(step == 0, torch.ones_like(step), step)

@@ -86,15 +86,19 @@ def mixed_chunk_attention(q, k, v, ctx, *, chunk: int, local: Callable, mask: Ca
     return _finish(num + lin_num, den + lin_den, normalize, eps).to(v.dtype)
 
 
+def _unit_columns(x: torch.Tensor) -> torch.Tensor:
+    """x [B, H, n, m] with every column divided by its norm over the n tokens (a zero column stays 0)."""
+    norms = torch.linalg.vector_norm(x, dim=2, keepdim=True)
+    return x / torch.where(norms == 0, torch.ones_like(norms), norms)
+
+
 def ista_attention(pq, pk, v, *, steps: int, lam: float) -> torch.Tensor:
     """VARS: out = Phi_Q z_T after T ISTA steps on the m x m Gram matrix (attncc/ista.py has the math):
-    Phi = features / column norms of the keys' features, G = Phi_K^T Phi_K, b = Phi_K^T V, L = |G|_F,
+    Phi = features with unit columns (queries and keys each by their own norms), G = Phi_K^T Phi_K, b = Phi_K^T V, L = |G|_F,
     z_{t+1} = S_{lam/L}(z_t - (G z_t - b) / L). O(N m (m + e) + T m^2 e); no N x N buffer."""
     dtype = compute_dtype(v)
     pq, pk, vv = pq.to(dtype), pk.to(dtype), v.to(dtype)
-    norms = torch.linalg.vector_norm(pk, dim=2, keepdim=True)
-    norms = torch.where(norms == 0, torch.ones_like(norms), norms)
-    pq, pk = pq / norms, pk / norms
+    pq, pk = _unit_columns(pq), _unit_columns(pk)
     gram = pk.transpose(-1, -2) @ pk
     b = pk.transpose(-1, -2) @ vv
     step = torch.linalg.matrix_norm(gram).unsqueeze(-1).unsqueeze(-1)

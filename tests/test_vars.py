@@ -22,8 +22,7 @@ def _spec(steps, lam, features=16):
 def _dictionary(module, q, k):
     w = module.projections()["phi"].double()
     pq, pk = random_features("favor", q.double(), w), random_features("favor", k.double(), w)
-    n = pk.norm(dim=2, keepdim=True)
-    return pq / n, pk / n
+    return pq / pq.norm(dim=2, keepdim=True), pk / pk.norm(dim=2, keepdim=True)
 
 
 def _naive(module, q, k, v, steps, lam):
