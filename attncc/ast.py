@@ -120,6 +120,17 @@ class Normalize(Stmt):
 
 
 @dataclass(frozen=True)
+class PoolDecl(Stmt):
+    """`pool k, v = context(...)`: k and/or v pooled (ContextPool) before the attention."""
+    targets: tuple[str, ...]
+    target_spans: tuple[Span, ...]
+    fn: str
+    fn_span: Span
+    args: tuple[Expr, ...] = ()
+    kwargs: tuple[Kwarg, ...] = ()
+
+
+@dataclass(frozen=True)
 class Spec:
     name: str
     name_span: Span
@@ -177,4 +188,6 @@ def format_stmt(s: Stmt) -> str:
     if isinstance(s, Normalize):
         args = f"({_call_args(s.args, s.kwargs)})" if s.args or s.kwargs else ""
         return f"normalize {s.kind}{args}"
+    if isinstance(s, PoolDecl):
+        return f"pool {', '.join(s.targets)} = {s.fn}({_call_args(s.args, s.kwargs)})"
     raise TypeError(type(s))

@@ -13,6 +13,7 @@ from . import ast
 from .expr import BOOL, FLOAT, FUNCTIONS, INT, RUNTIME_SIZES, VEC, TExpr, fmt
 from .features import ALL_MAPS, RANDOM_MAPS
 from .graphs import GRAPH_KERNELS
+from .pool import BIAS, HEAD, POOLINGS, PoolInfo
 from .runtime import RESERVED_ATTRIBUTES
 from .source import DiagnosticBag, Source, Span, did_you_mean
 from .typecheck import ExprTyper
@@ -104,6 +105,7 @@ class CheckedSpec:
     divisors: tuple[TExpr, ...] = ()
     graphs: dict[str, GraphInfo] = field(default_factory=dict)
     ista: IstaInfo | None = None  # `normalize ista(...)`: the unrolled sparse-reconstruction solver
+    pool: PoolInfo | None = None  # `pool k, v = context(...)`: ContextPool before the attention
 
     @property
     def kind(self) -> str:
@@ -123,6 +125,7 @@ class _Checker(ExprTyper):
         self.graphs: dict[str, GraphInfo] = {}
         self.defs: dict[str, ast.Def] = {}
         self.normalize: ast.Normalize | None = None
+        self.pool: PoolInfo | None = None
         self.index_names: tuple[str, str] = ("i", "j")
         self.role = ""
 
@@ -395,7 +398,7 @@ class _Checker(ExprTyper):
         spans = {kind: d.span for kind, d in self.defs.items()}
         return CheckedSpec(self.spec.name, self.src, dict(self.sizes), self.params, self.inputs, self.features,
                            norm, float(eps), logits, weight, mask, spans, dict(self.derived),
-                           tuple(dict.fromkeys(self.divisors)), dict(self.graphs), ista)
+                           tuple(dict.fromkeys(self.divisors)), dict(self.graphs), ista, self.pool)
 
     def _check_random_features(self, scores: TExpr | None) -> None:
         """A random-feature map replaces q and k by their features before any kernel runs, so when
@@ -416,6 +419,45 @@ class _Checker(ExprTyper):
                                "random features before the kernels run")
                 return
 
+
+    def _PoolDecl(self, s: ast.PoolDecl):
+        """`pool k, v = context(sigma = S, width = w)`: adds the learned tables pool_head [2, D] and
+        pool_bias [2] (attncc/pool.py); 0 < S <= 16, w a whole number >= 0 (0: 1-D positions)."""
+        if self.pool is not None:
+            self.bag.error("`pool` is given twice", s.span, "pool k and v in one statement: `pool k, v = ...`")
+            return
+        for name, span in zip(s.targets, s.target_spans):
+            if name not in ("k", "v") or s.targets.count(name) > 1:
+                self.bag.error(f"`pool` pools the keys `k` and values `v`, not `{name}`" if name not in ("k", "v")
+                               else f"`{name}` is pooled twice", span, "write `pool k, v = context(...)`")
+                return
+        if s.fn not in POOLINGS:
+            self.bag.error(f"unknown pooling `{s.fn}`", s.fn_span,
+                           did_you_mean(s.fn, POOLINGS) or f"use one of {', '.join(POOLINGS)}")
+            return
+        opts = self._options(s.args, s.kwargs, POOLINGS[s.fn], f"pooling `{s.fn}`", s.fn_span)
+        if opts is None:
+            return
+        opts = dict(opts)
+        span_of = lambda name: next((kw.span for kw in s.kwargs if kw.name == name), s.fn_span)
+        if not 0 < opts["sigma"] <= 16:
+            self.bag.error(f"`sigma` of `context` must lie in (0, 16], got {opts['sigma']}", span_of("sigma"),
+                           "the largest Gaussian support in tokens; pooling is truncated at 4 sigma")
+            return
+        if opts["width"] != int(opts["width"]) or opts["width"] < 0:
+            self.bag.error(f"`width` of `context` must be a whole number >= 0, got {opts['width']}",
+                           span_of("width"), "0 for 1-D positions, else the columns of a row-major grid")
+            return
+        clash = [d for d in self.spec.stmts if getattr(d, "name", None) in (HEAD, BIAS)]
+        if clash:
+            self.bag.error(f"`{clash[0].name}` is the name of a table that `pool` adds", clash[0].name_span,
+                           "choose another name")
+            return
+        self.pool = PoolInfo(tuple(s.targets), float(opts["sigma"]), int(opts["width"]))
+        dim = TExpr("rsize", (), "D", INT)
+        self.params[HEAD] = ParamInfo(HEAD, (TExpr("const", (), 2, INT), dim), "normal",
+                                      (("std", 0.02), ("mean", 0.0)), s.span)
+        self.params[BIAS] = ParamInfo(BIAS, (TExpr("const", (), 2, INT),), "zeros", (), s.span)
 
     def _check_ista(self, weight: TExpr | None, mask: TExpr | None, opts) -> IstaInfo | None:
         """`normalize ista(steps, lam)`: the weight is exactly dot(phi(q[i]), psi(k[j])) (the dictionary

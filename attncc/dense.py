@@ -65,6 +65,9 @@ def dense_weights(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: di
 def dense_attention(spec: CheckedSpec, q, k, v, params: dict, inputs: dict, sizes: dict,
                     projections: dict | None = None) -> torch.Tensor:
     """out[b, h, i, :] in float64."""
+    if spec.pool is not None:  # ContextPool: k and/or v pooled by the dense matrix first (attncc/pool.py)
+        from .pool import dense_pool
+        k, v = dense_pool(spec.pool, k, v, params)
     if spec.normalize == "ista":  # not a fixed W: the unrolled solver, naively (attncc/ista.py)
         from .ista import dense_ista
         return dense_ista(spec, q, k, v, projections)

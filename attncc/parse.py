@@ -16,7 +16,7 @@ from .source import Diagnostic, DiagnosticBag, Source, Span, SpecError
 
 MAX_SOURCE_CHARS = 1_000_000
 MAX_NESTING = 64
-STATEMENT_KEYWORDS = {"size", "param", "input", "feature", "score", "weight", "mask", "bias", "normalize"}
+STATEMENT_KEYWORDS = {"size", "param", "input", "feature", "score", "weight", "mask", "bias", "normalize", "pool"}
 
 _TOKEN_TEXT = {
     "LBRACE": "`{`", "RBRACE": "`}`", "LPAR": "`(`", "RPAR": "`)`", "LSQB": "`[`", "RSQB": "`]`",
@@ -84,6 +84,12 @@ class _ToAst(Transformer):
     def normalize_stmt(self, meta, c):
         args, kwargs = c[1] if c[1] is not None else ((), ())
         return ast.Normalize(self._s(meta), str(c[0]), self._s(c[0]), args, kwargs)
+
+    def pool_decl(self, meta, c):
+        *names, fn, arglist = c
+        args, kwargs = arglist if arglist is not None else ((), ())
+        return ast.PoolDecl(self._s(meta), tuple(str(n) for n in names), tuple(self._s(n) for n in names),
+                            str(fn), self._s(fn), args, kwargs)
 
     def exprs(self, meta, c):
         return tuple(c)

@@ -102,6 +102,7 @@ class CompiledAttention(nn.Module):
     NEEDS: tuple = ()
     GRAPHS: dict = {}  # name -> (kernel, adjacency input, options): inputs computed from inputs
     RANDOM_FEATURES: dict = {}  # name -> (map, options): projections held in the `random_features` buffers
+    POOL = False  # `pool k, v = ...`: the generated `pool_kv` replaces k, v before any backend (attncc/pool.py)
     TRITON_LOWERING = ""
     checked = None  # the CheckedSpec, attached by attncc.compile (for .reference)
 
@@ -250,6 +251,8 @@ class CompiledAttention(nn.Module):
             return v.new_zeros(*q.shape[:3], v.shape[-1])
         if backend == "reference":
             return self._dense(q, k, v, ctx).to(v.dtype)
+        if self.POOL:
+            k, v = self.pool_kv(k, v, ctx)
         if self.LOWERING != "graph":  # lowerings that read G[i, j] as a table get it formed
             ctx.inputs.update(self.graph_tables(ctx.inputs, ctx.dtype))
         if self.RANDOM_FEATURES:

@@ -111,6 +111,15 @@ def candidates(op: str, attrs: dict, mask: Structure, sizes: dict) -> list[Candi
     return out
 
 
+def with_pooling(c: Candidate, pool) -> Candidate:
+    """ContextPool before any lowering: (2R + 1)^(1 or 2) offsets per key, each a weight and a row of
+    k and/or v; the head is 2 D per key."""
+    offsets = (2 * pool.radius + 1) ** (2 if pool.width else 1)
+    cols = sum({"k": D, "v": E}[t] for t in pool.targets)
+    return Candidate(c.name, c.flops + B * H * N * (4 * D + offsets * 2 * (cols + 1)),
+                     c.bytes + 4 * B * H * N * 2 * cols, c.note + f"; k/v pooled first ({offsets} offsets a key)")
+
+
 def ista_candidate(steps: int) -> Candidate:
     """VARS: column norms, G = Phi_K^T Phi_K and b = Phi_K^T V (N m (m + e)), T steps of G z (m^2 e),
     out = Phi_Q z (Nq m e); m = D, the feature width."""
@@ -161,6 +170,8 @@ def select(graph: Graph, sizes: dict | None = None, force: str | None = None) ->
     mask = attrs["mask_structure"]
     design = {**DESIGN_SIZES, **(sizes or {})}
     cands = candidates(node.op, attrs, mask, design)
+    if "pool" in graph.meta:
+        cands = [with_pooling(c, graph.meta["pool"]) for c in cands]
     if force is not None:
         names = [c.name for c in cands]
         if force not in names:

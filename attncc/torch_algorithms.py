@@ -394,3 +394,4 @@ def with_torch_backward(triton_fn: Callable, torch_fn: Callable, q, k, v, ctx) -
 
 # Skeletons of the named mechanisms live in their own module (imported last: they use the above).
 from .mechanism_algorithms import chunk_states, ista_attention, mixed_chunk_attention, mixed_linear_sums  # noqa: E402,F401
+from .pool import context_pool  # noqa: E402,F401

@@ -129,3 +129,14 @@ def emit_mixed_triton(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> str:
         w.line("    BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision)")
         w.line("return out")
     return "mixed chunk kernel (local relu^2-style blocks; cross-chunk linear terms in torch)"
+
+
+def emit_pool(w: CodeWriter, spec: CheckedSpec) -> None:
+    """pool_kv(self, k, v, ctx): ContextPool of k and/or v, run in torch before either backend."""
+    pool = spec.pool
+    w.line()
+    with w.block("def pool_kv(self, k, v, ctx):"):
+        w.line(f'"""{pool.describe()} (attncc/pool.py)."""')
+        w.line("# runs in torch before the torch or Triton attention: banded shifted sums over the (2R + 1)^dims offsets (no kernel)")
+        w.line(f"return rt.context_pool(k, v, ctx.params['pool_head'], ctx.params['pool_bias'], sigma={pool.sigma!r}, "
+               f"width={pool.width!r}, targets={pool.targets!r})")

@@ -78,6 +78,9 @@ def module_class(spec: CheckedSpec, plan: Plan, spec_hash: str, triton_lowering:
                 w.line(f"{key(i.name)}: InputSpec(lambda s: ({dims}), {i.dtype!r}),")
         w.line("}")
         w.line()
+        if spec.pool is not None:
+            w.line("POOL = True")
+            w.line("pool_kv = pool_kv")
         w.line("forward_torch = forward_torch")
         w.line("forward_triton = forward_triton")
     return w.text()

@@ -199,4 +199,7 @@ def emit_torch(spec: CheckedSpec, plan: Plan, graph: Graph) -> str:
         (out,) = graph.operands(graph.output)
         emit_features(w, feature_maps_used(*(expr_of(graph, o) for o in graph.operands(out)[:2])))
         emit_linear(w, spec, plan, graph)
+    if spec.pool is not None:
+        from .mixed import emit_pool
+        emit_pool(w, spec)
     return w.text()
