@@ -47,31 +47,27 @@ def _head(k: torch.Tensor, head: torch.Tensor, bias: torch.Tensor, sigma: float)
     return torch.sigmoid(s[..., 0]), sigma * torch.sigmoid(s[..., 1])
 
 
-def _offsets(radius: int, width: int) -> list[tuple[int, int]]:
-    """(row step, column step) of every offset inside the truncation box."""
-    cols = range(-radius, radius + 1)
-    return [(dr, dc) for dr in (cols if width else [0]) for dc in cols]
-
-
 def context_pool(k, v, head, bias, *, sigma: float, width: int, targets: tuple[str, ...]):
-    """Banded ContextPool: for each offset (dr, dc) of the box, token i reads token
-    j = i + dr w + dc (2-D; j = i + dc in 1-D) when that lies on the grid. O(N R^(1 or 2) d)."""
+    """Banded ContextPool: token i reads token j = i + dr w + dc (2-D; j = i + dc in 1-D) for the
+    offsets of the box that stay on the grid, one grid row offset dr at a time (all dc at once).
+    O(N (2R + 1)^(1 or 2) d); never N x N."""
     dtype = torch.float64 if k.dtype == torch.float64 else torch.float32
-    N = k.shape[2]
+    N, R = k.shape[2], math.ceil(4 * sigma)
     m, s = _head(k.to(dtype), head, bias, sigma)
     pos = torch.arange(N, device=k.device)
     row, col = (pos // width, pos % width) if width else (torch.zeros_like(pos), pos)
+    dc = torch.arange(-R, R + 1, device=k.device).view(-1, 1)  # [2R + 1, 1]
     xs = {"k": k.to(dtype), "v": v.to(dtype)}
     num = {t: torch.zeros_like(xs[t]) for t in targets}
     den = torch.zeros_like(m)
-    for dr, dc in _offsets(math.ceil(4 * sigma), width):
-        j = pos + dr * width + dc if width else pos + dc
+    for dr in (range(-R, R + 1) if width else [0]):
+        j = pos + dr * width + dc if width else pos + dc  # [2R + 1, N]
         ok = (j >= 0) & (j < N) & (col + dc >= 0) & (col + dc < (width or N)) & (row + dr >= 0)
         jj = j.clamp(0, N - 1)
-        g = torch.exp(-(dr * dr + dc * dc) / (2 * s * s)) * m[..., jj] * ok
-        den = den + g
+        g = torch.exp(-(dr * dr + dc * dc) / (2 * s.unsqueeze(2) ** 2)) * m[..., jj] * ok  # [B, H, 2R + 1, N]
+        den = den + g.sum(2)
         for t in targets:
-            num[t] = num[t] + g.unsqueeze(-1) * xs[t][:, :, jj]
+            num[t] = num[t] + torch.einsum("bhcn,bhcnd->bhnd", g, xs[t][:, :, jj])
     den = torch.where(den == 0, torch.ones_like(den), den).unsqueeze(-1)  # m underflowed to 0
     pooled = {t: (num[t] / den).to({"k": k, "v": v}[t].dtype) for t in targets}
     return pooled.get("k", k), pooled.get("v", v)
