@@ -62,6 +62,8 @@ def lower(spec: CheckedSpec) -> Graph:
                        eps=spec.eps, masked=spec.mask is not None)
     graph.add("output", [attend], shape=(B, H, Nq, E), dtype=FLOAT)
     graph.meta["sizes"] = dict(spec.sizes)
+    if spec.approx is not None:
+        graph.meta["approx"] = spec.approx
     if spec.pool is not None:  # a pre-op on k, v (attncc/pool.py): outside the graph, counted by select
         graph.meta["pool"] = spec.pool
     return graph
