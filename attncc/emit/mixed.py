@@ -17,26 +17,17 @@ from .writer import CodeWriter
 
 
 def emit_mixed_torch(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
-    from .torch import _row, emit_features, feature_maps_used
+    from .torch import _row, emit_features, emit_pair_holes, feature_maps_used
     form = plan.attrs["mixed"]
     emit_features(w, feature_maps_used(form.local, *(t.dot for t in form.linear)))
-    dots = name_dots(form.local)
-    ex, ex_mask = TorchExpr(dots), TorchExpr(mask=True)
+    ex = TorchExpr()
     with w.block("def chunk_size(ctx):"):
         w.line(f'"""c: {fmt(form.chunk)}"""')
         w.line(f"return int({ex(form.chunk)})")
     w.line()
-    with w.block("def local(qc, kc, i, j, h, ctx, keep):"):
-        w.line(f'"""weight inside a chunk: {fmt(form.local)}"""')
-        for d, name in dots.items():
-            w.line(f"{name} = rt.keep_grad({_row(d.args[0], 'qc')} @ {_row(d.args[1], 'kc')}.transpose(-1, -2), keep)")
-        w.line(f"return {ex(form.local)}")
-    w.line()
-    if form.local_mask is not None:
-        with w.block("def local_mask(i, j, h, ctx):"):
-            w.line(f'"""inside a chunk, also: {fmt(form.local_mask)}"""')
-            w.line(f"return torch.as_tensor({ex_mask(form.local_mask)}, device=i.device)")
-        w.line()
+    emit_pair_holes(w, "local", f"weight inside a chunk: {fmt(form.local)}", form.local, "local_mask",
+                    f"inside a chunk, also: {fmt(form.local_mask)}" if form.local_mask is not None else "",
+                    form.local_mask)
     for n, t in enumerate(form.linear):
         if t.amplitude is None:
             continue
@@ -63,7 +54,7 @@ def emit_mixed_torch(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
 
 def emit_mixed_triton(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> str:
     from .triton import (HELPERS, _common_args, _feature_fn, _Kernel, _KernelExpr, _launch_common, _launcher_head,
-                         _load_rows, _prologue, _row_feature, _size_arg, _sizes)
+                         _load_rows, _prologue, _row_feature, _size_arg, _sizes, _tile_dots)
     form = plan.attrs["mixed"]
     exprs = [form.local, form.local_mask]
     kernel = _Kernel(exprs, {n: len(p.shape) for n, p in spec.params.items()})
@@ -93,11 +84,7 @@ def emit_mixed_triton(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> str:
         w.line("hi = tl.minimum(((tl.minimum(pid_m * BLOCK_M + BLOCK_M, Nq) - 1) // chunk + 1) * chunk, N)")
         with w.block("for start_n in range(lo, hi, BLOCK_N):"):
             w.line("offs_n = start_n + tl.arange(0, BLOCK_N)")
-            for fm in dict.fromkeys(_row_feature(d.args[1]) for d in dots):
-                _load_rows(w, f"k_{fm or 'raw'}", "K", "offs_n", "N", "offs_d", "D", feature=fm)
-            for d, name in dots.items():
-                qvar, kvar = (f"{x}_{_row_feature(side) or 'raw'}" for x, side in zip("qk", d.args))
-                w.line(f"{name} = tl.dot({qvar}, tl.trans({kvar}), input_precision=PRECISION)")
+            _tile_dots(w, dots)
             w.line(f"s = {ex(form.local)}")
             valid = "(offs_n[None, :] < N) & (offs_m[:, None] // chunk == offs_n[None, :] // chunk)"
             if form.local_mask is not None:

@@ -42,21 +42,29 @@ def key_range_lines(plan: Plan) -> list[str]:
     return [f"return {f'q0 - ({hi})' if hi else '0'}, {f'q1 - ({lo})' if lo else 'ctx.N'}"]
 
 
+def emit_pair_holes(w: CodeWriter, name: str, doc: str, value: TExpr, mask_name: str, mask_doc: str,
+                    mask: TExpr | None) -> None:
+    """`name(qc, kc, i, j, h, ctx, keep)`: a score or weight over (query, key) tiles, and, if there is a
+    mask, `mask_name(i, j, h, ctx)`."""
+    dots = name_dots(value)
+    ex = TorchExpr(dots)
+    with w.block(f"def {name}(qc, kc, i, j, h, ctx, keep):"):
+        w.line(f'"""{doc}"""')
+        for d, dot in dots.items():
+            w.line(f"{dot} = rt.keep_grad({_row(d.args[0], 'qc')} @ {_row(d.args[1], 'kc')}.transpose(-1, -2), keep)")
+        w.line(f"return {ex(value)}")
+    w.line()
+    if mask is not None:
+        with w.block(f"def {mask_name}(i, j, h, ctx):"):
+            w.line(f'"""{mask_doc}"""')
+            w.line(f"return torch.as_tensor({TorchExpr(mask=True)(mask)}, device=i.device)")
+        w.line()
+
+
 def emit_tiled(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
     scores = spec.logits if spec.normalize == "softmax" else spec.weight
-    dots = name_dots(scores)
-    ex, ex_mask = TorchExpr(dots), TorchExpr(mask=True)
-    with w.block("def scores(qc, kc, i, j, h, ctx, keep):"):
-        w.line(f'"""{"logits" if spec.normalize == "softmax" else "weights"}: {fmt(scores)}"""')
-        for d, name in dots.items():
-            w.line(f"{name} = rt.keep_grad({_row(d.args[0], 'qc')} @ {_row(d.args[1], 'kc')}.transpose(-1, -2), keep)")
-        w.line(f"return {ex(scores)}")
-    w.line()
-    if spec.mask is not None:
-        with w.block("def mask(i, j, h, ctx):"):
-            w.line(f'"""{fmt(spec.mask)}"""')
-            w.line(f"return torch.as_tensor({ex_mask(spec.mask)}, device=i.device)")
-        w.line()
+    emit_pair_holes(w, "scores", f'{"logits" if spec.normalize == "softmax" else "weights"}: {fmt(scores)}', scores,
+                    "mask", fmt(spec.mask) if spec.mask is not None else "", spec.mask)
     mask_arg = "mask" if spec.mask is not None else "None"
     common = f"scores=scores, mask={mask_arg}, normalize={spec.normalize!r}, eps={spec.eps!r}"
     if plan.lowering == "block_sparse":

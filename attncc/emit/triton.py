@@ -209,6 +209,15 @@ def _row_feature(t: TExpr):
     return t.value if t.op == "feature" and t.value in FEATURE_MAPS else None
 
 
+def _tile_dots(w: CodeWriter, dots: dict) -> None:
+    """Inside a key-tile loop: load the tile's key rows (through each map used) and form every dot."""
+    for fm in dict.fromkeys(_row_feature(d.args[1]) for d in dots):
+        _load_rows(w, f"k_{fm or 'raw'}", "K", "offs_n", "N", "offs_d", "D", feature=fm)
+    for d, name in dots.items():
+        qvar, kvar = (f"{x}_{_row_feature(side) or 'raw'}" for x, side in zip("qk", d.args))
+        w.line(f"{name} = tl.dot({qvar}, tl.trans({kvar}), input_precision=PRECISION)")
+
+
 def emit_tiled_kernel(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Kernel) -> None:
     softmax = spec.normalize == "softmax"
     scores = spec.logits if softmax else spec.weight
@@ -245,11 +254,7 @@ def emit_tiled_kernel(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Ker
             if sparse:
                 w.line("start_n = tl.load(Cols + idx) * BLOCK_N")
             w.line("offs_n = start_n + tl.arange(0, BLOCK_N)")
-            for fm in dict.fromkeys(_row_feature(d.args[1]) for d in dots):
-                _load_rows(w, f"k_{fm or 'raw'}", "K", "offs_n", "N", "offs_d", "D", feature=fm)
-            for d, name in dots.items():
-                qvar, kvar = (f"{x}_{_row_feature(side) or 'raw'}" for x, side in zip("qk", d.args))
-                w.line(f"{name} = tl.dot({qvar}, tl.trans({kvar}), input_precision=PRECISION)")
+            _tile_dots(w, dots)
             w.line(f"s = {ex(scores)}")
             valid = "(offs_n[None, :] < N)"
             if spec.mask is not None:
