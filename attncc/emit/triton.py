@@ -27,7 +27,7 @@ TORCH_ONLY = {"mra": "MRA-2 (block gathers and products)", "lara": "LARA (landma
               "fft2": "the 2-D FFT convolution (torch.fft.rfft2)",
               "rings": "the summed-area tables and their box reads",
               "graph": "the products with the adjacency (torch.sparse)",
-              "ista": "the unrolled ISTA steps on m x m Gram matrices (batched matmuls)"}
+              "ista": "each unrolled ISTA step (batched m x m matmuls)"}
 
 HELPERS = {
     "_floordiv": '''@triton.jit
