@@ -12,7 +12,7 @@ trains from the same initialization and data:
     causal linear (elu + 1)      examples/linear_elu_causal.attn (prefix sums, O(N))
     causal sliding window        mask(i, j) = j <= i and i - j < window: sees only the last memories
 
-    python examples/train_recall.py [--steps 600] [--png docs/training_curves.png]
+    python examples/train_recall.py [--steps 500] [--png docs/training_curves.png]
 """
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ class RecallModel(nn.Module):
         return self.readout(self.norm(self.blocks(x)))
 
 
-def train(spec, sizes: dict | None = None, steps: int = 600, pairs: int = 24, queries: int = 8, keys: int = 64,
+def train(spec, sizes: dict | None = None, steps: int = 500, pairs: int = 24, queries: int = 8, keys: int = 64,
           values: int = 16, batch: int = 64, lr: float = 3e-3, seed: int = 0) -> dict:
     """Train one model; returns the loss per step and the accuracy on 1024 fresh sequences."""
     torch.manual_seed(seed)
@@ -129,7 +129,7 @@ def plot(results: dict, path: Path, chance: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--png", type=Path, default=EXAMPLES.parent / "docs" / "training_curves.png")
     args = parser.parse_args()
     torch.set_num_threads(1)  # matrices this small gain nothing from threads, and lose much on a busy machine
