@@ -9,21 +9,34 @@ from __future__ import annotations
 
 import torch
 
+from .approx_reference import lara_weights, mra_weights, ra_weights
 from .check import CheckedSpec
 from .evaluate import Env, evaluate
 from .expr import TExpr
 from .features import FEATURE_MAPS, apply_feature_map, random_features
 from .torch_algorithms import keep_grad
 
+APPROX_WEIGHTS = ("mra", "lara", "ra")  # approximations with a dense matrix of their own (favor is kernelized)
+
 
 def dense_weights(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: dict, e_dim: int = 0,
-                  projections: dict | None = None, rows: torch.Tensor | None = None,
+                  projections: dict | None = None, noise=None, rows: torch.Tensor | None = None,
                   dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """W[b, h, i, j] in `dtype` (softmax: the normalized probabilities), differentiable in q, k and
     the tables.
 
     projections: the random-feature projection [m, D] of each declared random map, by name.
+    noise: the random draw of a sampling approximation (approx_reference.py).
     rows: query indices to evaluate (a sample of rows; i takes their values), all rows if None."""
+    if spec.approx is not None and spec.approx.method in APPROX_WEIGHTS:
+        opts = spec.approx.options
+        if spec.approx.method == "mra":
+            w = mra_weights(q, k, **opts)
+        elif spec.approx.method == "lara":
+            w = lara_weights(q, k, landmarks=opts["landmarks"], alpha=opts["alpha"], noise=noise)
+        else:
+            w = ra_weights(q, k, noise=noise)
+        return (w if rows is None else w[:, :, rows.long()]).to(dtype)
     def _row(t: TExpr, x: torch.Tensor) -> torch.Tensor:
         if t.op != "feature":
             return x
@@ -65,11 +78,11 @@ def dense_weights(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: di
 
 
 def dense_probabilities(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: dict, e_dim: int = 0,
-                        projections: dict | None = None, rows: torch.Tensor | None = None,
+                        projections: dict | None = None, noise=None, rows: torch.Tensor | None = None,
                         dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """P[b, h, i, j] with out = P V: W, divided by its row sums (+ eps) for `normalize rows`
     (D^-1 (M o phi(Q) phi(K)^T) for kernelized specs); arguments as for dense_weights."""
-    w = dense_weights(spec, q, k, params, inputs, sizes, e_dim, projections, rows, dtype)
+    w = dense_weights(spec, q, k, params, inputs, sizes, e_dim, projections, noise, rows, dtype)
     if spec.normalize == "rows":
         z = w.sum(-1, keepdim=True) + spec.eps
         w = w / torch.where(z == 0, torch.ones_like(z), z)  # a row with nothing to normalize: 0
@@ -77,7 +90,7 @@ def dense_probabilities(spec: CheckedSpec, q, k, params: dict, inputs: dict, siz
 
 
 def dense_attention(spec: CheckedSpec, q, k, v, params: dict, inputs: dict, sizes: dict,
-                    projections: dict | None = None) -> torch.Tensor:
+                    projections: dict | None = None, noise=None) -> torch.Tensor:
     """out[b, h, i, :] in float64."""
     v = v.double()
-    return dense_probabilities(spec, q, k, params, inputs, sizes, v.shape[-1], projections) @ v
+    return dense_probabilities(spec, q, k, params, inputs, sizes, v.shape[-1], projections, noise) @ v

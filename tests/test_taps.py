@@ -17,6 +17,10 @@ CASES = {  # example -> (constructor sizes, call inputs for N tokens)
     "rpe_performer": ({"D": 8, "max_len": 16}, lambda n: {}),
     "retention": ({}, lambda n: {}),
     "gkat": ({}, lambda n: {"adj": (torch.arange(n)[:, None] - torch.arange(n)).abs().eq(1).float()}),
+    "mra2": ({}, lambda n: {}),  # declared approximations: the tap is the matrix they apply
+    "lara": ({}, lambda n: {}),
+    "ra": ({}, lambda n: {}),
+    "favor_softmax": ({"H": 2, "D": 8}, lambda n: {}),
 }
 
 
