@@ -1,0 +1,476 @@
+"""Emit the Triton backward: kernels that recompute the forward tile by tile (no N x N buffer),
+run with the forward as the torch custom op of attncc.triton_ops.
+
+Softmax tiles (FlashAttention-2). The forward kernel saves the row logsumexp L; per tile
+  P = exp(S - L) (0 where masked), dV += P^T dO, dP = dO V^T, dS = P o (dP - delta), delta = rowsum(dO o O),
+  G = dS o ds/d(q.k)  (the score hole differentiated by attncc.derivative), dK += G^T Q, dQ += G K,
+  dt[idx] += dS o ds/dt[idx] for each float table t the score reads (atomics; one per tile when idx
+  does not depend on i, j).
+Two kernels: dK, dV (and the tables) per key tile over the query tiles that can see it (the band, or
+the block layout transposed), dQ per query tile over its key tiles, as the forward.
+
+Linear, out_i = mod phi(q_i) S_i / (mod phi(q_i) z_i + eps) (rows; `none`: mod phi(q_i) S_i). With
+G_i = [dnum_i, dden_i] = [mod dO_i / Z_i, -mod (dO_i . out_i) / Z_i] (Z_i the clamped denominator), it
+is an unnormalized linear attention of the values [V, 1] with output gradient G:
+  dphi(q_i) = sum_j a_ij (dnum_i . v_j + dden_i) phi(k_j),   a_ij = gamma^(i - j) [j <= i] (causal)
+  dphi(k_j) = sum_i a_ij (dnum_i . v_j + dden_i) phi(q_i),   dv_j = sum_i a_ij (phi(q_i) . phi(k_j)) dnum_i
+Chunked: dQ walks chunks forward with the carried state (S, z) of the forward; dK, dV walk them in
+reverse with R = sum_(later i) gamma^(a_i + 1) phi(q_i) [dnum_i, dden_i]^T, R <- gamma^C R + this chunk's:
+dphi(k_j) = gamma^(C-1-b_j) (R_num v_j + R_den) + intra-chunk terms. Non-causal: one program per (b, h)
+sums R over all queries, then reads it for every key. dq = dphi(q) o phi'(q), dk alike.
+"""
+from __future__ import annotations
+
+from ..check import CheckedSpec
+from ..derivative import NotDifferentiable, diff, leaves
+from ..expr import TExpr
+from ..features import FEATURE_MAPS
+from ..ir import Graph, expr_of
+from ..select import Plan
+from .exprs import band_bounds, key, name_dots
+from .triton import (HELPERS, TORCH_ONLY, _common_args, _helpers_of, _Kernel, _KernelExpr, _launch_common,
+                     _launcher_head, _load_rows, _prologue, _row_feature, _size_arg, _sizes, band_line, key_tile_loop,
+                     linear_scalars)
+from .writer import CodeWriter
+
+RECOMPUTE = "recomputation through the torch backend's autograd"
+
+
+def _linear_features(plan: Plan, graph: Graph) -> tuple[str, str]:
+    (out,) = graph.operands(graph.output)
+    ops = graph.operands(out)
+    return tuple(_row_feature(expr_of(graph, o)) or "identity" for o in ops[:2])
+
+
+def backward_support(spec: CheckedSpec, plan: Plan, graph: Graph | None = None) -> str | None:
+    """None if generated Triton backward kernels cover this spec and lowering, else why not."""
+    if plan.lowering in TORCH_ONLY:
+        return "the forward runs in torch"
+    if plan.lowering in ("tiled", "block_sparse"):
+        if spec.normalize != "softmax":
+            return f"no backward kernel for `normalize {spec.normalize}` tiles"
+        dots = name_dots(spec.logits)
+        if any(_row_feature(side) not in (None, "identity") for d in dots for side in d.args):
+            return "a feature map inside softmax logits"
+        try:
+            for leaf in leaves(spec.logits):
+                diff(spec.logits, leaf)
+        except NotDifferentiable as exc:
+            return str(exc)
+        return None
+    if any(e.op in ("param", "input") for e in spec.weight.walk()):
+        return "the modulation or decay reads learned tables"
+    return None
+
+
+def backward_line(spec: CheckedSpec, plan: Plan, graph: Graph | None = None) -> str:
+    """Which backward the Triton backend uses for this spec and lowering (for `inspect`)."""
+    why = backward_support(spec, plan, graph)
+    if why == "the forward runs in torch":
+        return "torch autograd (the forward runs in torch)"
+    if why is not None:
+        return f"{RECOMPUTE} ({why})"
+    if plan.lowering == "linear_chunked":
+        return "generated Triton kernels (dQ forward over chunks, dK/dV by the reverse chunked recurrence)"
+    if plan.lowering == "linear":
+        return "generated Triton kernels (state, then dQ over queries and dK/dV over keys)"
+    tables = _grad_tables(spec.logits)
+    return ("generated Triton kernels (FlashAttention-2 recomputation"
+            + (f"; gradients of {', '.join(n for _, n in tables)} by atomics)" if tables else ")"))
+
+
+def _grad_tables(scores: TExpr) -> list[tuple[str, str]]:
+    out = []
+    for leaf in leaves(scores):
+        if leaf.op != "dot" and (leaf.op, leaf.value) not in out:
+            out.append((leaf.op, leaf.value))
+    return out
+
+
+def emit_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) -> str:
+    """The module's `forward_triton`, with backward kernels where they exist; returns backward_line."""
+    if backward_support(spec, plan, graph) is not None:
+        with w.block("def forward_triton(self, q, k, v, ctx, host):"):
+            w.line('"""Triton forward; gradients by recomputing the torch backend under autograd."""')
+            w.line("return rt.with_torch_backward(lambda q, k, v, ctx: triton_forward(self, q, k, v, ctx, host),")
+            w.line("                              lambda q, k, v, ctx: host.forward_torch(self, q, k, v, ctx), "
+                   "q, k, v, ctx)")
+        return backward_line(spec, plan, graph)
+    if plan.lowering in ("tiled", "block_sparse"):
+        _emit_tiled_backward(w, spec, plan)
+    else:
+        _emit_linear_backward(w, spec, plan, graph)
+    w.line()
+    w.line()
+    sparse = plan.lowering == "block_sparse"
+    with w.block("def forward_triton(self, q, k, v, ctx, host):"):
+        w.line('"""Triton forward and backward kernels, run as the custom op attncc::triton_attention."""')
+        if sparse:
+            w.line("tiles = self.cached_tiles(ctx, host.block_layout, q.device)  # once per length")
+        w.line(f"return triton_ops.attention(q, k, v, ctx, host{', tiles' if sparse else ''})")
+    return backward_line(spec, plan, graph)
+
+
+def _bwd_args() -> str:
+    return _common_args() + ", DO, DQ, DK, DV, stride_dob, stride_doh, stride_dom, stride_dod"
+
+
+def _bwd_launch() -> str:
+    return _launch_common() + ", dout, dq, dk, dv, *dout.stride()"
+
+
+def _bwd_prologue(w: CodeWriter, per_bh_only: bool = False) -> None:
+    _prologue(w, per_bh_only)
+    w.line("DO += off_b * stride_dob + off_h * stride_doh")
+    w.line("DQ += off_b * stride_qb + off_h * stride_qh  # gradients are laid out as q, k, v")
+    w.line("DK += off_b * stride_kb + off_h * stride_kh")
+    w.line("DV += off_b * stride_vb + off_h * stride_vh")
+
+
+def _store(w: CodeWriter, ptr: str, var: str, offs: str, limit: str, cols: str, width: str, like: str) -> None:
+    w.line(f"tl.store({ptr} + {offs}[:, None] * stride_{like}m + {cols}[None, :] * stride_{like}d, "
+           f"{var}.to({ptr}.dtype.element_ty), mask=({offs}[:, None] < {limit}) & ({cols}[None, :] < {width}))")
+
+
+# ---------------------------------------------------------------------- softmax tiles
+def _emit_tiled_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
+    scores = spec.logits
+    dots = name_dots(scores)
+    ex = _KernelExpr(dots, {s: _size_arg(s) for s in _sizes(scores, spec.mask)})
+    dims = {n: len(p.shape) for n, p in spec.params.items()}
+    kernel = _Kernel([scores, spec.mask], dims)
+    derivs = {leaf: diff(scores, leaf) for leaf in leaves(scores)}
+    dq_side = None
+    for leaf, d in derivs.items():
+        if leaf.op == "dot" and d is not None:
+            dq_side = d if dq_side is None else TExpr("add", (dq_side, d))
+    tables = _grad_tables(scores)
+    forward_helpers = set(kernel.helpers)
+    for h in sorted({h for d in derivs.values() if d is not None for h in _helpers_of(d)} - forward_helpers):
+        w.lines_of(HELPERS[h])
+        w.line()
+    sparse = plan.lowering == "block_sparse"
+    grads = "".join(f"G{op[0].upper()}_{name}, " for op, name in tables)
+    extra = "".join(f"{a}, " for a in kernel.arg_names())
+    constexprs = "BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,"
+
+    def tile_body(loop_over_queries: bool) -> None:
+        """Recompute s, P and dS on one (query tile, key tile) pair; q_raw, k_raw, v, do loaded by the caller's loop."""
+        if loop_over_queries:
+            _load_rows(w, "q_raw", "Q", "offs_m", "Nq", "offs_d", "D")
+            _load_rows(w, "do", "DO", "offs_m", "Nq", "offs_e", "E")
+        else:
+            _load_rows(w, "k_raw", "K", "offs_n", "N", "offs_d", "D")
+            _load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
+        names = list(dots.values())
+        if names:
+            w.line(f"{names[0]} = tl.dot(q_raw, tl.trans(k_raw), input_precision=PRECISION)")
+            for other in names[1:]:
+                w.line(f"{other} = {names[0]}")
+        w.line(f"s = {ex(scores)}")
+        valid = "(offs_m[:, None] < Nq) & (offs_n[None, :] < N)"
+        if spec.mask is not None:
+            valid = f"{valid} & ({ex(spec.mask)})"
+        w.line(f"valid = {valid}")
+        if loop_over_queries:
+            w.line("lse = tl.load(Lse + offs_m, mask=offs_m < Nq, other=0.0)")
+            w.line("delta = tl.load(Delta + offs_m, mask=offs_m < Nq, other=0.0)")
+        w.line("p = tl.where(valid, tl.exp(s - lse[:, None]), 0.0)")
+        if loop_over_queries:
+            w.line("dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)")
+        w.line("dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)")
+        w.line("ds = p * (dp - delta[:, None])")
+        if dq_side is not None:
+            w.line(f"g = tl.where(valid, ds * ({ex(dq_side)}), 0.0)  # zero where masked: s may be undefined there")
+            if loop_over_queries:
+                w.line("dk += tl.dot(tl.trans(g.to(q_raw.dtype)), q_raw, input_precision=PRECISION)")
+            else:
+                w.line("dq += tl.dot(g.to(k_raw.dtype), k_raw, input_precision=PRECISION)")
+
+    # dK, dV and the tables
+    w.line("@triton.jit")
+    with w.block(f"def _attn_bwd_dkdv({_bwd_args()}, {extra}{grads}Lse, Delta, "
+                 f"{'ColPtr, Rows, ' if sparse else ''}sm_scale, band_lo, band_hi,"):
+        w.line(constexprs)
+        w.line("PRECISION: tl.constexpr):")
+        w.line('"""dK, dV (and table gradients) of one key tile: P recomputed from the saved logsumexp."""')
+        _bwd_prologue(w)
+        w.line("pid_n = pid_m  # this grid's first axis walks key tiles")
+        w.line("Lse += pid_bh * Nq")
+        w.line("Delta += pid_bh * Nq")
+        w.line("offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)")
+        _load_rows(w, "k_raw", "K", "offs_n", "N", "offs_d", "D")
+        _load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
+        w.line("dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)")
+        w.line("dv = tl.zeros([BLOCK_N, BLOCK_E], dtype=tl.float32)")
+        if sparse:
+            w.line("# block-sparse: the query tiles whose layout rows list this key tile (the layout transposed)")
+            loop = "for idx in range(tl.load(ColPtr + pid_n), tl.load(ColPtr + pid_n + 1)):"
+        elif any(b is not None for b in band_bounds(plan.mask)):
+            w.line(f"# mask is {plan.mask.describe()}: only query tiles inside the band are visited")
+            w.line("lo = tl.maximum(pid_n * BLOCK_N + band_lo, 0) // BLOCK_M * BLOCK_M")
+            w.line("hi = tl.minimum(pid_n * BLOCK_N + BLOCK_N + band_hi, Nq)")
+            loop = "for start_m in range(lo, hi, BLOCK_M):"
+        else:
+            loop = "for start_m in range(0, Nq, BLOCK_M):"
+        with w.block(loop):
+            if sparse:
+                w.line("start_m = tl.load(Rows + idx) * BLOCK_M")
+            w.line("offs_m = start_m + tl.arange(0, BLOCK_M)")
+            tile_body(True)
+            for op, name in tables:
+                _table_atomics(w, ex, op, name, derivs)
+        _store(w, "DK", "dk", "offs_n", "N", "offs_d", "D", "k")
+        _store(w, "DV", "dv", "offs_n", "N", "offs_e", "E", "v")
+    w.line()
+    # dQ
+    w.line("@triton.jit")
+    with w.block(f"def _attn_bwd_dq({_bwd_args()}, {extra}Lse, Delta, {'RowPtr, Cols, ' if sparse else ''}"
+                 "sm_scale, band_lo, band_hi,"):
+        w.line(constexprs)
+        w.line("PRECISION: tl.constexpr):")
+        w.line('"""dQ of one query tile over the key tiles the forward visits."""')
+        _bwd_prologue(w)
+        w.line("offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)")
+        _load_rows(w, "q_raw", "Q", "offs_m", "Nq", "offs_d", "D")
+        _load_rows(w, "do", "DO", "offs_m", "Nq", "offs_e", "E")
+        w.line("lse = tl.load(Lse + pid_bh * Nq + offs_m, mask=offs_m < Nq, other=0.0)")
+        w.line("delta = tl.load(Delta + pid_bh * Nq + offs_m, mask=offs_m < Nq, other=0.0)")
+        w.line("dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)")
+        with w.block(key_tile_loop(w, plan)):
+            if sparse:
+                w.line("start_n = tl.load(Cols + idx) * BLOCK_N")
+            w.line("offs_n = start_n + tl.arange(0, BLOCK_N)")
+            tile_body(False)
+        _store(w, "DQ", "dq", "offs_m", "Nq", "offs_d", "D", "q")
+    w.line()
+    # launcher
+    with w.block("def op_forward(self, q, k, v, ctx, host):"):
+        w.line('"""The custom op\'s forward: the output and the row logsumexp its backward reads."""')
+        w.line("lse = torch.empty(*q.shape[:3], device=q.device, dtype=torch.float32)")
+        w.line("return triton_forward(self, q, k, v, ctx, host, lse), lse")
+    w.line()
+    with w.block("def op_backward(self, q, k, v, out, lse, dout, ctx, host):"):
+        w.line('"""(dq, dk, dv, table gradients by name) from the saved output and logsumexp."""')
+        _launcher_head(w, allocate_out=False)
+        w.line("dout, out = dout.contiguous(), out.contiguous()")
+        w.line("delta = (dout.float() * out.float()).sum(-1).contiguous()")
+        w.line("dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)")
+        table_of = {"param": "ctx.params", "input": "ctx.inputs"}
+        w.line("grads = {" + ", ".join(f"{key(n)}: torch.zeros({table_of[op]}[{key(n)}].shape, device=q.device, "
+                                       f"dtype=torch.float32)" for op, n in tables) + "}")
+        if sparse:
+            w.line("BLOCK_M, row_ptr, cols = self.cached_tiles(ctx, host.block_layout, q.device)")
+            w.line("BLOCK_N = BLOCK_M")
+            w.line("col_ptr, rows = triton_ops.transpose_tiles(row_ptr, cols, triton.cdiv(N, BLOCK_N))")
+        band_line(w, plan)
+        vals = "".join(f"{v}, " for v in kernel.arg_values())
+        gvals = "".join(f"grads[{key(n)}], " for _, n in tables)
+        tail = "ctx.scale, band_lo, band_hi, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E,"
+        w.line(f"_attn_bwd_dkdv[(triton.cdiv(N, BLOCK_N), B * H)]({_bwd_launch()}, {vals}{gvals}lse, delta,"
+               f"{' col_ptr, rows,' if sparse else ''}")
+        w.line(f"    {tail} PRECISION=precision)")
+        w.line(f"_attn_bwd_dq[(triton.cdiv(Nq, BLOCK_M), B * H)]({_bwd_launch()}, {vals}lse, delta,"
+               f"{' row_ptr, cols,' if sparse else ''}")
+        w.line(f"    {tail} PRECISION=precision)")
+        w.line("return dq, dk, dv, grads")
+    w.line()
+    w.line(f"GRAD_TABLES = ({''.join(f'{key(n)}, ' for _, n in tables)})  # tables the backward kernels differentiate")
+
+
+def _table_atomics(w: CodeWriter, ex: _KernelExpr, op: str, name: str, derivs: dict) -> None:
+    """dt[idx] += dS o ds/dt[idx] for every lookup of table `name` in the score."""
+    grad = f"G{op[0].upper()}_{name}"
+    for leaf, d in derivs.items():
+        if leaf.op != op or leaf.value != name or d is None:
+            continue
+        w.line(f"c = tl.where(valid, ds * ({ex(d)}), 0.0)")
+        if any(e.op == "var" and e.value in ("i", "j") for arg in leaf.args for e in arg.walk()):
+            w.line(f"tl.atomic_add({grad} + {ex.offset(leaf)} + tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32), c, "
+                   "mask=valid)")
+        else:
+            w.line(f"tl.atomic_add({grad} + {ex.offset(leaf)}, tl.sum(tl.sum(c, 1), 0))  # one entry per tile")
+
+
+# ---------------------------------------------------------------------- linear
+def _finish_grads(w: CodeWriter, spec: CheckedSpec) -> None:
+    """dnum, dden of each row from den (the forward's unmodulated denominator), dO and out."""
+    if spec.normalize == "rows":
+        w.line("zz = den * mod + eps")
+        w.line("zs = tl.where(zz == 0.0, 1.0, zz)  # as the forward: no clamp where there is nothing to divide")
+        w.line("inv = mod / zs")
+        w.line("dden = tl.where(zz == 0.0, 0.0, -tl.sum(do * out, 1) * inv)")
+    else:
+        w.line("inv = mod + tl.zeros([BLOCK], dtype=tl.float32)")
+        w.line("dden = tl.zeros([BLOCK], dtype=tl.float32)")
+    w.line("dnum = do * inv[:, None]")
+
+
+def _load_out(w: CodeWriter) -> None:
+    w.line("out = tl.load(Out + offs[:, None] * stride_om + offs_e[None, :] * stride_od, "
+           "mask=(offs[:, None] < Nq) & (offs_e[None, :] < E), other=0.0).to(tl.float32)")
+
+
+def _chain(w: CodeWriter, var: str, grad: str, ptr: str, offs: str, limit: str, feature: str) -> None:
+    """var = grad o phi'(raw rows), phi the side's feature map."""
+    if feature == "identity":
+        w.line(f"{var} = {grad}")
+        return
+    _load_rows(w, "x", ptr, offs, limit, "offs_d", "D")
+    w.line("x = x.to(tl.float32)")
+    w.line(f"{var} = {grad} * ({FEATURE_MAPS[feature].triton_grad})")
+
+
+def _load_linear_rows(w: CodeWriter, fq: str, fk: str) -> None:
+    _load_rows(w, "pq", "Q", "offs", "Nq", "offs_d", "D", feature=fq)
+    _load_rows(w, "pk", "K", "offs", "N", "offs_d", "D", feature=fk)
+    _load_rows(w, "v", "V", "offs", "N", "offs_e", "E")
+    w.line("v = v.to(tl.float32)")
+    _load_rows(w, "do", "DO", "offs", "Nq", "offs_e", "E")
+    w.line("do = do.to(tl.float32)")
+
+
+def _emit_linear_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) -> None:
+    fq, fk = _linear_features(plan, graph)
+    causal = plan.lowering == "linear_chunked"
+    decayed = bool(plan.attrs.get("decayed")) and causal
+    constexprs = "BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr"
+    dot = "tl.dot({}, {}, input_precision=PRECISION)".format
+    if causal:
+        within = "a = a * within" if decayed else "a = tl.where(offs[:, None] >= offs[None, :], a, 0.0)"
+        within_d = "da = da * within" if decayed else "da = tl.where(offs[:, None] >= offs[None, :], da, 0.0)"
+
+        def decay_setup():
+            if decayed:
+                w.line("gamma = tl.load(Decay + pid_bh)")
+                w.line("pos = tl.arange(0, BLOCK) * 1.0")
+                w.line("steps = pos[:, None] - pos[None, :]")
+                w.line("within = tl.where(steps >= 0, _powf(gamma + steps * 0.0, tl.maximum(steps, 0.0)), 0.0)")
+                w.line("q_decay = _powf(gamma + pos * 0.0, pos + 1.0)")
+                w.line("k_decay = _powf(gamma + pos * 0.0, (BLOCK - 1) - pos)")
+                w.line("carry = _powf(gamma, BLOCK * 1.0)")
+        qd, kd = ("q_decay[:, None] * ", "k_decay[:, None] * ") if decayed else ("", "")
+        w.line("@triton.jit")
+        with w.block(f"def _linear_bwd_dq({_bwd_args()}, Mod, Decay, Inv, Dden, eps, {constexprs}):"):
+            w.line('"""dQ walking chunks forward with the carried state; saves each row\'s dnum scale and dden."""')
+            _bwd_prologue(w, per_bh_only=True)
+            w.line("mod = tl.load(Mod + pid_bh)")
+            decay_setup()
+            w.line("S = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
+            w.line("z = tl.zeros([BLOCK_D], dtype=tl.float32)")
+            with w.block("for start in range(0, tl.maximum(Nq, N), BLOCK):"):
+                w.line("offs = start + tl.arange(0, BLOCK)")
+                _load_linear_rows(w, fq, fk)
+                _load_out(w)
+                w.line(f"a = {dot('pq', 'tl.trans(pk)')}")
+                w.line(within)
+                w.line(f"den = tl.sum(a, 1) + {'q_decay * ' if decayed else ''}tl.sum(pq * z[None, :], 1)")
+                _finish_grads(w, spec)
+                w.line("tl.store(Inv + pid_bh * Nq + offs, inv, mask=offs < Nq)")
+                w.line("tl.store(Dden + pid_bh * Nq + offs, dden, mask=offs < Nq)")
+                w.line(f"da = {dot('dnum', 'tl.trans(v)')} + dden[:, None]")
+                w.line(within_d)
+                w.line(f"dpq = {dot('da', 'pk')} + {qd}({dot('dnum', 'tl.trans(S)')} + dden[:, None] * z[None, :])")
+                _chain(w, "dq", "dpq", "Q", "offs", "Nq", fq)
+                _store(w, "DQ", "dq", "offs", "Nq", "offs_d", "D", "q")
+                if decayed:
+                    w.line("pk = pk * k_decay[:, None]")
+                    w.line(f"S = carry * S + {dot('tl.trans(pk)', 'v')}")
+                    w.line("z = carry * z + tl.sum(pk, 0)")
+                else:
+                    w.line(f"S += {dot('tl.trans(pk)', 'v')}")
+                    w.line("z += tl.sum(pk, 0)")
+        w.line()
+        w.line("@triton.jit")
+        with w.block(f"def _linear_bwd_dkdv({_bwd_args()}, Decay, Inv, Dden, {constexprs}):"):
+            w.line('"""dK, dV walking chunks in reverse with R = sum over later queries of (decayed) phi(q) [dnum, dden]^T."""')
+            _bwd_prologue(w, per_bh_only=True)
+            decay_setup()
+            w.line("R = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
+            w.line("r = tl.zeros([BLOCK_D], dtype=tl.float32)")
+            w.line("chunks = tl.cdiv(tl.maximum(Nq, N), BLOCK)")
+            with w.block("for t in range(0, chunks):"):
+                w.line("offs = (chunks - 1 - t) * BLOCK + tl.arange(0, BLOCK)")
+                _load_linear_rows(w, fq, fk)
+                w.line("inv = tl.load(Inv + pid_bh * Nq + offs, mask=offs < Nq, other=0.0)")
+                w.line("dden = tl.load(Dden + pid_bh * Nq + offs, mask=offs < Nq, other=0.0)")
+                w.line("dnum = do * inv[:, None]")
+                w.line(f"a = {dot('pq', 'tl.trans(pk)')}")
+                w.line(within)
+                w.line(f"da = {dot('dnum', 'tl.trans(v)')} + dden[:, None]")
+                w.line(within_d)
+                w.line(f"dpk = {dot('tl.trans(da)', 'pq')} + {kd}({dot('v', 'tl.trans(R)')} + r[None, :])")
+                w.line(f"dv = {dot('tl.trans(a)', 'dnum')} + {kd}{dot('pk', 'R')}")
+                _chain(w, "dk", "dpk", "K", "offs", "N", fk)
+                _store(w, "DK", "dk", "offs", "N", "offs_d", "D", "k")
+                _store(w, "DV", "dv", "offs", "N", "offs_e", "E", "v")
+                if decayed:
+                    w.line("pq = pq * q_decay[:, None]")
+                    w.line(f"R = carry * R + {dot('tl.trans(pq)', 'dnum')}")
+                    w.line("r = carry * r + tl.sum(pq * dden[:, None], 0)")
+                else:
+                    w.line(f"R += {dot('tl.trans(pq)', 'dnum')}")
+                    w.line("r += tl.sum(pq * dden[:, None], 0)")
+        w.line()
+    else:
+        w.line("@triton.jit")
+        with w.block(f"def _linear_bwd({_bwd_args()}, State, Z, Mod, eps, {constexprs}):"):
+            w.line('"""Queries first (dQ, and R = phi(Q)^T [dnum, dden]), then keys (dK, dV) from R."""')
+            _bwd_prologue(w, per_bh_only=True)
+            w.line("mod = tl.load(Mod + pid_bh)")
+            w.line("S = tl.load(State + pid_bh * BLOCK_D * BLOCK_E + offs_d[:, None] * BLOCK_E + offs_e[None, :])")
+            w.line("z = tl.load(Z + pid_bh * BLOCK_D + offs_d)")
+            w.line("R = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
+            w.line("r = tl.zeros([BLOCK_D], dtype=tl.float32)")
+            with w.block("for start in range(0, Nq, BLOCK):"):
+                w.line("offs = start + tl.arange(0, BLOCK)")
+                _load_rows(w, "pq", "Q", "offs", "Nq", "offs_d", "D", feature=fq)
+                _load_rows(w, "do", "DO", "offs", "Nq", "offs_e", "E")
+                w.line("do = do.to(tl.float32)")
+                _load_out(w)
+                w.line("den = tl.sum(pq * z[None, :], 1)")
+                _finish_grads(w, spec)
+                w.line(f"dpq = {dot('dnum', 'tl.trans(S)')} + dden[:, None] * z[None, :]")
+                _chain(w, "dq", "dpq", "Q", "offs", "Nq", fq)
+                _store(w, "DQ", "dq", "offs", "Nq", "offs_d", "D", "q")
+                w.line(f"R += {dot('tl.trans(pq)', 'dnum')}")
+                w.line("r += tl.sum(pq * dden[:, None], 0)")
+            with w.block("for start in range(0, N, BLOCK):"):
+                w.line("offs = start + tl.arange(0, BLOCK)")
+                _load_rows(w, "pk", "K", "offs", "N", "offs_d", "D", feature=fk)
+                _load_rows(w, "v", "V", "offs", "N", "offs_e", "E")
+                w.line("v = v.to(tl.float32)")
+                w.line(f"dpk = {dot('v', 'tl.trans(R)')} + r[None, :]")
+                w.line(f"dv = {dot('pk', 'R')}")
+                _chain(w, "dk", "dpk", "K", "offs", "N", fk)
+                _store(w, "DK", "dk", "offs", "N", "offs_d", "D", "k")
+                _store(w, "DV", "dv", "offs", "N", "offs_e", "E", "v")
+        w.line()
+    with w.block("def op_forward(self, q, k, v, ctx, host):"):
+        w.line('"""The custom op\'s forward: the output (no row statistics: the backward recomputes them)."""')
+        w.line("return triton_forward(self, q, k, v, ctx, host), q.new_zeros(*q.shape[:3], dtype=torch.float32)")
+    w.line()
+    with w.block("def op_backward(self, q, k, v, out, lse, dout, ctx, host):"):
+        w.line('"""(dq, dk, dv, no table gradients) by the reverse recurrence."""')
+        _launcher_head(w, allocate_out=False)
+        w.line("dout, out = dout.contiguous(), out.contiguous()")
+        w.line("dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)")
+        linear_scalars(w, plan)
+        blocks = "BLOCK=BLOCK_M, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision"
+        if causal:
+            w.line("inv = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32)")
+            w.line("dden = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32)")
+            w.line(f"_linear_bwd_dq[(B * H,)]({_bwd_launch()}, mod, gamma, inv, dden, {spec.eps!r},")
+            w.line(f"    {blocks})")
+            w.line(f"_linear_bwd_dkdv[(B * H,)]({_bwd_launch()}, gamma, inv, dden,")
+            w.line(f"    {blocks})")
+        else:
+            w.line("state = torch.empty(B * H, BLOCK_D, BLOCK_E, device=q.device, dtype=torch.float32)")
+            w.line("z = torch.empty(B * H, BLOCK_D, device=q.device, dtype=torch.float32)")
+            w.line(f"_linear_state[(B * H,)]({_launch_common()}, state, z, BLOCK=BLOCK_N, BLOCK_D=BLOCK_D,")
+            w.line("    BLOCK_E=BLOCK_E, PRECISION=precision)")
+            w.line(f"_linear_bwd[(B * H,)]({_bwd_launch()}, state, z, mod, {spec.eps!r},")
+            w.line(f"    {blocks})")
+        w.line("return dq, dk, dv, {}")
+    w.line()
+    w.line("GRAD_TABLES = ()  # tables the backward kernels differentiate")
