@@ -27,6 +27,8 @@ CASES = {  # name: (spec, lowering, sizes, (B, H, Nq, N, D, E)); lengths past on
     "linear_causal_nq_ne_n": ("linear_elu_causal", None, {}, (1, 2, 20, 37, 16, 8)),
     "retention": ("retention", None, {}, (1, 2, 37, 37, 16, 8)),
     "linear": ("linear_elu", "linear", {}, (1, 2, 37, 20, 16, 8)),
+    "weighted_rows": ("toeplitz_linear", "tiled", {}, (1, 2, 37, 20, 16, 8)),  # feature maps, a table, rows
+    "weighted_none": ("retention", "tiled", {}, (1, 2, 37, 37, 16, 8)),
 }
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 3e-2}
 
@@ -80,9 +82,9 @@ def test_specs_without_backward_kernels_recompute_through_torch():
         weight(i, j) = dot(phi(q[i]), phi(k[j])) * exp(-t[h] * (i - j))
         mask(i, j) = j <= i
     }"""
-    for source, lowering in ((spec, "linear_chunked"), ("linear_elu", "tiled"), ("toeplitz_linear", "fft")):
-        cls = _compile(source, lowering)
-        assert "backward: generated" not in cls.TRITON_LOWERING, cls.TRITON_LOWERING
+    for source, lowering, backward in ((spec, "linear_chunked", "recomputation through the torch backend"),
+                                       ("toeplitz_linear", "fft", "torch autograd")):
+        assert f"backward: {backward}" in _compile(source, lowering).TRITON_LOWERING
     cls = _compile(spec, "linear_chunked")
     module = make_module(cls, 2, 8, 8)
     module.backend = "triton"
@@ -113,8 +115,8 @@ def test_inspect_says_which_backward(capsys):
     from attncc.cli import main
     main(["inspect", str(ROOT / "examples" / "alibi.attn")])
     assert "triton backward: generated Triton kernels (FlashAttention-2" in capsys.readouterr().out
-    main(["inspect", str(ROOT / "examples" / "linear_elu.attn"), "--lowering", "tiled"])
-    assert "triton backward: recomputation through the torch backend" in capsys.readouterr().out
+    main(["inspect", str(ROOT / "examples" / "toeplitz_linear.attn"), "--lowering", "fft"])
+    assert "triton backward: torch autograd (the forward runs in torch)" in capsys.readouterr().out
 
 
 @pytest.mark.gpu

@@ -229,8 +229,9 @@ def emit_tiled_kernel(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Ker
     dots = name_dots(scores)
     ex = _KernelExpr(dots, {s: _size_arg(s) for s in _sizes(scores, spec.mask)})
     sparse = plan.lowering == "block_sparse"
+    stats = spec.normalize != "none"  # a row statistic for the backward: logsumexp, or the denominator
     extra = "".join(f"{a}, " for a in kernel.arg_names()) + ("RowPtr, Cols, " if sparse else "") + \
-        ("Lse, " if softmax else "")
+        ("Stat, " if stats else "")
     w.line("@triton.jit")
     with w.block(f"def _attn_fwd({_common_args()}, {extra}sm_scale, eps, band_lo, band_hi,"):
         w.line("BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,")
@@ -274,26 +275,27 @@ def emit_tiled_kernel(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Ker
                 w.line("acc += tl.dot(p, v.to(tl.float32), input_precision=PRECISION)")
         if softmax:
             w.line("out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # no visible key: output 0")
-            w.line("tl.store(Lse + pid_bh * Nq + offs_m, m_i + tl.log(tl.where(l_i == 0.0, 1.0, l_i)), mask=offs_m < Nq)  # -inf: no visible key")
+            w.line("tl.store(Stat + pid_bh * Nq + offs_m, m_i + tl.log(tl.where(l_i == 0.0, 1.0, l_i)), mask=offs_m < Nq)  # -inf: no visible key")
         elif spec.normalize == "rows":
             w.line("z = l_i + eps")
+            w.line("tl.store(Stat + pid_bh * Nq + offs_m, z, mask=offs_m < Nq)")
             w.line("out = acc / tl.where(z == 0.0, 1.0, z)[:, None]  # nothing to normalize: output 0")
         else:
             w.line("out = acc")
         w.line("tl.store(Out + offs_m[:, None] * stride_om + offs_e[None, :] * stride_od, out.to(Out.dtype.element_ty), "
                "mask=(offs_m[:, None] < Nq) & (offs_e[None, :] < E))")
     w.line()
-    with w.block(f"def triton_forward(self, q, k, v, ctx, host{', lse=None' if softmax else ''}):"):
+    with w.block(f"def triton_forward(self, q, k, v, ctx, host{', stat=None' if stats else ''}):"):
         _launcher_head(w)
-        if softmax:
-            w.line("lse = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32) if lse is None else lse")
+        if stats:
+            w.line("stat = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32) if stat is None else stat")
         if sparse:
             w.line("BLOCK_M, row_ptr, cols = self.cached_tiles(ctx, host.block_layout, q.device)  # once per length")
             w.line("BLOCK_N = BLOCK_M")
         band_line(w, plan)
         w.line("grid = (triton.cdiv(Nq, BLOCK_M), B * H)")
         vals = "".join(f"{v}, " for v in kernel.arg_values()) + ("row_ptr, cols, " if sparse else "") + \
-            ("lse, " if softmax else "")
+            ("stat, " if stats else "")
         w.line(f"_attn_fwd[grid]({_launch_common()}, {vals}ctx.scale, {spec.eps!r}, band_lo, band_hi,")
         w.line("    BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision)")
         w.line("return out")

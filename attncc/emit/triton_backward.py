@@ -6,6 +6,9 @@ Softmax tiles (FlashAttention-2). The forward kernel saves the row logsumexp L; 
   G = dS o ds/d(q.k)  (the score hole differentiated by attncc.derivative), dK += G^T Q, dQ += G K,
   dt[idx] += dS o ds/dt[idx] for each float table t the score reads (atomics; one per tile when idx
   does not depend on i, j).
+Weighted tiles: W = w(s) where visible; `rows` saves the denominator Z = rowsum W + eps, P = W / Z,
+dS = (dP - delta) / Z (delta = 0 where Z = 0: the forward divides by 1 there); `none`: P = W, dS = dP.
+Feature maps on a dot's sides: dK += (G^T phi(Q)) o phi'(K), dQ alike, per (q map, k map) pair.
 Two kernels: dK, dV (and the tables) per key tile over the query tiles that can see it (the band, or
 the block layout transposed), dQ per query tile over its key tiles, as the forward.
 
@@ -47,14 +50,10 @@ def backward_support(spec: CheckedSpec, plan: Plan, graph: Graph | None = None) 
     if plan.lowering in TORCH_ONLY:
         return "the forward runs in torch"
     if plan.lowering in ("tiled", "block_sparse"):
-        if spec.normalize != "softmax":
-            return f"no backward kernel for `normalize {spec.normalize}` tiles"
-        dots = name_dots(spec.logits)
-        if any(_row_feature(side) not in (None, "identity") for d in dots for side in d.args):
-            return "a feature map inside softmax logits"
+        scores = spec.logits if spec.normalize == "softmax" else spec.weight
         try:
-            for leaf in leaves(spec.logits):
-                diff(spec.logits, leaf)
+            for leaf in leaves(scores):
+                diff(scores, leaf)
         except NotDifferentiable as exc:
             return str(exc)
         return None
@@ -74,8 +73,8 @@ def backward_line(spec: CheckedSpec, plan: Plan, graph: Graph | None = None) -> 
         return "generated Triton kernels (dQ forward over chunks, dK/dV by the reverse chunked recurrence)"
     if plan.lowering == "linear":
         return "generated Triton kernels (state, then dQ over queries and dK/dV over keys)"
-    tables = _grad_tables(spec.logits)
-    return ("generated Triton kernels (FlashAttention-2 recomputation"
+    tables = _grad_tables(spec.logits if spec.normalize == "softmax" else spec.weight)
+    return (f"generated Triton kernels ({'FlashAttention-2 recomputation' if spec.normalize == 'softmax' else 'weights recomputed per tile'}"
             + (f"; gradients of {', '.join(n for _, n in tables)} by atomics)" if tables else ")"))
 
 
@@ -132,131 +131,175 @@ def _store(w: CodeWriter, ptr: str, var: str, offs: str, limit: str, cols: str, 
            f"{var}.to({ptr}.dtype.element_ty), mask=({offs}[:, None] < {limit}) & ({cols}[None, :] < {width}))")
 
 
-# ---------------------------------------------------------------------- softmax tiles
-def _emit_tiled_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
-    scores = spec.logits
-    dots = name_dots(scores)
-    ex = _KernelExpr(dots, {s: _size_arg(s) for s in _sizes(scores, spec.mask)})
-    dims = {n: len(p.shape) for n, p in spec.params.items()}
-    kernel = _Kernel([scores, spec.mask], dims)
-    derivs = {leaf: diff(scores, leaf) for leaf in leaves(scores)}
-    dq_side = None
+# ---------------------------------------------------------------------- tiles
+def _side(d: TExpr, which: int) -> str:
+    """The tile variable of one side of a dot, as the forward kernel names it."""
+    return f"{'qk'[which]}_{_row_feature(d.args[which]) or 'raw'}"
+
+
+def _pair_derivatives(scores: TExpr, derivs: dict) -> dict[tuple[str, str], TExpr]:
+    """ds/d(dot) summed over the dots that share their two tile variables (same feature maps)."""
+    pairs: dict[tuple[str, str], TExpr] = {}
     for leaf, d in derivs.items():
         if leaf.op == "dot" and d is not None:
-            dq_side = d if dq_side is None else TExpr("add", (dq_side, d))
+            pair = (_side(leaf, 0), _side(leaf, 1))
+            pairs[pair] = d if pair not in pairs else TExpr("add", (pairs[pair], d))
+    return pairs
+
+
+def _feature_grad(w: CodeWriter, var: str, accs: list[str], rows: str, ptr: str, offs: str, limit: str) -> None:
+    """var = sum of the accumulators d<side>_<phi>, each times phi'(raw rows) (raw and identity: 1)."""
+    terms = []
+    for acc in accs:
+        feature = acc.split("_", 1)[1]
+        terms.append(acc if feature in ("raw", "identity") else f"{acc} * ({FEATURE_MAPS[feature].triton_grad})")
+    if terms != accs:
+        _load_rows(w, "x", ptr, offs, limit, "offs_d", "D")
+        w.line("x = x.to(tl.float32)")
+    w.line(f"{var} = {' + '.join(terms) or f'tl.zeros([{rows}, BLOCK_D], dtype=tl.float32)  # s reads no dot'}")
+
+
+def _emit_tiled_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
+    softmax = spec.normalize == "softmax"
+    scores = spec.logits if softmax else spec.weight
+    dots = name_dots(scores)
+    ex = _KernelExpr(dots, {s: _size_arg(s) for s in _sizes(scores, spec.mask)})
+    kernel = _Kernel([scores, spec.mask], {n: len(p.shape) for n, p in spec.params.items()})
+    derivs = {leaf: diff(scores, leaf) for leaf in leaves(scores)}
+    pairs = _pair_derivatives(scores, derivs)
+    q_sides = {_side(d, 0): _row_feature(d.args[0]) for d in dots}
+    k_sides = {_side(d, 1): _row_feature(d.args[1]) for d in dots}
     tables = _grad_tables(scores)
-    forward_helpers = set(kernel.helpers)
-    for h in sorted({h for d in derivs.values() if d is not None for h in _helpers_of(d)} - forward_helpers):
+    for h in sorted({h for d in derivs.values() if d is not None for h in _helpers_of(d)} - set(kernel.helpers)):
         w.lines_of(HELPERS[h])
         w.line()
     sparse = plan.lowering == "block_sparse"
-    grads = "".join(f"G{op[0].upper()}_{name}, " for op, name in tables)
     extra = "".join(f"{a}, " for a in kernel.arg_names())
     constexprs = "BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,"
 
-    def tile_body(loop_over_queries: bool) -> None:
-        """Recompute s, P and dS on one (query tile, key tile) pair; q_raw, k_raw, v, do loaded by the caller's loop."""
-        if loop_over_queries:
-            _load_rows(w, "q_raw", "Q", "offs_m", "Nq", "offs_d", "D")
+    def load_sides(sides: dict, ptr: str, offs: str, limit: str) -> None:
+        for var, feature in sides.items():
+            _load_rows(w, var, ptr, offs, limit, "offs_d", "D", feature=feature)
+
+    def tile_body(keys_fixed: bool) -> None:
+        """Recompute the weights of one (query tile, key tile) and dS, the gradient of each score."""
+        if keys_fixed:
+            load_sides(q_sides, "Q", "offs_m", "Nq")
             _load_rows(w, "do", "DO", "offs_m", "Nq", "offs_e", "E")
         else:
-            _load_rows(w, "k_raw", "K", "offs_n", "N", "offs_d", "D")
+            load_sides(k_sides, "K", "offs_n", "N")
             _load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
-        names = list(dots.values())
-        if names:
-            w.line(f"{names[0]} = tl.dot(q_raw, tl.trans(k_raw), input_precision=PRECISION)")
-            for other in names[1:]:
-                w.line(f"{other} = {names[0]}")
+        for d, name in dots.items():
+            w.line(f"{name} = tl.dot({_side(d, 0)}, tl.trans({_side(d, 1)}), input_precision=PRECISION)")
         w.line(f"s = {ex(scores)}")
         valid = "(offs_m[:, None] < Nq) & (offs_n[None, :] < N)"
-        if spec.mask is not None:
-            valid = f"{valid} & ({ex(spec.mask)})"
-        w.line(f"valid = {valid}")
-        if loop_over_queries:
-            w.line("lse = tl.load(Lse + offs_m, mask=offs_m < Nq, other=0.0)")
+        w.line(f"valid = {valid} & ({ex(spec.mask)})" if spec.mask is not None else f"valid = {valid}")
+        if keys_fixed and spec.normalize != "none":
+            w.line("stat = tl.load(Stat + offs_m, mask=offs_m < Nq, other=0.0)")
             w.line("delta = tl.load(Delta + offs_m, mask=offs_m < Nq, other=0.0)")
-        w.line("p = tl.where(valid, tl.exp(s - lse[:, None]), 0.0)")
-        if loop_over_queries:
-            w.line("dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)")
-        w.line("dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)")
-        w.line("ds = p * (dp - delta[:, None])")
-        if dq_side is not None:
-            w.line(f"g = tl.where(valid, ds * ({ex(dq_side)}), 0.0)  # zero where masked: s may be undefined there")
-            if loop_over_queries:
-                w.line("dk += tl.dot(tl.trans(g.to(q_raw.dtype)), q_raw, input_precision=PRECISION)")
-            else:
-                w.line("dq += tl.dot(g.to(k_raw.dtype), k_raw, input_precision=PRECISION)")
-
-    # dK, dV and the tables
-    w.line("@triton.jit")
-    with w.block(f"def _attn_bwd_dkdv({_bwd_args()}, {extra}{grads}Lse, Delta, "
-                 f"{'ColPtr, Rows, ' if sparse else ''}sm_scale, band_lo, band_hi,"):
-        w.line(constexprs)
-        w.line("PRECISION: tl.constexpr):")
-        w.line('"""dK, dV (and table gradients) of one key tile: P recomputed from the saved logsumexp."""')
-        _bwd_prologue(w)
-        w.line("pid_n = pid_m  # this grid's first axis walks key tiles")
-        w.line("Lse += pid_bh * Nq")
-        w.line("Delta += pid_bh * Nq")
-        w.line("offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)")
-        _load_rows(w, "k_raw", "K", "offs_n", "N", "offs_d", "D")
-        _load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
-        w.line("dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)")
-        w.line("dv = tl.zeros([BLOCK_N, BLOCK_E], dtype=tl.float32)")
-        if sparse:
-            w.line("# block-sparse: the query tiles whose layout rows list this key tile (the layout transposed)")
-            loop = "for idx in range(tl.load(ColPtr + pid_n), tl.load(ColPtr + pid_n + 1)):"
-        elif any(b is not None for b in band_bounds(plan.mask)):
-            w.line(f"# mask is {plan.mask.describe()}: only query tiles inside the band are visited")
-            w.line("lo = tl.maximum(pid_n * BLOCK_N + band_lo, 0) // BLOCK_M * BLOCK_M")
-            w.line("hi = tl.minimum(pid_n * BLOCK_N + BLOCK_N + band_hi, Nq)")
-            loop = "for start_m in range(lo, hi, BLOCK_M):"
+        if softmax:
+            w.line("p = tl.where(valid, tl.exp(s - stat[:, None]), 0.0)")
+        elif spec.normalize == "rows":
+            w.line("inv = 1.0 / tl.where(stat == 0.0, 1.0, stat)  # stat: the row's denominator")
+            w.line("p = tl.where(valid, s * inv[:, None], 0.0)")
         else:
-            loop = "for start_m in range(0, Nq, BLOCK_M):"
-        with w.block(loop):
-            if sparse:
-                w.line("start_m = tl.load(Rows + idx) * BLOCK_M")
-            w.line("offs_m = start_m + tl.arange(0, BLOCK_M)")
-            tile_body(True)
-            for op, name in tables:
-                _table_atomics(w, ex, op, name, derivs)
-        _store(w, "DK", "dk", "offs_n", "N", "offs_d", "D", "k")
-        _store(w, "DV", "dv", "offs_n", "N", "offs_e", "E", "v")
-    w.line()
-    # dQ
-    w.line("@triton.jit")
-    with w.block(f"def _attn_bwd_dq({_bwd_args()}, {extra}Lse, Delta, {'RowPtr, Cols, ' if sparse else ''}"
-                 "sm_scale, band_lo, band_hi,"):
-        w.line(constexprs)
-        w.line("PRECISION: tl.constexpr):")
-        w.line('"""dQ of one query tile over the key tiles the forward visits."""')
+            w.line("p = tl.where(valid, s * 1.0, 0.0)")
+        if keys_fixed and softmax:
+            w.line("dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)")
+        elif keys_fixed:  # unnormalized weights stay in fp32, as in the forward
+            w.line("dv += tl.dot(tl.trans(p), do.to(tl.float32), input_precision=PRECISION)")
+        w.line("dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)")
+        w.line({"softmax": "ds = p * (dp - delta[:, None])", "rows": "ds = (dp - delta[:, None]) * inv[:, None]",
+                "none": "ds = dp"}[spec.normalize])
+        for (qv, kv), d in pairs.items():
+            w.line(f"g = tl.where(valid, ds * ({ex(d)}), 0.0)  # zero where masked: s may be undefined there")
+            if keys_fixed:
+                w.line(f"d{kv} += tl.dot(tl.trans(g.to({qv}.dtype)), {qv}, input_precision=PRECISION)")
+            else:
+                w.line(f"d{qv} += tl.dot(g.to({kv}.dtype), {kv}, input_precision=PRECISION)")
+
+    def head(name: str, args: str, doc: str) -> None:
+        w.line("@triton.jit")
+        w.line(f"def {name}({_bwd_args()}, {extra}{args}sm_scale, band_lo, band_hi,")
+        w.line(f"    {constexprs}")
+        w.line("    PRECISION: tl.constexpr):")
+        w.level += 1
+        w.line(f'"""{doc}"""')
         _bwd_prologue(w)
-        w.line("offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)")
-        _load_rows(w, "q_raw", "Q", "offs_m", "Nq", "offs_d", "D")
-        _load_rows(w, "do", "DO", "offs_m", "Nq", "offs_e", "E")
-        w.line("lse = tl.load(Lse + pid_bh * Nq + offs_m, mask=offs_m < Nq, other=0.0)")
+
+    grads = "".join(f"G{op[0].upper()}_{name}, " for op, name in tables)
+    head("_attn_bwd_dkdv", f"{grads}Stat, Delta, {'ColPtr, Rows, ' if sparse else ''}",
+         "dK, dV (and table gradients) of one key tile: weights recomputed from the saved row statistic.")
+    w.line("pid_n = pid_m  # this grid's first axis walks key tiles")
+    w.line("Stat += pid_bh * Nq")
+    w.line("Delta += pid_bh * Nq")
+    w.line("offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)")
+    load_sides(k_sides, "K", "offs_n", "N")
+    _load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
+    for var in dict.fromkeys(kv for _, kv in pairs):
+        w.line(f"d{var} = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)")
+    w.line("dv = tl.zeros([BLOCK_N, BLOCK_E], dtype=tl.float32)")
+    if sparse:
+        w.line("# block-sparse: the query tiles whose layout rows list this key tile (the layout transposed)")
+        loop = "for idx in range(tl.load(ColPtr + pid_n), tl.load(ColPtr + pid_n + 1)):"
+    elif any(b is not None for b in band_bounds(plan.mask)):
+        w.line(f"# mask is {plan.mask.describe()}: only query tiles inside the band are visited")
+        w.line("lo = tl.maximum(pid_n * BLOCK_N + band_lo, 0) // BLOCK_M * BLOCK_M")
+        w.line("hi = tl.minimum(pid_n * BLOCK_N + BLOCK_N + band_hi, Nq)")
+        loop = "for start_m in range(lo, hi, BLOCK_M):"
+    else:
+        loop = "for start_m in range(0, Nq, BLOCK_M):"
+    with w.block(loop):
+        if sparse:
+            w.line("start_m = tl.load(Rows + idx) * BLOCK_M")
+        w.line("offs_m = start_m + tl.arange(0, BLOCK_M)")
+        tile_body(True)
+        for op, name in tables:
+            _table_atomics(w, ex, op, name, derivs)
+    _feature_grad(w, "dk", [f"d{kv}" for kv in dict.fromkeys(kv for _, kv in pairs)], "BLOCK_N", "K", "offs_n", "N")
+    _store(w, "DK", "dk", "offs_n", "N", "offs_d", "D", "k")
+    _store(w, "DV", "dv", "offs_n", "N", "offs_e", "E", "v")
+    w.level -= 1
+    w.line()
+    head("_attn_bwd_dq", f"Stat, Delta, {'RowPtr, Cols, ' if sparse else ''}",
+         "dQ of one query tile over the key tiles the forward visits.")
+    w.line("offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)")
+    load_sides(q_sides, "Q", "offs_m", "Nq")
+    _load_rows(w, "do", "DO", "offs_m", "Nq", "offs_e", "E")
+    if spec.normalize != "none":
+        w.line("stat = tl.load(Stat + pid_bh * Nq + offs_m, mask=offs_m < Nq, other=0.0)")
         w.line("delta = tl.load(Delta + pid_bh * Nq + offs_m, mask=offs_m < Nq, other=0.0)")
-        w.line("dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)")
-        with w.block(key_tile_loop(w, plan)):
-            if sparse:
-                w.line("start_n = tl.load(Cols + idx) * BLOCK_N")
-            w.line("offs_n = start_n + tl.arange(0, BLOCK_N)")
-            tile_body(False)
-        _store(w, "DQ", "dq", "offs_m", "Nq", "offs_d", "D", "q")
+    for var in dict.fromkeys(qv for qv, _ in pairs):
+        w.line(f"d{var} = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)")
+    with w.block(key_tile_loop(w, plan)):
+        if sparse:
+            w.line("start_n = tl.load(Cols + idx) * BLOCK_N")
+        w.line("offs_n = start_n + tl.arange(0, BLOCK_N)")
+        tile_body(False)
+    _feature_grad(w, "dq", [f"d{qv}" for qv in dict.fromkeys(qv for qv, _ in pairs)], "BLOCK_M", "Q", "offs_m", "Nq")
+    _store(w, "DQ", "dq", "offs_m", "Nq", "offs_d", "D", "q")
+    w.level -= 1
     w.line()
-    # launcher
+    _tiled_launchers(w, spec, plan, kernel, tables)
+
+
+def _tiled_launchers(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Kernel, tables: list) -> None:
+    sparse = plan.lowering == "block_sparse"
+    stats = spec.normalize != "none"
     with w.block("def op_forward(self, q, k, v, ctx, host):"):
-        w.line('"""The custom op\'s forward: the output and the row logsumexp its backward reads."""')
-        w.line("lse = torch.empty(*q.shape[:3], device=q.device, dtype=torch.float32)")
-        w.line("return triton_forward(self, q, k, v, ctx, host, lse), lse")
+        w.line('"""The custom op\'s forward: the output and the row statistic its backward reads."""')
+        w.line(f"stat = torch.{'empty' if stats else 'zeros'}(*q.shape[:3], device=q.device, dtype=torch.float32)")
+        w.line(f"return triton_forward(self, q, k, v, ctx, host{', stat' if stats else ''}), stat")
     w.line()
-    with w.block("def op_backward(self, q, k, v, out, lse, dout, ctx, host):"):
-        w.line('"""(dq, dk, dv, table gradients by name) from the saved output and logsumexp."""')
+    with w.block("def op_backward(self, q, k, v, out, stat, dout, ctx, host):"):
+        w.line('"""(dq, dk, dv, table gradients by name) from the saved output and row statistic."""')
         _launcher_head(w, allocate_out=False)
         w.line("dout, out = dout.contiguous(), out.contiguous()")
-        w.line("delta = (dout.float() * out.float()).sum(-1).contiguous()")
-        w.line("dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)")
+        w.line("delta = (dout.float() * out.float()).sum(-1)")
+        if spec.normalize == "rows":
+            w.line("delta = torch.where(stat == 0.0, 0.0, delta)  # the forward divides by 1 there: no denominator term")
         table_of = {"param": "ctx.params", "input": "ctx.inputs"}
+        w.line("dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)")
         w.line("grads = {" + ", ".join(f"{key(n)}: torch.zeros({table_of[op]}[{key(n)}].shape, device=q.device, "
                                        f"dtype=torch.float32)" for op, n in tables) + "}")
         if sparse:
@@ -267,10 +310,10 @@ def _emit_tiled_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
         vals = "".join(f"{v}, " for v in kernel.arg_values())
         gvals = "".join(f"grads[{key(n)}], " for _, n in tables)
         tail = "ctx.scale, band_lo, band_hi, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E,"
-        w.line(f"_attn_bwd_dkdv[(triton.cdiv(N, BLOCK_N), B * H)]({_bwd_launch()}, {vals}{gvals}lse, delta,"
+        w.line(f"_attn_bwd_dkdv[(triton.cdiv(N, BLOCK_N), B * H)]({_bwd_launch()}, {vals}{gvals}stat, delta,"
                f"{' col_ptr, rows,' if sparse else ''}")
         w.line(f"    {tail} PRECISION=precision)")
-        w.line(f"_attn_bwd_dq[(triton.cdiv(Nq, BLOCK_M), B * H)]({_bwd_launch()}, {vals}lse, delta,"
+        w.line(f"_attn_bwd_dq[(triton.cdiv(Nq, BLOCK_M), B * H)]({_bwd_launch()}, {vals}stat, delta,"
                f"{' row_ptr, cols,' if sparse else ''}")
         w.line(f"    {tail} PRECISION=precision)")
         w.line("return dq, dk, dv, grads")
