@@ -341,13 +341,7 @@ def emit_linear_kernels(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Gra
             w.line("S = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
             w.line("z = tl.zeros([BLOCK_D], dtype=tl.float32)")
             if decayed:
-                w.line("gamma = tl.load(Decay + pid_bh)")
-                w.line("pos = tl.arange(0, BLOCK) * 1.0")
-                w.line("steps = pos[:, None] - pos[None, :]")
-                w.line("within = tl.where(steps >= 0, _powf(gamma + steps * 0.0, tl.maximum(steps, 0.0)), 0.0)")
-                w.line("q_decay = _powf(gamma + pos * 0.0, pos + 1.0)")
-                w.line("k_decay = _powf(gamma + pos * 0.0, (BLOCK - 1) - pos)")
-                w.line("carry = _powf(gamma, BLOCK * 1.0)")
+                decay_factors(w)
             with w.block("for start in range(0, tl.maximum(Nq, N), BLOCK):"):
                 w.line("offs = start + tl.arange(0, BLOCK)")
                 _load_rows(w, "pq", "Q", "offs", "Nq", "offs_d", "D", feature=fq)
@@ -367,13 +361,7 @@ def emit_linear_kernels(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Gra
                 w.line(f"out = {finish}")
                 w.line("tl.store(Out + offs[:, None] * stride_om + offs_e[None, :] * stride_od, out.to(Out.dtype.element_ty), "
                        "mask=(offs[:, None] < Nq) & (offs_e[None, :] < E))")
-                if decayed:
-                    w.line("pk = pk * k_decay[:, None]")
-                    w.line("S = carry * S + tl.dot(tl.trans(pk), v, input_precision=PRECISION)")
-                    w.line("z = carry * z + tl.sum(pk, 0)")
-                else:
-                    w.line("S += tl.dot(tl.trans(pk), v, input_precision=PRECISION)")
-                    w.line("z += tl.sum(pk, 0)")
+                carry_state(w, decayed, "pk", "k_decay", "v", "S", "z", "pk")
         w.line()
     else:
         w.line("@triton.jit")
@@ -437,6 +425,29 @@ def linear_scalars(w: CodeWriter, plan: Plan) -> None:
         w.line("gamma = host.decay(ctx).to(device=q.device, dtype=torch.float32).expand(B, H, 1, 1).contiguous()")
     else:
         w.line("gamma = mod  # unused without a decay")
+
+
+def decay_factors(w: CodeWriter) -> None:
+    """Kernel lines: gamma^(a - b) inside a chunk, gamma^(a + 1) for queries, gamma^(C - 1 - b) for keys, gamma^C."""
+    w.line("gamma = tl.load(Decay + pid_bh)")
+    w.line("pos = tl.arange(0, BLOCK) * 1.0")
+    w.line("steps = pos[:, None] - pos[None, :]")
+    w.line("within = tl.where(steps >= 0, _powf(gamma + steps * 0.0, tl.maximum(steps, 0.0)), 0.0)")
+    w.line("q_decay = _powf(gamma + pos * 0.0, pos + 1.0)")
+    w.line("k_decay = _powf(gamma + pos * 0.0, (BLOCK - 1) - pos)")
+    w.line("carry = _powf(gamma, BLOCK * 1.0)")
+
+
+def carry_state(w: CodeWriter, decayed: bool, rows: str, decay: str, right: str, state: str, vec: str, vec_rows: str):
+    """Kernel lines: state <- carry state + rows^T right, vec <- carry vec + column sums of vec_rows,
+    the rows first scaled by their decay (no carry and no scaling without a decay)."""
+    if decayed:
+        w.line(f"{rows} = {rows} * {decay}[:, None]")
+        w.line(f"{state} = carry * {state} + tl.dot(tl.trans({rows}), {right}, input_precision=PRECISION)")
+        w.line(f"{vec} = carry * {vec} + tl.sum({vec_rows}, 0)")
+    else:
+        w.line(f"{state} += tl.dot(tl.trans({rows}), {right}, input_precision=PRECISION)")
+        w.line(f"{vec} += tl.sum({vec_rows}, 0)")
 
 
 def triton_header(spec: CheckedSpec, spec_hash: str, version: str) -> str:
