@@ -16,6 +16,11 @@ BIASED = """attention biased {
     score(i, j) = dot(q[i], k[j]) * scale + shift[j] * 0.5 + rpe[i - j + 16] + tanh(dot(q[i], k[j]))
     mask(i, j) = abs(i - j) <= 16
 }"""
+CALCULUS = """attention calculus {
+    param t[H] = uniform(low=0.5, high=1.5)
+    score(i, j) = sigmoid(dot(q[i], k[j]) * scale) * 2.0 + abs(dot(q[i], k[j])) * 0.1 + max(dot(q[i], k[j]) * scale, -0.5) + where(i > j, dot(q[i], k[j]) * scale, 0.0) + (dot(q[i], k[j]) * 0.1) ** 2 + 2.0 ** (dot(q[i], k[j]) * 0.1) + t[h] ** 1.5 * 0.1 + sqrt(t[h] + 1.0) * log(t[h] + 1.0) * min(dot(q[i], k[j]) * scale, 0.3) + (dot(q[i], k[j]) * 0.2) % 1.5
+    mask(i, j) = j <= i
+}"""  # every derivative rule of attncc.derivative
 CASES = {  # name: (spec, lowering, sizes, (B, H, Nq, N, D, E)); lengths past one 16-token tile
     "softmax": ("softmax", None, {}, (1, 2, 20, 37, 16, 8)),
     "causal": ("causal", None, {}, (2, 1, 37, 37, 8, 16)),
@@ -23,6 +28,7 @@ CASES = {  # name: (spec, lowering, sizes, (B, H, Nq, N, D, E)); lengths past on
     "alibi": ("alibi", None, {}, (1, 2, 37, 30, 16, 8)),
     "block_sparse": ("block_diagonal", None, {"chunk": 16}, (1, 2, 50, 40, 16, 8)),
     "biased": (BIASED, None, {}, (2, 2, 40, 40, 16, 8)),
+    "calculus": (CALCULUS, None, {}, (1, 2, 37, 37, 16, 8)),
     "linear_causal": ("linear_elu_causal", None, {}, (2, 1, 37, 37, 16, 8)),
     "linear_causal_nq_ne_n": ("linear_elu_causal", None, {}, (1, 2, 20, 37, 16, 8)),
     "retention": ("retention", None, {}, (1, 2, 37, 37, 16, 8)),
@@ -82,7 +88,9 @@ def test_specs_without_backward_kernels_recompute_through_torch():
         weight(i, j) = dot(phi(q[i]), phi(k[j])) * exp(-t[h] * (i - j))
         mask(i, j) = j <= i
     }"""
+    power = "attention p { score(i, j) = (dot(q[i], k[j]) * 0.1) ** (dot(q[i], k[j]) * 0.1) }"
     for source, lowering, backward in ((spec, "linear_chunked", "recomputation through the torch backend"),
+                                       (power, "tiled", "recomputation through the torch backend's autograd (a power"),
                                        ("toeplitz_linear", "fft", "torch autograd")):
         assert f"backward: {backward}" in _compile(source, lowering).TRITON_LOWERING
     cls = _compile(spec, "linear_chunked")
