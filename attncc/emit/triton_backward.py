@@ -25,6 +25,7 @@ from ..select import Plan
 from .exprs import band_bounds, key, name_dots
 from .triton import (HELPERS, TORCH_ONLY, _common_args, _helpers_of, _Kernel, _KernelExpr, _launch_common,
                      _launcher_head, _load_rows, _prologue, _row_feature, _size_arg, _sizes, band_line, key_tile_loop)
+from .triton_approx import mra_triton_block
 from .writer import CodeWriter
 
 RECOMPUTE = "recomputation through the torch backend's autograd"
@@ -32,8 +33,10 @@ RECOMPUTE = "recomputation through the torch backend's autograd"
 
 def backward_support(spec: CheckedSpec, plan: Plan) -> str | None:
     """None if generated Triton backward kernels cover this spec and lowering, else why not."""
-    if plan.lowering in TORCH_ONLY:
+    if _torch_forward(spec, plan):
         return "the forward runs in torch"
+    if plan.lowering == "mra":
+        return "no backward kernel for the MRA approximation"
     if plan.lowering in ("tiled", "block_sparse"):
         scores = spec.logits if spec.normalize == "softmax" else spec.weight
         try:
@@ -47,9 +50,13 @@ def backward_support(spec: CheckedSpec, plan: Plan) -> str | None:
     return None
 
 
+def _torch_forward(spec: CheckedSpec, plan: Plan) -> bool:
+    return plan.lowering in TORCH_ONLY and not (plan.lowering == "mra" and mra_triton_block(spec))
+
+
 def backward_line(spec: CheckedSpec, plan: Plan) -> str:
     """Which backward the Triton backend uses for this spec and lowering (for `inspect`)."""
-    if plan.lowering in TORCH_ONLY:
+    if _torch_forward(spec, plan):
         return "torch autograd (the forward runs in torch)"
     why = backward_support(spec, plan)
     if why is not None:
