@@ -35,8 +35,8 @@ def backward_support(spec: CheckedSpec, plan: Plan) -> str | None:
     """None if generated Triton backward kernels cover this spec and lowering, else why not."""
     if _torch_forward(spec, plan):
         return "the forward runs in torch"
-    if plan.lowering == "mra":
-        return "no backward kernel for the MRA approximation"
+    if plan.lowering not in ("tiled", "block_sparse", "linear", "linear_chunked"):
+        return f"no backward kernel for the {plan.lowering} lowering"
     if plan.lowering in ("tiled", "block_sparse"):
         scores = spec.logits if spec.normalize == "softmax" else spec.weight
         try:
