@@ -11,6 +11,8 @@ Methods, each over its size parameter: favor (features m), lara (landmarks C), m
 (blocks per block row, 32-token blocks). Cost: the flops of the compiler's cost model for the chosen
 lowering at these sizes, as a fraction of exact (tiled) softmax attention's.
 Error: mean over rows of |out_i - exact_i| / |exact_i| (row error), and |out - exact|_F / |exact|_F.
+Time: median of 3 calls of the torch backend on the CPU, fp32, every head of the set at once, next
+to exact softmax (`tiled`, torch backend) on the same inputs: CPU time, not the GPU targets of issue 5.
 
     python benchmarks/approximation.py                 # every input set (a few minutes on 2 cores)
     python benchmarks/approximation.py --sets minilm --no-plot
@@ -22,12 +24,13 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/README.md
 
 import argparse  # noqa: E402
+from functools import partial  # noqa: E402
 
 import torch  # noqa: E402
 
 import attncc  # noqa: E402
 from attncc.select import DESIGN_SIZES  # noqa: E402
-from common import RESULTS, ROOT, print_table, write_results  # noqa: E402
+from common import RESULTS, ROOT, median_ms, print_table, write_results  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "minilm_qkv_512.pt"
 SWEEPS = {
@@ -77,16 +80,21 @@ def measure(sets: dict) -> list[dict]:
         exact_cls = attncc.compile("attention exact { normalize softmax }", sizes=sizes)
         exact_flops = exact_cls.compilation.plan.chosen.at(exact_cls.compilation.plan.sizes)[0]
         exact = exact_cls(backend="reference")(q, k, v)
+        qf, kf, vf = q.float(), k.float(), v.float()
+        exact_ms = median_ms(partial(exact_cls(backend="torch"), qf, kf, vf), repeats=3)
         for method, specs in SWEEPS.items():
             for approx in specs:
                 cls = attncc.compile(f"attention a {{ normalize softmax approx {approx} }}", sizes=sizes)
                 module = cls(**({"D": q.shape[3]} if "D" in cls.NEEDS else {})).eval()
-                out = module(q.float(), k.float(), v.float()).double()
+                out = module(qf, kf, vf).double()
                 flops = cls.compilation.plan.chosen.at(cls.compilation.plan.sizes)[0]
                 row, frob = errors(out, exact)
+                ms = median_ms(partial(module, qf, kf, vf), repeats=3)
                 records.append({"inputs": set_name, "method": method, "approx": approx.replace(" ", ""),
-                                "cost": flops / exact_flops, "row_error": row, "frobenius_error": frob})
-                print(f"{set_name:8s} {approx:48s} cost {flops / exact_flops:6.3f}  row error {row:.4f}")
+                                "cost": flops / exact_flops, "row_error": row, "frobenius_error": frob,
+                                "ms": ms, "exact_ms": exact_ms})
+                print(f"{set_name:8s} {approx:48s} cost {flops / exact_flops:6.3f}  row error {row:.4f}  "
+                      f"{ms:.0f} ms (exact softmax, torch tiled: {exact_ms:.0f} ms)")
     return records
 
 
@@ -117,9 +125,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     records = measure(input_sets(args.sets.split(",")))
-    headers = ["inputs", "method", "approximation", "flops / exact", "mean row error", "Frobenius error"]
+    headers = ["inputs", "method", "approximation", "flops / exact", "mean row error", "Frobenius error",
+               "CPU ms (torch)", "exact softmax ms"]
     rows = [[r["inputs"], r["method"], r["approx"], round(r["cost"], 3), round(r["row_error"], 4),
-             round(r["frobenius_error"], 4)] for r in records]
+             round(r["frobenius_error"], 4), round(r["ms"], 1), round(r["exact_ms"], 1)] for r in records]
     print_table("Declared approximations vs exact softmax", headers, rows)
     notes = ("The MRA repository reports a mean relative error of about 0.15 (full) and 0.17 (sparse) on RoBERTa "
              "q/k at n = 512 with 8 blocks per row; compare the minilm rows with blocks_per_row=8.")
