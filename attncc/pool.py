@@ -93,3 +93,11 @@ def dense_pool(pool: PoolInfo, k, v, params: dict):
     P = dense_pooling_matrix(k, params[HEAD], params[BIAS], pool)
     pooled = {"k": P @ k.double(), "v": P @ v.double()}
     return (pooled["k"] if "k" in pool.targets else k), (pooled["v"] if "v" in pool.targets else v)
+
+
+def tap_through_pool(pool: PoolInfo, k, params: dict, probabilities):
+    """The tap of a pooled spec: `probabilities(k')` is P over the (pooled) keys k'; with pooled
+    values out = P M v, so the matrix that applies to the raw v is P M (M the pooling matrix)."""
+    M = dense_pooling_matrix(k, params[HEAD], params[BIAS], pool).to(k.dtype)
+    P = probabilities(M @ k if "k" in pool.targets else k)
+    return P @ M.to(P.dtype) if "v" in pool.targets else P

@@ -93,3 +93,15 @@ def test_head_is_learned():
     for a, b in zip(got, want):
         assert torch.allclose(a, b, atol=1e-9)
     assert set(dict(module.named_parameters())) == {"pool_head", "pool_bias"}
+
+
+def test_tap_applies_to_the_raw_values():
+    """out = P v with P the tap: the attention over pooled keys times the pooling of the values."""
+    cls = attncc.compile(f"attention p {{\n{SPECS['softmax_2d']}\n}}")
+    module = cls(D=4).double()
+    g = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        module.pool_head.normal_(generator=g)
+    q, k, v = (torch.randn(1, 2, 13, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    P = module.tap(q, k, v)
+    assert torch.allclose(P @ v, module(q, k, v), atol=1e-10)

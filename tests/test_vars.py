@@ -99,3 +99,10 @@ def test_never_forms_n_by_n():
     assert comp.plan.lowering == "ista" and [c.name for c in comp.plan.candidates] == ["ista"]
     assert "N ** 2" not in str(comp.plan.chosen.flops) and "N**2" not in str(comp.plan.chosen.flops)
     assert "No Triton kernel" in comp.triton_source  # stated torch fallback
+
+
+def test_tap_is_refused():
+    module = attncc.compile(_spec(2, 0.1))(D=4)
+    q = torch.randn(1, 1, 5, 4)
+    with pytest.raises(attncc.AttnccError, match="no attention matrix"):
+        module.tap(q, q, q)
