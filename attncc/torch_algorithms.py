@@ -121,6 +121,10 @@ def block_sparse_attention(q, k, v, ctx, *, layout: torch.Tensor, block: int, sc
                            mask: Callable | None, normalize: str, eps: float) -> torch.Tensor:
     """out = normalize(mask o scores) V, one query block at a time over the key blocks its layout row
     lists (layout: bool [ceil(Nq / block), ceil(N / block)], exact for the mask's block conjuncts)."""
+    if torch.compiler.is_compiling():  # a row's key list has a data-dependent length, which one graph
+        # cannot hold: every key of the row, masked (exact, as the mask is; the layout only skips work)
+        return tiled_attention(q, k, v, ctx, scores=scores, mask=mask, key_range=lambda q0, q1, ctx: (0, ctx.N),
+                               normalize=normalize, eps=eps)
     B, H, Nq, _ = q.shape
     N, E = k.shape[2], v.shape[-1]
     offsets = torch.arange(block, device=q.device)
@@ -334,7 +338,8 @@ def ring_attention(pq, pk, v, g, width: int, metric: str, *, normalize: str, eps
     Nq, N = pq.shape[2], pk.shape[2]
     device = v.device
     a_k, b_k = ring_coordinates(torch.arange(N, device=device), width, metric)
-    rows, cols = (int(a_k.max()) + 1, int(b_k.max()) + 1) if metric == "chebyshev" else (-(-N // width) + width - 1,) * 2
+    # the largest (a, b) of a key, from N alone: no data-dependent size (torch.compile keeps one graph)
+    rows, cols = ((N - 1) // width + 1, min(N, width)) if metric == "chebyshev" else (-(-N // width) + width - 1,) * 2
     cell = a_k * (cols + 1) + b_k + cols + 2  # (a + 1, b + 1) of the (rows + 1) x (cols + 1) table
     a_q, b_q = ring_coordinates(torch.arange(Nq, device=device), width, metric)
     g = g.to(compute_dtype(v))
