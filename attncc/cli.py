@@ -62,6 +62,7 @@ def cmd_compile(args) -> int:
 def cmd_inspect(args) -> int:
     from .api import build
     from .ast import format_spec
+    from .gradients import gradient_paths
     from .ir import print_graph, to_dot
     from .runtime import cuda_triton_available
     from .select import format_plan
@@ -83,6 +84,8 @@ def cmd_inspect(args) -> int:
     here = "triton" if cuda_triton_available() else "torch"
     print(f"backend auto: triton on a CUDA device, torch elsewhere (here: {here})")
     print(f"triton lowering: {comp.module_source.split('TRITON_LOWERING = ')[1].splitlines()[0]}")
+    for backend, note in gradient_paths(comp.plan.lowering).items():
+        print(f"gradients ({backend}): {note}")
     return 0
 
 

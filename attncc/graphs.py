@@ -59,14 +59,14 @@ def apply_kernel(kind: str, adj: torch.Tensor, options: dict, x: torch.Tensor) -
     t = options["t"]
     if torch.compiler.is_compiling():  # the series' length depends on A's values: one graph forms G instead
         return dense_kernel(kind, a, options) @ x
-    norm = float(a.abs().sum(-1).max()) if a.numel() else 0.0
+    norm = float(a.detach().abs().sum(-1).max()) if a.numel() else 0.0  # the series' length: not differentiated
     limit = 30 + 3 * math.ceil(abs(t) * norm)
     tiny = torch.finfo(x.dtype).eps
     term, y = x, x
     for s in range(1, limit + 1):
         term = times(term) * (t / s)
         y = y + term
-        if float(term.abs().max()) <= tiny * float(y.abs().max()):
+        if float(term.detach().abs().max()) <= tiny * float(y.detach().abs().max()):
             break
     return y
 
