@@ -12,6 +12,7 @@ import torch
 
 import attncc
 from attncc.checking import make_module, random_inputs
+from attncc.cli import main
 from attncc.gradients import gradient_paths
 from attncc.select import LOWERINGS
 
@@ -133,7 +134,11 @@ def test_gradcheck(lowering):
     assert torch.autograd.gradcheck(f, leaves, fast_mode=True)
 
 
-def test_inspect_names_each_backward():
+def test_inspect_names_each_backward(capsys):
     for lowering in LOWERINGS:
         paths = gradient_paths(lowering)
         assert set(paths) == {"torch", "triton"} and all(paths.values())
+    assert main(["inspect", SPECS["retention"]]) == 0
+    out = capsys.readouterr().out
+    assert f"gradients (torch): {gradient_paths('linear_chunked')['torch']}" in out
+    assert "gradients (triton): Triton forward; backward: the torch backend's" in out
