@@ -17,6 +17,9 @@ torch's own context-parallel API.
 """
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
@@ -28,6 +31,15 @@ from . import torch_algorithms
 LOWERINGS = ("linear", "linear_chunked")
 
 
+@contextlib.contextmanager
+def _quiet():
+    """torch.distributed.nn's differentiable collectives warn that they are deprecated in favour of
+    torch.distributed._functional_collectives, a private module: keep the public ones, quietly."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
 class StateExchange:
     """The collectives of one group (all of them differentiable)."""
 
@@ -36,14 +48,16 @@ class StateExchange:
 
     def total(self, local: torch.Tensor) -> torch.Tensor:
         """The sum of `local` over every rank."""
-        return dist_nn.all_reduce(local, group=self.group)
+        with _quiet():
+            return dist_nn.all_reduce(local, group=self.group)
 
     def prefix(self, local: torch.Tensor, tokens: int, gamma: torch.Tensor | None) -> torch.Tensor:
         """S_r = gamma^(n_{r-1}) S_{r-1} + T_{r-1} from S_0 = 0: the state of the earlier ranks' keys."""
         world, rank = dist.get_world_size(self.group), dist.get_rank(self.group)
         lengths = [torch.zeros(1, dtype=torch.int64, device=local.device) for _ in range(world)]
         dist.all_gather(lengths, torch.tensor([tokens], device=local.device), group=self.group)
-        states = dist_nn.all_gather(local, group=self.group)
+        with _quiet():
+            states = dist_nn.all_gather(local, group=self.group)
         out = torch.zeros_like(local)
         for s in range(world):
             if s < rank:

@@ -108,8 +108,13 @@ def test_ddp_fsdp_and_context_parallel(tmp_path):
     torch.multiprocessing.spawn(_worker, args=(str(tmp_path / "rendezvous"),), nprocs=WORLD, join=True)
 
 
-def test_context_parallel_refuses_softmax():
-    module = attncc.compile("examples/causal.attn")()
+@pytest.mark.parametrize("spec,message", [
+    ("examples/causal.attn", "linear and linear_chunked"),
+    ("attention per_n { feature phi = elu1\n weight(i, j) = dot(phi(q[i]), phi(k[j])) / N\n normalize none }",
+     "reads the token count N"),
+])
+def test_context_parallel_refuses(spec, message):
+    module = attncc.compile(spec)()
     q = torch.randn(1, 2, 8, 4)
-    with pytest.raises(attncc.AttnccError, match="linear and linear_chunked"):
+    with pytest.raises(attncc.AttnccError, match=message):
         context_parallel(module, q, q, q)
