@@ -44,12 +44,22 @@ def test_compiles_to_one_graph_and_trains(lowering):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
 
 
-def test_inductor_compiles_the_chunked_linear_path():
-    module, qkv, _ = _setup("retention", None)
+# torch 2.13's inductor fails simplifying the grid offsets' floor-div / mod index arithmetic ("vr must
+# not be None for symbol q1", pytorch/pytorch#187337, fixed by #187350); aot_eager compiles it
+INDUCTOR_BUG = pytest.mark.xfail(reason="pytorch/pytorch#187337", strict=True)
+INDUCTOR = [pytest.param(lw, marks=[] if lw == "linear_chunked" else [pytest.mark.slow]
+                         + ([INDUCTOR_BUG] if lw == "fft2" else [])) for lw in LOWERINGS]
+
+
+@pytest.mark.parametrize("lowering", INDUCTOR)
+def test_inductor(lowering):
+    """Inductor compiles slowly on small CPUs: the chunked linear path in CI, the others with --slow."""
+    name, forced, _ = GRADCHECK[lowering]
+    module, qkv, inputs = _setup(name, forced)
     torch._dynamo.reset()
     compiled = torch.compile(module.eval(), fullgraph=True)
     with torch.no_grad():
-        torch.testing.assert_close(compiled(*qkv), module(*qkv), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(compiled(*qkv, **inputs), module(*qkv, **inputs), rtol=1e-4, atol=1e-5)
 
 
 def test_random_features_under_compile():
