@@ -19,10 +19,13 @@ from ..features import FEATURE_MAPS
 from ..ir import Graph, expr_of
 from ..select import Plan
 from .exprs import TritonExpr, band_bounds, key, name_dots
+from .triton_approx import emit_mra_kernel, mra_triton_block
 from .writer import CodeWriter
 
 BIG = 1 << 30
-TORCH_ONLY = {"fft": "the FFT convolution (torch.fft)", "fft2": "the 2-D FFT convolution (torch.fft.rfft2)",
+TORCH_ONLY = {"mra": "MRA-2 with a block that no Triton tile matches (16 .. 128, a power of two)", "lara": "LARA (landmark products)",
+              "ra": "RA (sampling and per-sample softmax)", "fft": "the FFT convolution (torch.fft)",
+              "fft2": "the 2-D FFT convolution (torch.fft.rfft2)",
               "rings": "the summed-area tables and their box reads",
               "graph": "the products with the adjacency (torch.sparse)"}
 
@@ -425,7 +428,7 @@ import torch
 import triton
 import triton.language as tl
 
-from attncc import torch_algorithms as rt
+from attncc import approx_algorithms as ax, torch_algorithms as rt
 
 '''
 
@@ -433,6 +436,10 @@ from attncc import torch_algorithms as rt
 def emit_triton(spec: CheckedSpec, plan: Plan, graph: Graph) -> tuple[str, str]:
     """(kernels and launchers, description of the Triton lowering)."""
     w = CodeWriter()
+    if plan.lowering == "mra" and mra_triton_block(spec):
+        emit_mra_kernel(w, spec)
+        return w.text(), ("block-sparse MRA-2 kernel over each head's selected blocks (selection and low-resolution "
+                          "part in torch); backward recomputes through the torch backend")
     if plan.lowering in TORCH_ONLY:
         w.line(f"# No Triton kernel for this lowering: {TORCH_ONLY[plan.lowering]} runs through torch")
         w.line("# (cuFFT / cumsum and gathers on GPU), exactly as in the torch backend.")
