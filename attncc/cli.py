@@ -84,7 +84,7 @@ def cmd_inspect(args) -> int:
     here = "triton" if cuda_triton_available() else "torch"
     print(f"backend auto: triton on a CUDA device, torch elsewhere (here: {here})")
     print(f"triton lowering: {comp.module_source.split('TRITON_LOWERING = ')[1].splitlines()[0]}")
-    for backend, note in gradient_paths(comp.plan.lowering).items():
+    for backend, note in gradient_paths(comp.plan.lowering, "@triton.jit" in comp.triton_source).items():
         print(f"gradients ({backend}): {note}")
     return 0
 

@@ -20,13 +20,19 @@ TORCH_BACKWARD = {
     "fft2": "autograd through torch.fft.rfft2 (the backward is 2-D FFT convolutions too)",
     "rings": "autograd through the summed-area tables and their box reads",
     "graph": "autograd through the products with the adjacency (dense under torch.compile)",
+    # approximations: the gradient of the approximation's own formulas, its selection and draw held fixed
+    "mra": "autograd through the selected blocks' tiles and the low-resolution part (the block selection "
+           "is piecewise constant: no gradient through it)",
+    "lara": "autograd through the landmark products, the draw held fixed",
+    "ra": "autograd through the per-sample softmaxes, the samples held fixed",
 }
 
 
-def gradient_paths(lowering: str) -> dict[str, str]:
-    """{backend: how its gradient is computed} for a lowering."""
+def gradient_paths(lowering: str, triton_kernel: bool | None = None) -> dict[str, str]:
+    """{backend: how its gradient is computed} for a lowering; triton_kernel: whether the Triton
+    backend has a kernel for it (default: unless the lowering is torch-only; MRA has one for some blocks)."""
     torch_note = TORCH_BACKWARD[lowering]
-    if lowering in TORCH_ONLY:
+    if not (lowering not in TORCH_ONLY if triton_kernel is None else triton_kernel):
         return {"torch": torch_note, "triton": "as the torch backend (no Triton kernel for this lowering)"}
     return {"torch": torch_note, "triton": "Triton forward; backward: the torch backend's, recomputed from the "
                                            "saved q, k, v and tables (no Triton backward kernel)"}

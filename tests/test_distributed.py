@@ -20,7 +20,8 @@ DECAY = """attention learned_decay {
     normalize rows
 }"""  # a learned decay and a learned per-head modulation
 CP_CASES = [("examples/linear_elu.attn", None), ("examples/linear_elu_causal.attn", None),
-            ("examples/retention.attn", None), ("examples/performer.attn", None), (DECAY, "linear_chunked")]
+            ("examples/retention.attn", None), ("examples/performer.attn", None), (DECAY, "linear_chunked"),
+            ("examples/favor_softmax.attn", None)]  # FAVOR+ softmax with ALiBi: random features and a decay
 TRAIN_SPECS = [("examples/alibi.attn", None), (DECAY, "linear_chunked")]
 
 

@@ -93,7 +93,8 @@ def test_torch_gradients_across_chunks(name):
 # Triton's interpreter is slow: every lowering, with tables and a float input, not every example
 TRITON_CASES = [("alibi", None), ("offset", None), ("strided", None), ("linear_elu", "linear"),
                 ("decayed", "linear_chunked"), ("retention", "linear_chunked"), ("toeplitz_linear", "fft"),
-                ("grid_rpe", "fft2"), ("ripple", "rings"), ("gkat", "graph"), ("gkat", "tiled")]
+                ("grid_rpe", "fft2"), ("ripple", "rings"), ("gkat", "graph"), ("gkat", "tiled"),
+                ("favor_softmax", None), ("mra2", None), ("lara", None), ("ra", None)]
 
 
 @pytest.mark.parametrize("name,lowering", TRITON_CASES, ids=[f"{n}-{lw or 'default'}" for n, lw in TRITON_CASES])
@@ -110,6 +111,9 @@ GRADCHECK = {  # one spec per lowering, tables made small: gradcheck perturbs ev
     "fft2": ("grid_rpe", "fft2", {"width": 3, "max_rows": 2}),
     "rings": ("ripple", "rings", {"width": 3, "rings": 2}),
     "graph": ("gkat", "graph", {}),
+    "mra": ("mra2", None, {}),
+    "lara": ("lara", None, {}),
+    "ra": ("ra", None, {}),
 }
 
 
@@ -119,7 +123,7 @@ def test_gradcheck(lowering):
     name, forced, sizes = GRADCHECK[lowering]
     cls = _class(name, forced)
     assert cls.LOWERING == lowering
-    module = make_module(cls, 2, 3, 2, **sizes).double()
+    module = make_module(cls, 2, 3, 2, **sizes).double().eval()  # eval: every call the same draw
     module.backend = "torch"
     q, k, v, inputs = random_inputs(cls, 1, 2, 6, 6, 3, 2)
     floats = sorted(n for n, t in inputs.items() if t.is_floating_point())
@@ -142,3 +146,6 @@ def test_inspect_names_each_backward(capsys):
     out = capsys.readouterr().out
     assert f"gradients (torch): {gradient_paths('linear_chunked')['torch']}" in out
     assert "gradients (triton): Triton forward; backward: the torch backend's" in out
+    for name, kernel in (("mra2", True), ("lara", False)):  # MRA has a kernel for its block; LARA none
+        assert main(["inspect", SPECS[name]]) == 0
+        assert ("gradients (triton): Triton forward" in capsys.readouterr().out) == kernel
