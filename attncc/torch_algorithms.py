@@ -54,9 +54,8 @@ def as_float(x, dtype=torch.float32):
 def keep_grad(x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
     """x, whose gradient is zeroed where `keep` is false: a score may be undefined (inf, NaN) at
     masked pairs, e.g. dot / (i - j) on the diagonal, and 0 * inf there would poison q and k."""
-    if keep is not None and x.requires_grad:  # g is None where autograd passes no gradient (e.g. gradcheck)
-        x.register_hook(lambda g: g if g is None else torch.where(keep, g, torch.zeros((), dtype=g.dtype,
-                                                                                       device=g.device)))
+    if keep is not None and x.requires_grad:
+        x.register_hook(lambda g: g if g is None else torch.where(keep, g, g.new_zeros(())))
     return x
 
 

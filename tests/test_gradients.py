@@ -13,7 +13,7 @@ import torch
 import attncc
 from attncc.checking import make_module, random_inputs
 from attncc.cli import main
-from attncc.gradients import gradient_paths
+from attncc.gradients import TORCH_BACKWARD, torch_backward_line
 from attncc.select import LOWERINGS
 
 from .conftest import EXAMPLES
@@ -139,13 +139,9 @@ def test_gradcheck(lowering):
 
 
 def test_inspect_names_each_backward(capsys):
-    for lowering in LOWERINGS:
-        paths = gradient_paths(lowering)
-        assert set(paths) == {"torch", "triton"} and all(paths.values())
-    assert main(["inspect", SPECS["retention"]]) == 0
-    out = capsys.readouterr().out
-    assert f"gradients (torch): {gradient_paths('linear_chunked')['torch']}" in out
-    assert "gradients (triton): Triton forward; backward: the torch backend's" in out
-    for name, kernel in (("mra2", True), ("lara", False)):  # MRA has a kernel for its block; LARA none
-        assert main(["inspect", SPECS[name]]) == 0
-        assert ("gradients (triton): Triton forward" in capsys.readouterr().out) == kernel
+    assert set(TORCH_BACKWARD) == set(LOWERINGS)
+    for name, lowering in (("retention", None), ("gkat", "graph"), ("mra2", None)):
+        assert main(["inspect", SPECS[name]] + (["--lowering", lowering] if lowering else [])) == 0
+        out = capsys.readouterr().out
+        lowering = _class(name, lowering).LOWERING
+        assert f"torch backward: {torch_backward_line(lowering)}" in out and "triton backward: " in out
