@@ -17,6 +17,8 @@ TORCH_BACKWARD = {
     "fft2": "through torch.fft.rfft2 (the backward is 2-D FFT convolutions too)",
     "rings": "through the summed-area tables and their box reads",
     "graph": "through the products with the adjacency (dense under torch.compile)",
+    "mixed_chunk": "through the c x c diagonal blocks and the (prefix-summed) chunk states (no N x N)",
+    "ista": "through the unrolled ISTA steps on the m x m Gram matrix (soft thresholds: subgradient 0 at the kink)",
     # approximations: the gradient of the approximation's own formulas, its selection and draw held fixed
     "mra": "through the selected blocks' tiles and the low-resolution part (the block selection is "
            "piecewise constant: no gradient through it)",

@@ -114,6 +114,8 @@ GRADCHECK = {  # one spec per lowering, tables made small: gradcheck perturbs ev
     "mra": ("mra2", None, {}),
     "lara": ("lara", None, {}),
     "ra": ("ra", None, {}),
+    "mixed_chunk": ("flash", None, {"c": 2}),
+    "ista": ("vars", None, {}),
 }
 
 
