@@ -4,8 +4,8 @@ A generated launcher wraps its kernel launches in `launch(**config)` and calls
 `autotune.best(spec_hash, kind, q, sizes, launch)` for the configuration to use:
 
   - off CUDA (Triton's interpreter) or with ATTNCC_AUTOTUNE=0: the fixed default of `kind`;
-  - on CUDA: the configuration cached under the key (spec hash, kind, sizes bucketed to powers of
-    two, dtype, GPU name, triton version); on a miss every candidate of `kind` is timed once
+  - on CUDA: the configuration cached under the key (spec hash (which names the attncc version),
+    kind, sizes bucketed to powers of two, dtype, GPU name, triton and torch versions); on a miss every candidate of `kind` is timed once
     (median of triton.testing.do_bench, on the caller's own tensors; a candidate that fails to compile
     or launch, e.g. out of shared memory, counts as infinitely slow), the fastest is written to
     `cache_dir()/autotune/<digest>.json` and kept in memory, so neither a second call nor a second
@@ -72,7 +72,7 @@ def _do_bench(fn: Callable[[], None]) -> float:
 def _device_environment(device) -> dict:
     import torch
     import triton
-    return {"gpu": torch.cuda.get_device_name(device), "triton": triton.__version__}
+    return {"gpu": torch.cuda.get_device_name(device), "triton": triton.__version__, "torch": torch.__version__}
 
 
 class Tuner:
@@ -81,7 +81,7 @@ class Tuner:
 
     def __init__(self, directory: Path | None = None, timer: Callable | None = None,
                  environment: Callable | None = None):
-        self._directory = directory
+        self._directory = Path(directory) if directory is not None else None
         self.timer = timer or _do_bench
         self.environment = environment or _device_environment
         self.memory: dict[str, dict] = {}
