@@ -4,12 +4,12 @@ A generated launcher wraps its kernel launches in `launch(**config)` and calls
 `autotune.best(spec_hash, kind, q, sizes, launch)` for the configuration to use:
 
   - off CUDA (Triton's interpreter) or with ATTNCC_AUTOTUNE=0: the fixed default of `kind`;
-  - on CUDA: the configuration cached under the key (spec hash (which names the attncc version),
-    kind, sizes bucketed to powers of two, dtype, GPU name, triton and torch versions); on a miss every candidate of `kind` is timed once
-    (median of triton.testing.do_bench, on the caller's own tensors; a candidate that fails to compile
-    or launch, e.g. out of shared memory, counts as infinitely slow), the fastest is written to
-    `cache_dir()/autotune/<digest>.json` and kept in memory, so neither a second call nor a second
-    process tunes again.
+  - on CUDA: the configuration cached under the key (spec hash, which names the attncc version;
+    kind; sizes bucketed to powers of two; dtype; GPU name; triton and torch versions). On a miss
+    every candidate of `kind` is timed once (median of triton.testing.do_bench, on the caller's own
+    tensors; a candidate that fails to compile or launch, e.g. out of shared memory, counts as
+    infinitely slow); the fastest is written to `cache_dir()/autotune/<digest>.json` and kept in
+    memory, so neither a second call nor a second process tunes again.
 
 Cache files are written atomically (temporary file, then os.replace), so concurrent tuners leave one
 complete entry; a file that does not parse, names another key, or holds a configuration that is not
