@@ -139,11 +139,19 @@ class Runner:
         return torch.cuda.max_memory_allocated() - base
 
     # ------------------------------------------------------------------ cases
-    def compiled(self, spec):
+    def compiled(self, spec, n: int, d: int):
+        """The module class chosen for this shape: the cost model sees B, H, N, d and the spec's sizes."""
         import attncc
-        if spec not in self.classes:
-            self.classes[spec] = attncc.compile(spec, backend="triton" if self.cuda else "torch")
-        return self.classes[spec]
+        key = (str(spec), n, d)
+        if key not in self.classes:
+            cls = attncc.compile(spec, backend="triton" if self.cuda else "torch")
+            design = {"B": self.cfg.batch, "H": self.cfg.heads, "Nq": n, "N": n, "D": d, "E": d,
+                      **self.overrides(cls)}
+            self.classes[key] = attncc.compile(spec, backend="triton" if self.cuda else "torch", sizes=design)
+        return self.classes[key]
+
+    def overrides(self, cls) -> dict:
+        return {k: v for k, v in {**SPEC_SIZES.get(cls.SPEC_NAME, {}), **self.cfg.sizes}.items() if k in cls.SIZES}
 
     def cases(self, specs) -> list[tuple]:
         return [(spec, d, n) for n in self.cfg.lengths for d in self.cfg.dims for spec in specs]
@@ -152,12 +160,13 @@ class Runner:
         """What a run would do, without running anything but the compiler."""
         out = []
         for spec, d, n in self.cases(specs):
-            cls = self.compiled(spec)
+            cls = self.compiled(spec, n, d)
             impls = ["attncc"] + planned(bl.FAMILIES.get(cls.SPEC_NAME), self.cfg.baselines)
             out.append({"spec": cls.SPEC_NAME, "d": d, "N": n, "lowering": cls.LOWERING, "impls": impls})
         return out
 
-    def run(self, specs) -> list[dict]:
+    def run(self, specs, on_case=None) -> list[dict]:
+        """Every case in order; on_case(rows so far) after each (e.g. to write partial results)."""
         rows = []
         for spec, d, n in self.cases(specs):
             first = len(rows)
@@ -175,14 +184,17 @@ class Runner:
                     torch.cuda.empty_cache()
             for r in rows[first:]:
                 self.log(format_row(r))
+            if on_case is not None:
+                on_case(rows)
         return rows
 
     def case(self, spec, d: int, n: int) -> list[dict]:
         cfg = self.cfg
-        cls = self.compiled(spec)
+        cls = self.compiled(spec, n, d)
         fam = bl.FAMILIES.get(cls.SPEC_NAME)
-        overrides = {k: v for k, v in {**SPEC_SIZES.get(cls.SPEC_NAME, {}), **cfg.sizes}.items() if k in cls.SIZES}
-        module = instantiate(cls, heads=cfg.heads, tokens=n, dim=d, **overrides).to(cfg.device)
+        overrides = self.overrides(cls)
+        # eval(): inference, and random features keep their draw (training mode redraws per call)
+        module = instantiate(cls, heads=cfg.heads, tokens=n, dim=d, **overrides).to(cfg.device).eval()
         inputs = bench_inputs(cls, cfg.batch, n, cfg.doc_len, cfg.device)
         gen = torch.Generator().manual_seed(cfg.seed)
         q, k, v = (torch.randn(cfg.batch, cfg.heads, n, d, generator=gen).to(cfg.device, cfg.torch_dtype)
@@ -339,16 +351,18 @@ def environment() -> dict:
     return env
 
 
-def write_report(path: Path, cfg: BenchConfig, rows: list[dict], title: str = "attncc bench") -> None:
-    """JSON (config, environment, rows) at path and the markdown table beside it (.md)."""
+def write_report(path: Path, cfg: BenchConfig, rows: list[dict], title: str = "attncc bench",
+                 extra: dict | None = None, extra_md: str = "") -> None:
+    """JSON (config, environment, rows, extra) at path and the markdown table (+ extra_md) beside it (.md)."""
     import json
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     env = environment()
     config = {**asdict(cfg), "dtype": str(cfg.torch_dtype).removeprefix("torch.")}
-    path.write_text(json.dumps({"config": config, "environment": env, "results": rows}, indent=1, default=str) + "\n")
+    path.write_text(json.dumps({"config": config, "environment": env, "results": rows, **(extra or {})},
+                                     indent=1, default=str) + "\n")
     head = (f"# {title}\n\nEnvironment: {', '.join(f'{k} {v}' for k, v in env.items() if v is not None)}.\n\n"
             f"B={cfg.batch}, H={cfg.heads}, {config['dtype']}, e = d. speedup of attncc = impl ms / attncc ms "
             f"(> 1: attncc faster); TFLOP/s counts useful flops (unmasked pairs only); rel diff = "
             f"max |out - attncc| / max |attncc|.\n\n")
-    path.with_suffix(".md").write_text(head + markdown_table(HEADERS, table_rows(rows)) + "\n")
+    path.with_suffix(".md").write_text(head + markdown_table(HEADERS, table_rows(rows)) + "\n" + extra_md)

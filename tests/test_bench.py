@@ -20,7 +20,7 @@ B, H, N = 2, 3, 50
 
 def _setup(name: str, n: int = N, d: int = 8, doc_len: int = 7):
     cls = attncc.compile(ROOT / "examples" / f"{name}.attn", backend="torch")
-    m = instantiate(cls, heads=H, tokens=n, dim=d, **{k: v for k, v in SMALL.items() if k in cls.SIZES})
+    m = instantiate(cls, heads=H, tokens=n, dim=d, **{k: v for k, v in SMALL.items() if k in cls.SIZES}).eval()
     return cls, m, bench_inputs(cls, B, n, doc_len, "cpu")
 
 
@@ -97,3 +97,26 @@ def test_dry_run_and_budget(capsys):
     cfg = BenchConfig(device="cpu", dims=(8,), lengths=(16,), budget_s=1e-9)
     rows = Runner(cfg, log=lambda msg: None).run([ROOT / "examples" / "causal.attn"])
     assert [r["note"] for r in rows] == ["not run: time budget spent"]
+
+
+def test_suite_targets_are_read_off_the_rows(monkeypatch):
+    """ratio = baseline ms / attncc ms against each target; a missing measurement is never a pass."""
+    import subprocess
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import suite
+
+    def row(spec, impl, ms, n=16384, lowering="tiled", per_token=None):
+        return {"spec": spec, "impl": impl, "d": 64, "N": n, "mode": "fwd", "ms": ms, "lowering": lowering,
+                "bytes_per_token": per_token}
+    rows = [row("causal", "attncc", 5.0), row("causal", "flex", 5.6), row("causal", "sdpa", 4.9),
+            row("hypercube", "attncc", 1.0, lowering="block_sparse", per_token=100.0),
+            row("hypercube", "flex", 3.5), row("hypercube", "attncc", 0.3, n=4096, lowering="block_sparse",
+                                                per_token=300.0)]
+    found = {(t["target"], t["spec"], t["N"]): t for t in suite.targets(rows)}
+    assert found[(">= 95% of compiled Flex", "causal", 16384)]["met"] is True
+    assert found[("faster than SDPA flash", "causal", 16384)]["met"] is False
+    assert found[(">= 3.0x compiled Flex + BlockMask", "hypercube", 16384)]["ratio"] == 3.5
+    assert found[(">= 3.0x compiled Flex + BlockMask", "hypercube", 4096)]["met"] is None  # Flex not measured
+    assert found[("memory linear in N: bytes/token at N=16384 over N=4096", "hypercube", 16384)]["met"] is True
+    assert "MISSED" in suite.targets_markdown(suite.targets(rows))
+    assert subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_suite.sh")]).returncode == 0
