@@ -74,7 +74,9 @@ def reference_mask(module, inputs: dict, batch: int, heads: int, nq: int, n: int
     """The spec's mask as the dense reference evaluates it (attncc.evaluate, float32 arithmetic) on
     query rows `rows` (a slice; default all): bool, broadcastable to [B, H, len(rows), N]."""
     from .evaluate import Env, evaluate
-    ctx = module._context(*(torch.zeros((), device=device).expand(batch, heads, t, 1) for t in (nq, n, n)), inputs)
+    d, e = module.fixed.get("D", 1), module.fixed.get("E", 1)  # zero-stride stand-ins for q, k, v
+    ctx = module._context(*(torch.zeros((), device=device).expand(batch, heads, t, w)
+                            for t, w in ((nq, d), (n, d), (n, e))), inputs)
     ar = lambda k: torch.arange(k, device=device, dtype=torch.int32)  # noqa: E731
     i = ar(nq)[rows] if rows is not None else ar(nq)
     env = Env(sizes=ctx.sizes, rsizes={"N": n, "Nq": nq, "H": heads, "D": 1, "E": 1}, i=i.view(1, 1, -1, 1),

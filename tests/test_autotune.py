@@ -140,3 +140,19 @@ def test_generated_launchers_ask_autotune(tmp_path):
     finally:
         autotune.TUNER.best = original
     assert seen == ["tiled", "block_sparse", "linear", "linear_chunked"]
+
+
+@pytest.mark.gpu
+def test_tuning_on_cuda_is_cached_for_the_next_process(tmp_path, monkeypatch):
+    import attncc
+    from .conftest import ROOT
+    cls = attncc.compile(ROOT / "examples" / "causal.attn", backend="triton")
+    q, k, v = (torch.randn(2, 4, 1000, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    for tunings in (1, 0):  # a fresh tuner on the same folder is what a second process sees
+        tuner = Tuner(tmp_path)
+        monkeypatch.setattr(autotune, "TUNER", tuner)
+        out = cls()(q, k, v)
+        ref = cls().reference(q, k, v)
+        assert ((out.double() - ref).abs().max() / ref.abs().max()).item() < 2e-2
+        assert tuner.tunings == tunings and tuner.last["config"] in CONFIGS["tiled"]
+    assert len(list(tmp_path.glob("*.json"))) == 1
