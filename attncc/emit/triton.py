@@ -22,7 +22,9 @@ from .exprs import TritonExpr, band_bounds, key, name_dots
 from .writer import CodeWriter
 
 BIG = 1 << 30
-TORCH_ONLY = {"fft": "the FFT convolution (torch.fft)", "fft2": "the 2-D FFT convolution (torch.fft.rfft2)",
+TORCH_ONLY = {"mra": "MRA-2 (block gathers and products)", "lara": "LARA (landmark products)",
+              "ra": "RA (sampling and per-sample softmax)", "fft": "the FFT convolution (torch.fft)",
+              "fft2": "the 2-D FFT convolution (torch.fft.rfft2)",
               "rings": "the summed-area tables and their box reads",
               "graph": "the products with the adjacency (torch.sparse)"}
 
