@@ -85,6 +85,13 @@ def toeplitz_rpe(m, n: int, dtype=torch.float32) -> torch.Tensor:
     return torch.exp(m.rpe.detach()[t.clamp(0, m.rpe.shape[0] - 1)].to(dtype))
 
 
+def _rings(m, n: int, device, dtype) -> torch.Tensor:
+    """ripple's exp(ring[h, min(chebyshev distance on the width-wide grid, rings)]) on [H, n, n]."""
+    w, idx = m.sizes["width"], torch.arange(n, device=device)
+    dist = torch.maximum((idx[:, None] // w - idx[None, :] // w).abs(), (idx[:, None] % w - idx[None, :] % w).abs())
+    return torch.exp(m.ring.detach().to(dtype)[:, dist.clamp_max(m.sizes["rings"])])
+
+
 @dataclass(frozen=True)
 class Family:
     """How to write one example with the baselines. Softmax families: mask / score mods. Kernelized
@@ -95,7 +102,7 @@ class Family:
     score: Callable | None = None  # (module, inputs) -> score_mod
     sdpa_causal: bool | None = None  # SDPA's flash backend computes it (is_causal)
     feature: str | None = None  # "elu1", "identity" or "random" (the module's own random features)
-    modulation: str | None = None  # "toeplitz" (f(i - j) = exp(rpe)) or "decay" (retention)
+    modulation: str | None = None  # "toeplitz" (f(i - j) = exp(rpe)), "decay" (retention), "rings" (ripple)
     fla: str | None = None  # "linear" or "retention"
 
 
@@ -114,6 +121,7 @@ FAMILIES: dict[str, Family] = {
     "toeplitz_linear": Family(False, feature="elu1", modulation="toeplitz"),
     "performer": Family(False, feature="random"),
     "rpe_performer": Family(False, feature="random", modulation="toeplitz"),
+    "ripple": Family(False, feature="elu1", modulation="rings"),
 }
 
 
@@ -153,6 +161,8 @@ def naive(fam: Family, m, inputs: dict, q, k, v):
     elif fam.modulation == "toeplitz":
         idx = torch.arange(N, device=q.device)
         w = w * toeplitz_rpe(m, N, exact)[idx[:, None] - idx[None, :] + N - 1].to(w.dtype)
+    elif fam.modulation == "rings":
+        w = w * _rings(m, N, q.device, exact).to(w.dtype)
     if mask is not None:
         w = w.masked_fill(~mask, 0.0)
     if m.checked.normalize == "none":

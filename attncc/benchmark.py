@@ -142,14 +142,17 @@ class Runner:
 
     # ------------------------------------------------------------------ cases
     def compiled(self, spec, n: int, d: int):
-        """The module class chosen for this shape: the cost model sees B, H, N, d and the spec's sizes."""
+        """The module class for this shape: the lowering named by a `PATH@lowering` spec, else the one
+        the cost model picks for B, H, N, d and the spec's sizes (what a user would get)."""
         import attncc
         key = (str(spec), n, d)
         if key not in self.classes:
-            cls = attncc.compile(spec, backend="triton" if self.cuda else "torch")
+            path, _, lowering = str(spec).partition("@")
+            backend = "triton" if self.cuda else "torch"
+            cls = attncc.compile(Path(path), backend=backend)
             design = {"B": self.cfg.batch, "H": self.cfg.heads, "Nq": n, "N": n, "D": d, "E": d,
                       **self.overrides(cls)}
-            self.classes[key] = attncc.compile(spec, backend="triton" if self.cuda else "torch", sizes=design)
+            self.classes[key] = attncc.compile(Path(path), backend=backend, sizes=design, lowering=lowering or None)
         return self.classes[key]
 
     def overrides(self, cls) -> dict:
@@ -164,7 +167,7 @@ class Runner:
         for spec, d, n in self.cases(specs):
             cls = self.compiled(spec, n, d)
             impls = ["attncc"] + planned(bl.FAMILIES.get(cls.SPEC_NAME), self.cfg.baselines)
-            out.append({"spec": cls.SPEC_NAME, "d": d, "N": n, "lowering": cls.LOWERING, "impls": impls})
+            out.append({"spec": _label(cls, spec), "d": d, "N": n, "lowering": cls.LOWERING, "impls": impls})
         return out
 
     def run(self, specs, on_case=None) -> list[dict]:
@@ -173,14 +176,14 @@ class Runner:
         for spec, d, n in self.cases(specs):
             first = len(rows)
             if self.deadline is not None and time.monotonic() > self.deadline:
-                rows.append({"spec": Path(str(spec)).stem, "d": d, "N": n, "impl": "attncc", "mode": "fwd",
-                             "note": "not run: time budget spent"})
+                rows.append({"spec": Path(str(spec)).name.replace(".attn", ""), "d": d, "N": n, "impl": "attncc",
+                             "mode": "fwd", "note": "not run: time budget spent"})
                 continue
             try:
                 rows += self.case(spec, d, n)
             except Exception as exc:  # noqa: BLE001  (one failing case must not end the suite)
-                rows.append({"spec": Path(str(spec)).stem, "d": d, "N": n, "impl": "attncc", "mode": "fwd",
-                             "note": _failure(exc)})
+                rows.append({"spec": Path(str(spec)).name.replace(".attn", ""), "d": d, "N": n, "impl": "attncc",
+                             "mode": "fwd", "note": _failure(exc)})
             finally:
                 if self.cuda:
                     torch.cuda.empty_cache()
@@ -202,7 +205,7 @@ class Runner:
         q, k, v = (torch.randn(cfg.batch, cfg.heads, n, d, generator=gen).to(cfg.device, cfg.torch_dtype)
                    for _ in range(3))
         pairs = count_pairs(module, inputs, cfg.batch, cfg.heads, n, n, cfg.device)
-        base = {"spec": cls.SPEC_NAME, "d": d, "N": n, "lowering": cls.LOWERING, "pairs": pairs,
+        base = {"spec": _label(cls, spec), "d": d, "N": n, "lowering": cls.LOWERING, "pairs": pairs,
                 "density": pairs / (cfg.batch * cfg.heads * n * n), "flops": 2 * pairs * (d + d)}
         rows = []
         with torch.no_grad():
@@ -279,6 +282,12 @@ class Runner:
             step = lambda fn=fn: fn().backward(grad)  # noqa: E731
             rows.append(self.measure(base, name, step, None, mode="fwd+bwd", grads=(qg, kg, vg)))
         return rows
+
+
+def _label(cls, spec) -> str:
+    """The spec's name, with `@lowering` when the lowering was forced."""
+    forced = str(spec).partition("@")[2]
+    return f"{cls.SPEC_NAME}@{forced}" if forced else cls.SPEC_NAME
 
 
 def _speedups(rows: list[dict]) -> None:

@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--out", default="fuzz-failure.attn", help="where a shrunk failing spec is written")
     b = sub.add_parser("bench", help="time specs against SDPA, FlexAttention, fla and naive torch (attncc.benchmark)")
-    b.add_argument("specs", nargs="+")
+    b.add_argument("specs", nargs="+", help="spec files; PATH@lowering forces a lowering")
     b.add_argument("--device", default=None, help="cuda (Triton backend, do_bench) or cpu (torch backend vs naive)")
     b.add_argument("--dims", default="64,128", help="head dims d (= e)")
     b.add_argument("--lengths", default="1024,4096,16384,65536", help="token counts N, run in this order")

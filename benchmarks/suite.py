@@ -22,7 +22,8 @@ from common import EXAMPLES, RESULTS, markdown_table, parse_ints
 from attncc.benchmark import BenchConfig, Runner, write_report
 
 SPECS = ("softmax", "causal", "sliding_window", "alibi", "document", "hypercube", "block_diagonal", "strided",
-         "linear_elu", "linear_elu_causal", "retention", "toeplitz_linear", "rpe_performer")
+         "linear_elu", "linear_elu_causal", "retention", "toeplitz_linear", "rpe_performer",
+         "ripple@rings")  # name@lowering forces a lowering (the ring path is not the cost model's choice here)
 LENGTHS = (16384, 4096, 1024, 65536)
 MASKED = {"sliding_window": 1.1, "block_diagonal": 1.1, "document": 1.1, "hypercube": 3.0}
 LINEAR = {"linear_elu_causal": "chunk_linear_attn", "retention": "chunk_retention"}
@@ -97,7 +98,8 @@ def main() -> int:
     cfg = BenchConfig(device=args.device, batch=args.batch, heads=args.heads, dims=tuple(args.dims),
                       lengths=tuple(args.lengths), baselines=tuple(args.baselines.split(",")),
                       backward=args.backward, budget_s=args.budget, min_run_time=args.min_run_time)
-    specs = [EXAMPLES / f"{name}.attn" for name in args.specs.split(",")]
+    specs = [f"{EXAMPLES / name.partition('@')[0]}.attn" + (f"@{name.partition('@')[2]}" if "@" in name else "")
+             for name in args.specs.split(",")]
     runner = Runner(cfg)
     if args.dry_run:
         plan = runner.plan(specs)

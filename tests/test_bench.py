@@ -21,6 +21,9 @@ B, H, N = 2, 3, 50
 def _setup(name: str, n: int = N, d: int = 8, doc_len: int = 7):
     cls = attncc.compile(ROOT / "examples" / f"{name}.attn", backend="torch")
     m = instantiate(cls, heads=H, tokens=n, dim=d, **{k: v for k, v in SMALL.items() if k in cls.SIZES}).eval()
+    with torch.no_grad():  # tables away from their initial values (ripple's start at zero: no modulation)
+        for p in m.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.1)
     return cls, m, bench_inputs(cls, B, n, doc_len, "cpu")
 
 
@@ -90,8 +93,10 @@ def test_bench_cli_on_cpu(tmp_path):
 
 def test_dry_run_and_budget(capsys):
     assert main(["bench", str(ROOT / "examples" / "linear_elu_causal.attn"), str(ROOT / "examples" / "alibi.attn"),
+                 str(ROOT / "examples" / "ripple.attn") + "@rings",
                  "--device", "cpu", "--dims", "64", "--lengths", "1024", "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
+    assert "ripple@rings d=64 N=1024 (rings): attncc, naive" in lines
     assert "linear_elu_causal d=64 N=1024 (linear_chunked): attncc, fla, naive" in lines
     assert "alibi d=64 N=1024 (tiled): attncc, flex, naive" in lines
     cfg = BenchConfig(device="cpu", dims=(8,), lengths=(16,), budget_s=1e-9)
