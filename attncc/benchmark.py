@@ -377,3 +377,37 @@ def write_report(path: Path, cfg: BenchConfig, rows: list[dict], title: str = "a
             f"(> 1: attncc faster); TFLOP/s counts useful flops (unmasked pairs only); rel diff = "
             f"max |out - attncc| / max |attncc|.\n\n")
     path.with_suffix(".md").write_text(head + markdown_table(HEADERS, table_rows(rows)) + "\n" + extra_md)
+
+
+def run_cli(args, device: str) -> int:
+    """`attncc bench` (arguments parsed by attncc.cli): run, write JSON + markdown, print the table."""
+    ints = lambda text: tuple(int(x) for x in text.split(",") if x)  # noqa: E731
+    try:
+        bad = [s for s in args.size if "=" not in s]
+        if bad:
+            raise ValueError(f"--size {bad[0]}: expected NAME=VALUE")
+        sizes = {name: int(value) for name, value in (s.split("=", 1) for s in args.size)}
+        baselines = tuple(b for b in args.baselines.split(",") if b)
+        unknown = sorted(set(baselines) - set(BASELINES))
+        if unknown:
+            raise ValueError(f"unknown baseline `{unknown[0]}`; use {', '.join(BASELINES)}")
+        if not ints(args.dims) or not ints(args.lengths):
+            raise ValueError("--dims and --lengths need at least one value")
+        cfg = BenchConfig(device=device, dtype=args.dtype, batch=args.batch, heads=args.heads, dims=ints(args.dims),
+                          lengths=ints(args.lengths), baselines=baselines, backward=args.backward,
+                          budget_s=args.budget, sizes=sizes, min_run_time=args.min_run_time)
+        cfg.torch_dtype  # noqa: B018  (an unknown dtype fails here, before any work)
+    except (ValueError, AttributeError) as exc:
+        print(f"attncc bench: bad option: {exc}", file=sys.stderr)
+        return 2
+    runner = Runner(cfg)
+    for spec in args.specs:  # a bad spec or lowering is an error here, not a failed row later
+        runner.compiled(spec, cfg.lengths[0], cfg.dims[0])
+    if args.dry_run:
+        for case in runner.plan(args.specs):
+            print(f"{case['spec']} d={case['d']} N={case['N']} ({case['lowering']}): {', '.join(case['impls'])}")
+        return 0
+    rows = runner.run(args.specs)
+    write_report(Path(args.out), cfg, rows)
+    print(markdown_table(HEADERS, table_rows(rows)))
+    return 0

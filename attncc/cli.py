@@ -195,26 +195,8 @@ def cmd_bench(args) -> int:
     import torch
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     _interpret_triton(device)
-    from .benchmark import HEADERS, BenchConfig, Runner, markdown_table, table_rows, write_report
-    ints = lambda text: tuple(int(x) for x in text.split(",") if x)  # noqa: E731
-    try:
-        sizes = {name: int(value) for name, value in (s.split("=", 1) for s in args.size)}
-        cfg = BenchConfig(device=device, dtype=args.dtype, batch=args.batch, heads=args.heads, dims=ints(args.dims),
-                          lengths=ints(args.lengths), baselines=tuple(b for b in args.baselines.split(",") if b),
-                          backward=args.backward, budget_s=args.budget, sizes=sizes, min_run_time=args.min_run_time)
-        cfg.torch_dtype  # noqa: B018  (an unknown dtype fails here, before any work)
-    except (ValueError, AttributeError) as exc:
-        print(f"attncc bench: bad option: {exc}", file=sys.stderr)
-        return 2
-    runner = Runner(cfg)
-    if args.dry_run:
-        for case in runner.plan(args.specs):
-            print(f"{case['spec']} d={case['d']} N={case['N']} ({case['lowering']}): {', '.join(case['impls'])}")
-        return 0
-    rows = runner.run(args.specs)
-    write_report(Path(args.out), cfg, rows)
-    print(markdown_table(HEADERS, table_rows(rows)))
-    return 0
+    from .benchmark import run_cli
+    return run_cli(args, device)
 
 
 def main(argv=None) -> int:
