@@ -92,24 +92,43 @@ def mra_attention(q, k, v, *, block: int, blocks_per_row: int, mode: str, first:
     top = torch.full((B, H, nq, block), float("-inf"), dtype=dtype, device=q.device)
     top = top.scatter_reduce(2, row_index, scores.amax(-1), "amax")
     if mode == "full":
-        selected = torch.zeros(B, H, nq * nk, dtype=torch.bool, device=q.device).scatter(2, idx, True)
-        low = mra_low_resolution(q, k, block).masked_fill(selected.view(B, H, nq, nk), float("-inf"))
-        low_top = low.amax(-1)
+        low_top, low_num, low_den = mra_low_part(q, k, v, idx, block)
         top = torch.maximum(top, low_top[..., None])
     p = torch.exp(scores - torch.gather(top, 2, row_index)[..., None])
     num = torch.zeros(B, H, nq, block, E, dtype=dtype, device=q.device)
     num = num.scatter_add(2, row_index[..., None].expand(-1, -1, -1, -1, E), p @ tiles(v, nk, cols))
     den = torch.zeros(B, H, nq, block, dtype=dtype, device=q.device).scatter_add(2, row_index, p.sum(-1))
     if mode == "full":
-        finite = torch.isfinite(low_top)[..., None]
-        base = torch.where(finite, low_top[..., None], torch.zeros_like(low_top[..., None]))
-        w = torch.where(torch.isfinite(low), torch.exp(low - base), torch.zeros_like(low))  # [B, H, nq, nk]
-        v_sums, counts = block_sums(v, block)
-        shift = torch.where(finite, torch.exp(low_top[..., None] - top), torch.zeros_like(top))  # [B, H, nq, b]
-        num = num + shift[..., None] * (w @ v_sums)[:, :, :, None, :]
-        den = den + shift * (w @ counts)[..., None]
+        shift = torch.where(torch.isfinite(low_top)[..., None], torch.exp(low_top[..., None] - top),
+                            torch.zeros_like(top))  # [B, H, nq, b]
+        num = num + shift[..., None] * low_num[:, :, :, None, :]
+        den = den + shift * low_den[..., None]
     out = num / (den[..., None] + MRA_EPS)
     return out.flatten(2, 3)[:, :, :Nq]
+
+
+def mra_low_part(q, k, v, idx, block: int):
+    """The unselected blocks of each query block I, relative to their largest logit l_I = max_{J unsel} L_IJ:
+    (l_I [B, H, nq] (-inf if every block is selected), sum_J e^(L_IJ - l_I) sum_{j in J} v_j [B, H, nq, E],
+    sum_J e^(L_IJ - l_I) |J| [B, H, nq])."""
+    B, H = q.shape[:2]
+    low = mra_low_resolution(q, k, block)
+    nq, nk = low.shape[-2:]
+    selected = torch.zeros(B, H, nq * nk, dtype=torch.bool, device=q.device).scatter(2, idx, True)
+    low = low.masked_fill(selected.view(B, H, nq, nk), float("-inf"))
+    low_top = low.amax(-1)
+    base = torch.where(torch.isfinite(low_top), low_top, torch.zeros_like(low_top))
+    w = torch.where(torch.isfinite(low), torch.exp(low - base[..., None]), torch.zeros_like(low))
+    v_sums, counts = block_sums(v, block)
+    return low_top, w @ v_sums, w @ counts
+
+
+def mra_csr(idx: torch.Tensor, nq: int, nk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The selection as CSR per (batch, head): row_ptr [B * H, nq + 1] and block columns [B * H, K], int32."""
+    flat = idx.flatten(0, 1).sort(-1).values
+    rows = (flat // nk).contiguous()
+    bounds = torch.arange(nq + 1, device=idx.device, dtype=rows.dtype).expand(rows.shape[0], -1).contiguous()
+    return torch.searchsorted(rows, bounds).int(), (flat % nk).int()
 
 
 # ---------------------------------------------------------------------- LARA

@@ -43,12 +43,12 @@ def _rel(a, b) -> float:
 
 @pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("backend,dtype", [("torch", torch.float64), ("torch", torch.float32),
-                                           ("triton", torch.float32)])
+                                           ("triton", torch.float32), ("triton", torch.float16)])
 def test_every_backend_equals_the_dense_formulas(name, backend, dtype):
     if backend == "triton" and not triton_runnable("cpu")[0]:
         pytest.skip("Triton interpreter not enabled")
     module = _module(CASES[name])
-    q, k, v = _inputs(nq=40, nk=40 if name != "ra" else 40)
+    q, k, v = _inputs(nq=40, nk=40 if name in ("ra", "lara") else 53)  # MRA: partial blocks, Nq != N
     result = compare(module, q, k, v, {}, backend, dtype)
     assert result.ok, f"{name} {backend} {dtype}: {result.error:.2e} > {result.tolerance:.1e}"
 
@@ -146,6 +146,8 @@ def test_plans_and_generated_code_name_the_approximation():
     comp = attncc.api.build(CASES["mra_full"])
     assert comp.plan.lowering == "mra" and [c.name for c in comp.plan.candidates] == ["mra"]
     assert "ax.mra_attention(q, k, v, block=16" in comp.module_source
-    assert "MRA-2 (block gathers and products) runs through torch" in comp.triton_source
+    assert "def _mra_fwd(" in comp.triton_source  # a 16-token block is a Triton tile
+    odd = attncc.api.build(SPEC.format(approx="mra(block = 24)")).triton_source
+    assert "MRA-2 with a block that no Triton tile matches (16 .. 128, a power of two) runs through torch" in odd
     with pytest.raises(attncc.AttnccError, match="lowering `tiled` does not apply"):
         attncc.api.build(CASES["lara"], lowering="tiled")
