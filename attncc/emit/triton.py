@@ -331,7 +331,7 @@ def _launcher_head(w: CodeWriter, allocate_out: bool = True, fixed_blocks: bool 
 def _tuned_launch(w: CodeWriter, kind: str, extra_sizes: str = "") -> None:
     """Launch with the configuration autotune chose for these sizes (tuned once per key on CUDA)."""
     w.line(f"sizes = dict(BH=B * H, Nq=Nq, N=N, D=BLOCK_D, E=BLOCK_E{extra_sizes})")
-    w.line(f"launch(**autotune.best(self.SPEC_HASH, {kind!r}, q, sizes, launch))")
+    w.line(f"launch(**autotune.best(SPEC_HASH, {kind!r}, q, sizes, launch))")
     w.line("return out")
 
 
@@ -484,6 +484,9 @@ import triton.language as tl
 
 from attncc import approx_algorithms as ax, torch_algorithms as rt
 from attncc import autotune, triton_ops
+
+SPEC_HASH = {spec_hash!r}  # part of every autotune key
+
 
 '''
 
