@@ -80,6 +80,7 @@ def cmd_inspect(args) -> int:
     from .api import build
     from .ast import format_spec
     from .emit.triton_backward import backward_line
+    from .gradients import torch_backward_line
     from .ir import print_graph, to_dot
     from .runtime import cuda_triton_available
     from .select import format_plan
@@ -103,6 +104,7 @@ def cmd_inspect(args) -> int:
     triton_lowering = ast.literal_eval(comp.module_source.split("TRITON_LOWERING = ")[1].splitlines()[0])
     print(f"triton lowering: {triton_lowering.split('; backward: ')[0]}")
     print(f"triton backward: {backward_line(comp.checked, comp.plan)}")
+    print(f"torch backward: {torch_backward_line(comp.plan.lowering)}")
     return 0
 
 
