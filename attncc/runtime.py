@@ -443,12 +443,22 @@ def load_module(name: str, files: dict[str, str]):
     for file_name, source in files.items():
         path = directory / file_name
         if not (path.exists() and _read(path) == source):
-            directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(source)
-            os.replace(tmp, path)
+            write_atomic(path, source)
     return _import(directory / f"{name}.py", f"attncc_generated_{name}_{digest}")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file in the same folder and os.replace: readers (other processes
+    too) see the old file or the whole new one, never a partial write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _read(path: Path) -> str | None:
