@@ -222,6 +222,9 @@ def _decayed_chunks(qc, kc, vc, gamma):
 
 GROUP_BUDGET = 1 << 22  # elements of one feature group's largest buffer on CPUs (stays in cache)
 GPU_GROUP_BUDGET = 1 << 26  # on GPUs: few, large groups (launches and re-reads cost more than memory)
+# Feature columns per step of the Triton contraction kernels: one on GPUs (registers hold a
+# [BLOCK_M, BLOCK_L, BLOCK_E] tile per corner), many on the CPU, where Triton's interpreter pays per step.
+GPU_FEATURE_TILE, CPU_FEATURE_TILE = 1, 16
 
 
 def kernel_products(pk, v, transform: Callable, *, cells: int, budget: int = GROUP_BUDGET):

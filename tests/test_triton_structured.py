@@ -36,9 +36,11 @@ def test_structured_triton_matches_reference(name, lowering, dtype):
     _assert_matches(_compile(name, lowering), dtype, nq, nk)
 
 
+@pytest.mark.parametrize("budget,tile", [(1, 1), (rt.GROUP_BUDGET, 2)])
 @pytest.mark.parametrize("name,lowering", STRUCTURED)
-def test_sums_carried_across_feature_groups(name, lowering, monkeypatch):
-    """One feature per group: every launch but the last carries num and den through the fp32 buffer."""
+def test_feature_groups_and_tiles(name, lowering, budget, tile, monkeypatch):
+    """One feature per group (every launch but the last carries num and den through the fp32 buffer)
+    and one feature per step (the GPU's tiling); or one group and several steps of two features."""
     groups = []
     real = rt.kernel_products
 
@@ -46,10 +48,11 @@ def test_sums_carried_across_feature_groups(name, lowering, monkeypatch):
         for l0, y in real(*args, **kwargs):
             groups.append(y.shape[0])
             yield l0, y
-    monkeypatch.setattr(rt, "GROUP_BUDGET", 1)
+    monkeypatch.setattr(rt, "GROUP_BUDGET", budget)
+    monkeypatch.setattr(rt, "CPU_FEATURE_TILE", tile)
     monkeypatch.setattr(rt, "kernel_products", counted)
     _assert_matches(_compile(name, lowering), torch.float32, 23, 23, seed=3)
-    assert len(groups) > 1 and set(groups) == {1}
+    assert len(groups) > 1 if budget == 1 else len(groups) == 1
 
 
 @pytest.mark.parametrize("form", ["manhattan_min", "ring_unbounded", "ring_window", "offsets"])

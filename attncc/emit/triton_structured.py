@@ -42,6 +42,7 @@ def _head(w: CodeWriter) -> None:
     w.line("offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)")
     w.line("offs_e = tl.arange(0, BLOCK_E)")
     w.line("rows = offs_m < Nq")
+    w.line("offs_l = tl.arange(0, BLOCK_L)")
     w.line("tile = rows[:, None] & (offs_e[None, :] < E)")
     w.line("Q += off_b * stride_qb + off_h * stride_qh")
     w.line("Acc += pid_bh * Nq * (E + 1)  # [B, H, Nq, E + 1] fp32: num in columns < E, den in column E")
@@ -49,11 +50,16 @@ def _head(w: CodeWriter) -> None:
     w.line("den = tl.load(Acc + offs_m * (E + 1) + E, mask=rows, other=0.0)")
 
 
-def _feature_column(w: CodeWriter, feature: str | None) -> None:
-    """p = phi(q)_l for the tile's queries (an elementwise map reads column l of q only)."""
-    w.line("p = tl.load(Q + offs_m * stride_qm + (L0 + l) * stride_qd, mask=rows, other=0.0).to(tl.float32)")
+def _feature_tile(w: CodeWriter, feature: str | None) -> None:
+    """p = phi(q)[:, ls] for the tile's queries and BLOCK_L feature columns ls (an elementwise map reads
+    those columns of q only)."""
+    w.line("ls = l0 + offs_l")
+    w.line("cols = rows[:, None] & (ls[None, :] < ML)")
+    w.line("p = tl.load(Q + offs_m[:, None] * stride_qm + (L0 + ls)[None, :] * stride_qd, mask=cols, other=0.0)")
+    w.line("p = p.to(tl.float32)")
     if feature is not None and feature != "identity":
-        w.line(f"p = tl.where(rows, _feature_{feature}(p), 0.0)")
+        w.line(f"p = tl.where(cols, _feature_{feature}(p), 0.0)")
+    w.line("block = cols[:, :, None] & (offs_e[None, None, :] < E)")
 
 
 def _tail(w: CodeWriter, normalize: str) -> None:
@@ -75,37 +81,38 @@ def _emit_contract(w: CodeWriter, feature: str | None, normalize: str) -> None:
     w.line("@triton.jit")
     with w.block(f"def _contract(Q, Y, Acc, Out, Nq, H, E, L0, ML, {_strides('q', 'bhmd')},"):
         w.line(f"{_strides('y', 'lbhen')}, {_strides('o', 'bhmd')}, eps,")
-        w.line("BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, LAST: tl.constexpr):")
+        w.line("BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_L: tl.constexpr, LAST: tl.constexpr):")
         w.line('"""num_i += sum_{L0 <= l < L0 + ML} phi(q_i)_l Y_l[:E, i], den_i += ... Y_l[E, i] for one tile of')
-        w.line('queries, Y [ML, B, H, E + 1, Nq] = T (phi(K)_l o [V, 1]) of one group of features."""')
+        w.line('queries, BLOCK_L features a step; Y [ML, B, H, E + 1, Nq] = T (phi(K)_l o [V, 1]) of one group."""')
         _head(w)
         w.line("Y += off_b * stride_yb + off_h * stride_yh")
-        with w.block("for l in range(0, ML):"):
-            _feature_column(w, feature)
-            w.line("y = Y + l * stride_yl")
-            w.line("num += p[:, None] * tl.load(y + offs_m[:, None] * stride_yn + offs_e[None, :] * stride_ye, "
-                   "mask=tile, other=0.0).to(tl.float32)")
-            w.line("den += p * tl.load(y + offs_m * stride_yn + E * stride_ye, mask=rows, other=0.0).to(tl.float32)")
+        with w.block("for l0 in range(0, ML, BLOCK_L):"):
+            _feature_tile(w, feature)
+            w.line("y = Y + ls[None, :] * stride_yl + offs_m[:, None] * stride_yn  # [BLOCK_M, BLOCK_L] pointers")
+            w.line("vals = tl.load(y[:, :, None] + offs_e[None, None, :] * stride_ye, mask=block, other=0.0)")
+            w.line("num += tl.sum(p[:, :, None] * vals.to(tl.float32), 1)")
+            w.line("den += tl.sum(p * tl.load(y + E * stride_ye, mask=cols, other=0.0).to(tl.float32), 1)")
         _tail(w, normalize)
     w.line()
 
 
 def _emit_ring_contract(w: CodeWriter, feature: str | None, normalize: str, metric: str) -> None:
     w.line("@triton.jit")
-    with w.block("def _corner(Tab, cell, offs_e, E, tile, rows, stride_tc, stride_te):"):
-        w.line('"""The table at one cell per query row: its E value columns and its ones column."""')
-        w.line("at = Tab + cell * stride_tc")
-        w.line("return (tl.load(at[:, None] + offs_e[None, :] * stride_te, mask=tile, other=0.0).to(tl.float32),")
-        w.line("        tl.load(at + E * stride_te, mask=rows, other=0.0).to(tl.float32))")
+    with w.block("def _corner(t, cell, offs_e, E, cols, block, stride_tc, stride_te):"):
+        w.line('"""The tables t (one per feature column) at one cell per query row: [rows, features, E] value')
+        w.line('columns and [rows, features] ones column."""')
+        w.line("at = t[None, :] + cell[:, None] * stride_tc")
+        w.line("return (tl.load(at[:, :, None] + offs_e[None, None, :] * stride_te, mask=block, other=0.0).to(tl.float32),")
+        w.line("        tl.load(at + E * stride_te, mask=cols, other=0.0).to(tl.float32))")
     w.line()
     w.line("@triton.jit")
     with w.block(f"def _ring_contract(Q, Tab, G, Acc, Out, Nq, H, E, L0, ML, T, width, R, C, {_strides('q', 'bhmd')},"):
         w.line(f"{_strides('t', 'lbhce')}, {_strides('g', 'bhmr')}, {_strides('o', 'bhmd')}, eps,")
-        w.line("BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, LAST: tl.constexpr):")
+        w.line("BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_L: tl.constexpr, LAST: tl.constexpr):")
         w.line('"""num_i += sum_l phi(q_i)_l y_l(i) (den_i: the ones column) for one tile of queries, with')
         w.line("y_l(i) = sum_{rho < T} (g(i, rho) - g(i, rho + 1)) box_i(rho) + g(i, T) total: box_i(rho) sums the keys")
         w.line(f"within {metric} distance rho of i, four reads of the summed-area table Tab [ML, B, H, (R + 1) (C + 1), E + 1]")
-        w.line('(entry (A, B): keys with a < A and b < B); G [B, H, Nq, T + 1] holds g(i, rho)."""')
+        w.line('(entry (A, B): keys with a < A and b < B); G [B, H, Nq, T + 1] holds g(i, rho). BLOCK_L features a step."""')
         _head(w)
         w.line("Tab += off_b * stride_tb + off_h * stride_th")
         w.line("G += off_b * stride_gb + off_h * stride_gh + offs_m * stride_gm")
@@ -117,12 +124,12 @@ def _emit_ring_contract(w: CodeWriter, feature: str | None, normalize: str, metr
             w.line("a, b = r + c, r - c + width - 1  # |dr| + |dc| = max(|da|, |db|): Manhattan balls are boxes here")
         w.line("total = (R + 1) * (C + 1) - 1 + offs_m * 0  # the entry holding every key")
         w.line("g_top = tl.load(G + T * stride_gr, mask=rows, other=0.0).to(tl.float32)")
-        with w.block("for l in range(0, ML):"):
-            _feature_column(w, feature)
-            w.line("t = Tab + l * stride_tl")
-            w.line("all_n, all_z = _corner(t, total, offs_e, E, tile, rows, stride_tc, stride_te)")
-            w.line("y = g_top[:, None] * all_n")
-            w.line("yz = g_top * all_z")
+        with w.block("for l0 in range(0, ML, BLOCK_L):"):
+            _feature_tile(w, feature)
+            w.line("t = Tab + ls * stride_tl")
+            w.line("all_n, all_z = _corner(t, total, offs_e, E, cols, block, stride_tc, stride_te)")
+            w.line("y = g_top[:, None, None] * all_n")
+            w.line("yz = g_top[:, None] * all_z")
             with w.block("for rho in range(0, T):"):
                 w.line("g_r = tl.load(G + rho * stride_gr, mask=rows, other=0.0).to(tl.float32)")
                 w.line("wr = g_r - tl.load(G + (rho + 1) * stride_gr, mask=rows, other=0.0).to(tl.float32)")
@@ -130,14 +137,13 @@ def _emit_ring_contract(w: CodeWriter, feature: str | None, normalize: str, metr
                 w.line("a1 = tl.minimum(tl.maximum(a + rho + 1, 0), R) * (C + 1)")
                 w.line("b0 = tl.minimum(tl.maximum(b - rho, 0), C)")
                 w.line("b1 = tl.minimum(tl.maximum(b + rho + 1, 0), C)")
-                w.line("n11, z11 = _corner(t, a1 + b1, offs_e, E, tile, rows, stride_tc, stride_te)")
-                w.line("n01, z01 = _corner(t, a0 + b1, offs_e, E, tile, rows, stride_tc, stride_te)")
-                w.line("n10, z10 = _corner(t, a1 + b0, offs_e, E, tile, rows, stride_tc, stride_te)")
-                w.line("n00, z00 = _corner(t, a0 + b0, offs_e, E, tile, rows, stride_tc, stride_te)")
-                w.line("y += wr[:, None] * (n11 - n01 - n10 + n00)")
-                w.line("yz += wr * (z11 - z01 - z10 + z00)")
-            w.line("num += p[:, None] * y")
-            w.line("den += p * yz")
+                for corner in ("11", "01", "10", "00"):
+                    w.line(f"n{corner}, z{corner} = _corner(t, a{corner[0]} + b{corner[1]}, offs_e, E, cols, block, "
+                           "stride_tc, stride_te)")
+                w.line("y += wr[:, None, None] * (n11 - n01 - n10 + n00)")
+                w.line("yz += wr[:, None] * (z11 - z01 - z10 + z00)")
+            w.line("num += tl.sum(p[:, :, None] * y, 1)")
+            w.line("den += tl.sum(p * yz, 1)")
         _tail(w, normalize)
     w.line()
 
@@ -166,8 +172,9 @@ def emit_structured(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph, 
         w.line("N, E = k.shape[2], v.shape[3]")
         w.line("out = torch.empty(B, H, Nq, E, device=q.device, dtype=q.dtype)")
         w.line("acc = torch.zeros(B, H, Nq, E + 1, device=q.device, dtype=torch.float32)")
-        w.line("BLOCK_M = 64 if q.is_cuda else 16")
+        w.line("BLOCK_M = 64 if q.is_cuda else 32")
         w.line("BLOCK_E = max(16, triton.next_power_of_2(E))")
+        w.line("BLOCK_L = rt.GPU_FEATURE_TILE if q.is_cuda else rt.CPU_FEATURE_TILE")
         if plan.lowering == "fft":
             w.line("transform, cells = rt.toeplitz_transform(host.toeplitz_f(ctx).to(q.device), Nq, N, rt.compute_dtype(v))")
         elif plan.lowering == "fft2":
@@ -192,7 +199,7 @@ def emit_structured(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph, 
             extra = "g.shape[-1] - 1, width, geo.rows, geo.cols, " if rings else ""
             tables = "*y.stride(), *g.stride()" if rings else "*y.stride()"
             w.line(f"{kernel}[grid](q, y, {'g, ' if rings else ''}acc, out, Nq, H, E, l0, y.shape[0], {extra}*q.stride(),")
-            w.line(f"    {tables}, *out.stride(), {spec.eps!r}, BLOCK_M=BLOCK_M, BLOCK_E=BLOCK_E,")
+            w.line(f"    {tables}, *out.stride(), {spec.eps!r}, BLOCK_M=BLOCK_M, BLOCK_E=BLOCK_E, BLOCK_L=BLOCK_L,")
             w.line("    LAST=l0 + y.shape[0] == pk.shape[-1])")
         w.line("return out")
     what = "box reads, ring weights and contraction" if rings else "contraction"
