@@ -112,11 +112,21 @@ class Def(Stmt):
 
 
 @dataclass(frozen=True)
+class Approx:
+    """`approx NAME(kwargs)` after a normalizer: the attention is computed by that approximation."""
+    method: str
+    method_span: Span
+    args: tuple[Expr, ...] = ()
+    kwargs: tuple[Kwarg, ...] = ()
+
+
+@dataclass(frozen=True)
 class Normalize(Stmt):
     kind: str
     kind_span: Span
     args: tuple[Expr, ...] = ()
     kwargs: tuple[Kwarg, ...] = ()
+    approx: Approx | None = None
 
 
 @dataclass(frozen=True)
@@ -176,5 +186,6 @@ def format_stmt(s: Stmt) -> str:
         return f"{s.kind}({s.params[0]}, {s.params[1]}) = {format_expr(s.body)}"
     if isinstance(s, Normalize):
         args = f"({_call_args(s.args, s.kwargs)})" if s.args or s.kwargs else ""
-        return f"normalize {s.kind}{args}"
+        approx = f" approx {s.approx.method}({_call_args(s.approx.args, s.approx.kwargs)})" if s.approx else ""
+        return f"normalize {s.kind}{args}{approx}"
     raise TypeError(type(s))

@@ -7,9 +7,11 @@ Defaults: score = dot(q[i], k[j]) * scale; weight = dot(phi(q[i]), phi(k[j])) fo
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import ast
+from .approx import (APPROXIMATIONS, CHOICES, COUNTS, FAVOR, FLAGS, PLAIN_ONLY, POSITIVE, ApproxInfo,
+                     favor_weight, is_plain_dot_scale, split_logits)
 from .expr import BOOL, FLOAT, FUNCTIONS, INT, RUNTIME_SIZES, VEC, TExpr, fmt
 from .features import ALL_MAPS, RANDOM_MAPS
 from .graphs import GRAPH_KERNELS
@@ -96,6 +98,8 @@ class CheckedSpec:
     derived: dict[str, TExpr] = field(default_factory=dict)
     divisors: tuple[TExpr, ...] = ()
     graphs: dict[str, GraphInfo] = field(default_factory=dict)
+    approx: ApproxInfo | None = None  # a declared approximation computes this attention
+    target: CheckedSpec | None = None  # with `approx`: the exact attention it approximates
 
     @property
     def kind(self) -> str:
@@ -384,9 +388,89 @@ class _Checker(ExprTyper):
         self._check_random_features(logits if softmax else weight)
         self.bag.raise_if_any()
         spans = {kind: d.span for kind, d in self.defs.items()}
-        return CheckedSpec(self.spec.name, self.src, dict(self.sizes), self.params, self.inputs, self.features,
+        spec = CheckedSpec(self.spec.name, self.src, dict(self.sizes), self.params, self.inputs, self.features,
                            norm, float(eps), logits, weight, mask, spans, dict(self.derived),
                            tuple(dict.fromkeys(self.divisors)), dict(self.graphs))
+        return self._approximated(spec) if self.normalize is not None and self.normalize.approx else spec
+
+    # ---------------------------------------------------------------- approximations
+    def _approximated(self, spec: CheckedSpec) -> CheckedSpec:
+        """The spec computed by its declared approximation (see approx.py); `target` keeps the exact one."""
+        a = self.normalize.approx
+        if a.method not in APPROXIMATIONS:
+            self.bag.error(f"unknown approximation `{a.method}`", a.method_span,
+                           did_you_mean(a.method, APPROXIMATIONS) or f"use one of {', '.join(APPROXIMATIONS)}")
+        elif spec.normalize != "softmax":
+            self.bag.error(f"`approx {a.method}` approximates softmax attention, but this spec normalizes "
+                           f"with `{spec.normalize}`", a.method_span, "write `normalize softmax approx ...`")
+        else:
+            info = self._approx_options(a)
+            if info is not None and self._approx_applies(spec, info, a):
+                self.bag.raise_if_any()
+                if info.method != FAVOR:
+                    return replace(spec, approx=info, target=spec)
+                phi = FeatureInfo(FAVOR, FAVOR, tuple((k, v) for k, v in info.kwargs))
+                return replace(spec, features={FAVOR: phi}, normalize="rows", eps=0.0, logits=None,
+                               weight=favor_weight(split_logits(spec.logits)), approx=info, target=spec)
+        self.bag.raise_if_any()
+        return spec
+
+    def _approx_options(self, a: ast.Approx) -> ApproxInfo | None:
+        allowed = APPROXIMATIONS[a.method]
+        if a.args:
+            self.bag.error(f"approx {a.method} takes keyword arguments only", a.args[0].span,
+                           f"write {', '.join(f'{k}=...' for k in allowed)}")
+            return None
+        out = dict(allowed)
+        for kw in a.kwargs:
+            if kw.name not in allowed:
+                self.bag.error(f"approx {a.method} has no argument `{kw.name}`", kw.span,
+                               did_you_mean(kw.name, allowed) or f"its arguments: {', '.join(allowed)}")
+                return None
+            choices = CHOICES.get((a.method, kw.name))
+            if choices:
+                if not isinstance(kw.value, ast.Name) or kw.value.id not in choices:
+                    self.bag.error(f"`{kw.name}` of approx {a.method} is one of {', '.join(choices)}", kw.value.span,
+                                   f"write `{kw.name} = {choices[0]}`")
+                    return None
+                out[kw.name] = kw.value.id
+                continue
+            value = self._const_number(kw.value, f"argument `{kw.name}`")
+            if value is None:
+                return None
+            lowest = 1 if kw.name in POSITIVE else 0 if kw.name in COUNTS | FLAGS else None
+            if lowest is not None and (not isinstance(value, int) or value < lowest
+                                       or (kw.name in FLAGS and value > 1) or value >= 2**31):
+                what = "0 or 1" if kw.name in FLAGS else f"an integer >= {lowest}"
+                self.bag.error(f"`{kw.name}` of approx {a.method} must be {what}, got {value}", kw.value.span)
+                return None
+            out[kw.name] = value
+        return ApproxInfo(a.method, tuple(out.items()))
+
+    def _approx_applies(self, spec: CheckedSpec, info: ApproxInfo, a: ast.Approx) -> bool:
+        """favor: logits dot(q[i], k[j]) * scale + bias(i, j), any mask; mra, lara, ra: the plain logits."""
+        where = self.defs["score"].body.span if "score" in self.defs else a.method_span
+        if spec.features:
+            self.bag.error(f"approx {info.method} approximates exp(q.k * scale): it takes no feature map",
+                           self.spec.name_span, "drop the `feature` declaration")
+            return False
+        if info.method in PLAIN_ONLY:
+            for kind in ("mask", "bias"):
+                if kind in self.defs:
+                    self.bag.error(f"approx {info.method} approximates unmasked softmax without a bias",
+                                   self.defs[kind].kind_span, f"drop `{kind}`, or use `approx favor(...)`, "
+                                   "which keeps masks and biases")
+                    return False
+            if not is_plain_dot_scale(spec.logits):
+                self.bag.error(f"approx {info.method} needs the score `dot(q[i], k[j]) * scale`", where,
+                               "it approximates softmax(Q K^T / sqrt(D)) and nothing else")
+                return False
+            return True
+        if split_logits(spec.logits) is False:
+            self.bag.error("approx favor needs the score `dot(q[i], k[j]) * scale` plus terms without `dot`",
+                           where, "FAVOR+ estimates exp(q.k / sqrt(D)); other terms become a modulation exp(bias)")
+            return False
+        return True
 
     def _check_random_features(self, scores: TExpr | None) -> None:
         """A random-feature map replaces q and k by their features before any kernel runs, so when

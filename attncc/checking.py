@@ -72,13 +72,15 @@ def triton_runnable(device: str) -> tuple[bool, str]:
 
 
 def compare(module, q, k, v, inputs, backend: str, dtype: torch.dtype, device: str = "cpu") -> Result:
-    ref = module.reference(q, k, v, **inputs)
     cast = [t.to(device=device, dtype=dtype) for t in (q, k, v)]
     saved, training = module.backend, module.training
     home = next((t.device for t in (*module.parameters(), *module.buffers())), None)
     try:
         module.backend = backend
-        module.eval()  # random features stay fixed: the reference above used this draw
+        module.eval()  # random draws stay fixed: the reference reads this draw
+        # a declared approximation selects blocks / draws samples from its inputs: give the
+        # reference exactly the (rounded) inputs the backend sees
+        ref = module.reference(*((t.double() for t in cast) if module.APPROX else (q, k, v)), **inputs)
         with torch.no_grad():
             out = module.to(device)(*cast, **{n: t.to(device) for n, t in inputs.items()})
     finally:  # leave the caller's module as it was

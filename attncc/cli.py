@@ -87,6 +87,19 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def _approximation_error(cls, seed: int) -> str:
+    """How far a declared approximation is from its exact target on random inputs (eval mode)."""
+    import torch
+    from .checking import make_module, random_inputs
+    module = make_module(cls, heads=3, dim=24, dim_v=20, seed=seed).eval()
+    q, k, v, inputs = random_inputs(cls, 2, 3, 256, 256, 24, 20, generator=torch.Generator().manual_seed(seed))
+    approx, exact = module.reference(q, k, v, **inputs), module.target(q, k, v, **inputs)
+    rel = ((approx - exact).norm(dim=-1) / exact.norm(dim=-1).clamp_min(1e-30)).mean()
+    return (f"  approximation {cls.compilation.checked.approx}: mean relative row error vs exact softmax "
+            f"{float(rel):.3f} at N = 256 on Gaussian inputs (an estimate, not a tolerance; see "
+            f"benchmarks/approximation.py for real inputs)")
+
+
 def cmd_check(args) -> int:
     import torch
     from rich.console import Console
@@ -129,6 +142,8 @@ def cmd_check(args) -> int:
                 table.add_row(backend, dtype_name, f"{nq} x {nk}", f"{r.error:.2e}", f"{r.tolerance:.0e}",
                               "[green]ok" if r.ok else "[red]FAIL")
         console.print(table)
+        if comp.checked.approx is not None:
+            console.print(_approximation_error(cls, args.seed), markup=False)
     console.print(f"{'[red]' + str(failed) + ' failed' if failed else '[green]all backends match the reference'}")
     return 1 if failed else 0
 

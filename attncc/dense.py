@@ -9,18 +9,29 @@ from __future__ import annotations
 
 import torch
 
+from .approx_reference import lara_weights, mra_weights, ra_weights
 from .check import CheckedSpec
 from .evaluate import Env, evaluate
 from .expr import TExpr
 from .features import FEATURE_MAPS, apply_feature_map, random_features
 from .torch_algorithms import keep_grad
 
+APPROX_WEIGHTS = ("mra", "lara", "ra")  # approximations with a dense matrix of their own (favor is kernelized)
+
 
 def dense_weights(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: dict, e_dim: int = 0,
-                  projections: dict | None = None) -> torch.Tensor:
+                  projections: dict | None = None, noise=None) -> torch.Tensor:
     """W[b, h, i, j] in float64 (softmax: the normalized probabilities).
 
-    projections: the random-feature projection [m, D] of each declared random map, by name."""
+    projections: the random-feature projection [m, D] of each declared random map, by name.
+    noise: the random draw of a sampling approximation (approx_reference.py)."""
+    if spec.approx is not None and spec.approx.method in APPROX_WEIGHTS:
+        opts = spec.approx.options
+        if spec.approx.method == "mra":
+            return mra_weights(q, k, **opts)
+        if spec.approx.method == "lara":
+            return lara_weights(q, k, landmarks=opts["landmarks"], alpha=opts["alpha"], noise=noise)
+        return ra_weights(q, k, noise=noise)
     def _row(t: TExpr, x: torch.Tensor) -> torch.Tensor:
         if t.op != "feature":
             return x
@@ -60,10 +71,10 @@ def dense_weights(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: di
 
 
 def dense_attention(spec: CheckedSpec, q, k, v, params: dict, inputs: dict, sizes: dict,
-                    projections: dict | None = None) -> torch.Tensor:
+                    projections: dict | None = None, noise=None) -> torch.Tensor:
     """out[b, h, i, :] in float64."""
     v = v.double()
-    w = dense_weights(spec, q, k, params, inputs, sizes, e_dim=v.shape[-1], projections=projections)
+    w = dense_weights(spec, q, k, params, inputs, sizes, e_dim=v.shape[-1], projections=projections, noise=noise)
     out = w @ v
     if spec.normalize == "rows":
         z = w.sum(-1, keepdim=True) + spec.eps

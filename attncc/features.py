@@ -65,6 +65,11 @@ def apply_feature_map(name: str, x: torch.Tensor) -> torch.Tensor:
     raise KeyError(name)
 
 
+def seeded_generator(seed: int, draw: int) -> torch.Generator:
+    """A CPU generator for draw number `draw` of `seed`: the same numbers on every device and run."""
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(draw)) % (1 << 63))
+
+
 def draw_projection(features: int, dim: int, seed: int, draw: int, orthogonal: bool) -> torch.Tensor:
     """W [features, dim], rows ~ N(0, I_dim): draw number `draw` of `seed`.
 
@@ -72,7 +77,7 @@ def draw_projection(features: int, dim: int, seed: int, draw: int, orthogonal: b
     features on every device and every run. Orthogonal draws (Performer): blocks of `dim` rows
     are orthonormal (QR of a Gaussian block), each row rescaled to the norm of a Gaussian vector,
     so every row keeps the N(0, I) marginal while the rows of a block do not overlap."""
-    g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(draw)) % (1 << 63))
+    g = seeded_generator(seed, draw)
     if not orthogonal:
         return torch.randn(features, dim, generator=g, dtype=torch.float64).float()
     blocks = []

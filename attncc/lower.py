@@ -62,6 +62,8 @@ def lower(spec: CheckedSpec) -> Graph:
                        eps=spec.eps, masked=spec.mask is not None)
     graph.add("output", [attend], shape=(B, H, Nq, E), dtype=FLOAT)
     graph.meta["sizes"] = dict(spec.sizes)
+    if spec.approx is not None:
+        graph.meta["approx"] = spec.approx
     return graph
 
 

@@ -83,7 +83,11 @@ class _ToAst(Transformer):
 
     def normalize_stmt(self, meta, c):
         args, kwargs = c[1] if c[1] is not None else ((), ())
-        return ast.Normalize(self._s(meta), str(c[0]), self._s(c[0]), args, kwargs)
+        return ast.Normalize(self._s(meta), str(c[0]), self._s(c[0]), args, kwargs, c[2])
+
+    def approx(self, meta, c):
+        args, kwargs = c[1] if c[1] is not None else ((), ())
+        return ast.Approx(str(c[0]), self._s(c[0]), args, kwargs)
 
     def exprs(self, meta, c):
         return tuple(c)

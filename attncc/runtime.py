@@ -22,6 +22,8 @@ from torch import nn
 from .source import AttnccError, ShapeError, did_you_mean
 from .features import draw_projection, random_features
 from .graphs import dense_kernel
+from .approx import RANDOM
+from .approx_algorithms import lara_noise, ra_noise
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 LAYOUT_CACHE = 16  # block-sparse layouts kept per module (one per length and sizes)
@@ -54,6 +56,7 @@ class Context:
     D: int
     E: int
     dtype: torch.dtype = torch.float32  # of the computation: float64 for float64 inputs
+    noise: object = None  # the random draw of an approximation (lara, ra) for this call
 
     @property
     def scale(self) -> float:
@@ -102,6 +105,7 @@ class CompiledAttention(nn.Module):
     NEEDS: tuple = ()
     GRAPHS: dict = {}  # name -> (kernel, adjacency input, options): inputs computed from inputs
     RANDOM_FEATURES: dict = {}  # name -> (map, options): projections held in the `random_features` buffers
+    APPROX = None  # (method, options) of a declared approximation computed by its own algorithm (approx.py)
     TRITON_LOWERING = ""
     checked = None  # the CheckedSpec, attached by attncc.compile (for .reference)
 
@@ -158,6 +162,8 @@ class CompiledAttention(nn.Module):
             self.random_features.register_buffer(name, draw_projection(
                 opts["features"], self.fixed["D"], opts["seed"], 0, bool(opts["orthogonal"])))
             self.random_features.register_buffer(f"{name}_draws", torch.zeros((), dtype=torch.int64))
+        if self.APPROX and self.APPROX[0] in RANDOM:
+            self.register_buffer("approx_draws", torch.zeros((), dtype=torch.int64))
 
     # ------------------------------------------------------------------ random features
     def projections(self) -> dict:
@@ -180,6 +186,20 @@ class CompiledAttention(nn.Module):
             self.redraw_features()
         w = getattr(self.random_features, name)
         return random_features(kind, q, w).to(q.dtype), random_features(kind, k, w).to(k.dtype)
+
+    def approx_noise(self, q, k, advance: bool):
+        """The random draw of a sampling approximation for this call (None for the others): RA samples
+        in every mode; LARA samples around its proposal means in training and uses the means in eval.
+        `advance` (a forward call in training with redraw=1) moves to the next draw first."""
+        if not self.APPROX or self.APPROX[0] not in RANDOM:
+            return None
+        method, opts = self.APPROX
+        if advance and self.training and opts["redraw"]:
+            self.approx_draws += 1
+        draw = int(self.approx_draws)
+        if method == "ra":
+            return ra_noise(q, k, samples=opts["samples"], seed=opts["seed"], draw=draw)
+        return lara_noise(q, k, landmarks=opts["landmarks"], seed=opts["seed"], draw=draw) if self.training else None
 
     # ------------------------------------------------------------------ calling
     def params_dict(self) -> dict:
@@ -248,6 +268,7 @@ class CompiledAttention(nn.Module):
         self.last_backend = backend
         if q.shape[2] == 0 or k.shape[2] == 0:  # nothing to attend with or to: zeros, in every backend
             return v.new_zeros(*q.shape[:3], v.shape[-1])
+        ctx.noise = self.approx_noise(q, k, advance=True)
         if backend == "reference":
             return self._dense(q, k, v, ctx).to(v.dtype)
         if self.LOWERING != "graph":  # lowerings that read G[i, j] as a table get it formed
@@ -298,17 +319,27 @@ class CompiledAttention(nn.Module):
         return self._cached(("tiles", ctx.Nq, ctx.N, tuple(sorted(self.sizes.items())), str(device)), compute)
 
     def reference(self, q, k, v, **inputs) -> torch.Tensor:
-        """The dense float64 meaning of the spec with this module's tables."""
+        """The dense float64 meaning of the spec with this module's tables: for a declared
+        approximation, its own formulas with this module's current random draw (see `target`)."""
+        return self._dense_call(self.checked, q, k, v, inputs)
+
+    def target(self, q, k, v, **inputs) -> torch.Tensor:
+        """The exact attention a declared approximation approximates (softmax), dense float64; for a
+        spec without `approx`, the same as `reference`."""
+        return self._dense_call(self.checked.target or self.checked, q, k, v, inputs)
+
+    def _dense_call(self, spec, q, k, v, inputs: dict) -> torch.Tensor:
         ctx = self._context(q, k, v, inputs)
         if q.shape[2] == 0 or k.shape[2] == 0:
             return torch.zeros(*q.shape[:3], v.shape[-1], dtype=torch.float64, device=q.device)
-        return self._dense(q, k, v, ctx)
+        ctx.noise = self.approx_noise(q, k, advance=False)
+        return self._dense(q, k, v, ctx, spec)
 
-    def _dense(self, q, k, v, ctx: Context) -> torch.Tensor:
+    def _dense(self, q, k, v, ctx: Context, spec=None) -> torch.Tensor:
         from .dense import dense_attention
         inputs = {**ctx.inputs, **self.graph_tables(ctx.inputs, torch.float64)}
-        return dense_attention(self.checked, q, k, v, {n: p.detach() for n, p in ctx.params.items()},
-                               inputs, self.sizes, self.projections())
+        return dense_attention(spec or self.checked, q, k, v, {n: p.detach() for n, p in ctx.params.items()},
+                               inputs, self.sizes, self.projections(), ctx.noise)
 
     def graph_tables(self, inputs: dict, dtype: torch.dtype) -> dict:
         """Each graph kernel G of the spec formed densely from its adjacency input, by name."""
@@ -331,7 +362,8 @@ class CompiledAttention(nn.Module):
 
 # Names a learned table may not take: it becomes an attribute of the module.
 RESERVED_ATTRIBUTES = (frozenset(dir(CompiledAttention)) | frozenset(vars(nn.Module()))
-                       | {"backend", "last_backend", "sizes", "fixed", "compilation", "_layouts", "random_features"})
+                       | {"backend", "last_backend", "sizes", "fixed", "compilation", "_layouts", "random_features",
+                          "approx_draws"})
 
 
 # ---------------------------------------------------------------------- loading generated code

@@ -19,7 +19,7 @@ from .structure import Structure
 DESIGN_SIZES = {"B": 1, "H": 8, "Nq": 4096, "N": 4096, "D": 64, "E": 64}
 BLOCK = 64  # tile edge assumed by the cost model
 CHUNK = 64  # chunk length of causal linear attention
-LOWERINGS = ("tiled", "block_sparse", "linear", "linear_chunked", "fft", "fft2", "rings", "graph")
+LOWERINGS = ("tiled", "block_sparse", "linear", "linear_chunked", "fft", "fft2", "rings", "graph", "mra", "lara", "ra")
 GRAPH_DEGREE = 16  # edges per token assumed by the cost model (the graph is a call-time input)
 GRAPH_PRODUCTS = 12  # products with A per application of exp(t A) (a Taylor series; walks: its steps)
 # The reference machine of the roofline: an H100's dense fp16/bf16 tensor-core rate with fp32
@@ -107,6 +107,25 @@ def candidates(op: str, attrs: dict, mask: Structure, sizes: dict) -> list[Candi
     return out
 
 
+def approx_candidates(approx) -> list[Candidate]:
+    """The declared approximation is the computation: its algorithm is the only candidate
+    (favor is not here: it turns the spec into kernelized attention, with all of its lowerings)."""
+    opts, bytes_io = approx.options, 4 * B * H * (Nq * (D + E) + N * (D + E))
+    if approx.method == "mra":
+        b, per_row = opts["block"], opts["blocks_per_row"]
+        return [Candidate("mra", 2 * B * H * (Nq * per_row * b * (D + E) + (Nq / b) * (N / b) * (D + E)),
+                          bytes_io + 4 * B * H * Nq * per_row * b,
+                          f"MRA-2: exact scores on {per_row} blocks of {b} per block row (top-k of block-mean "
+                          f"logits), {'block means elsewhere' if opts['mode'] == 'full' else 'nothing elsewhere'}")]
+    if approx.method == "lara":
+        c = opts["landmarks"]
+        return [Candidate("lara", 2 * B * H * ((Nq + N) * c * (D + E) + c * c * D), bytes_io,
+                          f"LARA: {c} landmark proposals, self-normalized multiple importance sampling")]
+    s = opts["samples"]
+    return [Candidate("ra", 2 * B * H * Nq * N * (D + s * (D + E)), bytes_io + 4 * B * H * Nq * s * D,
+                      f"RA: {s} samples per query from its softmax mixture (quadratic, unbiased)")]
+
+
 def grid_candidates(form, sizes: dict) -> list[Candidate]:
     """2-D FFT over the (Rq + Rk) x 2w offset plane; rings: T summed-area boxes per query."""
     from .evaluate import Env, evaluate
@@ -136,7 +155,9 @@ def select(graph: Graph, sizes: dict | None = None, force: str | None = None) ->
     attrs = dict(node.attrs)
     mask = attrs["mask_structure"]
     design = {**DESIGN_SIZES, **(sizes or {})}
-    cands = candidates(node.op, attrs, mask, design)
+    approx = graph.meta.get("approx")
+    cands = approx_candidates(approx) if approx is not None and approx.method != "favor" else \
+        candidates(node.op, attrs, mask, design)
     if force is not None:
         names = [c.name for c in cands]
         if force not in names:

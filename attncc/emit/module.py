@@ -38,7 +38,7 @@ import sys
 
 import torch
 
-from attncc import torch_algorithms as rt
+from attncc import approx_algorithms as ax, torch_algorithms as rt
 from attncc.runtime import CompiledAttention, InputSpec, ParamSpec, import_sibling
 '''
 
@@ -62,6 +62,8 @@ def module_class(spec: CheckedSpec, plan: Plan, spec_hash: str, triton_lowering:
         w.line(f"NEEDS = ({''.join(f'{key(n)}, ' for n in needs)})")
         w.line("GRAPHS = {" + ", ".join(f"{key(g.name)}: ({key(g.kind)}, {key(g.adjacency)}, {g.options!r})"
                                         for g in spec.graphs.values()) + "}")
+        approx = spec.approx
+        w.line(f"APPROX = {(approx.method, approx.options)!r}" if approx and approx.method != "favor" else "APPROX = None")
         w.line("RANDOM_FEATURES = {" + ", ".join(f"{key(phi.name)}: ({key(phi.fn)}, {phi.options!r})"
                                                  for phi in randoms) + "}")
         with w.block("PARAMS = {"):

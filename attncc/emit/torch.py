@@ -183,9 +183,28 @@ def emit_grid_factor(w: CodeWriter, plan: Plan, f: TExpr) -> None:
     w.line()
 
 
+APPROX_CALLS = {
+    "mra": "ax.mra_attention(q, k, v, block={block}, blocks_per_row={blocks_per_row}, mode={mode!r}, "
+           "first={first}, diagonal={diagonal})",
+    "lara": "ax.lara_attention(q, k, v, landmarks={landmarks}, alpha={alpha!r}, noise=ctx.noise)",
+    "ra": "ax.ra_attention(q, k, v, noise=ctx.noise)",
+}
+
+
+def emit_approx(w: CodeWriter, spec: CheckedSpec) -> None:
+    """A declared approximation of softmax: one call of its algorithm (approx_algorithms.py)."""
+    with w.block("def forward_torch(self, q, k, v, ctx):"):
+        w.line(f'"""softmax(q k^T * scale) v approximated by {spec.approx}."""')
+        if spec.approx.method in ("lara", "ra"):
+            w.line("# ctx.noise: this call's random draw (seeded; redrawn per training call when redraw=1)")
+        w.line(f"return {APPROX_CALLS[spec.approx.method].format(**spec.approx.options)}.to(v.dtype)")
+
+
 def emit_torch(spec: CheckedSpec, plan: Plan, graph: Graph) -> str:
     w = CodeWriter()
-    if plan.lowering in ("tiled", "block_sparse"):
+    if plan.lowering in APPROX_CALLS:
+        emit_approx(w, spec)
+    elif plan.lowering in ("tiled", "block_sparse"):
         emit_features(w, feature_maps_used(spec.logits, spec.weight))
         emit_tiled(w, spec, plan)
     else:

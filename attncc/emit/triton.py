@@ -20,9 +20,12 @@ from ..features import FEATURE_MAPS
 from ..ir import Graph, expr_of
 from ..select import Plan
 from .exprs import TritonExpr, band_bounds, key, name_dots
+from .triton_approx import emit_mra_kernel, mra_triton_block
 from .writer import CodeWriter
 
 BIG = 1 << 30
+TORCH_ONLY = {"mra": "MRA-2 with a block that no Triton tile matches (16 .. 128, a power of two)", "lara": "LARA (landmark products)",
+              "ra": "RA (sampling and per-sample softmax)"}
 
 HELPERS = {
     "_floordiv": '''@triton.jit
@@ -423,7 +426,7 @@ import torch
 import triton
 import triton.language as tl
 
-from attncc import torch_algorithms as rt
+from attncc import approx_algorithms as ax, torch_algorithms as rt
 
 '''
 
@@ -431,6 +434,16 @@ from attncc import torch_algorithms as rt
 def emit_triton(spec: CheckedSpec, plan: Plan, graph: Graph) -> tuple[str, str]:
     """(kernels and launchers, description of the Triton lowering)."""
     w = CodeWriter()
+    if plan.lowering == "mra" and mra_triton_block(spec):
+        emit_mra_kernel(w, spec)
+        return w.text(), ("block-sparse MRA-2 kernel over each head's selected blocks (selection and low-resolution "
+                          "part in torch); backward recomputes through the torch backend")
+    if plan.lowering in TORCH_ONLY:
+        w.line(f"# No Triton kernel for this lowering: {TORCH_ONLY[plan.lowering]} runs through torch")
+        w.line("# (cuFFT / cumsum and gathers on GPU), exactly as in the torch backend.")
+        with w.block("def forward_triton(self, q, k, v, ctx, host):"):
+            w.line("return host.forward_torch(self, q, k, v, ctx)")
+        return w.text(), f"{plan.lowering} via torch ({TORCH_ONLY[plan.lowering]}; no Triton kernel)"
     from .triton_structured import TORCH_PART, emit_structured  # it builds on this module's helpers
     if plan.lowering in TORCH_PART:
         description = emit_structured(w, spec, plan, graph, _row_feature, _feature_fn)
