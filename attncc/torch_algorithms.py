@@ -282,19 +282,19 @@ def toeplitz_attention(pq, pk, v, f, *, normalize: str, eps: float) -> torch.Ten
     return _kernel_sums(pq, pk, v, transform, normalize=normalize, eps=eps, cells=cells)
 
 
-def graph_transform(adj, kind: str, options: dict, nq: int, n: int) -> tuple[Callable, int]:
+def graph_transform(adj, kind: str, options: dict, nq: int, n: int, dtype) -> tuple[Callable, int]:
     """(T, cells): T u = G u for the graph kernel G of adj (attncc.graphs), through products with adj
     (sparse when adj is); G is never formed."""
     from .graphs import graph_attention_transform
     if nq != n:
         raise ShapeError(f"a graph kernel relates tokens to tokens: queries ({nq}) and keys ({n}) must be "
                          "the same tokens")
-    return graph_attention_transform(kind, adj, options), n
+    return graph_attention_transform(kind, adj, options, dtype), n
 
 
 def graph_attention(pq, pk, v, adj, kind: str, options: dict, *, normalize: str, eps: float) -> torch.Tensor:
     """W = G o phi(Q) phi(K)^T for a graph kernel G of adj: the m (e + 1) products G (phi(K)_l o [V, 1])."""
-    transform, cells = graph_transform(adj, kind, options, pq.shape[2], pk.shape[2])
+    transform, cells = graph_transform(adj, kind, options, pq.shape[2], pk.shape[2], compute_dtype(v))
     return _kernel_sums(pq, pk, v, transform, normalize=normalize, eps=eps, cells=cells)
 
 

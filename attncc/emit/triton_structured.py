@@ -183,7 +183,7 @@ def emit_structured(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph, 
         elif plan.lowering == "graph":
             g = spec.graphs[plan.attrs["graph"]]
             w.line(f"transform, cells = rt.graph_transform(ctx.inputs[{key(g.adjacency)}], {key(g.kind)}, {g.options!r}, "
-                   "Nq, N)")
+                   "Nq, N, rt.compute_dtype(v))")
         else:
             w.line("width = host.grid_width(ctx)")
             w.line(f"geo = rt.ring_geometry(Nq, N, width, {metric!r}, q.device)")
