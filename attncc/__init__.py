@@ -7,6 +7,7 @@
 __version__ = "0.1.0"
 
 from .api import build, compile, reference  # noqa: E402
+from .layers import AttentionLayer, layer  # noqa: E402
 from .source import AttnccError, ShapeError, SpecError  # noqa: E402
 
-__all__ = ["compile", "reference", "build", "AttnccError", "SpecError", "ShapeError", "__version__"]
+__all__ = ["compile", "reference", "build", "layer", "AttentionLayer", "AttnccError", "SpecError", "ShapeError", "__version__"]

@@ -20,39 +20,46 @@ APPROX_WEIGHTS = ("mra", "lara", "ra")  # approximations with a dense matrix of 
 
 
 def dense_weights(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: dict, e_dim: int = 0,
-                  projections: dict | None = None, noise=None) -> torch.Tensor:
-    """W[b, h, i, j] in float64 (softmax: the normalized probabilities).
+                  projections: dict | None = None, noise=None, rows: torch.Tensor | None = None,
+                  dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """W[b, h, i, j] in `dtype` (softmax: the normalized probabilities), differentiable in q, k and
+    the tables.
 
     projections: the random-feature projection [m, D] of each declared random map, by name.
-    noise: the random draw of a sampling approximation (approx_reference.py)."""
+    noise: the random draw of a sampling approximation (approx_reference.py).
+    rows: query indices to evaluate (a sample of rows; i takes their values), all rows if None."""
     if spec.approx is not None and spec.approx.method in APPROX_WEIGHTS:
         opts = spec.approx.options
         if spec.approx.method == "mra":
-            return mra_weights(q, k, **opts)
-        if spec.approx.method == "lara":
-            return lara_weights(q, k, landmarks=opts["landmarks"], alpha=opts["alpha"], noise=noise)
-        return ra_weights(q, k, noise=noise)
+            w = mra_weights(q, k, **opts)
+        elif spec.approx.method == "lara":
+            w = lara_weights(q, k, landmarks=opts["landmarks"], alpha=opts["alpha"], noise=noise)
+        else:
+            w = ra_weights(q, k, noise=noise)
+        return (w if rows is None else w[:, :, rows.long()]).to(dtype)
     def _row(t: TExpr, x: torch.Tensor) -> torch.Tensor:
         if t.op != "feature":
             return x
         if t.value in FEATURE_MAPS:
             return apply_feature_map(t.value, x)
-        return random_features(spec.features[t.value].fn, x, projections[t.value].double())
+        return random_features(spec.features[t.value].fn, x, projections[t.value].to(dtype))
 
-    q, k = q.double(), k.double()
+    q, k = q.to(dtype), k.to(dtype)
     B, H, Nq, D = q.shape
     N = k.shape[2]
     grid = lambda n: torch.arange(n, device=q.device, dtype=torch.int32)
+    i = grid(Nq) if rows is None else rows.to(device=q.device, dtype=torch.int32)
+    q = q if rows is None else q[:, :, rows.long()]
     env = Env(sizes=sizes, rsizes={"N": N, "Nq": Nq, "H": H, "D": D, "E": e_dim},
-              i=grid(Nq).view(1, 1, Nq, 1), j=grid(N).view(1, 1, 1, N), h=grid(H).view(1, H, 1, 1),
-              params={n: p.double() if p.is_floating_point() else p for n, p in params.items()},
-              inputs=inputs, float_dtype=torch.float64)
+              i=i.view(1, 1, -1, 1), j=grid(N).view(1, 1, 1, N), h=grid(H).view(1, H, 1, 1),
+              params={n: p.to(dtype) if p.is_floating_point() else p for n, p in params.items()},
+              inputs=inputs, float_dtype=dtype)
 
-    shape = (B, H, Nq, N)
+    shape = (B, H, len(i), N)
     if spec.mask is not None:  # masks in float32 arithmetic, as kernels evaluate them: one well-defined set
         env.float_dtype = torch.float32
         mask = evaluate(spec.mask, env).to(q.device).expand(shape)
-        env.float_dtype = torch.float64
+        env.float_dtype = dtype
     else:
         mask = torch.ones((), dtype=torch.bool, device=q.device).expand(shape)
 
@@ -61,22 +68,29 @@ def dense_weights(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: di
 
     env.dot = dot
     if spec.normalize == "softmax":
-        s = evaluate(spec.logits, env).double().expand(shape).masked_fill(~mask, float("-inf"))
+        s = evaluate(spec.logits, env).to(dtype).expand(shape).masked_fill(~mask, float("-inf"))
         top = s.amax(-1, keepdim=True)
         top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
         w = torch.exp(s - top)
         z = w.sum(-1, keepdim=True)
         return w / torch.where(z == 0, torch.ones_like(z), z)
-    return torch.where(mask, evaluate(spec.weight, env).double().expand(shape), torch.zeros((), dtype=torch.float64))
+    return torch.where(mask, evaluate(spec.weight, env).to(dtype).expand(shape), torch.zeros((), dtype=dtype))
+
+
+def dense_probabilities(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: dict, e_dim: int = 0,
+                        projections: dict | None = None, noise=None, rows: torch.Tensor | None = None,
+                        dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """P[b, h, i, j] with out = P V: W, divided by its row sums (+ eps) for `normalize rows`
+    (D^-1 (M o phi(Q) phi(K)^T) for kernelized specs); arguments as for dense_weights."""
+    w = dense_weights(spec, q, k, params, inputs, sizes, e_dim, projections, noise, rows, dtype)
+    if spec.normalize == "rows":
+        z = w.sum(-1, keepdim=True) + spec.eps
+        w = w / torch.where(z == 0, torch.ones_like(z), z)  # a row with nothing to normalize: 0
+    return w
 
 
 def dense_attention(spec: CheckedSpec, q, k, v, params: dict, inputs: dict, sizes: dict,
                     projections: dict | None = None, noise=None) -> torch.Tensor:
     """out[b, h, i, :] in float64."""
     v = v.double()
-    w = dense_weights(spec, q, k, params, inputs, sizes, e_dim=v.shape[-1], projections=projections, noise=noise)
-    out = w @ v
-    if spec.normalize == "rows":
-        z = w.sum(-1, keepdim=True) + spec.eps
-        out = out / torch.where(z == 0, torch.ones_like(z), z)  # a row with nothing to normalize: 0
-    return out
+    return dense_probabilities(spec, q, k, params, inputs, sizes, v.shape[-1], projections, noise) @ v

@@ -341,6 +341,38 @@ class CompiledAttention(nn.Module):
         return dense_attention(spec or self.checked, q, k, v, {n: p.detach() for n, p in ctx.params.items()},
                                inputs, self.sizes, self.projections(), ctx.noise)
 
+    def tap(self, q, k, v, rows=None, **inputs) -> torch.Tensor:
+        """The attention probabilities P[b, h, i, j] of this call, with out = P v: softmax's
+        probabilities, D^-1 (M o phi(Q) phi(K)^T) for `normalize rows`, W itself for `normalize none`,
+        the matrix a declared approximation applies (MRA's, LARA's, RA's); random features and
+        sampling approximations use the current draw, the one the last forward used.
+
+        Dense: [B, H, Nq, N], or [B, H, len(rows), N] for `rows`, a 1-d sample of query indices.
+        Differentiable in q, k and the learned tables; computed at the input's precision (float32
+        for half inputs) and returned in q's dtype."""
+        from .dense import dense_probabilities
+        ctx = self._context(q, k, v, inputs)
+        if rows is not None:
+            rows = torch.as_tensor(rows, device=q.device)
+            if rows.dim() != 1 or rows.is_floating_point() or rows.dtype == torch.bool:
+                raise ShapeError(f"{self.SPEC_NAME}: tap rows must be a 1-d tensor of query indices, got "
+                                 f"{rows.dtype} of shape {tuple(rows.shape)}")
+            if len(rows) and not (0 <= int(rows.min()) and int(rows.max()) < ctx.Nq):
+                raise ShapeError(f"{self.SPEC_NAME}: tap rows must lie in [0, {ctx.Nq}), got "
+                                 f"{int(rows.min())}..{int(rows.max())}")
+        n_rows = ctx.Nq if rows is None else len(rows)
+        if n_rows == 0 or ctx.N == 0:
+            return q.new_zeros(q.shape[0], ctx.H, n_rows, ctx.N)
+        inputs = {**ctx.inputs, **self.graph_tables(ctx.inputs, ctx.dtype)}
+        return dense_probabilities(self.checked, q, k, ctx.params, inputs, self.sizes, ctx.E, self.projections(),
+                                   self.approx_noise(q, k, advance=False), rows, ctx.dtype).to(q.dtype)
+
+    @classmethod
+    def layer(cls, embed_dim: int, num_heads: int, **options) -> nn.Module:
+        """This spec as a multi-head attention layer with projections in and out (attncc.layer)."""
+        from .layers import AttentionLayer
+        return AttentionLayer(cls, embed_dim, num_heads, **options)
+
     def graph_tables(self, inputs: dict, dtype: torch.dtype) -> dict:
         """Each graph kernel G of the spec formed densely from its adjacency input, by name."""
         return {name: dense_kernel(kind, inputs[adj].double(), opts).to(dtype)

@@ -51,7 +51,7 @@ def keep_grad(x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
     """x, whose gradient is zeroed where `keep` is false: a score may be undefined (inf, NaN) at
     masked pairs, e.g. dot / (i - j) on the diagonal, and 0 * inf there would poison q and k."""
     if keep is not None and x.requires_grad:
-        x.register_hook(lambda g: torch.where(keep, g, torch.zeros((), dtype=g.dtype, device=g.device)))
+        x.register_hook(lambda g: g if g is None else torch.where(keep, g, g.new_zeros(())))
     return x
 
 

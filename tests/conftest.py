@@ -5,6 +5,7 @@ import tempfile
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("ATTNCC_CACHE_DIR", tempfile.mkdtemp(prefix="attncc-test-cache-"))
 
+import importlib.util  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -58,3 +59,11 @@ def golden(path: Path, text: str, update: bool) -> None:
         if not update:
             pytest.fail(f"golden file {path.name} was missing and has been written; rerun")
     assert text == path.read_text(), f"output differs from {path}; rerun with --update-golden if intended"
+
+
+def load_example(name: str):
+    """Import examples/<name>.py: the Python examples are scripts, not a package."""
+    spec = importlib.util.spec_from_file_location(f"attncc_example_{name}", ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
