@@ -61,8 +61,11 @@ def cmd_compile(args) -> int:
 
 
 def cmd_inspect(args) -> int:
+    import ast
+
     from .api import build
     from .ast import format_spec
+    from .emit.triton_backward import backward_line
     from .ir import print_graph, to_dot
     from .runtime import cuda_triton_available
     from .select import format_plan
@@ -83,7 +86,9 @@ def cmd_inspect(args) -> int:
     print(format_plan(comp.plan, comp.log))
     here = "triton" if cuda_triton_available() else "torch"
     print(f"backend auto: triton on a CUDA device, torch elsewhere (here: {here})")
-    print(f"triton lowering: {comp.module_source.split('TRITON_LOWERING = ')[1].splitlines()[0]}")
+    triton_lowering = ast.literal_eval(comp.module_source.split("TRITON_LOWERING = ")[1].splitlines()[0])
+    print(f"triton lowering: {triton_lowering.split('; backward: ')[0]}")
+    print(f"triton backward: {backward_line(comp.checked, comp.plan)}")
     return 0
 
 

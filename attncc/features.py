@@ -21,13 +21,15 @@ class FeatureMap:
     kwargs: dict  # allowed keyword arguments and their defaults
     torch_expr: str  # elementwise torch expression of `x`
     triton_expr: str  # elementwise Triton expression of `x`
+    triton_grad: str  # its derivative in `x`, as torch's autograd takes it (backward kernels)
 
 
 FEATURE_MAPS = {
     "elu1": FeatureMap("elu1", "elu(x) + 1 (Katharopoulos et al.), positive", {},
-                       "torch.nn.functional.elu(x) + 1", "tl.where(x > 0, x + 1, tl.exp(x))"),
-    "relu": FeatureMap("relu", "max(x, 0)", {}, "torch.relu(x)", "tl.maximum(x, 0)"),
-    "identity": FeatureMap("identity", "x (plain dot-product kernel)", {}, "x", "x"),
+                       "torch.nn.functional.elu(x) + 1", "tl.where(x > 0, x + 1, tl.exp(x))",
+                       "tl.where(x > 0, 1.0, tl.exp(x))"),
+    "relu": FeatureMap("relu", "max(x, 0)", {}, "torch.relu(x)", "tl.maximum(x, 0)", "tl.where(x > 0, 1.0, 0.0)"),
+    "identity": FeatureMap("identity", "x (plain dot-product kernel)", {}, "x", "x", "1.0"),
 }
 
 

@@ -157,6 +157,8 @@ class CompiledAttention(nn.Module):
             except RuntimeError as exc:  # e.g. out of memory for a huge size
                 raise AttnccError(f"{self.SPEC_NAME}: cannot create table `{name}` of shape {shape}: {exc}") from None
             self.register_parameter(name, nn.Parameter(table))
+        if backend == "triton" or (backend == "auto" and cuda_triton_available()):
+            self.triton_kernels()  # imported now: torch.compile cannot trace an import (graph break)
         self.random_features = nn.Module()
         for name, (_, opts) in self.RANDOM_FEATURES.items():
             self.random_features.register_buffer(name, draw_projection(
@@ -164,6 +166,10 @@ class CompiledAttention(nn.Module):
             self.random_features.register_buffer(f"{name}_draws", torch.zeros((), dtype=torch.int64))
         if self.APPROX and self.APPROX[0] in RANDOM:
             self.register_buffer("approx_draws", torch.zeros((), dtype=torch.int64))
+
+    def triton_kernels(self):
+        """The generated Triton kernels module beside this module's file (imported once)."""
+        return import_sibling(sys.modules[type(self).__module__].__file__, "_triton")
 
     # ------------------------------------------------------------------ random features
     def projections(self) -> dict:

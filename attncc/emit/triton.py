@@ -8,8 +8,8 @@ Skeletons:
   fft, fft2, graph, rings   the transforms in torch, the contraction (and ring box reads) in Triton:
                   see triton_structured.py.
 Holes: the score/weight and mask expressions over tiles (i = offs_m[:, None], j = offs_n[None, :],
-h = off_h), feature maps, table loads (indices clamped into range). Backward: recomputation through
-the torch backend's autograd (no N x N buffer beyond one query chunk).
+h = off_h), feature maps, table loads (indices clamped into range). Backward: generated kernels where
+triton_backward.py has them, else recomputation through the torch backend's autograd.
 """
 from __future__ import annotations
 
@@ -72,14 +72,17 @@ class _KernelExpr(TritonExpr):
 
     def __call__(self, t: TExpr) -> str:
         if t.op in ("param", "input"):
-            prefix = "P_" if t.op == "param" else "I_"
-            base = prefix + t.value
-            terms = [f"tl.minimum(tl.maximum({self(x)}, 0), {base}_n{d} - 1) * {base}_s{d}"
-                     for d, x in enumerate(t.args)]
-            batch = f"off_b * {base}_sb + " if t.op == "input" else ""
-            return f"tl.load({base} + {batch}{' + '.join(terms)}).to(tl.float32)" if t.type == "float" else \
-                f"tl.load({base} + {batch}{' + '.join(terms)})"
+            base = ("P_" if t.op == "param" else "I_") + t.value
+            return f"tl.load({base} + {self.offset(t)}).to(tl.float32)" if t.type == "float" else \
+                f"tl.load({base} + {self.offset(t)})"
         return super().__call__(t)
+
+    def offset(self, t: TExpr) -> str:
+        """Element offset of a table lookup, every index clamped into range."""
+        base = ("P_" if t.op == "param" else "I_") + t.value
+        terms = [f"tl.minimum(tl.maximum({self(x)}, 0), {base}_n{d} - 1) * {base}_s{d}" for d, x in enumerate(t.args)]
+        batch = f"off_b * {base}_sb + " if t.op == "input" else ""
+        return batch + " + ".join(terms)
 
 
 def _tables(*exprs: TExpr | None) -> tuple[list[str], list[tuple[str, int]]]:
@@ -207,15 +210,29 @@ def _row_feature(t: TExpr):
     return t.value if t.op == "feature" and t.value in FEATURE_MAPS else None
 
 
+def key_tile_loop(w: CodeWriter, plan: Plan) -> str:
+    """The loop header over the key tiles that query tile pid_m may see (block layout, band, or all)."""
+    lo, hi = band_bounds(plan.mask)
+    if plan.lowering == "block_sparse":
+        w.line(f"# block-sparse: only the key tiles that the layout row lists ({plan.attrs['block_layout'].describe()})")
+        return "for idx in range(tl.load(RowPtr + pid_m), tl.load(RowPtr + pid_m + 1)):"
+    if lo is not None or hi is not None:
+        w.line(f"# mask is {plan.mask.describe()}: only key tiles inside the band are visited")
+        w.line("lo = tl.maximum(pid_m * BLOCK_M - band_hi, 0) // BLOCK_N * BLOCK_N")
+        w.line("hi = tl.minimum(pid_m * BLOCK_M + BLOCK_M - band_lo, N)")
+        return "for start_n in range(lo, hi, BLOCK_N):"
+    return "for start_n in range(0, N, BLOCK_N):"
+
+
 def emit_tiled_kernel(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Kernel) -> None:
     softmax = spec.normalize == "softmax"
     scores = spec.logits if softmax else spec.weight
     dots = name_dots(scores)
     ex = _KernelExpr(dots, {s: _size_arg(s) for s in _sizes(scores, spec.mask)})
-    lo, hi = band_bounds(plan.mask)
-    banded = lo is not None or hi is not None
     sparse = plan.lowering == "block_sparse"
-    extra = "".join(f"{a}, " for a in kernel.arg_names()) + ("RowPtr, Cols, " if sparse else "")
+    stats = spec.normalize != "none"  # a row statistic for the backward: logsumexp, or the denominator
+    extra = "".join(f"{a}, " for a in kernel.arg_names()) + ("RowPtr, Cols, " if sparse else "") + \
+        ("Stat, " if stats else "")
     w.line("@triton.jit")
     with w.block(f"def _attn_fwd({_common_args()}, {extra}sm_scale, eps, band_lo, band_hi,"):
         w.line("BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,")
@@ -229,17 +246,7 @@ def emit_tiled_kernel(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Ker
         w.line("m_i = tl.full([BLOCK_M], float('-inf'), dtype=tl.float32)")
         w.line("l_i = tl.zeros([BLOCK_M], dtype=tl.float32)")
         w.line("acc = tl.zeros([BLOCK_M, BLOCK_E], dtype=tl.float32)")
-        if sparse:
-            w.line(f"# block-sparse: only the key tiles that the layout row lists ({plan.attrs['block_layout'].describe()})")
-            loop = "for idx in range(tl.load(RowPtr + pid_m), tl.load(RowPtr + pid_m + 1)):"
-        elif banded:
-            w.line(f"# mask is {plan.mask.describe()}: only key tiles inside the band are visited")
-            w.line("lo = tl.maximum(pid_m * BLOCK_M - band_hi, 0) // BLOCK_N * BLOCK_N")
-            w.line("hi = tl.minimum(pid_m * BLOCK_M + BLOCK_M - band_lo, N)")
-            loop = "for start_n in range(lo, hi, BLOCK_N):"
-        else:
-            loop = "for start_n in range(0, N, BLOCK_N):"
-        with w.block(loop):
+        with w.block(key_tile_loop(w, plan)):
             if sparse:
                 w.line("start_n = tl.load(Cols + idx) * BLOCK_N")
             w.line("offs_n = start_n + tl.arange(0, BLOCK_N)")
@@ -269,33 +276,44 @@ def emit_tiled_kernel(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Ker
                 w.line("acc += tl.dot(p, v.to(tl.float32), input_precision=PRECISION)")
         if softmax:
             w.line("out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # no visible key: output 0")
+            w.line("tl.store(Stat + pid_bh * Nq + offs_m, m_i + tl.log(tl.where(l_i == 0.0, 1.0, l_i)), mask=offs_m < Nq)  # -inf: no visible key")
         elif spec.normalize == "rows":
             w.line("z = l_i + eps")
+            w.line("tl.store(Stat + pid_bh * Nq + offs_m, z, mask=offs_m < Nq)")
             w.line("out = acc / tl.where(z == 0.0, 1.0, z)[:, None]  # nothing to normalize: output 0")
         else:
             w.line("out = acc")
         w.line("tl.store(Out + offs_m[:, None] * stride_om + offs_e[None, :] * stride_od, out.to(Out.dtype.element_ty), "
                "mask=(offs_m[:, None] < Nq) & (offs_e[None, :] < E))")
     w.line()
-    band = [lo or f"-{BIG}", hi or str(BIG)]  # an unbounded side: a bound no tile reaches
-    with w.block("def triton_forward(self, q, k, v, ctx, host):"):
+    with w.block(f"def triton_forward(self, q, k, v, ctx, host{', stat=None' if stats else ''}):"):
         _launcher_head(w)
+        if stats:
+            w.line("stat = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32) if stat is None else stat")
         if sparse:
             w.line("BLOCK_M, row_ptr, cols = self.cached_tiles(ctx, host.block_layout, q.device)  # once per length")
             w.line("BLOCK_N = BLOCK_M")
-        w.line(f"band_lo, band_hi = {band[0]}, {band[1]}  # keys j with band_lo <= i - j <= band_hi")
+        band_line(w, plan)
         w.line("grid = (triton.cdiv(Nq, BLOCK_M), B * H)")
-        vals = "".join(f"{v}, " for v in kernel.arg_values()) + ("row_ptr, cols, " if sparse else "")
+        vals = "".join(f"{v}, " for v in kernel.arg_values()) + ("row_ptr, cols, " if sparse else "") + \
+            ("stat, " if stats else "")
         w.line(f"_attn_fwd[grid]({_launch_common()}, {vals}ctx.scale, {spec.eps!r}, band_lo, band_hi,")
         w.line("    BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision)")
         w.line("return out")
 
 
-def _launcher_head(w: CodeWriter) -> None:
+def band_line(w: CodeWriter, plan: Plan) -> None:
+    lo, hi = band_bounds(plan.mask)
+    band = [lo or f"-{BIG}", hi or str(BIG)]  # an unbounded side: a bound no tile reaches
+    w.line(f"band_lo, band_hi = {band[0]}, {band[1]}  # keys j with band_lo <= i - j <= band_hi")
+
+
+def _launcher_head(w: CodeWriter, allocate_out: bool = True) -> None:
     w.line("B, H, Nq, D = q.shape")
     w.line("N, E = k.shape[2], v.shape[3]")
     w.line("q, k, v = q.contiguous(), k.contiguous(), v.contiguous()")
-    w.line("out = torch.empty(B, H, Nq, E, device=q.device, dtype=q.dtype)")
+    if allocate_out:
+        w.line("out = torch.empty(B, H, Nq, E, device=q.device, dtype=q.dtype)")
     w.line("BLOCK_M = BLOCK_N = 64 if q.is_cuda else 16")
     w.line("BLOCK_D = max(16, triton.next_power_of_2(D))")
     w.line("BLOCK_E = max(16, triton.next_power_of_2(E))")
@@ -324,13 +342,7 @@ def emit_linear_kernels(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Gra
             w.line("S = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
             w.line("z = tl.zeros([BLOCK_D], dtype=tl.float32)")
             if decayed:
-                w.line("gamma = tl.load(Decay + pid_bh)")
-                w.line("pos = tl.arange(0, BLOCK) * 1.0")
-                w.line("steps = pos[:, None] - pos[None, :]")
-                w.line("within = tl.where(steps >= 0, _powf(gamma + steps * 0.0, tl.maximum(steps, 0.0)), 0.0)")
-                w.line("q_decay = _powf(gamma + pos * 0.0, pos + 1.0)")
-                w.line("k_decay = _powf(gamma + pos * 0.0, (BLOCK - 1) - pos)")
-                w.line("carry = _powf(gamma, BLOCK * 1.0)")
+                decay_factors(w)
             with w.block("for start in range(0, tl.maximum(Nq, N), BLOCK):"):
                 w.line("offs = start + tl.arange(0, BLOCK)")
                 _load_rows(w, "pq", "Q", "offs", "Nq", "offs_d", "D", feature=fq)
@@ -350,13 +362,7 @@ def emit_linear_kernels(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Gra
                 w.line(f"out = {finish}")
                 w.line("tl.store(Out + offs[:, None] * stride_om + offs_e[None, :] * stride_od, out.to(Out.dtype.element_ty), "
                        "mask=(offs[:, None] < Nq) & (offs_e[None, :] < E))")
-                if decayed:
-                    w.line("pk = pk * k_decay[:, None]")
-                    w.line("S = carry * S + tl.dot(tl.trans(pk), v, input_precision=PRECISION)")
-                    w.line("z = carry * z + tl.sum(pk, 0)")
-                else:
-                    w.line("S += tl.dot(tl.trans(pk), v, input_precision=PRECISION)")
-                    w.line("z += tl.sum(pk, 0)")
+                carry_state(w, decayed, "pk", "k_decay", "v", "S", "z", "pk")
         w.line()
     else:
         w.line("@triton.jit")
@@ -394,15 +400,8 @@ def emit_linear_kernels(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Gra
         w.line()
     with w.block("def triton_forward(self, q, k, v, ctx, host):"):
         _launcher_head(w)
-        if plan.attrs.get("modulated"):
-            w.line("mod = host.modulation(ctx).to(device=q.device, dtype=torch.float32).expand(B, H, 1, 1).contiguous()")
-        else:
-            w.line("mod = torch.ones(B, H, device=q.device, dtype=torch.float32)")
+        linear_scalars(w, plan)
         if causal:
-            if decayed:
-                w.line("gamma = host.decay(ctx).to(device=q.device, dtype=torch.float32).expand(B, H, 1, 1).contiguous()")
-            else:
-                w.line("gamma = mod  # unused without a decay")
             w.line(f"_linear_causal[(B * H,)]({_launch_common()}, mod, gamma, {spec.eps!r}, BLOCK=BLOCK_M, BLOCK_D=BLOCK_D,")
             w.line("    BLOCK_E=BLOCK_E, PRECISION=precision)")
         else:
@@ -413,6 +412,43 @@ def emit_linear_kernels(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Gra
             w.line(f"_linear_out[(triton.cdiv(Nq, BLOCK_M), B * H)]({_launch_common()}, state, z, mod, {spec.eps!r},")
             w.line("    BLOCK=BLOCK_M, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision)")
         w.line("return out")
+
+
+def linear_scalars(w: CodeWriter, plan: Plan) -> None:
+    """Launcher lines: the per-(b, h) modulation `mod` and, for the chunked lowering, the decay `gamma`."""
+    if plan.attrs.get("modulated"):
+        w.line("mod = host.modulation(ctx).to(device=q.device, dtype=torch.float32).expand(B, H, 1, 1).contiguous()")
+    else:
+        w.line("mod = torch.ones(B, H, device=q.device, dtype=torch.float32)")
+    if plan.lowering != "linear_chunked":
+        return
+    if plan.attrs.get("decayed"):
+        w.line("gamma = host.decay(ctx).to(device=q.device, dtype=torch.float32).expand(B, H, 1, 1).contiguous()")
+    else:
+        w.line("gamma = mod  # unused without a decay")
+
+
+def decay_factors(w: CodeWriter) -> None:
+    """Kernel lines: gamma^(a - b) inside a chunk, gamma^(a + 1) for queries, gamma^(C - 1 - b) for keys, gamma^C."""
+    w.line("gamma = tl.load(Decay + pid_bh)")
+    w.line("pos = tl.arange(0, BLOCK) * 1.0")
+    w.line("steps = pos[:, None] - pos[None, :]")
+    w.line("within = tl.where(steps >= 0, _powf(gamma + steps * 0.0, tl.maximum(steps, 0.0)), 0.0)")
+    w.line("q_decay = _powf(gamma + pos * 0.0, pos + 1.0)")
+    w.line("k_decay = _powf(gamma + pos * 0.0, (BLOCK - 1) - pos)")
+    w.line("carry = _powf(gamma, BLOCK * 1.0)")
+
+
+def carry_state(w: CodeWriter, decayed: bool, rows: str, decay: str, right: str, state: str, vec: str, vec_rows: str):
+    """Kernel lines: state <- carry state + rows^T right, vec <- carry vec + column sums of vec_rows,
+    the rows first scaled by their decay (no carry and no scaling without a decay)."""
+    if decayed:
+        w.line(f"{rows} = {rows} * {decay}[:, None]")
+        w.line(f"{state} = carry * {state} + tl.dot(tl.trans({rows}), {right}, input_precision=PRECISION)")
+        w.line(f"{vec} = carry * {vec} + tl.sum({vec_rows}, 0)")
+    else:
+        w.line(f"{state} += tl.dot(tl.trans({rows}), {right}, input_precision=PRECISION)")
+        w.line(f"{vec} += tl.sum({vec_rows}, 0)")
 
 
 def triton_header(spec: CheckedSpec, spec_hash: str, version: str) -> str:
@@ -427,23 +463,26 @@ import triton
 import triton.language as tl
 
 from attncc import approx_algorithms as ax, torch_algorithms as rt
+from attncc import triton_ops
 
 '''
 
 
 def emit_triton(spec: CheckedSpec, plan: Plan, graph: Graph) -> tuple[str, str]:
     """(kernels and launchers, description of the Triton lowering)."""
+    from .triton_backward import backward_line, emit_backward  # it builds on this module's pieces
     w = CodeWriter()
     if plan.lowering == "mra" and mra_triton_block(spec):
         emit_mra_kernel(w, spec)
         return w.text(), ("block-sparse MRA-2 kernel over each head's selected blocks (selection and low-resolution "
-                          "part in torch); backward recomputes through the torch backend")
+                          f"part in torch); backward: {backward_line(spec, plan)}")
     if plan.lowering in TORCH_ONLY:
         w.line(f"# No Triton kernel for this lowering: {TORCH_ONLY[plan.lowering]} runs through torch")
         w.line("# (cuFFT / cumsum and gathers on GPU), exactly as in the torch backend.")
         with w.block("def forward_triton(self, q, k, v, ctx, host):"):
             w.line("return host.forward_torch(self, q, k, v, ctx)")
-        return w.text(), f"{plan.lowering} via torch ({TORCH_ONLY[plan.lowering]}; no Triton kernel)"
+        return w.text(), f"{plan.lowering} via torch ({TORCH_ONLY[plan.lowering]}; no Triton kernel); " \
+                         f"backward: {backward_line(spec, plan)}"
     from .triton_structured import TORCH_PART, emit_structured  # it builds on this module's helpers
     if plan.lowering in TORCH_PART:
         description = emit_structured(w, spec, plan, graph, _row_feature, _feature_fn)
@@ -470,8 +509,5 @@ def emit_triton(spec: CheckedSpec, plan: Plan, graph: Graph) -> tuple[str, str]:
         description = "chunked causal linear kernel" if plan.lowering == "linear_chunked" else "linear state + output kernels"
     w.line()
     w.line()
-    with w.block("def forward_triton(self, q, k, v, ctx, host):"):
-        w.line('"""Triton forward; gradients by recomputing the torch backend under autograd."""')
-        w.line("return rt.with_torch_backward(lambda q, k, v, ctx: triton_forward(self, q, k, v, ctx, host),")
-        w.line("                              lambda q, k, v, ctx: host.forward_torch(self, q, k, v, ctx), q, k, v, ctx)")
-    return w.text(), description + "; backward recomputes through the torch backend"
+    backward = emit_backward(w, spec, plan, graph)
+    return w.text(), f"{description}; backward: {backward}"

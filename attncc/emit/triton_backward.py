@@ -1,0 +1,334 @@
+"""Emit the Triton backward: kernels that recompute the forward tile by tile (no N x N buffer),
+run with the forward as the torch custom op of attncc.triton_ops.
+
+Softmax tiles (FlashAttention-2). The forward kernel saves the row logsumexp L; per tile
+  P = exp(S - L) (0 where masked), dV += P^T dO, dP = dO V^T, dS = P o (dP - delta), delta = rowsum(dO o O),
+  G = dS o ds/d(q.k)  (the score hole differentiated by attncc.derivative), dK += G^T Q, dQ += G K,
+  dt[idx] += dS o ds/dt[idx] for each float table t the score reads (atomics; one per tile when idx
+  does not depend on i, j).
+Weighted tiles: W = w(s) where visible; `rows` saves the denominator Z = rowsum W + eps, P = W / Z,
+dS = (dP - delta) / Z (delta = 0 where Z = 0: the forward divides by 1 there); `none`: P = W, dS = dP.
+Feature maps on a dot's sides: dK += (G^T phi(Q)) o phi'(K), dQ alike, per (q map, k map) pair.
+Two kernels: dK, dV (and the tables) per key tile over the query tiles that can see it (the band, or
+the block layout transposed), dQ per query tile over its key tiles, as the forward.
+
+Linear lowerings: triton_backward_linear.py.
+"""
+from __future__ import annotations
+
+from ..check import CheckedSpec
+from ..derivative import NotDifferentiable, diff, leaves
+from ..expr import TExpr
+from ..features import FEATURE_MAPS
+from ..ir import Graph
+from ..select import Plan
+from .exprs import band_bounds, key, name_dots
+from .triton import (HELPERS, TORCH_ONLY, _common_args, _helpers_of, _Kernel, _KernelExpr, _launch_common,
+                     _launcher_head, _load_rows, _prologue, _row_feature, _size_arg, _sizes, band_line, key_tile_loop)
+from .triton_approx import mra_triton_block
+from .writer import CodeWriter
+
+RECOMPUTE = "recomputation through the torch backend's autograd"
+
+
+def backward_support(spec: CheckedSpec, plan: Plan) -> str | None:
+    """None if generated Triton backward kernels cover this spec and lowering, else why not."""
+    if _torch_forward(spec, plan):
+        return "the forward runs in torch"
+    if plan.lowering not in ("tiled", "block_sparse", "linear", "linear_chunked"):
+        return f"no backward kernel for the {plan.lowering} lowering"
+    if plan.lowering in ("tiled", "block_sparse"):
+        scores = spec.logits if spec.normalize == "softmax" else spec.weight
+        try:
+            for leaf in leaves(scores):
+                diff(scores, leaf)
+        except NotDifferentiable as exc:
+            return str(exc)
+        return None
+    if any(e.op in ("param", "input") for e in spec.weight.walk()):
+        return "the modulation or decay reads learned tables"
+    return None
+
+
+def _torch_forward(spec: CheckedSpec, plan: Plan) -> bool:
+    return plan.lowering in TORCH_ONLY and not (plan.lowering == "mra" and mra_triton_block(spec))
+
+
+def backward_line(spec: CheckedSpec, plan: Plan) -> str:
+    """Which backward the Triton backend uses for this spec and lowering (for `inspect`)."""
+    if _torch_forward(spec, plan):
+        return "torch autograd (the forward runs in torch)"
+    why = backward_support(spec, plan)
+    if why is not None:
+        return f"{RECOMPUTE} ({why})"
+    if plan.lowering == "linear_chunked":
+        return "generated Triton kernels (dQ forward over chunks, dK/dV by the reverse chunked recurrence)"
+    if plan.lowering == "linear":
+        return "generated Triton kernels (state, then dQ over queries and dK/dV over keys)"
+    softmax = spec.normalize == "softmax"
+    tables = _grad_tables(spec.logits if softmax else spec.weight)
+    how = "FlashAttention-2 recomputation" if softmax else "weights recomputed per tile"
+    return (f"generated Triton kernels ({how}"
+            + (f"; gradients of {', '.join(n for _, n in tables)} by atomics)" if tables else ")"))
+
+
+def _grad_tables(scores: TExpr) -> list[tuple[str, str]]:
+    out = []
+    for leaf in leaves(scores):
+        if leaf.op != "dot" and (leaf.op, leaf.value) not in out:
+            out.append((leaf.op, leaf.value))
+    return out
+
+
+def emit_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) -> str:
+    """The module's `forward_triton`, with backward kernels where they exist; returns backward_line."""
+    if backward_support(spec, plan) is not None:
+        with w.block("def forward_triton(self, q, k, v, ctx, host):"):
+            w.line('"""Triton forward; gradients by recomputing the torch backend under autograd."""')
+            w.line("return rt.with_torch_backward(lambda q, k, v, ctx: triton_forward(self, q, k, v, ctx, host),")
+            w.line("                              lambda q, k, v, ctx: host.forward_torch(self, q, k, v, ctx), "
+                   "q, k, v, ctx)")
+        return backward_line(spec, plan)
+    if plan.lowering in ("tiled", "block_sparse"):
+        _emit_tiled_backward(w, spec, plan)
+    else:
+        from .triton_backward_linear import emit_linear_backward  # it builds on this module's pieces
+        emit_linear_backward(w, spec, plan, graph)
+    w.line()
+    w.line()
+    sparse = plan.lowering == "block_sparse"
+    with w.block("def forward_triton(self, q, k, v, ctx, host):"):
+        w.line('"""Triton forward and backward kernels, run as the custom op attncc::triton_attention."""')
+        if sparse:
+            w.line("tiles = self.cached_tiles(ctx, host.block_layout, q.device)  # once per length")
+        w.line(f"return triton_ops.attention(q, k, v, ctx, host{', tiles' if sparse else ''})")
+    return backward_line(spec, plan)
+
+
+def _bwd_args() -> str:
+    return _common_args() + ", DO, DQ, DK, DV, stride_dob, stride_doh, stride_dom, stride_dod"
+
+
+def _bwd_launch() -> str:
+    return _launch_common() + ", dout, dq, dk, dv, *dout.stride()"
+
+
+def _bwd_prologue(w: CodeWriter, per_bh_only: bool = False) -> None:
+    _prologue(w, per_bh_only)
+    w.line("DO += off_b * stride_dob + off_h * stride_doh")
+    w.line("DQ += off_b * stride_qb + off_h * stride_qh  # gradients are laid out as q, k, v")
+    w.line("DK += off_b * stride_kb + off_h * stride_kh")
+    w.line("DV += off_b * stride_vb + off_h * stride_vh")
+
+
+def _backward_head(w: CodeWriter, doc: str) -> None:
+    w.line(f'"""{doc}"""')
+    _launcher_head(w, allocate_out=False)
+    w.line("dout, out = dout.contiguous(), out.contiguous()")
+    w.line("dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)")
+
+
+def _store(w: CodeWriter, ptr: str, var: str, offs: str, limit: str, cols: str, width: str, like: str) -> None:
+    w.line(f"tl.store({ptr} + {offs}[:, None] * stride_{like}m + {cols}[None, :] * stride_{like}d, "
+           f"{var}.to({ptr}.dtype.element_ty), mask=({offs}[:, None] < {limit}) & ({cols}[None, :] < {width}))")
+
+
+# ---------------------------------------------------------------------- tiles
+def _side(d: TExpr, which: int) -> str:
+    """The tile variable of one side of a dot, as the forward kernel names it."""
+    return f"{'qk'[which]}_{_row_feature(d.args[which]) or 'raw'}"
+
+
+def _pair_derivatives(scores: TExpr, derivs: dict) -> dict[tuple[str, str], TExpr]:
+    """ds/d(dot) summed over the dots that share their two tile variables (same feature maps)."""
+    pairs: dict[tuple[str, str], TExpr] = {}
+    for leaf, d in derivs.items():
+        if leaf.op == "dot" and d is not None:
+            pair = (_side(leaf, 0), _side(leaf, 1))
+            pairs[pair] = d if pair not in pairs else TExpr("add", (pairs[pair], d))
+    return pairs
+
+
+def _feature_grad(w: CodeWriter, var: str, accs: list[str], rows: str, ptr: str, offs: str, limit: str) -> None:
+    """var = sum of the accumulators d<side>_<phi>, each times phi'(raw rows) (raw and identity: 1)."""
+    terms = []
+    for acc in accs:
+        feature = acc.split("_", 1)[1]
+        terms.append(acc if feature in ("raw", "identity") else f"{acc} * ({FEATURE_MAPS[feature].triton_grad})")
+    if terms != accs:
+        _load_rows(w, "x", ptr, offs, limit, "offs_d", "D")
+        w.line("x = x.to(tl.float32)")
+    w.line(f"{var} = {' + '.join(terms) or f'tl.zeros([{rows}, BLOCK_D], dtype=tl.float32)  # s reads no dot'}")
+
+
+def _emit_tiled_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
+    softmax = spec.normalize == "softmax"
+    scores = spec.logits if softmax else spec.weight
+    dots = name_dots(scores)
+    ex = _KernelExpr(dots, {s: _size_arg(s) for s in _sizes(scores, spec.mask)})
+    kernel = _Kernel([scores, spec.mask], {n: len(p.shape) for n, p in spec.params.items()})
+    derivs = {leaf: diff(scores, leaf) for leaf in leaves(scores)}
+    pairs = _pair_derivatives(scores, derivs)
+    q_sides = {_side(d, 0): _row_feature(d.args[0]) for d in dots}
+    k_sides = {_side(d, 1): _row_feature(d.args[1]) for d in dots}
+    tables = _grad_tables(scores)
+    for h in sorted({h for d in derivs.values() if d is not None for h in _helpers_of(d)} - set(kernel.helpers)):
+        w.lines_of(HELPERS[h])
+        w.line()
+    sparse = plan.lowering == "block_sparse"
+    extra = "".join(f"{a}, " for a in kernel.arg_names())
+    constexprs = "BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,"
+
+    def load_sides(sides: dict, ptr: str, offs: str, limit: str) -> None:
+        for var, feature in sides.items():
+            _load_rows(w, var, ptr, offs, limit, "offs_d", "D", feature=feature)
+
+    def tile_body(keys_fixed: bool) -> None:
+        """Recompute the weights of one (query tile, key tile) and dS, the gradient of each score."""
+        if keys_fixed:
+            load_sides(q_sides, "Q", "offs_m", "Nq")
+            _load_rows(w, "do", "DO", "offs_m", "Nq", "offs_e", "E")
+        else:
+            load_sides(k_sides, "K", "offs_n", "N")
+            _load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
+        for d, name in dots.items():
+            w.line(f"{name} = tl.dot({_side(d, 0)}, tl.trans({_side(d, 1)}), input_precision=PRECISION)")
+        w.line(f"s = {ex(scores)}")
+        valid = "(offs_m[:, None] < Nq) & (offs_n[None, :] < N)"
+        w.line(f"valid = {valid} & ({ex(spec.mask)})" if spec.mask is not None else f"valid = {valid}")
+        if keys_fixed and spec.normalize != "none":
+            w.line("stat = tl.load(Stat + offs_m, mask=offs_m < Nq, other=0.0)")
+            w.line("delta = tl.load(Delta + offs_m, mask=offs_m < Nq, other=0.0)")
+        if softmax:
+            w.line("p = tl.where(valid, tl.exp(s - stat[:, None]), 0.0)")
+        elif spec.normalize == "rows":
+            w.line("inv = 1.0 / tl.where(stat == 0.0, 1.0, stat)  # stat: the row's denominator")
+            w.line("p = tl.where(valid, s * inv[:, None], 0.0)")
+        else:
+            w.line("p = tl.where(valid, s * 1.0, 0.0)")
+        if keys_fixed and softmax:
+            w.line("dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)")
+        elif keys_fixed:  # unnormalized weights stay in fp32, as in the forward
+            w.line("dv += tl.dot(tl.trans(p), do.to(tl.float32), input_precision=PRECISION)")
+        w.line("dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)")
+        w.line({"softmax": "ds = p * (dp - delta[:, None])", "rows": "ds = (dp - delta[:, None]) * inv[:, None]",
+                "none": "ds = dp"}[spec.normalize])
+        for (qv, kv), d in pairs.items():
+            w.line(f"g = tl.where(valid, ds * ({ex(d)}), 0.0)  # zero where masked: s may be undefined there")
+            if keys_fixed:
+                w.line(f"d{kv} += tl.dot(tl.trans(g.to({qv}.dtype)), {qv}, input_precision=PRECISION)")
+            else:
+                w.line(f"d{qv} += tl.dot(g.to({kv}.dtype), {kv}, input_precision=PRECISION)")
+
+    def head(name: str, args: str, doc: str) -> None:
+        w.line("@triton.jit")
+        w.line(f"def {name}({_bwd_args()}, {extra}{args}sm_scale, band_lo, band_hi,")
+        w.line(f"    {constexprs}")
+        w.line("    PRECISION: tl.constexpr):")
+        w.level += 1
+        w.line(f'"""{doc}"""')
+        _bwd_prologue(w)
+
+    grads = "".join(f"G{op[0].upper()}_{name}, " for op, name in tables)
+    head("_attn_bwd_dkdv", f"{grads}Stat, Delta, {'ColPtr, Rows, ' if sparse else ''}",
+         "dK, dV (and table gradients) of one key tile: weights recomputed from the saved row statistic.")
+    w.line("pid_n = pid_m  # this grid's first axis walks key tiles")
+    w.line("Stat += pid_bh * Nq")
+    w.line("Delta += pid_bh * Nq")
+    w.line("offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)")
+    load_sides(k_sides, "K", "offs_n", "N")
+    _load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
+    for var in dict.fromkeys(kv for _, kv in pairs):
+        w.line(f"d{var} = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)")
+    w.line("dv = tl.zeros([BLOCK_N, BLOCK_E], dtype=tl.float32)")
+    if sparse:
+        w.line("# block-sparse: the query tiles whose layout rows list this key tile (the layout transposed)")
+        loop = "for idx in range(tl.load(ColPtr + pid_n), tl.load(ColPtr + pid_n + 1)):"
+    elif any(b is not None for b in band_bounds(plan.mask)):
+        w.line(f"# mask is {plan.mask.describe()}: only query tiles inside the band are visited")
+        w.line("lo = tl.maximum(pid_n * BLOCK_N + band_lo, 0) // BLOCK_M * BLOCK_M")
+        w.line("hi = tl.minimum(pid_n * BLOCK_N + BLOCK_N + band_hi, Nq)")
+        loop = "for start_m in range(lo, hi, BLOCK_M):"
+    else:
+        loop = "for start_m in range(0, Nq, BLOCK_M):"
+    with w.block(loop):
+        if sparse:
+            w.line("start_m = tl.load(Rows + idx) * BLOCK_M")
+        w.line("offs_m = start_m + tl.arange(0, BLOCK_M)")
+        tile_body(True)
+        for op, name in tables:
+            _table_atomics(w, ex, op, name, derivs)
+    _feature_grad(w, "dk", [f"d{kv}" for kv in dict.fromkeys(kv for _, kv in pairs)], "BLOCK_N", "K", "offs_n", "N")
+    _store(w, "DK", "dk", "offs_n", "N", "offs_d", "D", "k")
+    _store(w, "DV", "dv", "offs_n", "N", "offs_e", "E", "v")
+    w.level -= 1
+    w.line()
+    head("_attn_bwd_dq", f"Stat, Delta, {'RowPtr, Cols, ' if sparse else ''}",
+         "dQ of one query tile over the key tiles the forward visits.")
+    w.line("offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)")
+    load_sides(q_sides, "Q", "offs_m", "Nq")
+    _load_rows(w, "do", "DO", "offs_m", "Nq", "offs_e", "E")
+    if spec.normalize != "none":
+        w.line("stat = tl.load(Stat + pid_bh * Nq + offs_m, mask=offs_m < Nq, other=0.0)")
+        w.line("delta = tl.load(Delta + pid_bh * Nq + offs_m, mask=offs_m < Nq, other=0.0)")
+    for var in dict.fromkeys(qv for qv, _ in pairs):
+        w.line(f"d{var} = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)")
+    with w.block(key_tile_loop(w, plan)):
+        if sparse:
+            w.line("start_n = tl.load(Cols + idx) * BLOCK_N")
+        w.line("offs_n = start_n + tl.arange(0, BLOCK_N)")
+        tile_body(False)
+    _feature_grad(w, "dq", [f"d{qv}" for qv in dict.fromkeys(qv for qv, _ in pairs)], "BLOCK_M", "Q", "offs_m", "Nq")
+    _store(w, "DQ", "dq", "offs_m", "Nq", "offs_d", "D", "q")
+    w.level -= 1
+    w.line()
+    _tiled_launchers(w, spec, plan, kernel, tables)
+
+
+def _tiled_launchers(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Kernel, tables: list) -> None:
+    sparse = plan.lowering == "block_sparse"
+    stats = spec.normalize != "none"
+    with w.block("def op_forward(self, q, k, v, ctx, host):"):
+        w.line('"""The custom op\'s forward: the output and the row statistic its backward reads."""')
+        w.line(f"stat = torch.{'empty' if stats else 'zeros'}(*q.shape[:3], device=q.device, dtype=torch.float32)")
+        w.line(f"return triton_forward(self, q, k, v, ctx, host{', stat' if stats else ''}), stat")
+    w.line()
+    with w.block("def op_backward(self, q, k, v, out, stat, dout, ctx, host):"):
+        _backward_head(w, "(dq, dk, dv, table gradients by name) from the saved output and row statistic.")
+        w.line("delta = (dout.float() * out.float()).sum(-1)")
+        if spec.normalize == "rows":
+            w.line("delta = torch.where(stat == 0.0, 0.0, delta)  # Z = 0: the forward divides by 1")
+        table_of = {"param": "ctx.params", "input": "ctx.inputs"}
+        w.line("grads = {" + ", ".join(f"{key(n)}: torch.zeros({table_of[op]}[{key(n)}].shape, device=q.device, "
+                                       f"dtype=torch.float32)" for op, n in tables) + "}")
+        if sparse:
+            w.line("BLOCK_M, row_ptr, cols = self.cached_tiles(ctx, host.block_layout, q.device)")
+            w.line("BLOCK_N = BLOCK_M")
+            w.line("col_ptr, rows = triton_ops.transpose_tiles(row_ptr, cols, triton.cdiv(N, BLOCK_N))")
+        band_line(w, plan)
+        vals = "".join(f"{v}, " for v in kernel.arg_values())
+        gvals = "".join(f"grads[{key(n)}], " for _, n in tables)
+        tail = "ctx.scale, band_lo, band_hi, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E,"
+        w.line(f"_attn_bwd_dkdv[(triton.cdiv(N, BLOCK_N), B * H)]({_bwd_launch()}, {vals}{gvals}stat, delta,"
+               f"{' col_ptr, rows,' if sparse else ''}")
+        w.line(f"    {tail} PRECISION=precision)")
+        w.line(f"_attn_bwd_dq[(triton.cdiv(Nq, BLOCK_M), B * H)]({_bwd_launch()}, {vals}stat, delta,"
+               f"{' row_ptr, cols,' if sparse else ''}")
+        w.line(f"    {tail} PRECISION=precision)")
+        w.line("return dq, dk, dv, grads")
+    w.line()
+    w.line(f"GRAD_TABLES = ({''.join(f'{key(n)}, ' for _, n in tables)})  # tables the backward kernels differentiate")
+
+
+def _table_atomics(w: CodeWriter, ex: _KernelExpr, op: str, name: str, derivs: dict) -> None:
+    """dt[idx] += dS o ds/dt[idx] for every lookup of table `name` in the score."""
+    grad = f"G{op[0].upper()}_{name}"
+    for leaf, d in derivs.items():
+        if leaf.op != op or leaf.value != name or d is None:
+            continue
+        w.line(f"c = tl.where(valid, ds * ({ex(d)}), 0.0)")
+        if any(e.op == "var" and e.value in ("i", "j") for arg in leaf.args for e in arg.walk()):
+            w.line(f"tl.atomic_add({grad} + {ex.offset(leaf)} + tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32), c, "
+                   "mask=valid)")
+        else:
+            w.line(f"tl.atomic_add({grad} + {ex.offset(leaf)}, tl.sum(tl.sum(c, 1), 0))  # one entry per tile")

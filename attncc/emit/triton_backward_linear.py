@@ -1,0 +1,189 @@
+"""Emit the Triton backward of the linear lowerings (see triton_backward.py for the tiled ones).
+
+Linear, out_i = mod phi(q_i) S_i / (mod phi(q_i) z_i + eps) (rows; `none`: mod phi(q_i) S_i). With
+G_i = [dnum_i, dden_i] = [mod dO_i / Z_i, -mod (dO_i . out_i) / Z_i] (Z_i the clamped denominator), it
+is an unnormalized linear attention of the values [V, 1] with output gradient G:
+  dphi(q_i) = sum_j a_ij (dnum_i . v_j + dden_i) phi(k_j),   a_ij = gamma^(i - j) [j <= i] (causal)
+  dphi(k_j) = sum_i a_ij (dnum_i . v_j + dden_i) phi(q_i),   dv_j = sum_i a_ij (phi(q_i) . phi(k_j)) dnum_i
+Chunked: dQ walks chunks forward with the carried state (S, z) of the forward; dK, dV walk them in
+reverse with R = sum_(later i) gamma^(a_i + 1) phi(q_i) [dnum_i, dden_i]^T, R <- gamma^C R + this chunk's:
+dphi(k_j) = gamma^(C-1-b_j) (R_num v_j + R_den) + intra-chunk terms. Non-causal: one program per (b, h)
+sums R over all queries, then reads it for every key. dq = dphi(q) o phi'(q), dk alike.
+"""
+from __future__ import annotations
+
+from ..check import CheckedSpec
+from ..features import FEATURE_MAPS
+from ..ir import Graph, expr_of
+from ..select import Plan
+from .triton import _launch_common, _load_rows, _row_feature, carry_state, decay_factors, linear_scalars
+from .triton_backward import _backward_head, _bwd_args, _bwd_launch, _bwd_prologue, _store
+from .writer import CodeWriter
+
+
+def _linear_features(graph: Graph) -> tuple[str, str]:
+    (out,) = graph.operands(graph.output)
+    ops = graph.operands(out)
+    return tuple(_row_feature(expr_of(graph, o)) or "identity" for o in ops[:2])
+
+
+def _finish_grads(w: CodeWriter, spec: CheckedSpec) -> None:
+    """dnum, dden of each row from den (the forward's unmodulated denominator), dO and out."""
+    if spec.normalize == "rows":
+        w.line("zz = den * mod + eps")
+        w.line("zs = tl.where(zz == 0.0, 1.0, zz)  # as the forward: no clamp where there is nothing to divide")
+        w.line("inv = mod / zs")
+        w.line("dden = tl.where(zz == 0.0, 0.0, -tl.sum(do * out, 1) * inv)")
+    else:
+        w.line("inv = mod + tl.zeros([BLOCK], dtype=tl.float32)")
+        w.line("dden = tl.zeros([BLOCK], dtype=tl.float32)")
+    w.line("dnum = do * inv[:, None]")
+
+
+def _load_out(w: CodeWriter) -> None:
+    w.line("out = tl.load(Out + offs[:, None] * stride_om + offs_e[None, :] * stride_od, "
+           "mask=(offs[:, None] < Nq) & (offs_e[None, :] < E), other=0.0).to(tl.float32)")
+
+
+def _chain(w: CodeWriter, var: str, grad: str, ptr: str, offs: str, limit: str, feature: str) -> None:
+    """var = grad o phi'(raw rows), phi the side's feature map."""
+    if feature == "identity":
+        w.line(f"{var} = {grad}")
+        return
+    _load_rows(w, "x", ptr, offs, limit, "offs_d", "D")
+    w.line("x = x.to(tl.float32)")
+    w.line(f"{var} = {grad} * ({FEATURE_MAPS[feature].triton_grad})")
+
+
+def _load_linear_rows(w: CodeWriter, fq: str, fk: str) -> None:
+    _load_rows(w, "pq", "Q", "offs", "Nq", "offs_d", "D", feature=fq)
+    _load_rows(w, "pk", "K", "offs", "N", "offs_d", "D", feature=fk)
+    _load_rows(w, "v", "V", "offs", "N", "offs_e", "E")
+    w.line("v = v.to(tl.float32)")
+    _load_rows(w, "do", "DO", "offs", "Nq", "offs_e", "E")
+    w.line("do = do.to(tl.float32)")
+
+
+def emit_linear_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) -> None:
+    fq, fk = _linear_features(graph)
+    causal = plan.lowering == "linear_chunked"
+    decayed = bool(plan.attrs.get("decayed")) and causal
+    constexprs = "BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr"
+    dot = "tl.dot({}, {}, input_precision=PRECISION)".format
+    if causal:
+        within = "a = a * within" if decayed else "a = tl.where(offs[:, None] >= offs[None, :], a, 0.0)"
+        within_d = "da = da * within" if decayed else "da = tl.where(offs[:, None] >= offs[None, :], da, 0.0)"
+
+        def decay_setup():
+            if decayed:
+                decay_factors(w)
+        qd, kd = ("q_decay[:, None] * ", "k_decay[:, None] * ") if decayed else ("", "")
+        w.line("@triton.jit")
+        with w.block(f"def _linear_bwd_dq({_bwd_args()}, Mod, Decay, Inv, Dden, eps, {constexprs}):"):
+            w.line('"""dQ walking chunks forward with the carried state; saves each row\'s dnum scale and dden."""')
+            _bwd_prologue(w, per_bh_only=True)
+            w.line("mod = tl.load(Mod + pid_bh)")
+            decay_setup()
+            w.line("S = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
+            w.line("z = tl.zeros([BLOCK_D], dtype=tl.float32)")
+            with w.block("for start in range(0, tl.maximum(Nq, N), BLOCK):"):
+                w.line("offs = start + tl.arange(0, BLOCK)")
+                _load_linear_rows(w, fq, fk)
+                _load_out(w)
+                w.line(f"a = {dot('pq', 'tl.trans(pk)')}")
+                w.line(within)
+                w.line(f"den = tl.sum(a, 1) + {'q_decay * ' if decayed else ''}tl.sum(pq * z[None, :], 1)")
+                _finish_grads(w, spec)
+                w.line("tl.store(Inv + pid_bh * Nq + offs, inv, mask=offs < Nq)")
+                w.line("tl.store(Dden + pid_bh * Nq + offs, dden, mask=offs < Nq)")
+                w.line(f"da = {dot('dnum', 'tl.trans(v)')} + dden[:, None]")
+                w.line(within_d)
+                w.line(f"dpq = {dot('da', 'pk')} + {qd}({dot('dnum', 'tl.trans(S)')} + dden[:, None] * z[None, :])")
+                _chain(w, "dq", "dpq", "Q", "offs", "Nq", fq)
+                _store(w, "DQ", "dq", "offs", "Nq", "offs_d", "D", "q")
+                carry_state(w, decayed, "pk", "k_decay", "v", "S", "z", "pk")
+        w.line()
+        w.line("@triton.jit")
+        with w.block(f"def _linear_bwd_dkdv({_bwd_args()}, Decay, Inv, Dden, {constexprs}):"):
+            w.line('"""dK, dV walking chunks in reverse with R = sum of later (decayed) phi(q) [dnum, dden]^T."""')
+            _bwd_prologue(w, per_bh_only=True)
+            decay_setup()
+            w.line("R = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
+            w.line("r = tl.zeros([BLOCK_D], dtype=tl.float32)")
+            w.line("chunks = tl.cdiv(tl.maximum(Nq, N), BLOCK)")
+            with w.block("for t in range(0, chunks):"):
+                w.line("offs = (chunks - 1 - t) * BLOCK + tl.arange(0, BLOCK)")
+                _load_linear_rows(w, fq, fk)
+                w.line("inv = tl.load(Inv + pid_bh * Nq + offs, mask=offs < Nq, other=0.0)")
+                w.line("dden = tl.load(Dden + pid_bh * Nq + offs, mask=offs < Nq, other=0.0)")
+                w.line("dnum = do * inv[:, None]")
+                w.line(f"a = {dot('pq', 'tl.trans(pk)')}")
+                w.line(within)
+                w.line(f"da = {dot('dnum', 'tl.trans(v)')} + dden[:, None]")
+                w.line(within_d)
+                w.line(f"dpk = {dot('tl.trans(da)', 'pq')} + {kd}({dot('v', 'tl.trans(R)')} + r[None, :])")
+                w.line(f"dv = {dot('tl.trans(a)', 'dnum')} + {kd}{dot('pk', 'R')}")
+                _chain(w, "dk", "dpk", "K", "offs", "N", fk)
+                _store(w, "DK", "dk", "offs", "N", "offs_d", "D", "k")
+                _store(w, "DV", "dv", "offs", "N", "offs_e", "E", "v")
+                carry_state(w, decayed, "pq", "q_decay", "dnum", "R", "r", "pq * dden[:, None]")
+        w.line()
+    else:
+        w.line("@triton.jit")
+        with w.block(f"def _linear_bwd({_bwd_args()}, State, Z, Mod, eps, {constexprs}):"):
+            w.line('"""Queries first (dQ, and R = phi(Q)^T [dnum, dden]), then keys (dK, dV) from R."""')
+            _bwd_prologue(w, per_bh_only=True)
+            w.line("mod = tl.load(Mod + pid_bh)")
+            w.line("S = tl.load(State + pid_bh * BLOCK_D * BLOCK_E + offs_d[:, None] * BLOCK_E + offs_e[None, :])")
+            w.line("z = tl.load(Z + pid_bh * BLOCK_D + offs_d)")
+            w.line("R = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
+            w.line("r = tl.zeros([BLOCK_D], dtype=tl.float32)")
+            with w.block("for start in range(0, Nq, BLOCK):"):
+                w.line("offs = start + tl.arange(0, BLOCK)")
+                _load_rows(w, "pq", "Q", "offs", "Nq", "offs_d", "D", feature=fq)
+                _load_rows(w, "do", "DO", "offs", "Nq", "offs_e", "E")
+                w.line("do = do.to(tl.float32)")
+                _load_out(w)
+                w.line("den = tl.sum(pq * z[None, :], 1)")
+                _finish_grads(w, spec)
+                w.line(f"dpq = {dot('dnum', 'tl.trans(S)')} + dden[:, None] * z[None, :]")
+                _chain(w, "dq", "dpq", "Q", "offs", "Nq", fq)
+                _store(w, "DQ", "dq", "offs", "Nq", "offs_d", "D", "q")
+                w.line(f"R += {dot('tl.trans(pq)', 'dnum')}")
+                w.line("r += tl.sum(pq * dden[:, None], 0)")
+            with w.block("for start in range(0, N, BLOCK):"):
+                w.line("offs = start + tl.arange(0, BLOCK)")
+                _load_rows(w, "pk", "K", "offs", "N", "offs_d", "D", feature=fk)
+                _load_rows(w, "v", "V", "offs", "N", "offs_e", "E")
+                w.line("v = v.to(tl.float32)")
+                w.line(f"dpk = {dot('v', 'tl.trans(R)')} + r[None, :]")
+                w.line(f"dv = {dot('pk', 'R')}")
+                _chain(w, "dk", "dpk", "K", "offs", "N", fk)
+                _store(w, "DK", "dk", "offs", "N", "offs_d", "D", "k")
+                _store(w, "DV", "dv", "offs", "N", "offs_e", "E", "v")
+        w.line()
+    with w.block("def op_forward(self, q, k, v, ctx, host):"):
+        w.line('"""The custom op\'s forward: the output (no row statistics: the backward recomputes them)."""')
+        w.line("return triton_forward(self, q, k, v, ctx, host), q.new_zeros(*q.shape[:3], dtype=torch.float32)")
+    w.line()
+    with w.block("def op_backward(self, q, k, v, out, stat, dout, ctx, host):"):
+        _backward_head(w, "(dq, dk, dv, no table gradients) by the reverse recurrence.")
+        linear_scalars(w, plan)
+        blocks = "BLOCK=BLOCK_M, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision"
+        if causal:
+            w.line("inv = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32)")
+            w.line("dden = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32)")
+            w.line(f"_linear_bwd_dq[(B * H,)]({_bwd_launch()}, mod, gamma, inv, dden, {spec.eps!r},")
+            w.line(f"    {blocks})")
+            w.line(f"_linear_bwd_dkdv[(B * H,)]({_bwd_launch()}, gamma, inv, dden,")
+            w.line(f"    {blocks})")
+        else:
+            w.line("state = torch.empty(B * H, BLOCK_D, BLOCK_E, device=q.device, dtype=torch.float32)")
+            w.line("z = torch.empty(B * H, BLOCK_D, device=q.device, dtype=torch.float32)")
+            w.line(f"_linear_state[(B * H,)]({_launch_common()}, state, z, BLOCK=BLOCK_N, BLOCK_D=BLOCK_D,")
+            w.line("    BLOCK_E=BLOCK_E, PRECISION=precision)")
+            w.line(f"_linear_bwd[(B * H,)]({_bwd_launch()}, state, z, mod, {spec.eps!r},")
+            w.line(f"    {blocks})")
+        w.line("return dq, dk, dv, {}")
+    w.line()
+    w.line("GRAD_TABLES = ()  # tables the backward kernels differentiate")
