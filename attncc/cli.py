@@ -35,6 +35,21 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--examples", type=int, default=200)
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--out", default="fuzz-failure.attn", help="where a shrunk failing spec is written")
+    b = sub.add_parser("bench", help="time specs against SDPA, FlexAttention, fla and naive torch (attncc.benchmark)")
+    b.add_argument("specs", nargs="+", help="spec files; PATH@lowering forces a lowering")
+    b.add_argument("--device", default=None, help="cuda (Triton backend, do_bench) or cpu (torch backend vs naive)")
+    b.add_argument("--dims", default="64,128", help="head dims d (= e)")
+    b.add_argument("--lengths", default="1024,4096,16384,65536", help="token counts N, run in this order")
+    b.add_argument("--batch", type=int, default=4)
+    b.add_argument("--heads", type=int, default=16)
+    b.add_argument("--dtype", default="", help="default: bfloat16 on CUDA, float32 on the CPU")
+    b.add_argument("--baselines", default="sdpa,flex,fla,naive,fft")
+    b.add_argument("--size", action="append", default=[], metavar="NAME=VALUE", help="override a spec size")
+    b.add_argument("--backward", action="store_true", help="also time forward + backward")
+    b.add_argument("--budget", type=float, help="seconds for the run; cases after it are reported as not run")
+    b.add_argument("--min-run-time", type=float, default=0.2, help="CPU timer: seconds per measurement")
+    b.add_argument("--dry-run", action="store_true", help="list the cases and implementations, run nothing")
+    b.add_argument("-o", "--out", default="bench.json", help="JSON results; the markdown table goes beside it (.md)")
     return p
 
 
@@ -66,6 +81,7 @@ def cmd_inspect(args) -> int:
     from .api import build
     from .ast import format_spec
     from .emit.triton_backward import backward_line
+    from .gradients import torch_backward_line
     from .ir import print_graph, to_dot
     from .runtime import cuda_triton_available
     from .select import format_plan
@@ -89,6 +105,7 @@ def cmd_inspect(args) -> int:
     triton_lowering = ast.literal_eval(comp.module_source.split("TRITON_LOWERING = ")[1].splitlines()[0])
     print(f"triton lowering: {triton_lowering.split('; backward: ')[0]}")
     print(f"triton backward: {backward_line(comp.checked, comp.plan)}")
+    print(f"torch backward: {torch_backward_line(comp.plan.lowering)}")
     return 0
 
 
@@ -182,11 +199,20 @@ def cmd_fuzz(args) -> int:
     return 1
 
 
+def cmd_bench(args) -> int:
+    import torch
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    _interpret_triton(device)
+    from .benchmark import run_cli
+    return run_cli(args, device)
+
+
 def main(argv=None) -> int:
     from .source import AttnccError
     args = _parser().parse_args(argv)
     try:
-        commands = {"compile": cmd_compile, "inspect": cmd_inspect, "check": cmd_check, "fuzz": cmd_fuzz}
+        commands = {"compile": cmd_compile, "inspect": cmd_inspect, "check": cmd_check, "fuzz": cmd_fuzz,
+                    "bench": cmd_bench}
         return commands[args.command](args)
     except AttnccError as exc:
         print(str(exc), file=sys.stderr)

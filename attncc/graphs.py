@@ -33,8 +33,9 @@ def dense_kernel(kind: str, adj: torch.Tensor, options: dict) -> torch.Tensor:
 
 
 def _product(a: torch.Tensor):
-    """x [N, C] -> A x, with A as CSR when it is sparse enough to pay for it."""
-    if a.is_floating_point() and (a != 0).float().mean() >= SPARSE_DENSITY:
+    """x [N, C] -> A x, with A as CSR when it is sparse enough to pay for it (dense under torch.compile:
+    the choice depends on A's values, and sparse tensors do not trace)."""
+    if torch.compiler.is_compiling() or (a.is_floating_point() and (a != 0).float().mean() >= SPARSE_DENSITY):
         return lambda x: a @ x
     with warnings.catch_warnings():  # CSR support is marked beta; the product used here is long stable
         warnings.simplefilter("ignore", UserWarning)
@@ -59,7 +60,10 @@ def kernel_operator(kind: str, adj: torch.Tensor, options: dict, dtype: torch.dt
             return y
         return walks
     t = options["t"]
-    norm = float(a.abs().sum(-1).max()) if a.numel() else 0.0
+    if torch.compiler.is_compiling():  # the series' length depends on A's values: one graph forms G instead
+        g = dense_kernel(kind, a, options)
+        return lambda x: g @ x
+    norm = float(a.detach().abs().sum(-1).max()) if a.numel() else 0.0  # the series' length: not differentiated
     limit = 30 + 3 * math.ceil(abs(t) * norm)
     tiny = torch.finfo(dtype).eps
 
@@ -68,7 +72,7 @@ def kernel_operator(kind: str, adj: torch.Tensor, options: dict, dtype: torch.dt
         for s in range(1, limit + 1):
             term = times(term) * (t / s)
             y = y + term
-            if float(term.abs().max()) <= tiny * float(y.abs().max()):
+            if float(term.detach().abs().max()) <= tiny * float(y.detach().abs().max()):
                 break
         return y
     return diffusion

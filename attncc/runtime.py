@@ -176,6 +176,7 @@ class CompiledAttention(nn.Module):
         """The current random-feature projection [m, D] of each random map, by name."""
         return {name: getattr(self.random_features, name) for name in self.RANDOM_FEATURES}
 
+    @torch.compiler.disable(reason="a seeded CPU generator draws the features: compile with fullgraph=False, or redraw=0")
     def redraw_features(self) -> None:
         """A fresh draw for every random map: draw t of seed s is the same on every device."""
         for name, (_, opts) in self.RANDOM_FEATURES.items():
@@ -239,6 +240,7 @@ class CompiledAttention(nn.Module):
             name = sorted(unknown)[0]
             hint = did_you_mean(name, self.INPUTS)
             raise ShapeError(f"{self.SPEC_NAME}: unexpected input `{name}`" + (f"; {hint}" if hint else ""))
+        dtype = torch.float64 if q.dtype == torch.float64 else torch.float32  # float inputs and tables join at it
         checked = {}
         for name, spec in self.INPUTS.items():
             if name not in inputs:
@@ -256,11 +258,10 @@ class CompiledAttention(nn.Module):
                                  f"{shape} or {(B, *shape)}")
             if spec.dtype in ("int", "bool") and t.is_floating_point():
                 raise ShapeError(f"{self.SPEC_NAME}: input `{name}` must be {spec.dtype}, got {t.dtype}")
-            checked[name] = t.int() if spec.dtype == "int" else t.bool() if spec.dtype == "bool" else t.float()
+            checked[name] = t.int() if spec.dtype == "int" else t.bool() if spec.dtype == "bool" else t.to(dtype)
         params = self.params_dict()
         if q.dtype == torch.float64:  # tables join the computation at its precision
             params = {n: p.double() for n, p in params.items()}
-        dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
         return Context(self.sizes, params, checked, **dims, dtype=dtype)
 
     def resolve_backend(self, q: torch.Tensor) -> str:
@@ -344,8 +345,8 @@ class CompiledAttention(nn.Module):
     def _dense(self, q, k, v, ctx: Context, spec=None) -> torch.Tensor:
         from .dense import dense_attention
         inputs = {**ctx.inputs, **self.graph_tables(ctx.inputs, torch.float64)}
-        return dense_attention(spec or self.checked, q, k, v, {n: p.detach() for n, p in ctx.params.items()},
-                               inputs, self.sizes, self.projections(), ctx.noise)
+        return dense_attention(spec or self.checked, q, k, v, ctx.params, inputs, self.sizes, self.projections(),
+                               ctx.noise)
 
     def tap(self, q, k, v, rows=None, **inputs) -> torch.Tensor:
         """The attention probabilities P[b, h, i, j] of this call, with out = P v: softmax's
@@ -431,12 +432,22 @@ def load_module(name: str, files: dict[str, str]):
     for file_name, source in files.items():
         path = directory / file_name
         if not (path.exists() and _read(path) == source):
-            directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(source)
-            os.replace(tmp, path)
+            write_atomic(path, source)
     return _import(directory / f"{name}.py", f"attncc_generated_{name}_{digest}")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file in the same folder and os.replace: readers (other processes
+    too) see the old file or the whole new one, never a partial write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _read(path: Path) -> str | None:

@@ -18,6 +18,10 @@ from .source import ShapeError
 
 QUERY_CHUNK = 256
 LINEAR_CHUNK = 64
+# Set by attncc.distributed.context_parallel while it runs: how key states pass between the ranks
+# holding slices of the tokens (total: a sum over every rank; prefix: over the ranks before this
+# one). A module global, not a ContextVar: torch.compile traces reads of globals.
+state_exchange = None
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -121,6 +125,10 @@ def block_sparse_attention(q, k, v, ctx, *, layout: torch.Tensor, block: int, sc
                            mask: Callable | None, normalize: str, eps: float) -> torch.Tensor:
     """out = normalize(mask o scores) V, one query block at a time over the key blocks its layout row
     lists (layout: bool [ceil(Nq / block), ceil(N / block)], exact for the mask's block conjuncts)."""
+    if torch.compiler.is_compiling():  # a row's key list has a data-dependent length, which one graph
+        # cannot hold: every key of the row, masked (exact, as the mask is; the layout only skips work)
+        return tiled_attention(q, k, v, ctx, scores=scores, mask=mask, key_range=lambda q0, q1, ctx: (0, ctx.N),
+                               normalize=normalize, eps=eps)
     B, H, Nq, _ = q.shape
     N, E = k.shape[2], v.shape[-1]
     offsets = torch.arange(block, device=q.device)
@@ -155,9 +163,13 @@ def linear_attention(pq, pk, v, *, modulation, normalize: str, eps: float) -> to
     """out = phi(Q) (phi(K)^T V) / (phi(Q) phi(K)^T 1 + eps), times a scalar modulation."""
     dtype = compute_dtype(v)
     pq, pk, vv = pq.to(dtype), pk.to(dtype), v.to(dtype)
-    kv = torch.einsum("bhnm,bhne->bhme", pk, vv)
+    kv, ks = torch.einsum("bhnm,bhne->bhme", pk, vv), pk.sum(2)
+    exchange = state_exchange
+    if exchange is not None:  # context parallel: phi(K)^T [V, 1] of every rank's keys
+        total = exchange.total(torch.cat([kv, ks.unsqueeze(-1)], -1))
+        kv, ks = total[..., :-1], total[..., -1]
     num = torch.einsum("bhqm,bhme->bhqe", pq, kv)
-    den = torch.einsum("bhqm,bhm->bhq", pq, pk.sum(2))
+    den = torch.einsum("bhqm,bhm->bhq", pq, ks)
     if modulation is not None:
         num, den = num * modulation, den * modulation.squeeze(-1)
     return _finish(num, den, normalize, eps).to(v.dtype)
@@ -174,22 +186,40 @@ def causal_linear_attention(pq, pk, v, *, modulation, normalize: str, eps: float
     L = -(-max(Nq, N) // chunk) * chunk
     pad = lambda x, n: F.pad(x.to(dtype), (0, 0, 0, L - n)).view(B, H, L // chunk, chunk, x.shape[-1])
     qc, kc, vc = pad(pq, Nq), pad(pk, N), pad(v, N)
+    gamma = None if decay is None else decay.to(dtype)
+    initial = _initial_state(pk.to(dtype), v.to(dtype), gamma)
     if decay is None:  # every chunk's state at once: an exclusive prefix sum over chunks
-        num, den = _prefix_chunks(qc, kc, vc)
+        num, den = _prefix_chunks(qc, kc, vc, initial)
     else:
-        num, den = _decayed_chunks(qc, kc, vc, decay.to(dtype))
+        num, den = _decayed_chunks(qc, kc, vc, gamma, initial)
     num, den = num.reshape(B, H, L, E)[:, :, :Nq], den.reshape(B, H, L)[:, :, :Nq]
     if modulation is not None:
         num, den = num * modulation, den * modulation.squeeze(-1)
     return _finish(num, den, normalize, eps).to(v.dtype)
 
 
-def _prefix_chunks(qc, kc, vc):
+def _initial_state(pk, v, gamma):
+    """[B, H, m, E + 1]: the state [S, z] that the keys before these tokens leave, or None (the first
+    tokens). Under context parallelism the earlier ranks' slices: each rank sends its own
+    sum_j gamma^(n - 1 - j) phi(k_j) [v_j, 1]^T, the state its n tokens leave (gamma = 1 undecayed)."""
+    exchange = state_exchange
+    if exchange is None:
+        return None
+    n = pk.shape[2]
+    if gamma is not None:
+        pk = pk * torch.pow(gamma, torch.arange(n - 1, -1, -1, device=pk.device, dtype=pk.dtype).view(-1, 1))
+    v1 = torch.cat([v, torch.ones_like(v[..., :1])], -1)
+    return exchange.prefix(torch.einsum("bhnm,bhne->bhme", pk, v1), n, gamma)
+
+
+def _prefix_chunks(qc, kc, vc, initial=None):
     """Chunked causal sums without decay: [B, H, chunks, C, .] in, (num, den) per chunk row out."""
     chunk = qc.shape[3]
     states = torch.einsum("bhcnm,bhcne->bhcme", kc, vc)
     zs = kc.sum(3)
     prefix, zprefix = torch.cumsum(states, dim=2) - states, torch.cumsum(zs, dim=2) - zs
+    if initial is not None:
+        prefix, zprefix = prefix + initial[:, :, None, :, :-1], zprefix + initial[:, :, None, :, -1]
     tri = torch.tril(torch.ones(chunk, chunk, dtype=torch.bool, device=qc.device))
     intra = torch.einsum("bhcim,bhcjm->bhcij", qc, kc).masked_fill(~tri, 0)
     num = intra @ vc + torch.einsum("bhcim,bhcme->bhcie", qc, prefix)
@@ -197,7 +227,7 @@ def _prefix_chunks(qc, kc, vc):
     return num, den
 
 
-def _decayed_chunks(qc, kc, vc, gamma):
+def _decayed_chunks(qc, kc, vc, gamma, initial=None):
     """Chunked causal sums with decay gamma^(i - j), walking chunks with the carried state (a closed-form
     prefix sum would divide by gamma^(C c), which under- or overflows)."""
     B, H, nc, chunk, m = qc.shape
@@ -209,6 +239,8 @@ def _decayed_chunks(qc, kc, vc, gamma):
     carry = torch.pow(gamma, chunk)
     state = torch.zeros(B, H, m, E, dtype=dtype, device=qc.device)
     z = torch.zeros(B, H, m, 1, dtype=dtype, device=qc.device)
+    if initial is not None:
+        state, z = state + initial[..., :-1], z + initial[..., -1:]
     nums, dens = [], []
     for c in range(nc):
         q_, k_, v_ = qc[:, :, c], kc[:, :, c], vc[:, :, c]
@@ -369,10 +401,8 @@ class RingGeometry:
 
 def ring_geometry(nq: int, n: int, width: int, metric: str, device=None) -> RingGeometry:
     a_k, b_k = ring_coordinates(torch.arange(n, device=device), width, metric)
-    if metric == "chebyshev":
-        rows, cols = int(a_k.max()) + 1, int(b_k.max()) + 1
-    else:
-        rows = cols = -(-n // width) + width - 1
+    # the largest (a, b) of a key, from n alone: no data-dependent size (torch.compile keeps one graph)
+    rows, cols = ((n - 1) // width + 1, min(n, width)) if metric == "chebyshev" else (-(-n // width) + width - 1,) * 2
     a_q, b_q = ring_coordinates(torch.arange(nq, device=device), width, metric)
     return RingGeometry(rows, cols, a_k * (cols + 1) + b_k + cols + 2, a_q, b_q)
 

@@ -6,14 +6,14 @@ so the GPU script also runs where rich is not installed.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shutil
 import statistics
 import time
 from pathlib import Path
 
 import torch
+
+from attncc.benchmark import environment, fmt, instantiate, markdown_table  # noqa: F401  (shared with attncc bench)
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -51,16 +51,6 @@ def median_ms(fn, repeats: int = 5, warmup: int = 1, budget_s: float | None = No
 
 
 # ---------------------------------------------------------------------- compiled modules
-def instantiate(cls, *, heads: int, tokens: int, dim: int = 64, **kwargs):
-    """Cls(...) with the sizes a benchmark shape needs: H (D) for specs whose tables (random features)
-    are sized by it, and any `max_*` size raised to cover `tokens` (relative-position tables)."""
-    sizes = {n: v for n, v in (("H", heads), ("D", dim)) if n in cls.NEEDS}
-    for name, value in cls.SIZES.items():
-        if name.startswith("max_") and value < tokens:
-            sizes[name] = tokens
-    return cls(**sizes, **kwargs)
-
-
 def call_inputs(cls, batch: int, tokens: int, device="cpu", seed: int = 0) -> dict:
     """Call-time inputs of the examples: `doc` = sorted random document ids [batch, tokens]."""
     inputs = {}
@@ -79,20 +69,6 @@ def qkv(batch: int, heads: int, tokens: int, dim: int, dtype=torch.float32, devi
 
 
 # ---------------------------------------------------------------------- tables and files
-def fmt(x, digits: int = 2) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float):
-        return f"{x:.{digits}e}" if x != 0 and (abs(x) < 1e-2 or abs(x) >= 1e5) else f"{x:.{digits}f}"
-    return str(x)
-
-
-def markdown_table(headers: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def print_table(title: str, headers: list[str], rows: list[list]) -> None:
     try:
         from rich.console import Console
@@ -106,20 +82,6 @@ def print_table(title: str, headers: list[str], rows: list[list]) -> None:
     for row in rows:
         table.add_row(*(fmt(c) for c in row))
     Console(width=max(120, shutil.get_terminal_size().columns)).print(table)
-
-
-def environment() -> dict:
-    env = {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine(),
-           "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}
-    if torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name()
-    try:
-        import triton
-        env["triton"] = triton.__version__
-    except ImportError:
-        pass
-    return env
 
 
 def write_results(json_path: Path, data: dict, sections: list[tuple[str, list[str], list[list]]],

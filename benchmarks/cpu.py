@@ -1,7 +1,7 @@
 """CPU forward time: the attncc torch backend vs naive torch and vs the dense float64 reference.
 
   attncc     Cls(backend="torch") called on fp32 q, k, v [1, 4, N, 64] (the lowering the compiler chose)
-  naive      the textbook dense fp32 formula, written here per example family: it materializes the
+  naive      the textbook dense fp32 formula per example family (attncc.baselines.naive): it materializes the
              N x N scores / weights (softmax(q k^T * scale + mask) v, or (phi(q) phi(k)^T o M) v / rowsum)
   reference  m.reference: attncc's dense float64 oracle (skipped above --ref-max tokens: it holds
              several float64 N x N buffers)
@@ -27,7 +27,6 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
-import torch.nn.functional as F
 from common import (
     RESULTS,
     example_paths,
@@ -40,43 +39,14 @@ from common import (
 )
 
 import attncc
+from attncc import baselines as bl
 
 BATCH, HEADS, DIM = 1, 4, 64
 SIZES, QUICK_SIZES = [1024, 2048, 4096, 8192], [128, 256]
 
 
-def distance(n: int) -> torch.Tensor:
-    """d[i, j] = i - j."""
-    idx = torch.arange(n)
-    return idx[:, None] - idx[None, :]
-
-
-def naive_softmax(q, k, v, mask=None):
-    s = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
-    if mask is not None:
-        s = s.masked_fill(~mask, float("-inf"))
-    return torch.softmax(s, dim=-1) @ v
-
-
-def naive_kernel(q, k, v, mask=None, modulation=None, eps=1e-6):
-    w = (F.elu(q) + 1) @ (F.elu(k) + 1).transpose(-1, -2)  # phi = elu1, as in the linear examples
-    if modulation is not None:
-        w = w * modulation
-    if mask is not None:
-        w = w.masked_fill(~mask, 0.0)
-    return (w @ v) / (w.sum(-1, keepdim=True) + eps)
-
-
-# example -> naive(q, k, v, module); N = keys = queries
-NAIVE = {
-    "softmax": lambda q, k, v, m: naive_softmax(q, k, v),
-    "causal": lambda q, k, v, m: naive_softmax(q, k, v, distance(q.shape[2]) >= 0),
-    "sliding_window": lambda q, k, v, m: naive_softmax(q, k, v, distance(q.shape[2]).abs() <= m.sizes["window"]),
-    "linear_elu": lambda q, k, v, m: naive_kernel(q, k, v),
-    "linear_elu_causal": lambda q, k, v, m: naive_kernel(q, k, v, mask=distance(q.shape[2]) >= 0),
-    "toeplitz_linear": lambda q, k, v, m: naive_kernel(
-        q, k, v, modulation=torch.exp(m.rpe[distance(q.shape[2]) + m.sizes["max_len"] - 1])),
-}
+# the examples timed; naive = attncc.baselines.naive: the dense formula of each family
+NAIVE = ("softmax", "causal", "sliding_window", "linear_elu", "linear_elu_causal", "toeplitz_linear")
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -89,7 +59,8 @@ def bench(name: str, sizes: list[int], args) -> list[dict]:
     for n in sizes:
         m = instantiate(cls, heads=HEADS, tokens=n)
         q, k, v = qkv(BATCH, HEADS, n, DIM)
-        ours, naive, reference = partial(m, q, k, v), partial(NAIVE[name], q, k, v, m), partial(m.reference, q, k, v)
+        ours, reference = partial(m, q, k, v), partial(m.reference, q, k, v)
+        naive = partial(bl.naive, bl.FAMILIES[name], m, {}, q, k, v)
         row = {"spec": name, "N": n, "lowering": cls.LOWERING,
                "attncc_ms": median_ms(ours, args.repeats, budget_s=args.budget),
                "naive_ms": median_ms(naive, args.repeats, budget_s=args.budget)}

@@ -287,19 +287,24 @@ def emit_tiled_kernel(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Ker
                "mask=(offs_m[:, None] < Nq) & (offs_e[None, :] < E))")
     w.line()
     with w.block(f"def triton_forward(self, q, k, v, ctx, host{', stat=None' if stats else ''}):"):
-        _launcher_head(w)
+        _launcher_head(w, fixed_blocks=False)
         if stats:
             w.line("stat = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32) if stat is None else stat")
         if sparse:
-            w.line("BLOCK_M, row_ptr, cols = self.cached_tiles(ctx, host.block_layout, q.device)  # once per length")
-            w.line("BLOCK_N = BLOCK_M")
+            w.line("tile, row_ptr, cols = self.cached_tiles(ctx, host.block_layout, q.device)  # once per length")
         band_line(w, plan)
-        w.line("grid = (triton.cdiv(Nq, BLOCK_M), B * H)")
         vals = "".join(f"{v}, " for v in kernel.arg_values()) + ("row_ptr, cols, " if sparse else "") + \
             ("stat, " if stats else "")
-        w.line(f"_attn_fwd[grid]({_launch_common()}, {vals}ctx.scale, {spec.eps!r}, band_lo, band_hi,")
-        w.line("    BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision)")
-        w.line("return out")
+        w.line()
+        with w.block(f"def launch({'' if sparse else 'BLOCK_M, BLOCK_N, '}num_warps, num_stages):"):
+            if sparse:
+                w.line("BLOCK_M = BLOCK_N = tile")
+            w.line("grid = (triton.cdiv(Nq, BLOCK_M), B * H)")
+            w.line(f"_attn_fwd[grid]({_launch_common()}, {vals}ctx.scale, {spec.eps!r}, band_lo, band_hi,")
+            w.line("    BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision,")
+            w.line("    num_warps=num_warps, num_stages=num_stages)")
+        w.line()
+        _tuned_launch(w, "block_sparse" if sparse else "tiled", ", tile=tile" if sparse else "")
 
 
 def band_line(w: CodeWriter, plan: Plan) -> None:
@@ -308,16 +313,24 @@ def band_line(w: CodeWriter, plan: Plan) -> None:
     w.line(f"band_lo, band_hi = {band[0]}, {band[1]}  # keys j with band_lo <= i - j <= band_hi")
 
 
-def _launcher_head(w: CodeWriter, allocate_out: bool = True) -> None:
+def _launcher_head(w: CodeWriter, allocate_out: bool = True, fixed_blocks: bool = True) -> None:
     w.line("B, H, Nq, D = q.shape")
     w.line("N, E = k.shape[2], v.shape[3]")
     w.line("q, k, v = q.contiguous(), k.contiguous(), v.contiguous()")
     if allocate_out:
         w.line("out = torch.empty(B, H, Nq, E, device=q.device, dtype=q.dtype)")
-    w.line("BLOCK_M = BLOCK_N = 64 if q.is_cuda else 16")
+    if fixed_blocks:  # forward launchers take theirs from autotune
+        w.line("BLOCK_M = BLOCK_N = 64 if q.is_cuda else 16")
     w.line("BLOCK_D = max(16, triton.next_power_of_2(D))")
     w.line("BLOCK_E = max(16, triton.next_power_of_2(E))")
     w.line("precision = 'ieee' if q.dtype == torch.float32 else 'tf32'")
+
+
+def _tuned_launch(w: CodeWriter, kind: str, extra_sizes: str = "") -> None:
+    """Launch with the configuration autotune chose for these sizes (tuned once per key on CUDA)."""
+    w.line(f"sizes = dict(BH=B * H, Nq=Nq, N=N, D=BLOCK_D, E=BLOCK_E{extra_sizes})")
+    w.line(f"launch(**autotune.best(SPEC_HASH, {kind!r}, q, sizes, launch))")
+    w.line("return out")
 
 
 def emit_linear_kernels(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) -> None:
@@ -399,19 +412,24 @@ def emit_linear_kernels(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Gra
                    "mask=(offs[:, None] < Nq) & (offs_e[None, :] < E))")
         w.line()
     with w.block("def triton_forward(self, q, k, v, ctx, host):"):
-        _launcher_head(w)
+        _launcher_head(w, fixed_blocks=False)
         linear_scalars(w, plan)
-        if causal:
-            w.line(f"_linear_causal[(B * H,)]({_launch_common()}, mod, gamma, {spec.eps!r}, BLOCK=BLOCK_M, BLOCK_D=BLOCK_D,")
-            w.line("    BLOCK_E=BLOCK_E, PRECISION=precision)")
-        else:
+        if not causal:
             w.line("state = torch.empty(B * H, BLOCK_D, BLOCK_E, device=q.device, dtype=torch.float32)")
             w.line("z = torch.empty(B * H, BLOCK_D, device=q.device, dtype=torch.float32)")
-            w.line(f"_linear_state[(B * H,)]({_launch_common()}, state, z, BLOCK=BLOCK_N, BLOCK_D=BLOCK_D,")
-            w.line("    BLOCK_E=BLOCK_E, PRECISION=precision)")
-            w.line(f"_linear_out[(triton.cdiv(Nq, BLOCK_M), B * H)]({_launch_common()}, state, z, mod, {spec.eps!r},")
-            w.line("    BLOCK=BLOCK_M, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision)")
-        w.line("return out")
+        w.line()
+        with w.block("def launch(BLOCK, num_warps, num_stages):"):
+            tail = "BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision, num_warps=num_warps, num_stages=num_stages)"
+            if causal:
+                w.line(f"_linear_causal[(B * H,)]({_launch_common()}, mod, gamma, {spec.eps!r}, BLOCK=BLOCK,")
+                w.line(f"    {tail}")
+            else:
+                w.line(f"_linear_state[(B * H,)]({_launch_common()}, state, z, BLOCK=BLOCK,")
+                w.line(f"    {tail}")
+                w.line(f"_linear_out[(triton.cdiv(Nq, BLOCK), B * H)]({_launch_common()}, state, z, mod, {spec.eps!r},")
+                w.line(f"    BLOCK=BLOCK, {tail}")
+        w.line()
+        _tuned_launch(w, plan.lowering)
 
 
 def linear_scalars(w: CodeWriter, plan: Plan) -> None:
@@ -463,7 +481,10 @@ import triton
 import triton.language as tl
 
 from attncc import approx_algorithms as ax, torch_algorithms as rt
-from attncc import triton_ops
+from attncc import autotune, triton_ops
+
+SPEC_HASH = {spec_hash!r}  # part of every autotune key
+
 
 '''
 

@@ -1,0 +1,126 @@
+"""The whole benchmark suite of issue 5 in one run, and the check of its targets.
+
+Runs `attncc.benchmark` (what `attncc bench` runs) over the suite's examples: B=4, H=16, d = 64 and
+128, N = 16k, 4k, 1k, 64k in that order (the targets first, so a spent --budget cuts the least
+important cases), bf16 on CUDA. After every case the results so far are written to
+<out>.json / <out>.md, so a run stopped from outside still leaves its numbers. The targets are then
+read off the rows (a missing measurement is "not measured", never a pass).
+
+    python benchmarks/suite.py --out $OUT/suite.json            # on a CUDA machine (gpu_suite.sh)
+    python benchmarks/suite.py --dry-run                        # the cases and baselines, nothing run
+    python benchmarks/suite.py --device cpu --dims 16 --lengths 64 --batch 1 --heads 2   # plumbing only
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from common import EXAMPLES, RESULTS, markdown_table, parse_ints
+
+from attncc.benchmark import BenchConfig, Runner, write_report
+
+SPECS = ("softmax", "causal", "sliding_window", "alibi", "document", "hypercube", "block_diagonal", "strided",
+         "linear_elu", "linear_elu_causal", "retention", "toeplitz_linear", "rpe_performer",
+         "ripple@rings")  # name@lowering forces a lowering (the ring path is not the cost model's choice here)
+LENGTHS = (16384, 4096, 1024, 65536)
+MASKED = {"sliding_window": 1.1, "block_diagonal": 1.1, "document": 1.1, "hypercube": 3.0}
+LINEAR = {"linear_elu_causal": "chunk_linear_attn", "retention": "chunk_retention"}
+SUBQUADRATIC = ("linear", "linear_chunked", "fft", "fft2", "rings", "block_sparse")
+
+
+def targets(rows: list[dict]) -> list[dict]:
+    """Issue 5's targets, each as measured in these rows: ratio = baseline ms / attncc ms."""
+    timed = {(r["spec"], r["impl"], r["d"], r["N"], r.get("mode")): r for r in rows}
+    ms = lambda spec, impl, d, n, mode="fwd": (timed.get((spec, impl, d, n, mode)) or {}).get("ms")  # noqa: E731
+    cases = sorted({(r["d"], r["N"]) for r in rows})
+    backward = any(r.get("mode") == "fwd+bwd" for r in rows)
+    out = []
+
+    def check(target, spec, d, n, other_ms, need, strict=False, mode="fwd"):
+        ours = ms(spec, "attncc", d, n, mode)
+        ratio = other_ms / ours if ours and other_ms else None
+        met = None if ratio is None else (ratio > need if strict else ratio >= need)
+        out.append({"target": target, "spec": spec, "d": d, "N": n, "ratio": ratio, "need": need, "met": met})
+
+    for d, n in cases:
+        for spec in ("softmax", "causal"):
+            if n >= 4096:
+                check(">= 95% of compiled Flex", spec, d, n, ms(spec, "flex", d, n), 0.95)
+                check("faster than SDPA flash", spec, d, n, ms(spec, "sdpa", d, n), 1.0, strict=True)
+                if backward:
+                    check("fwd+bwd >= 90% of compiled Flex", spec, d, n, ms(spec, "flex", d, n, "fwd+bwd"), 0.9,
+                          mode="fwd+bwd")
+        for spec, need in MASKED.items():
+            if n >= 4096:
+                check(f">= {need}x compiled Flex + BlockMask", spec, d, n, ms(spec, "flex", d, n), need)
+        for spec, kernel in LINEAR.items():
+            if n >= 4096:
+                check(f">= 90% of fla {kernel}", spec, d, n, ms(spec, "fla", d, n), 0.9)
+        if n == 4096:
+            check(">= 10x naive torch FFT", "rpe_performer", d, n, ms("rpe_performer", "fft", d, n), 10.0)
+        if n >= 16384:
+            check("faster than SDPA flash causal", "rpe_performer", d, n, ms("causal", "sdpa", d, n), 1.0, strict=True)
+    for spec in sorted({r["spec"] for r in rows if r.get("lowering") in SUBQUADRATIC}):
+        for d in sorted({r["d"] for r in rows}):
+            per_token = {r["N"]: r["bytes_per_token"] for r in rows if r["spec"] == spec and r["d"] == d
+                         and r["impl"] == "attncc" and r.get("mode") == "fwd" and r.get("bytes_per_token")}
+            if len(per_token) >= 2:
+                lo, hi = min(per_token), max(per_token)
+                growth = per_token[hi] / per_token[lo]
+                out.append({"target": f"memory linear in N: bytes/token at N={hi} over N={lo}", "spec": spec,
+                            "d": d, "N": hi, "ratio": growth, "need": 1.5, "met": growth <= 1.5})
+    return out
+
+
+def targets_markdown(found: list[dict]) -> str:
+    rows = [[t["target"], t["spec"], t["d"], t["N"], t["ratio"], t["need"],
+             {True: "met", False: "MISSED", None: "not measured"}[t["met"]]] for t in found]
+    return ("\n## Targets (ratio = baseline ms / attncc ms; memory: growth of bytes per token)\n\n"
+            + markdown_table(["target", "spec", "d", "N", "ratio", "need", "result"], rows) + "\n")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=RESULTS / "suite.json")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--specs", default=",".join(SPECS))
+    ap.add_argument("--dims", type=parse_ints, default=[64, 128])
+    ap.add_argument("--lengths", type=parse_ints, default=list(LENGTHS))
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=16)
+    ap.add_argument("--baselines", default="sdpa,flex,fla,naive,fft")
+    ap.add_argument("--backward", action="store_true")
+    ap.add_argument("--budget", type=float, default=None, help="seconds; later cases are reported as not run")
+    ap.add_argument("--min-run-time", type=float, default=0.2)
+    ap.add_argument("--dry-run", action="store_true")
+    args = ap.parse_args()
+    if args.device == "cpu":
+        import os
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    cfg = BenchConfig(device=args.device, batch=args.batch, heads=args.heads, dims=tuple(args.dims),
+                      lengths=tuple(args.lengths), baselines=tuple(args.baselines.split(",")),
+                      backward=args.backward, budget_s=args.budget, min_run_time=args.min_run_time)
+    specs = [f"{EXAMPLES / name.partition('@')[0]}.attn" + (f"@{name.partition('@')[2]}" if "@" in name else "")
+             for name in args.specs.split(",")]
+    runner = Runner(cfg)
+    if args.dry_run:
+        plan = runner.plan(specs)
+        for case in plan:
+            print(f"{case['spec']} d={case['d']} N={case['N']} ({case['lowering']}): {', '.join(case['impls'])}")
+        print(f"{len(plan)} cases, {sum(len(c['impls']) for c in plan)} timings (+ create_block_mask for masked Flex)")
+        return 0
+
+    def save(rows):
+        found = targets(rows)
+        write_report(args.out, cfg, rows, "attncc benchmark suite", {"targets": found}, targets_markdown(found))
+
+    rows = runner.run(specs, on_case=save)
+    save(rows)
+    print(args.out.with_suffix(".md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
