@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -64,14 +64,24 @@ def build(spec: str | Path | Source, sizes: dict | None = None, lowering: str | 
     ctx = PassContext(checked, size_symbols(checked))
     run_pipeline(optimized, ctx)
     plan = select(optimized, {**checked.sizes, **_design_sizes(sizes, checked)}, lowering)
-    spec_hash = "sha256:" + hashlib.sha256(f"{__version__}\n{format_spec(tree)}\n{plan.lowering}".encode()).hexdigest()[:16]
-    comp = Compilation(src, tree, checked, ir, optimized, plan, ctx.log, spec_hash=spec_hash)
-    comp.torch_source = emit_torch(checked, plan, optimized)
-    kernels, triton_lowering = emit_triton(checked, plan, optimized)
-    comp.triton_source = triton_header(checked, spec_hash, __version__) + kernels
-    comp.module_source = (header(checked, plan, spec_hash, __version__) + "\n\n# " + "-" * 70 + " torch backend\n"
+    return _emit(Compilation(src, tree, checked, ir, optimized, plan, ctx.log))
+
+
+def relower(comp: Compilation, lowering: str) -> Compilation:
+    """The same analysed spec with another of its lowerings: selection and emission only."""
+    return _emit(replace(comp, plan=select(comp.optimized, comp.plan.sizes, lowering)))
+
+
+def _emit(comp: Compilation) -> Compilation:
+    checked, plan = comp.checked, comp.plan
+    comp.spec_hash = "sha256:" + hashlib.sha256(
+        f"{__version__}\n{format_spec(comp.ast)}\n{plan.lowering}".encode()).hexdigest()[:16]
+    comp.torch_source = emit_torch(checked, plan, comp.optimized)
+    kernels, triton_lowering = emit_triton(checked, plan, comp.optimized)
+    comp.triton_source = triton_header(checked, comp.spec_hash, __version__) + kernels
+    comp.module_source = (header(checked, plan, comp.spec_hash, __version__) + "\n\n# " + "-" * 70 + " torch backend\n"
                           + comp.torch_source + "\n\n# " + "-" * 70 + " triton backend\n" + triton_entry(checked)
-                          + "\n\n" + module_class(checked, plan, spec_hash, triton_lowering))
+                          + "\n\n" + module_class(checked, plan, comp.spec_hash, triton_lowering))
     return comp
 
 
@@ -96,13 +106,15 @@ def generated_files(comp: Compilation) -> dict[str, str]:
     return {f"{name}.py": comp.module_source, f"{name}_triton.py": comp.triton_source}
 
 
-def compile(spec: str | Path, backend: str = "auto", sizes: dict | None = None, lowering: str | None = None):
-    """Compile a spec (path or text) to an nn.Module class; instantiate it with sizes / backend.
+def compile(spec: str | Path | Compilation, backend: str = "auto", sizes: dict | None = None,
+            lowering: str | None = None):
+    """Compile a spec (path, text, or a Compilation from `build`) to an nn.Module class; instantiate
+    it with sizes / backend.
 
     >>> Attn = attncc.compile("examples/causal.attn")
     >>> out = Attn()(q, k, v)            # q, k, v: [batch, heads, tokens, dim]
     """
-    comp = build(spec, sizes, lowering)
+    comp = spec if isinstance(spec, Compilation) else build(spec, sizes, lowering)
     module = load_module(comp.checked.name, generated_files(comp))
     base = module.Module
     cls = type(comp.checked.name, (base,), {"checked": comp.checked, "compilation": comp,

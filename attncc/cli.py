@@ -30,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--lowering")
     k.add_argument("--seed", type=int, default=0)
     f = sub.add_parser("fuzz", help="random masks and biases (or your spec family with ?? holes) vs the reference")
-    f.add_argument("specs", nargs="*", help="specs or families with `??` holes (default: a random mask + bias family)")
+    f.add_argument("specs", nargs="*", help="specs or families with `??`, `??grid(w)`, `??ring(w)` holes (default: mask + bias, "
+                   "grid and ring families)")
     f.add_argument("--examples", type=int, default=200)
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--out", default="fuzz-failure.attn", help="where a shrunk failing spec is written")

@@ -71,13 +71,13 @@ def floormod(a, b):
 
 
 def popcount(x: torch.Tensor) -> torch.Tensor:
-    """Number of set bits of the 32-bit two's complement pattern of x."""
+    """Number of set bits of the 32-bit two's complement pattern of x (SWAR: bits summed in pairs,
+    nibbles, then bytes, in int64 so that nothing overflows)."""
     x = x.long() & 0xFFFFFFFF
-    count = torch.zeros_like(x)
-    for _ in range(32):
-        count += x & 1
-        x = x >> 1
-    return count.int()
+    x = x - ((x >> 1) & 0x55555555)
+    x = (x & 0x33333333) + ((x >> 2) & 0x33333333)
+    x = (x + (x >> 4)) & 0x0F0F0F0F
+    return ((x * 0x01010101) >> 24 & 0xFF).int()
 
 
 def _binary(op: str, a: torch.Tensor, b: torch.Tensor, float_dtype: torch.dtype) -> torch.Tensor:

@@ -43,44 +43,58 @@ def _product(a: torch.Tensor):
     return lambda x: csr @ x
 
 
-def apply_kernel(kind: str, adj: torch.Tensor, options: dict, x: torch.Tensor) -> torch.Tensor:
-    """G x for one graph adj [N, N] and x [N, C], through products with A only.
+def kernel_operator(kind: str, adj: torch.Tensor, options: dict, dtype: torch.dtype):
+    """x [N, C] -> G x for one graph adj [N, N], through products with A only (A converted, to CSR
+    when sparse, once per operator rather than once per product).
 
     diffusion: the Taylor series sum_s (t A)^s x / s!, summed until a term is below the rounding of
     the sum (A >= 0 is the usual case; then every term has the sign pattern of A^s |x| and nothing
     cancels). walks: Horner's rule, `steps` products."""
-    a = adj.to(x.dtype)
+    a = adj.to(dtype)
     times = _product(a)
     if kind == "walks":
-        y = x
-        for _ in range(int(options["steps"])):
-            y = x + options["decay"] * times(y)
-        return y
+        def walks(x):
+            y = x
+            for _ in range(int(options["steps"])):
+                y = x + options["decay"] * times(y)
+            return y
+        return walks
     t = options["t"]
     if torch.compiler.is_compiling():  # the series' length depends on A's values: one graph forms G instead
-        return dense_kernel(kind, a, options) @ x
+        g = dense_kernel(kind, a, options)
+        return lambda x: g @ x
     norm = float(a.detach().abs().sum(-1).max()) if a.numel() else 0.0  # the series' length: not differentiated
     limit = 30 + 3 * math.ceil(abs(t) * norm)
-    tiny = torch.finfo(x.dtype).eps
-    term, y = x, x
-    for s in range(1, limit + 1):
-        term = times(term) * (t / s)
-        y = y + term
-        if float(term.detach().abs().max()) <= tiny * float(y.detach().abs().max()):
-            break
-    return y
+    tiny = torch.finfo(dtype).eps
+
+    def diffusion(x):
+        term, y = x, x
+        for s in range(1, limit + 1):
+            term = times(term) * (t / s)
+            y = y + term
+            if float(term.detach().abs().max()) <= tiny * float(y.detach().abs().max()):
+                break
+        return y
+    return diffusion
 
 
-def graph_attention_transform(kind: str, adj: torch.Tensor, options: dict):
-    """u [.., B, H, C, N] -> G u over the token axis, per batch element when adj is [B, N, N]."""
-    def transform(u):
+def apply_kernel(kind: str, adj: torch.Tensor, options: dict, x: torch.Tensor) -> torch.Tensor:
+    """G x for one graph adj [N, N] and x [N, C] (kernel_operator)."""
+    return kernel_operator(kind, adj, options, x.dtype)(x)
+
+
+def graph_attention_transform(kind: str, adj: torch.Tensor, options: dict, dtype: torch.dtype):
+    """u [.., B, H, C, N] -> G u over the token axis, per batch element when adj is [B, N, N]. The
+    columns go to the products as a row-major [N, C] block (what CSR products stream fastest)."""
+    graphs = [adj] if adj.dim() == 2 else list(adj)
+    operators = [kernel_operator(kind, a, options, dtype) for a in graphs]
+
+    def apply(op, u):
         n = u.shape[-1]
+        return op(u.reshape(-1, n).T.contiguous()).T.reshape(u.shape)
+
+    def transform(u):
         if adj.dim() == 2:
-            x = u.reshape(-1, n).T
-            return apply_kernel(kind, adj, options, x).T.reshape(u.shape)
-        parts = []
-        for b in range(u.shape[-4]):
-            ub = u.select(-4, b)
-            parts.append(apply_kernel(kind, adj[b], options, ub.reshape(-1, n).T).T.reshape(ub.shape))
-        return torch.stack(parts, -4)
+            return apply(operators[0], u)
+        return torch.stack([apply(op, u.select(-4, b)) for b, op in enumerate(operators)], -4)
     return transform

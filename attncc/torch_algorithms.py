@@ -6,7 +6,7 @@ an N x N buffer except one query chunk at a time (tiled) or not at all (linear, 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -252,24 +252,40 @@ def _decayed_chunks(qc, kc, vc, gamma, initial=None):
     return torch.stack(nums, 2), torch.stack(dens, 2)[..., 0]
 
 
-def _kernel_sums(pq, pk, v, transform: Callable, *, normalize: str, eps: float, cells: int,
-                 budget: int = 1 << 22) -> torch.Tensor:
-    """num_i = sum_l phi(q_i)_l [T (phi(K)_l o [V, 1])]_i for a linear map T over key tokens given as
-    `transform` ([.., N] -> [.., Nq], applied to every (feature, value column) at once), then the
-    normalization. Features go in groups whose largest buffer (`cells` elements per column) stays
-    within `budget` elements: small enough to stay in cache, which matters more on CPUs than the
-    number of calls."""
+GROUP_BUDGET = 1 << 22  # elements of one feature group's largest buffer on CPUs (stays in cache)
+GPU_GROUP_BUDGET = 1 << 26  # on GPUs: few, large groups (launches and re-reads cost more than memory)
+# Feature columns per step of the Triton contraction kernels: one on GPUs (registers hold a
+# [BLOCK_M, BLOCK_L, BLOCK_E] tile per corner), many on the CPU, where Triton's interpreter pays per step.
+GPU_FEATURE_TILE, CPU_FEATURE_TILE = 1, 16
+
+
+def kernel_products(pk, v, transform: Callable, *, cells: int, budget: int = GROUP_BUDGET):
+    """Yield (l0, y) with y [ml, B, H, E+1, Nq] = T (phi(K)_l o [V, 1]) for the features l0 .. l0+ml-1:
+    a linear map T over key tokens (`transform`, [.., N] -> [.., Nq]) applied to every (feature, value
+    column) of one group at once. Groups are sized so that the largest buffer (`cells` elements per
+    column) stays within `budget` elements."""
     dtype = compute_dtype(v)
-    B, H, Nq, m = pq.shape
+    B, H, _, m = pk.shape
     E = v.shape[-1]
     ones = torch.ones(*v.shape[:-1], 1, dtype=dtype, device=v.device)
     v1 = torch.cat([v.to(dtype), ones], -1).transpose(-1, -2)  # [B, H, E+1, N]
-    pq, pk = pq.to(dtype).permute(3, 0, 1, 2), pk.to(dtype).permute(3, 0, 1, 2)  # [m, B, H, tokens]
+    pk = pk.to(dtype).permute(3, 0, 1, 2)  # [m, B, H, N]
     group = max(1, budget // max(1, B * H * (E + 1) * cells))
-    out = torch.zeros(B, H, E + 1, Nq, dtype=dtype, device=v.device)
     for l0 in range(0, m, group):
-        y = transform(pk[l0:l0 + group, :, :, None, :] * v1)  # [ml, B, H, E+1, Nq]
-        out = out + (pq[l0:l0 + group, :, :, None, :] * y).sum(0)
+        yield l0, transform(pk[l0:l0 + group, :, :, None, :] * v1)
+
+
+def _kernel_sums(pq, pk, v, transform: Callable, *, normalize: str, eps: float, cells: int) -> torch.Tensor:
+    """num_i = sum_l phi(q_i)_l [T (phi(K)_l o [V, 1])]_i (kernel_products), then the normalization.
+    Features go in groups small enough to stay in cache, which matters more on CPUs than the number
+    of calls."""
+    dtype = compute_dtype(v)
+    B, H, Nq, _ = pq.shape
+    E = v.shape[-1]
+    pq = pq.to(dtype).permute(3, 0, 1, 2)  # [m, B, H, Nq]
+    out = torch.zeros(B, H, E + 1, Nq, dtype=dtype, device=v.device)
+    for l0, y in kernel_products(pk, v, transform, cells=cells):
+        out = out + (pq[l0:l0 + y.shape[0], :, :, None, :] * y).sum(0)
     out = out.transpose(-1, -2)
     return _finish(out[..., :E], out[..., E], normalize, eps).to(v.dtype)
 
@@ -278,31 +294,40 @@ def fft_length(n: int) -> int:
     return 1 << math.ceil(math.log2(max(2, n)))
 
 
-def toeplitz_attention(pq, pk, v, f, *, normalize: str, eps: float) -> torch.Tensor:
-    """num_i = sum_l phi(q_i)_l sum_j f(i - j) phi(k_j)_l [v_j, 1]: one linear convolution over tokens
-    per (feature, value column), by FFT on a zero-padded (circulant-embedded) length.
-
-    f: [1|B, 1|H, Nq + N - 1] holding f(d) for d = -(N-1) .. Nq-1.
-    """
-    Nq, N = pq.shape[2], pk.shape[2]
-    # outputs need g[n - j] for 0 <= n - j <= Nq + N - 2 only: a circular length >= Nq + N - 1 never wraps
-    n_fft = fft_length(Nq + N - 1)
-    g = torch.fft.rfft(f.to(compute_dtype(v)), n=n_fft, dim=-1)[:, :, None, :]  # [1|B, 1|H, 1, F]
+def toeplitz_transform(f, nq: int, n: int, dtype) -> tuple[Callable, int]:
+    """(T, cells): T u = sum_j f(i - j) u_j for i < nq, j < n (a linear convolution over tokens) by
+    FFT on a zero-padded (circulant-embedded) length; f: [1|B, 1|H, nq + n - 1] holding f(d) for
+    d = -(n-1) .. nq-1."""
+    # outputs need g[t - j] for 0 <= t - j <= nq + n - 2 only: a circular length >= nq + n - 1 never wraps
+    n_fft = fft_length(nq + n - 1)
+    g = torch.fft.rfft(f.to(dtype), n=n_fft, dim=-1)[:, :, None, :]  # [1|B, 1|H, 1, F]
 
     def convolve(u):
-        return torch.fft.irfft(torch.fft.rfft(u, n=n_fft, dim=-1) * g, n=n_fft, dim=-1)[..., N - 1:N - 1 + Nq]
-    return _kernel_sums(pq, pk, v, convolve, normalize=normalize, eps=eps, cells=n_fft)
+        return torch.fft.irfft(torch.fft.rfft(u, n=n_fft, dim=-1) * g, n=n_fft, dim=-1)[..., n - 1:n - 1 + nq]
+    return convolve, n_fft
+
+
+def toeplitz_attention(pq, pk, v, f, *, normalize: str, eps: float) -> torch.Tensor:
+    """num_i = sum_l phi(q_i)_l sum_j f(i - j) phi(k_j)_l [v_j, 1]: one linear convolution over tokens
+    per (feature, value column), by FFT (toeplitz_transform)."""
+    transform, cells = toeplitz_transform(f, pq.shape[2], pk.shape[2], compute_dtype(v))
+    return _kernel_sums(pq, pk, v, transform, normalize=normalize, eps=eps, cells=cells)
+
+
+def graph_transform(adj, kind: str, options: dict, nq: int, n: int, dtype) -> tuple[Callable, int]:
+    """(T, cells): T u = G u for the graph kernel G of adj (attncc.graphs), through products with adj
+    (sparse when adj is); G is never formed."""
+    from .graphs import graph_attention_transform
+    if nq != n:
+        raise ShapeError(f"a graph kernel relates tokens to tokens: queries ({nq}) and keys ({n}) must be "
+                         "the same tokens")
+    return graph_attention_transform(kind, adj, options, dtype), n
 
 
 def graph_attention(pq, pk, v, adj, kind: str, options: dict, *, normalize: str, eps: float) -> torch.Tensor:
-    """W = G o phi(Q) phi(K)^T for a graph kernel G of adj (attncc.graphs): the m (e + 1) products
-    G (phi(K)_l o [V, 1]) go through products with adj (sparse when adj is), G is never formed."""
-    from .graphs import graph_attention_transform
-    if pq.shape[2] != pk.shape[2]:
-        raise ShapeError(f"a graph kernel relates tokens to tokens: queries ({pq.shape[2]}) and keys "
-                         f"({pk.shape[2]}) must be the same tokens")
-    return _kernel_sums(pq, pk, v, graph_attention_transform(kind, adj, options), normalize=normalize, eps=eps,
-                        cells=pk.shape[2])
+    """W = G o phi(Q) phi(K)^T for a graph kernel G of adj: the m (e + 1) products G (phi(K)_l o [V, 1])."""
+    transform, cells = graph_transform(adj, kind, options, pq.shape[2], pk.shape[2], compute_dtype(v))
+    return _kernel_sums(pq, pk, v, transform, normalize=normalize, eps=eps, cells=cells)
 
 
 def offset_pairs(dr, dc, width):
@@ -324,21 +349,26 @@ def grid_offsets(nq: int, n: int, width: int, device=None):
     return dr, dc
 
 
-def grid_toeplitz_attention(pq, pk, v, f, width: int, *, normalize: str, eps: float) -> torch.Tensor:
-    """Tokens row-major on a grid of `width` columns, f(dr, dc) 2-level block Toeplitz: every T_f
-    product is a 2-D linear convolution of the key grid (zero-padded past N) with f, by 2-D FFT.
+def grid_transform(f, nq: int, n: int, width: int, dtype) -> tuple[Callable, int]:
+    """(T, cells): tokens row-major on a grid of `width` columns, T u = sum_j f(dr, dc) u_j, a 2-D
+    linear convolution of the key grid (zero-padded past n) with f, by 2-D FFT.
 
-    f: [1|B, 1|H, Rk + Rq - 1, 2 w - 1] holding f(dr, dc) on grid_offsets(Nq, N, w)."""
-    Nq, N = pq.shape[2], pk.shape[2]
-    rq, rk = -(-Nq // width), -(-N // width)
+    f: [1|B, 1|H, Rk + Rq - 1, 2 w - 1] holding f(dr, dc) on grid_offsets(nq, n, w)."""
+    rq, rk = -(-nq // width), -(-n // width)
     shape = (fft_length(rq + rk - 1), fft_length(2 * width - 1))
-    g = torch.fft.rfft2(f.to(compute_dtype(v)), s=shape)[:, :, None]  # [1|B, 1|H, 1, Fr, Fc]
+    g = torch.fft.rfft2(f.to(dtype), s=shape)[:, :, None]  # [1|B, 1|H, 1, Fr, Fc]
 
     def convolve(u):
-        grid = torch.nn.functional.pad(u, (0, rk * width - N)).unflatten(-1, (rk, width))
+        grid = torch.nn.functional.pad(u, (0, rk * width - n)).unflatten(-1, (rk, width))
         y = torch.fft.irfft2(torch.fft.rfft2(grid, s=shape) * g, s=shape)
-        return y[..., rk - 1:rk - 1 + rq, width - 1:2 * width - 1].flatten(-2)[..., :Nq]
-    return _kernel_sums(pq, pk, v, convolve, normalize=normalize, eps=eps, cells=shape[0] * shape[1])
+        return y[..., rk - 1:rk - 1 + rq, width - 1:2 * width - 1].flatten(-2)[..., :nq]
+    return convolve, shape[0] * shape[1]
+
+
+def grid_toeplitz_attention(pq, pk, v, f, width: int, *, normalize: str, eps: float) -> torch.Tensor:
+    """f(dr, dc) 2-level block Toeplitz: every T_f product is a 2-D FFT convolution (grid_transform)."""
+    transform, cells = grid_transform(f, pq.shape[2], pk.shape[2], width, compute_dtype(v))
+    return _kernel_sums(pq, pk, v, transform, normalize=normalize, eps=eps, cells=cells)
 
 
 def ring_coordinates(t, width: int, metric: str):
@@ -354,6 +384,39 @@ def ring_extent(nq: int, n: int, width: int, metric: str) -> int:
     return max(rows, width - 1) if metric == "chebyshev" else rows + width - 1
 
 
+@dataclass(frozen=True)
+class RingGeometry:
+    """Keys on the (rows + 1) x (cols + 1) summed-area table of the ring plane (ring_coordinates):
+    key j sits at cell (a_j + 1) (cols + 1) + b_j + 1; a query's coordinates are (a_q, b_q)."""
+    rows: int
+    cols: int
+    cell: torch.Tensor
+    a_q: torch.Tensor
+    b_q: torch.Tensor
+
+    @property
+    def cells(self) -> int:
+        return (self.rows + 1) * (self.cols + 1)
+
+
+def ring_geometry(nq: int, n: int, width: int, metric: str, device=None) -> RingGeometry:
+    a_k, b_k = ring_coordinates(torch.arange(n, device=device), width, metric)
+    # the largest (a, b) of a key, from n alone: no data-dependent size (torch.compile keeps one graph)
+    rows, cols = ((n - 1) // width + 1, min(n, width)) if metric == "chebyshev" else (-(-n // width) + width - 1,) * 2
+    a_q, b_q = ring_coordinates(torch.arange(nq, device=device), width, metric)
+    return RingGeometry(rows, cols, a_k * (cols + 1) + b_k + cols + 2, a_q, b_q)
+
+
+def summed_area_table(u, geo: RingGeometry, dim: int = -1) -> torch.Tensor:
+    """u [.., N, ..] (tokens along `dim`) -> its summed-area table [.., cells, ..] on the ring plane:
+    entry (A, B) holds the sum of the keys with a_j < A and b_j < B."""
+    dim = dim % u.dim()
+    shape = list(u.shape)
+    shape[dim] = geo.cells
+    table = u.new_zeros(shape).index_copy(dim, geo.cell, u)
+    return table.unflatten(dim, (geo.rows + 1, geo.cols + 1)).cumsum(dim).cumsum(dim + 1).flatten(dim, dim + 1)
+
+
 def ring_attention(pq, pk, v, g, width: int, metric: str, *, normalize: str, eps: float) -> torch.Tensor:
     """f(i, j) = g(i, rho(i, j)) with rho a ring distance on a grid of `width` columns (ripple):
 
@@ -363,13 +426,8 @@ def ring_attention(pq, pk, v, g, width: int, metric: str, *, normalize: str, eps
     g(i, rho) = g(i, T) for rho >= T (the last column of g). O(N T m e) after an O(N m e) table.
 
     g: [1|B, 1|H, Nq, T + 1] holding g(i, rho) for rho = 0 .. T."""
-    Nq, N = pq.shape[2], pk.shape[2]
-    device = v.device
-    a_k, b_k = ring_coordinates(torch.arange(N, device=device), width, metric)
-    # the largest (a, b) of a key, from N alone: no data-dependent size (torch.compile keeps one graph)
-    rows, cols = ((N - 1) // width + 1, min(N, width)) if metric == "chebyshev" else (-(-N // width) + width - 1,) * 2
-    cell = a_k * (cols + 1) + b_k + cols + 2  # (a + 1, b + 1) of the (rows + 1) x (cols + 1) table
-    a_q, b_q = ring_coordinates(torch.arange(Nq, device=device), width, metric)
+    geo = ring_geometry(pq.shape[2], pk.shape[2], width, metric, v.device)
+    rows, cols = geo.rows, geo.cols
     g = g.to(compute_dtype(v))
     T = g.shape[-1] - 1
     weights = [(g[..., r] - g[..., r + 1]).unsqueeze(-2) for r in range(T)] + [g[..., T].unsqueeze(-2)]  # [.., 1, Nq]
@@ -378,16 +436,15 @@ def ring_attention(pq, pk, v, g, width: int, metric: str, *, normalize: str, eps
         return a.clamp(0, rows) * (cols + 1) + b.clamp(0, cols)
 
     def ring_sums(u):
-        table = u.new_zeros(*u.shape[:-1], (rows + 1) * (cols + 1)).index_copy(-1, cell, u)
-        table = table.unflatten(-1, (rows + 1, cols + 1)).cumsum(-2).cumsum(-1).flatten(-2)
+        table = summed_area_table(u, geo)
         y = weights[T] * table[..., -1:]  # every key, at the saturated weight
         for r in range(T):
-            a0, a1, b0, b1 = a_q - r, a_q + r + 1, b_q - r, b_q + r + 1
+            a0, a1, b0, b1 = geo.a_q - r, geo.a_q + r + 1, geo.b_q - r, geo.b_q + r + 1
             box = (table[..., corner(a1, b1)] - table[..., corner(a0, b1)] - table[..., corner(a1, b0)]
                    + table[..., corner(a0, b0)])
             y = y + weights[r] * box
         return y
-    return _kernel_sums(pq, pk, v, ring_sums, normalize=normalize, eps=eps, cells=(rows + 1) * (cols + 1) + Nq)
+    return _kernel_sums(pq, pk, v, ring_sums, normalize=normalize, eps=eps, cells=geo.cells + pq.shape[2])
 
 
 class _RecomputeBackward(torch.autograd.Function):

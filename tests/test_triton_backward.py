@@ -91,7 +91,9 @@ def test_specs_without_backward_kernels_recompute_through_torch():
     power = "attention p { score(i, j) = (dot(q[i], k[j]) * 0.1) ** (dot(q[i], k[j]) * 0.1) }"
     for source, lowering, backward in ((spec, "linear_chunked", "recomputation through the torch backend"),
                                        (power, "tiled", "recomputation through the torch backend's autograd (a power"),
-                                       ("toeplitz_linear", "fft", "torch autograd")):
+                                       ("toeplitz_linear", "fft", "recomputation through the torch backend's "
+                                        "autograd (no backward kernel for the fft lowering)"),
+                                       ("lara", "lara", "torch autograd")):
         assert f"backward: {backward}" in _compile(source, lowering).TRITON_LOWERING
     cls = _compile(spec, "linear_chunked")
     module = make_module(cls, 2, 8, 8)
@@ -123,8 +125,10 @@ def test_inspect_says_which_backward(capsys):
     from attncc.cli import main
     main(["inspect", str(ROOT / "examples" / "alibi.attn")])
     assert "triton backward: generated Triton kernels (FlashAttention-2" in capsys.readouterr().out
-    main(["inspect", str(ROOT / "examples" / "toeplitz_linear.attn"), "--lowering", "fft"])
+    main(["inspect", str(ROOT / "examples" / "lara.attn")])
     assert "triton backward: torch autograd (the forward runs in torch)" in capsys.readouterr().out
+    main(["inspect", str(ROOT / "examples" / "toeplitz_linear.attn"), "--lowering", "fft"])
+    assert "triton backward: recomputation through the torch backend's autograd" in capsys.readouterr().out
 
 
 @pytest.mark.gpu

@@ -5,7 +5,8 @@ Skeletons:
                   softmax: online max/sum (rows with no visible key give 0); rows/none: running sums.
   linear          state pass S = phi(K)^T V, z = phi(K)^T 1 per (b, h); output pass phi(Q) S / (phi(Q) z + eps).
   linear_chunked  one program per (b, h) walks chunks: masked quadratic inside, carried state across.
-  fft             no Triton kernel: the generated launcher runs the torch backend (torch.fft).
+  fft, fft2, graph, rings   the transforms in torch, the contraction (and ring box reads) in Triton:
+                  see triton_structured.py.
 Holes: the score/weight and mask expressions over tiles (i = offs_m[:, None], j = offs_n[None, :],
 h = off_h), feature maps, table loads (indices clamped into range). Backward: generated kernels where
 triton_backward.py has them, else recomputation through the torch backend's autograd.
@@ -23,11 +24,8 @@ from .triton_approx import emit_mra_kernel, mra_triton_block
 from .writer import CodeWriter
 
 BIG = 1 << 30
-TORCH_ONLY = {"mra": "MRA-2 with a block that no Triton tile matches (16 .. 128, a power of two)", "lara": "LARA (landmark products)",
-              "ra": "RA (sampling and per-sample softmax)", "fft": "the FFT convolution (torch.fft)",
-              "fft2": "the 2-D FFT convolution (torch.fft.rfft2)",
-              "rings": "the summed-area tables and their box reads",
-              "graph": "the products with the adjacency (torch.sparse)",
+TORCH_ONLY = {"mra": "MRA-2 with a block that no Triton tile matches (16 .. 128, a power of two)",
+              "lara": "LARA (landmark products)", "ra": "RA (sampling and per-sample softmax)",
               "ista": "each unrolled ISTA step (batched m x m matmuls)"}
 
 HELPERS = {
@@ -507,12 +505,15 @@ def emit_triton(spec: CheckedSpec, plan: Plan, graph: Graph) -> tuple[str, str]:
                           f"part in torch); backward: {backward_line(spec, plan)}")
     if plan.lowering in TORCH_ONLY:
         w.line(f"# No Triton kernel for this lowering: {TORCH_ONLY[plan.lowering]} runs through torch")
-        w.line("# (cuFFT / cumsum and gathers on GPU), exactly as in the torch backend.")
+        w.line("# (the same torch ops, on the GPU when the inputs are there), exactly as in the torch backend.")
         with w.block("def forward_triton(self, q, k, v, ctx, host):"):
             w.line("return host.forward_torch(self, q, k, v, ctx)")
         return w.text(), f"{plan.lowering} via torch ({TORCH_ONLY[plan.lowering]}; no Triton kernel); " \
                          f"backward: {backward_line(spec, plan)}"
-    if plan.lowering in ("tiled", "block_sparse"):
+    from .triton_structured import TORCH_PART, emit_structured  # it builds on this module's helpers
+    if plan.lowering in TORCH_PART:
+        description = emit_structured(w, spec, plan, graph, _row_feature, _feature_fn)
+    elif plan.lowering in ("tiled", "block_sparse"):
         exprs = [spec.logits if spec.normalize == "softmax" else spec.weight, spec.mask]
         dims = {n: len(p.shape) for n, p in spec.params.items()}
         kernel = _Kernel(exprs, dims)
