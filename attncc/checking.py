@@ -80,8 +80,9 @@ def compare(module, q, k, v, inputs, backend: str, dtype: torch.dtype, device: s
         module.eval()  # random draws stay fixed: the reference reads this draw
         # a declared approximation selects blocks / draws samples from its inputs: give the
         # reference exactly the (rounded) inputs the backend sees
-        ref = module.reference(*((t.double() for t in cast) if module.APPROX else (q, k, v)), **inputs)
         with torch.no_grad():
+            rounded = [t.to(device=q.device, dtype=torch.float64) for t in cast] if module.APPROX else (q, k, v)
+            ref = module.reference(*rounded, **inputs)
             out = module.to(device)(*cast, **{n: t.to(device) for n, t in inputs.items()})
     finally:  # leave the caller's module as it was
         module.backend = saved

@@ -177,7 +177,6 @@ class CompiledAttention(nn.Module):
         """The current random-feature projection [m, D] of each random map, by name."""
         return {name: getattr(self.random_features, name) for name in self.RANDOM_FEATURES}
 
-    @torch.compiler.disable(reason="a seeded CPU generator draws the features: compile with fullgraph=False, or redraw=0")
     def redraw_features(self) -> None:
         """A fresh draw for every random map: draw t of seed s is the same on every device."""
         for name, (_, opts) in self.RANDOM_FEATURES.items():
@@ -191,7 +190,10 @@ class CompiledAttention(nn.Module):
         maps declared with redraw=1 draw new features first (Performer's redraw per step)."""
         (name, (kind, opts)), = self.RANDOM_FEATURES.items()
         if self.training and opts["redraw"]:
-            self.redraw_features()
+            # wrapped at call time: torch.compiler.disable imports dynamo, which imports triton, and the
+            # CLI must set TRITON_INTERPRET before triton is first imported
+            torch.compiler.disable(self.redraw_features, reason="a seeded CPU generator draws the features: "
+                                   "compile with fullgraph=False, or redraw=0")()
         w = getattr(self.random_features, name)
         return random_features(kind, q, w).to(q.dtype), random_features(kind, k, w).to(k.dtype)
 

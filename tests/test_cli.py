@@ -1,5 +1,8 @@
 """The attncc command line."""
 import ast as pyast
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -49,3 +52,12 @@ def test_check_passes_and_prints_a_table(capsys):
 def test_forced_lowering_that_does_not_apply(capsys):
     assert main(["inspect", SPEC, "--lowering", "fft"]) == 1
     assert "does not apply" in capsys.readouterr().err
+
+
+def test_importing_attncc_leaves_triton_unimported():
+    """`attncc check` on the CPU sets TRITON_INTERPRET after `import attncc` (the console script imports
+    the package first): Triton must not have been imported by then, or its kernels run compiled."""
+    code = "import sys, attncc, attncc.cli; print('triton' in sys.modules)"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "False"
