@@ -54,7 +54,7 @@ def emit_mixed_torch(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
 
 def emit_mixed_triton(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> str:
     from .triton import (HELPERS, _common_args, _feature_fn, _Kernel, _KernelExpr, _launch_common, _launcher_head,
-                         _load_rows, _prologue, _row_feature, _size_arg, _sizes, _tile_dots)
+                         _load_rows, _query_tile, _row_feature, _size_arg, _sizes, _tile_dots)
     form = plan.attrs["mixed"]
     exprs = [form.local, form.local_mask]
     kernel = _Kernel(exprs, {n: len(p.shape) for n, p in spec.params.items()})
@@ -72,10 +72,7 @@ def emit_mixed_triton(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> str:
         w.line("PRECISION: tl.constexpr):")
         w.line(f'"""Chunk-local weights {fmt(form.local)} over the key tiles of the chunks of this query tile,')
         w.line('added to the linear terms\' numerator Num0 and row sums Den0 (fp32, [B*H, Nq, E] and [B*H, Nq])."""')
-        _prologue(w)
-        w.line("offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)")
-        for fm in dict.fromkeys(_row_feature(d.args[0]) for d in dots):
-            _load_rows(w, f"q_{fm or 'raw'}", "Q", "offs_m", "Nq", "offs_d", "D", feature=fm)
+        _query_tile(w, dots)
         w.line("rows = (offs_m[:, None] < Nq) & (offs_e[None, :] < E)")
         w.line("acc = tl.load(Num0 + pid_bh * Nq * E + offs_m[:, None] * E + offs_e[None, :], mask=rows, other=0.0)")
         w.line("l_i = tl.load(Den0 + pid_bh * Nq + offs_m, mask=offs_m < Nq, other=0.0)")

@@ -206,6 +206,14 @@ def _prologue(w: CodeWriter, per_bh_only: bool = False) -> None:
     w.line("offs_e = tl.arange(0, BLOCK_E)")
 
 
+def _query_tile(w: CodeWriter, dots: dict) -> None:
+    """Kernel prologue, then the query tile's rows, once per feature map the dots apply to them."""
+    _prologue(w)
+    w.line("offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)")
+    for fm in dict.fromkeys(_row_feature(d.args[0]) for d in dots):
+        _load_rows(w, f"q_{fm or 'raw'}", "Q", "offs_m", "Nq", "offs_d", "D", feature=fm)
+
+
 def _row_feature(t: TExpr):
     """The elementwise map of a dot side; random-feature rows arrive already mapped (features.py)."""
     return t.value if t.op == "feature" and t.value in FEATURE_MAPS else None
@@ -249,10 +257,7 @@ def emit_tiled_kernel(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Ker
         w.line("PRECISION: tl.constexpr):")
         w.line(f'"""{"softmax" if softmax else spec.normalize} attention over tiles; '
                f'{"logits" if softmax else "weights"} = {fmt(scores)}; mask = {fmt(spec.mask) if spec.mask else "none"}."""')
-        _prologue(w)
-        w.line("offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)")
-        for fm in dict.fromkeys(_row_feature(d.args[0]) for d in dots):
-            _load_rows(w, f"q_{fm or 'raw'}", "Q", "offs_m", "Nq", "offs_d", "D", feature=fm)
+        _query_tile(w, dots)
         w.line("m_i = tl.full([BLOCK_M], float('-inf'), dtype=tl.float32)")
         w.line("l_i = tl.zeros([BLOCK_M], dtype=tl.float32)")
         w.line("acc = tl.zeros([BLOCK_M, BLOCK_E], dtype=tl.float32)")
