@@ -11,14 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from .features import seeded_generator
+from .torch_algorithms import compute_dtype
 
 PRIOR = 5e3  # added to the low-resolution logits of blocks MRA always keeps (first rows/columns, band)
 MRA_EPS = 1e-6  # MRA's normalizer guard, relative to the row's largest term (which is >= 1)
 RA_BUDGET = 1 << 23  # RA: elements of the [B, H, queries, samples, N] scores held at once
-
-
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def normal(shape: tuple, seed: int, draw: int, device) -> torch.Tensor:
