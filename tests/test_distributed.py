@@ -101,6 +101,7 @@ def _worker(rank, rendezvous):
         _check_context_parallel(rank)
         _check_data_parallel(rank, nn.parallel.DistributedDataParallel)
         _check_data_parallel(rank, fully_shard)
+        dist.barrier()  # no rank tears gloo down while the other still has work in flight (it aborts)
     finally:
         dist.destroy_process_group()
 
