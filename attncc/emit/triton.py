@@ -206,6 +206,23 @@ def _prologue(w: CodeWriter, per_bh_only: bool = False) -> None:
     w.line("offs_e = tl.arange(0, BLOCK_E)")
 
 
+# rows a linear kernel loads a chunk of: variable -> (pointer, token bound, column offsets, width, fp32 copy)
+_CHUNK_ROWS = {"pq": ("Q", "Nq", "offs_d", "D", False), "pk": ("K", "N", "offs_d", "D", False),
+               "v": ("V", "N", "offs_e", "E", True), "do": ("DO", "Nq", "offs_e", "E", True)}
+
+
+def _load_chunk(w: CodeWriter, names: tuple[str, ...], fq: str | None = None, fk: str | None = None,
+                first: str = "start") -> None:
+    """The chunk of tokens from `first`: `offs`, then each named row set (q and k through their feature
+    maps fq, fk; values and output gradients upcast to fp32)."""
+    w.line(f"offs = {first} + tl.arange(0, BLOCK)")
+    for name in names:
+        ptr, bound, cols, width, upcast = _CHUNK_ROWS[name]
+        _load_rows(w, name, ptr, "offs", bound, cols, width, feature={"pq": fq, "pk": fk}.get(name))
+        if upcast:
+            w.line(f"{name} = {name}.to(tl.float32)")
+
+
 def _query_tile(w: CodeWriter, dots: dict) -> None:
     """Kernel prologue, then the query tile's rows, once per feature map the dots apply to them."""
     _prologue(w)
@@ -368,11 +385,7 @@ def emit_linear_kernels(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Gra
             if decayed:
                 decay_factors(w)
             with w.block("for start in range(0, tl.maximum(Nq, N), BLOCK):"):
-                w.line("offs = start + tl.arange(0, BLOCK)")
-                _load_rows(w, "pq", "Q", "offs", "Nq", "offs_d", "D", feature=fq)
-                _load_rows(w, "pk", "K", "offs", "N", "offs_d", "D", feature=fk)
-                _load_rows(w, "v", "V", "offs", "N", "offs_e", "E")
-                w.line("v = v.to(tl.float32)")
+                _load_chunk(w, ("pq", "pk", "v"), fq, fk)
                 w.line("a = tl.dot(pq, tl.trans(pk), input_precision=PRECISION)")
                 if decayed:
                     w.line("a = a * within")
@@ -397,10 +410,8 @@ def emit_linear_kernels(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Gra
             w.line("S = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
             w.line("z = tl.zeros([BLOCK_D], dtype=tl.float32)")
             with w.block("for start in range(0, N, BLOCK):"):
-                w.line("offs = start + tl.arange(0, BLOCK)")
-                _load_rows(w, "pk", "K", "offs", "N", "offs_d", "D", feature=fk)
-                _load_rows(w, "v", "V", "offs", "N", "offs_e", "E")
-                w.line("S += tl.dot(tl.trans(pk), v.to(tl.float32), input_precision=PRECISION)")
+                _load_chunk(w, ("pk", "v"), fk=fk)
+                w.line("S += tl.dot(tl.trans(pk), v, input_precision=PRECISION)")
                 w.line("z += tl.sum(pk, 0)")
             w.line("State += pid_bh * BLOCK_D * BLOCK_E")
             w.line("tl.store(State + offs_d[:, None] * BLOCK_E + offs_e[None, :], S)")

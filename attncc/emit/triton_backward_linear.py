@@ -16,7 +16,7 @@ from ..check import CheckedSpec
 from ..features import FEATURE_MAPS
 from ..ir import Graph, expr_of
 from ..select import Plan
-from .triton import _launch_common, _load_rows, _row_feature, carry_state, decay_factors, linear_scalars
+from .triton import _launch_common, _load_chunk, _load_rows, _row_feature, carry_state, decay_factors, linear_scalars
 from .triton_backward import _backward_head, _bwd_args, _bwd_launch, _bwd_prologue, _store
 from .writer import CodeWriter
 
@@ -55,15 +55,6 @@ def _chain(w: CodeWriter, var: str, grad: str, ptr: str, offs: str, limit: str, 
     w.line(f"{var} = {grad} * ({FEATURE_MAPS[feature].triton_grad})")
 
 
-def _load_linear_rows(w: CodeWriter, fq: str, fk: str) -> None:
-    _load_rows(w, "pq", "Q", "offs", "Nq", "offs_d", "D", feature=fq)
-    _load_rows(w, "pk", "K", "offs", "N", "offs_d", "D", feature=fk)
-    _load_rows(w, "v", "V", "offs", "N", "offs_e", "E")
-    w.line("v = v.to(tl.float32)")
-    _load_rows(w, "do", "DO", "offs", "Nq", "offs_e", "E")
-    w.line("do = do.to(tl.float32)")
-
-
 def emit_linear_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) -> None:
     fq, fk = _linear_features(graph)
     causal = plan.lowering == "linear_chunked"
@@ -87,8 +78,7 @@ def emit_linear_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Gr
             w.line("S = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
             w.line("z = tl.zeros([BLOCK_D], dtype=tl.float32)")
             with w.block("for start in range(0, tl.maximum(Nq, N), BLOCK):"):
-                w.line("offs = start + tl.arange(0, BLOCK)")
-                _load_linear_rows(w, fq, fk)
+                _load_chunk(w, ("pq", "pk", "v", "do"), fq, fk)
                 _load_out(w)
                 w.line(f"a = {dot('pq', 'tl.trans(pk)')}")
                 w.line(within)
@@ -112,8 +102,7 @@ def emit_linear_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Gr
             w.line("r = tl.zeros([BLOCK_D], dtype=tl.float32)")
             w.line("chunks = tl.cdiv(tl.maximum(Nq, N), BLOCK)")
             with w.block("for t in range(0, chunks):"):
-                w.line("offs = (chunks - 1 - t) * BLOCK + tl.arange(0, BLOCK)")
-                _load_linear_rows(w, fq, fk)
+                _load_chunk(w, ("pq", "pk", "v", "do"), fq, fk, first="(chunks - 1 - t) * BLOCK")
                 w.line("inv = tl.load(Inv + pid_bh * Nq + offs, mask=offs < Nq, other=0.0)")
                 w.line("dden = tl.load(Dden + pid_bh * Nq + offs, mask=offs < Nq, other=0.0)")
                 w.line("dnum = do * inv[:, None]")
@@ -139,10 +128,7 @@ def emit_linear_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Gr
             w.line("R = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
             w.line("r = tl.zeros([BLOCK_D], dtype=tl.float32)")
             with w.block("for start in range(0, Nq, BLOCK):"):
-                w.line("offs = start + tl.arange(0, BLOCK)")
-                _load_rows(w, "pq", "Q", "offs", "Nq", "offs_d", "D", feature=fq)
-                _load_rows(w, "do", "DO", "offs", "Nq", "offs_e", "E")
-                w.line("do = do.to(tl.float32)")
+                _load_chunk(w, ("pq", "do"), fq)
                 _load_out(w)
                 w.line("den = tl.sum(pq * z[None, :], 1)")
                 _finish_grads(w, spec)
@@ -152,10 +138,7 @@ def emit_linear_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Gr
                 w.line(f"R += {dot('tl.trans(pq)', 'dnum')}")
                 w.line("r += tl.sum(pq * dden[:, None], 0)")
             with w.block("for start in range(0, N, BLOCK):"):
-                w.line("offs = start + tl.arange(0, BLOCK)")
-                _load_rows(w, "pk", "K", "offs", "N", "offs_d", "D", feature=fk)
-                _load_rows(w, "v", "V", "offs", "N", "offs_e", "E")
-                w.line("v = v.to(tl.float32)")
+                _load_chunk(w, ("pk", "v"), fk=fk)
                 w.line(f"dpk = {dot('v', 'tl.trans(R)')} + r[None, :]")
                 w.line(f"dv = {dot('pk', 'R')}")
                 _chain(w, "dk", "dpk", "K", "offs", "N", fk)
