@@ -22,11 +22,7 @@ from __future__ import annotations
 import torch
 
 from .check import CheckedSpec
-
-
-def _unit_columns(x: torch.Tensor) -> torch.Tensor:
-    norms = torch.sqrt((x * x).sum(dim=2, keepdim=True))
-    return x / torch.where(norms == 0, torch.ones_like(norms), norms)
+from .mechanism_algorithms import unit_columns
 
 
 def dense_ista(spec: CheckedSpec, q, k, v, projections: dict | None) -> torch.Tensor:
@@ -36,7 +32,7 @@ def dense_ista(spec: CheckedSpec, q, k, v, projections: dict | None) -> torch.Te
     phi_q = feature_rows(spec, spec.weight.args[0], q.double(), projections).double()
     phi_k = feature_rows(spec, spec.weight.args[1], k.double(), projections).double()
     v = v.double()
-    dictionary, queries = _unit_columns(phi_k), _unit_columns(phi_q)
+    dictionary, queries = unit_columns(phi_k), unit_columns(phi_q)
     gram = dictionary.transpose(-1, -2) @ dictionary
     step = torch.sqrt((gram * gram).sum(dim=(-2, -1), keepdim=True))
     step = torch.where(step == 0, torch.ones_like(step), step)

@@ -86,7 +86,7 @@ def mixed_chunk_attention(q, k, v, ctx, *, chunk: int, local: Callable, mask: Ca
     return _finish(num + lin_num, den + lin_den, normalize, eps).to(v.dtype)
 
 
-def _unit_columns(x: torch.Tensor) -> torch.Tensor:
+def unit_columns(x: torch.Tensor) -> torch.Tensor:
     """x [B, H, n, m] with every column divided by its norm over the n tokens (a zero column stays 0)."""
     norms = torch.linalg.vector_norm(x, dim=2, keepdim=True)
     return x / torch.where(norms == 0, torch.ones_like(norms), norms)
@@ -98,7 +98,7 @@ def ista_attention(pq, pk, v, *, steps: int, lam: float) -> torch.Tensor:
     z_{t+1} = S_{lam/L}(z_t - (G z_t - b) / L). O(N m (m + e) + T m^2 e); no N x N buffer."""
     dtype = compute_dtype(v)
     pq, pk, vv = pq.to(dtype), pk.to(dtype), v.to(dtype)
-    pq, pk = _unit_columns(pq), _unit_columns(pk)
+    pq, pk = unit_columns(pq), unit_columns(pk)
     gram = pk.transpose(-1, -2) @ pk
     b = pk.transpose(-1, -2) @ vv
     step = torch.linalg.matrix_norm(gram).unsqueeze(-1).unsqueeze(-1)
