@@ -18,8 +18,6 @@ exactly. Its `target` is the exact softmax: the approximation's error is measure
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from .expr import FLOAT, VEC, TExpr
 from .features import RANDOM_KWARGS
 
@@ -37,19 +35,6 @@ FLAGS = {"orthogonal", "redraw"}  # 0 or 1
 PLAIN_ONLY = ("mra", "lara", "ra")  # need logits dot(q[i], k[j]) * scale with no mask or bias
 RANDOM = ("favor", "lara", "ra")  # draw random numbers: seeded, redrawn per training call if redraw=1
 FAVOR = "favor"  # the name of the random feature map a favor approximation declares
-
-
-@dataclass(frozen=True)
-class ApproxInfo:
-    method: str
-    kwargs: tuple[tuple[str, object], ...]
-
-    @property
-    def options(self) -> dict:
-        return dict(self.kwargs)
-
-    def __str__(self) -> str:
-        return f"{self.method}(" + ", ".join(f"{k}={v}" for k, v in self.kwargs) + ")"
 
 
 def is_plain_dot_scale(t: TExpr) -> bool:

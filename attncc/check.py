@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from . import ast
-from .approx import (APPROXIMATIONS, CHOICES, COUNTS, FAVOR, FLAGS, PLAIN_ONLY, POSITIVE, ApproxInfo,
-                     favor_weight, is_plain_dot_scale, split_logits)
+from .approx import (APPROXIMATIONS, CHOICES, COUNTS, FAVOR, FLAGS, PLAIN_ONLY, POSITIVE, favor_weight,
+                     is_plain_dot_scale, split_logits)
 from .expr import BOOL, FLOAT, FUNCTIONS, INT, RUNTIME_SIZES, VEC, TExpr, fmt
 from .features import ALL_MAPS, RANDOM_MAPS
 from .graphs import GRAPH_KERNELS
@@ -50,13 +50,9 @@ class InputInfo:
     span: Span
 
 
-@dataclass(frozen=True)
-class GraphInfo:
-    """An input computed from another: a graph kernel of an adjacency input (see graphs.py)."""
-    name: str
-    kind: str
-    adjacency: str
-    kwargs: tuple[tuple[str, float], ...]
+class KeywordOptions:
+    """A checked construct's keyword arguments, `kwargs` (name, value) pairs in order, as a dict."""
+    kwargs: tuple
 
     @property
     def options(self) -> dict:
@@ -64,7 +60,26 @@ class GraphInfo:
 
 
 @dataclass(frozen=True)
-class FeatureInfo:
+class GraphInfo(KeywordOptions):
+    """An input computed from another: a graph kernel of an adjacency input (see graphs.py)."""
+    name: str
+    kind: str
+    adjacency: str
+    kwargs: tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True)
+class ApproxInfo(KeywordOptions):
+    """`approx METHOD(...)`: its method and every option, defaults filled in (see approx.py)."""
+    method: str
+    kwargs: tuple[tuple[str, object], ...]
+
+    def __str__(self) -> str:
+        return f"{self.method}(" + ", ".join(f"{k}={v}" for k, v in self.kwargs) + ")"
+
+
+@dataclass(frozen=True)
+class FeatureInfo(KeywordOptions):
     name: str
     fn: str
     kwargs: tuple[tuple[str, float], ...]
@@ -73,10 +88,6 @@ class FeatureInfo:
     def random(self) -> bool:
         """A random-feature map: it has a projection buffer and is referred to by its declared name."""
         return self.fn in RANDOM_MAPS
-
-    @property
-    def options(self) -> dict:
-        return dict(self.kwargs)
 
     @property
     def out_dim(self) -> int:
