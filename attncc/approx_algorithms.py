@@ -48,8 +48,10 @@ def mra_low_resolution(q: torch.Tensor, k: torch.Tensor, block: int) -> torch.Te
     return (qs / qn[:, None]) @ (ks / kn[:, None]).transpose(-1, -2) * q.shape[-1] ** -0.5
 
 
-def mra_selection(q, k, *, block: int, blocks_per_row: int, first: int, diagonal: int) -> torch.Tensor:
-    """Indices [B, H, K] into the nq x nk blocks (I * nk + J) that get exact scores.
+def mra_selection(q, k, *, block: int, blocks_per_row: int, first: int,
+                  diagonal: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices [B, H, K] into the nq x nk blocks (I * nk + J) that get exact scores, the float64
+    low-resolution logits L [B, H, nq, nk] they were chosen from).
 
     Per (batch, head): the K = blocks_per_row * nq largest of L - rowmax(L) + priors, where the
     priors add PRIOR to the first `first` block rows and columns and to the band |I - J| <= diagonal // 2.
@@ -64,7 +66,7 @@ def mra_selection(q, k, *, block: int, blocks_per_row: int, first: int, diagonal
     if first > 0:
         prior += PRIOR * ((rows < first) | (cols < first))
     keyed = (low - low.amax(-1, keepdim=True) + prior).flatten(-2)
-    return keyed.topk(min(blocks_per_row * nq, nq * nk), dim=-1, sorted=True).indices
+    return keyed.topk(min(blocks_per_row * nq, nq * nk), dim=-1, sorted=True).indices, low
 
 
 def mra_attention(q, k, v, *, block: int, blocks_per_row: int, mode: str, first: int, diagonal: int):
@@ -77,7 +79,7 @@ def mra_attention(q, k, v, *, block: int, blocks_per_row: int, mode: str, first:
     N, E = k.shape[2], v.shape[-1]
     dtype = compute_dtype(q)
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    idx = mra_selection(q, k, block=block, blocks_per_row=blocks_per_row, first=first, diagonal=diagonal)
+    idx, low = mra_selection(q, k, block=block, blocks_per_row=blocks_per_row, first=first, diagonal=diagonal)
     nq, nk = -(-Nq // block), -(-N // block)
     rows, cols = idx // nk, idx % nk  # [B, H, K]
     tiles = lambda x, n, at: torch.gather(F.pad(x, (0, 0, 0, n * block - x.shape[2])).unflatten(2, (n, block)), 2,
@@ -89,7 +91,7 @@ def mra_attention(q, k, v, *, block: int, blocks_per_row: int, mode: str, first:
     top = torch.full((B, H, nq, block), float("-inf"), dtype=dtype, device=q.device)
     top = top.scatter_reduce(2, row_index, scores.amax(-1), "amax")
     if mode == "full":
-        low_top, low_num, low_den = mra_low_part(q, k, v, idx, block)
+        low_top, low_num, low_den = mra_low_part(low.to(dtype), v, idx, block)
         top = torch.maximum(top, low_top[..., None])
     p = torch.exp(scores - torch.gather(top, 2, row_index)[..., None])
     num = torch.zeros(B, H, nq, block, E, dtype=dtype, device=q.device)
@@ -104,14 +106,13 @@ def mra_attention(q, k, v, *, block: int, blocks_per_row: int, mode: str, first:
     return out.flatten(2, 3)[:, :, :Nq]
 
 
-def mra_low_part(q, k, v, idx, block: int):
-    """The unselected blocks of each query block I, relative to their largest logit l_I = max_{J unsel} L_IJ:
+def mra_low_part(low, v, idx, block: int):
+    """The unselected blocks of each query block I, relative to their largest logit l_I = max_{J unsel} L_IJ
+    (low: the low-resolution logits L at the computation's precision):
     (l_I [B, H, nq] (-inf if every block is selected), sum_J e^(L_IJ - l_I) sum_{j in J} v_j [B, H, nq, E],
     sum_J e^(L_IJ - l_I) |J| [B, H, nq])."""
-    B, H = q.shape[:2]
-    low = mra_low_resolution(q, k, block)
-    nq, nk = low.shape[-2:]
-    selected = torch.zeros(B, H, nq * nk, dtype=torch.bool, device=q.device).scatter(2, idx, True)
+    B, H, nq, nk = low.shape
+    selected = torch.zeros(B, H, nq * nk, dtype=torch.bool, device=low.device).scatter(2, idx, True)
     low = low.masked_fill(selected.view(B, H, nq, nk), float("-inf"))
     low_top = low.amax(-1)
     base = torch.where(torch.isfinite(low_top), low_top, torch.zeros_like(low_top))

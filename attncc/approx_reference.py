@@ -16,7 +16,7 @@ def mra_weights(q, k, *, block: int, blocks_per_row: int, mode: str, first: int,
     q, k = q.double(), k.double()
     B, H, Nq, D = q.shape
     N = k.shape[2]
-    idx = mra_selection(q, k, block=block, blocks_per_row=blocks_per_row, first=first, diagonal=diagonal)
+    idx, _ = mra_selection(q, k, block=block, blocks_per_row=blocks_per_row, first=first, diagonal=diagonal)
     nq, nk = -(-Nq // block), -(-N // block)
     selected = torch.zeros(B, H, nq * nk, dtype=torch.bool, device=q.device).scatter(2, idx, True).view(B, H, nq, nk)
     qi = torch.arange(Nq, device=q.device) // block

@@ -82,10 +82,10 @@ def emit_mra_kernel(w: CodeWriter, spec: CheckedSpec) -> None:
             w.line("N, E = k.shape[2], v.shape[3]")
             w.line(f"BLOCK = {opts['block']}")
             w.line("nq, nk = triton.cdiv(Nq, BLOCK), triton.cdiv(N, BLOCK)")
-            w.line(f"idx = ax.mra_selection(q, k, block=BLOCK, blocks_per_row={opts['blocks_per_row']}, "
+            w.line(f"idx, low = ax.mra_selection(q, k, block=BLOCK, blocks_per_row={opts['blocks_per_row']}, "
                    f"first={opts['first']}, diagonal={opts['diagonal']})")
             w.line("row_ptr, cols = ax.mra_csr(idx, nq, nk)")
-            w.line("low_top, low_num, low_den = ax.mra_low_part(q.float(), k.float(), v.float(), idx, BLOCK)")
+            w.line("low_top, low_num, low_den = ax.mra_low_part(low.float(), v.float(), idx, BLOCK)")
             w.line("q, k, v = q.contiguous(), k.contiguous(), v.contiguous()")
             w.line("out = torch.empty(B, H, Nq, E, device=q.device, dtype=q.dtype)")
             w.line("BLOCK_D, BLOCK_E = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(E))")
