@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from attncc import autotune
-from attncc.autotune import CONFIGS, INTERPRETER, Tuner, bucket
+from attncc.runtime import autotune
+from attncc.runtime.autotune import CONFIGS, INTERPRETER, Tuner, bucket
 
 SIZES = dict(BH=64, Nq=3000, N=3000, D=64, E=64)
 FAST = CONFIGS["tiled"][3]

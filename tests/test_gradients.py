@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import attncc
-from attncc.checking import make_module, random_inputs
+from attncc.tools.compare import make_module, random_inputs
 from attncc.cli import main
-from attncc.gradients import TORCH_BACKWARD, torch_backward_line
-from attncc.select import LOWERINGS
+from attncc.plan.gradients import TORCH_BACKWARD, torch_backward_line
+from attncc.plan.select import LOWERINGS
 
 from .conftest import EXAMPLES, ROOT
 from .test_backends import DECAYED, KERNELIZED, MODULATED

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 
-from ..check import DEFAULT_LOGITS, CheckedSpec
-from ..expr import TExpr, fmt
-from ..features import FEATURE_MAPS
-from ..ir import Graph, expr_of
-from ..select import Plan
+from ..frontend.check import DEFAULT_LOGITS, CheckedSpec
+from ..lang.expr import TExpr, fmt
+from ..lang.features import FEATURE_MAPS
+from ..ir.graph import Graph, expr_of
+from ..plan.select import Plan
 from .exprs import TorchExpr, band_bounds, key, name_dots, py_size_expr
 from .writer import CodeWriter
 

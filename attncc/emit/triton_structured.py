@@ -15,9 +15,9 @@ The generated source names the torch part in the launcher.
 """
 from __future__ import annotations
 
-from ..check import CheckedSpec
-from ..ir import Graph, expr_of
-from ..select import Plan
+from ..frontend.check import CheckedSpec
+from ..ir.graph import Graph, expr_of
+from ..plan.select import Plan
 from .exprs import key
 from .writer import CodeWriter
 
