@@ -28,8 +28,10 @@ from dataclasses import dataclass
 import sympy
 import torch
 
+from ..lang.evaluate import evaluate
 from ..lang.expr import BOOL, TExpr, conjuncts, fmt
-from .structure import I, J, classify_mask, to_sympy
+from .kernel import split_kernel
+from .structure import I, J, classify_mask, random_env, to_sympy
 
 ACROSS = ("all", "earlier", "upto", "causal")
 
@@ -139,7 +141,6 @@ def _across(parts: list[TExpr], chunk: TExpr, symbols: dict) -> str | None:
 
 def find_mixed(weight: TExpr, mask: TExpr | None, symbols: dict) -> MixedForm | None:
     """The mixed chunk form of a kernelized weight (see the module docstring), or None."""
-    from .kernel import split_kernel
     mask_parts = conjuncts(mask) if mask is not None else []
     local, linear = [], []
     for term in _terms(weight):
@@ -184,8 +185,6 @@ def _random_dots(shape: tuple, g: torch.Generator):
 def mixed_holds(weight: TExpr, mask: TExpr | None, form: MixedForm, spec, samples: int = 4, seed: int = 0) -> bool:
     """Cross-check: where(mask, weight, 0) equals the reassembled form on random grids, tables and
     dot values (each distinct dot gets its own random [1, H, Nq, N] values)."""
-    from ..lang.evaluate import evaluate
-    from .structure import random_env
     rng, g = random.Random(seed), torch.Generator().manual_seed(seed)
     for _ in range(samples):
         env = random_env(spec, rng, g)

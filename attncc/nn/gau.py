@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..api import compile as compile_spec
+
 FLASH_SPEC = """
 attention flash {
     size c = 256
@@ -42,7 +44,6 @@ class GAU(nn.Module):
     def __init__(self, dim: int, spec: str | Path = FLASH_SPEC, expansion: int = 2, shared_dim: int = 128,
                  backend: str = "auto", **sizes):
         super().__init__()
-        from ..api import compile as compile_spec
         hidden = expansion * dim
         self.dim, self.hidden, self.shared_dim = dim, hidden, shared_dim
         self.to_uv = nn.Linear(dim, 2 * hidden)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..api import compile
 from ..lang.source import AttnccError, ShapeError
 
 
@@ -202,7 +203,6 @@ class AttentionLayer(nn.Module):
 
 
 def _compile(spec):
-    from ..api import compile
     if not isinstance(spec, (str, Path)):
         raise AttnccError(f"layer: expected a spec (path or text) or a class from attncc.compile, got "
                           f"{type(spec).__name__}")

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from ..api import compile as compile_spec
+from ..lang.evaluate import Env, evaluate
 from . import baselines as bl
 
 BASELINES = ("sdpa", "flex", "fla", "naive", "fft")
@@ -74,7 +75,6 @@ def bench_inputs(cls, batch: int, tokens: int, doc_len: int, device) -> dict:
 def reference_mask(module, inputs: dict, batch: int, heads: int, nq: int, n: int, device, rows=None):
     """The spec's mask as the dense reference evaluates it (attncc.evaluate, float32 arithmetic) on
     query rows `rows` (a slice; default all): bool, broadcastable to [B, H, len(rows), N]."""
-    from ..lang.evaluate import Env, evaluate
     d, e = module.fixed.get("D", 1), module.fixed.get("E", 1)  # zero-stride stand-ins for q, k, v
     ctx = module._context(*(torch.zeros((), device=device).expand(batch, heads, t, w)
                             for t, w in ((nq, d), (n, d), (n, e))), inputs)
