@@ -25,7 +25,7 @@ NORMALIZERS = {"softmax": {}, "rows": {"eps": 1e-6}, "none": {}, "ista": ISTA_OP
 INITIALIZERS = {"zeros": {}, "ones": {}, "alibi": {}, "normal": {"std": 0.02, "mean": 0.0},
                 "uniform": {"low": -0.1, "high": 0.1}}
 INPUT_DTYPES = ("int", "float", "bool")
-RESERVED = {"q", "k", "v", "i", "j", "h", "scale", "dot", "true", "false", *RUNTIME_SIZES, *FUNCTIONS, *ALL_MAPS}
+RESERVED = {"q", "k", "v", "i", "j", "h", "scale", "dot", "true", "false", *RUNTIME_SIZES, *FUNCTIONS}
 
 
 # dot(q[i], k[j]) * scale: the logits of plain softmax attention.
@@ -122,7 +122,7 @@ class _Checker(ExprTyper, MechanismChecks):
                 if name in declared:
                     self.bag.error(f"`{name}` is declared twice", s.name_span, "each name is declared once")
                     continue
-                if name in RESERVED:
+                if name in RESERVED or name in ALL_MAPS:  # maps may be registered after import
                     self.bag.error(f"`{name}` is a built-in name and cannot be declared", s.name_span,
                                    "choose another name")
                     continue
