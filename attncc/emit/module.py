@@ -57,6 +57,8 @@ def module_class(spec: CheckedSpec, plan: Plan, spec_hash: str, triton_lowering:
         w.line(f"SPEC_HASH = {spec_hash!r}")
         w.line(f"LOWERING = {plan.lowering!r}")
         w.line(f"TRITON_LOWERING = {triton_lowering!r}")
+        if not plan.entry.forms_graph_tables:
+            w.line("FORMS_GRAPH_TABLES = False  # the lowering applies the graph kernel itself (attncc.plan.registry)")
         w.line("SIZES = {" + ", ".join(f"{key(n)}: {int(v)}" for n, v in spec.sizes.items()) + "}")
         w.line("DERIVED = {" + ", ".join(f"{key(n)}: lambda s: {shape(t)}" for n, t in spec.derived.items()) + "}")
         w.line("DIVISORS = (" + "".join(f"lambda s: {shape(t)}, " for t in spec.divisors) + ")")

@@ -108,6 +108,7 @@ class CompiledAttention(nn.Module):
     POOL = False  # `pool k, v = ...`: the generated `pool_kv` replaces k, v before any backend (attncc/pool.py)
     APPROX = None  # (method, options) of a declared approximation computed by its own algorithm (approx.py)
     TRITON_LOWERING = ""
+    FORMS_GRAPH_TABLES = True  # G = kernel(A) formed as a table before the lowering runs (not: graph)
     checked = None  # the CheckedSpec, attached by attncc.compile (for .reference)
 
     def __init__(self, backend: str = "auto", **sizes):
@@ -283,7 +284,7 @@ class CompiledAttention(nn.Module):
             return self._dense(q, k, v, ctx).to(v.dtype)
         if self.POOL:
             k, v = self.pool_kv(k, v, ctx)
-        if self.LOWERING != "graph":  # lowerings that read G[i, j] as a table get it formed
+        if self.FORMS_GRAPH_TABLES:  # lowerings that read G[i, j] as a table get it formed
             ctx.inputs.update(self.graph_tables(ctx.inputs, ctx.dtype))
         if self.RANDOM_FEATURES:
             q, k = self.featurize(q, k)
