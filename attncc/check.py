@@ -12,9 +12,10 @@ from dataclasses import dataclass, field, replace
 from . import ast
 from .approx import (APPROXIMATIONS, CHOICES, COUNTS, FAVOR, FLAGS, PLAIN_ONLY, POSITIVE, favor_weight,
                      is_plain_dot_scale, split_logits)
-from .expr import BOOL, FLOAT, FUNCTIONS, INT, RUNTIME_SIZES, VEC, TExpr, fmt
+from .expr import BOOL, FLOAT, INT, RUNTIME_SIZES, VEC, TExpr, fmt
 from .features import ALL_MAPS, RANDOM_MAPS
 from .graphs import GRAPH_KERNELS
+from .operators import FUNCTIONS
 from .check_mechanisms import ISTA_OPTIONS, IstaInfo, MechanismChecks
 from .pool import PoolInfo
 from .runtime import RESERVED_ATTRIBUTES

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import sympy
 import torch
 
-from .expr import BOOL, TExpr, conjuncts, fmt
+from .expr import BOOL, TExpr, chain, conjuncts, fmt
 from .structure import I, J, classify_mask, to_sympy
 
 ACROSS = ("all", "earlier", "upto", "causal")
@@ -55,10 +55,6 @@ class MixedForm:
     def describe(self) -> str:
         return (f"chunks of {fmt(self.chunk)}: local {fmt(self.local)}; linear "
                 + "; ".join(t.describe() for t in self.linear))
-
-
-def _terms(t: TExpr) -> list[TExpr]:
-    return _terms(t.args[0]) + _terms(t.args[1]) if t.op == "add" else [t]
 
 
 def _and(parts: list[TExpr]) -> TExpr | None:
@@ -142,7 +138,7 @@ def find_mixed(weight: TExpr, mask: TExpr | None, symbols: dict) -> MixedForm | 
     from .passes.reassociate import split_kernel
     mask_parts = conjuncts(mask) if mask is not None else []
     local, linear = [], []
-    for term in _terms(weight):
+    for term in chain(weight, "add"):
         parts, body = _guard(term)
         chunks = [c for c in map(_same_chunk, parts) if c is not None]
         if chunks:

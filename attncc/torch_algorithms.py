@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from .blocks import within_band  # noqa: F401  (re-exported for generated code)
-from .evaluate import floordiv, floormod, input_lookup, lookup, popcount  # noqa: F401  (re-exported for generated code)
+from .evaluate import input_lookup, lookup  # noqa: F401  (re-exported for generated code)
+from .operators import floordiv, floormod, popcount  # noqa: F401  (re-exported for generated code)
 from .source import ShapeError
 
 QUERY_CHUNK = 256
