@@ -7,19 +7,20 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
-from .ast import Spec, format_spec
-from .check import CheckedSpec, check
+from . import lowerings  # noqa: F401  (each module registers its lowering)
+from .version import __version__
+from .frontend.ast import Spec, format_spec
+from .frontend.check import CheckedSpec, check
 from .emit.module import header, module_class, triton_entry
 from .emit.torch import emit_torch
 from .emit.triton import emit_triton, triton_header
-from .ir import Graph
-from .lower import lower, size_symbols
-from .parse import parse
+from .ir.graph import Graph
+from .ir.lower import lower, size_symbols
+from .frontend.parse import parse
 from .passes import PassContext, run_pipeline
-from .runtime import load_module
-from .select import Plan, select
-from .source import AttnccError, Source
+from .runtime.compiled import RESERVED_ATTRIBUTES, load_module
+from .plan.select import Plan, select
+from .lang.source import AttnccError, Source
 
 
 @dataclass
@@ -36,6 +37,7 @@ class Compilation:
     torch_source: str = ""
     triton_source: str = ""
     module_source: str = ""
+    triton_description: str = ""  # what the Triton backend runs, its backward included (Module.TRITON_LOWERING)
     spec_hash: str = ""
 
 
@@ -58,7 +60,7 @@ def build(spec: str | Path | Source, sizes: dict | None = None, lowering: str | 
     """Run the whole pipeline up to generated source (nothing is imported or executed)."""
     src = spec if isinstance(spec, Source) else read_source(spec)
     tree = parse(src)
-    checked = check(src, tree)
+    checked = check(src, tree, RESERVED_ATTRIBUTES)
     ir = lower(checked)
     optimized = ir.copy()
     ctx = PassContext(checked, size_symbols(checked))
@@ -77,17 +79,17 @@ def _emit(comp: Compilation) -> Compilation:
     comp.spec_hash = "sha256:" + hashlib.sha256(
         f"{__version__}\n{format_spec(comp.ast)}\n{plan.lowering}".encode()).hexdigest()[:16]
     comp.torch_source = emit_torch(checked, plan, comp.optimized)
-    kernels, triton_lowering = emit_triton(checked, plan, comp.optimized)
+    kernels, comp.triton_description = emit_triton(checked, plan, comp.optimized)
     comp.triton_source = triton_header(checked, comp.spec_hash, __version__) + kernels
     comp.module_source = (header(checked, plan, comp.spec_hash, __version__) + "\n\n# " + "-" * 70 + " torch backend\n"
                           + comp.torch_source + "\n\n# " + "-" * 70 + " triton backend\n" + triton_entry(checked)
-                          + "\n\n" + module_class(checked, plan, comp.spec_hash, triton_lowering))
+                          + "\n\n" + module_class(checked, plan, comp.spec_hash, comp.triton_description))
     return comp
 
 
 def _design_sizes(sizes: dict | None, checked: CheckedSpec) -> dict:
     """The sizes the cost model chooses for: run-time sizes (B, H, Nq, N, D, E) and declared ones."""
-    from .select import DESIGN_SIZES
+    from .plan.select import DESIGN_SIZES
     sizes = dict(sizes or {})
     for name, value in sizes.items():
         if name not in DESIGN_SIZES and name not in checked.sizes:

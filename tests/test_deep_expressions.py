@@ -17,7 +17,7 @@ import torch
 
 import attncc
 from attncc.api import build
-from attncc.checking import compare, make_module, random_inputs
+from attncc.tools.compare import compare, make_module, random_inputs
 
 from .conftest import ROOT
 

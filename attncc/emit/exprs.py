@@ -8,8 +8,8 @@ from __future__ import annotations
 import sympy
 from sympy.printing.pycode import PythonCodePrinter
 
-from ..expr import BOOL, FLOAT, TExpr, fmt, fold
-from ..operators import operator_of
+from ..lang.expr import BOOL, FLOAT, TExpr, fold
+from ..lang.operators import fmt, operator_of
 
 
 def literal(t: TExpr) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from ..expr import TExpr, postorder
+from ..lang.expr import TExpr, postorder
 from .exprs import ExprPrinter
 from .writer import CodeWriter
 

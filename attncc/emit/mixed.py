@@ -9,8 +9,9 @@ triton: `_mixed_local`, grid (cdiv(Nq, BLOCK_M), B*H): the key tiles of the chun
 """
 from __future__ import annotations
 
-from ..check import CheckedSpec
-from ..select import Plan
+from ..frontend.check import CheckedSpec
+from ..lang.normalizers import normalizer
+from ..plan.select import Plan
 from .exprs import TorchExpr, brief, name_dots
 from .let import LetScope, let_expr
 from .writer import CodeWriter
@@ -53,8 +54,8 @@ def emit_mixed_torch(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
 
 
 def emit_mixed_triton(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> str:
-    from .triton import (HELPERS, _common_args, _feature_fn, _Kernel, _KernelExpr, _launch_common, _launcher_head,
-                         _load_rows, _query_tile, _row_feature, _size_arg, _sizes, _tile_dots)
+    from .triton import (HELPERS, _common_args, emit_feature_fn, _Kernel, _KernelExpr, _launch_common, _launcher_head,
+                         _load_rows, _query_tile, row_feature, _size_arg, _sizes, _tile_dots)
     form = plan.attrs["mixed"]
     exprs = [form.local, form.local_mask]
     kernel = _Kernel(exprs, {n: len(p.shape) for n, p in spec.params.items()})
@@ -62,8 +63,8 @@ def emit_mixed_triton(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> str:
         w.lines_of(HELPERS[helper])
         w.line()
     dots = name_dots(form.local)
-    for fm in sorted({_row_feature(side) for d in dots for side in d.args} - {None, "identity"}):
-        _feature_fn(w, fm)
+    for fm in sorted({row_feature(side) for d in dots for side in d.args} - {None, "identity"}):
+        emit_feature_fn(w, fm)
     ex = _KernelExpr(dots, {s: _size_arg(s) for s in _sizes(*exprs)})
     extra = "".join(f"{a}, " for a in kernel.arg_names())
     w.line("@triton.jit")
@@ -93,7 +94,7 @@ def emit_mixed_triton(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> str:
             w.line("p = tl.where(valid, s * 1.0, 0.0)  # unnormalized weights, kept in fp32")
             w.line("l_i += tl.sum(p, 1)")
             w.line("acc += tl.dot(p, v.to(tl.float32), input_precision=PRECISION)")
-        if spec.normalize == "rows":
+        if normalizer(spec).divides_by_row_sum:
             w.line("z = l_i + eps")
             w.line("acc = acc / tl.where(z == 0.0, 1.0, z)[:, None]  # nothing to normalize: output 0")
         w.line("tl.store(Out + offs_m[:, None] * stride_om + offs_e[None, :] * stride_od, acc.to(Out.dtype.element_ty), "

@@ -1,9 +1,9 @@
 """Assemble one generated Python module: header, torch section, Triton section, Module class."""
 from __future__ import annotations
 
-from ..check import CheckedSpec
-from ..expr import TExpr
-from ..select import Plan
+from ..frontend.check import CheckedSpec
+from ..lang.expr import TExpr
+from ..plan.select import Plan
 from .exprs import TorchExpr, key, literal
 from .writer import CodeWriter
 
@@ -38,8 +38,9 @@ import sys
 
 import torch
 
-from attncc import approx_algorithms as ax, torch_algorithms as rt
-from attncc.runtime import CompiledAttention, InputSpec, ParamSpec, import_sibling
+from attncc import rt
+from attncc.rt import approx as ax
+from attncc.runtime.compiled import CompiledAttention, InputSpec, ParamSpec, import_sibling
 '''
 
 
@@ -56,6 +57,8 @@ def module_class(spec: CheckedSpec, plan: Plan, spec_hash: str, triton_lowering:
         w.line(f"SPEC_HASH = {spec_hash!r}")
         w.line(f"LOWERING = {plan.lowering!r}")
         w.line(f"TRITON_LOWERING = {triton_lowering!r}")
+        if not plan.entry.forms_graph_tables:
+            w.line("FORMS_GRAPH_TABLES = False  # the lowering applies the graph kernel itself (attncc.plan.registry)")
         w.line("SIZES = {" + ", ".join(f"{key(n)}: {int(v)}" for n, v in spec.sizes.items()) + "}")
         w.line("DERIVED = {" + ", ".join(f"{key(n)}: lambda s: {shape(t)}" for n, t in spec.derived.items()) + "}")
         w.line("DIVISORS = (" + "".join(f"lambda s: {shape(t)}, " for t in spec.divisors) + ")")

@@ -1,13 +1,17 @@
-"""Emit the torch backend: hole functions plus a forward that calls a torch_algorithms skeleton."""
+"""Emit the torch backend: hole functions plus a forward that calls a torch_algorithms skeleton.
+
+The pieces here are shared; each lowering (attncc/lowerings/) composes its own forward from them."""
 from __future__ import annotations
 
+from typing import Callable
 
-from ..check import DEFAULT_LOGITS, CheckedSpec
-from ..expr import TExpr
-from ..features import FEATURE_MAPS
-from ..ir import Graph, expr_of
-from ..select import Plan
-from .exprs import TorchExpr, band_bounds, brief, key, name_dots, py_size_expr
+from ..frontend.check import CheckedSpec
+from ..lang.expr import TExpr
+from ..lang.features import FEATURE_MAPS
+from ..ir.graph import Graph, expr_of
+from ..lang.normalizers import normalizer, pair_scores
+from ..plan.select import Plan
+from .exprs import TorchExpr, band_bounds, brief, name_dots, py_size_expr
 from .let import let_expr
 from .writer import CodeWriter
 
@@ -61,31 +65,32 @@ def emit_pair_holes(w: CodeWriter, name: str, doc: str, value: TExpr, mask_name:
         w.line()
 
 
-def emit_tiled(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
-    scores = spec.logits if spec.normalize == "softmax" else spec.weight
-    emit_pair_holes(w, "scores", f'{"logits" if spec.normalize == "softmax" else "weights"}: {brief(scores)}', scores,
+def emit_score_holes(w: CodeWriter, spec: CheckedSpec) -> str:
+    """The feature maps, `scores` and `mask` holes of a tiled skeleton; returns the skeleton's common arguments."""
+    emit_features(w, feature_maps_used(spec.logits, spec.weight))
+    scores = pair_scores(spec)
+    emit_pair_holes(w, "scores", f"{normalizer(spec).score_name}: {brief(scores)}", scores,
                     "mask", brief(spec.mask) if spec.mask is not None else "", spec.mask)
     mask_arg = "mask" if spec.mask is not None else "None"
-    common = f"scores=scores, mask={mask_arg}, normalize={spec.normalize!r}, eps={spec.eps!r}"
-    if plan.lowering == "block_sparse":
-        emit_block_layout(w, plan)
-        with w.block("def forward_torch(self, q, k, v, ctx):"):
-            w.line("block, layout = self.cached_layout(ctx, block_layout, q.device)")
-            w.line(f"return rt.block_sparse_attention(q, k, v, ctx, layout=layout, block=block, {common})")
-        return
+    return f"scores=scores, mask={mask_arg}, normalize={spec.normalize!r}, eps={spec.eps!r}"
+
+
+def emit_key_range(w: CodeWriter, plan: Plan) -> None:
     with w.block("def key_range(q0, q1, ctx):"):
         w.line(f'"""Keys visible from queries [q0, q1): mask is {plan.mask.describe()}."""')
         for ln in key_range_lines(plan):
             w.line(ln)
     w.line()
-    plain = scores == DEFAULT_LOGITS and plan.mask.kind in ("full", "causal")
+
+
+def emit_tiled_torch(w: CodeWriter, spec: CheckedSpec, plan: Plan, call: Callable[[str], list[str]]) -> None:
+    """Holes, `key_range`, and a `forward_torch` whose body is call(common skeleton arguments)."""
+    common = emit_score_holes(w, spec)
+    emit_key_range(w, plan)
     with w.block("def forward_torch(self, q, k, v, ctx):"):
         random_features_note(w, spec)
-        if plain and spec.normalize == "softmax":
-            w.line("# plain softmax(q k^T / sqrt(d)) with a full or causal mask: torch's fused SDPA kernels")
-            w.line(f"return rt.sdpa_attention(q, k, v, causal={plan.mask.kind == 'causal'})")
-            return
-        w.line(f"return rt.tiled_attention(q, k, v, ctx, key_range=key_range, {common})")
+        for line in call(common):
+            w.line(line)
 
 
 def emit_block_layout(w: CodeWriter, plan: Plan) -> None:
@@ -105,27 +110,26 @@ def emit_block_layout(w: CodeWriter, plan: Plan) -> None:
     w.line()
 
 
-def emit_linear(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) -> None:
+def kernel_factors(graph: Graph) -> list:
+    """The operands of the output's kernelized attend node: phi(q), phi(k), then its factors."""
     (out,) = graph.operands(graph.output)
-    ops = graph.operands(out)
-    phi_q, phi_k = expr_of(graph, ops[0]), expr_of(graph, ops[1])
+    return [expr_of(graph, o) for o in graph.operands(out)]
+
+
+def emit_kernelized(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph,
+                    tables: Callable[[CodeWriter, list], None] | None,
+                    body: Callable[[CodeWriter, str], None]) -> None:
+    """Feature maps, the lowering's own tables (tables(w, operand exprs)), the modulation / decay
+    factors, then `forward_torch` with pq, pk formed and the lowering's body(w, common arguments)."""
+    exprs = kernel_factors(graph)
+    emit_features(w, feature_maps_used(*exprs[:2]))
+    if tables is not None:
+        tables(w, exprs)
     ex = TorchExpr()
-    if plan.lowering == "fft":
-        f = expr_of(graph, ops[2])
-        with w.block("def toeplitz_f(ctx):"):
-            w.line(f'"""f(d) for d = i - j in -(N-1) .. Nq-1: {brief(f)}"""')
-            w.line("i = torch.arange(ctx.Nq + ctx.N - 1, dtype=torch.int32).view(1, 1, -1, 1)  # i = d + N - 1 at j = N - 1")
-            w.line("j = torch.full((1, 1, 1, 1), ctx.N - 1, dtype=torch.int32)")
-            w.line("h = torch.arange(ctx.H, dtype=torch.int32).view(1, ctx.H, 1, 1)")
-            w.line(f"return rt.toeplitz_row({let_expr(w, ex, f)}, ctx.Nq + ctx.N - 1)")
-        w.line()
-    if plan.lowering in ("fft2", "rings"):
-        emit_grid_factor(w, plan, expr_of(graph, ops[2]))
     modulated, decayed = plan.attrs.get("modulated"), plan.attrs.get("decayed")
-    factors = [("modulation", "factor of the kernel with no i, j", ops[2])] if modulated else []
-    factors += [("decay", "per-step decay gamma of M = A gamma^(i - j)", ops[3])] if decayed else []
-    for name, what, node in factors:
-        m = expr_of(graph, node)
+    factors = [("modulation", "factor of the kernel with no i, j", exprs[2])] if modulated else []
+    factors += [("decay", "per-step decay gamma of M = A gamma^(i - j)", exprs[3])] if decayed else []
+    for name, what, m in factors:
         with w.block(f"def {name}(ctx):"):
             w.line(f'"""{what}: {brief(m)}"""')
             w.line("i = j = torch.zeros((1, 1, 1, 1), dtype=torch.int32)")
@@ -134,35 +138,31 @@ def emit_linear(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) -> N
         w.line()
     with w.block("def forward_torch(self, q, k, v, ctx):"):
         random_features_note(w, spec)
-        w.line(f"pq, pk = {_row(phi_q, 'q')}, {_row(phi_k, 'k')}")
-        common = f"normalize={spec.normalize!r}, eps={spec.eps!r}"
-        if plan.lowering == "ista":
-            w.line(f"# VARS: {plan.attrs['steps']} ISTA steps of min_z 1/2 |V - Phi z|^2 + lam |z|_1, Phi the "
-                   "column-normalized key features")
-            w.line(f"return rt.ista_attention(pq, pk, v, steps={plan.attrs['steps']!r}, lam={plan.attrs['lam']!r})")
-        elif plan.lowering == "fft":
-            w.line("# the convolution runs as torch.fft (cuFFT / pocketfft)")
-            w.line(f"return rt.toeplitz_attention(pq, pk, v, toeplitz_f(ctx).to(q.device), {common})")
-        elif plan.lowering == "graph":
-            g = spec.graphs[plan.attrs["graph"]]
-            w.line(f"# G = {g.kind}({g.adjacency}) applied through products with {g.adjacency} (torch.sparse when sparse)")
-            w.line(f"return rt.graph_attention(pq, pk, v, ctx.inputs[{key(g.adjacency)}], {key(g.kind)}, "
-                   f"{g.options!r}, {common})")
-        elif plan.lowering == "fft2":
-            w.line("# the 2-D convolutions run as torch.fft.rfft2 (cuFFT / pocketfft)")
-            w.line(f"return rt.grid_toeplitz_attention(pq, pk, v, grid_f(ctx).to(q.device), grid_width(ctx), {common})")
-        elif plan.lowering == "rings":
-            metric = plan.attrs["grid"].metric
-            w.line(f"return rt.ring_attention(pq, pk, v, ring_g(ctx).to(q.device), grid_width(ctx), {metric!r}, {common})")
-        else:
-            fn = "causal_linear_attention" if plan.lowering == "linear_chunked" else "linear_attention"
-            mod = "modulation(ctx).to(q.device)" if modulated else "None"
-            dec = ", decay=decay(ctx).to(q.device)" if decayed else ""
-            w.line(f"return rt.{fn}(pq, pk, v, modulation={mod}{dec}, {common})")
+        w.line(f"pq, pk = {_row(exprs[0], 'q')}, {_row(exprs[1], 'k')}")
+        body(w, f"normalize={spec.normalize!r}, eps={spec.eps!r}")
 
 
-def emit_grid_factor(w: CodeWriter, plan: Plan, f: TExpr) -> None:
-    """grid_width(ctx), and f at one representative (i, j) per offset (fft2) or per (query, ring) (rings)."""
+def emit_toeplitz_f(w: CodeWriter, exprs: list) -> None:
+    """toeplitz_f(ctx): the kernel's f(i - j) on every offset (the fft lowering's table)."""
+    f, ex = exprs[2], TorchExpr()
+    with w.block("def toeplitz_f(ctx):"):
+        w.line(f'"""f(d) for d = i - j in -(N-1) .. Nq-1: {brief(f)}"""')
+        w.line("i = torch.arange(ctx.Nq + ctx.N - 1, dtype=torch.int32).view(1, 1, -1, 1)  # i = d + N - 1 at j = N - 1")
+        w.line("j = torch.full((1, 1, 1, 1), ctx.N - 1, dtype=torch.int32)")
+        w.line("h = torch.arange(ctx.H, dtype=torch.int32).view(1, ctx.H, 1, 1)")
+        w.line(f"return rt.toeplitz_row({let_expr(w, ex, f)}, ctx.Nq + ctx.N - 1)")
+    w.line()
+
+
+def emit_linear_call(w: CodeWriter, plan: Plan, function: str, common: str) -> None:
+    """The return line of the linear skeletons: rt.<function>(pq, pk, v, modulation, decay, ...)."""
+    mod = "modulation(ctx).to(q.device)" if plan.attrs.get("modulated") else "None"
+    dec = ", decay=decay(ctx).to(q.device)" if plan.attrs.get("decayed") else ""
+    w.line(f"return rt.{function}(pq, pk, v, modulation={mod}{dec}, {common})")
+
+
+def emit_grid_width(w: CodeWriter, plan: Plan) -> None:
+    """grid_width(ctx): the columns of the token grid (fft2, rings)."""
     form, ex = plan.attrs["grid"], TorchExpr()
     with w.block("def grid_width(ctx):"):
         w.line(f'"""Tokens lie row-major on a grid of this many columns: {form.describe()}."""')
@@ -171,16 +171,26 @@ def emit_grid_factor(w: CodeWriter, plan: Plan, f: TExpr) -> None:
         w.line("    raise ValueError(f'grid width must be >= 1, got {width}')")
         w.line("return width")
     w.line()
-    if plan.lowering == "fft2":
-        with w.block("def grid_f(ctx):"):
-            w.line(f'"""f(dr, dc) on every grid offset: {brief(f)}"""')
-            w.line("width = grid_width(ctx)")
-            w.line("dr, dc = rt.grid_offsets(ctx.Nq, ctx.N, width)")
-            w.line("i, j = rt.offset_pairs(dr, dc, width)")
-            w.line("h = torch.arange(ctx.H, dtype=torch.int32).view(1, ctx.H, 1, 1)")
-            w.line(f"return rt.as_4d({let_expr(w, ex, f)}).expand(-1, -1, dr.shape[2], dc.shape[3])")
-        w.line()
-        return
+
+
+def emit_grid_f(w: CodeWriter, plan: Plan, exprs: list) -> None:
+    """grid_width(ctx), and grid_f(ctx): f at one representative (i, j) per grid offset (fft2)."""
+    emit_grid_width(w, plan)
+    f, ex = exprs[2], TorchExpr()
+    with w.block("def grid_f(ctx):"):
+        w.line(f'"""f(dr, dc) on every grid offset: {brief(f)}"""')
+        w.line("width = grid_width(ctx)")
+        w.line("dr, dc = rt.grid_offsets(ctx.Nq, ctx.N, width)")
+        w.line("i, j = rt.offset_pairs(dr, dc, width)")
+        w.line("h = torch.arange(ctx.H, dtype=torch.int32).view(1, ctx.H, 1, 1)")
+        w.line(f"return rt.as_4d({let_expr(w, ex, f)}).expand(-1, -1, dr.shape[2], dc.shape[3])")
+    w.line()
+
+
+def emit_ring_g(w: CodeWriter, plan: Plan, exprs: list) -> None:
+    """grid_width(ctx), and ring_g(ctx): f at one representative (i, j) per (query, ring) (rings)."""
+    emit_grid_width(w, plan)
+    form, f, ex = plan.attrs["grid"], exprs[2], TorchExpr()
     with w.block("def ring_g(ctx):"):
         w.line(f'"""g(i, rho) for rho = 0 .. T, past which rings share ring T\'s weight: {brief(f)}"""')
         w.line("width = grid_width(ctx)")
@@ -195,37 +205,20 @@ def emit_grid_factor(w: CodeWriter, plan: Plan, f: TExpr) -> None:
     w.line()
 
 
-APPROX_CALLS = {
-    "mra": "ax.mra_attention(q, k, v, block={block}, blocks_per_row={blocks_per_row}, mode={mode!r}, "
-           "first={first}, diagonal={diagonal})",
-    "lara": "ax.lara_attention(q, k, v, landmarks={landmarks}, alpha={alpha!r}, noise=ctx.noise)",
-    "ra": "ax.ra_attention(q, k, v, noise=ctx.noise)",
-}
-
-
-def emit_approx(w: CodeWriter, spec: CheckedSpec) -> None:
-    """A declared approximation of softmax: one call of its algorithm (approx_algorithms.py)."""
+def emit_approx(w: CodeWriter, spec: CheckedSpec, call: str, random_draw: bool) -> None:
+    """A declared approximation of softmax: one call of its algorithm (approx_algorithms.py); `call`
+    is a template over the approximation's options, `random_draw` whether it reads ctx.noise."""
     with w.block("def forward_torch(self, q, k, v, ctx):"):
         w.line(f'"""softmax(q k^T * scale) v approximated by {spec.approx}."""')
-        if spec.approx.method in ("lara", "ra"):
+        if random_draw:
             w.line("# ctx.noise: this call's random draw (seeded; redrawn per training call when redraw=1)")
-        w.line(f"return {APPROX_CALLS[spec.approx.method].format(**spec.approx.options)}.to(v.dtype)")
+        w.line(f"return {call.format(**spec.approx.options)}.to(v.dtype)")
 
 
 def emit_torch(spec: CheckedSpec, plan: Plan, graph: Graph) -> str:
+    """The torch backend: the chosen lowering writes its forward, then the pooling pre-op if any."""
     w = CodeWriter()
-    if plan.lowering == "mixed_chunk":
-        from .mixed import emit_mixed_torch
-        emit_mixed_torch(w, spec, plan)
-    elif plan.lowering in APPROX_CALLS:
-        emit_approx(w, spec)
-    elif plan.lowering in ("tiled", "block_sparse"):
-        emit_features(w, feature_maps_used(spec.logits, spec.weight))
-        emit_tiled(w, spec, plan)
-    else:
-        (out,) = graph.operands(graph.output)
-        emit_features(w, feature_maps_used(*(expr_of(graph, o) for o in graph.operands(out)[:2])))
-        emit_linear(w, spec, plan, graph)
+    plan.entry.emit_torch(w, spec, plan, graph)
     if spec.pool is not None:
         from .mixed import emit_pool
         emit_pool(w, spec)

@@ -14,21 +14,18 @@ triton_backward.py has them, else recomputation through the torch backend's auto
 from __future__ import annotations
 
 
-from ..check import CheckedSpec
-from ..expr import RUNTIME_SIZES, TExpr
-from ..features import FEATURE_MAPS
-from ..ir import Graph, expr_of
-from ..operators import operator_of
-from ..select import Plan
+from ..frontend.check import CheckedSpec
+from ..lang.expr import RUNTIME_SIZES, TExpr
+from ..lang.features import FEATURE_MAPS
+from ..ir.graph import Graph, expr_of
+from ..lang.operators import operator_of
+from ..lang.normalizers import normalizer, pair_scores
+from ..plan.select import Plan
 from .exprs import TritonExpr, band_bounds, brief, key, name_dots
 from .let import LetScope
-from .triton_approx import emit_mra_kernel, mra_triton_block
 from .writer import CodeWriter
 
 BIG = 1 << 30
-TORCH_ONLY = {"mra": "MRA-2 with a block that no Triton tile matches (16 .. 128, a power of two)",
-              "lara": "LARA (landmark products)", "ra": "RA (sampling and per-sample softmax)",
-              "ista": "each unrolled ISTA step (batched m x m matmuls)"}
 
 HELPERS = {
     "_floordiv": '''@triton.jit
@@ -157,7 +154,7 @@ def _helpers_of(t: TExpr):
             yield helper
 
 
-def _feature_fn(w: CodeWriter, name: str) -> None:
+def emit_feature_fn(w: CodeWriter, name: str) -> None:
     w.line("@triton.jit")
     with w.block(f"def _feature_{name}(x):"):
         w.line(f'"""{FEATURE_MAPS[name].doc}"""')
@@ -222,28 +219,28 @@ def _query_tile(w: CodeWriter, dots: dict) -> None:
     """Kernel prologue, then the query tile's rows, once per feature map the dots apply to them."""
     _prologue(w)
     w.line("offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)")
-    for fm in dict.fromkeys(_row_feature(d.args[0]) for d in dots):
+    for fm in dict.fromkeys(row_feature(d.args[0]) for d in dots):
         _load_rows(w, f"q_{fm or 'raw'}", "Q", "offs_m", "Nq", "offs_d", "D", feature=fm)
 
 
-def _row_feature(t: TExpr):
+def row_feature(t: TExpr):
     """The elementwise map of a dot side; random-feature rows arrive already mapped (features.py)."""
     return t.value if t.op == "feature" and t.value in FEATURE_MAPS else None
 
 
 def _tile_dots(w: CodeWriter, dots: dict) -> None:
     """Inside a key-tile loop: load the tile's key rows (through each map used) and form every dot."""
-    for fm in dict.fromkeys(_row_feature(d.args[1]) for d in dots):
+    for fm in dict.fromkeys(row_feature(d.args[1]) for d in dots):
         _load_rows(w, f"k_{fm or 'raw'}", "K", "offs_n", "N", "offs_d", "D", feature=fm)
     for d, name in dots.items():
-        qvar, kvar = (f"{x}_{_row_feature(side) or 'raw'}" for x, side in zip("qk", d.args))
+        qvar, kvar = (f"{x}_{row_feature(side) or 'raw'}" for x, side in zip("qk", d.args))
         w.line(f"{name} = tl.dot({qvar}, tl.trans({kvar}), input_precision=PRECISION)")
 
 
 def key_tile_loop(w: CodeWriter, plan: Plan) -> str:
     """The loop header over the key tiles that query tile pid_m may see (block layout, band, or all)."""
     lo, hi = band_bounds(plan.mask)
-    if plan.lowering == "block_sparse":
+    if plan.entry.block_sparse:
         w.line(f"# block-sparse: only the key tiles that the layout row lists ({plan.attrs['block_layout'].describe()})")
         return "for idx in range(tl.load(RowPtr + pid_m), tl.load(RowPtr + pid_m + 1)):"
     if lo is not None or hi is not None:
@@ -255,20 +252,20 @@ def key_tile_loop(w: CodeWriter, plan: Plan) -> str:
 
 
 def emit_tiled_kernel(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Kernel) -> None:
-    softmax = spec.normalize == "softmax"
-    scores = spec.logits if softmax else spec.weight
+    norm = normalizer(spec)
+    softmax, scores = norm.online_softmax, pair_scores(spec)
     dots = name_dots(scores)
     ex = _KernelExpr(dots, {s: _size_arg(s) for s in _sizes(scores, spec.mask)})
-    sparse = plan.lowering == "block_sparse"
-    stats = spec.normalize != "none"  # a row statistic for the backward: logsumexp, or the denominator
+    sparse = plan.entry.block_sparse
+    stats = norm.row_statistic  # a row statistic for the backward: logsumexp, or the denominator
     extra = "".join(f"{a}, " for a in kernel.arg_names()) + ("RowPtr, Cols, " if sparse else "") + \
         ("Stat, " if stats else "")
     w.line("@triton.jit")
     with w.block(f"def _attn_fwd({_common_args()}, {extra}sm_scale, eps, band_lo, band_hi,"):
         w.line("BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,")
         w.line("PRECISION: tl.constexpr):")
-        w.line(f'"""{"softmax" if softmax else spec.normalize} attention over tiles; '
-               f'{"logits" if softmax else "weights"} = {brief(scores)}; mask = {brief(spec.mask) if spec.mask else "none"}."""')
+        w.line(f'"""{spec.normalize} attention over tiles; '
+               f'{norm.score_name} = {brief(scores)}; mask = {brief(spec.mask) if spec.mask else "none"}."""')
         _query_tile(w, dots)
         w.line("m_i = tl.full([BLOCK_M], float('-inf'), dtype=tl.float32)")
         w.line("l_i = tl.zeros([BLOCK_M], dtype=tl.float32)")
@@ -302,7 +299,7 @@ def emit_tiled_kernel(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Ker
         if softmax:
             w.line("out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # no visible key: output 0")
             w.line("tl.store(Stat + pid_bh * Nq + offs_m, m_i + tl.log(tl.where(l_i == 0.0, 1.0, l_i)), mask=offs_m < Nq)  # -inf: no visible key")
-        elif spec.normalize == "rows":
+        elif norm.divides_by_row_sum:
             w.line("z = l_i + eps")
             w.line("tl.store(Stat + pid_bh * Nq + offs_m, z, mask=offs_m < Nq)")
             w.line("out = acc / tl.where(z == 0.0, 1.0, z)[:, None]  # nothing to normalize: output 0")
@@ -329,7 +326,7 @@ def emit_tiled_kernel(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Ker
             w.line("    BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision,")
             w.line("    num_warps=num_warps, num_stages=num_stages)")
         w.line()
-        _tuned_launch(w, "block_sparse" if sparse else "tiled", ", tile=tile" if sparse else "")
+        _tuned_launch(w, plan.entry.autotune_kind, ", tile=tile" if sparse else "")
 
 
 def band_line(w: CodeWriter, plan: Plan) -> None:
@@ -361,11 +358,11 @@ def _tuned_launch(w: CodeWriter, kind: str, extra_sizes: str = "") -> None:
 def emit_linear_kernels(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) -> None:
     (out,) = graph.operands(graph.output)
     ops = graph.operands(out)
-    fq = _row_feature(expr_of(graph, ops[0])) or "identity"
-    fk = _row_feature(expr_of(graph, ops[1])) or "identity"
-    causal = plan.lowering == "linear_chunked"
-    finish = {"rows": "num * mod / tl.where(den * mod + eps == 0.0, 1.0, den * mod + eps)[:, None]",
-              "none": "num * mod"}[spec.normalize]
+    fq = row_feature(expr_of(graph, ops[0])) or "identity"
+    fk = row_feature(expr_of(graph, ops[1])) or "identity"
+    causal = plan.entry.causal_chunks
+    finish = "num * mod / tl.where(den * mod + eps == 0.0, 1.0, den * mod + eps)[:, None]" \
+        if normalizer(spec).divides_by_row_sum else "num * mod"
     decayed = plan.attrs.get("decayed")
     if causal:
         w.line("@triton.jit")
@@ -448,7 +445,7 @@ def emit_linear_kernels(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Gra
                 w.line(f"_linear_out[(triton.cdiv(Nq, BLOCK), B * H)]({_launch_common()}, state, z, mod, {spec.eps!r},")
                 w.line(f"    BLOCK=BLOCK, {tail}")
         w.line()
-        _tuned_launch(w, plan.lowering)
+        _tuned_launch(w, plan.entry.autotune_kind)
 
 
 def linear_scalars(w: CodeWriter, plan: Plan) -> None:
@@ -457,7 +454,7 @@ def linear_scalars(w: CodeWriter, plan: Plan) -> None:
         w.line("mod = host.modulation(ctx).to(device=q.device, dtype=torch.float32).expand(B, H, 1, 1).contiguous()")
     else:
         w.line("mod = torch.ones(B, H, device=q.device, dtype=torch.float32)")
-    if plan.lowering != "linear_chunked":
+    if not plan.entry.causal_chunks:
         return
     if plan.attrs.get("decayed"):
         w.line("gamma = host.decay(ctx).to(device=q.device, dtype=torch.float32).expand(B, H, 1, 1).contiguous()")
@@ -499,8 +496,9 @@ import torch
 import triton
 import triton.language as tl
 
-from attncc import approx_algorithms as ax, torch_algorithms as rt
-from attncc import autotune, triton_ops
+from attncc import rt
+from attncc.rt import approx as ax
+from attncc.runtime import autotune, triton_ops
 
 SPEC_HASH = {spec_hash!r}  # part of every autotune key
 
@@ -508,49 +506,58 @@ SPEC_HASH = {spec_hash!r}  # part of every autotune key
 '''
 
 
-def emit_triton(spec: CheckedSpec, plan: Plan, graph: Graph) -> tuple[str, str]:
-    """(kernels and launchers, description of the Triton lowering)."""
-    from .triton_backward import backward_line, emit_backward  # it builds on this module's pieces
-    w = CodeWriter()
-    if plan.lowering == "mra" and mra_triton_block(spec):
-        emit_mra_kernel(w, spec)
-        return w.text(), ("block-sparse MRA-2 kernel over each head's selected blocks (selection and low-resolution "
-                          f"part in torch); backward: {backward_line(spec, plan)}")
-    if plan.lowering in TORCH_ONLY:
-        w.line(f"# No Triton kernel for this lowering: {TORCH_ONLY[plan.lowering]} runs through torch")
-        w.line("# (the same torch ops, on the GPU when the inputs are there), exactly as in the torch backend.")
-        with w.block("def forward_triton(self, q, k, v, ctx, host):"):
-            w.line("return host.forward_torch(self, q, k, v, ctx)")
-        return w.text(), f"{plan.lowering} via torch ({TORCH_ONLY[plan.lowering]}; no Triton kernel); " \
-                         f"backward: {backward_line(spec, plan)}"
-    from .triton_structured import TORCH_PART, emit_structured  # it builds on this module's helpers
-    if plan.lowering in TORCH_PART:
-        description = emit_structured(w, spec, plan, graph, _row_feature, _feature_fn)
-    elif plan.lowering in ("tiled", "block_sparse"):
-        exprs = [spec.logits if spec.normalize == "softmax" else spec.weight, spec.mask]
-        dims = {n: len(p.shape) for n, p in spec.params.items()}
-        kernel = _Kernel(exprs, dims)
-        for h in kernel.helpers:
-            w.lines_of(HELPERS[h])
-            w.line()
-        for fm in sorted({_row_feature(e) for t in exprs if t is not None for e in t.walk()} - {None, "identity"}):
-            _feature_fn(w, fm)
-        emit_tiled_kernel(w, spec, plan, kernel)
-        description = (f"{'block-sparse' if plan.lowering == 'block_sparse' else 'tiled'} "
-                       f"{'online-softmax' if spec.normalize == 'softmax' else 'weighted-sum'} kernel")
-    elif plan.lowering == "mixed_chunk":
-        from .mixed import emit_mixed_triton
-        description = emit_mixed_triton(w, spec, plan)
-    else:
-        (out,) = graph.operands(graph.output)
-        if plan.attrs.get("decayed") and plan.lowering == "linear_chunked":
-            w.lines_of(HELPERS["_powf"])
-            w.line()
-        for fm in sorted({_row_feature(expr_of(graph, o)) for o in graph.operands(out)[:2]} - {None, "identity"}):
-            _feature_fn(w, fm)
-        emit_linear_kernels(w, spec, plan, graph)
-        description = "chunked causal linear kernel" if plan.lowering == "linear_chunked" else "linear state + output kernels"
+def emit_torch_fallback(w: CodeWriter, why: str) -> None:
+    """`forward_triton` of a lowering with no Triton kernel: the torch forward, on the inputs' device."""
+    w.line(f"# No Triton kernel for this lowering: {why} runs through torch")
+    w.line("# (the same torch ops, on the GPU when the inputs are there), exactly as in the torch backend.")
+    with w.block("def forward_triton(self, q, k, v, ctx, host):"):
+        w.line("return host.forward_torch(self, q, k, v, ctx)")
+
+
+def emit_tiled_triton(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> str:
+    """The tiled skeleton's kernel and launcher (tiled, block-sparse); returns its description."""
+    exprs = [pair_scores(spec), spec.mask]
+    dims = {n: len(p.shape) for n, p in spec.params.items()}
+    kernel = _Kernel(exprs, dims)
+    for h in kernel.helpers:
+        w.lines_of(HELPERS[h])
+        w.line()
+    for fm in sorted({row_feature(e) for t in exprs if t is not None for e in t.walk()} - {None, "identity"}):
+        emit_feature_fn(w, fm)
+    emit_tiled_kernel(w, spec, plan, kernel)
+    return (f"{'block-sparse' if plan.entry.block_sparse else 'tiled'} "
+            f"{'online-softmax' if normalizer(spec).online_softmax else 'weighted-sum'} kernel")
+
+
+def emit_linear_triton(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) -> str:
+    """The linear skeletons' kernels and launchers (state + output, or chunked causal)."""
+    (out,) = graph.operands(graph.output)
+    if plan.attrs.get("decayed") and plan.entry.causal_chunks:
+        w.lines_of(HELPERS["_powf"])
+        w.line()
+    for fm in sorted({row_feature(expr_of(graph, o)) for o in graph.operands(out)[:2]} - {None, "identity"}):
+        emit_feature_fn(w, fm)
+    emit_linear_kernels(w, spec, plan, graph)
+    return "chunked causal linear kernel" if plan.entry.causal_chunks else "linear state + output kernels"
+
+
+def with_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph, description: str) -> str:
+    """After the forward's kernels: the backward kernels (or recomputation) and `forward_triton`."""
+    from .triton_backward import emit_backward  # it builds on this module's pieces
     w.line()
     w.line()
     backward = emit_backward(w, spec, plan, graph)
-    return w.text(), f"{description}; backward: {backward}"
+    return f"{description}; backward: {backward}"
+
+
+def emit_triton(spec: CheckedSpec, plan: Plan, graph: Graph) -> tuple[str, str]:
+    """(kernels and launchers, description of the Triton lowering): the chosen lowering's Triton
+    writer, or its declared torch fallback."""
+    from .triton_backward import backward_line  # it builds on this module's pieces
+    w = CodeWriter()
+    why = plan.entry.torch_fallback_reason(spec)
+    if why is not None:
+        emit_torch_fallback(w, why)
+        return w.text(), f"{plan.lowering} via torch ({why}; no Triton kernel); backward: {backward_line(spec, plan)}"
+    description = plan.entry.emit_triton(w, spec, plan, graph)
+    return w.text(), description

@@ -1,5 +1,5 @@
 """Emit the Triton backward: kernels that recompute the forward tile by tile (no N x N buffer),
-run with the forward as the torch custom op of attncc.triton_ops.
+run with the forward as the torch custom op of attncc.runtime.triton_ops.
 
 Softmax tiles (FlashAttention-2). The forward kernel saves the row logsumexp L; per tile
   P = exp(S - L) (0 where masked), dV += P^T dO, dP = dO V^T, dS = P o (dP - delta), delta = rowsum(dO o O),
@@ -16,58 +16,71 @@ Linear lowerings: triton_backward_linear.py.
 """
 from __future__ import annotations
 
-from ..check import CheckedSpec
-from ..derivative import NotDifferentiable, diff, leaves
-from ..expr import TExpr
-from ..features import FEATURE_MAPS
-from ..ir import Graph
-from ..select import Plan
+from dataclasses import dataclass
+from typing import Callable
+
+from ..frontend.check import CheckedSpec
+from ..lang.derivative import NotDifferentiable, diff, leaves
+from ..lang.expr import TExpr
+from ..lang.features import FEATURE_MAPS
+from ..ir.graph import Graph
+from ..lang.normalizers import normalizer, pair_scores
+from ..plan.select import Plan
 from .exprs import band_bounds, key, name_dots
 from .let import LetScope
-from .triton import (HELPERS, TORCH_ONLY, _common_args, _helpers_of, _Kernel, _KernelExpr, _launch_common,
-                     _launcher_head, _load_rows, _prologue, _row_feature, _size_arg, _sizes, band_line, key_tile_loop)
-from .triton_approx import mra_triton_block
+from .triton import (HELPERS, _common_args, _helpers_of, _Kernel, _KernelExpr, _launch_common,
+                     _launcher_head, _load_rows, _prologue, row_feature, _size_arg, _sizes, band_line, key_tile_loop)
 from .writer import CodeWriter
 
 RECOMPUTE = "recomputation through the torch backend's autograd"
 
 
+@dataclass(frozen=True)
+class TritonBackward:
+    """Generated Triton backward kernels of a family of lowerings (a Lowering's triton_backward).
+
+    support(spec, plan) -> None if the kernels cover this spec, else why not
+    line(spec, plan) -> what `inspect` says of them
+    emit(w, spec, plan, graph) writes them, before the module's `forward_triton`
+    """
+    support: Callable[[CheckedSpec, Plan], str | None]
+    line: Callable[[CheckedSpec, Plan], str]
+    emit: Callable[[CodeWriter, CheckedSpec, Plan, Graph], None]
+
+
 def backward_support(spec: CheckedSpec, plan: Plan) -> str | None:
     """None if generated Triton backward kernels cover this spec and lowering, else why not."""
-    if _torch_forward(spec, plan):
+    if plan.entry.torch_fallback_reason(spec) is not None:
         return "the forward runs in torch"
-    if plan.lowering not in ("tiled", "block_sparse", "linear", "linear_chunked"):
+    if plan.entry.triton_backward is None:
         return f"no backward kernel for the {plan.lowering} lowering"
-    if plan.lowering in ("tiled", "block_sparse"):
-        scores = spec.logits if spec.normalize == "softmax" else spec.weight
-        try:
-            for leaf in leaves(scores):
-                diff(scores, leaf)
-        except NotDifferentiable as exc:
-            return str(exc)
-        return None
-    if any(e.op in ("param", "input") for e in spec.weight.walk()):
-        return "the modulation or decay reads learned tables"
-    return None
-
-
-def _torch_forward(spec: CheckedSpec, plan: Plan) -> bool:
-    return plan.lowering in TORCH_ONLY and not (plan.lowering == "mra" and mra_triton_block(spec))
+    return plan.entry.triton_backward.support(spec, plan)
 
 
 def backward_line(spec: CheckedSpec, plan: Plan) -> str:
     """Which backward the Triton backend uses for this spec and lowering (for `inspect`)."""
-    if _torch_forward(spec, plan):
+    if plan.entry.torch_fallback_reason(spec) is not None:
         return "torch autograd (the forward runs in torch)"
     why = backward_support(spec, plan)
     if why is not None:
         return f"{RECOMPUTE} ({why})"
-    if plan.lowering == "linear_chunked":
-        return "generated Triton kernels (dQ forward over chunks, dK/dV by the reverse chunked recurrence)"
-    if plan.lowering == "linear":
-        return "generated Triton kernels (state, then dQ over queries and dK/dV over keys)"
-    softmax = spec.normalize == "softmax"
-    tables = _grad_tables(spec.logits if softmax else spec.weight)
+    return plan.entry.triton_backward.line(spec, plan)
+
+
+def tile_backward_support(spec: CheckedSpec, plan: Plan) -> str | None:
+    """The tile kernels differentiate the score hole symbolically: it must be differentiable."""
+    scores = pair_scores(spec)
+    try:
+        for leaf in leaves(scores):
+            diff(scores, leaf)
+    except NotDifferentiable as exc:
+        return str(exc)
+    return None
+
+
+def tile_backward_line(spec: CheckedSpec, plan: Plan) -> str:
+    softmax = normalizer(spec).online_softmax
+    tables = _grad_tables(pair_scores(spec))
     how = "FlashAttention-2 recomputation" if softmax else "weights recomputed per tile"
     return (f"generated Triton kernels ({how}"
             + (f"; gradients of {', '.join(n for _, n in tables)} by atomics)" if tables else ")"))
@@ -90,14 +103,10 @@ def emit_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) ->
             w.line("                              lambda q, k, v, ctx: host.forward_torch(self, q, k, v, ctx), "
                    "q, k, v, ctx)")
         return backward_line(spec, plan)
-    if plan.lowering in ("tiled", "block_sparse"):
-        _emit_tiled_backward(w, spec, plan)
-    else:
-        from .triton_backward_linear import emit_linear_backward  # it builds on this module's pieces
-        emit_linear_backward(w, spec, plan, graph)
+    plan.entry.triton_backward.emit(w, spec, plan, graph)
     w.line()
     w.line()
-    sparse = plan.lowering == "block_sparse"
+    sparse = plan.entry.block_sparse
     with w.block("def forward_triton(self, q, k, v, ctx, host):"):
         w.line('"""Triton forward and backward kernels, run as the custom op attncc::triton_attention."""')
         if sparse:
@@ -137,7 +146,7 @@ def _store(w: CodeWriter, ptr: str, var: str, offs: str, limit: str, cols: str, 
 # ---------------------------------------------------------------------- tiles
 def _side(d: TExpr, which: int) -> str:
     """The tile variable of one side of a dot, as the forward kernel names it."""
-    return f"{'qk'[which]}_{_row_feature(d.args[which]) or 'raw'}"
+    return f"{'qk'[which]}_{row_feature(d.args[which]) or 'raw'}"
 
 
 def _pair_derivatives(scores: TExpr, derivs: dict) -> dict[tuple[str, str], TExpr]:
@@ -162,21 +171,21 @@ def _feature_grad(w: CodeWriter, var: str, accs: list[str], rows: str, ptr: str,
     w.line(f"{var} = {' + '.join(terms) or f'tl.zeros([{rows}, BLOCK_D], dtype=tl.float32)  # s reads no dot'}")
 
 
-def _emit_tiled_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
-    softmax = spec.normalize == "softmax"
-    scores = spec.logits if softmax else spec.weight
+def emit_tiled_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) -> None:
+    norm = normalizer(spec)
+    softmax, scores = norm.online_softmax, pair_scores(spec)
     dots = name_dots(scores)
     ex = _KernelExpr(dots, {s: _size_arg(s) for s in _sizes(scores, spec.mask)})
     kernel = _Kernel([scores, spec.mask], {n: len(p.shape) for n, p in spec.params.items()})
     derivs = {leaf: diff(scores, leaf) for leaf in leaves(scores)}
     pairs = _pair_derivatives(scores, derivs)
-    q_sides = {_side(d, 0): _row_feature(d.args[0]) for d in dots}
-    k_sides = {_side(d, 1): _row_feature(d.args[1]) for d in dots}
+    q_sides = {_side(d, 0): row_feature(d.args[0]) for d in dots}
+    k_sides = {_side(d, 1): row_feature(d.args[1]) for d in dots}
     tables = _grad_tables(scores)
     for h in sorted({h for d in derivs.values() if d is not None for h in _helpers_of(d)} - set(kernel.helpers)):
         w.lines_of(HELPERS[h])
         w.line()
-    sparse = plan.lowering == "block_sparse"
+    sparse = plan.entry.block_sparse
     extra = "".join(f"{a}, " for a in kernel.arg_names())
     constexprs = "BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,"
 
@@ -200,12 +209,12 @@ def _emit_tiled_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
         w.line(f"s = {scope(scores)}")
         valid = "(offs_m[:, None] < Nq) & (offs_n[None, :] < N)"
         w.line(f"valid = {valid} & ({scope(spec.mask)})" if spec.mask is not None else f"valid = {valid}")
-        if keys_fixed and spec.normalize != "none":
+        if keys_fixed and norm.row_statistic:
             w.line("stat = tl.load(Stat + offs_m, mask=offs_m < Nq, other=0.0)")
             w.line("delta = tl.load(Delta + offs_m, mask=offs_m < Nq, other=0.0)")
         if softmax:
             w.line("p = tl.where(valid, tl.exp(s - stat[:, None]), 0.0)")
-        elif spec.normalize == "rows":
+        elif norm.divides_by_row_sum:
             w.line("inv = 1.0 / tl.where(stat == 0.0, 1.0, stat)  # stat: the row's denominator")
             w.line("p = tl.where(valid, s * inv[:, None], 0.0)")
         else:
@@ -215,8 +224,8 @@ def _emit_tiled_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
         elif keys_fixed:  # unnormalized weights stay in fp32, as in the forward
             w.line("dv += tl.dot(tl.trans(p), do.to(tl.float32), input_precision=PRECISION)")
         w.line("dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)")
-        w.line({"softmax": "ds = p * (dp - delta[:, None])", "rows": "ds = (dp - delta[:, None]) * inv[:, None]",
-                "none": "ds = dp"}[spec.normalize])
+        w.line("ds = p * (dp - delta[:, None])" if softmax else "ds = (dp - delta[:, None]) * inv[:, None]"
+               if norm.divides_by_row_sum else "ds = dp")
         for (qv, kv), d in pairs.items():
             w.line(f"g = tl.where(valid, ds * ({scope(d)}), 0.0)  # zero where masked: s may be undefined there")
             if keys_fixed:
@@ -273,7 +282,7 @@ def _emit_tiled_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
     w.line("offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)")
     load_sides(q_sides, "Q", "offs_m", "Nq")
     _load_rows(w, "do", "DO", "offs_m", "Nq", "offs_e", "E")
-    if spec.normalize != "none":
+    if norm.row_statistic:
         w.line("stat = tl.load(Stat + pid_bh * Nq + offs_m, mask=offs_m < Nq, other=0.0)")
         w.line("delta = tl.load(Delta + pid_bh * Nq + offs_m, mask=offs_m < Nq, other=0.0)")
     for var in dict.fromkeys(qv for qv, _ in pairs):
@@ -291,8 +300,8 @@ def _emit_tiled_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
 
 
 def _tiled_launchers(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Kernel, tables: list) -> None:
-    sparse = plan.lowering == "block_sparse"
-    stats = spec.normalize != "none"
+    sparse = plan.entry.block_sparse
+    stats = normalizer(spec).row_statistic
     with w.block("def op_forward(self, q, k, v, ctx, host):"):
         w.line('"""The custom op\'s forward: the output and the row statistic its backward reads."""')
         w.line(f"stat = torch.{'empty' if stats else 'zeros'}(*q.shape[:3], device=q.device, dtype=torch.float32)")
@@ -301,7 +310,7 @@ def _tiled_launchers(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Kern
     with w.block("def op_backward(self, q, k, v, out, stat, dout, ctx, host):"):
         _backward_head(w, "(dq, dk, dv, table gradients by name) from the saved output and row statistic.")
         w.line("delta = (dout.float() * out.float()).sum(-1)")
-        if spec.normalize == "rows":
+        if normalizer(spec).divides_by_row_sum:
             w.line("delta = torch.where(stat == 0.0, 0.0, delta)  # Z = 0: the forward divides by 1")
         table_of = {"param": "ctx.params", "input": "ctx.inputs"}
         w.line("grads = {" + ", ".join(f"{key(n)}: torch.zeros({table_of[op]}[{key(n)}].shape, device=q.device, "
@@ -337,3 +346,6 @@ def _table_atomics(w: CodeWriter, scope: LetScope, ex: _KernelExpr, op: str, nam
                    "mask=valid)")
         else:
             w.line(f"tl.atomic_add({grad} + {ex.offset(leaf, [scope(x) for x in leaf.args])}, tl.sum(tl.sum(c, 1), 0))  # one entry per tile")
+
+
+TILE_BACKWARD = TritonBackward(tile_backward_support, tile_backward_line, emit_tiled_backward)

@@ -1,9 +1,9 @@
 """Mixed chunk attention (FLASH): a chunk-local term plus kernelized cross-chunk terms."""
 from __future__ import annotations
 
-from ..chunks import find_mixed, mixed_holds
-from ..ir import Graph
-from ..source import AttnccError
+from ..analysis.chunks import find_mixed, mixed_holds
+from ..ir.graph import Graph
+from ..lang.source import AttnccError
 
 
 def mixed_chunk(graph: Graph, ctx) -> None:
