@@ -15,7 +15,7 @@ An `Operator` says, for one binary or unary operator or scalar function:
   derivative    d(node) from (node, the derivative of each operand, None standing for 0); None for
                 operators whose result is never a float (their derivative is 0)
 Leaves (constants, variables, sizes, table lookups, dot products) are not operators: each consumer
-knows its own.
+knows its own. `fmt` (spec text of an expression) lives here too, as it spells operators from the table.
 """
 from __future__ import annotations
 
