@@ -151,11 +151,11 @@ class ExprTyper:
                     return None
         if operator.divisor and not self._nonzero_divisor(right, e.right.span):
             return None
-        if operator.name == "pow" and left.type == INT and right.type == INT:
-            if not (right.op == "const" and 0 <= right.value <= 64):  # kernels expand it into products
-                self.bag.error("an integer power needs a constant exponent in 0..64", e.right.span,
-                               "write a float base, e.g. `2.0 ** x`")
-                return None
+        problem = operator.restriction([left, right])
+        if problem is not None:
+            position, message, hint = problem
+            self.bag.error(message, (e.left, e.right)[position].span, hint)
+            return None
         result = operator.result_type([left.type, right.type])
         return self._fold(TExpr(operator.name, (left, right), None, result, e.span))
 

@@ -14,6 +14,8 @@ An `Operator` says, for one binary or unary operator or scalar function:
   sympy         its sympy form, a function of (node, sympy operands)
   derivative    d(node) from (node, the derivative of each operand, None standing for 0); None for
                 operators whose result is never a float (their derivative is 0)
+  restriction   what the type rule forbids beyond operand kinds: (typed operands) -> None, or (the
+                offending operand's position, message, hint)
 Leaves (constants, variables, sizes, table lookups, dot products) are not operators: each consumer
 knows its own. `fmt` (spec text of an expression) lives here too, as it spells operators from the table.
 """
@@ -45,6 +47,7 @@ class Operator:
     sympy: Callable[[TExpr, list], object]
     derivative: Callable[[TExpr, list], TExpr | None] | None = None
     divisor: bool = False  # the right operand must not be 0 (checked where it is made of sizes)
+    restriction: Callable[[list[TExpr]], tuple[int, str, str] | None] = lambda args: None
     triton_helper: Callable[[TExpr], str | None] = lambda t: None  # a @triton.jit function the code calls
 
     def torch_code(self, args: list[str], float_dtype: str) -> str:
@@ -200,6 +203,14 @@ def small_int_power(t: TExpr) -> bool:
     return t.type == INT or (exponent.op == "const" and exponent.type == INT and 0 <= exponent.value <= 16)
 
 
+def _int_power_exponent(args):
+    """Kernels expand an integer power into products: its exponent must be a small constant."""
+    base, exponent = args
+    if base.type == INT and exponent.type == INT and not (exponent.op == "const" and 0 <= exponent.value <= 64):
+        return 1, "an integer power needs a constant exponent in 0..64", "write a float base, e.g. `2.0 ** x`"
+    return None
+
+
 def _triton_pow(t, a):
     if small_int_power(t):
         n = int(t.args[1].value)  # the checker keeps integer exponents constant in 0..64
@@ -277,7 +288,8 @@ TABLE: tuple[Operator, ...] = (
             triton=lambda t, a: f"_floormod({a[0]}, {a[1]})" if t.type == INT else
             f"({a[0]} - {a[1]} * tl.floor({a[0]} / {a[1]}))"),
     _binary("pow", "**", "num", "promote", lambda a, fd: torch.pow(a[0], a[1]), lambda t, a: a[0] ** a[1], _d_pow,
-            triton=_triton_pow, triton_helper=lambda t: None if small_int_power(t) else "_powf"),
+            triton=_triton_pow, triton_helper=lambda t: None if small_int_power(t) else "_powf",
+            restriction=_int_power_exponent),
     _bitwise("xor", "^", torch.bitwise_xor),
     _bitwise("bitand", "&", torch.bitwise_and),
     _bitwise("bitor", "|", torch.bitwise_or),
