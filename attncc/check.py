@@ -16,6 +16,7 @@ from .expr import BOOL, FLOAT, FUNCTIONS, INT, RUNTIME_SIZES, VEC, TExpr, fmt
 from .features import ALL_MAPS, RANDOM_MAPS
 from .graphs import GRAPH_KERNELS
 from .check_mechanisms import ISTA_OPTIONS, IstaInfo, MechanismChecks
+from .normalizers import NORMALIZERS as NORMALIZERS_BY_NAME
 from .pool import PoolInfo
 from .runtime import RESERVED_ATTRIBUTES
 from .source import DiagnosticBag, Source, Span, did_you_mean
@@ -118,7 +119,7 @@ class CheckedSpec:
 
     @property
     def kind(self) -> str:
-        return "softmax" if self.normalize == "softmax" else "kernel"
+        return "softmax" if NORMALIZERS_BY_NAME[self.normalize].online_softmax else "kernel"
 
 
 class _Checker(ExprTyper, MechanismChecks):
@@ -417,7 +418,7 @@ class _Checker(ExprTyper, MechanismChecks):
         if a.method not in APPROXIMATIONS:
             self.bag.error(f"unknown approximation `{a.method}`", a.method_span,
                            did_you_mean(a.method, APPROXIMATIONS) or f"use one of {', '.join(APPROXIMATIONS)}")
-        elif spec.normalize != "softmax":
+        elif not NORMALIZERS_BY_NAME[spec.normalize].online_softmax:
             self.bag.error(f"`approx {a.method}` approximates softmax attention, but this spec normalizes "
                            f"with `{spec.normalize}`", a.method_span, "write `normalize softmax approx ...`")
         else:

@@ -14,6 +14,7 @@ from .check import CheckedSpec
 from .evaluate import Env, evaluate
 from .expr import TExpr
 from .features import FEATURE_MAPS, apply_feature_map, random_features
+from .normalizers import normalizer
 from .torch_algorithms import keep_grad
 
 APPROX_WEIGHTS = ("mra", "lara", "ra")  # approximations with a dense matrix of their own (favor is kernelized)
@@ -70,7 +71,7 @@ def dense_weights(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: di
         return keep_grad(torch.einsum("bhid,bhjd->bhij", _row(t.args[0], q), _row(t.args[1], k)), mask)
 
     env.dot = dot
-    if spec.normalize == "softmax":
+    if normalizer(spec).online_softmax:
         s = evaluate(spec.logits, env).to(dtype).expand(shape).masked_fill(~mask, float("-inf"))
         top = s.amax(-1, keepdim=True)
         top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
@@ -86,7 +87,7 @@ def dense_probabilities(spec: CheckedSpec, q, k, params: dict, inputs: dict, siz
     """P[b, h, i, j] with out = P V: W, divided by its row sums (+ eps) for `normalize rows`
     (D^-1 (M o phi(Q) phi(K)^T) for kernelized specs); arguments as for dense_weights."""
     w = dense_weights(spec, q, k, params, inputs, sizes, e_dim, projections, noise, rows, dtype)
-    if spec.normalize == "rows":
+    if normalizer(spec).divides_by_row_sum:
         z = w.sum(-1, keepdim=True) + spec.eps
         w = w / torch.where(z == 0, torch.ones_like(z), z)  # a row with nothing to normalize: 0
     return w
@@ -98,7 +99,7 @@ def dense_attention(spec: CheckedSpec, q, k, v, params: dict, inputs: dict, size
     if spec.pool is not None:  # ContextPool: k and/or v pooled by the dense matrix first (attncc/pool.py)
         from .pool import dense_pool
         k, v = dense_pool(spec.pool, k, v, params)
-    if spec.normalize == "ista":  # not a fixed W: the unrolled solver, naively (attncc/ista.py)
+    if not normalizer(spec).fixed_weights:  # ista: the unrolled solver, naively (attncc/ista.py)
         from .ista import dense_ista
         return dense_ista(spec, q, k, v, projections)
     v = v.double()

@@ -12,6 +12,7 @@ import sympy
 from .check import CheckedSpec
 from .expr import FLOAT, TExpr
 from .ir import SIZE_SYMBOLS, B, D, E, Graph, H, N, Nq, broadcast
+from .normalizers import pair_scores
 
 _VAR_SHAPES = {"i": (1, 1, Nq, 1), "j": (1, 1, 1, N), "h": (1, H, 1, 1)}
 
@@ -54,7 +55,7 @@ class ExprBuilder:
 def lower(spec: CheckedSpec) -> Graph:
     graph = Graph(spec.name)
     build = ExprBuilder(graph)
-    operands = [build.add(spec.logits if spec.normalize == "softmax" else spec.weight)]
+    operands = [build.add(pair_scores(spec))]
     if spec.mask is not None:
         operands.append(build.add(spec.mask))
     operands.append(build.leaves["v"])
