@@ -4,10 +4,10 @@
     out = Attn()(q, k, v)                            # [batch, heads, tokens, dim]
     ref = attncc.reference("examples/window.attn", q, k, v)
 """
-__version__ = "0.1.0"
 
+from .version import __version__  # noqa: E402
 from .api import build, compile, reference  # noqa: E402
-from .layers import AttentionLayer, layer  # noqa: E402
-from .source import AttnccError, ShapeError, SpecError  # noqa: E402
+from .nn.layers import AttentionLayer, layer  # noqa: E402
+from .lang.source import AttnccError, ShapeError, SpecError  # noqa: E402
 
 __all__ = ["compile", "reference", "build", "layer", "AttentionLayer", "AttnccError", "SpecError", "ShapeError", "__version__"]

@@ -7,19 +7,19 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
-from .ast import Spec, format_spec
-from .check import CheckedSpec, check
+from .version import __version__
+from .frontend.ast import Spec, format_spec
+from .frontend.check import CheckedSpec, check
 from .emit.module import header, module_class, triton_entry
 from .emit.torch import emit_torch
 from .emit.triton import emit_triton, triton_header
-from .ir import Graph
-from .lower import lower, size_symbols
-from .parse import parse
+from .ir.graph import Graph
+from .ir.lower import lower, size_symbols
+from .frontend.parse import parse
 from .passes import PassContext, run_pipeline
-from .runtime import load_module
-from .select import Plan, select
-from .source import AttnccError, Source
+from .runtime.compiled import RESERVED_ATTRIBUTES, load_module
+from .plan.select import Plan, select
+from .lang.source import AttnccError, Source
 
 
 @dataclass
@@ -59,7 +59,7 @@ def build(spec: str | Path | Source, sizes: dict | None = None, lowering: str | 
     """Run the whole pipeline up to generated source (nothing is imported or executed)."""
     src = spec if isinstance(spec, Source) else read_source(spec)
     tree = parse(src)
-    checked = check(src, tree)
+    checked = check(src, tree, RESERVED_ATTRIBUTES)
     ir = lower(checked)
     optimized = ir.copy()
     ctx = PassContext(checked, size_symbols(checked))
@@ -88,7 +88,7 @@ def _emit(comp: Compilation) -> Compilation:
 
 def _design_sizes(sizes: dict | None, checked: CheckedSpec) -> dict:
     """The sizes the cost model chooses for: run-time sizes (B, H, Nq, N, D, E) and declared ones."""
-    from .select import DESIGN_SIZES
+    from .plan.select import DESIGN_SIZES
     sizes = dict(sizes or {})
     for name, value in sizes.items():
         if name not in DESIGN_SIZES and name not in checked.sizes:

@@ -77,12 +77,12 @@ def cmd_compile(args) -> int:
 
 def cmd_inspect(args) -> int:
     from .api import build
-    from .ast import format_spec
+    from .frontend.ast import format_spec
     from .emit.triton_backward import backward_line
-    from .gradients import torch_backward_line
-    from .ir import print_graph, to_dot
-    from .runtime import cuda_triton_available
-    from .select import format_plan
+    from .plan.gradients import torch_backward_line
+    from .ir.graph import print_graph, to_dot
+    from .runtime.compiled import cuda_triton_available
+    from .plan.select import format_plan
     comp = build(args.spec, lowering=args.lowering)
     if args.emit in ("triton", "torch", "module"):
         print({"triton": comp.triton_source, "torch": comp.torch_source, "module": comp.module_source}[args.emit],
@@ -109,7 +109,7 @@ def cmd_inspect(args) -> int:
 def _approximation_error(cls, seed: int) -> str:
     """How far a declared approximation is from its exact target on random inputs (eval mode)."""
     import torch
-    from .checking import make_module, random_inputs
+    from .tools.compare import make_module, random_inputs
     module = make_module(cls, heads=3, dim=24, dim_v=20, seed=seed).eval()
     q, k, v, inputs = random_inputs(cls, 2, 3, 256, 256, 24, 20, generator=torch.Generator().manual_seed(seed))
     approx, exact = module.reference(q, k, v, **inputs), module.target(q, k, v, **inputs)
@@ -127,7 +127,7 @@ def cmd_check(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     _interpret_triton(device)
     from .api import compile as compile_spec
-    from .checking import compare, make_module, random_inputs, triton_runnable
+    from .tools.compare import compare, make_module, random_inputs, triton_runnable
 
     console = Console()
     failed = 0
@@ -174,7 +174,7 @@ def cmd_fuzz(args) -> int:
 
     _interpret_triton("cuda" if torch.cuda.is_available() else "cpu")
     from .api import read_source
-    from .fuzzing import DEFAULT_FAMILIES, fuzz, write_failure
+    from .tools.fuzzing import DEFAULT_FAMILIES, fuzz, write_failure
 
     families = [read_source(s).text for s in args.specs] or DEFAULT_FAMILIES
     runs = [("torch", torch.float32), ("triton", torch.float32)]
@@ -200,12 +200,12 @@ def cmd_bench(args) -> int:
     import torch
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     _interpret_triton(device)
-    from .benchmark import run_cli
+    from .tools.benchmark import run_cli
     return run_cli(args, device)
 
 
 def main(argv=None) -> int:
-    from .source import AttnccError
+    from .lang.source import AttnccError
     args = _parser().parse_args(argv)
     try:
         commands = {"compile": cmd_compile, "inspect": cmd_inspect, "check": cmd_check, "fuzz": cmd_fuzz,

@@ -29,7 +29,7 @@ from functools import partial  # noqa: E402
 import torch  # noqa: E402
 
 import attncc  # noqa: E402
-from attncc.select import DESIGN_SIZES  # noqa: E402
+from attncc.plan.select import DESIGN_SIZES  # noqa: E402
 from common import RESULTS, ROOT, median_ms, print_table, write_results  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "minilm_qkv_512.pt"

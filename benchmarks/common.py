@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from attncc.benchmark import environment, fmt, instantiate, markdown_table  # noqa: F401  (shared with attncc bench)
+from attncc.tools.benchmark import environment, fmt, instantiate, markdown_table  # noqa: F401  (shared with attncc bench)
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

@@ -2,7 +2,7 @@
 
     python benchmarks/complexity_plot.py            # writes docs/complexity.png, prints crossovers
 
-The estimates are the roofline of attncc.select (not measurements): they show which algorithm the
+The estimates are the roofline of attncc.plan.select (not measurements): they show which algorithm the
 compiler picks at which length, and where the candidates cross.
 """
 from __future__ import annotations

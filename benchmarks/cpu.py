@@ -1,7 +1,7 @@
 """CPU forward time: the attncc torch backend vs naive torch and vs the dense float64 reference.
 
   attncc     Cls(backend="torch") called on fp32 q, k, v [1, 4, N, 64] (the lowering the compiler chose)
-  naive      the textbook dense fp32 formula per example family (attncc.baselines.naive): it materializes the
+  naive      the textbook dense fp32 formula per example family (attncc.tools.baselines.naive): it materializes the
              N x N scores / weights (softmax(q k^T * scale + mask) v, or (phi(q) phi(k)^T o M) v / rowsum)
   reference  m.reference: attncc's dense float64 oracle (skipped above --ref-max tokens: it holds
              several float64 N x N buffers)
@@ -39,13 +39,13 @@ from common import (
 )
 
 import attncc
-from attncc import baselines as bl
+from attncc.tools import baselines as bl
 
 BATCH, HEADS, DIM = 1, 4, 64
 SIZES, QUICK_SIZES = [1024, 2048, 4096, 8192], [128, 256]
 
 
-# the examples timed; naive = attncc.baselines.naive: the dense formula of each family
+# the examples timed; naive = attncc.tools.baselines.naive: the dense formula of each family
 NAIVE = ("softmax", "causal", "sliding_window", "linear_elu", "linear_elu_causal", "toeplitz_linear")
 
 

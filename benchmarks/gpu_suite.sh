@@ -62,8 +62,8 @@ import json, sys, time
 from pathlib import Path
 import torch
 import attncc
-from attncc import autotune
-from attncc.runtime import cache_dir
+from attncc.runtime import autotune
+from attncc.runtime.compiled import cache_dir
 
 entries = sorted((cache_dir() / "autotune").glob("*.json"))
 print(f"{len(entries)} autotune entries in {cache_dir() / 'autotune'}")

@@ -109,7 +109,7 @@ def random_graph(n: int, degree: int, seed: int = 0) -> torch.Tensor:
 
 def model_choice(comp, n: int, spec_sizes: dict) -> str:
     """The lowering the cost model picks for this spec at B=1, H=4, d=64 and N tokens."""
-    from attncc.select import select
+    from attncc.plan.select import select
     return select(comp.optimized, {**comp.checked.sizes, **spec_sizes, "B": 1, "H": 4, "Nq": n, "N": n,
                                    "D": 64, "E": 64}).lowering
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from common import EXAMPLES, RESULTS, markdown_table, parse_ints
 
-from attncc.benchmark import BenchConfig, Runner, write_report
+from attncc.tools.benchmark import BenchConfig, Runner, write_report
 
 SPECS = ("softmax", "causal", "sliding_window", "alibi", "document", "hypercube", "block_diagonal", "strided",
          "linear_elu", "linear_elu_causal", "retention", "toeplitz_linear", "rpe_performer",

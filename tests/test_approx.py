@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, strategies as st
 
 import attncc
-from attncc.checking import compare, triton_runnable
+from attncc.tools.compare import compare, triton_runnable
 
 SPEC = "attention a {{ normalize softmax approx {approx} }}"
 ALIBI_FAVOR = """attention a {

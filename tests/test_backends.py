@@ -5,8 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import attncc
-from attncc.checking import compare, make_module, random_inputs
-from attncc.testing import attention_shapes
+from attncc.tools.compare import compare, make_module, random_inputs
+from attncc.tools.testing import attention_shapes
 
 from .conftest import EXAMPLES
 

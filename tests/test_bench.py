@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import attncc
-from attncc import baselines as bl
-from attncc.benchmark import BenchConfig, Runner, bench_inputs, count_pairs, instantiate, reference_mask
+from attncc.tools import baselines as bl
+from attncc.tools.benchmark import BenchConfig, Runner, bench_inputs, count_pairs, instantiate, reference_mask
 from attncc.cli import main
 
 from .conftest import ROOT

@@ -5,7 +5,7 @@ import os
 import torch
 
 import attncc
-from attncc.runtime import toolchain
+from attncc.runtime.compiled import toolchain
 
 from .conftest import ROOT
 

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 import attncc
-from attncc.pool import PoolInfo, context_pool, dense_pooling_matrix
+from attncc.lang.pool import PoolInfo
+from attncc.oracle.pool import dense_pooling_matrix
+from attncc.rt.pool import context_pool
 
 
 def _tables(seed, dim):
@@ -86,7 +88,7 @@ def test_head_is_learned():
     g = torch.Generator().manual_seed(5)
     q, k, v = (torch.randn(1, 2, 12, 4, generator=g, dtype=torch.float64) for _ in range(3))
     got = torch.autograd.grad(module(q, k, v).square().sum(), [module.pool_head, module.pool_bias])
-    from attncc.dense import dense_attention
+    from attncc.oracle.dense import dense_attention
     ref = dense_attention(cls.checked, q, k, v, module.params_dict(), {}, module.sizes)
     want = torch.autograd.grad(ref.square().sum(), [module.pool_head, module.pool_bias])
     assert got[0].abs().sum() > 0

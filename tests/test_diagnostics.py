@@ -6,7 +6,7 @@ import pytest
 import attncc
 from attncc.api import build
 from attncc.cli import main
-from attncc.source import SpecError
+from attncc.lang.source import SpecError
 
 from .conftest import golden
 

@@ -7,8 +7,8 @@ from torch import nn
 from torch.distributed.fsdp import fully_shard
 
 import attncc
-from attncc.checking import make_module, random_inputs
-from attncc.distributed import context_parallel
+from attncc.tools.compare import make_module, random_inputs
+from attncc.runtime.distributed import context_parallel
 
 WORLD = 2
 DECAY = """attention learned_decay {

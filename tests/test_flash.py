@@ -121,7 +121,7 @@ def test_rows_normalization_and_gradients():
     q, k, v = (torch.randn(1, 2, 11, 4, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
     out = module(q, k, v)
     grads = torch.autograd.grad(out.square().sum(), [q, k, v, module.b])
-    from attncc.dense import dense_attention
+    from attncc.oracle.dense import dense_attention
     ref = dense_attention(cls.checked, q, k, v, module.params_dict(), {}, module.sizes)
     want = torch.autograd.grad(ref.square().sum(), [q, k, v, module.b])
     assert torch.allclose(out, ref, atol=1e-10)

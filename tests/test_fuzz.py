@@ -4,10 +4,10 @@ import sys
 
 import torch
 
-from attncc import fuzzing
-from attncc.checking import Result
+from attncc.tools import fuzzing
+from attncc.tools.compare import Result
 from attncc.cli import main
-from attncc.fuzzing import DEFAULT_FAMILIES, family_strategy, fuzz
+from attncc.tools.fuzzing import DEFAULT_FAMILIES, family_strategy, fuzz
 
 from .conftest import ROOT
 
@@ -28,7 +28,7 @@ def test_default_families_pass_every_backend():
 
 RECORD_SPECS = """
 import sys, torch
-from attncc import fuzzing
+from attncc.tools import fuzzing
 seen, real = [], fuzzing.compile_spec
 fuzzing.compile_spec = lambda spec: (seen.append(spec) if isinstance(spec, str) else None) or real(spec)
 fuzzing.fuzz(fuzzing.DEFAULT_FAMILIES, 5, [("torch", torch.float32)], seed=7)

@@ -3,7 +3,7 @@ import torch
 from torch.nn import functional as F
 
 import attncc
-from attncc.gau import FLASH_SPEC, GAU
+from attncc.nn.gau import FLASH_SPEC, GAU
 
 from .conftest import ROOT
 from .test_flash import _paper_w

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import attncc
-from attncc.checking import make_module, random_inputs
+from attncc.tools.compare import make_module, random_inputs
 from attncc.cli import main
-from attncc.gradients import torch_backward_line
 from attncc.plan import registry
+from attncc.plan.gradients import torch_backward_line
 
 from .conftest import EXAMPLES, ROOT
 from .test_backends import DECAYED, KERNELIZED, MODULATED

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import attncc
-from attncc.graphs import apply_kernel, dense_kernel
+from attncc.lang.graph_kernels import apply_kernel, dense_kernel
 
 KERNELS = ["diffusion(adj, t=0.7)", "walks(adj, steps=4, decay=0.3)"]
 

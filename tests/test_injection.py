@@ -6,8 +6,8 @@ import torch
 
 import attncc
 from attncc.api import build, generated_files
-from attncc.checking import compare, make_module, random_inputs
-from attncc.source import SpecError
+from attncc.tools.compare import compare, make_module, random_inputs
+from attncc.lang.source import SpecError
 
 NAMES = sorted(set(keyword.kwlist) - {"and", "or", "not", "True", "False"}) + \
     ["True_", "print", "exec", "eval", "open", "tl", "triton", "torch", "rt", "math", "sys", "ctx", "self", "q0",

@@ -38,7 +38,7 @@ def test_softmax_layer_is_multihead_attention_with_its_weights(batch_first, bias
 def test_unbatched_inputs_and_gradients_match_multihead_attention():
     torch.manual_seed(0)
     mha = torch.nn.MultiheadAttention(8, 2, dtype=torch.float64)
-    layer = attncc.compile(SOFTMAX).layer(8, 2, dtype=torch.float64)  # the classmethod form
+    layer = attncc.layer(attncc.compile(SOFTMAX), 8, 2, dtype=torch.float64)  # a compiled class
     layer.load_state_dict(mha.state_dict())
     x = x_of(6, 8).requires_grad_()
     want, _ = mha(x, x, x)

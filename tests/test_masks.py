@@ -5,9 +5,9 @@ from hypothesis import given, settings
 
 import attncc
 from attncc.api import build
-from attncc.checking import compare, make_module, random_inputs
-from attncc.testing import mask_expressions
-from attncc.structure import structure_holds
+from attncc.tools.compare import compare, make_module, random_inputs
+from attncc.tools.testing import mask_expressions
+from attncc.analysis.structure import structure_holds
 
 from .conftest import ROOT
 
@@ -55,7 +55,7 @@ def test_integer_semantics_match_python():
     cls = attncc.compile(spec)
     module = make_module(cls, 1, 16, 16)
     q, k, v, inputs = random_inputs(cls, 1, 1, 40, 40, 16, 16)
-    from attncc.dense import dense_weights
+    from attncc.oracle.dense import dense_weights
     w = dense_weights(cls.checked, q, k, {}, {}, {})
     i, j = 17, 5
     want = ((i - j) // 3) % 4 == (j - i) % 3 or bin((i ^ (i >> 1)) ^ j).count("1") == 2 or (i - 20) // -3 == j % -5
@@ -113,7 +113,7 @@ def test_blocks_larger_than_the_largest_tile(backend):
 
 def test_layout_cache_is_bounded():
     import sys
-    from attncc.runtime import LAYOUT_CACHE
+    from attncc.runtime.compiled import LAYOUT_CACHE
     cls = attncc.compile(str(ROOT / "examples" / "hypercube.attn"))
     m = cls()
     fn = sys.modules[cls.__module__].block_layout

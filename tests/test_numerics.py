@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import attncc
-from attncc.checking import make_module
+from attncc.tools.compare import make_module
 
 from .conftest import ROOT
 

@@ -6,11 +6,11 @@ import sys
 import pytest
 
 from attncc.api import build, generated_files
-from attncc.ast import format_spec
-from attncc.ir import print_graph, to_dot, verify
-from attncc.parse import parse
-from attncc.select import format_plan
-from attncc.source import Source
+from attncc.frontend.ast import format_spec
+from attncc.ir.graph import print_graph, to_dot, verify
+from attncc.frontend.parse import parse
+from attncc.plan.select import format_plan
+from attncc.lang.source import Source
 
 from .conftest import EXAMPLES, ROOT, golden
 

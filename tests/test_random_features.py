@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import attncc
-from attncc.features import draw_projection, random_features
+from attncc.lang.features import draw_projection, random_features
 
 SPEC = """attention rf {{
     feature phi = {kind}(features={m}, seed={seed})

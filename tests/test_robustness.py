@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from attncc.api import build
 from attncc.cli import main
-from attncc.source import AttnccError, SpecError
+from attncc.lang.source import AttnccError, SpecError
 
 from .conftest import EXAMPLES, FUZZ_COUNTS
 

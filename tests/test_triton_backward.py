@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import attncc
-from attncc.checking import make_module, random_inputs
+from attncc.tools.compare import make_module, random_inputs
 
 from .conftest import ROOT
 
@@ -20,7 +20,7 @@ CALCULUS = """attention calculus {
     param t[H] = uniform(low=0.5, high=1.5)
     score(i, j) = sigmoid(dot(q[i], k[j]) * scale) * 2.0 + abs(dot(q[i], k[j])) * 0.1 + max(dot(q[i], k[j]) * scale, -0.5) + where(i > j, dot(q[i], k[j]) * scale, 0.0) + (dot(q[i], k[j]) * 0.1) ** 2 + 2.0 ** (dot(q[i], k[j]) * 0.1) + t[h] ** 1.5 * 0.1 + sqrt(t[h] + 1.0) * log(t[h] + 1.0) * min(dot(q[i], k[j]) * scale, 0.3) + (dot(q[i], k[j]) * 0.2) % 1.5
     mask(i, j) = j <= i
-}"""  # every derivative rule of attncc.derivative
+}"""  # every derivative rule of attncc.lang.derivative
 CASES = {  # name: (spec, lowering, sizes, (B, H, Nq, N, D, E)); lengths past one 16-token tile
     "softmax": ("softmax", None, {}, (1, 2, 20, 37, 16, 8)),
     "causal": ("causal", None, {}, (2, 1, 37, 37, 8, 16)),

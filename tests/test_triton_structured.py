@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import attncc
-from attncc import torch_algorithms as rt
-from attncc.checking import compare, make_module, random_inputs
+from attncc import rt
+from attncc.tools.compare import compare, make_module, random_inputs
 
 from .conftest import ROOT
 from .test_grid import FORMS

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import attncc
-from attncc.features import random_features
+from attncc.lang.features import random_features
 
 from .conftest import ROOT
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sympy
 from sympy.printing.pycode import PythonCodePrinter
 
-from ..expr import BOOL, FLOAT, INT, TExpr
+from ..lang.expr import BOOL, FLOAT, INT, TExpr
 
 _PY_BINARY = {"add": "+", "sub": "-", "mul": "*", "div": "/", "floordiv": "//", "mod": "%", "pow": "**",
               "xor": "^", "bitand": "&", "bitor": "|", "lt": "<", "le": "<=", "gt": ">", "ge": ">=",

@@ -9,10 +9,10 @@ triton: `_mixed_local`, grid (cdiv(Nq, BLOCK_M), B*H): the key tiles of the chun
 """
 from __future__ import annotations
 
-from ..check import CheckedSpec
-from ..expr import fmt
-from ..normalizers import normalizer
-from ..select import Plan
+from ..frontend.check import CheckedSpec
+from ..lang.expr import fmt
+from ..lang.normalizers import normalizer
+from ..plan.select import Plan
 from .exprs import TorchExpr, name_dots
 from .writer import CodeWriter
 

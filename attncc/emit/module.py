@@ -1,9 +1,9 @@
 """Assemble one generated Python module: header, torch section, Triton section, Module class."""
 from __future__ import annotations
 
-from ..check import CheckedSpec
-from ..expr import TExpr
-from ..select import Plan
+from ..frontend.check import CheckedSpec
+from ..lang.expr import TExpr
+from ..plan.select import Plan
 from .exprs import TorchExpr, key, literal
 from .writer import CodeWriter
 
@@ -38,8 +38,9 @@ import sys
 
 import torch
 
-from attncc import approx_algorithms as ax, torch_algorithms as rt
-from attncc.runtime import CompiledAttention, InputSpec, ParamSpec, import_sibling
+from attncc import rt
+from attncc.rt import approx as ax
+from attncc.runtime.compiled import CompiledAttention, InputSpec, ParamSpec, import_sibling
 '''
 
 

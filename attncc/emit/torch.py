@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..check import CheckedSpec
-from ..expr import TExpr, fmt
-from ..features import FEATURE_MAPS
-from ..ir import Graph, expr_of
-from ..normalizers import normalizer, pair_scores
-from ..select import Plan
+from ..frontend.check import CheckedSpec
+from ..lang.expr import TExpr, fmt
+from ..lang.features import FEATURE_MAPS
+from ..ir.graph import Graph, expr_of
+from ..lang.normalizers import normalizer, pair_scores
+from ..plan.select import Plan
 from .exprs import TorchExpr, band_bounds, name_dots, py_size_expr
 from .writer import CodeWriter
 

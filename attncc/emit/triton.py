@@ -14,12 +14,12 @@ triton_backward.py has them, else recomputation through the torch backend's auto
 from __future__ import annotations
 
 
-from ..check import CheckedSpec
-from ..expr import RUNTIME_SIZES, TExpr, fmt
-from ..features import FEATURE_MAPS
-from ..ir import Graph, expr_of
-from ..normalizers import normalizer, pair_scores
-from ..select import Plan
+from ..frontend.check import CheckedSpec
+from ..lang.expr import RUNTIME_SIZES, TExpr, fmt
+from ..lang.features import FEATURE_MAPS
+from ..ir.graph import Graph, expr_of
+from ..lang.normalizers import normalizer, pair_scores
+from ..plan.select import Plan
 from .exprs import TritonExpr, band_bounds, key, name_dots
 from .writer import CodeWriter
 
@@ -499,8 +499,9 @@ import torch
 import triton
 import triton.language as tl
 
-from attncc import approx_algorithms as ax, torch_algorithms as rt
-from attncc import autotune, triton_ops
+from attncc import rt
+from attncc.rt import approx as ax
+from attncc.runtime import autotune, triton_ops
 
 SPEC_HASH = {spec_hash!r}  # part of every autotune key
 

@@ -8,8 +8,8 @@ that cuBLAS already does well); the generated source says so.
 """
 from __future__ import annotations
 
-from ..approx_algorithms import MRA_EPS
-from ..check import CheckedSpec
+from ..lang.approx_math import MRA_EPS
+from ..frontend.check import CheckedSpec
 from .writer import CodeWriter
 
 

@@ -19,13 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from ..check import CheckedSpec
-from ..derivative import NotDifferentiable, diff, leaves
-from ..expr import TExpr
-from ..features import FEATURE_MAPS
-from ..ir import Graph
-from ..normalizers import normalizer, pair_scores
-from ..select import Plan
+from ..frontend.check import CheckedSpec
+from ..lang.derivative import NotDifferentiable, diff, leaves
+from ..lang.expr import TExpr
+from ..lang.features import FEATURE_MAPS
+from ..ir.graph import Graph
+from ..lang.normalizers import normalizer, pair_scores
+from ..plan.select import Plan
 from .exprs import band_bounds, key, name_dots
 from .triton import (HELPERS, _common_args, _helpers_of, _Kernel, _KernelExpr, _launch_common,
                      _launcher_head, _load_rows, _prologue, row_feature, _size_arg, _sizes, band_line, key_tile_loop)

@@ -12,11 +12,11 @@ sums R over all queries, then reads it for every key. dq = dphi(q) o phi'(q), dk
 """
 from __future__ import annotations
 
-from ..check import CheckedSpec
-from ..features import FEATURE_MAPS
-from ..ir import Graph, expr_of
-from ..normalizers import normalizer
-from ..select import Plan
+from ..frontend.check import CheckedSpec
+from ..lang.features import FEATURE_MAPS
+from ..ir.graph import Graph, expr_of
+from ..lang.normalizers import normalizer
+from ..plan.select import Plan
 from .triton import _launch_common, _load_chunk, _load_rows, row_feature, carry_state, decay_factors, linear_scalars
 from .triton_backward import TritonBackward, _backward_head, _bwd_args, _bwd_launch, _bwd_prologue, _store
 from .writer import CodeWriter

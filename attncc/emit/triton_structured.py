@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..check import CheckedSpec
-from ..ir import Graph, expr_of
-from ..normalizers import NORMALIZERS
-from ..select import Plan
+from ..frontend.check import CheckedSpec
+from ..ir.graph import Graph, expr_of
+from ..lang.normalizers import NORMALIZERS
+from ..plan.select import Plan
 from .triton import emit_feature_fn, row_feature
 from .writer import CodeWriter
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sympy
 
-from ..blocks import block_size, evaluate_layout
+from ..analysis.blocks import block_size, evaluate_layout
 from ..emit.torch import emit_block_layout, emit_score_holes
 from ..emit.triton import emit_tiled_triton, with_backward
 from ..emit.triton_backward import TILE_BACKWARD
-from ..ir import B, D, E, H, N, Nq
+from ..ir.graph import B, D, E, H, N, Nq
 from ..plan.cost import BYTES_IO, Candidate, CostQuery
 from ..plan.registry import Lowering, register
 

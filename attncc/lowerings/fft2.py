@@ -7,7 +7,7 @@ import sympy
 from ..emit.torch import emit_grid_f, emit_kernelized
 from ..emit.triton import with_backward
 from ..emit.triton_structured import emit_structured
-from ..ir import B, D, E, H, N, Nq
+from ..ir.graph import B, D, E, H, N, Nq
 from ..plan.cost import BYTES_IO, Candidate, CostQuery
 from ..plan.registry import Lowering, register
 from .fft import FFT_TOLERANCE
@@ -17,7 +17,7 @@ TORCH_PART = "phi(K) o [V, 1] and its 2-D convolutions on the grid (torch.fft.rf
 
 
 def grid_width_at(form, sizes: dict) -> int:
-    from ..evaluate import Env, evaluate
+    from ..lang.evaluate import Env, evaluate
     return max(1, int(evaluate(form.width, Env(sizes=sizes))))
 
 

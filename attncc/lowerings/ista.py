@@ -4,7 +4,7 @@ Triton runs the torch forward (each step is a batched m x m matmul)."""
 from __future__ import annotations
 
 from ..emit.torch import emit_kernelized
-from ..ir import B, D, E, H, N, Nq
+from ..ir.graph import B, D, E, H, N, Nq
 from ..plan.cost import Candidate, CostQuery
 from ..plan.registry import Lowering, register
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..emit.torch import emit_kernelized, emit_linear_call
 from ..emit.triton import emit_linear_triton, with_backward
 from ..emit.triton_backward_linear import LINEAR_BACKWARD
-from ..ir import B, D, E, H, N, Nq
+from ..ir.graph import B, D, E, H, N, Nq
 from ..plan.cost import BYTES_IO, Candidate, CostQuery
 from ..plan.registry import Lowering, register
 

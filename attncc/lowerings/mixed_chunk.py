@@ -6,10 +6,10 @@ import sympy
 
 from ..emit.mixed import emit_mixed_torch, emit_mixed_triton
 from ..emit.triton import with_backward
-from ..ir import B, D, E, H, N, Nq
+from ..ir.graph import B, D, E, H, N, Nq
 from ..plan.cost import Candidate, CostQuery
 from ..plan.registry import Lowering, register
-from ..structure import to_sympy
+from ..analysis.structure import to_sympy
 
 NAME = "mixed_chunk"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..emit.torch import emit_approx
 from ..emit.triton_approx import emit_mra_kernel, mra_triton_block
 from ..emit.triton_backward import backward_line
-from ..ir import B, D, E, H, N, Nq
+from ..ir.graph import B, D, E, H, N, Nq
 from ..plan.cost import BYTES_IO, Candidate, CostQuery
 from ..plan.registry import Lowering, register
 

@@ -3,7 +3,7 @@ approx_algorithms.ra_attention); Triton runs the torch forward."""
 from __future__ import annotations
 
 from ..emit.torch import emit_approx
-from ..ir import B, D, E, H, N, Nq
+from ..ir.graph import B, D, E, H, N, Nq
 from ..plan.cost import BYTES_IO, Candidate, CostQuery
 from ..plan.registry import Lowering, register
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..emit.torch import emit_kernelized, emit_ring_g
 from ..emit.triton import with_backward
 from ..emit.triton_structured import emit_structured
-from ..ir import B, D, E, H, N, Nq
+from ..ir.graph import B, D, E, H, N, Nq
 from ..plan.cost import Candidate, CostQuery
 from ..plan.registry import Lowering, register
 from .fft2 import grid_width_at
@@ -19,8 +19,7 @@ def accepts(query: CostQuery) -> bool:
 
 
 def cost(query: CostQuery) -> Candidate:
-    from ..grid import saturation_at
-    from ..torch_algorithms import ring_extent
+    from ..analysis.grid import ring_extent, saturation_at
     form, sizes = query.attrs["grid"], query.sizes
     width = grid_width_at(form, sizes)
     extent = ring_extent(sizes["Nq"], sizes["N"], width, form.metric)

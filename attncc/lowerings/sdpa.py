@@ -7,12 +7,12 @@ wins wherever it applies; `lowering="tiled"` still forces the tiled skeleton.
 """
 from __future__ import annotations
 
-from ..check import DEFAULT_LOGITS
+from ..frontend.check import DEFAULT_LOGITS
 from ..emit.torch import emit_tiled_torch
 from ..emit.triton import emit_tiled_triton, with_backward
 from ..emit.triton_backward import TILE_BACKWARD
-from ..ir import B, D, E, H, expr_of
-from ..normalizers import NORMALIZERS
+from ..ir.graph import B, D, E, H, expr_of
+from ..lang.normalizers import NORMALIZERS
 from ..plan.cost import BYTES_IO, Candidate, CostQuery, visited_pairs
 from ..plan.registry import Lowering, register
 from . import tiled

@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..emit.torch import emit_tiled_torch
 from ..emit.triton import emit_tiled_triton, with_backward
 from ..emit.triton_backward import TILE_BACKWARD
-from ..ir import B, D, E, H, N, Nq
+from ..ir.graph import B, D, E, H, N, Nq
 from ..plan.cost import BLOCK, BYTES_IO, GRAPH_PRODUCTS, Candidate, CostQuery, visited_pairs
 from ..plan.registry import Lowering, register
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..check import CheckedSpec
-from ..ir import Graph, verify
+from ..frontend.check import CheckedSpec
+from ..ir.graph import Graph, verify
 from .block_layout import analyse_blocks
 from .mask_structure import analyse_mask
 from .ista import lower_ista

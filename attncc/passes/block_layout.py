@@ -1,9 +1,9 @@
 """Block-sparse layout analysis."""
 from __future__ import annotations
 
-from ..blocks import find_layout, layout_holds
-from ..ir import Graph, expr_of
-from ..source import AttnccError
+from ..analysis.blocks import find_layout, layout_holds
+from ..ir.graph import Graph, expr_of
+from ..lang.source import AttnccError
 
 
 def analyse_blocks(graph: Graph, ctx) -> None:

@@ -1,8 +1,8 @@
 """VARS: `normalize ista` becomes the unrolled solver on m x m Gram matrices."""
 from __future__ import annotations
 
-from ..ir import Graph
-from ..lower import ExprBuilder
+from ..ir.graph import Graph
+from ..ir.lower import ExprBuilder
 
 
 def lower_ista(graph: Graph, ctx) -> None:

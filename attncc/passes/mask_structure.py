@@ -1,9 +1,9 @@
 """Mask structure analysis."""
 from __future__ import annotations
 
-from ..ir import Graph, expr_of
-from ..source import AttnccError
-from ..structure import classify_mask, structure_holds
+from ..ir.graph import Graph, expr_of
+from ..lang.source import AttnccError
+from ..analysis.structure import classify_mask, structure_holds
 
 
 def analyse_mask(graph: Graph, ctx) -> None:

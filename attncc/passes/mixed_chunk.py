@@ -1,10 +1,10 @@
 """Mixed chunk attention (FLASH): a chunk-local term plus kernelized cross-chunk terms."""
 from __future__ import annotations
 
-from ..chunks import find_mixed, mixed_holds
-from ..ir import Graph
-from ..normalizers import normalizer
-from ..source import AttnccError
+from ..analysis.chunks import find_mixed, mixed_holds
+from ..ir.graph import Graph
+from ..lang.normalizers import normalizer
+from ..lang.source import AttnccError
 
 
 def mixed_chunk(graph: Graph, ctx) -> None:

@@ -1,34 +1,13 @@
 """Reassociation of kernelized attention into linear form."""
 from __future__ import annotations
 
-from ..expr import FLOAT, TExpr, const, fmt
-from ..ir import Graph, expr_of
-from ..lower import ExprBuilder
-from ..source import AttnccError
-from ..grid import classify_grid, grid_holds
-from ..structure import classify_modulation, decay_form, decay_holds, structure_holds
-
-
-def _factors(t: TExpr) -> list[TExpr]:
-    """The factors of a product; a division by a dot-free term is a factor 1 / term."""
-    if t.op == "mul":
-        return _factors(t.args[0]) + _factors(t.args[1])
-    if t.op == "div" and not t.args[1].uses("dot"):
-        return _factors(t.args[0]) + [TExpr("div", (const(1.0), t.args[1]), None, FLOAT)]
-    return [t]
-
-
-def split_kernel(weight: TExpr) -> tuple[TExpr, TExpr | None] | None:
-    """weight = dot(phi(q), psi(k)) * M(i, j, h) -> (dot, M); None if dot is not a plain factor."""
-    factors = _factors(weight)
-    dots = [f for f in factors if f.op == "dot"]
-    rest = [f for f in factors if f.op != "dot"]
-    if len(dots) != 1 or any(f.uses("dot") for f in rest):
-        return None
-    modulation = None
-    for f in rest:
-        modulation = f if modulation is None else TExpr("mul", (modulation, f), None, FLOAT)
-    return dots[0], modulation
+from ..analysis.kernel import split_kernel
+from ..lang.expr import FLOAT, TExpr, fmt
+from ..ir.graph import Graph, expr_of
+from ..ir.lower import ExprBuilder
+from ..lang.source import AttnccError
+from ..analysis.grid import classify_grid, grid_holds
+from ..analysis.structure import classify_modulation, decay_form, decay_holds, structure_holds
 
 
 def _graph_lookup(m: TExpr | None, spec) -> str | None:

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import sympy
 
-from ..ir import B, D, E, H, N, Nq
-from ..structure import Structure
+from ..ir.graph import B, D, E, H, N, Nq
+from ..analysis.structure import Structure
 
 DESIGN_SIZES = {"B": 1, "H": 8, "Nq": 4096, "N": 4096, "D": 64, "E": 64}
 BLOCK = 64  # tile edge assumed by the cost model

@@ -11,7 +11,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from ..source import AttnccError
+from ..lang.source import AttnccError
 
 # Writers take (w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph).
 TorchWriter = Callable[..., None]

@@ -1,0 +1,123 @@
+"""Block-sparse layouts derived from a mask at compile time.
+
+A conjunct of a mask that reads i and j only as i // b and j // b (b a constant or a size, the same
+b for both) and reads no head, table or input is a predicate P(i // b, j // b) on block ids. Its
+layout L[I, J] = P evaluated at the first token of each block is exact: the conjunct holds at
+(i, j) iff L[i // b, j // b]. Kernels then visit only the key blocks that L lists for each query
+block, and the full mask still decides inside them. A layout depends on the lengths and the
+sizes only, so a module computes it once per (Nq, N) and caches it.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from ..lang.evaluate import Env, evaluate
+from ..lang.expr import TExpr, conjuncts, fmt
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    block: TExpr  # b: a constant or a size
+    predicate: TExpr  # the conjunction of the block conjuncts
+
+    def describe(self) -> str:
+        return f"blocks of {fmt(self.block)} tokens where {fmt(self.predicate)}"
+
+
+def _block_of(t: TExpr) -> TExpr | None | bool:
+    """The b through which t reads i and j (as i // b, j // b); False if t reads them otherwise or
+    reads h, a table or an input; None if t reads neither."""
+    if t.op == "floordiv" and t.args[0].op == "var" and t.args[0].value in ("i", "j"):
+        b = t.args[1]
+        return b if b.op == "size" or (b.op == "const" and b.type == "int" and b.value > 0) else False
+    if t.op in ("var", "param", "input", "scale") or (t.op == "rsize" and t.value not in ("N", "Nq")):
+        return False  # heads, tables, inputs and head dims are not part of a per-length layout
+    found = None
+    for arg in t.args:
+        b = _block_of(arg)
+        if b is False or (b is not None and found is not None and b != found):
+            return False
+        found = b if b is not None else found
+    return found
+
+
+def find_layout(mask: TExpr | None) -> BlockLayout | None:
+    """The block-sparse layout of a mask's block conjuncts, if it has any (largest b group first)."""
+    if mask is None:
+        return None
+    groups: dict[TExpr, list[TExpr]] = {}
+    for c in conjuncts(mask):
+        b = _block_of(c)
+        if b not in (None, False):
+            groups.setdefault(b, []).append(c)
+    if not groups:
+        return None
+    block, parts = max(groups.items(), key=lambda item: len(item[1]))
+    predicate = parts[0]
+    for p in parts[1:]:
+        predicate = TExpr("and_", (predicate, p), None, "bool")
+    return BlockLayout(block, predicate)
+
+
+def within_band(i: torch.Tensor, j: torch.Tensor, b: int, lo: int | None, hi: int | None) -> torch.Tensor:
+    """Whether the block starting at (i, j) holds any pair with lo <= i - j <= hi (None: unbounded):
+    its differences run from i - (j + b - 1) to (i + b - 1) - j."""
+    keep = torch.ones(torch.broadcast_shapes(i.shape, j.shape), dtype=torch.bool, device=i.device)
+    if lo is not None:
+        keep &= (i + b - 1) - j >= lo
+    if hi is not None:
+        keep &= i - (j + b - 1) <= hi
+    return keep
+
+
+def evaluate_layout(layout: BlockLayout, sizes: dict, nq: int, nk: int, band=(None, None), device="cpu"):
+    """L[I, J] for the ceil(Nq / b) x ceil(N / b) blocks, as bool, cut to the blocks that meet the
+    band lo <= i - j <= hi proven for the whole mask (band: ints or None)."""
+    b = block_size(layout, sizes)
+    rsizes = {"N": nk, "Nq": nq}
+    first = lambda n: torch.arange(0, n, b, dtype=torch.int32, device=device)
+    i, j = first(nq).view(-1, 1), first(nk).view(1, -1)
+    env = Env(sizes=sizes, rsizes=rsizes, i=i, j=j, float_dtype=torch.float32)
+    grid = evaluate(layout.predicate, env).to(device).expand(i.shape[0], j.shape[1])
+    return grid & within_band(i, j, b, *band)
+
+
+def block_size(layout: BlockLayout, sizes: dict) -> int:
+    return int(layout.block.value) if layout.block.op == "const" else int(sizes[layout.block.value])
+
+
+def layout_holds(mask: TExpr, layout: BlockLayout, sizes: dict, samples: int = 4, seed: int = 0) -> bool:
+    """Cross-check: every block conjunct agrees with the layout at random token pairs."""
+    rng = random.Random(seed)
+    b = block_size(layout, sizes)
+    for _ in range(samples):
+        nq, nk = rng.randint(1, 6 * b), rng.randint(1, 6 * b)
+        grid = evaluate_layout(layout, sizes, nq, nk)
+        i, j = torch.arange(nq, dtype=torch.int32).view(-1, 1), torch.arange(nk, dtype=torch.int32).view(1, -1)
+        env = Env(sizes=sizes, rsizes={"N": nk, "Nq": nq}, i=i, j=j, float_dtype=torch.float32)
+        tokens = evaluate(layout.predicate, env).expand(nq, nk)
+        if not torch.equal(tokens, grid[i.long() // b, j.long() // b]):
+            return False
+    return True
+
+
+def tile_layout(layout: torch.Tensor, block: int, tile: int) -> torch.Tensor:
+    """A block layout at a coarser tile (tile a multiple of block): a tile is on if any block in it is."""
+    factor = tile // block
+    rows, cols = layout.shape
+    padded = torch.zeros(-(-rows // factor) * factor, -(-cols // factor) * factor, dtype=torch.bool,
+                         device=layout.device)
+    padded[:rows, :cols] = layout
+    return padded.view(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor).any(3).any(1)
+
+
+def csr(layout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row_ptr [rows + 1], cols [nnz]) int32 of a bool layout, columns ascending."""
+    counts = layout.sum(1, dtype=torch.int32)
+    row_ptr = torch.zeros(layout.shape[0] + 1, dtype=torch.int32, device=layout.device)
+    row_ptr[1:] = torch.cumsum(counts, 0)
+    cols = layout.nonzero()[:, 1].to(torch.int32)
+    return row_ptr, cols

@@ -1,0 +1,212 @@
+"""Mixed chunk attention (FLASH, Hua et al. 2022): found by analysis of a kernelized weight.
+
+A weight that is a sum of one chunk-local term and kernelized cross-chunk terms,
+
+    W[i,j] = mask(i,j) * ( where(i // c == j // c and P0(i,j), X(i,j), 0)
+                           + sum_t where(P_t(i,j), dot(phi_t(q_i), psi_t(k_j)) * A_t(h), 0) )
+
+with X any weight of (q_i, k_j, i, j, h) (FLASH: relu(q.k / c + b[i - j])^2) and, for each linear
+term, P_t and the mask together one of
+
+    all       every key                       (FLASH, bidirectional: M = 1)
+    earlier   j // c < i // c                 (FLASH, causal: M block-strictly-lower)
+    upto      j // c <= i // c
+    causal    j <= i                          (token prefix sums)
+
+is computed in O(N c (d + e) + N m e): the local term by dense c x c blocks on the diagonal, each
+linear term from the chunk states S_g = sum_{j in chunk g} psi(k_j) v_j^T, z_g = sum psi(k_j),
+summed over all chunks or prefix-summed across them. A form is recognised syntactically (sympy
+settles each conjunct), then the whole decomposition is cross-checked against the weight on random
+grids, tables and dot values.
+"""
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass
+
+import sympy
+import torch
+
+from ..lang.evaluate import evaluate
+from ..lang.expr import BOOL, TExpr, conjuncts, fmt
+from .kernel import split_kernel
+from .structure import I, J, classify_mask, random_env, to_sympy
+
+ACROSS = ("all", "earlier", "upto", "causal")
+
+
+@dataclass(frozen=True)
+class LinearTerm:
+    dot: TExpr  # dot(phi(q[i]), psi(k[j]))
+    amplitude: TExpr | None  # A(h): no i, no j
+    across: str  # one of ACROSS
+
+    def describe(self) -> str:
+        amp = f" * {fmt(self.amplitude)}" if self.amplitude is not None else ""
+        return f"{fmt(self.dot)}{amp} over {self.across} chunks"
+
+
+@dataclass(frozen=True)
+class MixedForm:
+    chunk: TExpr  # c: an int constant or a size
+    local: TExpr  # X(i, j): the weight inside a chunk
+    local_mask: TExpr | None  # P0 and the spec's mask, applied inside chunks
+    linear: tuple[LinearTerm, ...]
+
+    def describe(self) -> str:
+        return (f"chunks of {fmt(self.chunk)}: local {fmt(self.local)}; linear "
+                + "; ".join(t.describe() for t in self.linear))
+
+
+def _terms(t: TExpr) -> list[TExpr]:
+    return _terms(t.args[0]) + _terms(t.args[1]) if t.op == "add" else [t]
+
+
+def _and(parts: list[TExpr]) -> TExpr | None:
+    out = None
+    for p in parts:
+        out = p if out is None else TExpr("and_", (out, p), None, BOOL)
+    return out
+
+
+def _guard(t: TExpr) -> tuple[list[TExpr], TExpr]:
+    """where(P, Y, 0) -> (conjuncts of P, Y); any other term -> ([], term)."""
+    if t.op == "call" and t.value == "where" and t.args[2].op == "const" and t.args[2].value == 0:
+        return conjuncts(t.args[0]), t.args[1]
+    return [], t
+
+
+def _chunk_of(t: TExpr, var: str) -> TExpr | None:
+    """c if t is `var // c` with c a positive int constant or a size."""
+    if t.op == "floordiv" and t.args[0].op == "var" and t.args[0].value == var:
+        c = t.args[1]
+        if c.op == "size" or (c.op == "const" and c.type == "int" and c.value > 0):
+            return c
+    return None
+
+
+def _same_chunk(t: TExpr) -> TExpr | None:
+    """c if t is `i // c == j // c` (either order)."""
+    if t.op != "eq":
+        return None
+    a, b = t.args
+    for x, y in ((a, b), (b, a)):
+        c = _chunk_of(x, "i")
+        if c is not None and c == _chunk_of(y, "j"):
+            return c
+    return None
+
+
+def _block_relation(t: TExpr, chunk: TExpr, symbols: dict) -> str | None:
+    """`earlier` (J < I), `upto` (J <= I) or `true` for a conjunct that reads i, j only as
+    I = i // c, J = j // c; decided on its truth table over I, J in 0..5 once sympy has shown that
+    it depends on nothing else."""
+    try:
+        expr = to_sympy(t, symbols)
+        c = to_sympy(chunk, symbols)
+    except ValueError:
+        return None
+    X, Y = sympy.symbols("X Y", integer=True)
+    expr = expr.subs({sympy.floor(I / c): X, sympy.floor(J / c): Y})
+    if expr.has(I) or expr.has(J) or expr.free_symbols - {X, Y}:
+        return None
+    table = tuple(bool(expr.subs({X: x, Y: y})) for x, y in itertools.product(range(6), repeat=2))
+    forms = {"earlier": lambda x, y: y < x, "upto": lambda x, y: y <= x, "true": lambda x, y: True}
+    for name, f in forms.items():
+        if table == tuple(f(x, y) for x, y in itertools.product(range(6), repeat=2)):
+            return name
+    return None
+
+
+def _across(parts: list[TExpr], chunk: TExpr, symbols: dict) -> str | None:
+    """The key set of a linear term from the conjuncts of its guard and of the mask.
+
+    j // c < i // c implies j < i, and j <= i implies j // c <= i // c, so:
+    {earlier, ...} -> earlier; {upto, causal} -> causal; {upto} -> upto; {causal} -> causal; {} -> all."""
+    kinds = set()
+    for p in parts:
+        rel = _block_relation(p, chunk, symbols)
+        if rel is None:
+            s = classify_mask(p, symbols)
+            rel = "causal" if s.kind == "causal" else "true" if s.kind == "full" else None
+        if rel is None:
+            return None
+        kinds.add(rel)
+    kinds.discard("true")
+    if "earlier" in kinds:
+        return "earlier"
+    return "causal" if "causal" in kinds else "upto" if "upto" in kinds else "all"
+
+
+def find_mixed(weight: TExpr, mask: TExpr | None, symbols: dict) -> MixedForm | None:
+    """The mixed chunk form of a kernelized weight (see the module docstring), or None."""
+    mask_parts = conjuncts(mask) if mask is not None else []
+    local, linear = [], []
+    for term in _terms(weight):
+        parts, body = _guard(term)
+        chunks = [c for c in map(_same_chunk, parts) if c is not None]
+        if chunks:
+            rest = [p for p in parts if _same_chunk(p) is None]
+            local.append((chunks[0], _and(rest + mask_parts), body))
+            continue
+        split = split_kernel(body)
+        if split is None or (split[1] is not None and (split[1].uses("var", "i") or split[1].uses("var", "j"))):
+            return None
+        linear.append((parts, split))
+    if len(local) != 1 or not linear:
+        return None
+    chunk, local_mask, body = local[0]
+    terms = []
+    for parts, (dot, amplitude) in linear:
+        across = _across(parts + mask_parts, chunk, symbols)
+        if across is None:
+            return None
+        terms.append(LinearTerm(dot, amplitude, across))
+    return MixedForm(chunk, body, local_mask, tuple(terms))
+
+
+def _across_mask(across: str, i, j, c) -> torch.Tensor:
+    return {"all": torch.ones((), dtype=torch.bool), "earlier": j // c < i // c,
+            "upto": j // c <= i // c, "causal": j <= i}[across]
+
+
+def _random_dots(shape: tuple, g: torch.Generator):
+    """env.dot for a cross-check: each distinct dot term gets its own random values, drawn once."""
+    dots: dict[TExpr, torch.Tensor] = {}
+
+    def dot(d: TExpr) -> torch.Tensor:
+        if d not in dots:
+            dots[d] = torch.randn(*shape, generator=g, dtype=torch.float64)
+        return dots[d]
+    return dot
+
+
+def mixed_holds(weight: TExpr, mask: TExpr | None, form: MixedForm, spec, samples: int = 4, seed: int = 0) -> bool:
+    """Cross-check: where(mask, weight, 0) equals the reassembled form on random grids, tables and
+    dot values (each distinct dot gets its own random [1, H, Nq, N] values)."""
+    rng, g = random.Random(seed), torch.Generator().manual_seed(seed)
+    for _ in range(samples):
+        env = random_env(spec, rng, g)
+        if form.chunk.op == "size":  # chunks much shorter than the sampled lengths: several per row
+            env.sizes = {**env.sizes, form.chunk.value: rng.randint(1, 6)}
+        nq, nk, heads = env.rsizes["Nq"], env.rsizes["N"], env.rsizes["H"]
+        env.i, env.j = torch.arange(nq).view(1, 1, -1, 1).int(), torch.arange(nk).view(1, 1, 1, -1).int()
+        env.dot = _random_dots((1, heads, nq, nk), g)
+        shape = (1, heads, nq, nk)
+        zero = torch.zeros((), dtype=torch.float64)
+        m = evaluate(mask, env).expand(shape) if mask is not None else torch.ones(shape, dtype=torch.bool)
+        want = torch.where(m, evaluate(weight, env).double().expand(shape), zero)
+        c = int(evaluate(form.chunk, env))
+        inside = env.i // c == env.j // c
+        if form.local_mask is not None:
+            inside = inside & evaluate(form.local_mask, env)
+        got = torch.where(inside.expand(shape), evaluate(form.local, env).double().expand(shape), zero)
+        for t in form.linear:
+            value = evaluate(t.dot, env).double()
+            if t.amplitude is not None:
+                value = value * evaluate(t.amplitude, env).double()
+            got = got + torch.where(_across_mask(t.across, env.i, env.j, c).expand(shape), value.expand(shape), zero)
+        if not torch.allclose(got, want, rtol=1e-9, atol=1e-9, equal_nan=True):
+            return False
+    return True

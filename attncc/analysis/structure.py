@@ -1,0 +1,382 @@
+"""What a mask or modulation depends on, proven with sympy and cross-checked by sampling.
+
+A Structure says for which (i, j) an expression is non-zero (masks) or how it varies (modulations):
+  full                      every (i, j)
+  band(lo, hi)              exactly lo <= i - j <= hi (causal is band(0, oo)); lo, hi sympy in sizes
+  toeplitz                  depends on (i, j) only through d = i - j (and on h)
+  general                   nothing proven
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import sympy
+import torch
+
+from ..lang.expr import BOOL, FLOAT, TExpr, conjuncts, const, substitute
+from ..lang.evaluate import Env, evaluate, fold_constants
+
+I, J, DIFF, HEAD = sympy.symbols("i j d h", integer=True)
+_UNINTERPRETED = {"xor", "bitand", "bitor"}
+
+
+@dataclass(frozen=True)
+class Structure:
+    kind: str  # full | causal | band | toeplitz | general
+    lo: object = -sympy.oo
+    hi: object = sympy.oo
+    reason: str = ""
+
+    @property
+    def is_toeplitz(self) -> bool:
+        """Depends on (i, j) only through i - j: true of full, causal and band masks too."""
+        return self.kind != "general"
+
+    @property
+    def bounded(self) -> bool:
+        """Whether a band [lo, hi] on i - j is known to contain every unmasked pair."""
+        return sympy.sympify(self.lo).is_finite or sympy.sympify(self.hi).is_finite
+
+    def bounds_at(self, values: dict) -> tuple[int | None, int | None]:
+        """(lo, hi) as ints at concrete sizes (values by symbol name); None for an unbounded side."""
+        def at(b):
+            b = sympy.sympify(b)
+            return int(b.subs({s: values[s.name] for s in b.free_symbols})) if b.is_finite else None
+        return at(self.lo), at(self.hi)
+
+    def describe(self) -> str:
+        if self.kind == "band":
+            return f"band {self.lo} <= i - j <= {self.hi}"
+        if self.kind in ("general", "toeplitz") and self.bounded:
+            return f"{self.kind} within {self.lo} <= i - j <= {self.hi}"
+        return self.kind
+
+
+FULL = Structure("full", reason="no mask")
+
+
+def to_sympy(t: TExpr, symbols: dict[str, sympy.Symbol]):
+    """Typed expression -> sympy; lookups, bit operations and popcount stay uninterpreted functions."""
+    op = t.op
+    if op == "const":
+        return sympy.true if t.value is True else sympy.false if t.value is False else sympy.sympify(t.value)
+    if op == "var":
+        return {"i": I, "j": J, "h": HEAD}[t.value]
+    if op in ("size", "rsize"):
+        return symbols[t.value]
+    if op == "scale":
+        return symbols["D"] ** sympy.Rational(-1, 2)
+    if op in ("dot", "feature", "qrow", "krow"):
+        raise ValueError("q/k terms have no index structure")
+    a = [to_sympy(x, symbols) for x in t.args]
+    table = {
+        "add": lambda: a[0] + a[1], "sub": lambda: a[0] - a[1], "mul": lambda: a[0] * a[1],
+        "div": lambda: a[0] / a[1], "floordiv": lambda: sympy.floor(a[0] / a[1]), "mod": lambda: sympy.Mod(a[0], a[1]),
+        "pow": lambda: a[0] ** a[1], "neg": lambda: -a[0], "not": lambda: sympy.Not(a[0]),
+        "and_": lambda: sympy.And(a[0], a[1]), "or_": lambda: sympy.Or(a[0], a[1]),
+        "lt": lambda: sympy.Lt(a[0], a[1]), "le": lambda: sympy.Le(a[0], a[1]), "gt": lambda: sympy.Gt(a[0], a[1]),
+        "ge": lambda: sympy.Ge(a[0], a[1]), "eq": lambda: sympy.Eq(a[0], a[1]), "ne": lambda: sympy.Ne(a[0], a[1]),
+    }
+    if op in ("eq", "ne") and t.args[0].type == BOOL:  # equality of conditions, not of numbers
+        return sympy.Equivalent(a[0], a[1]) if op == "eq" else sympy.Xor(a[0], a[1])
+    if op in table:
+        return table[op]()
+    if op in _UNINTERPRETED or op in ("param", "input"):
+        f = sympy.Function(f"{op}_{t.value}" if t.value else op)(*a)
+        return sympy.Eq(f, 1) if t.type == BOOL else f  # a bool lookup must stay a sympy Boolean
+    if op == "call":
+        fn = t.value
+        direct = {"exp": sympy.exp, "log": sympy.log, "sqrt": sympy.sqrt, "tanh": sympy.tanh, "abs": sympy.Abs,
+                  "min": sympy.Min, "max": sympy.Max}
+        if fn in direct:
+            return direct[fn](*a)
+        if fn == "sigmoid":
+            return 1 / (1 + sympy.exp(-a[0]))
+        if fn == "where":
+            return sympy.Piecewise((a[1], a[0]), (a[2], True))
+        return sympy.Function(fn)(*a)
+    raise ValueError(f"no sympy form for {op}")
+
+
+def relation_to_zero(rel):
+    """a (op) b -> a - b (op) 0, written with a positive coefficient of d where it has one."""
+    moved = rel.func(sympy.expand(rel.lhs - rel.rhs), 0)
+    coeff = moved.lhs.coeff(DIFF, 1)
+    return moved.reversedsign if coeff.is_number and coeff < 0 else moved
+
+
+def _in_d(expr):
+    """Rewrite an (i, j) expression in d = i - j; None if j does not cancel.
+
+    Substitution alone settles most masks; `simplify` (slow) runs only when j survives outside any
+    table lookup, since a lookup of j (doc[j]) never cancels."""
+    if not (expr.has(I) or expr.has(J)):
+        return expr
+    rewritten = expr.subs(I, J + DIFF)
+    if rewritten.has(J):  # j <= j + d: move every comparison to `lhs - rhs (op) 0`, which cancels j cheaply
+        rewritten = rewritten.replace(lambda e: isinstance(e, sympy.core.relational.Relational), relation_to_zero)
+    if not rewritten.has(J):
+        return rewritten
+    if any(f.has(J) for f in rewritten.atoms(sympy.core.function.AppliedUndef)):
+        return None
+    rewritten = sympy.simplify(rewritten)
+    return None if rewritten.has(J) else rewritten
+
+
+def _exact_in_sizes(c) -> bool:
+    """Whether c is exact integer arithmetic over sizes: no float, no table, no head, no irrational power.
+    Only such bounds are the same number in every backend, for every head, and in Python launchers."""
+    return (not c.atoms(sympy.Float) and not c.atoms(sympy.core.function.AppliedUndef)
+            and all(s.is_integer and s not in (I, J, HEAD, DIFF) for s in c.free_symbols)
+            and all(p.exp.is_integer for p in c.atoms(sympy.Pow)))
+
+
+def _linear_bound(rel):
+    """a*d + c (op) 0 with rational a != 0 and c exact in sizes -> [('lo'|'hi', bound)] on the integer d."""
+    e = sympy.expand(rel.lhs - rel.rhs)
+    a = e.coeff(DIFF, 1)
+    c = sympy.expand(e - a * DIFF)
+    if not a.is_Rational or a == 0 or c.has(DIFF) or not _exact_in_sizes(c):
+        return None
+    x = -c / a
+    op = type(rel)
+    if a < 0:  # dividing by a negative flips the comparison
+        op = {sympy.Lt: sympy.Gt, sympy.Le: sympy.Ge, sympy.Gt: sympy.Lt, sympy.Ge: sympy.Le}.get(op, op)
+    if op is sympy.Lt:
+        return [("hi", sympy.ceiling(x) - 1)]
+    if op is sympy.Le:
+        return [("hi", sympy.floor(x))]
+    if op is sympy.Gt:
+        return [("lo", sympy.floor(x) + 1)]
+    if op is sympy.Ge:
+        return [("lo", sympy.ceiling(x))]
+    if op is sympy.Eq:  # d == x has a solution only if x is an integer: claim a band only when provable
+        return [("lo", x), ("hi", x)] if x.is_integer else None
+    return None
+
+
+def _split_extremum(rel):
+    """max(a, b) <= w  <=>  a <= w and b <= w;  min(a, b) >= w  <=>  a >= w and b >= w (either side)."""
+    op, lhs, rhs = type(rel), rel.lhs, rel.rhs
+    flip = {sympy.Le: sympy.Ge, sympy.Lt: sympy.Gt, sympy.Ge: sympy.Le, sympy.Gt: sympy.Lt}
+    if op not in flip:
+        return None
+    if isinstance(rhs, (sympy.Max, sympy.Min)) and not isinstance(lhs, (sympy.Max, sympy.Min)):
+        op, lhs, rhs = flip[op], rhs, lhs
+    if (isinstance(lhs, sympy.Max) and op in (sympy.Le, sympy.Lt)) or \
+            (isinstance(lhs, sympy.Min) and op in (sympy.Ge, sympy.Gt)):
+        return sympy.And(*(op(a, rhs) for a in lhs.args))
+    return None
+
+
+def _interval(cond):
+    """Interval [lo, hi] of integers d where cond holds, if cond is a conjunction of linear bounds."""
+    if cond is sympy.true:
+        return -sympy.oo, sympy.oo
+    if isinstance(cond, sympy.And):
+        lo, hi = -sympy.oo, sympy.oo
+        for part in cond.args:
+            sub = _interval(part)
+            if sub is None:
+                return None
+            lo, hi = sympy.Max(lo, sub[0]), sympy.Min(hi, sub[1])
+        return lo, hi
+    if isinstance(cond, sympy.core.relational.Relational):
+        split = _split_extremum(cond)
+        if split is not None:
+            return _interval(split)
+        if cond.has(sympy.Abs):  # |u| <= w  <=>  -w <= u <= w
+            lhs, rhs = cond.lhs, cond.rhs
+            if isinstance(lhs, sympy.Abs) and type(cond) in (sympy.Le, sympy.Lt):
+                u = lhs.args[0]
+                return _interval(sympy.And(type(cond)(u, rhs), type(cond)(-u, rhs)))
+            if isinstance(rhs, sympy.Abs) and type(cond) in (sympy.Ge, sympy.Gt):
+                flip = {sympy.Ge: sympy.Le, sympy.Gt: sympy.Lt}[type(cond)]
+                return _interval(flip(rhs, lhs))
+            return None
+        bounds = _linear_bound(cond)
+        if bounds is None:
+            return None
+        lo, hi = -sympy.oo, sympy.oo
+        for side, value in bounds:
+            lo, hi = (value, hi) if side == "lo" else (lo, value)
+        return lo, hi
+    return None
+
+
+def _conjunct_bounds(conjuncts: list[TExpr], symbols: dict) -> tuple:
+    """A band that contains the mask: the conjuncts of an `and` that are linear bounds on i - j."""
+    lo, hi = -sympy.oo, sympy.oo
+    for part in conjuncts:
+        in_d = _in_d(to_sympy(part, symbols))
+        interval = _interval(in_d) if in_d is not None else None
+        if interval is not None:
+            lo, hi = sympy.Max(lo, interval[0]), sympy.Min(hi, interval[1])
+    return lo, hi
+
+
+def _guarded(classify):
+    """Analysis only ever proves more structure: if sympy fails on an expression, it is `general`."""
+    def run(t: TExpr | None, symbols: dict) -> Structure:
+        try:
+            return classify(t, symbols)
+        except Exception as exc:  # noqa: BLE001  (sympy raises many kinds; none may reach users)
+            return Structure("general", reason=f"not analysed ({type(exc).__name__}: {exc})")
+    run.__doc__ = classify.__doc__
+    return run
+
+
+@_guarded
+def classify_mask(mask: TExpr | None, symbols: dict[str, sympy.Symbol]) -> Structure:
+    """Structure of a boolean mask(i, j, h)."""
+    if mask is None:
+        return FULL
+    expr = to_sympy(mask, symbols)
+    if expr is sympy.true:
+        return Structure("full", reason="mask is always true")
+    parts = conjuncts(mask)
+    exact = [c for c in parts if not any(e.type == FLOAT for e in c.walk())]
+    if len(exact) < len(parts):  # float rounding differs per (i, j): no claim beyond exact conjuncts
+        lo, hi = _conjunct_bounds(exact, symbols)
+        return Structure("general", lo, hi, reason="mask uses float arithmetic; only its integer conjuncts bound it")
+    in_d = _in_d(expr)
+    if in_d is None:
+        lo, hi = _conjunct_bounds(parts, symbols)
+        within = f"; keys outside {lo} <= i - j <= {hi} are masked" if (lo, hi) != (-sympy.oo, sympy.oo) else ""
+        return Structure("general", lo, hi, reason="mask depends on more than i - j" + within)
+    interval = _interval(in_d)
+    if interval is None:
+        lo, hi = _conjunct_bounds(parts, symbols)
+        return Structure("toeplitz", lo, hi, reason=f"mask depends only on d = i - j: {in_d}")
+    lo, hi = interval
+    if lo == -sympy.oo and hi == sympy.oo:
+        return Structure("full", reason=f"{in_d} holds for every d")
+    if lo == 0 and hi == sympy.oo:
+        return Structure("causal", 0, sympy.oo, reason=f"{in_d} <=> i - j >= 0")
+    return Structure("band", lo, hi, reason=f"{in_d} <=> {lo} <= i - j <= {hi}")
+
+
+def decay_form(m: TExpr | None, symbols: dict) -> tuple[TExpr, TExpr] | None:
+    """M(i, j, h) = A(h) * gamma(h)^(i - j)? Then (A, gamma) as expressions, else None.
+
+    Proof: in d = i - j, j cancels and log f(d + 1) - log f(d) no longer depends on d; then A = M(0, 0) and
+    gamma = M(1, 0) / M(0, 0). Float arithmetic is allowed: it only rounds the factors."""
+    if m is None:
+        return None
+    try:
+        f = _in_d(to_sympy(m, symbols))
+        if f is None or not f.has(DIFF):
+            return None
+        log_f = sympy.expand_log(sympy.log(f), force=True)  # log A + d log gamma, if it is a decay
+        if sympy.expand(log_f.subs(DIFF, DIFF + 1) - log_f).has(DIFF):
+            return None
+    except Exception:  # noqa: BLE001  (no proof, no claim)
+        return None
+    at = lambda i, j: fold_constants(substitute(m, {"i": const(i), "j": const(j)}))
+    amplitude, ratio = at(0, 0), fold_constants(TExpr("div", (at(1, 0), at(0, 0)), None, FLOAT))
+    if amplitude.op == "const":
+        return amplitude, ratio
+    # where A = 0 every weight is 0 and gamma is irrelevant: 1 keeps the recurrence finite
+    zero = TExpr("eq", (amplitude, const(0.0)), None, BOOL)
+    return amplitude, TExpr("call", (zero, const(1.0), ratio), "where", FLOAT)
+
+
+def decay_holds(m: TExpr, amplitude: TExpr, gamma: TExpr, spec, samples: int = 4, seed: int = 0) -> bool:
+    """Cross-check M(i, j) == A gamma^(i - j) at sampled pairs j <= i with random tables."""
+    rng, g = random.Random(seed), torch.Generator().manual_seed(seed)
+    for _ in range(samples):
+        env = random_env(spec, rng, g)
+        i, j = torch.arange(env.rsizes["Nq"]), torch.arange(env.rsizes["N"])
+        got = _values(m, env, i, j).double()
+        zero = torch.zeros(1, dtype=torch.long)
+        a, gam = (_values(t, env, zero, zero).double() for t in (amplitude, gamma))
+        d = (i.view(-1, 1) - j.view(1, -1)).double()
+        want = a * torch.pow(gam, d)
+        causal = (d >= 0).expand_as(got)
+        if not torch.allclose(got[causal], want.expand_as(got)[causal], rtol=1e-6, atol=1e-12):
+            return False
+    return True
+
+
+@_guarded
+def classify_modulation(m: TExpr | None, symbols: dict[str, sympy.Symbol]) -> Structure:
+    """Structure of a numeric factor M(i, j, h) multiplying the kernel."""
+    if m is None:
+        return FULL
+    expr = to_sympy(m, symbols)
+    if not (expr.has(I) or expr.has(J)):
+        return Structure("full", reason=f"modulation {expr} does not depend on i, j")
+    if _in_d(expr) is not None:
+        return Structure("toeplitz", reason="modulation depends only on d = i - j")
+    return Structure("general", reason="modulation depends on more than i - j")
+
+
+def random_env(spec, rng: random.Random, g: torch.Generator) -> Env:
+    """Random lengths, tables and inputs: claims must hold for every table, not just the init."""
+    nq, nk, heads = rng.randint(1, 40), rng.randint(1, 40), 2
+    sizes = dict(spec.sizes)
+    rsizes = {"H": heads, "D": 4, "E": 4, "N": nk, "Nq": nq}
+    shape_of = lambda dims: tuple(int(evaluate(d, Env(sizes=sizes, rsizes=rsizes))) for d in dims)
+    params = {n: torch.randn(shape_of(p.shape), generator=g, dtype=torch.float64) for n, p in spec.params.items()}
+    inputs = {}
+    for name, info in spec.inputs.items():
+        shape = (1, *shape_of(info.dims))
+        inputs[name] = (torch.randint(0, 3, shape, generator=g) if info.dtype == "int" else
+                        torch.rand(shape, generator=g) > 0.5 if info.dtype == "bool" else
+                        torch.randn(shape, generator=g, dtype=torch.float64))
+    return Env(sizes=sizes, rsizes=rsizes, params=params, inputs=inputs, h=torch.arange(heads).view(1, heads, 1, 1))
+
+
+def _values(t: TExpr, env: Env, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """t on the grid i [Nq, 1] x j [1, N], as a [1, H, Nq, N] tensor."""
+    env.i, env.j = i.view(1, 1, -1, 1), j.view(1, 1, 1, -1)
+    return evaluate(t, env).expand(1, env.rsizes["H"], i.numel(), j.numel())
+
+
+def _inside(s: Structure, env: Env) -> torch.Tensor:
+    """[Nq, N] bool: whether i - j lies in the structure's band."""
+    nq, nk = env.rsizes["Nq"], env.rsizes["N"]
+    lo, hi = s.bounds_at({**env.sizes, **env.rsizes})
+    d = torch.arange(nq).view(-1, 1) - torch.arange(nk).view(1, -1)
+    inside = torch.ones_like(d, dtype=torch.bool)
+    if lo is not None:
+        inside &= d >= lo
+    if hi is not None:
+        inside &= d <= hi
+    return inside
+
+
+def structure_holds(t: TExpr, s: Structure, spec, is_mask: bool, samples: int = 4, seed: int = 0) -> bool:
+    """Cross-check a proven structure on random grids, tables and inputs: a mismatch is a compiler bug.
+
+    mask, band [lo, hi] (any kind):  mask(i, j) is false whenever i - j lies outside [lo, hi]
+    mask, band / causal / full:      mask(i, j) is true exactly inside [lo, hi]
+    toeplitz (mask or modulation):   value(i, j) == value(i + s, j + s)
+    full modulation:                 value(i, j) == value(0, 0)
+    """
+    rng, g = random.Random(seed), torch.Generator().manual_seed(seed)
+    for _ in range(samples):
+        env = random_env(spec, rng, g)
+        i, j = torch.arange(env.rsizes["Nq"]), torch.arange(env.rsizes["N"])
+        got = _values(t, env, i, j)
+        if is_mask:
+            inside = _inside(s, env).expand_as(got)
+            if (got.bool() & ~inside).any():
+                return False
+            if s.kind in ("full", "causal", "band") and not torch.equal(got.bool(), inside):
+                return False
+        if s.kind == "toeplitz":
+            shift = rng.randint(1, 50)
+            other = _values(t, env, i + shift, j + shift)
+        elif not is_mask and s.kind == "full":
+            zero = torch.zeros(1, dtype=torch.long)
+            other = _values(t, env, zero, zero).expand_as(got)
+        else:
+            continue
+        if not torch.allclose(got.double(), other.double(), equal_nan=True):
+            return False
+    return True
+
+
+__all__ = ["Structure", "classify_mask", "classify_modulation", "structure_holds", "to_sympy"]

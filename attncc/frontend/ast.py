@@ -1,0 +1,204 @@
+"""The syntax tree of a spec: plain frozen dataclasses, every node with its Span."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..lang.source import Span
+
+
+@dataclass(frozen=True)
+class Expr:
+    span: Span
+
+
+@dataclass(frozen=True)
+class Num(Expr):
+    value: int | float
+    is_int: bool
+
+
+@dataclass(frozen=True)
+class Bool(Expr):
+    value: bool
+
+
+@dataclass(frozen=True)
+class Name(Expr):
+    id: str
+
+
+@dataclass(frozen=True)
+class Unary(Expr):
+    op: str  # "-", "+", "not"
+    operand: Expr
+
+
+@dataclass(frozen=True)
+class Binary(Expr):
+    op: str
+    left: Expr
+    right: Expr
+
+
+@dataclass(frozen=True)
+class Kwarg:
+    name: str
+    value: Expr
+    span: Span
+
+
+@dataclass(frozen=True)
+class Call(Expr):
+    fn: str
+    fn_span: Span
+    args: tuple[Expr, ...]
+    kwargs: tuple[Kwarg, ...] = ()
+
+
+@dataclass(frozen=True)
+class Index(Expr):
+    table: str
+    table_span: Span
+    indices: tuple[Expr, ...]
+
+
+@dataclass(frozen=True)
+class Stmt:
+    span: Span
+
+
+@dataclass(frozen=True)
+class SizeDecl(Stmt):
+    name: str
+    name_span: Span
+    value: Expr
+
+
+@dataclass(frozen=True)
+class ParamDecl(Stmt):
+    name: str
+    name_span: Span
+    shape: tuple[Expr, ...]
+    init: Expr | None
+
+
+@dataclass(frozen=True)
+class InputDecl(Stmt):
+    name: str
+    name_span: Span
+    dims: tuple[Expr, ...]
+    dtype: str | None
+    dtype_span: Span | None
+    source: Expr | None = None  # a graph kernel of another input: `= diffusion(adj, t=0.5)`
+
+
+@dataclass(frozen=True)
+class FeatureDecl(Stmt):
+    name: str
+    name_span: Span
+    fn: str
+    fn_span: Span
+    args: tuple[Expr, ...] = ()
+    kwargs: tuple[Kwarg, ...] = ()
+
+
+@dataclass(frozen=True)
+class Def(Stmt):
+    kind: str  # score | weight | mask | bias
+    kind_span: Span
+    params: tuple[str, str]
+    params_span: Span
+    body: Expr
+
+
+@dataclass(frozen=True)
+class Approx:
+    """`approx NAME(kwargs)` after a normalizer: the attention is computed by that approximation."""
+    method: str
+    method_span: Span
+    args: tuple[Expr, ...] = ()
+    kwargs: tuple[Kwarg, ...] = ()
+
+
+@dataclass(frozen=True)
+class Normalize(Stmt):
+    kind: str
+    kind_span: Span
+    args: tuple[Expr, ...] = ()
+    kwargs: tuple[Kwarg, ...] = ()
+    approx: Approx | None = None
+
+
+@dataclass(frozen=True)
+class PoolDecl(Stmt):
+    """`pool k, v = context(...)`: k and/or v pooled (ContextPool) before the attention."""
+    targets: tuple[str, ...]
+    target_spans: tuple[Span, ...]
+    fn: str
+    fn_span: Span
+    args: tuple[Expr, ...] = ()
+    kwargs: tuple[Kwarg, ...] = ()
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    name_span: Span
+    stmts: tuple[Stmt, ...] = field(default_factory=tuple)
+    span: Span = Span(0, 0)
+
+
+def format_expr(e: Expr) -> str:
+    """Canonical, fully parenthesised text of an expression (used by printers and tests)."""
+    if isinstance(e, Num):
+        return repr(e.value)
+    if isinstance(e, Bool):
+        return "true" if e.value else "false"
+    if isinstance(e, Name):
+        return e.id
+    if isinstance(e, Unary):
+        sep = " " if e.op == "not" else ""
+        return f"({e.op}{sep}{format_expr(e.operand)})"
+    if isinstance(e, Binary):
+        return f"({format_expr(e.left)} {e.op} {format_expr(e.right)})"
+    if isinstance(e, Call):
+        return f"{e.fn}({_call_args(e.args, e.kwargs)})"
+    if isinstance(e, Index):
+        return f"{e.table}[{', '.join(format_expr(i) for i in e.indices)}]"
+    raise TypeError(type(e))
+
+
+def format_spec(spec: Spec) -> str:
+    """The AST as a canonical spec text: one statement a line, expressions fully parenthesised."""
+    lines = [f"attention {spec.name} {{"]
+    for s in spec.stmts:
+        lines.append("    " + format_stmt(s))
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def _call_args(args, kwargs) -> str:
+    return ", ".join([format_expr(a) for a in args] + [f"{k.name}={format_expr(k.value)}" for k in kwargs])
+
+
+def format_stmt(s: Stmt) -> str:
+    if isinstance(s, SizeDecl):
+        return f"size {s.name} = {format_expr(s.value)}"
+    if isinstance(s, ParamDecl):
+        init = f" = {format_expr(s.init)}" if s.init is not None else ""
+        return f"param {s.name}[{', '.join(map(format_expr, s.shape))}]{init}"
+    if isinstance(s, InputDecl):
+        dtype = f" : {s.dtype}" if s.dtype else ""
+        source = f" = {format_expr(s.source)}" if s.source is not None else ""
+        return f"input {s.name}[{', '.join(map(format_expr, s.dims))}]{dtype}{source}"
+    if isinstance(s, FeatureDecl):
+        return f"feature {s.name} = {s.fn}({_call_args(s.args, s.kwargs)})"
+    if isinstance(s, Def):
+        return f"{s.kind}({s.params[0]}, {s.params[1]}) = {format_expr(s.body)}"
+    if isinstance(s, Normalize):
+        args = f"({_call_args(s.args, s.kwargs)})" if s.args or s.kwargs else ""
+        approx = f" approx {s.approx.method}({_call_args(s.approx.args, s.approx.kwargs)})" if s.approx else ""
+        return f"normalize {s.kind}{args}{approx}"
+    if isinstance(s, PoolDecl):
+        return f"pool {', '.join(s.targets)} = {s.fn}({_call_args(s.args, s.kwargs)})"
+    raise TypeError(type(s))

@@ -1,0 +1,78 @@
+"""CheckedSpec -> IR graph: the dense computation, one node per operation.
+
+    q[B,H,Nq,D]  k[B,H,N,D]  v[B,H,N,E]
+    i[1,1,Nq,1]  j[1,1,1,N]  h[1,H,1,1]   (index grids; expressions over them broadcast to [B,H,Nq,N])
+    pairdot(phi(q), phi(k)) -> [B,H,Nq,N]
+    attend(scores, mask?, v) {normalize} -> out[B,H,Nq,E]
+"""
+from __future__ import annotations
+
+import sympy
+
+from ..frontend.check import CheckedSpec
+from ..lang.expr import FLOAT, TExpr
+from ..lang.normalizers import pair_scores
+from .graph import SIZE_SYMBOLS, B, D, E, Graph, H, N, Nq, broadcast
+
+_VAR_SHAPES = {"i": (1, 1, Nq, 1), "j": (1, 1, 1, N), "h": (1, H, 1, 1)}
+
+
+class ExprBuilder:
+    """Adds the nodes of typed expressions to a graph, sharing structurally equal subexpressions."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.cache: dict[tuple, int] = {}
+        self.leaves = {graph.node(n).op: n for n in graph.order() if graph.node(n).op in ("q", "k", "v")}
+        for name, shape in (("q", (B, H, Nq, D)), ("k", (B, H, N, D)), ("v", (B, H, N, E))):
+            if name not in self.leaves:
+                self.leaves[name] = graph.add(name, shape=shape, dtype=FLOAT)
+
+    def add(self, t: TExpr) -> int:
+        if t.op in ("qrow", "krow"):
+            return self.leaves["q" if t.op == "qrow" else "k"]
+        args = tuple(self.add(a) for a in t.args)
+        key = (t.op, t.value, t.type, args)
+        if key not in self.cache:
+            self.cache[key] = self._new(t, args)
+        return self.cache[key]
+
+    def _new(self, t: TExpr, args: tuple[int, ...]) -> int:
+        g = self.graph
+        if t.op == "feature":
+            return g.add("feature", args, shape=g.node(args[0]).shape, dtype=FLOAT, span=t.span, map=t.value)
+        if t.op == "dot":
+            return g.add("pairdot", args, shape=(B, H, Nq, N), dtype=FLOAT, span=t.span)
+        if t.op == "var":
+            return g.add("var", shape=_VAR_SHAPES[t.value], dtype=t.type, span=t.span, value=t.value)
+        shape = broadcast(*(g.node(a).shape for a in args)) if args else ()
+        if t.op == "input":  # inputs may carry a leading batch dimension
+            shape = broadcast((B, 1, 1, 1), shape)
+        value = {"value": t.value} if t.value is not None else {}
+        return g.add(t.op, args, shape=shape, dtype=t.type, span=t.span, **value)
+
+
+def lower(spec: CheckedSpec) -> Graph:
+    graph = Graph(spec.name)
+    build = ExprBuilder(graph)
+    operands = [build.add(pair_scores(spec))]
+    if spec.mask is not None:
+        operands.append(build.add(spec.mask))
+    operands.append(build.leaves["v"])
+    attend = graph.add("attend", operands, shape=(B, H, Nq, E), dtype=FLOAT, normalize=spec.normalize,
+                       eps=spec.eps, masked=spec.mask is not None)
+    graph.add("output", [attend], shape=(B, H, Nq, E), dtype=FLOAT)
+    graph.meta["sizes"] = dict(spec.sizes)
+    if spec.approx is not None:
+        graph.meta["approx"] = spec.approx
+    if spec.pool is not None:  # a pre-op on k, v (attncc/pool.py): outside the graph, counted by select
+        graph.meta["pool"] = spec.pool
+    return graph
+
+
+def size_symbols(spec: CheckedSpec) -> dict[str, sympy.Symbol]:
+    """Sympy symbols of run-time sizes (positive) and declared sizes (non-negative integers)."""
+    out = dict(SIZE_SYMBOLS)
+    for name in spec.sizes:
+        out[name] = sympy.Symbol(name, integer=True, nonnegative=True)
+    return out

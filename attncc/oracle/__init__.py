@@ -1,0 +1,1 @@
+"""attncc.oracle: the dense float64 reference, the meaning of every spec."""

@@ -1,0 +1,115 @@
+"""The dense reference: float64, materializes W[b, h, i, j], straight from the checked spec.
+
+    softmax:     W = mask * exp(s - max_j s)        out = W V / sum_j W      (rows with no key: 0)
+    rows / none: W = mask * weight                  out = W V / (sum_j W + eps)  |  W V
+(a row whose normalizer is exactly 0 gives 0, never NaN)
+It shares nothing with the emitted backends except the expression semantics (attncc.evaluate).
+"""
+from __future__ import annotations
+
+import torch
+
+from .approx import lara_weights, mra_weights, ra_weights
+from .ista import dense_ista
+from .pool import dense_pool
+from ..frontend.check import CheckedSpec
+from ..lang.evaluate import Env, evaluate
+from ..lang.expr import TExpr
+from ..lang.features import FEATURE_MAPS, apply_feature_map, random_features
+from ..lang.normalizers import normalizer
+
+APPROX_WEIGHTS = ("mra", "lara", "ra")  # approximations with a dense matrix of their own (favor is kernelized)
+
+
+def gradient_only_where(x: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """x, with its gradient zeroed at masked pairs: a score may be undefined there (inf or NaN, e.g.
+    dot / (i - j) on the diagonal), and 0 * inf would poison the gradients of q and k."""
+    if x.requires_grad:
+        x.register_hook(lambda g: None if g is None else g.masked_fill(~visible, 0.0))
+    return x
+
+
+def feature_rows(spec: CheckedSpec, t: TExpr, x: torch.Tensor, projections: dict | None) -> torch.Tensor:
+    """A dot side `phi(q[i])` / `k[j]` on rows x: through its map (random maps by their projection)."""
+    if t.op != "feature":
+        return x
+    if t.value in FEATURE_MAPS:
+        return apply_feature_map(t.value, x)
+    return random_features(spec.features[t.value].fn, x, projections[t.value])  # at the precision of x
+
+
+def dense_weights(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: dict, e_dim: int = 0,
+                  projections: dict | None = None, noise=None, rows: torch.Tensor | None = None,
+                  dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """W[b, h, i, j] in `dtype` (softmax: the normalized probabilities), differentiable in q, k and
+    the tables.
+
+    projections: the random-feature projection [m, D] of each declared random map, by name.
+    noise: the random draw of a sampling approximation (approx_reference.py).
+    rows: query indices to evaluate (a sample of rows; i takes their values), all rows if None."""
+    if spec.approx is not None and spec.approx.method in APPROX_WEIGHTS:
+        opts = spec.approx.options
+        if spec.approx.method == "mra":
+            w = mra_weights(q, k, **opts)
+        elif spec.approx.method == "lara":
+            w = lara_weights(q, k, landmarks=opts["landmarks"], alpha=opts["alpha"], noise=noise)
+        else:
+            w = ra_weights(q, k, noise=noise)
+        return (w if rows is None else w[:, :, rows.long()]).to(dtype)
+    _row = lambda t, x: feature_rows(spec, t, x, projections)
+    q, k = q.to(dtype), k.to(dtype)
+    B, H, Nq, D = q.shape
+    N = k.shape[2]
+    grid = lambda n: torch.arange(n, device=q.device, dtype=torch.int32)
+    i = grid(Nq) if rows is None else rows.to(device=q.device, dtype=torch.int32)
+    q = q if rows is None else q[:, :, rows.long()]
+    env = Env(sizes=sizes, rsizes={"N": N, "Nq": Nq, "H": H, "D": D, "E": e_dim},
+              i=i.view(1, 1, -1, 1), j=grid(N).view(1, 1, 1, N), h=grid(H).view(1, H, 1, 1),
+              params={n: p.to(dtype) if p.is_floating_point() else p for n, p in params.items()},
+              inputs=inputs, float_dtype=dtype)
+
+    shape = (B, H, len(i), N)
+    if spec.mask is not None:  # masks in float32 arithmetic, as kernels evaluate them: one well-defined set
+        env.float_dtype = torch.float32
+        mask = evaluate(spec.mask, env).to(q.device).expand(shape)
+        env.float_dtype = dtype
+    else:
+        mask = torch.ones((), dtype=torch.bool, device=q.device).expand(shape)
+
+    def dot(t: TExpr) -> torch.Tensor:
+        return gradient_only_where(torch.einsum("bhid,bhjd->bhij", _row(t.args[0], q), _row(t.args[1], k)), mask)
+
+    env.dot = dot
+    if normalizer(spec).online_softmax:
+        s = evaluate(spec.logits, env).to(dtype).expand(shape).masked_fill(~mask, float("-inf"))
+        top = s.amax(-1, keepdim=True)
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        w = torch.exp(s - top)
+        z = w.sum(-1, keepdim=True)
+        return w / torch.where(z == 0, torch.ones_like(z), z)
+    return torch.where(mask, evaluate(spec.weight, env).to(dtype).expand(shape), torch.zeros((), dtype=dtype))
+
+
+def dense_probabilities(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: dict, e_dim: int = 0,
+                        projections: dict | None = None, noise=None, rows: torch.Tensor | None = None,
+                        dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """P[b, h, i, j] with out = P V: W, divided by its row sums (+ eps) for `normalize rows`
+    (D^-1 (M o phi(Q) phi(K)^T) for kernelized specs); arguments as for dense_weights."""
+    w = dense_weights(spec, q, k, params, inputs, sizes, e_dim, projections, noise, rows, dtype)
+    if normalizer(spec).divides_by_row_sum:
+        z = w.sum(-1, keepdim=True) + spec.eps
+        w = w / torch.where(z == 0, torch.ones_like(z), z)  # a row with nothing to normalize: 0
+    return w
+
+
+def dense_attention(spec: CheckedSpec, q, k, v, params: dict, inputs: dict, sizes: dict,
+                    projections: dict | None = None, noise=None) -> torch.Tensor:
+    """out[b, h, i, :] in float64."""
+    if spec.pool is not None:  # ContextPool: k and/or v pooled by the dense matrix first (attncc/pool.py)
+        k, v = dense_pool(spec.pool, k, v, params)
+    if not normalizer(spec).fixed_weights:  # ista: the unrolled solver, naively (attncc/oracle/ista.py)
+        phi_q = feature_rows(spec, spec.weight.args[0], q.double(), projections)
+        phi_k = feature_rows(spec, spec.weight.args[1], k.double(), projections)
+        return dense_ista(spec, phi_q, phi_k, v)
+    v = v.double()
+    return dense_probabilities(spec, q, k, params, inputs, sizes, v.shape[-1], projections, noise) @ v

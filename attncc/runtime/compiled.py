@@ -1,0 +1,488 @@
+"""What every compiled module shares: parameters, input checks, backend choice, loading.
+
+A generated module file defines `class Module(CompiledAttention)` with its tables (SIZES, PARAMS,
+INPUTS) and `forward_torch` / `forward_triton`; this base class does everything else.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+from collections import OrderedDict
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..lang.source import AttnccError, ShapeError, did_you_mean
+from ..lang.features import draw_projection, random_features
+from ..lang.graph_kernels import dense_kernel
+from ..frontend.approx import RANDOM
+from ..lang.approx_math import lara_noise, ra_noise
+
+BACKENDS = ("auto", "torch", "triton", "reference")
+LAYOUT_CACHE = 16  # block-sparse layouts kept per module (one per length and sizes)
+MAX_TILE = 128  # largest Triton tile edge for block-sparse kernels
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    shape: Callable[[dict], tuple]
+    init: str
+    args: dict
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    dims: Callable[[dict], tuple]
+    dtype: str
+
+
+@dataclass
+class Context:
+    """Everything a generated hole may read: sizes, tables and the run-time dims."""
+
+    sizes: dict
+    params: dict
+    inputs: dict
+    N: int
+    Nq: int
+    H: int
+    D: int
+    E: int
+    dtype: torch.dtype = torch.float32  # of the computation: float64 for float64 inputs
+    noise: object = None  # the random draw of an approximation (lara, ra) for this call
+
+    @property
+    def scale(self) -> float:
+        return self.D ** -0.5
+
+    def fp(self, x: float) -> torch.Tensor:
+        """A float literal at the precision of the computation."""
+        return torch.tensor(x, dtype=self.dtype)
+
+
+def init_table(shape: tuple, init: str, args: dict) -> torch.Tensor:
+    if init == "zeros":
+        return torch.zeros(shape)
+    if init == "ones":
+        return torch.ones(shape)
+    if init == "constant":
+        return torch.full(shape, float(args["value"]))
+    if init == "normal":
+        return torch.randn(shape) * args["std"] + args["mean"]
+    if init == "uniform":
+        return torch.rand(shape) * (args["high"] - args["low"]) + args["low"]
+    if init == "alibi":  # ALiBi slopes 2^(-8 k / n), k = 1..n, along the first dimension
+        n = shape[0]
+        slopes = torch.tensor([2.0 ** (-8.0 * (idx + 1) / n) for idx in range(n)])
+        return slopes.view(n, *([1] * (len(shape) - 1))).expand(shape).clone()
+    raise AttnccError(f"unknown initializer {init}")
+
+
+def cuda_triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+class CompiledAttention(nn.Module):
+    SPEC_NAME = "attention"
+    SPEC_HASH = ""
+    LOWERING = "tiled"
+    SIZES: dict = {}
+    DERIVED: dict = {}  # sizes declared from other sizes: recomputed after overrides
+    DIVISORS: tuple = ()  # divisors made of sizes: must not become 0 through overrides
+    PARAMS: dict = {}
+    INPUTS: dict = {}
+    NEEDS: tuple = ()
+    GRAPHS: dict = {}  # name -> (kernel, adjacency input, options): inputs computed from inputs
+    RANDOM_FEATURES: dict = {}  # name -> (map, options): projections held in the `random_features` buffers
+    POOL = False  # `pool k, v = ...`: the generated `pool_kv` replaces k, v before any backend (attncc/pool.py)
+    APPROX = None  # (method, options) of a declared approximation computed by its own algorithm (approx.py)
+    TRITON_LOWERING = ""
+    FORMS_GRAPH_TABLES = True  # G = kernel(A) formed as a table before the lowering runs (not: graph)
+    checked = None  # the CheckedSpec, attached by attncc.compile (for .reference)
+
+    def __init__(self, backend: str = "auto", **sizes):
+        super().__init__()
+        if backend not in BACKENDS:
+            raise AttnccError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+        self.backend = backend
+        self.last_backend: str | None = None
+        self._layouts: OrderedDict = OrderedDict()  # block-sparse layouts by lengths and sizes, LRU
+        unknown = set(sizes) - set(self.SIZES) - set(self.NEEDS)
+        if unknown:
+            name = sorted(unknown)[0]
+            hint = did_you_mean(name, set(self.SIZES) | set(self.NEEDS))
+            raise AttnccError(f"{self.SPEC_NAME}: unknown size `{name}`" + (f"; {hint}" if hint else ""))
+        missing = [n for n in self.NEEDS if n not in sizes]
+        if missing:
+            raise AttnccError(f"{self.SPEC_NAME}: its tables are sized by {', '.join(missing)}; pass "
+                              + ", ".join(f"{n}=..." for n in missing) + " to the constructor")
+        derived = sorted(set(sizes) & set(self.DERIVED))
+        if derived:
+            raise AttnccError(f"{self.SPEC_NAME}: size `{derived[0]}` is derived from other sizes; set those instead")
+        bad = [n for n, v in sizes.items() if isinstance(v, bool) or not isinstance(v, int)]
+        if bad:
+            raise AttnccError(f"{self.SPEC_NAME}: size `{bad[0]}` must be an integer, got {sizes[bad[0]]!r}")
+        too_big = [n for n, v in sizes.items() if abs(v) >= 2**31]
+        if too_big:
+            raise AttnccError(f"{self.SPEC_NAME}: size `{too_big[0]}` must be below 2^31 (ints are 32-bit)")
+        try:
+            self.sizes = {**self.SIZES, **{n: int(v) for n, v in sizes.items() if n in self.SIZES}}
+            self.fixed = {n: int(sizes[n]) for n in self.NEEDS}
+            for name, fn in self.DERIVED.items():  # in declaration order, so chains resolve
+                self.sizes[name] = int(fn(self.sizes))
+            shapes = {name: tuple(int(d) for d in p.shape({**self.sizes, **self.fixed}))
+                      for name, p in self.PARAMS.items()}
+        except (TypeError, ValueError, ArithmeticError) as exc:
+            raise AttnccError(f"{self.SPEC_NAME}: bad sizes {sizes}: {exc}") from None
+        negative = [n for n, v in {**self.sizes, **self.fixed}.items() if v < 0]
+        if negative:
+            raise AttnccError(f"{self.SPEC_NAME}: size `{negative[0]}` must be >= 0")
+        if any(fn(self.sizes) == 0 for fn in self.DIVISORS):
+            raise AttnccError(f"{self.SPEC_NAME}: sizes {self.sizes} make a divisor of the spec 0")
+        for name, p in self.PARAMS.items():
+            shape = shapes[name]
+            if any(d <= 0 for d in shape):
+                raise AttnccError(f"{self.SPEC_NAME}: table `{name}` would have shape {shape}")
+            try:
+                table = init_table(shape, p.init, p.args)
+            except RuntimeError as exc:  # e.g. out of memory for a huge size
+                raise AttnccError(f"{self.SPEC_NAME}: cannot create table `{name}` of shape {shape}: {exc}") from None
+            self.register_parameter(name, nn.Parameter(table))
+        if backend == "triton" or (backend == "auto" and cuda_triton_available()):
+            self.triton_kernels()  # imported now: torch.compile cannot trace an import (graph break)
+        self.random_features = nn.Module()
+        for name, (_, opts) in self.RANDOM_FEATURES.items():
+            self.random_features.register_buffer(name, draw_projection(
+                opts["features"], self.fixed["D"], opts["seed"], 0, bool(opts["orthogonal"])))
+            self.random_features.register_buffer(f"{name}_draws", torch.zeros((), dtype=torch.int64))
+        if self.APPROX and self.APPROX[0] in RANDOM:
+            self.register_buffer("approx_draws", torch.zeros((), dtype=torch.int64))
+
+    def triton_kernels(self):
+        """The generated Triton kernels module beside this module's file (imported once)."""
+        return import_sibling(sys.modules[type(self).__module__].__file__, "_triton")
+
+    # ------------------------------------------------------------------ random features
+    def projections(self) -> dict:
+        """The current random-feature projection [m, D] of each random map, by name."""
+        return {name: getattr(self.random_features, name) for name in self.RANDOM_FEATURES}
+
+    def redraw_features(self) -> None:
+        """A fresh draw for every random map: draw t of seed s is the same on every device."""
+        for name, (_, opts) in self.RANDOM_FEATURES.items():
+            draws = getattr(self.random_features, f"{name}_draws")
+            draws += 1
+            w = draw_projection(opts["features"], self.fixed["D"], opts["seed"], int(draws), bool(opts["orthogonal"]))
+            getattr(self.random_features, name).copy_(w)
+
+    def featurize(self, q, k):
+        """(phi(q), phi(k)) through the spec's random map (the spec allows exactly one); in training,
+        maps declared with redraw=1 draw new features first (Performer's redraw per step)."""
+        (name, (kind, opts)), = self.RANDOM_FEATURES.items()
+        if self.training and opts["redraw"]:
+            # wrapped at call time: torch.compiler.disable imports dynamo, which imports triton, and the
+            # CLI must set TRITON_INTERPRET before triton is first imported
+            torch.compiler.disable(self.redraw_features, reason="a seeded CPU generator draws the features: "
+                                   "compile with fullgraph=False, or redraw=0")()
+        w = getattr(self.random_features, name)
+        return random_features(kind, q, w).to(q.dtype), random_features(kind, k, w).to(k.dtype)
+
+    def approx_noise(self, q, k, advance: bool):
+        """The random draw of a sampling approximation for this call (None for the others): RA samples
+        in every mode; LARA samples around its proposal means in training and uses the means in eval.
+        `advance` (a forward call in training with redraw=1) moves to the next draw first."""
+        if not self.APPROX or self.APPROX[0] not in RANDOM:
+            return None
+        method, opts = self.APPROX
+        if advance and self.training and opts["redraw"]:
+            self.approx_draws += 1
+        draw = int(self.approx_draws)
+        if method == "ra":
+            return ra_noise(q, k, samples=opts["samples"], seed=opts["seed"], draw=draw)
+        return lara_noise(q, k, landmarks=opts["landmarks"], seed=opts["seed"], draw=draw) if self.training else None
+
+    # ------------------------------------------------------------------ calling
+    def params_dict(self) -> dict:
+        return {name: getattr(self, name) for name in self.PARAMS}
+
+    def _context(self, q, k, v, inputs: dict) -> Context:
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            if not isinstance(t, torch.Tensor):
+                raise ShapeError(f"{self.SPEC_NAME}: `{name}` must be a tensor, got {type(t).__name__}")
+            if t.dim() != 4:
+                raise ShapeError(f"{self.SPEC_NAME}: `{name}` must be [batch, heads, tokens, dim], got "
+                                 f"{tuple(t.shape)}")
+            if not t.is_floating_point():
+                raise ShapeError(f"{self.SPEC_NAME}: `{name}` must be floating point, got {t.dtype}")
+        B, H, Nq, D = q.shape
+        N = k.shape[2]
+        want = {"k": (B, H, N, D), "v": (B, H, N, v.shape[-1])}
+        for name, t in (("k", k), ("v", v)):
+            if tuple(t.shape) != want[name]:
+                raise ShapeError(f"{self.SPEC_NAME}: `{name}` has shape {tuple(t.shape)}, expected {want[name]} "
+                                 f"(q is {tuple(q.shape)}; k and v share their token count)")
+            if t.dtype != q.dtype or t.device != q.device:
+                raise ShapeError(f"{self.SPEC_NAME}: `{name}` is {t.dtype} on {t.device}, q is {q.dtype} on "
+                                 f"{q.device}")
+        dims = {"N": N, "Nq": Nq, "H": H, "D": D, "E": v.shape[-1]}
+        for n, value in self.fixed.items():
+            if dims[n] != value:
+                raise ShapeError(f"{self.SPEC_NAME}: built for {n} = {value}, called with {n} = {dims[n]}")
+        unknown = set(inputs) - set(self.INPUTS)
+        if unknown:
+            name = sorted(unknown)[0]
+            hint = did_you_mean(name, self.INPUTS)
+            raise ShapeError(f"{self.SPEC_NAME}: unexpected input `{name}`" + (f"; {hint}" if hint else ""))
+        dtype = torch.float64 if q.dtype == torch.float64 else torch.float32  # float inputs and tables join at it
+        checked = {}
+        for name, spec in self.INPUTS.items():
+            if name not in inputs:
+                raise ShapeError(f"{self.SPEC_NAME}: missing input `{name}` (declared `input {name}[...]`)")
+            try:
+                t = torch.as_tensor(inputs[name], device=q.device)
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise ShapeError(f"{self.SPEC_NAME}: input `{name}` must be a tensor or a nested list of "
+                                 f"numbers, got {type(inputs[name]).__name__} ({exc})") from None
+            if t.is_complex():
+                raise ShapeError(f"{self.SPEC_NAME}: input `{name}` must be real, got {t.dtype}")
+            shape = tuple(int(d) for d in spec.dims({**self.sizes, **dims}))
+            if tuple(t.shape) not in (shape, (B, *shape)):
+                raise ShapeError(f"{self.SPEC_NAME}: input `{name}` has shape {tuple(t.shape)}, expected "
+                                 f"{shape} or {(B, *shape)}")
+            if spec.dtype in ("int", "bool") and t.is_floating_point():
+                raise ShapeError(f"{self.SPEC_NAME}: input `{name}` must be {spec.dtype}, got {t.dtype}")
+            checked[name] = t.int() if spec.dtype == "int" else t.bool() if spec.dtype == "bool" else t.to(dtype)
+        params = self.params_dict()
+        if q.dtype == torch.float64:  # tables join the computation at its precision
+            params = {n: p.double() for n, p in params.items()}
+        return Context(self.sizes, params, checked, **dims, dtype=dtype)
+
+    def resolve_backend(self, q: torch.Tensor) -> str:
+        if self.backend != "auto":
+            return self.backend
+        return "triton" if q.is_cuda and cuda_triton_available() else "torch"
+
+    def forward(self, q, k, v, **inputs):
+        ctx = self._context(q, k, v, inputs)
+        backend = self.resolve_backend(q)
+        self.last_backend = backend
+        if q.shape[2] == 0 or k.shape[2] == 0:  # nothing to attend with or to: zeros, in every backend
+            return v.new_zeros(*q.shape[:3], v.shape[-1])
+        ctx.noise = self.approx_noise(q, k, advance=True)
+        if backend == "reference":
+            return self._dense(q, k, v, ctx).to(v.dtype)
+        if self.POOL:
+            k, v = self.pool_kv(k, v, ctx)
+        if self.FORMS_GRAPH_TABLES:  # lowerings that read G[i, j] as a table get it formed
+            ctx.inputs.update(self.graph_tables(ctx.inputs, ctx.dtype))
+        if self.RANDOM_FEATURES:
+            q, k = self.featurize(q, k)
+        if backend == "triton":
+            return self.forward_triton(q, k, v, ctx)
+        return self.forward_torch(q, k, v, ctx)
+
+    def _cached(self, key: tuple, compute: Callable):
+        """An LRU of LAYOUT_CACHE entries: decoding with a growing N must not keep every length."""
+        if key in self._layouts:
+            self._layouts.move_to_end(key)
+        else:
+            self._layouts[key] = compute()
+            while len(self._layouts) > LAYOUT_CACHE:
+                self._layouts.popitem(last=False)
+        return self._layouts[key]
+
+    def cached_layout(self, ctx: Context, block_layout: Callable, device) -> tuple[int, torch.Tensor]:
+        """(b, bool layout over blocks of b tokens) for these lengths and sizes: computed once, then cached."""
+        def compute():
+            block, layout = block_layout(ctx)
+            if block < 1:
+                raise AttnccError(f"{self.SPEC_NAME}: block size must be >= 1, got {block}")
+            return int(block), layout.to(device=device, dtype=torch.bool).contiguous()
+        return self._cached(("blocks", ctx.Nq, ctx.N, tuple(sorted(self.sizes.items())), str(device)), compute)
+
+    def cached_tiles(self, ctx: Context, block_layout: Callable, device) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """(tile, row_ptr, cols): the layout as CSR over square tiles of a power-of-two edge in
+        [16, MAX_TILE] aligned with the blocks (a tile is visited if any block it meets is); cached
+        like the layout. A block size that is not a power of two visits every 64-tile."""
+        from ..analysis.blocks import csr, tile_layout
+
+        def compute():
+            block, layout = self.cached_layout(ctx, block_layout, device)
+            if block & (block - 1):  # no aligned tile: visit every tile, the mask decides
+                tile = 64
+                return tile, *csr(torch.ones(-(-ctx.Nq // tile), -(-ctx.N // tile), dtype=torch.bool, device=device))
+            tile = min(max(16, block), MAX_TILE)
+            if block > tile:  # split each block into (block / tile)^2 tiles
+                split = block // tile
+                layout = layout.repeat_interleave(split, 0).repeat_interleave(split, 1)
+                layout = layout[:-(-ctx.Nq // tile), :-(-ctx.N // tile)]
+                return tile, *csr(layout.contiguous())
+            return tile, *csr(tile_layout(layout, block, tile))
+        return self._cached(("tiles", ctx.Nq, ctx.N, tuple(sorted(self.sizes.items())), str(device)), compute)
+
+    def reference(self, q, k, v, **inputs) -> torch.Tensor:
+        """The dense float64 meaning of the spec with this module's tables: for a declared
+        approximation, its own formulas with this module's current random draw (see `target`)."""
+        return self._dense_call(self.checked, q, k, v, inputs)
+
+    def target(self, q, k, v, **inputs) -> torch.Tensor:
+        """The exact attention a declared approximation approximates (softmax), dense float64; for a
+        spec without `approx`, the same as `reference`."""
+        return self._dense_call(self.checked.target or self.checked, q, k, v, inputs)
+
+    def _dense_call(self, spec, q, k, v, inputs: dict) -> torch.Tensor:
+        ctx = self._context(q, k, v, inputs)
+        if q.shape[2] == 0 or k.shape[2] == 0:
+            return torch.zeros(*q.shape[:3], v.shape[-1], dtype=torch.float64, device=q.device)
+        ctx.noise = self.approx_noise(q, k, advance=False)
+        return self._dense(q, k, v, ctx, spec)
+
+    def _dense(self, q, k, v, ctx: Context, spec=None) -> torch.Tensor:
+        from ..oracle.dense import dense_attention
+        inputs = {**ctx.inputs, **self.graph_tables(ctx.inputs, torch.float64)}
+        return dense_attention(spec or self.checked, q, k, v, ctx.params, inputs, self.sizes, self.projections(),
+                               ctx.noise)
+
+    def tap(self, q, k, v, rows=None, **inputs) -> torch.Tensor:
+        """The attention probabilities P[b, h, i, j] of this call, with out = P v: softmax's
+        probabilities, D^-1 (M o phi(Q) phi(K)^T) for `normalize rows`, W itself for `normalize none`,
+        the matrix a declared approximation applies (MRA's, LARA's, RA's); random features and
+        sampling approximations use the current draw, the one the last forward used.
+
+        Dense: [B, H, Nq, N], or [B, H, len(rows), N] for `rows`, a 1-d sample of query indices.
+        Differentiable in q, k and the learned tables; computed at the input's precision (float32
+        for half inputs) and returned in q's dtype."""
+        from ..oracle.dense import dense_probabilities
+        ctx = self._context(q, k, v, inputs)
+        if rows is not None:
+            rows = torch.as_tensor(rows, device=q.device)
+            if rows.dim() != 1 or rows.is_floating_point() or rows.dtype == torch.bool:
+                raise ShapeError(f"{self.SPEC_NAME}: tap rows must be a 1-d tensor of query indices, got "
+                                 f"{rows.dtype} of shape {tuple(rows.shape)}")
+            if len(rows) and not (0 <= int(rows.min()) and int(rows.max()) < ctx.Nq):
+                raise ShapeError(f"{self.SPEC_NAME}: tap rows must lie in [0, {ctx.Nq}), got "
+                                 f"{int(rows.min())}..{int(rows.max())}")
+        n_rows = ctx.Nq if rows is None else len(rows)
+        if n_rows == 0 or ctx.N == 0:
+            return q.new_zeros(q.shape[0], ctx.H, n_rows, ctx.N)
+        if self.checked.ista is not None:
+            raise AttnccError(f"{self.SPEC_NAME}: `normalize ista` has no attention matrix to tap: its output is "
+                              "not P v (the solver is not linear in v)")
+        inputs = {**ctx.inputs, **self.graph_tables(ctx.inputs, ctx.dtype)}
+        probabilities = lambda keys: dense_probabilities(  # noqa: E731
+            self.checked, q, keys, ctx.params, inputs, self.sizes, ctx.E, self.projections(),
+            self.approx_noise(q, k, advance=False), rows, ctx.dtype)
+        if self.checked.pool is not None:  # ContextPool: out = P (M v) = (P M) v
+            from ..oracle.pool import tap_through_pool
+            return tap_through_pool(self.checked.pool, k.to(ctx.dtype), ctx.params, probabilities).to(q.dtype)
+        return probabilities(k).to(q.dtype)
+
+    def graph_tables(self, inputs: dict, dtype: torch.dtype) -> dict:
+        """Each graph kernel G of the spec formed densely from its adjacency input, by name."""
+        return {name: dense_kernel(kind, inputs[adj].double(), opts).to(dtype)
+                for name, (kind, adj, opts) in self.GRAPHS.items()}
+
+    def forward_torch(self, q, k, v, ctx):  # pragma: no cover - replaced by generated code
+        raise NotImplementedError
+
+    def forward_triton(self, q, k, v, ctx):  # pragma: no cover - replaced by generated code
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        chosen = {"auto": "triton on CUDA, torch elsewhere"}.get(self.backend, self.backend)
+        sizes = ", ".join(f"{k}={v}" for k, v in {**self.sizes, **self.fixed}.items())
+        last = f", last_run={self.last_backend}" if self.last_backend else ""
+        return (f"spec={self.SPEC_NAME}, lowering={self.LOWERING}, backend={self.backend} ({chosen}){last}"
+                + (f", {sizes}" if sizes else ""))
+
+
+# Names a learned table may not take: it becomes an attribute of the module.
+RESERVED_ATTRIBUTES = (frozenset(dir(CompiledAttention)) | frozenset(vars(nn.Module()))
+                       | {"backend", "last_backend", "sizes", "fixed", "compilation", "_layouts", "random_features",
+                          "approx_draws"})
+
+
+# ---------------------------------------------------------------------- loading generated code
+def cache_dir() -> Path:
+    root = os.environ.get("ATTNCC_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "attncc")
+    return Path(root)
+
+
+def toolchain() -> str:
+    """What generated code depends on besides its own text (part of every cache key)."""
+    try:
+        triton_version = metadata.version("triton")
+    except metadata.PackageNotFoundError:
+        triton_version = "none"
+    return f"torch {torch.__version__}, triton {triton_version}"
+
+
+def load_module(name: str, files: dict[str, str]):
+    """Write generated files into the cache and import `<name>.py`; siblings are imported on demand
+    (`import_sibling`). The folder is keyed by the sources (which name the spec hash and the attncc
+    version) and the toolchain; each file is written atomically (temporary file, then rename), so
+    concurrent compiles of one spec agree, and a file whose text differs (corrupted, truncated) is
+    rewritten before it is imported."""
+    key = "".join(f"{n}\0{src}\0" for n, src in sorted(files.items())) + toolchain()
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    directory = cache_dir() / digest
+    for file_name, source in files.items():
+        path = directory / file_name
+        if not (path.exists() and _read(path) == source):
+            write_atomic(path, source)
+    return _import(directory / f"{name}.py", f"attncc_generated_{name}_{digest}")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file in the same folder and os.replace: readers (other processes
+    too) see the old file or the whole new one, never a partial write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def import_sibling(main_file: str, suffix: str):
+    """Import `<stem><suffix>.py` that lies beside a generated module (once per process)."""
+    path = Path(main_file)
+    return _import(path.with_name(path.stem + suffix + ".py"), f"attncc_generated_{path.stem}{suffix}_{path.parent.name}")
+
+
+def _import(path: Path, module_name: str):
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    return module
+
+
+__all__ = ["CompiledAttention", "Context", "ParamSpec", "InputSpec", "load_module", "import_sibling"]

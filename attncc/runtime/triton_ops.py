@@ -1,0 +1,116 @@
+"""The Triton backend's forward and backward kernels as torch custom ops.
+
+`attncc::triton_attention` runs a generated module's forward kernels and `attncc::triton_attention_backward`
+its backward kernels; register_autograd ties them together and register_fake gives their shapes, so
+torch.compile sees one opaque op (no graph break) and autograd its generated backward. Both ops are
+generic: the generated module is named by its import name, and what the kernels read from the call's
+Context travels as tensors (tables, block-sparse tiles), ints (run-time and declared sizes) and one
+string of names, rebuilt into a Context inside the op.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..analysis.blocks import csr
+from .compiled import Context, import_sibling
+
+
+@dataclass(frozen=True)
+class CallTiles:
+    """A block-sparse module's tiles for one call, carried into the op as tensors: launchers ask
+    their `self` for its cached tiles, and inside the op this stands for the module."""
+
+    tile: int
+    row_ptr: Tensor
+    cols: Tensor
+
+    def cached_tiles(self, ctx, block_layout, device):
+        return self.tile, self.row_ptr, self.cols
+
+
+def attention(q, k, v, ctx: Context, host, tiles=None) -> Tensor:
+    """out of the generated module `host` through the custom op (gradients by its backward kernels)."""
+    names = [f"p:{n}" for n in ctx.params] + [f"i:{n}" for n in ctx.inputs] + [f"s:{n}" for n in ctx.sizes]
+    tables = [t.contiguous() for t in (*ctx.params.values(), *ctx.inputs.values())]
+    tile, aux = (0, []) if tiles is None else (tiles[0], [tiles[1], tiles[2]])
+    ints = [ctx.N, ctx.Nq, ctx.H, ctx.D, ctx.E, tile, *ctx.sizes.values()]
+    out, _ = torch.ops.attncc.triton_attention(host.__name__, q, k, v, tables, aux, ints, ";".join(names))
+    return out
+
+
+def _unpack(host: str, q: Tensor, tables, aux, ints, names: str):
+    """(main module, kernels module, Context, tiles or None) of one op call."""
+    main = sys.modules[host]
+    kinds = [n.split(":", 1) for n in names.split(";") if n]
+    params = {n: t for (kind, n), t in zip(kinds, tables) if kind == "p"}
+    inputs = {n: t for (kind, n), t in zip(kinds, tables) if kind == "i"}
+    sizes = {n: int(x) for (_, n), x in zip([kn for kn in kinds if kn[0] == "s"], ints[6:])}
+    N, Nq, H, D, E, tile = (int(x) for x in ints[:6])
+    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    ctx = Context(sizes, params, inputs, N, Nq, H, D, E, dtype=dtype)
+    tiles = CallTiles(tile, aux[0], aux[1]) if aux else None
+    return main, import_sibling(main.__file__, "_triton"), ctx, tiles
+
+
+def _table_names(names: str) -> list[str]:
+    return [n.split(":", 1)[1] for n in names.split(";") if n and n[0] in "pi"]
+
+
+@torch.library.custom_op("attncc::triton_attention", mutates_args=())
+def _forward(host: str, q: Tensor, k: Tensor, v: Tensor, tables: list[Tensor], aux: list[Tensor],
+             ints: list[int], names: str) -> tuple[Tensor, Tensor]:
+    main, kernels, ctx, tiles = _unpack(host, q, tables, aux, ints, names)
+    return kernels.op_forward(tiles, q, k, v, ctx, main)
+
+
+@_forward.register_fake
+def _(host, q, k, v, tables, aux, ints, names):
+    return q.new_empty(*q.shape[:3], v.shape[-1]), q.new_empty(*q.shape[:3], dtype=torch.float32)
+
+
+@torch.library.custom_op("attncc::triton_attention_backward", mutates_args=())
+def _backward(host: str, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor,
+              tables: list[Tensor], aux: list[Tensor], ints: list[int], names: str) -> list[Tensor]:
+    """[dq, dk, dv, one gradient per table]: empty for the tables the kernels do not differentiate."""
+    main, kernels, ctx, tiles = _unpack(host, q, tables, aux, ints, names)
+    dq, dk, dv, grads = kernels.op_backward(tiles, q, k, v, out, lse, dout, ctx, main)
+    return [dq, dk, dv] + [grads[n].to(t.dtype) if n in grads else t.new_empty(0)
+                           for n, t in zip(_table_names(names), tables)]
+
+
+@_backward.register_fake
+def _(host, q, k, v, out, lse, dout, tables, aux, ints, names):
+    differentiated = import_sibling(sys.modules[host].__file__, "_triton").GRAD_TABLES
+    return [torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)] + \
+        [t.new_empty(t.shape) if n in differentiated else t.new_empty(0) for n, t in zip(_table_names(names), tables)]
+
+
+def _setup_context(ctx, inputs, output):
+    host, q, k, v, tables, aux, ints, names = inputs
+    ctx.call = (host, ints, names, len(tables))
+    ctx.save_for_backward(q, k, v, *output, *tables, *aux)
+
+
+def _autograd_backward(ctx, dout, dlse):
+    host, ints, names, count = ctx.call
+    q, k, v, out, lse, *rest = ctx.saved_tensors
+    tables, aux = rest[:count], rest[count:]
+    dq, dk, dv, *grads = _backward(host, q, k, v, out, lse, dout.contiguous(), tables, aux, ints, names)
+    grads = [g if g.shape == t.shape else None for g, t in zip(grads, tables)]
+    return None, dq, dk, dv, grads, [None] * len(aux), None, None
+
+
+_forward.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
+def transpose_tiles(row_ptr: Tensor, cols: Tensor, n_cols: int) -> tuple[Tensor, Tensor]:
+    """(col_ptr, rows) of a tile layout given as CSR (row_ptr, cols): the query tiles of each key tile."""
+    rows = torch.repeat_interleave(torch.arange(row_ptr.numel() - 1, device=cols.device),
+                                   (row_ptr[1:] - row_ptr[:-1]).long())
+    layout = torch.zeros(row_ptr.numel() - 1, n_cols, dtype=torch.bool, device=cols.device)
+    layout[rows, cols.long()] = True
+    return csr(layout.T.contiguous())

@@ -1,0 +1,108 @@
+"""Run every backend of a compiled spec against its dense reference on random inputs.
+
+Used by `attncc check`, by the test-suite and by users (`assert_matches_reference`).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ..plan import registry
+
+# Tolerances on max |out - ref| / max(1, max |ref|): exact lowerings in fp32, and the input rounding
+# of half precisions; a lowering may declare its own per dtype (Lowering.tolerance: FFT's round-off
+# grows like eps log N).
+TOLERANCE = {torch.float32: 2e-4, torch.float16: 5e-3, torch.bfloat16: 3e-2, torch.float64: 1e-9}
+
+
+@dataclass
+class Result:
+    backend: str
+    dtype: torch.dtype
+    shape: tuple
+    error: float
+    tolerance: float
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error <= self.tolerance
+
+
+def random_inputs(cls, batch: int, heads: int, nq: int, nk: int, dim: int, dim_v: int | None = None,
+                  generator: torch.Generator | None = None, device="cpu"):
+    """q, k, v in float64 plus every declared input, random but valid."""
+    g = generator or torch.Generator().manual_seed(0)
+    dim_v = dim_v or dim
+    q = torch.randn(batch, heads, nq, dim, generator=g, dtype=torch.float64)
+    k = torch.randn(batch, heads, nk, dim, generator=g, dtype=torch.float64)
+    v = torch.randn(batch, heads, nk, dim_v, generator=g, dtype=torch.float64)
+    sizes = {**cls.SIZES, "N": nk, "Nq": nq, "H": heads, "D": dim, "E": dim_v}
+    inputs = {}
+    adjacencies = {adj for _, adj, _ in cls.GRAPHS.values()}
+    for name, spec in cls.INPUTS.items():
+        shape = (batch, *(int(d) for d in spec.dims(sizes)))
+        if name in adjacencies:  # a graph: sparse, symmetric, 0/1
+            edges = torch.rand(shape, generator=g) < 0.15
+            inputs[name] = (edges | edges.transpose(-1, -2)).to(torch.float32 if spec.dtype == "float" else torch.bool)
+        elif spec.dtype == "int":
+            inputs[name] = torch.sort(torch.randint(0, 3, shape, generator=g), dim=-1).values
+        elif spec.dtype == "bool":
+            inputs[name] = torch.rand(shape, generator=g) > 0.5
+        else:
+            inputs[name] = torch.randn(shape, generator=g)
+    return q.to(device), k.to(device), v.to(device), {n: t.to(device) for n, t in inputs.items()}
+
+
+def make_module(cls, heads: int, dim: int, dim_v: int, randomize: bool = True, seed: int = 0, **sizes):
+    fixed = {n: v for n, v in (("H", heads), ("D", dim), ("E", dim_v)) if n in cls.NEEDS}
+    module = cls(**fixed, **sizes)
+    if randomize:  # learned tables at their init (often zeros) would test little
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in module.parameters():
+                p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return module
+
+
+def triton_runnable(device: str) -> tuple[bool, str]:
+    if device == "cuda":
+        return torch.cuda.is_available(), "no CUDA device"
+    return os.environ.get("TRITON_INTERPRET") == "1", "set TRITON_INTERPRET=1 to run Triton on the CPU"
+
+
+def compare(module, q, k, v, inputs, backend: str, dtype: torch.dtype, device: str = "cpu") -> Result:
+    cast = [t.to(device=device, dtype=dtype) for t in (q, k, v)]
+    saved, training = module.backend, module.training
+    home = next((t.device for t in (*module.parameters(), *module.buffers())), None)
+    try:
+        module.backend = backend
+        module.eval()  # random draws stay fixed: the reference reads this draw
+        # a declared approximation selects blocks / draws samples from its inputs: give the
+        # reference exactly the (rounded) inputs the backend sees
+        with torch.no_grad():
+            rounded = [t.to(device=q.device, dtype=torch.float64) for t in cast] if module.APPROX else (q, k, v)
+            ref = module.reference(*rounded, **inputs)
+            out = module.to(device)(*cast, **{n: t.to(device) for n, t in inputs.items()})
+    finally:  # leave the caller's module as it was
+        module.backend = saved
+        module.train(training)
+        if home is not None:
+            module.to(home)
+    scale = max(1.0, float(ref.abs().max())) if ref.numel() else 1.0
+    error = float((out.double().cpu() - ref.cpu()).abs().max()) / scale if ref.numel() else 0.0
+    if not torch.isfinite(out).all():
+        error = float("inf")
+    table = registry.get(module.LOWERING).tolerance or TOLERANCE
+    tol = table.get(dtype, TOLERANCE[dtype])
+    return Result(backend, dtype, tuple(q.shape[2:3]) + tuple(k.shape[2:3]), error, tol)
+
+
+def assert_matches_reference(module, q, k, v, backend: str = "torch", dtype=torch.float32, **inputs) -> None:
+    """Raise AssertionError if `backend` differs from the dense reference beyond its tolerance."""
+    result = compare(module, q, k, v, inputs, backend, dtype, device=q.device.type)
+    if not result.ok:
+        raise AssertionError(f"{module.SPEC_NAME} [{backend}, {dtype}]: error {result.error:.3e} > "
+                             f"tolerance {result.tolerance:.1e}")
