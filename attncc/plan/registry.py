@@ -1,8 +1,9 @@
 """The lowering registry: one `Lowering` record per way of computing an attention node.
 
 A lowering module (attncc/lowerings/<name>.py) builds one `Lowering` and `register`s it; importing
-the package `attncc.lowerings` fills the registry, which `get` and `all` do on first use. Consumers
-(select, the emitters' dispatch, runtime, checking, gradients, distributed, autotune, the CLI) ask
+the package `attncc.lowerings` fills the registry (attncc.api does, so importing attncc does: the
+registry, below the lowerings in the pipeline, never imports them). Consumers
+(select, the emitters' dispatch, runtime, tools.compare, gradients, distributed, autotune, the CLI) ask
 the registry instead of matching lowering names. Candidates are listed in registration order.
 """
 from __future__ import annotations
@@ -35,8 +36,8 @@ class Lowering:
                                   not its own (sdpa: Triton has no SDPA, it runs the tiled kernel)
     autotune_configs              CUDA launch candidates of its kernel, the default first
     interpreter_config            the launch configuration under Triton's interpreter
-    tolerance                     {torch dtype: max relative error} where not attncc.checking.TOLERANCE
-    context_parallel              attncc.distributed can split its tokens over ranks (key states)
+    tolerance                     {torch dtype: max relative error} where not attncc.tools.compare.TOLERANCE
+    context_parallel              attncc.runtime.distributed can split its tokens over ranks (key states)
     forms_graph_tables            G = kernel(A) is formed as a table before it runs (not: graph)
     block_sparse                  its tiles are the ones a block layout lists
     causal_chunks                 linear attention walked chunk by chunk with a carried prefix state
@@ -66,7 +67,7 @@ class Lowering:
 
     @property
     def autotune_kind(self) -> str:
-        """The kernel kind its Triton launchers tune under (attncc.autotune)."""
+        """The kernel kind its Triton launchers tune under (attncc.runtime.autotune)."""
         return self.triton_runs or self.name
 
     def torch_fallback_reason(self, spec) -> str | None:
@@ -76,7 +77,6 @@ class Lowering:
 
 
 _REGISTRY: dict[str, Lowering] = {}
-_LOADED = False
 
 
 def register(lowering: Lowering) -> Lowering:
@@ -93,7 +93,6 @@ def unregister(name: str) -> None:
 @contextlib.contextmanager
 def registered(lowering: Lowering) -> Iterator[Lowering]:
     """Register `lowering` for the duration of a `with` block (tests, experiments)."""
-    _load()
     register(lowering)
     try:
         yield lowering
@@ -101,15 +100,7 @@ def registered(lowering: Lowering) -> Iterator[Lowering]:
         unregister(lowering.name)
 
 
-def _load() -> None:
-    global _LOADED
-    if not _LOADED:
-        _LOADED = True
-        import attncc.lowerings  # noqa: F401  (each module registers its lowering)
-
-
 def get(name: str) -> Lowering:
-    _load()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -117,7 +108,6 @@ def get(name: str) -> Lowering:
 
 
 def all() -> list[Lowering]:  # noqa: A001 (the registry's vocabulary: register / get / all)
-    _load()
     return list(_REGISTRY.values())
 
 
