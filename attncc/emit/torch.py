@@ -213,13 +213,3 @@ def emit_approx(w: CodeWriter, spec: CheckedSpec, call: str, random_draw: bool) 
         if random_draw:
             w.line("# ctx.noise: this call's random draw (seeded; redrawn per training call when redraw=1)")
         w.line(f"return {call.format(**spec.approx.options)}.to(v.dtype)")
-
-
-def emit_torch(spec: CheckedSpec, plan: Plan, graph: Graph) -> str:
-    """The torch backend: the chosen lowering writes its forward, then the pooling pre-op if any."""
-    w = CodeWriter()
-    plan.entry.emit_torch(w, spec, plan, graph)
-    if spec.pool is not None:
-        from .mixed import emit_pool
-        emit_pool(w, spec)
-    return w.text()

@@ -506,14 +506,6 @@ SPEC_HASH = {spec_hash!r}  # part of every autotune key
 '''
 
 
-def emit_torch_fallback(w: CodeWriter, why: str) -> None:
-    """`forward_triton` of a lowering with no Triton kernel: the torch forward, on the inputs' device."""
-    w.line(f"# No Triton kernel for this lowering: {why} runs through torch")
-    w.line("# (the same torch ops, on the GPU when the inputs are there), exactly as in the torch backend.")
-    with w.block("def forward_triton(self, q, k, v, ctx, host):"):
-        w.line("return host.forward_torch(self, q, k, v, ctx)")
-
-
 def emit_tiled_triton(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> str:
     """The tiled skeleton's kernel and launcher (tiled, block-sparse); returns its description."""
     exprs = [pair_scores(spec), spec.mask]
@@ -539,25 +531,3 @@ def emit_linear_triton(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Grap
         emit_feature_fn(w, fm)
     emit_linear_kernels(w, spec, plan, graph)
     return "chunked causal linear kernel" if plan.entry.causal_chunks else "linear state + output kernels"
-
-
-def with_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph, description: str) -> str:
-    """After the forward's kernels: the backward kernels (or recomputation) and `forward_triton`."""
-    from .triton_backward import emit_backward  # it builds on this module's pieces
-    w.line()
-    w.line()
-    backward = emit_backward(w, spec, plan, graph)
-    return f"{description}; backward: {backward}"
-
-
-def emit_triton(spec: CheckedSpec, plan: Plan, graph: Graph) -> tuple[str, str]:
-    """(kernels and launchers, description of the Triton lowering): the chosen lowering's Triton
-    writer, or its declared torch fallback."""
-    from .triton_backward import backward_line  # it builds on this module's pieces
-    w = CodeWriter()
-    why = plan.entry.torch_fallback_reason(spec)
-    if why is not None:
-        emit_torch_fallback(w, why)
-        return w.text(), f"{plan.lowering} via torch ({why}; no Triton kernel); backward: {backward_line(spec, plan)}"
-    description = plan.entry.emit_triton(w, spec, plan, graph)
-    return w.text(), description

@@ -11,6 +11,7 @@ import sympy
 
 from ..frontend.check import CheckedSpec
 from ..lang.expr import FLOAT, TExpr, postorder
+from ..lang.normalizers import pair_scores
 from .graph import SIZE_SYMBOLS, B, D, E, Graph, H, N, Nq, broadcast
 
 _VAR_SHAPES = {"i": (1, 1, Nq, 1), "j": (1, 1, 1, N), "h": (1, H, 1, 1)}
@@ -59,7 +60,7 @@ class ExprBuilder:
 def lower(spec: CheckedSpec) -> Graph:
     graph = Graph(spec.name)
     build = ExprBuilder(graph)
-    operands = [build.add(spec.logits if spec.normalize == "softmax" else spec.weight)]
+    operands = [build.add(pair_scores(spec))]
     if spec.mask is not None:
         operands.append(build.add(spec.mask))
     operands.append(build.leaves["v"])
