@@ -13,10 +13,11 @@ from .version import __version__
 from .frontend.ast import Spec, format_spec
 from .frontend.check import CheckedSpec, check
 from .emit.module import header, module_class, triton_entry
-from .emit.torch import emit_torch
-from .emit.triton import emit_triton, triton_header
+from .emit.dispatch import emit_torch, emit_triton
+from .emit.triton import triton_header
 from .ir.graph import Graph
 from .ir.lower import lower, size_symbols
+from . import lowerings  # noqa: F401  (fills the lowering registry: each module registers its lowering)
 from .frontend.parse import parse
 from .passes import PassContext, run_pipeline
 from .runtime.compiled import RESERVED_ATTRIBUTES, load_module

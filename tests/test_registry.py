@@ -10,15 +10,15 @@ import torch
 
 import attncc
 from attncc.api import build
-from attncc.frontend.approx import APPROXIMATIONS
-from attncc.tools.compare import assert_matches_reference, make_module, random_inputs
 from attncc.cli import main
 from attncc.emit.torch import emit_score_holes
+from attncc.frontend.approx import APPROXIMATIONS
+from attncc.ir.graph import B, D, E, H, N, Nq
 from attncc.lang.normalizers import NORMALIZERS
 from attncc.plan import registry
-from attncc.ir.graph import B, D, E, H, N, Nq
 from attncc.plan.cost import BYTES_IO, Candidate
 from attncc.plan.select import format_plan
+from attncc.tools.compare import assert_matches_reference, make_module, random_inputs
 
 from .conftest import ROOT
 
@@ -104,7 +104,7 @@ def test_sdpa_is_chosen_for_plain_softmax_and_tiled_stays_forceable(capsys):
 # (`approx mra` is computed by the lowering `mra`), normalizers (`normalize ista`), benchmark baselines.
 OTHER_VOCABULARIES = {
     "approx.py": set(APPROXIMATIONS), "dense.py": set(APPROXIMATIONS) | set(NORMALIZERS),
-    "runtime.py": set(APPROXIMATIONS), "check.py": set(NORMALIZERS), "benchmark.py": {"sdpa", "fft"},
+    "compiled.py": set(APPROXIMATIONS), "check.py": set(NORMALIZERS), "benchmark.py": {"sdpa", "fft"},
     "baselines.py": {"rings", "linear"},  # a size name and an FLA kernel family
 }
 

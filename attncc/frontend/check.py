@@ -12,10 +12,12 @@ from dataclasses import dataclass, field, replace
 from . import ast
 from .approx import (APPROXIMATIONS, CHOICES, COUNTS, FAVOR, FLAGS, PLAIN_ONLY, POSITIVE, favor_weight,
                      is_plain_dot_scale, split_logits)
-from ..lang.expr import BOOL, FLOAT, FUNCTIONS, INT, RUNTIME_SIZES, VEC, TExpr, fmt
+from ..lang.expr import BOOL, FLOAT, INT, RUNTIME_SIZES, VEC, TExpr
 from ..lang.features import ALL_MAPS, RANDOM_MAPS
 from ..lang.graph_kernels import GRAPH_KERNELS
+from ..lang.operators import FUNCTIONS, fmt
 from .mechanisms import ISTA_OPTIONS, IstaInfo, MechanismChecks
+from ..lang.normalizers import NORMALIZERS as NORMALIZERS_BY_NAME
 from ..lang.pool import PoolInfo
 from ..lang.source import DiagnosticBag, Source, Span, did_you_mean
 from .records import InputInfo, KeywordOptions, ParamInfo
@@ -92,7 +94,7 @@ class CheckedSpec:
 
     @property
     def kind(self) -> str:
-        return "softmax" if self.normalize == "softmax" else "kernel"
+        return "softmax" if NORMALIZERS_BY_NAME[self.normalize].online_softmax else "kernel"
 
 
 class _Checker(ExprTyper, MechanismChecks):
@@ -392,7 +394,7 @@ class _Checker(ExprTyper, MechanismChecks):
         if a.method not in APPROXIMATIONS:
             self.bag.error(f"unknown approximation `{a.method}`", a.method_span,
                            did_you_mean(a.method, APPROXIMATIONS) or f"use one of {', '.join(APPROXIMATIONS)}")
-        elif spec.normalize != "softmax":
+        elif not NORMALIZERS_BY_NAME[spec.normalize].online_softmax:
             self.bag.error(f"`approx {a.method}` approximates softmax attention, but this spec normalizes "
                            f"with `{spec.normalize}`", a.method_span, "write `normalize softmax approx ...`")
         else:

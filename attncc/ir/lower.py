@@ -10,7 +10,8 @@ from __future__ import annotations
 import sympy
 
 from ..frontend.check import CheckedSpec
-from ..lang.expr import FLOAT, TExpr
+from ..lang.expr import FLOAT, TExpr, postorder
+from ..lang.normalizers import pair_scores
 from .graph import SIZE_SYMBOLS, B, D, E, Graph, H, N, Nq, broadcast
 
 _VAR_SHAPES = {"i": (1, 1, Nq, 1), "j": (1, 1, 1, N), "h": (1, H, 1, 1)}
@@ -28,13 +29,18 @@ class ExprBuilder:
                 self.leaves[name] = graph.add(name, shape=shape, dtype=FLOAT)
 
     def add(self, t: TExpr) -> int:
-        if t.op in ("qrow", "krow"):
-            return self.leaves["q" if t.op == "qrow" else "k"]
-        args = tuple(self.add(a) for a in t.args)
-        key = (t.op, t.value, t.type, args)
-        if key not in self.cache:
-            self.cache[key] = self._new(t, args)
-        return self.cache[key]
+        """The node of t, its subexpressions added first (left to right, without recursion)."""
+        nodes: dict[TExpr, int] = {}
+        for e in postorder(t):
+            if e.op in ("qrow", "krow"):
+                nodes[e] = self.leaves["q" if e.op == "qrow" else "k"]
+                continue
+            args = tuple(nodes[a] for a in e.args)
+            key = (e.op, e.value, e.type, args)
+            if key not in self.cache:
+                self.cache[key] = self._new(e, args)
+            nodes[e] = self.cache[key]
+        return nodes[t]
 
     def _new(self, t: TExpr, args: tuple[int, ...]) -> int:
         g = self.graph
@@ -54,7 +60,7 @@ class ExprBuilder:
 def lower(spec: CheckedSpec) -> Graph:
     graph = Graph(spec.name)
     build = ExprBuilder(graph)
-    operands = [build.add(spec.logits if spec.normalize == "softmax" else spec.weight)]
+    operands = [build.add(pair_scores(spec))]
     if spec.mask is not None:
         operands.append(build.add(spec.mask))
     operands.append(build.leaves["v"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..analysis.chunks import find_mixed, mixed_holds
 from ..ir.graph import Graph
+from ..lang.normalizers import normalizer
 from ..lang.source import AttnccError
 
 
@@ -14,7 +15,7 @@ def mixed_chunk(graph: Graph, ctx) -> None:
     S_g = psi(K_g)^T V_g summed (or prefix-summed) across chunks: O(N c (d + e) + N m e).
     The decomposition is cross-checked against the weight on random grids (chunks.mixed_holds)."""
     spec = ctx.spec
-    if spec.normalize == "softmax" or spec.weight is None:
+    if normalizer(spec).online_softmax or spec.weight is None:
         return
     for nid in graph.find("attend"):
         form = find_mixed(spec.weight, spec.mask, ctx.symbols)
