@@ -24,7 +24,8 @@ from pygments.token import Comment, Keyword, Name, Number, Operator, Punctuation
 from ..frontend.approx import APPROXIMATIONS
 from ..frontend.check import INITIALIZERS, INPUT_DTYPES
 from ..frontend.parse import parser
-from ..lang.expr import FUNCTIONS, RUNTIME_SIZES
+from ..lang.expr import RUNTIME_SIZES
+from ..lang.operators import FUNCTIONS
 from ..lang.features import ALL_MAPS
 from ..lang.graph_kernels import GRAPH_KERNELS
 from ..lang.normalizers import NORMALIZERS
