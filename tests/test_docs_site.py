@@ -58,7 +58,12 @@ def test_every_self_contained_python_block_runs(block, monkeypatch):
         runner.run(test)
         assert runner.summarize(verbose=False).failed == 0
     else:
-        exec(compile(block.text, block.where, "exec"), {"__name__": "__docs__"})
+        try:
+            exec(compile(block.text, block.where, "exec"), {"__name__": "__docs__"})
+        except ModuleNotFoundError as exc:  # a block about an optional package (transformers, ...)
+            if exc.name.split(".")[0] == "attncc":
+                raise
+            pytest.skip(f"{block.where} needs {exc.name}, which is not installed (the `test` extra has it)")
 
 
 def test_blocks_were_found():

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 from importlib.metadata import EntryPoint
 
 import pytest
@@ -64,6 +63,7 @@ def test_the_textmate_grammar_is_generated_from_the_lexers_vocabulary():
 
 
 def test_the_lexer_is_registered_as_a_pygments_entry_point():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     target = project["entry-points"]["pygments.lexers"]["attn"]
     assert EntryPoint("attn", target, "pygments.lexers").load() is AttnLexer

@@ -17,7 +17,7 @@ PROJECT_FILES = ["pyproject.toml", "setup.py", "README.md", "attncc", "grammar"]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
     """A wheel built from a copy of the project (the build leaves build/ and egg-info behind)."""
-    pytest.importorskip("setuptools")
+    pytest.importorskip("setuptools", minversion="64")  # build_py.editable_mode (setup.py)
     source, out = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("wheel")
     for name in PROJECT_FILES:
         if (ROOT / name).is_dir():
