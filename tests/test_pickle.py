@@ -89,6 +89,18 @@ def test_a_spec_that_compiles_to_another_hash_is_refused():
         rebuild({**recipe, "format": 99})
 
 
+def test_another_attncc_version_refuses_the_file(tmp_path):
+    torch.save(attncc.compile(EXAMPLES / "alibi.attn")(H=2), tmp_path / "alibi.pt")
+    # the version is part of every spec hash: a later attncc compiles the same text to another hash
+    load = ("import sys, torch, attncc.api; attncc.api.__version__ = '99.0'; "
+            "torch.load(sys.argv[1], weights_only=False)")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ATTNCC_CACHE_DIR": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "-c", load, str(tmp_path / "alibi.pt")], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert f"attncc {attncc.__version__} compiled it to" in result.stderr and "this attncc 99.0" in result.stderr
+
+
 def run_in_child(module, q, k, v):
     with torch.no_grad():  # an autograd graph cannot cross processes
         return module(q, k, v)
