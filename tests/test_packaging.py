@@ -5,28 +5,43 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 
 import pytest
 
 from .markdown_blocks import ROOT
 
-PROJECT_FILES = ["pyproject.toml", "setup.py", "README.md", "attncc", "grammar"]
+PROJECT_FILES = ["pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "attncc", "grammar"]
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory):
-    """A wheel built from a copy of the project (the build leaves build/ and egg-info behind)."""
+def sdist(tmp_path_factory):
+    """A source distribution built from a copy of the project (a build leaves build/ and egg-info behind)."""
     pytest.importorskip("setuptools", minversion="64")  # build_py.editable_mode (setup.py)
-    source, out = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("wheel")
+    source, out = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("sdist")
     for name in PROJECT_FILES:
         if (ROOT / name).is_dir():
             shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(ROOT / name, source / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "-w", str(out), "--no-deps",
+    build = f"from setuptools import build_meta; build_meta.build_sdist({str(out)!r})"
+    subprocess.run([sys.executable, "-c", build], cwd=source, check=True, capture_output=True, timeout=300)
+    return next(out.glob("attncc-*.tar.gz"))
+
+
+@pytest.fixture(scope="module")
+def wheel(sdist, tmp_path_factory):
+    """The wheel pip builds from the sdist (what `pip install attncc-*.tar.gz` installs)."""
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(sdist), "-w", str(out), "--no-deps",
                     "--no-build-isolation", "-q"], check=True, capture_output=True, timeout=300)
     return next(out.glob("attncc-*.whl"))
+
+
+def test_the_sdist_carries_the_grammar(sdist):
+    names = {name.split("/", 1)[1] for name in tarfile.open(sdist).getnames() if "/" in name}
+    assert {"grammar/attn.lark", "grammar/attn.tmLanguage.json", "setup.py"} <= names
 
 
 def test_the_wheel_holds_the_grammar_once_and_registers_the_lexer(wheel):
