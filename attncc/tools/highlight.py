@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from dataclasses import dataclass
 from functools import lru_cache
 
 from lark.lexer import PatternRE, PatternStr
@@ -22,9 +23,8 @@ from pygments.lexer import RegexLexer, words
 from pygments.token import Comment, Keyword, Name, Number, Operator, Punctuation, Text
 
 from ..frontend.approx import APPROXIMATIONS
-from ..frontend.check import INITIALIZERS, INPUT_DTYPES
+from ..frontend.check import INITIALIZERS, INPUT_DTYPES, RESERVED
 from ..frontend.parse import parser
-from ..lang.expr import RUNTIME_SIZES
 from ..lang.operators import FUNCTIONS
 from ..lang.features import ALL_MAPS
 from ..lang.graph_kernels import GRAPH_KERNELS
@@ -35,25 +35,38 @@ from ..lang.pool import POOLINGS
 OPERATOR_WORDS = {"and", "or", "not"}
 CONSTANT_WORDS = {"true", "false"}
 PUNCTUATION = set("{}()[],:")
-# Names every spec can use without declaring them: rows, indices, the head, the scale, `dot`.
-IMPLICIT_NAMES = ("q", "k", "v", "i", "j", "h", "scale")
+# Regex terminals with their own class; every other regex terminal is an operator class (CMPOP, ...).
+SYNTAX_TERMINALS = ("NUMBER", "NAME", "COMMENT")
 
 
-# Regex terminals with their own word class; every other regex terminal is an operator class (CMPOP, ...).
-SYNTAX_TERMINALS = {"NUMBER": "number", "NAME": "name", "COMMENT": "comment"}
+@dataclass(frozen=True)
+class Vocabulary:
+    """Every class of word and symbol the highlighters know: word lists and regular expressions."""
+
+    keywords: tuple[str, ...]
+    operator_words: tuple[str, ...]
+    constants: tuple[str, ...]
+    builtins: tuple[str, ...]  # functions, feature maps, normalizers, approximations, ...
+    implicit: tuple[str, ...]  # names every spec may use undeclared: q, k, v, i, j, h, scale, N, ...
+    whitespace: str
+    comment: str
+    number: str
+    name: str
+    operators: str
+    punctuation: str
 
 
 @lru_cache(maxsize=1)
-def vocabulary() -> dict[str, tuple[str, ...]]:
-    """Every class of word and symbol the highlighters know, read from the grammar and the tables."""
-    strings, vocab, operator_classes = set(), {}, []
+def vocabulary() -> Vocabulary:
+    """The vocabulary read from the grammar's terminals and the language's tables."""
+    strings, patterns, operator_classes = set(), {}, []
     for terminal in parser().terminals:
         if isinstance(terminal.pattern, PatternStr):
             strings.add(terminal.pattern.value)
         elif terminal.name in SYNTAX_TERMINALS:
-            vocab[SYNTAX_TERMINALS[terminal.name]] = (terminal.pattern.value,)
+            patterns[terminal.name] = terminal.pattern.value
         elif terminal.name.startswith("__IGNORE"):  # %ignore'd whitespace
-            vocab["whitespace"] = (terminal.pattern.value,)
+            patterns["whitespace"] = terminal.pattern.value
         else:
             operator_classes.append(terminal.pattern.value)
     word_strings = {s for s in strings if s.isidentifier()}
@@ -64,36 +77,32 @@ def vocabulary() -> dict[str, tuple[str, ...]]:
     # classes (`==` in CMPOP) before single characters (`=`).
     operators = ([re.escape(s) for s in sorted(symbols) if len(s) > 1] + sorted(operator_classes)
                  + [re.escape(s) for s in sorted(symbols) if len(s) == 1])
-    return {
-        **vocab,
-        "keywords": tuple(sorted(word_strings - OPERATOR_WORDS - CONSTANT_WORDS)),
-        "operator_words": tuple(sorted(word_strings & OPERATOR_WORDS)),
-        "constants": tuple(sorted(word_strings & CONSTANT_WORDS)),
-        "builtins": tuple(sorted(builtins)),
-        "implicit": tuple(sorted({*IMPLICIT_NAMES, *RUNTIME_SIZES})),
-        "operators": ("|".join(operators),),
-        "punctuation": ("|".join(re.escape(s) for s in sorted(strings & PUNCTUATION)),),
-    }
-
-
-def _alternation(items) -> str:
-    return "|".join(re.escape(s) for s in items)
+    return Vocabulary(
+        keywords=tuple(sorted(word_strings - OPERATOR_WORDS - CONSTANT_WORDS)),
+        operator_words=tuple(sorted(word_strings & OPERATOR_WORDS)),
+        constants=tuple(sorted(word_strings & CONSTANT_WORDS)),
+        builtins=tuple(sorted(builtins)),
+        implicit=tuple(sorted(RESERVED - builtins - CONSTANT_WORDS)),
+        whitespace=patterns["whitespace"], comment=patterns["COMMENT"], number=patterns["NUMBER"],
+        name=patterns["NAME"], operators="|".join(operators),
+        punctuation="|".join(re.escape(s) for s in sorted(strings & PUNCTUATION)),
+    )
 
 
 def _lexer_rules():
     vocab = vocabulary()
     return {"root": [
-        (vocab["whitespace"][0], Text.Whitespace),
-        (vocab["comment"][0], Comment.Single),
-        (words(vocab["keywords"], suffix=r"\b"), Keyword),
-        (words(vocab["operator_words"], suffix=r"\b"), Operator.Word),
-        (words(vocab["constants"], suffix=r"\b"), Keyword.Constant),
-        (words(vocab["builtins"], suffix=r"\b"), Name.Builtin),
-        (words(vocab["implicit"], suffix=r"\b"), Name.Builtin.Pseudo),
-        (vocab["number"][0], Number),
-        (vocab["name"][0], Name),
-        (vocab["operators"][0], Operator),
-        (vocab["punctuation"][0], Punctuation),
+        (vocab.whitespace, Text.Whitespace),
+        (vocab.comment, Comment.Single),
+        (words(vocab.keywords, suffix=r"\b"), Keyword),
+        (words(vocab.operator_words, suffix=r"\b"), Operator.Word),
+        (words(vocab.constants, suffix=r"\b"), Keyword.Constant),
+        (words(vocab.builtins, suffix=r"\b"), Name.Builtin),
+        (words(vocab.implicit, suffix=r"\b"), Name.Builtin.Pseudo),
+        (vocab.number, Number),
+        (vocab.name, Name),
+        (vocab.operators, Operator),
+        (vocab.punctuation, Punctuation),
     ]}
 
 
@@ -107,7 +116,7 @@ class AttnLexer(RegexLexer):
 
 
 def _word_rule(scope: str, items) -> dict:
-    return {"name": f"{scope}.attn", "match": r"\b(?:" + _alternation(items) + r")\b"}
+    return {"name": f"{scope}.attn", "match": r"\b(?:" + "|".join(re.escape(s) for s in items) + r")\b"}
 
 
 def textmate_grammar() -> dict:
@@ -120,16 +129,16 @@ def textmate_grammar() -> dict:
         "fileTypes": ["attn"],
         "comment": "Generated by `python -m attncc.tools.highlight` from grammar/attn.lark and the language's tables.",
         "patterns": [
-            {"name": "comment.line.number-sign.attn", "match": vocab["comment"][0]},
-            _word_rule("keyword.control", vocab["keywords"]),
-            _word_rule("keyword.operator.word", vocab["operator_words"]),
-            _word_rule("constant.language", vocab["constants"]),
-            _word_rule("support.function.builtin", vocab["builtins"]),
-            _word_rule("variable.language", vocab["implicit"]),
-            {"name": "constant.numeric.attn", "match": vocab["number"][0]},
-            {"name": "variable.other.attn", "match": vocab["name"][0]},
-            {"name": "keyword.operator.attn", "match": vocab["operators"][0]},
-            {"name": "punctuation.attn", "match": vocab["punctuation"][0]},
+            {"name": "comment.line.number-sign.attn", "match": vocab.comment},
+            _word_rule("keyword.control", vocab.keywords),
+            _word_rule("keyword.operator.word", vocab.operator_words),
+            _word_rule("constant.language", vocab.constants),
+            _word_rule("support.function.builtin", vocab.builtins),
+            _word_rule("variable.language", vocab.implicit),
+            {"name": "constant.numeric.attn", "match": vocab.number},
+            {"name": "variable.other.attn", "match": vocab.name},
+            {"name": "keyword.operator.attn", "match": vocab.operators},
+            {"name": "punctuation.attn", "match": vocab.punctuation},
         ],
     }
 
