@@ -81,7 +81,7 @@ def cmd_inspect(args) -> int:
     from .emit.triton_backward import backward_line
     from .plan.gradients import torch_backward_line
     from .ir.graph import print_graph, to_dot
-    from .runtime.compiled import cuda_triton_available
+    from .runtime.backends import cuda_triton_available
     from .plan.select import format_plan
     comp = build(args.spec, lowering=args.lowering)
     if args.emit in ("triton", "torch", "module"):

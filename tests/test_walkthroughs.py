@@ -7,6 +7,7 @@ import torch
 
 import attncc
 from attncc.lang.features import FeatureMap, register_feature_map, unregister_feature_map
+from attncc.runtime.backends import Backend, registered_backend
 from attncc.tools.compare import compare, make_module, random_inputs
 
 SOFTPLUS_SPEC = """
@@ -47,3 +48,23 @@ def test_added_feature_map_matches_the_oracle(softplus_map, lowering, backend, d
 def test_added_feature_map_is_a_reserved_name(softplus_map):
     with pytest.raises(attncc.SpecError, match="built-in name"):
         attncc.compile("attention bad { size softplus = 2  normalize softmax }")
+
+
+# docs/pipeline.md, "Add a backend": one record; `run` gets the prepared call.
+COMPILED_TORCH = Backend(
+    "compiled_torch", describe="the torch forward under torch.compile",
+    run=lambda module, q, k, v, ctx: torch.compile(type(module).forward_torch, backend="aot_eager",
+                                                   dynamic=False)(module, q, k, v, ctx))
+
+
+@pytest.mark.parametrize("example", ["alibi", "linear_elu_causal", "context_pool"])
+def test_added_backend_matches_the_oracle(example):
+    with registered_backend(COMPILED_TORCH):
+        cls = attncc.compile(f"examples/{example}.attn")
+        module = make_module(cls, heads=2, dim=16, dim_v=8)
+        q, k, v, inputs = random_inputs(cls, batch=1, heads=2, nq=24, nk=24, dim=16, dim_v=8)
+        result = compare(module, q, k, v, inputs, "compiled_torch", torch.float32)
+        assert result.ok, result
+        assert module.resolve_backend(q) == "torch"  # not an `auto` candidate
+    with pytest.raises(attncc.AttnccError, match="unknown backend"):
+        cls(backend="compiled_torch")

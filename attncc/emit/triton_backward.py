@@ -1,5 +1,5 @@
 """Emit the Triton backward: kernels that recompute the forward tile by tile (no N x N buffer),
-run with the forward as the torch custom op of attncc.triton_ops.
+run with the forward as the torch custom op of attncc.runtime.triton_ops.
 
 Softmax tiles (FlashAttention-2). The forward kernel saves the row logsumexp L; per tile
   P = exp(S - L) (0 where masked), dV += P^T dO, dP = dO V^T, dS = P o (dP - delta), delta = rowsum(dO o O),
