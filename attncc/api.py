@@ -17,7 +17,6 @@ from .emit.dispatch import emit_torch, emit_triton
 from .emit.triton import triton_header
 from .ir.graph import Graph
 from .ir.lower import lower, size_symbols
-from . import lowerings  # noqa: F401  (fills the lowering registry: each module registers its lowering)
 from .frontend.parse import parse
 from .passes import PassContext, run_pipeline
 from .runtime.compiled import RESERVED_ATTRIBUTES, load_module
