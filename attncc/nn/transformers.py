@@ -48,10 +48,15 @@ def register(spec: str | Path, name: str | None = None, backend: str = "auto", *
                           f"declare it `input {MASK_INPUT}[Nq, N] : bool`")
     key = PREFIX + (name or (str(spec) if str(spec).endswith(".attn") else cls.SPEC_NAME))
     AttentionInterface.register(key, attention_function(cls, backend, sizes))
-    # transformers builds masks only for implementations that name a mask format; this one takes
-    # sdpa's: boolean [B, 1, Nq, N], True where a query attends, or None when nothing is masked.
-    AttentionMaskInterface.register(key, sdpa_mask)
+    # transformers builds masks only for implementations that name a mask format
+    AttentionMaskInterface.register(key, boolean_mask)
     return key
+
+
+def boolean_mask(*args, **kwargs):
+    """sdpa's mask format (boolean [B, 1, Nq, N], True where a query attends), never skipped: sdpa
+    may drop a purely causal mask in favour of its `is_causal` flag, which a spec has no use for."""
+    return sdpa_mask(*args, **{**kwargs, "allow_is_causal_skip": False, "allow_is_bidirectional_skip": False})
 
 
 def attention_function(cls, backend: str, sizes: dict):
