@@ -61,7 +61,7 @@ def build(spec: str | Path | Source, sizes: dict | None = None, lowering: str | 
     checked = check(src, tree, RESERVED_ATTRIBUTES)
     ir = lower(checked)
     optimized = ir.copy()
-    ctx = PassContext(checked, size_symbols(checked))
+    ctx = PassContext(size_symbols(ir.signature))
     run_pipeline(optimized, ctx)
     plan = select(optimized, {**checked.sizes, **_design_sizes(sizes, checked)}, lowering)
     return _emit(Compilation(src, tree, checked, ir, optimized, plan, ctx.log))
@@ -73,15 +73,15 @@ def relower(comp: Compilation, lowering: str) -> Compilation:
 
 
 def _emit(comp: Compilation) -> Compilation:
-    checked, plan = comp.checked, comp.plan
+    graph, plan = comp.optimized, comp.plan
     comp.spec_hash = "sha256:" + hashlib.sha256(
         f"{__version__}\n{format_spec(comp.ast)}\n{plan.lowering}".encode()).hexdigest()[:16]
-    comp.torch_source = emit_torch(checked, plan, comp.optimized)
-    kernels, triton_lowering = emit_triton(checked, plan, comp.optimized)
-    comp.triton_source = triton_header(checked, comp.spec_hash, __version__) + kernels
-    comp.module_source = (header(checked, plan, comp.spec_hash, __version__) + "\n\n# " + "-" * 70 + " torch backend\n"
-                          + comp.torch_source + "\n\n# " + "-" * 70 + " triton backend\n" + triton_entry(checked)
-                          + "\n\n" + module_class(checked, plan, comp.spec_hash, triton_lowering))
+    comp.torch_source = emit_torch(graph, plan)
+    kernels, triton_lowering = emit_triton(graph, plan)
+    comp.triton_source = triton_header(graph, comp.spec_hash, __version__) + kernels
+    comp.module_source = (header(graph, plan, comp.spec_hash, __version__) + "\n\n# " + "-" * 70 + " torch backend\n"
+                          + comp.torch_source + "\n\n# " + "-" * 70 + " triton backend\n" + triton_entry(graph)
+                          + "\n\n" + module_class(graph, plan, comp.spec_hash, triton_lowering))
     return comp
 
 

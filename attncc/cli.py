@@ -104,7 +104,7 @@ def cmd_inspect(args) -> int:
     print(f"backend auto: triton on a CUDA device, torch elsewhere (here: {here})")
     triton_lowering = ast.literal_eval(comp.module_source.split("TRITON_LOWERING = ")[1].splitlines()[0])
     print(f"triton lowering: {triton_lowering.split('; backward: ')[0]}")
-    print(f"triton backward: {backward_line(comp.checked, comp.plan)}")
+    print(f"triton backward: {backward_line(comp.optimized, comp.plan)}")
     print(f"torch backward: {torch_backward_line(comp.plan.lowering)}")
     return 0
 

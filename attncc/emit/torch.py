@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 
-from ..frontend.check import DEFAULT_LOGITS, CheckedSpec
 from ..lang.expr import TExpr, fmt
 from ..lang.features import FEATURE_MAPS
-from ..ir.graph import Graph, expr_of
+from ..lang.standard import DEFAULT_LOGITS
+from ..ir.graph import Graph, attention_of, expr_of
+from ..passes.quadratic import quadratic_form
 from ..plan.select import Plan
 from .exprs import TorchExpr, band_bounds, key, name_dots, py_size_expr
 from .writer import CodeWriter
@@ -29,11 +30,10 @@ def feature_maps_used(*exprs: TExpr | None) -> list[str]:
     return [e.value for t in exprs if t is not None for e in t.walk() if e.op == "feature" and e.value in FEATURE_MAPS]
 
 
-def random_features_note(w: CodeWriter, spec: CheckedSpec) -> None:
-    for phi in spec.features.values():
-        if phi.random:
-            w.line(f"# q and k arrive as {phi.fn} random features {phi.name}(q), {phi.name}(k) ({phi.out_dim} columns),")
-            w.line("# computed by the module (CompiledAttention.featurize) from its seeded projection buffer")
+def random_features_note(w: CodeWriter, graph: Graph) -> None:
+    for phi in graph.signature.random_features:
+        w.line(f"# q and k arrive as {phi.fn} random features {phi.name}(q), {phi.name}(k) ({phi.out_dim} columns),")
+        w.line("# computed by the module (CompiledAttention.featurize) from its seeded projection buffer")
 
 
 def key_range_lines(plan: Plan) -> list[str]:
@@ -61,12 +61,14 @@ def emit_pair_holes(w: CodeWriter, name: str, doc: str, value: TExpr, mask_name:
         w.line()
 
 
-def emit_tiled(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
-    scores = spec.logits if spec.normalize == "softmax" else spec.weight
-    emit_pair_holes(w, "scores", f'{"logits" if spec.normalize == "softmax" else "weights"}: {fmt(scores)}', scores,
-                    "mask", fmt(spec.mask) if spec.mask is not None else "", spec.mask)
-    mask_arg = "mask" if spec.mask is not None else "None"
-    common = f"scores=scores, mask={mask_arg}, normalize={spec.normalize!r}, eps={spec.eps!r}"
+def emit_tiled(w: CodeWriter, graph: Graph, plan: Plan) -> None:
+    att = graph.node(attention_of(graph))
+    normalize = att.attr("normalize")
+    scores, mask = quadratic_form(graph, attention_of(graph))
+    emit_pair_holes(w, "scores", f'{"logits" if normalize == "softmax" else "weights"}: {fmt(scores)}', scores,
+                    "mask", fmt(mask) if mask is not None else "", mask)
+    mask_arg = "mask" if mask is not None else "None"
+    common = f"scores=scores, mask={mask_arg}, normalize={normalize!r}, eps={att.attr('eps')!r}"
     if plan.lowering == "block_sparse":
         emit_block_layout(w, plan)
         with w.block("def forward_torch(self, q, k, v, ctx):"):
@@ -80,8 +82,8 @@ def emit_tiled(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
     w.line()
     plain = scores == DEFAULT_LOGITS and plan.mask.kind in ("full", "causal")
     with w.block("def forward_torch(self, q, k, v, ctx):"):
-        random_features_note(w, spec)
-        if plain and spec.normalize == "softmax":
+        random_features_note(w, graph)
+        if plain and normalize == "softmax":
             w.line("# plain softmax(q k^T / sqrt(d)) with a full or causal mask: torch's fused SDPA kernels")
             w.line(f"return rt.sdpa_attention(q, k, v, causal={plan.mask.kind == 'causal'})")
             return
@@ -105,8 +107,8 @@ def emit_block_layout(w: CodeWriter, plan: Plan) -> None:
     w.line()
 
 
-def emit_linear(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) -> None:
-    (out,) = graph.operands(graph.output)
+def emit_linear(w: CodeWriter, graph: Graph, plan: Plan) -> None:
+    out = attention_of(graph)
     ops = graph.operands(out)
     phi_q, phi_k = expr_of(graph, ops[0]), expr_of(graph, ops[1])
     ex = TorchExpr()
@@ -133,9 +135,10 @@ def emit_linear(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) -> N
             w.line(f"return rt.as_4d({ex(m)})")
         w.line()
     with w.block("def forward_torch(self, q, k, v, ctx):"):
-        random_features_note(w, spec)
+        random_features_note(w, graph)
         w.line(f"pq, pk = {_row(phi_q, 'q')}, {_row(phi_k, 'k')}")
-        common = f"normalize={spec.normalize!r}, eps={spec.eps!r}"
+        att = graph.node(out)
+        common = f"normalize={att.attr('normalize')!r}, eps={att.attr('eps')!r}"
         if plan.lowering == "ista":
             w.line(f"# VARS: {plan.attrs['steps']} ISTA steps of min_z 1/2 |V - Phi z|^2 + lam |z|_1, Phi the "
                    "column-normalized key features")
@@ -144,7 +147,7 @@ def emit_linear(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) -> N
             w.line("# the convolution runs as torch.fft (cuFFT / pocketfft)")
             w.line(f"return rt.toeplitz_attention(pq, pk, v, toeplitz_f(ctx).to(q.device), {common})")
         elif plan.lowering == "graph":
-            g = spec.graphs[plan.attrs["graph"]]
+            g = att.attr("graph")
             w.line(f"# G = {g.kind}({g.adjacency}) applied through products with {g.adjacency} (torch.sparse when sparse)")
             w.line(f"return rt.graph_attention(pq, pk, v, ctx.inputs[{key(g.adjacency)}], {key(g.kind)}, "
                    f"{g.options!r}, {common})")
@@ -203,30 +206,31 @@ APPROX_CALLS = {
 }
 
 
-def emit_approx(w: CodeWriter, spec: CheckedSpec) -> None:
+def emit_approx(w: CodeWriter, graph: Graph) -> None:
     """A declared approximation of softmax: one call of its algorithm (approx_algorithms.py)."""
+    approx = graph.node(attention_of(graph)).attr("approx")
     with w.block("def forward_torch(self, q, k, v, ctx):"):
-        w.line(f'"""softmax(q k^T * scale) v approximated by {spec.approx}."""')
-        if spec.approx.method in ("lara", "ra"):
+        w.line(f'"""softmax(q k^T * scale) v approximated by {approx}."""')
+        if approx.method in ("lara", "ra"):
             w.line("# ctx.noise: this call's random draw (seeded; redrawn per training call when redraw=1)")
-        w.line(f"return {APPROX_CALLS[spec.approx.method].format(**spec.approx.options)}.to(v.dtype)")
+        w.line(f"return {APPROX_CALLS[approx.method].format(**approx.options)}.to(v.dtype)")
 
 
-def emit_torch(spec: CheckedSpec, plan: Plan, graph: Graph) -> str:
+def emit_torch(graph: Graph, plan: Plan) -> str:
     w = CodeWriter()
     if plan.lowering == "mixed_chunk":
         from .mixed import emit_mixed_torch
-        emit_mixed_torch(w, spec, plan)
+        emit_mixed_torch(w, graph, plan)
     elif plan.lowering in APPROX_CALLS:
-        emit_approx(w, spec)
+        emit_approx(w, graph)
     elif plan.lowering in ("tiled", "block_sparse"):
-        emit_features(w, feature_maps_used(spec.logits, spec.weight))
-        emit_tiled(w, spec, plan)
+        emit_features(w, feature_maps_used(*quadratic_form(graph, attention_of(graph))))
+        emit_tiled(w, graph, plan)
     else:
-        (out,) = graph.operands(graph.output)
+        out = attention_of(graph)
         emit_features(w, feature_maps_used(*(expr_of(graph, o) for o in graph.operands(out)[:2])))
-        emit_linear(w, spec, plan, graph)
-    if spec.pool is not None:
+        emit_linear(w, graph, plan)
+    if graph.node(attention_of(graph)).attr("pool") is not None:
         from .mixed import emit_pool
-        emit_pool(w, spec)
+        emit_pool(w, graph)
     return w.text()

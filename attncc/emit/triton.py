@@ -14,10 +14,10 @@ triton_backward.py has them, else recomputation through the torch backend's auto
 from __future__ import annotations
 
 
-from ..frontend.check import CheckedSpec
 from ..lang.expr import RUNTIME_SIZES, TExpr, fmt
 from ..lang.features import FEATURE_MAPS
-from ..ir.graph import Graph, expr_of
+from ..ir.graph import Graph, attention_of, expr_of
+from ..passes.quadratic import quadratic_form
 from ..plan.select import Plan
 from .exprs import TritonExpr, band_bounds, key, name_dots
 from .triton_approx import emit_mra_kernel, mra_triton_block
@@ -259,21 +259,23 @@ def key_tile_loop(w: CodeWriter, plan: Plan) -> str:
     return "for start_n in range(0, N, BLOCK_N):"
 
 
-def emit_tiled_kernel(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Kernel) -> None:
-    softmax = spec.normalize == "softmax"
-    scores = spec.logits if softmax else spec.weight
+def emit_tiled_kernel(w: CodeWriter, graph: Graph, plan: Plan, kernel: _Kernel) -> None:
+    att = graph.node(attention_of(graph))
+    normalize, eps = att.attr("normalize"), att.attr("eps")
+    softmax = normalize == "softmax"
+    scores, mask = quadratic_form(graph, attention_of(graph))
     dots = name_dots(scores)
-    ex = _KernelExpr(dots, {s: _size_arg(s) for s in _sizes(scores, spec.mask)})
+    ex = _KernelExpr(dots, {s: _size_arg(s) for s in _sizes(scores, mask)})
     sparse = plan.lowering == "block_sparse"
-    stats = spec.normalize != "none"  # a row statistic for the backward: logsumexp, or the denominator
+    stats = normalize != "none"  # a row statistic for the backward: logsumexp, or the denominator
     extra = "".join(f"{a}, " for a in kernel.arg_names()) + ("RowPtr, Cols, " if sparse else "") + \
         ("Stat, " if stats else "")
     w.line("@triton.jit")
     with w.block(f"def _attn_fwd({_common_args()}, {extra}sm_scale, eps, band_lo, band_hi,"):
         w.line("BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,")
         w.line("PRECISION: tl.constexpr):")
-        w.line(f'"""{"softmax" if softmax else spec.normalize} attention over tiles; '
-               f'{"logits" if softmax else "weights"} = {fmt(scores)}; mask = {fmt(spec.mask) if spec.mask else "none"}."""')
+        w.line(f'"""{"softmax" if softmax else normalize} attention over tiles; '
+               f'{"logits" if softmax else "weights"} = {fmt(scores)}; mask = {fmt(mask) if mask else "none"}."""')
         _query_tile(w, dots)
         w.line("m_i = tl.full([BLOCK_M], float('-inf'), dtype=tl.float32)")
         w.line("l_i = tl.zeros([BLOCK_M], dtype=tl.float32)")
@@ -285,8 +287,8 @@ def emit_tiled_kernel(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Ker
             _tile_dots(w, dots)
             w.line(f"s = {ex(scores)}")
             valid = "(offs_n[None, :] < N)"
-            if spec.mask is not None:
-                valid = f"{valid} & ({ex(spec.mask)})"
+            if mask is not None:
+                valid = f"{valid} & ({ex(mask)})"
             w.line(f"valid = {valid}")
             _load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
             if softmax:
@@ -305,7 +307,7 @@ def emit_tiled_kernel(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Ker
         if softmax:
             w.line("out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # no visible key: output 0")
             w.line("tl.store(Stat + pid_bh * Nq + offs_m, m_i + tl.log(tl.where(l_i == 0.0, 1.0, l_i)), mask=offs_m < Nq)  # -inf: no visible key")
-        elif spec.normalize == "rows":
+        elif normalize == "rows":
             w.line("z = l_i + eps")
             w.line("tl.store(Stat + pid_bh * Nq + offs_m, z, mask=offs_m < Nq)")
             w.line("out = acc / tl.where(z == 0.0, 1.0, z)[:, None]  # nothing to normalize: output 0")
@@ -328,7 +330,7 @@ def emit_tiled_kernel(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Ker
             if sparse:
                 w.line("BLOCK_M = BLOCK_N = tile")
             w.line("grid = (triton.cdiv(Nq, BLOCK_M), B * H)")
-            w.line(f"_attn_fwd[grid]({_launch_common()}, {vals}ctx.scale, {spec.eps!r}, band_lo, band_hi,")
+            w.line(f"_attn_fwd[grid]({_launch_common()}, {vals}ctx.scale, {eps!r}, band_lo, band_hi,")
             w.line("    BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision,")
             w.line("    num_warps=num_warps, num_stages=num_stages)")
         w.line()
@@ -361,14 +363,14 @@ def _tuned_launch(w: CodeWriter, kind: str, extra_sizes: str = "") -> None:
     w.line("return out")
 
 
-def emit_linear_kernels(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) -> None:
-    (out,) = graph.operands(graph.output)
-    ops = graph.operands(out)
+def emit_linear_kernels(w: CodeWriter, graph: Graph, plan: Plan) -> None:
+    out = attention_of(graph)
+    ops, eps = graph.operands(out), graph.node(out).attr("eps")
     fq = _row_feature(expr_of(graph, ops[0])) or "identity"
     fk = _row_feature(expr_of(graph, ops[1])) or "identity"
     causal = plan.lowering == "linear_chunked"
     finish = {"rows": "num * mod / tl.where(den * mod + eps == 0.0, 1.0, den * mod + eps)[:, None]",
-              "none": "num * mod"}[spec.normalize]
+              "none": "num * mod"}[graph.node(out).attr("normalize")]
     decayed = plan.attrs.get("decayed")
     if causal:
         w.line("@triton.jit")
@@ -443,12 +445,12 @@ def emit_linear_kernels(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Gra
         with w.block("def launch(BLOCK, num_warps, num_stages):"):
             tail = "BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision, num_warps=num_warps, num_stages=num_stages)"
             if causal:
-                w.line(f"_linear_causal[(B * H,)]({_launch_common()}, mod, gamma, {spec.eps!r}, BLOCK=BLOCK,")
+                w.line(f"_linear_causal[(B * H,)]({_launch_common()}, mod, gamma, {eps!r}, BLOCK=BLOCK,")
                 w.line(f"    {tail}")
             else:
                 w.line(f"_linear_state[(B * H,)]({_launch_common()}, state, z, BLOCK=BLOCK,")
                 w.line(f"    {tail}")
-                w.line(f"_linear_out[(triton.cdiv(Nq, BLOCK), B * H)]({_launch_common()}, state, z, mod, {spec.eps!r},")
+                w.line(f"_linear_out[(triton.cdiv(Nq, BLOCK), B * H)]({_launch_common()}, state, z, mod, {eps!r},")
                 w.line(f"    BLOCK=BLOCK, {tail}")
         w.line()
         _tuned_launch(w, plan.lowering)
@@ -491,8 +493,8 @@ def carry_state(w: CodeWriter, decayed: bool, rows: str, decay: str, right: str,
         w.line(f"{vec} += tl.sum({vec_rows}, 0)")
 
 
-def triton_header(spec: CheckedSpec, spec_hash: str, version: str) -> str:
-    return f'''"""attncc generated Triton kernels (attncc {version}) of spec {spec.name} ({spec_hash}).
+def triton_header(graph: Graph, spec_hash: str, version: str) -> str:
+    return f'''"""attncc generated Triton kernels (attncc {version}) of spec {graph.name} ({spec_hash}).
 
 Imported by the main module on the first Triton call; `host` is that module (torch backend, tables).
 """
@@ -512,49 +514,49 @@ SPEC_HASH = {spec_hash!r}  # part of every autotune key
 '''
 
 
-def emit_triton(spec: CheckedSpec, plan: Plan, graph: Graph) -> tuple[str, str]:
+def emit_triton(graph: Graph, plan: Plan) -> tuple[str, str]:
     """(kernels and launchers, description of the Triton lowering)."""
     from .triton_backward import backward_line, emit_backward  # it builds on this module's pieces
     w = CodeWriter()
-    if plan.lowering == "mra" and mra_triton_block(spec):
-        emit_mra_kernel(w, spec)
+    if plan.lowering == "mra" and mra_triton_block(graph):
+        emit_mra_kernel(w, graph)
         return w.text(), ("block-sparse MRA-2 kernel over each head's selected blocks (selection and low-resolution "
-                          f"part in torch); backward: {backward_line(spec, plan)}")
+                          f"part in torch); backward: {backward_line(graph, plan)}")
     if plan.lowering in TORCH_ONLY:
         w.line(f"# No Triton kernel for this lowering: {TORCH_ONLY[plan.lowering]} runs through torch")
         w.line("# (the same torch ops, on the GPU when the inputs are there), exactly as in the torch backend.")
         with w.block("def forward_triton(self, q, k, v, ctx, host):"):
             w.line("return host.forward_torch(self, q, k, v, ctx)")
         return w.text(), f"{plan.lowering} via torch ({TORCH_ONLY[plan.lowering]}; no Triton kernel); " \
-                         f"backward: {backward_line(spec, plan)}"
+                         f"backward: {backward_line(graph, plan)}"
     from .triton_structured import TORCH_PART, emit_structured  # it builds on this module's helpers
     if plan.lowering in TORCH_PART:
-        description = emit_structured(w, spec, plan, graph, _row_feature, _feature_fn)
+        description = emit_structured(w, graph, plan, _row_feature, _feature_fn)
     elif plan.lowering in ("tiled", "block_sparse"):
-        exprs = [spec.logits if spec.normalize == "softmax" else spec.weight, spec.mask]
-        dims = {n: len(p.shape) for n, p in spec.params.items()}
+        exprs = list(quadratic_form(graph, attention_of(graph)))
+        dims = {n: len(p.shape) for n, p in graph.signature.params.items()}
         kernel = _Kernel(exprs, dims)
         for h in kernel.helpers:
             w.lines_of(HELPERS[h])
             w.line()
         for fm in sorted({_row_feature(e) for t in exprs if t is not None for e in t.walk()} - {None, "identity"}):
             _feature_fn(w, fm)
-        emit_tiled_kernel(w, spec, plan, kernel)
+        emit_tiled_kernel(w, graph, plan, kernel)
         description = (f"{'block-sparse' if plan.lowering == 'block_sparse' else 'tiled'} "
-                       f"{'online-softmax' if spec.normalize == 'softmax' else 'weighted-sum'} kernel")
+                       f"{'online-softmax' if graph.node(attention_of(graph)).attr('normalize') == 'softmax' else 'weighted-sum'} kernel")
     elif plan.lowering == "mixed_chunk":
         from .mixed import emit_mixed_triton
-        description = emit_mixed_triton(w, spec, plan)
+        description = emit_mixed_triton(w, graph, plan)
     else:
-        (out,) = graph.operands(graph.output)
+        out = attention_of(graph)
         if plan.attrs.get("decayed") and plan.lowering == "linear_chunked":
             w.lines_of(HELPERS["_powf"])
             w.line()
         for fm in sorted({_row_feature(expr_of(graph, o)) for o in graph.operands(out)[:2]} - {None, "identity"}):
             _feature_fn(w, fm)
-        emit_linear_kernels(w, spec, plan, graph)
+        emit_linear_kernels(w, graph, plan)
         description = "chunked causal linear kernel" if plan.lowering == "linear_chunked" else "linear state + output kernels"
     w.line()
     w.line()
-    backward = emit_backward(w, spec, plan, graph)
+    backward = emit_backward(w, graph, plan)
     return w.text(), f"{description}; backward: {backward}"

@@ -16,11 +16,11 @@ Linear lowerings: triton_backward_linear.py.
 """
 from __future__ import annotations
 
-from ..frontend.check import CheckedSpec
 from ..lang.derivative import NotDifferentiable, diff, leaves
 from ..lang.expr import TExpr
 from ..lang.features import FEATURE_MAPS
-from ..ir.graph import Graph
+from ..ir.graph import Graph, attention_of
+from ..passes.quadratic import quadratic_form
 from ..plan.select import Plan
 from .exprs import band_bounds, key, name_dots
 from .triton import (HELPERS, TORCH_ONLY, _common_args, _helpers_of, _Kernel, _KernelExpr, _launch_common,
@@ -31,42 +31,42 @@ from .writer import CodeWriter
 RECOMPUTE = "recomputation through the torch backend's autograd"
 
 
-def backward_support(spec: CheckedSpec, plan: Plan) -> str | None:
-    """None if generated Triton backward kernels cover this spec and lowering, else why not."""
-    if _torch_forward(spec, plan):
+def backward_support(graph: Graph, plan: Plan) -> str | None:
+    """None if generated Triton backward kernels cover this graph and lowering, else why not."""
+    if _torch_forward(graph, plan):
         return "the forward runs in torch"
     if plan.lowering not in ("tiled", "block_sparse", "linear", "linear_chunked"):
         return f"no backward kernel for the {plan.lowering} lowering"
+    scores, _ = quadratic_form(graph, attention_of(graph))
     if plan.lowering in ("tiled", "block_sparse"):
-        scores = spec.logits if spec.normalize == "softmax" else spec.weight
         try:
             for leaf in leaves(scores):
                 diff(scores, leaf)
         except NotDifferentiable as exc:
             return str(exc)
         return None
-    if any(e.op in ("param", "input") for e in spec.weight.walk()):
+    if any(e.op in ("param", "input") for e in scores.walk()):
         return "the modulation or decay reads learned tables"
     return None
 
 
-def _torch_forward(spec: CheckedSpec, plan: Plan) -> bool:
-    return plan.lowering in TORCH_ONLY and not (plan.lowering == "mra" and mra_triton_block(spec))
+def _torch_forward(graph: Graph, plan: Plan) -> bool:
+    return plan.lowering in TORCH_ONLY and not (plan.lowering == "mra" and mra_triton_block(graph))
 
 
-def backward_line(spec: CheckedSpec, plan: Plan) -> str:
-    """Which backward the Triton backend uses for this spec and lowering (for `inspect`)."""
-    if _torch_forward(spec, plan):
+def backward_line(graph: Graph, plan: Plan) -> str:
+    """Which backward the Triton backend uses for this graph and lowering (for `inspect`)."""
+    if _torch_forward(graph, plan):
         return "torch autograd (the forward runs in torch)"
-    why = backward_support(spec, plan)
+    why = backward_support(graph, plan)
     if why is not None:
         return f"{RECOMPUTE} ({why})"
     if plan.lowering == "linear_chunked":
         return "generated Triton kernels (dQ forward over chunks, dK/dV by the reverse chunked recurrence)"
     if plan.lowering == "linear":
         return "generated Triton kernels (state, then dQ over queries and dK/dV over keys)"
-    softmax = spec.normalize == "softmax"
-    tables = _grad_tables(spec.logits if softmax else spec.weight)
+    softmax = graph.node(attention_of(graph)).attr("normalize") == "softmax"
+    tables = _grad_tables(quadratic_form(graph, attention_of(graph))[0])
     how = "FlashAttention-2 recomputation" if softmax else "weights recomputed per tile"
     return (f"generated Triton kernels ({how}"
             + (f"; gradients of {', '.join(n for _, n in tables)} by atomics)" if tables else ")"))
@@ -80,20 +80,20 @@ def _grad_tables(scores: TExpr) -> list[tuple[str, str]]:
     return out
 
 
-def emit_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) -> str:
+def emit_backward(w: CodeWriter, graph: Graph, plan: Plan) -> str:
     """The module's `forward_triton`, with backward kernels where they exist; returns backward_line."""
-    if backward_support(spec, plan) is not None:
+    if backward_support(graph, plan) is not None:
         with w.block("def forward_triton(self, q, k, v, ctx, host):"):
             w.line('"""Triton forward; gradients by recomputing the torch backend under autograd."""')
             w.line("return rt.with_torch_backward(lambda q, k, v, ctx: triton_forward(self, q, k, v, ctx, host),")
             w.line("                              lambda q, k, v, ctx: host.forward_torch(self, q, k, v, ctx), "
                    "q, k, v, ctx)")
-        return backward_line(spec, plan)
+        return backward_line(graph, plan)
     if plan.lowering in ("tiled", "block_sparse"):
-        _emit_tiled_backward(w, spec, plan)
+        _emit_tiled_backward(w, graph, plan)
     else:
         from .triton_backward_linear import emit_linear_backward  # it builds on this module's pieces
-        emit_linear_backward(w, spec, plan, graph)
+        emit_linear_backward(w, graph, plan)
     w.line()
     w.line()
     sparse = plan.lowering == "block_sparse"
@@ -102,7 +102,7 @@ def emit_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) ->
         if sparse:
             w.line("tiles = self.cached_tiles(ctx, host.block_layout, q.device)  # once per length")
         w.line(f"return triton_ops.attention(q, k, v, ctx, host{', tiles' if sparse else ''})")
-    return backward_line(spec, plan)
+    return backward_line(graph, plan)
 
 
 def _bwd_args() -> str:
@@ -161,12 +161,13 @@ def _feature_grad(w: CodeWriter, var: str, accs: list[str], rows: str, ptr: str,
     w.line(f"{var} = {' + '.join(terms) or f'tl.zeros([{rows}, BLOCK_D], dtype=tl.float32)  # s reads no dot'}")
 
 
-def _emit_tiled_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
-    softmax = spec.normalize == "softmax"
-    scores = spec.logits if softmax else spec.weight
+def _emit_tiled_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
+    normalize = graph.node(attention_of(graph)).attr("normalize")
+    softmax = normalize == "softmax"
+    scores, mask = quadratic_form(graph, attention_of(graph))
     dots = name_dots(scores)
-    ex = _KernelExpr(dots, {s: _size_arg(s) for s in _sizes(scores, spec.mask)})
-    kernel = _Kernel([scores, spec.mask], {n: len(p.shape) for n, p in spec.params.items()})
+    ex = _KernelExpr(dots, {s: _size_arg(s) for s in _sizes(scores, mask)})
+    kernel = _Kernel([scores, mask], {n: len(p.shape) for n, p in graph.signature.params.items()})
     derivs = {leaf: diff(scores, leaf) for leaf in leaves(scores)}
     pairs = _pair_derivatives(scores, derivs)
     q_sides = {_side(d, 0): _row_feature(d.args[0]) for d in dots}
@@ -195,13 +196,13 @@ def _emit_tiled_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
             w.line(f"{name} = tl.dot({_side(d, 0)}, tl.trans({_side(d, 1)}), input_precision=PRECISION)")
         w.line(f"s = {ex(scores)}")
         valid = "(offs_m[:, None] < Nq) & (offs_n[None, :] < N)"
-        w.line(f"valid = {valid} & ({ex(spec.mask)})" if spec.mask is not None else f"valid = {valid}")
-        if keys_fixed and spec.normalize != "none":
+        w.line(f"valid = {valid} & ({ex(mask)})" if mask is not None else f"valid = {valid}")
+        if keys_fixed and normalize != "none":
             w.line("stat = tl.load(Stat + offs_m, mask=offs_m < Nq, other=0.0)")
             w.line("delta = tl.load(Delta + offs_m, mask=offs_m < Nq, other=0.0)")
         if softmax:
             w.line("p = tl.where(valid, tl.exp(s - stat[:, None]), 0.0)")
-        elif spec.normalize == "rows":
+        elif normalize == "rows":
             w.line("inv = 1.0 / tl.where(stat == 0.0, 1.0, stat)  # stat: the row's denominator")
             w.line("p = tl.where(valid, s * inv[:, None], 0.0)")
         else:
@@ -212,7 +213,7 @@ def _emit_tiled_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
             w.line("dv += tl.dot(tl.trans(p), do.to(tl.float32), input_precision=PRECISION)")
         w.line("dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)")
         w.line({"softmax": "ds = p * (dp - delta[:, None])", "rows": "ds = (dp - delta[:, None]) * inv[:, None]",
-                "none": "ds = dp"}[spec.normalize])
+                "none": "ds = dp"}[normalize])
         for (qv, kv), d in pairs.items():
             w.line(f"g = tl.where(valid, ds * ({ex(d)}), 0.0)  # zero where masked: s may be undefined there")
             if keys_fixed:
@@ -268,7 +269,7 @@ def _emit_tiled_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
     w.line("offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)")
     load_sides(q_sides, "Q", "offs_m", "Nq")
     _load_rows(w, "do", "DO", "offs_m", "Nq", "offs_e", "E")
-    if spec.normalize != "none":
+    if normalize != "none":
         w.line("stat = tl.load(Stat + pid_bh * Nq + offs_m, mask=offs_m < Nq, other=0.0)")
         w.line("delta = tl.load(Delta + pid_bh * Nq + offs_m, mask=offs_m < Nq, other=0.0)")
     for var in dict.fromkeys(qv for qv, _ in pairs):
@@ -282,12 +283,12 @@ def _emit_tiled_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
     _store(w, "DQ", "dq", "offs_m", "Nq", "offs_d", "D", "q")
     w.level -= 1
     w.line()
-    _tiled_launchers(w, spec, plan, kernel, tables)
+    _tiled_launchers(w, normalize, plan, kernel, tables)
 
 
-def _tiled_launchers(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Kernel, tables: list) -> None:
+def _tiled_launchers(w: CodeWriter, normalize: str, plan: Plan, kernel: _Kernel, tables: list) -> None:
     sparse = plan.lowering == "block_sparse"
-    stats = spec.normalize != "none"
+    stats = normalize != "none"
     with w.block("def op_forward(self, q, k, v, ctx, host):"):
         w.line('"""The custom op\'s forward: the output and the row statistic its backward reads."""')
         w.line(f"stat = torch.{'empty' if stats else 'zeros'}(*q.shape[:3], device=q.device, dtype=torch.float32)")
@@ -296,7 +297,7 @@ def _tiled_launchers(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Kern
     with w.block("def op_backward(self, q, k, v, out, stat, dout, ctx, host):"):
         _backward_head(w, "(dq, dk, dv, table gradients by name) from the saved output and row statistic.")
         w.line("delta = (dout.float() * out.float()).sum(-1)")
-        if spec.normalize == "rows":
+        if normalize == "rows":
             w.line("delta = torch.where(stat == 0.0, 0.0, delta)  # Z = 0: the forward divides by 1")
         table_of = {"param": "ctx.params", "input": "ctx.inputs"}
         w.line("grads = {" + ", ".join(f"{key(n)}: torch.zeros({table_of[op]}[{key(n)}].shape, device=q.device, "

@@ -15,8 +15,7 @@ The generated source names the torch part in the launcher.
 """
 from __future__ import annotations
 
-from ..frontend.check import CheckedSpec
-from ..ir.graph import Graph, expr_of
+from ..ir.graph import Graph, attention_of, expr_of
 from ..plan.select import Plan
 from .exprs import key
 from .writer import CodeWriter
@@ -148,20 +147,20 @@ def _emit_ring_contract(w: CodeWriter, feature: str | None, normalize: str, metr
     w.line()
 
 
-def emit_structured(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph, row_feature, feature_fn) -> str:
+def emit_structured(w: CodeWriter, graph: Graph, plan: Plan, row_feature, feature_fn) -> str:
     """Kernels and `triton_forward` of a structured lowering; returns the description of the lowering.
     row_feature(expr) -> elementwise map of a dot side (or None); feature_fn(w, name) emits its jit map."""
-    (out,) = graph.operands(graph.output)
-    ops = graph.operands(out)
+    out = attention_of(graph)
+    ops, normalize, eps = graph.operands(out), graph.node(out).attr("normalize"), graph.node(out).attr("eps")
     fq, fk = row_feature(expr_of(graph, ops[0])), row_feature(expr_of(graph, ops[1]))
     if fq not in (None, "identity"):
         feature_fn(w, fq)
     rings = plan.lowering == "rings"
     if rings:
         metric = plan.attrs["grid"].metric
-        _emit_ring_contract(w, fq, spec.normalize, metric)
+        _emit_ring_contract(w, fq, normalize, metric)
     else:
-        _emit_contract(w, fq, spec.normalize)
+        _emit_contract(w, fq, normalize)
     kernel = "_ring_contract" if rings else "_contract"
     with w.block("def triton_forward(self, q, k, v, ctx, host):"):
         w.line(f"# torch: {TORCH_PART[plan.lowering]},")
@@ -181,7 +180,7 @@ def emit_structured(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph, 
             w.line("transform, cells = rt.grid_transform(host.grid_f(ctx).to(q.device), Nq, N, host.grid_width(ctx),")
             w.line("                                     rt.compute_dtype(v))")
         elif plan.lowering == "graph":
-            g = spec.graphs[plan.attrs["graph"]]
+            g = graph.node(out).attr("graph")
             w.line(f"transform, cells = rt.graph_transform(ctx.inputs[{key(g.adjacency)}], {key(g.kind)}, {g.options!r}, "
                    "Nq, N, rt.compute_dtype(v))")
         else:
@@ -199,7 +198,7 @@ def emit_structured(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph, 
             extra = "g.shape[-1] - 1, width, geo.rows, geo.cols, " if rings else ""
             tables = "*y.stride(), *g.stride()" if rings else "*y.stride()"
             w.line(f"{kernel}[grid](q, y, {'g, ' if rings else ''}acc, out, Nq, H, E, l0, y.shape[0], {extra}*q.stride(),")
-            w.line(f"    {tables}, *out.stride(), {spec.eps!r}, BLOCK_M=BLOCK_M, BLOCK_E=BLOCK_E, BLOCK_L=BLOCK_L,")
+            w.line(f"    {tables}, *out.stride(), {eps!r}, BLOCK_M=BLOCK_M, BLOCK_E=BLOCK_E, BLOCK_L=BLOCK_L,")
             w.line("    LAST=l0 + y.shape[0] == pk.shape[-1])")
         w.line("return out")
     what = "box reads, ring weights and contraction" if rings else "contraction"

@@ -18,6 +18,7 @@ from ..lang.graph_kernels import GRAPH_KERNELS
 from .mechanisms import ISTA_OPTIONS, IstaInfo, MechanismChecks
 from ..lang.pool import PoolInfo
 from ..lang.source import DiagnosticBag, Source, Span, did_you_mean
+from ..lang.standard import DEFAULT_LOGITS
 from .records import InputInfo, KeywordOptions, ParamInfo
 from .typecheck import ExprTyper
 
@@ -28,9 +29,6 @@ INPUT_DTYPES = ("int", "float", "bool")
 RESERVED = {"q", "k", "v", "i", "j", "h", "scale", "dot", "true", "false", *RUNTIME_SIZES, *FUNCTIONS, *ALL_MAPS}
 
 
-# dot(q[i], k[j]) * scale: the logits of plain softmax attention.
-DEFAULT_LOGITS = TExpr("mul", (TExpr("dot", (TExpr("qrow", (), "q", VEC), TExpr("krow", (), "k", VEC)), None, FLOAT),
-                               TExpr("scale", (), "scale", FLOAT)), None, FLOAT)
 
 
 @dataclass(frozen=True)
@@ -40,6 +38,9 @@ class GraphInfo(KeywordOptions):
     kind: str
     adjacency: str
     kwargs: tuple[tuple[str, float], ...]
+
+    def describe(self) -> str:
+        return f"{self.name} = {self.kind}(" + ", ".join([self.adjacency, *(f"{k}={v}" for k, v in self.kwargs)]) + ")"
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..frontend.check import CheckedSpec
 from ..ir.graph import Graph, verify
 from .block_layout import analyse_blocks
 from .mask_structure import analyse_mask
@@ -17,7 +16,8 @@ from .reassociate import reassociate_kernel
 
 @dataclass
 class PassContext:
-    spec: CheckedSpec
+    """What passes share besides the graph: the sympy size symbols and the log of notes. Passes read
+    everything about the spec from the graph (its nodes, their attributes, `graph.signature`)."""
     symbols: dict
     log: list[tuple[str, str]] = field(default_factory=list)
 

@@ -188,11 +188,10 @@ def select(graph: Graph, sizes: dict | None = None, force: str | None = None) ->
     attrs = dict(node.attrs)
     mask = attrs["mask_structure"]
     design = {**DESIGN_SIZES, **(sizes or {})}
-    approx = graph.meta.get("approx")
-    cands = approx_candidates(approx) if approx is not None and approx.method != "favor" else \
-        candidates(node.op, attrs, mask, design)
-    if "pool" in graph.meta:
-        cands = [with_pooling(c, graph.meta["pool"]) for c in cands]
+    approx = attrs.get("approx")
+    cands = approx_candidates(approx) if approx is not None else candidates(node.op, attrs, mask, design)
+    if attrs.get("pool") is not None:
+        cands = [with_pooling(c, attrs["pool"]) for c in cands]
     if force is not None:
         names = [c.name for c in cands]
         if force not in names:
