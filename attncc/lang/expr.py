@@ -8,7 +8,7 @@ and rows of q and k. Operators keep Python's meaning: `//` floors, `%` takes the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from .source import Span, NO_SPAN
 
@@ -33,21 +33,79 @@ FUNCTIONS = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TExpr:
+    """Equality ignores spans. Hashing and equality are iterative (the hash is cached at construction,
+    from the children's), so that expressions thousands of levels deep never exhaust Python's stack."""
     op: str
     args: tuple["TExpr", ...] = ()
     value: Any = None
     type: str = FLOAT
     span: Span = field(default=NO_SPAN, compare=False)
 
+    def __post_init__(self):
+        object.__setattr__(self, "_hash", hash((self.op, tuple(hash(a) for a in self.args), self.value, self.type)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, TExpr):
+            return NotImplemented
+        pairs = [(self, other)]
+        while pairs:
+            a, b = pairs.pop()
+            if a is b:
+                continue
+            if a._hash != b._hash or (a.op, a.value, a.type, len(a.args)) != (b.op, b.value, b.type, len(b.args)):
+                return False
+            pairs.extend(zip(a.args, b.args))
+        return True
+
+    def __reduce__(self):  # rebuild (and rehash) on unpickling: str hashes differ between processes
+        return TExpr, (self.op, self.args, self.value, self.type, self.span)
+
     def walk(self) -> Iterator["TExpr"]:
-        yield self
-        for a in self.args:
-            yield from a.walk()
+        """Every node, parents before children, left to right (shared subtrees once per occurrence)."""
+        stack = [self]
+        while stack:
+            t = stack.pop()
+            yield t
+            stack.extend(reversed(t.args))
 
     def uses(self, op: str, value: Any = None) -> bool:
         return any(e.op == op and (value is None or e.value == value) for e in self.walk())
+
+
+R = TypeVar("R")
+
+
+def postorder(root: TExpr, descend: Callable[[TExpr], bool] = lambda t: True) -> list[TExpr]:
+    """The distinct subexpressions of root (equal subtrees once), every one after its arguments, found
+    without recursion. `descend(t)` false: t's arguments are not visited (t is treated as a leaf)."""
+    seen: set[TExpr] = set()
+    order: list[TExpr] = []
+    stack: list[tuple[TExpr, bool]] = [(root, False)]
+    while stack:
+        t, expanded = stack.pop()
+        if t in seen:
+            continue
+        if expanded or not t.args or not descend(t):
+            seen.add(t)
+            order.append(t)
+            continue
+        stack.append((t, True))
+        stack.extend((a, False) for a in reversed(t.args) if a not in seen)
+    return order
+
+
+def fold(root: TExpr, combine: Callable[[TExpr, list], R], descend: Callable[[TExpr], bool] = lambda t: True) -> R:
+    """combine(t, [results of t's arguments]) over the distinct subexpressions of root, arguments first,
+    each computed once; a node that `descend` rejects is combined with no argument results."""
+    done: dict[TExpr, R] = {}
+    for t in postorder(root, descend):
+        done[t] = combine(t, [done[a] for a in t.args] if t.args and descend(t) else [])
+    return done[root]
 
 
 def const(value, span: Span = NO_SPAN) -> TExpr:
@@ -57,20 +115,31 @@ def const(value, span: Span = NO_SPAN) -> TExpr:
 
 def conjuncts(t: TExpr) -> list[TExpr]:
     """The operands of a chain of `and`s (a single condition is its own conjunct)."""
-    return conjuncts(t.args[0]) + conjuncts(t.args[1]) if t.op == "and_" else [t]
+    out, stack = [], [t]
+    while stack:
+        e = stack.pop()
+        if e.op == "and_":
+            stack.extend((e.args[1], e.args[0]))
+        else:
+            out.append(e)
+    return out
 
 
 def substitute(t: TExpr, values: dict[str, TExpr]) -> TExpr:
     """t with the index variables named in `values` replaced."""
-    if t.op == "var" and t.value in values:
-        return values[t.value]
-    if not t.args:
-        return t
-    return TExpr(t.op, tuple(substitute(a, values) for a in t.args), t.value, t.type, t.span)
+    def rebuild(e: TExpr, args: list[TExpr]) -> TExpr:
+        if e.op == "var" and e.value in values:
+            return values[e.value]
+        return TExpr(e.op, tuple(args), e.value, e.type, e.span) if args else e
+    return fold(t, rebuild)
 
 
 def fmt(e: TExpr) -> str:
     """Readable, fully parenthesised text of a typed expression."""
+    return fold(e, _fmt_node)
+
+
+def _fmt_node(e: TExpr, a: list[str]) -> str:
     if e.op == "const":
         return ("true" if e.value else "false") if e.type == BOOL else repr(e.value)
     if e.op in ("var", "size", "rsize", "scale"):
@@ -78,17 +147,17 @@ def fmt(e: TExpr) -> str:
     if e.op in ("qrow", "krow"):
         return f"{e.op[0]}[{'i' if e.op == 'qrow' else 'j'}]"
     if e.op in BINARY_OPS:
-        return f"({fmt(e.args[0])} {BINARY_OPS[e.op]} {fmt(e.args[1])})"
+        return f"({a[0]} {BINARY_OPS[e.op]} {a[1]})"
     if e.op == "neg":
-        return f"(-{fmt(e.args[0])})"
+        return f"(-{a[0]})"
     if e.op == "not":
-        return f"(not {fmt(e.args[0])})"
+        return f"(not {a[0]})"
     if e.op in ("param", "input"):
-        return f"{e.value}[{', '.join(fmt(a) for a in e.args)}]"
+        return f"{e.value}[{', '.join(a)}]"
     if e.op in ("call", "feature"):
-        return f"{e.value}({', '.join(fmt(a) for a in e.args)})"
+        return f"{e.value}({', '.join(a)})"
     if e.op == "dot":
-        return f"dot({fmt(e.args[0])}, {fmt(e.args[1])})"
+        return f"dot({a[0]}, {a[1]})"
     if e.op == "cast":
-        return f"{e.value}({fmt(e.args[0])})"
+        return f"{e.value}({a[0]})"
     raise ValueError(f"unknown expression op {e.op}")
