@@ -14,6 +14,7 @@ from .emit.module import header, module_class, triton_entry
 from .emit.torch import emit_torch
 from .emit.triton import emit_triton, triton_header
 from .ir.graph import Graph
+from .ir.signature import Signature
 from .ir.lower import lower, size_symbols
 from .frontend.parse import parse
 from .passes import PassContext, run_pipeline
@@ -63,7 +64,7 @@ def build(spec: str | Path | Source, sizes: dict | None = None, lowering: str | 
     optimized = ir.copy()
     ctx = PassContext(size_symbols(ir.signature))
     run_pipeline(optimized, ctx)
-    plan = select(optimized, {**checked.sizes, **_design_sizes(sizes, checked)}, lowering)
+    plan = select(optimized, {**checked.sizes, **_design_sizes(sizes, ir.signature)}, lowering)
     return _emit(Compilation(src, tree, checked, ir, optimized, plan, ctx.log))
 
 
@@ -85,16 +86,16 @@ def _emit(comp: Compilation) -> Compilation:
     return comp
 
 
-def _design_sizes(sizes: dict | None, checked: CheckedSpec) -> dict:
+def _design_sizes(sizes: dict | None, signature: Signature) -> dict:
     """The sizes the cost model chooses for: run-time sizes (B, H, Nq, N, D, E) and declared ones."""
     from .plan.select import DESIGN_SIZES
     sizes = dict(sizes or {})
     for name, value in sizes.items():
-        if name not in DESIGN_SIZES and name not in checked.sizes:
-            raise AttnccError(f"sizes: unknown size `{name}`; use {', '.join([*DESIGN_SIZES, *checked.sizes])}")
-        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name in checked.sizes else 1):
+        if name not in DESIGN_SIZES and name not in signature.sizes:
+            raise AttnccError(f"sizes: unknown size `{name}`; use {', '.join([*DESIGN_SIZES, *signature.sizes])}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name in signature.sizes else 1):
             raise AttnccError(f"sizes: `{name}` must be a positive integer, got {value!r}")
-    randoms = [phi for phi in checked.features.values() if phi.random]
+    randoms = signature.random_features
     if randoms:  # kernels see rows of random features: the cost model's D is their width m
         sizes["D"] = randoms[0].out_dim
     return sizes

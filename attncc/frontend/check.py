@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from . import ast
-from .approx import (APPROXIMATIONS, CHOICES, COUNTS, FAVOR, FLAGS, PLAIN_ONLY, POSITIVE, favor_weight,
-                     is_plain_dot_scale, split_logits)
+from .approx import APPROXIMATIONS, CHOICES, COUNTS, FLAGS, PLAIN_ONLY, POSITIVE
+from ..lang.favor import FAVOR, favor_weight, is_plain_dot_scale, split_logits
 from ..lang.expr import BOOL, FLOAT, FUNCTIONS, INT, RUNTIME_SIZES, VEC, TExpr, fmt
 from ..lang.features import ALL_MAPS, RANDOM_MAPS
 from ..lang.graph_kernels import GRAPH_KERNELS
@@ -51,6 +51,10 @@ class ApproxInfo(KeywordOptions):
 
     def __str__(self) -> str:
         return f"{self.method}(" + ", ".join(f"{k}={v}" for k, v in self.kwargs) + ")"
+
+    def favor_map(self) -> FeatureInfo:
+        """approx favor(...): the random feature map `favor` it draws, with the same options."""
+        return FeatureInfo(FAVOR, FAVOR, self.kwargs)
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,16 @@ class CheckedSpec:
     @property
     def kind(self) -> str:
         return "softmax" if self.normalize == "softmax" else "kernel"
+
+
+def favor_kernelized(spec: CheckedSpec) -> CheckedSpec:
+    """The meaning of `approx favor`: softmax(dot(q, k) * scale + b) under the mask, with exp(q.k s)
+    replaced by favor(q).favor(k): rows-normalized weights dot(favor(q), favor(k)) * exp(b), eps 0.
+    Any other spec is returned as it is. (The pass kernelize_favor makes the same rewrite of the IR.)"""
+    if spec.approx is None or spec.approx.method != FAVOR:
+        return spec
+    return replace(spec, features={FAVOR: spec.approx.favor_map()}, normalize="rows", eps=0.0, logits=None,
+                   weight=favor_weight(split_logits(spec.logits)), approx=None)
 
 
 class _Checker(ExprTyper, MechanismChecks):
@@ -400,11 +414,7 @@ class _Checker(ExprTyper, MechanismChecks):
             info = self._approx_options(a)
             if info is not None and self._approx_applies(spec, info, a):
                 self.bag.raise_if_any()
-                if info.method != FAVOR:
-                    return replace(spec, approx=info, target=spec)
-                phi = FeatureInfo(FAVOR, FAVOR, tuple((k, v) for k, v in info.kwargs))
-                return replace(spec, features={FAVOR: phi}, normalize="rows", eps=0.0, logits=None,
-                               weight=favor_weight(split_logits(spec.logits)), approx=info, target=spec)
+                return replace(spec, approx=info, target=spec)
         self.bag.raise_if_any()
         return spec
 

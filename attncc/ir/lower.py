@@ -11,6 +11,7 @@ import sympy
 
 from ..frontend.check import CheckedSpec
 from ..lang.expr import FLOAT, TExpr
+from ..lang.favor import FAVOR
 from .graph import SIZE_SYMBOLS, B, D, E, Graph, H, N, Nq, broadcast
 from .signature import Signature
 
@@ -59,14 +60,18 @@ class ExprBuilder:
 
 
 def signature_of(spec: CheckedSpec) -> Signature:
+    """The module's interface; `approx favor` draws a random feature map `favor` (see kernelize_favor)."""
+    features = dict(spec.features)
+    if spec.approx is not None and spec.approx.method == FAVOR:
+        features[FAVOR] = spec.approx.favor_map()
     return Signature(spec.name, dict(spec.sizes), dict(spec.derived), tuple(spec.divisors), dict(spec.params),
-                     dict(spec.inputs), dict(spec.graphs), dict(spec.features))
+                     dict(spec.inputs), dict(spec.graphs), features)
 
 
 def lower(spec: CheckedSpec) -> Graph:
     """attend(logits | weight, mask?, v) {normalize, eps, masked, approx?, pool?, steps?, lam?}.
 
-    approx: a declared approximation (mra, lara, ra) computes the node (favor is already kernelized);
+    approx: a declared approximation computes the node (favor: kernelized by a pass, see kernelize_favor);
     pool: ContextPool replaces k and/or v before the attention; steps, lam: the ISTA solver's."""
     graph = Graph(spec.name, signature_of(spec))
     build = ExprBuilder(graph)
@@ -75,7 +80,7 @@ def lower(spec: CheckedSpec) -> Graph:
         operands.append(build.add(spec.mask))
     operands.append(build.leaves["v"])
     extra = {}
-    if spec.approx is not None and spec.approx.method != "favor":
+    if spec.approx is not None:
         extra["approx"] = spec.approx
     if spec.pool is not None:
         extra["pool"] = spec.pool

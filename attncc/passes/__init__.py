@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from ..ir.graph import Graph, verify
 from .block_layout import analyse_blocks
+from .favor import kernelize_favor
 from .mask_structure import analyse_mask
 from .ista import lower_ista
 from .mixed_chunk import mixed_chunk
@@ -25,7 +26,7 @@ class PassContext:
         self.log.append((pass_name, message))
 
 
-PIPELINE = [analyse_mask, analyse_blocks, lower_ista, mixed_chunk, reassociate_kernel]
+PIPELINE = [kernelize_favor, analyse_mask, analyse_blocks, lower_ista, mixed_chunk, reassociate_kernel]
 
 
 def run_pipeline(graph: Graph, ctx: PassContext, check: bool = True) -> Graph:

@@ -143,7 +143,7 @@ def mixed_candidate(form) -> Candidate:
 
 def approx_candidates(approx) -> list[Candidate]:
     """The declared approximation is the computation: its algorithm is the only candidate
-    (favor is not here: it turns the spec into kernelized attention, with all of its lowerings)."""
+    (favor is not here: the pass kernelize_favor makes kernelized attention of it, with all of its lowerings)."""
     opts, bytes_io = approx.options, 4 * B * H * (Nq * (D + E) + N * (D + E))
     if approx.method == "mra":
         b, per_row = opts["block"], opts["blocks_per_row"]
