@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from . import lowerings  # noqa: F401  (each module registers its lowering)
 from .version import __version__
 from .frontend.ast import Spec, format_spec
 from .frontend.check import CheckedSpec, check
@@ -37,6 +38,7 @@ class Compilation:
     torch_source: str = ""
     triton_source: str = ""
     module_source: str = ""
+    triton_description: str = ""  # what the Triton backend runs, its backward included (Module.TRITON_LOWERING)
     spec_hash: str = ""
 
 
@@ -78,11 +80,11 @@ def _emit(comp: Compilation) -> Compilation:
     comp.spec_hash = "sha256:" + hashlib.sha256(
         f"{__version__}\n{format_spec(comp.ast)}\n{plan.lowering}".encode()).hexdigest()[:16]
     comp.torch_source = emit_torch(graph, plan)
-    kernels, triton_lowering = emit_triton(graph, plan)
+    kernels, comp.triton_description = emit_triton(graph, plan)
     comp.triton_source = triton_header(graph, comp.spec_hash, __version__) + kernels
     comp.module_source = (header(graph, plan, comp.spec_hash, __version__) + "\n\n# " + "-" * 70 + " torch backend\n"
                           + comp.torch_source + "\n\n# " + "-" * 70 + " triton backend\n" + triton_entry(graph)
-                          + "\n\n" + module_class(graph, plan, comp.spec_hash, triton_lowering))
+                          + "\n\n" + module_class(graph, plan, comp.spec_hash, comp.triton_description))
     return comp
 
 

@@ -76,14 +76,12 @@ def cmd_compile(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    import ast
-
     from .api import build
     from .frontend.ast import format_spec
     from .emit.triton_backward import backward_line
     from .plan.gradients import torch_backward_line
     from .ir.graph import print_graph, to_dot
-    from .runtime.compiled import cuda_triton_available
+    from .runtime.backends import cuda_triton_available
     from .plan.select import format_plan
     comp = build(args.spec, lowering=args.lowering)
     if args.emit in ("triton", "torch", "module"):
@@ -102,8 +100,7 @@ def cmd_inspect(args) -> int:
     print(format_plan(comp.plan, comp.log))
     here = "triton" if cuda_triton_available() else "torch"
     print(f"backend auto: triton on a CUDA device, torch elsewhere (here: {here})")
-    triton_lowering = ast.literal_eval(comp.module_source.split("TRITON_LOWERING = ")[1].splitlines()[0])
-    print(f"triton lowering: {triton_lowering.split('; backward: ')[0]}")
+    print(f"triton lowering: {comp.triton_description.split('; backward: ')[0]}")
     print(f"triton backward: {backward_line(comp.optimized, comp.plan)}")
     print(f"torch backward: {torch_backward_line(comp.plan.lowering)}")
     return 0

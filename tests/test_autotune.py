@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from attncc.runtime import autotune
-from attncc.runtime.autotune import CONFIGS, INTERPRETER, Tuner, bucket
+from attncc.runtime.autotune import Tuner, bucket
+from attncc.plan import registry
+
+# launch candidates by kernel kind (the lowerings with Triton kernels declare them)
+CONFIGS = {lw.name: list(lw.autotune_configs) for lw in registry.all() if lw.autotune_configs}
+INTERPRETER = {lw.name: lw.interpreter_config for lw in registry.all() if lw.autotune_configs}
 
 SIZES = dict(BH=64, Nq=3000, N=3000, D=64, E=64)
 FAST = CONFIGS["tiled"][3]

@@ -13,8 +13,8 @@ import torch
 import attncc
 from attncc.tools.compare import make_module, random_inputs
 from attncc.cli import main
-from attncc.plan.gradients import TORCH_BACKWARD, torch_backward_line
-from attncc.plan.select import LOWERINGS
+from attncc.plan.gradients import torch_backward_line
+from attncc.plan import registry
 
 from .conftest import EXAMPLES, ROOT
 from .test_backends import DECAYED, KERNELIZED, MODULATED
@@ -37,6 +37,7 @@ DIFFUSION = """attention diffused {
 VARS_FIXED = (ROOT / "examples" / "vars.attn").read_text().replace("seed = 0)", "seed = 0, redraw = 0)")
 SPECS = {p.stem: str(p) for p in EXAMPLES} | {"modulated": MODULATED, "decayed": DECAYED, "offset": OFFSET,
                                                "diffused": DIFFUSION, "vars_fixed": VARS_FIXED}
+LOWERINGS = registry.names()
 CASES = sorted({(name, None) for name in SPECS}
                | {(n, lw) for n, lws in KERNELIZED.items() for lw in lws}
                | {("modulated", "linear_chunked"), ("decayed", "linear_chunked"), ("diffused", "graph")},
@@ -106,6 +107,7 @@ def test_triton_gradients_match_reference(name, lowering):
 
 GRADCHECK = {  # one spec per lowering, tables made small: gradcheck perturbs every entry
     "tiled": ("offset", None, {}),
+    "sdpa": ("softmax", None, {}),
     "block_sparse": ("strided", None, {"block": 2, "stride": 2}),
     "linear": ("linear_elu", None, {}),
     "linear_chunked": ("decayed", "linear_chunked", {}),
@@ -143,7 +145,7 @@ def test_gradcheck(lowering):
 
 
 def test_inspect_names_each_backward(capsys):
-    assert set(TORCH_BACKWARD) == set(LOWERINGS)
+    assert all(registry.get(lowering).torch_backward for lowering in LOWERINGS)
     for name, lowering in (("retention", None), ("gkat", "graph"), ("mra2", None)):
         assert main(["inspect", SPECS[name]] + (["--lowering", lowering] if lowering else [])) == 0
         out = capsys.readouterr().out

@@ -7,7 +7,7 @@ from attncc.api import build
 from attncc.emit.module import module_class
 from attncc.emit.torch import emit_torch
 from attncc.ir.graph import attention_of, print_graph
-from attncc.lang.expr import fmt
+from attncc.lang.operators import fmt
 from attncc.passes.quadratic import quadratic_form
 
 from .conftest import ROOT

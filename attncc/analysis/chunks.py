@@ -29,7 +29,8 @@ import sympy
 import torch
 
 from ..lang.evaluate import evaluate
-from ..lang.expr import BOOL, FLOAT, INT, TExpr, conjuncts, const, fmt
+from ..lang.expr import BOOL, FLOAT, INT, TExpr, chain, conjuncts, const
+from ..lang.operators import fmt
 from ..lang.standard import KEY_INDEX, QUERY_INDEX
 from .kernel import split_kernel
 from .structure import I, J, classify_mask, random_env, to_sympy
@@ -86,10 +87,6 @@ def across_condition(across: str, chunk: TExpr) -> TExpr | None:
 
 def _where(condition: TExpr, value: TExpr) -> TExpr:
     return TExpr("call", (condition, value, const(0.0)), "where", FLOAT)
-
-
-def _terms(t: TExpr) -> list[TExpr]:
-    return _terms(t.args[0]) + _terms(t.args[1]) if t.op == "add" else [t]
 
 
 def _and(parts: list[TExpr]) -> TExpr | None:
@@ -172,7 +169,7 @@ def find_mixed(weight: TExpr, mask: TExpr | None, symbols: dict) -> MixedForm | 
     """The mixed chunk form of a kernelized weight (see the module docstring), or None."""
     mask_parts = conjuncts(mask) if mask is not None else []
     local, linear = [], []
-    for term in _terms(weight):
+    for term in chain(weight, "add"):
         parts, body = _guard(term)
         chunks = [c for c in map(_same_chunk, parts) if c is not None]
         if chunks:

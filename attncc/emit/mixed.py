@@ -9,10 +9,11 @@ triton: `_mixed_local`, grid (cdiv(Nq, BLOCK_M), B*H): the key tiles of the chun
 """
 from __future__ import annotations
 
-from ..ir.graph import Graph, attention_of
-from ..lang.expr import fmt
+from ..ir.graph import Graph, attention_node
+from ..lang.normalizers import NORMALIZERS
 from ..plan.select import Plan
-from .exprs import TorchExpr, name_dots
+from .exprs import TorchExpr, brief, name_dots
+from .let import LetScope, let_expr
 from .writer import CodeWriter
 
 
@@ -22,20 +23,20 @@ def emit_mixed_torch(w: CodeWriter, graph: Graph, plan: Plan) -> None:
     emit_features(w, feature_maps_used(form.local, *(t.dot for t in form.linear)))
     ex = TorchExpr()
     with w.block("def chunk_size(ctx):"):
-        w.line(f'"""c: {fmt(form.chunk)}"""')
-        w.line(f"return int({ex(form.chunk)})")
+        w.line(f'"""c: {brief(form.chunk)}"""')
+        w.line(f"return int({let_expr(w, ex, form.chunk)})")
     w.line()
-    emit_pair_holes(w, "local", f"weight inside a chunk: {fmt(form.local)}", form.local, "local_mask",
-                    f"inside a chunk, also: {fmt(form.local_mask)}" if form.local_mask is not None else "",
+    emit_pair_holes(w, "local", f"weight inside a chunk: {brief(form.local)}", form.local, "local_mask",
+                    f"inside a chunk, also: {brief(form.local_mask)}" if form.local_mask is not None else "",
                     form.local_mask)
     for n, t in enumerate(form.linear):
         if t.amplitude is None:
             continue
         with w.block(f"def amplitude{n}(ctx):"):
-            w.line(f'"""scale of linear term {n}: {fmt(t.amplitude)}"""')
+            w.line(f'"""scale of linear term {n}: {brief(t.amplitude)}"""')
             w.line("i = j = torch.zeros((1, 1, 1, 1), dtype=torch.int32)")
             w.line("h = torch.arange(ctx.H, dtype=torch.int32).view(1, ctx.H, 1, 1)")
-            w.line(f"return rt.as_4d({ex(t.amplitude)})")
+            w.line(f"return rt.as_4d({let_expr(w, ex, t.amplitude)})")
         w.line()
     with w.block("def linear_terms(q, k, ctx):"):
         w.line('"""(phi(Q), psi(K), scale, key set) of each cross-chunk kernelized term."""')
@@ -45,7 +46,7 @@ def emit_mixed_torch(w: CodeWriter, graph: Graph, plan: Plan) -> None:
             w.line(f"    ({_row(t.dot.args[0], 'q')}, {_row(t.dot.args[1], 'k')}, {amp}, {t.across!r}),  # {t.describe()}")
         w.line("]")
     w.line()
-    att = graph.node(attention_of(graph))
+    att = attention_node(graph)
     with w.block("def forward_torch(self, q, k, v, ctx):"):
         mask = "local_mask" if form.local_mask is not None else "None"
         w.line(f"return rt.mixed_chunk_attention(q, k, v, ctx, chunk=chunk_size(ctx), local=local, mask={mask},")
@@ -54,25 +55,25 @@ def emit_mixed_torch(w: CodeWriter, graph: Graph, plan: Plan) -> None:
 
 
 def emit_mixed_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
-    from .triton import (HELPERS, _common_args, _feature_fn, _Kernel, _KernelExpr, _launch_common, _launcher_head,
-                         _load_rows, _query_tile, _row_feature, _size_arg, _sizes, _tile_dots)
+    from .triton import (HELPERS, _common_args, emit_feature_fn, _Kernel, _KernelExpr, _launch_common, _launcher_head,
+                         _load_rows, _query_tile, row_feature, _size_arg, _sizes, _tile_dots)
     form = plan.attrs["mixed"]
     exprs = [form.local, form.local_mask]
     kernel = _Kernel(exprs, {n: len(p.shape) for n, p in graph.signature.params.items()})
-    att = graph.node(attention_of(graph))
+    att = attention_node(graph)
     for helper in kernel.helpers:
         w.lines_of(HELPERS[helper])
         w.line()
     dots = name_dots(form.local)
-    for fm in sorted({_row_feature(side) for d in dots for side in d.args} - {None, "identity"}):
-        _feature_fn(w, fm)
+    for fm in sorted({row_feature(side) for d in dots for side in d.args} - {None, "identity"}):
+        emit_feature_fn(w, fm)
     ex = _KernelExpr(dots, {s: _size_arg(s) for s in _sizes(*exprs)})
     extra = "".join(f"{a}, " for a in kernel.arg_names())
     w.line("@triton.jit")
     with w.block(f"def _mixed_local({_common_args()}, {extra}Num0, Den0, chunk, sm_scale, eps,"):
         w.line("BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,")
         w.line("PRECISION: tl.constexpr):")
-        w.line(f'"""Chunk-local weights {fmt(form.local)} over the key tiles of the chunks of this query tile,')
+        w.line(f'"""Chunk-local weights {brief(form.local)} over the key tiles of the chunks of this query tile,')
         w.line('added to the linear terms\' numerator Num0 and row sums Den0 (fp32, [B*H, Nq, E] and [B*H, Nq])."""')
         _query_tile(w, dots)
         w.line("rows = (offs_m[:, None] < Nq) & (offs_e[None, :] < E)")
@@ -84,16 +85,18 @@ def emit_mixed_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
         with w.block("for start_n in range(lo, hi, BLOCK_N):"):
             w.line("offs_n = start_n + tl.arange(0, BLOCK_N)")
             _tile_dots(w, dots)
-            w.line(f"s = {ex(form.local)}")
+            scope = LetScope(ex)
+            scope.bind(w, [form.local, form.local_mask])
+            w.line(f"s = {scope(form.local)}")
             valid = "(offs_n[None, :] < N) & (offs_m[:, None] // chunk == offs_n[None, :] // chunk)"
             if form.local_mask is not None:
-                valid += f" & ({ex(form.local_mask)})"
+                valid += f" & ({scope(form.local_mask)})"
             w.line(f"valid = {valid}")
             _load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
             w.line("p = tl.where(valid, s * 1.0, 0.0)  # unnormalized weights, kept in fp32")
             w.line("l_i += tl.sum(p, 1)")
             w.line("acc += tl.dot(p, v.to(tl.float32), input_precision=PRECISION)")
-        if att.attr("normalize") == "rows":
+        if NORMALIZERS[att.attr("normalize")].divides_by_row_sum:
             w.line("z = l_i + eps")
             w.line("acc = acc / tl.where(z == 0.0, 1.0, z)[:, None]  # nothing to normalize: output 0")
         w.line("tl.store(Out + offs_m[:, None] * stride_om + offs_e[None, :] * stride_od, acc.to(Out.dtype.element_ty), "
@@ -119,7 +122,7 @@ def emit_mixed_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
 
 def emit_pool(w: CodeWriter, graph: Graph) -> None:
     """pool_kv(self, k, v, ctx): ContextPool of k and/or v, run in torch before either backend."""
-    pool = graph.node(attention_of(graph)).attr("pool")
+    pool = attention_node(graph).attr("pool")
     w.line()
     with w.block("def pool_kv(self, k, v, ctx):"):
         w.line(f'"""{pool.describe()} (attncc/pool.py)."""')

@@ -1,7 +1,7 @@
 """Assemble one generated Python module: header, torch section, Triton section, Module class."""
 from __future__ import annotations
 
-from ..ir.graph import Graph, attention_of
+from ..ir.graph import Graph, attention_node
 from ..lang.expr import TExpr
 from ..plan.select import Plan
 from .exprs import TorchExpr, key, literal
@@ -11,12 +11,12 @@ from .writer import CodeWriter
 class _ShapeExpr(TorchExpr):
     """Table shapes are functions of a dict `s` of sizes (declared and H, D, E, N, Nq)."""
 
-    def __call__(self, t: TExpr) -> str:
+    def node(self, t: TExpr, args: list[str]) -> str:
         if t.op in ("size", "rsize"):
             return f"s[{key(t.value)}]"
         if t.op == "const":
             return literal(t)
-        return super().__call__(t)
+        return super().node(t, args)
 
 
 def header(graph: Graph, plan: Plan, spec_hash: str, version: str) -> str:
@@ -46,7 +46,8 @@ from attncc.runtime.compiled import CompiledAttention, InputSpec, ParamSpec, imp
 
 def module_class(graph: Graph, plan: Plan, spec_hash: str, triton_lowering: str) -> str:
     w = CodeWriter()
-    shape, sig, att = _ShapeExpr(), graph.signature, graph.node(attention_of(graph))
+    shape = _ShapeExpr()
+    sig, att = graph.signature, attention_node(graph)
     needs = {e.value for p in sig.params.values() for d in p.shape for e in d.walk() if e.op == "rsize"}
     randoms = sig.random_features
     needs = sorted(needs | ({"D"} if randoms else set()))  # a projection is [features, D]
@@ -57,13 +58,15 @@ def module_class(graph: Graph, plan: Plan, spec_hash: str, triton_lowering: str)
         w.line(f"SPEC_HASH = {spec_hash!r}")
         w.line(f"LOWERING = {plan.lowering!r}")
         w.line(f"TRITON_LOWERING = {triton_lowering!r}")
+        if not plan.entry.forms_graph_tables:
+            w.line("FORMS_GRAPH_TABLES = False  # the lowering applies the graph kernel itself (attncc.plan.registry)")
         w.line("SIZES = {" + ", ".join(f"{key(n)}: {int(v)}" for n, v in sig.sizes.items()) + "}")
         w.line("DERIVED = {" + ", ".join(f"{key(n)}: lambda s: {shape(t)}" for n, t in sig.derived.items()) + "}")
         w.line("DIVISORS = (" + "".join(f"lambda s: {shape(t)}, " for t in sig.divisors) + ")")
         w.line(f"NEEDS = ({''.join(f'{key(n)}, ' for n in needs)})")
         w.line("GRAPHS = {" + ", ".join(f"{key(g.name)}: ({key(g.kind)}, {key(g.adjacency)}, {g.options!r})"
                                         for g in sig.graphs.values()) + "}")
-        approx = att.attr("approx")
+        approx = att.attr("approx")  # favor is kernelized by then: no approximation computes the node
         w.line(f"APPROX = {(approx.method, approx.options)!r}" if approx else "APPROX = None")
         w.line("RANDOM_FEATURES = {" + ", ".join(f"{key(phi.name)}: ({key(phi.fn)}, {phi.options!r})"
                                                  for phi in randoms) + "}")

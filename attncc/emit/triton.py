@@ -14,19 +14,18 @@ triton_backward.py has them, else recomputation through the torch backend's auto
 from __future__ import annotations
 
 
-from ..lang.expr import RUNTIME_SIZES, TExpr, fmt
+from ..lang.expr import RUNTIME_SIZES, TExpr
 from ..lang.features import FEATURE_MAPS
-from ..ir.graph import Graph, attention_of, expr_of
+from ..ir.graph import Graph, attention_node, attention_of, expr_of
+from ..lang.operators import operator_of
+from ..lang.normalizers import NORMALIZERS
 from ..passes.quadratic import quadratic_form
 from ..plan.select import Plan
-from .exprs import TritonExpr, band_bounds, key, name_dots
-from .triton_approx import emit_mra_kernel, mra_triton_block
+from .exprs import TritonExpr, band_bounds, brief, key, name_dots
+from .let import LetScope
 from .writer import CodeWriter
 
 BIG = 1 << 30
-TORCH_ONLY = {"mra": "MRA-2 with a block that no Triton tile matches (16 .. 128, a power of two)",
-              "lara": "LARA (landmark products)", "ra": "RA (sampling and per-sample softmax)",
-              "ista": "each unrolled ISTA step (batched m x m matmuls)"}
 
 HELPERS = {
     "_floordiv": '''@triton.jit
@@ -71,17 +70,18 @@ def _popcount(x):
 class _KernelExpr(TritonExpr):
     """TritonExpr with table loads: params P_<name>, inputs I_<name> (batch stride I_<name>_sb)."""
 
-    def __call__(self, t: TExpr) -> str:
+    def node(self, t: TExpr, args: list[str]) -> str:
         if t.op in ("param", "input"):
             base = ("P_" if t.op == "param" else "I_") + t.value
-            return f"tl.load({base} + {self.offset(t)}).to(tl.float32)" if t.type == "float" else \
-                f"tl.load({base} + {self.offset(t)})"
-        return super().__call__(t)
+            return f"tl.load({base} + {self.offset(t, args)}).to(tl.float32)" if t.type == "float" else \
+                f"tl.load({base} + {self.offset(t, args)})"
+        return super().node(t, args)
 
-    def offset(self, t: TExpr) -> str:
-        """Element offset of a table lookup, every index clamped into range."""
+    def offset(self, t: TExpr, args: list[str] | None = None) -> str:
+        """Element offset of a table lookup (index code `args`, else printed here), every index clamped."""
         base = ("P_" if t.op == "param" else "I_") + t.value
-        terms = [f"tl.minimum(tl.maximum({self(x)}, 0), {base}_n{d} - 1) * {base}_s{d}" for d, x in enumerate(t.args)]
+        args = [self(x) for x in t.args] if args is None else args
+        terms = [f"tl.minimum(tl.maximum({x}, 0), {base}_n{d} - 1) * {base}_s{d}" for d, x in enumerate(args)]
         batch = f"off_b * {base}_sb + " if t.op == "input" else ""
         return batch + " + ".join(terms)
 
@@ -148,21 +148,13 @@ class _Kernel:
 
 def _helpers_of(t: TExpr):
     for e in t.walk():
-        if e.op in ("floordiv", "mod") and e.type == "int":
-            yield "_floordiv" if e.op == "floordiv" else "_floormod"
-        if e.op == "call" and e.value in ("tanh", "popcount"):
-            yield "_" + e.value
-        if e.op == "pow" and not _small_int_power(e):
-            yield "_powf"
+        operator = operator_of(e)
+        helper = operator.triton_helper(e) if operator is not None else None
+        if helper is not None:
+            yield helper
 
 
-def _small_int_power(e: TExpr) -> bool:
-    """Integer powers and constant exponents 0..16 are emitted as products."""
-    exponent = e.args[1]
-    return e.type == "int" or (exponent.op == "const" and exponent.type == "int" and 0 <= exponent.value <= 16)
-
-
-def _feature_fn(w: CodeWriter, name: str) -> None:
+def emit_feature_fn(w: CodeWriter, name: str) -> None:
     w.line("@triton.jit")
     with w.block(f"def _feature_{name}(x):"):
         w.line(f'"""{FEATURE_MAPS[name].doc}"""')
@@ -227,28 +219,28 @@ def _query_tile(w: CodeWriter, dots: dict) -> None:
     """Kernel prologue, then the query tile's rows, once per feature map the dots apply to them."""
     _prologue(w)
     w.line("offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)")
-    for fm in dict.fromkeys(_row_feature(d.args[0]) for d in dots):
+    for fm in dict.fromkeys(row_feature(d.args[0]) for d in dots):
         _load_rows(w, f"q_{fm or 'raw'}", "Q", "offs_m", "Nq", "offs_d", "D", feature=fm)
 
 
-def _row_feature(t: TExpr):
+def row_feature(t: TExpr):
     """The elementwise map of a dot side; random-feature rows arrive already mapped (features.py)."""
     return t.value if t.op == "feature" and t.value in FEATURE_MAPS else None
 
 
 def _tile_dots(w: CodeWriter, dots: dict) -> None:
     """Inside a key-tile loop: load the tile's key rows (through each map used) and form every dot."""
-    for fm in dict.fromkeys(_row_feature(d.args[1]) for d in dots):
+    for fm in dict.fromkeys(row_feature(d.args[1]) for d in dots):
         _load_rows(w, f"k_{fm or 'raw'}", "K", "offs_n", "N", "offs_d", "D", feature=fm)
     for d, name in dots.items():
-        qvar, kvar = (f"{x}_{_row_feature(side) or 'raw'}" for x, side in zip("qk", d.args))
+        qvar, kvar = (f"{x}_{row_feature(side) or 'raw'}" for x, side in zip("qk", d.args))
         w.line(f"{name} = tl.dot({qvar}, tl.trans({kvar}), input_precision=PRECISION)")
 
 
 def key_tile_loop(w: CodeWriter, plan: Plan) -> str:
     """The loop header over the key tiles that query tile pid_m may see (block layout, band, or all)."""
     lo, hi = band_bounds(plan.mask)
-    if plan.lowering == "block_sparse":
+    if plan.entry.block_sparse:
         w.line(f"# block-sparse: only the key tiles that the layout row lists ({plan.attrs['block_layout'].describe()})")
         return "for idx in range(tl.load(RowPtr + pid_m), tl.load(RowPtr + pid_m + 1)):"
     if lo is not None or hi is not None:
@@ -260,22 +252,23 @@ def key_tile_loop(w: CodeWriter, plan: Plan) -> str:
 
 
 def emit_tiled_kernel(w: CodeWriter, graph: Graph, plan: Plan, kernel: _Kernel) -> None:
-    att = graph.node(attention_of(graph))
+    att = attention_node(graph)
     normalize, eps = att.attr("normalize"), att.attr("eps")
-    softmax = normalize == "softmax"
     scores, mask = quadratic_form(graph, attention_of(graph))
+    norm = NORMALIZERS[normalize]
+    softmax = norm.online_softmax
     dots = name_dots(scores)
     ex = _KernelExpr(dots, {s: _size_arg(s) for s in _sizes(scores, mask)})
-    sparse = plan.lowering == "block_sparse"
-    stats = normalize != "none"  # a row statistic for the backward: logsumexp, or the denominator
+    sparse = plan.entry.block_sparse
+    stats = norm.row_statistic  # a row statistic for the backward: logsumexp, or the denominator
     extra = "".join(f"{a}, " for a in kernel.arg_names()) + ("RowPtr, Cols, " if sparse else "") + \
         ("Stat, " if stats else "")
     w.line("@triton.jit")
     with w.block(f"def _attn_fwd({_common_args()}, {extra}sm_scale, eps, band_lo, band_hi,"):
         w.line("BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,")
         w.line("PRECISION: tl.constexpr):")
-        w.line(f'"""{"softmax" if softmax else normalize} attention over tiles; '
-               f'{"logits" if softmax else "weights"} = {fmt(scores)}; mask = {fmt(mask) if mask else "none"}."""')
+        w.line(f'"""{normalize} attention over tiles; '
+               f'{norm.score_name} = {brief(scores)}; mask = {brief(mask) if mask else "none"}."""')
         _query_tile(w, dots)
         w.line("m_i = tl.full([BLOCK_M], float('-inf'), dtype=tl.float32)")
         w.line("l_i = tl.zeros([BLOCK_M], dtype=tl.float32)")
@@ -285,10 +278,12 @@ def emit_tiled_kernel(w: CodeWriter, graph: Graph, plan: Plan, kernel: _Kernel) 
                 w.line("start_n = tl.load(Cols + idx) * BLOCK_N")
             w.line("offs_n = start_n + tl.arange(0, BLOCK_N)")
             _tile_dots(w, dots)
-            w.line(f"s = {ex(scores)}")
+            scope = LetScope(ex)
+            scope.bind(w, [scores, mask])
+            w.line(f"s = {scope(scores)}")
             valid = "(offs_n[None, :] < N)"
             if mask is not None:
-                valid = f"{valid} & ({ex(mask)})"
+                valid = f"{valid} & ({scope(mask)})"
             w.line(f"valid = {valid}")
             _load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
             if softmax:
@@ -307,7 +302,7 @@ def emit_tiled_kernel(w: CodeWriter, graph: Graph, plan: Plan, kernel: _Kernel) 
         if softmax:
             w.line("out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # no visible key: output 0")
             w.line("tl.store(Stat + pid_bh * Nq + offs_m, m_i + tl.log(tl.where(l_i == 0.0, 1.0, l_i)), mask=offs_m < Nq)  # -inf: no visible key")
-        elif normalize == "rows":
+        elif norm.divides_by_row_sum:
             w.line("z = l_i + eps")
             w.line("tl.store(Stat + pid_bh * Nq + offs_m, z, mask=offs_m < Nq)")
             w.line("out = acc / tl.where(z == 0.0, 1.0, z)[:, None]  # nothing to normalize: output 0")
@@ -334,7 +329,7 @@ def emit_tiled_kernel(w: CodeWriter, graph: Graph, plan: Plan, kernel: _Kernel) 
             w.line("    BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision,")
             w.line("    num_warps=num_warps, num_stages=num_stages)")
         w.line()
-        _tuned_launch(w, "block_sparse" if sparse else "tiled", ", tile=tile" if sparse else "")
+        _tuned_launch(w, plan.entry.autotune_kind, ", tile=tile" if sparse else "")
 
 
 def band_line(w: CodeWriter, plan: Plan) -> None:
@@ -364,13 +359,14 @@ def _tuned_launch(w: CodeWriter, kind: str, extra_sizes: str = "") -> None:
 
 
 def emit_linear_kernels(w: CodeWriter, graph: Graph, plan: Plan) -> None:
-    out = attention_of(graph)
-    ops, eps = graph.operands(out), graph.node(out).attr("eps")
-    fq = _row_feature(expr_of(graph, ops[0])) or "identity"
-    fk = _row_feature(expr_of(graph, ops[1])) or "identity"
-    causal = plan.lowering == "linear_chunked"
-    finish = {"rows": "num * mod / tl.where(den * mod + eps == 0.0, 1.0, den * mod + eps)[:, None]",
-              "none": "num * mod"}[graph.node(out).attr("normalize")]
+    ops = graph.operands(attention_of(graph))
+    att = attention_node(graph)
+    eps = att.attr("eps")
+    fq = row_feature(expr_of(graph, ops[0])) or "identity"
+    fk = row_feature(expr_of(graph, ops[1])) or "identity"
+    causal = plan.entry.causal_chunks
+    finish = "num * mod / tl.where(den * mod + eps == 0.0, 1.0, den * mod + eps)[:, None]" \
+        if NORMALIZERS[att.attr("normalize")].divides_by_row_sum else "num * mod"
     decayed = plan.attrs.get("decayed")
     if causal:
         w.line("@triton.jit")
@@ -453,7 +449,7 @@ def emit_linear_kernels(w: CodeWriter, graph: Graph, plan: Plan) -> None:
                 w.line(f"_linear_out[(triton.cdiv(Nq, BLOCK), B * H)]({_launch_common()}, state, z, mod, {eps!r},")
                 w.line(f"    BLOCK=BLOCK, {tail}")
         w.line()
-        _tuned_launch(w, plan.lowering)
+        _tuned_launch(w, plan.entry.autotune_kind)
 
 
 def linear_scalars(w: CodeWriter, plan: Plan) -> None:
@@ -462,7 +458,7 @@ def linear_scalars(w: CodeWriter, plan: Plan) -> None:
         w.line("mod = host.modulation(ctx).to(device=q.device, dtype=torch.float32).expand(B, H, 1, 1).contiguous()")
     else:
         w.line("mod = torch.ones(B, H, device=q.device, dtype=torch.float32)")
-    if plan.lowering != "linear_chunked":
+    if not plan.entry.causal_chunks:
         return
     if plan.attrs.get("decayed"):
         w.line("gamma = host.decay(ctx).to(device=q.device, dtype=torch.float32).expand(B, H, 1, 1).contiguous()")
@@ -514,49 +510,60 @@ SPEC_HASH = {spec_hash!r}  # part of every autotune key
 '''
 
 
-def emit_triton(graph: Graph, plan: Plan) -> tuple[str, str]:
-    """(kernels and launchers, description of the Triton lowering)."""
-    from .triton_backward import backward_line, emit_backward  # it builds on this module's pieces
-    w = CodeWriter()
-    if plan.lowering == "mra" and mra_triton_block(graph):
-        emit_mra_kernel(w, graph)
-        return w.text(), ("block-sparse MRA-2 kernel over each head's selected blocks (selection and low-resolution "
-                          f"part in torch); backward: {backward_line(graph, plan)}")
-    if plan.lowering in TORCH_ONLY:
-        w.line(f"# No Triton kernel for this lowering: {TORCH_ONLY[plan.lowering]} runs through torch")
-        w.line("# (the same torch ops, on the GPU when the inputs are there), exactly as in the torch backend.")
-        with w.block("def forward_triton(self, q, k, v, ctx, host):"):
-            w.line("return host.forward_torch(self, q, k, v, ctx)")
-        return w.text(), f"{plan.lowering} via torch ({TORCH_ONLY[plan.lowering]}; no Triton kernel); " \
-                         f"backward: {backward_line(graph, plan)}"
-    from .triton_structured import TORCH_PART, emit_structured  # it builds on this module's helpers
-    if plan.lowering in TORCH_PART:
-        description = emit_structured(w, graph, plan, _row_feature, _feature_fn)
-    elif plan.lowering in ("tiled", "block_sparse"):
-        exprs = list(quadratic_form(graph, attention_of(graph)))
-        dims = {n: len(p.shape) for n, p in graph.signature.params.items()}
-        kernel = _Kernel(exprs, dims)
-        for h in kernel.helpers:
-            w.lines_of(HELPERS[h])
-            w.line()
-        for fm in sorted({_row_feature(e) for t in exprs if t is not None for e in t.walk()} - {None, "identity"}):
-            _feature_fn(w, fm)
-        emit_tiled_kernel(w, graph, plan, kernel)
-        description = (f"{'block-sparse' if plan.lowering == 'block_sparse' else 'tiled'} "
-                       f"{'online-softmax' if graph.node(attention_of(graph)).attr('normalize') == 'softmax' else 'weighted-sum'} kernel")
-    elif plan.lowering == "mixed_chunk":
-        from .mixed import emit_mixed_triton
-        description = emit_mixed_triton(w, graph, plan)
-    else:
-        out = attention_of(graph)
-        if plan.attrs.get("decayed") and plan.lowering == "linear_chunked":
-            w.lines_of(HELPERS["_powf"])
-            w.line()
-        for fm in sorted({_row_feature(expr_of(graph, o)) for o in graph.operands(out)[:2]} - {None, "identity"}):
-            _feature_fn(w, fm)
-        emit_linear_kernels(w, graph, plan)
-        description = "chunked causal linear kernel" if plan.lowering == "linear_chunked" else "linear state + output kernels"
+def emit_torch_fallback(w: CodeWriter, why: str) -> None:
+    """`forward_triton` of a lowering with no Triton kernel: the torch forward, on the inputs' device."""
+    w.line(f"# No Triton kernel for this lowering: {why} runs through torch")
+    w.line("# (the same torch ops, on the GPU when the inputs are there), exactly as in the torch backend.")
+    with w.block("def forward_triton(self, q, k, v, ctx, host):"):
+        w.line("return host.forward_torch(self, q, k, v, ctx)")
+
+
+def emit_tiled_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
+    """The tiled skeleton's kernel and launcher (tiled, block-sparse) over the attention node read as
+    quadratic attention (quadratic_form); returns its description."""
+    exprs = list(quadratic_form(graph, attention_of(graph)))
+    dims = {n: len(p.shape) for n, p in graph.signature.params.items()}
+    kernel = _Kernel(exprs, dims)
+    for h in kernel.helpers:
+        w.lines_of(HELPERS[h])
+        w.line()
+    for fm in sorted({row_feature(e) for t in exprs if t is not None for e in t.walk()} - {None, "identity"}):
+        emit_feature_fn(w, fm)
+    emit_tiled_kernel(w, graph, plan, kernel)
+    online = NORMALIZERS[attention_node(graph).attr("normalize")].online_softmax
+    return (f"{'block-sparse' if plan.entry.block_sparse else 'tiled'} "
+            f"{'online-softmax' if online else 'weighted-sum'} kernel")
+
+
+def emit_linear_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
+    """The linear skeletons' kernels and launchers (state + output, or chunked causal)."""
+    out = attention_of(graph)
+    if plan.attrs.get("decayed") and plan.entry.causal_chunks:
+        w.lines_of(HELPERS["_powf"])
+        w.line()
+    for fm in sorted({row_feature(expr_of(graph, o)) for o in graph.operands(out)[:2]} - {None, "identity"}):
+        emit_feature_fn(w, fm)
+    emit_linear_kernels(w, graph, plan)
+    return "chunked causal linear kernel" if plan.entry.causal_chunks else "linear state + output kernels"
+
+
+def with_backward(w: CodeWriter, graph: Graph, plan: Plan, description: str) -> str:
+    """After the forward's kernels: the backward kernels (or recomputation) and `forward_triton`."""
+    from .triton_backward import emit_backward  # it builds on this module's pieces
     w.line()
     w.line()
     backward = emit_backward(w, graph, plan)
-    return w.text(), f"{description}; backward: {backward}"
+    return f"{description}; backward: {backward}"
+
+
+def emit_triton(graph: Graph, plan: Plan) -> tuple[str, str]:
+    """(kernels and launchers, description of the Triton lowering): the chosen lowering's Triton
+    writer, or its declared torch fallback."""
+    from .triton_backward import backward_line  # it builds on this module's pieces
+    w = CodeWriter()
+    why = plan.entry.torch_fallback_reason(graph)
+    if why is not None:
+        emit_torch_fallback(w, why)
+        return w.text(), f"{plan.lowering} via torch ({why}; no Triton kernel); backward: {backward_line(graph, plan)}"
+    description = plan.entry.emit_triton(w, graph, plan)
+    return w.text(), description

@@ -1,5 +1,5 @@
 """Emit the Triton backward: kernels that recompute the forward tile by tile (no N x N buffer),
-run with the forward as the torch custom op of attncc.triton_ops.
+run with the forward as the torch custom op of attncc.runtime.triton_ops.
 
 Softmax tiles (FlashAttention-2). The forward kernel saves the row logsumexp L; per tile
   P = exp(S - L) (0 where masked), dV += P^T dO, dP = dO V^T, dS = P o (dP - delta), delta = rowsum(dO o O),
@@ -16,56 +16,70 @@ Linear lowerings: triton_backward_linear.py.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 from ..lang.derivative import NotDifferentiable, diff, leaves
 from ..lang.expr import TExpr
 from ..lang.features import FEATURE_MAPS
-from ..ir.graph import Graph, attention_of
+from ..ir.graph import Graph, attention_node, attention_of
+from ..lang.normalizers import NORMALIZERS, Normalizer
 from ..passes.quadratic import quadratic_form
 from ..plan.select import Plan
 from .exprs import band_bounds, key, name_dots
-from .triton import (HELPERS, TORCH_ONLY, _common_args, _helpers_of, _Kernel, _KernelExpr, _launch_common,
-                     _launcher_head, _load_rows, _prologue, _row_feature, _size_arg, _sizes, band_line, key_tile_loop)
-from .triton_approx import mra_triton_block
+from .let import LetScope
+from .triton import (HELPERS, _common_args, _helpers_of, _Kernel, _KernelExpr, _launch_common,
+                     _launcher_head, _load_rows, _prologue, row_feature, _size_arg, _sizes, band_line, key_tile_loop)
 from .writer import CodeWriter
 
 RECOMPUTE = "recomputation through the torch backend's autograd"
 
 
+@dataclass(frozen=True)
+class TritonBackward:
+    """Generated Triton backward kernels of a family of lowerings (a Lowering's triton_backward).
+
+    support(graph, plan) -> None if the kernels cover this graph, else why not
+    line(graph, plan) -> what `inspect` says of them
+    emit(w, graph, plan) writes them, before the module's `forward_triton`
+    """
+    support: Callable[[Graph, Plan], str | None]
+    line: Callable[[Graph, Plan], str]
+    emit: Callable[[CodeWriter, Graph, Plan], None]
+
+
 def backward_support(graph: Graph, plan: Plan) -> str | None:
     """None if generated Triton backward kernels cover this graph and lowering, else why not."""
-    if _torch_forward(graph, plan):
+    if plan.entry.torch_fallback_reason(graph) is not None:
         return "the forward runs in torch"
-    if plan.lowering not in ("tiled", "block_sparse", "linear", "linear_chunked"):
+    if plan.entry.triton_backward is None:
         return f"no backward kernel for the {plan.lowering} lowering"
-    scores, _ = quadratic_form(graph, attention_of(graph))
-    if plan.lowering in ("tiled", "block_sparse"):
-        try:
-            for leaf in leaves(scores):
-                diff(scores, leaf)
-        except NotDifferentiable as exc:
-            return str(exc)
-        return None
-    if any(e.op in ("param", "input") for e in scores.walk()):
-        return "the modulation or decay reads learned tables"
-    return None
-
-
-def _torch_forward(graph: Graph, plan: Plan) -> bool:
-    return plan.lowering in TORCH_ONLY and not (plan.lowering == "mra" and mra_triton_block(graph))
+    return plan.entry.triton_backward.support(graph, plan)
 
 
 def backward_line(graph: Graph, plan: Plan) -> str:
     """Which backward the Triton backend uses for this graph and lowering (for `inspect`)."""
-    if _torch_forward(graph, plan):
+    if plan.entry.torch_fallback_reason(graph) is not None:
         return "torch autograd (the forward runs in torch)"
     why = backward_support(graph, plan)
     if why is not None:
         return f"{RECOMPUTE} ({why})"
-    if plan.lowering == "linear_chunked":
-        return "generated Triton kernels (dQ forward over chunks, dK/dV by the reverse chunked recurrence)"
-    if plan.lowering == "linear":
-        return "generated Triton kernels (state, then dQ over queries and dK/dV over keys)"
-    softmax = graph.node(attention_of(graph)).attr("normalize") == "softmax"
+    return plan.entry.triton_backward.line(graph, plan)
+
+
+def tile_backward_support(graph: Graph, plan: Plan) -> str | None:
+    """The tile kernels differentiate the score hole symbolically: it must be differentiable."""
+    scores, _ = quadratic_form(graph, attention_of(graph))
+    try:
+        for leaf in leaves(scores):
+            diff(scores, leaf)
+    except NotDifferentiable as exc:
+        return str(exc)
+    return None
+
+
+def tile_backward_line(graph: Graph, plan: Plan) -> str:
+    softmax = NORMALIZERS[attention_node(graph).attr("normalize")].online_softmax
     tables = _grad_tables(quadratic_form(graph, attention_of(graph))[0])
     how = "FlashAttention-2 recomputation" if softmax else "weights recomputed per tile"
     return (f"generated Triton kernels ({how}"
@@ -89,14 +103,10 @@ def emit_backward(w: CodeWriter, graph: Graph, plan: Plan) -> str:
             w.line("                              lambda q, k, v, ctx: host.forward_torch(self, q, k, v, ctx), "
                    "q, k, v, ctx)")
         return backward_line(graph, plan)
-    if plan.lowering in ("tiled", "block_sparse"):
-        _emit_tiled_backward(w, graph, plan)
-    else:
-        from .triton_backward_linear import emit_linear_backward  # it builds on this module's pieces
-        emit_linear_backward(w, graph, plan)
+    plan.entry.triton_backward.emit(w, graph, plan)
     w.line()
     w.line()
-    sparse = plan.lowering == "block_sparse"
+    sparse = plan.entry.block_sparse
     with w.block("def forward_triton(self, q, k, v, ctx, host):"):
         w.line('"""Triton forward and backward kernels, run as the custom op attncc::triton_attention."""')
         if sparse:
@@ -136,7 +146,7 @@ def _store(w: CodeWriter, ptr: str, var: str, offs: str, limit: str, cols: str, 
 # ---------------------------------------------------------------------- tiles
 def _side(d: TExpr, which: int) -> str:
     """The tile variable of one side of a dot, as the forward kernel names it."""
-    return f"{'qk'[which]}_{_row_feature(d.args[which]) or 'raw'}"
+    return f"{'qk'[which]}_{row_feature(d.args[which]) or 'raw'}"
 
 
 def _pair_derivatives(scores: TExpr, derivs: dict) -> dict[tuple[str, str], TExpr]:
@@ -161,22 +171,23 @@ def _feature_grad(w: CodeWriter, var: str, accs: list[str], rows: str, ptr: str,
     w.line(f"{var} = {' + '.join(terms) or f'tl.zeros([{rows}, BLOCK_D], dtype=tl.float32)  # s reads no dot'}")
 
 
-def _emit_tiled_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
-    normalize = graph.node(attention_of(graph)).attr("normalize")
-    softmax = normalize == "softmax"
+def emit_tiled_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
+    normalize = attention_node(graph).attr("normalize")
+    norm = NORMALIZERS[normalize]
     scores, mask = quadratic_form(graph, attention_of(graph))
+    softmax = norm.online_softmax
     dots = name_dots(scores)
     ex = _KernelExpr(dots, {s: _size_arg(s) for s in _sizes(scores, mask)})
     kernel = _Kernel([scores, mask], {n: len(p.shape) for n, p in graph.signature.params.items()})
     derivs = {leaf: diff(scores, leaf) for leaf in leaves(scores)}
     pairs = _pair_derivatives(scores, derivs)
-    q_sides = {_side(d, 0): _row_feature(d.args[0]) for d in dots}
-    k_sides = {_side(d, 1): _row_feature(d.args[1]) for d in dots}
+    q_sides = {_side(d, 0): row_feature(d.args[0]) for d in dots}
+    k_sides = {_side(d, 1): row_feature(d.args[1]) for d in dots}
     tables = _grad_tables(scores)
     for h in sorted({h for d in derivs.values() if d is not None for h in _helpers_of(d)} - set(kernel.helpers)):
         w.lines_of(HELPERS[h])
         w.line()
-    sparse = plan.lowering == "block_sparse"
+    sparse = plan.entry.block_sparse
     extra = "".join(f"{a}, " for a in kernel.arg_names())
     constexprs = "BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,"
 
@@ -184,8 +195,9 @@ def _emit_tiled_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
         for var, feature in sides.items():
             _load_rows(w, var, ptr, offs, limit, "offs_d", "D", feature=feature)
 
-    def tile_body(keys_fixed: bool) -> None:
-        """Recompute the weights of one (query tile, key tile) and dS, the gradient of each score."""
+    def tile_body(keys_fixed: bool) -> LetScope:
+        """Recompute the weights of one (query tile, key tile) and dS, the gradient of each score; the
+        scope of the tile's expressions (the table derivatives too, with the key tile fixed)."""
         if keys_fixed:
             load_sides(q_sides, "Q", "offs_m", "Nq")
             _load_rows(w, "do", "DO", "offs_m", "Nq", "offs_e", "E")
@@ -194,15 +206,17 @@ def _emit_tiled_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
             _load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
         for d, name in dots.items():
             w.line(f"{name} = tl.dot({_side(d, 0)}, tl.trans({_side(d, 1)}), input_precision=PRECISION)")
-        w.line(f"s = {ex(scores)}")
+        scope = LetScope(ex)
+        scope.bind(w, [scores, mask, *pairs.values(), *(derivs.values() if keys_fixed and tables else ())])
+        w.line(f"s = {scope(scores)}")
         valid = "(offs_m[:, None] < Nq) & (offs_n[None, :] < N)"
-        w.line(f"valid = {valid} & ({ex(mask)})" if mask is not None else f"valid = {valid}")
-        if keys_fixed and normalize != "none":
+        w.line(f"valid = {valid} & ({scope(mask)})" if mask is not None else f"valid = {valid}")
+        if keys_fixed and norm.row_statistic:
             w.line("stat = tl.load(Stat + offs_m, mask=offs_m < Nq, other=0.0)")
             w.line("delta = tl.load(Delta + offs_m, mask=offs_m < Nq, other=0.0)")
         if softmax:
             w.line("p = tl.where(valid, tl.exp(s - stat[:, None]), 0.0)")
-        elif normalize == "rows":
+        elif norm.divides_by_row_sum:
             w.line("inv = 1.0 / tl.where(stat == 0.0, 1.0, stat)  # stat: the row's denominator")
             w.line("p = tl.where(valid, s * inv[:, None], 0.0)")
         else:
@@ -212,14 +226,15 @@ def _emit_tiled_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
         elif keys_fixed:  # unnormalized weights stay in fp32, as in the forward
             w.line("dv += tl.dot(tl.trans(p), do.to(tl.float32), input_precision=PRECISION)")
         w.line("dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)")
-        w.line({"softmax": "ds = p * (dp - delta[:, None])", "rows": "ds = (dp - delta[:, None]) * inv[:, None]",
-                "none": "ds = dp"}[normalize])
+        w.line("ds = p * (dp - delta[:, None])" if softmax else "ds = (dp - delta[:, None]) * inv[:, None]"
+               if norm.divides_by_row_sum else "ds = dp")
         for (qv, kv), d in pairs.items():
-            w.line(f"g = tl.where(valid, ds * ({ex(d)}), 0.0)  # zero where masked: s may be undefined there")
+            w.line(f"g = tl.where(valid, ds * ({scope(d)}), 0.0)  # zero where masked: s may be undefined there")
             if keys_fixed:
                 w.line(f"d{kv} += tl.dot(tl.trans(g.to({qv}.dtype)), {qv}, input_precision=PRECISION)")
             else:
                 w.line(f"d{qv} += tl.dot(g.to({kv}.dtype), {kv}, input_precision=PRECISION)")
+        return scope
 
     def head(name: str, args: str, doc: str) -> None:
         w.line("@triton.jit")
@@ -256,9 +271,9 @@ def _emit_tiled_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
         if sparse:
             w.line("start_m = tl.load(Rows + idx) * BLOCK_M")
         w.line("offs_m = start_m + tl.arange(0, BLOCK_M)")
-        tile_body(True)
+        scope = tile_body(True)
         for op, name in tables:
-            _table_atomics(w, ex, op, name, derivs)
+            _table_atomics(w, scope, ex, op, name, derivs)
     _feature_grad(w, "dk", [f"d{kv}" for kv in dict.fromkeys(kv for _, kv in pairs)], "BLOCK_N", "K", "offs_n", "N")
     _store(w, "DK", "dk", "offs_n", "N", "offs_d", "D", "k")
     _store(w, "DV", "dv", "offs_n", "N", "offs_e", "E", "v")
@@ -269,7 +284,7 @@ def _emit_tiled_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
     w.line("offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)")
     load_sides(q_sides, "Q", "offs_m", "Nq")
     _load_rows(w, "do", "DO", "offs_m", "Nq", "offs_e", "E")
-    if normalize != "none":
+    if norm.row_statistic:
         w.line("stat = tl.load(Stat + pid_bh * Nq + offs_m, mask=offs_m < Nq, other=0.0)")
         w.line("delta = tl.load(Delta + pid_bh * Nq + offs_m, mask=offs_m < Nq, other=0.0)")
     for var in dict.fromkeys(qv for qv, _ in pairs):
@@ -283,12 +298,12 @@ def _emit_tiled_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
     _store(w, "DQ", "dq", "offs_m", "Nq", "offs_d", "D", "q")
     w.level -= 1
     w.line()
-    _tiled_launchers(w, normalize, plan, kernel, tables)
+    _tiled_launchers(w, norm, plan, kernel, tables)
 
 
-def _tiled_launchers(w: CodeWriter, normalize: str, plan: Plan, kernel: _Kernel, tables: list) -> None:
-    sparse = plan.lowering == "block_sparse"
-    stats = normalize != "none"
+def _tiled_launchers(w: CodeWriter, norm: Normalizer, plan: Plan, kernel: _Kernel, tables: list) -> None:
+    sparse = plan.entry.block_sparse
+    stats = norm.row_statistic
     with w.block("def op_forward(self, q, k, v, ctx, host):"):
         w.line('"""The custom op\'s forward: the output and the row statistic its backward reads."""')
         w.line(f"stat = torch.{'empty' if stats else 'zeros'}(*q.shape[:3], device=q.device, dtype=torch.float32)")
@@ -297,7 +312,7 @@ def _tiled_launchers(w: CodeWriter, normalize: str, plan: Plan, kernel: _Kernel,
     with w.block("def op_backward(self, q, k, v, out, stat, dout, ctx, host):"):
         _backward_head(w, "(dq, dk, dv, table gradients by name) from the saved output and row statistic.")
         w.line("delta = (dout.float() * out.float()).sum(-1)")
-        if normalize == "rows":
+        if norm.divides_by_row_sum:
             w.line("delta = torch.where(stat == 0.0, 0.0, delta)  # Z = 0: the forward divides by 1")
         table_of = {"param": "ctx.params", "input": "ctx.inputs"}
         w.line("grads = {" + ", ".join(f"{key(n)}: torch.zeros({table_of[op]}[{key(n)}].shape, device=q.device, "
@@ -321,15 +336,18 @@ def _tiled_launchers(w: CodeWriter, normalize: str, plan: Plan, kernel: _Kernel,
     w.line(f"GRAD_TABLES = ({''.join(f'{key(n)}, ' for _, n in tables)})  # tables the backward kernels differentiate")
 
 
-def _table_atomics(w: CodeWriter, ex: _KernelExpr, op: str, name: str, derivs: dict) -> None:
-    """dt[idx] += dS o ds/dt[idx] for every lookup of table `name` in the score."""
+def _table_atomics(w: CodeWriter, scope: LetScope, ex: _KernelExpr, op: str, name: str, derivs: dict) -> None:
+    """dt[idx] += dS o ds/dt[idx] for every lookup of table `name` in the score (printed in the tile's scope)."""
     grad = f"G{op[0].upper()}_{name}"
     for leaf, d in derivs.items():
         if leaf.op != op or leaf.value != name or d is None:
             continue
-        w.line(f"c = tl.where(valid, ds * ({ex(d)}), 0.0)")
+        w.line(f"c = tl.where(valid, ds * ({scope(d)}), 0.0)")
         if any(e.op == "var" and e.value in ("i", "j") for arg in leaf.args for e in arg.walk()):
-            w.line(f"tl.atomic_add({grad} + {ex.offset(leaf)} + tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32), c, "
+            w.line(f"tl.atomic_add({grad} + {ex.offset(leaf, [scope(x) for x in leaf.args])} + tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32), c, "
                    "mask=valid)")
         else:
-            w.line(f"tl.atomic_add({grad} + {ex.offset(leaf)}, tl.sum(tl.sum(c, 1), 0))  # one entry per tile")
+            w.line(f"tl.atomic_add({grad} + {ex.offset(leaf, [scope(x) for x in leaf.args])}, tl.sum(tl.sum(c, 1), 0))  # one entry per tile")
+
+
+TILE_BACKWARD = TritonBackward(tile_backward_support, tile_backward_line, emit_tiled_backward)

@@ -13,22 +13,24 @@ sums R over all queries, then reads it for every key. dq = dphi(q) o phi'(q), dk
 from __future__ import annotations
 
 from ..lang.features import FEATURE_MAPS
-from ..ir.graph import Graph, attention_of, expr_of
+from ..ir.graph import Graph, attention_node, attention_of, expr_of
+from ..lang.normalizers import NORMALIZERS
+from ..passes.quadratic import quadratic_form
 from ..plan.select import Plan
-from .triton import _launch_common, _load_chunk, _load_rows, _row_feature, carry_state, decay_factors, linear_scalars
-from .triton_backward import _backward_head, _bwd_args, _bwd_launch, _bwd_prologue, _store
+from .triton import _launch_common, _load_chunk, _load_rows, row_feature, carry_state, decay_factors, linear_scalars
+from .triton_backward import TritonBackward, _backward_head, _bwd_args, _bwd_launch, _bwd_prologue, _store
 from .writer import CodeWriter
 
 
 def _linear_features(graph: Graph) -> tuple[str, str]:
     (out,) = graph.operands(graph.output)
     ops = graph.operands(out)
-    return tuple(_row_feature(expr_of(graph, o)) or "identity" for o in ops[:2])
+    return tuple(row_feature(expr_of(graph, o)) or "identity" for o in ops[:2])
 
 
 def _finish_grads(w: CodeWriter, normalize: str) -> None:
     """dnum, dden of each row from den (the forward's unmodulated denominator), dO and out."""
-    if normalize == "rows":
+    if NORMALIZERS[normalize].divides_by_row_sum:
         w.line("zz = den * mod + eps")
         w.line("zs = tl.where(zz == 0.0, 1.0, zz)  # as the forward: no clamp where there is nothing to divide")
         w.line("inv = mod / zs")
@@ -55,10 +57,9 @@ def _chain(w: CodeWriter, var: str, grad: str, ptr: str, offs: str, limit: str, 
 
 
 def emit_linear_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
-    att = graph.node(attention_of(graph))
-    normalize, eps = att.attr("normalize"), att.attr("eps")
+    normalize, eps = attention_node(graph).attr("normalize"), attention_node(graph).attr("eps")
     fq, fk = _linear_features(graph)
-    causal = plan.lowering == "linear_chunked"
+    causal = plan.entry.causal_chunks
     decayed = bool(plan.attrs.get("decayed")) and causal
     constexprs = "BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr"
     dot = "tl.dot({}, {}, input_precision=PRECISION)".format
@@ -171,3 +172,19 @@ def emit_linear_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
         w.line("return dq, dk, dv, {}")
     w.line()
     w.line("GRAD_TABLES = ()  # tables the backward kernels differentiate")
+
+
+def linear_backward_support(graph: Graph, plan: Plan) -> str | None:
+    weight, _ = quadratic_form(graph, attention_of(graph))
+    if any(e.op in ("param", "input") for e in weight.walk()):
+        return "the modulation or decay reads learned tables"
+    return None
+
+
+def linear_backward_line(graph: Graph, plan: Plan) -> str:
+    if plan.entry.causal_chunks:
+        return "generated Triton kernels (dQ forward over chunks, dK/dV by the reverse chunked recurrence)"
+    return "generated Triton kernels (state, then dQ over queries and dK/dV over keys)"
+
+
+LINEAR_BACKWARD = TritonBackward(linear_backward_support, linear_backward_line, emit_linear_backward)

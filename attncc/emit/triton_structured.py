@@ -15,18 +15,13 @@ The generated source names the torch part in the launcher.
 """
 from __future__ import annotations
 
-from ..ir.graph import Graph, attention_of, expr_of
+from typing import Callable
+
+from ..ir.graph import Graph, attention_node, attention_of, expr_of
+from ..lang.normalizers import NORMALIZERS
 from ..plan.select import Plan
-from .exprs import key
+from .triton import emit_feature_fn, row_feature
 from .writer import CodeWriter
-
-TORCH_PART = {
-    "fft": "phi(K) o [V, 1] and its Toeplitz convolutions (torch.fft: cuFFT / pocketfft)",
-    "fft2": "phi(K) o [V, 1] and its 2-D convolutions on the grid (torch.fft.rfft2: cuFFT / pocketfft)",
-    "graph": "phi(K) o [V, 1] and the graph kernel's products with the adjacency (torch, CSR when sparse)",
-    "rings": "phi(K) o [V, 1] and its summed-area tables on the ring plane (torch.cumsum)",
-}
-
 
 def _strides(prefix: str, axes: str) -> str:
     return ", ".join(f"stride_{prefix}{a}" for a in axes)
@@ -64,7 +59,7 @@ def _feature_tile(w: CodeWriter, feature: str | None) -> None:
 def _tail(w: CodeWriter, normalize: str) -> None:
     """After the last group: out = num / (den + eps) (rows) or num (none); before it: carry the sums."""
     with w.block("if LAST:"):
-        if normalize == "rows":
+        if NORMALIZERS[normalize].divides_by_row_sum:
             w.line("z = den + eps")
             w.line("out = num / tl.where(z == 0.0, 1.0, z)[:, None]  # nothing to normalize: output 0")
         else:
@@ -147,23 +142,24 @@ def _emit_ring_contract(w: CodeWriter, feature: str | None, normalize: str, metr
     w.line()
 
 
-def emit_structured(w: CodeWriter, graph: Graph, plan: Plan, row_feature, feature_fn) -> str:
+def emit_structured(w: CodeWriter, graph: Graph, plan: Plan, torch_part: str,
+                    transform: Callable[[CodeWriter], None], ring_metric: str | None = None) -> str:
     """Kernels and `triton_forward` of a structured lowering; returns the description of the lowering.
-    row_feature(expr) -> elementwise map of a dot side (or None); feature_fn(w, name) emits its jit map."""
-    out = attention_of(graph)
-    ops, normalize, eps = graph.operands(out), graph.node(out).attr("normalize"), graph.node(out).attr("eps")
+    torch_part names what runs in torch; transform(w) writes the launcher lines that define
+    `transform` and `cells` (and, for rings, `width`, `geo` and `g`); ring_metric: the rings' box kernel."""
+    ops = graph.operands(attention_of(graph))
+    normalize, eps = attention_node(graph).attr("normalize"), attention_node(graph).attr("eps")
     fq, fk = row_feature(expr_of(graph, ops[0])), row_feature(expr_of(graph, ops[1]))
     if fq not in (None, "identity"):
-        feature_fn(w, fq)
-    rings = plan.lowering == "rings"
+        emit_feature_fn(w, fq)
+    rings = ring_metric is not None
     if rings:
-        metric = plan.attrs["grid"].metric
-        _emit_ring_contract(w, fq, normalize, metric)
+        _emit_ring_contract(w, fq, normalize, ring_metric)
     else:
         _emit_contract(w, fq, normalize)
     kernel = "_ring_contract" if rings else "_contract"
     with w.block("def triton_forward(self, q, k, v, ctx, host):"):
-        w.line(f"# torch: {TORCH_PART[plan.lowering]},")
+        w.line(f"# torch: {torch_part},")
         w.line("# one group of features at a time (rt.kernel_products);")
         w.line(f"# Triton ({kernel}): phi(Q), {'the box reads and ring weights, ' if rings else ''}"
                "the contraction and the normalization.")
@@ -174,23 +170,7 @@ def emit_structured(w: CodeWriter, graph: Graph, plan: Plan, row_feature, featur
         w.line("BLOCK_M = 64 if q.is_cuda else 32")
         w.line("BLOCK_E = max(16, triton.next_power_of_2(E))")
         w.line("BLOCK_L = rt.GPU_FEATURE_TILE if q.is_cuda else rt.CPU_FEATURE_TILE")
-        if plan.lowering == "fft":
-            w.line("transform, cells = rt.toeplitz_transform(host.toeplitz_f(ctx).to(q.device), Nq, N, rt.compute_dtype(v))")
-        elif plan.lowering == "fft2":
-            w.line("transform, cells = rt.grid_transform(host.grid_f(ctx).to(q.device), Nq, N, host.grid_width(ctx),")
-            w.line("                                     rt.compute_dtype(v))")
-        elif plan.lowering == "graph":
-            g = graph.node(out).attr("graph")
-            w.line(f"transform, cells = rt.graph_transform(ctx.inputs[{key(g.adjacency)}], {key(g.kind)}, {g.options!r}, "
-                   "Nq, N, rt.compute_dtype(v))")
-        else:
-            w.line("width = host.grid_width(ctx)")
-            w.line(f"geo = rt.ring_geometry(Nq, N, width, {metric!r}, q.device)")
-            w.line("g = host.ring_g(ctx).to(device=q.device, dtype=torch.float32).expand(B, H, Nq, -1)")
-            w.line("cells = geo.cells")
-            with w.block("def transform(u):"):
-                w.line('"""[.., E + 1, N] -> summed-area tables [.., cells, E + 1]: a box corner\'s columns lie together."""')
-                w.line("return rt.summed_area_table(u.transpose(-1, -2), geo, dim=-2)")
+        transform(w)
         w.line(f"pk = {f'host.feature_{fk}(k)' if fk not in (None, 'identity') else 'k'}")
         w.line("budget = rt.GPU_GROUP_BUDGET if q.is_cuda else rt.GROUP_BUDGET")
         w.line("grid = (triton.cdiv(Nq, BLOCK_M), B * H)")
@@ -202,4 +182,4 @@ def emit_structured(w: CodeWriter, graph: Graph, plan: Plan, row_feature, featur
             w.line("    LAST=l0 + y.shape[0] == pk.shape[-1])")
         w.line("return out")
     what = "box reads, ring weights and contraction" if rings else "contraction"
-    return f"{plan.lowering}: Triton {what} kernel ({kernel}); in torch: {TORCH_PART[plan.lowering]}"
+    return f"{plan.lowering}: Triton {what} kernel ({kernel}); in torch: {torch_part}"

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field, replace
 from . import ast
 from .approx import APPROXIMATIONS, CHOICES, COUNTS, FLAGS, PLAIN_ONLY, POSITIVE
 from ..lang.favor import FAVOR, favor_weight, is_plain_dot_scale, split_logits
-from ..lang.expr import BOOL, FLOAT, FUNCTIONS, INT, RUNTIME_SIZES, VEC, TExpr, fmt
+from ..lang.expr import BOOL, FLOAT, INT, RUNTIME_SIZES, VEC, TExpr
 from ..lang.features import ALL_MAPS, RANDOM_MAPS
 from ..lang.graph_kernels import GRAPH_KERNELS
+from ..lang.operators import FUNCTIONS, fmt
 from .mechanisms import ISTA_OPTIONS, IstaInfo, MechanismChecks
 from ..lang.pool import PoolInfo
 from ..lang.source import DiagnosticBag, Source, Span, did_you_mean
@@ -26,7 +27,7 @@ NORMALIZERS = {"softmax": {}, "rows": {"eps": 1e-6}, "none": {}, "ista": ISTA_OP
 INITIALIZERS = {"zeros": {}, "ones": {}, "alibi": {}, "normal": {"std": 0.02, "mean": 0.0},
                 "uniform": {"low": -0.1, "high": 0.1}}
 INPUT_DTYPES = ("int", "float", "bool")
-RESERVED = {"q", "k", "v", "i", "j", "h", "scale", "dot", "true", "false", *RUNTIME_SIZES, *FUNCTIONS, *ALL_MAPS}
+RESERVED = {"q", "k", "v", "i", "j", "h", "scale", "dot", "true", "false", *RUNTIME_SIZES, *FUNCTIONS}
 
 
 
@@ -137,7 +138,7 @@ class _Checker(ExprTyper, MechanismChecks):
                 if name in declared:
                     self.bag.error(f"`{name}` is declared twice", s.name_span, "each name is declared once")
                     continue
-                if name in RESERVED:
+                if name in RESERVED or name in ALL_MAPS:  # maps may be registered after import
                     self.bag.error(f"`{name}` is a built-in name and cannot be declared", s.name_span,
                                    "choose another name")
                     continue

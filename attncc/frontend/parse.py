@@ -9,7 +9,7 @@ from functools import lru_cache
 from importlib import resources
 
 import lark
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer_NonRecursive, v_args
 
 from . import ast
 from ..lang.source import Diagnostic, DiagnosticBag, Source, Span, SpecError
@@ -40,8 +40,9 @@ def _span(meta_or_token) -> Span:
 
 
 @v_args(meta=True)
-class _ToAst(Transformer):
-    """lark tree -> attncc.ast, offsetting spans by `base` (for statement-wise reparsing)."""
+class _ToAst(Transformer_NonRecursive):
+    """lark tree -> attncc.ast, offsetting spans by `base` (for statement-wise reparsing); iterative, since
+    operator chains (`a + b + ...`, `not not ...`) nest without brackets, as deep as a spec is long."""
 
     def __init__(self, base: int = 0):
         super().__init__()

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..lang.expr import TExpr, fmt
+from ..lang.expr import TExpr
+from ..lang.operators import fmt
 
 
 @dataclass(frozen=True)

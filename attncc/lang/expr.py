@@ -17,22 +17,6 @@ INT, FLOAT, BOOL, VEC = "int", "float", "bool", "vec"
 # Run-time sizes, bound from the input tensors at call time.
 RUNTIME_SIZES = {"N": "key tokens", "Nq": "query tokens", "H": "heads", "D": "q/k head dim", "E": "v head dim"}
 
-ARITH = {"add": "+", "sub": "-", "mul": "*", "div": "/", "floordiv": "//", "mod": "%", "pow": "**"}
-BITWISE = {"xor": "^", "bitand": "&", "bitor": "|"}
-COMPARE = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
-LOGIC = {"and_": "and", "or_": "or"}
-BINARY_OPS = {**ARITH, **BITWISE, **COMPARE, **LOGIC}
-SYMBOL_TO_OP = {sym: op for op, sym in BINARY_OPS.items()}
-
-# Scalar functions: name -> (argument types ('num' = int or float), result type rule).
-FUNCTIONS = {
-    "min": ("num+", "promote"), "max": ("num+", "promote"), "abs": ("num", "same"),
-    "exp": ("num", "float"), "log": ("num", "float"), "sqrt": ("num", "float"),
-    "tanh": ("num", "float"), "sigmoid": ("num", "float"),
-    "where": ("bool,any,any", "promote"), "popcount": ("int", "int"), "gray": ("int", "int"),
-}
-
-
 @dataclass(frozen=True, eq=False)
 class TExpr:
     """Equality ignores spans. Hashing and equality are iterative (the hash is cached at construction,
@@ -113,16 +97,22 @@ def const(value, span: Span = NO_SPAN) -> TExpr:
     return TExpr("const", (), value, t, span)
 
 
-def conjuncts(t: TExpr) -> list[TExpr]:
-    """The operands of a chain of `and`s (a single condition is its own conjunct)."""
+def chain(t: TExpr, op: str) -> list[TExpr]:
+    """The operands of a chain of one binary operator, left to right (t alone if it is no such chain);
+    without recursion, since a chain is as long as the spec writes it."""
     out, stack = [], [t]
     while stack:
         e = stack.pop()
-        if e.op == "and_":
+        if e.op == op:
             stack.extend((e.args[1], e.args[0]))
         else:
             out.append(e)
     return out
+
+
+def conjuncts(t: TExpr) -> list[TExpr]:
+    """The operands of a chain of `and`s (a single condition is its own conjunct)."""
+    return chain(t, "and_")
 
 
 def substitute(t: TExpr, values: dict[str, TExpr]) -> TExpr:
@@ -132,32 +122,3 @@ def substitute(t: TExpr, values: dict[str, TExpr]) -> TExpr:
             return values[e.value]
         return TExpr(e.op, tuple(args), e.value, e.type, e.span) if args else e
     return fold(t, rebuild)
-
-
-def fmt(e: TExpr) -> str:
-    """Readable, fully parenthesised text of a typed expression."""
-    return fold(e, _fmt_node)
-
-
-def _fmt_node(e: TExpr, a: list[str]) -> str:
-    if e.op == "const":
-        return ("true" if e.value else "false") if e.type == BOOL else repr(e.value)
-    if e.op in ("var", "size", "rsize", "scale"):
-        return str(e.value)
-    if e.op in ("qrow", "krow"):
-        return f"{e.op[0]}[{'i' if e.op == 'qrow' else 'j'}]"
-    if e.op in BINARY_OPS:
-        return f"({a[0]} {BINARY_OPS[e.op]} {a[1]})"
-    if e.op == "neg":
-        return f"(-{a[0]})"
-    if e.op == "not":
-        return f"(not {a[0]})"
-    if e.op in ("param", "input"):
-        return f"{e.value}[{', '.join(a)}]"
-    if e.op in ("call", "feature"):
-        return f"{e.value}({', '.join(a)})"
-    if e.op == "dot":
-        return f"dot({a[0]}, {a[1]})"
-    if e.op == "cast":
-        return f"{e.value}({a[0]})"
-    raise ValueError(f"unknown expression op {e.op}")

@@ -9,6 +9,7 @@ width m, and the generated kernels treat the map as the identity).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -22,15 +23,36 @@ class FeatureMap:
     torch_expr: str  # elementwise torch expression of `x`
     triton_expr: str  # elementwise Triton expression of `x`
     triton_grad: str  # its derivative in `x`, as torch's autograd takes it (backward kernels)
+    # The oracle's implementation, written apart from torch_expr on purpose: generated code is
+    # checked against it, so the two should not share a typo.
+    reference: Callable[[torch.Tensor], torch.Tensor]
 
 
-FEATURE_MAPS = {
-    "elu1": FeatureMap("elu1", "elu(x) + 1 (Katharopoulos et al.), positive", {},
-                       "torch.nn.functional.elu(x) + 1", "tl.where(x > 0, x + 1, tl.exp(x))",
-                       "tl.where(x > 0, 1.0, tl.exp(x))"),
-    "relu": FeatureMap("relu", "max(x, 0)", {}, "torch.relu(x)", "tl.maximum(x, 0)", "tl.where(x > 0, 1.0, 0.0)"),
-    "identity": FeatureMap("identity", "x (plain dot-product kernel)", {}, "x", "x", "1.0"),
-}
+FEATURE_MAPS: dict[str, FeatureMap] = {}
+ALL_MAPS: dict[str, "FeatureMap | RandomMap"] = {}
+
+
+def register_feature_map(fmap: FeatureMap) -> FeatureMap:
+    """Make an elementwise feature map known to the checker, the emitters and the oracle."""
+    if fmap.name in ALL_MAPS:
+        raise ValueError(f"feature map `{fmap.name}` is already registered")
+    if not (fmap.name.isidentifier() and fmap.name.isascii()):
+        raise ValueError(f"feature map name `{fmap.name}` is not an identifier")
+    FEATURE_MAPS[fmap.name] = ALL_MAPS[fmap.name] = fmap
+    return fmap
+
+
+def unregister_feature_map(name: str) -> None:
+    """Forget a map registered with register_feature_map (tests, notebooks)."""
+    del FEATURE_MAPS[name], ALL_MAPS[name]
+
+
+register_feature_map(FeatureMap("elu1", "elu(x) + 1 (Katharopoulos et al.), positive", {},
+                                "torch.nn.functional.elu(x) + 1", "tl.where(x > 0, x + 1, tl.exp(x))",
+                                "tl.where(x > 0, 1.0, tl.exp(x))", lambda x: F.elu(x) + 1))
+register_feature_map(FeatureMap("relu", "max(x, 0)", {}, "torch.relu(x)", "tl.maximum(x, 0)",
+                                "tl.where(x > 0, 1.0, 0.0)", lambda x: x.clamp(min=0)))
+register_feature_map(FeatureMap("identity", "x (plain dot-product kernel)", {}, "x", "x", "1.0", lambda x: x))
 
 
 @dataclass(frozen=True)
@@ -53,18 +75,12 @@ RANDOM_MAPS = {
                       "exp(|x'|^2 / 2) [sin(W x'), cos(W x')] / sqrt(m), x' = x d^(-1/4); "
                       "E[phi(q).phi(k)] = exp(q.k / sqrt(d)); signed", RANDOM_KWARGS, 2),
 }
-ALL_MAPS = {**FEATURE_MAPS, **RANDOM_MAPS}
+ALL_MAPS.update(RANDOM_MAPS)
 
 
 def apply_feature_map(name: str, x: torch.Tensor) -> torch.Tensor:
-    """Reference implementation of the elementwise maps, kept apart from the emitted code on purpose."""
-    if name == "elu1":
-        return F.elu(x) + 1
-    if name == "relu":
-        return torch.relu(x)
-    if name == "identity":
-        return x
-    raise KeyError(name)
+    """The oracle's implementation of an elementwise map (FeatureMap.reference)."""
+    return FEATURE_MAPS[name].reference(x)
 
 
 def seeded_generator(seed: int, draw: int) -> torch.Generator:

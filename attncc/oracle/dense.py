@@ -24,7 +24,7 @@ def gradient_only_where(x: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
     """x, with its gradient zeroed at masked pairs: a score may be undefined there (inf or NaN, e.g.
     dot / (i - j) on the diagonal), and 0 * inf would poison the gradients of q and k."""
     if x.requires_grad:
-        x.register_hook(lambda g: torch.where(visible, g, torch.zeros((), dtype=g.dtype, device=g.device)))
+        x.register_hook(lambda g: None if g is None else g.masked_fill(~visible, 0.0))
     return x
 
 

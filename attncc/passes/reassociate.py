@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from ..analysis.kernel import split_kernel
-from ..lang.expr import FLOAT, TExpr, fmt
+from ..lang.expr import FLOAT, TExpr
+from ..lang.operators import fmt
 from ..ir.graph import Graph, carried_attrs, expr_of
 from ..ir.lower import ExprBuilder
 from ..lang.source import AttnccError

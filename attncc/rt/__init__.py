@@ -4,6 +4,6 @@ The skeletons of the torch backend (attention.py), of the named mechanisms (mech
 mixed chunks, VARS ISTA) and ContextPool's pooling (pool.py). The declared approximations'
 algorithms are attncc.rt.approx (`ax` in generated code).
 """
-from .attention import *  # noqa: F401,F403  (the skeletons and the index helpers they re-export)
+from .attention import *  # noqa: F401,F403  (exactly attention.__all__: the skeletons and index helpers)
 from .mechanisms import chunk_states, ista_attention, mixed_chunk_attention, mixed_linear_sums  # noqa: F401
 from .pool import context_pool  # noqa: F401

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..lang.approx_math import (MRA_EPS, block_sums, landmarks, lara_count, lara_log_weights, lara_proposals, log_xi,
+from ..lang.approx_math import (MRA_EPS, block_sums, lara_count, lara_log_weights, lara_proposals, log_xi,
                                mra_selection, ra_samples)
 from .attention import compute_dtype
 

@@ -14,8 +14,21 @@ import torch.nn.functional as F
 
 from ..analysis.blocks import within_band  # noqa: F401  (re-exported for generated code)
 from ..analysis.grid import offset_pairs, ring_extent, ring_pairs  # noqa: F401  (re-exported for generated code)
-from ..lang.evaluate import floordiv, floormod, input_lookup, lookup, popcount  # noqa: F401  (re-exported for generated code)
+from ..lang.evaluate import input_lookup, lookup  # noqa: F401  (re-exported for generated code)
+from ..lang.operators import floordiv, floormod, popcount  # noqa: F401  (re-exported for generated code)
 from ..lang.source import ShapeError
+
+# What generated code may call as rt.NAME (attncc/rt/__init__.py re-exports exactly these).
+__all__ = [
+    "GPU_GROUP_BUDGET", "GROUP_BUDGET", "LINEAR_CHUNK", "QUERY_CHUNK", "RingGeometry", "as_4d", "as_float",
+    "block_sparse_attention", "causal_linear_attention", "compute_dtype", "fft_length", "finish_rows",
+    "floordiv", "floormod", "graph_attention", "graph_transform", "grid_offsets", "grid_toeplitz_attention",
+    "grid_transform", "input_lookup", "keep_grad", "kernel_products", "linear_attention", "logical_not",
+    "lookup", "maximum", "minimum", "offset_pairs", "popcount", "prefix_chunk_sums", "ring_attention",
+    "ring_coordinates", "ring_extent", "ring_geometry", "ring_pairs", "sdpa_attention",
+    "summed_area_table", "tiled_attention", "toeplitz_attention", "toeplitz_row", "toeplitz_transform",
+    "with_torch_backward", "within_band",
+]
 
 QUERY_CHUNK = 256
 LINEAR_CHUNK = 64

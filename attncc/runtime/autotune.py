@@ -23,30 +23,18 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from ..plan import registry
 from .compiled import cache_dir, write_atomic
 
 
-# Candidates per kernel kind; each list starts with its CUDA default (the configuration before tuning).
-CONFIGS: dict[str, list[dict]] = {
-    "tiled": [dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
-              dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
-              dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
-              dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3),
-              dict(BLOCK_M=128, BLOCK_N=32, num_warps=4, num_stages=4),
-              dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=3)],
-    # block-sparse tiles are fixed by the layout: only warps and pipelining depth are free
-    "block_sparse": [dict(num_warps=4, num_stages=3), dict(num_warps=4, num_stages=2),
-                     dict(num_warps=4, num_stages=4), dict(num_warps=8, num_stages=3)],
-    "linear": [dict(BLOCK=64, num_warps=4, num_stages=3), dict(BLOCK=32, num_warps=4, num_stages=2),
-               dict(BLOCK=64, num_warps=8, num_stages=2), dict(BLOCK=128, num_warps=4, num_stages=2),
-               dict(BLOCK=128, num_warps=8, num_stages=2)],
-}
-CONFIGS["linear_chunked"] = CONFIGS["linear"]
-# Triton's interpreter: small tiles (it runs them as numpy arrays); warps and stages mean nothing there.
-INTERPRETER = {"tiled": dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=3),
-               "block_sparse": dict(num_warps=4, num_stages=3),
-               "linear": dict(BLOCK=16, num_warps=4, num_stages=3),
-               "linear_chunked": dict(BLOCK=16, num_warps=4, num_stages=3)}
+def configs(kind: str) -> list[dict]:
+    """CUDA launch candidates of a kernel kind (a lowering's name), its default first (attncc/lowerings/)."""
+    return list(registry.get(kind).autotune_configs)
+
+
+def interpreter_config(kind: str) -> dict:
+    """The fixed launch configuration of `kind` under Triton's interpreter (warps and stages mean nothing there)."""
+    return dict(registry.get(kind).interpreter_config)
 
 
 def bucket(n: int) -> int:
@@ -101,9 +89,9 @@ class Tuner:
     def best(self, spec_hash: str, kind: str, q, sizes: dict, launch: Callable[..., None]) -> dict:
         """The configuration to launch `kind` with for these inputs (tuned once per key on CUDA)."""
         if not q.is_cuda or os.environ.get("ATTNCC_AUTOTUNE", "1") == "0":
-            return dict(INTERPRETER[kind] if not q.is_cuda else CONFIGS[kind][0])
+            return interpreter_config(kind) if not q.is_cuda else configs(kind)[0]
         key = self.key(spec_hash, kind, sizes, q.dtype, q.device)
-        config = self.lookup_or_tune(key, CONFIGS[kind], launch)
+        config = self.lookup_or_tune(key, configs(kind), launch)
         self.last = {"key": key, "config": config}
         return dict(config)
 

@@ -24,8 +24,8 @@ from ..lang.features import draw_projection, random_features
 from ..lang.graph_kernels import dense_kernel
 from ..frontend.approx import RANDOM
 from ..lang.approx_math import lara_noise, ra_noise
+from .backends import auto_description, backends_to_prepare, get_backend, resolve
 
-BACKENDS = ("auto", "torch", "triton", "reference")
 LAYOUT_CACHE = 16  # block-sparse layouts kept per module (one per length and sizes)
 MAX_TILE = 128  # largest Triton tile edge for block-sparse kernels
 
@@ -85,14 +85,6 @@ def init_table(shape: tuple, init: str, args: dict) -> torch.Tensor:
     raise AttnccError(f"unknown initializer {init}")
 
 
-def cuda_triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
-
-
 class CompiledAttention(nn.Module):
     SPEC_NAME = "attention"
     SPEC_HASH = ""
@@ -108,12 +100,13 @@ class CompiledAttention(nn.Module):
     POOL = False  # `pool k, v = ...`: the generated `pool_kv` replaces k, v before any backend (attncc/pool.py)
     APPROX = None  # (method, options) of a declared approximation computed by its own algorithm (approx.py)
     TRITON_LOWERING = ""
+    FORMS_GRAPH_TABLES = True  # G = kernel(A) formed as a table before the lowering runs (not: graph)
     checked = None  # the CheckedSpec, attached by attncc.compile (for .reference)
 
     def __init__(self, backend: str = "auto", **sizes):
         super().__init__()
-        if backend not in BACKENDS:
-            raise AttnccError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+        if backend != "auto":
+            get_backend(backend)  # an unknown name fails here, not at the first call
         self.backend = backend
         self.last_backend: str | None = None
         self._layouts: OrderedDict = OrderedDict()  # block-sparse layouts by lengths and sizes, LRU
@@ -158,8 +151,8 @@ class CompiledAttention(nn.Module):
             except RuntimeError as exc:  # e.g. out of memory for a huge size
                 raise AttnccError(f"{self.SPEC_NAME}: cannot create table `{name}` of shape {shape}: {exc}") from None
             self.register_parameter(name, nn.Parameter(table))
-        if backend == "triton" or (backend == "auto" and cuda_triton_available()):
-            self.triton_kernels()  # imported now: torch.compile cannot trace an import (graph break)
+        for candidate in backends_to_prepare(backend):
+            candidate.prepare(self)
         self.random_features = nn.Module()
         for name, (_, opts) in self.RANDOM_FEATURES.items():
             self.random_features.register_buffer(name, draw_projection(
@@ -268,28 +261,30 @@ class CompiledAttention(nn.Module):
         return Context(self.sizes, params, checked, **dims, dtype=dtype)
 
     def resolve_backend(self, q: torch.Tensor) -> str:
-        if self.backend != "auto":
-            return self.backend
-        return "triton" if q.is_cuda and cuda_triton_available() else "torch"
+        """The name of the backend a call with q runs on (attncc/runtime/backends.py)."""
+        return resolve(self.backend, q).name
 
     def forward(self, q, k, v, **inputs):
         ctx = self._context(q, k, v, inputs)
-        backend = self.resolve_backend(q)
-        self.last_backend = backend
+        backend = resolve(self.backend, q)
+        self.last_backend = backend.name
         if q.shape[2] == 0 or k.shape[2] == 0:  # nothing to attend with or to: zeros, in every backend
             return v.new_zeros(*q.shape[:3], v.shape[-1])
         ctx.noise = self.approx_noise(q, k, advance=True)
-        if backend == "reference":
-            return self._dense(q, k, v, ctx).to(v.dtype)
+        if not backend.raw_inputs:
+            q, k, v = self.prepared(q, k, v, ctx)
+        return backend.run(self, q, k, v, ctx)
+
+    def prepared(self, q, k, v, ctx: Context):
+        """What every lowering's forward reads: k, v pooled (ContextPool), graph kernels formed as
+        tables where the lowering reads G[i, j], rows of q and k through their random features."""
         if self.POOL:
             k, v = self.pool_kv(k, v, ctx)
-        if self.LOWERING != "graph":  # lowerings that read G[i, j] as a table get it formed
+        if self.FORMS_GRAPH_TABLES:
             ctx.inputs.update(self.graph_tables(ctx.inputs, ctx.dtype))
         if self.RANDOM_FEATURES:
             q, k = self.featurize(q, k)
-        if backend == "triton":
-            return self.forward_triton(q, k, v, ctx)
-        return self.forward_torch(q, k, v, ctx)
+        return q, k, v
 
     def _cached(self, key: tuple, compute: Callable):
         """An LRU of LAYOUT_CACHE entries: decoding with a growing N must not keep every length."""
@@ -345,9 +340,9 @@ class CompiledAttention(nn.Module):
         if q.shape[2] == 0 or k.shape[2] == 0:
             return torch.zeros(*q.shape[:3], v.shape[-1], dtype=torch.float64, device=q.device)
         ctx.noise = self.approx_noise(q, k, advance=False)
-        return self._dense(q, k, v, ctx, spec)
+        return self.dense(q, k, v, ctx, spec)
 
-    def _dense(self, q, k, v, ctx: Context, spec=None) -> torch.Tensor:
+    def dense(self, q, k, v, ctx: Context, spec=None) -> torch.Tensor:
         from ..oracle.dense import dense_attention
         inputs = {**ctx.inputs, **self.graph_tables(ctx.inputs, torch.float64)}
         return dense_attention(spec or self.checked, q, k, v, ctx.params, inputs, self.sizes, self.projections(),
@@ -399,7 +394,7 @@ class CompiledAttention(nn.Module):
         raise NotImplementedError
 
     def extra_repr(self) -> str:
-        chosen = {"auto": "triton on CUDA, torch elsewhere"}.get(self.backend, self.backend)
+        chosen = auto_description() if self.backend == "auto" else self.backend
         sizes = ", ".join(f"{k}={v}" for k, v in {**self.sizes, **self.fixed}.items())
         last = f", last_run={self.last_backend}" if self.last_backend else ""
         return (f"spec={self.SPEC_NAME}, lowering={self.LOWERING}, backend={self.backend} ({chosen}){last}"

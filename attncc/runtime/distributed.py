@@ -26,9 +26,13 @@ import torch.distributed.nn.functional as dist_nn
 
 from ..ir.graph import expr_of
 from ..lang.source import AttnccError, ShapeError
+from ..plan import registry
 from ..rt import attention as torch_algorithms
 
-LOWERINGS = ("linear", "linear_chunked")
+
+def context_parallel_lowerings() -> list[str]:
+    """The lowerings whose tokens meet only through key states (Lowering.context_parallel)."""
+    return [lowering.name for lowering in registry.all() if lowering.context_parallel]
 
 
 @contextlib.contextmanager
@@ -70,9 +74,10 @@ class StateExchange:
 def check_context_parallel(module) -> None:
     """Raise AttnccError unless the module's lowering passes states between token slices."""
     name = module.SPEC_NAME
-    if module.LOWERING not in LOWERINGS:
-        raise AttnccError(f"{name}: context parallelism covers the linear and linear_chunked lowerings, whose "
-                          f"tokens meet only through key states; this module is `{module.LOWERING}` (for softmax, "
+    if not registry.get(module.LOWERING).context_parallel:
+        covered = " and ".join(context_parallel_lowerings())
+        raise AttnccError(f"{name}: context parallelism covers the {covered} lowerings, whose tokens meet only "
+                          f"through key states; this module is `{module.LOWERING}` (for softmax, "
                           f"see torch.distributed.tensor.experimental.context_parallel in docs/training.md)")
     graph = module.compilation.optimized
     (out,) = graph.operands(graph.output)
@@ -88,7 +93,7 @@ def context_parallel(module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     ranks' slices consecutive in group rank order (any lengths); inputs are this rank's slices too.
     Runs the torch backend (the Triton kernels take no initial state). Every rank of the group must call."""
     check_context_parallel(module)
-    if module.LOWERING == "linear_chunked" and q.shape[2] != k.shape[2]:
+    if registry.get(module.LOWERING).causal_chunks and q.shape[2] != k.shape[2]:
         raise ShapeError(f"{module.SPEC_NAME}: causal context parallelism slices one sequence: q has {q.shape[2]} "
                          f"tokens on this rank, k has {k.shape[2]}")
     if q.shape[2] == 0 or k.shape[2] == 0:  # the module would return early, leaving the others waiting
@@ -101,4 +106,4 @@ def context_parallel(module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         module.backend, torch_algorithms.state_exchange = saved
 
 
-__all__ = ["context_parallel", "check_context_parallel", "StateExchange"]
+__all__ = ["context_parallel", "check_context_parallel", "context_parallel_lowerings", "StateExchange"]

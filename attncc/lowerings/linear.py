@@ -1,0 +1,40 @@
+"""`linear`: kernelized attention phi(Q) (phi(K)^T V), one pass for the key state and one for the
+output; context parallel (ranks exchange key states, attncc/distributed.py)."""
+from __future__ import annotations
+
+from ..emit.torch import emit_kernelized, emit_linear_call
+from ..emit.triton import emit_linear_triton, with_backward
+from ..emit.triton_backward_linear import LINEAR_BACKWARD
+from ..ir.graph import B, D, E, H, N, Nq
+from ..plan.cost import BYTES_IO, Candidate, CostQuery
+from ..plan.registry import Lowering, register
+
+NAME = "linear"
+AUTOTUNE = (dict(BLOCK=64, num_warps=4, num_stages=3), dict(BLOCK=32, num_warps=4, num_stages=2),
+            dict(BLOCK=64, num_warps=8, num_stages=2), dict(BLOCK=128, num_warps=4, num_stages=2),
+            dict(BLOCK=128, num_warps=8, num_stages=2))
+INTERPRETER = dict(BLOCK=16, num_warps=4, num_stages=3)
+
+
+def accepts(query: CostQuery) -> bool:
+    return query.exact and query.op == "linear_attend" and not query.attrs.get("causal")
+
+
+def cost(query: CostQuery) -> Candidate:
+    return Candidate(NAME, 2 * B * H * (N + Nq) * D * (E + 1), BYTES_IO,
+                     "phi(Q) (phi(K)^T V): one pass for the state, one for the output")
+
+
+def emit_torch(w, graph, plan) -> None:
+    emit_kernelized(w, graph, plan, None, lambda w, common: emit_linear_call(w, plan, "linear_attention", common))
+
+
+def emit_triton(w, graph, plan) -> str:
+    return with_backward(w, graph, plan, emit_linear_triton(w, graph, plan))
+
+
+LOWERING = register(Lowering(
+    NAME, accepts, cost, emit_torch,
+    torch_backward="through phi(K)^T V and the normalizer (O(N m e) kept, no N x N)",
+    emit_triton=emit_triton, triton_backward=LINEAR_BACKWARD, autotune_configs=AUTOTUNE,
+    interpreter_config=INTERPRETER, context_parallel=True))

@@ -1,0 +1,39 @@
+"""`linear_chunked`: causal kernelized attention in chunks of CHUNK tokens, quadratic (masked) inside
+a chunk and a carried prefix state across (decayed: gamma^(i - j)); context parallel (each rank
+receives the prefix state of the earlier ranks' keys)."""
+from __future__ import annotations
+
+from ..emit.torch import emit_kernelized, emit_linear_call
+from ..emit.triton import emit_linear_triton, with_backward
+from ..emit.triton_backward_linear import LINEAR_BACKWARD
+from ..ir.graph import B, D, E, H, N
+from ..plan.cost import BYTES_IO, CHUNK, Candidate, CostQuery
+from ..plan.registry import Lowering, register
+from . import linear
+
+NAME = "linear_chunked"
+
+
+def accepts(query: CostQuery) -> bool:
+    return query.exact and query.op == "linear_attend" and bool(query.attrs.get("causal"))
+
+
+def cost(query: CostQuery) -> Candidate:
+    return Candidate(NAME, 2 * B * H * (N * CHUNK * (D + E) + 2 * N * D * (E + 1)), BYTES_IO,
+                     f"chunks of {CHUNK}: quadratic inside, prefix state across")
+
+
+def emit_torch(w, graph, plan) -> None:
+    emit_kernelized(w, graph, plan, None,
+                    lambda w, common: emit_linear_call(w, plan, "causal_linear_attention", common))
+
+
+def emit_triton(w, graph, plan) -> str:
+    return with_backward(w, graph, plan, emit_linear_triton(w, graph, plan))
+
+
+LOWERING = register(Lowering(
+    NAME, accepts, cost, emit_torch,
+    torch_backward="through the chunks and the carried prefix state (C x C per chunk kept)",
+    emit_triton=emit_triton, triton_backward=LINEAR_BACKWARD, autotune_configs=linear.AUTOTUNE,
+    interpreter_config=linear.INTERPRETER, context_parallel=True, causal_chunks=True))

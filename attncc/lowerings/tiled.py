@@ -1,0 +1,57 @@
+"""`tiled`: the quadratic skeleton over (query, key) tiles, valid for every exact attend node.
+
+Torch: rt.tiled_attention over query chunks with the score and mask holes; Triton: the tiled kernel
+(online softmax, or running sums of weights), its backward by FlashAttention-2 style recomputation.
+A graph kernel's G = kernel(A) is formed densely first (runtime.graph_tables).
+"""
+from __future__ import annotations
+
+from ..emit.torch import emit_tiled_torch
+from ..emit.triton import emit_tiled_triton, with_backward
+from ..emit.triton_backward import TILE_BACKWARD
+from ..ir.graph import B, D, E, H, N, Nq
+from ..plan.cost import BLOCK, BYTES_IO, GRAPH_PRODUCTS, Candidate, CostQuery, visited_pairs
+from ..plan.registry import Lowering, register
+
+NAME = "tiled"
+# CUDA launch candidates, the default first
+AUTOTUNE = (dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
+            dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
+            dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
+            dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3),
+            dict(BLOCK_M=128, BLOCK_N=32, num_warps=4, num_stages=4),
+            dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=3))
+# Triton's interpreter: small tiles (it runs them as numpy arrays); warps and stages mean nothing there
+INTERPRETER = dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=3)
+
+
+def accepts(query: CostQuery) -> bool:
+    return query.exact and query.op != "ista_attend"  # VARS has no fixed W to tile
+
+
+def cost(query: CostQuery) -> Candidate:
+    pairs = visited_pairs(query.mask)
+    flops = 2 * B * H * pairs * (D + E)
+    nbytes = BYTES_IO + 4 * B * H * (Nq / BLOCK) * (pairs / Nq) * (D + E)
+    note = "quadratic tiles, online softmax / row sums, empty tiles skipped by mask structure"
+    if query.op == "graph_attend":  # the table lowerings first form G = kernel(A): dense N x N products
+        flops += B * 2 * N ** 3 * (query.attrs["graph_steps"] or GRAPH_PRODUCTS)
+        nbytes += 4 * B * N * N * 3
+        note += "; G = kernel(A) formed densely first"
+    return Candidate(NAME, flops, nbytes, note)
+
+
+def emit_torch(w, graph, plan) -> None:
+    emit_tiled_torch(w, graph, plan, lambda common: [
+        f"return rt.tiled_attention(q, k, v, ctx, key_range=key_range, {common})"])
+
+
+def emit_triton(w, graph, plan) -> str:
+    return with_backward(w, graph, plan, emit_tiled_triton(w, graph, plan))
+
+
+LOWERING = register(Lowering(
+    NAME, accepts, cost, emit_torch,
+    torch_backward="through the query chunks (each chunk's scores are kept for the backward: O(Nq N) in all)",
+    emit_triton=emit_triton, triton_backward=TILE_BACKWARD, autotune_configs=AUTOTUNE,
+    interpreter_config=INTERPRETER))

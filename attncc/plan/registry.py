@@ -1,0 +1,115 @@
+"""The lowering registry: one `Lowering` record per way of computing an attention node.
+
+A lowering module (attncc/lowerings/<name>.py) builds one `Lowering` and `register`s it; importing
+the package `attncc.lowerings` fills the registry, and the driver (attncc/api.py) does so at import,
+so the registry is full wherever attncc is imported (the plan layer never imports the lowerings). Consumers
+(select, the emitters' dispatch, runtime, checking, gradients, distributed, autotune, the CLI) ask
+the registry instead of matching lowering names. Candidates are listed in registration order.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from ..lang.source import AttnccError
+
+# Writers take (w: CodeWriter, graph: Graph, plan: Plan): the optimized graph is all they read.
+TorchWriter = Callable[..., None]
+TritonWriter = Callable[..., str]  # returns the Triton lowering's description, its backward included
+
+
+@dataclass(frozen=True)
+class Lowering:
+    """Everything attncc knows about one lowering.
+
+    accepts(query) -> bool        the attend-node forms it computes (attncc.plan.cost.CostQuery)
+    cost(query) -> Candidate      its sympy flops and bytes, and the note `inspect` shows
+    emit_torch(w, graph, plan)    writes the torch backend (holes and `forward_torch`)
+    emit_triton(w, graph, plan) -> str   writes the Triton backend; None: it runs through torch
+    triton_fallback               why the Triton backend runs the torch forward (a string, or a
+                                  function of the optimized graph giving one or None); None: Triton kernels
+    triton_backward               generated Triton backward kernels (attncc.emit.triton_backward.
+                                  TritonBackward) or None: recomputation through torch's autograd
+    torch_backward                how torch autograd differentiates it (`inspect`'s torch backward line)
+    triton_runs                   the lowering whose Triton kernels (and autotune kind) it runs, if
+                                  not its own (sdpa: Triton has no SDPA, it runs the tiled kernel)
+    autotune_configs              CUDA launch candidates of its kernel, the default first
+    interpreter_config            the launch configuration under Triton's interpreter
+    tolerance                     {torch dtype: max relative error} where not attncc.tools.compare.TOLERANCE
+    context_parallel              attncc.distributed can split its tokens over ranks (key states)
+    forms_graph_tables            G = kernel(A) is formed as a table before it runs (not: graph)
+    block_sparse                  its tiles are the ones a block layout lists
+    causal_chunks                 linear attention walked chunk by chunk with a carried prefix state
+    forced_only                   a candidate only when a spec or caller forces it by name
+    """
+    name: str
+    accepts: Callable
+    cost: Callable
+    emit_torch: TorchWriter
+    torch_backward: str
+    emit_triton: TritonWriter | None = None
+    triton_fallback: str | Callable | None = None
+    triton_backward: object = None
+    triton_runs: str | None = None
+    autotune_configs: tuple = ()
+    interpreter_config: dict | None = None
+    tolerance: dict | None = None
+    context_parallel: bool = False
+    forms_graph_tables: bool = True
+    block_sparse: bool = False
+    causal_chunks: bool = False
+    forced_only: bool = False
+
+    def __post_init__(self):
+        if self.emit_triton is None and self.triton_fallback is None:
+            raise AttnccError(f"lowering `{self.name}`: give emit_triton or a triton_fallback")
+
+    @property
+    def autotune_kind(self) -> str:
+        """The kernel kind its Triton launchers tune under (attncc.runtime.autotune)."""
+        return self.triton_runs or self.name
+
+    def torch_fallback_reason(self, graph) -> str | None:
+        """Why the Triton backend runs this graph's torch forward, or None when it has kernels."""
+        why = self.triton_fallback
+        return why(graph) if callable(why) else why
+
+
+_REGISTRY: dict[str, Lowering] = {}
+
+
+def register(lowering: Lowering) -> Lowering:
+    if lowering.name in _REGISTRY:
+        raise AttnccError(f"lowering `{lowering.name}` is registered twice")
+    _REGISTRY[lowering.name] = lowering
+    return lowering
+
+
+def unregister(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+@contextlib.contextmanager
+def registered(lowering: Lowering) -> Iterator[Lowering]:
+    """Register `lowering` for the duration of a `with` block (tests, experiments)."""
+    register(lowering)
+    try:
+        yield lowering
+    finally:
+        unregister(lowering.name)
+
+
+def get(name: str) -> Lowering:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise AttnccError(f"unknown lowering `{name}`; registered: {', '.join(_REGISTRY)}") from None
+
+
+def all() -> list[Lowering]:  # noqa: A001 (the registry's vocabulary: register / get / all)
+    return list(_REGISTRY.values())
+
+
+def names() -> tuple[str, ...]:
+    return tuple(lowering.name for lowering in all())

@@ -1,0 +1,70 @@
+"""The walkthroughs of docs/pipeline.md, run as written: each extends the compiler in a few lines and
+holds the extension to the oracle end to end."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import attncc
+from attncc.lang.features import FeatureMap, register_feature_map, unregister_feature_map
+from attncc.runtime.backends import Backend, registered_backend
+from attncc.tools.compare import compare, make_module, random_inputs
+
+SOFTPLUS_SPEC = """
+attention softplus_linear {
+    feature phi = softplus
+    weight(i, j) = dot(phi(q[i]), phi(k[j]))
+    mask(i, j) = j <= i
+    normalize rows
+}
+"""
+
+
+@pytest.fixture
+def softplus_map():
+    # docs/pipeline.md, "Add a feature map": one record; `reference` is the oracle's implementation.
+    fmap = register_feature_map(FeatureMap(
+        name="softplus", doc="log(1 + exp(x)), positive", kwargs={},
+        torch_expr="torch.nn.functional.softplus(x)",
+        triton_expr="tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(x)))",
+        triton_grad="tl.sigmoid(x)",
+        reference=lambda x: torch.log1p(torch.exp(x))))
+    yield fmap
+    unregister_feature_map(fmap.name)
+
+
+@pytest.mark.parametrize("lowering", ["linear_chunked", "tiled"])
+@pytest.mark.parametrize("backend, dtype", [("torch", torch.float64), ("torch", torch.float32),
+                                            ("triton", torch.float32), ("triton", torch.float16)])
+def test_added_feature_map_matches_the_oracle(softplus_map, lowering, backend, dtype):
+    cls = attncc.compile(SOFTPLUS_SPEC, lowering=lowering)
+    module = make_module(cls, heads=2, dim=16, dim_v=8)
+    q, k, v, inputs = random_inputs(cls, batch=1, heads=2, nq=37, nk=37, dim=16, dim_v=8)
+    result = compare(module, q, k, v, inputs, backend, dtype)
+    assert result.ok, result
+    assert "softplus" in cls.compilation.torch_source
+
+
+def test_added_feature_map_is_a_reserved_name(softplus_map):
+    with pytest.raises(attncc.SpecError, match="built-in name"):
+        attncc.compile("attention bad { size softplus = 2  normalize softmax }")
+
+
+# docs/pipeline.md, "Add a backend": one record; `run` gets the prepared call.
+COMPILED_TORCH = Backend(
+    "compiled_torch", describe="the torch forward under torch.compile",
+    run=lambda module, q, k, v, ctx: torch.compile(type(module).forward_torch, backend="aot_eager",
+                                                   dynamic=False)(module, q, k, v, ctx))
+
+
+@pytest.mark.parametrize("example", ["alibi", "linear_elu_causal", "context_pool"])
+def test_added_backend_matches_the_oracle(example):
+    with registered_backend(COMPILED_TORCH):
+        cls = attncc.compile(f"examples/{example}.attn")
+        module = make_module(cls, heads=2, dim=16, dim_v=8)
+        q, k, v, inputs = random_inputs(cls, batch=1, heads=2, nq=24, nk=24, dim=16, dim_v=8)
+        result = compare(module, q, k, v, inputs, "compiled_torch", torch.float32)
+        assert result.ok, result
+        assert module.resolve_backend(q) == "torch"  # not an `auto` candidate
+    with pytest.raises(attncc.AttnccError, match="unknown backend"):
+        cls(backend="compiled_torch")
