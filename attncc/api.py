@@ -12,8 +12,8 @@ from .version import __version__
 from .frontend.ast import Spec, format_spec
 from .frontend.check import CheckedSpec, check
 from .emit.module import header, module_class, triton_entry
-from .emit.torch import emit_torch
-from .emit.triton import emit_triton, triton_header
+from .emit.dispatch import emit_torch, emit_triton
+from .emit.triton import triton_header
 from .ir.graph import Graph
 from .ir.signature import Signature
 from .ir.lower import lower, size_symbols

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from attncc.plan import registry
 from attncc.runtime import autotune
 from attncc.runtime.autotune import Tuner, bucket
-from attncc.plan import registry
 
 # launch candidates by kernel kind (the lowerings with Triton kernels declare them)
 CONFIGS = {lw.name: list(lw.autotune_configs) for lw in registry.all() if lw.autotune_configs}

@@ -13,8 +13,8 @@ import torch
 import attncc
 from attncc.tools.compare import make_module, random_inputs
 from attncc.cli import main
-from attncc.plan.gradients import torch_backward_line
 from attncc.plan import registry
+from attncc.plan.gradients import torch_backward_line
 
 from .conftest import EXAMPLES, ROOT
 from .test_backends import DECAYED, KERNELIZED, MODULATED

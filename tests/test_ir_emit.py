@@ -5,7 +5,7 @@ import torch
 import attncc
 from attncc.api import build
 from attncc.emit.module import module_class
-from attncc.emit.torch import emit_torch
+from attncc.emit.dispatch import emit_torch
 from attncc.ir.graph import attention_of, print_graph
 from attncc.lang.operators import fmt
 from attncc.passes.quadratic import quadratic_form

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import attncc
-from attncc.tools.compare import make_module, random_inputs
 from attncc.plan import registry
+from attncc.tools.compare import make_module, random_inputs
 
 from .test_gradients import GRADCHECK, SPECS
 

@@ -215,13 +215,3 @@ def emit_approx(w: CodeWriter, graph: Graph, call: str, random_draw: bool) -> No
         if random_draw:
             w.line("# ctx.noise: this call's random draw (seeded; redrawn per training call when redraw=1)")
         w.line(f"return {call.format(**approx.options)}.to(v.dtype)")
-
-
-def emit_torch(graph: Graph, plan: Plan) -> str:
-    """The torch backend: the chosen lowering writes its forward, then the pooling pre-op if any."""
-    w = CodeWriter()
-    plan.entry.emit_torch(w, graph, plan)
-    if attention_node(graph).attr("pool") is not None:
-        from .mixed import emit_pool
-        emit_pool(w, graph)
-    return w.text()

@@ -510,14 +510,6 @@ SPEC_HASH = {spec_hash!r}  # part of every autotune key
 '''
 
 
-def emit_torch_fallback(w: CodeWriter, why: str) -> None:
-    """`forward_triton` of a lowering with no Triton kernel: the torch forward, on the inputs' device."""
-    w.line(f"# No Triton kernel for this lowering: {why} runs through torch")
-    w.line("# (the same torch ops, on the GPU when the inputs are there), exactly as in the torch backend.")
-    with w.block("def forward_triton(self, q, k, v, ctx, host):"):
-        w.line("return host.forward_torch(self, q, k, v, ctx)")
-
-
 def emit_tiled_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
     """The tiled skeleton's kernel and launcher (tiled, block-sparse) over the attention node read as
     quadratic attention (quadratic_form); returns its description."""
@@ -545,25 +537,3 @@ def emit_linear_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
         emit_feature_fn(w, fm)
     emit_linear_kernels(w, graph, plan)
     return "chunked causal linear kernel" if plan.entry.causal_chunks else "linear state + output kernels"
-
-
-def with_backward(w: CodeWriter, graph: Graph, plan: Plan, description: str) -> str:
-    """After the forward's kernels: the backward kernels (or recomputation) and `forward_triton`."""
-    from .triton_backward import emit_backward  # it builds on this module's pieces
-    w.line()
-    w.line()
-    backward = emit_backward(w, graph, plan)
-    return f"{description}; backward: {backward}"
-
-
-def emit_triton(graph: Graph, plan: Plan) -> tuple[str, str]:
-    """(kernels and launchers, description of the Triton lowering): the chosen lowering's Triton
-    writer, or its declared torch fallback."""
-    from .triton_backward import backward_line  # it builds on this module's pieces
-    w = CodeWriter()
-    why = plan.entry.torch_fallback_reason(graph)
-    if why is not None:
-        emit_torch_fallback(w, why)
-        return w.text(), f"{plan.lowering} via torch ({why}; no Triton kernel); backward: {backward_line(graph, plan)}"
-    description = plan.entry.emit_triton(w, graph, plan)
-    return w.text(), description

@@ -17,6 +17,7 @@ from ..lang.features import ALL_MAPS, RANDOM_MAPS
 from ..lang.graph_kernels import GRAPH_KERNELS
 from ..lang.operators import FUNCTIONS, fmt
 from .mechanisms import ISTA_OPTIONS, IstaInfo, MechanismChecks
+from ..lang.normalizers import NORMALIZERS as NORMALIZERS_BY_NAME
 from ..lang.pool import PoolInfo
 from ..lang.source import DiagnosticBag, Source, Span, did_you_mean
 from ..lang.standard import DEFAULT_LOGITS
@@ -98,7 +99,7 @@ class CheckedSpec:
 
     @property
     def kind(self) -> str:
-        return "softmax" if self.normalize == "softmax" else "kernel"
+        return "softmax" if NORMALIZERS_BY_NAME[self.normalize].online_softmax else "kernel"
 
 
 def favor_kernelized(spec: CheckedSpec) -> CheckedSpec:
@@ -408,7 +409,7 @@ class _Checker(ExprTyper, MechanismChecks):
         if a.method not in APPROXIMATIONS:
             self.bag.error(f"unknown approximation `{a.method}`", a.method_span,
                            did_you_mean(a.method, APPROXIMATIONS) or f"use one of {', '.join(APPROXIMATIONS)}")
-        elif spec.normalize != "softmax":
+        elif not NORMALIZERS_BY_NAME[spec.normalize].online_softmax:
             self.bag.error(f"`approx {a.method}` approximates softmax attention, but this spec normalizes "
                            f"with `{spec.normalize}`", a.method_span, "write `normalize softmax approx ...`")
         else:

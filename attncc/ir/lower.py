@@ -12,6 +12,7 @@ import sympy
 from ..frontend.check import CheckedSpec
 from ..lang.expr import FLOAT, TExpr, postorder
 from ..lang.favor import FAVOR
+from ..lang.normalizers import pair_scores
 from .graph import SIZE_SYMBOLS, B, D, E, Graph, H, N, Nq, broadcast
 from .signature import Signature
 
@@ -80,7 +81,7 @@ def lower(spec: CheckedSpec) -> Graph:
     pool: ContextPool replaces k and/or v before the attention; steps, lam: the ISTA solver's."""
     graph = Graph(spec.name, signature_of(spec))
     build = ExprBuilder(graph)
-    operands = [build.add(spec.logits if spec.normalize == "softmax" else spec.weight)]
+    operands = [build.add(pair_scores(spec))]
     if spec.mask is not None:
         operands.append(build.add(spec.mask))
     operands.append(build.leaves["v"])

@@ -6,11 +6,11 @@ import sympy
 
 from ..analysis.blocks import block_size, evaluate_layout
 from ..emit.torch import emit_block_layout, emit_score_holes
-from ..emit.triton import emit_tiled_triton, with_backward
 from ..emit.triton_backward import TILE_BACKWARD
 from ..ir.graph import B, D, E, H, N, Nq
 from ..plan.cost import BYTES_IO, Candidate, CostQuery
 from ..plan.registry import Lowering, register
+from . import tiled
 
 NAME = "block_sparse"
 # block-sparse tiles are fixed by the layout: only warps and pipelining depth are free
@@ -40,12 +40,8 @@ def emit_torch(w, graph, plan) -> None:
         w.line(f"return rt.block_sparse_attention(q, k, v, ctx, layout=layout, block=block, {common})")
 
 
-def emit_triton(w, graph, plan) -> str:
-    return with_backward(w, graph, plan, emit_tiled_triton(w, graph, plan))
-
-
 LOWERING = register(Lowering(
     NAME, accepts, cost, emit_torch,
     torch_backward="through the query blocks (the visited blocks' scores are kept for the backward)",
-    emit_triton=emit_triton, triton_backward=TILE_BACKWARD, autotune_configs=AUTOTUNE,
+    emit_triton=tiled.emit_triton, triton_backward=TILE_BACKWARD, autotune_configs=AUTOTUNE,
     interpreter_config=dict(num_warps=4, num_stages=3), block_sparse=True))

@@ -6,7 +6,7 @@ import sympy
 import torch
 
 from ..emit.torch import emit_kernelized, emit_toeplitz_f
-from ..emit.triton import with_backward
+from ..emit.dispatch import with_backward
 from ..emit.triton_structured import emit_structured
 from ..ir.graph import B, D, E, H, N, Nq
 from ..plan.cost import BYTES_IO, Candidate, CostQuery

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sympy
 
 from ..emit.torch import emit_grid_f, emit_kernelized
-from ..emit.triton import with_backward
+from ..emit.dispatch import with_backward
 from ..emit.triton_structured import emit_structured
 from ..ir.graph import B, D, E, H, N, Nq
 from ..plan.cost import BYTES_IO, Candidate, CostQuery

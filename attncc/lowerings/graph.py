@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..emit.exprs import key
 from ..emit.torch import emit_kernelized
-from ..emit.triton import with_backward
+from ..emit.dispatch import with_backward
 from ..emit.triton_structured import emit_structured
 from ..ir.graph import B, D, E, H, N, Nq
 from ..plan.cost import BYTES_IO, GRAPH_DEGREE, GRAPH_PRODUCTS, Candidate, CostQuery

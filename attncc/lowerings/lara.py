@@ -1,5 +1,5 @@
 """`lara`: `approx lara`: c landmark proposals, self-normalized multiple importance sampling
-(approx_algorithms.lara_attention); Triton runs the torch forward."""
+(attncc.rt.approx.lara_attention); Triton runs the torch forward."""
 from __future__ import annotations
 
 from ..emit.torch import emit_approx

@@ -1,9 +1,10 @@
 """`linear`: kernelized attention phi(Q) (phi(K)^T V), one pass for the key state and one for the
-output; context parallel (ranks exchange key states, attncc/distributed.py)."""
+output; context parallel (ranks exchange key states, attncc/runtime/distributed.py)."""
 from __future__ import annotations
 
 from ..emit.torch import emit_kernelized, emit_linear_call
-from ..emit.triton import emit_linear_triton, with_backward
+from ..emit.dispatch import with_backward
+from ..emit.triton import emit_linear_triton
 from ..emit.triton_backward_linear import LINEAR_BACKWARD
 from ..ir.graph import B, D, E, H, N, Nq
 from ..plan.cost import BYTES_IO, Candidate, CostQuery

@@ -4,7 +4,6 @@ receives the prefix state of the earlier ranks' keys)."""
 from __future__ import annotations
 
 from ..emit.torch import emit_kernelized, emit_linear_call
-from ..emit.triton import emit_linear_triton, with_backward
 from ..emit.triton_backward_linear import LINEAR_BACKWARD
 from ..ir.graph import B, D, E, H, N
 from ..plan.cost import BYTES_IO, CHUNK, Candidate, CostQuery
@@ -28,12 +27,8 @@ def emit_torch(w, graph, plan) -> None:
                     lambda w, common: emit_linear_call(w, plan, "causal_linear_attention", common))
 
 
-def emit_triton(w, graph, plan) -> str:
-    return with_backward(w, graph, plan, emit_linear_triton(w, graph, plan))
-
-
 LOWERING = register(Lowering(
     NAME, accepts, cost, emit_torch,
     torch_backward="through the chunks and the carried prefix state (C x C per chunk kept)",
-    emit_triton=emit_triton, triton_backward=LINEAR_BACKWARD, autotune_configs=linear.AUTOTUNE,
+    emit_triton=linear.emit_triton, triton_backward=LINEAR_BACKWARD, autotune_configs=linear.AUTOTUNE,
     interpreter_config=linear.INTERPRETER, context_parallel=True, causal_chunks=True))

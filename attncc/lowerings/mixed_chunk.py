@@ -1,11 +1,11 @@
-"""`mixed_chunk`: FLASH mixed chunks (attncc/chunks.py): c x c quadratic blocks on the diagonal, and
+"""`mixed_chunk`: FLASH mixed chunks (attncc/analysis/chunks.py): c x c quadratic blocks on the diagonal, and
 per linear term the chunk states psi(K_g)^T V_g prefix-summed across chunks (emit/mixed.py)."""
 from __future__ import annotations
 
 import sympy
 
 from ..emit.mixed import emit_mixed_torch, emit_mixed_triton
-from ..emit.triton import with_backward
+from ..emit.dispatch import with_backward
 from ..ir.graph import B, D, E, H, N, Nq
 from ..plan.cost import Candidate, CostQuery
 from ..plan.registry import Lowering, register

@@ -1,5 +1,5 @@
 """`ra`: `approx ra`: s samples per query from its softmax mixture (quadratic, unbiased;
-approx_algorithms.ra_attention); Triton runs the torch forward."""
+attncc.rt.approx.ra_attention); Triton runs the torch forward."""
 from __future__ import annotations
 
 from ..emit.torch import emit_approx

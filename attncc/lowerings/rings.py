@@ -3,7 +3,7 @@ four reads per query (torch.cumsum builds the tables; Triton reads the boxes and
 from __future__ import annotations
 
 from ..emit.torch import emit_kernelized, emit_ring_g
-from ..emit.triton import with_backward
+from ..emit.dispatch import with_backward
 from ..emit.triton_structured import emit_structured
 from ..ir.graph import B, D, E, H, N, Nq
 from ..plan.cost import Candidate, CostQuery

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from ..lang.standard import DEFAULT_LOGITS
 from ..emit.torch import emit_tiled_torch
-from ..emit.triton import emit_tiled_triton, with_backward
+from ..emit.dispatch import with_backward
+from ..emit.triton import emit_tiled_triton
 from ..emit.triton_backward import TILE_BACKWARD
 from ..ir.graph import B, D, E, H, expr_of
 from ..lang.normalizers import NORMALIZERS

@@ -7,7 +7,8 @@ A graph kernel's G = kernel(A) is formed densely first (runtime.graph_tables).
 from __future__ import annotations
 
 from ..emit.torch import emit_tiled_torch
-from ..emit.triton import emit_tiled_triton, with_backward
+from ..emit.dispatch import with_backward
+from ..emit.triton import emit_tiled_triton
 from ..emit.triton_backward import TILE_BACKWARD
 from ..ir.graph import B, D, E, H, N, Nq
 from ..plan.cost import BLOCK, BYTES_IO, GRAPH_PRODUCTS, Candidate, CostQuery, visited_pairs

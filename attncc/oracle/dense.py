@@ -16,6 +16,7 @@ from ..frontend.check import CheckedSpec, favor_kernelized
 from ..lang.evaluate import Env, evaluate
 from ..lang.expr import TExpr
 from ..lang.features import FEATURE_MAPS, apply_feature_map, random_features
+from ..lang.normalizers import normalizer
 
 APPROX_WEIGHTS = ("mra", "lara", "ra")  # approximations with a dense matrix of their own (favor is kernelized)
 
@@ -80,7 +81,7 @@ def dense_weights(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: di
         return gradient_only_where(torch.einsum("bhid,bhjd->bhij", _row(t.args[0], q), _row(t.args[1], k)), mask)
 
     env.dot = dot
-    if spec.normalize == "softmax":
+    if normalizer(spec).online_softmax:
         s = evaluate(spec.logits, env).to(dtype).expand(shape).masked_fill(~mask, float("-inf"))
         top = s.amax(-1, keepdim=True)
         top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
@@ -97,7 +98,7 @@ def dense_probabilities(spec: CheckedSpec, q, k, params: dict, inputs: dict, siz
     (D^-1 (M o phi(Q) phi(K)^T) for kernelized specs); arguments as for dense_weights."""
     spec = favor_kernelized(spec)
     w = dense_weights(spec, q, k, params, inputs, sizes, e_dim, projections, noise, rows, dtype)
-    if spec.normalize == "rows":
+    if normalizer(spec).divides_by_row_sum:
         z = w.sum(-1, keepdim=True) + spec.eps
         w = w / torch.where(z == 0, torch.ones_like(z), z)  # a row with nothing to normalize: 0
     return w
@@ -109,7 +110,7 @@ def dense_attention(spec: CheckedSpec, q, k, v, params: dict, inputs: dict, size
     spec = favor_kernelized(spec)
     if spec.pool is not None:  # ContextPool: k and/or v pooled by the dense matrix first (attncc/pool.py)
         k, v = dense_pool(spec.pool, k, v, params)
-    if spec.normalize == "ista":  # not a fixed W: the unrolled solver, naively (attncc/ista.py)
+    if not normalizer(spec).fixed_weights:  # ista: the unrolled solver, naively (attncc/oracle/ista.py)
         phi_q = feature_rows(spec, spec.weight.args[0], q.double(), projections)
         phi_k = feature_rows(spec, spec.weight.args[1], k.double(), projections)
         return dense_ista(spec, phi_q, phi_k, v)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..ir.graph import Graph, carried_attrs
+from ..lang.normalizers import NORMALIZERS
 
 
 def lower_ista(graph: Graph, ctx) -> None:
@@ -11,7 +12,7 @@ def lower_ista(graph: Graph, ctx) -> None:
     Runs before the kernel passes: the solver is not a fixed W, so no other rewrite applies."""
     for nid in graph.find("attend"):
         node = graph.node(nid)
-        if node.attr("normalize") != "ista":
+        if NORMALIZERS[node.attr("normalize")].fixed_weights:  # only the solver has no fixed W
             continue
         weight, v = graph.operands(nid)[0], graph.operands(nid)[-1]
         phi_q, phi_k = graph.operands(weight)  # the checker allows only dot(phi(q[i]), psi(k[j]))

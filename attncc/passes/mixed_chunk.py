@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..analysis.chunks import find_mixed, mixed_holds
 from ..ir.graph import Graph, carried_attrs, expr_of
+from ..lang.normalizers import NORMALIZERS
 from ..lang.source import AttnccError
 
 
@@ -15,7 +16,7 @@ def mixed_chunk(graph: Graph, ctx) -> None:
     The decomposition is cross-checked against the weight on random grids (chunks.mixed_holds)."""
     for nid in graph.find("attend"):
         node = graph.node(nid)
-        if node.attr("normalize") not in ("rows", "none"):
+        if NORMALIZERS[node.attr("normalize")].online_softmax:
             continue
         ops = graph.operands(nid)
         weight, mask = expr_of(graph, ops[0]), expr_of(graph, ops[1]) if node.attr("masked") else None

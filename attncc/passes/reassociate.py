@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..analysis.kernel import split_kernel
 from ..lang.expr import FLOAT, TExpr
 from ..lang.operators import fmt
+from ..lang.normalizers import NORMALIZERS
 from ..ir.graph import Graph, carried_attrs, expr_of
 from ..ir.lower import ExprBuilder
 from ..lang.source import AttnccError
@@ -47,7 +48,7 @@ def reassociate_kernel(graph: Graph, ctx) -> None:
     """
     for nid in graph.find("attend"):
         node = graph.node(nid)
-        if node.attr("normalize") == "softmax":
+        if NORMALIZERS[node.attr("normalize")].online_softmax:
             continue
         ops = graph.operands(nid)
         split = split_kernel(expr_of(graph, ops[0]))

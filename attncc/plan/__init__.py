@@ -1,1 +1,2 @@
-"""attncc.plan: the cost model (cost.py), select, and the lowering registry (registry.py)."""
+"""attncc.plan: the lowering registry (registry.py), the cost model's pieces (cost.py), selection
+(select.py) and the torch backward texts (gradients.py)."""

@@ -1,9 +1,9 @@
 """The lowering registry: one `Lowering` record per way of computing an attention node.
 
 A lowering module (attncc/lowerings/<name>.py) builds one `Lowering` and `register`s it; importing
-the package `attncc.lowerings` fills the registry, and the driver (attncc/api.py) does so at import,
-so the registry is full wherever attncc is imported (the plan layer never imports the lowerings). Consumers
-(select, the emitters' dispatch, runtime, checking, gradients, distributed, autotune, the CLI) ask
+the package `attncc.lowerings` fills the registry (attncc.api does, so importing attncc does: the
+registry, below the lowerings in the pipeline, never imports them). Consumers
+(select, the emitters' dispatch, runtime, tools.compare, gradients, distributed, autotune, the CLI) ask
 the registry instead of matching lowering names. Candidates are listed in registration order.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ class Lowering:
     autotune_configs              CUDA launch candidates of its kernel, the default first
     interpreter_config            the launch configuration under Triton's interpreter
     tolerance                     {torch dtype: max relative error} where not attncc.tools.compare.TOLERANCE
-    context_parallel              attncc.distributed can split its tokens over ranks (key states)
+    context_parallel              attncc.runtime.distributed can split its tokens over ranks (key states)
     forms_graph_tables            G = kernel(A) is formed as a table before it runs (not: graph)
     block_sparse                  its tiles are the ones a block layout lists
     causal_chunks                 linear attention walked chunk by chunk with a carried prefix state

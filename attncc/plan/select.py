@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..analysis.structure import Structure
 from ..ir.graph import B, D, E, Graph, H, N
+from ..lang.source import AttnccError
 from . import registry
 from .cost import DESIGN_SIZES, MACHINE, Candidate, CostQuery
-from ..lang.source import AttnccError
-from ..analysis.structure import Structure
 
 __all__ = ["DESIGN_SIZES", "MACHINE", "Candidate", "Plan", "select", "format_plan", "with_pooling"]
 

@@ -16,6 +16,7 @@ from ..analysis.blocks import within_band  # noqa: F401  (re-exported for genera
 from ..analysis.grid import offset_pairs, ring_extent, ring_pairs  # noqa: F401  (re-exported for generated code)
 from ..lang.evaluate import input_lookup, lookup  # noqa: F401  (re-exported for generated code)
 from ..lang.operators import floordiv, floormod, popcount  # noqa: F401  (re-exported for generated code)
+from ..lang.normalizers import NORMALIZERS
 from ..lang.source import ShapeError
 
 # What generated code may call as rt.NAME (attncc/rt/__init__.py re-exports exactly these).
@@ -101,7 +102,7 @@ def _attend(q, k, v, ctx, q0: int, q1: int, keys, *, scores: Callable, mask: Cal
     shape = (B, H, q1 - q0, j.shape[-1])
     m = mask(i, j, h, ctx).expand(shape) if mask is not None else None
     s = scores(qc, kc, i, j, h, ctx, m).to(dtype).expand(shape)
-    if normalize == "softmax":
+    if NORMALIZERS[normalize].online_softmax:
         if m is not None:
             s = s.masked_fill(~m, float("-inf"))
         top = s.amax(-1, keepdim=True).detach()
@@ -167,7 +168,7 @@ def sdpa_attention(q, k, v, *, causal: bool) -> torch.Tensor:
 
 def finish_rows(num, den, normalize: str, eps: float):
     """num / (den + eps) for `rows` (0 where that is exactly 0), num for `none`."""
-    if normalize != "rows":
+    if not NORMALIZERS[normalize].divides_by_row_sum:
         return num
     den = den.unsqueeze(-1) + eps
     return num / torch.where(den == 0, torch.ones_like(den), den)
