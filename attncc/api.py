@@ -16,6 +16,7 @@ from .emit.module import header, module_class, triton_entry
 from .emit.dispatch import emit_torch, emit_triton
 from .emit.triton import triton_header
 from .ir.graph import Graph
+from .ir.signature import Signature
 from .ir.lower import lower, size_symbols
 from .frontend.parse import parse
 from .passes import PassContext, run_pipeline
@@ -64,9 +65,9 @@ def build(spec: str | Path | Source, sizes: dict | None = None, lowering: str | 
     checked = check(src, tree, RESERVED_ATTRIBUTES)
     ir = lower(checked)
     optimized = ir.copy()
-    ctx = PassContext(checked, size_symbols(checked))
+    ctx = PassContext(size_symbols(ir.signature))
     run_pipeline(optimized, ctx)
-    plan = select(optimized, {**checked.sizes, **_design_sizes(sizes, checked)}, lowering)
+    plan = select(optimized, {**checked.sizes, **_design_sizes(sizes, ir.signature)}, lowering)
     return _emit(Compilation(src, tree, checked, ir, optimized, plan, ctx.log))
 
 
@@ -76,28 +77,28 @@ def relower(comp: Compilation, lowering: str) -> Compilation:
 
 
 def _emit(comp: Compilation) -> Compilation:
-    checked, plan = comp.checked, comp.plan
+    graph, plan = comp.optimized, comp.plan
     comp.spec_hash = "sha256:" + hashlib.sha256(
         f"{__version__}\n{format_spec(comp.ast)}\n{plan.lowering}".encode()).hexdigest()[:16]
-    comp.torch_source = emit_torch(checked, plan, comp.optimized)
-    kernels, comp.triton_description = emit_triton(checked, plan, comp.optimized)
-    comp.triton_source = triton_header(checked, comp.spec_hash, __version__) + kernels
-    comp.module_source = (header(checked, plan, comp.spec_hash, __version__) + "\n\n# " + "-" * 70 + " torch backend\n"
-                          + comp.torch_source + "\n\n# " + "-" * 70 + " triton backend\n" + triton_entry(checked)
-                          + "\n\n" + module_class(checked, plan, comp.spec_hash, comp.triton_description))
+    comp.torch_source = emit_torch(graph, plan)
+    kernels, comp.triton_description = emit_triton(graph, plan)
+    comp.triton_source = triton_header(graph, comp.spec_hash, __version__) + kernels
+    comp.module_source = (header(graph, plan, comp.spec_hash, __version__) + "\n\n# " + "-" * 70 + " torch backend\n"
+                          + comp.torch_source + "\n\n# " + "-" * 70 + " triton backend\n" + triton_entry(graph)
+                          + "\n\n" + module_class(graph, plan, comp.spec_hash, comp.triton_description))
     return comp
 
 
-def _design_sizes(sizes: dict | None, checked: CheckedSpec) -> dict:
+def _design_sizes(sizes: dict | None, signature: Signature) -> dict:
     """The sizes the cost model chooses for: run-time sizes (B, H, Nq, N, D, E) and declared ones."""
     from .plan.select import DESIGN_SIZES
     sizes = dict(sizes or {})
     for name, value in sizes.items():
-        if name not in DESIGN_SIZES and name not in checked.sizes:
-            raise AttnccError(f"sizes: unknown size `{name}`; use {', '.join([*DESIGN_SIZES, *checked.sizes])}")
-        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name in checked.sizes else 1):
+        if name not in DESIGN_SIZES and name not in signature.sizes:
+            raise AttnccError(f"sizes: unknown size `{name}`; use {', '.join([*DESIGN_SIZES, *signature.sizes])}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name in signature.sizes else 1):
             raise AttnccError(f"sizes: `{name}` must be a positive integer, got {value!r}")
-    randoms = [phi for phi in checked.features.values() if phi.random]
+    randoms = signature.random_features
     if randoms:  # kernels see rows of random features: the cost model's D is their width m
         sizes["D"] = randoms[0].out_dim
     return sizes

@@ -101,7 +101,7 @@ def cmd_inspect(args) -> int:
     here = "triton" if cuda_triton_available() else "torch"
     print(f"backend auto: triton on a CUDA device, torch elsewhere (here: {here})")
     print(f"triton lowering: {comp.triton_description.split('; backward: ')[0]}")
-    print(f"triton backward: {backward_line(comp.checked, comp.plan)}")
+    print(f"triton backward: {backward_line(comp.optimized, comp.plan)}")
     print(f"torch backward: {torch_backward_line(comp.plan.lowering)}")
     return 0
 

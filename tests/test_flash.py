@@ -94,9 +94,11 @@ def test_non_forms_stay_quadratic(linear, mask):
     ("where(j // c < i // c, dot(phi(q[i]), phi(k[j])), 0) + 0.5 * dot(q[i], k[j])", "feature phi = elu1"),
 ])
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_every_form_matches_reference(linear, mask, backend):
-    cls = attncc.compile(_spec(linear, mask))
-    assert cls.LOWERING == "mixed_chunk"
+@pytest.mark.parametrize("lowering", ["mixed_chunk", "tiled"])
+def test_every_form_matches_reference(linear, mask, backend, lowering):
+    """tiled runs the mixed_attend node read back as one weight (MixedForm.weight, mask folded in)."""
+    cls = attncc.compile(_spec(linear, mask), lowering=lowering)
+    assert cls.LOWERING == lowering and cls.compilation.optimized.find("mixed_attend")
     g = torch.Generator().manual_seed(0)
     module = cls(H=2, c=3, backend=backend)
     with torch.no_grad():

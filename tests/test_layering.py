@@ -19,6 +19,11 @@ LAYERS = ["version", "lang", "frontend", "ir", "analysis", "passes", "plan", "em
 # Layers that must not import each other in either direction: the oracle is an independent
 # implementation of the meaning, so a bug in a run-time helper cannot cancel out in a check.
 INDEPENDENT = [("rt", "oracle")]
+# (importer, imported) pairs allowed by the order above but not by the design: after `lower`, the
+# stages read only the IR (passes, analyses, selection) and the plan (code generation), never the
+# checked spec, so no rewrite can be bypassed.
+FORBIDDEN = [("analysis", "frontend"), ("passes", "frontend"), ("plan", "frontend"), ("emit", "frontend"),
+             ("lowerings", "frontend")]
 
 
 def module_name(path: Path) -> str:
@@ -93,6 +98,13 @@ def test_imports_point_down_the_pipeline(graph):
         if rank[b] > rank[a] or independent:
             bad += [f"{where}: {src} ({a}) imports {dst} ({b})" for where, _ in data["where"]]
     assert not bad, "imports against the layering:\n" + "\n".join(sorted(bad))
+
+
+def test_no_forbidden_imports(graph):
+    bad = [f"{where}: {src} ({layer_of(src)}) imports {dst} ({layer_of(dst)})"
+           for src, dst, data in graph.edges(data=True) if (layer_of(src), layer_of(dst)) in FORBIDDEN
+           for where, _ in data["where"]]
+    assert not bad, "imports the design forbids:\n" + "\n".join(sorted(bad))
 
 
 def test_no_private_names_across_modules(graph):

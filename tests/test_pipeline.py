@@ -70,3 +70,20 @@ def test_verifier_catches_a_broken_graph():
     g.g.remove_edge(g.operands(attend)[0], attend)
     with pytest.raises(AssertionError):
         verify(g)
+
+
+def test_generated_code_calls_only_what_rt_exports():
+    """Every `rt.NAME` in the generated torch and Triton sources, of every example under every
+    candidate lowering, is in the rt namespace (attncc.rt.attention.__all__)."""
+    import re
+
+    from attncc import rt
+    from attncc.api import relower
+    missing = set()
+    for path in EXAMPLES:
+        comp = build(str(path))
+        for candidate in comp.plan.candidates:
+            other = relower(comp, candidate.name)
+            names = re.findall(r"\brt\.([A-Za-z_]\w*)", other.module_source + other.triton_source)
+            missing |= {f"{path.stem}@{candidate.name}: rt.{n}" for n in names if not hasattr(rt, n)}
+    assert not missing, sorted(missing)

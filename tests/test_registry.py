@@ -13,7 +13,7 @@ from attncc.api import build
 from attncc.cli import main
 from attncc.emit.torch import emit_score_holes
 from attncc.frontend.approx import APPROXIMATIONS
-from attncc.ir.graph import B, D, E, H, N, Nq
+from attncc.ir.graph import B, D, E, H, N, Nq, attention_of
 from attncc.lang.normalizers import NORMALIZERS
 from attncc.plan import registry
 from attncc.plan.cost import BYTES_IO, Candidate
@@ -23,15 +23,15 @@ from attncc.tools.compare import assert_matches_reference, make_module, random_i
 from .conftest import ROOT
 
 
-def emit_dense(w, spec, plan, graph) -> None:
+def emit_dense(w, graph, plan) -> None:
     """softmax over the full score matrix, formed at once from the generated holes."""
-    emit_score_holes(w, spec)
+    emit_score_holes(w, graph)
     with w.block("def forward_torch(self, q, k, v, ctx):"):
         w.line("i = torch.arange(ctx.Nq, device=q.device, dtype=torch.int32).view(1, 1, -1, 1)")
         w.line("j = torch.arange(ctx.N, device=q.device, dtype=torch.int32).view(1, 1, 1, -1)")
         w.line("h = torch.arange(ctx.H, device=q.device, dtype=torch.int32).view(1, -1, 1, 1)")
         w.line("s = scores(q.double(), k.double(), i, j, h, ctx, None).double().expand(*q.shape[:3], k.shape[2])")
-        if spec.mask is not None:
+        if graph.node(attention_of(graph)).attr("masked"):
             w.line("s = s.masked_fill(~mask(i, j, h, ctx).expand(s.shape), float('-inf'))")
         w.line("return (torch.softmax(s, -1).nan_to_num(0.0) @ v.double()).to(v.dtype)")
 

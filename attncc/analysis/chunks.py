@@ -29,8 +29,9 @@ import sympy
 import torch
 
 from ..lang.evaluate import evaluate
-from ..lang.expr import BOOL, TExpr, chain, conjuncts
+from ..lang.expr import BOOL, FLOAT, INT, TExpr, chain, conjuncts, const
 from ..lang.operators import fmt
+from ..lang.standard import KEY_INDEX, QUERY_INDEX
 from .kernel import split_kernel
 from .structure import I, J, classify_mask, random_env, to_sympy
 
@@ -58,6 +59,34 @@ class MixedForm:
     def describe(self) -> str:
         return (f"chunks of {fmt(self.chunk)}: local {fmt(self.local)}; linear "
                 + "; ".join(t.describe() for t in self.linear))
+
+    def weight(self) -> TExpr:
+        """The weight the form computes, the mask folded in:
+        where(i // c == j // c and P0, X, 0) + sum_t where(P_t, dot_t * A_t, 0)."""
+        block = lambda t: TExpr("floordiv", (t, self.chunk), None, INT)
+        inside = TExpr("eq", (block(QUERY_INDEX), block(KEY_INDEX)), None, BOOL)
+        if self.local_mask is not None:
+            inside = TExpr("and_", (inside, self.local_mask), None, BOOL)
+        out = _where(inside, self.local)
+        for t in self.linear:
+            value = t.dot if t.amplitude is None else TExpr("mul", (t.dot, t.amplitude), None, FLOAT)
+            keys = across_condition(t.across, self.chunk)
+            out = TExpr("add", (out, value if keys is None else _where(keys, value)), None, FLOAT)
+        return out
+
+
+def across_condition(across: str, chunk: TExpr) -> TExpr | None:
+    """The keys a linear term sums over, as a condition on (i, j) (None: every key)."""
+    if across == "all":
+        return None
+    if across == "causal":
+        return TExpr("le", (KEY_INDEX, QUERY_INDEX), None, BOOL)
+    block = lambda t: TExpr("floordiv", (t, chunk), None, INT)
+    return TExpr("lt" if across == "earlier" else "le", (block(KEY_INDEX), block(QUERY_INDEX)), None, BOOL)
+
+
+def _where(condition: TExpr, value: TExpr) -> TExpr:
+    return TExpr("call", (condition, value, const(0.0)), "where", FLOAT)
 
 
 def _and(parts: list[TExpr]) -> TExpr | None:
@@ -163,11 +192,6 @@ def find_mixed(weight: TExpr, mask: TExpr | None, symbols: dict) -> MixedForm | 
     return MixedForm(chunk, body, local_mask, tuple(terms))
 
 
-def _across_mask(across: str, i, j, c) -> torch.Tensor:
-    return {"all": torch.ones((), dtype=torch.bool), "earlier": j // c < i // c,
-            "upto": j // c <= i // c, "causal": j <= i}[across]
-
-
 def _random_dots(shape: tuple, g: torch.Generator):
     """env.dot for a cross-check: each distinct dot term gets its own random values, drawn once."""
     dots: dict[TExpr, torch.Tensor] = {}
@@ -179,12 +203,12 @@ def _random_dots(shape: tuple, g: torch.Generator):
     return dot
 
 
-def mixed_holds(weight: TExpr, mask: TExpr | None, form: MixedForm, spec, samples: int = 4, seed: int = 0) -> bool:
+def mixed_holds(weight: TExpr, mask: TExpr | None, form: MixedForm, signature, samples: int = 4, seed: int = 0) -> bool:
     """Cross-check: where(mask, weight, 0) equals the reassembled form on random grids, tables and
     dot values (each distinct dot gets its own random [1, H, Nq, N] values)."""
     rng, g = random.Random(seed), torch.Generator().manual_seed(seed)
     for _ in range(samples):
-        env = random_env(spec, rng, g)
+        env = random_env(signature, rng, g)
         if form.chunk.op == "size":  # chunks much shorter than the sampled lengths: several per row
             env.sizes = {**env.sizes, form.chunk.value: rng.randint(1, 6)}
         nq, nk, heads = env.rsizes["Nq"], env.rsizes["N"], env.rsizes["H"]
@@ -194,16 +218,7 @@ def mixed_holds(weight: TExpr, mask: TExpr | None, form: MixedForm, spec, sample
         zero = torch.zeros((), dtype=torch.float64)
         m = evaluate(mask, env).expand(shape) if mask is not None else torch.ones(shape, dtype=torch.bool)
         want = torch.where(m, evaluate(weight, env).double().expand(shape), zero)
-        c = int(evaluate(form.chunk, env))
-        inside = env.i // c == env.j // c
-        if form.local_mask is not None:
-            inside = inside & evaluate(form.local_mask, env)
-        got = torch.where(inside.expand(shape), evaluate(form.local, env).double().expand(shape), zero)
-        for t in form.linear:
-            value = evaluate(t.dot, env).double()
-            if t.amplitude is not None:
-                value = value * evaluate(t.amplitude, env).double()
-            got = got + torch.where(_across_mask(t.across, env.i, env.j, c).expand(shape), value.expand(shape), zero)
+        got = evaluate(form.weight(), env).double().expand(shape)
         if not torch.allclose(got, want, rtol=1e-9, atol=1e-9, equal_nan=True):
             return False
     return True

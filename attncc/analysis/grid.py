@@ -56,7 +56,7 @@ def _width(f: TExpr) -> TExpr | None:
     return next(iter(found.values())) if len(found) == 1 else None
 
 
-def _saturation(g, spec, symbols):
+def _saturation(g, signature, symbols):
     """T such that g(rho) = g(T) for every rho >= T, from the way g reads rho; None if unproven.
 
     Each read of rho is constant past its own bound, so g is constant past the largest:
@@ -74,7 +74,7 @@ def _saturation(g, spec, symbols):
     def cut_lookup(x):
         if not x.func.__name__.startswith("param_"):
             return x
-        table = spec.params[x.func.__name__[len("param_"):]]
+        table = signature.params[x.func.__name__[len("param_"):]]
         args = list(x.args)
         for axis, a in enumerate(args):
             c = sympy.expand(a - RHO)
@@ -100,7 +100,7 @@ def _saturation(g, spec, symbols):
     return sympy.Max(0, *bounds)
 
 
-def classify_grid(f: TExpr, spec, symbols: dict) -> GridForm | None:
+def classify_grid(f: TExpr, signature, symbols: dict) -> GridForm | None:
     """The grid form of a kernel factor f(i, j), or None."""
     width = _width(f)
     if width is None:
@@ -121,7 +121,7 @@ def classify_grid(f: TExpr, spec, symbols: dict) -> GridForm | None:
                                ("manhattan", abs(RI - RJ) + abs(CI - CJ))):
             g = e.subs(distance, RHO)
             if not (g.has(RJ) or g.has(CJ)):
-                metric, saturation = name, _saturation(g, spec, symbols)
+                metric, saturation = name, _saturation(g, signature, symbols)
                 break
     except Exception:  # noqa: BLE001  (sympy raises many kinds; no proof, no claim)
         return None
@@ -137,12 +137,12 @@ def saturation_at(form: GridForm, sizes: dict) -> int:
     return int(sat.subs({s: sizes[s.name] for s in sat.free_symbols}))
 
 
-def grid_holds(f: TExpr, form: GridForm, spec, samples: int = 4, seed: int = 0) -> bool:
+def grid_holds(f: TExpr, form: GridForm, signature, samples: int = 4, seed: int = 0) -> bool:
     """f(i, j) equals f at the representative pair of its offset (Toeplitz) or ring (ring form), and
     past the saturation a ring has the weight of ring T, on random grids, tables and inputs."""
     rng, g = random.Random(seed), torch.Generator().manual_seed(seed)
     for _ in range(samples):
-        env = random_env(spec, rng, g)
+        env = random_env(signature, rng, g)
         width = int(evaluate(form.width, env))
         if width <= 0:
             continue

@@ -265,11 +265,11 @@ def decay_form(m: TExpr | None, symbols: dict) -> tuple[TExpr, TExpr] | None:
     return amplitude, TExpr("call", (zero, const(1.0), ratio), "where", FLOAT)
 
 
-def decay_holds(m: TExpr, amplitude: TExpr, gamma: TExpr, spec, samples: int = 4, seed: int = 0) -> bool:
+def decay_holds(m: TExpr, amplitude: TExpr, gamma: TExpr, signature, samples: int = 4, seed: int = 0) -> bool:
     """Cross-check M(i, j) == A gamma^(i - j) at sampled pairs j <= i with random tables."""
     rng, g = random.Random(seed), torch.Generator().manual_seed(seed)
     for _ in range(samples):
-        env = random_env(spec, rng, g)
+        env = random_env(signature, rng, g)
         i, j = torch.arange(env.rsizes["Nq"]), torch.arange(env.rsizes["N"])
         got = _values(m, env, i, j).double()
         zero = torch.zeros(1, dtype=torch.long)
@@ -295,15 +295,15 @@ def classify_modulation(m: TExpr | None, symbols: dict[str, sympy.Symbol]) -> St
     return Structure("general", reason="modulation depends on more than i - j")
 
 
-def random_env(spec, rng: random.Random, g: torch.Generator) -> Env:
+def random_env(signature, rng: random.Random, g: torch.Generator) -> Env:
     """Random lengths, tables and inputs: claims must hold for every table, not just the init."""
     nq, nk, heads = rng.randint(1, 40), rng.randint(1, 40), 2
-    sizes = dict(spec.sizes)
+    sizes = dict(signature.sizes)
     rsizes = {"H": heads, "D": 4, "E": 4, "N": nk, "Nq": nq}
     shape_of = lambda dims: tuple(int(evaluate(d, Env(sizes=sizes, rsizes=rsizes))) for d in dims)
-    params = {n: torch.randn(shape_of(p.shape), generator=g, dtype=torch.float64) for n, p in spec.params.items()}
+    params = {n: torch.randn(shape_of(p.shape), generator=g, dtype=torch.float64) for n, p in signature.params.items()}
     inputs = {}
-    for name, info in spec.inputs.items():
+    for name, info in signature.inputs.items():
         shape = (1, *shape_of(info.dims))
         inputs[name] = (torch.randint(0, 3, shape, generator=g) if info.dtype == "int" else
                         torch.rand(shape, generator=g) > 0.5 if info.dtype == "bool" else
@@ -330,7 +330,7 @@ def _inside(s: Structure, env: Env) -> torch.Tensor:
     return inside
 
 
-def structure_holds(t: TExpr, s: Structure, spec, is_mask: bool, samples: int = 4, seed: int = 0) -> bool:
+def structure_holds(t: TExpr, s: Structure, signature, is_mask: bool, samples: int = 4, seed: int = 0) -> bool:
     """Cross-check a proven structure on random grids, tables and inputs: a mismatch is a compiler bug.
 
     mask, band [lo, hi] (any kind):  mask(i, j) is false whenever i - j lies outside [lo, hi]
@@ -340,7 +340,7 @@ def structure_holds(t: TExpr, s: Structure, spec, is_mask: bool, samples: int = 
     """
     rng, g = random.Random(seed), torch.Generator().manual_seed(seed)
     for _ in range(samples):
-        env = random_env(spec, rng, g)
+        env = random_env(signature, rng, g)
         i, j = torch.arange(env.rsizes["Nq"]), torch.arange(env.rsizes["N"])
         got = _values(t, env, i, j)
         if is_mask:

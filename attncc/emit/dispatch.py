@@ -6,20 +6,19 @@ writer, or the torch forward where it declares a fallback. Lowerings finish thei
 """
 from __future__ import annotations
 
-from ..frontend.check import CheckedSpec
-from ..ir.graph import Graph
+from ..ir.graph import Graph, attention_node
 from ..plan.select import Plan
 from .mixed import emit_pool
 from .triton_backward import backward_line, emit_backward
 from .writer import CodeWriter
 
 
-def emit_torch(spec: CheckedSpec, plan: Plan, graph: Graph) -> str:
+def emit_torch(graph: Graph, plan: Plan) -> str:
     """The torch backend: the chosen lowering writes its forward, then the pooling pre-op if any."""
     w = CodeWriter()
-    plan.entry.emit_torch(w, spec, plan, graph)
-    if spec.pool is not None:
-        emit_pool(w, spec)
+    plan.entry.emit_torch(w, graph, plan)
+    if attention_node(graph).attr("pool") is not None:
+        emit_pool(w, graph)
     return w.text()
 
 
@@ -31,21 +30,21 @@ def emit_torch_fallback(w: CodeWriter, why: str) -> None:
         w.line("return host.forward_torch(self, q, k, v, ctx)")
 
 
-def with_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph, description: str) -> str:
+def with_backward(w: CodeWriter, graph: Graph, plan: Plan, description: str) -> str:
     """After the forward's kernels: the backward kernels (or recomputation) and `forward_triton`."""
     w.line()
     w.line()
-    backward = emit_backward(w, spec, plan, graph)
+    backward = emit_backward(w, graph, plan)
     return f"{description}; backward: {backward}"
 
 
-def emit_triton(spec: CheckedSpec, plan: Plan, graph: Graph) -> tuple[str, str]:
+def emit_triton(graph: Graph, plan: Plan) -> tuple[str, str]:
     """(kernels and launchers, description of the Triton lowering): the chosen lowering's Triton
     writer, or its declared torch fallback."""
     w = CodeWriter()
-    why = plan.entry.torch_fallback_reason(spec)
+    why = plan.entry.torch_fallback_reason(graph)
     if why is not None:
         emit_torch_fallback(w, why)
-        return w.text(), f"{plan.lowering} via torch ({why}; no Triton kernel); backward: {backward_line(spec, plan)}"
-    description = plan.entry.emit_triton(w, spec, plan, graph)
+        return w.text(), f"{plan.lowering} via torch ({why}; no Triton kernel); backward: {backward_line(graph, plan)}"
+    description = plan.entry.emit_triton(w, graph, plan)
     return w.text(), description

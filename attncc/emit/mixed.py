@@ -9,15 +9,15 @@ triton: `_mixed_local`, grid (cdiv(Nq, BLOCK_M), B*H): the key tiles of the chun
 """
 from __future__ import annotations
 
-from ..frontend.check import CheckedSpec
-from ..lang.normalizers import normalizer
+from ..ir.graph import Graph, attention_node
+from ..lang.normalizers import NORMALIZERS
 from ..plan.select import Plan
 from .exprs import TorchExpr, brief, name_dots
 from .let import LetScope, let_expr
 from .writer import CodeWriter
 
 
-def emit_mixed_torch(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
+def emit_mixed_torch(w: CodeWriter, graph: Graph, plan: Plan) -> None:
     from .torch import _row, emit_features, emit_pair_holes, feature_maps_used
     form = plan.attrs["mixed"]
     emit_features(w, feature_maps_used(form.local, *(t.dot for t in form.linear)))
@@ -46,19 +46,21 @@ def emit_mixed_torch(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
             w.line(f"    ({_row(t.dot.args[0], 'q')}, {_row(t.dot.args[1], 'k')}, {amp}, {t.across!r}),  # {t.describe()}")
         w.line("]")
     w.line()
+    att = attention_node(graph)
     with w.block("def forward_torch(self, q, k, v, ctx):"):
         mask = "local_mask" if form.local_mask is not None else "None"
         w.line(f"return rt.mixed_chunk_attention(q, k, v, ctx, chunk=chunk_size(ctx), local=local, mask={mask},")
-        w.line(f"                                linear=linear_terms(q, k, ctx), normalize={spec.normalize!r}, "
-               f"eps={spec.eps!r})")
+        w.line(f"                                linear=linear_terms(q, k, ctx), normalize={att.attr('normalize')!r}, "
+               f"eps={att.attr('eps')!r})")
 
 
-def emit_mixed_triton(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> str:
+def emit_mixed_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
     from .triton import (HELPERS, _common_args, emit_feature_fn, _Kernel, _KernelExpr, _launch_common, _launcher_head,
                          _load_rows, _query_tile, row_feature, _size_arg, _sizes, _tile_dots)
     form = plan.attrs["mixed"]
     exprs = [form.local, form.local_mask]
-    kernel = _Kernel(exprs, {n: len(p.shape) for n, p in spec.params.items()})
+    kernel = _Kernel(exprs, {n: len(p.shape) for n, p in graph.signature.params.items()})
+    att = attention_node(graph)
     for helper in kernel.helpers:
         w.lines_of(HELPERS[helper])
         w.line()
@@ -94,7 +96,7 @@ def emit_mixed_triton(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> str:
             w.line("p = tl.where(valid, s * 1.0, 0.0)  # unnormalized weights, kept in fp32")
             w.line("l_i += tl.sum(p, 1)")
             w.line("acc += tl.dot(p, v.to(tl.float32), input_precision=PRECISION)")
-        if normalizer(spec).divides_by_row_sum:
+        if NORMALIZERS[att.attr("normalize")].divides_by_row_sum:
             w.line("z = l_i + eps")
             w.line("acc = acc / tl.where(z == 0.0, 1.0, z)[:, None]  # nothing to normalize: output 0")
         w.line("tl.store(Out + offs_m[:, None] * stride_om + offs_e[None, :] * stride_od, acc.to(Out.dtype.element_ty), "
@@ -112,15 +114,15 @@ def emit_mixed_triton(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> str:
         w.line("num0, den0 = num0.float().contiguous(), den0.float().contiguous()")
         w.line("grid = (triton.cdiv(Nq, BLOCK_M), B * H)")
         vals = "".join(f"{v}, " for v in kernel.arg_values())
-        w.line(f"_mixed_local[grid]({_launch_common()}, {vals}num0, den0, chunk, ctx.scale, {spec.eps!r},")
+        w.line(f"_mixed_local[grid]({_launch_common()}, {vals}num0, den0, chunk, ctx.scale, {att.attr('eps')!r},")
         w.line("    BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision)")
         w.line("return out")
     return "mixed chunk kernel (local relu^2-style blocks; cross-chunk linear terms in torch)"
 
 
-def emit_pool(w: CodeWriter, spec: CheckedSpec) -> None:
+def emit_pool(w: CodeWriter, graph: Graph) -> None:
     """pool_kv(self, k, v, ctx): ContextPool of k and/or v, run in torch before either backend."""
-    pool = spec.pool
+    pool = attention_node(graph).attr("pool")
     w.line()
     with w.block("def pool_kv(self, k, v, ctx):"):
         w.line(f'"""{pool.describe()} (attncc/pool.py)."""')

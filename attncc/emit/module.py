@@ -1,7 +1,7 @@
 """Assemble one generated Python module: header, torch section, Triton section, Module class."""
 from __future__ import annotations
 
-from ..frontend.check import CheckedSpec
+from ..ir.graph import Graph, attention_node
 from ..lang.expr import TExpr
 from ..plan.select import Plan
 from .exprs import TorchExpr, key, literal
@@ -19,12 +19,12 @@ class _ShapeExpr(TorchExpr):
         return super().node(t, args)
 
 
-def header(spec: CheckedSpec, plan: Plan, spec_hash: str, version: str) -> str:
+def header(graph: Graph, plan: Plan, spec_hash: str, version: str) -> str:
     flops, nbytes = plan.chosen.at(plan.sizes)
     sizes = ", ".join(f"{k}={v}" for k, v in plan.sizes.items())
     return f'''"""attncc generated module (attncc {version}); do not edit, regenerate from the spec.
 
-spec:      {spec.name}
+spec:      {graph.name}
 hash:      {spec_hash}
 lowering:  {plan.lowering}: {plan.chosen.note}
 cost:      {flops:.3e} flops, {nbytes:.3e} bytes at {sizes}
@@ -44,46 +44,45 @@ from attncc.runtime.compiled import CompiledAttention, InputSpec, ParamSpec, imp
 '''
 
 
-def module_class(spec: CheckedSpec, plan: Plan, spec_hash: str, triton_lowering: str) -> str:
+def module_class(graph: Graph, plan: Plan, spec_hash: str, triton_lowering: str) -> str:
     w = CodeWriter()
     shape = _ShapeExpr()
-    needs = {e.value for p in spec.params.values() for d in p.shape for e in d.walk() if e.op == "rsize"}
-    randoms = [phi for phi in spec.features.values() if phi.random]
+    sig, att = graph.signature, attention_node(graph)
+    needs = {e.value for p in sig.params.values() for d in p.shape for e in d.walk() if e.op == "rsize"}
+    randoms = sig.random_features
     needs = sorted(needs | ({"D"} if randoms else set()))  # a projection is [features, D]
     with w.block("class Module(CompiledAttention):"):
-        w.line(f'"""{spec.name}: compiled attention (lowering: {plan.lowering})."""')
+        w.line(f'"""{graph.name}: compiled attention (lowering: {plan.lowering})."""')
         w.line()
-        w.line(f"SPEC_NAME = {key(spec.name)}")
+        w.line(f"SPEC_NAME = {key(graph.name)}")
         w.line(f"SPEC_HASH = {spec_hash!r}")
         w.line(f"LOWERING = {plan.lowering!r}")
         w.line(f"TRITON_LOWERING = {triton_lowering!r}")
         if not plan.entry.forms_graph_tables:
             w.line("FORMS_GRAPH_TABLES = False  # the lowering applies the graph kernel itself (attncc.plan.registry)")
-        w.line("SIZES = {" + ", ".join(f"{key(n)}: {int(v)}" for n, v in spec.sizes.items()) + "}")
-        w.line("DERIVED = {" + ", ".join(f"{key(n)}: lambda s: {shape(t)}" for n, t in spec.derived.items()) + "}")
-        w.line("DIVISORS = (" + "".join(f"lambda s: {shape(t)}, " for t in spec.divisors) + ")")
+        w.line("SIZES = {" + ", ".join(f"{key(n)}: {int(v)}" for n, v in sig.sizes.items()) + "}")
+        w.line("DERIVED = {" + ", ".join(f"{key(n)}: lambda s: {shape(t)}" for n, t in sig.derived.items()) + "}")
+        w.line("DIVISORS = (" + "".join(f"lambda s: {shape(t)}, " for t in sig.divisors) + ")")
         w.line(f"NEEDS = ({''.join(f'{key(n)}, ' for n in needs)})")
         w.line("GRAPHS = {" + ", ".join(f"{key(g.name)}: ({key(g.kind)}, {key(g.adjacency)}, {g.options!r})"
-                                        for g in spec.graphs.values()) + "}")
-        approx = spec.approx
-        w.line(f"APPROX = {(approx.method, approx.options)!r}" if approx and approx.method != "favor" else "APPROX = None")
+                                        for g in sig.graphs.values()) + "}")
+        approx = att.attr("approx")  # favor is kernelized by then: no approximation computes the node
+        w.line(f"APPROX = {(approx.method, approx.options)!r}" if approx else "APPROX = None")
         w.line("RANDOM_FEATURES = {" + ", ".join(f"{key(phi.name)}: ({key(phi.fn)}, {phi.options!r})"
                                                  for phi in randoms) + "}")
         with w.block("PARAMS = {"):
-            for p in spec.params.values():
+            for p in sig.params.values():
                 dims = "".join(f"{shape(d)}, " for d in p.shape)
                 args = "{" + ", ".join(f"{key(k)}: {literal_number(v)}" for k, v in p.init_args) + "}"
                 w.line(f"{key(p.name)}: ParamSpec(lambda s: ({dims}), {p.init!r}, {args}),")
         w.line("}")
         with w.block("INPUTS = {"):
-            for i in spec.inputs.values():
-                if i.name in spec.graphs:
-                    continue
+            for i in sig.call_inputs:
                 dims = "".join(f"{shape(d)}, " for d in i.dims)
                 w.line(f"{key(i.name)}: InputSpec(lambda s: ({dims}), {i.dtype!r}),")
         w.line("}")
         w.line()
-        if spec.pool is not None:
+        if att.attr("pool") is not None:
             w.line("POOL = True")
             w.line("pool_kv = pool_kv")
         w.line("forward_torch = forward_torch")
@@ -91,10 +90,10 @@ def module_class(spec: CheckedSpec, plan: Plan, spec_hash: str, triton_lowering:
     return w.text()
 
 
-def triton_entry(spec: CheckedSpec) -> str:
+def triton_entry(graph: Graph) -> str:
     """The main module's Triton entry: the kernels file beside it is imported on first use only."""
     return (f"def forward_triton(self, q, k, v, ctx):\n"
-            f"    \"\"\"Triton kernels: {spec.name}_triton.py beside this file, imported on the first call.\"\"\"\n"
+            f"    \"\"\"Triton kernels: {graph.name}_triton.py beside this file, imported on the first call.\"\"\"\n"
             f"    return import_sibling(__file__, \"_triton\").forward_triton(self, q, k, v, ctx, sys.modules[__name__])\n")
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..frontend.check import CheckedSpec
 from ..lang.expr import TExpr
 from ..lang.features import FEATURE_MAPS
-from ..ir.graph import Graph, expr_of
-from ..lang.normalizers import normalizer, pair_scores
+from ..ir.graph import Graph, attention_node, attention_of, expr_of
+from ..lang.normalizers import NORMALIZERS
+from ..passes.quadratic import quadratic_form
 from ..plan.select import Plan
 from .exprs import TorchExpr, band_bounds, brief, name_dots, py_size_expr
 from .let import let_expr
@@ -34,11 +34,10 @@ def feature_maps_used(*exprs: TExpr | None) -> list[str]:
     return [e.value for t in exprs if t is not None for e in t.walk() if e.op == "feature" and e.value in FEATURE_MAPS]
 
 
-def random_features_note(w: CodeWriter, spec: CheckedSpec) -> None:
-    for phi in spec.features.values():
-        if phi.random:
-            w.line(f"# q and k arrive as {phi.fn} random features {phi.name}(q), {phi.name}(k) ({phi.out_dim} columns),")
-            w.line("# computed by the module (CompiledAttention.featurize) from its seeded projection buffer")
+def random_features_note(w: CodeWriter, graph: Graph) -> None:
+    for phi in graph.signature.random_features:
+        w.line(f"# q and k arrive as {phi.fn} random features {phi.name}(q), {phi.name}(k) ({phi.out_dim} columns),")
+        w.line("# computed by the module (CompiledAttention.featurize) from its seeded projection buffer")
 
 
 def key_range_lines(plan: Plan) -> list[str]:
@@ -65,14 +64,16 @@ def emit_pair_holes(w: CodeWriter, name: str, doc: str, value: TExpr, mask_name:
         w.line()
 
 
-def emit_score_holes(w: CodeWriter, spec: CheckedSpec) -> str:
-    """The feature maps, `scores` and `mask` holes of a tiled skeleton; returns the skeleton's common arguments."""
-    emit_features(w, feature_maps_used(spec.logits, spec.weight))
-    scores = pair_scores(spec)
-    emit_pair_holes(w, "scores", f"{normalizer(spec).score_name}: {brief(scores)}", scores,
-                    "mask", brief(spec.mask) if spec.mask is not None else "", spec.mask)
-    mask_arg = "mask" if spec.mask is not None else "None"
-    return f"scores=scores, mask={mask_arg}, normalize={spec.normalize!r}, eps={spec.eps!r}"
+def emit_score_holes(w: CodeWriter, graph: Graph) -> str:
+    """The feature maps, `scores` and `mask` holes of a tiled skeleton over the attention node read
+    as quadratic attention (quadratic_form); returns the skeleton's common arguments."""
+    att = attention_node(graph)
+    scores, mask = quadratic_form(graph, attention_of(graph))
+    emit_features(w, feature_maps_used(scores))
+    emit_pair_holes(w, "scores", f"{NORMALIZERS[att.attr('normalize')].score_name}: {brief(scores)}", scores,
+                    "mask", brief(mask) if mask is not None else "", mask)
+    mask_arg = "mask" if mask is not None else "None"
+    return f"scores=scores, mask={mask_arg}, normalize={att.attr('normalize')!r}, eps={att.attr('eps')!r}"
 
 
 def emit_key_range(w: CodeWriter, plan: Plan) -> None:
@@ -83,12 +84,12 @@ def emit_key_range(w: CodeWriter, plan: Plan) -> None:
     w.line()
 
 
-def emit_tiled_torch(w: CodeWriter, spec: CheckedSpec, plan: Plan, call: Callable[[str], list[str]]) -> None:
+def emit_tiled_torch(w: CodeWriter, graph: Graph, plan: Plan, call: Callable[[str], list[str]]) -> None:
     """Holes, `key_range`, and a `forward_torch` whose body is call(common skeleton arguments)."""
-    common = emit_score_holes(w, spec)
+    common = emit_score_holes(w, graph)
     emit_key_range(w, plan)
     with w.block("def forward_torch(self, q, k, v, ctx):"):
-        random_features_note(w, spec)
+        random_features_note(w, graph)
         for line in call(common):
             w.line(line)
 
@@ -112,11 +113,10 @@ def emit_block_layout(w: CodeWriter, plan: Plan) -> None:
 
 def kernel_factors(graph: Graph) -> list:
     """The operands of the output's kernelized attend node: phi(q), phi(k), then its factors."""
-    (out,) = graph.operands(graph.output)
-    return [expr_of(graph, o) for o in graph.operands(out)]
+    return [expr_of(graph, o) for o in graph.operands(attention_of(graph))]
 
 
-def emit_kernelized(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph,
+def emit_kernelized(w: CodeWriter, graph: Graph, plan: Plan,
                     tables: Callable[[CodeWriter, list], None] | None,
                     body: Callable[[CodeWriter, str], None]) -> None:
     """Feature maps, the lowering's own tables (tables(w, operand exprs)), the modulation / decay
@@ -137,9 +137,10 @@ def emit_kernelized(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph,
             w.line(f"return rt.as_4d({let_expr(w, ex, m)})")
         w.line()
     with w.block("def forward_torch(self, q, k, v, ctx):"):
-        random_features_note(w, spec)
+        random_features_note(w, graph)
         w.line(f"pq, pk = {_row(exprs[0], 'q')}, {_row(exprs[1], 'k')}")
-        body(w, f"normalize={spec.normalize!r}, eps={spec.eps!r}")
+        att = attention_node(graph)
+        body(w, f"normalize={att.attr('normalize')!r}, eps={att.attr('eps')!r}")
 
 
 def emit_toeplitz_f(w: CodeWriter, exprs: list) -> None:
@@ -205,11 +206,12 @@ def emit_ring_g(w: CodeWriter, plan: Plan, exprs: list) -> None:
     w.line()
 
 
-def emit_approx(w: CodeWriter, spec: CheckedSpec, call: str, random_draw: bool) -> None:
+def emit_approx(w: CodeWriter, graph: Graph, call: str, random_draw: bool) -> None:
     """A declared approximation of softmax: one call of its algorithm (approx_algorithms.py); `call`
     is a template over the approximation's options, `random_draw` whether it reads ctx.noise."""
+    approx = attention_node(graph).attr("approx")
     with w.block("def forward_torch(self, q, k, v, ctx):"):
-        w.line(f'"""softmax(q k^T * scale) v approximated by {spec.approx}."""')
+        w.line(f'"""softmax(q k^T * scale) v approximated by {approx}."""')
         if random_draw:
             w.line("# ctx.noise: this call's random draw (seeded; redrawn per training call when redraw=1)")
-        w.line(f"return {call.format(**spec.approx.options)}.to(v.dtype)")
+        w.line(f"return {call.format(**approx.options)}.to(v.dtype)")

@@ -14,12 +14,12 @@ triton_backward.py has them, else recomputation through the torch backend's auto
 from __future__ import annotations
 
 
-from ..frontend.check import CheckedSpec
 from ..lang.expr import RUNTIME_SIZES, TExpr
 from ..lang.features import FEATURE_MAPS
-from ..ir.graph import Graph, expr_of
+from ..ir.graph import Graph, attention_node, attention_of, expr_of
 from ..lang.operators import operator_of
-from ..lang.normalizers import normalizer, pair_scores
+from ..lang.normalizers import NORMALIZERS
+from ..passes.quadratic import quadratic_form
 from ..plan.select import Plan
 from .exprs import TritonExpr, band_bounds, brief, key, name_dots
 from .let import LetScope
@@ -251,11 +251,14 @@ def key_tile_loop(w: CodeWriter, plan: Plan) -> str:
     return "for start_n in range(0, N, BLOCK_N):"
 
 
-def emit_tiled_kernel(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Kernel) -> None:
-    norm = normalizer(spec)
-    softmax, scores = norm.online_softmax, pair_scores(spec)
+def emit_tiled_kernel(w: CodeWriter, graph: Graph, plan: Plan, kernel: _Kernel) -> None:
+    att = attention_node(graph)
+    normalize, eps = att.attr("normalize"), att.attr("eps")
+    scores, mask = quadratic_form(graph, attention_of(graph))
+    norm = NORMALIZERS[normalize]
+    softmax = norm.online_softmax
     dots = name_dots(scores)
-    ex = _KernelExpr(dots, {s: _size_arg(s) for s in _sizes(scores, spec.mask)})
+    ex = _KernelExpr(dots, {s: _size_arg(s) for s in _sizes(scores, mask)})
     sparse = plan.entry.block_sparse
     stats = norm.row_statistic  # a row statistic for the backward: logsumexp, or the denominator
     extra = "".join(f"{a}, " for a in kernel.arg_names()) + ("RowPtr, Cols, " if sparse else "") + \
@@ -264,8 +267,8 @@ def emit_tiled_kernel(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Ker
     with w.block(f"def _attn_fwd({_common_args()}, {extra}sm_scale, eps, band_lo, band_hi,"):
         w.line("BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,")
         w.line("PRECISION: tl.constexpr):")
-        w.line(f'"""{spec.normalize} attention over tiles; '
-               f'{norm.score_name} = {brief(scores)}; mask = {brief(spec.mask) if spec.mask else "none"}."""')
+        w.line(f'"""{normalize} attention over tiles; '
+               f'{norm.score_name} = {brief(scores)}; mask = {brief(mask) if mask else "none"}."""')
         _query_tile(w, dots)
         w.line("m_i = tl.full([BLOCK_M], float('-inf'), dtype=tl.float32)")
         w.line("l_i = tl.zeros([BLOCK_M], dtype=tl.float32)")
@@ -276,11 +279,11 @@ def emit_tiled_kernel(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Ker
             w.line("offs_n = start_n + tl.arange(0, BLOCK_N)")
             _tile_dots(w, dots)
             scope = LetScope(ex)
-            scope.bind(w, [scores, spec.mask])
+            scope.bind(w, [scores, mask])
             w.line(f"s = {scope(scores)}")
             valid = "(offs_n[None, :] < N)"
-            if spec.mask is not None:
-                valid = f"{valid} & ({scope(spec.mask)})"
+            if mask is not None:
+                valid = f"{valid} & ({scope(mask)})"
             w.line(f"valid = {valid}")
             _load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
             if softmax:
@@ -322,7 +325,7 @@ def emit_tiled_kernel(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Ker
             if sparse:
                 w.line("BLOCK_M = BLOCK_N = tile")
             w.line("grid = (triton.cdiv(Nq, BLOCK_M), B * H)")
-            w.line(f"_attn_fwd[grid]({_launch_common()}, {vals}ctx.scale, {spec.eps!r}, band_lo, band_hi,")
+            w.line(f"_attn_fwd[grid]({_launch_common()}, {vals}ctx.scale, {eps!r}, band_lo, band_hi,")
             w.line("    BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision,")
             w.line("    num_warps=num_warps, num_stages=num_stages)")
         w.line()
@@ -355,14 +358,15 @@ def _tuned_launch(w: CodeWriter, kind: str, extra_sizes: str = "") -> None:
     w.line("return out")
 
 
-def emit_linear_kernels(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) -> None:
-    (out,) = graph.operands(graph.output)
-    ops = graph.operands(out)
+def emit_linear_kernels(w: CodeWriter, graph: Graph, plan: Plan) -> None:
+    ops = graph.operands(attention_of(graph))
+    att = attention_node(graph)
+    eps = att.attr("eps")
     fq = row_feature(expr_of(graph, ops[0])) or "identity"
     fk = row_feature(expr_of(graph, ops[1])) or "identity"
     causal = plan.entry.causal_chunks
     finish = "num * mod / tl.where(den * mod + eps == 0.0, 1.0, den * mod + eps)[:, None]" \
-        if normalizer(spec).divides_by_row_sum else "num * mod"
+        if NORMALIZERS[att.attr("normalize")].divides_by_row_sum else "num * mod"
     decayed = plan.attrs.get("decayed")
     if causal:
         w.line("@triton.jit")
@@ -437,12 +441,12 @@ def emit_linear_kernels(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Gra
         with w.block("def launch(BLOCK, num_warps, num_stages):"):
             tail = "BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision, num_warps=num_warps, num_stages=num_stages)"
             if causal:
-                w.line(f"_linear_causal[(B * H,)]({_launch_common()}, mod, gamma, {spec.eps!r}, BLOCK=BLOCK,")
+                w.line(f"_linear_causal[(B * H,)]({_launch_common()}, mod, gamma, {eps!r}, BLOCK=BLOCK,")
                 w.line(f"    {tail}")
             else:
                 w.line(f"_linear_state[(B * H,)]({_launch_common()}, state, z, BLOCK=BLOCK,")
                 w.line(f"    {tail}")
-                w.line(f"_linear_out[(triton.cdiv(Nq, BLOCK), B * H)]({_launch_common()}, state, z, mod, {spec.eps!r},")
+                w.line(f"_linear_out[(triton.cdiv(Nq, BLOCK), B * H)]({_launch_common()}, state, z, mod, {eps!r},")
                 w.line(f"    BLOCK=BLOCK, {tail}")
         w.line()
         _tuned_launch(w, plan.entry.autotune_kind)
@@ -485,8 +489,8 @@ def carry_state(w: CodeWriter, decayed: bool, rows: str, decay: str, right: str,
         w.line(f"{vec} += tl.sum({vec_rows}, 0)")
 
 
-def triton_header(spec: CheckedSpec, spec_hash: str, version: str) -> str:
-    return f'''"""attncc generated Triton kernels (attncc {version}) of spec {spec.name} ({spec_hash}).
+def triton_header(graph: Graph, spec_hash: str, version: str) -> str:
+    return f'''"""attncc generated Triton kernels (attncc {version}) of spec {graph.name} ({spec_hash}).
 
 Imported by the main module on the first Triton call; `host` is that module (torch backend, tables).
 """
@@ -506,28 +510,30 @@ SPEC_HASH = {spec_hash!r}  # part of every autotune key
 '''
 
 
-def emit_tiled_triton(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> str:
-    """The tiled skeleton's kernel and launcher (tiled, block-sparse); returns its description."""
-    exprs = [pair_scores(spec), spec.mask]
-    dims = {n: len(p.shape) for n, p in spec.params.items()}
+def emit_tiled_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
+    """The tiled skeleton's kernel and launcher (tiled, block-sparse) over the attention node read as
+    quadratic attention (quadratic_form); returns its description."""
+    exprs = list(quadratic_form(graph, attention_of(graph)))
+    dims = {n: len(p.shape) for n, p in graph.signature.params.items()}
     kernel = _Kernel(exprs, dims)
     for h in kernel.helpers:
         w.lines_of(HELPERS[h])
         w.line()
     for fm in sorted({row_feature(e) for t in exprs if t is not None for e in t.walk()} - {None, "identity"}):
         emit_feature_fn(w, fm)
-    emit_tiled_kernel(w, spec, plan, kernel)
+    emit_tiled_kernel(w, graph, plan, kernel)
+    online = NORMALIZERS[attention_node(graph).attr("normalize")].online_softmax
     return (f"{'block-sparse' if plan.entry.block_sparse else 'tiled'} "
-            f"{'online-softmax' if normalizer(spec).online_softmax else 'weighted-sum'} kernel")
+            f"{'online-softmax' if online else 'weighted-sum'} kernel")
 
 
-def emit_linear_triton(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) -> str:
+def emit_linear_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
     """The linear skeletons' kernels and launchers (state + output, or chunked causal)."""
-    (out,) = graph.operands(graph.output)
+    out = attention_of(graph)
     if plan.attrs.get("decayed") and plan.entry.causal_chunks:
         w.lines_of(HELPERS["_powf"])
         w.line()
     for fm in sorted({row_feature(expr_of(graph, o)) for o in graph.operands(out)[:2]} - {None, "identity"}):
         emit_feature_fn(w, fm)
-    emit_linear_kernels(w, spec, plan, graph)
+    emit_linear_kernels(w, graph, plan)
     return "chunked causal linear kernel" if plan.entry.causal_chunks else "linear state + output kernels"

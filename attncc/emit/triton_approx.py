@@ -9,18 +9,18 @@ that cuBLAS already does well); the generated source says so.
 from __future__ import annotations
 
 from ..lang.approx_math import MRA_EPS
-from ..frontend.check import CheckedSpec
+from ..ir.graph import Graph, attention_of
 from .writer import CodeWriter
 
 
-def mra_triton_block(spec: CheckedSpec) -> int | None:
+def mra_triton_block(graph: Graph) -> int | None:
     """The MRA block edge if a Triton tile can be exactly one block (a power of two, at least 16), else None."""
-    block = spec.approx.options["block"]
+    block = graph.node(attention_of(graph)).attr("approx").options["block"]
     return block if block >= 16 and block & (block - 1) == 0 and block <= 128 else None
 
 
-def emit_mra_kernel(w: CodeWriter, spec: CheckedSpec) -> None:
-    opts = spec.approx.options
+def emit_mra_kernel(w: CodeWriter, graph: Graph) -> None:
+    opts = graph.node(attention_of(graph)).attr("approx").options
     full = opts["mode"] == "full"
     w.line("@triton.jit")
     with w.block("def _mra_fwd(Q, K, V, Out, LowTop, LowNum, LowDen, RowPtr, Cols,"):

@@ -19,12 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from ..frontend.check import CheckedSpec
 from ..lang.derivative import NotDifferentiable, diff, leaves
 from ..lang.expr import TExpr
 from ..lang.features import FEATURE_MAPS
-from ..ir.graph import Graph
-from ..lang.normalizers import normalizer, pair_scores
+from ..ir.graph import Graph, attention_node, attention_of
+from ..lang.normalizers import NORMALIZERS, Normalizer
+from ..passes.quadratic import quadratic_form
 from ..plan.select import Plan
 from .exprs import band_bounds, key, name_dots
 from .let import LetScope
@@ -39,37 +39,37 @@ RECOMPUTE = "recomputation through the torch backend's autograd"
 class TritonBackward:
     """Generated Triton backward kernels of a family of lowerings (a Lowering's triton_backward).
 
-    support(spec, plan) -> None if the kernels cover this spec, else why not
-    line(spec, plan) -> what `inspect` says of them
-    emit(w, spec, plan, graph) writes them, before the module's `forward_triton`
+    support(graph, plan) -> None if the kernels cover this graph, else why not
+    line(graph, plan) -> what `inspect` says of them
+    emit(w, graph, plan) writes them, before the module's `forward_triton`
     """
-    support: Callable[[CheckedSpec, Plan], str | None]
-    line: Callable[[CheckedSpec, Plan], str]
-    emit: Callable[[CodeWriter, CheckedSpec, Plan, Graph], None]
+    support: Callable[[Graph, Plan], str | None]
+    line: Callable[[Graph, Plan], str]
+    emit: Callable[[CodeWriter, Graph, Plan], None]
 
 
-def backward_support(spec: CheckedSpec, plan: Plan) -> str | None:
-    """None if generated Triton backward kernels cover this spec and lowering, else why not."""
-    if plan.entry.torch_fallback_reason(spec) is not None:
+def backward_support(graph: Graph, plan: Plan) -> str | None:
+    """None if generated Triton backward kernels cover this graph and lowering, else why not."""
+    if plan.entry.torch_fallback_reason(graph) is not None:
         return "the forward runs in torch"
     if plan.entry.triton_backward is None:
         return f"no backward kernel for the {plan.lowering} lowering"
-    return plan.entry.triton_backward.support(spec, plan)
+    return plan.entry.triton_backward.support(graph, plan)
 
 
-def backward_line(spec: CheckedSpec, plan: Plan) -> str:
-    """Which backward the Triton backend uses for this spec and lowering (for `inspect`)."""
-    if plan.entry.torch_fallback_reason(spec) is not None:
+def backward_line(graph: Graph, plan: Plan) -> str:
+    """Which backward the Triton backend uses for this graph and lowering (for `inspect`)."""
+    if plan.entry.torch_fallback_reason(graph) is not None:
         return "torch autograd (the forward runs in torch)"
-    why = backward_support(spec, plan)
+    why = backward_support(graph, plan)
     if why is not None:
         return f"{RECOMPUTE} ({why})"
-    return plan.entry.triton_backward.line(spec, plan)
+    return plan.entry.triton_backward.line(graph, plan)
 
 
-def tile_backward_support(spec: CheckedSpec, plan: Plan) -> str | None:
+def tile_backward_support(graph: Graph, plan: Plan) -> str | None:
     """The tile kernels differentiate the score hole symbolically: it must be differentiable."""
-    scores = pair_scores(spec)
+    scores, _ = quadratic_form(graph, attention_of(graph))
     try:
         for leaf in leaves(scores):
             diff(scores, leaf)
@@ -78,9 +78,9 @@ def tile_backward_support(spec: CheckedSpec, plan: Plan) -> str | None:
     return None
 
 
-def tile_backward_line(spec: CheckedSpec, plan: Plan) -> str:
-    softmax = normalizer(spec).online_softmax
-    tables = _grad_tables(pair_scores(spec))
+def tile_backward_line(graph: Graph, plan: Plan) -> str:
+    softmax = NORMALIZERS[attention_node(graph).attr("normalize")].online_softmax
+    tables = _grad_tables(quadratic_form(graph, attention_of(graph))[0])
     how = "FlashAttention-2 recomputation" if softmax else "weights recomputed per tile"
     return (f"generated Triton kernels ({how}"
             + (f"; gradients of {', '.join(n for _, n in tables)} by atomics)" if tables else ")"))
@@ -94,16 +94,16 @@ def _grad_tables(scores: TExpr) -> list[tuple[str, str]]:
     return out
 
 
-def emit_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) -> str:
+def emit_backward(w: CodeWriter, graph: Graph, plan: Plan) -> str:
     """The module's `forward_triton`, with backward kernels where they exist; returns backward_line."""
-    if backward_support(spec, plan) is not None:
+    if backward_support(graph, plan) is not None:
         with w.block("def forward_triton(self, q, k, v, ctx, host):"):
             w.line('"""Triton forward; gradients by recomputing the torch backend under autograd."""')
             w.line("return rt.with_torch_backward(lambda q, k, v, ctx: triton_forward(self, q, k, v, ctx, host),")
             w.line("                              lambda q, k, v, ctx: host.forward_torch(self, q, k, v, ctx), "
                    "q, k, v, ctx)")
-        return backward_line(spec, plan)
-    plan.entry.triton_backward.emit(w, spec, plan, graph)
+        return backward_line(graph, plan)
+    plan.entry.triton_backward.emit(w, graph, plan)
     w.line()
     w.line()
     sparse = plan.entry.block_sparse
@@ -112,7 +112,7 @@ def emit_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) ->
         if sparse:
             w.line("tiles = self.cached_tiles(ctx, host.block_layout, q.device)  # once per length")
         w.line(f"return triton_ops.attention(q, k, v, ctx, host{', tiles' if sparse else ''})")
-    return backward_line(spec, plan)
+    return backward_line(graph, plan)
 
 
 def _bwd_args() -> str:
@@ -171,12 +171,14 @@ def _feature_grad(w: CodeWriter, var: str, accs: list[str], rows: str, ptr: str,
     w.line(f"{var} = {' + '.join(terms) or f'tl.zeros([{rows}, BLOCK_D], dtype=tl.float32)  # s reads no dot'}")
 
 
-def emit_tiled_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) -> None:
-    norm = normalizer(spec)
-    softmax, scores = norm.online_softmax, pair_scores(spec)
+def emit_tiled_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
+    normalize = attention_node(graph).attr("normalize")
+    norm = NORMALIZERS[normalize]
+    scores, mask = quadratic_form(graph, attention_of(graph))
+    softmax = norm.online_softmax
     dots = name_dots(scores)
-    ex = _KernelExpr(dots, {s: _size_arg(s) for s in _sizes(scores, spec.mask)})
-    kernel = _Kernel([scores, spec.mask], {n: len(p.shape) for n, p in spec.params.items()})
+    ex = _KernelExpr(dots, {s: _size_arg(s) for s in _sizes(scores, mask)})
+    kernel = _Kernel([scores, mask], {n: len(p.shape) for n, p in graph.signature.params.items()})
     derivs = {leaf: diff(scores, leaf) for leaf in leaves(scores)}
     pairs = _pair_derivatives(scores, derivs)
     q_sides = {_side(d, 0): row_feature(d.args[0]) for d in dots}
@@ -205,10 +207,10 @@ def emit_tiled_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Gra
         for d, name in dots.items():
             w.line(f"{name} = tl.dot({_side(d, 0)}, tl.trans({_side(d, 1)}), input_precision=PRECISION)")
         scope = LetScope(ex)
-        scope.bind(w, [scores, spec.mask, *pairs.values(), *(derivs.values() if keys_fixed and tables else ())])
+        scope.bind(w, [scores, mask, *pairs.values(), *(derivs.values() if keys_fixed and tables else ())])
         w.line(f"s = {scope(scores)}")
         valid = "(offs_m[:, None] < Nq) & (offs_n[None, :] < N)"
-        w.line(f"valid = {valid} & ({scope(spec.mask)})" if spec.mask is not None else f"valid = {valid}")
+        w.line(f"valid = {valid} & ({scope(mask)})" if mask is not None else f"valid = {valid}")
         if keys_fixed and norm.row_statistic:
             w.line("stat = tl.load(Stat + offs_m, mask=offs_m < Nq, other=0.0)")
             w.line("delta = tl.load(Delta + offs_m, mask=offs_m < Nq, other=0.0)")
@@ -296,12 +298,12 @@ def emit_tiled_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Gra
     _store(w, "DQ", "dq", "offs_m", "Nq", "offs_d", "D", "q")
     w.level -= 1
     w.line()
-    _tiled_launchers(w, spec, plan, kernel, tables)
+    _tiled_launchers(w, norm, plan, kernel, tables)
 
 
-def _tiled_launchers(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Kernel, tables: list) -> None:
+def _tiled_launchers(w: CodeWriter, norm: Normalizer, plan: Plan, kernel: _Kernel, tables: list) -> None:
     sparse = plan.entry.block_sparse
-    stats = normalizer(spec).row_statistic
+    stats = norm.row_statistic
     with w.block("def op_forward(self, q, k, v, ctx, host):"):
         w.line('"""The custom op\'s forward: the output and the row statistic its backward reads."""')
         w.line(f"stat = torch.{'empty' if stats else 'zeros'}(*q.shape[:3], device=q.device, dtype=torch.float32)")
@@ -310,7 +312,7 @@ def _tiled_launchers(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Kern
     with w.block("def op_backward(self, q, k, v, out, stat, dout, ctx, host):"):
         _backward_head(w, "(dq, dk, dv, table gradients by name) from the saved output and row statistic.")
         w.line("delta = (dout.float() * out.float()).sum(-1)")
-        if normalizer(spec).divides_by_row_sum:
+        if norm.divides_by_row_sum:
             w.line("delta = torch.where(stat == 0.0, 0.0, delta)  # Z = 0: the forward divides by 1")
         table_of = {"param": "ctx.params", "input": "ctx.inputs"}
         w.line("grads = {" + ", ".join(f"{key(n)}: torch.zeros({table_of[op]}[{key(n)}].shape, device=q.device, "

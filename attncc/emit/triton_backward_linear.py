@@ -12,10 +12,10 @@ sums R over all queries, then reads it for every key. dq = dphi(q) o phi'(q), dk
 """
 from __future__ import annotations
 
-from ..frontend.check import CheckedSpec
 from ..lang.features import FEATURE_MAPS
-from ..ir.graph import Graph, expr_of
-from ..lang.normalizers import normalizer
+from ..ir.graph import Graph, attention_node, attention_of, expr_of
+from ..lang.normalizers import NORMALIZERS
+from ..passes.quadratic import quadratic_form
 from ..plan.select import Plan
 from .triton import _launch_common, _load_chunk, _load_rows, row_feature, carry_state, decay_factors, linear_scalars
 from .triton_backward import TritonBackward, _backward_head, _bwd_args, _bwd_launch, _bwd_prologue, _store
@@ -28,9 +28,9 @@ def _linear_features(graph: Graph) -> tuple[str, str]:
     return tuple(row_feature(expr_of(graph, o)) or "identity" for o in ops[:2])
 
 
-def _finish_grads(w: CodeWriter, spec: CheckedSpec) -> None:
+def _finish_grads(w: CodeWriter, normalize: str) -> None:
     """dnum, dden of each row from den (the forward's unmodulated denominator), dO and out."""
-    if normalizer(spec).divides_by_row_sum:
+    if NORMALIZERS[normalize].divides_by_row_sum:
         w.line("zz = den * mod + eps")
         w.line("zs = tl.where(zz == 0.0, 1.0, zz)  # as the forward: no clamp where there is nothing to divide")
         w.line("inv = mod / zs")
@@ -56,7 +56,8 @@ def _chain(w: CodeWriter, var: str, grad: str, ptr: str, offs: str, limit: str, 
     w.line(f"{var} = {grad} * ({FEATURE_MAPS[feature].triton_grad})")
 
 
-def emit_linear_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph) -> None:
+def emit_linear_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
+    normalize, eps = attention_node(graph).attr("normalize"), attention_node(graph).attr("eps")
     fq, fk = _linear_features(graph)
     causal = plan.entry.causal_chunks
     decayed = bool(plan.attrs.get("decayed")) and causal
@@ -84,7 +85,7 @@ def emit_linear_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Gr
                 w.line(f"a = {dot('pq', 'tl.trans(pk)')}")
                 w.line(within)
                 w.line(f"den = tl.sum(a, 1) + {'q_decay * ' if decayed else ''}tl.sum(pq * z[None, :], 1)")
-                _finish_grads(w, spec)
+                _finish_grads(w, normalize)
                 w.line("tl.store(Inv + pid_bh * Nq + offs, inv, mask=offs < Nq)")
                 w.line("tl.store(Dden + pid_bh * Nq + offs, dden, mask=offs < Nq)")
                 w.line(f"da = {dot('dnum', 'tl.trans(v)')} + dden[:, None]")
@@ -132,7 +133,7 @@ def emit_linear_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Gr
                 _load_chunk(w, ("pq", "do"), fq)
                 _load_out(w)
                 w.line("den = tl.sum(pq * z[None, :], 1)")
-                _finish_grads(w, spec)
+                _finish_grads(w, normalize)
                 w.line(f"dpq = {dot('dnum', 'tl.trans(S)')} + dden[:, None] * z[None, :]")
                 _chain(w, "dq", "dpq", "Q", "offs", "Nq", fq)
                 _store(w, "DQ", "dq", "offs", "Nq", "offs_d", "D", "q")
@@ -157,7 +158,7 @@ def emit_linear_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Gr
         if causal:
             w.line("inv = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32)")
             w.line("dden = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32)")
-            w.line(f"_linear_bwd_dq[(B * H,)]({_bwd_launch()}, mod, gamma, inv, dden, {spec.eps!r},")
+            w.line(f"_linear_bwd_dq[(B * H,)]({_bwd_launch()}, mod, gamma, inv, dden, {eps!r},")
             w.line(f"    {blocks})")
             w.line(f"_linear_bwd_dkdv[(B * H,)]({_bwd_launch()}, gamma, inv, dden,")
             w.line(f"    {blocks})")
@@ -166,20 +167,21 @@ def emit_linear_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Gr
             w.line("z = torch.empty(B * H, BLOCK_D, device=q.device, dtype=torch.float32)")
             w.line(f"_linear_state[(B * H,)]({_launch_common()}, state, z, BLOCK=BLOCK_N, BLOCK_D=BLOCK_D,")
             w.line("    BLOCK_E=BLOCK_E, PRECISION=precision)")
-            w.line(f"_linear_bwd[(B * H,)]({_bwd_launch()}, state, z, mod, {spec.eps!r},")
+            w.line(f"_linear_bwd[(B * H,)]({_bwd_launch()}, state, z, mod, {eps!r},")
             w.line(f"    {blocks})")
         w.line("return dq, dk, dv, {}")
     w.line()
     w.line("GRAD_TABLES = ()  # tables the backward kernels differentiate")
 
 
-def linear_backward_support(spec: CheckedSpec, plan: Plan) -> str | None:
-    if any(e.op in ("param", "input") for e in spec.weight.walk()):
+def linear_backward_support(graph: Graph, plan: Plan) -> str | None:
+    weight, _ = quadratic_form(graph, attention_of(graph))
+    if any(e.op in ("param", "input") for e in weight.walk()):
         return "the modulation or decay reads learned tables"
     return None
 
 
-def linear_backward_line(spec: CheckedSpec, plan: Plan) -> str:
+def linear_backward_line(graph: Graph, plan: Plan) -> str:
     if plan.entry.causal_chunks:
         return "generated Triton kernels (dQ forward over chunks, dK/dV by the reverse chunked recurrence)"
     return "generated Triton kernels (state, then dQ over queries and dK/dV over keys)"

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..frontend.check import CheckedSpec
-from ..ir.graph import Graph, expr_of
+from ..ir.graph import Graph, attention_node, attention_of, expr_of
 from ..lang.normalizers import NORMALIZERS
 from ..plan.select import Plan
 from .triton import emit_feature_fn, row_feature
@@ -143,21 +142,21 @@ def _emit_ring_contract(w: CodeWriter, feature: str | None, normalize: str, metr
     w.line()
 
 
-def emit_structured(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph, torch_part: str,
+def emit_structured(w: CodeWriter, graph: Graph, plan: Plan, torch_part: str,
                     transform: Callable[[CodeWriter], None], ring_metric: str | None = None) -> str:
     """Kernels and `triton_forward` of a structured lowering; returns the description of the lowering.
     torch_part names what runs in torch; transform(w) writes the launcher lines that define
     `transform` and `cells` (and, for rings, `width`, `geo` and `g`); ring_metric: the rings' box kernel."""
-    (out,) = graph.operands(graph.output)
-    ops = graph.operands(out)
+    ops = graph.operands(attention_of(graph))
+    normalize, eps = attention_node(graph).attr("normalize"), attention_node(graph).attr("eps")
     fq, fk = row_feature(expr_of(graph, ops[0])), row_feature(expr_of(graph, ops[1]))
     if fq not in (None, "identity"):
         emit_feature_fn(w, fq)
     rings = ring_metric is not None
     if rings:
-        _emit_ring_contract(w, fq, spec.normalize, ring_metric)
+        _emit_ring_contract(w, fq, normalize, ring_metric)
     else:
-        _emit_contract(w, fq, spec.normalize)
+        _emit_contract(w, fq, normalize)
     kernel = "_ring_contract" if rings else "_contract"
     with w.block("def triton_forward(self, q, k, v, ctx, host):"):
         w.line(f"# torch: {torch_part},")
@@ -179,7 +178,7 @@ def emit_structured(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph, 
             extra = "g.shape[-1] - 1, width, geo.rows, geo.cols, " if rings else ""
             tables = "*y.stride(), *g.stride()" if rings else "*y.stride()"
             w.line(f"{kernel}[grid](q, y, {'g, ' if rings else ''}acc, out, Nq, H, E, l0, y.shape[0], {extra}*q.stride(),")
-            w.line(f"    {tables}, *out.stride(), {spec.eps!r}, BLOCK_M=BLOCK_M, BLOCK_E=BLOCK_E, BLOCK_L=BLOCK_L,")
+            w.line(f"    {tables}, *out.stride(), {eps!r}, BLOCK_M=BLOCK_M, BLOCK_E=BLOCK_E, BLOCK_L=BLOCK_L,")
             w.line("    LAST=l0 + y.shape[0] == pk.shape[-1])")
         w.line("return out")
     what = "box reads, ring weights and contraction" if rings else "contraction"

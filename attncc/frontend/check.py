@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from . import ast
-from .approx import (APPROXIMATIONS, CHOICES, COUNTS, FAVOR, FLAGS, PLAIN_ONLY, POSITIVE, favor_weight,
-                     is_plain_dot_scale, split_logits)
+from .approx import APPROXIMATIONS, CHOICES, COUNTS, FLAGS, PLAIN_ONLY, POSITIVE
+from ..lang.favor import FAVOR, favor_weight, is_plain_dot_scale, split_logits
 from ..lang.expr import BOOL, FLOAT, INT, RUNTIME_SIZES, VEC, TExpr
 from ..lang.features import ALL_MAPS, RANDOM_MAPS
 from ..lang.graph_kernels import GRAPH_KERNELS
@@ -20,6 +20,7 @@ from .mechanisms import IstaInfo, MechanismChecks
 from ..lang.normalizers import NORMALIZERS, Normalizer, default_normalizer
 from ..lang.pool import PoolInfo
 from ..lang.source import DiagnosticBag, Source, Span, did_you_mean
+from ..lang.standard import DEFAULT_LOGITS
 from .records import InputInfo, KeywordOptions, ParamInfo
 from .typecheck import ExprTyper
 
@@ -29,9 +30,6 @@ INPUT_DTYPES = ("int", "float", "bool")
 RESERVED = {"q", "k", "v", "i", "j", "h", "scale", "dot", "true", "false", *RUNTIME_SIZES, *FUNCTIONS}
 
 
-# dot(q[i], k[j]) * scale: the logits of plain softmax attention.
-DEFAULT_LOGITS = TExpr("mul", (TExpr("dot", (TExpr("qrow", (), "q", VEC), TExpr("krow", (), "k", VEC)), None, FLOAT),
-                               TExpr("scale", (), "scale", FLOAT)), None, FLOAT)
 
 
 @dataclass(frozen=True)
@@ -42,6 +40,9 @@ class GraphInfo(KeywordOptions):
     adjacency: str
     kwargs: tuple[tuple[str, float], ...]
 
+    def describe(self) -> str:
+        return f"{self.name} = {self.kind}(" + ", ".join([self.adjacency, *(f"{k}={v}" for k, v in self.kwargs)]) + ")"
+
 
 @dataclass(frozen=True)
 class ApproxInfo(KeywordOptions):
@@ -51,6 +52,10 @@ class ApproxInfo(KeywordOptions):
 
     def __str__(self) -> str:
         return f"{self.method}(" + ", ".join(f"{k}={v}" for k, v in self.kwargs) + ")"
+
+    def favor_map(self) -> FeatureInfo:
+        """approx favor(...): the random feature map `favor` it draws, with the same options."""
+        return FeatureInfo(FAVOR, FAVOR, self.kwargs)
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,16 @@ class CheckedSpec:
     @property
     def kind(self) -> str:
         return "softmax" if NORMALIZERS[self.normalize].online_softmax else "kernel"
+
+
+def favor_kernelized(spec: CheckedSpec) -> CheckedSpec:
+    """The meaning of `approx favor`: softmax(dot(q, k) * scale + b) under the mask, with exp(q.k s)
+    replaced by favor(q).favor(k): rows-normalized weights dot(favor(q), favor(k)) * exp(b), eps 0.
+    Any other spec is returned as it is. (The pass kernelize_favor makes the same rewrite of the IR.)"""
+    if spec.approx is None or spec.approx.method != FAVOR:
+        return spec
+    return replace(spec, features={FAVOR: spec.approx.favor_map()}, normalize="rows", eps=0.0, logits=None,
+                   weight=favor_weight(split_logits(spec.logits)), approx=None)
 
 
 class _Checker(ExprTyper, MechanismChecks):
@@ -407,11 +422,7 @@ class _Checker(ExprTyper, MechanismChecks):
             info = self._approx_options(a)
             if info is not None and self._approx_applies(spec, info, a):
                 self.bag.raise_if_any()
-                if info.method != FAVOR:
-                    return replace(spec, approx=info, target=spec)
-                phi = FeatureInfo(FAVOR, FAVOR, tuple((k, v) for k, v in info.kwargs))
-                return replace(spec, features={FAVOR: phi}, normalize="rows", eps=0.0, logits=None,
-                               weight=favor_weight(split_logits(spec.logits)), approx=info, target=spec)
+                return replace(spec, approx=info, target=spec)
         self.bag.raise_if_any()
         return spec
 

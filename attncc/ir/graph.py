@@ -15,6 +15,7 @@ import sympy
 from ..lang.expr import BOOL, FLOAT, INT, VEC, TExpr
 from ..lang.operators import OPERATORS
 from ..lang.source import NO_SPAN, Span
+from .signature import Signature
 
 B, H, Nq, N, D, E = sympy.symbols("B H Nq N D E", integer=True, positive=True)
 SIZE_SYMBOLS = {"B": B, "H": H, "Nq": Nq, "N": N, "D": D, "E": E}
@@ -53,12 +54,12 @@ def broadcast(*shapes: tuple) -> tuple:
 class Graph:
     """A thin wrapper giving the MultiDiGraph ordered operands, users and rewriting helpers."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, signature: Signature | None = None):
         self.name = name
         self.g = nx.MultiDiGraph()
         self._next = 0
         self.output: int | None = None
-        self.meta: dict[str, Any] = {}
+        self.signature = signature if signature is not None else Signature(name)
 
     def add(self, op: str, operands: Iterable[int] = (), *, shape=(), dtype=FLOAT, span=NO_SPAN, **attrs) -> int:
         nid = self._next
@@ -72,9 +73,9 @@ class Graph:
 
     def copy(self) -> "Graph":
         """An independent graph with the same nodes (payloads are immutable, so they are shared)."""
-        other = Graph(self.name)
+        other = Graph(self.name, self.signature)
         other.g = self.g.copy()
-        other._next, other.output, other.meta = self._next, self.output, dict(self.meta)
+        other._next, other.output = self._next, self.output
         return other
 
     def node(self, nid: int) -> Node:
@@ -112,6 +113,26 @@ class Graph:
 
     def find(self, op: str) -> list[int]:
         return [n for n in self.order() if self.node(n).op == op]
+
+
+# Attributes of an attention node that every rewrite into another form keeps.
+CARRIED_ATTRS = ("normalize", "eps", "mask_structure", "pool")
+
+
+def carried_attrs(node: Node) -> dict[str, Any]:
+    """The attributes of an attention node that its rewrites keep (pool only where present)."""
+    return {name: node.attr(name) for name in CARRIED_ATTRS if name != "pool" or node.attr("pool") is not None}
+
+
+def attention_of(graph: Graph) -> int:
+    """The attention node: the output's operand."""
+    (out,) = graph.operands(graph.output)
+    return out
+
+
+def attention_node(graph: Graph) -> Node:
+    """The attention node's payload (its op and attributes: normalize, eps, approx, pool, ...)."""
+    return graph.node(attention_of(graph))
 
 
 def expr_of(graph: Graph, nid: int) -> TExpr:
@@ -181,8 +202,7 @@ def _fmt_attr(value) -> str:
 def print_graph(graph: Graph) -> str:
     """One line a node: `%id = op(operands) {attrs} : dtype[shape]`, in topological order."""
     lines = [f"graph {graph.name}"]
-    for key, value in sorted(graph.meta.items()):
-        lines.append(f"  # {key}: {_fmt_attr(value)}")
+    lines += [f"  # {line}" for line in graph.signature.describe()]
     for nid in graph.order():
         node = graph.node(nid)
         ops = ", ".join(f"%{o}" for o in graph.operands(nid))

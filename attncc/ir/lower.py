@@ -11,8 +11,10 @@ import sympy
 
 from ..frontend.check import CheckedSpec
 from ..lang.expr import FLOAT, TExpr, postorder
+from ..lang.favor import FAVOR
 from ..lang.normalizers import pair_scores
 from .graph import SIZE_SYMBOLS, B, D, E, Graph, H, N, Nq, broadcast
+from .signature import Signature
 
 _VAR_SHAPES = {"i": (1, 1, Nq, 1), "j": (1, 1, 1, N), "h": (1, H, 1, 1)}
 
@@ -45,7 +47,8 @@ class ExprBuilder:
     def _new(self, t: TExpr, args: tuple[int, ...]) -> int:
         g = self.graph
         if t.op == "feature":
-            return g.add("feature", args, shape=g.node(args[0]).shape, dtype=FLOAT, span=t.span, map=t.value)
+            return g.add("feature", args, shape=g.node(args[0]).shape, dtype=FLOAT, span=t.span, map=t.value,
+                         **self._random_map(t.value))
         if t.op == "dot":
             return g.add("pairdot", args, shape=(B, H, Nq, N), dtype=FLOAT, span=t.span)
         if t.op == "var":
@@ -56,28 +59,48 @@ class ExprBuilder:
         value = {"value": t.value} if t.value is not None else {}
         return g.add(t.op, args, shape=shape, dtype=t.type, span=t.span, **value)
 
+    def _random_map(self, name: str) -> dict:
+        """A declared random-feature map's function and options (elementwise maps are named by function)."""
+        phi = self.graph.signature.features.get(name)
+        return {"fn": phi.fn, "options": phi.options} if phi is not None and phi.random else {}
+
+
+def signature_of(spec: CheckedSpec) -> Signature:
+    """The module's interface; `approx favor` draws a random feature map `favor` (see kernelize_favor)."""
+    features = dict(spec.features)
+    if spec.approx is not None and spec.approx.method == FAVOR:
+        features[FAVOR] = spec.approx.favor_map()
+    return Signature(spec.name, dict(spec.sizes), dict(spec.derived), tuple(spec.divisors), dict(spec.params),
+                     dict(spec.inputs), dict(spec.graphs), features)
+
 
 def lower(spec: CheckedSpec) -> Graph:
-    graph = Graph(spec.name)
+    """attend(logits | weight, mask?, v) {normalize, eps, masked, approx?, pool?, steps?, lam?}.
+
+    approx: a declared approximation computes the node (favor: kernelized by a pass, see kernelize_favor);
+    pool: ContextPool replaces k and/or v before the attention; steps, lam: the ISTA solver's."""
+    graph = Graph(spec.name, signature_of(spec))
     build = ExprBuilder(graph)
     operands = [build.add(pair_scores(spec))]
     if spec.mask is not None:
         operands.append(build.add(spec.mask))
     operands.append(build.leaves["v"])
-    attend = graph.add("attend", operands, shape=(B, H, Nq, E), dtype=FLOAT, normalize=spec.normalize,
-                       eps=spec.eps, masked=spec.mask is not None)
-    graph.add("output", [attend], shape=(B, H, Nq, E), dtype=FLOAT)
-    graph.meta["sizes"] = dict(spec.sizes)
+    extra = {}
     if spec.approx is not None:
-        graph.meta["approx"] = spec.approx
-    if spec.pool is not None:  # a pre-op on k, v (attncc/pool.py): outside the graph, counted by select
-        graph.meta["pool"] = spec.pool
+        extra["approx"] = spec.approx
+    if spec.pool is not None:
+        extra["pool"] = spec.pool
+    if spec.ista is not None:
+        extra.update(steps=spec.ista.steps, lam=spec.ista.lam)
+    attend = graph.add("attend", operands, shape=(B, H, Nq, E), dtype=FLOAT, normalize=spec.normalize,
+                       eps=spec.eps, masked=spec.mask is not None, **extra)
+    graph.add("output", [attend], shape=(B, H, Nq, E), dtype=FLOAT)
     return graph
 
 
-def size_symbols(spec: CheckedSpec) -> dict[str, sympy.Symbol]:
+def size_symbols(signature: Signature) -> dict[str, sympy.Symbol]:
     """Sympy symbols of run-time sizes (positive) and declared sizes (non-negative integers)."""
     out = dict(SIZE_SYMBOLS)
-    for name in spec.sizes:
+    for name in signature.sizes:
         out[name] = sympy.Symbol(name, integer=True, nonnegative=True)
     return out

@@ -32,8 +32,8 @@ def cost(query: CostQuery) -> Candidate:
                      f"at the design sizes, layout computed once per length")
 
 
-def emit_torch(w, spec, plan, graph) -> None:
-    common = emit_score_holes(w, spec)
+def emit_torch(w, graph, plan) -> None:
+    common = emit_score_holes(w, graph)
     emit_block_layout(w, plan)
     with w.block("def forward_torch(self, q, k, v, ctx):"):
         w.line("block, layout = self.cached_layout(ctx, block_layout, q.device)")

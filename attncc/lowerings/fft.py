@@ -34,16 +34,16 @@ def forward(w, common: str) -> None:
     w.line(f"return rt.toeplitz_attention(pq, pk, v, toeplitz_f(ctx).to(q.device), {common})")
 
 
-def emit_torch(w, spec, plan, graph) -> None:
-    emit_kernelized(w, spec, plan, graph, emit_toeplitz_f, forward)
+def emit_torch(w, graph, plan) -> None:
+    emit_kernelized(w, graph, plan, emit_toeplitz_f, forward)
 
 
 def transform(w) -> None:
     w.line("transform, cells = rt.toeplitz_transform(host.toeplitz_f(ctx).to(q.device), Nq, N, rt.compute_dtype(v))")
 
 
-def emit_triton(w, spec, plan, graph) -> str:
-    return with_backward(w, spec, plan, graph, emit_structured(w, spec, plan, graph, TORCH_PART, transform))
+def emit_triton(w, graph, plan) -> str:
+    return with_backward(w, graph, plan, emit_structured(w, graph, plan, TORCH_PART, transform))
 
 
 LOWERING = register(Lowering(

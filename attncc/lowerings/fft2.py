@@ -40,8 +40,8 @@ def forward(w, common: str) -> None:
     w.line(f"return rt.grid_toeplitz_attention(pq, pk, v, grid_f(ctx).to(q.device), grid_width(ctx), {common})")
 
 
-def emit_torch(w, spec, plan, graph) -> None:
-    emit_kernelized(w, spec, plan, graph, lambda w, exprs: emit_grid_f(w, plan, exprs), forward)
+def emit_torch(w, graph, plan) -> None:
+    emit_kernelized(w, graph, plan, lambda w, exprs: emit_grid_f(w, plan, exprs), forward)
 
 
 def transform(w) -> None:
@@ -49,8 +49,8 @@ def transform(w) -> None:
     w.line("                                     rt.compute_dtype(v))")
 
 
-def emit_triton(w, spec, plan, graph) -> str:
-    return with_backward(w, spec, plan, graph, emit_structured(w, spec, plan, graph, TORCH_PART, transform))
+def emit_triton(w, graph, plan) -> str:
+    return with_backward(w, graph, plan, emit_structured(w, graph, plan, TORCH_PART, transform))
 
 
 LOWERING = register(Lowering(

@@ -26,23 +26,23 @@ def cost(query: CostQuery) -> Candidate:
                      f"CSR when sparse), G = kernel(A) never formed")
 
 
-def emit_torch(w, spec, plan, graph) -> None:
-    g = spec.graphs[plan.attrs["graph"]]
+def emit_torch(w, graph, plan) -> None:
+    g = plan.attrs["graph"]
 
     def forward(w, common: str) -> None:
         w.line(f"# G = {g.kind}({g.adjacency}) applied through products with {g.adjacency} (torch.sparse when sparse)")
         w.line(f"return rt.graph_attention(pq, pk, v, ctx.inputs[{key(g.adjacency)}], {key(g.kind)}, "
                f"{g.options!r}, {common})")
-    emit_kernelized(w, spec, plan, graph, None, forward)
+    emit_kernelized(w, graph, plan, None, forward)
 
 
-def emit_triton(w, spec, plan, graph) -> str:
-    g = spec.graphs[plan.attrs["graph"]]
+def emit_triton(w, graph, plan) -> str:
+    g = plan.attrs["graph"]
 
     def transform(w) -> None:
         w.line(f"transform, cells = rt.graph_transform(ctx.inputs[{key(g.adjacency)}], {key(g.kind)}, {g.options!r}, "
                "Nq, N, rt.compute_dtype(v))")
-    return with_backward(w, spec, plan, graph, emit_structured(w, spec, plan, graph, TORCH_PART, transform))
+    return with_backward(w, graph, plan, emit_structured(w, graph, plan, TORCH_PART, transform))
 
 
 LOWERING = register(Lowering(

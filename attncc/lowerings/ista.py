@@ -24,14 +24,14 @@ def cost(query: CostQuery) -> Candidate:
                      f"{steps} unrolled ISTA steps on the m x m Gram matrix, no N x N buffer")
 
 
-def emit_torch(w, spec, plan, graph) -> None:
+def emit_torch(w, graph, plan) -> None:
     steps, lam = plan.attrs["steps"], plan.attrs["lam"]
 
     def forward(w, common: str) -> None:
         w.line(f"# VARS: {steps} ISTA steps of min_z 1/2 |V - Phi z|^2 + lam |z|_1, Phi the "
                "column-normalized key features")
         w.line(f"return rt.ista_attention(pq, pk, v, steps={steps!r}, lam={lam!r})")
-    emit_kernelized(w, spec, plan, graph, None, forward)
+    emit_kernelized(w, graph, plan, None, forward)
 
 
 LOWERING = register(Lowering(

@@ -21,8 +21,8 @@ def cost(query: CostQuery) -> Candidate:
                      f"LARA: {c} landmark proposals, self-normalized multiple importance sampling")
 
 
-def emit_torch(w, spec, plan, graph) -> None:
-    emit_approx(w, spec, CALL, random_draw=True)
+def emit_torch(w, graph, plan) -> None:
+    emit_approx(w, graph, CALL, random_draw=True)
 
 
 LOWERING = register(Lowering(

@@ -26,12 +26,12 @@ def cost(query: CostQuery) -> Candidate:
                      "phi(Q) (phi(K)^T V): one pass for the state, one for the output")
 
 
-def emit_torch(w, spec, plan, graph) -> None:
-    emit_kernelized(w, spec, plan, graph, None, lambda w, common: emit_linear_call(w, plan, "linear_attention", common))
+def emit_torch(w, graph, plan) -> None:
+    emit_kernelized(w, graph, plan, None, lambda w, common: emit_linear_call(w, plan, "linear_attention", common))
 
 
-def emit_triton(w, spec, plan, graph) -> str:
-    return with_backward(w, spec, plan, graph, emit_linear_triton(w, spec, plan, graph))
+def emit_triton(w, graph, plan) -> str:
+    return with_backward(w, graph, plan, emit_linear_triton(w, graph, plan))
 
 
 LOWERING = register(Lowering(

@@ -22,8 +22,8 @@ def cost(query: CostQuery) -> Candidate:
                      f"chunks of {CHUNK}: quadratic inside, prefix state across")
 
 
-def emit_torch(w, spec, plan, graph) -> None:
-    emit_kernelized(w, spec, plan, graph, None,
+def emit_torch(w, graph, plan) -> None:
+    emit_kernelized(w, graph, plan, None,
                     lambda w, common: emit_linear_call(w, plan, "causal_linear_attention", common))
 
 

@@ -30,12 +30,12 @@ def cost(query: CostQuery) -> Candidate:
     return Candidate(NAME, flops, nbytes, "quadratic inside chunks of c, chunk states prefix-summed across")
 
 
-def emit_torch(w, spec, plan, graph) -> None:
-    emit_mixed_torch(w, spec, plan)
+def emit_torch(w, graph, plan) -> None:
+    emit_mixed_torch(w, graph, plan)
 
 
-def emit_triton(w, spec, plan, graph) -> str:
-    return with_backward(w, spec, plan, graph, emit_mixed_triton(w, spec, plan))
+def emit_triton(w, graph, plan) -> str:
+    return with_backward(w, graph, plan, emit_mixed_triton(w, graph, plan))
 
 
 LOWERING = register(Lowering(

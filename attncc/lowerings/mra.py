@@ -28,20 +28,20 @@ def cost(query: CostQuery) -> Candidate:
                      f"logits), {'block means elsewhere' if opts['mode'] == 'full' else 'nothing elsewhere'}")
 
 
-def emit_torch(w, spec, plan, graph) -> None:
-    emit_approx(w, spec, CALL, random_draw=False)
+def emit_torch(w, graph, plan) -> None:
+    emit_approx(w, graph, CALL, random_draw=False)
 
 
-def triton_fallback(spec) -> str | None:
-    if mra_triton_block(spec):
+def triton_fallback(graph) -> str | None:
+    if mra_triton_block(graph):
         return None
     return "MRA-2 with a block that no Triton tile matches (16 .. 128, a power of two)"
 
 
-def emit_triton(w, spec, plan, graph) -> str:
-    emit_mra_kernel(w, spec)
+def emit_triton(w, graph, plan) -> str:
+    emit_mra_kernel(w, graph)
     return ("block-sparse MRA-2 kernel over each head's selected blocks (selection and low-resolution "
-            f"part in torch); backward: {backward_line(spec, plan)}")
+            f"part in torch); backward: {backward_line(graph, plan)}")
 
 
 LOWERING = register(Lowering(

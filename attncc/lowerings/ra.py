@@ -21,8 +21,8 @@ def cost(query: CostQuery) -> Candidate:
                      f"RA: {s} samples per query from its softmax mixture (quadratic, unbiased)")
 
 
-def emit_torch(w, spec, plan, graph) -> None:
-    emit_approx(w, spec, CALL, random_draw=True)
+def emit_torch(w, graph, plan) -> None:
+    emit_approx(w, graph, CALL, random_draw=True)
 
 
 LOWERING = register(Lowering(

@@ -30,15 +30,15 @@ def cost(query: CostQuery) -> Candidate:
                      f"{rings} boxes of 4 reads per query at the design sizes")
 
 
-def emit_torch(w, spec, plan, graph) -> None:
+def emit_torch(w, graph, plan) -> None:
     metric = plan.attrs["grid"].metric
 
     def forward(w, common: str) -> None:
         w.line(f"return rt.ring_attention(pq, pk, v, ring_g(ctx).to(q.device), grid_width(ctx), {metric!r}, {common})")
-    emit_kernelized(w, spec, plan, graph, lambda w, exprs: emit_ring_g(w, plan, exprs), forward)
+    emit_kernelized(w, graph, plan, lambda w, exprs: emit_ring_g(w, plan, exprs), forward)
 
 
-def emit_triton(w, spec, plan, graph) -> str:
+def emit_triton(w, graph, plan) -> str:
     metric = plan.attrs["grid"].metric
 
     def transform(w) -> None:
@@ -49,8 +49,8 @@ def emit_triton(w, spec, plan, graph) -> str:
         with w.block("def transform(u):"):
             w.line('"""[.., E + 1, N] -> summed-area tables [.., cells, E + 1]: a box corner\'s columns lie together."""')
             w.line("return rt.summed_area_table(u.transpose(-1, -2), geo, dim=-2)")
-    return with_backward(w, spec, plan, graph,
-                         emit_structured(w, spec, plan, graph, TORCH_PART, transform, ring_metric=metric))
+    return with_backward(w, graph, plan,
+                         emit_structured(w, graph, plan, TORCH_PART, transform, ring_metric=metric))
 
 
 LOWERING = register(Lowering(

@@ -7,7 +7,7 @@ wins wherever it applies; `lowering="tiled"` still forces the tiled skeleton.
 """
 from __future__ import annotations
 
-from ..frontend.check import DEFAULT_LOGITS
+from ..lang.standard import DEFAULT_LOGITS
 from ..emit.torch import emit_tiled_torch
 from ..emit.dispatch import with_backward
 from ..emit.triton import emit_tiled_triton
@@ -35,15 +35,15 @@ def cost(query: CostQuery) -> Candidate:
                      "torch's fused SDPA kernels (FlashAttention on GPU): plain softmax, full or causal mask")
 
 
-def emit_torch(w, spec, plan, graph) -> None:
-    emit_tiled_torch(w, spec, plan, lambda common: [
+def emit_torch(w, graph, plan) -> None:
+    emit_tiled_torch(w, graph, plan, lambda common: [
         "# plain softmax(q k^T / sqrt(d)) with a full or causal mask: torch's fused SDPA kernels",
         f"return rt.sdpa_attention(q, k, v, causal={plan.mask.kind == 'causal'})"])
 
 
-def emit_triton(w, spec, plan, graph) -> str:
-    description = emit_tiled_triton(w, spec, plan) + f" (Triton has no SDPA: the {NAME} plan runs the tiled kernel)"
-    return with_backward(w, spec, plan, graph, description)
+def emit_triton(w, graph, plan) -> str:
+    description = emit_tiled_triton(w, graph, plan) + f" (Triton has no SDPA: the {NAME} plan runs the tiled kernel)"
+    return with_backward(w, graph, plan, description)
 
 
 LOWERING = register(Lowering(

@@ -42,13 +42,13 @@ def cost(query: CostQuery) -> Candidate:
     return Candidate(NAME, flops, nbytes, note)
 
 
-def emit_torch(w, spec, plan, graph) -> None:
-    emit_tiled_torch(w, spec, plan, lambda common: [
+def emit_torch(w, graph, plan) -> None:
+    emit_tiled_torch(w, graph, plan, lambda common: [
         f"return rt.tiled_attention(q, k, v, ctx, key_range=key_range, {common})"])
 
 
-def emit_triton(w, spec, plan, graph) -> str:
-    return with_backward(w, spec, plan, graph, emit_tiled_triton(w, spec, plan))
+def emit_triton(w, graph, plan) -> str:
+    return with_backward(w, graph, plan, emit_tiled_triton(w, graph, plan))
 
 
 LOWERING = register(Lowering(

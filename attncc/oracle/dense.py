@@ -12,7 +12,7 @@ import torch
 from .approx import lara_weights, mra_weights, ra_weights
 from .ista import dense_ista
 from .pool import dense_pool
-from ..frontend.check import CheckedSpec
+from ..frontend.check import CheckedSpec, favor_kernelized
 from ..lang.evaluate import Env, evaluate
 from ..lang.expr import TExpr
 from ..lang.features import FEATURE_MAPS, apply_feature_map, random_features
@@ -47,6 +47,7 @@ def dense_weights(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: di
     projections: the random-feature projection [m, D] of each declared random map, by name.
     noise: the random draw of a sampling approximation (approx_reference.py).
     rows: query indices to evaluate (a sample of rows; i takes their values), all rows if None."""
+    spec = favor_kernelized(spec)
     if spec.approx is not None and spec.approx.method in APPROX_WEIGHTS:
         opts = spec.approx.options
         if spec.approx.method == "mra":
@@ -95,6 +96,7 @@ def dense_probabilities(spec: CheckedSpec, q, k, params: dict, inputs: dict, siz
                         dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """P[b, h, i, j] with out = P V: W, divided by its row sums (+ eps) for `normalize rows`
     (D^-1 (M o phi(Q) phi(K)^T) for kernelized specs); arguments as for dense_weights."""
+    spec = favor_kernelized(spec)
     w = dense_weights(spec, q, k, params, inputs, sizes, e_dim, projections, noise, rows, dtype)
     if normalizer(spec).divides_by_row_sum:
         z = w.sum(-1, keepdim=True) + spec.eps
@@ -105,6 +107,7 @@ def dense_probabilities(spec: CheckedSpec, q, k, params: dict, inputs: dict, siz
 def dense_attention(spec: CheckedSpec, q, k, v, params: dict, inputs: dict, sizes: dict,
                     projections: dict | None = None, noise=None) -> torch.Tensor:
     """out[b, h, i, :] in float64."""
+    spec = favor_kernelized(spec)
     if spec.pool is not None:  # ContextPool: k and/or v pooled by the dense matrix first (attncc/pool.py)
         k, v = dense_pool(spec.pool, k, v, params)
     if not normalizer(spec).fixed_weights:  # ista: the unrolled solver, naively (attncc/oracle/ista.py)

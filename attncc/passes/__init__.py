@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..frontend.check import CheckedSpec
 from ..ir.graph import Graph, verify
 from .block_layout import analyse_blocks
+from .favor import kernelize_favor
 from .mask_structure import analyse_mask
 from .ista import lower_ista
 from .mixed_chunk import mixed_chunk
@@ -17,7 +17,8 @@ from .reassociate import reassociate_kernel
 
 @dataclass
 class PassContext:
-    spec: CheckedSpec
+    """What passes share besides the graph: the sympy size symbols and the log of notes. Passes read
+    everything about the spec from the graph (its nodes, their attributes, `graph.signature`)."""
     symbols: dict
     log: list[tuple[str, str]] = field(default_factory=list)
 
@@ -25,7 +26,7 @@ class PassContext:
         self.log.append((pass_name, message))
 
 
-PIPELINE = [analyse_mask, analyse_blocks, lower_ista, mixed_chunk, reassociate_kernel]
+PIPELINE = [kernelize_favor, analyse_mask, analyse_blocks, lower_ista, mixed_chunk, reassociate_kernel]
 
 
 def run_pipeline(graph: Graph, ctx: PassContext, check: bool = True) -> Graph:

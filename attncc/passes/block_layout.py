@@ -20,7 +20,7 @@ def analyse_blocks(graph: Graph, ctx) -> None:
         layout = find_layout(mask)
         if layout is None:
             continue
-        if not layout_holds(mask, layout, ctx.spec.sizes):
+        if not layout_holds(mask, layout, graph.signature.sizes):
             raise AttnccError(f"internal error: block layout `{layout.describe()}` failed its sampled check; "
                               "please report this spec")
         graph.set_attrs(nid, block_layout=layout)

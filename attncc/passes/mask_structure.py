@@ -17,7 +17,7 @@ def analyse_mask(graph: Graph, ctx) -> None:
         node = graph.node(nid)
         mask = expr_of(graph, graph.operands(nid)[1]) if node.attr("masked") else None
         structure = classify_mask(mask, ctx.symbols)
-        if mask is not None and not structure_holds(mask, structure, ctx.spec, is_mask=True):
+        if mask is not None and not structure_holds(mask, structure, graph.signature, is_mask=True):
             raise AttnccError(f"internal error: mask structure `{structure.describe()}` failed its sampled check; "
                               "please report this spec")
         graph.set_attrs(nid, mask_structure=structure)

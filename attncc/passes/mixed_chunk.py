@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from ..analysis.chunks import find_mixed, mixed_holds
-from ..ir.graph import Graph
-from ..lang.normalizers import normalizer
+from ..ir.graph import Graph, carried_attrs, expr_of
+from ..lang.normalizers import NORMALIZERS
 from ..lang.source import AttnccError
 
 
@@ -14,20 +14,20 @@ def mixed_chunk(graph: Graph, ctx) -> None:
     -> mixed_attend(q, k, v) {mixed = MixedForm}: quadratic inside chunks of c, chunk states
     S_g = psi(K_g)^T V_g summed (or prefix-summed) across chunks: O(N c (d + e) + N m e).
     The decomposition is cross-checked against the weight on random grids (chunks.mixed_holds)."""
-    spec = ctx.spec
-    if normalizer(spec).online_softmax or spec.weight is None:
-        return
     for nid in graph.find("attend"):
-        form = find_mixed(spec.weight, spec.mask, ctx.symbols)
+        node = graph.node(nid)
+        if NORMALIZERS[node.attr("normalize")].online_softmax:
+            continue
+        ops = graph.operands(nid)
+        weight, mask = expr_of(graph, ops[0]), expr_of(graph, ops[1]) if node.attr("masked") else None
+        form = find_mixed(weight, mask, ctx.symbols)
         if form is None:
             continue
-        if not mixed_holds(spec.weight, spec.mask, form, spec):
+        if not mixed_holds(weight, mask, form, graph.signature):
             raise AttnccError("internal error: mixed chunk form failed its sampled check; please report this spec")
-        node = graph.node(nid)
         leaves = {graph.node(n).op: n for n in graph.order() if graph.node(n).op in ("q", "k", "v")}
         new = graph.add("mixed_attend", [leaves["q"], leaves["k"], leaves["v"]], shape=node.shape, dtype=node.dtype,
-                        normalize=node.attr("normalize"), eps=node.attr("eps"),
-                        mask_structure=node.attr("mask_structure"), mixed=form)
+                        **carried_attrs(node), mixed=form)
         graph.replace_uses(nid, new)
         ctx.note("mixed_chunk", f"mixed chunk attention, {form.describe()}: quadratic inside chunks, "
                  "chunk states (prefix-)summed across, O(N c (d + e) + N m e)")

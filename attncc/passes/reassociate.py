@@ -3,18 +3,18 @@ from __future__ import annotations
 
 from ..analysis.kernel import split_kernel
 from ..lang.expr import FLOAT, TExpr
-from ..lang.normalizers import NORMALIZERS
 from ..lang.operators import fmt
-from ..ir.graph import Graph, expr_of
+from ..lang.normalizers import NORMALIZERS
+from ..ir.graph import Graph, carried_attrs, expr_of
 from ..ir.lower import ExprBuilder
 from ..lang.source import AttnccError
 from ..analysis.grid import classify_grid, grid_holds
 from ..analysis.structure import classify_modulation, decay_form, decay_holds, structure_holds
 
 
-def _graph_lookup(m: TExpr | None, spec) -> str | None:
-    """M = G[i, j] for a graph kernel G of the spec: its name."""
-    if m is not None and m.op == "input" and m.value in spec.graphs and \
+def _graph_lookup(m: TExpr | None, signature) -> str | None:
+    """M = G[i, j] for a graph kernel G of the module: its name."""
+    if m is not None and m.op == "input" and m.value in signature.graphs and \
             [a.op for a in m.args] == ["var", "var"] and [a.value for a in m.args] == ["i", "j"]:
         return m.value
     return None
@@ -35,7 +35,7 @@ def reassociate_kernel(graph: Graph, ctx) -> None:
       M o mask causal:   out_i = phi(q_i) S_i / (phi(q_i) z_i + eps), S_i = sum_{j<=i} psi(k_j) v_j^T
                                                                                     -> linear_attend {causal=True}
       M = A gamma^(i - j), mask causal: S_t = gamma S_(t-1) + psi(k_t) v_t^T (retention), chunked
-                                                                                    -> linear_attend {decayed}
+                                                        -> linear_attend(phi_q, phi_k, A, gamma, M, v) {decayed}
       M o mask Toeplitz: (M o phi(Q) psi(K)^T) V = sum_l diag(phi(Q)_l) T_f diag(psi(K)_l) V with
                          f(i - j) = where(mask, M, 0), each T_f product a convolution (FFT) -> toeplitz_attend
       f = where(mask, M, 0) on a grid of width w (r = t // w, c = t % w):
@@ -43,7 +43,7 @@ def reassociate_kernel(graph: Graph, ctx) -> None:
         f = g(i, rho(dr, dc)):   sum over rings rho of g(i, rho) (box(rho) - box(rho - 1)), each box
                                  of phi(K)_l [V, 1] four summed-area-table reads  -> grid_attend {grid}
       M = G[i, j], G a graph kernel of an adjacency A (no mask): each G product through products with
-                         A (sparse when A is), G never formed                     -> graph_attend {graph}
+                         A (sparse when A is), G never formed        -> graph_attend(phi_q, phi_k, G[i, j], v) {graph}
     A scalar M (no i, j) stays as the `modulation` operand. Anything else stays a quadratic attend.
     """
     for nid in graph.find("attend"):
@@ -58,14 +58,13 @@ def reassociate_kernel(graph: Graph, ctx) -> None:
             continue
         dot, modulation = split
         mod_structure = classify_modulation(modulation, ctx.symbols)
-        if modulation is not None and not structure_holds(modulation, mod_structure, ctx.spec, is_mask=False):
+        if modulation is not None and not structure_holds(modulation, mod_structure, graph.signature, is_mask=False):
             raise AttnccError(f"internal error: modulation structure `{mod_structure.describe()}` failed its "
                               "sampled check; please report this spec")
         mask_structure = node.attr("mask_structure")
         build = ExprBuilder(graph)
         phi_q, phi_k = (build.add(side) for side in dot.args)
-        common = dict(shape=node.shape, dtype=FLOAT, normalize=node.attr("normalize"), eps=node.attr("eps"),
-                      mask_structure=mask_structure)
+        common = dict(shape=node.shape, dtype=FLOAT, **carried_attrs(node))
         if mod_structure.kind == "full" and mask_structure.kind in ("full", "causal"):
             causal = mask_structure.kind == "causal"
             mod = [build.add(modulation)] if modulation is not None else []
@@ -75,15 +74,16 @@ def reassociate_kernel(graph: Graph, ctx) -> None:
                      f"phi(Q) (phi(K)^T V){' by prefix sums' if causal else ''}, O(N m e)")
         elif mask_structure.kind == "causal" and (decay := decay_form(modulation, ctx.symbols)) is not None:
             amplitude, gamma = decay
-            if not decay_holds(modulation, amplitude, gamma, ctx.spec):
+            if not decay_holds(modulation, amplitude, gamma, graph.signature):
                 raise AttnccError("internal error: decay form failed its sampled check; please report this spec")
-            new = graph.add("linear_attend", [phi_q, phi_k, build.add(amplitude), build.add(gamma), ops[-1]],
+            new = graph.add("linear_attend", [phi_q, phi_k, build.add(amplitude), build.add(gamma),
+                                              build.add(modulation), ops[-1]],
                             causal=True, modulated=True, decayed=True, **common)
             ctx.note("reassociate_kernel", f"kernelized with a decay {fmt(gamma)}^(i - j) on j <= i: the "
                      "recurrence S_t = gamma S_(t-1) + phi(k_t) v_t^T in chunks, O(N m e)")
-        elif (graph_name := _graph_lookup(modulation, ctx.spec)) and not node.attr("masked"):
-            g = ctx.spec.graphs[graph_name]
-            new = graph.add("graph_attend", [phi_q, phi_k, ops[-1]], graph=graph_name,
+        elif (graph_name := _graph_lookup(modulation, graph.signature)) and not node.attr("masked"):
+            g = graph.signature.graphs[graph_name]
+            new = graph.add("graph_attend", [phi_q, phi_k, build.add(modulation), ops[-1]], graph=g,
                             graph_steps=int(g.options["steps"]) if g.kind == "walks" else None, **common)
             ctx.note("reassociate_kernel", f"kernelized with the graph kernel {graph_name} = {g.kind}({g.adjacency}): "
                      f"sum_l diag(phi(Q)_l) G diag(phi(K)_l) V through products with {g.adjacency}, G never formed")
@@ -92,8 +92,8 @@ def reassociate_kernel(graph: Graph, ctx) -> None:
             new = graph.add("toeplitz_attend", [phi_q, phi_k, build.add(f), ops[-1]], **common)
             ctx.note("reassociate_kernel", "kernelized with a Toeplitz mask/modulation f(i - j): "
                      "sum_l diag(phi(Q)_l) T_f diag(phi(K)_l) V by FFT, O(N m e log N)")
-        elif (form := classify_grid(f := _kernel_factor(graph, node, ops, modulation), ctx.spec, ctx.symbols)):
-            if not grid_holds(f, form, ctx.spec):
+        elif (form := classify_grid(f := _kernel_factor(graph, node, ops, modulation), graph.signature, ctx.symbols)):
+            if not grid_holds(f, form, graph.signature):
                 raise AttnccError(f"internal error: grid form `{form.describe()}` failed its sampled check; "
                                   "please report this spec")
             new = graph.add("grid_attend", [phi_q, phi_k, build.add(f), ops[-1]], grid=form, **common)

@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 from ..lang.source import AttnccError
 
-# Writers take (w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph).
+# Writers take (w: CodeWriter, graph: Graph, plan: Plan): the optimized graph is all they read.
 TorchWriter = Callable[..., None]
 TritonWriter = Callable[..., str]  # returns the Triton lowering's description, its backward included
 
@@ -25,10 +25,10 @@ class Lowering:
 
     accepts(query) -> bool        the attend-node forms it computes (attncc.plan.cost.CostQuery)
     cost(query) -> Candidate      its sympy flops and bytes, and the note `inspect` shows
-    emit_torch(w, spec, plan, graph)   writes the torch backend (holes and `forward_torch`)
-    emit_triton(w, spec, plan, graph) -> str   writes the Triton backend; None: it runs through torch
+    emit_torch(w, graph, plan)    writes the torch backend (holes and `forward_torch`)
+    emit_triton(w, graph, plan) -> str   writes the Triton backend; None: it runs through torch
     triton_fallback               why the Triton backend runs the torch forward (a string, or a
-                                  function of the CheckedSpec giving one or None); None: Triton kernels
+                                  function of the optimized graph giving one or None); None: Triton kernels
     triton_backward               generated Triton backward kernels (attncc.emit.triton_backward.
                                   TritonBackward) or None: recomputation through torch's autograd
     torch_backward                how torch autograd differentiates it (`inspect`'s torch backward line)
@@ -70,10 +70,10 @@ class Lowering:
         """The kernel kind its Triton launchers tune under (attncc.runtime.autotune)."""
         return self.triton_runs or self.name
 
-    def torch_fallback_reason(self, spec) -> str | None:
-        """Why the Triton backend runs this spec's torch forward, or None when it has kernels."""
+    def torch_fallback_reason(self, graph) -> str | None:
+        """Why the Triton backend runs this graph's torch forward, or None when it has kernels."""
         why = self.triton_fallback
-        return why(spec) if callable(why) else why
+        return why(graph) if callable(why) else why
 
 
 _REGISTRY: dict[str, Lowering] = {}

@@ -60,10 +60,10 @@ def select(graph: Graph, sizes: dict | None = None, force: str | None = None) ->
     attrs = dict(node.attrs)
     mask = attrs["mask_structure"]
     design = {**DESIGN_SIZES, **(sizes or {})}
-    query = CostQuery(graph, out, node.op, attrs, mask, design, graph.meta.get("approx"))
+    query = CostQuery(graph, out, node.op, attrs, mask, design, attrs.get("approx"))
     cands = candidates(query, force)
-    if "pool" in graph.meta:
-        cands = [with_pooling(c, graph.meta["pool"]) for c in cands]
+    if attrs.get("pool") is not None:
+        cands = [with_pooling(c, attrs["pool"]) for c in cands]
     if force is not None:
         names = [c.name for c in cands]
         if force not in names:
