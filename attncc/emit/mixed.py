@@ -18,7 +18,7 @@ from .writer import CodeWriter
 
 
 def emit_mixed_torch(w: CodeWriter, graph: Graph, plan: Plan) -> None:
-    from .torch import _row, emit_features, emit_pair_holes, feature_maps_used
+    from .torch import row_through_map, emit_features, emit_pair_holes, feature_maps_used
     form = plan.attrs["mixed"]
     emit_features(w, feature_maps_used(form.local, *(t.dot for t in form.linear)))
     ex = TorchExpr()
@@ -43,7 +43,7 @@ def emit_mixed_torch(w: CodeWriter, graph: Graph, plan: Plan) -> None:
         w.line("return [")
         for n, t in enumerate(form.linear):
             amp = f"amplitude{n}(ctx).to(q.device)" if t.amplitude is not None else "None"
-            w.line(f"    ({_row(t.dot.args[0], 'q')}, {_row(t.dot.args[1], 'k')}, {amp}, {t.across!r}),  # {t.describe()}")
+            w.line(f"    ({row_through_map(t.dot.args[0], 'q')}, {row_through_map(t.dot.args[1], 'k')}, {amp}, {t.across!r}),  # {t.describe()}")
         w.line("]")
     w.line()
     att = attention_node(graph)
@@ -55,11 +55,11 @@ def emit_mixed_torch(w: CodeWriter, graph: Graph, plan: Plan) -> None:
 
 
 def emit_mixed_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
-    from .triton import (HELPERS, _common_args, emit_feature_fn, _Kernel, _KernelExpr, _launch_common, _launcher_head,
-                         _load_rows, _query_tile, row_feature, _size_arg, _sizes, _tile_dots)
+    from .triton import (HELPERS, kernel_common_args, emit_feature_fn, Kernel, KernelExpr, launch_common, launcher_head,
+                         load_rows, query_tile, row_feature, size_arg, sizes_used, tile_dots)
     form = plan.attrs["mixed"]
     exprs = [form.local, form.local_mask]
-    kernel = _Kernel(exprs, {n: len(p.shape) for n, p in graph.signature.params.items()})
+    kernel = Kernel(exprs, {n: len(p.shape) for n, p in graph.signature.params.items()})
     att = attention_node(graph)
     for helper in kernel.helpers:
         w.lines_of(HELPERS[helper])
@@ -67,15 +67,15 @@ def emit_mixed_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
     dots = name_dots(form.local)
     for fm in sorted({row_feature(side) for d in dots for side in d.args} - {None, "identity"}):
         emit_feature_fn(w, fm)
-    ex = _KernelExpr(dots, {s: _size_arg(s) for s in _sizes(*exprs)})
+    ex = KernelExpr(dots, {s: size_arg(s) for s in sizes_used(*exprs)})
     extra = "".join(f"{a}, " for a in kernel.arg_names())
     w.line("@triton.jit")
-    with w.block(f"def _mixed_local({_common_args()}, {extra}Num0, Den0, chunk, sm_scale, eps,"):
+    with w.block(f"def _mixed_local({kernel_common_args()}, {extra}Num0, Den0, chunk, sm_scale, eps,"):
         w.line("BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,")
         w.line("PRECISION: tl.constexpr):")
         w.line(f'"""Chunk-local weights {brief(form.local)} over the key tiles of the chunks of this query tile,')
         w.line('added to the linear terms\' numerator Num0 and row sums Den0 (fp32, [B*H, Nq, E] and [B*H, Nq])."""')
-        _query_tile(w, dots)
+        query_tile(w, dots)
         w.line("rows = (offs_m[:, None] < Nq) & (offs_e[None, :] < E)")
         w.line("acc = tl.load(Num0 + pid_bh * Nq * E + offs_m[:, None] * E + offs_e[None, :], mask=rows, other=0.0)")
         w.line("l_i = tl.load(Den0 + pid_bh * Nq + offs_m, mask=offs_m < Nq, other=0.0)")
@@ -84,7 +84,7 @@ def emit_mixed_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
         w.line("hi = tl.minimum(((tl.minimum(pid_m * BLOCK_M + BLOCK_M, Nq) - 1) // chunk + 1) * chunk, N)")
         with w.block("for start_n in range(lo, hi, BLOCK_N):"):
             w.line("offs_n = start_n + tl.arange(0, BLOCK_N)")
-            _tile_dots(w, dots)
+            tile_dots(w, dots)
             scope = LetScope(ex)
             scope.bind(w, [form.local, form.local_mask])
             w.line(f"s = {scope(form.local)}")
@@ -92,7 +92,7 @@ def emit_mixed_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
             if form.local_mask is not None:
                 valid += f" & ({scope(form.local_mask)})"
             w.line(f"valid = {valid}")
-            _load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
+            load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
             w.line("p = tl.where(valid, s * 1.0, 0.0)  # unnormalized weights, kept in fp32")
             w.line("l_i += tl.sum(p, 1)")
             w.line("acc += tl.dot(p, v.to(tl.float32), input_precision=PRECISION)")
@@ -103,7 +103,7 @@ def emit_mixed_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
                "mask=rows)")
     w.line()
     with w.block("def triton_forward(self, q, k, v, ctx, host):"):
-        _launcher_head(w)
+        launcher_head(w)
         w.line("chunk = host.chunk_size(ctx)")
         w.line("if chunk < 1:")
         w.line("    raise ValueError(f'chunk size must be >= 1, got {chunk}')")
@@ -114,7 +114,7 @@ def emit_mixed_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
         w.line("num0, den0 = num0.float().contiguous(), den0.float().contiguous()")
         w.line("grid = (triton.cdiv(Nq, BLOCK_M), B * H)")
         vals = "".join(f"{v}, " for v in kernel.arg_values())
-        w.line(f"_mixed_local[grid]({_launch_common()}, {vals}num0, den0, chunk, ctx.scale, {att.attr('eps')!r},")
+        w.line(f"_mixed_local[grid]({launch_common()}, {vals}num0, den0, chunk, ctx.scale, {att.attr('eps')!r},")
         w.line("    BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision)")
         w.line("return out")
     return "mixed chunk kernel (local relu^2-style blocks; cross-chunk linear terms in torch)"

@@ -16,7 +16,7 @@ from .let import let_expr
 from .writer import CodeWriter
 
 
-def _row(t: TExpr, x: str) -> str:
+def row_through_map(t: TExpr, x: str) -> str:
     """A row through its map; random-feature rows arrive already mapped (see features.py)."""
     return f"feature_{t.value}({x})" if t.op == "feature" and t.value in FEATURE_MAPS else x
 
@@ -54,7 +54,7 @@ def emit_pair_holes(w: CodeWriter, name: str, doc: str, value: TExpr, mask_name:
     with w.block(f"def {name}(qc, kc, i, j, h, ctx, keep):"):
         w.line(f'"""{doc}"""')
         for d, dot in dots.items():
-            w.line(f"{dot} = rt.keep_grad({_row(d.args[0], 'qc')} @ {_row(d.args[1], 'kc')}.transpose(-1, -2), keep)")
+            w.line(f"{dot} = rt.keep_grad({row_through_map(d.args[0], 'qc')} @ {row_through_map(d.args[1], 'kc')}.transpose(-1, -2), keep)")
         w.line(f"return {let_expr(w, TorchExpr(dots), value)}")
     w.line()
     if mask is not None:
@@ -138,7 +138,7 @@ def emit_kernelized(w: CodeWriter, graph: Graph, plan: Plan,
         w.line()
     with w.block("def forward_torch(self, q, k, v, ctx):"):
         random_features_note(w, graph)
-        w.line(f"pq, pk = {_row(exprs[0], 'q')}, {_row(exprs[1], 'k')}")
+        w.line(f"pq, pk = {row_through_map(exprs[0], 'q')}, {row_through_map(exprs[1], 'k')}")
         att = attention_node(graph)
         body(w, f"normalize={att.attr('normalize')!r}, eps={att.attr('eps')!r}")
 

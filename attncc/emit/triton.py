@@ -67,7 +67,7 @@ def _popcount(x):
 }
 
 
-class _KernelExpr(TritonExpr):
+class KernelExpr(TritonExpr):
     """TritonExpr with table loads: params P_<name>, inputs I_<name> (batch stride I_<name>_sb)."""
 
     def node(self, t: TExpr, args: list[str]) -> str:
@@ -97,7 +97,7 @@ def _tables(*exprs: TExpr | None) -> tuple[list[str], list[tuple[str, int]]]:
     return params, inputs
 
 
-def _sizes(*exprs: TExpr | None) -> list[str]:
+def sizes_used(*exprs: TExpr | None) -> list[str]:
     out = []
     for t in exprs:
         for e in (t.walk() if t is not None else ()):
@@ -106,19 +106,19 @@ def _sizes(*exprs: TExpr | None) -> list[str]:
     return out
 
 
-def _size_arg(name: str) -> str:
+def size_arg(name: str) -> str:
     """Run-time sizes are kernel arguments of their own name; declared sizes are S_<name>."""
     return name if name in RUNTIME_SIZES else "S_" + name
 
 
-class _Kernel:
+class Kernel:
     """Shared pieces of every kernel: table/size arguments and their launcher values."""
 
     def __init__(self, exprs: list[TExpr | None], param_dims: dict):
         self.params, self.inputs = _tables(*exprs)
-        self.sizes = [s for s in _sizes(*exprs) if s not in RUNTIME_SIZES]
+        self.sizes = [s for s in sizes_used(*exprs) if s not in RUNTIME_SIZES]
         self.param_dims = param_dims
-        self.helpers = sorted({h for t in exprs if t is not None for h in _helpers_of(t)})
+        self.helpers = sorted({h for t in exprs if t is not None for h in helpers_of(t)})
 
     def arg_names(self) -> list[str]:
         names = []
@@ -146,7 +146,7 @@ class _Kernel:
         return values
 
 
-def _helpers_of(t: TExpr):
+def helpers_of(t: TExpr):
     for e in t.walk():
         operator = operator_of(e)
         helper = operator.triton_helper(e) if operator is not None else None
@@ -162,7 +162,7 @@ def emit_feature_fn(w: CodeWriter, name: str) -> None:
     w.line()
 
 
-def _load_rows(w: CodeWriter, var: str, ptr: str, offs: str, limit: str, cols: str, width: str, feature=None):
+def load_rows(w: CodeWriter, var: str, ptr: str, offs: str, limit: str, cols: str, width: str, feature=None):
     """Load a [rows, cols] tile of a [B, H, tokens, dim] tensor, zero outside; optionally apply phi in fp32."""
     w.line(f"{var} = tl.load({ptr} + {offs}[:, None] * stride_{ptr.lower()}m + {cols}[None, :] * stride_{ptr.lower()}d, "
            f"mask=({offs}[:, None] < {limit}) & ({cols}[None, :] < {width}), other=0.0)")
@@ -172,17 +172,17 @@ def _load_rows(w: CodeWriter, var: str, ptr: str, offs: str, limit: str, cols: s
         w.line(f"{var} = tl.where(({offs}[:, None] < {limit}) & ({cols}[None, :] < {width}), {body}, 0.0)")
 
 
-def _common_args() -> str:
+def kernel_common_args() -> str:
     return ("Q, K, V, Out, Nq, N, H, D, E, "
             "stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_km, stride_kd, "
             "stride_vb, stride_vh, stride_vm, stride_vd, stride_ob, stride_oh, stride_om, stride_od")
 
 
-def _launch_common() -> str:
+def launch_common() -> str:
     return ("q, k, v, out, Nq, N, H, D, E, *q.stride(), *k.stride(), *v.stride(), *out.stride()")
 
 
-def _prologue(w: CodeWriter, per_bh_only: bool = False) -> None:
+def program_prologue(w: CodeWriter, per_bh_only: bool = False) -> None:
     if not per_bh_only:
         w.line("pid_m = tl.program_id(0)")
         w.line("pid_bh = tl.program_id(1)")
@@ -203,24 +203,24 @@ _CHUNK_ROWS = {"pq": ("Q", "Nq", "offs_d", "D", False), "pk": ("K", "N", "offs_d
                "v": ("V", "N", "offs_e", "E", True), "do": ("DO", "Nq", "offs_e", "E", True)}
 
 
-def _load_chunk(w: CodeWriter, names: tuple[str, ...], fq: str | None = None, fk: str | None = None,
+def load_chunk(w: CodeWriter, names: tuple[str, ...], fq: str | None = None, fk: str | None = None,
                 first: str = "start") -> None:
     """The chunk of tokens from `first`: `offs`, then each named row set (q and k through their feature
     maps fq, fk; values and output gradients upcast to fp32)."""
     w.line(f"offs = {first} + tl.arange(0, BLOCK)")
     for name in names:
         ptr, bound, cols, width, upcast = _CHUNK_ROWS[name]
-        _load_rows(w, name, ptr, "offs", bound, cols, width, feature={"pq": fq, "pk": fk}.get(name))
+        load_rows(w, name, ptr, "offs", bound, cols, width, feature={"pq": fq, "pk": fk}.get(name))
         if upcast:
             w.line(f"{name} = {name}.to(tl.float32)")
 
 
-def _query_tile(w: CodeWriter, dots: dict) -> None:
+def query_tile(w: CodeWriter, dots: dict) -> None:
     """Kernel prologue, then the query tile's rows, once per feature map the dots apply to them."""
-    _prologue(w)
+    program_prologue(w)
     w.line("offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)")
     for fm in dict.fromkeys(row_feature(d.args[0]) for d in dots):
-        _load_rows(w, f"q_{fm or 'raw'}", "Q", "offs_m", "Nq", "offs_d", "D", feature=fm)
+        load_rows(w, f"q_{fm or 'raw'}", "Q", "offs_m", "Nq", "offs_d", "D", feature=fm)
 
 
 def row_feature(t: TExpr):
@@ -228,10 +228,10 @@ def row_feature(t: TExpr):
     return t.value if t.op == "feature" and t.value in FEATURE_MAPS else None
 
 
-def _tile_dots(w: CodeWriter, dots: dict) -> None:
+def tile_dots(w: CodeWriter, dots: dict) -> None:
     """Inside a key-tile loop: load the tile's key rows (through each map used) and form every dot."""
     for fm in dict.fromkeys(row_feature(d.args[1]) for d in dots):
-        _load_rows(w, f"k_{fm or 'raw'}", "K", "offs_n", "N", "offs_d", "D", feature=fm)
+        load_rows(w, f"k_{fm or 'raw'}", "K", "offs_n", "N", "offs_d", "D", feature=fm)
     for d, name in dots.items():
         qvar, kvar = (f"{x}_{row_feature(side) or 'raw'}" for x, side in zip("qk", d.args))
         w.line(f"{name} = tl.dot({qvar}, tl.trans({kvar}), input_precision=PRECISION)")
@@ -251,25 +251,25 @@ def key_tile_loop(w: CodeWriter, plan: Plan) -> str:
     return "for start_n in range(0, N, BLOCK_N):"
 
 
-def emit_tiled_kernel(w: CodeWriter, graph: Graph, plan: Plan, kernel: _Kernel) -> None:
+def emit_tiled_kernel(w: CodeWriter, graph: Graph, plan: Plan, kernel: Kernel) -> None:
     att = attention_node(graph)
     normalize, eps = att.attr("normalize"), att.attr("eps")
     scores, mask = quadratic_form(graph, attention_of(graph))
     norm = NORMALIZERS[normalize]
     softmax = norm.online_softmax
     dots = name_dots(scores)
-    ex = _KernelExpr(dots, {s: _size_arg(s) for s in _sizes(scores, mask)})
+    ex = KernelExpr(dots, {s: size_arg(s) for s in sizes_used(scores, mask)})
     sparse = plan.entry.block_sparse
     stats = norm.row_statistic  # a row statistic for the backward: logsumexp, or the denominator
     extra = "".join(f"{a}, " for a in kernel.arg_names()) + ("RowPtr, Cols, " if sparse else "") + \
         ("Stat, " if stats else "")
     w.line("@triton.jit")
-    with w.block(f"def _attn_fwd({_common_args()}, {extra}sm_scale, eps, band_lo, band_hi,"):
+    with w.block(f"def _attn_fwd({kernel_common_args()}, {extra}sm_scale, eps, band_lo, band_hi,"):
         w.line("BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,")
         w.line("PRECISION: tl.constexpr):")
         w.line(f'"""{normalize} attention over tiles; '
                f'{norm.score_name} = {brief(scores)}; mask = {brief(mask) if mask else "none"}."""')
-        _query_tile(w, dots)
+        query_tile(w, dots)
         w.line("m_i = tl.full([BLOCK_M], float('-inf'), dtype=tl.float32)")
         w.line("l_i = tl.zeros([BLOCK_M], dtype=tl.float32)")
         w.line("acc = tl.zeros([BLOCK_M, BLOCK_E], dtype=tl.float32)")
@@ -277,7 +277,7 @@ def emit_tiled_kernel(w: CodeWriter, graph: Graph, plan: Plan, kernel: _Kernel) 
             if sparse:
                 w.line("start_n = tl.load(Cols + idx) * BLOCK_N")
             w.line("offs_n = start_n + tl.arange(0, BLOCK_N)")
-            _tile_dots(w, dots)
+            tile_dots(w, dots)
             scope = LetScope(ex)
             scope.bind(w, [scores, mask])
             w.line(f"s = {scope(scores)}")
@@ -285,7 +285,7 @@ def emit_tiled_kernel(w: CodeWriter, graph: Graph, plan: Plan, kernel: _Kernel) 
             if mask is not None:
                 valid = f"{valid} & ({scope(mask)})"
             w.line(f"valid = {valid}")
-            _load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
+            load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
             if softmax:
                 w.line("s = tl.where(valid, s, float('-inf'))")
                 w.line("m_new = tl.maximum(m_i, tl.max(s, 1))")
@@ -312,7 +312,7 @@ def emit_tiled_kernel(w: CodeWriter, graph: Graph, plan: Plan, kernel: _Kernel) 
                "mask=(offs_m[:, None] < Nq) & (offs_e[None, :] < E))")
     w.line()
     with w.block(f"def triton_forward(self, q, k, v, ctx, host{', stat=None' if stats else ''}):"):
-        _launcher_head(w, fixed_blocks=False)
+        launcher_head(w, fixed_blocks=False)
         if stats:
             w.line("stat = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32) if stat is None else stat")
         if sparse:
@@ -325,7 +325,7 @@ def emit_tiled_kernel(w: CodeWriter, graph: Graph, plan: Plan, kernel: _Kernel) 
             if sparse:
                 w.line("BLOCK_M = BLOCK_N = tile")
             w.line("grid = (triton.cdiv(Nq, BLOCK_M), B * H)")
-            w.line(f"_attn_fwd[grid]({_launch_common()}, {vals}ctx.scale, {eps!r}, band_lo, band_hi,")
+            w.line(f"_attn_fwd[grid]({launch_common()}, {vals}ctx.scale, {eps!r}, band_lo, band_hi,")
             w.line("    BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision,")
             w.line("    num_warps=num_warps, num_stages=num_stages)")
         w.line()
@@ -338,7 +338,7 @@ def band_line(w: CodeWriter, plan: Plan) -> None:
     w.line(f"band_lo, band_hi = {band[0]}, {band[1]}  # keys j with band_lo <= i - j <= band_hi")
 
 
-def _launcher_head(w: CodeWriter, allocate_out: bool = True, fixed_blocks: bool = True) -> None:
+def launcher_head(w: CodeWriter, allocate_out: bool = True, fixed_blocks: bool = True) -> None:
     w.line("B, H, Nq, D = q.shape")
     w.line("N, E = k.shape[2], v.shape[3]")
     w.line("q, k, v = q.contiguous(), k.contiguous(), v.contiguous()")
@@ -370,20 +370,20 @@ def emit_linear_kernels(w: CodeWriter, graph: Graph, plan: Plan) -> None:
     decayed = plan.attrs.get("decayed")
     if causal:
         w.line("@triton.jit")
-        with w.block(f"def _linear_causal({_common_args()}, Mod, Decay, eps, BLOCK: tl.constexpr, "
+        with w.block(f"def _linear_causal({kernel_common_args()}, Mod, Decay, eps, BLOCK: tl.constexpr, "
                      "BLOCK_D: tl.constexpr,"):
             w.line("BLOCK_E: tl.constexpr, PRECISION: tl.constexpr):")
             w.line('"""Causal linear attention, one program per (b, h): chunks of BLOCK tokens, quadratic (masked)')
             w.line('inside a chunk, the running state S = sum phi(k_j) v_j^T, z = sum phi(k_j) across chunks'
                    + (' (decayed: S <- gamma^BLOCK S + sum_b gamma^(BLOCK-1-b) phi(k_b) v_b^T)."""' if decayed else '."""'))
-            _prologue(w, per_bh_only=True)
+            program_prologue(w, per_bh_only=True)
             w.line("mod = tl.load(Mod + pid_bh)")
             w.line("S = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
             w.line("z = tl.zeros([BLOCK_D], dtype=tl.float32)")
             if decayed:
                 decay_factors(w)
             with w.block("for start in range(0, tl.maximum(Nq, N), BLOCK):"):
-                _load_chunk(w, ("pq", "pk", "v"), fq, fk)
+                load_chunk(w, ("pq", "pk", "v"), fq, fk)
                 w.line("a = tl.dot(pq, tl.trans(pk), input_precision=PRECISION)")
                 if decayed:
                     w.line("a = a * within")
@@ -401,14 +401,14 @@ def emit_linear_kernels(w: CodeWriter, graph: Graph, plan: Plan) -> None:
         w.line()
     else:
         w.line("@triton.jit")
-        with w.block(f"def _linear_state({_common_args()}, State, Z, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,"):
+        with w.block(f"def _linear_state({kernel_common_args()}, State, Z, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,"):
             w.line("BLOCK_E: tl.constexpr, PRECISION: tl.constexpr):")
             w.line('"""S = phi(K)^T V and z = phi(K)^T 1 for one (b, h)."""')
-            _prologue(w, per_bh_only=True)
+            program_prologue(w, per_bh_only=True)
             w.line("S = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
             w.line("z = tl.zeros([BLOCK_D], dtype=tl.float32)")
             with w.block("for start in range(0, N, BLOCK):"):
-                _load_chunk(w, ("pk", "v"), fk=fk)
+                load_chunk(w, ("pk", "v"), fk=fk)
                 w.line("S += tl.dot(tl.trans(pk), v, input_precision=PRECISION)")
                 w.line("z += tl.sum(pk, 0)")
             w.line("State += pid_bh * BLOCK_D * BLOCK_E")
@@ -416,13 +416,13 @@ def emit_linear_kernels(w: CodeWriter, graph: Graph, plan: Plan) -> None:
             w.line("tl.store(Z + pid_bh * BLOCK_D + offs_d, z)")
         w.line()
         w.line("@triton.jit")
-        with w.block(f"def _linear_out({_common_args()}, State, Z, Mod, eps, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,"):
+        with w.block(f"def _linear_out({kernel_common_args()}, State, Z, Mod, eps, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,"):
             w.line("BLOCK_E: tl.constexpr, PRECISION: tl.constexpr):")
             w.line('"""out = phi(Q) S / (phi(Q) z + eps) for one tile of queries."""')
-            _prologue(w)
+            program_prologue(w)
             w.line("offs = pid_m * BLOCK + tl.arange(0, BLOCK)")
             w.line("mod = tl.load(Mod + pid_bh)")
-            _load_rows(w, "pq", "Q", "offs", "Nq", "offs_d", "D", feature=fq)
+            load_rows(w, "pq", "Q", "offs", "Nq", "offs_d", "D", feature=fq)
             w.line("S = tl.load(State + pid_bh * BLOCK_D * BLOCK_E + offs_d[:, None] * BLOCK_E + offs_e[None, :])")
             w.line("z = tl.load(Z + pid_bh * BLOCK_D + offs_d)")
             w.line("num = tl.dot(pq, S, input_precision=PRECISION)")
@@ -432,7 +432,7 @@ def emit_linear_kernels(w: CodeWriter, graph: Graph, plan: Plan) -> None:
                    "mask=(offs[:, None] < Nq) & (offs_e[None, :] < E))")
         w.line()
     with w.block("def triton_forward(self, q, k, v, ctx, host):"):
-        _launcher_head(w, fixed_blocks=False)
+        launcher_head(w, fixed_blocks=False)
         linear_scalars(w, plan)
         if not causal:
             w.line("state = torch.empty(B * H, BLOCK_D, BLOCK_E, device=q.device, dtype=torch.float32)")
@@ -441,12 +441,12 @@ def emit_linear_kernels(w: CodeWriter, graph: Graph, plan: Plan) -> None:
         with w.block("def launch(BLOCK, num_warps, num_stages):"):
             tail = "BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision, num_warps=num_warps, num_stages=num_stages)"
             if causal:
-                w.line(f"_linear_causal[(B * H,)]({_launch_common()}, mod, gamma, {eps!r}, BLOCK=BLOCK,")
+                w.line(f"_linear_causal[(B * H,)]({launch_common()}, mod, gamma, {eps!r}, BLOCK=BLOCK,")
                 w.line(f"    {tail}")
             else:
-                w.line(f"_linear_state[(B * H,)]({_launch_common()}, state, z, BLOCK=BLOCK,")
+                w.line(f"_linear_state[(B * H,)]({launch_common()}, state, z, BLOCK=BLOCK,")
                 w.line(f"    {tail}")
-                w.line(f"_linear_out[(triton.cdiv(Nq, BLOCK), B * H)]({_launch_common()}, state, z, mod, {eps!r},")
+                w.line(f"_linear_out[(triton.cdiv(Nq, BLOCK), B * H)]({launch_common()}, state, z, mod, {eps!r},")
                 w.line(f"    BLOCK=BLOCK, {tail}")
         w.line()
         _tuned_launch(w, plan.entry.autotune_kind)
@@ -515,7 +515,7 @@ def emit_tiled_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
     quadratic attention (quadratic_form); returns its description."""
     exprs = list(quadratic_form(graph, attention_of(graph)))
     dims = {n: len(p.shape) for n, p in graph.signature.params.items()}
-    kernel = _Kernel(exprs, dims)
+    kernel = Kernel(exprs, dims)
     for h in kernel.helpers:
         w.lines_of(HELPERS[h])
         w.line()

@@ -28,8 +28,8 @@ from ..passes.quadratic import quadratic_form
 from ..plan.select import Plan
 from .exprs import band_bounds, key, name_dots
 from .let import LetScope
-from .triton import (HELPERS, _common_args, _helpers_of, _Kernel, _KernelExpr, _launch_common,
-                     _launcher_head, _load_rows, _prologue, row_feature, _size_arg, _sizes, band_line, key_tile_loop)
+from .triton import (HELPERS, kernel_common_args, helpers_of, Kernel, KernelExpr, launch_common,
+                     launcher_head, load_rows, program_prologue, row_feature, size_arg, sizes_used, band_line, key_tile_loop)
 from .writer import CodeWriter
 
 RECOMPUTE = "recomputation through the torch backend's autograd"
@@ -115,30 +115,30 @@ def emit_backward(w: CodeWriter, graph: Graph, plan: Plan) -> str:
     return backward_line(graph, plan)
 
 
-def _bwd_args() -> str:
-    return _common_args() + ", DO, DQ, DK, DV, stride_dob, stride_doh, stride_dom, stride_dod"
+def bwd_args() -> str:
+    return kernel_common_args() + ", DO, DQ, DK, DV, stride_dob, stride_doh, stride_dom, stride_dod"
 
 
-def _bwd_launch() -> str:
-    return _launch_common() + ", dout, dq, dk, dv, *dout.stride()"
+def bwd_launch() -> str:
+    return launch_common() + ", dout, dq, dk, dv, *dout.stride()"
 
 
-def _bwd_prologue(w: CodeWriter, per_bh_only: bool = False) -> None:
-    _prologue(w, per_bh_only)
+def bwd_prologue(w: CodeWriter, per_bh_only: bool = False) -> None:
+    program_prologue(w, per_bh_only)
     w.line("DO += off_b * stride_dob + off_h * stride_doh")
     w.line("DQ += off_b * stride_qb + off_h * stride_qh  # gradients are laid out as q, k, v")
     w.line("DK += off_b * stride_kb + off_h * stride_kh")
     w.line("DV += off_b * stride_vb + off_h * stride_vh")
 
 
-def _backward_head(w: CodeWriter, doc: str) -> None:
+def backward_head(w: CodeWriter, doc: str) -> None:
     w.line(f'"""{doc}"""')
-    _launcher_head(w, allocate_out=False)
+    launcher_head(w, allocate_out=False)
     w.line("dout, out = dout.contiguous(), out.contiguous()")
     w.line("dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)")
 
 
-def _store(w: CodeWriter, ptr: str, var: str, offs: str, limit: str, cols: str, width: str, like: str) -> None:
+def store_tile(w: CodeWriter, ptr: str, var: str, offs: str, limit: str, cols: str, width: str, like: str) -> None:
     w.line(f"tl.store({ptr} + {offs}[:, None] * stride_{like}m + {cols}[None, :] * stride_{like}d, "
            f"{var}.to({ptr}.dtype.element_ty), mask=({offs}[:, None] < {limit}) & ({cols}[None, :] < {width}))")
 
@@ -166,7 +166,7 @@ def _feature_grad(w: CodeWriter, var: str, accs: list[str], rows: str, ptr: str,
         feature = acc.split("_", 1)[1]
         terms.append(acc if feature in ("raw", "identity") else f"{acc} * ({FEATURE_MAPS[feature].triton_grad})")
     if terms != accs:
-        _load_rows(w, "x", ptr, offs, limit, "offs_d", "D")
+        load_rows(w, "x", ptr, offs, limit, "offs_d", "D")
         w.line("x = x.to(tl.float32)")
     w.line(f"{var} = {' + '.join(terms) or f'tl.zeros([{rows}, BLOCK_D], dtype=tl.float32)  # s reads no dot'}")
 
@@ -177,14 +177,14 @@ def emit_tiled_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
     scores, mask = quadratic_form(graph, attention_of(graph))
     softmax = norm.online_softmax
     dots = name_dots(scores)
-    ex = _KernelExpr(dots, {s: _size_arg(s) for s in _sizes(scores, mask)})
-    kernel = _Kernel([scores, mask], {n: len(p.shape) for n, p in graph.signature.params.items()})
+    ex = KernelExpr(dots, {s: size_arg(s) for s in sizes_used(scores, mask)})
+    kernel = Kernel([scores, mask], {n: len(p.shape) for n, p in graph.signature.params.items()})
     derivs = {leaf: diff(scores, leaf) for leaf in leaves(scores)}
     pairs = _pair_derivatives(scores, derivs)
     q_sides = {_side(d, 0): row_feature(d.args[0]) for d in dots}
     k_sides = {_side(d, 1): row_feature(d.args[1]) for d in dots}
     tables = _grad_tables(scores)
-    for h in sorted({h for d in derivs.values() if d is not None for h in _helpers_of(d)} - set(kernel.helpers)):
+    for h in sorted({h for d in derivs.values() if d is not None for h in helpers_of(d)} - set(kernel.helpers)):
         w.lines_of(HELPERS[h])
         w.line()
     sparse = plan.entry.block_sparse
@@ -193,17 +193,17 @@ def emit_tiled_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
 
     def load_sides(sides: dict, ptr: str, offs: str, limit: str) -> None:
         for var, feature in sides.items():
-            _load_rows(w, var, ptr, offs, limit, "offs_d", "D", feature=feature)
+            load_rows(w, var, ptr, offs, limit, "offs_d", "D", feature=feature)
 
     def tile_body(keys_fixed: bool) -> LetScope:
         """Recompute the weights of one (query tile, key tile) and dS, the gradient of each score; the
         scope of the tile's expressions (the table derivatives too, with the key tile fixed)."""
         if keys_fixed:
             load_sides(q_sides, "Q", "offs_m", "Nq")
-            _load_rows(w, "do", "DO", "offs_m", "Nq", "offs_e", "E")
+            load_rows(w, "do", "DO", "offs_m", "Nq", "offs_e", "E")
         else:
             load_sides(k_sides, "K", "offs_n", "N")
-            _load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
+            load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
         for d, name in dots.items():
             w.line(f"{name} = tl.dot({_side(d, 0)}, tl.trans({_side(d, 1)}), input_precision=PRECISION)")
         scope = LetScope(ex)
@@ -238,12 +238,12 @@ def emit_tiled_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
 
     def head(name: str, args: str, doc: str) -> None:
         w.line("@triton.jit")
-        w.line(f"def {name}({_bwd_args()}, {extra}{args}sm_scale, band_lo, band_hi,")
+        w.line(f"def {name}({bwd_args()}, {extra}{args}sm_scale, band_lo, band_hi,")
         w.line(f"    {constexprs}")
         w.line("    PRECISION: tl.constexpr):")
         w.level += 1
         w.line(f'"""{doc}"""')
-        _bwd_prologue(w)
+        bwd_prologue(w)
 
     grads = "".join(f"G{op[0].upper()}_{name}, " for op, name in tables)
     head("_attn_bwd_dkdv", f"{grads}Stat, Delta, {'ColPtr, Rows, ' if sparse else ''}",
@@ -253,7 +253,7 @@ def emit_tiled_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
     w.line("Delta += pid_bh * Nq")
     w.line("offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)")
     load_sides(k_sides, "K", "offs_n", "N")
-    _load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
+    load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
     for var in dict.fromkeys(kv for _, kv in pairs):
         w.line(f"d{var} = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)")
     w.line("dv = tl.zeros([BLOCK_N, BLOCK_E], dtype=tl.float32)")
@@ -275,15 +275,15 @@ def emit_tiled_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
         for op, name in tables:
             _table_atomics(w, scope, ex, op, name, derivs)
     _feature_grad(w, "dk", [f"d{kv}" for kv in dict.fromkeys(kv for _, kv in pairs)], "BLOCK_N", "K", "offs_n", "N")
-    _store(w, "DK", "dk", "offs_n", "N", "offs_d", "D", "k")
-    _store(w, "DV", "dv", "offs_n", "N", "offs_e", "E", "v")
+    store_tile(w, "DK", "dk", "offs_n", "N", "offs_d", "D", "k")
+    store_tile(w, "DV", "dv", "offs_n", "N", "offs_e", "E", "v")
     w.level -= 1
     w.line()
     head("_attn_bwd_dq", f"Stat, Delta, {'RowPtr, Cols, ' if sparse else ''}",
          "dQ of one query tile over the key tiles the forward visits.")
     w.line("offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)")
     load_sides(q_sides, "Q", "offs_m", "Nq")
-    _load_rows(w, "do", "DO", "offs_m", "Nq", "offs_e", "E")
+    load_rows(w, "do", "DO", "offs_m", "Nq", "offs_e", "E")
     if norm.row_statistic:
         w.line("stat = tl.load(Stat + pid_bh * Nq + offs_m, mask=offs_m < Nq, other=0.0)")
         w.line("delta = tl.load(Delta + pid_bh * Nq + offs_m, mask=offs_m < Nq, other=0.0)")
@@ -295,13 +295,13 @@ def emit_tiled_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
         w.line("offs_n = start_n + tl.arange(0, BLOCK_N)")
         tile_body(False)
     _feature_grad(w, "dq", [f"d{qv}" for qv in dict.fromkeys(qv for qv, _ in pairs)], "BLOCK_M", "Q", "offs_m", "Nq")
-    _store(w, "DQ", "dq", "offs_m", "Nq", "offs_d", "D", "q")
+    store_tile(w, "DQ", "dq", "offs_m", "Nq", "offs_d", "D", "q")
     w.level -= 1
     w.line()
     _tiled_launchers(w, norm, plan, kernel, tables)
 
 
-def _tiled_launchers(w: CodeWriter, norm: Normalizer, plan: Plan, kernel: _Kernel, tables: list) -> None:
+def _tiled_launchers(w: CodeWriter, norm: Normalizer, plan: Plan, kernel: Kernel, tables: list) -> None:
     sparse = plan.entry.block_sparse
     stats = norm.row_statistic
     with w.block("def op_forward(self, q, k, v, ctx, host):"):
@@ -310,7 +310,7 @@ def _tiled_launchers(w: CodeWriter, norm: Normalizer, plan: Plan, kernel: _Kerne
         w.line(f"return triton_forward(self, q, k, v, ctx, host{', stat' if stats else ''}), stat")
     w.line()
     with w.block("def op_backward(self, q, k, v, out, stat, dout, ctx, host):"):
-        _backward_head(w, "(dq, dk, dv, table gradients by name) from the saved output and row statistic.")
+        backward_head(w, "(dq, dk, dv, table gradients by name) from the saved output and row statistic.")
         w.line("delta = (dout.float() * out.float()).sum(-1)")
         if norm.divides_by_row_sum:
             w.line("delta = torch.where(stat == 0.0, 0.0, delta)  # Z = 0: the forward divides by 1")
@@ -325,10 +325,10 @@ def _tiled_launchers(w: CodeWriter, norm: Normalizer, plan: Plan, kernel: _Kerne
         vals = "".join(f"{v}, " for v in kernel.arg_values())
         gvals = "".join(f"grads[{key(n)}], " for _, n in tables)
         tail = "ctx.scale, band_lo, band_hi, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E,"
-        w.line(f"_attn_bwd_dkdv[(triton.cdiv(N, BLOCK_N), B * H)]({_bwd_launch()}, {vals}{gvals}stat, delta,"
+        w.line(f"_attn_bwd_dkdv[(triton.cdiv(N, BLOCK_N), B * H)]({bwd_launch()}, {vals}{gvals}stat, delta,"
                f"{' col_ptr, rows,' if sparse else ''}")
         w.line(f"    {tail} PRECISION=precision)")
-        w.line(f"_attn_bwd_dq[(triton.cdiv(Nq, BLOCK_M), B * H)]({_bwd_launch()}, {vals}stat, delta,"
+        w.line(f"_attn_bwd_dq[(triton.cdiv(Nq, BLOCK_M), B * H)]({bwd_launch()}, {vals}stat, delta,"
                f"{' row_ptr, cols,' if sparse else ''}")
         w.line(f"    {tail} PRECISION=precision)")
         w.line("return dq, dk, dv, grads")
@@ -336,7 +336,7 @@ def _tiled_launchers(w: CodeWriter, norm: Normalizer, plan: Plan, kernel: _Kerne
     w.line(f"GRAD_TABLES = ({''.join(f'{key(n)}, ' for _, n in tables)})  # tables the backward kernels differentiate")
 
 
-def _table_atomics(w: CodeWriter, scope: LetScope, ex: _KernelExpr, op: str, name: str, derivs: dict) -> None:
+def _table_atomics(w: CodeWriter, scope: LetScope, ex: KernelExpr, op: str, name: str, derivs: dict) -> None:
     """dt[idx] += dS o ds/dt[idx] for every lookup of table `name` in the score (printed in the tile's scope)."""
     grad = f"G{op[0].upper()}_{name}"
     for leaf, d in derivs.items():

@@ -17,8 +17,8 @@ from ..ir.graph import Graph, attention_node, attention_of, expr_of
 from ..lang.normalizers import NORMALIZERS
 from ..passes.quadratic import quadratic_form
 from ..plan.select import Plan
-from .triton import _launch_common, _load_chunk, _load_rows, row_feature, carry_state, decay_factors, linear_scalars
-from .triton_backward import TritonBackward, _backward_head, _bwd_args, _bwd_launch, _bwd_prologue, _store
+from .triton import launch_common, load_chunk, load_rows, row_feature, carry_state, decay_factors, linear_scalars
+from .triton_backward import TritonBackward, backward_head, bwd_args, bwd_launch, bwd_prologue, store_tile
 from .writer import CodeWriter
 
 
@@ -51,7 +51,7 @@ def _chain(w: CodeWriter, var: str, grad: str, ptr: str, offs: str, limit: str, 
     if feature == "identity":
         w.line(f"{var} = {grad}")
         return
-    _load_rows(w, "x", ptr, offs, limit, "offs_d", "D")
+    load_rows(w, "x", ptr, offs, limit, "offs_d", "D")
     w.line("x = x.to(tl.float32)")
     w.line(f"{var} = {grad} * ({FEATURE_MAPS[feature].triton_grad})")
 
@@ -72,15 +72,15 @@ def emit_linear_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
                 decay_factors(w)
         qd, kd = ("q_decay[:, None] * ", "k_decay[:, None] * ") if decayed else ("", "")
         w.line("@triton.jit")
-        with w.block(f"def _linear_bwd_dq({_bwd_args()}, Mod, Decay, Inv, Dden, eps, {constexprs}):"):
+        with w.block(f"def _linear_bwd_dq({bwd_args()}, Mod, Decay, Inv, Dden, eps, {constexprs}):"):
             w.line('"""dQ walking chunks forward with the carried state; saves each row\'s dnum scale and dden."""')
-            _bwd_prologue(w, per_bh_only=True)
+            bwd_prologue(w, per_bh_only=True)
             w.line("mod = tl.load(Mod + pid_bh)")
             decay_setup()
             w.line("S = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
             w.line("z = tl.zeros([BLOCK_D], dtype=tl.float32)")
             with w.block("for start in range(0, tl.maximum(Nq, N), BLOCK):"):
-                _load_chunk(w, ("pq", "pk", "v", "do"), fq, fk)
+                load_chunk(w, ("pq", "pk", "v", "do"), fq, fk)
                 _load_out(w)
                 w.line(f"a = {dot('pq', 'tl.trans(pk)')}")
                 w.line(within)
@@ -92,19 +92,19 @@ def emit_linear_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
                 w.line(within_d)
                 w.line(f"dpq = {dot('da', 'pk')} + {qd}({dot('dnum', 'tl.trans(S)')} + dden[:, None] * z[None, :])")
                 _chain(w, "dq", "dpq", "Q", "offs", "Nq", fq)
-                _store(w, "DQ", "dq", "offs", "Nq", "offs_d", "D", "q")
+                store_tile(w, "DQ", "dq", "offs", "Nq", "offs_d", "D", "q")
                 carry_state(w, decayed, "pk", "k_decay", "v", "S", "z", "pk")
         w.line()
         w.line("@triton.jit")
-        with w.block(f"def _linear_bwd_dkdv({_bwd_args()}, Decay, Inv, Dden, {constexprs}):"):
+        with w.block(f"def _linear_bwd_dkdv({bwd_args()}, Decay, Inv, Dden, {constexprs}):"):
             w.line('"""dK, dV walking chunks in reverse with R = sum of later (decayed) phi(q) [dnum, dden]^T."""')
-            _bwd_prologue(w, per_bh_only=True)
+            bwd_prologue(w, per_bh_only=True)
             decay_setup()
             w.line("R = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
             w.line("r = tl.zeros([BLOCK_D], dtype=tl.float32)")
             w.line("chunks = tl.cdiv(tl.maximum(Nq, N), BLOCK)")
             with w.block("for t in range(0, chunks):"):
-                _load_chunk(w, ("pq", "pk", "v", "do"), fq, fk, first="(chunks - 1 - t) * BLOCK")
+                load_chunk(w, ("pq", "pk", "v", "do"), fq, fk, first="(chunks - 1 - t) * BLOCK")
                 w.line("inv = tl.load(Inv + pid_bh * Nq + offs, mask=offs < Nq, other=0.0)")
                 w.line("dden = tl.load(Dden + pid_bh * Nq + offs, mask=offs < Nq, other=0.0)")
                 w.line("dnum = do * inv[:, None]")
@@ -115,59 +115,59 @@ def emit_linear_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
                 w.line(f"dpk = {dot('tl.trans(da)', 'pq')} + {kd}({dot('v', 'tl.trans(R)')} + r[None, :])")
                 w.line(f"dv = {dot('tl.trans(a)', 'dnum')} + {kd}{dot('pk', 'R')}")
                 _chain(w, "dk", "dpk", "K", "offs", "N", fk)
-                _store(w, "DK", "dk", "offs", "N", "offs_d", "D", "k")
-                _store(w, "DV", "dv", "offs", "N", "offs_e", "E", "v")
+                store_tile(w, "DK", "dk", "offs", "N", "offs_d", "D", "k")
+                store_tile(w, "DV", "dv", "offs", "N", "offs_e", "E", "v")
                 carry_state(w, decayed, "pq", "q_decay", "dnum", "R", "r", "pq * dden[:, None]")
         w.line()
     else:
         w.line("@triton.jit")
-        with w.block(f"def _linear_bwd({_bwd_args()}, State, Z, Mod, eps, {constexprs}):"):
+        with w.block(f"def _linear_bwd({bwd_args()}, State, Z, Mod, eps, {constexprs}):"):
             w.line('"""Queries first (dQ, and R = phi(Q)^T [dnum, dden]), then keys (dK, dV) from R."""')
-            _bwd_prologue(w, per_bh_only=True)
+            bwd_prologue(w, per_bh_only=True)
             w.line("mod = tl.load(Mod + pid_bh)")
             w.line("S = tl.load(State + pid_bh * BLOCK_D * BLOCK_E + offs_d[:, None] * BLOCK_E + offs_e[None, :])")
             w.line("z = tl.load(Z + pid_bh * BLOCK_D + offs_d)")
             w.line("R = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
             w.line("r = tl.zeros([BLOCK_D], dtype=tl.float32)")
             with w.block("for start in range(0, Nq, BLOCK):"):
-                _load_chunk(w, ("pq", "do"), fq)
+                load_chunk(w, ("pq", "do"), fq)
                 _load_out(w)
                 w.line("den = tl.sum(pq * z[None, :], 1)")
                 _finish_grads(w, normalize)
                 w.line(f"dpq = {dot('dnum', 'tl.trans(S)')} + dden[:, None] * z[None, :]")
                 _chain(w, "dq", "dpq", "Q", "offs", "Nq", fq)
-                _store(w, "DQ", "dq", "offs", "Nq", "offs_d", "D", "q")
+                store_tile(w, "DQ", "dq", "offs", "Nq", "offs_d", "D", "q")
                 w.line(f"R += {dot('tl.trans(pq)', 'dnum')}")
                 w.line("r += tl.sum(pq * dden[:, None], 0)")
             with w.block("for start in range(0, N, BLOCK):"):
-                _load_chunk(w, ("pk", "v"), fk=fk)
+                load_chunk(w, ("pk", "v"), fk=fk)
                 w.line(f"dpk = {dot('v', 'tl.trans(R)')} + r[None, :]")
                 w.line(f"dv = {dot('pk', 'R')}")
                 _chain(w, "dk", "dpk", "K", "offs", "N", fk)
-                _store(w, "DK", "dk", "offs", "N", "offs_d", "D", "k")
-                _store(w, "DV", "dv", "offs", "N", "offs_e", "E", "v")
+                store_tile(w, "DK", "dk", "offs", "N", "offs_d", "D", "k")
+                store_tile(w, "DV", "dv", "offs", "N", "offs_e", "E", "v")
         w.line()
     with w.block("def op_forward(self, q, k, v, ctx, host):"):
         w.line('"""The custom op\'s forward: the output (no row statistics: the backward recomputes them)."""')
         w.line("return triton_forward(self, q, k, v, ctx, host), q.new_zeros(*q.shape[:3], dtype=torch.float32)")
     w.line()
     with w.block("def op_backward(self, q, k, v, out, stat, dout, ctx, host):"):
-        _backward_head(w, "(dq, dk, dv, no table gradients) by the reverse recurrence.")
+        backward_head(w, "(dq, dk, dv, no table gradients) by the reverse recurrence.")
         linear_scalars(w, plan)
         blocks = "BLOCK=BLOCK_M, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision"
         if causal:
             w.line("inv = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32)")
             w.line("dden = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32)")
-            w.line(f"_linear_bwd_dq[(B * H,)]({_bwd_launch()}, mod, gamma, inv, dden, {eps!r},")
+            w.line(f"_linear_bwd_dq[(B * H,)]({bwd_launch()}, mod, gamma, inv, dden, {eps!r},")
             w.line(f"    {blocks})")
-            w.line(f"_linear_bwd_dkdv[(B * H,)]({_bwd_launch()}, gamma, inv, dden,")
+            w.line(f"_linear_bwd_dkdv[(B * H,)]({bwd_launch()}, gamma, inv, dden,")
             w.line(f"    {blocks})")
         else:
             w.line("state = torch.empty(B * H, BLOCK_D, BLOCK_E, device=q.device, dtype=torch.float32)")
             w.line("z = torch.empty(B * H, BLOCK_D, device=q.device, dtype=torch.float32)")
-            w.line(f"_linear_state[(B * H,)]({_launch_common()}, state, z, BLOCK=BLOCK_N, BLOCK_D=BLOCK_D,")
+            w.line(f"_linear_state[(B * H,)]({launch_common()}, state, z, BLOCK=BLOCK_N, BLOCK_D=BLOCK_D,")
             w.line("    BLOCK_E=BLOCK_E, PRECISION=precision)")
-            w.line(f"_linear_bwd[(B * H,)]({_bwd_launch()}, state, z, mod, {eps!r},")
+            w.line(f"_linear_bwd[(B * H,)]({bwd_launch()}, state, z, mod, {eps!r},")
             w.line(f"    {blocks})")
         w.line("return dq, dk, dv, {}")
     w.line()
