@@ -20,7 +20,8 @@ from ..lang.source import ShapeError
 
 # What generated code may call as rt.NAME (attncc/rt/__init__.py re-exports exactly these).
 __all__ = [
-    "GPU_GROUP_BUDGET", "GROUP_BUDGET", "LINEAR_CHUNK", "QUERY_CHUNK", "RingGeometry", "as_4d", "as_float",
+    "CPU_FEATURE_TILE", "GPU_FEATURE_TILE", "GPU_GROUP_BUDGET", "GROUP_BUDGET", "LINEAR_CHUNK", "QUERY_CHUNK",
+    "RingGeometry", "as_4d", "as_float",
     "block_sparse_attention", "causal_linear_attention", "compute_dtype", "fft_length", "finish_rows",
     "floordiv", "floormod", "graph_attention", "graph_transform", "grid_offsets", "grid_toeplitz_attention",
     "grid_transform", "input_lookup", "keep_grad", "kernel_products", "linear_attention", "logical_not",
