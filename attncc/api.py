@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import weakref
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from .ir.lower import lower, size_symbols
 from .frontend.parse import parse
 from .passes import PassContext, run_pipeline
 from .runtime.compiled import RESERVED_ATTRIBUTES, load_module
-from .plan.select import Plan, select
+from .plan.select import DESIGN_SIZES, Plan, select
 from .lang.source import AttnccError, Source
 
 
@@ -119,10 +120,51 @@ def compile(spec: str | Path | Compilation, backend: str = "auto", sizes: dict |
     comp = spec if isinstance(spec, Compilation) else build(spec, sizes, lowering)
     module = load_module(comp.checked.name, generated_files(comp))
     base = module.Module
+    recipe = compile_recipe(comp, backend)
     cls = type(comp.checked.name, (base,), {"checked": comp.checked, "compilation": comp,
-                                            "__module__": module.__name__,
+                                            "__module__": module.__name__, "REBUILD": (rebuild, recipe),
                                             "__init__": _init_with_backend(base, backend)})
+    COMPILED_CLASSES[_recipe_key(recipe)] = cls
     return cls
+
+
+# The classes compiled in this process by recipe, so that deepcopy and pickling within one process
+# give modules of the same class and do not recompile (weak: a class nobody uses is not kept).
+COMPILED_CLASSES: "weakref.WeakValueDictionary[str, type]" = weakref.WeakValueDictionary()
+RECIPE_FORMAT = 1
+
+
+def compile_recipe(comp: Compilation, backend: str) -> dict:
+    """What a pickled compiled module carries to rebuild its class: the spec text and the choices
+    that shaped it (plain values, so any later attncc can read it and say what differs)."""
+    known = set(DESIGN_SIZES) | set(comp.checked.sizes)
+    return {"format": RECIPE_FORMAT, "attncc": __version__, "name": comp.checked.name,
+            "text": comp.source.text, "filename": comp.source.filename, "backend": backend,
+            "sizes": {n: v for n, v in comp.plan.sizes.items() if n in known},
+            "lowering": comp.plan.lowering, "spec_hash": comp.spec_hash}
+
+
+def _recipe_key(recipe: dict) -> str:
+    return repr(sorted(recipe.items()))
+
+
+def rebuild(recipe: dict):
+    """Unpickling a compiled module: its class recompiled from the recipe (see compile_recipe), as
+    an instance whose state pickle restores next. The spec must compile to the hash it had when it
+    was saved; another attncc version may lower it differently, so that is an error, not a guess."""
+    if recipe.get("format") != RECIPE_FORMAT:
+        raise AttnccError(f"cannot load a compiled attention pickled by attncc {recipe.get('attncc', '?')} "
+                          f"(recipe format {recipe.get('format')!r}; this attncc {__version__} reads {RECIPE_FORMAT})")
+    cls = COMPILED_CLASSES.get(_recipe_key(recipe))
+    if cls is None:
+        cls = compile(Source(recipe["text"], recipe["filename"]), recipe["backend"], recipe["sizes"], recipe["lowering"])
+    if cls.SPEC_HASH != recipe["spec_hash"]:
+        raise AttnccError(
+            f"cannot load the pickled attention `{recipe['name']}`: attncc {recipe['attncc']} compiled it to "
+            f"{recipe['spec_hash']}, this attncc {__version__} compiles its spec to {cls.SPEC_HASH}; "
+            f"load it with attncc {recipe['attncc']}, or save its state_dict and load that into a module "
+            "compiled by this version")
+    return cls.__new__(cls)
 
 
 def _init_with_backend(base, default_backend: str):

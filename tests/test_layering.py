@@ -100,3 +100,13 @@ def test_no_private_names_across_modules(graph):
            for src, dst, data in graph.edges(data=True) if src != dst
            for where, names in data["where"] for name in names if name.startswith("_") and not name.startswith("__")]
     assert not bad, "private names imported from other modules:\n" + "\n".join(sorted(bad))
+
+
+def test_generated_code_calls_only_what_rt_exports():
+    """Emitters write `rt.NAME` into generated code; every such NAME must be in the rt namespace."""
+    import re
+
+    import attncc.rt as rt
+    sources = [p.read_text(encoding="utf-8") for folder in ("emit", "lowerings") for p in (PACKAGE / folder).glob("*.py")]
+    called = {name for text in sources for name in re.findall(r"\brt\.([A-Za-z_]\w*)\b", text)} - {"approx"}
+    assert called and not sorted(called - set(dir(rt))), sorted(called - set(dir(rt)))

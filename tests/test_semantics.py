@@ -84,7 +84,7 @@ def test_integer_division_by_zero_is_defined_everywhere():
     q, k, v, inputs = random_inputs(cls, 1, 1, 30, 30, 16, 16)
     for backend in ("torch", "triton"):
         assert compare(module, q, k, v, inputs, backend, torch.float32).ok
-    from attncc.lang.evaluate import floordiv, floormod
+    from attncc.lang.operators import floordiv, floormod
     x, y = torch.tensor([7, -7, 5]), torch.tensor([0, 0, 3])
     assert floordiv(x, y).tolist() == [0, 0, 1] and floormod(x, y).tolist() == [7, -7, 2]
 

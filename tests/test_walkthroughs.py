@@ -6,7 +6,9 @@ import pytest
 import torch
 
 import attncc
+from attncc.lang.expr import FLOAT, TExpr
 from attncc.lang.features import FeatureMap, register_feature_map, unregister_feature_map
+from attncc.lang.normalizers import Normalizer, register_normalizer, unregister_normalizer
 from attncc.runtime.backends import Backend, registered_backend
 from attncc.tools.compare import compare, make_module, random_inputs
 
@@ -68,3 +70,55 @@ def test_added_backend_matches_the_oracle(example):
         assert module.resolve_backend(q) == "torch"  # not an `auto` candidate
     with pytest.raises(attncc.AttnccError, match="unknown backend"):
         cls(backend="compiled_torch")
+
+
+SIGMOID_SPEC = """
+attention sigmoid_window {
+    size window = 8
+    score(i, j) = dot(q[i], k[j]) * scale
+    bias(i, j) = -0.25 * (i - j)
+    mask(i, j) = j <= i and i - j < window
+    normalize sigmoid
+}
+"""
+
+
+@pytest.fixture
+def sigmoid_normalizer():
+    # docs/pipeline.md, "Add a normalizer": written like softmax, it means the weights sigmoid(score + bias).
+    norm = register_normalizer(Normalizer(
+        "sigmoid", online_softmax=False, divides_by_row_sum=False, row_statistic=False, fixed_weights=True,
+        score_name="weights", of_score=lambda s: TExpr("call", (s,), "sigmoid", FLOAT)))
+    yield norm
+    unregister_normalizer(norm.name)
+
+
+@pytest.mark.parametrize("backend, dtype", [("torch", torch.float64), ("torch", torch.float32),
+                                            ("triton", torch.float32), ("triton", torch.float16)])
+def test_added_normalizer_matches_the_oracle(sigmoid_normalizer, backend, dtype):
+    cls = attncc.compile(SIGMOID_SPEC)
+    module = make_module(cls, heads=2, dim=16, dim_v=8)
+    q, k, v, inputs = random_inputs(cls, batch=2, heads=2, nq=41, nk=41, dim=16, dim_v=8)
+    result = compare(module, q, k, v, inputs, backend, dtype)
+    assert result.ok, result
+    assert "sigmoid" in cls.compilation.torch_source
+
+
+def test_added_normalizer_gradients_match_the_oracle(sigmoid_normalizer):
+    cls = attncc.compile(SIGMOID_SPEC)
+    module = make_module(cls, heads=2, dim=16, dim_v=8)
+    q, k, v, _ = random_inputs(cls, batch=1, heads=2, nq=19, nk=19, dim=16, dim_v=8)
+    grads = []
+    for run in (module, module.reference):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        run(*leaves).double().square().sum().backward()
+        grads.append([t.grad for t in leaves])
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_added_normalizer_is_checked_like_the_builtins(sigmoid_normalizer):
+    with pytest.raises(attncc.SpecError, match="`weight` is for kernelized attention"):
+        attncc.compile("attention bad { weight(i, j) = dot(q[i], k[j])  normalize sigmoid }")
+    with pytest.raises(attncc.SpecError, match="did you mean `sigmoid`"):
+        attncc.compile("attention bad { normalize sigmoidd }")

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from ..lang.evaluate import Env, evaluate
-from ..lang.expr import TExpr, conjuncts, fmt
+from ..lang.expr import TExpr, conjuncts, fold
+from ..lang.operators import fmt
 
 
 @dataclass(frozen=True)
@@ -30,14 +31,17 @@ class BlockLayout:
 def _block_of(t: TExpr) -> TExpr | None | bool:
     """The b through which t reads i and j (as i // b, j // b); False if t reads them otherwise or
     reads h, a table or an input; None if t reads neither."""
+    return fold(t, _node_block)
+
+
+def _node_block(t: TExpr, found_in_args: list) -> TExpr | None | bool:
     if t.op == "floordiv" and t.args[0].op == "var" and t.args[0].value in ("i", "j"):
         b = t.args[1]
         return b if b.op == "size" or (b.op == "const" and b.type == "int" and b.value > 0) else False
     if t.op in ("var", "param", "input", "scale") or (t.op == "rsize" and t.value not in ("N", "Nq")):
         return False  # heads, tables, inputs and head dims are not part of a per-length layout
     found = None
-    for arg in t.args:
-        b = _block_of(arg)
+    for b in found_in_args:
         if b is False or (b is not None and found is not None and b != found):
             return False
         found = b if b is not None else found

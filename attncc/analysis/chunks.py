@@ -29,7 +29,8 @@ import sympy
 import torch
 
 from ..lang.evaluate import evaluate
-from ..lang.expr import BOOL, TExpr, conjuncts, fmt
+from ..lang.expr import BOOL, TExpr, chain, conjuncts
+from ..lang.operators import fmt
 from .kernel import split_kernel
 from .structure import I, J, classify_mask, random_env, to_sympy
 
@@ -57,10 +58,6 @@ class MixedForm:
     def describe(self) -> str:
         return (f"chunks of {fmt(self.chunk)}: local {fmt(self.local)}; linear "
                 + "; ".join(t.describe() for t in self.linear))
-
-
-def _terms(t: TExpr) -> list[TExpr]:
-    return _terms(t.args[0]) + _terms(t.args[1]) if t.op == "add" else [t]
 
 
 def _and(parts: list[TExpr]) -> TExpr | None:
@@ -143,7 +140,7 @@ def find_mixed(weight: TExpr, mask: TExpr | None, symbols: dict) -> MixedForm | 
     """The mixed chunk form of a kernelized weight (see the module docstring), or None."""
     mask_parts = conjuncts(mask) if mask is not None else []
     local, linear = [], []
-    for term in _terms(weight):
+    for term in chain(weight, "add"):
         parts, body = _guard(term)
         chunks = [c for c in map(_same_chunk, parts) if c is not None]
         if chunks:

@@ -19,7 +19,8 @@ import sympy
 import torch
 
 from ..lang.evaluate import evaluate
-from ..lang.expr import TExpr, fmt
+from ..lang.expr import TExpr
+from ..lang.operators import fmt
 from .structure import I, J, random_env, relation_to_zero, to_sympy
 
 RI, CI, RJ, CJ, DR, DC, RHO = sympy.symbols("r_i c_i r_j c_j dr dc rho", integer=True)

@@ -7,11 +7,18 @@ from ..lang.expr import FLOAT, TExpr, const
 
 def product_factors(t: TExpr) -> list[TExpr]:
     """The factors of a product; a division by a dot-free term is a factor 1 / term."""
-    if t.op == "mul":
-        return product_factors(t.args[0]) + product_factors(t.args[1])
-    if t.op == "div" and not t.args[1].uses("dot"):
-        return product_factors(t.args[0]) + [TExpr("div", (const(1.0), t.args[1]), None, FLOAT)]
-    return [t]
+    factors, stack = [], [(t, False)]
+    while stack:  # a product may be as long as the spec writes it: no recursion
+        e, final = stack.pop()
+        if final:
+            factors.append(e)
+        elif e.op == "mul":
+            stack += [(e.args[1], False), (e.args[0], False)]
+        elif e.op == "div" and not e.args[1].uses("dot"):
+            stack += [(TExpr("div", (const(1.0), e.args[1]), None, FLOAT), True), (e.args[0], False)]
+        else:
+            factors.append(e)
+    return factors
 
 
 def split_kernel(weight: TExpr) -> tuple[TExpr, TExpr | None] | None:

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import sympy
 import torch
 
-from ..lang.expr import BOOL, FLOAT, TExpr, conjuncts, const, substitute
+from ..lang.expr import BOOL, FLOAT, TExpr, conjuncts, const, fold, substitute
 from ..lang.evaluate import Env, evaluate, fold_constants
+from ..lang.operators import operator_of
 
 I, J, DIFF, HEAD = sympy.symbols("i j d h", integer=True)
-_UNINTERPRETED = {"xor", "bitand", "bitor"}
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,10 @@ FULL = Structure("full", reason="no mask")
 
 def to_sympy(t: TExpr, symbols: dict[str, sympy.Symbol]):
     """Typed expression -> sympy; lookups, bit operations and popcount stay uninterpreted functions."""
+    return fold(t, lambda e, args: _sympy_node(e, args, symbols))
+
+
+def _sympy_node(t: TExpr, a: list, symbols: dict[str, sympy.Symbol]):
     op = t.op
     if op == "const":
         return sympy.true if t.value is True else sympy.false if t.value is False else sympy.sympify(t.value)
@@ -69,34 +73,13 @@ def to_sympy(t: TExpr, symbols: dict[str, sympy.Symbol]):
         return symbols["D"] ** sympy.Rational(-1, 2)
     if op in ("dot", "feature", "qrow", "krow"):
         raise ValueError("q/k terms have no index structure")
-    a = [to_sympy(x, symbols) for x in t.args]
-    table = {
-        "add": lambda: a[0] + a[1], "sub": lambda: a[0] - a[1], "mul": lambda: a[0] * a[1],
-        "div": lambda: a[0] / a[1], "floordiv": lambda: sympy.floor(a[0] / a[1]), "mod": lambda: sympy.Mod(a[0], a[1]),
-        "pow": lambda: a[0] ** a[1], "neg": lambda: -a[0], "not": lambda: sympy.Not(a[0]),
-        "and_": lambda: sympy.And(a[0], a[1]), "or_": lambda: sympy.Or(a[0], a[1]),
-        "lt": lambda: sympy.Lt(a[0], a[1]), "le": lambda: sympy.Le(a[0], a[1]), "gt": lambda: sympy.Gt(a[0], a[1]),
-        "ge": lambda: sympy.Ge(a[0], a[1]), "eq": lambda: sympy.Eq(a[0], a[1]), "ne": lambda: sympy.Ne(a[0], a[1]),
-    }
-    if op in ("eq", "ne") and t.args[0].type == BOOL:  # equality of conditions, not of numbers
-        return sympy.Equivalent(a[0], a[1]) if op == "eq" else sympy.Xor(a[0], a[1])
-    if op in table:
-        return table[op]()
-    if op in _UNINTERPRETED or op in ("param", "input"):
-        f = sympy.Function(f"{op}_{t.value}" if t.value else op)(*a)
+    if op in ("param", "input"):
+        f = sympy.Function(f"{op}_{t.value}")(*a)
         return sympy.Eq(f, 1) if t.type == BOOL else f  # a bool lookup must stay a sympy Boolean
-    if op == "call":
-        fn = t.value
-        direct = {"exp": sympy.exp, "log": sympy.log, "sqrt": sympy.sqrt, "tanh": sympy.tanh, "abs": sympy.Abs,
-                  "min": sympy.Min, "max": sympy.Max}
-        if fn in direct:
-            return direct[fn](*a)
-        if fn == "sigmoid":
-            return 1 / (1 + sympy.exp(-a[0]))
-        if fn == "where":
-            return sympy.Piecewise((a[1], a[0]), (a[2], True))
-        return sympy.Function(fn)(*a)
-    raise ValueError(f"no sympy form for {op}")
+    operator = operator_of(t)
+    if operator is None:
+        raise ValueError(f"no sympy form for {op}")
+    return operator.sympy(t, a)
 
 
 def relation_to_zero(rel):

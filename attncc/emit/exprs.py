@@ -8,11 +8,8 @@ from __future__ import annotations
 import sympy
 from sympy.printing.pycode import PythonCodePrinter
 
-from ..lang.expr import BOOL, FLOAT, INT, TExpr
-
-_PY_BINARY = {"add": "+", "sub": "-", "mul": "*", "div": "/", "floordiv": "//", "mod": "%", "pow": "**",
-              "xor": "^", "bitand": "&", "bitor": "|", "lt": "<", "le": "<=", "gt": ">", "ge": ">=",
-              "eq": "==", "ne": "!=", "and_": "&", "or_": "|"}
+from ..lang.expr import BOOL, FLOAT, TExpr, fold
+from ..lang.operators import fmt, operator_of
 
 
 def literal(t: TExpr) -> str:
@@ -23,13 +20,31 @@ def literal(t: TExpr) -> str:
     return repr(int(t.value))
 
 
+def brief(t: TExpr, limit: int = 400) -> str:
+    """fmt(t) for a docstring or comment: cut after `limit` characters (specs may write 500-term sums)."""
+    text = fmt(t)
+    return text if len(text) <= limit else text[:limit] + f" ... ({len(text) - limit} more characters)"
+
+
 def key(name: str) -> str:
     """A spec identifier as a string literal (identifiers are [A-Za-z_][A-Za-z0-9_]*, checked by the grammar)."""
     assert name.isidentifier() and name.isascii(), name
     return repr(name)
 
 
-class TorchExpr:
+class ExprPrinter:
+    """Prints a typed expression as code, one node at a time: `node(t, operand code)` is a node's code
+    from its operands' (subclasses define it). Calling the printer prints the whole expression inline,
+    each distinct subexpression spelled once, without recursion."""
+
+    def node(self, t: TExpr, args: list[str]) -> str:
+        raise NotImplementedError
+
+    def __call__(self, t: TExpr) -> str:
+        return fold(t, self.node, descend=lambda e: e.op != "dot")
+
+
+class TorchExpr(ExprPrinter):
     """Emit torch code; i, j, h are index tensors, `ctx` the runtime Context, dots named by `dots`.
 
     Floats are computed at the precision of the computation (`ctx.dtype`: float64 for float64
@@ -39,8 +54,8 @@ class TorchExpr:
         self.dots = dots or {}
         self.float_dtype = "torch.float32" if mask else "ctx.dtype"
 
-    def __call__(self, t: TExpr) -> str:
-        op, a = t.op, t.args
+    def node(self, t: TExpr, a: list[str]) -> str:
+        op = t.op
         if op == "const":
             return f"ctx.fp({literal(t)})" if t.type == FLOAT and self.float_dtype == "ctx.dtype" else literal(t)
         if op == "var":
@@ -53,35 +68,14 @@ class TorchExpr:
             return "ctx.scale"
         if op == "dot":
             return self.dots[t]
-        if op == "neg":
-            return f"(-{self(a[0])})"
-        if op == "not":
-            return f"rt.logical_not({self(a[0])})"
-        if op == "div":
-            return f"(rt.as_float({self(a[0])}, {self.float_dtype}) / {self(a[1])})"
-        if op in ("floordiv", "mod"):
-            return f"rt.{'floordiv' if op == 'floordiv' else 'floormod'}({self(a[0])}, {self(a[1])})"
-        if op in _PY_BINARY:
-            return f"({self(a[0])} {_PY_BINARY[op]} {self(a[1])})"
         if op == "param":
-            return f"rt.lookup(ctx.params[{key(t.value)}], [{', '.join(self(x) for x in a)}], batched=False)"
+            return f"rt.lookup(ctx.params[{key(t.value)}], [{', '.join(a)}], batched=False)"
         if op == "input":
-            return f"rt.input_lookup(ctx.inputs[{key(t.value)}], [{', '.join(self(x) for x in a)}], {len(a)})"
-        if op == "call":
-            args = [self(x) for x in a]
-            fn = t.value
-            if fn in ("min", "max"):
-                return f"rt.{'minimum' if fn == 'min' else 'maximum'}({', '.join(args)})"
-            if fn == "where":
-                return f"torch.where(torch.as_tensor({args[0]}), {args[1]}, {args[2]})"
-            if fn == "popcount":
-                return f"rt.popcount(torch.as_tensor({args[0]}))"
-            if fn == "gray":
-                return f"({args[0]} ^ ({args[0]} >> 1))"
-            if fn == "abs":
-                return f"abs({args[0]})"
-            return f"torch.{fn}(rt.as_float({args[0]}, {self.float_dtype}))"
-        raise ValueError(f"cannot emit {op}")
+            return f"rt.input_lookup(ctx.inputs[{key(t.value)}], [{', '.join(a)}], {len(a)})"
+        operator = operator_of(t)
+        if operator is None:
+            raise ValueError(f"cannot emit {op}")
+        return operator.torch_code(a, self.float_dtype)
 
 
 class _SizePrinter(PythonCodePrinter):
@@ -116,15 +110,15 @@ def name_dots(*exprs: TExpr | None) -> dict[TExpr, str]:
     return names
 
 
-class TritonExpr:
+class TritonExpr(ExprPrinter):
     """Emit Triton code over tile index vectors: `offs_m[:, None]` (i), `offs_n[None, :]` (j), `off_h` (h)."""
 
     def __init__(self, dots: dict[TExpr, str], sizes: dict[str, str]):
         self.dots = dots
         self.sizes = sizes  # size name -> kernel argument name
 
-    def __call__(self, t: TExpr) -> str:
-        op, a = t.op, t.args
+    def node(self, t: TExpr, a: list[str]) -> str:
+        op = t.op
         if op == "const":
             return literal(t)
         if op == "var":
@@ -135,46 +129,9 @@ class TritonExpr:
             return "sm_scale"
         if op == "dot":
             return self.dots[t]
-        if op == "neg":
-            return f"(-{self(a[0])})"
-        if op == "not":
-            return f"({self(a[0])} == 0)"
-        if op == "floordiv":
-            return f"_floordiv({self(a[0])}, {self(a[1])})" if t.type == INT else \
-                f"tl.floor({self(a[0])} / {self(a[1])})"
-        if op == "mod":
-            return f"_floormod({self(a[0])}, {self(a[1])})" if t.type == INT else \
-                f"({self(a[0])} - {self(a[1])} * tl.floor({self(a[0])} / {self(a[1])}))"
-        if op == "div":
-            return f"(({self(a[0])}) * 1.0 / {self(a[1])})"
-        if op == "pow":
-            if t.type == INT or (a[1].op == "const" and a[1].type == INT and 0 <= a[1].value <= 16):
-                n = int(a[1].value)  # the checker keeps integer exponents constant in 0..64
-                return "(" + " * ".join([f"({self(a[0])})"] * n) + ")" if n else "1"
-            return f"_powf(({self(a[0])}) * 1.0, ({self(a[1])}) * 1.0)"
-        if op in _PY_BINARY:
-            return f"({self(a[0])} {_PY_BINARY[op]} {self(a[1])})"
         if op in ("param", "input"):
-            return f"_load_{t.value}({', '.join(self(x) for x in a)})"
-        if op == "call":
-            args = [self(x) for x in a]
-            fn = t.value
-            if fn in ("min", "max"):
-                out = args[0]
-                for x in args[1:]:
-                    out = f"tl.{'minimum' if fn == 'min' else 'maximum'}({out}, {x})"
-                return out
-            if fn == "where":
-                return f"tl.where({args[0]}, {args[1]}, {args[2]})"
-            if fn == "abs":
-                return f"tl.abs({args[0]})"
-            if fn == "sigmoid":
-                return f"tl.sigmoid(({args[0]}) * 1.0)"
-            if fn == "tanh":
-                return f"_tanh(({args[0]}) * 1.0)"
-            if fn == "popcount":
-                return f"_popcount({args[0]})"
-            if fn == "gray":
-                return f"({args[0]} ^ ({args[0]} >> 1))"
-            return f"tl.{fn}(({args[0]}) * 1.0)"
-        raise ValueError(f"cannot emit {op}")
+            return f"_load_{t.value}({', '.join(a)})"
+        operator = operator_of(t)
+        if operator is None:
+            raise ValueError(f"cannot emit {op}")
+        return operator.triton_code(t, a)

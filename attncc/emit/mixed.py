@@ -10,10 +10,10 @@ triton: `_mixed_local`, grid (cdiv(Nq, BLOCK_M), B*H): the key tiles of the chun
 from __future__ import annotations
 
 from ..frontend.check import CheckedSpec
-from ..lang.expr import fmt
 from ..lang.normalizers import normalizer
 from ..plan.select import Plan
-from .exprs import TorchExpr, name_dots
+from .exprs import TorchExpr, brief, name_dots
+from .let import LetScope, let_expr
 from .writer import CodeWriter
 
 
@@ -23,20 +23,20 @@ def emit_mixed_torch(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> None:
     emit_features(w, feature_maps_used(form.local, *(t.dot for t in form.linear)))
     ex = TorchExpr()
     with w.block("def chunk_size(ctx):"):
-        w.line(f'"""c: {fmt(form.chunk)}"""')
-        w.line(f"return int({ex(form.chunk)})")
+        w.line(f'"""c: {brief(form.chunk)}"""')
+        w.line(f"return int({let_expr(w, ex, form.chunk)})")
     w.line()
-    emit_pair_holes(w, "local", f"weight inside a chunk: {fmt(form.local)}", form.local, "local_mask",
-                    f"inside a chunk, also: {fmt(form.local_mask)}" if form.local_mask is not None else "",
+    emit_pair_holes(w, "local", f"weight inside a chunk: {brief(form.local)}", form.local, "local_mask",
+                    f"inside a chunk, also: {brief(form.local_mask)}" if form.local_mask is not None else "",
                     form.local_mask)
     for n, t in enumerate(form.linear):
         if t.amplitude is None:
             continue
         with w.block(f"def amplitude{n}(ctx):"):
-            w.line(f'"""scale of linear term {n}: {fmt(t.amplitude)}"""')
+            w.line(f'"""scale of linear term {n}: {brief(t.amplitude)}"""')
             w.line("i = j = torch.zeros((1, 1, 1, 1), dtype=torch.int32)")
             w.line("h = torch.arange(ctx.H, dtype=torch.int32).view(1, ctx.H, 1, 1)")
-            w.line(f"return rt.as_4d({ex(t.amplitude)})")
+            w.line(f"return rt.as_4d({let_expr(w, ex, t.amplitude)})")
         w.line()
     with w.block("def linear_terms(q, k, ctx):"):
         w.line('"""(phi(Q), psi(K), scale, key set) of each cross-chunk kernelized term."""')
@@ -71,7 +71,7 @@ def emit_mixed_triton(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> str:
     with w.block(f"def _mixed_local({_common_args()}, {extra}Num0, Den0, chunk, sm_scale, eps,"):
         w.line("BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,")
         w.line("PRECISION: tl.constexpr):")
-        w.line(f'"""Chunk-local weights {fmt(form.local)} over the key tiles of the chunks of this query tile,')
+        w.line(f'"""Chunk-local weights {brief(form.local)} over the key tiles of the chunks of this query tile,')
         w.line('added to the linear terms\' numerator Num0 and row sums Den0 (fp32, [B*H, Nq, E] and [B*H, Nq])."""')
         _query_tile(w, dots)
         w.line("rows = (offs_m[:, None] < Nq) & (offs_e[None, :] < E)")
@@ -83,10 +83,12 @@ def emit_mixed_triton(w: CodeWriter, spec: CheckedSpec, plan: Plan) -> str:
         with w.block("for start_n in range(lo, hi, BLOCK_N):"):
             w.line("offs_n = start_n + tl.arange(0, BLOCK_N)")
             _tile_dots(w, dots)
-            w.line(f"s = {ex(form.local)}")
+            scope = LetScope(ex)
+            scope.bind(w, [form.local, form.local_mask])
+            w.line(f"s = {scope(form.local)}")
             valid = "(offs_n[None, :] < N) & (offs_m[:, None] // chunk == offs_n[None, :] // chunk)"
             if form.local_mask is not None:
-                valid += f" & ({ex(form.local_mask)})"
+                valid += f" & ({scope(form.local_mask)})"
             w.line(f"valid = {valid}")
             _load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
             w.line("p = tl.where(valid, s * 1.0, 0.0)  # unnormalized weights, kept in fp32")

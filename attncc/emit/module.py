@@ -11,12 +11,12 @@ from .writer import CodeWriter
 class _ShapeExpr(TorchExpr):
     """Table shapes are functions of a dict `s` of sizes (declared and H, D, E, N, Nq)."""
 
-    def __call__(self, t: TExpr) -> str:
+    def node(self, t: TExpr, args: list[str]) -> str:
         if t.op in ("size", "rsize"):
             return f"s[{key(t.value)}]"
         if t.op == "const":
             return literal(t)
-        return super().__call__(t)
+        return super().node(t, args)
 
 
 def header(spec: CheckedSpec, plan: Plan, spec_hash: str, version: str) -> str:

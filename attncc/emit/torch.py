@@ -6,12 +6,13 @@ from __future__ import annotations
 from typing import Callable
 
 from ..frontend.check import CheckedSpec
-from ..lang.expr import TExpr, fmt
+from ..lang.expr import TExpr
 from ..lang.features import FEATURE_MAPS
 from ..ir.graph import Graph, expr_of
 from ..lang.normalizers import normalizer, pair_scores
 from ..plan.select import Plan
-from .exprs import TorchExpr, band_bounds, name_dots, py_size_expr
+from .exprs import TorchExpr, band_bounds, brief, name_dots, py_size_expr
+from .let import let_expr
 from .writer import CodeWriter
 
 
@@ -51,17 +52,16 @@ def emit_pair_holes(w: CodeWriter, name: str, doc: str, value: TExpr, mask_name:
     """`name(qc, kc, i, j, h, ctx, keep)`: a score or weight over (query, key) tiles, and, if there is a
     mask, `mask_name(i, j, h, ctx)`."""
     dots = name_dots(value)
-    ex = TorchExpr(dots)
     with w.block(f"def {name}(qc, kc, i, j, h, ctx, keep):"):
         w.line(f'"""{doc}"""')
         for d, dot in dots.items():
             w.line(f"{dot} = rt.keep_grad({_row(d.args[0], 'qc')} @ {_row(d.args[1], 'kc')}.transpose(-1, -2), keep)")
-        w.line(f"return {ex(value)}")
+        w.line(f"return {let_expr(w, TorchExpr(dots), value)}")
     w.line()
     if mask is not None:
         with w.block(f"def {mask_name}(i, j, h, ctx):"):
             w.line(f'"""{mask_doc}"""')
-            w.line(f"return torch.as_tensor({TorchExpr(mask=True)(mask)}, device=i.device)")
+            w.line(f"return torch.as_tensor({let_expr(w, TorchExpr(mask=True), mask)}, device=i.device)")
         w.line()
 
 
@@ -69,8 +69,8 @@ def emit_score_holes(w: CodeWriter, spec: CheckedSpec) -> str:
     """The feature maps, `scores` and `mask` holes of a tiled skeleton; returns the skeleton's common arguments."""
     emit_features(w, feature_maps_used(spec.logits, spec.weight))
     scores = pair_scores(spec)
-    emit_pair_holes(w, "scores", f"{normalizer(spec).score_name}: {fmt(scores)}", scores,
-                    "mask", fmt(spec.mask) if spec.mask is not None else "", spec.mask)
+    emit_pair_holes(w, "scores", f"{normalizer(spec).score_name}: {brief(scores)}", scores,
+                    "mask", brief(spec.mask) if spec.mask is not None else "", spec.mask)
     mask_arg = "mask" if spec.mask is not None else "None"
     return f"scores=scores, mask={mask_arg}, normalize={spec.normalize!r}, eps={spec.eps!r}"
 
@@ -99,11 +99,11 @@ def emit_block_layout(w: CodeWriter, plan: Plan) -> None:
     layout, ex = plan.attrs["block_layout"], TorchExpr(mask=True)
     lo, hi = band_bounds(plan.mask)
     with w.block("def block_layout(ctx):"):
-        w.line(f'"""(b, L): L[I, J] = {fmt(layout.predicate)} at i = I b, j = J b; exact for blocks of b."""')
-        w.line(f"b = {ex(layout.block)}")
+        w.line(f'"""(b, L): L[I, J] = {brief(layout.predicate)} at i = I b, j = J b; exact for blocks of b."""')
+        w.line(f"b = {let_expr(w, ex, layout.block)}")
         w.line("i = torch.arange(0, ctx.Nq, b, dtype=torch.int32).view(-1, 1)")
         w.line("j = torch.arange(0, ctx.N, b, dtype=torch.int32).view(1, -1)")
-        w.line(f"layout = torch.as_tensor({ex(layout.predicate)}).expand(i.shape[0], j.shape[1])")
+        w.line(f"layout = torch.as_tensor({let_expr(w, ex, layout.predicate)}).expand(i.shape[0], j.shape[1])")
         if lo or hi:
             w.line(f"layout = layout & rt.within_band(i, j, b, {lo}, {hi})  # mask is {plan.mask.describe()}")
         w.line("return b, layout")
@@ -131,10 +131,10 @@ def emit_kernelized(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Graph,
     factors += [("decay", "per-step decay gamma of M = A gamma^(i - j)", exprs[3])] if decayed else []
     for name, what, m in factors:
         with w.block(f"def {name}(ctx):"):
-            w.line(f'"""{what}: {fmt(m)}"""')
+            w.line(f'"""{what}: {brief(m)}"""')
             w.line("i = j = torch.zeros((1, 1, 1, 1), dtype=torch.int32)")
             w.line("h = torch.arange(ctx.H, dtype=torch.int32).view(1, ctx.H, 1, 1)")
-            w.line(f"return rt.as_4d({ex(m)})")
+            w.line(f"return rt.as_4d({let_expr(w, ex, m)})")
         w.line()
     with w.block("def forward_torch(self, q, k, v, ctx):"):
         random_features_note(w, spec)
@@ -146,11 +146,11 @@ def emit_toeplitz_f(w: CodeWriter, exprs: list) -> None:
     """toeplitz_f(ctx): the kernel's f(i - j) on every offset (the fft lowering's table)."""
     f, ex = exprs[2], TorchExpr()
     with w.block("def toeplitz_f(ctx):"):
-        w.line(f'"""f(d) for d = i - j in -(N-1) .. Nq-1: {fmt(f)}"""')
+        w.line(f'"""f(d) for d = i - j in -(N-1) .. Nq-1: {brief(f)}"""')
         w.line("i = torch.arange(ctx.Nq + ctx.N - 1, dtype=torch.int32).view(1, 1, -1, 1)  # i = d + N - 1 at j = N - 1")
         w.line("j = torch.full((1, 1, 1, 1), ctx.N - 1, dtype=torch.int32)")
         w.line("h = torch.arange(ctx.H, dtype=torch.int32).view(1, ctx.H, 1, 1)")
-        w.line(f"return rt.toeplitz_row({ex(f)}, ctx.Nq + ctx.N - 1)")
+        w.line(f"return rt.toeplitz_row({let_expr(w, ex, f)}, ctx.Nq + ctx.N - 1)")
     w.line()
 
 
@@ -166,7 +166,7 @@ def emit_grid_width(w: CodeWriter, plan: Plan) -> None:
     form, ex = plan.attrs["grid"], TorchExpr()
     with w.block("def grid_width(ctx):"):
         w.line(f'"""Tokens lie row-major on a grid of this many columns: {form.describe()}."""')
-        w.line(f"width = int({ex(form.width)})")
+        w.line(f"width = int({let_expr(w, ex, form.width)})")
         w.line("if width < 1:")
         w.line("    raise ValueError(f'grid width must be >= 1, got {width}')")
         w.line("return width")
@@ -178,12 +178,12 @@ def emit_grid_f(w: CodeWriter, plan: Plan, exprs: list) -> None:
     emit_grid_width(w, plan)
     f, ex = exprs[2], TorchExpr()
     with w.block("def grid_f(ctx):"):
-        w.line(f'"""f(dr, dc) on every grid offset: {fmt(f)}"""')
+        w.line(f'"""f(dr, dc) on every grid offset: {brief(f)}"""')
         w.line("width = grid_width(ctx)")
         w.line("dr, dc = rt.grid_offsets(ctx.Nq, ctx.N, width)")
         w.line("i, j = rt.offset_pairs(dr, dc, width)")
         w.line("h = torch.arange(ctx.H, dtype=torch.int32).view(1, ctx.H, 1, 1)")
-        w.line(f"return rt.as_4d({ex(f)}).expand(-1, -1, dr.shape[2], dc.shape[3])")
+        w.line(f"return rt.as_4d({let_expr(w, ex, f)}).expand(-1, -1, dr.shape[2], dc.shape[3])")
     w.line()
 
 
@@ -192,7 +192,7 @@ def emit_ring_g(w: CodeWriter, plan: Plan, exprs: list) -> None:
     emit_grid_width(w, plan)
     form, f, ex = plan.attrs["grid"], exprs[2], TorchExpr()
     with w.block("def ring_g(ctx):"):
-        w.line(f'"""g(i, rho) for rho = 0 .. T, past which rings share ring T\'s weight: {fmt(f)}"""')
+        w.line(f'"""g(i, rho) for rho = 0 .. T, past which rings share ring T\'s weight: {brief(f)}"""')
         w.line("width = grid_width(ctx)")
         w.line(f"T = rt.ring_extent(ctx.Nq, ctx.N, width, {form.metric!r})")
         if form.saturation is not None:
@@ -201,7 +201,7 @@ def emit_ring_g(w: CodeWriter, plan: Plan, exprs: list) -> None:
         w.line("rho = torch.arange(T + 1, dtype=torch.int32).view(1, 1, 1, -1)")
         w.line("i, j = rt.ring_pairs(i, rho, width)")
         w.line("h = torch.arange(ctx.H, dtype=torch.int32).view(1, ctx.H, 1, 1)")
-        w.line(f"return rt.as_4d({ex(f)}).expand(-1, -1, ctx.Nq, T + 1)")
+        w.line(f"return rt.as_4d({let_expr(w, ex, f)}).expand(-1, -1, ctx.Nq, T + 1)")
     w.line()
 
 

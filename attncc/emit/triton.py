@@ -15,12 +15,14 @@ from __future__ import annotations
 
 
 from ..frontend.check import CheckedSpec
-from ..lang.expr import RUNTIME_SIZES, TExpr, fmt
+from ..lang.expr import RUNTIME_SIZES, TExpr
 from ..lang.features import FEATURE_MAPS
 from ..ir.graph import Graph, expr_of
+from ..lang.operators import operator_of
 from ..lang.normalizers import normalizer, pair_scores
 from ..plan.select import Plan
-from .exprs import TritonExpr, band_bounds, key, name_dots
+from .exprs import TritonExpr, band_bounds, brief, key, name_dots
+from .let import LetScope
 from .writer import CodeWriter
 
 BIG = 1 << 30
@@ -68,17 +70,18 @@ def _popcount(x):
 class _KernelExpr(TritonExpr):
     """TritonExpr with table loads: params P_<name>, inputs I_<name> (batch stride I_<name>_sb)."""
 
-    def __call__(self, t: TExpr) -> str:
+    def node(self, t: TExpr, args: list[str]) -> str:
         if t.op in ("param", "input"):
             base = ("P_" if t.op == "param" else "I_") + t.value
-            return f"tl.load({base} + {self.offset(t)}).to(tl.float32)" if t.type == "float" else \
-                f"tl.load({base} + {self.offset(t)})"
-        return super().__call__(t)
+            return f"tl.load({base} + {self.offset(t, args)}).to(tl.float32)" if t.type == "float" else \
+                f"tl.load({base} + {self.offset(t, args)})"
+        return super().node(t, args)
 
-    def offset(self, t: TExpr) -> str:
-        """Element offset of a table lookup, every index clamped into range."""
+    def offset(self, t: TExpr, args: list[str] | None = None) -> str:
+        """Element offset of a table lookup (index code `args`, else printed here), every index clamped."""
         base = ("P_" if t.op == "param" else "I_") + t.value
-        terms = [f"tl.minimum(tl.maximum({self(x)}, 0), {base}_n{d} - 1) * {base}_s{d}" for d, x in enumerate(t.args)]
+        args = [self(x) for x in t.args] if args is None else args
+        terms = [f"tl.minimum(tl.maximum({x}, 0), {base}_n{d} - 1) * {base}_s{d}" for d, x in enumerate(args)]
         batch = f"off_b * {base}_sb + " if t.op == "input" else ""
         return batch + " + ".join(terms)
 
@@ -145,18 +148,10 @@ class _Kernel:
 
 def _helpers_of(t: TExpr):
     for e in t.walk():
-        if e.op in ("floordiv", "mod") and e.type == "int":
-            yield "_floordiv" if e.op == "floordiv" else "_floormod"
-        if e.op == "call" and e.value in ("tanh", "popcount"):
-            yield "_" + e.value
-        if e.op == "pow" and not _small_int_power(e):
-            yield "_powf"
-
-
-def _small_int_power(e: TExpr) -> bool:
-    """Integer powers and constant exponents 0..16 are emitted as products."""
-    exponent = e.args[1]
-    return e.type == "int" or (exponent.op == "const" and exponent.type == "int" and 0 <= exponent.value <= 16)
+        operator = operator_of(e)
+        helper = operator.triton_helper(e) if operator is not None else None
+        if helper is not None:
+            yield helper
 
 
 def emit_feature_fn(w: CodeWriter, name: str) -> None:
@@ -270,7 +265,7 @@ def emit_tiled_kernel(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Ker
         w.line("BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,")
         w.line("PRECISION: tl.constexpr):")
         w.line(f'"""{spec.normalize} attention over tiles; '
-               f'{norm.score_name} = {fmt(scores)}; mask = {fmt(spec.mask) if spec.mask else "none"}."""')
+               f'{norm.score_name} = {brief(scores)}; mask = {brief(spec.mask) if spec.mask else "none"}."""')
         _query_tile(w, dots)
         w.line("m_i = tl.full([BLOCK_M], float('-inf'), dtype=tl.float32)")
         w.line("l_i = tl.zeros([BLOCK_M], dtype=tl.float32)")
@@ -280,10 +275,12 @@ def emit_tiled_kernel(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Ker
                 w.line("start_n = tl.load(Cols + idx) * BLOCK_N")
             w.line("offs_n = start_n + tl.arange(0, BLOCK_N)")
             _tile_dots(w, dots)
-            w.line(f"s = {ex(scores)}")
+            scope = LetScope(ex)
+            scope.bind(w, [scores, spec.mask])
+            w.line(f"s = {scope(scores)}")
             valid = "(offs_n[None, :] < N)"
             if spec.mask is not None:
-                valid = f"{valid} & ({ex(spec.mask)})"
+                valid = f"{valid} & ({scope(spec.mask)})"
             w.line(f"valid = {valid}")
             _load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
             if softmax:

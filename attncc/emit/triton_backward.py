@@ -27,6 +27,7 @@ from ..ir.graph import Graph
 from ..lang.normalizers import normalizer, pair_scores
 from ..plan.select import Plan
 from .exprs import band_bounds, key, name_dots
+from .let import LetScope
 from .triton import (HELPERS, _common_args, _helpers_of, _Kernel, _KernelExpr, _launch_common,
                      _launcher_head, _load_rows, _prologue, row_feature, _size_arg, _sizes, band_line, key_tile_loop)
 from .writer import CodeWriter
@@ -192,8 +193,9 @@ def emit_tiled_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Gra
         for var, feature in sides.items():
             _load_rows(w, var, ptr, offs, limit, "offs_d", "D", feature=feature)
 
-    def tile_body(keys_fixed: bool) -> None:
-        """Recompute the weights of one (query tile, key tile) and dS, the gradient of each score."""
+    def tile_body(keys_fixed: bool) -> LetScope:
+        """Recompute the weights of one (query tile, key tile) and dS, the gradient of each score; the
+        scope of the tile's expressions (the table derivatives too, with the key tile fixed)."""
         if keys_fixed:
             load_sides(q_sides, "Q", "offs_m", "Nq")
             _load_rows(w, "do", "DO", "offs_m", "Nq", "offs_e", "E")
@@ -202,9 +204,11 @@ def emit_tiled_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Gra
             _load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
         for d, name in dots.items():
             w.line(f"{name} = tl.dot({_side(d, 0)}, tl.trans({_side(d, 1)}), input_precision=PRECISION)")
-        w.line(f"s = {ex(scores)}")
+        scope = LetScope(ex)
+        scope.bind(w, [scores, spec.mask, *pairs.values(), *(derivs.values() if keys_fixed and tables else ())])
+        w.line(f"s = {scope(scores)}")
         valid = "(offs_m[:, None] < Nq) & (offs_n[None, :] < N)"
-        w.line(f"valid = {valid} & ({ex(spec.mask)})" if spec.mask is not None else f"valid = {valid}")
+        w.line(f"valid = {valid} & ({scope(spec.mask)})" if spec.mask is not None else f"valid = {valid}")
         if keys_fixed and norm.row_statistic:
             w.line("stat = tl.load(Stat + offs_m, mask=offs_m < Nq, other=0.0)")
             w.line("delta = tl.load(Delta + offs_m, mask=offs_m < Nq, other=0.0)")
@@ -223,11 +227,12 @@ def emit_tiled_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Gra
         w.line("ds = p * (dp - delta[:, None])" if softmax else "ds = (dp - delta[:, None]) * inv[:, None]"
                if norm.divides_by_row_sum else "ds = dp")
         for (qv, kv), d in pairs.items():
-            w.line(f"g = tl.where(valid, ds * ({ex(d)}), 0.0)  # zero where masked: s may be undefined there")
+            w.line(f"g = tl.where(valid, ds * ({scope(d)}), 0.0)  # zero where masked: s may be undefined there")
             if keys_fixed:
                 w.line(f"d{kv} += tl.dot(tl.trans(g.to({qv}.dtype)), {qv}, input_precision=PRECISION)")
             else:
                 w.line(f"d{qv} += tl.dot(g.to({kv}.dtype), {kv}, input_precision=PRECISION)")
+        return scope
 
     def head(name: str, args: str, doc: str) -> None:
         w.line("@triton.jit")
@@ -264,9 +269,9 @@ def emit_tiled_backward(w: CodeWriter, spec: CheckedSpec, plan: Plan, graph: Gra
         if sparse:
             w.line("start_m = tl.load(Rows + idx) * BLOCK_M")
         w.line("offs_m = start_m + tl.arange(0, BLOCK_M)")
-        tile_body(True)
+        scope = tile_body(True)
         for op, name in tables:
-            _table_atomics(w, ex, op, name, derivs)
+            _table_atomics(w, scope, ex, op, name, derivs)
     _feature_grad(w, "dk", [f"d{kv}" for kv in dict.fromkeys(kv for _, kv in pairs)], "BLOCK_N", "K", "offs_n", "N")
     _store(w, "DK", "dk", "offs_n", "N", "offs_d", "D", "k")
     _store(w, "DV", "dv", "offs_n", "N", "offs_e", "E", "v")
@@ -329,18 +334,18 @@ def _tiled_launchers(w: CodeWriter, spec: CheckedSpec, plan: Plan, kernel: _Kern
     w.line(f"GRAD_TABLES = ({''.join(f'{key(n)}, ' for _, n in tables)})  # tables the backward kernels differentiate")
 
 
-def _table_atomics(w: CodeWriter, ex: _KernelExpr, op: str, name: str, derivs: dict) -> None:
-    """dt[idx] += dS o ds/dt[idx] for every lookup of table `name` in the score."""
+def _table_atomics(w: CodeWriter, scope: LetScope, ex: _KernelExpr, op: str, name: str, derivs: dict) -> None:
+    """dt[idx] += dS o ds/dt[idx] for every lookup of table `name` in the score (printed in the tile's scope)."""
     grad = f"G{op[0].upper()}_{name}"
     for leaf, d in derivs.items():
         if leaf.op != op or leaf.value != name or d is None:
             continue
-        w.line(f"c = tl.where(valid, ds * ({ex(d)}), 0.0)")
+        w.line(f"c = tl.where(valid, ds * ({scope(d)}), 0.0)")
         if any(e.op == "var" and e.value in ("i", "j") for arg in leaf.args for e in arg.walk()):
-            w.line(f"tl.atomic_add({grad} + {ex.offset(leaf)} + tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32), c, "
+            w.line(f"tl.atomic_add({grad} + {ex.offset(leaf, [scope(x) for x in leaf.args])} + tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32), c, "
                    "mask=valid)")
         else:
-            w.line(f"tl.atomic_add({grad} + {ex.offset(leaf)}, tl.sum(tl.sum(c, 1), 0))  # one entry per tile")
+            w.line(f"tl.atomic_add({grad} + {ex.offset(leaf, [scope(x) for x in leaf.args])}, tl.sum(tl.sum(c, 1), 0))  # one entry per tile")
 
 
 TILE_BACKWARD = TritonBackward(tile_backward_support, tile_backward_line, emit_tiled_backward)

@@ -49,13 +49,16 @@ def is_plain_dot_scale(t: TExpr) -> bool:
 
 def additive_terms(t: TExpr, sign: int = 1) -> list[tuple[int, TExpr]]:
     """t as a signed sum of terms: a - (b + c) -> [(+1, a), (-1, b), (-1, c)]."""
-    if t.op == "add":
-        return additive_terms(t.args[0], sign) + additive_terms(t.args[1], sign)
-    if t.op == "sub":
-        return additive_terms(t.args[0], sign) + additive_terms(t.args[1], -sign)
-    if t.op == "neg":
-        return additive_terms(t.args[0], -sign)
-    return [(sign, t)]
+    terms, stack = [], [(sign, t)]
+    while stack:  # a sum may be as long as the spec: no recursion
+        s, e = stack.pop()
+        if e.op in ("add", "sub"):
+            stack += [(-s if e.op == "sub" else s, e.args[1]), (s, e.args[0])]
+        elif e.op == "neg":
+            stack.append((-s, e.args[0]))
+        else:
+            terms.append((s, e))
+    return terms
 
 
 def split_logits(logits: TExpr) -> TExpr | None | bool:

@@ -149,7 +149,35 @@ class Spec:
 
 
 def format_expr(e: Expr) -> str:
-    """Canonical, fully parenthesised text of an expression (used by printers and tests)."""
+    """Canonical, fully parenthesised text of an expression (used by printers and tests); without
+    recursion, since operator chains nest as deep as a spec is long."""
+    text: dict[int, str] = {}
+    stack: list[tuple[Expr, bool]] = [(e, False)]
+    while stack:
+        node, ready = stack.pop()
+        parts = _parts(node)
+        if not ready and parts:
+            stack.append((node, True))
+            stack.extend((p, False) for p in reversed(parts))
+            continue
+        text[id(node)] = _format_node(node, [text[id(p)] for p in parts])
+    return text[id(e)]
+
+
+def _parts(e: Expr) -> list[Expr]:
+    """The subexpressions of e, in the order its text shows them."""
+    if isinstance(e, Unary):
+        return [e.operand]
+    if isinstance(e, Binary):
+        return [e.left, e.right]
+    if isinstance(e, Call):
+        return [*e.args, *(k.value for k in e.kwargs)]
+    if isinstance(e, Index):
+        return list(e.indices)
+    return []
+
+
+def _format_node(e: Expr, parts: list[str]) -> str:
     if isinstance(e, Num):
         return repr(e.value)
     if isinstance(e, Bool):
@@ -158,13 +186,14 @@ def format_expr(e: Expr) -> str:
         return e.id
     if isinstance(e, Unary):
         sep = " " if e.op == "not" else ""
-        return f"({e.op}{sep}{format_expr(e.operand)})"
+        return f"({e.op}{sep}{parts[0]})"
     if isinstance(e, Binary):
-        return f"({format_expr(e.left)} {e.op} {format_expr(e.right)})"
+        return f"({parts[0]} {e.op} {parts[1]})"
     if isinstance(e, Call):
-        return f"{e.fn}({_call_args(e.args, e.kwargs)})"
+        args = parts[:len(e.args)] + [f"{k.name}={v}" for k, v in zip(e.kwargs, parts[len(e.args):])]
+        return f"{e.fn}({', '.join(args)})"
     if isinstance(e, Index):
-        return f"{e.table}[{', '.join(format_expr(i) for i in e.indices)}]"
+        return f"{e.table}[{', '.join(parts)}]"
     raise TypeError(type(e))
 
 

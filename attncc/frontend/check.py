@@ -12,17 +12,17 @@ from dataclasses import dataclass, field, replace
 from . import ast
 from .approx import (APPROXIMATIONS, CHOICES, COUNTS, FAVOR, FLAGS, PLAIN_ONLY, POSITIVE, favor_weight,
                      is_plain_dot_scale, split_logits)
-from ..lang.expr import BOOL, FLOAT, FUNCTIONS, INT, RUNTIME_SIZES, VEC, TExpr, fmt
+from ..lang.expr import BOOL, FLOAT, INT, RUNTIME_SIZES, VEC, TExpr
 from ..lang.features import ALL_MAPS, RANDOM_MAPS
 from ..lang.graph_kernels import GRAPH_KERNELS
-from .mechanisms import ISTA_OPTIONS, IstaInfo, MechanismChecks
-from ..lang.normalizers import NORMALIZERS as NORMALIZERS_BY_NAME
+from ..lang.operators import FUNCTIONS, fmt
+from .mechanisms import IstaInfo, MechanismChecks
+from ..lang.normalizers import NORMALIZERS, Normalizer, default_normalizer
 from ..lang.pool import PoolInfo
 from ..lang.source import DiagnosticBag, Source, Span, did_you_mean
 from .records import InputInfo, KeywordOptions, ParamInfo
 from .typecheck import ExprTyper
 
-NORMALIZERS = {"softmax": {}, "rows": {"eps": 1e-6}, "none": {}, "ista": ISTA_OPTIONS}
 INITIALIZERS = {"zeros": {}, "ones": {}, "alibi": {}, "normal": {"std": 0.02, "mean": 0.0},
                 "uniform": {"low": -0.1, "high": 0.1}}
 INPUT_DTYPES = ("int", "float", "bool")
@@ -93,7 +93,7 @@ class CheckedSpec:
 
     @property
     def kind(self) -> str:
-        return "softmax" if NORMALIZERS_BY_NAME[self.normalize].online_softmax else "kernel"
+        return "softmax" if NORMALIZERS[self.normalize].online_softmax else "kernel"
 
 
 class _Checker(ExprTyper, MechanismChecks):
@@ -250,7 +250,7 @@ class _Checker(ExprTyper, MechanismChecks):
             return
         if s.kind not in NORMALIZERS:
             self.bag.error(f"unknown normalization `{s.kind}`", s.kind_span,
-                           did_you_mean(s.kind, NORMALIZERS) or "use softmax, rows, none or ista")
+                           did_you_mean(s.kind, NORMALIZERS) or f"use {', '.join(NORMALIZERS)}")
             return
         self.normalize = s
 
@@ -324,28 +324,33 @@ class _Checker(ExprTyper, MechanismChecks):
         return t
 
     # ---------------------------------------------------------------- roles
+    def _normalizer(self) -> tuple[Normalizer, tuple | None]:
+        """The normalizer record and its checked options (its defaults when `normalize` is left out)."""
+        if self.normalize is None or self.normalize.kind not in NORMALIZERS:
+            norm = default_normalizer("weight" in self.defs or bool(self.features))
+            return norm, tuple(norm.options.items())
+        norm = NORMALIZERS[self.normalize.kind]
+        return norm, self._options(self.normalize.args, self.normalize.kwargs, norm.options,
+                                   f"normalize {norm.name}", self.normalize.kind_span)
+
+    def _check_roles(self, norm: Normalizer) -> None:
+        """`score` and `bias` for normalizers written with scores (softmax), `weight` for the others."""
+        for kind in ("weight",) if norm.takes_score else ("score", "bias"):
+            if kind in self.defs:
+                good = "score" if norm.takes_score else "weight"
+                self.bag.error(f"`{kind}` is for {'kernelized' if norm.takes_score else 'softmax'} attention, "
+                               f"but this spec normalizes with `{norm.name}`", self.defs[kind].kind_span,
+                               f"use `{good}(i, j)`" + ("" if norm.takes_score else " or `normalize softmax`"))
+
     def _finish(self) -> CheckedSpec:
-        kernelized = "weight" in self.defs or bool(self.features)
-        norm = self.normalize.kind if self.normalize else ("rows" if kernelized else "softmax")
-        eps = 0.0
-        if self.normalize is not None and self.normalize.kind in NORMALIZERS:
-            opts = self._options(self.normalize.args, self.normalize.kwargs, NORMALIZERS[self.normalize.kind],
-                                 f"normalize {self.normalize.kind}", self.normalize.kind_span)
-            eps = dict(opts or ()).get("eps", 0.0)
-        elif norm == "rows":
-            eps = NORMALIZERS["rows"]["eps"]
+        norm, opts = self._normalizer()
+        eps = dict(opts or ()).get("eps", 0.0)
         exprs: dict[str, TExpr | None] = {}
         for kind, d in self.defs.items():
             self.index_names = d.params
             ctx = {"score": "score", "weight": "weight"}.get(kind, "index")
             exprs[kind] = self._expr(d.body, ctx)
-        softmax = norm == "softmax"
-        for kind in ("score", "bias") if not softmax else ("weight",):
-            if kind in self.defs:
-                good = "score" if softmax else "weight"
-                self.bag.error(f"`{kind}` is for {'softmax' if not softmax else 'kernelized'} attention, "
-                               f"but this spec normalizes with `{norm}`", self.defs[kind].kind_span,
-                               f"use `{good}(i, j)`" + ("" if softmax else " or `normalize softmax`"))
+        self._check_roles(norm)
         mask = exprs.get("mask")
         if mask is not None and mask.type != BOOL:
             self.bag.error(f"a mask must be a condition, got {mask.type}", self.defs["mask"].body.span,
@@ -358,7 +363,7 @@ class _Checker(ExprTyper, MechanismChecks):
                 self.bag.error(f"`{kind}` does not use `dot(...)` of q and k", self.defs[kind].body.span,
                                "write e.g. `dot(q[i], k[j]) * scale`")
         logits = weight = None
-        if softmax:
+        if norm.takes_score:
             logits = exprs.get("score") if "score" in self.defs else DEFAULT_LOGITS
             if exprs.get("bias") is not None and logits is not None:
                 logits = TExpr("add", (logits, exprs["bias"]), None, FLOAT)
@@ -375,14 +380,16 @@ class _Checker(ExprTyper, MechanismChecks):
                     row = lambda op: TExpr("feature", (TExpr(op, (), op[0], VEC),), fn, VEC)
                     weight = TExpr("dot", (row("qrow"), row("krow")), None, FLOAT)
                 else:
-                    self.bag.error(f"`normalize {norm}` needs `weight(i, j)`", self.spec.name_span,
+                    self.bag.error(f"`normalize {norm.name}` needs `weight(i, j)`", self.spec.name_span,
                                    "e.g. `weight(i, j) = dot(phi(q[i]), phi(k[j]))`")
-        self._check_random_features(logits if softmax else weight)
-        ista = self._check_ista(weight, mask, opts) if norm == "ista" else None
+        self._check_random_features(logits if norm.takes_score else weight)
+        if norm.of_score is not None and logits is not None:  # the weights it means (lang/normalizers.py)
+            logits, weight = None, norm.of_score(logits)
+        ista = self._check_ista(weight, mask, opts) if not norm.fixed_weights else None
         self.bag.raise_if_any()
         spans = {kind: d.span for kind, d in self.defs.items()}
         spec = CheckedSpec(self.spec.name, self.src, dict(self.sizes), self.params, self.inputs, self.features,
-                           norm, float(eps), logits, weight, mask, spans, dict(self.derived),
+                           norm.name, float(eps), logits, weight, mask, spans, dict(self.derived),
                            tuple(dict.fromkeys(self.divisors)), dict(self.graphs), ista, self.pool)
         return self._approximated(spec) if self.normalize is not None and self.normalize.approx else spec
 
@@ -393,7 +400,7 @@ class _Checker(ExprTyper, MechanismChecks):
         if a.method not in APPROXIMATIONS:
             self.bag.error(f"unknown approximation `{a.method}`", a.method_span,
                            did_you_mean(a.method, APPROXIMATIONS) or f"use one of {', '.join(APPROXIMATIONS)}")
-        elif not NORMALIZERS_BY_NAME[spec.normalize].online_softmax:
+        elif not NORMALIZERS[spec.normalize].online_softmax:
             self.bag.error(f"`approx {a.method}` approximates softmax attention, but this spec normalizes "
                            f"with `{spec.normalize}`", a.method_span, "write `normalize softmax approx ...`")
         else:

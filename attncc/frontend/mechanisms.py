@@ -10,9 +10,6 @@ from .records import ParamInfo
 from ..lang.pool import BIAS, HEAD, POOLINGS, PoolInfo
 from ..lang.source import did_you_mean
 
-ISTA_OPTIONS = {"steps": 5, "lam": 0.3}
-
-
 @dataclass(frozen=True)
 class IstaInfo:
     """VARS: T unrolled ISTA steps of min_z 1/2 |V - Phi z|^2 + lam |z|_1 (see attncc/ista.py)."""

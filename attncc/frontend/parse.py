@@ -6,10 +6,10 @@ and each piece is parsed on its own, so that every broken statement gets its own
 from __future__ import annotations
 
 from functools import lru_cache
-from importlib import resources
+from pathlib import Path
 
 import lark
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer_NonRecursive, v_args
 
 from . import ast
 from ..lang.source import Diagnostic, DiagnosticBag, Source, Span, SpecError
@@ -26,9 +26,19 @@ _TOKEN_TEXT = {
 }
 
 
+def grammar_path(name: str = "attn.lark") -> Path:
+    """A file of the repository's grammar/ folder: attncc/grammar/ in an installed wheel (setup.py
+    copies it there), or grammar/ beside the package in a source checkout or editable install."""
+    package = Path(__file__).resolve().parents[1]
+    for folder in (package / "grammar", package.parent / "grammar"):
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"grammar/{name} is neither in the package nor beside it ({package})")
+
+
 @lru_cache(maxsize=1)
 def parser() -> Lark:
-    grammar = resources.files("attncc.frontend").joinpath("grammar.lark").read_text()
+    grammar = grammar_path().read_text(encoding="utf-8")
     # cache=True keeps the LALR tables in the temp dir, keyed by the grammar's hash: ~40 ms per process saved
     return Lark(grammar, parser="lalr", lexer="basic", start=["start", "stmt"], propagate_positions=True,
                 maybe_placeholders=True, cache=True)
@@ -40,8 +50,9 @@ def _span(meta_or_token) -> Span:
 
 
 @v_args(meta=True)
-class _ToAst(Transformer):
-    """lark tree -> attncc.ast, offsetting spans by `base` (for statement-wise reparsing)."""
+class _ToAst(Transformer_NonRecursive):
+    """lark tree -> attncc.ast, offsetting spans by `base` (for statement-wise reparsing); iterative, since
+    operator chains (`a + b + ...`, `not not ...`) nest without brackets, as deep as a spec is long."""
 
     def __init__(self, base: int = 0):
         super().__init__()

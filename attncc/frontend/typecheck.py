@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 
 from . import ast
-from ..lang.expr import (BINARY_OPS, BITWISE, BOOL, COMPARE, FLOAT, FUNCTIONS, INT, RUNTIME_SIZES, SYMBOL_TO_OP, VEC,
-                   TExpr, const)
+from ..lang.expr import BOOL, FLOAT, INT, RUNTIME_SIZES, VEC, TExpr, const
 from ..lang.features import ALL_MAPS, RANDOM_MAPS
+from ..lang.operators import BINARY, FUNCTIONS, OPERATORS, UNARY
 from ..lang.source import Span, did_you_mean
 
 INT_LIMIT = 2**31
@@ -28,6 +28,28 @@ class ExprTyper:
             return None
 
     def _typed(self, e: ast.Expr, ctx: str) -> TExpr | None:
+        """Operator chains (`a + b + ...`, `not not ...`) are the only nesting without brackets, so the only
+        one as deep as a spec is long: they are typed without recursion, operands first, left to right.
+        Calls and lookups recurse, at most parse.MAX_NESTING brackets deep."""
+        typed: dict[int, TExpr | None] = {}
+        stack: list[tuple[ast.Expr, bool]] = [(e, False)]
+        while stack:
+            node, ready = stack.pop()
+            if isinstance(node, ast.Binary) and not ready:
+                stack += [(node, True), (node.right, False), (node.left, False)]
+            elif isinstance(node, ast.Unary) and not ready:
+                stack += [(node, True), (node.operand, False)]
+            elif isinstance(node, ast.Binary):
+                left, right = typed[id(node.left)], typed[id(node.right)]
+                typed[id(node)] = None if left is None or right is None else self._binary(node, left, right)
+            elif isinstance(node, ast.Unary):
+                x = typed[id(node.operand)]
+                typed[id(node)] = None if x is None else self._unary(node, x)
+            else:
+                typed[id(node)] = self._atom(node, ctx)
+        return typed[id(e)]
+
+    def _atom(self, e: ast.Expr, ctx: str) -> TExpr | None:
         if isinstance(e, ast.Num):
             if isinstance(e.value, int) and abs(e.value) >= INT_LIMIT:
                 self.bag.error("integer literal out of range", e.span, "integers must lie within ±2^31")
@@ -40,23 +62,21 @@ class ExprTyper:
             return const(e.value, e.span)
         if isinstance(e, ast.Name):
             return self._name(e, ctx)
-        if isinstance(e, ast.Unary):
-            x = self._typed(e.operand, ctx)
-            if x is None:
-                return None
-            if e.op == "not":
-                return self._fold(TExpr("not", (self._want(x, BOOL, e.operand.span, "`not`"),), None, BOOL, e.span))
-            if x.type not in (INT, FLOAT):
-                self.bag.error(f"`{e.op}` needs a number, got {x.type}", e.operand.span)
-                return None
-            return x if e.op == "+" else self._fold(TExpr("neg", (x,), None, x.type, e.span))
-        if isinstance(e, ast.Binary):
-            return self._binary(e, ctx)
         if isinstance(e, ast.Call):
             return self._call(e, ctx)
         if isinstance(e, ast.Index):
             return self._index(e, ctx)
         raise TypeError(type(e))
+
+    def _unary(self, e: ast.Unary, x: TExpr) -> TExpr | None:
+        if e.op == "+":
+            return x if x.type in (INT, FLOAT) else self._not_a_number(e, x)
+        operator = UNARY[e.op]
+        if operator.operands == BOOL:
+            x = self._want(x, BOOL, e.operand.span, f"`{e.op}`")
+        elif x.type not in (INT, FLOAT):
+            return self._not_a_number(e, x)
+        return self._fold(TExpr(operator.name, (x,), None, operator.result_type([x.type]), e.span))
 
     def _name(self, e: ast.Name, ctx: str) -> TExpr | None:
         n = e.id
@@ -105,53 +125,43 @@ class ExprTyper:
                        "compare it, e.g. `x != 0`" if t == BOOL else None)
         return x
 
-    def _binary(self, e: ast.Binary, ctx: str) -> TExpr | None:
-        left, right = self._typed(e.left, ctx), self._typed(e.right, ctx)
-        if left is None or right is None:
-            return None
-        op = SYMBOL_TO_OP[e.op]
+    def _not_a_number(self, e: ast.Unary, x: TExpr) -> None:
+        self.bag.error(f"`{e.op}` needs a number, got {x.type}", e.operand.span)
+
+    def _binary(self, e: ast.Binary, left: TExpr, right: TExpr) -> TExpr | None:
+        operator = BINARY[e.op]
         for side, x in (("left", left), ("right", right)):
             if x.type == VEC:
                 self.bag.error(f"`{e.op}` cannot take a row vector", (e.left if side == "left" else e.right).span,
                                "combine rows with `dot(...)`")
                 return None
-        if op in ("and_", "or_"):
+        if operator.operands == BOOL:
             self._want(left, BOOL, e.left.span, f"`{e.op}`")
             self._want(right, BOOL, e.right.span, f"`{e.op}`")
-            return self._fold(TExpr(op, (left, right), None, BOOL, e.span))
-        if BOOL in (left.type, right.type) and (op not in ("eq", "ne") or left.type != right.type):
+        elif BOOL in (left.type, right.type) and (operator.operands != "equatable" or left.type != right.type):
             bad = e.left if left.type == BOOL else e.right
-            what = "compares a bool with a number" if op in ("eq", "ne") else "needs numbers, got a bool"
+            equality = operator.operands == "equatable"
+            what = "compares a bool with a number" if equality else "needs numbers, got a bool"
             self.bag.error(f"`{e.op}` {what}", bad.span, "combine conditions with `and` / `or`")
             return None
-        if op in COMPARE:
-            return self._fold(TExpr(op, (left, right), None, BOOL, e.span))
-        if op in BITWISE or op in ("floordiv", "mod"):
-            if op in BITWISE:
-                for x, sub in ((left, e.left), (right, e.right)):
-                    if x.type != INT:
-                        self.bag.error(f"`{e.op}` needs integers, got {x.type}", sub.span)
-                        return None
-            if op in ("floordiv", "mod") and not self._nonzero_divisor(right, e.right.span):
-                return None
-            result = INT if (left.type, right.type) == (INT, INT) else FLOAT
-            return self._fold(TExpr(op, (left, right), None, result, e.span))
-        if op == "div":
-            if not self._nonzero_divisor(right, e.right.span):
-                return None
-            return self._fold(TExpr(op, (left, right), None, FLOAT, e.span))
-        if op == "pow" and left.type == INT and right.type == INT:
-            if not (right.op == "const" and 0 <= right.value <= 64):
-                self.bag.error("an integer power needs a constant exponent in 0..64", e.right.span,
-                               "write a float base, e.g. `2.0 ** x`")
-                return None
-        result = INT if (left.type, right.type) == (INT, INT) else FLOAT
-        return self._fold(TExpr(op, (left, right), None, result, e.span))
+        if operator.operands == INT:
+            for x, sub in ((left, e.left), (right, e.right)):
+                if x.type != INT:
+                    self.bag.error(f"`{e.op}` needs integers, got {x.type}", sub.span)
+                    return None
+        if operator.divisor and not self._nonzero_divisor(right, e.right.span):
+            return None
+        problem = operator.restriction([left, right])
+        if problem is not None:
+            position, message, hint = problem
+            self.bag.error(message, (e.left, e.right)[position].span, hint)
+            return None
+        result = operator.result_type([left.type, right.type])
+        return self._fold(TExpr(operator.name, (left, right), None, result, e.span))
 
     def _nonzero_divisor(self, t: TExpr, span: Span) -> bool:
         """A divisor made of constants and declared sizes must not be 0 (checked again at construction)."""
-        if any(x.op not in ("const", "size") and x.op not in BINARY_OPS and x.op not in ("neg", "call")
-               for x in t.walk()) or any(x.op == "call" and x.value not in ("min", "max", "abs") for x in t.walk()):
+        if any(x.op not in ("const", "size", "call") and x.op not in OPERATORS for x in t.walk()) or any(x.op == "call" and x.value not in ("min", "max", "abs") for x in t.walk()):
             return True
         from ..lang.evaluate import Env, evaluate
         try:
@@ -182,15 +192,14 @@ class ExprTyper:
         args = [self._typed(a, ctx) for a in e.args]
         if any(a is None for a in args):
             return None
-        pattern, rule = FUNCTIONS[e.fn]
-        kinds = pattern.split(",")
-        variadic = pattern.endswith("+")
+        operator = FUNCTIONS[e.fn]
+        variadic = operator.operands.endswith("+")
+        kinds = operator.kinds(len(args))
         if (variadic and len(args) < 2) or (not variadic and len(args) != len(kinds)):
             n = "2 or more" if variadic else str(len(kinds))
             self.bag.error(f"`{e.fn}` takes {n} argument{'s' if n != '1' else ''}, got {len(args)}", e.span)
             return None
-        for idx, (a, node) in enumerate(zip(args, e.args)):
-            kind = kinds[0].rstrip("+") if variadic else kinds[idx]
+        for a, node, kind in zip(args, e.args, kinds):
             if a.type == VEC or (kind == "num" and a.type == BOOL):
                 self.bag.error(f"`{e.fn}` needs a number, got {a.type}", node.span)
                 return None
@@ -198,19 +207,11 @@ class ExprTyper:
                 self.bag.error(f"`{e.fn}` needs {'an' if kind == INT else 'a'} {kind}, got {a.type}", node.span,
                                "use `//` for integer division" if kind == INT else None)
                 return None
-        values = args[1:] if e.fn == "where" else args
-        if e.fn == "where" and (BOOL in (values[0].type, values[1].type)) and values[0].type != values[1].type:
-            self.bag.error("`where` needs both branches of the same kind", e.span)
+        values = [a for a, kind in zip(args, kinds) if kind != BOOL]
+        if len(values) == 2 and BOOL in (values[0].type, values[1].type) and values[0].type != values[1].type:
+            self.bag.error(f"`{e.fn}` needs both branches of the same kind", e.span)
             return None
-        if rule == "float":
-            result = FLOAT
-        elif rule == "same":
-            result = args[0].type
-        elif rule == "int":
-            result = INT
-        else:
-            types = {a.type for a in values}
-            result = BOOL if types == {BOOL} else INT if types == {INT} else FLOAT
+        result = operator.result_type([a.type for a in args])
         return self._fold(TExpr("call", tuple(args), e.fn, result, e.span))
 
     def _dot(self, e: ast.Call, ctx: str) -> TExpr | None:

@@ -12,13 +12,14 @@ from typing import Any, Iterable
 import networkx as nx
 import sympy
 
-from ..lang.expr import BINARY_OPS, BOOL, FLOAT, INT, VEC, TExpr
+from ..lang.expr import BOOL, FLOAT, INT, VEC, TExpr
+from ..lang.operators import OPERATORS
 from ..lang.source import NO_SPAN, Span
 
 B, H, Nq, N, D, E = sympy.symbols("B H Nq N D E", integer=True, positive=True)
 SIZE_SYMBOLS = {"B": B, "H": H, "Nq": Nq, "N": N, "D": D, "E": E}
 
-ELEMENTWISE = {*BINARY_OPS, "neg", "not", "call", "param", "input"}
+ELEMENTWISE = {*OPERATORS, "call", "param", "input"}
 LEAVES = {"q", "k", "v", "const", "var", "size", "rsize", "scale"}
 TENSOR_OPS = {"feature", "pairdot", "attend", "linear_attend", "toeplitz_attend", "grid_attend", "graph_attend", "mixed_attend",
               "ista_attend", "output"}
@@ -114,9 +115,22 @@ class Graph:
 
 
 def expr_of(graph: Graph, nid: int) -> TExpr:
-    """Read the elementwise subgraph rooted at nid back as a typed expression."""
-    node = graph.node(nid)
-    args = tuple(expr_of(graph, a) for a in graph.operands(nid))
+    """Read the elementwise subgraph rooted at nid back as a typed expression (without recursion:
+    expressions may be as deep as a spec is long)."""
+    exprs: dict[int, TExpr] = {}
+    stack = [nid]
+    while stack:
+        top = stack[-1]
+        pending = [a for a in graph.operands(top) if a not in exprs]
+        if pending:
+            stack.extend(reversed(pending))
+            continue
+        stack.pop()
+        exprs[top] = _expr_node(graph.node(top), tuple(exprs[a] for a in graph.operands(top)))
+    return exprs[nid]
+
+
+def _expr_node(node: Node, args: tuple[TExpr, ...]) -> TExpr:
     if node.op in ("q", "k"):
         return TExpr("qrow" if node.op == "q" else "krow", (), node.op, VEC)
     if node.op == "pairdot":
@@ -139,7 +153,7 @@ def verify(graph: Graph) -> None:
         keys = sorted(k for _, _, k in g.in_edges(nid, keys=True))
         assert keys == list(range(len(keys))), f"%{nid} {node.op}: operand positions {keys}"
         ops = graph.operands(nid)
-        if node.op in BINARY_OPS:
+        if node.op in OPERATORS and OPERATORS[node.op].form == "binary":
             assert len(ops) == 2, f"%{nid} {node.op} needs 2 operands"
         if node.op in ELEMENTWISE and node.op not in ("param", "input"):
             shapes = [graph.node(o).shape for o in ops]
@@ -159,7 +173,7 @@ def _fmt_attr(value) -> str:
     if hasattr(value, "describe"):  # analysis results (Structure)
         return value.describe()
     if isinstance(value, TExpr):
-        from ..lang.expr import fmt
+        from ..lang.operators import fmt
         return fmt(value)
     return str(value)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sympy
 
 from ..frontend.check import CheckedSpec
-from ..lang.expr import FLOAT, TExpr
+from ..lang.expr import FLOAT, TExpr, postorder
 from ..lang.normalizers import pair_scores
 from .graph import SIZE_SYMBOLS, B, D, E, Graph, H, N, Nq, broadcast
 
@@ -29,13 +29,18 @@ class ExprBuilder:
                 self.leaves[name] = graph.add(name, shape=shape, dtype=FLOAT)
 
     def add(self, t: TExpr) -> int:
-        if t.op in ("qrow", "krow"):
-            return self.leaves["q" if t.op == "qrow" else "k"]
-        args = tuple(self.add(a) for a in t.args)
-        key = (t.op, t.value, t.type, args)
-        if key not in self.cache:
-            self.cache[key] = self._new(t, args)
-        return self.cache[key]
+        """The node of t, its subexpressions added first (left to right, without recursion)."""
+        nodes: dict[TExpr, int] = {}
+        for e in postorder(t):
+            if e.op in ("qrow", "krow"):
+                nodes[e] = self.leaves["q" if e.op == "qrow" else "k"]
+                continue
+            args = tuple(nodes[a] for a in e.args)
+            key = (e.op, e.value, e.type, args)
+            if key not in self.cache:
+                self.cache[key] = self._new(e, args)
+            nodes[e] = self.cache[key]
+        return nodes[t]
 
     def _new(self, t: TExpr, args: tuple[int, ...]) -> int:
         g = self.graph

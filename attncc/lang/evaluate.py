@@ -12,7 +12,8 @@ from typing import Callable
 
 import torch
 
-from .expr import BOOL, FLOAT, INT, TExpr
+from .expr import BOOL, FLOAT, INT, TExpr, fold
+from .operators import operator_of
 
 
 @dataclass
@@ -51,85 +52,13 @@ def input_lookup(table: torch.Tensor, indices, ndims: int) -> torch.Tensor:
     return out
 
 
-def _int_divisor(a, b) -> tuple[bool, object]:
-    ints = not (torch.as_tensor(a).is_floating_point() or torch.as_tensor(b).is_floating_point())
-    return ints, torch.where(torch.as_tensor(b) == 0, 1, b) if ints else b
-
-
-def floordiv(a, b):
-    """a // b rounding down; on ints, x // 0 = 0 (floats follow IEEE)."""
-    ints, safe = _int_divisor(a, b)
-    q = torch.div(torch.as_tensor(a), safe, rounding_mode="floor")
-    return torch.where(torch.as_tensor(b) == 0, 0, q) if ints else q
-
-
-def floormod(a, b):
-    """a % b with the divisor's sign; on ints, x % 0 = x, so that x == (x // y) * y + x % y."""
-    ints, safe = _int_divisor(a, b)
-    r = torch.remainder(torch.as_tensor(a), safe)
-    return torch.where(torch.as_tensor(b) == 0, a, r) if ints else r
-
-
-def popcount(x: torch.Tensor) -> torch.Tensor:
-    """Number of set bits of the 32-bit two's complement pattern of x (SWAR: bits summed in pairs,
-    nibbles, then bytes, in int64 so that nothing overflows)."""
-    x = x.long() & 0xFFFFFFFF
-    x = x - ((x >> 1) & 0x55555555)
-    x = (x & 0x33333333) + ((x >> 2) & 0x33333333)
-    x = (x + (x >> 4)) & 0x0F0F0F0F
-    return ((x * 0x01010101) >> 24 & 0xFF).int()
-
-
-def _binary(op: str, a: torch.Tensor, b: torch.Tensor, float_dtype: torch.dtype) -> torch.Tensor:
-    if op == "add":
-        return a + b
-    if op == "sub":
-        return a - b
-    if op == "mul":
-        return a * b
-    if op == "div":
-        return a.to(float_dtype) / b if not a.is_floating_point() and not b.is_floating_point() else a / b
-    if op == "floordiv":
-        return floordiv(a, b)
-    if op == "mod":
-        return floormod(a, b)
-    if op == "pow":
-        return torch.pow(a, b)
-    if op == "xor":
-        return torch.bitwise_xor(a, b)
-    if op == "bitand":
-        return torch.bitwise_and(a, b)
-    if op == "bitor":
-        return torch.bitwise_or(a, b)
-    if op == "and_":
-        return torch.logical_and(a, b)
-    if op == "or_":
-        return torch.logical_or(a, b)
-    compare = {"lt": torch.lt, "le": torch.le, "gt": torch.gt, "ge": torch.ge, "eq": torch.eq, "ne": torch.ne}
-    return compare[op](a, b)
-
-
-def _call(fn: str, args: list[torch.Tensor], float_dtype: torch.dtype) -> torch.Tensor:
-    if fn in ("min", "max"):
-        out = args[0]
-        for a in args[1:]:
-            out = torch.minimum(out, a) if fn == "min" else torch.maximum(out, a)
-        return out
-    if fn == "where":
-        return torch.where(args[0], args[1], args[2])
-    if fn == "popcount":
-        return popcount(args[0])
-    if fn == "gray":
-        return torch.bitwise_xor(args[0], args[0] >> 1)
-    if fn == "abs":
-        return torch.abs(args[0])
-    x = args[0] if args[0].is_floating_point() else args[0].to(float_dtype)
-    return {"exp": torch.exp, "log": torch.log, "sqrt": torch.sqrt, "tanh": torch.tanh,
-            "sigmoid": torch.sigmoid}[fn](x)
-
-
 def evaluate(t: TExpr, env: Env) -> torch.Tensor:
-    """Evaluate a typed expression; ints are int32 (wrapping, as in kernels), floats env.float_dtype."""
+    """Evaluate a typed expression; ints are int32 (wrapping, as in kernels), floats env.float_dtype.
+    Each distinct subexpression is evaluated once, without recursion (specs may nest deeply)."""
+    return fold(t, lambda e, args: _node(e, args, env), descend=lambda e: e.op != "dot")
+
+
+def _node(t: TExpr, args: list[torch.Tensor], env: Env) -> torch.Tensor:
     op = t.op
     if op == "const":
         dtype = torch.bool if t.type == BOOL else env.int_dtype if t.type == INT else env.float_dtype
@@ -144,19 +73,17 @@ def evaluate(t: TExpr, env: Env) -> torch.Tensor:
         return torch.tensor(env.rsizes["D"] ** -0.5, dtype=env.float_dtype)
     if op == "dot":
         return env.dot(t)
-    args = [evaluate(a, env) for a in t.args]
-    if op == "neg":
-        return -args[0]
-    if op == "not":
-        return torch.logical_not(args[0])
-    if op == "call":
-        out = _call(t.value, args, env.float_dtype)
-    elif op == "param":
+    if op == "param":
         out = lookup(env.params[t.value], args, batched=False)
     elif op == "input":
         out = input_lookup(env.inputs[t.value], args, len(t.args))
     else:
-        out = _binary(op, args[0], args[1], env.float_dtype)
+        operator = operator_of(t)
+        if operator is None:
+            raise ValueError(f"cannot evaluate {op}")
+        out = operator.evaluate(args, env.float_dtype)
+        if operator.form == "unary":
+            return out
     if t.type == FLOAT and out.dtype != env.float_dtype:
         out = out.to(env.float_dtype)
     return out
@@ -165,7 +92,11 @@ def evaluate(t: TExpr, env: Env) -> torch.Tensor:
 def fold_constants(t: TExpr) -> TExpr:
     """t with every operator over constants replaced by its value (where that value is finite), and
     the exact identities x ** 1 = x, x ** 0 = 1, x * 1 = 1 * x = x, x / 1 = x applied."""
-    args = tuple(fold_constants(a) for a in t.args)
+    return fold(t, _fold_node)
+
+
+def _fold_node(t: TExpr, folded: list[TExpr]) -> TExpr:
+    args = tuple(folded)
     t = TExpr(t.op, args, t.value, t.type, t.span) if args else t
     one = lambda a: a.op == "const" and a.value == 1 and not isinstance(a.value, bool)
     if t.op == "pow" and args[1].op == "const" and args[1].value in (0, 1) and not isinstance(args[1].value, bool):

@@ -8,7 +8,7 @@ and rows of q and k. Operators keep Python's meaning: `//` floors, `%` takes the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from .source import Span, NO_SPAN
 
@@ -17,37 +17,79 @@ INT, FLOAT, BOOL, VEC = "int", "float", "bool", "vec"
 # Run-time sizes, bound from the input tensors at call time.
 RUNTIME_SIZES = {"N": "key tokens", "Nq": "query tokens", "H": "heads", "D": "q/k head dim", "E": "v head dim"}
 
-ARITH = {"add": "+", "sub": "-", "mul": "*", "div": "/", "floordiv": "//", "mod": "%", "pow": "**"}
-BITWISE = {"xor": "^", "bitand": "&", "bitor": "|"}
-COMPARE = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
-LOGIC = {"and_": "and", "or_": "or"}
-BINARY_OPS = {**ARITH, **BITWISE, **COMPARE, **LOGIC}
-SYMBOL_TO_OP = {sym: op for op, sym in BINARY_OPS.items()}
-
-# Scalar functions: name -> (argument types ('num' = int or float), result type rule).
-FUNCTIONS = {
-    "min": ("num+", "promote"), "max": ("num+", "promote"), "abs": ("num", "same"),
-    "exp": ("num", "float"), "log": ("num", "float"), "sqrt": ("num", "float"),
-    "tanh": ("num", "float"), "sigmoid": ("num", "float"),
-    "where": ("bool,any,any", "promote"), "popcount": ("int", "int"), "gray": ("int", "int"),
-}
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TExpr:
+    """Equality ignores spans. Hashing and equality are iterative (the hash is cached at construction,
+    from the children's), so that expressions thousands of levels deep never exhaust Python's stack."""
     op: str
     args: tuple["TExpr", ...] = ()
     value: Any = None
     type: str = FLOAT
     span: Span = field(default=NO_SPAN, compare=False)
 
+    def __post_init__(self):
+        object.__setattr__(self, "_hash", hash((self.op, tuple(hash(a) for a in self.args), self.value, self.type)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, TExpr):
+            return NotImplemented
+        pairs = [(self, other)]
+        while pairs:
+            a, b = pairs.pop()
+            if a is b:
+                continue
+            if a._hash != b._hash or (a.op, a.value, a.type, len(a.args)) != (b.op, b.value, b.type, len(b.args)):
+                return False
+            pairs.extend(zip(a.args, b.args))
+        return True
+
+    def __reduce__(self):  # rebuild (and rehash) on unpickling: str hashes differ between processes
+        return TExpr, (self.op, self.args, self.value, self.type, self.span)
+
     def walk(self) -> Iterator["TExpr"]:
-        yield self
-        for a in self.args:
-            yield from a.walk()
+        """Every node, parents before children, left to right (shared subtrees once per occurrence)."""
+        stack = [self]
+        while stack:
+            t = stack.pop()
+            yield t
+            stack.extend(reversed(t.args))
 
     def uses(self, op: str, value: Any = None) -> bool:
         return any(e.op == op and (value is None or e.value == value) for e in self.walk())
+
+
+R = TypeVar("R")
+
+
+def postorder(root: TExpr, descend: Callable[[TExpr], bool] = lambda t: True) -> list[TExpr]:
+    """The distinct subexpressions of root (equal subtrees once), every one after its arguments, found
+    without recursion. `descend(t)` false: t's arguments are not visited (t is treated as a leaf)."""
+    seen: set[TExpr] = set()
+    order: list[TExpr] = []
+    stack: list[tuple[TExpr, bool]] = [(root, False)]
+    while stack:
+        t, expanded = stack.pop()
+        if t in seen:
+            continue
+        if expanded or not t.args or not descend(t):
+            seen.add(t)
+            order.append(t)
+            continue
+        stack.append((t, True))
+        stack.extend((a, False) for a in reversed(t.args) if a not in seen)
+    return order
+
+
+def fold(root: TExpr, combine: Callable[[TExpr, list], R], descend: Callable[[TExpr], bool] = lambda t: True) -> R:
+    """combine(t, [results of t's arguments]) over the distinct subexpressions of root, arguments first,
+    each computed once; a node that `descend` rejects is combined with no argument results."""
+    done: dict[TExpr, R] = {}
+    for t in postorder(root, descend):
+        done[t] = combine(t, [done[a] for a in t.args] if t.args and descend(t) else [])
+    return done[root]
 
 
 def const(value, span: Span = NO_SPAN) -> TExpr:
@@ -55,40 +97,28 @@ def const(value, span: Span = NO_SPAN) -> TExpr:
     return TExpr("const", (), value, t, span)
 
 
+def chain(t: TExpr, op: str) -> list[TExpr]:
+    """The operands of a chain of one binary operator, left to right (t alone if it is no such chain);
+    without recursion, since a chain is as long as the spec writes it."""
+    out, stack = [], [t]
+    while stack:
+        e = stack.pop()
+        if e.op == op:
+            stack.extend((e.args[1], e.args[0]))
+        else:
+            out.append(e)
+    return out
+
+
 def conjuncts(t: TExpr) -> list[TExpr]:
     """The operands of a chain of `and`s (a single condition is its own conjunct)."""
-    return conjuncts(t.args[0]) + conjuncts(t.args[1]) if t.op == "and_" else [t]
+    return chain(t, "and_")
 
 
 def substitute(t: TExpr, values: dict[str, TExpr]) -> TExpr:
     """t with the index variables named in `values` replaced."""
-    if t.op == "var" and t.value in values:
-        return values[t.value]
-    if not t.args:
-        return t
-    return TExpr(t.op, tuple(substitute(a, values) for a in t.args), t.value, t.type, t.span)
-
-
-def fmt(e: TExpr) -> str:
-    """Readable, fully parenthesised text of a typed expression."""
-    if e.op == "const":
-        return ("true" if e.value else "false") if e.type == BOOL else repr(e.value)
-    if e.op in ("var", "size", "rsize", "scale"):
-        return str(e.value)
-    if e.op in ("qrow", "krow"):
-        return f"{e.op[0]}[{'i' if e.op == 'qrow' else 'j'}]"
-    if e.op in BINARY_OPS:
-        return f"({fmt(e.args[0])} {BINARY_OPS[e.op]} {fmt(e.args[1])})"
-    if e.op == "neg":
-        return f"(-{fmt(e.args[0])})"
-    if e.op == "not":
-        return f"(not {fmt(e.args[0])})"
-    if e.op in ("param", "input"):
-        return f"{e.value}[{', '.join(fmt(a) for a in e.args)}]"
-    if e.op in ("call", "feature"):
-        return f"{e.value}({', '.join(fmt(a) for a in e.args)})"
-    if e.op == "dot":
-        return f"dot({fmt(e.args[0])}, {fmt(e.args[1])})"
-    if e.op == "cast":
-        return f"{e.value}({fmt(e.args[0])})"
-    raise ValueError(f"unknown expression op {e.op}")
+    def rebuild(e: TExpr, args: list[TExpr]) -> TExpr:
+        if e.op == "var" and e.value in values:
+            return values[e.value]
+        return TExpr(e.op, tuple(args), e.value, e.type, e.span) if args else e
+    return fold(t, rebuild)

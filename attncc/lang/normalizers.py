@@ -5,10 +5,17 @@
   rows     fixed weights W summed per row, out = W v / (rowsum W + eps); saves the denominator
   none     fixed weights, out = W v; no row statistic
   ista     no fixed W: the unrolled sparse-reconstruction solver (lowering `ista` only)
+
+A normalizer with `of_score` is written like softmax (`score`, `bias`) and means the fixed weights
+W = of_score(score + bias), e.g. sigmoid attention; every skeleton then treats it as weights.
+`register_normalizer` adds one for the checker, the oracle, the skeletons and the kernels.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .expr import TExpr
 
 
 @dataclass(frozen=True)
@@ -19,18 +26,47 @@ class Normalizer:
     row_statistic: bool  # the tiled Triton forward saves a per-row statistic for the backward
     fixed_weights: bool  # W[i, j] is an expression of the pair (a tiled or kernelized skeleton applies)
     score_name: str  # what the pair expression is called in generated holes: logits or weights
+    options: dict = field(default_factory=dict)  # keyword options of `normalize NAME(...)`, with defaults
+    of_score: Callable[[TExpr], TExpr] | None = None  # W = of_score(score + bias), written like softmax
+
+    @property
+    def takes_score(self) -> bool:
+        """Written with `score(i, j)` and `bias(i, j)` (else with `weight(i, j)`)."""
+        return self.online_softmax or self.of_score is not None
 
 
-NORMALIZERS = {n.name: n for n in (
-    Normalizer("softmax", online_softmax=True, divides_by_row_sum=False, row_statistic=True, fixed_weights=True,
-               score_name="logits"),
-    Normalizer("rows", online_softmax=False, divides_by_row_sum=True, row_statistic=True, fixed_weights=True,
-               score_name="weights"),
-    Normalizer("none", online_softmax=False, divides_by_row_sum=False, row_statistic=False, fixed_weights=True,
-               score_name="weights"),
-    Normalizer("ista", online_softmax=False, divides_by_row_sum=False, row_statistic=False, fixed_weights=False,
-               score_name="weights"),
-)}
+NORMALIZERS: dict[str, Normalizer] = {}
+
+
+def register_normalizer(norm: Normalizer) -> Normalizer:
+    if norm.name in NORMALIZERS:
+        raise ValueError(f"normalizer `{norm.name}` is already registered")
+    if not (norm.name.isidentifier() and norm.name.isascii()):
+        raise ValueError(f"normalizer name `{norm.name}` is not an identifier")
+    NORMALIZERS[norm.name] = norm
+    return norm
+
+
+def unregister_normalizer(name: str) -> None:
+    """Forget a normalizer added with register_normalizer (tests, notebooks)."""
+    del NORMALIZERS[name]
+
+
+def default_normalizer(kernelized: bool) -> Normalizer:
+    """`normalize` left out: softmax, or rows for a spec written with `weight` or feature maps."""
+    return NORMALIZERS["rows" if kernelized else "softmax"]
+
+
+for builtin in (
+        Normalizer("softmax", online_softmax=True, divides_by_row_sum=False, row_statistic=True, fixed_weights=True,
+                   score_name="logits"),
+        Normalizer("rows", online_softmax=False, divides_by_row_sum=True, row_statistic=True, fixed_weights=True,
+                   score_name="weights", options={"eps": 1e-6}),
+        Normalizer("none", online_softmax=False, divides_by_row_sum=False, row_statistic=False, fixed_weights=True,
+                   score_name="weights"),
+        Normalizer("ista", online_softmax=False, divides_by_row_sum=False, row_statistic=False, fixed_weights=False,
+                   score_name="weights", options={"steps": 5, "lam": 0.3})):
+    register_normalizer(builtin)
 
 
 def normalizer(spec) -> Normalizer:

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from ..analysis.kernel import split_kernel
-from ..lang.expr import FLOAT, TExpr, fmt
+from ..lang.expr import FLOAT, TExpr
 from ..lang.normalizers import NORMALIZERS
+from ..lang.operators import fmt
 from ..ir.graph import Graph, expr_of
 from ..ir.lower import ExprBuilder
 from ..lang.source import AttnccError

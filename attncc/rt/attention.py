@@ -14,8 +14,9 @@ import torch.nn.functional as F
 
 from ..analysis.blocks import within_band  # noqa: F401  (re-exported for generated code)
 from ..analysis.grid import offset_pairs, ring_extent, ring_pairs  # noqa: F401  (re-exported for generated code)
-from ..lang.evaluate import floordiv, floormod, input_lookup, lookup, popcount  # noqa: F401  (re-exported for generated code)
+from ..lang.evaluate import input_lookup, lookup  # noqa: F401  (re-exported for generated code)
 from ..lang.normalizers import NORMALIZERS
+from ..lang.operators import floordiv, floormod, popcount  # noqa: F401  (re-exported for generated code)
 from ..lang.source import ShapeError
 
 # What generated code may call as rt.NAME (attncc/rt/__init__.py re-exports exactly these).

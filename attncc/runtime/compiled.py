@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import pickle
 import sys
 import tempfile
 from collections import OrderedDict
@@ -102,6 +103,10 @@ class CompiledAttention(nn.Module):
     TRITON_LOWERING = ""
     FORMS_GRAPH_TABLES = True  # G = kernel(A) formed as a table before the lowering runs (not: graph)
     checked = None  # the CheckedSpec, attached by attncc.compile (for .reference)
+    # (function, recipe) that makes this class again in another process, attached by attncc.compile:
+    # the class lives in a generated module that a fresh process does not have, so pickles carry
+    # the spec text instead and the function (stored by name) recompiles it.
+    REBUILD: tuple | None = None
 
     def __init__(self, backend: str = "auto", **sizes):
         super().__init__()
@@ -392,6 +397,15 @@ class CompiledAttention(nn.Module):
 
     def forward_triton(self, q, k, v, ctx):  # pragma: no cover - replaced by generated code
         raise NotImplementedError
+
+    def __reduce__(self):
+        """Pickling (torch.save, copy.deepcopy, multiprocessing spawn): the recipe of the class and
+        the instance's state; unpickling recompiles the spec (checking its hash) and restores it."""
+        if type(self).REBUILD is None:
+            raise pickle.PicklingError(f"{type(self).__qualname__}: only modules of classes made by "
+                                       "attncc.compile can be pickled")
+        rebuild, recipe = type(self).REBUILD
+        return rebuild, (recipe,), self.__getstate__()
 
     def extra_repr(self) -> str:
         chosen = auto_description() if self.backend == "auto" else self.backend
