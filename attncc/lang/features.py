@@ -14,6 +14,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .registry import Registry
+from .source import AttnccError
+
 
 @dataclass(frozen=True)
 class FeatureMap:
@@ -28,23 +31,22 @@ class FeatureMap:
     reference: Callable[[torch.Tensor], torch.Tensor]
 
 
-FEATURE_MAPS: dict[str, FeatureMap] = {}
-ALL_MAPS: dict[str, "FeatureMap | RandomMap"] = {}
+FEATURE_MAPS: Registry = Registry("feature map")
+ALL_MAPS: dict[str, "FeatureMap | RandomMap"] = {}  # the elementwise and the random maps: names a spec may use
 
 
 def register_feature_map(fmap: FeatureMap) -> FeatureMap:
     """Make an elementwise feature map known to the checker, the emitters and the oracle."""
     if fmap.name in ALL_MAPS:
-        raise ValueError(f"feature map `{fmap.name}` is already registered")
-    if not (fmap.name.isidentifier() and fmap.name.isascii()):
-        raise ValueError(f"feature map name `{fmap.name}` is not an identifier")
-    FEATURE_MAPS[fmap.name] = ALL_MAPS[fmap.name] = fmap
+        raise AttnccError(f"feature map `{fmap.name}` is registered twice")
+    ALL_MAPS[fmap.name] = FEATURE_MAPS.register(fmap)
     return fmap
 
 
 def unregister_feature_map(name: str) -> None:
     """Forget a map registered with register_feature_map (tests, notebooks)."""
-    del FEATURE_MAPS[name], ALL_MAPS[name]
+    FEATURE_MAPS.unregister(name)
+    ALL_MAPS.pop(name, None)
 
 
 register_feature_map(FeatureMap("elu1", "elu(x) + 1 (Katharopoulos et al.), positive", {},

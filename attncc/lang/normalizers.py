@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .expr import TExpr
+from .registry import Registry
 
 
 @dataclass(frozen=True)
@@ -35,21 +36,9 @@ class Normalizer:
         return self.online_softmax or self.of_score is not None
 
 
-NORMALIZERS: dict[str, Normalizer] = {}
-
-
-def register_normalizer(norm: Normalizer) -> Normalizer:
-    if norm.name in NORMALIZERS:
-        raise ValueError(f"normalizer `{norm.name}` is already registered")
-    if not (norm.name.isidentifier() and norm.name.isascii()):
-        raise ValueError(f"normalizer name `{norm.name}` is not an identifier")
-    NORMALIZERS[norm.name] = norm
-    return norm
-
-
-def unregister_normalizer(name: str) -> None:
-    """Forget a normalizer added with register_normalizer (tests, notebooks)."""
-    del NORMALIZERS[name]
+NORMALIZERS: Registry = Registry("normalizer")
+register_normalizer = NORMALIZERS.register
+unregister_normalizer = NORMALIZERS.unregister
 
 
 def default_normalizer(kernelized: bool) -> Normalizer:

@@ -8,10 +8,10 @@ the registry instead of matching lowering names. Candidates are listed in regist
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
+from ..lang.registry import Registry
 from ..lang.source import AttnccError
 
 # Writers take (w: CodeWriter, graph: Graph, plan: Plan): the optimized graph is all they read.
@@ -76,40 +76,19 @@ class Lowering:
         return why(graph) if callable(why) else why
 
 
-_REGISTRY: dict[str, Lowering] = {}
-
-
-def register(lowering: Lowering) -> Lowering:
-    if lowering.name in _REGISTRY:
-        raise AttnccError(f"lowering `{lowering.name}` is registered twice")
-    _REGISTRY[lowering.name] = lowering
-    return lowering
-
-
-def unregister(name: str) -> None:
-    _REGISTRY.pop(name, None)
-
-
-@contextlib.contextmanager
-def registered(lowering: Lowering) -> Iterator[Lowering]:
-    """Register `lowering` for the duration of a `with` block (tests, experiments)."""
-    register(lowering)
-    try:
-        yield lowering
-    finally:
-        unregister(lowering.name)
+LOWERINGS: Registry = Registry("lowering")
+register = LOWERINGS.register
+unregister = LOWERINGS.unregister
+registered = LOWERINGS.registered  # a `with` block's worth of registration (tests, experiments)
 
 
 def get(name: str) -> Lowering:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise AttnccError(f"unknown lowering `{name}`; registered: {', '.join(_REGISTRY)}") from None
+    return LOWERINGS.lookup(name)
 
 
 def all() -> list[Lowering]:  # noqa: A001 (the registry's vocabulary: register / get / all)
-    return list(_REGISTRY.values())
+    return list(LOWERINGS.values())
 
 
 def names() -> tuple[str, ...]:
-    return tuple(lowering.name for lowering in all())
+    return tuple(LOWERINGS)

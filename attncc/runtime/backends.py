@@ -7,12 +7,12 @@ to the backend's `run`; a backend with `raw_inputs` (the oracle) gets q, k, v be
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
+from ..lang.registry import Registry
 from ..lang.source import AttnccError
 
 
@@ -44,29 +44,15 @@ class Backend:
     raw_inputs: bool = False
     prepare: Callable | None = None
 
-
-BACKENDS: dict[str, Backend] = {}
-
-
-def register_backend(backend: Backend) -> Backend:
-    if backend.name in BACKENDS or backend.name == "auto":
-        raise AttnccError(f"backend `{backend.name}` is registered twice")
-    BACKENDS[backend.name] = backend
-    return backend
+    def __post_init__(self):
+        if self.name == "auto":
+            raise AttnccError("`auto` chooses among the backends and cannot name one")
 
 
-def unregister_backend(name: str) -> None:
-    BACKENDS.pop(name, None)
-
-
-@contextlib.contextmanager
-def registered_backend(backend: Backend) -> Iterator[Backend]:
-    """Register `backend` for the duration of a `with` block (tests, experiments)."""
-    register_backend(backend)
-    try:
-        yield backend
-    finally:
-        unregister_backend(backend.name)
+BACKENDS: Registry = Registry("backend")
+register_backend = BACKENDS.register
+unregister_backend = BACKENDS.unregister
+registered_backend = BACKENDS.registered  # a `with` block's worth of registration (tests, experiments)
 
 
 def backend_names() -> tuple[str, ...]:
