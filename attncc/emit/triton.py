@@ -388,78 +388,98 @@ def _tuned_launch(w: CodeWriter, kind: str, extra_sizes: str = "") -> None:
 
 
 def emit_linear_kernels(w: CodeWriter, graph: Graph, plan: Plan) -> None:
+    """The linear kernels (chunked causal, or state then output) and their launcher `triton_forward`."""
     ops = graph.operands(attention_of(graph))
     att = attention_node(graph)
-    eps = att.attr("eps")
     fq = row_feature(expr_of(graph, ops[0])) or "identity"
     fk = row_feature(expr_of(graph, ops[1])) or "identity"
-    causal = plan.entry.causal_chunks
+    # the output rows from num = phi(q) S and den = phi(q) z, both times the modulation
     finish = "num * mod / tl.where(den * mod + eps == 0.0, 1.0, den * mod + eps)[:, None]" \
         if NORMALIZERS[att.attr("normalize")].divides_by_row_sum else "num * mod"
-    decayed = plan.attrs.get("decayed")
-    if causal:
-        w.line("@triton.jit")
-        with w.block(f"def _linear_causal({kernel_common_args()}, Mod, Decay, eps, BLOCK: tl.constexpr, "
-                     "BLOCK_D: tl.constexpr,"):
-            w.line("BLOCK_E: tl.constexpr, PRECISION: tl.constexpr):")
-            w.line('"""Causal linear attention, one program per (b, h): chunks of BLOCK tokens, quadratic (masked)')
-            w.line('inside a chunk, the running state S = sum phi(k_j) v_j^T, z = sum phi(k_j) across chunks'
-                   + (' (decayed: S <- gamma^BLOCK S + sum_b gamma^(BLOCK-1-b) phi(k_b) v_b^T)."""' if decayed else '."""'))
-            program_prologue(w, per_bh_only=True)
-            w.line("mod = tl.load(Mod + pid_bh)")
-            w.line("S = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
-            w.line("z = tl.zeros([BLOCK_D], dtype=tl.float32)")
-            if decayed:
-                decay_factors(w)
-            with w.block("for start in range(0, tl.maximum(Nq, N), BLOCK):"):
-                load_chunk(w, ("pq", "pk", "v"), fq, fk)
-                w.line("a = tl.dot(pq, tl.trans(pk), input_precision=PRECISION)")
-                if decayed:
-                    w.line("a = a * within")
-                    w.line("num = tl.dot(a, v, input_precision=PRECISION) + q_decay[:, None] * "
-                           "tl.dot(pq, S, input_precision=PRECISION)")
-                    w.line("den = tl.sum(a, 1) + q_decay * tl.sum(pq * z[None, :], 1)")
-                else:
-                    w.line("a = tl.where(offs[:, None] >= offs[None, :], a, 0.0)")
-                    w.line("num = tl.dot(a, v, input_precision=PRECISION) + tl.dot(pq, S, input_precision=PRECISION)")
-                    w.line("den = tl.sum(a, 1) + tl.sum(pq * z[None, :], 1)")
-                w.line(f"out = {finish}")
-                w.line("tl.store(Out + offs[:, None] * stride_om + offs_e[None, :] * stride_od, out.to(Out.dtype.element_ty), "
-                       "mask=(offs[:, None] < Nq) & (offs_e[None, :] < E))")
-                carry_state(w, decayed, "pk", "k_decay", "v", "S", "z", "pk")
-        w.line()
+    if plan.entry.causal_chunks:
+        emit_linear_causal_kernel(w, fq, fk, finish, bool(plan.attrs.get("decayed")))
     else:
-        w.line("@triton.jit")
-        with w.block(f"def _linear_state({kernel_common_args()}, State, Z, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,"):
-            w.line("BLOCK_E: tl.constexpr, PRECISION: tl.constexpr):")
-            w.line('"""S = phi(K)^T V and z = phi(K)^T 1 for one (b, h)."""')
-            program_prologue(w, per_bh_only=True)
-            w.line("S = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
-            w.line("z = tl.zeros([BLOCK_D], dtype=tl.float32)")
-            with w.block("for start in range(0, N, BLOCK):"):
-                load_chunk(w, ("pk", "v"), fk=fk)
-                w.line("S += tl.dot(tl.trans(pk), v, input_precision=PRECISION)")
-                w.line("z += tl.sum(pk, 0)")
-            w.line("State += pid_bh * BLOCK_D * BLOCK_E")
-            w.line("tl.store(State + offs_d[:, None] * BLOCK_E + offs_e[None, :], S)")
-            w.line("tl.store(Z + pid_bh * BLOCK_D + offs_d, z)")
-        w.line()
-        w.line("@triton.jit")
-        with w.block(f"def _linear_out({kernel_common_args()}, State, Z, Mod, eps, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,"):
-            w.line("BLOCK_E: tl.constexpr, PRECISION: tl.constexpr):")
-            w.line('"""out = phi(Q) S / (phi(Q) z + eps) for one tile of queries."""')
-            program_prologue(w)
-            w.line("offs = pid_m * BLOCK + tl.arange(0, BLOCK)")
-            w.line("mod = tl.load(Mod + pid_bh)")
-            load_rows(w, "pq", "Q", "offs", "Nq", "offs_d", "D", feature=fq)
-            w.line("S = tl.load(State + pid_bh * BLOCK_D * BLOCK_E + offs_d[:, None] * BLOCK_E + offs_e[None, :])")
-            w.line("z = tl.load(Z + pid_bh * BLOCK_D + offs_d)")
-            w.line("num = tl.dot(pq, S, input_precision=PRECISION)")
-            w.line("den = tl.sum(pq * z[None, :], 1)")
+        emit_linear_state_kernel(w, fk)
+        emit_linear_out_kernel(w, fq, finish)
+    emit_linear_launcher(w, plan, att.attr("eps"))
+
+
+def emit_linear_causal_kernel(w: CodeWriter, fq: str, fk: str, finish: str, decayed: bool) -> None:
+    """`_linear_causal`: one program per (b, h) walks the chunks, quadratic inside, the state carried across."""
+    w.line("@triton.jit")
+    with w.block(f"def _linear_causal({kernel_common_args()}, Mod, Decay, eps, BLOCK: tl.constexpr, "
+                 "BLOCK_D: tl.constexpr,"):
+        w.line("BLOCK_E: tl.constexpr, PRECISION: tl.constexpr):")
+        w.line('"""Causal linear attention, one program per (b, h): chunks of BLOCK tokens, quadratic (masked)')
+        w.line('inside a chunk, the running state S = sum phi(k_j) v_j^T, z = sum phi(k_j) across chunks'
+               + (' (decayed: S <- gamma^BLOCK S + sum_b gamma^(BLOCK-1-b) phi(k_b) v_b^T)."""' if decayed else '."""'))
+        program_prologue(w, per_bh_only=True)
+        w.line("mod = tl.load(Mod + pid_bh)")
+        w.line("S = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
+        w.line("z = tl.zeros([BLOCK_D], dtype=tl.float32)")
+        if decayed:
+            decay_factors(w)
+        with w.block("for start in range(0, tl.maximum(Nq, N), BLOCK):"):
+            load_chunk(w, ("pq", "pk", "v"), fq, fk)
+            w.line("a = tl.dot(pq, tl.trans(pk), input_precision=PRECISION)")
+            if decayed:
+                w.line("a = a * within")
+                w.line("num = tl.dot(a, v, input_precision=PRECISION) + q_decay[:, None] * "
+                       "tl.dot(pq, S, input_precision=PRECISION)")
+                w.line("den = tl.sum(a, 1) + q_decay * tl.sum(pq * z[None, :], 1)")
+            else:
+                w.line("a = tl.where(offs[:, None] >= offs[None, :], a, 0.0)")
+                w.line("num = tl.dot(a, v, input_precision=PRECISION) + tl.dot(pq, S, input_precision=PRECISION)")
+                w.line("den = tl.sum(a, 1) + tl.sum(pq * z[None, :], 1)")
             w.line(f"out = {finish}")
             w.line("tl.store(Out + offs[:, None] * stride_om + offs_e[None, :] * stride_od, out.to(Out.dtype.element_ty), "
                    "mask=(offs[:, None] < Nq) & (offs_e[None, :] < E))")
-        w.line()
+            carry_state(w, decayed, "pk", "k_decay", "v", "S", "z", "pk")
+    w.line()
+
+
+def emit_linear_state_kernel(w: CodeWriter, fk: str) -> None:
+    """`_linear_state`: S = phi(K)^T V and z = phi(K)^T 1 of one (b, h), saved for `_linear_out`."""
+    w.line("@triton.jit")
+    with w.block(f"def _linear_state({kernel_common_args()}, State, Z, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,"):
+        w.line("BLOCK_E: tl.constexpr, PRECISION: tl.constexpr):")
+        w.line('"""S = phi(K)^T V and z = phi(K)^T 1 for one (b, h)."""')
+        program_prologue(w, per_bh_only=True)
+        w.line("S = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
+        w.line("z = tl.zeros([BLOCK_D], dtype=tl.float32)")
+        with w.block("for start in range(0, N, BLOCK):"):
+            load_chunk(w, ("pk", "v"), fk=fk)
+            w.line("S += tl.dot(tl.trans(pk), v, input_precision=PRECISION)")
+            w.line("z += tl.sum(pk, 0)")
+        w.line("State += pid_bh * BLOCK_D * BLOCK_E")
+        w.line("tl.store(State + offs_d[:, None] * BLOCK_E + offs_e[None, :], S)")
+        w.line("tl.store(Z + pid_bh * BLOCK_D + offs_d, z)")
+    w.line()
+
+
+def emit_linear_out_kernel(w: CodeWriter, fq: str, finish: str) -> None:
+    """`_linear_out`: one tile of queries read against the saved state."""
+    w.line("@triton.jit")
+    with w.block(f"def _linear_out({kernel_common_args()}, State, Z, Mod, eps, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,"):
+        w.line("BLOCK_E: tl.constexpr, PRECISION: tl.constexpr):")
+        w.line('"""out = phi(Q) S / (phi(Q) z + eps) for one tile of queries."""')
+        program_prologue(w)
+        w.line("offs = pid_m * BLOCK + tl.arange(0, BLOCK)")
+        w.line("mod = tl.load(Mod + pid_bh)")
+        load_rows(w, "pq", "Q", "offs", "Nq", "offs_d", "D", feature=fq)
+        w.line("S = tl.load(State + pid_bh * BLOCK_D * BLOCK_E + offs_d[:, None] * BLOCK_E + offs_e[None, :])")
+        w.line("z = tl.load(Z + pid_bh * BLOCK_D + offs_d)")
+        w.line("num = tl.dot(pq, S, input_precision=PRECISION)")
+        w.line("den = tl.sum(pq * z[None, :], 1)")
+        w.line(f"out = {finish}")
+        w.line("tl.store(Out + offs[:, None] * stride_om + offs_e[None, :] * stride_od, out.to(Out.dtype.element_ty), "
+               "mask=(offs[:, None] < Nq) & (offs_e[None, :] < E))")
+    w.line()
+
+
+def emit_linear_launcher(w: CodeWriter, plan: Plan, eps: float) -> None:
+    """`triton_forward` of the linear lowerings: the kernels launched with the chunk autotune chose."""
+    causal = plan.entry.causal_chunks
     with w.block("def triton_forward(self, q, k, v, ctx, host):"):
         launcher_head(w, fixed_blocks=False)
         linear_scalars(w, plan)
