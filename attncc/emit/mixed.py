@@ -9,11 +9,14 @@ triton: `_mixed_local`, grid (cdiv(Nq, BLOCK_M), B*H): the key tiles of the chun
 """
 from __future__ import annotations
 
+from ..analysis.chunks import MixedForm
 from ..ir.graph import Graph, attention_node
 from ..lang.normalizers import NORMALIZERS
 from ..plan.select import Plan
 from .exprs import TorchExpr, brief, name_dots
 from .let import LetScope, let_expr
+from .triton import (HELPERS, Kernel, KernelExpr, emit_feature_fn, kernel_common_args, launch_common,
+                     launcher_head, load_rows, query_tile, row_feature, size_arg, sizes_used, tile_dots)
 from .writer import CodeWriter
 
 
@@ -55,11 +58,9 @@ def emit_mixed_torch(w: CodeWriter, graph: Graph, plan: Plan) -> None:
 
 
 def emit_mixed_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
-    from .triton import (HELPERS, kernel_common_args, emit_feature_fn, Kernel, KernelExpr, launch_common, launcher_head,
-                         load_rows, query_tile, row_feature, size_arg, sizes_used, tile_dots)
+    """The chunk-local kernel `_mixed_local` (with the helpers and feature maps it calls) and its launcher."""
     form = plan.attrs["mixed"]
-    exprs = [form.local, form.local_mask]
-    kernel = Kernel(exprs, {n: len(p.shape) for n, p in graph.signature.params.items()})
+    kernel = Kernel([form.local, form.local_mask], {n: len(p.shape) for n, p in graph.signature.params.items()})
     att = attention_node(graph)
     for helper in kernel.helpers:
         w.lines_of(HELPERS[helper])
@@ -67,7 +68,16 @@ def emit_mixed_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
     dots = name_dots(form.local)
     for fm in sorted({row_feature(side) for d in dots for side in d.args} - {None, "identity"}):
         emit_feature_fn(w, fm)
-    ex = KernelExpr(dots, {s: size_arg(s) for s in sizes_used(*exprs)})
+    emit_mixed_local_kernel(w, form, kernel, dots, NORMALIZERS[att.attr("normalize")].divides_by_row_sum)
+    w.line()
+    emit_mixed_launcher(w, kernel, att.attr("eps"))
+    return "mixed chunk kernel (local relu^2-style blocks; cross-chunk linear terms in torch)"
+
+
+def emit_mixed_local_kernel(w: CodeWriter, form: MixedForm, kernel: Kernel, dots: dict,
+                            divides_by_row_sum: bool) -> None:
+    """`_mixed_local`: one query tile over the key tiles of its chunks, summed onto the linear terms' sums."""
+    ex = KernelExpr(dots, {s: size_arg(s) for s in sizes_used(form.local, form.local_mask)})
     extra = "".join(f"{a}, " for a in kernel.arg_names())
     w.line("@triton.jit")
     with w.block(f"def _mixed_local({kernel_common_args()}, {extra}Num0, Den0, chunk, sm_scale, eps,"):
@@ -96,12 +106,15 @@ def emit_mixed_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
             w.line("p = tl.where(valid, s * 1.0, 0.0)  # unnormalized weights, kept in fp32")
             w.line("l_i += tl.sum(p, 1)")
             w.line("acc += tl.dot(p, v.to(tl.float32), input_precision=PRECISION)")
-        if NORMALIZERS[att.attr("normalize")].divides_by_row_sum:
+        if divides_by_row_sum:
             w.line("z = l_i + eps")
             w.line("acc = acc / tl.where(z == 0.0, 1.0, z)[:, None]  # nothing to normalize: output 0")
         w.line("tl.store(Out + offs_m[:, None] * stride_om + offs_e[None, :] * stride_od, acc.to(Out.dtype.element_ty), "
                "mask=rows)")
-    w.line()
+
+
+def emit_mixed_launcher(w: CodeWriter, kernel: Kernel, eps: float) -> None:
+    """`triton_forward`: the cross-chunk linear terms in torch, then `_mixed_local` on their sums."""
     with w.block("def triton_forward(self, q, k, v, ctx, host):"):
         launcher_head(w)
         w.line("chunk = host.chunk_size(ctx)")
@@ -114,10 +127,9 @@ def emit_mixed_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
         w.line("num0, den0 = num0.float().contiguous(), den0.float().contiguous()")
         w.line("grid = (triton.cdiv(Nq, BLOCK_M), B * H)")
         vals = "".join(f"{v}, " for v in kernel.arg_values())
-        w.line(f"_mixed_local[grid]({launch_common()}, {vals}num0, den0, chunk, ctx.scale, {att.attr('eps')!r},")
+        w.line(f"_mixed_local[grid]({launch_common()}, {vals}num0, den0, chunk, ctx.scale, {eps!r},")
         w.line("    BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision)")
         w.line("return out")
-    return "mixed chunk kernel (local relu^2-style blocks; cross-chunk linear terms in torch)"
 
 
 def emit_pool(w: CodeWriter, graph: Graph) -> None:

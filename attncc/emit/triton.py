@@ -18,7 +18,7 @@ from ..lang.expr import RUNTIME_SIZES, TExpr
 from ..lang.features import FEATURE_MAPS
 from ..ir.graph import Graph, attention_node, attention_of, expr_of
 from ..lang.operators import operator_of
-from ..lang.normalizers import NORMALIZERS
+from ..lang.normalizers import NORMALIZERS, Normalizer
 from ..passes.quadratic import quadratic_form
 from ..plan.select import Plan
 from .exprs import TritonExpr, band_bounds, brief, key, name_dots
@@ -252,11 +252,10 @@ def key_tile_loop(w: CodeWriter, plan: Plan) -> str:
 
 
 def emit_tiled_kernel(w: CodeWriter, graph: Graph, plan: Plan, kernel: Kernel) -> None:
+    """`_attn_fwd`, one query tile over the key tiles it may see, and its launcher `triton_forward`."""
     att = attention_node(graph)
-    normalize, eps = att.attr("normalize"), att.attr("eps")
+    norm = NORMALIZERS[att.attr("normalize")]
     scores, mask = quadratic_form(graph, attention_of(graph))
-    norm = NORMALIZERS[normalize]
-    softmax = norm.online_softmax
     dots = name_dots(scores)
     ex = KernelExpr(dots, {s: size_arg(s) for s in sizes_used(scores, mask)})
     sparse = plan.entry.block_sparse
@@ -267,50 +266,80 @@ def emit_tiled_kernel(w: CodeWriter, graph: Graph, plan: Plan, kernel: Kernel) -
     with w.block(f"def _attn_fwd({kernel_common_args()}, {extra}sm_scale, eps, band_lo, band_hi,"):
         w.line("BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,")
         w.line("PRECISION: tl.constexpr):")
-        w.line(f'"""{normalize} attention over tiles; '
+        w.line(f'"""{att.attr("normalize")} attention over tiles; '
                f'{norm.score_name} = {brief(scores)}; mask = {brief(mask) if mask else "none"}."""')
         query_tile(w, dots)
-        w.line("m_i = tl.full([BLOCK_M], float('-inf'), dtype=tl.float32)")
-        w.line("l_i = tl.zeros([BLOCK_M], dtype=tl.float32)")
-        w.line("acc = tl.zeros([BLOCK_M, BLOCK_E], dtype=tl.float32)")
+        w.lines_of(RUNNING_STATE)
         with w.block(key_tile_loop(w, plan)):
-            if sparse:
-                w.line("start_n = tl.load(Cols + idx) * BLOCK_N")
-            w.line("offs_n = start_n + tl.arange(0, BLOCK_N)")
-            tile_dots(w, dots)
-            scope = LetScope(ex)
-            scope.bind(w, [scores, mask])
-            w.line(f"s = {scope(scores)}")
-            valid = "(offs_n[None, :] < N)"
-            if mask is not None:
-                valid = f"{valid} & ({scope(mask)})"
-            w.line(f"valid = {valid}")
-            load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
-            if softmax:
-                w.line("s = tl.where(valid, s, float('-inf'))")
-                w.line("m_new = tl.maximum(m_i, tl.max(s, 1))")
-                w.line("m_safe = tl.where(m_new == float('-inf'), 0.0, m_new)  # rows with no visible key yet")
-                w.line("p = tl.exp(s - m_safe[:, None])")
-                w.line("alpha = tl.exp(m_i - m_safe)")
-                w.line("l_i = l_i * alpha + tl.sum(p, 1)")
-                w.line("acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)")
-                w.line("m_i = m_new")
-            else:
-                w.line("p = tl.where(valid, s * 1.0, 0.0)  # unnormalized weights: kept in fp32 (fp16 would under/overflow)")
-                w.line("l_i += tl.sum(p, 1)")
-                w.line("acc += tl.dot(p, v.to(tl.float32), input_precision=PRECISION)")
-        if softmax:
-            w.line("out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # no visible key: output 0")
-            w.line("tl.store(Stat + pid_bh * Nq + offs_m, m_i + tl.log(tl.where(l_i == 0.0, 1.0, l_i)), mask=offs_m < Nq)  # -inf: no visible key")
-        elif norm.divides_by_row_sum:
-            w.line("z = l_i + eps")
-            w.line("tl.store(Stat + pid_bh * Nq + offs_m, z, mask=offs_m < Nq)")
-            w.line("out = acc / tl.where(z == 0.0, 1.0, z)[:, None]  # nothing to normalize: output 0")
-        else:
-            w.line("out = acc")
-        w.line("tl.store(Out + offs_m[:, None] * stride_om + offs_e[None, :] * stride_od, out.to(Out.dtype.element_ty), "
-               "mask=(offs_m[:, None] < Nq) & (offs_e[None, :] < E))")
+            key_tile_weights(w, sparse, dots, ex, scores, mask)
+            w.lines_of(ONLINE_SOFTMAX_UPDATE if norm.online_softmax else WEIGHTED_SUM_UPDATE)
+        store_tiled_rows(w, norm)
     w.line()
+    emit_tiled_launcher(w, plan, kernel, att.attr("eps"), stats)
+
+
+# the running state of a query tile: row max (softmax only), row sums, and the weighted value sums
+RUNNING_STATE = """\
+m_i = tl.full([BLOCK_M], float('-inf'), dtype=tl.float32)
+l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+acc = tl.zeros([BLOCK_M, BLOCK_E], dtype=tl.float32)
+"""
+
+# one key tile folded into the running state, rescaled to the new row max (FlashAttention)
+ONLINE_SOFTMAX_UPDATE = """\
+s = tl.where(valid, s, float('-inf'))
+m_new = tl.maximum(m_i, tl.max(s, 1))
+m_safe = tl.where(m_new == float('-inf'), 0.0, m_new)  # rows with no visible key yet
+p = tl.exp(s - m_safe[:, None])
+alpha = tl.exp(m_i - m_safe)
+l_i = l_i * alpha + tl.sum(p, 1)
+acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+m_i = m_new
+"""
+
+# one key tile of weights (rows, none) added to the running sums
+WEIGHTED_SUM_UPDATE = """\
+p = tl.where(valid, s * 1.0, 0.0)  # unnormalized weights: kept in fp32 (fp16 would under/overflow)
+l_i += tl.sum(p, 1)
+acc += tl.dot(p, v.to(tl.float32), input_precision=PRECISION)
+"""
+
+
+def key_tile_weights(w: CodeWriter, sparse: bool, dots: dict, ex: KernelExpr, scores: TExpr,
+                     mask: TExpr | None) -> None:
+    """Inside the key-tile loop: the tile's keys, its scores `s`, where they are visible `valid`, its value rows."""
+    if sparse:
+        w.line("start_n = tl.load(Cols + idx) * BLOCK_N")
+    w.line("offs_n = start_n + tl.arange(0, BLOCK_N)")
+    tile_dots(w, dots)
+    scope = LetScope(ex)
+    scope.bind(w, [scores, mask])
+    w.line(f"s = {scope(scores)}")
+    valid = "(offs_n[None, :] < N)"
+    if mask is not None:
+        valid = f"{valid} & ({scope(mask)})"
+    w.line(f"valid = {valid}")
+    load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
+
+
+def store_tiled_rows(w: CodeWriter, norm: Normalizer) -> None:
+    """After the key tiles: normalize the rows, save the row statistic the backward reads, store the output."""
+    if norm.online_softmax:
+        w.line("out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # no visible key: output 0")
+        w.line("tl.store(Stat + pid_bh * Nq + offs_m, m_i + tl.log(tl.where(l_i == 0.0, 1.0, l_i)), mask=offs_m < Nq)  # -inf: no visible key")
+    elif norm.divides_by_row_sum:
+        w.line("z = l_i + eps")
+        w.line("tl.store(Stat + pid_bh * Nq + offs_m, z, mask=offs_m < Nq)")
+        w.line("out = acc / tl.where(z == 0.0, 1.0, z)[:, None]  # nothing to normalize: output 0")
+    else:
+        w.line("out = acc")
+    w.line("tl.store(Out + offs_m[:, None] * stride_om + offs_e[None, :] * stride_od, out.to(Out.dtype.element_ty), "
+           "mask=(offs_m[:, None] < Nq) & (offs_e[None, :] < E))")
+
+
+def emit_tiled_launcher(w: CodeWriter, plan: Plan, kernel: Kernel, eps: float, stats: bool) -> None:
+    """`triton_forward`: `_attn_fwd` launched with the tiles autotune chose (block-sparse: the layout's tile)."""
+    sparse = plan.entry.block_sparse
     with w.block(f"def triton_forward(self, q, k, v, ctx, host{', stat=None' if stats else ''}):"):
         launcher_head(w, fixed_blocks=False)
         if stats:
@@ -359,78 +388,98 @@ def _tuned_launch(w: CodeWriter, kind: str, extra_sizes: str = "") -> None:
 
 
 def emit_linear_kernels(w: CodeWriter, graph: Graph, plan: Plan) -> None:
+    """The linear kernels (chunked causal, or state then output) and their launcher `triton_forward`."""
     ops = graph.operands(attention_of(graph))
     att = attention_node(graph)
-    eps = att.attr("eps")
     fq = row_feature(expr_of(graph, ops[0])) or "identity"
     fk = row_feature(expr_of(graph, ops[1])) or "identity"
-    causal = plan.entry.causal_chunks
+    # the output rows from num = phi(q) S and den = phi(q) z, both times the modulation
     finish = "num * mod / tl.where(den * mod + eps == 0.0, 1.0, den * mod + eps)[:, None]" \
         if NORMALIZERS[att.attr("normalize")].divides_by_row_sum else "num * mod"
-    decayed = plan.attrs.get("decayed")
-    if causal:
-        w.line("@triton.jit")
-        with w.block(f"def _linear_causal({kernel_common_args()}, Mod, Decay, eps, BLOCK: tl.constexpr, "
-                     "BLOCK_D: tl.constexpr,"):
-            w.line("BLOCK_E: tl.constexpr, PRECISION: tl.constexpr):")
-            w.line('"""Causal linear attention, one program per (b, h): chunks of BLOCK tokens, quadratic (masked)')
-            w.line('inside a chunk, the running state S = sum phi(k_j) v_j^T, z = sum phi(k_j) across chunks'
-                   + (' (decayed: S <- gamma^BLOCK S + sum_b gamma^(BLOCK-1-b) phi(k_b) v_b^T)."""' if decayed else '."""'))
-            program_prologue(w, per_bh_only=True)
-            w.line("mod = tl.load(Mod + pid_bh)")
-            w.line("S = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
-            w.line("z = tl.zeros([BLOCK_D], dtype=tl.float32)")
-            if decayed:
-                decay_factors(w)
-            with w.block("for start in range(0, tl.maximum(Nq, N), BLOCK):"):
-                load_chunk(w, ("pq", "pk", "v"), fq, fk)
-                w.line("a = tl.dot(pq, tl.trans(pk), input_precision=PRECISION)")
-                if decayed:
-                    w.line("a = a * within")
-                    w.line("num = tl.dot(a, v, input_precision=PRECISION) + q_decay[:, None] * "
-                           "tl.dot(pq, S, input_precision=PRECISION)")
-                    w.line("den = tl.sum(a, 1) + q_decay * tl.sum(pq * z[None, :], 1)")
-                else:
-                    w.line("a = tl.where(offs[:, None] >= offs[None, :], a, 0.0)")
-                    w.line("num = tl.dot(a, v, input_precision=PRECISION) + tl.dot(pq, S, input_precision=PRECISION)")
-                    w.line("den = tl.sum(a, 1) + tl.sum(pq * z[None, :], 1)")
-                w.line(f"out = {finish}")
-                w.line("tl.store(Out + offs[:, None] * stride_om + offs_e[None, :] * stride_od, out.to(Out.dtype.element_ty), "
-                       "mask=(offs[:, None] < Nq) & (offs_e[None, :] < E))")
-                carry_state(w, decayed, "pk", "k_decay", "v", "S", "z", "pk")
-        w.line()
+    if plan.entry.causal_chunks:
+        emit_linear_causal_kernel(w, fq, fk, finish, bool(plan.attrs.get("decayed")))
     else:
-        w.line("@triton.jit")
-        with w.block(f"def _linear_state({kernel_common_args()}, State, Z, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,"):
-            w.line("BLOCK_E: tl.constexpr, PRECISION: tl.constexpr):")
-            w.line('"""S = phi(K)^T V and z = phi(K)^T 1 for one (b, h)."""')
-            program_prologue(w, per_bh_only=True)
-            w.line("S = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
-            w.line("z = tl.zeros([BLOCK_D], dtype=tl.float32)")
-            with w.block("for start in range(0, N, BLOCK):"):
-                load_chunk(w, ("pk", "v"), fk=fk)
-                w.line("S += tl.dot(tl.trans(pk), v, input_precision=PRECISION)")
-                w.line("z += tl.sum(pk, 0)")
-            w.line("State += pid_bh * BLOCK_D * BLOCK_E")
-            w.line("tl.store(State + offs_d[:, None] * BLOCK_E + offs_e[None, :], S)")
-            w.line("tl.store(Z + pid_bh * BLOCK_D + offs_d, z)")
-        w.line()
-        w.line("@triton.jit")
-        with w.block(f"def _linear_out({kernel_common_args()}, State, Z, Mod, eps, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,"):
-            w.line("BLOCK_E: tl.constexpr, PRECISION: tl.constexpr):")
-            w.line('"""out = phi(Q) S / (phi(Q) z + eps) for one tile of queries."""')
-            program_prologue(w)
-            w.line("offs = pid_m * BLOCK + tl.arange(0, BLOCK)")
-            w.line("mod = tl.load(Mod + pid_bh)")
-            load_rows(w, "pq", "Q", "offs", "Nq", "offs_d", "D", feature=fq)
-            w.line("S = tl.load(State + pid_bh * BLOCK_D * BLOCK_E + offs_d[:, None] * BLOCK_E + offs_e[None, :])")
-            w.line("z = tl.load(Z + pid_bh * BLOCK_D + offs_d)")
-            w.line("num = tl.dot(pq, S, input_precision=PRECISION)")
-            w.line("den = tl.sum(pq * z[None, :], 1)")
+        emit_linear_state_kernel(w, fk)
+        emit_linear_out_kernel(w, fq, finish)
+    emit_linear_launcher(w, plan, att.attr("eps"))
+
+
+def emit_linear_causal_kernel(w: CodeWriter, fq: str, fk: str, finish: str, decayed: bool) -> None:
+    """`_linear_causal`: one program per (b, h) walks the chunks, quadratic inside, the state carried across."""
+    w.line("@triton.jit")
+    with w.block(f"def _linear_causal({kernel_common_args()}, Mod, Decay, eps, BLOCK: tl.constexpr, "
+                 "BLOCK_D: tl.constexpr,"):
+        w.line("BLOCK_E: tl.constexpr, PRECISION: tl.constexpr):")
+        w.line('"""Causal linear attention, one program per (b, h): chunks of BLOCK tokens, quadratic (masked)')
+        w.line('inside a chunk, the running state S = sum phi(k_j) v_j^T, z = sum phi(k_j) across chunks'
+               + (' (decayed: S <- gamma^BLOCK S + sum_b gamma^(BLOCK-1-b) phi(k_b) v_b^T)."""' if decayed else '."""'))
+        program_prologue(w, per_bh_only=True)
+        w.line("mod = tl.load(Mod + pid_bh)")
+        w.line("S = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
+        w.line("z = tl.zeros([BLOCK_D], dtype=tl.float32)")
+        if decayed:
+            decay_factors(w)
+        with w.block("for start in range(0, tl.maximum(Nq, N), BLOCK):"):
+            load_chunk(w, ("pq", "pk", "v"), fq, fk)
+            w.line("a = tl.dot(pq, tl.trans(pk), input_precision=PRECISION)")
+            if decayed:
+                w.line("a = a * within")
+                w.line("num = tl.dot(a, v, input_precision=PRECISION) + q_decay[:, None] * "
+                       "tl.dot(pq, S, input_precision=PRECISION)")
+                w.line("den = tl.sum(a, 1) + q_decay * tl.sum(pq * z[None, :], 1)")
+            else:
+                w.line("a = tl.where(offs[:, None] >= offs[None, :], a, 0.0)")
+                w.line("num = tl.dot(a, v, input_precision=PRECISION) + tl.dot(pq, S, input_precision=PRECISION)")
+                w.line("den = tl.sum(a, 1) + tl.sum(pq * z[None, :], 1)")
             w.line(f"out = {finish}")
             w.line("tl.store(Out + offs[:, None] * stride_om + offs_e[None, :] * stride_od, out.to(Out.dtype.element_ty), "
                    "mask=(offs[:, None] < Nq) & (offs_e[None, :] < E))")
-        w.line()
+            carry_state(w, decayed, "pk", "k_decay", "v", "S", "z", "pk")
+    w.line()
+
+
+def emit_linear_state_kernel(w: CodeWriter, fk: str) -> None:
+    """`_linear_state`: S = phi(K)^T V and z = phi(K)^T 1 of one (b, h), saved for `_linear_out`."""
+    w.line("@triton.jit")
+    with w.block(f"def _linear_state({kernel_common_args()}, State, Z, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,"):
+        w.line("BLOCK_E: tl.constexpr, PRECISION: tl.constexpr):")
+        w.line('"""S = phi(K)^T V and z = phi(K)^T 1 for one (b, h)."""')
+        program_prologue(w, per_bh_only=True)
+        w.line("S = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
+        w.line("z = tl.zeros([BLOCK_D], dtype=tl.float32)")
+        with w.block("for start in range(0, N, BLOCK):"):
+            load_chunk(w, ("pk", "v"), fk=fk)
+            w.line("S += tl.dot(tl.trans(pk), v, input_precision=PRECISION)")
+            w.line("z += tl.sum(pk, 0)")
+        w.line("State += pid_bh * BLOCK_D * BLOCK_E")
+        w.line("tl.store(State + offs_d[:, None] * BLOCK_E + offs_e[None, :], S)")
+        w.line("tl.store(Z + pid_bh * BLOCK_D + offs_d, z)")
+    w.line()
+
+
+def emit_linear_out_kernel(w: CodeWriter, fq: str, finish: str) -> None:
+    """`_linear_out`: one tile of queries read against the saved state."""
+    w.line("@triton.jit")
+    with w.block(f"def _linear_out({kernel_common_args()}, State, Z, Mod, eps, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,"):
+        w.line("BLOCK_E: tl.constexpr, PRECISION: tl.constexpr):")
+        w.line('"""out = phi(Q) S / (phi(Q) z + eps) for one tile of queries."""')
+        program_prologue(w)
+        w.line("offs = pid_m * BLOCK + tl.arange(0, BLOCK)")
+        w.line("mod = tl.load(Mod + pid_bh)")
+        load_rows(w, "pq", "Q", "offs", "Nq", "offs_d", "D", feature=fq)
+        w.line("S = tl.load(State + pid_bh * BLOCK_D * BLOCK_E + offs_d[:, None] * BLOCK_E + offs_e[None, :])")
+        w.line("z = tl.load(Z + pid_bh * BLOCK_D + offs_d)")
+        w.line("num = tl.dot(pq, S, input_precision=PRECISION)")
+        w.line("den = tl.sum(pq * z[None, :], 1)")
+        w.line(f"out = {finish}")
+        w.line("tl.store(Out + offs[:, None] * stride_om + offs_e[None, :] * stride_od, out.to(Out.dtype.element_ty), "
+               "mask=(offs[:, None] < Nq) & (offs_e[None, :] < E))")
+    w.line()
+
+
+def emit_linear_launcher(w: CodeWriter, plan: Plan, eps: float) -> None:
+    """`triton_forward` of the linear lowerings: the kernels launched with the chunk autotune chose."""
+    causal = plan.entry.causal_chunks
     with w.block("def triton_forward(self, q, k, v, ctx, host):"):
         launcher_head(w, fixed_blocks=False)
         linear_scalars(w, plan)

@@ -16,6 +16,7 @@ Linear lowerings: triton_backward_linear.py.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -172,133 +173,168 @@ def _feature_grad(w: CodeWriter, var: str, accs: list[str], rows: str, ptr: str,
 
 
 def emit_tiled_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
-    normalize = attention_node(graph).attr("normalize")
-    norm = NORMALIZERS[normalize]
-    scores, mask = quadratic_form(graph, attention_of(graph))
-    softmax = norm.online_softmax
-    dots = name_dots(scores)
-    ex = KernelExpr(dots, {s: size_arg(s) for s in sizes_used(scores, mask)})
-    kernel = Kernel([scores, mask], {n: len(p.shape) for n, p in graph.signature.params.items()})
-    derivs = {leaf: diff(scores, leaf) for leaf in leaves(scores)}
-    pairs = _pair_derivatives(scores, derivs)
-    q_sides = {_side(d, 0): row_feature(d.args[0]) for d in dots}
-    k_sides = {_side(d, 1): row_feature(d.args[1]) for d in dots}
-    tables = _grad_tables(scores)
-    for h in sorted({h for d in derivs.values() if d is not None for h in helpers_of(d)} - set(kernel.helpers)):
-        w.lines_of(HELPERS[h])
+    """`_attn_bwd_dkdv` (per key tile) and `_attn_bwd_dq` (per query tile), then the custom op's launchers."""
+    tiles = TileBackward(w, graph, plan)
+    tiles.emit_helpers()
+    tiles.emit_dkdv_kernel()
+    tiles.emit_dq_kernel()
+    _tiled_launchers(w, tiles.norm, plan, tiles.kernel, tiles.tables)
+
+
+class TileBackward:
+    """What the two tile backward kernels share: the score hole, its derivatives, the tile variables of
+    the dots' sides, and the writer; each method writes one part of a kernel."""
+
+    def __init__(self, w: CodeWriter, graph: Graph, plan: Plan):
+        self.w, self.plan = w, plan
+        self.norm = NORMALIZERS[attention_node(graph).attr("normalize")]
+        self.scores, self.mask = quadratic_form(graph, attention_of(graph))
+        self.dots = name_dots(self.scores)
+        self.ex = KernelExpr(self.dots, {s: size_arg(s) for s in sizes_used(self.scores, self.mask)})
+        self.kernel = Kernel([self.scores, self.mask], {n: len(p.shape) for n, p in graph.signature.params.items()})
+        self.derivs = {leaf: diff(self.scores, leaf) for leaf in leaves(self.scores)}
+        self.pairs = _pair_derivatives(self.scores, self.derivs)
+        self.q_sides = {_side(d, 0): row_feature(d.args[0]) for d in self.dots}
+        self.k_sides = {_side(d, 1): row_feature(d.args[1]) for d in self.dots}
+        self.tables = _grad_tables(self.scores)
+        self.sparse = plan.entry.block_sparse
+
+    def emit_helpers(self) -> None:
+        """The Triton helpers the derivatives call that the forward's kernel did not already bring."""
+        derivs = self.derivs.values()
+        for h in sorted({h for d in derivs if d is not None for h in helpers_of(d)} - set(self.kernel.helpers)):
+            self.w.lines_of(HELPERS[h])
+            self.w.line()
+
+    @contextmanager
+    def kernel_def(self, name: str, args: str, doc: str):
+        """A backward kernel's signature, docstring and prologue; the body is written inside the block."""
+        w = self.w
+        extra = "".join(f"{a}, " for a in self.kernel.arg_names())
+        w.line("@triton.jit")
+        with w.block(f"def {name}({bwd_args()}, {extra}{args}sm_scale, band_lo, band_hi,"):
+            w.line("BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,")
+            w.line("PRECISION: tl.constexpr):")
+            w.line(f'"""{doc}"""')
+            bwd_prologue(w)
+            yield
         w.line()
-    sparse = plan.entry.block_sparse
-    extra = "".join(f"{a}, " for a in kernel.arg_names())
-    constexprs = "BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,"
 
-    def load_sides(sides: dict, ptr: str, offs: str, limit: str) -> None:
+    def load_sides(self, sides: dict, ptr: str, offs: str, limit: str) -> None:
         for var, feature in sides.items():
-            load_rows(w, var, ptr, offs, limit, "offs_d", "D", feature=feature)
+            load_rows(self.w, var, ptr, offs, limit, "offs_d", "D", feature=feature)
 
-    def tile_body(keys_fixed: bool) -> LetScope:
-        """Recompute the weights of one (query tile, key tile) and dS, the gradient of each score; the
-        scope of the tile's expressions (the table derivatives too, with the key tile fixed)."""
+    def emit_dkdv_kernel(self) -> None:
+        """`_attn_bwd_dkdv`: one key tile over the query tiles that see it; dK, dV and the table gradients."""
+        w = self.w
+        grads = "".join(f"G{op[0].upper()}_{name}, " for op, name in self.tables)
+        with self.kernel_def("_attn_bwd_dkdv", f"{grads}Stat, Delta, {'ColPtr, Rows, ' if self.sparse else ''}",
+                             "dK, dV (and table gradients) of one key tile: weights recomputed from the saved row "
+                             "statistic."):
+            w.line("pid_n = pid_m  # this grid's first axis walks key tiles")
+            w.line("Stat += pid_bh * Nq")
+            w.line("Delta += pid_bh * Nq")
+            w.line("offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)")
+            self.load_sides(self.k_sides, "K", "offs_n", "N")
+            load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
+            k_accs = [f"d{kv}" for kv in dict.fromkeys(kv for _, kv in self.pairs)]
+            for acc in k_accs:
+                w.line(f"{acc} = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)")
+            w.line("dv = tl.zeros([BLOCK_N, BLOCK_E], dtype=tl.float32)")
+            with w.block(query_tile_loop(w, self.plan)):
+                if self.sparse:
+                    w.line("start_m = tl.load(Rows + idx) * BLOCK_M")
+                w.line("offs_m = start_m + tl.arange(0, BLOCK_M)")
+                scope = self.recompute_weights(keys_fixed=True)
+                self.score_gradients(scope, keys_fixed=True)
+                for op, name in self.tables:
+                    _table_atomics(w, scope, self.ex, op, name, self.derivs)
+            _feature_grad(w, "dk", k_accs, "BLOCK_N", "K", "offs_n", "N")
+            store_tile(w, "DK", "dk", "offs_n", "N", "offs_d", "D", "k")
+            store_tile(w, "DV", "dv", "offs_n", "N", "offs_e", "E", "v")
+
+    def emit_dq_kernel(self) -> None:
+        """`_attn_bwd_dq`: one query tile over the key tiles the forward visits; dQ."""
+        w = self.w
+        with self.kernel_def("_attn_bwd_dq", f"Stat, Delta, {'RowPtr, Cols, ' if self.sparse else ''}",
+                             "dQ of one query tile over the key tiles the forward visits."):
+            w.line("offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)")
+            self.load_sides(self.q_sides, "Q", "offs_m", "Nq")
+            load_rows(w, "do", "DO", "offs_m", "Nq", "offs_e", "E")
+            if self.norm.row_statistic:
+                w.line("stat = tl.load(Stat + pid_bh * Nq + offs_m, mask=offs_m < Nq, other=0.0)")
+                w.line("delta = tl.load(Delta + pid_bh * Nq + offs_m, mask=offs_m < Nq, other=0.0)")
+            q_accs = [f"d{qv}" for qv in dict.fromkeys(qv for qv, _ in self.pairs)]
+            for acc in q_accs:
+                w.line(f"{acc} = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)")
+            with w.block(key_tile_loop(w, self.plan)):
+                if self.sparse:
+                    w.line("start_n = tl.load(Cols + idx) * BLOCK_N")
+                w.line("offs_n = start_n + tl.arange(0, BLOCK_N)")
+                self.score_gradients(self.recompute_weights(keys_fixed=False), keys_fixed=False)
+            _feature_grad(w, "dq", q_accs, "BLOCK_M", "Q", "offs_m", "Nq")
+            store_tile(w, "DQ", "dq", "offs_m", "Nq", "offs_d", "D", "q")
+
+    def recompute_weights(self, keys_fixed: bool) -> LetScope:
+        """Inside a tile loop: the other side's rows, the dots, scores `s`, `valid` and the weights `p` of
+        one (query tile, key tile); returns the scope of the tile's expressions (the table derivatives
+        too, with the key tile fixed). keys_fixed: the loop walks query tiles for one key tile."""
+        w = self.w
         if keys_fixed:
-            load_sides(q_sides, "Q", "offs_m", "Nq")
+            self.load_sides(self.q_sides, "Q", "offs_m", "Nq")
             load_rows(w, "do", "DO", "offs_m", "Nq", "offs_e", "E")
         else:
-            load_sides(k_sides, "K", "offs_n", "N")
+            self.load_sides(self.k_sides, "K", "offs_n", "N")
             load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
-        for d, name in dots.items():
+        for d, name in self.dots.items():
             w.line(f"{name} = tl.dot({_side(d, 0)}, tl.trans({_side(d, 1)}), input_precision=PRECISION)")
-        scope = LetScope(ex)
-        scope.bind(w, [scores, mask, *pairs.values(), *(derivs.values() if keys_fixed and tables else ())])
-        w.line(f"s = {scope(scores)}")
+        scope = LetScope(self.ex)
+        scope.bind(w, [self.scores, self.mask, *self.pairs.values(),
+                       *(self.derivs.values() if keys_fixed and self.tables else ())])
+        w.line(f"s = {scope(self.scores)}")
         valid = "(offs_m[:, None] < Nq) & (offs_n[None, :] < N)"
-        w.line(f"valid = {valid} & ({scope(mask)})" if mask is not None else f"valid = {valid}")
-        if keys_fixed and norm.row_statistic:
+        w.line(f"valid = {valid} & ({scope(self.mask)})" if self.mask is not None else f"valid = {valid}")
+        if keys_fixed and self.norm.row_statistic:
             w.line("stat = tl.load(Stat + offs_m, mask=offs_m < Nq, other=0.0)")
             w.line("delta = tl.load(Delta + offs_m, mask=offs_m < Nq, other=0.0)")
-        if softmax:
+        if self.norm.online_softmax:
             w.line("p = tl.where(valid, tl.exp(s - stat[:, None]), 0.0)")
-        elif norm.divides_by_row_sum:
+        elif self.norm.divides_by_row_sum:
             w.line("inv = 1.0 / tl.where(stat == 0.0, 1.0, stat)  # stat: the row's denominator")
             w.line("p = tl.where(valid, s * inv[:, None], 0.0)")
         else:
             w.line("p = tl.where(valid, s * 1.0, 0.0)")
+        return scope
+
+    def score_gradients(self, scope: LetScope, keys_fixed: bool) -> None:
+        """From the tile's weights: dV (key tile fixed), dS, and each dot pair's gradient accumulated."""
+        w, softmax = self.w, self.norm.online_softmax
         if keys_fixed and softmax:
             w.line("dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)")
         elif keys_fixed:  # unnormalized weights stay in fp32, as in the forward
             w.line("dv += tl.dot(tl.trans(p), do.to(tl.float32), input_precision=PRECISION)")
         w.line("dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)")
         w.line("ds = p * (dp - delta[:, None])" if softmax else "ds = (dp - delta[:, None]) * inv[:, None]"
-               if norm.divides_by_row_sum else "ds = dp")
-        for (qv, kv), d in pairs.items():
+               if self.norm.divides_by_row_sum else "ds = dp")
+        for (qv, kv), d in self.pairs.items():
             w.line(f"g = tl.where(valid, ds * ({scope(d)}), 0.0)  # zero where masked: s may be undefined there")
             if keys_fixed:
                 w.line(f"d{kv} += tl.dot(tl.trans(g.to({qv}.dtype)), {qv}, input_precision=PRECISION)")
             else:
                 w.line(f"d{qv} += tl.dot(g.to({kv}.dtype), {kv}, input_precision=PRECISION)")
-        return scope
 
-    def head(name: str, args: str, doc: str) -> None:
-        w.line("@triton.jit")
-        w.line(f"def {name}({bwd_args()}, {extra}{args}sm_scale, band_lo, band_hi,")
-        w.line(f"    {constexprs}")
-        w.line("    PRECISION: tl.constexpr):")
-        w.level += 1
-        w.line(f'"""{doc}"""')
-        bwd_prologue(w)
 
-    grads = "".join(f"G{op[0].upper()}_{name}, " for op, name in tables)
-    head("_attn_bwd_dkdv", f"{grads}Stat, Delta, {'ColPtr, Rows, ' if sparse else ''}",
-         "dK, dV (and table gradients) of one key tile: weights recomputed from the saved row statistic.")
-    w.line("pid_n = pid_m  # this grid's first axis walks key tiles")
-    w.line("Stat += pid_bh * Nq")
-    w.line("Delta += pid_bh * Nq")
-    w.line("offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)")
-    load_sides(k_sides, "K", "offs_n", "N")
-    load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
-    for var in dict.fromkeys(kv for _, kv in pairs):
-        w.line(f"d{var} = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)")
-    w.line("dv = tl.zeros([BLOCK_N, BLOCK_E], dtype=tl.float32)")
-    if sparse:
+def query_tile_loop(w: CodeWriter, plan: Plan) -> str:
+    """The loop header over the query tiles that see key tile pid_n (the layout transposed, band, or all)."""
+    if plan.entry.block_sparse:
         w.line("# block-sparse: the query tiles whose layout rows list this key tile (the layout transposed)")
-        loop = "for idx in range(tl.load(ColPtr + pid_n), tl.load(ColPtr + pid_n + 1)):"
-    elif any(b is not None for b in band_bounds(plan.mask)):
+        return "for idx in range(tl.load(ColPtr + pid_n), tl.load(ColPtr + pid_n + 1)):"
+    if any(b is not None for b in band_bounds(plan.mask)):
         w.line(f"# mask is {plan.mask.describe()}: only query tiles inside the band are visited")
         w.line("lo = tl.maximum(pid_n * BLOCK_N + band_lo, 0) // BLOCK_M * BLOCK_M")
         w.line("hi = tl.minimum(pid_n * BLOCK_N + BLOCK_N + band_hi, Nq)")
-        loop = "for start_m in range(lo, hi, BLOCK_M):"
-    else:
-        loop = "for start_m in range(0, Nq, BLOCK_M):"
-    with w.block(loop):
-        if sparse:
-            w.line("start_m = tl.load(Rows + idx) * BLOCK_M")
-        w.line("offs_m = start_m + tl.arange(0, BLOCK_M)")
-        scope = tile_body(True)
-        for op, name in tables:
-            _table_atomics(w, scope, ex, op, name, derivs)
-    _feature_grad(w, "dk", [f"d{kv}" for kv in dict.fromkeys(kv for _, kv in pairs)], "BLOCK_N", "K", "offs_n", "N")
-    store_tile(w, "DK", "dk", "offs_n", "N", "offs_d", "D", "k")
-    store_tile(w, "DV", "dv", "offs_n", "N", "offs_e", "E", "v")
-    w.level -= 1
-    w.line()
-    head("_attn_bwd_dq", f"Stat, Delta, {'RowPtr, Cols, ' if sparse else ''}",
-         "dQ of one query tile over the key tiles the forward visits.")
-    w.line("offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)")
-    load_sides(q_sides, "Q", "offs_m", "Nq")
-    load_rows(w, "do", "DO", "offs_m", "Nq", "offs_e", "E")
-    if norm.row_statistic:
-        w.line("stat = tl.load(Stat + pid_bh * Nq + offs_m, mask=offs_m < Nq, other=0.0)")
-        w.line("delta = tl.load(Delta + pid_bh * Nq + offs_m, mask=offs_m < Nq, other=0.0)")
-    for var in dict.fromkeys(qv for qv, _ in pairs):
-        w.line(f"d{var} = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)")
-    with w.block(key_tile_loop(w, plan)):
-        if sparse:
-            w.line("start_n = tl.load(Cols + idx) * BLOCK_N")
-        w.line("offs_n = start_n + tl.arange(0, BLOCK_N)")
-        tile_body(False)
-    _feature_grad(w, "dq", [f"d{qv}" for qv in dict.fromkeys(qv for qv, _ in pairs)], "BLOCK_M", "Q", "offs_m", "Nq")
-    store_tile(w, "DQ", "dq", "offs_m", "Nq", "offs_d", "D", "q")
-    w.level -= 1
-    w.line()
-    _tiled_launchers(w, norm, plan, kernel, tables)
+        return "for start_m in range(lo, hi, BLOCK_M):"
+    return "for start_m in range(0, Nq, BLOCK_M):"
 
 
 def _tiled_launchers(w: CodeWriter, norm: Normalizer, plan: Plan, kernel: Kernel, tables: list) -> None:

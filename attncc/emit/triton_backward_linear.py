@@ -57,96 +57,124 @@ def _chain(w: CodeWriter, var: str, grad: str, ptr: str, offs: str, limit: str, 
 
 
 def emit_linear_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
+    """The backward kernels of the linear lowerings and the custom op's `op_forward`, `op_backward`."""
     normalize, eps = attention_node(graph).attr("normalize"), attention_node(graph).attr("eps")
     fq, fk = _linear_features(graph)
     causal = plan.entry.causal_chunks
-    decayed = bool(plan.attrs.get("decayed")) and causal
-    constexprs = "BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr"
-    dot = "tl.dot({}, {}, input_precision=PRECISION)".format
     if causal:
-        within = "a = a * within" if decayed else "a = tl.where(offs[:, None] >= offs[None, :], a, 0.0)"
-        within_d = "da = da * within" if decayed else "da = tl.where(offs[:, None] >= offs[None, :], da, 0.0)"
-
-        def decay_setup():
-            if decayed:
-                decay_factors(w)
-        qd, kd = ("q_decay[:, None] * ", "k_decay[:, None] * ") if decayed else ("", "")
-        w.line("@triton.jit")
-        with w.block(f"def _linear_bwd_dq({bwd_args()}, Mod, Decay, Inv, Dden, eps, {constexprs}):"):
-            w.line('"""dQ walking chunks forward with the carried state; saves each row\'s dnum scale and dden."""')
-            bwd_prologue(w, per_bh_only=True)
-            w.line("mod = tl.load(Mod + pid_bh)")
-            decay_setup()
-            w.line("S = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
-            w.line("z = tl.zeros([BLOCK_D], dtype=tl.float32)")
-            with w.block("for start in range(0, tl.maximum(Nq, N), BLOCK):"):
-                load_chunk(w, ("pq", "pk", "v", "do"), fq, fk)
-                _load_out(w)
-                w.line(f"a = {dot('pq', 'tl.trans(pk)')}")
-                w.line(within)
-                w.line(f"den = tl.sum(a, 1) + {'q_decay * ' if decayed else ''}tl.sum(pq * z[None, :], 1)")
-                _finish_grads(w, normalize)
-                w.line("tl.store(Inv + pid_bh * Nq + offs, inv, mask=offs < Nq)")
-                w.line("tl.store(Dden + pid_bh * Nq + offs, dden, mask=offs < Nq)")
-                w.line(f"da = {dot('dnum', 'tl.trans(v)')} + dden[:, None]")
-                w.line(within_d)
-                w.line(f"dpq = {dot('da', 'pk')} + {qd}({dot('dnum', 'tl.trans(S)')} + dden[:, None] * z[None, :])")
-                _chain(w, "dq", "dpq", "Q", "offs", "Nq", fq)
-                store_tile(w, "DQ", "dq", "offs", "Nq", "offs_d", "D", "q")
-                carry_state(w, decayed, "pk", "k_decay", "v", "S", "z", "pk")
-        w.line()
-        w.line("@triton.jit")
-        with w.block(f"def _linear_bwd_dkdv({bwd_args()}, Decay, Inv, Dden, {constexprs}):"):
-            w.line('"""dK, dV walking chunks in reverse with R = sum of later (decayed) phi(q) [dnum, dden]^T."""')
-            bwd_prologue(w, per_bh_only=True)
-            decay_setup()
-            w.line("R = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
-            w.line("r = tl.zeros([BLOCK_D], dtype=tl.float32)")
-            w.line("chunks = tl.cdiv(tl.maximum(Nq, N), BLOCK)")
-            with w.block("for t in range(0, chunks):"):
-                load_chunk(w, ("pq", "pk", "v", "do"), fq, fk, first="(chunks - 1 - t) * BLOCK")
-                w.line("inv = tl.load(Inv + pid_bh * Nq + offs, mask=offs < Nq, other=0.0)")
-                w.line("dden = tl.load(Dden + pid_bh * Nq + offs, mask=offs < Nq, other=0.0)")
-                w.line("dnum = do * inv[:, None]")
-                w.line(f"a = {dot('pq', 'tl.trans(pk)')}")
-                w.line(within)
-                w.line(f"da = {dot('dnum', 'tl.trans(v)')} + dden[:, None]")
-                w.line(within_d)
-                w.line(f"dpk = {dot('tl.trans(da)', 'pq')} + {kd}({dot('v', 'tl.trans(R)')} + r[None, :])")
-                w.line(f"dv = {dot('tl.trans(a)', 'dnum')} + {kd}{dot('pk', 'R')}")
-                _chain(w, "dk", "dpk", "K", "offs", "N", fk)
-                store_tile(w, "DK", "dk", "offs", "N", "offs_d", "D", "k")
-                store_tile(w, "DV", "dv", "offs", "N", "offs_e", "E", "v")
-                carry_state(w, decayed, "pq", "q_decay", "dnum", "R", "r", "pq * dden[:, None]")
-        w.line()
+        decayed = bool(plan.attrs.get("decayed"))
+        emit_chunked_dq_kernel(w, fq, fk, normalize, decayed)
+        emit_chunked_dkdv_kernel(w, fq, fk, decayed)
     else:
-        w.line("@triton.jit")
-        with w.block(f"def _linear_bwd({bwd_args()}, State, Z, Mod, eps, {constexprs}):"):
-            w.line('"""Queries first (dQ, and R = phi(Q)^T [dnum, dden]), then keys (dK, dV) from R."""')
-            bwd_prologue(w, per_bh_only=True)
-            w.line("mod = tl.load(Mod + pid_bh)")
-            w.line("S = tl.load(State + pid_bh * BLOCK_D * BLOCK_E + offs_d[:, None] * BLOCK_E + offs_e[None, :])")
-            w.line("z = tl.load(Z + pid_bh * BLOCK_D + offs_d)")
-            w.line("R = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
-            w.line("r = tl.zeros([BLOCK_D], dtype=tl.float32)")
-            with w.block("for start in range(0, Nq, BLOCK):"):
-                load_chunk(w, ("pq", "do"), fq)
-                _load_out(w)
-                w.line("den = tl.sum(pq * z[None, :], 1)")
-                _finish_grads(w, normalize)
-                w.line(f"dpq = {dot('dnum', 'tl.trans(S)')} + dden[:, None] * z[None, :]")
-                _chain(w, "dq", "dpq", "Q", "offs", "Nq", fq)
-                store_tile(w, "DQ", "dq", "offs", "Nq", "offs_d", "D", "q")
-                w.line(f"R += {dot('tl.trans(pq)', 'dnum')}")
-                w.line("r += tl.sum(pq * dden[:, None], 0)")
-            with w.block("for start in range(0, N, BLOCK):"):
-                load_chunk(w, ("pk", "v"), fk=fk)
-                w.line(f"dpk = {dot('v', 'tl.trans(R)')} + r[None, :]")
-                w.line(f"dv = {dot('pk', 'R')}")
-                _chain(w, "dk", "dpk", "K", "offs", "N", fk)
-                store_tile(w, "DK", "dk", "offs", "N", "offs_d", "D", "k")
-                store_tile(w, "DV", "dv", "offs", "N", "offs_e", "E", "v")
-        w.line()
+        emit_linear_bwd_kernel(w, fq, fk, normalize)
+    emit_linear_op(w, plan, eps)
+
+
+_CONSTEXPRS = "BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr"
+
+
+def _dot(a: str, b: str) -> str:
+    return f"tl.dot({a}, {b}, input_precision=PRECISION)"
+
+
+def _within_chunk(var: str, decayed: bool) -> str:
+    """var <- var o a_ij inside a chunk: the decay gamma^(i - j) on j <= i, or the causal mask alone."""
+    return f"{var} = {var} * within" if decayed else f"{var} = tl.where(offs[:, None] >= offs[None, :], {var}, 0.0)"
+
+
+def emit_chunked_dq_kernel(w: CodeWriter, fq: str, fk: str, normalize: str, decayed: bool) -> None:
+    """`_linear_bwd_dq`: chunks forward with the forward's carried state; saves each row's inv and dden."""
+    qd = "q_decay[:, None] * " if decayed else ""
+    w.line("@triton.jit")
+    with w.block(f"def _linear_bwd_dq({bwd_args()}, Mod, Decay, Inv, Dden, eps, {_CONSTEXPRS}):"):
+        w.line('"""dQ walking chunks forward with the carried state; saves each row\'s dnum scale and dden."""')
+        bwd_prologue(w, per_bh_only=True)
+        w.line("mod = tl.load(Mod + pid_bh)")
+        if decayed:
+            decay_factors(w)
+        w.line("S = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
+        w.line("z = tl.zeros([BLOCK_D], dtype=tl.float32)")
+        with w.block("for start in range(0, tl.maximum(Nq, N), BLOCK):"):
+            load_chunk(w, ("pq", "pk", "v", "do"), fq, fk)
+            _load_out(w)
+            w.line(f"a = {_dot('pq', 'tl.trans(pk)')}")
+            w.line(_within_chunk("a", decayed))
+            w.line(f"den = tl.sum(a, 1) + {'q_decay * ' if decayed else ''}tl.sum(pq * z[None, :], 1)")
+            _finish_grads(w, normalize)
+            w.line("tl.store(Inv + pid_bh * Nq + offs, inv, mask=offs < Nq)")
+            w.line("tl.store(Dden + pid_bh * Nq + offs, dden, mask=offs < Nq)")
+            w.line(f"da = {_dot('dnum', 'tl.trans(v)')} + dden[:, None]")
+            w.line(_within_chunk("da", decayed))
+            w.line(f"dpq = {_dot('da', 'pk')} + {qd}({_dot('dnum', 'tl.trans(S)')} + dden[:, None] * z[None, :])")
+            _chain(w, "dq", "dpq", "Q", "offs", "Nq", fq)
+            store_tile(w, "DQ", "dq", "offs", "Nq", "offs_d", "D", "q")
+            carry_state(w, decayed, "pk", "k_decay", "v", "S", "z", "pk")
+    w.line()
+
+
+def emit_chunked_dkdv_kernel(w: CodeWriter, fq: str, fk: str, decayed: bool) -> None:
+    """`_linear_bwd_dkdv`: chunks in reverse, carrying R, the later queries' (decayed) gradient state."""
+    kd = "k_decay[:, None] * " if decayed else ""
+    w.line("@triton.jit")
+    with w.block(f"def _linear_bwd_dkdv({bwd_args()}, Decay, Inv, Dden, {_CONSTEXPRS}):"):
+        w.line('"""dK, dV walking chunks in reverse with R = sum of later (decayed) phi(q) [dnum, dden]^T."""')
+        bwd_prologue(w, per_bh_only=True)
+        if decayed:
+            decay_factors(w)
+        w.line("R = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
+        w.line("r = tl.zeros([BLOCK_D], dtype=tl.float32)")
+        w.line("chunks = tl.cdiv(tl.maximum(Nq, N), BLOCK)")
+        with w.block("for t in range(0, chunks):"):
+            load_chunk(w, ("pq", "pk", "v", "do"), fq, fk, first="(chunks - 1 - t) * BLOCK")
+            w.line("inv = tl.load(Inv + pid_bh * Nq + offs, mask=offs < Nq, other=0.0)")
+            w.line("dden = tl.load(Dden + pid_bh * Nq + offs, mask=offs < Nq, other=0.0)")
+            w.line("dnum = do * inv[:, None]")
+            w.line(f"a = {_dot('pq', 'tl.trans(pk)')}")
+            w.line(_within_chunk("a", decayed))
+            w.line(f"da = {_dot('dnum', 'tl.trans(v)')} + dden[:, None]")
+            w.line(_within_chunk("da", decayed))
+            w.line(f"dpk = {_dot('tl.trans(da)', 'pq')} + {kd}({_dot('v', 'tl.trans(R)')} + r[None, :])")
+            w.line(f"dv = {_dot('tl.trans(a)', 'dnum')} + {kd}{_dot('pk', 'R')}")
+            _chain(w, "dk", "dpk", "K", "offs", "N", fk)
+            store_tile(w, "DK", "dk", "offs", "N", "offs_d", "D", "k")
+            store_tile(w, "DV", "dv", "offs", "N", "offs_e", "E", "v")
+            carry_state(w, decayed, "pq", "q_decay", "dnum", "R", "r", "pq * dden[:, None]")
+    w.line()
+
+
+def emit_linear_bwd_kernel(w: CodeWriter, fq: str, fk: str, normalize: str) -> None:
+    """`_linear_bwd` (not causal): one program per (b, h), the queries' pass, then the keys' from R."""
+    w.line("@triton.jit")
+    with w.block(f"def _linear_bwd({bwd_args()}, State, Z, Mod, eps, {_CONSTEXPRS}):"):
+        w.line('"""Queries first (dQ, and R = phi(Q)^T [dnum, dden]), then keys (dK, dV) from R."""')
+        bwd_prologue(w, per_bh_only=True)
+        w.line("mod = tl.load(Mod + pid_bh)")
+        w.line("S = tl.load(State + pid_bh * BLOCK_D * BLOCK_E + offs_d[:, None] * BLOCK_E + offs_e[None, :])")
+        w.line("z = tl.load(Z + pid_bh * BLOCK_D + offs_d)")
+        w.line("R = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
+        w.line("r = tl.zeros([BLOCK_D], dtype=tl.float32)")
+        with w.block("for start in range(0, Nq, BLOCK):"):
+            load_chunk(w, ("pq", "do"), fq)
+            _load_out(w)
+            w.line("den = tl.sum(pq * z[None, :], 1)")
+            _finish_grads(w, normalize)
+            w.line(f"dpq = {_dot('dnum', 'tl.trans(S)')} + dden[:, None] * z[None, :]")
+            _chain(w, "dq", "dpq", "Q", "offs", "Nq", fq)
+            store_tile(w, "DQ", "dq", "offs", "Nq", "offs_d", "D", "q")
+            w.line(f"R += {_dot('tl.trans(pq)', 'dnum')}")
+            w.line("r += tl.sum(pq * dden[:, None], 0)")
+        with w.block("for start in range(0, N, BLOCK):"):
+            load_chunk(w, ("pk", "v"), fk=fk)
+            w.line(f"dpk = {_dot('v', 'tl.trans(R)')} + r[None, :]")
+            w.line(f"dv = {_dot('pk', 'R')}")
+            _chain(w, "dk", "dpk", "K", "offs", "N", fk)
+            store_tile(w, "DK", "dk", "offs", "N", "offs_d", "D", "k")
+            store_tile(w, "DV", "dv", "offs", "N", "offs_e", "E", "v")
+    w.line()
+
+
+def emit_linear_op(w: CodeWriter, plan: Plan, eps: float) -> None:
+    """The custom op's `op_forward` (no row statistic) and `op_backward`, which launches the kernels above."""
     with w.block("def op_forward(self, q, k, v, ctx, host):"):
         w.line('"""The custom op\'s forward: the output (no row statistics: the backward recomputes them)."""')
         w.line("return triton_forward(self, q, k, v, ctx, host), q.new_zeros(*q.shape[:3], dtype=torch.float32)")
@@ -155,7 +183,7 @@ def emit_linear_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
         backward_head(w, "(dq, dk, dv, no table gradients) by the reverse recurrence.")
         linear_scalars(w, plan)
         blocks = "BLOCK=BLOCK_M, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision"
-        if causal:
+        if plan.entry.causal_chunks:
             w.line("inv = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32)")
             w.line("dden = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32)")
             w.line(f"_linear_bwd_dq[(B * H,)]({bwd_launch()}, mod, gamma, inv, dden, {eps!r},")

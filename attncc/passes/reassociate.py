@@ -1,15 +1,17 @@
 """Reassociation of kernelized attention into linear form."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..analysis.kernel import split_kernel
 from ..lang.expr import FLOAT, TExpr
 from ..lang.operators import fmt
 from ..lang.normalizers import NORMALIZERS
-from ..ir.graph import Graph, carried_attrs, expr_of
+from ..ir.graph import Graph, Node, carried_attrs, expr_of
 from ..ir.lower import ExprBuilder
 from ..lang.source import AttnccError
 from ..analysis.grid import classify_grid, grid_holds
-from ..analysis.structure import classify_modulation, decay_form, decay_holds, structure_holds
+from ..analysis.structure import Structure, classify_modulation, decay_form, decay_holds, structure_holds
 
 
 def _graph_lookup(m: TExpr | None, signature) -> str | None:
@@ -45,6 +47,7 @@ def reassociate_kernel(graph: Graph, ctx) -> None:
       M = G[i, j], G a graph kernel of an adjacency A (no mask): each G product through products with
                          A (sparse when A is), G never formed        -> graph_attend(phi_q, phi_k, G[i, j], v) {graph}
     A scalar M (no i, j) stays as the `modulation` operand. Anything else stays a quadratic attend.
+    The forms are tried in the order of REWRITE_FORMS; the first that holds replaces the attend.
     """
     for nid in graph.find("attend"):
         node = graph.node(nid)
@@ -56,51 +59,118 @@ def reassociate_kernel(graph: Graph, ctx) -> None:
             ctx.note("reassociate_kernel", "weight is not dot(phi(q), psi(k)) times an index expression: "
                      "stays quadratic")
             continue
-        dot, modulation = split
-        mod_structure = classify_modulation(modulation, ctx.symbols)
-        if modulation is not None and not structure_holds(modulation, mod_structure, graph.signature, is_mask=False):
-            raise AttnccError(f"internal error: modulation structure `{mod_structure.describe()}` failed its "
-                              "sampled check; please report this spec")
-        mask_structure = node.attr("mask_structure")
-        build = ExprBuilder(graph)
-        phi_q, phi_k = (build.add(side) for side in dot.args)
-        common = dict(shape=node.shape, dtype=FLOAT, **carried_attrs(node))
-        if mod_structure.kind == "full" and mask_structure.kind in ("full", "causal"):
-            causal = mask_structure.kind == "causal"
-            mod = [build.add(modulation)] if modulation is not None else []
-            new = graph.add("linear_attend", [phi_q, phi_k, *mod, ops[-1]], causal=causal, modulated=bool(mod),
-                            **common)
-            ctx.note("reassociate_kernel", f"kernelized with {'causal' if causal else 'full'} mask: "
-                     f"phi(Q) (phi(K)^T V){' by prefix sums' if causal else ''}, O(N m e)")
-        elif mask_structure.kind == "causal" and (decay := decay_form(modulation, ctx.symbols)) is not None:
-            amplitude, gamma = decay
-            if not decay_holds(modulation, amplitude, gamma, graph.signature):
-                raise AttnccError("internal error: decay form failed its sampled check; please report this spec")
-            new = graph.add("linear_attend", [phi_q, phi_k, build.add(amplitude), build.add(gamma),
-                                              build.add(modulation), ops[-1]],
-                            causal=True, modulated=True, decayed=True, **common)
-            ctx.note("reassociate_kernel", f"kernelized with a decay {fmt(gamma)}^(i - j) on j <= i: the "
-                     "recurrence S_t = gamma S_(t-1) + phi(k_t) v_t^T in chunks, O(N m e)")
-        elif (graph_name := _graph_lookup(modulation, graph.signature)) and not node.attr("masked"):
-            g = graph.signature.graphs[graph_name]
-            new = graph.add("graph_attend", [phi_q, phi_k, build.add(modulation), ops[-1]], graph=g,
-                            graph_steps=int(g.options["steps"]) if g.kind == "walks" else None, **common)
-            ctx.note("reassociate_kernel", f"kernelized with the graph kernel {graph_name} = {g.kind}({g.adjacency}): "
-                     f"sum_l diag(phi(Q)_l) G diag(phi(K)_l) V through products with {g.adjacency}, G never formed")
-        elif mod_structure.is_toeplitz and mask_structure.is_toeplitz:
-            f = _kernel_factor(graph, node, ops, modulation)
-            new = graph.add("toeplitz_attend", [phi_q, phi_k, build.add(f), ops[-1]], **common)
-            ctx.note("reassociate_kernel", "kernelized with a Toeplitz mask/modulation f(i - j): "
-                     "sum_l diag(phi(Q)_l) T_f diag(phi(K)_l) V by FFT, O(N m e log N)")
-        elif (form := classify_grid(f := _kernel_factor(graph, node, ops, modulation), graph.signature, ctx.symbols)):
-            if not grid_holds(f, form, graph.signature):
-                raise AttnccError(f"internal error: grid form `{form.describe()}` failed its sampled check; "
-                                  "please report this spec")
-            new = graph.add("grid_attend", [phi_q, phi_k, build.add(f), ops[-1]], grid=form, **common)
-            ctx.note("reassociate_kernel", f"kernelized with a grid mask/modulation: {form.describe()} "
-                     f"({form.reason})")
+        attend = _kernelized(graph, ctx, nid, split)
+        for rewrite in REWRITE_FORMS:
+            new = rewrite(attend)
+            if new is not None:
+                graph.replace_uses(nid, new)
+                break
         else:
-            ctx.note("reassociate_kernel", f"modulation is {mod_structure.describe()}, mask is "
-                     f"{mask_structure.describe()}: stays quadratic")
-            continue
-        graph.replace_uses(nid, new)
+            ctx.note("reassociate_kernel", f"modulation is {attend.mod_structure.describe()}, mask is "
+                     f"{attend.mask_structure.describe()}: stays quadratic")
+
+
+@dataclass
+class _Kernelized:
+    """One attend with W = dot(phi(q), psi(k)) o M o mask, its feature sides already in the graph."""
+    graph: Graph
+    ctx: object  # the PassContext (its notes and symbols)
+    node: Node
+    ops: list
+    modulation: TExpr | None
+    mod_structure: Structure
+    mask_structure: Structure
+    build: ExprBuilder
+    phi_q: int
+    phi_k: int
+
+    def add(self, op: str, factors: list, **attrs) -> int:
+        """The rewritten node: op(phi_q, phi_k, *factors, v), with the attend's shape and carried attributes."""
+        return self.graph.add(op, [self.phi_q, self.phi_k, *factors, self.ops[-1]], **attrs, shape=self.node.shape,
+                              dtype=FLOAT, **carried_attrs(self.node))
+
+    def note(self, message: str) -> None:
+        self.ctx.note("reassociate_kernel", message)
+
+
+def _kernelized(graph: Graph, ctx, nid, split) -> _Kernelized:
+    """The attend's parts; its modulation's structure checked on samples, its feature sides added."""
+    node = graph.node(nid)
+    dot, modulation = split
+    mod_structure = classify_modulation(modulation, ctx.symbols)
+    if modulation is not None and not structure_holds(modulation, mod_structure, graph.signature, is_mask=False):
+        raise AttnccError(f"internal error: modulation structure `{mod_structure.describe()}` failed its "
+                          "sampled check; please report this spec")
+    build = ExprBuilder(graph)
+    phi_q, phi_k = (build.add(side) for side in dot.args)
+    return _Kernelized(graph, ctx, node, graph.operands(nid), modulation, mod_structure, node.attr("mask_structure"),
+                       build, phi_q, phi_k)
+
+
+def _as_linear(k: _Kernelized) -> int | None:
+    """M full, mask full or causal: phi(Q) (psi(K)^T V), by prefix sums when causal."""
+    if k.mod_structure.kind != "full" or k.mask_structure.kind not in ("full", "causal"):
+        return None
+    causal = k.mask_structure.kind == "causal"
+    mod = [k.build.add(k.modulation)] if k.modulation is not None else []
+    new = k.add("linear_attend", mod, causal=causal, modulated=bool(mod))
+    k.note(f"kernelized with {'causal' if causal else 'full'} mask: "
+           f"phi(Q) (phi(K)^T V){' by prefix sums' if causal else ''}, O(N m e)")
+    return new
+
+
+def _as_decayed(k: _Kernelized) -> int | None:
+    """M = A gamma^(i - j), mask causal: the retention recurrence, in chunks."""
+    if k.mask_structure.kind != "causal" or (decay := decay_form(k.modulation, k.ctx.symbols)) is None:
+        return None
+    amplitude, gamma = decay
+    if not decay_holds(k.modulation, amplitude, gamma, k.graph.signature):
+        raise AttnccError("internal error: decay form failed its sampled check; please report this spec")
+    new = k.add("linear_attend", [k.build.add(amplitude), k.build.add(gamma), k.build.add(k.modulation)],
+                causal=True, modulated=True, decayed=True)
+    k.note(f"kernelized with a decay {fmt(gamma)}^(i - j) on j <= i: the "
+           "recurrence S_t = gamma S_(t-1) + phi(k_t) v_t^T in chunks, O(N m e)")
+    return new
+
+
+def _as_graph(k: _Kernelized) -> int | None:
+    """M = G[i, j] for a graph kernel G, no mask: products with its adjacency, G never formed."""
+    graph_name = _graph_lookup(k.modulation, k.graph.signature)
+    if not graph_name or k.node.attr("masked"):
+        return None
+    g = k.graph.signature.graphs[graph_name]
+    new = k.add("graph_attend", [k.build.add(k.modulation)], graph=g,
+                graph_steps=int(g.options["steps"]) if g.kind == "walks" else None)
+    k.note(f"kernelized with the graph kernel {graph_name} = {g.kind}({g.adjacency}): "
+           f"sum_l diag(phi(Q)_l) G diag(phi(K)_l) V through products with {g.adjacency}, G never formed")
+    return new
+
+
+def _as_toeplitz(k: _Kernelized) -> int | None:
+    """M o mask Toeplitz: one FFT convolution per feature column."""
+    if not (k.mod_structure.is_toeplitz and k.mask_structure.is_toeplitz):
+        return None
+    f = _kernel_factor(k.graph, k.node, k.ops, k.modulation)
+    new = k.add("toeplitz_attend", [k.build.add(f)])
+    k.note("kernelized with a Toeplitz mask/modulation f(i - j): "
+           "sum_l diag(phi(Q)_l) T_f diag(phi(K)_l) V by FFT, O(N m e log N)")
+    return new
+
+
+def _as_grid(k: _Kernelized) -> int | None:
+    """f = where(mask, M, 0) a function of grid offsets (or of i and the ring): 2-D FFT or ring boxes."""
+    f = _kernel_factor(k.graph, k.node, k.ops, k.modulation)
+    form = classify_grid(f, k.graph.signature, k.ctx.symbols)
+    if not form:
+        return None
+    if not grid_holds(f, form, k.graph.signature):
+        raise AttnccError(f"internal error: grid form `{form.describe()}` failed its sampled check; "
+                          "please report this spec")
+    new = k.add("grid_attend", [k.build.add(f)], grid=form)
+    k.note(f"kernelized with a grid mask/modulation: {form.describe()} ({form.reason})")
+    return new
+
+
+# the rewrite forms, tried in this order: decay and graph only where no plain linear form holds,
+# the grid only where no Toeplitz one does
+REWRITE_FORMS = (_as_linear, _as_decayed, _as_graph, _as_toeplitz, _as_grid)
