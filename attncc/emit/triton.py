@@ -3,8 +3,7 @@
 Skeletons:
   tiled           grid (cdiv(Nq, BLOCK_M), B*H); loop over key tiles inside the proven band;
                   softmax: online max/sum (rows with no visible key give 0); rows/none: running sums.
-  linear          state pass S = phi(K)^T V, z = phi(K)^T 1 per (b, h); output pass phi(Q) S / (phi(Q) z + eps).
-  linear_chunked  one program per (b, h) walks chunks: masked quadratic inside, carried state across.
+  linear, linear_chunked   the kernelized skeletons: see triton_linear.py.
   fft, fft2, graph, rings   the transforms in torch, the contraction (and ring box reads) in Triton:
                   see triton_structured.py.
 Holes: the score/weight and mask expressions over tiles (i = offs_m[:, None], j = offs_n[None, :],
@@ -16,7 +15,7 @@ from __future__ import annotations
 
 from ..lang.expr import RUNTIME_SIZES, TExpr
 from ..lang.features import FEATURE_MAPS
-from ..ir.graph import Graph, attention_node, attention_of, expr_of
+from ..ir.graph import Graph, attention_node, attention_of
 from ..lang.operators import operator_of
 from ..lang.normalizers import NORMALIZERS, Normalizer
 from ..passes.quadratic import quadratic_form
@@ -198,22 +197,6 @@ def program_prologue(w: CodeWriter, per_bh_only: bool = False) -> None:
     w.line("offs_e = tl.arange(0, BLOCK_E)")
 
 
-# rows a linear kernel loads a chunk of: variable -> (pointer, token bound, column offsets, width, fp32 copy)
-_CHUNK_ROWS = {"pq": ("Q", "Nq", "offs_d", "D", False), "pk": ("K", "N", "offs_d", "D", False),
-               "v": ("V", "N", "offs_e", "E", True), "do": ("DO", "Nq", "offs_e", "E", True)}
-
-
-def load_chunk(w: CodeWriter, names: tuple[str, ...], fq: str | None = None, fk: str | None = None,
-                first: str = "start") -> None:
-    """The chunk of tokens from `first`: `offs`, then each named row set (q and k through their feature
-    maps fq, fk; values and output gradients upcast to fp32)."""
-    w.line(f"offs = {first} + tl.arange(0, BLOCK)")
-    for name in names:
-        ptr, bound, cols, width, upcast = _CHUNK_ROWS[name]
-        load_rows(w, name, ptr, "offs", bound, cols, width, feature={"pq": fq, "pk": fk}.get(name))
-        if upcast:
-            w.line(f"{name} = {name}.to(tl.float32)")
-
 
 def query_tile(w: CodeWriter, dots: dict) -> None:
     """Kernel prologue, then the query tile's rows, once per feature map the dots apply to them."""
@@ -358,7 +341,7 @@ def emit_tiled_launcher(w: CodeWriter, plan: Plan, kernel: Kernel, eps: float, s
             w.line("    BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision,")
             w.line("    num_warps=num_warps, num_stages=num_stages)")
         w.line()
-        _tuned_launch(w, plan.entry.autotune_kind, ", tile=tile" if sparse else "")
+        tuned_launch(w, plan.entry.autotune_kind, ", tile=tile" if sparse else "")
 
 
 def band_line(w: CodeWriter, plan: Plan) -> None:
@@ -380,162 +363,11 @@ def launcher_head(w: CodeWriter, allocate_out: bool = True, fixed_blocks: bool =
     w.line("precision = 'ieee' if q.dtype == torch.float32 else 'tf32'")
 
 
-def _tuned_launch(w: CodeWriter, kind: str, extra_sizes: str = "") -> None:
+def tuned_launch(w: CodeWriter, kind: str, extra_sizes: str = "") -> None:
     """Launch with the configuration autotune chose for these sizes (tuned once per key on CUDA)."""
     w.line(f"sizes = dict(BH=B * H, Nq=Nq, N=N, D=BLOCK_D, E=BLOCK_E{extra_sizes})")
     w.line(f"launch(**autotune.best(SPEC_HASH, {kind!r}, q, sizes, launch))")
     w.line("return out")
-
-
-def emit_linear_kernels(w: CodeWriter, graph: Graph, plan: Plan) -> None:
-    """The linear kernels (chunked causal, or state then output) and their launcher `triton_forward`."""
-    ops = graph.operands(attention_of(graph))
-    att = attention_node(graph)
-    fq = row_feature(expr_of(graph, ops[0])) or "identity"
-    fk = row_feature(expr_of(graph, ops[1])) or "identity"
-    # the output rows from num = phi(q) S and den = phi(q) z, both times the modulation
-    finish = "num * mod / tl.where(den * mod + eps == 0.0, 1.0, den * mod + eps)[:, None]" \
-        if NORMALIZERS[att.attr("normalize")].divides_by_row_sum else "num * mod"
-    if plan.entry.causal_chunks:
-        emit_linear_causal_kernel(w, fq, fk, finish, bool(plan.attrs.get("decayed")))
-    else:
-        emit_linear_state_kernel(w, fk)
-        emit_linear_out_kernel(w, fq, finish)
-    emit_linear_launcher(w, plan, att.attr("eps"))
-
-
-def emit_linear_causal_kernel(w: CodeWriter, fq: str, fk: str, finish: str, decayed: bool) -> None:
-    """`_linear_causal`: one program per (b, h) walks the chunks, quadratic inside, the state carried across."""
-    w.line("@triton.jit")
-    with w.block(f"def _linear_causal({kernel_common_args()}, Mod, Decay, eps, BLOCK: tl.constexpr, "
-                 "BLOCK_D: tl.constexpr,"):
-        w.line("BLOCK_E: tl.constexpr, PRECISION: tl.constexpr):")
-        w.line('"""Causal linear attention, one program per (b, h): chunks of BLOCK tokens, quadratic (masked)')
-        w.line('inside a chunk, the running state S = sum phi(k_j) v_j^T, z = sum phi(k_j) across chunks'
-               + (' (decayed: S <- gamma^BLOCK S + sum_b gamma^(BLOCK-1-b) phi(k_b) v_b^T)."""' if decayed else '."""'))
-        program_prologue(w, per_bh_only=True)
-        w.line("mod = tl.load(Mod + pid_bh)")
-        w.line("S = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
-        w.line("z = tl.zeros([BLOCK_D], dtype=tl.float32)")
-        if decayed:
-            decay_factors(w)
-        with w.block("for start in range(0, tl.maximum(Nq, N), BLOCK):"):
-            load_chunk(w, ("pq", "pk", "v"), fq, fk)
-            w.line("a = tl.dot(pq, tl.trans(pk), input_precision=PRECISION)")
-            if decayed:
-                w.line("a = a * within")
-                w.line("num = tl.dot(a, v, input_precision=PRECISION) + q_decay[:, None] * "
-                       "tl.dot(pq, S, input_precision=PRECISION)")
-                w.line("den = tl.sum(a, 1) + q_decay * tl.sum(pq * z[None, :], 1)")
-            else:
-                w.line("a = tl.where(offs[:, None] >= offs[None, :], a, 0.0)")
-                w.line("num = tl.dot(a, v, input_precision=PRECISION) + tl.dot(pq, S, input_precision=PRECISION)")
-                w.line("den = tl.sum(a, 1) + tl.sum(pq * z[None, :], 1)")
-            w.line(f"out = {finish}")
-            w.line("tl.store(Out + offs[:, None] * stride_om + offs_e[None, :] * stride_od, out.to(Out.dtype.element_ty), "
-                   "mask=(offs[:, None] < Nq) & (offs_e[None, :] < E))")
-            carry_state(w, decayed, "pk", "k_decay", "v", "S", "z", "pk")
-    w.line()
-
-
-def emit_linear_state_kernel(w: CodeWriter, fk: str) -> None:
-    """`_linear_state`: S = phi(K)^T V and z = phi(K)^T 1 of one (b, h), saved for `_linear_out`."""
-    w.line("@triton.jit")
-    with w.block(f"def _linear_state({kernel_common_args()}, State, Z, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,"):
-        w.line("BLOCK_E: tl.constexpr, PRECISION: tl.constexpr):")
-        w.line('"""S = phi(K)^T V and z = phi(K)^T 1 for one (b, h)."""')
-        program_prologue(w, per_bh_only=True)
-        w.line("S = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
-        w.line("z = tl.zeros([BLOCK_D], dtype=tl.float32)")
-        with w.block("for start in range(0, N, BLOCK):"):
-            load_chunk(w, ("pk", "v"), fk=fk)
-            w.line("S += tl.dot(tl.trans(pk), v, input_precision=PRECISION)")
-            w.line("z += tl.sum(pk, 0)")
-        w.line("State += pid_bh * BLOCK_D * BLOCK_E")
-        w.line("tl.store(State + offs_d[:, None] * BLOCK_E + offs_e[None, :], S)")
-        w.line("tl.store(Z + pid_bh * BLOCK_D + offs_d, z)")
-    w.line()
-
-
-def emit_linear_out_kernel(w: CodeWriter, fq: str, finish: str) -> None:
-    """`_linear_out`: one tile of queries read against the saved state."""
-    w.line("@triton.jit")
-    with w.block(f"def _linear_out({kernel_common_args()}, State, Z, Mod, eps, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,"):
-        w.line("BLOCK_E: tl.constexpr, PRECISION: tl.constexpr):")
-        w.line('"""out = phi(Q) S / (phi(Q) z + eps) for one tile of queries."""')
-        program_prologue(w)
-        w.line("offs = pid_m * BLOCK + tl.arange(0, BLOCK)")
-        w.line("mod = tl.load(Mod + pid_bh)")
-        load_rows(w, "pq", "Q", "offs", "Nq", "offs_d", "D", feature=fq)
-        w.line("S = tl.load(State + pid_bh * BLOCK_D * BLOCK_E + offs_d[:, None] * BLOCK_E + offs_e[None, :])")
-        w.line("z = tl.load(Z + pid_bh * BLOCK_D + offs_d)")
-        w.line("num = tl.dot(pq, S, input_precision=PRECISION)")
-        w.line("den = tl.sum(pq * z[None, :], 1)")
-        w.line(f"out = {finish}")
-        w.line("tl.store(Out + offs[:, None] * stride_om + offs_e[None, :] * stride_od, out.to(Out.dtype.element_ty), "
-               "mask=(offs[:, None] < Nq) & (offs_e[None, :] < E))")
-    w.line()
-
-
-def emit_linear_launcher(w: CodeWriter, plan: Plan, eps: float) -> None:
-    """`triton_forward` of the linear lowerings: the kernels launched with the chunk autotune chose."""
-    causal = plan.entry.causal_chunks
-    with w.block("def triton_forward(self, q, k, v, ctx, host):"):
-        launcher_head(w, fixed_blocks=False)
-        linear_scalars(w, plan)
-        if not causal:
-            w.line("state = torch.empty(B * H, BLOCK_D, BLOCK_E, device=q.device, dtype=torch.float32)")
-            w.line("z = torch.empty(B * H, BLOCK_D, device=q.device, dtype=torch.float32)")
-        w.line()
-        with w.block("def launch(BLOCK, num_warps, num_stages):"):
-            tail = "BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision, num_warps=num_warps, num_stages=num_stages)"
-            if causal:
-                w.line(f"_linear_causal[(B * H,)]({launch_common()}, mod, gamma, {eps!r}, BLOCK=BLOCK,")
-                w.line(f"    {tail}")
-            else:
-                w.line(f"_linear_state[(B * H,)]({launch_common()}, state, z, BLOCK=BLOCK,")
-                w.line(f"    {tail}")
-                w.line(f"_linear_out[(triton.cdiv(Nq, BLOCK), B * H)]({launch_common()}, state, z, mod, {eps!r},")
-                w.line(f"    BLOCK=BLOCK, {tail}")
-        w.line()
-        _tuned_launch(w, plan.entry.autotune_kind)
-
-
-def linear_scalars(w: CodeWriter, plan: Plan) -> None:
-    """Launcher lines: the per-(b, h) modulation `mod` and, for the chunked lowering, the decay `gamma`."""
-    if plan.attrs.get("modulated"):
-        w.line("mod = host.modulation(ctx).to(device=q.device, dtype=torch.float32).expand(B, H, 1, 1).contiguous()")
-    else:
-        w.line("mod = torch.ones(B, H, device=q.device, dtype=torch.float32)")
-    if not plan.entry.causal_chunks:
-        return
-    if plan.attrs.get("decayed"):
-        w.line("gamma = host.decay(ctx).to(device=q.device, dtype=torch.float32).expand(B, H, 1, 1).contiguous()")
-    else:
-        w.line("gamma = mod  # unused without a decay")
-
-
-def decay_factors(w: CodeWriter) -> None:
-    """Kernel lines: gamma^(a - b) inside a chunk, gamma^(a + 1) for queries, gamma^(C - 1 - b) for keys, gamma^C."""
-    w.line("gamma = tl.load(Decay + pid_bh)")
-    w.line("pos = tl.arange(0, BLOCK) * 1.0")
-    w.line("steps = pos[:, None] - pos[None, :]")
-    w.line("within = tl.where(steps >= 0, _powf(gamma + steps * 0.0, tl.maximum(steps, 0.0)), 0.0)")
-    w.line("q_decay = _powf(gamma + pos * 0.0, pos + 1.0)")
-    w.line("k_decay = _powf(gamma + pos * 0.0, (BLOCK - 1) - pos)")
-    w.line("carry = _powf(gamma, BLOCK * 1.0)")
-
-
-def carry_state(w: CodeWriter, decayed: bool, rows: str, decay: str, right: str, state: str, vec: str, vec_rows: str):
-    """Kernel lines: state <- carry state + rows^T right, vec <- carry vec + column sums of vec_rows,
-    the rows first scaled by their decay (no carry and no scaling without a decay)."""
-    if decayed:
-        w.line(f"{rows} = {rows} * {decay}[:, None]")
-        w.line(f"{state} = carry * {state} + tl.dot(tl.trans({rows}), {right}, input_precision=PRECISION)")
-        w.line(f"{vec} = carry * {vec} + tl.sum({vec_rows}, 0)")
-    else:
-        w.line(f"{state} += tl.dot(tl.trans({rows}), {right}, input_precision=PRECISION)")
-        w.line(f"{vec} += tl.sum({vec_rows}, 0)")
 
 
 def triton_header(graph: Graph, spec_hash: str, version: str) -> str:
@@ -576,13 +408,3 @@ def emit_tiled_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
             f"{'online-softmax' if online else 'weighted-sum'} kernel")
 
 
-def emit_linear_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
-    """The linear skeletons' kernels and launchers (state + output, or chunked causal)."""
-    out = attention_of(graph)
-    if plan.attrs.get("decayed") and plan.entry.causal_chunks:
-        w.lines_of(HELPERS["_powf"])
-        w.line()
-    for fm in sorted({row_feature(expr_of(graph, o)) for o in graph.operands(out)[:2]} - {None, "identity"}):
-        emit_feature_fn(w, fm)
-    emit_linear_kernels(w, graph, plan)
-    return "chunked causal linear kernel" if plan.entry.causal_chunks else "linear state + output kernels"

@@ -17,7 +17,8 @@ from ..ir.graph import Graph, attention_node, attention_of, expr_of
 from ..lang.normalizers import NORMALIZERS
 from ..passes.quadratic import quadratic_form
 from ..plan.select import Plan
-from .triton import launch_common, load_chunk, load_rows, row_feature, carry_state, decay_factors, linear_scalars
+from .triton import launch_common, load_rows, row_feature
+from .triton_linear import carry_state, decay_factors, linear_scalars, load_chunk
 from .triton_backward import TritonBackward, backward_head, bwd_args, bwd_launch, bwd_prologue, store_tile
 from .writer import CodeWriter
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..emit.torch import emit_kernelized, emit_linear_call
 from ..emit.dispatch import with_backward
-from ..emit.triton import emit_linear_triton
+from ..emit.triton_linear import emit_linear_triton
 from ..emit.triton_backward_linear import LINEAR_BACKWARD
 from ..ir.graph import B, D, E, H, N, Nq
 from ..plan.cost import BYTES_IO, Candidate, CostQuery
