@@ -21,9 +21,13 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="print one stage of the pipeline")
     i.add_argument("spec")
     i.add_argument("--stage", choices=["ast", "ir", "optimized", "plan"], default="plan")
-    i.add_argument("--emit", choices=["triton", "torch", "module", "ir", "dot"],
-                   help="print generated source (triton, torch, module) or the stage's graph (ir, dot)")
+    i.add_argument("--emit", choices=["triton", "torch", "module", "ir", "dot", "mask-png"],
+                   help="print generated source (triton, torch, module) or the stage's graph (ir, dot); "
+                        "mask-png draws the kept pairs and the visited tiles (needs matplotlib)")
     i.add_argument("--lowering")
+    i.add_argument("-o", "--out", help="mask-png: the PNG file (default: <name>-mask.png)")
+    i.add_argument("--tokens", type=int, default=64, help="mask-png: the length N drawn (default: 64)")
+    i.add_argument("--size", action="append", default=[], metavar="NAME=VALUE", help="override a spec size")
     k = sub.add_parser("check", help="run every backend against the dense reference")
     k.add_argument("specs", nargs="+")
     k.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
@@ -75,7 +79,24 @@ def cmd_compile(args) -> int:
     return 0
 
 
+def inspect_mask_png(args) -> int:
+    from .tools.compare import parse_sizes
+    from .tools.pictures import mask_png
+    out = args.out or f"{Path(args.spec).stem}-mask.png"
+    try:
+        sizes = parse_sizes(args.size)
+    except ValueError as exc:
+        print(f"attncc: {exc}", file=sys.stderr)
+        return 1
+    pic = mask_png(args.spec, out, args.tokens, sizes, args.lowering)
+    tiles = "no score tiles" if pic.tiles is None else "{} of {} tiles visited".format(*pic.tiles.fraction)
+    print(f"{out}: {pic.name} at N = {args.tokens}, lowering {pic.lowering}: {tiles}")
+    return 0
+
+
 def cmd_inspect(args) -> int:
+    if args.emit == "mask-png":
+        return inspect_mask_png(args)
     from .api import build
     from .frontend.ast import format_spec
     from .emit.triton_backward import backward_line

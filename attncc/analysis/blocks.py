@@ -118,6 +118,21 @@ def tile_layout(layout: torch.Tensor, block: int, tile: int) -> torch.Tensor:
     return padded.view(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor).any(3).any(1)
 
 
+def layout_tiles(block: int, layout: torch.Tensor, nq: int, nk: int, max_tile: int) -> tuple[int, torch.Tensor]:
+    """(tile, bool [ceil(Nq / tile), ceil(N / tile)]): the key tiles a block-sparse kernel visits,
+    over square tiles of a power-of-two edge in [16, max_tile] aligned with the blocks (a tile is
+    visited if any block it meets is). A block size that is not a power of two visits every 64-tile."""
+    if block & (block - 1):  # no aligned tile: visit every tile, the mask decides
+        tile = 64
+        return tile, torch.ones(-(-nq // tile), -(-nk // tile), dtype=torch.bool, device=layout.device)
+    tile = min(max(16, block), max_tile)
+    if block > tile:  # split each block into (block / tile)^2 tiles
+        split = block // tile
+        layout = layout.repeat_interleave(split, 0).repeat_interleave(split, 1)
+        return tile, layout[:-(-nq // tile), :-(-nk // tile)].contiguous()
+    return tile, tile_layout(layout, block, tile)
+
+
 def csr(layout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(row_ptr [rows + 1], cols [nnz]) int32 of a bool layout, columns ascending."""
     counts = layout.sum(1, dtype=torch.int32)

@@ -70,12 +70,8 @@ def dense_weights(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: di
               inputs=inputs, float_dtype=dtype)
 
     shape = (B, H, len(i), N)
-    if spec.mask is not None:  # masks in float32 arithmetic, as kernels evaluate them: one well-defined set
-        env.float_dtype = torch.float32
-        mask = evaluate(spec.mask, env).to(q.device).expand(shape)
-        env.float_dtype = dtype
-    else:
-        mask = torch.ones((), dtype=torch.bool, device=q.device).expand(shape)
+    mask = evaluate_mask(spec, env, shape, q.device)
+    env.float_dtype = dtype
 
     def dot(t: TExpr) -> torch.Tensor:
         return gradient_only_where(torch.einsum("bhid,bhjd->bhij", _row(t.args[0], q), _row(t.args[1], k)), mask)
@@ -89,6 +85,25 @@ def dense_weights(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: di
         z = w.sum(-1, keepdim=True)
         return w / torch.where(z == 0, torch.ones_like(z), z)
     return torch.where(mask, evaluate(spec.weight, env).to(dtype).expand(shape), torch.zeros((), dtype=dtype))
+
+
+def evaluate_mask(spec: CheckedSpec, env: Env, shape: tuple, device) -> torch.Tensor:
+    """The spec's mask as bool of `shape` [B, H, Nq, N] over env's grid (all true without a mask);
+    in float32 arithmetic, as kernels evaluate it: one well-defined set."""
+    if spec.mask is None:
+        return torch.ones((), dtype=torch.bool, device=device).expand(shape)
+    env.float_dtype = torch.float32
+    return evaluate(spec.mask, env).to(device).expand(shape)
+
+
+def dense_mask(spec: CheckedSpec, params: dict, inputs: dict, sizes: dict, shape: tuple) -> torch.Tensor:
+    """The pairs the mask keeps, bool [B, H, Nq, N] (shape), with these tables and inputs."""
+    B, H, Nq, N = shape
+    grid = lambda n: torch.arange(n, dtype=torch.int32)
+    env = Env(sizes=sizes, rsizes={"N": N, "Nq": Nq, "H": H, "D": sizes.get("D", 0), "E": sizes.get("E", 0)},
+              i=grid(Nq).view(1, 1, -1, 1), j=grid(N).view(1, 1, 1, N), h=grid(H).view(1, H, 1, 1),
+              params=params, inputs=inputs, float_dtype=torch.float32)
+    return evaluate_mask(spec, env, shape, "cpu")
 
 
 def dense_probabilities(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: dict, e_dim: int = 0,

@@ -314,20 +314,12 @@ class CompiledAttention(nn.Module):
         """(tile, row_ptr, cols): the layout as CSR over square tiles of a power-of-two edge in
         [16, MAX_TILE] aligned with the blocks (a tile is visited if any block it meets is); cached
         like the layout. A block size that is not a power of two visits every 64-tile."""
-        from ..analysis.blocks import csr, tile_layout
+        from ..analysis.blocks import csr, layout_tiles
 
         def compute():
             block, layout = self.cached_layout(ctx, block_layout, device)
-            if block & (block - 1):  # no aligned tile: visit every tile, the mask decides
-                tile = 64
-                return tile, *csr(torch.ones(-(-ctx.Nq // tile), -(-ctx.N // tile), dtype=torch.bool, device=device))
-            tile = min(max(16, block), MAX_TILE)
-            if block > tile:  # split each block into (block / tile)^2 tiles
-                split = block // tile
-                layout = layout.repeat_interleave(split, 0).repeat_interleave(split, 1)
-                layout = layout[:-(-ctx.Nq // tile), :-(-ctx.N // tile)]
-                return tile, *csr(layout.contiguous())
-            return tile, *csr(tile_layout(layout, block, tile))
+            tile, tiles = layout_tiles(block, layout, ctx.Nq, ctx.N, MAX_TILE)
+            return tile, *csr(tiles)
         return self._cached(("tiles", ctx.Nq, ctx.N, tuple(sorted(self.sizes.items())), str(device)), compute)
 
     def reference(self, q, k, v, **inputs) -> torch.Tensor:

@@ -27,6 +27,7 @@ import torch
 from ..api import compile as compile_spec
 from ..lang.evaluate import Env, evaluate
 from . import baselines as bl
+from .compare import parse_sizes
 
 BASELINES = ("sdpa", "flex", "fla", "naive", "fft")
 SPEC_SIZES = {"sliding_window": {"window": 256}, "block_diagonal": {"chunk": 256}}  # issue 5's targets
@@ -383,10 +384,7 @@ def run_cli(args, device: str) -> int:
     """`attncc bench` (arguments parsed by attncc.cli): run, write JSON + markdown, print the table."""
     ints = lambda text: tuple(int(x) for x in text.split(",") if x)  # noqa: E731
     try:
-        bad = [s for s in args.size if "=" not in s]
-        if bad:
-            raise ValueError(f"--size {bad[0]}: expected NAME=VALUE")
-        sizes = {name: int(value) for name, value in (s.split("=", 1) for s in args.size)}
+        sizes = parse_sizes(args.size)
         baselines = tuple(b for b in args.baselines.split(",") if b)
         unknown = sorted(set(baselines) - set(BASELINES))
         if unknown:

@@ -56,6 +56,14 @@ def random_inputs(cls, batch: int, heads: int, nq: int, nk: int, dim: int, dim_v
     return q.to(device), k.to(device), v.to(device), {n: t.to(device) for n, t in inputs.items()}
 
 
+def parse_sizes(pairs: list[str]) -> dict:
+    """Command-line `--size NAME=VALUE` options as {name: int}; ValueError on a malformed one."""
+    bad = [s for s in pairs if "=" not in s]
+    if bad:
+        raise ValueError(f"--size {bad[0]}: expected NAME=VALUE")
+    return {name: int(value) for name, value in (s.split("=", 1) for s in pairs)}
+
+
 def make_module(cls, heads: int, dim: int, dim_v: int, randomize: bool = True, seed: int = 0, **sizes):
     fixed = {n: v for n, v in (("H", heads), ("D", dim), ("E", dim_v)) if n in cls.NEEDS}
     module = cls(**fixed, **sizes)
