@@ -4,7 +4,7 @@ beside the tiles its chosen lowering visits (`attncc inspect SPEC --emit mask-pn
 The left panel is the dense float64 oracle at head 0 on fixed random q, k and the module's tables;
 the right one is the kernel's tile grid: for `tiled`, the key range of each query tile from the
 proven band, for `block_sparse` the layout as the runtime tiles it (`analysis.blocks.layout_tiles`).
-Lowerings that never form the scores (kernelized, FFT, rings, graph) visit no score tiles.
+Reassociated lowerings (kernelized, FFT, rings, graph) have no score grid, so no tiles to skip.
 matplotlib (the `plot` extra) is imported only when a picture is drawn.
 """
 from __future__ import annotations
@@ -136,7 +136,8 @@ def draw_tiles(ax, pic: Picture) -> None:
     nq, n = pic.kept.shape
     grid = pic.tiles
     if grid is None:
-        ax.set_title(f"lowering {pic.lowering}: no score tiles\n(the scores are never formed)", fontsize=9)
+        ax.set_title(f"lowering {pic.lowering}: no score tiles\n(reassociated: no N x N score grid to skip in)",
+                     fontsize=9)
     else:
         t = grid.tile
         shade = grid.visited.float().repeat_interleave(t, 0).repeat_interleave(t, 1)[:nq, :n].numpy()
