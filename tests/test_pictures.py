@@ -43,3 +43,5 @@ def test_mask_png_is_deterministic_and_takes_sizes(tmp_path, capsys):
     assert draw("sliding_window", tmp_path, "--tokens", "48", "--size", "window=4") == first
     assert b"Software" not in first and b"Matplotlib" not in first
     assert "7 of 9 tiles visited" in capsys.readouterr().out  # 3 x 3 tiles, |i - j| <= 4: neighbours only
+    # a table initialized at random (normal(std=0.1)) is drawn from a fixed seed too
+    assert draw("toeplitz_linear", tmp_path, "--tokens", "32") == draw("toeplitz_linear", tmp_path, "--tokens", "32")
