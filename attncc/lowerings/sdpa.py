@@ -49,4 +49,4 @@ def emit_triton(w, graph, plan) -> str:
 LOWERING = register(Lowering(
     NAME, accepts, cost, emit_torch,
     torch_backward="through SDPA (its own fused backward)",
-    emit_triton=emit_triton, triton_backward=TILE_BACKWARD, triton_runs=tiled.NAME))
+    emit_triton=emit_triton, triton_backward=TILE_BACKWARD, triton_runs=tiled.NAME, band_tiles=True))

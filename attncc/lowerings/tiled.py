@@ -55,4 +55,4 @@ LOWERING = register(Lowering(
     NAME, accepts, cost, emit_torch,
     torch_backward="through the query chunks (each chunk's scores are kept for the backward: O(Nq N) in all)",
     emit_triton=emit_triton, triton_backward=TILE_BACKWARD, autotune_configs=AUTOTUNE,
-    interpreter_config=INTERPRETER))
+    interpreter_config=INTERPRETER, band_tiles=True))

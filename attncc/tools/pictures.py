@@ -22,7 +22,6 @@ from .compare import make_module, random_inputs
 
 TILED_TILE = 16  # the tiled kernels' tile edge on the CPU (Triton's interpreter) and in these pictures
 SEED = 0
-TILED_LOWERINGS = ("tiled", "sdpa")  # Triton runs an `sdpa` plan with the tiled kernel
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,8 @@ def tiled_grid(plan, sizes: dict, nq: int, nk: int) -> TileGrid:
     side = lambda b, inf: inf if b is None else str(b)  # noqa: E731
     band = "no band: every key tile" if (lo, hi) == (None, None) else \
         f"band {side(lo, '-oo')} <= i - j <= {side(hi, 'oo')}"
-    kernel = "tiled" if plan.lowering == "tiled" else f"{plan.lowering} (the tiled kernel)"
+    runs = plan.entry.triton_runs  # sdpa: Triton runs the tiled kernel
+    kernel = plan.lowering if runs is None else f"{plan.lowering} (the {runs} kernel)"
     return TileGrid(t, visited, f"{kernel}, {band}")
 
 
@@ -73,14 +73,14 @@ def block_sparse_grid(plan, sizes: dict, nq: int, nk: int) -> TileGrid:
     blocks = evaluate_layout(layout, sizes, nq, nk, band)
     block = block_size(layout, sizes)
     tile, visited = layout_tiles(block, blocks, nq, nk, MAX_TILE)
-    return TileGrid(tile, visited, f"block_sparse, layout over blocks of {block} tokens")
+    return TileGrid(tile, visited, f"{plan.lowering}, layout over blocks of {block} tokens")
 
 
 def tile_grid(plan, sizes: dict, nq: int, nk: int) -> TileGrid | None:
     """The tiles the chosen lowering visits, or None if it forms no score tiles."""
-    if plan.lowering == "block_sparse":
+    if plan.entry.block_sparse:
         return block_sparse_grid(plan, sizes, nq, nk)
-    if plan.lowering in TILED_LOWERINGS:
+    if plan.entry.band_tiles:
         return tiled_grid(plan, sizes, nq, nk)
     return None
 
