@@ -1,8 +1,8 @@
 """The emitters' top-level dispatch: the chosen lowering (attncc.plan.registry) writes each backend.
 
 emit_torch: the lowering's torch forward, then the pooling pre-op; emit_triton: the lowering's Triton
-writer, or the torch forward where it declares a fallback. Lowerings finish their Triton kernels with
-`with_backward` (the backward kernels or recomputation, and `forward_triton`).
+writer (its forward kernels and `triton_forward`), then `with_backward` (the backward kernels or
+recomputation, and `forward_triton`); or the torch forward where the lowering declares a fallback.
 """
 from __future__ import annotations
 
@@ -46,5 +46,5 @@ def emit_triton(graph: Graph, plan: Plan) -> tuple[str, str]:
     if why is not None:
         emit_torch_fallback(w, why)
         return w.text(), f"{plan.lowering} via torch ({why}; no Triton kernel); backward: {backward_line(graph, plan)}"
-    description = plan.entry.emit_triton(w, graph, plan)
+    description = with_backward(w, graph, plan, plan.entry.emit_triton(w, graph, plan))
     return w.text(), description

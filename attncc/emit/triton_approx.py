@@ -76,32 +76,30 @@ def _mra_fwd(Q, K, V, Out, LowTop, LowNum, LowDen, RowPtr, Cols,
 # Its launcher: selection, CSR and the low-resolution part in torch, then the kernel. Holes: the
 # approximation's options, {eps} and {full}.
 MRA_LAUNCHER = '''\
-def forward_triton(self, q, k, v, ctx, host):
+def triton_forward(self, q, k, v, ctx, host):
     """Selection, CSR and the low-resolution part in torch (float64 selection, as the reference);
-    the selected blocks in the kernel. Gradients by recomputing the torch backend under autograd."""
-    def run(q, k, v, ctx):
-        B, H, Nq, D = q.shape
-        N, E = k.shape[2], v.shape[3]
-        BLOCK = {block}
-        nq, nk = triton.cdiv(Nq, BLOCK), triton.cdiv(N, BLOCK)
-        idx, low = ax.mra_selection(q, k, block=BLOCK, blocks_per_row={blocks_per_row}, first={first}, diagonal={diagonal})
-        row_ptr, cols = ax.mra_csr(idx, nq, nk)
-        low_top, low_num, low_den = ax.mra_low_part(low.float(), v.float(), idx, BLOCK)
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        out = torch.empty(B, H, Nq, E, device=q.device, dtype=q.dtype)
-        BLOCK_D, BLOCK_E = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(E))
-        precision = 'ieee' if q.dtype == torch.float32 else 'tf32'
-        _mra_fwd[(nq, B * H)](q, k, v, out, low_top.contiguous(), low_num.contiguous(), low_den.contiguous(),
-            row_ptr, cols, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-            H, Nq, N, D, E, nq, idx.shape[-1], ctx.scale, {eps},
-            BLOCK=BLOCK, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, FULL={full}, PRECISION=precision)
-        return out
-    return rt.with_torch_backward(run, lambda q, k, v, ctx: host.forward_torch(self, q, k, v, ctx), q, k, v, ctx)
+    the selected blocks in the kernel."""
+    B, H, Nq, D = q.shape
+    N, E = k.shape[2], v.shape[3]
+    BLOCK = {block}
+    nq, nk = triton.cdiv(Nq, BLOCK), triton.cdiv(N, BLOCK)
+    idx, low = ax.mra_selection(q, k, block=BLOCK, blocks_per_row={blocks_per_row}, first={first}, diagonal={diagonal})
+    row_ptr, cols = ax.mra_csr(idx, nq, nk)
+    low_top, low_num, low_den = ax.mra_low_part(low.float(), v.float(), idx, BLOCK)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    out = torch.empty(B, H, Nq, E, device=q.device, dtype=q.dtype)
+    BLOCK_D, BLOCK_E = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(E))
+    precision = 'ieee' if q.dtype == torch.float32 else 'tf32'
+    _mra_fwd[(nq, B * H)](q, k, v, out, low_top.contiguous(), low_num.contiguous(), low_den.contiguous(),
+        row_ptr, cols, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+        H, Nq, N, D, E, nq, idx.shape[-1], ctx.scale, {eps},
+        BLOCK=BLOCK, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, FULL={full}, PRECISION=precision)
+    return out
 '''
 
 
 def emit_mra_kernel(w: CodeWriter, graph: Graph) -> None:
-    """The MRA-2 kernel and its `forward_triton` (the templates above, holes filled from the options)."""
+    """The MRA-2 kernel and its `triton_forward` (the templates above, holes filled from the options)."""
     opts = graph.node(attention_of(graph)).attr("approx").options
     full = opts["mode"] == "full"
     w.lines_of(MRA_KERNEL.format(mode="full" if full else "sparse"))

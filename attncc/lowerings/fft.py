@@ -6,7 +6,6 @@ import sympy
 import torch
 
 from ..emit.torch import emit_kernelized, emit_toeplitz_f
-from ..emit.dispatch import with_backward
 from ..emit.triton_structured import emit_structured
 from ..ir.graph import B, D, E, H, N, Nq
 from ..plan.cost import BYTES_IO, Candidate, CostQuery
@@ -43,7 +42,7 @@ def transform(w) -> None:
 
 
 def emit_triton(w, graph, plan) -> str:
-    return with_backward(w, graph, plan, emit_structured(w, graph, plan, TORCH_PART, transform))
+    return emit_structured(w, graph, plan, TORCH_PART, transform)
 
 
 LOWERING = register(Lowering(

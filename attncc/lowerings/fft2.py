@@ -5,7 +5,6 @@ from __future__ import annotations
 import sympy
 
 from ..emit.torch import emit_grid_f, emit_kernelized
-from ..emit.dispatch import with_backward
 from ..emit.triton_structured import emit_structured
 from ..ir.graph import B, D, E, H, N, Nq
 from ..plan.cost import BYTES_IO, Candidate, CostQuery
@@ -50,7 +49,7 @@ def transform(w) -> None:
 
 
 def emit_triton(w, graph, plan) -> str:
-    return with_backward(w, graph, plan, emit_structured(w, graph, plan, TORCH_PART, transform))
+    return emit_structured(w, graph, plan, TORCH_PART, transform)
 
 
 LOWERING = register(Lowering(

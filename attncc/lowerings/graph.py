@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from ..emit.exprs import key
 from ..emit.torch import emit_kernelized
-from ..emit.dispatch import with_backward
 from ..emit.triton_structured import emit_structured
 from ..ir.graph import B, D, E, H, N, Nq
 from ..plan.cost import BYTES_IO, GRAPH_DEGREE, GRAPH_PRODUCTS, Candidate, CostQuery
@@ -42,7 +41,7 @@ def emit_triton(w, graph, plan) -> str:
     def transform(w) -> None:
         w.line(f"transform, cells = rt.graph_transform(ctx.inputs[{key(g.adjacency)}], {key(g.kind)}, {g.options!r}, "
                "Nq, N, rt.compute_dtype(v))")
-    return with_backward(w, graph, plan, emit_structured(w, graph, plan, TORCH_PART, transform))
+    return emit_structured(w, graph, plan, TORCH_PART, transform)
 
 
 LOWERING = register(Lowering(

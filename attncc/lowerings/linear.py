@@ -3,7 +3,6 @@ output; context parallel (ranks exchange key states, attncc/runtime/distributed.
 from __future__ import annotations
 
 from ..emit.torch import emit_kernelized, emit_linear_call
-from ..emit.dispatch import with_backward
 from ..emit.triton_linear import emit_linear_triton
 from ..emit.triton_backward_linear import LINEAR_BACKWARD
 from ..ir.graph import B, D, E, H, N, Nq
@@ -31,7 +30,7 @@ def emit_torch(w, graph, plan) -> None:
 
 
 def emit_triton(w, graph, plan) -> str:
-    return with_backward(w, graph, plan, emit_linear_triton(w, graph, plan))
+    return emit_linear_triton(w, graph, plan)
 
 
 LOWERING = register(Lowering(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sympy
 
 from ..emit.mixed import emit_mixed_torch, emit_mixed_triton
-from ..emit.dispatch import with_backward
 from ..ir.graph import B, D, E, H, N, Nq
 from ..plan.cost import Candidate, CostQuery
 from ..plan.registry import Lowering, register
@@ -35,7 +34,7 @@ def emit_torch(w, graph, plan) -> None:
 
 
 def emit_triton(w, graph, plan) -> str:
-    return with_backward(w, graph, plan, emit_mixed_triton(w, graph, plan))
+    return emit_mixed_triton(w, graph, plan)
 
 
 LOWERING = register(Lowering(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from ..emit.torch import emit_approx
 from ..emit.triton_approx import emit_mra_kernel, mra_triton_block
-from ..emit.triton_backward import backward_line
 from ..ir.graph import B, D, E, H, N, Nq
 from ..plan.cost import BYTES_IO, Candidate, CostQuery
 from ..plan.registry import Lowering, register
@@ -41,7 +40,7 @@ def triton_fallback(graph) -> str | None:
 def emit_triton(w, graph, plan) -> str:
     emit_mra_kernel(w, graph)
     return ("block-sparse MRA-2 kernel over each head's selected blocks (selection and low-resolution "
-            f"part in torch); backward: {backward_line(graph, plan)}")
+            "part in torch)")
 
 
 LOWERING = register(Lowering(

@@ -3,7 +3,6 @@ four reads per query (torch.cumsum builds the tables; Triton reads the boxes and
 from __future__ import annotations
 
 from ..emit.torch import emit_kernelized, emit_ring_g
-from ..emit.dispatch import with_backward
 from ..emit.triton_structured import emit_structured
 from ..ir.graph import B, D, E, H, N, Nq
 from ..plan.cost import Candidate, CostQuery
@@ -49,8 +48,7 @@ def emit_triton(w, graph, plan) -> str:
         with w.block("def transform(u):"):
             w.line('"""[.., E + 1, N] -> summed-area tables [.., cells, E + 1]: a box corner\'s columns lie together."""')
             w.line("return rt.summed_area_table(u.transpose(-1, -2), geo, dim=-2)")
-    return with_backward(w, graph, plan,
-                         emit_structured(w, graph, plan, TORCH_PART, transform, ring_metric=metric))
+    return emit_structured(w, graph, plan, TORCH_PART, transform, ring_metric=metric)
 
 
 LOWERING = register(Lowering(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from ..lang.standard import DEFAULT_LOGITS
 from ..emit.torch import emit_tiled_torch
-from ..emit.dispatch import with_backward
 from ..emit.triton import emit_tiled_triton
 from ..emit.triton_backward import TILE_BACKWARD
 from ..ir.graph import B, D, E, H, expr_of
@@ -42,8 +41,7 @@ def emit_torch(w, graph, plan) -> None:
 
 
 def emit_triton(w, graph, plan) -> str:
-    description = emit_tiled_triton(w, graph, plan) + f" (Triton has no SDPA: the {NAME} plan runs the tiled kernel)"
-    return with_backward(w, graph, plan, description)
+    return emit_tiled_triton(w, graph, plan) + f" (Triton has no SDPA: the {NAME} plan runs the tiled kernel)"
 
 
 LOWERING = register(Lowering(

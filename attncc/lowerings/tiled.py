@@ -7,7 +7,6 @@ A graph kernel's G = kernel(A) is formed densely first (runtime.graph_tables).
 from __future__ import annotations
 
 from ..emit.torch import emit_tiled_torch
-from ..emit.dispatch import with_backward
 from ..emit.triton import emit_tiled_triton
 from ..emit.triton_backward import TILE_BACKWARD
 from ..ir.graph import B, D, E, H, N, Nq
@@ -48,7 +47,7 @@ def emit_torch(w, graph, plan) -> None:
 
 
 def emit_triton(w, graph, plan) -> str:
-    return with_backward(w, graph, plan, emit_tiled_triton(w, graph, plan))
+    return emit_tiled_triton(w, graph, plan)
 
 
 LOWERING = register(Lowering(

@@ -16,7 +16,7 @@ from ..lang.source import AttnccError
 
 # Writers take (w: CodeWriter, graph: Graph, plan: Plan): the optimized graph is all they read.
 TorchWriter = Callable[..., None]
-TritonWriter = Callable[..., str]  # returns the Triton lowering's description, its backward included
+TritonWriter = Callable[..., str]  # returns the description of the Triton forward it wrote
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,8 @@ class Lowering:
     accepts(query) -> bool        the attend-node forms it computes (attncc.plan.cost.CostQuery)
     cost(query) -> Candidate      its sympy flops and bytes, and the note `inspect` shows
     emit_torch(w, graph, plan)    writes the torch backend (holes and `forward_torch`)
-    emit_triton(w, graph, plan) -> str   writes the Triton backend; None: it runs through torch
+    emit_triton(w, graph, plan) -> str   writes the Triton forward kernels and `triton_forward`, returns
+                                  their description (the dispatch adds the backward); None: torch
     triton_fallback               why the Triton backend runs the torch forward (a string, or a
                                   function of the optimized graph giving one or None); None: Triton kernels
     triton_backward               generated Triton backward kernels (attncc.emit.triton_backward.
