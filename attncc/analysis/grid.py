@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import sympy
 import torch
 
-from ..lang.evaluate import evaluate
+from ..lang.evaluate import Env, evaluate
 from ..lang.expr import TExpr
 from ..lang.operators import fmt
 from .structure import I, J, random_env, relation_to_zero, to_sympy
@@ -129,6 +129,11 @@ def classify_grid(f: TExpr, signature, symbols: dict) -> GridForm | None:
         return None
     reason = f"i and j are read only as i // {fmt(width)}, i % {fmt(width)}"
     return GridForm(width, toeplitz, metric, saturation, reason)
+
+
+def width_at(form: GridForm, sizes: dict) -> int:
+    """The grid's columns at concrete sizes (at least 1, as the generated grid_width checks)."""
+    return max(1, int(evaluate(form.width, Env(sizes=sizes))))
 
 
 def saturation_at(form: GridForm, sizes: dict) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sympy
 
+from ..analysis.grid import width_at
 from ..emit.torch import emit_grid_f, emit_kernelized
 from ..emit.triton_structured import emit_structured
 from ..ir.graph import B, D, E, H, N, Nq
@@ -15,18 +16,13 @@ NAME = "fft2"
 TORCH_PART = "phi(K) o [V, 1] and its 2-D convolutions on the grid (torch.fft.rfft2: cuFFT / pocketfft)"
 
 
-def grid_width_at(form, sizes: dict) -> int:
-    from ..lang.evaluate import Env, evaluate
-    return max(1, int(evaluate(form.width, Env(sizes=sizes))))
-
-
 def accepts(query: CostQuery) -> bool:
     return query.exact and query.op == "grid_attend" and bool(query.attrs["grid"].toeplitz)
 
 
 def cost(query: CostQuery) -> Candidate:
     """2-D FFT over the (Rq + Rk) x 2w offset plane."""
-    width = grid_width_at(query.attrs["grid"], query.sizes)
+    width = width_at(query.attrs["grid"], query.sizes)
     rows = sympy.ceiling(Nq / width) + sympy.ceiling(N / width)
     cells = 2 * rows * 2 * width
     return Candidate(NAME, B * H * D * (E + 1) * 5 * cells * sympy.log(cells, 2) + 4 * B * H * Nq * D * E,

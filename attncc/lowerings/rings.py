@@ -2,12 +2,12 @@
 four reads per query (torch.cumsum builds the tables; Triton reads the boxes and contracts, fused)."""
 from __future__ import annotations
 
+from ..analysis.grid import ring_extent, saturation_at, width_at
 from ..emit.torch import emit_kernelized, emit_ring_g
 from ..emit.triton_structured import emit_structured
 from ..ir.graph import B, D, E, H, N, Nq
 from ..plan.cost import Candidate, CostQuery
 from ..plan.registry import Lowering, register
-from .fft2 import grid_width_at
 
 NAME = "rings"
 TORCH_PART = "phi(K) o [V, 1] and its summed-area tables on the ring plane (torch.cumsum)"
@@ -18,9 +18,8 @@ def accepts(query: CostQuery) -> bool:
 
 
 def cost(query: CostQuery) -> Candidate:
-    from ..analysis.grid import ring_extent, saturation_at
     form, sizes = query.attrs["grid"], query.sizes
-    width = grid_width_at(form, sizes)
+    width = width_at(form, sizes)
     extent = ring_extent(sizes["Nq"], sizes["N"], width, form.metric)
     rings = min(extent, saturation_at(form, sizes)) if form.saturation is not None else extent
     return Candidate(NAME, 2 * B * H * Nq * (rings + 1) * 4 * D * (E + 1) + 4 * B * H * N * D * (E + 1),
