@@ -1,4 +1,4 @@
-"""Emit FLASH mixed chunk attention (lowering `mixed_chunk`, attncc/chunks.py) in both backends.
+"""Emit FLASH mixed chunk attention (lowering `mixed_chunk`, attncc/analysis/chunks.py) in both backends.
 
 torch:  local(qc, kc, i, j, h, ctx, keep) on [B, H, G, c, c] diagonal blocks, local_mask, one
         amplitude function per linear term, linear_terms(q, k, ctx), chunk_size(ctx); the forward
@@ -137,7 +137,7 @@ def emit_pool(w: CodeWriter, graph: Graph) -> None:
     pool = attention_node(graph).attr("pool")
     w.line()
     with w.block("def pool_kv(self, k, v, ctx):"):
-        w.line(f'"""{pool.describe()} (attncc/pool.py)."""')
+        w.line(f'"""{pool.describe()} (attncc/lang/pool.py)."""')
         w.line("# runs in torch before the torch or Triton attention: banded shifted sums over the (2R + 1)^dims offsets (no kernel)")
         w.line(f"return rt.context_pool(k, v, ctx.params['pool_head'], ctx.params['pool_bias'], sigma={pool.sigma!r}, "
                f"width={pool.width!r}, targets={pool.targets!r})")

@@ -1,4 +1,4 @@
-"""Emit the torch backend: hole functions plus a forward that calls a torch_algorithms skeleton.
+"""Emit the torch backend: hole functions plus a forward that calls an attncc.rt skeleton.
 
 The pieces here are shared; each lowering (attncc/lowerings/) composes its own forward from them."""
 from __future__ import annotations
@@ -17,7 +17,7 @@ from .writer import CodeWriter
 
 
 def row_through_map(t: TExpr, x: str) -> str:
-    """A row through its map; random-feature rows arrive already mapped (see features.py)."""
+    """A row through its map; random-feature rows arrive already mapped (see attncc/lang/features.py)."""
     return f"feature_{t.value}({x})" if t.op == "feature" and t.value in FEATURE_MAPS else x
 
 
@@ -207,7 +207,7 @@ def emit_ring_g(w: CodeWriter, plan: Plan, exprs: list) -> None:
 
 
 def emit_approx(w: CodeWriter, graph: Graph, call: str, random_draw: bool) -> None:
-    """A declared approximation of softmax: one call of its algorithm (approx_algorithms.py); `call`
+    """A declared approximation of softmax: one call of its algorithm (attncc/rt/approx.py); `call`
     is a template over the approximation's options, `random_draw` whether it reads ctx.noise."""
     approx = attention_node(graph).attr("approx")
     with w.block("def forward_torch(self, q, k, v, ctx):"):

@@ -207,7 +207,7 @@ def query_tile(w: CodeWriter, dots: dict) -> None:
 
 
 def row_feature(t: TExpr):
-    """The elementwise map of a dot side; random-feature rows arrive already mapped (features.py)."""
+    """The elementwise map of a dot side; random-feature rows arrive already mapped (attncc/lang/features.py)."""
     return t.value if t.op == "feature" and t.value in FEATURE_MAPS else None
 
 

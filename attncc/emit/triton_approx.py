@@ -1,4 +1,4 @@
-"""Triton kernels of the declared approximations (approx.py).
+"""Triton kernels of the declared approximations (attncc/frontend/approx.py).
 
 MRA-2 gets a block-sparse kernel: one program per (query block, batch x head) walks the key blocks its
 (batch, head) selected (CSR from the top-k, per head: data-dependent, unlike the compile-time layouts of

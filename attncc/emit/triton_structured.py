@@ -3,7 +3,7 @@
 Each computes num_i = sum_l phi(q_i)_l Y_l[i] with Y_l = T (phi(K)_l o [V, 1]) for a structured
 linear map T over key tokens (a 1-D or 2-D convolution, a graph kernel, ring sums). The transforms
 run in torch, exactly as in the torch backend (torch.fft, CSR products, cumsum), one group of
-features at a time (torch_algorithms.kernel_products); everything after them is a generated kernel:
+features at a time (attncc.rt.kernel_products); everything after them is a generated kernel:
 
   _contract       fft, fft2, graph: phi(Q) and the contraction, each group's Y read tile by tile
                   (queries x value columns), sums carried across groups in an fp32 buffer, and the

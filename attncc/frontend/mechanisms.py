@@ -1,5 +1,5 @@
-"""Checking of the named mechanisms' statements (a mixin of the checker in attncc/check.py):
-`pool k, v = context(...)` (ContextPool, attncc/pool.py) and `normalize ista(...)` (VARS, attncc/ista.py)."""
+"""Checking of the named mechanisms' statements (a mixin of the checker in attncc/frontend/check.py):
+`pool k, v = context(...)` (ContextPool, attncc/lang/pool.py) and `normalize ista(...)` (VARS, attncc/oracle/ista.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,7 +12,7 @@ from ..lang.source import did_you_mean
 
 @dataclass(frozen=True)
 class IstaInfo:
-    """VARS: T unrolled ISTA steps of min_z 1/2 |V - Phi z|^2 + lam |z|_1 (see attncc/ista.py)."""
+    """VARS: T unrolled ISTA steps of min_z 1/2 |V - Phi z|^2 + lam |z|_1 (see attncc/oracle/ista.py)."""
     steps: int
     lam: float
 
@@ -22,7 +22,7 @@ class MechanismChecks:
 
     def _PoolDecl(self, s: ast.PoolDecl):
         """`pool k, v = context(sigma = S, width = w)`: adds the learned tables pool_head [2, D] and
-        pool_bias [2] (attncc/pool.py); 0 < S <= 16, w a whole number >= 0 (0: 1-D positions)."""
+        pool_bias [2] (attncc/lang/pool.py); 0 < S <= 16, w a whole number >= 0 (0: 1-D positions)."""
         if self.pool is not None:
             self.bag.error("`pool` is given twice", s.span, "pool k and v in one statement: `pool k, v = ...`")
             return

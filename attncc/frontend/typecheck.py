@@ -2,7 +2,7 @@
 
 `ExprTyper` is the half of the checker that turns an AST expression into a typed `TExpr` in a
 context (a size, a table shape, a mask or bias, a score or weight), reporting every error to
-`self.bag`. The checker (attncc/check.py) supplies the declarations it reads: `sizes`, `params`,
+`self.bag`. The checker (attncc/frontend/check.py) supplies the declarations it reads: `sizes`, `params`,
 `inputs`, `features`, the current definition's `index_names`, and collects `divisors`.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Dense float64 evaluation of each declared approximation: the matrix W [B, H, Nq, N] it applies,
 out = W V. Written from the formulas, one query-key entry at a time (no blocks, no chunks): the
-efficient algorithms (approx_algorithms.py) must equal it. Random draws and the MRA block selection
+efficient algorithms (attncc/rt/approx.py) must equal it. Random draws and the MRA block selection
 are shared with them: they are part of the definition, not of the algorithm.
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@
     softmax:     W = mask * exp(s - max_j s)        out = W V / sum_j W      (rows with no key: 0)
     rows / none: W = mask * weight                  out = W V / (sum_j W + eps)  |  W V
 (a row whose normalizer is exactly 0 gives 0, never NaN)
-It shares nothing with the emitted backends except the expression semantics (attncc.evaluate).
+It shares nothing with the emitted backends except the expression semantics (attncc.lang.evaluate and attncc.lang.operators).
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def dense_weights(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: di
     the tables.
 
     projections: the random-feature projection [m, D] of each declared random map, by name.
-    noise: the random draw of a sampling approximation (approx_reference.py).
+    noise: the random draw of a sampling approximation (attncc/lang/approx_math.py).
     rows: query indices to evaluate (a sample of rows; i takes their values), all rows if None."""
     spec = favor_kernelized(spec)
     if spec.approx is not None and spec.approx.method in APPROX_WEIGHTS:
@@ -123,7 +123,7 @@ def dense_attention(spec: CheckedSpec, q, k, v, params: dict, inputs: dict, size
                     projections: dict | None = None, noise=None) -> torch.Tensor:
     """out[b, h, i, :] in float64."""
     spec = favor_kernelized(spec)
-    if spec.pool is not None:  # ContextPool: k and/or v pooled by the dense matrix first (attncc/pool.py)
+    if spec.pool is not None:  # ContextPool: k and/or v pooled by the dense matrix first (attncc/oracle/pool.py)
         k, v = dense_pool(spec.pool, k, v, params)
     if not normalizer(spec).fixed_weights:  # ista: the unrolled solver, naively (attncc/oracle/ista.py)
         phi_q = feature_rows(spec, spec.weight.args[0], q.double(), projections)

@@ -8,7 +8,7 @@ from ..lang.normalizers import NORMALIZERS
 def lower_ista(graph: Graph, ctx) -> None:
     """attend(pairdot(phi(q), psi(k)), v) {normalize=ista, steps, lam}
     -> ista_attend(phi(q), psi(k), v) {steps, lam}: out = Phi_Q z_T with
-    z_{t+1} = S_{lam/L}(z_t - (G z_t - b) / L), G = Phi_K^T Phi_K [m, m], b = Phi_K^T V (attncc/ista.py).
+    z_{t+1} = S_{lam/L}(z_t - (G z_t - b) / L), G = Phi_K^T Phi_K [m, m], b = Phi_K^T V (attncc/oracle/ista.py).
     Runs before the kernel passes: the solver is not a fixed W, so no other rewrite applies."""
     for nid in graph.find("attend"):
         node = graph.node(nid)

@@ -1,6 +1,6 @@
 """How the torch backend differentiates each lowering: the `torch backward:` line of `attncc inspect`.
 
-The torch backend is plain autograd through its skeleton (attncc.torch_algorithms); each lowering
+The torch backend is plain autograd through its skeleton (attncc.rt); each lowering
 says how in its registry record (Lowering.torch_backward, attncc/lowerings/). The Triton backend's
 backward is described by attncc.emit.triton_backward.backward_line. Gradients reach q, k, v, every
 learned table and every float input (tests/test_gradients.py holds them to the float64 reference's

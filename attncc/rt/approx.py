@@ -1,9 +1,9 @@
-"""Efficient algorithms of the declared softmax approximations (approx.py), in torch ops.
+"""Efficient algorithms of the declared softmax approximations (attncc/frontend/approx.py), in torch ops.
 
 Notation per head: s = D^-1/2, x' = x D^-1/4 (so q'.k' = s q.k), xi(x, w) = exp(w.x' - |x'|^2 / 2),
 the positive random feature with E_{w ~ N(0, I)}[xi(q, w) xi(k, w)] = exp(s q.k).
-Random numbers come from a CPU generator seeded by (seed, draw) (features.seeded_generator), so a
-draw is the same on every device; the dense reference (approx_reference.py) reads the same draw.
+Random numbers come from a CPU generator seeded by (seed, draw) (attncc.lang.features.seeded_generator), so a
+draw is the same on every device; the oracle (attncc/oracle/approx.py) reads the same draw.
 """
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ __all__ = [
 
 QUERY_CHUNK = 256
 LINEAR_CHUNK = 64
-# Set by attncc.distributed.context_parallel while it runs: how key states pass between the ranks
+# Set by attncc.runtime.distributed.context_parallel while it runs: how key states pass between the ranks
 # holding slices of the tokens (total: a sum over every rank; prefix: over the ranks before this
 # one). A module global, not a ContextVar: torch.compile traces reads of globals.
 state_exchange = None

@@ -1,6 +1,6 @@
 """Torch skeletons of the named mechanisms (FLASH mixed chunks, VARS ISTA, ContextPool pooling).
 
-Re-exported by attncc.torch_algorithms (`rt.` in generated code). Each is differentiable by
+Re-exported by attncc.rt (`rt.` in generated code). Each is differentiable by
 autograd and never forms an N x N buffer.
 """
 from __future__ import annotations
@@ -93,7 +93,7 @@ def unit_columns(x: torch.Tensor) -> torch.Tensor:
 
 
 def ista_attention(pq, pk, v, *, steps: int, lam: float) -> torch.Tensor:
-    """VARS: out = Phi_Q z_T after T ISTA steps on the m x m Gram matrix (attncc/ista.py has the math):
+    """VARS: out = Phi_Q z_T after T ISTA steps on the m x m Gram matrix (attncc/oracle/ista.py has the math):
     Phi = features with unit columns (queries and keys each by their own norms), G = Phi_K^T Phi_K, b = Phi_K^T V, L = |G|_F,
     z_{t+1} = S_{lam/L}(z_t - (G z_t - b) / L). O(N m (m + e) + T m^2 e); no N x N buffer."""
     dtype = compute_dtype(v)

@@ -98,8 +98,8 @@ class CompiledAttention(nn.Module):
     NEEDS: tuple = ()
     GRAPHS: dict = {}  # name -> (kernel, adjacency input, options): inputs computed from inputs
     RANDOM_FEATURES: dict = {}  # name -> (map, options): projections held in the `random_features` buffers
-    POOL = False  # `pool k, v = ...`: the generated `pool_kv` replaces k, v before any backend (attncc/pool.py)
-    APPROX = None  # (method, options) of a declared approximation computed by its own algorithm (approx.py)
+    POOL = False  # `pool k, v = ...`: the generated `pool_kv` replaces k, v before any backend (attncc/rt/pool.py)
+    APPROX = None  # (method, options) of a declared approximation computed by its own algorithm (attncc/rt/approx.py)
     TRITON_LOWERING = ""
     FORMS_GRAPH_TABLES = True  # G = kernel(A) formed as a table before the lowering runs (not: graph)
     checked = None  # the CheckedSpec, attached by attncc.compile (for .reference)

@@ -27,7 +27,7 @@ import torch.distributed.nn.functional as dist_nn
 from ..ir.graph import expr_of
 from ..lang.source import AttnccError, ShapeError
 from ..plan import registry
-from ..rt import attention as torch_algorithms
+from ..rt import attention as skeletons
 
 
 def context_parallel_lowerings() -> list[str]:
@@ -98,12 +98,12 @@ def context_parallel(module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
                          f"tokens on this rank, k has {k.shape[2]}")
     if q.shape[2] == 0 or k.shape[2] == 0:  # the module would return early, leaving the others waiting
         raise ShapeError(f"{module.SPEC_NAME}: every rank needs at least one query and one key token")
-    saved = module.backend, torch_algorithms.state_exchange
+    saved = module.backend, skeletons.state_exchange
     try:
-        module.backend, torch_algorithms.state_exchange = "torch", StateExchange(group)
+        module.backend, skeletons.state_exchange = "torch", StateExchange(group)
         return module(q, k, v, **inputs)
     finally:
-        module.backend, torch_algorithms.state_exchange = saved
+        module.backend, skeletons.state_exchange = saved
 
 
 __all__ = ["context_parallel", "check_context_parallel", "context_parallel_lowerings", "StateExchange"]

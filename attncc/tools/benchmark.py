@@ -74,7 +74,7 @@ def bench_inputs(cls, batch: int, tokens: int, doc_len: int, device) -> dict:
 
 
 def reference_mask(module, inputs: dict, batch: int, heads: int, nq: int, n: int, device, rows=None):
-    """The spec's mask as the dense reference evaluates it (attncc.evaluate, float32 arithmetic) on
+    """The spec's mask as the dense reference evaluates it (attncc.lang.evaluate, float32 arithmetic) on
     query rows `rows` (a slice; default all): bool, broadcastable to [B, H, len(rows), N]."""
     d, e = module.fixed.get("D", 1), module.fixed.get("E", 1)  # zero-stride stand-ins for q, k, v
     ctx = module._context(*(torch.zeros((), device=device).expand(batch, heads, t, w)
