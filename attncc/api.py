@@ -91,7 +91,6 @@ def _emit(comp: Compilation) -> Compilation:
 
 def _design_sizes(sizes: dict | None, signature: Signature) -> dict:
     """The sizes the cost model chooses for: run-time sizes (B, H, Nq, N, D, E) and declared ones."""
-    from .plan.select import DESIGN_SIZES
     sizes = dict(sizes or {})
     for name, value in sizes.items():
         if name not in DESIGN_SIZES and name not in signature.sizes:
