@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..api import compile as compile_spec
 from ..analysis.blocks import block_size, evaluate_layout, layout_tiles
 from ..lang.source import AttnccError
 from ..oracle.dense import dense_mask
@@ -175,7 +176,6 @@ def write_png(pic: Picture, path: str | Path) -> None:
 def mask_png(spec, path: str | Path, tokens: int = 64, sizes: dict | None = None,
              lowering: str | None = None) -> Picture:
     """Compile a spec, draw its mask picture to `path`, and return the numbers drawn."""
-    from ..api import compile as compile_spec
     pic = picture(compile_spec(spec, lowering=lowering), tokens, sizes)
     write_png(pic, path)
     return pic
