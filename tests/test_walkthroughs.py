@@ -22,6 +22,18 @@ attention softplus_linear {
 """
 
 
+BACKENDS = [("torch", torch.float64), ("torch", torch.float32), ("triton", torch.float32), ("triton", torch.float16)]
+
+
+def check_against_oracle(cls, backend: str, dtype: torch.dtype, tokens: int, batch: int = 1):
+    """The compiled class on random inputs (random tables) against the float64 oracle: (module, q)."""
+    module = make_module(cls, heads=2, dim=16, dim_v=8)
+    q, k, v, inputs = random_inputs(cls, batch=batch, heads=2, nq=tokens, nk=tokens, dim=16, dim_v=8)
+    result = compare(module, q, k, v, inputs, backend, dtype)
+    assert result.ok, result
+    return module, q
+
+
 @pytest.fixture
 def softplus_map():
     # docs/pipeline.md, "Add a feature map": one record; `reference` is the oracle's implementation.
@@ -36,14 +48,10 @@ def softplus_map():
 
 
 @pytest.mark.parametrize("lowering", ["linear_chunked", "tiled"])
-@pytest.mark.parametrize("backend, dtype", [("torch", torch.float64), ("torch", torch.float32),
-                                            ("triton", torch.float32), ("triton", torch.float16)])
+@pytest.mark.parametrize("backend, dtype", BACKENDS)
 def test_added_feature_map_matches_the_oracle(softplus_map, lowering, backend, dtype):
     cls = attncc.compile(SOFTPLUS_SPEC, lowering=lowering)
-    module = make_module(cls, heads=2, dim=16, dim_v=8)
-    q, k, v, inputs = random_inputs(cls, batch=1, heads=2, nq=37, nk=37, dim=16, dim_v=8)
-    result = compare(module, q, k, v, inputs, backend, dtype)
-    assert result.ok, result
+    check_against_oracle(cls, backend, dtype, tokens=37)
     assert "softplus" in cls.compilation.torch_source
 
 
@@ -63,10 +71,7 @@ COMPILED_TORCH = Backend(
 def test_added_backend_matches_the_oracle(example):
     with registered_backend(COMPILED_TORCH):
         cls = attncc.compile(f"examples/{example}.attn")
-        module = make_module(cls, heads=2, dim=16, dim_v=8)
-        q, k, v, inputs = random_inputs(cls, batch=1, heads=2, nq=24, nk=24, dim=16, dim_v=8)
-        result = compare(module, q, k, v, inputs, "compiled_torch", torch.float32)
-        assert result.ok, result
+        module, q = check_against_oracle(cls, "compiled_torch", torch.float32, tokens=24)
         assert module.resolve_backend(q) == "torch"  # not an `auto` candidate
     with pytest.raises(attncc.AttnccError, match="unknown backend"):
         cls(backend="compiled_torch")
@@ -93,14 +98,10 @@ def sigmoid_normalizer():
     unregister_normalizer(norm.name)
 
 
-@pytest.mark.parametrize("backend, dtype", [("torch", torch.float64), ("torch", torch.float32),
-                                            ("triton", torch.float32), ("triton", torch.float16)])
+@pytest.mark.parametrize("backend, dtype", BACKENDS)
 def test_added_normalizer_matches_the_oracle(sigmoid_normalizer, backend, dtype):
     cls = attncc.compile(SIGMOID_SPEC)
-    module = make_module(cls, heads=2, dim=16, dim_v=8)
-    q, k, v, inputs = random_inputs(cls, batch=2, heads=2, nq=41, nk=41, dim=16, dim_v=8)
-    result = compare(module, q, k, v, inputs, backend, dtype)
-    assert result.ok, result
+    check_against_oracle(cls, backend, dtype, tokens=41, batch=2)
     assert "sigmoid" in cls.compilation.torch_source
 
 
