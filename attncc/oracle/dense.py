@@ -61,17 +61,13 @@ def dense_weights(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: di
     q, k = q.to(dtype), k.to(dtype)
     B, H, Nq, D = q.shape
     N = k.shape[2]
-    grid = lambda n: torch.arange(n, device=q.device, dtype=torch.int32)
-    i = grid(Nq) if rows is None else rows.to(device=q.device, dtype=torch.int32)
+    i = torch.arange(Nq, device=q.device, dtype=torch.int32) if rows is None else \
+        rows.to(device=q.device, dtype=torch.int32)
     q = q if rows is None else q[:, :, rows.long()]
-    env = Env(sizes=sizes, rsizes={"N": N, "Nq": Nq, "H": H, "D": D, "E": e_dim},
-              i=i.view(1, 1, -1, 1), j=grid(N).view(1, 1, 1, N), h=grid(H).view(1, H, 1, 1),
-              params={n: p.to(dtype) if p.is_floating_point() else p for n, p in params.items()},
-              inputs=inputs, float_dtype=dtype)
-
+    env = pair_env(sizes, {"N": N, "Nq": Nq, "H": H, "D": D, "E": e_dim}, i,
+                   {n: p.to(dtype) if p.is_floating_point() else p for n, p in params.items()}, inputs, dtype)
     shape = (B, H, len(i), N)
     mask = evaluate_mask(spec, env, shape, q.device)
-    env.float_dtype = dtype
 
     def dot(t: TExpr) -> torch.Tensor:
         return gradient_only_where(torch.einsum("bhid,bhjd->bhij", _row(t.args[0], q), _row(t.args[1], k)), mask)
@@ -87,22 +83,33 @@ def dense_weights(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: di
     return torch.where(mask, evaluate(spec.weight, env).to(dtype).expand(shape), torch.zeros((), dtype=dtype))
 
 
+def pair_env(sizes: dict, rsizes: dict, i: torch.Tensor, params: dict, inputs: dict,
+             float_dtype: torch.dtype) -> Env:
+    """The evaluation environment of the pair grid: query tokens i (int32, on the computation's
+    device), every key token j < N and head h < H, as [B, H, Nq, N]-broadcastable index tensors."""
+    grid = lambda n: torch.arange(n, device=i.device, dtype=torch.int32)
+    N, H = rsizes["N"], rsizes["H"]
+    return Env(sizes=sizes, rsizes=rsizes, i=i.view(1, 1, -1, 1), j=grid(N).view(1, 1, 1, N),
+               h=grid(H).view(1, H, 1, 1), params=params, inputs=inputs, float_dtype=float_dtype)
+
+
 def evaluate_mask(spec: CheckedSpec, env: Env, shape: tuple, device) -> torch.Tensor:
     """The spec's mask as bool of `shape` [B, H, Nq, N] over env's grid (all true without a mask);
-    in float32 arithmetic, as kernels evaluate it: one well-defined set."""
+    in float32 arithmetic, as kernels evaluate it: one well-defined set (env is left as it was)."""
     if spec.mask is None:
         return torch.ones((), dtype=torch.bool, device=device).expand(shape)
-    env.float_dtype = torch.float32
-    return evaluate(spec.mask, env).to(device).expand(shape)
+    float_dtype, env.float_dtype = env.float_dtype, torch.float32
+    try:
+        return evaluate(spec.mask, env).to(device).expand(shape)
+    finally:
+        env.float_dtype = float_dtype
 
 
 def dense_mask(spec: CheckedSpec, params: dict, inputs: dict, sizes: dict, shape: tuple) -> torch.Tensor:
     """The pairs the mask keeps, bool [B, H, Nq, N] (shape), with these tables and inputs."""
     B, H, Nq, N = shape
-    grid = lambda n: torch.arange(n, dtype=torch.int32)
-    env = Env(sizes=sizes, rsizes={"N": N, "Nq": Nq, "H": H, "D": sizes.get("D", 0), "E": sizes.get("E", 0)},
-              i=grid(Nq).view(1, 1, -1, 1), j=grid(N).view(1, 1, 1, N), h=grid(H).view(1, H, 1, 1),
-              params=params, inputs=inputs, float_dtype=torch.float32)
+    rsizes = {"N": N, "Nq": Nq, "H": H, "D": sizes.get("D", 0), "E": sizes.get("E", 0)}
+    env = pair_env(sizes, rsizes, torch.arange(Nq, dtype=torch.int32), params, inputs, torch.float32)
     return evaluate_mask(spec, env, shape, "cpu")
 
 
