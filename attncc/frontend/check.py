@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 
 from . import ast
 from .approx import APPROXIMATIONS, CHOICES, COUNTS, FLAGS, PLAIN_ONLY, POSITIVE
+from ..lang.evaluate import Env, eval_scalar, evaluate
 from ..lang.favor import FAVOR, favor_weight, is_plain_dot_scale, split_logits
 from ..lang.expr import BOOL, FLOAT, INT, RUNTIME_SIZES, VEC, TExpr
 from ..lang.features import ALL_MAPS, RANDOM_MAPS
@@ -154,7 +155,6 @@ class _Checker(ExprTyper, MechanismChecks):
         if t.type != INT:
             self.bag.error(f"a size must be an integer, got {t.type}", s.value.span)
             return
-        from ..lang.evaluate import Env, eval_scalar, evaluate
         try:
             value = int(evaluate(t, Env(sizes=self.sizes)).item()) if t.op != "const" else eval_scalar(t)
         except (ArithmeticError, RuntimeError, OverflowError):
@@ -327,7 +327,6 @@ class _Checker(ExprTyper, MechanismChecks):
             self.bag.error("a dimension must be an integer expression", e.span)
             return None
         if t is not None and not t.uses("rsize"):  # known now: check it (run-time sizes are checked at construction)
-            from ..lang.evaluate import Env, evaluate
             try:
                 value = int(evaluate(t, Env(sizes=self.sizes)).item())
             except (ArithmeticError, RuntimeError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 from . import ast
+from ..lang.evaluate import Env, eval_scalar, evaluate  # one definition of operator semantics, for folding
 from ..lang.expr import BOOL, FLOAT, INT, RUNTIME_SIZES, VEC, TExpr, const
 from ..lang.features import ALL_MAPS, RANDOM_MAPS
 from ..lang.operators import BINARY, FUNCTIONS, OPERATORS, UNARY
@@ -161,9 +162,10 @@ class ExprTyper:
 
     def _nonzero_divisor(self, t: TExpr, span: Span) -> bool:
         """A divisor made of constants and declared sizes must not be 0 (checked again at construction)."""
-        if any(x.op not in ("const", "size", "call") and x.op not in OPERATORS for x in t.walk()) or any(x.op == "call" and x.value not in ("min", "max", "abs") for x in t.walk()):
+        foldable = all(x.op in ("const", "size") or x.op in OPERATORS
+                       or (x.op == "call" and x.value in ("min", "max", "abs")) for x in t.walk())
+        if not foldable:  # reads an index, a table or an input: nothing to check at compile time
             return True
-        from ..lang.evaluate import Env, evaluate
         try:
             zero = float(evaluate(t, Env(sizes=self.sizes)).item()) == 0
         except (ArithmeticError, RuntimeError):
@@ -302,7 +304,6 @@ class ExprTyper:
         """Fold operators over constants so that sizes and literals become plain numbers."""
         if not t.args or any(a.op != "const" for a in t.args):
             return t
-        from ..lang.evaluate import eval_scalar  # one definition of operator semantics for folding
         try:
             return const(eval_scalar(t), t.span)
         except OverflowError:
