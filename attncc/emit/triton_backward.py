@@ -132,9 +132,9 @@ def bwd_prologue(w: CodeWriter, per_bh_only: bool = False) -> None:
     w.line("DV += off_b * stride_vb + off_h * stride_vh")
 
 
-def backward_head(w: CodeWriter, doc: str) -> None:
+def backward_head(w: CodeWriter, doc: str, fixed_blocks: bool = True) -> None:
     w.line(f'"""{doc}"""')
-    launcher_head(w, allocate_out=False)
+    launcher_head(w, allocate_out=False, fixed_blocks=fixed_blocks)
     w.line("dout, out = dout.contiguous(), out.contiguous()")
     w.line("dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)")
 
@@ -346,7 +346,8 @@ def _tiled_launchers(w: CodeWriter, norm: Normalizer, plan: Plan, kernel: Kernel
         w.line(f"return triton_forward(self, q, k, v, ctx, host{', stat' if stats else ''}), stat")
     w.line()
     with w.block("def op_backward(self, q, k, v, out, stat, dout, ctx, host):"):
-        backward_head(w, "(dq, dk, dv, table gradients by name) from the saved output and row statistic.")
+        backward_head(w, "(dq, dk, dv, table gradients by name) from the saved output and row statistic.",
+                      fixed_blocks=False)
         w.line("delta = (dout.float() * out.float()).sum(-1)")
         if norm.divides_by_row_sum:
             w.line("delta = torch.where(stat == 0.0, 0.0, delta)  # Z = 0: the forward divides by 1")
@@ -358,18 +359,35 @@ def _tiled_launchers(w: CodeWriter, norm: Normalizer, plan: Plan, kernel: Kernel
             w.line("BLOCK_N = BLOCK_M")
             w.line("col_ptr, rows = triton_ops.transpose_tiles(row_ptr, cols, triton.cdiv(N, BLOCK_N))")
         band_line(w, plan)
-        vals = "".join(f"{v}, " for v in kernel.arg_values())
-        gvals = "".join(f"grads[{key(n)}], " for _, n in tables)
-        tail = "ctx.scale, band_lo, band_hi, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E,"
-        w.line(f"_attn_bwd_dkdv[(triton.cdiv(N, BLOCK_N), B * H)]({bwd_launch()}, {vals}{gvals}stat, delta,"
-               f"{' col_ptr, rows,' if sparse else ''}")
-        w.line(f"    {tail} PRECISION=precision)")
-        w.line(f"_attn_bwd_dq[(triton.cdiv(Nq, BLOCK_M), B * H)]({bwd_launch()}, {vals}stat, delta,"
-               f"{' row_ptr, cols,' if sparse else ''}")
-        w.line(f"    {tail} PRECISION=precision)")
+        w.line()
+        _backward_launch(w, plan, kernel, tables)
+        w.line()
+        tiles = ", tile=BLOCK_M" if sparse else ""
+        w.line(f"sizes = dict(BH=B * H, Nq=Nq, N=N, D=BLOCK_D, E=BLOCK_E{tiles})")
+        w.line(f"launch(**autotune.best(SPEC_HASH, {plan.entry.autotune_kind + ':backward'!r}, q, sizes, launch))")
         w.line("return dq, dk, dv, grads")
     w.line()
     w.line(f"GRAD_TABLES = ({''.join(f'{key(n)}, ' for _, n in tables)})  # tables the backward kernels differentiate")
+
+
+def _backward_launch(w: CodeWriter, plan: Plan, kernel: Kernel, tables: list) -> None:
+    """`launch(**config)`: both backward kernels with one autotune candidate of `<kind>:backward` (the
+    block-sparse tile is the layout's: only warps and stages are free)."""
+    sparse = plan.entry.block_sparse
+    vals = "".join(f"{v}, " for v in kernel.arg_values())
+    gvals = "".join(f"grads[{key(n)}], " for _, n in tables)
+    tail = ("ctx.scale, band_lo, band_hi, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, "
+            "PRECISION=precision,")
+    with w.block(f"def launch({'' if sparse else 'BLOCK_M, BLOCK_N, '}num_warps, num_stages):"):
+        if tables:  # autotune launches every candidate: the atomics must start from 0 each time
+            w.line("for g in grads.values():")
+            w.line("    g.zero_()")
+        w.line(f"_attn_bwd_dkdv[(triton.cdiv(N, BLOCK_N), B * H)]({bwd_launch()}, {vals}{gvals}stat, delta,"
+               f"{' col_ptr, rows,' if sparse else ''}")
+        w.line(f"    {tail} num_warps=num_warps, num_stages=num_stages)")
+        w.line(f"_attn_bwd_dq[(triton.cdiv(Nq, BLOCK_M), B * H)]({bwd_launch()}, {vals}stat, delta,"
+               f"{' row_ptr, cols,' if sparse else ''}")
+        w.line(f"    {tail} num_warps=num_warps, num_stages=num_stages)")
 
 
 def _table_atomics(w: CodeWriter, scope: LetScope, ex: KernelExpr, op: str, name: str, derivs: dict) -> None:
