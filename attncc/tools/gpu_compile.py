@@ -327,15 +327,21 @@ _WORKER: list[ProcessPoolExecutor] = []
 
 
 def _worker() -> ProcessPoolExecutor:
-    """One process that compiles (spawned, Triton imported there with interpretation off)."""
+    """One process that compiles: spawned with TRITON_INTERPRET=0 in its environment, so that whatever
+    imports Triton there first (the main module re-imported by spawn, too) gets the compiler."""
     if not _WORKER:
-        _WORKER.append(ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                           initializer=_compiling_process))
+        pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        saved = os.environ.get("TRITON_INTERPRET")
+        os.environ["TRITON_INTERPRET"] = "0"
+        try:
+            pool.submit(_interpreted_triton).result()  # starts the process now, under this environment
+        finally:
+            if saved is None:
+                del os.environ["TRITON_INTERPRET"]
+            else:
+                os.environ["TRITON_INTERPRET"] = saved
+        _WORKER.append(pool)
     return _WORKER[0]
-
-
-def _compiling_process() -> None:
-    os.environ["TRITON_INTERPRET"] = "0"  # before this process first imports Triton
 
 
 def compile_here(kernels_file: str, launch: Launch, target: Target, portable_errors: bool = False) -> Compiled:
