@@ -30,10 +30,10 @@ AUTOTUNE = (dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, max_row_byte
 # Triton's interpreter: small tiles (it runs them as numpy arrays); warps and stages mean nothing there
 INTERPRETER = dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=3)
 # the backward kernels (dK, dV per key tile; dQ per query tile) share one candidate; dK/dV holds two
-# [BLOCK_N, d] fp32 accumulators, so wide rows take 32-row query tiles (64 x 64 spilled at d = 128)
-BACKWARD_AUTOTUNE = (dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, max_row_bytes=128, half_only=True),
+# [BLOCK_N, d] fp32 accumulators: 64 x 64 tiles with 4 warps spilled (24 B at d = 64 on sm_90, over
+# 500 B at d = 128), 8 warps hold them at d = 64, 32-row query tiles at d = 128
+BACKWARD_AUTOTUNE = (dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=3, max_row_bytes=128, half_only=True),
                      dict(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=3, max_row_bytes=256, half_only=True),
-                     dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=3, max_row_bytes=128, half_only=True),
                      dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=3, max_row_bytes=128, half_only=True),
                      dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=3, max_row_bytes=256, half_only=True),
                      dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=2))
