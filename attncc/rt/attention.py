@@ -62,9 +62,12 @@ def logical_not(x):
     return torch.logical_not(torch.as_tensor(x))
 
 
-def as_float(x, dtype=torch.float32):
-    x = torch.as_tensor(x)
-    return x if x.is_floating_point() else x.to(dtype)
+def as_float(x, dtype: torch.dtype) -> torch.Tensor:
+    """x as a float tensor: a float tensor as it is, an int or bool tensor or any Python number in
+    `dtype` (the computation's: a Python float must not round through torch's default float32)."""
+    if isinstance(x, torch.Tensor):
+        return x if x.is_floating_point() else x.to(dtype)
+    return torch.tensor(x, dtype=dtype)
 
 
 def keep_grad(x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
@@ -75,15 +78,16 @@ def keep_grad(x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
     return x
 
 
-def as_4d(x) -> torch.Tensor:
-    """A value of an index expression (scalar, or broadcastable to [B, H, Nq, N]) as a 4-d float tensor."""
-    x = as_float(x)
+def as_4d(x, dtype: torch.dtype) -> torch.Tensor:
+    """A value of an index expression (scalar, or broadcastable to [B, H, Nq, N]) as a 4-d float tensor
+    (ints and Python numbers in `dtype`, the computation's)."""
+    x = as_float(x, dtype)
     return x.reshape(*([1] * (4 - x.dim())), *x.shape) if x.dim() < 4 else x
 
 
-def toeplitz_row(x, length: int) -> torch.Tensor:
+def toeplitz_row(x, length: int, dtype: torch.dtype) -> torch.Tensor:
     """f(d) evaluated on an [.., length, 1] grid, as a float [1|B, 1|H, length] tensor."""
-    x = as_4d(x)
+    x = as_4d(x, dtype)
     return x.expand(*x.shape[:2], length, 1)[..., 0]
 
 

@@ -1,0 +1,95 @@
+"""Precision: float64 inputs give float64 answers on every lowering, constants included.
+
+`scale` (D ** -0.5, a Python float at run time) and literals must reach a float64 computation in
+float64, never rounded through torch's default float32 on the way (attncc/rt/attention.py as_float,
+ctx.fp)."""
+import functools
+
+import pytest
+import torch
+
+import attncc
+from attncc.api import relower
+from attncc.plan import registry
+from attncc.tools.compare import TOLERANCE, compare, random_inputs
+
+# Specs that write `scale` in every position a constant can take in their form: score, bias,
+# weight, mask (float32 there, as in the reference), decay base and amplitude, modulation, a
+# Toeplitz f(i - j), a grid f, the two terms of a mixed chunk form. (The graph lowering's weight is
+# exactly dot * G[i, j]: it has no position for a constant.)
+SCALE_EVERYWHERE = {
+    "softmax": """size w = 5
+        score(i, j) = dot(q[i], k[j]) * scale - scale * abs(i - j) + where(i % 2 == 0, scale, -scale)
+        bias(i, j) = scale * exp(-scale * (i - j)) + max(scale, 0.1) / (1 + scale)
+        mask(i, j) = scale * (i - j) <= 3 * scale * w
+        normalize softmax""",
+    "blocks": """size c = 4
+        score(i, j) = dot(q[i], k[j]) * scale + scale * (i - j)
+        bias(i, j) = log(1 + scale)
+        mask(i, j) = i // c == j // c and j <= i
+        normalize softmax""",
+    "default_score": """mask(i, j) = j <= i
+        normalize softmax""",
+    "decay": """weight(i, j) = dot(q[i], k[j]) * scale * (1.0 - scale / 8) ** (i - j)
+        mask(i, j) = j <= i
+        normalize none""",
+    "retention": """weight(i, j) = dot(q[i], k[j]) * scale * 0.9 ** (i - j)
+        mask(i, j) = j <= i
+        normalize none""",
+    "decay_rows": """feature phi = elu1
+        weight(i, j) = dot(phi(q[i]), phi(k[j])) * scale * exp(scale * h) * 0.9 ** (i - j)
+        mask(i, j) = j <= i
+        normalize rows(eps = 1e-3)""",
+    "modulated": """feature phi = elu1
+        weight(i, j) = dot(phi(q[i]), phi(k[j])) * scale * exp(scale * h) / (1 + scale)
+        normalize rows""",
+    "toeplitz": """feature phi = elu1
+        weight(i, j) = dot(phi(q[i]), phi(k[j])) * scale * exp(-scale * abs(i - j))
+        normalize rows""",
+    "grid": """size w = 5
+        feature phi = elu1
+        weight(i, j) = dot(phi(q[i]), phi(k[j])) * scale * exp(-scale * max(abs(i // w - j // w), abs(i % w - j % w)))
+        normalize rows""",
+    "mixed": """size c = 4
+        weight(i, j) = where(i // c == j // c, max(dot(q[i], k[j]) * scale + scale, 0) ** 2, 0)
+                     + where(j // c < i // c, scale * dot(q[i], k[j]) / N, 0)
+        mask(i, j) = j <= i
+        normalize none""",
+}
+
+
+@functools.cache
+def _admitted(spec: str) -> list:
+    """(lowering, compiled class) for every registered lowering the spec admits."""
+    comp = attncc.build(f"attention p {{\n{SCALE_EVERYWHERE[spec]}\n}}")
+    out = []
+    for name in registry.names():
+        try:
+            out.append((name, attncc.compile(relower(comp, name))))
+        except attncc.AttnccError:
+            continue
+    return out
+
+
+def test_scale_specs_cover_every_exact_lowering():
+    covered = {lowering for spec in SCALE_EVERYWHERE for lowering, _ in _admitted(spec)}
+    assert covered >= {"tiled", "sdpa", "block_sparse", "linear", "linear_chunked", "fft", "fft2", "rings",
+                       "mixed_chunk"}, covered
+
+
+@pytest.mark.parametrize("spec", sorted(SCALE_EVERYWHERE))
+def test_scale_keeps_float64_on_every_lowering(spec):
+    """Before the fix a Python-float `scale` went through float32 (errors 1e-8 .. 2e-7)."""
+    for lowering, cls in _admitted(spec):
+        q, k, v, inputs = random_inputs(cls, 1, 2, 13, 13, 16)
+        result = compare(cls(), q, k, v, inputs, "torch", torch.float64)
+        assert result.error <= 1e-9, f"{spec} on {lowering}: error {result.error:.2e}"
+
+
+@pytest.mark.parametrize("spec", sorted(SCALE_EVERYWHERE))
+def test_scale_everywhere_on_triton_in_float32(spec):
+    for lowering, cls in _admitted(spec):
+        q, k, v, inputs = random_inputs(cls, 1, 2, 13, 13, 16)
+        result = compare(cls(), q, k, v, inputs, "triton", torch.float32)
+        assert result.ok, f"{spec} on {lowering}: error {result.error:.2e} > {result.tolerance:.0e}"
+        assert result.tolerance <= 10 * TOLERANCE[torch.float32]
