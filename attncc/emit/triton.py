@@ -348,6 +348,9 @@ def band_line(w: CodeWriter, plan: Plan) -> None:
     lo, hi = band_bounds(plan.mask)
     band = [lo or f"-{BIG}", hi or str(BIG)]  # an unbounded side: a bound no tile reaches
     w.line(f"band_lo, band_hi = {band[0]}, {band[1]}  # keys j with band_lo <= i - j <= band_hi")
+    # -N < i - j < Nq: a bound past that range means the same, and a size near 2^31 (a "no limit"
+    # sentinel) would overflow the kernel's int32 tile arithmetic
+    w.line("band_lo, band_hi = (min(max(bound, -N), Nq) for bound in (band_lo, band_hi))  # saturated to the offsets that occur")
 
 
 def launcher_head(w: CodeWriter, allocate_out: bool = True, fixed_blocks: bool = True) -> None:
