@@ -119,3 +119,22 @@ def test_band_bounds_near_the_int32_limit_on_triton(body, sizes):
         grads[backend] = [t.grad for t in x]
     for a, b in zip(grads["torch"], grads["triton"]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_a_derived_size_beyond_int32_is_a_located_error():
+    """65536 * 65536 folded to 0 in 32 bits at compile time but was 2^32 at construction."""
+    with pytest.raises(attncc.SpecError) as err:
+        attncc.compile("attention s {\nsize a = 65536\nsize b = a * a\nmask(i, j) = i - j <= b\n}")
+    assert "2:1" not in str(err.value) and "3:10" in str(err.value) and "4294967296" in str(err.value)
+    with pytest.raises(attncc.SpecError, match="4294967296"):
+        attncc.compile("attention s {\nsize a = 65536\nparam t[a * a]\nbias(i, j) = t[i]\n}")
+
+
+def test_derived_sizes_agree_between_compile_time_and_construction():
+    """Sizes are exact integers in both places (an int32 intermediate would wrap: 46341^2 > 2^31)."""
+    cls = attncc.compile("attention s {\nsize a = 46341\nsize b = a * a // a\nmask(i, j) = i - j <= b\n}")
+    assert cls.SIZES["b"] == 46341 and cls().sizes["b"] == 46341
+    small = attncc.compile("attention s {\nsize a = 4\nsize b = a * a\nmask(i, j) = i - j <= b\n}")
+    assert small(a=40000).sizes["b"] == 1600000000
+    with pytest.raises(attncc.AttnccError, match=r"size `b` \(derived from other sizes\) would be 4294967296"):
+        small(a=65536)

@@ -142,6 +142,11 @@ class CompiledAttention(nn.Module):
                       for name, p in self.PARAMS.items()}
         except (TypeError, ValueError, ArithmeticError) as exc:
             raise AttnccError(f"{self.SPEC_NAME}: bad sizes {sizes}: {exc}") from None
+        too_big = [n for n in self.DERIVED if abs(self.sizes[n]) >= 2**31]
+        if too_big:
+            name = too_big[0]
+            raise AttnccError(f"{self.SPEC_NAME}: size `{name}` (derived from other sizes) would be {self.sizes[name]}, "
+                              "beyond the 32-bit ints of the spec and its kernels; make the sizes it is computed from smaller")
         negative = [n for n, v in {**self.sizes, **self.fixed}.items() if v < 0]
         if negative:
             raise AttnccError(f"{self.SPEC_NAME}: size `{negative[0]}` must be >= 0")
