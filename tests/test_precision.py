@@ -138,3 +138,32 @@ def test_derived_sizes_agree_between_compile_time_and_construction():
     assert small(a=40000).sizes["b"] == 1600000000
     with pytest.raises(attncc.AttnccError, match=r"size `b` \(derived from other sizes\) would be 4294967296"):
         small(a=65536)
+
+
+@pytest.mark.parametrize("text,literal,why", [
+    ("score(i, j) = dot(q[i], k[j]) * scale - 1e300", "1e300", "beyond float32"),
+    ("score(i, j) = dot(q[i], k[j]) * scale - 1e20 * 1e20", "1e20 * 1e20", "beyond float32"),  # folded
+    ("bias(i, j) = 1e-300 * i", "1e-300", "below float32"),
+])
+def test_a_literal_float32_cannot_hold_is_a_located_error(text, literal, why):
+    """Before, the float64 reference saw a constant shift while torch and Triton saw -inf and gave 0."""
+    with pytest.raises(attncc.SpecError) as err:
+        attncc.compile(f"attention s {{\n{text}\n}}")
+    message = str(err.value)
+    assert f"2:{text.index(literal) + 1}: error" in message and why in message and "hint:" in message
+
+
+def test_the_cli_reports_an_unrepresentable_literal_as_a_user_error(tmp_path, capsys):
+    from attncc.cli import main
+    spec = tmp_path / "shift.attn"
+    spec.write_text("attention s {\nscore(i, j) = dot(q[i], k[j]) * scale - 1e300\n}\n")
+    assert main(["inspect", str(spec)]) != 0
+    err = capsys.readouterr().err
+    assert "shift.attn:2:" in err and "beyond float32" in err and "internal error" not in err
+
+
+def test_float32_extremes_that_fit_still_compile():
+    cls = attncc.compile("attention s {\nbias(i, j) = 3e38 * 0.5 + 1e-30 * i\n}")
+    q, k, v, _ = random_inputs(cls, 1, 1, 5, 5, 8)
+    assert compare(cls(), q, k, v, {}, "torch", torch.float64).ok
+
