@@ -167,3 +167,51 @@ def test_float32_extremes_that_fit_still_compile():
     q, k, v, _ = random_inputs(cls, 1, 1, 5, 5, 8)
     assert compare(cls(), q, k, v, {}, "torch", torch.float64).ok
 
+
+EXP_ROWS = ["", "mask(i, j) = j <= i", "mask(i, j) = i // 3 == j // 3 and j <= i"]
+
+
+@pytest.mark.parametrize("eps", ["", "(eps = 0)", "(eps = 10)"])
+@pytest.mark.parametrize("mask", EXP_ROWS)
+def test_exp_weights_under_rows_are_a_stable_softmax(mask, eps):
+    """exp(f) weights under `rows` overflowed float32 at f > 88 (exp(100 (i - j)): non-finite rows
+    where the float64 reference is finite); computed as a softmax with eps as a key of logit log(eps)."""
+    text = f"attention e {{\nweight(i, j) = exp(dot(q[i], k[j]) * scale + 100 * (i - j))\n{mask}\nnormalize rows{eps}\n}}"
+    comp = attncc.build(text)
+    assert any(name == "stabilize_exp_rows" for name, _ in comp.log)
+    cls = attncc.compile(comp)
+    q, k, v, _ = random_inputs(cls, 1, 2, 7, 7, 8)  # 100 * 6 < 709: the float64 reference is finite
+    runs = [("torch", torch.float64), ("torch", torch.float32), ("triton", torch.float32)]
+    for backend, dtype in runs:
+        result = compare(cls(), q, k, v, {}, backend, dtype)
+        assert result.ok, f"{backend} {dtype}: error {result.error:.2e}"
+
+
+def test_exp_weights_under_rows_train_through_the_triton_backward():
+    cls = attncc.compile("attention e {\nweight(i, j) = exp(dot(q[i], k[j]) * scale + 30 * (j - i))\n"
+                         "mask(i, j) = j <= i\nnormalize rows(eps = 0.5)\n}")
+    q, k, v, _ = random_inputs(cls, 1, 2, 9, 9, 8)
+    grads = {}
+    for backend in ("torch", "triton"):
+        x = [t.float().requires_grad_() for t in (q, k, v)]
+        cls(backend=backend)(*x).square().sum().backward()
+        grads[backend] = [t.grad for t in x]
+    x = [t.clone().requires_grad_() for t in (q, k, v)]
+    cls().reference(*x).square().sum().backward()
+    for a, b, ref in zip(grads["torch"], grads["triton"], (t.grad for t in x)):
+        torch.testing.assert_close(a.double(), ref, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(b.double(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_context_pool_with_a_tiny_width_stays_finite():
+    """sigma = 1e-30: sigma^2 underflowed float32 and the centre offset gave 0 / 0 (NaN); the widths are
+    now taken in log space (attncc/rt/pool.py offset_weights)."""
+    cls = attncc.compile("attention p {\npool k, v = context(sigma = 1e-30, width = 4)\nnormalize softmax\n}")
+    module = cls(D=8)
+    q, k, v, _ = random_inputs(cls, 1, 2, 12, 12, 8)
+    for dtype in (torch.float64, torch.float32):
+        assert compare(module, q, k, v, {}, "torch", dtype).ok
+    x = [t.float().requires_grad_() for t in (q, k, v)]
+    module(*x).sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in x)
+    assert all(torch.isfinite(p.grad).all() for p in module.parameters() if p.grad is not None)

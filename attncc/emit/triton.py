@@ -12,6 +12,7 @@ triton_backward.py has them, else recomputation through the torch backend's auto
 """
 from __future__ import annotations
 
+import math
 
 from ..lang.expr import RUNTIME_SIZES, TExpr
 from ..lang.features import FEATURE_MAPS
@@ -256,7 +257,7 @@ def emit_tiled_kernel(w: CodeWriter, graph: Graph, plan: Plan, kernel: Kernel) -
         with w.block(key_tile_loop(w, plan)):
             key_tile_weights(w, sparse, dots, ex, scores, mask)
             w.lines_of(ONLINE_SOFTMAX_UPDATE if norm.online_softmax else WEIGHTED_SUM_UPDATE)
-        store_tiled_rows(w, norm)
+        store_tiled_rows(w, norm, att.attr("eps"))
     w.line()
     emit_tiled_launcher(w, plan, kernel, att.attr("eps"), stats)
 
@@ -305,9 +306,15 @@ def key_tile_weights(w: CodeWriter, sparse: bool, dots: dict, ex: KernelExpr, sc
     load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
 
 
-def store_tiled_rows(w: CodeWriter, norm: Normalizer) -> None:
+def store_tiled_rows(w: CodeWriter, norm: Normalizer, eps: float) -> None:
     """After the key tiles: normalize the rows, save the row statistic the backward reads, store the output."""
-    if norm.online_softmax:
+    if norm.online_softmax and eps:  # exp weights under rows (passes/stable_exp.py): eps is a key of logit log(eps)
+        w.line(f"m_top = tl.maximum(m_i, {math.log(eps)!r})  # max(row max, log(eps)): every exponent <= 0")
+        w.line("alpha = tl.exp(m_i - m_top)")
+        w.line(f"z = l_i * alpha + tl.exp({math.log(eps)!r} - m_top)")
+        w.line("out = acc * (alpha / z)[:, None]")
+        w.line("tl.store(Stat + pid_bh * Nq + offs_m, m_top + tl.log(z), mask=offs_m < Nq)  # log(sum e^s + eps)")
+    elif norm.online_softmax:
         w.line("out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # no visible key: output 0")
         w.line("tl.store(Stat + pid_bh * Nq + offs_m, m_i + tl.log(tl.where(l_i == 0.0, 1.0, l_i)), mask=offs_m < Nq)  # -inf: no visible key")
     elif norm.divides_by_row_sum:

@@ -111,9 +111,13 @@ def _attend(q, k, v, ctx, q0: int, q1: int, keys, *, scores: Callable, mask: Cal
         if m is not None:
             s = s.masked_fill(~m, float("-inf"))
         top = s.amax(-1, keepdim=True).detach()
+        if eps:  # exp(s) weights under `rows` (passes/stable_exp.py): eps joins the sum as a key of logit log(eps)
+            top = top.clamp_min(math.log(eps))
         top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
         w = torch.exp(s - top)
         z = w.sum(-1, keepdim=True)
+        if eps:
+            z = z + torch.exp(math.log(eps) - top)
         return (w @ vc) / torch.where(z == 0, torch.ones_like(z), z)
     w = torch.where(m, s, torch.zeros((), dtype=dtype, device=s.device)) if m is not None else s
     return finish_rows(w @ vc, w.sum(-1), normalize, eps)
