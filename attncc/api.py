@@ -20,7 +20,8 @@ from .ir.signature import Signature
 from .ir.lower import lower, size_symbols
 from .frontend.parse import parse
 from .passes import PassContext, run_pipeline
-from .runtime.compiled import RESERVED_ATTRIBUTES, load_module
+from .runtime.cache import load_module
+from .runtime.compiled import RESERVED_ATTRIBUTES
 from .plan.select import DESIGN_SIZES, Plan, select
 from .lang.source import AttnccError, Source
 
