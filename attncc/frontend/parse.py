@@ -16,7 +16,8 @@ from ..lang.source import Diagnostic, DiagnosticBag, Source, Span, SpecError
 
 MAX_SOURCE_CHARS = 1_000_000
 MAX_NESTING = 64
-STATEMENT_KEYWORDS = {"size", "param", "input", "feature", "score", "weight", "mask", "bias", "normalize", "pool"}
+STATEMENT_KEYWORDS = {"size", "param", "input", "feature", "score", "weight", "mask", "bias", "normalize", "pool",
+                      "let"}
 
 _TOKEN_TEXT = {
     "LBRACE": "`{`", "RBRACE": "`}`", "LPAR": "`(`", "RPAR": "`)`", "LSQB": "`[`", "RSQB": "`]`",
@@ -71,6 +72,9 @@ class _ToAst(Transformer_NonRecursive):
 
     def size_decl(self, meta, c):
         return ast.SizeDecl(self._s(meta), str(c[0]), self._s(c[0]), c[1])
+
+    def let_decl(self, meta, c):
+        return ast.LetDecl(self._s(meta), str(c[0]), self._s(c[0]), c[1])
 
     def param_decl(self, meta, c):
         return ast.ParamDecl(self._s(meta), str(c[0]), self._s(c[0]), tuple(c[1]), c[2])

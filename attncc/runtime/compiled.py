@@ -58,6 +58,7 @@ class Context:
     E: int
     dtype: torch.dtype = torch.float32  # of the computation: float64 for float64 inputs
     noise: object = None  # the random draw of an approximation (lara, ra) for this call
+    B: int = 1  # batch rows (the batch index `b` runs over them)
 
     @property
     def scale(self) -> float:
@@ -263,7 +264,7 @@ class CompiledAttention(nn.Module):
         params = self.params_dict()
         if q.dtype == torch.float64:  # tables join the computation at its precision
             params = {n: p.double() for n, p in params.items()}
-        return Context(self.sizes, params, checked, **dims, dtype=dtype)
+        return Context(self.sizes, params, checked, **dims, dtype=dtype, B=B)
 
     def resolve_backend(self, q: torch.Tensor) -> str:
         """The name of the backend a call with q runs on (attncc/runtime/backends.py)."""
