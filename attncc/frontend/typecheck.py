@@ -13,7 +13,7 @@ from . import ast
 from ..lang.evaluate import Env, eval_scalar, evaluate  # one definition of operator semantics, for folding
 from ..lang.expr import BOOL, FLOAT, INT, RUNTIME_SIZES, VEC, TExpr, const
 from ..lang.features import ALL_MAPS, RANDOM_MAPS
-from ..lang.operators import BINARY, FUNCTIONS, OPERATORS, UNARY
+from ..lang.operators import BINARY, CONSTANT_HINTS, FUNCTIONS, OPERATORS, REWRITES, UNARY
 from ..lang.source import Span, did_you_mean
 
 INT_LIMIT = 2**31
@@ -130,7 +130,7 @@ class ExprTyper:
         if ctx == "let" and any(n in d.params for d in self.defs.values()):
             self.bag.error(f"unknown name `{n}`", e.span, "in a `let`, the query index is `i` and the key index `j`")
             return None
-        self.bag.error(f"unknown name `{n}`", e.span,
+        self.bag.error(f"unknown name `{n}`", e.span, CONSTANT_HINTS.get(n) or
                        did_you_mean(n, known | set(self.params) | set(self.inputs) | set(self.let_decls)))
         return None
 
@@ -219,8 +219,9 @@ class ExprTyper:
                            f"write `dot({e.fn}(q[i]), {e.fn}(k[j]))`")
             return None
         if e.fn not in FUNCTIONS:
-            self.bag.error(f"unknown function `{e.fn}`", e.fn_span,
-                           did_you_mean(e.fn, set(FUNCTIONS) | {"dot"} | set(self.features)))
+            self.bag.error(f"unknown function `{e.fn}`", e.fn_span, self._function_hint(e.fn))
+            for a in e.args:  # every error at once: those inside its arguments too
+                self._typed(a, ctx)
             return None
         args = [self._typed(a, ctx) for a in e.args]
         if any(a is None for a in args):
@@ -246,6 +247,12 @@ class ExprTyper:
             return None
         result = operator.result_type([a.type for a in args])
         return self._fold(TExpr("call", tuple(args), e.fn, result, e.span))
+
+    def _function_hint(self, fn: str) -> str:
+        if fn in REWRITES:
+            return f"write {REWRITES[fn]}"
+        return did_you_mean(fn, set(FUNCTIONS) | {"dot"} | set(self.features)) or \
+            f"the functions are {', '.join(sorted(FUNCTIONS))} (docs/language.md, section 12)"
 
     def _dot(self, e: ast.Call, ctx: str) -> TExpr | None:
         if ctx not in ("score", "weight", "let"):
@@ -309,6 +316,8 @@ class ExprTyper:
         if table is None:
             self.bag.error(f"unknown table `{e.table}`", e.table_span,
                            did_you_mean(e.table, set(self.params) | set(self.inputs)))
+            for i in e.indices if ctx in DEFINITIONS else ():  # every error at once: those in its indices too
+                self._typed(i, ctx)
             return None
         if ctx not in DEFINITIONS:
             self.bag.error(f"table `{e.table}` cannot be used here", e.span,

@@ -394,6 +394,23 @@ TABLE: tuple[Operator, ...] = (
               "({0} ^ ({0} >> 1))", lambda t, a: sympy.Function("gray")(*a)),
 )
 
+# Functions of other languages and how this one writes them (hints for an unknown function).
+REWRITES = {
+    "tan": "`sin(x) / cos(x)`", "sinh": "`(exp(x) - exp(-x)) / 2`", "cosh": "`(exp(x) + exp(-x)) / 2`",
+    "ceil": "`-floor(-x)`", "round": "`floor(x + 0.5)`", "trunc": "`int(x)`", "sign": "`where(x > 0, 1, where(x < 0, -1, 0))`",
+    "pow": "`a ** b`", "log2": "`log(x) / log(2.0)`", "log10": "`log(x) / log(10.0)`", "exp2": "`2.0 ** x`",
+    "relu": "`max(x, 0)`", "square": "`x * x`", "rsqrt": "`1 / sqrt(x)`", "float": "`x * 1.0`",
+    "minimum": "`min(a, b)`", "maximum": "`max(a, b)`", "clip": "`clamp(x, lo, hi)`", "select": "`where(c, a, b)`",
+    "logsigmoid": "`-softplus(-x)`", "silu": "`x * sigmoid(x)`",
+}
+# Names of constants of other languages: the hint for each.
+CONSTANT_HINTS = {
+    "inf": "a literal must be finite: exclude pairs with `mask(i, j) = ...` (a bias of -inf is a mask), "
+           "or use a large finite number such as `-1e9`",
+    "nan": "a literal must be finite", "pi": "write `3.141592653589793`", "e": "write `exp(1.0)`",
+}
+CONSTANT_HINTS["infinity"] = CONSTANT_HINTS["inf"]
+
 CONVERSIONS = frozenset({"floor", "int"})  # float -> int: the float operand is computed in float32 everywhere
 
 OPERATORS = {o.name: o for o in TABLE if o.form != "call"}  # by TExpr op
