@@ -228,6 +228,24 @@ def _approximation_error(cls, seed: int) -> str:
             f"benchmarks/approximation.py for real inputs)")
 
 
+def clamp_warnings(cls, seed: int) -> list[str]:
+    """The table lookups of a compiled spec that clamp an index on `check`'s inputs: the language
+    clamps silently (docs/language.md, section 13), so `check` says where, once per lookup index."""
+    import torch
+    from .tools.compare import make_module, random_inputs
+    found: dict[str, str] = {}
+    for nq, nk in CHECK_SHAPES:
+        if cls.GRAPHS and nq != nk:
+            continue
+        module = make_module(cls, heads=3, dim=24, dim_v=20, seed=seed)
+        q, k, v, inputs = random_inputs(cls, 2, 3, nq, nk, 24, 20,
+                                        generator=torch.Generator().manual_seed(seed + nq * 1000 + nk))
+        for line in module.clamped_lookups(q, k, v, **inputs):
+            found.setdefault(line.split(" is ")[0], f"{line} (Nq x N = {nq} x {nk}); write the clamp in the spec "
+                             "(`clamp(x, 0, n - 1)`) if it is meant, or pass check_bounds=True to raise")
+    return list(found.values())
+
+
 def cmd_check(args) -> int:
     import torch
     from rich.console import Console
@@ -271,6 +289,8 @@ def cmd_check(args) -> int:
                 table.add_row(backend, dtype_name, f"{nq} x {nk}", f"{r.error:.2e}", f"{r.tolerance:.0e}",
                               "[green]ok" if r.ok else "[red]FAIL")
         console.print(table)
+        for line in clamp_warnings(cls, args.seed):
+            console.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
         if comp.checked.approx is not None:
             console.print(_approximation_error(cls, args.seed), markup=False)
     console.print(f"{'[red]' + str(failed) + ' failed' if failed else '[green]all backends match the reference'}")

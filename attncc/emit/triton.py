@@ -54,6 +54,44 @@ def _powf(a, b):
 def _tanh(x):
     return 2.0 * tl.sigmoid(2.0 * x) - 1.0
 ''',
+    "_log1p": '''@triton.jit
+def _log1p(x):
+    """log(1 + x), accurate near 0: log(u) * x / (u - 1) with u = 1 + x as rounded (Goldberg)."""
+    u = 1.0 + x
+    d = u - 1.0
+    r = tl.log(u) * (x / tl.where(d == 0.0, 1.0, d))
+    return tl.where(d == 0.0, x, tl.where(u == float('inf'), u, r))
+''',
+    "_expm1": '''@triton.jit
+def _expm1(x):
+    """exp(x) - 1, accurate near 0: (u - 1) * x / log(u) with u = exp(x) as rounded (Kahan)."""
+    u = tl.exp(x)
+    lu = tl.log(u)
+    r = (u - 1.0) * (x / tl.where(u == 1.0, 1.0, lu))
+    return tl.where(u == 1.0, x, tl.where(u - 1.0 == -1.0, -1.0, tl.where(u == float('inf'), u, r)))
+''',
+    "_softplus": '''@triton.jit
+def _softplus(x):
+    """log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)), which never overflows."""
+    e = tl.exp(-tl.abs(x))
+    u = 1.0 + e
+    d = u - 1.0
+    return tl.maximum(x, 0.0) + tl.where(d == 0.0, e, tl.log(u) * (e / tl.where(d == 0.0, 1.0, d)))
+''',
+    "_floor_int": '''@triton.jit
+def _floor_int(x):
+    """floor(x) as an int32, saturating at the int32 range, NaN giving 0 (as rt.float_to_int)."""
+    x = tl.where(x == x, x, 0.0)
+    r = tl.floor(tl.minimum(tl.maximum(x, -2147483648.0), 2147483520.0)).to(tl.int32)
+    return tl.where(x >= 2147483648.0, 2147483647, r)
+''',
+    "_trunc_int": '''@triton.jit
+def _trunc_int(x):
+    """x truncated toward 0 as an int32, saturating at the int32 range, NaN giving 0 (as rt.float_to_int)."""
+    x = tl.where(x == x, x, 0.0)
+    r = tl.minimum(tl.maximum(x, -2147483648.0), 2147483520.0).to(tl.int32)
+    return tl.where(x >= 2147483648.0, 2147483647, r)
+''',
     "_popcount": '''@triton.jit
 def _popcount(x):
     """Set bits of the 32-bit pattern of x (SWAR)."""

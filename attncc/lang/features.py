@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .operators import FUNCTIONS
 from .registry import Registry
 from .source import AttnccError
 
@@ -39,6 +40,8 @@ def register_feature_map(fmap: FeatureMap) -> FeatureMap:
     """Make an elementwise feature map known to the checker, the emitters and the oracle."""
     if fmap.name in ALL_MAPS:
         raise AttnccError(f"feature map `{fmap.name}` is registered twice")
+    if fmap.name in FUNCTIONS:  # `softplus(x)` must keep meaning the function of numbers
+        raise AttnccError(f"`{fmap.name}` is a function of the language; name the feature map otherwise")
     ALL_MAPS[fmap.name] = FEATURE_MAPS.register(fmap)
     return fmap
 

@@ -15,19 +15,20 @@ import torch.nn.functional as F
 from ..analysis.blocks import within_band  # noqa: F401  (re-exported for generated code)
 from ..analysis.grid import offset_pairs, ring_extent, ring_pairs  # noqa: F401  (re-exported for generated code)
 from ..lang.evaluate import input_lookup, lookup  # noqa: F401  (re-exported for generated code)
-from ..lang.operators import floordiv, floormod, popcount  # noqa: F401  (re-exported for generated code)
+from ..lang.operators import (  # noqa: F401  (re-exported for generated code)
+    float_to_int, floordiv, floormod, popcount, softplus)
 from ..lang.normalizers import NORMALIZERS
 from ..lang.source import ShapeError
 
 # What generated code may call as rt.NAME (attncc/rt/__init__.py re-exports exactly these).
 __all__ = [
     "CPU_FEATURE_TILE", "GPU_FEATURE_TILE", "GPU_GROUP_BUDGET", "GROUP_BUDGET", "LINEAR_CHUNK", "QUERY_CHUNK",
-    "RingGeometry", "as_4d", "as_float",
+    "RingGeometry", "as_4d", "as_float", "batch_index",
     "block_sparse_attention", "causal_linear_attention", "compute_dtype", "fft_length", "finish_rows",
-    "floordiv", "floormod", "graph_attention", "graph_transform", "grid_offsets", "grid_toeplitz_attention",
+    "float_to_int", "floordiv", "floormod", "graph_attention", "graph_transform", "grid_offsets", "grid_toeplitz_attention",
     "grid_transform", "input_lookup", "keep_grad", "kernel_products", "linear_attention", "logical_not",
     "lookup", "maximum", "minimum", "offset_pairs", "popcount", "prefix_chunk_sums", "ring_attention",
-    "ring_coordinates", "ring_extent", "ring_geometry", "ring_pairs", "sdpa_attention",
+    "ring_coordinates", "ring_extent", "ring_geometry", "ring_pairs", "sdpa_attention", "softplus",
     "summed_area_table", "tiled_attention", "toeplitz_attention", "toeplitz_row", "toeplitz_transform",
     "with_torch_backward", "within_band",
 ]
@@ -56,6 +57,11 @@ def maximum(*xs):
     for x in xs[1:]:
         out = torch.maximum(torch.as_tensor(out), torch.as_tensor(x))
     return out
+
+
+def batch_index(ctx, like: torch.Tensor) -> torch.Tensor:
+    """The batch index b as an int32 [B, 1, 1, 1] tensor on the device of `like` (an index tensor)."""
+    return torch.arange(ctx.B, dtype=torch.int32, device=like.device).view(-1, 1, 1, 1)
 
 
 def logical_not(x):

@@ -53,6 +53,7 @@ class Context:
     E: int
     dtype: torch.dtype = torch.float32  # of the computation: float64 for float64 inputs
     noise: object = None  # the random draw of an approximation (lara, ra) for this call
+    B: int = 1  # batch rows (the batch index `b` runs over them)
 
     @property
     def scale(self) -> float:
@@ -103,11 +104,12 @@ class CompiledAttention(nn.Module):
     # the spec text instead and the function (stored by name) recompiles it.
     REBUILD: tuple | None = None
 
-    def __init__(self, backend: str = "auto", **sizes):
+    def __init__(self, backend: str = "auto", check_bounds: bool = False, **sizes):
         super().__init__()
         if backend != "auto":
             get_backend(backend)  # an unknown name fails here, not at the first call
         self.backend = backend
+        self.check_bounds = check_bounds  # every call first checks that no table lookup clamps (dense: slow)
         self.last_backend: str | None = None
         self._layouts: OrderedDict = OrderedDict()  # block-sparse layouts by lengths and sizes, LRU
         unknown = set(sizes) - set(self.SIZES) - set(self.NEEDS)
@@ -263,7 +265,7 @@ class CompiledAttention(nn.Module):
         params = self.params_dict()
         if q.dtype == torch.float64:  # tables join the computation at its precision
             params = {n: p.double() for n, p in params.items()}
-        return Context(self.sizes, params, checked, **dims, dtype=dtype)
+        return Context(self.sizes, params, checked, **dims, dtype=dtype, B=B)
 
     def resolve_backend(self, q: torch.Tensor) -> str:
         """The name of the backend a call with q runs on (attncc/runtime/backends.py)."""
@@ -271,6 +273,11 @@ class CompiledAttention(nn.Module):
 
     def forward(self, q, k, v, **inputs):
         ctx = self._context(q, k, v, inputs)
+        if self.check_bounds:
+            problems = self._clamped(ctx, q.shape[0])
+            if problems:
+                raise ShapeError(f"{self.SPEC_NAME}: {problems[0]} (check_bounds=True); clamp the index in the "
+                                 "spec, e.g. `clamp(x, 0, n - 1)`, where reading the edge entry is meant")
         backend = resolve(self.backend, q)
         self.last_backend = backend.name
         if q.shape[2] == 0 or k.shape[2] == 0:  # nothing to attend with or to: zeros, in every backend
@@ -344,6 +351,19 @@ class CompiledAttention(nn.Module):
         inputs = {**ctx.inputs, **self.graph_tables(ctx.inputs, torch.float64)}
         return dense_attention(spec or self.checked, q, k, v, ctx.params, inputs, self.sizes, self.projections(),
                                ctx.noise)
+
+    def clamped_lookups(self, q, k, v, **inputs) -> list[str]:
+        """Where this call's table lookups leave their tables (the language clamps such an index): one
+        line per lookup index, with the first (b, h, i, j) at which it does; [] when none does. Dense
+        over [B, H, Nq, N]: for checking, not for every call (see check_bounds)."""
+        return self._clamped(self._context(q, k, v, inputs), q.shape[0])
+
+    def _clamped(self, ctx: Context, batch: int) -> list[str]:
+        from ..oracle.bounds import clamped_lookups
+        inputs = {**ctx.inputs, **self.graph_tables(ctx.inputs, torch.float64)}
+        with torch.no_grad():
+                return clamped_lookups(self.checked, ctx.params, inputs, {**self.sizes, "D": ctx.D, "E": ctx.E},
+                                   (batch, ctx.H, ctx.Nq, ctx.N))
 
     def tap(self, q, k, v, rows=None, **inputs) -> torch.Tensor:
         """The attention probabilities P[b, h, i, j] of this call, with out = P v: softmax's
