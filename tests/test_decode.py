@@ -90,3 +90,13 @@ def test_triton_backward_through_the_merged_log_sum_exp():
         grads[backend] = [x.grad.double() for x in leaves] + [module.slope.grad.double()]
     for got, want in zip(grads["triton"], grads["torch"]):
         assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_inspect_takes_the_plan_sizes(tmp_path, capsys):
+    from attncc.cli import main
+    spec = tmp_path / "decode.attn"
+    spec.write_text(DECODE)
+    assert main(["inspect", str(spec), "--size", "Nq=1", "--size", "N=131072"]) == 0
+    out = capsys.readouterr().out
+    assert "Nq=1, N=131072" in out and "chosen: decode" in out and "split-K decoding kernels" in out
+    assert main(["inspect", str(spec)]) == 0 and "chosen: tiled" in capsys.readouterr().out

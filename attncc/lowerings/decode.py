@@ -51,7 +51,8 @@ def cost(query: CostQuery) -> Candidate:
     rows = tiles * DECODE_BLOCK_M  # query rows computed, padding included
     flops = 2 * rows * keys * (D + E)
     partials = 2 * 4 * rows * count * (E + 1)  # each split's output and log-sum-exp, written then merged
-    nbytes = BYTES_IO + 4 * tiles * keys * (D + E) + partials
+    rereads = tiles - B * H  # K and V rows read again by every query tile after the first (BYTES_IO reads them once)
+    nbytes = BYTES_IO + 4 * rereads * keys * (D + E) + partials
     return Candidate(NAME, flops, nbytes, f"split-K decoding: {DECODE_BLOCK_M}-row query tiles, the keys cut into "
                      "splits that fill the GPU, merged by log-sum-exp", programs=tiles * count)
 
