@@ -111,7 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--lowering")
     i.add_argument("-o", "--out", help="mask-png: the PNG file (default: <name>-mask.png)")
     i.add_argument("--tokens", type=positive_int, default=64, help="mask-png: the length N drawn (default: 64)")
-    i.add_argument("--size", action="append", default=[], metavar="NAME=VALUE", help="override a spec size")
+    i.add_argument("--size", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a spec size, or a design size of the plan (B, H, Nq, N, D, E)")
     k = sub.add_parser("check", help="run every backend against the dense reference")
     k.add_argument("specs", nargs="+")
     k.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
@@ -192,7 +193,13 @@ def cmd_inspect(args) -> int:
     from .ir.graph import print_graph, to_dot
     from .runtime.backends import cuda_triton_available
     from .plan.select import format_plan
-    comp = build(spec_argument(args.spec), lowering=args.lowering)
+    from .tools.compare import parse_sizes
+    try:
+        sizes = parse_sizes(args.size)
+    except ValueError as exc:
+        print(f"attncc: {exc}", file=sys.stderr)
+        return 2
+    comp = build(spec_argument(args.spec), lowering=args.lowering, sizes=sizes)
     if args.emit in ("triton", "torch", "module"):
         print({"triton": comp.triton_source, "torch": comp.torch_source, "module": comp.module_source}[args.emit],
               end="")

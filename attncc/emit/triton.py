@@ -432,9 +432,9 @@ SPEC_HASH = {spec_hash!r}  # part of every autotune key
 '''
 
 
-def emit_tiled_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
-    """The tiled skeleton's kernel and launcher (tiled, block-sparse) over the attention node read as
-    quadratic attention (quadratic_form); returns its description."""
+def kernel_preamble(w: CodeWriter, graph: Graph) -> Kernel:
+    """The helpers and feature maps that the attention node read as quadratic attention (quadratic_form)
+    calls, written once; returns the Kernel of its score and mask."""
     exprs = list(quadratic_form(graph, attention_of(graph)))
     dims = {n: len(p.shape) for n, p in graph.signature.params.items()}
     kernel = Kernel(exprs, dims)
@@ -443,7 +443,13 @@ def emit_tiled_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
         w.line()
     for fm in sorted({row_feature(e) for t in exprs if t is not None for e in t.walk()} - {None, "identity"}):
         emit_feature_fn(w, fm)
-    emit_tiled_kernel(w, graph, plan, kernel)
+    return kernel
+
+
+def emit_tiled_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
+    """The tiled skeleton's kernel and launcher (tiled, block-sparse) over the attention node read as
+    quadratic attention (quadratic_form); returns its description."""
+    emit_tiled_kernel(w, graph, plan, kernel_preamble(w, graph))
     online = NORMALIZERS[attention_node(graph).attr("normalize")].online_softmax
     return (f"{'block-sparse' if plan.entry.block_sparse else 'tiled'} "
             f"{'online-softmax' if online else 'weighted-sum'} kernel")

@@ -45,7 +45,8 @@ def with_pooling(c: Candidate, pool) -> Candidate:
     offsets = (2 * pool.radius + 1) ** (2 if pool.width else 1)
     cols = sum({"k": D, "v": E}[t] for t in pool.targets)
     return Candidate(c.name, c.flops + B * H * N * (4 * D + offsets * 2 * (cols + 1)),
-                     c.bytes + 4 * B * H * N * 2 * cols, c.note + f"; k/v pooled first ({offsets} offsets a key)")
+                     c.bytes + 4 * B * H * N * 2 * cols, c.note + f"; k/v pooled first ({offsets} offsets a key)",
+                     c.programs)
 
 
 def candidates(query: CostQuery, force: str | None = None) -> list[Candidate]:

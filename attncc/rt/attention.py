@@ -97,10 +97,10 @@ def toeplitz_row(x, length: int, dtype: torch.dtype) -> torch.Tensor:
     return x.expand(*x.shape[:2], length, 1)[..., 0]
 
 
-def _attend(q, k, v, ctx, q0: int, q1: int, keys, *, scores: Callable, mask: Callable | None,
-            normalize: str, eps: float) -> torch.Tensor:
-    """Queries [q0, q1) against the keys at positions `keys` (a slice or an index tensor): the dense
-    formula on that slab, in the compute dtype."""
+def pair_scores(q, k, v, ctx, q0: int, q1: int, keys, *, scores: Callable, mask: Callable | None):
+    """(s, m, vc) of queries [q0, q1) against the keys at positions `keys` (a slice or an index
+    tensor): the scores [B, H, cq, ck] in the compute dtype, the mask on that grid (None: no mask)
+    and the keys' value rows."""
     dtype = compute_dtype(q)
     B, H = q.shape[:2]
     grid = lambda a, b: torch.arange(a, b, device=q.device, dtype=torch.int32)  # ints are 32-bit, as in kernels
@@ -112,7 +112,15 @@ def _attend(q, k, v, ctx, q0: int, q1: int, keys, *, scores: Callable, mask: Cal
     qc, kc, vc = q[:, :, q0:q1].to(dtype), kc.to(dtype), vc.to(dtype)
     shape = (B, H, q1 - q0, j.shape[-1])
     m = mask(i, j, h, ctx).expand(shape) if mask is not None else None
-    s = scores(qc, kc, i, j, h, ctx, m).to(dtype).expand(shape)
+    return scores(qc, kc, i, j, h, ctx, m).to(dtype).expand(shape), m, vc
+
+
+def _attend(q, k, v, ctx, q0: int, q1: int, keys, *, scores: Callable, mask: Callable | None,
+            normalize: str, eps: float) -> torch.Tensor:
+    """Queries [q0, q1) against the keys at positions `keys` (a slice or an index tensor): the dense
+    formula on that slab, in the compute dtype."""
+    s, m, vc = pair_scores(q, k, v, ctx, q0, q1, keys, scores=scores, mask=mask)
+    dtype = s.dtype
     if NORMALIZERS[normalize].online_softmax:
         if m is not None:
             s = s.masked_fill(~m, float("-inf"))
