@@ -197,8 +197,7 @@ def cmd_inspect(args) -> int:
     try:
         sizes = parse_sizes(args.size)
     except ValueError as exc:
-        print(f"attncc: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--size: {exc}") from None
     comp = build(spec_argument(args.spec), lowering=args.lowering, sizes=sizes)
     if args.emit in ("triton", "torch", "module"):
         print({"triton": comp.triton_source, "torch": comp.torch_source, "module": comp.module_source}[args.emit],

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..lang.source import AttnccError, ShapeError, did_you_mean
-from ..lang.features import draw_projection, random_features
+from ..lang.features import draw_projection, random_features, tensor_power_features
 from ..lang.graph_kernels import dense_kernel
 from ..frontend.approx import RANDOM
 from ..lang.approx_math import lara_noise, ra_noise
@@ -94,6 +94,7 @@ class CompiledAttention(nn.Module):
     NEEDS: tuple = ()
     GRAPHS: dict = {}  # name -> (kernel, adjacency input, options): inputs computed from inputs
     RANDOM_FEATURES: dict = {}  # name -> (map, options): projections held in the `random_features` buffers
+    TENSOR_POWERS = False  # a polynomial kernel: rows become tensor-power features (tensor_power_terms)
     POOL = False  # `pool k, v = ...`: the generated `pool_kv` replaces k, v before any backend (attncc/rt/pool.py)
     APPROX = None  # (method, options) of a declared approximation computed by its own algorithm (attncc/rt/approx.py)
     TRITON_LOWERING = ""
@@ -296,6 +297,8 @@ class CompiledAttention(nn.Module):
             ctx.inputs.update(self.graph_tables(ctx.inputs, ctx.dtype))
         if self.RANDOM_FEATURES:
             q, k = self.featurize(q, k)
+        if self.TENSOR_POWERS:
+            q, k = tensor_power_features(q, k, self.tensor_power_terms(ctx))
         return q, k, v
 
     def _cached(self, key: tuple, compute: Callable):
