@@ -172,8 +172,7 @@ def inspect_mask_png(args) -> int:
     try:
         sizes = parse_sizes(args.size)
     except ValueError as exc:
-        print(f"attncc: {exc}", file=sys.stderr)
-        return 1
+        raise UsageError(f"--size: {exc}") from None
     try:
         pic = mask_png(spec, out, args.tokens, sizes, args.lowering)
     except OSError as exc:
