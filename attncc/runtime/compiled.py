@@ -365,7 +365,7 @@ class CompiledAttention(nn.Module):
         from ..oracle.bounds import clamped_lookups
         inputs = {**ctx.inputs, **self.graph_tables(ctx.inputs, torch.float64)}
         with torch.no_grad():
-                return clamped_lookups(self.checked, ctx.params, inputs, {**self.sizes, "D": ctx.D, "E": ctx.E},
+            return clamped_lookups(self.checked, ctx.params, inputs, {**self.sizes, "D": ctx.D, "E": ctx.E},
                                    (batch, ctx.H, ctx.Nq, ctx.N))
 
     def tap(self, q, k, v, rows=None, **inputs) -> torch.Tensor:
