@@ -56,8 +56,8 @@ def with_feature_rows(c: Candidate, terms) -> Candidate:
     """Tensor-power features (passes/polynomial.py) computed before any lowering: every lowering reads
     rows of width m = tensor_power_width(D) in place of D, and the features cost m flops a row."""
     m = tensor_power_width(D, [n for n, _ in terms])
-    return Candidate(c.name, sympy.sympify(c.flops).subs(D, m) + B * H * (Nq + N) * m, sympy.sympify(c.bytes).subs(D, m),
-                     c.note + f"; rows of {m} tensor-power features")
+    return Candidate(c.name, sympy.sympify(c.flops).subs(D, m) + B * H * (Nq + N) * m,
+                     sympy.sympify(c.bytes).subs(D, m), c.note + f"; rows of {m} tensor-power features", c.programs)
 
 
 def candidates(query: CostQuery, force: str | None = None) -> list[Candidate]:
