@@ -55,6 +55,44 @@ def _powf(a, b):
 def _tanh(x):
     return 2.0 * tl.sigmoid(2.0 * x) - 1.0
 ''',
+    "_log1p": '''@triton.jit
+def _log1p(x):
+    """log(1 + x), accurate near 0: log(u) * x / (u - 1) with u = 1 + x as rounded (Goldberg)."""
+    u = 1.0 + x
+    d = u - 1.0
+    r = tl.log(u) * (x / tl.where(d == 0.0, 1.0, d))
+    return tl.where(d == 0.0, x, tl.where(u == float('inf'), u, r))
+''',
+    "_expm1": '''@triton.jit
+def _expm1(x):
+    """exp(x) - 1, accurate near 0: (u - 1) * x / log(u) with u = exp(x) as rounded (Kahan)."""
+    u = tl.exp(x)
+    lu = tl.log(u)
+    r = (u - 1.0) * (x / tl.where(u == 1.0, 1.0, lu))
+    return tl.where(u == 1.0, x, tl.where(u - 1.0 == -1.0, -1.0, tl.where(u == float('inf'), u, r)))
+''',
+    "_softplus": '''@triton.jit
+def _softplus(x):
+    """log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)), which never overflows."""
+    e = tl.exp(-tl.abs(x))
+    u = 1.0 + e
+    d = u - 1.0
+    return tl.maximum(x, 0.0) + tl.where(d == 0.0, e, tl.log(u) * (e / tl.where(d == 0.0, 1.0, d)))
+''',
+    "_floor_int": '''@triton.jit
+def _floor_int(x):
+    """floor(x) as an int32, saturating at the int32 range, NaN giving 0 (as rt.float_to_int)."""
+    x = tl.where(x == x, x, 0.0)
+    r = tl.floor(tl.minimum(tl.maximum(x, -2147483648.0), 2147483520.0)).to(tl.int32)
+    return tl.where(x >= 2147483648.0, 2147483647, r)
+''',
+    "_trunc_int": '''@triton.jit
+def _trunc_int(x):
+    """x truncated toward 0 as an int32, saturating at the int32 range, NaN giving 0 (as rt.float_to_int)."""
+    x = tl.where(x == x, x, 0.0)
+    r = tl.minimum(tl.maximum(x, -2147483648.0), 2147483520.0).to(tl.int32)
+    return tl.where(x >= 2147483648.0, 2147483647, r)
+''',
     "_popcount": '''@triton.jit
 def _popcount(x):
     """Set bits of the 32-bit pattern of x (SWAR)."""
@@ -401,9 +439,9 @@ SPEC_HASH = {spec_hash!r}  # part of every autotune key
 '''
 
 
-def emit_tiled_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
-    """The tiled skeleton's kernel and launcher (tiled, block-sparse) over the attention node read as
-    quadratic attention (quadratic_form); returns its description."""
+def kernel_preamble(w: CodeWriter, graph: Graph) -> Kernel:
+    """The helpers and feature maps that the attention node read as quadratic attention (quadratic_form)
+    calls, written once; returns the Kernel of its score and mask."""
     exprs = list(quadratic_form(graph, attention_of(graph)))
     dims = {n: len(p.shape) for n, p in graph.signature.params.items()}
     kernel = Kernel(exprs, dims)
@@ -412,7 +450,13 @@ def emit_tiled_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
         w.line()
     for fm in sorted({row_feature(e) for t in exprs if t is not None for e in t.walk()} - {None, "identity"}):
         emit_feature_fn(w, fm)
-    emit_tiled_kernel(w, graph, plan, kernel)
+    return kernel
+
+
+def emit_tiled_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
+    """The tiled skeleton's kernel and launcher (tiled, block-sparse) over the attention node read as
+    quadratic attention (quadratic_form); returns its description."""
+    emit_tiled_kernel(w, graph, plan, kernel_preamble(w, graph))
     online = NORMALIZERS[attention_node(graph).attr("normalize")].online_softmax
     return (f"{'block-sparse' if plan.entry.block_sparse else 'tiled'} "
             f"{'online-softmax' if online else 'weighted-sum'} kernel")

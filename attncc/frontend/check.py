@@ -131,6 +131,8 @@ class _Checker(ExprTyper, MechanismChecks):
         self.pool: PoolInfo | None = None
         self.index_names: tuple[str, str] = ("i", "j")
         self.role = ""
+        self.let_decls: dict[str, ast.LetDecl] = {}  # in declaration order
+        self.lets: dict[str, TExpr | None] = {}  # typed so far (None: its body has an error, reported)
 
     # ---------------------------------------------------------------- declarations
     def run(self) -> CheckedSpec:
@@ -166,6 +168,16 @@ class _Checker(ExprTyper, MechanismChecks):
         self.sizes[s.name] = value
         if t.op != "const":
             self.derived[s.name] = t
+
+    def _LetDecl(self, s: ast.LetDecl):
+        self.let_decls[s.name] = s  # typed with the definitions, once every declaration is known
+
+    def _type_lets(self) -> None:
+        """Each let's body, typed once where definitions are (query index `i`, key index `j`, `dot`
+        allowed): a let may use every declaration and the lets above it."""
+        self.index_names = ("i", "j")
+        for name, s in self.let_decls.items():
+            self.lets[name] = self._expr(s.value, ctx="let")
 
     def _ParamDecl(self, s: ast.ParamDecl):
         if s.name in self.reserved_attributes:  # tables become attributes of the module (state_dict keys)
@@ -372,6 +384,7 @@ class _Checker(ExprTyper, MechanismChecks):
     def _finish(self) -> CheckedSpec:
         norm, opts = self._normalizer()
         eps = dict(opts or ()).get("eps", 0.0)
+        self._type_lets()
         exprs: dict[str, TExpr | None] = {}
         for kind, d in self.defs.items():
             self.index_names = d.params

@@ -15,19 +15,20 @@ import torch.nn.functional as F
 from ..analysis.blocks import within_band  # noqa: F401  (re-exported for generated code)
 from ..analysis.grid import offset_pairs, ring_extent, ring_pairs  # noqa: F401  (re-exported for generated code)
 from ..lang.evaluate import input_lookup, lookup  # noqa: F401  (re-exported for generated code)
-from ..lang.operators import floordiv, floormod, popcount  # noqa: F401  (re-exported for generated code)
+from ..lang.operators import (  # noqa: F401  (re-exported for generated code)
+    float_to_int, floordiv, floormod, popcount, softplus)
 from ..lang.normalizers import NORMALIZERS
 from ..lang.source import ShapeError
 
 # What generated code may call as rt.NAME (attncc/rt/__init__.py re-exports exactly these).
 __all__ = [
     "CPU_FEATURE_TILE", "GPU_FEATURE_TILE", "GPU_GROUP_BUDGET", "GROUP_BUDGET", "LINEAR_CHUNK", "QUERY_CHUNK",
-    "RingGeometry", "as_4d", "as_float",
+    "RingGeometry", "as_4d", "as_float", "batch_index",
     "block_sparse_attention", "causal_linear_attention", "compute_dtype", "fft_length", "finish_rows",
-    "floordiv", "floormod", "graph_attention", "graph_transform", "grid_offsets", "grid_toeplitz_attention",
+    "float_to_int", "floordiv", "floormod", "graph_attention", "graph_transform", "grid_offsets", "grid_toeplitz_attention",
     "grid_transform", "input_lookup", "keep_grad", "kernel_products", "linear_attention", "logical_not",
     "lookup", "maximum", "minimum", "offset_pairs", "popcount", "prefix_chunk_sums", "ring_attention",
-    "ring_coordinates", "ring_extent", "ring_geometry", "ring_pairs", "sdpa_attention",
+    "ring_coordinates", "ring_extent", "ring_geometry", "ring_pairs", "sdpa_attention", "softplus",
     "summed_area_table", "tiled_attention", "toeplitz_attention", "toeplitz_row", "toeplitz_transform",
     "with_torch_backward", "within_band",
 ]
@@ -56,6 +57,11 @@ def maximum(*xs):
     for x in xs[1:]:
         out = torch.maximum(torch.as_tensor(out), torch.as_tensor(x))
     return out
+
+
+def batch_index(ctx, like: torch.Tensor) -> torch.Tensor:
+    """The batch index b as an int32 [B, 1, 1, 1] tensor on the device of `like` (an index tensor)."""
+    return torch.arange(ctx.B, dtype=torch.int32, device=like.device).view(-1, 1, 1, 1)
 
 
 def logical_not(x):
@@ -91,10 +97,10 @@ def toeplitz_row(x, length: int, dtype: torch.dtype) -> torch.Tensor:
     return x.expand(*x.shape[:2], length, 1)[..., 0]
 
 
-def _attend(q, k, v, ctx, q0: int, q1: int, keys, *, scores: Callable, mask: Callable | None,
-            normalize: str, eps: float) -> torch.Tensor:
-    """Queries [q0, q1) against the keys at positions `keys` (a slice or an index tensor): the dense
-    formula on that slab, in the compute dtype."""
+def pair_scores(q, k, v, ctx, q0: int, q1: int, keys, *, scores: Callable, mask: Callable | None):
+    """(s, m, vc) of queries [q0, q1) against the keys at positions `keys` (a slice or an index
+    tensor): the scores [B, H, cq, ck] in the compute dtype, the mask on that grid (None: no mask)
+    and the keys' value rows."""
     dtype = compute_dtype(q)
     B, H = q.shape[:2]
     grid = lambda a, b: torch.arange(a, b, device=q.device, dtype=torch.int32)  # ints are 32-bit, as in kernels
@@ -106,7 +112,15 @@ def _attend(q, k, v, ctx, q0: int, q1: int, keys, *, scores: Callable, mask: Cal
     qc, kc, vc = q[:, :, q0:q1].to(dtype), kc.to(dtype), vc.to(dtype)
     shape = (B, H, q1 - q0, j.shape[-1])
     m = mask(i, j, h, ctx).expand(shape) if mask is not None else None
-    s = scores(qc, kc, i, j, h, ctx, m).to(dtype).expand(shape)
+    return scores(qc, kc, i, j, h, ctx, m).to(dtype).expand(shape), m, vc
+
+
+def _attend(q, k, v, ctx, q0: int, q1: int, keys, *, scores: Callable, mask: Callable | None,
+            normalize: str, eps: float) -> torch.Tensor:
+    """Queries [q0, q1) against the keys at positions `keys` (a slice or an index tensor): the dense
+    formula on that slab, in the compute dtype."""
+    s, m, vc = pair_scores(q, k, v, ctx, q0, q1, keys, scores=scores, mask=mask)
+    dtype = s.dtype
     if NORMALIZERS[normalize].online_softmax:
         if m is not None:
             s = s.masked_fill(~m, float("-inf"))
