@@ -50,6 +50,9 @@ SCALE_EVERYWHERE = {
         feature phi = elu1
         weight(i, j) = dot(phi(q[i]), phi(k[j])) * scale * exp(-scale * max(abs(i // w - j // w), abs(i % w - j % w)))
         normalize rows""",
+    "polynomial": """weight(i, j) = scale * (dot(q[i], k[j]) * scale) ** 2 + scale * dot(q[i], k[j]) + scale
+        mask(i, j) = j <= i
+        normalize rows""",
     "mixed": """size c = 4
         weight(i, j) = where(i // c == j // c, max(dot(q[i], k[j]) * scale + scale, 0) ** 2, 0)
                      + where(j // c < i // c, scale * dot(q[i], k[j]) / N, 0)
@@ -74,7 +77,7 @@ def _admitted(spec: str) -> list:
 def test_scale_specs_cover_every_exact_lowering():
     covered = {lowering for spec in SCALE_EVERYWHERE for lowering, _ in _admitted(spec)}
     assert covered >= {"tiled", "sdpa", "block_sparse", "linear", "linear_chunked", "fft", "fft2", "rings",
-                       "mixed_chunk"}, covered
+                       "mixed_chunk", "decode"}, covered
 
 
 @pytest.mark.parametrize("spec", sorted(SCALE_EVERYWHERE))
@@ -103,11 +106,11 @@ SENTINEL_WINDOWS = [  # (spec, constructor sizes): windows of 2^31 - 1, a "no li
 ]
 
 
-@pytest.mark.parametrize("body,sizes", SENTINEL_WINDOWS)
-def test_band_bounds_near_the_int32_limit_on_triton(body, sizes):
-    """The Triton launcher saturates band bounds to -N .. Nq: before, they overflowed the kernel's
+@pytest.mark.parametrize("body,sizes,lowering", [(*w, "tiled") for w in SENTINEL_WINDOWS] + [(*SENTINEL_WINDOWS[1], "decode")])
+def test_band_bounds_near_the_int32_limit_on_triton(body, sizes, lowering):
+    """The Triton launchers saturate band bounds to -N .. Nq: before, they overflowed the kernel's
     int32 tile arithmetic and every output was 0 (error 1.44) while torch was right."""
-    cls = attncc.compile(f"attention b {{\n{body}\nnormalize softmax\n}}")
+    cls = attncc.compile(f"attention b {{\n{body}\nnormalize softmax\n}}", lowering=lowering)
     q, k, v, _ = random_inputs(cls, 1, 2, 20, 20, 16)
     result = compare(cls(**sizes), q, k, v, {}, "triton", torch.float32)
     assert result.ok, f"error {result.error:.2e}"
