@@ -22,7 +22,7 @@ from .ir.lower import lower, size_symbols
 from .frontend.parse import parse
 from .passes import PassContext, run_pipeline
 from .runtime.cache import load_module
-from .runtime.compiled import RESERVED_ATTRIBUTES
+from .runtime.compiled import RESERVED_ATTRIBUTES, RESERVED_KEYWORDS
 from .plan.select import DESIGN_SIZES, Plan, select
 from .lang.source import AttnccError, Source
 
@@ -68,7 +68,7 @@ def build(spec: str | Path | Source, sizes: dict | None = None, lowering: str | 
     """Run the whole pipeline up to generated source (nothing is imported or executed)."""
     src = spec if isinstance(spec, Source) else read_source(spec)
     tree = parse(src)
-    checked = check(src, tree, RESERVED_ATTRIBUTES)
+    checked = check(src, tree, RESERVED_ATTRIBUTES, RESERVED_KEYWORDS)
     ir = lower(checked)
     optimized = ir.copy()
     ctx = PassContext(size_symbols(ir.signature))

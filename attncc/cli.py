@@ -305,6 +305,7 @@ def cmd_check(args) -> int:
 def cmd_fuzz(args) -> int:
     import torch
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     _interpret_triton("cuda" if torch.cuda.is_available() else "cpu")
@@ -323,6 +324,14 @@ def cmd_fuzz(args) -> int:
     lowerings = ", ".join(f"{k} {v}" for k, v in sorted(report.lowerings.items()))
     console.print(f"{report.examples} specs run (with shrinking), {report.rejected} rejected by the checker; "
                   f"lowerings: {lowerings or 'none'}", markup=False)
+    untested = report.untested()
+    if report.failure is None and untested:
+        for n, error in untested.items():
+            name = args.specs[n] if args.specs else f"default family {n + 1}"
+            console.print(f"[red]nothing tested[/red] of {escape(name)}: the checker rejected every spec filled "
+                          "from it; its first error:")
+            console.print(error, markup=False)
+        return 1
     if report.failure is None:
         console.print("[green]no failure: every backend matches the reference")
         return 0

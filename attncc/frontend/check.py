@@ -115,9 +115,10 @@ def favor_kernelized(spec: CheckedSpec) -> CheckedSpec:
 
 
 class _Checker(ExprTyper, MechanismChecks):
-    def __init__(self, src: Source, spec: ast.Spec, reserved_attributes: frozenset[str]):
+    def __init__(self, src: Source, spec: ast.Spec, reserved_attributes: frozenset[str],
+                 reserved_keywords: frozenset[str]):
         self.src, self.spec = src, spec
-        self.reserved_attributes = reserved_attributes
+        self.reserved_attributes, self.reserved_keywords = reserved_attributes, reserved_keywords
         self.bag = DiagnosticBag(src)
         self.sizes: dict[str, int] = {}
         self.derived: dict[str, TExpr] = {}  # sizes defined from other sizes, recomputed on override
@@ -152,7 +153,18 @@ class _Checker(ExprTyper, MechanismChecks):
             handler(s)
         return self._finish()
 
+    def _keyword_clash(self, s, kind: str) -> bool:
+        """Sizes are passed to the constructor by name, inputs to each call: a name the module's own
+        signatures use (`self`, `backend`, `rows`) could not be passed."""
+        if s.name not in self.reserved_keywords:
+            return False
+        self.bag.error(f"`{s.name}` is a keyword argument of the compiled nn.Module and cannot name {kind}",
+                       s.name_span, f"choose another name, e.g. `{s.name}_{kind.split()[-1]}`")
+        return True
+
     def _SizeDecl(self, s: ast.SizeDecl):
+        if self._keyword_clash(s, "a size"):
+            return
         t = self._expr(s.value, ctx="size")
         if t is None:
             return
@@ -192,6 +204,8 @@ class _Checker(ExprTyper, MechanismChecks):
             self.params[s.name] = ParamInfo(s.name, shape, init, args, s.span)
 
     def _InputDecl(self, s: ast.InputDecl):
+        if self._keyword_clash(s, "an input"):
+            return
         dims = tuple(self._shape_expr(d, allow_tokens=True) for d in s.dims)
         dtype = s.dtype or "float"
         if dtype not in INPUT_DTYPES:
@@ -528,7 +542,9 @@ class _Checker(ExprTyper, MechanismChecks):
                 return
 
 
-def check(src: Source, spec: ast.Spec, reserved_attributes: frozenset[str] = frozenset()) -> CheckedSpec:
+def check(src: Source, spec: ast.Spec, reserved_attributes: frozenset[str] = frozenset(),
+          reserved_keywords: frozenset[str] = frozenset()) -> CheckedSpec:
     """The checked spec; `reserved_attributes` are names a learned table may not take because the module
-    class it is compiled into already has them (the driver passes the runtime's)."""
-    return _Checker(src, spec, reserved_attributes).run()
+    class it is compiled into already has them, `reserved_keywords` names a size or an input may not take
+    because the module's signatures pass them by keyword (the driver passes the runtime's)."""
+    return _Checker(src, spec, reserved_attributes, reserved_keywords).run()

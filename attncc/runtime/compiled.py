@@ -5,6 +5,7 @@ INPUTS) and `forward_torch` / `forward_triton`; this base class does everything 
 """
 from __future__ import annotations
 
+import inspect
 import pickle
 import sys
 from collections import OrderedDict
@@ -434,6 +435,18 @@ class CompiledAttention(nn.Module):
 RESERVED_ATTRIBUTES = (frozenset(dir(CompiledAttention)) | frozenset(vars(nn.Module()))
                        | {"backend", "last_backend", "sizes", "fixed", "compilation", "_layouts", "random_features",
                           "approx_draws"})
+
+
+def keyword_names(*functions: Callable) -> frozenset[str]:
+    """The parameters of `functions` that a caller can pass by keyword (not positional-only, not ** or *)."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return frozenset(p.name for fn in functions for p in inspect.signature(fn).parameters.values() if p.kind in kinds)
+
+
+# Names a size or an input may not take: sizes are passed by keyword to the constructor, inputs to the
+# calls, beside the parameters those already have (`self` included: nn.Module.__call__ binds it too).
+RESERVED_KEYWORDS = keyword_names(CompiledAttention.__init__, CompiledAttention.forward, CompiledAttention.tap,
+                                  CompiledAttention.reference, CompiledAttention.target)
 
 
 __all__ = ["CompiledAttention", "Context", "ParamSpec", "InputSpec", "import_sibling"]
