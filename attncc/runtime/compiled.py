@@ -5,8 +5,10 @@ INPUTS) and `forward_torch` / `forward_triton`; this base class does everything 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
+import json
 import os
 import pickle
 import sys
@@ -442,6 +444,41 @@ def load_module(name: str, files: dict[str, str]):
         if not (path.exists() and _read(path) == source):
             write_atomic(path, source)
     return _import(directory / f"{name}.py", f"attncc_generated_{name}_{digest}")
+
+
+def analysis_path(spec_text: str, budget: float) -> Path:
+    """Where the analysis results of a spec are kept: keyed by its canonical text, the analysis
+    budget and everything that decides the results (attncc's own source and sympy's version), so a
+    change to any of them analyses again."""
+    key = f"{spec_text}\0{budget!r}\0{_source_digest()}\0sympy {metadata.version('sympy')}"
+    return cache_dir() / "analysis" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+
+
+@functools.cache
+def _source_digest() -> str:
+    """A digest of attncc's Python sources (their text, in path order), computed once per process."""
+    package = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def load_analysis(path: Path) -> dict:
+    """Stored analysis results (a JSON object), or {} if there are none or they cannot be read."""
+    try:
+        memo = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return memo if isinstance(memo, dict) else {}
+
+
+def store_analysis(path: Path, memo: dict) -> None:
+    """Keep analysis results for the next process; a cache that cannot be written only costs time."""
+    try:
+        write_atomic(path, json.dumps(memo, sort_keys=True))
+    except OSError:
+        pass
 
 
 def write_atomic(path: Path, text: str) -> None:
