@@ -22,7 +22,6 @@ Compiled kernels are cached for the process (and by Triton on disk), keyed by so
 """
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import io
 import inspect
@@ -32,9 +31,10 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, redirect_stdout
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -218,7 +218,7 @@ def _ptxas_log():
     knobs.compilation.always_compile, knobs.nvidia.dump_ptxas_log = True, True
     log = io.StringIO()
     try:
-        with contextlib.redirect_stdout(log):
+        with redirect_stdout(log):
             yield log
     finally:
         knobs.compilation.always_compile, knobs.nvidia.dump_ptxas_log = saved
@@ -283,17 +283,11 @@ class Compiled:
         return out
 
     def summary(self) -> str:
-        dots = ", ".join(f"{n} {unit} ({op})" for (op, unit), n in _count(self.dots).items()) or "no tl.dot"
+        counts = Counter((d.operand, d.unit) for d in self.dots)
+        dots = ", ".join(f"{n} {unit} ({op})" for (op, unit), n in counts.items()) or "no tl.dot"
         return (f"{self.launch.kernel} {self.target.name} {_config_text(self.launch)}: {self.registers} registers, "
                 f"spills {self.spill_stores}/{self.spill_loads} B (stores/loads), shared {self.shared / 1024:.1f} of "
                 f"{self.target.smem_limit // 1024} KB; dots: {dots}")
-
-
-def _count(dots) -> dict:
-    out: dict = {}
-    for d in dots:
-        out[(d.operand, d.unit)] = out.get((d.operand, d.unit), 0) + 1
-    return out
 
 
 def _config_text(launch: Launch) -> str:
@@ -311,9 +305,7 @@ def compile_launch(kernels_file: str, launch: Launch, target: Target) -> Compile
         here = not _interpreted_triton()
         _COMPILED[key] = compile_here(kernels_file, launch, target) if here else \
             _worker().submit(compile_here, kernels_file, launch, target, True).result()
-    cached = _COMPILED[key]
-    return Compiled(launch, target, *(getattr(cached, f) for f in
-                                      ("registers", "spill_stores", "spill_loads", "stack", "shared", "dots", "asm")))
+    return replace(_COMPILED[key], launch=launch)  # the same kernel, reported under this launch
 
 
 def _interpreted_triton() -> bool:
