@@ -362,7 +362,7 @@ def structure_holds(t: TExpr, s: Structure, signature, is_mask: bool, samples: i
     return True
 
 
-__all__ = ["Structure", "classify_mask", "classify_modulation", "structure_holds", "to_sympy"]
+__all__ = ["Structure", "classify_mask", "classify_modulation", "nonnegative", "structure_holds", "to_sympy"]
 
 
 def nonnegative(t: TExpr) -> bool:

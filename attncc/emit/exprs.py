@@ -147,16 +147,19 @@ def shift_arg(size_arg: str) -> str:
 class TritonExpr(ExprPrinter):
     """Emit Triton code over tile index vectors: `offs_m[:, None]` (i), `offs_n[None, :]` (j), `off_h` (h)."""
 
-    def __init__(self, dots: dict[TExpr, str], sizes: dict[str, str]):
+    TILE_VARIABLES = {"i": "offs_m[:, None]", "j": "offs_n[None, :]", "h": "off_h"}
+
+    def __init__(self, dots: dict[TExpr, str], sizes: dict[str, str], variables: dict[str, str] | None = None):
         self.dots = dots
         self.sizes = sizes  # size name -> kernel argument name
+        self.variables = variables or self.TILE_VARIABLES  # i, j, h -> code
 
     def node(self, t: TExpr, a: list[str]) -> str:
         op = t.op
         if op == "const":
             return literal(t)
         if op == "var":
-            return {"i": "offs_m[:, None]", "j": "offs_n[None, :]", "h": "off_h"}[t.value]
+            return self.variables[t.value]
         if op in ("size", "rsize"):
             return self.sizes[t.value]
         if op == "scale":  # a scale leaf may name the kernel variable of a multiple of it (qk_scale)

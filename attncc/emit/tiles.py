@@ -119,12 +119,11 @@ def band_stages(w: CodeWriter, plan: Plan, walk: tuple[str, str, str], fixed: st
         w.line("full_lo = lo")
     end = f"tl.maximum(tl.minimum({fixed} + 1 {sign} {last}, {limit}), 0)" if has_last else limit
     w.line(f"full_hi = tl.maximum({end} // {block} * {block}, full_lo)")
-    causal = plan.mask.kind == "causal"
-    stages = [Stage(f"for {var} in range(lo, full_lo, {block}):", None, True,
-                    "stage: partial tiles on the band's near edge (masked)")] if has_first else []
+    edge = "stage: diagonal tiles (masked)" if plan.mask.kind == "causal" else "stage: partial tiles on the band's edge (masked)"
+    stages = [Stage(f"for {var} in range(lo, full_lo, {block}):", None, True, edge)] if has_first else []
     return stages + [
         Stage(f"for {var} in range(full_lo, full_hi, {block}):", None, False,
-              f"stage: {'off-diagonal ' if causal else ''}full tiles, every pair visible (no mask)"),
+              f"stage: {'off-diagonal ' if plan.mask.kind == 'causal' else ''}full tiles, every pair visible (no mask)"),
         Stage(f"for {var} in range(full_hi, hi, {block}):", None, True,
-              "stage: diagonal tiles (masked)" if causal else "stage: partial tiles on the band's far edge or "
-              "past the bounds (masked)" if has_last else "stage: the partial tile past the bounds (masked)")]
+              edge.replace("(masked)", "or past the bounds (masked)") if has_last
+              else "stage: the partial tile past the bounds (masked)")]

@@ -20,10 +20,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
+from ..analysis.structure import classify_modulation
 from ..lang.derivative import NotDifferentiable, diff, leaves
 from ..lang.expr import TExpr
 from ..lang.features import FEATURE_MAPS
 from ..ir.graph import Graph, attention_node, attention_of
+from ..ir.lower import size_symbols
 from ..lang.normalizers import NORMALIZERS, Normalizer
 from ..passes.quadratic import quadratic_form
 from ..plan.select import Plan
@@ -185,7 +187,7 @@ def emit_tiled_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
     tiles.emit_helpers()
     tiles.emit_dkdv_kernel()
     tiles.emit_dq_kernel()
-    _tiled_launchers(w, tiles.norm, plan, tiles.kernel, tiles.tables)
+    _tiled_launchers(w, tiles.norm, plan, tiles.kernel, tiles.tables, tiles.diagonals)
 
 
 class TileBackward:
@@ -206,6 +208,8 @@ class TileBackward:
         self.tables = _grad_tables(self.scores)
         self.sparse = plan.entry.block_sparse
         self.base2 = log2_scores(self.scores) if self.norm.online_softmax else None  # exp2, as the forward
+        self.symbols = size_symbols(graph.signature)
+        self.diagonals = diagonal_tables(self.tables, self.derivs, self.symbols)
 
     def emit_helpers(self) -> None:
         """The Triton helpers the derivatives call that the forward's kernel did not already bring."""
@@ -213,9 +217,12 @@ class TileBackward:
         for h in sorted({h for d in derivs if d is not None for h in helpers_of(d)} - set(self.kernel.helpers)):
             self.w.lines_of(HELPERS[h])
             self.w.line()
+        if self.diagonals:
+            self.w.lines_of(DIAGONAL_SUMS)
+            self.w.line()
 
     @contextmanager
-    def kernel_def(self, name: str, grads: str, args: str, doc: str):
+    def kernel_def(self, name: str, grads: str, args: str, doc: str, diagonals: bool = False):
         """A backward kernel's signature, docstring and prologue; the body is written inside the block."""
         w = self.w
         extra = "".join(f"{a}, " for a in self.kernel.arg_names())
@@ -223,7 +230,8 @@ class TileBackward:
         with w.block(f"def {name}({bwd_args(grads, out=False)}, {extra}{args}sm_scale,"):
             w.line(f"{band_constexprs(self.plan)}BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, "
                    "BLOCK_E: tl.constexpr,")
-            w.line(f"PRECISION: tl.constexpr{', LAYOUT_EXACT: tl.constexpr' if self.sparse else ''}):")
+            w.line(f"PRECISION: tl.constexpr{', LAYOUT_EXACT: tl.constexpr' if self.sparse else ''}"
+                   f"{', BLOCK_DIAG: tl.constexpr' if diagonals else ''}):")
             w.line(f'"""{doc}"""')
             bwd_prologue(w, grads=grads, out=False)
             if self.base2 is not None:
@@ -241,7 +249,7 @@ class TileBackward:
         grads = "".join(f"G{op[0].upper()}_{name}, " for op, name in self.tables)
         with self.kernel_def("_attn_bwd_dkdv", "KV", f"{grads}Stat, Delta, {LAYOUT_ARGS if self.sparse else ''}",
                              "dK, dV (and table gradients) of one key tile: weights recomputed from the saved row "
-                             "statistic."):
+                             "statistic.", diagonals=self.diagonals):
             w.line("pid_n = pid_m  # this grid's first axis walks key tiles")
             w.line("Stat += pid_bh * Nq")
             w.line("Delta += pid_bh * Nq")
@@ -261,7 +269,7 @@ class TileBackward:
                     scope = self.recompute_weights(stage, keys_fixed=True)
                     self.score_gradients(scope, stage, keys_fixed=True)
                     for op, name in self.tables:
-                        table_atomics(w, scope, stage, self.ex, op, name, self.derivs)
+                        table_atomics(w, scope, stage, self.ex, op, name, self.derivs, self.symbols)
             _feature_grad(w, "dk", k_accs, "BLOCK_N", "K", "offs_n", "N")
             store_tile(w, "DK", "dk", "offs_n", "N", "offs_d", "D")
             store_tile(w, "DV", "dv", "offs_n", "N", "offs_e", "E")
@@ -358,7 +366,8 @@ class TileBackward:
                 w.line(f"d{qv} += tl.dot(g.to({kv}.dtype), {kv}, input_precision=PRECISION)")
 
 
-def _tiled_launchers(w: CodeWriter, norm: Normalizer, plan: Plan, kernel: Kernel, tables: list) -> None:
+def _tiled_launchers(w: CodeWriter, norm: Normalizer, plan: Plan, kernel: Kernel, tables: list,
+                     diagonals: bool) -> None:
     sparse = plan.entry.block_sparse
     stats = norm.row_statistic
     with w.block("def op_forward(self, q, k, v, ctx, host):"):
@@ -385,7 +394,8 @@ def _tiled_launchers(w: CodeWriter, norm: Normalizer, plan: Plan, kernel: Kernel
                 + (" LAYOUT_EXACT=tiles.exact," if sparse else ""))
         w.line(f"_attn_bwd_dkdv[(triton.cdiv(N, BLOCK_N), B * H)]({bwd_launch('KV', out=False)}, {vals}{gvals}stat, "
                f"delta,{' *by_key.tensors(),' if sparse else ''}")
-        w.line(f"    {tail} PRECISION=precision)")
+        w.line(f"    {tail} PRECISION=precision"
+               f"{', BLOCK_DIAG=triton.next_power_of_2(BLOCK_M + BLOCK_N - 1)' if diagonals else ''})")
         w.line(f"_attn_bwd_dq[(triton.cdiv(Nq, BLOCK_M), B * H)]({bwd_launch('Q', out=False)}, {vals}stat, delta,"
                f"{' *tiles.tensors(),' if sparse else ''}")
         w.line(f"    {tail} PRECISION=precision)")
@@ -395,18 +405,55 @@ def _tiled_launchers(w: CodeWriter, norm: Normalizer, plan: Plan, kernel: Kernel
 
 
 def table_atomics(w: CodeWriter, scope: LetScope, stage: Stage, ex: KernelExpr, op: str, name: str,
-                  derivs: dict) -> None:
-    """dt[idx] += dS o ds/dt[idx] for every lookup of table `name` in the score (printed in the tile's scope)."""
+                  derivs: dict, symbols: dict) -> None:
+    """dt[idx] += dS o ds/dt[idx] for every lookup of table `name` in the score (printed in the tile's scope),
+    the tile's values summed over the pairs that share an entry before the atomics: one atomic per tile
+    when idx reads neither i nor j, per key (query) when it reads only j (i), per diagonal when it reads
+    them only through i - j (a Toeplitz table: `_diagonal_sums` over the BLOCK_M + BLOCK_N - 1
+    diagonals), else one per pair."""
     grad = f"G{op[0].upper()}_{name}"
     for leaf, d in derivs.items():
         if leaf.op != op or leaf.value != name or d is None:
             continue
         w.line(f"c = tl.where(valid, ds * ({scope(d)}), 0.0)" if stage.masked else f"c = ds * ({scope(d)})")
-        if any(e.op == "var" and e.value in ("i", "j") for arg in leaf.args for e in arg.walk()):
+        reads = {e.value for arg in leaf.args for e in arg.walk() if e.op == "var"} & {"i", "j"}
+        along = lambda **variables: KernelExpr(ex.dots, ex.sizes, variables={"h": "off_h", **variables}).offset(leaf)
+        if not reads:
+            w.line(f"tl.atomic_add({grad} + {ex.offset(leaf, [scope(x) for x in leaf.args])}, tl.sum(tl.sum(c, 1), 0))"
+                   "  # one entry per tile")
+        elif reads == {"j"}:
+            w.line(f"tl.atomic_add({grad} + {along(j='offs_n')}, tl.sum(c, 0), mask=offs_n < N)  # one entry per key")
+        elif reads == {"i"}:
+            w.line(f"tl.atomic_add({grad} + {along(i='offs_m')}, tl.sum(c, 1), mask=offs_m < Nq)  # one entry per query")
+        elif all(classify_modulation(arg, symbols).kind in ("full", "toeplitz") for arg in leaf.args):
+            w.line("diag = start_m - pid_n * BLOCK_N - (BLOCK_N - 1) + tl.arange(0, BLOCK_DIAG)  # i - j on each diagonal")
+            w.line(f"tl.atomic_add({grad} + {along(i='diag', j='0')}, _diagonal_sums(c, BLOCK_M, BLOCK_N, BLOCK_DIAG), "
+                   "mask=tl.arange(0, BLOCK_DIAG) < BLOCK_M + BLOCK_N - 1)  # one entry per diagonal")
+        else:
             w.line(f"tl.atomic_add({grad} + {ex.offset(leaf, [scope(x) for x in leaf.args])} + tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32), c"
                    + (", mask=valid)" if stage.masked else ")"))
-        else:
-            w.line(f"tl.atomic_add({grad} + {ex.offset(leaf, [scope(x) for x in leaf.args])}, tl.sum(tl.sum(c, 1), 0))  # one entry per tile")
+
+
+def diagonal_tables(tables: list, derivs: dict, symbols: dict) -> bool:
+    """Whether some differentiated table is read through i - j only (its gradient is summed by diagonals)."""
+    def by_diagonals(leaf: TExpr) -> bool:
+        reads = {e.value for arg in leaf.args for e in arg.walk() if e.op == "var"} & {"i", "j"}
+        return reads == {"i", "j"} and all(classify_modulation(arg, symbols).kind in ("full", "toeplitz")
+                                           for arg in leaf.args)
+    return any(leaf.op == op and leaf.value == name and d is not None and by_diagonals(leaf)
+               for op, name in tables for leaf, d in derivs.items())
+
+
+DIAGONAL_SUMS = """\
+@triton.jit
+def _diagonal_sums(c, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DIAG: tl.constexpr):
+    \"\"\"Sums of c [BLOCK_M, BLOCK_N] along its diagonals: entry k adds c[r, r + BLOCK_N - 1 - k] over the rows r
+    (rows minus columns = k - BLOCK_N + 1), read by a gather of each row's shifted columns.\"\"\"
+    rows = tl.arange(0, BLOCK_M)[:, None]
+    col = rows + (BLOCK_N - 1) - tl.arange(0, BLOCK_DIAG)[None, :]
+    inside = (col >= 0) & (col < BLOCK_N)
+    return tl.sum(tl.where(inside, tl.gather(c, tl.minimum(tl.maximum(col, 0), BLOCK_N - 1), 1), 0.0), 0)
+"""
 
 
 TILE_BACKWARD = TritonBackward(tile_backward_support, tile_backward_line, emit_tiled_backward)
