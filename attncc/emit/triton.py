@@ -469,7 +469,7 @@ def launcher_head(w: CodeWriter, allocate_out: bool = True, fixed_blocks: bool =
     if allocate_out:
         w.line("out = torch.empty(B, H, Nq, E, device=q.device, dtype=q.dtype)")
     if fixed_blocks:  # forward launchers take theirs from autotune
-        w.line("BLOCK_M = BLOCK_N = 64 if q.is_cuda else 16")
+        w.line("BLOCK_M = BLOCK_N = 64 if autotune.on_gpu(q) else 16")
     w.line("BLOCK_D = max(16, triton.next_power_of_2(D))")
     w.line("BLOCK_E = max(16, triton.next_power_of_2(E))")
     w.line("precision = 'ieee' if q.dtype == torch.float32 else 'tf32'")

@@ -141,9 +141,9 @@ def bwd_prologue(w: CodeWriter, per_bh_only: bool = False, grads: str = "QKV", o
         w.line(f"D{x} += off_b * stride_d{x.lower()}b + off_h * stride_d{x.lower()}h")
 
 
-def backward_head(w: CodeWriter, doc: str) -> None:
+def backward_head(w: CodeWriter, doc: str, fixed_blocks: bool = True) -> None:
     w.line(f'"""{doc}"""')
-    launcher_head(w, allocate_out=False)
+    launcher_head(w, allocate_out=False, fixed_blocks=fixed_blocks)
     w.line("dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)")
 
 
@@ -376,7 +376,8 @@ def _tiled_launchers(w: CodeWriter, norm: Normalizer, plan: Plan, kernel: Kernel
         w.line(f"return triton_forward(self, q, k, v, ctx, host{', stat' if stats else ''}), stat")
     w.line()
     with w.block("def op_backward(self, q, k, v, out, stat, dout, ctx, host):"):
-        backward_head(w, "(dq, dk, dv, table gradients by name) from the saved output and row statistic.")
+        backward_head(w, "(dq, dk, dv, table gradients by name) from the saved output and row statistic.",
+                      fixed_blocks=False)
         w.line("delta = (dout.float() * out.float()).sum(-1)")
         if norm.divides_by_row_sum:
             w.line("delta = torch.where(stat == 0.0, 0.0, delta)  # Z = 0: the forward divides by 1")
@@ -388,20 +389,36 @@ def _tiled_launchers(w: CodeWriter, norm: Normalizer, plan: Plan, kernel: Kernel
             w.line("BLOCK_M = BLOCK_N = tiles.tile")
             w.line("by_key = tiles.transposed(triton.cdiv(N, BLOCK_N))  # the query tiles of each key tile")
         band_line(w, plan)
-        vals = "".join(f"{v}, " for v in kernel.arg_values())
-        gvals = "".join(f"grads[{key(n)}], " for _, n in tables)
-        tail = (f"ctx.scale, {band_launch(plan)}BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E,"
-                + (" LAYOUT_EXACT=tiles.exact," if sparse else ""))
-        w.line(f"_attn_bwd_dkdv[(triton.cdiv(N, BLOCK_N), B * H)]({bwd_launch('KV', out=False)}, {vals}{gvals}stat, "
-               f"delta,{' *by_key.tensors(),' if sparse else ''}")
-        w.line(f"    {tail} PRECISION=precision"
-               f"{', BLOCK_DIAG=triton.next_power_of_2(BLOCK_M + BLOCK_N - 1)' if diagonals else ''})")
-        w.line(f"_attn_bwd_dq[(triton.cdiv(Nq, BLOCK_M), B * H)]({bwd_launch('Q', out=False)}, {vals}stat, delta,"
-               f"{' *tiles.tensors(),' if sparse else ''}")
-        w.line(f"    {tail} PRECISION=precision)")
+        w.line()
+        _backward_launch(w, plan, kernel, tables, diagonals)
+        w.line()
+        tile = ", tile=BLOCK_M" if sparse else ""
+        w.line(f"sizes = dict(BH=B * H, Nq=Nq, N=N, D=BLOCK_D, E=BLOCK_E{tile})")
+        w.line(f"launch(**autotune.best(SPEC_HASH, {plan.entry.autotune_kind + ':backward'!r}, q, sizes, launch))")
         w.line("return dq, dk, dv, grads")
     w.line()
     w.line(f"GRAD_TABLES = ({''.join(f'{key(n)}, ' for _, n in tables)})  # tables the backward kernels differentiate")
+
+
+def _backward_launch(w: CodeWriter, plan: Plan, kernel: Kernel, tables: list, diagonals: bool) -> None:
+    """`launch(**config)`: both backward kernels with one autotune candidate of `<kind>:backward` (the
+    block-sparse tile is the layout's: only warps and stages are free)."""
+    sparse = plan.entry.block_sparse
+    vals = "".join(f"{v}, " for v in kernel.arg_values())
+    gvals = "".join(f"grads[{key(n)}], " for _, n in tables)
+    tail = (f"ctx.scale, {band_launch(plan)}BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E,"
+            + (" LAYOUT_EXACT=tiles.exact," if sparse else "") + " PRECISION=precision,")
+    diagonal = " BLOCK_DIAG=triton.next_power_of_2(BLOCK_M + BLOCK_N - 1)," if diagonals else ""
+    with w.block(f"def launch({'' if sparse else 'BLOCK_M, BLOCK_N, '}num_warps, num_stages):"):
+        if tables:  # autotune launches every candidate: the atomics must start from 0 each time
+            w.line("for g in grads.values():")
+            w.line("    g.zero_()")
+        w.line(f"_attn_bwd_dkdv[(triton.cdiv(N, BLOCK_N), B * H)]({bwd_launch('KV', out=False)}, {vals}{gvals}stat, "
+               f"delta,{' *by_key.tensors(),' if sparse else ''}")
+        w.line(f"    {tail}{diagonal} num_warps=num_warps, num_stages=num_stages)")
+        w.line(f"_attn_bwd_dq[(triton.cdiv(Nq, BLOCK_M), B * H)]({bwd_launch('Q', out=False)}, {vals}stat, delta,"
+               f"{' *tiles.tensors(),' if sparse else ''}")
+        w.line(f"    {tail} num_warps=num_warps, num_stages=num_stages)")
 
 
 def table_atomics(w: CodeWriter, scope: LetScope, stage: Stage, ex: KernelExpr, op: str, name: str,
