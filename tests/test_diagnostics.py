@@ -48,7 +48,7 @@ def test_cli_prints_diagnostics_without_traceback(capsys):
 
 
 def test_missing_file_is_a_clean_error(capsys):
-    assert main(["inspect", "no/such/spec.attn"]) == 1
+    assert main(["inspect", "no/such/spec.attn"]) == 2  # a bad argument, as for argparse
     assert "no such spec file" in capsys.readouterr().err
 
 

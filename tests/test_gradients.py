@@ -130,6 +130,7 @@ GRADCHECK = {  # one spec per lowering, tables made small: gradcheck perturbs ev
     "ra": ("ra", None, {}),
     "mixed_chunk": ("flash", None, {"c": 2}),
     "ista": ("vars_fixed", None, {}),
+    "decode": ("alibi", "decode", {}),
 }
 
 

@@ -74,7 +74,7 @@ def test_toy_lowering_is_a_candidate_only_when_forced():
 
 def test_every_lowering_has_every_field():
     assert {"tiled", "sdpa", "block_sparse", "linear", "linear_chunked", "fft", "fft2", "rings", "graph",
-            "mixed_chunk", "ista", "mra", "lara", "ra"} == set(registry.names())
+            "mixed_chunk", "ista", "mra", "lara", "ra", "decode"} == set(registry.names())
     for lowering in registry.all():
         assert callable(lowering.accepts) and callable(lowering.cost) and callable(lowering.emit_torch), lowering.name
         assert lowering.torch_backward, lowering.name
@@ -88,7 +88,7 @@ def test_every_lowering_has_every_field():
 
 def test_sdpa_is_chosen_for_plain_softmax_and_tiled_stays_forceable(capsys):
     comp = build(ROOT / "examples" / "causal.attn")
-    assert comp.plan.lowering == "sdpa" and [c.name for c in comp.plan.candidates] == ["tiled", "sdpa"]
+    assert comp.plan.lowering == "sdpa" and [c.name for c in comp.plan.candidates] == ["tiled", "sdpa", "decode"]
     assert "rt.sdpa_attention(q, k, v, causal=True)" in comp.torch_source
     assert "Triton has no SDPA: the sdpa plan runs the tiled kernel" in comp.triton_description
     assert "autotune.best(SPEC_HASH, 'tiled'" in comp.triton_source

@@ -75,8 +75,8 @@ class TorchExpr(ExprPrinter):
             return f"ctx.sizes[{key(t.value)}]"
         if op == "rsize":
             return f"ctx.{t.value}"
-        if op == "scale":
-            return "ctx.scale"
+        if op == "scale":  # a float constant like any other: a Python float would compute in float32
+            return "ctx.fp(ctx.scale)" if self.float_dtype == "ctx.dtype" else "ctx.scale"
         in_float32 = ".float()" if self.mask and t.type == FLOAT else ""  # tables and dots are at ctx.dtype
         if op == "dot":
             return self.dots[t] + in_float32

@@ -12,6 +12,7 @@ triton_backward.py has them, else recomputation through the torch backend's auto
 """
 from __future__ import annotations
 
+import math
 
 from ..lang.expr import RUNTIME_SIZES, TExpr
 from ..lang.features import FEATURE_MAPS
@@ -294,7 +295,7 @@ def emit_tiled_kernel(w: CodeWriter, graph: Graph, plan: Plan, kernel: Kernel) -
         with w.block(key_tile_loop(w, plan)):
             key_tile_weights(w, sparse, dots, ex, scores, mask)
             w.lines_of(ONLINE_SOFTMAX_UPDATE if norm.online_softmax else WEIGHTED_SUM_UPDATE)
-        store_tiled_rows(w, norm)
+        store_tiled_rows(w, norm, att.attr("eps"))
     w.line()
     emit_tiled_launcher(w, plan, kernel, att.attr("eps"), stats)
 
@@ -343,9 +344,15 @@ def key_tile_weights(w: CodeWriter, sparse: bool, dots: dict, ex: KernelExpr, sc
     load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
 
 
-def store_tiled_rows(w: CodeWriter, norm: Normalizer) -> None:
+def store_tiled_rows(w: CodeWriter, norm: Normalizer, eps: float) -> None:
     """After the key tiles: normalize the rows, save the row statistic the backward reads, store the output."""
-    if norm.online_softmax:
+    if norm.online_softmax and eps:  # exp weights under rows (passes/stable_exp.py): eps is a key of logit log(eps)
+        w.line(f"m_top = tl.maximum(m_i, {math.log(eps)!r})  # max(row max, log(eps)): every exponent <= 0")
+        w.line("alpha = tl.exp(m_i - m_top)")
+        w.line(f"z = l_i * alpha + tl.exp({math.log(eps)!r} - m_top)")
+        w.line("out = acc * (alpha / z)[:, None]")
+        w.line("tl.store(Stat + pid_bh * Nq + offs_m, m_top + tl.log(z), mask=offs_m < Nq)  # log(sum e^s + eps)")
+    elif norm.online_softmax:
         w.line("out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # no visible key: output 0")
         w.line("tl.store(Stat + pid_bh * Nq + offs_m, m_i + tl.log(tl.where(l_i == 0.0, 1.0, l_i)), mask=offs_m < Nq)  # -inf: no visible key")
     elif norm.divides_by_row_sum:
@@ -386,6 +393,9 @@ def band_line(w: CodeWriter, plan: Plan) -> None:
     lo, hi = band_bounds(plan.mask)
     band = [lo or f"-{BIG}", hi or str(BIG)]  # an unbounded side: a bound no tile reaches
     w.line(f"band_lo, band_hi = {band[0]}, {band[1]}  # keys j with band_lo <= i - j <= band_hi")
+    # -N < i - j < Nq: a bound past that range means the same, and a size near 2^31 (a "no limit"
+    # sentinel) would overflow the kernel's int32 tile arithmetic
+    w.line("band_lo, band_hi = (min(max(bound, -N), Nq) for bound in (band_lo, band_hi))  # saturated to the offsets that occur")
 
 
 def launcher_head(w: CodeWriter, allocate_out: bool = True, fixed_blocks: bool = True) -> None:
@@ -429,9 +439,9 @@ SPEC_HASH = {spec_hash!r}  # part of every autotune key
 '''
 
 
-def emit_tiled_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
-    """The tiled skeleton's kernel and launcher (tiled, block-sparse) over the attention node read as
-    quadratic attention (quadratic_form); returns its description."""
+def kernel_preamble(w: CodeWriter, graph: Graph) -> Kernel:
+    """The helpers and feature maps that the attention node read as quadratic attention (quadratic_form)
+    calls, written once; returns the Kernel of its score and mask."""
     exprs = list(quadratic_form(graph, attention_of(graph)))
     dims = {n: len(p.shape) for n, p in graph.signature.params.items()}
     kernel = Kernel(exprs, dims)
@@ -440,7 +450,13 @@ def emit_tiled_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
         w.line()
     for fm in sorted({row_feature(e) for t in exprs if t is not None for e in t.walk()} - {None, "identity"}):
         emit_feature_fn(w, fm)
-    emit_tiled_kernel(w, graph, plan, kernel)
+    return kernel
+
+
+def emit_tiled_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
+    """The tiled skeleton's kernel and launcher (tiled, block-sparse) over the attention node read as
+    quadratic attention (quadratic_form); returns its description."""
+    emit_tiled_kernel(w, graph, plan, kernel_preamble(w, graph))
     online = NORMALIZERS[attention_node(graph).attr("normalize")].online_softmax
     return (f"{'block-sparse' if plan.entry.block_sparse else 'tiled'} "
             f"{'online-softmax' if online else 'weighted-sum'} kernel")

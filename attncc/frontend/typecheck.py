@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from . import ast
 from ..lang.evaluate import Env, eval_scalar, evaluate  # one definition of operator semantics, for folding
 from ..lang.expr import BOOL, FLOAT, INT, RUNTIME_SIZES, VEC, TExpr, const
@@ -17,6 +19,7 @@ from ..lang.operators import BINARY, CONSTANT_HINTS, FUNCTIONS, OPERATORS, REWRI
 from ..lang.source import Span, did_you_mean
 
 INT_LIMIT = 2**31
+FLOAT32_MAX, FLOAT32_TINY = float(np.finfo(np.float32).max), float(np.finfo(np.float32).tiny)
 DEFINITIONS = ("index", "score", "weight", "let")  # contexts that see the index variables and tables
 
 
@@ -60,7 +63,7 @@ class ExprTyper:
             if isinstance(e.value, float) and not math.isfinite(e.value):
                 self.bag.error("number literal out of range", e.span)
                 return None
-            return const(e.value, e.span)
+            return self._in_float32(const(e.value, e.span))
         if isinstance(e, ast.Bool):
             return const(e.value, e.span)
         if isinstance(e, ast.Name):
@@ -341,12 +344,25 @@ class ExprTyper:
         dtype = {"int": INT, "float": FLOAT, "bool": BOOL}[table.dtype]
         return TExpr("input", tuple(idx), e.table, dtype, e.span)
 
+    def _in_float32(self, t: TExpr) -> TExpr | None:
+        """A float constant that float32 represents (as itself or a nearby number), else None after an
+        error: float32 and half inputs and every Triton kernel compute in float32, where 1e300 is inf and
+        1e-300 is 0, while the float64 reference keeps them (a softmax would silently change)."""
+        if t.type != FLOAT or t.value == 0 or FLOAT32_TINY <= abs(t.value) <= FLOAT32_MAX:
+            return t
+        what = "beyond float32's range (about 3.4e38)" if abs(t.value) > FLOAT32_MAX else \
+            "below float32's normal range (about 1.2e-38): 0 or denormal there"
+        self.bag.error(f"the number {t.value:g} is {what}", t.span,
+                       "computations in float32 (float32 and half inputs, Triton kernels) cannot hold it; scale the "
+                       "expression (a constant added to a softmax score changes nothing: drop it)")
+        return None
+
     def _fold(self, t: TExpr) -> TExpr:
         """Fold operators over constants so that sizes and literals become plain numbers."""
         if not t.args or any(a.op != "const" for a in t.args):
             return t
         try:
-            return const(eval_scalar(t), t.span)
+            return self._in_float32(const(eval_scalar(t), t.span))
         except OverflowError:
             self.bag.error("integer overflow in a constant expression", t.span, "integers are 32-bit")
             return t

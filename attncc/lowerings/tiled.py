@@ -6,6 +6,8 @@ A graph kernel's G = kernel(A) is formed densely first (runtime.graph_tables).
 """
 from __future__ import annotations
 
+import sympy
+
 from ..emit.torch import emit_tiled_torch
 from ..emit.triton import emit_tiled_triton
 from ..emit.triton_backward import TILE_BACKWARD
@@ -38,7 +40,7 @@ def cost(query: CostQuery) -> Candidate:
         flops += B * 2 * N ** 3 * (query.attrs["graph_steps"] or GRAPH_PRODUCTS)
         nbytes += 4 * B * N * N * 3
         note += "; G = kernel(A) formed densely first"
-    return Candidate(NAME, flops, nbytes, note)
+    return Candidate(NAME, flops, nbytes, note, programs=B * H * sympy.ceiling(Nq / BLOCK))
 
 
 def emit_torch(w, graph, plan) -> None:

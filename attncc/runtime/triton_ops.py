@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from ..analysis.blocks import csr
-from .compiled import Context, import_sibling
+from .cache import import_sibling
+from .compiled import Context
 
 
 @dataclass(frozen=True)
