@@ -105,13 +105,20 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="print one stage of the pipeline")
     i.add_argument("spec")
     i.add_argument("--stage", choices=["ast", "ir", "optimized", "plan"], default="plan")
-    i.add_argument("--emit", choices=["triton", "torch", "module", "ir", "dot", "mask-png"],
+    i.add_argument("--emit", choices=["triton", "torch", "module", "ir", "dot", "mask-png", "ptx", "ttgir", "resources"],
                    help="print generated source (triton, torch, module) or the stage's graph (ir, dot); "
-                        "mask-png draws the kept pairs and the visited tiles (needs matplotlib)")
+                        "mask-png draws the kept pairs and the visited tiles (needs matplotlib); ptx, ttgir: "
+                        "the Triton kernels compiled for --target (no GPU needed); resources: registers, spills, "
+                        "shared memory and tensor-core use of every kernel and autotune candidate")
+    i.add_argument("--target", choices=["sm_80", "sm_90"], default="sm_90", help="ptx, ttgir, resources: the GPU")
+    i.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16",
+                   help="ptx, ttgir, resources: the dtype of q, k, v (default: bfloat16)")
+    i.add_argument("--head-dim", type=positive_int, default=64, help="ptx, ttgir, resources: d = e (default: 64)")
     i.add_argument("--lowering")
     i.add_argument("-o", "--out", help="mask-png: the PNG file (default: <name>-mask.png)")
     i.add_argument("--tokens", type=positive_int, default=64, help="mask-png: the length N drawn (default: 64)")
-    i.add_argument("--size", action="append", default=[], metavar="NAME=VALUE", help="override a spec size")
+    i.add_argument("--size", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a spec size, or a design size of the plan (B, H, Nq, N, D, E)")
     k = sub.add_parser("check", help="run every backend against the dense reference")
     k.add_argument("specs", nargs="+")
     k.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
@@ -171,8 +178,7 @@ def inspect_mask_png(args) -> int:
     try:
         sizes = parse_sizes(args.size)
     except ValueError as exc:
-        print(f"attncc: {exc}", file=sys.stderr)
-        return 1
+        raise UsageError(f"--size: {exc}") from None
     try:
         pic = mask_png(spec, out, args.tokens, sizes, args.lowering)
     except OSError as exc:
@@ -182,9 +188,22 @@ def inspect_mask_png(args) -> int:
     return 0
 
 
+def inspect_gpu(args) -> int:
+    """--emit ptx|ttgir|resources: the kernels compiled for a GPU target from their real launches."""
+    import torch
+    from .api import compile as compile_spec
+    from .tools.gpu_compile import TARGETS, gate, report
+    cls = compile_spec(args.spec, lowering=args.lowering)
+    compiled = gate(cls, [TARGETS[args.target]], [getattr(torch, args.dtype)], [args.head_dim])
+    print(report(cls.SPEC_NAME, compiled, args.emit), end="")
+    return 0
+
+
 def cmd_inspect(args) -> int:
     if args.emit == "mask-png":
         return inspect_mask_png(args)
+    if args.emit in ("ptx", "ttgir", "resources"):
+        return inspect_gpu(args)
     from .api import build
     from .frontend.ast import format_spec
     from .emit.triton_backward import backward_line
@@ -192,7 +211,12 @@ def cmd_inspect(args) -> int:
     from .ir.graph import print_graph, to_dot
     from .runtime.backends import cuda_triton_available
     from .plan.select import format_plan
-    comp = build(spec_argument(args.spec), lowering=args.lowering)
+    from .tools.compare import parse_sizes
+    try:
+        sizes = parse_sizes(args.size)
+    except ValueError as exc:
+        raise UsageError(f"--size: {exc}") from None
+    comp = build(spec_argument(args.spec), lowering=args.lowering, sizes=sizes)
     if args.emit in ("triton", "torch", "module"):
         print({"triton": comp.triton_source, "torch": comp.torch_source, "module": comp.module_source}[args.emit],
               end="")
@@ -226,6 +250,24 @@ def _approximation_error(cls, seed: int) -> str:
     return (f"  approximation {cls.compilation.checked.approx}: mean relative row error vs exact softmax "
             f"{float(rel):.3f} at N = 256 on Gaussian inputs (an estimate, not a tolerance; see "
             f"benchmarks/approximation.py for real inputs)")
+
+
+def clamp_warnings(cls, seed: int) -> list[str]:
+    """The table lookups of a compiled spec that clamp an index on `check`'s inputs: the language
+    clamps silently (docs/language.md, section 13), so `check` says where, once per lookup index."""
+    import torch
+    from .tools.compare import make_module, random_inputs
+    found: dict[str, str] = {}
+    for nq, nk in CHECK_SHAPES:
+        if cls.GRAPHS and nq != nk:
+            continue
+        module = make_module(cls, heads=3, dim=24, dim_v=20, seed=seed)
+        q, k, v, inputs = random_inputs(cls, 2, 3, nq, nk, 24, 20,
+                                        generator=torch.Generator().manual_seed(seed + nq * 1000 + nk))
+        for line in module.clamped_lookups(q, k, v, **inputs):
+            found.setdefault(line.split(" is ")[0], f"{line} (Nq x N = {nq} x {nk}); write the clamp in the spec "
+                             "(`clamp(x, 0, n - 1)`) if it is meant, or pass check_bounds=True to raise")
+    return list(found.values())
 
 
 def cmd_check(args) -> int:
@@ -271,6 +313,8 @@ def cmd_check(args) -> int:
                 table.add_row(backend, dtype_name, f"{nq} x {nk}", f"{r.error:.2e}", f"{r.tolerance:.0e}",
                               "[green]ok" if r.ok else "[red]FAIL")
         console.print(table)
+        for line in clamp_warnings(cls, args.seed):
+            console.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
         if comp.checked.approx is not None:
             console.print(_approximation_error(cls, args.seed), markup=False)
     console.print(f"{'[red]' + str(failed) + ' failed' if failed else '[green]all backends match the reference'}")

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import torch
+
 from . import ast
 from .approx import APPROXIMATIONS, CHOICES, COUNTS, FLAGS, PLAIN_ONLY, POSITIVE
-from ..lang.evaluate import Env, eval_scalar, evaluate
+from ..lang.evaluate import Env, evaluate
 from ..lang.favor import FAVOR, favor_weight, is_plain_dot_scale, split_logits
 from ..lang.expr import BOOL, FLOAT, INT, RUNTIME_SIZES, VEC, TExpr
 from ..lang.features import ALL_MAPS, RANDOM_MAPS
@@ -130,6 +132,8 @@ class _Checker(ExprTyper, MechanismChecks):
         self.pool: PoolInfo | None = None
         self.index_names: tuple[str, str] = ("i", "j")
         self.role = ""
+        self.let_decls: dict[str, ast.LetDecl] = {}  # in declaration order
+        self.lets: dict[str, TExpr | None] = {}  # typed so far (None: its body has an error, reported)
 
     # ---------------------------------------------------------------- declarations
     def run(self) -> CheckedSpec:
@@ -167,10 +171,8 @@ class _Checker(ExprTyper, MechanismChecks):
         if t.type != INT:
             self.bag.error(f"a size must be an integer, got {t.type}", s.value.span)
             return
-        try:
-            value = int(evaluate(t, Env(sizes=self.sizes)).item()) if t.op != "const" else eval_scalar(t)
-        except (ArithmeticError, RuntimeError, OverflowError):
-            self.bag.error("this size cannot be evaluated", s.value.span)
+        value = self._known_int(t, s.value.span, "size")
+        if value is None:
             return
         if value < 0:
             self.bag.error(f"a size must be >= 0, got {value}", s.value.span)
@@ -178,6 +180,16 @@ class _Checker(ExprTyper, MechanismChecks):
         self.sizes[s.name] = value
         if t.op != "const":
             self.derived[s.name] = t
+
+    def _LetDecl(self, s: ast.LetDecl):
+        self.let_decls[s.name] = s  # typed with the definitions, once every declaration is known
+
+    def _type_lets(self) -> None:
+        """Each let's body, typed once where definitions are (query index `i`, key index `j`, `dot`
+        allowed): a let may use every declaration and the lets above it."""
+        self.index_names = ("i", "j")
+        for name, s in self.let_decls.items():
+            self.lets[name] = self._expr(s.value, ctx="let")
 
     def _ParamDecl(self, s: ast.ParamDecl):
         if s.name in self.reserved_attributes:  # tables become attributes of the module (state_dict keys)
@@ -335,16 +347,29 @@ class _Checker(ExprTyper, MechanismChecks):
             return None
         return value
 
+    def _known_int(self, t: TExpr, span: Span, what: str) -> int | None:
+        """The value of a size or dimension over the declared sizes, as the constructor computes it
+        (exactly, in 64 bits: not wrapped to 32, which would fold 65536 * 65536 to 0); None when it
+        cannot be evaluated. A value beyond int32, the ints of kernels and of the spec's expressions, is
+        an error, and returned (declared, later uses of the size resolve instead of cascading)."""
+        try:
+            value = int(evaluate(t, Env(sizes=self.sizes, int_dtype=torch.int64)).item())
+        except (ArithmeticError, RuntimeError):
+            self.bag.error(f"this {what} cannot be evaluated", span)
+            return None
+        if not -2**31 <= value < 2**31:
+            self.bag.error(f"this {what} is {value}, beyond the 32-bit ints of the language and its kernels", span,
+                           f"a {what} must lie in -2^31 .. 2^31 - 1")
+        return value
+
     def _shape_expr(self, e: ast.Expr, allow_tokens: bool):
         t = self._expr(e, ctx="shape_tokens" if allow_tokens else "shape")
         if t is not None and t.type != INT:
             self.bag.error("a dimension must be an integer expression", e.span)
             return None
         if t is not None and not t.uses("rsize"):  # known now: check it (run-time sizes are checked at construction)
-            try:
-                value = int(evaluate(t, Env(sizes=self.sizes)).item())
-            except (ArithmeticError, RuntimeError):
-                self.bag.error("this dimension cannot be evaluated", e.span)
+            value = self._known_int(t, e.span, "dimension")
+            if value is None:
                 return None
             if value < 1:
                 self.bag.error(f"a dimension must be at least 1, got {value}", e.span)
@@ -373,6 +398,7 @@ class _Checker(ExprTyper, MechanismChecks):
     def _finish(self) -> CheckedSpec:
         norm, opts = self._normalizer()
         eps = dict(opts or ()).get("eps", 0.0)
+        self._type_lets()
         exprs: dict[str, TExpr | None] = {}
         for kind, d in self.defs.items():
             self.index_names = d.params

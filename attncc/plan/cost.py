@@ -14,7 +14,15 @@ BLOCK = 64  # tile edge assumed by the cost model
 CHUNK = 64  # chunk length of causal linear attention
 # The reference machine of the roofline: an H100's dense fp16/bf16 tensor-core rate with fp32
 # accumulation (about a third of its peak, what attention kernels reach) and its memory bandwidth.
-MACHINE = {"flops_per_s": 300e12, "bytes_per_s": 3.0e12}
+# A kernel launching fewer programs than the machine has multiprocessors (132 on an H100 SXM)
+# reaches only that fraction of both rates: a few long programs leave most of the GPU idle.
+MACHINE = {"flops_per_s": 300e12, "bytes_per_s": 3.0e12, "multiprocessors": 132}
+# Split-K decoding (attncc/lowerings/decode.py): query tiles of DECODE_BLOCK_M rows; the keys a query
+# tile sees are cut into splits of at least SPLIT_MIN_TILES key tiles, as many as make the programs
+# fill the multiprocessors SPLIT_WAVES times over (rt.decode_splits, the launchers and the cost agree).
+DECODE_BLOCK_M = 16
+SPLIT_MIN_TILES = 4
+SPLIT_WAVES = 2
 GRAPH_DEGREE = 16  # edges per token assumed by the cost model (the graph is a call-time input)
 GRAPH_PRODUCTS = 12  # products with A per application of exp(t A) (a Taylor series; walks: its steps)
 BYTES_IO = 4 * B * H * (Nq * (D + E) + N * (D + E))  # q, k, v read and the output written once, fp32
@@ -26,15 +34,24 @@ class Candidate:
     flops: sympy.Expr
     bytes: sympy.Expr
     note: str
+    programs: sympy.Expr | None = None  # independent programs its kernel launches; None: enough to fill the GPU
 
     def at(self, sizes: dict) -> tuple[float, float]:
         values = lambda e: {s: sizes[s.name] for s in e.free_symbols if s.name in sizes}
         return float(self.flops.subs(values(self.flops))), float(self.bytes.subs(values(self.bytes)))
 
+    def occupancy(self, sizes: dict) -> float:
+        """The fraction of the machine its programs keep busy: min(1, programs / multiprocessors)."""
+        if self.programs is None:
+            return 1.0
+        programs = float(self.programs.subs({s: sizes[s.name] for s in self.programs.free_symbols if s.name in sizes}))
+        return min(1.0, programs / MACHINE["multiprocessors"])
+
     def seconds(self, sizes: dict) -> float:
-        """Roofline estimate on the reference machine: the slower of compute and memory traffic."""
+        """Roofline estimate on the reference machine: the slower of compute and memory traffic, at
+        the occupancy its programs reach."""
         flops, nbytes = self.at(sizes)
-        return max(flops / MACHINE["flops_per_s"], nbytes / MACHINE["bytes_per_s"])
+        return max(flops / MACHINE["flops_per_s"], nbytes / MACHINE["bytes_per_s"]) / self.occupancy(sizes)
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..analysis.blocks import TileLists, split_tiles
 from ..lang.source import AttnccError, ShapeError, did_you_mean
-from ..lang.features import draw_projection, random_features
+from ..lang.features import draw_projection, random_features, tensor_power_features
 from ..lang.graph_kernels import dense_kernel
 from ..frontend.approx import RANDOM
 from ..lang.approx_math import lara_noise, ra_noise
@@ -54,6 +55,7 @@ class Context:
     E: int
     dtype: torch.dtype = torch.float32  # of the computation: float64 for float64 inputs
     noise: object = None  # the random draw of an approximation (lara, ra) for this call
+    B: int = 1  # batch rows (the batch index `b` runs over them)
 
     @property
     def scale(self) -> float:
@@ -94,6 +96,7 @@ class CompiledAttention(nn.Module):
     NEEDS: tuple = ()
     GRAPHS: dict = {}  # name -> (kernel, adjacency input, options): inputs computed from inputs
     RANDOM_FEATURES: dict = {}  # name -> (map, options): projections held in the `random_features` buffers
+    TENSOR_POWERS = False  # a polynomial kernel: rows become tensor-power features (tensor_power_terms)
     POOL = False  # `pool k, v = ...`: the generated `pool_kv` replaces k, v before any backend (attncc/rt/pool.py)
     APPROX = None  # (method, options) of a declared approximation computed by its own algorithm (attncc/rt/approx.py)
     TRITON_LOWERING = ""
@@ -104,11 +107,12 @@ class CompiledAttention(nn.Module):
     # the spec text instead and the function (stored by name) recompiles it.
     REBUILD: tuple | None = None
 
-    def __init__(self, backend: str = "auto", **sizes):
+    def __init__(self, backend: str = "auto", check_bounds: bool = False, **sizes):
         super().__init__()
         if backend != "auto":
             get_backend(backend)  # an unknown name fails here, not at the first call
         self.backend = backend
+        self.check_bounds = check_bounds  # every call first checks that no table lookup clamps (dense: slow)
         self.last_backend: str | None = None
         self._layouts: OrderedDict = OrderedDict()  # block-sparse layouts by lengths and sizes, LRU
         unknown = set(sizes) - set(self.SIZES) - set(self.NEEDS)
@@ -138,6 +142,11 @@ class CompiledAttention(nn.Module):
                       for name, p in self.PARAMS.items()}
         except (TypeError, ValueError, ArithmeticError) as exc:
             raise AttnccError(f"{self.SPEC_NAME}: bad sizes {sizes}: {exc}") from None
+        too_big = [n for n in self.DERIVED if abs(self.sizes[n]) >= 2**31]
+        if too_big:
+            name = too_big[0]
+            raise AttnccError(f"{self.SPEC_NAME}: size `{name}` (derived from other sizes) would be {self.sizes[name]}, "
+                              "beyond the 32-bit ints of the spec and its kernels; make the sizes it is computed from smaller")
         negative = [n for n, v in {**self.sizes, **self.fixed}.items() if v < 0]
         if negative:
             raise AttnccError(f"{self.SPEC_NAME}: size `{negative[0]}` must be >= 0")
@@ -259,7 +268,7 @@ class CompiledAttention(nn.Module):
         params = self.params_dict()
         if q.dtype == torch.float64:  # tables join the computation at its precision
             params = {n: p.double() for n, p in params.items()}
-        return Context(self.sizes, params, checked, **dims, dtype=dtype)
+        return Context(self.sizes, params, checked, **dims, dtype=dtype, B=B)
 
     def resolve_backend(self, q: torch.Tensor) -> str:
         """The name of the backend a call with q runs on (attncc/runtime/backends.py)."""
@@ -267,6 +276,11 @@ class CompiledAttention(nn.Module):
 
     def forward(self, q, k, v, **inputs):
         ctx = self._context(q, k, v, inputs)
+        if self.check_bounds:
+            problems = self._clamped(ctx, q.shape[0])
+            if problems:
+                raise ShapeError(f"{self.SPEC_NAME}: {problems[0]} (check_bounds=True); clamp the index in the "
+                                 "spec, e.g. `clamp(x, 0, n - 1)`, where reading the edge entry is meant")
         backend = resolve(self.backend, q)
         self.last_backend = backend.name
         if q.shape[2] == 0 or k.shape[2] == 0:  # nothing to attend with or to: zeros, in every backend
@@ -285,6 +299,8 @@ class CompiledAttention(nn.Module):
             ctx.inputs.update(self.graph_tables(ctx.inputs, ctx.dtype))
         if self.RANDOM_FEATURES:
             q, k = self.featurize(q, k)
+        if self.TENSOR_POWERS:
+            q, k = tensor_power_features(q, k, self.tensor_power_terms(ctx))
         return q, k, v
 
     def _cached(self, key: tuple, compute: Callable):
@@ -306,17 +322,15 @@ class CompiledAttention(nn.Module):
             return int(block), layout.to(device=device, dtype=torch.bool).contiguous()
         return self._cached(("blocks", ctx.Nq, ctx.N, tuple(sorted(self.sizes.items())), str(device)), compute)
 
-    def cached_tiles(self, ctx: Context, block_layout: Callable, device) -> tuple[int, torch.Tensor, torch.Tensor]:
-        """(tile, row_ptr, cols): the layout as CSR over square tiles of a power-of-two edge in
-        [16, MAX_TILE] aligned with the blocks (a tile is visited if any block it meets is); cached
-        like the layout. A block size that is not a power of two visits every 64-tile."""
-        from ..analysis.blocks import csr, layout_tiles
-
+    def cached_tiles(self, ctx: Context, block_layout: Callable, device, exact: bool = False) -> TileLists:
+        """The layout's tiles for a kernel (analysis.blocks.split_tiles): square tiles of a power-of-two
+        edge in [16, MAX_TILE] aligned with the blocks, as CSR lists of full and partial key tiles per
+        query tile; `exact`: the layout is the whole mask. Cached like the layout. A block size that is
+        not a power of two visits every 64-tile, all partial."""
         def compute():
             block, layout = self.cached_layout(ctx, block_layout, device)
-            tile, tiles = layout_tiles(block, layout, ctx.Nq, ctx.N, MAX_TILE)
-            return tile, *csr(tiles)
-        return self._cached(("tiles", ctx.Nq, ctx.N, tuple(sorted(self.sizes.items())), str(device)), compute)
+            return split_tiles(block, layout, ctx.Nq, ctx.N, MAX_TILE, exact)
+        return self._cached(("tiles", exact, ctx.Nq, ctx.N, tuple(sorted(self.sizes.items())), str(device)), compute)
 
     def reference(self, q, k, v, **inputs) -> torch.Tensor:
         """The dense float64 meaning of the spec with this module's tables: for a declared
@@ -340,6 +354,19 @@ class CompiledAttention(nn.Module):
         inputs = {**ctx.inputs, **self.graph_tables(ctx.inputs, torch.float64)}
         return dense_attention(spec or self.checked, q, k, v, ctx.params, inputs, self.sizes, self.projections(),
                                ctx.noise)
+
+    def clamped_lookups(self, q, k, v, **inputs) -> list[str]:
+        """Where this call's table lookups leave their tables (the language clamps such an index): one
+        line per lookup index, with the first (b, h, i, j) at which it does; [] when none does. Dense
+        over [B, H, Nq, N]: for checking, not for every call (see check_bounds)."""
+        return self._clamped(self._context(q, k, v, inputs), q.shape[0])
+
+    def _clamped(self, ctx: Context, batch: int) -> list[str]:
+        from ..oracle.bounds import clamped_lookups
+        inputs = {**ctx.inputs, **self.graph_tables(ctx.inputs, torch.float64)}
+        with torch.no_grad():
+            return clamped_lookups(self.checked, ctx.params, inputs, {**self.sizes, "D": ctx.D, "E": ctx.E},
+                                   (batch, ctx.H, ctx.Nq, ctx.N))
 
     def tap(self, q, k, v, rows=None, **inputs) -> torch.Tensor:
         """The attention probabilities P[b, h, i, j] of this call, with out = P v: softmax's
