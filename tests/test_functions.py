@@ -165,6 +165,15 @@ def test_let_is_shared_in_the_ir_and_the_generated_code():
     assert inline.checked.logits == comp.checked.logits  # a let means its body, written in place
 
 
+def test_integer_parts_under_a_conversion_are_shared_with_the_rest():
+    """int(log(n / 8) ...) computes its operand in float32, but n = abs(i - j) and the sizes hold no float:
+    the conversion reads their temporaries instead of spelling them again."""
+    source = attncc.compile(T5).compilation.torch_source
+    code = [line for line in source.splitlines() if not line.strip().startswith('"""')]
+    assert sum(line.count("abs((i - j))") for line in code) == 1
+    assert sum(line.count("rt.floordiv(ctx.sizes['num_buckets'], 2)") for line in code) == 1
+
+
 def test_let_may_use_lets_above_it_dot_and_any_declaration():
     cls = attncc.compile("attention lets { let s = dot(q[i], k[j]) * scale  let c = cap * tanh(s / cap)  "
                          "score(a, c2) = c + a * 0  size cap = 5  mask(i, j) = j <= i }")
