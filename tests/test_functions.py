@@ -123,12 +123,14 @@ BATCHED = {
              "  mask(i, j) = j <= i }",
     "toeplitz": "attention bf { feature phi = elu1 "
                 " weight(i, j) = dot(phi(q[i]), phi(k[j])) * exp(-0.1 * (b + 1) * abs(i - j)) }",
+    "mixed": (ROOT / "examples" / "flash.attn").read_text().replace("b[", "rel[").replace("a[h]", "a[h] * (b + 1)")
+                                                   .replace("size c = 256", "size c = 8"),
 }
 
 
 @pytest.mark.parametrize("name", sorted(BATCHED))
 def test_batch_index_in_every_backend(name):
-    lowering = {"decay": "linear_chunked", "toeplitz": "fft"}.get(name)
+    lowering = {"decay": "linear_chunked", "toeplitz": "fft", "mixed": "mixed_chunk"}.get(name)
     cls = attncc.compile(BATCHED[name], lowering=lowering)
     module = make_module(cls, 2, 16, 16)
     q, k, v, inputs = random_inputs(cls, 3, 2, 21, 21, 16, 16)
