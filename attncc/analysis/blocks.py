@@ -6,6 +6,10 @@ layout L[I, J] = P evaluated at the first token of each block is exact: the conj
 (i, j) iff L[i // b, j // b]. Kernels then visit only the key blocks that L lists for each query
 block, and the full mask still decides inside them. A layout depends on the lengths and the
 sizes only, so a module computes it once per (Nq, N) and caches it.
+
+When the block conjuncts are the whole mask (`BlockLayout.exact`), the layout decides every pair:
+a tile all of whose blocks are on is full (no mask evaluation), and with tiles inside single blocks
+the remaining (partial) tiles are partial only through the Nq / N bounds (`split_tiles`).
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from ..lang.operators import fmt
 class BlockLayout:
     block: TExpr  # b: a constant or a size
     predicate: TExpr  # the conjunction of the block conjuncts
+    exact: bool = False  # the block conjuncts are the whole mask: mask(i, j) == L[i // b, j // b]
 
     def describe(self) -> str:
         return f"blocks of {fmt(self.block)} tokens where {fmt(self.predicate)}"
@@ -63,7 +68,7 @@ def find_layout(mask: TExpr | None) -> BlockLayout | None:
     predicate = parts[0]
     for p in parts[1:]:
         predicate = TExpr("and_", (predicate, p), None, "bool")
-    return BlockLayout(block, predicate)
+    return BlockLayout(block, predicate, exact=len(parts) == len(conjuncts(mask)))
 
 
 def within_band(i: torch.Tensor, j: torch.Tensor, b: int, lo: int | None, hi: int | None) -> torch.Tensor:
@@ -144,6 +149,65 @@ def layout_tiles(block: int, layout: torch.Tensor, nq: int, nk: int, max_tile: i
         layout = layout.repeat_interleave(split, 0).repeat_interleave(split, 1)
         return tile, layout[:-(-nq // tile), :-(-nk // tile)].contiguous()
     return tile, tile_layout(layout, block, tile)
+
+
+@dataclass(frozen=True)
+class TileLists:
+    """The key tiles a block-sparse kernel visits for each query tile, in two classes (what
+    FlexAttention's BlockMask holds), as CSR over query tiles (columns ascending):
+      full      (full_ptr, full_cols): every pair of the tile is visible; the kernel evaluates no mask
+      partial   (partial_ptr, partial_cols): some pair may be masked; the kernel evaluates the mask,
+                or only the Nq / N bounds when `exact` says the layout alone decides every pair
+    A kernel walks both lists (in any order: softmax is merged online). Producers: `split_tiles`
+    (compile-time layouts, cached per length); a run-time layout builder may fill the same fields on
+    the device. `transposed` gives the query tiles of each key tile, for the dK / dV kernel."""
+
+    tile: int
+    full_ptr: torch.Tensor
+    full_cols: torch.Tensor
+    partial_ptr: torch.Tensor
+    partial_cols: torch.Tensor
+    exact: bool
+
+    @classmethod
+    def of(cls, tile: int, full: torch.Tensor, partial: torch.Tensor, exact: bool) -> "TileLists":
+        """From bool [query tiles, key tiles] grids of the full and the partial tiles."""
+        return cls(tile, *csr(full), *csr(partial), exact)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.full_ptr, self.full_cols, self.partial_ptr, self.partial_cols]
+
+    def transposed(self, key_tiles: int) -> "TileLists":
+        """The same tiles listed per key tile: (ptr over key tiles, query tile ids)."""
+        full, partial = (_csr_transpose(p, c, key_tiles) for p, c in ((self.full_ptr, self.full_cols),
+                                                                       (self.partial_ptr, self.partial_cols)))
+        return TileLists(self.tile, *full, *partial, self.exact)
+
+
+def _csr_transpose(row_ptr: torch.Tensor, cols: torch.Tensor, n_cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = torch.repeat_interleave(torch.arange(row_ptr.numel() - 1, device=cols.device),
+                                   (row_ptr[1:] - row_ptr[:-1]).long())
+    layout = torch.zeros(row_ptr.numel() - 1, n_cols, dtype=torch.bool, device=cols.device)
+    layout[rows, cols.long()] = True
+    return csr(layout.T.contiguous())
+
+
+def split_tiles(block: int, layout: torch.Tensor, nq: int, nk: int, max_tile: int, exact: bool) -> TileLists:
+    """The visited tiles of `layout_tiles`, split into full and partial ones. A tile is full when the
+    layout decides the whole mask (`exact`), every block the tile meets is on, and the tile lies
+    inside the Nq x N grid; only tiles inside single blocks (block a power of two >= the tile) keep
+    `exact` for the partial ones, which are then partial only through the grid's bounds."""
+    tile, visited = layout_tiles(block, layout, nq, nk, max_tile)
+    aligned = not block & (block - 1)
+    full = torch.zeros_like(visited)
+    if exact and aligned:
+        covered = ~tile_layout(~layout, block, tile) if block < tile else visited
+        rows, cols = visited.shape
+        inside = torch.ones_like(visited)
+        inside[nq // tile:, :] = False
+        inside[:, nk // tile:] = False
+        full = visited & covered[:rows, :cols] & inside
+    return TileLists.of(tile, full, visited & ~full, exact and aligned and block >= tile)
 
 
 def csr(layout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

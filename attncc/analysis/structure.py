@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import sympy
 import torch
 
-from ..lang.expr import BOOL, FLOAT, TExpr, conjuncts, const, postorder, substitute
+from ..lang.expr import BOOL, FLOAT, TExpr, conjuncts, const, fold, postorder, substitute
 from ..lang.evaluate import Env, evaluate, fold_constants
 from ..lang.operators import operator_of
 from .session import (BudgetSpent, NotEncodable, budget_note, checkpoint, expr_digest, memoized, stored_bool,
@@ -491,4 +491,26 @@ def structure_holds(t: TExpr, s: Structure, signature, is_mask: bool, samples: i
     return True
 
 
-__all__ = ["Structure", "classify_mask", "classify_modulation", "structure_holds", "to_sympy"]
+__all__ = ["Structure", "classify_mask", "classify_modulation", "nonnegative", "structure_holds", "to_sympy"]
+
+
+def nonnegative(t: TExpr) -> bool:
+    """Whether an integer expression is >= 0 at every index and size (sign knowledge for the emitters:
+    where a dividend is, truncating division is floor division).
+
+    i, j, h, sizes and lengths are >= 0; so are sums, products, floor quotients and remainders (by
+    the divisor's sign), min and xor / or of such values, max and and of any, popcount, and the Gray
+    code x ^ (x >> 1) of x >= 0. Nothing else is claimed (abs(-2**31) wraps to a negative int32)."""
+    return fold(t, _nonnegative_node)
+
+
+def _nonnegative_node(t: TExpr, args: list[bool]) -> bool:
+    if t.op == "const":
+        return t.type != BOOL and t.value >= 0
+    if t.op in ("var", "size", "rsize"):
+        return True
+    if t.op in ("add", "mul", "floordiv", "mod", "xor", "bitor") or (t.op == "call" and t.value in ("min", "gray")):
+        return all(args)
+    if t.op == "bitand" or (t.op == "call" and t.value == "max"):
+        return any(args)
+    return t.op == "call" and t.value == "popcount"
