@@ -160,5 +160,5 @@ def format_dispatch(plan: Plan) -> str:
         runs.append(f"{name} for N {'>= ' + str(low) if upto is None else f'in {low} .. {upto}'}")
         low = None if upto is None else upto + 1
     crossovers = [str(upto) for _, upto in plan.dispatch[:-1]]
-    return (f"dispatch by key length N (queries at Nq = {ratio:g} N): " + "; ".join(runs)
+    return (f"dispatch by key length N (queries Nq = {ratio:g} x N): " + "; ".join(runs)
             + (f"\ncrossover lengths: N > {', '.join(crossovers)}" if crossovers else "; no crossover"))
