@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import weakref
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,8 +21,10 @@ from .ir.signature import Signature
 from .ir.lower import lower, size_symbols
 from .frontend.parse import parse
 from .passes import PassContext, run_pipeline
-from .runtime.compiled import RESERVED_ATTRIBUTES, load_module
+from .runtime.cache import analysis_path, load_analysis, load_module, store_analysis
+from .runtime.compiled import RESERVED_ATTRIBUTES, RESERVED_KEYWORDS
 from .runtime.memory import configured_budget, parse_budget
+from .analysis.session import check_budget, default_budget
 from .plan.select import DESIGN_SIZES, MACHINE, Plan, select
 from .lang.source import AttnccError, Source
 
@@ -42,18 +45,23 @@ class Compilation:
     module_source: str = ""
     triton_description: str = ""  # what the Triton backend runs, its backward included (Module.TRITON_LOWERING)
     spec_hash: str = ""
+    analysis_budget: float | None = None  # seconds the analyses ran under (None: not built here)
     # the other lowerings of the dispatch table: name -> (module source, Triton kernels source)
     alternates: dict = field(default_factory=dict)
 
 
 def read_source(spec: str | Path) -> Source:
-    """A path to a .attn file, or spec text itself."""
-    if isinstance(spec, Path) or (isinstance(spec, str) and "{" not in spec and spec.strip().endswith(".attn")):
-        path = Path(spec)
+    """A path to a spec file (a .attn name, or any file that exists), or spec text itself (it holds `{`)."""
+    if isinstance(spec, str) and "{" not in spec and (spec.strip().endswith(".attn") or os.path.exists(spec)):
+        spec = Path(spec)
+    if isinstance(spec, Path):
+        path = spec
         try:
             return Source(path.read_text(encoding="utf-8"), str(path))
         except FileNotFoundError:
             raise AttnccError(f"{path}: no such spec file") from None
+        except IsADirectoryError:
+            raise AttnccError(f"{path}: is a directory, not a spec file") from None
         except (UnicodeDecodeError, OSError) as exc:
             raise AttnccError(f"{path}: cannot read spec: {exc}") from None
     if not isinstance(spec, str):
@@ -62,21 +70,46 @@ def read_source(spec: str | Path) -> Source:
 
 
 def build(spec: str | Path | Source, sizes: dict | None = None, lowering: str | None = None,
-          memory_budget: int | str | None = None) -> Compilation:
+          analysis_budget: float | None = None, memory_budget: int | str | None = None) -> Compilation:
     """Run the whole pipeline up to generated source (nothing is imported or executed).
 
+    analysis_budget: seconds of symbolic analysis (default ATTNCC_ANALYSIS_BUDGET, else 20); what is
+    not proven by then is treated as general. Analysis results are cached beside the generated code.
     memory_budget: bytes (or "64GB") a lowering must fit in to be chosen at a length; by default
     $ATTNCC_MEMORY_BUDGET, else the reference machine's memory (attncc.plan.cost.MACHINE)."""
     src = spec if isinstance(spec, Source) else read_source(spec)
     tree = parse(src)
-    checked = check(src, tree, RESERVED_ATTRIBUTES)
+    checked = check(src, tree, RESERVED_ATTRIBUTES, RESERVED_KEYWORDS)
     ir = lower(checked)
+    budget = default_budget() if analysis_budget is None else check_budget(analysis_budget)
+    optimized, ctx = _analyse(ir, format_spec(tree), budget)
+    plan = select(optimized, {**checked.sizes, **_design_sizes(sizes, ir.signature)}, lowering,
+                  compile_budget(memory_budget))
+    return _emit(Compilation(src, tree, checked, ir, optimized, plan, ctx.log, analysis_budget=budget))
+
+
+def _analyse(ir: Graph, spec_text: str, budget: float) -> tuple[Graph, PassContext]:
+    """The pass pipeline on a copy of the IR, reusing the analysis results stored for this spec and
+    storing those it proves. Stored results that fail their sampled checks (a damaged cache entry)
+    are dropped, and the spec is analysed again."""
+    stored = analysis_path(spec_text, budget)
+    memo = load_analysis(stored)
+    try:
+        optimized, ctx = _run_passes(ir, budget, memo)
+    except AttnccError:
+        if not memo:
+            raise
+        optimized, ctx = _run_passes(ir, budget, {})
+    if ctx.memo_added:
+        store_analysis(stored, ctx.memo)
+    return optimized, ctx
+
+
+def _run_passes(ir: Graph, budget: float, memo: dict) -> tuple[Graph, PassContext]:
     optimized = ir.copy()
-    ctx = PassContext(size_symbols(ir.signature))
+    ctx = PassContext(size_symbols(ir.signature), budget=budget, memo=memo)
     run_pipeline(optimized, ctx)
-    budget = compile_budget(memory_budget)
-    plan = select(optimized, {**checked.sizes, **_design_sizes(sizes, ir.signature)}, lowering, budget)
-    return _emit(Compilation(src, tree, checked, ir, optimized, plan, ctx.log))
+    return optimized, ctx
 
 
 def relower(comp: Compilation, lowering: str) -> Compilation:
@@ -145,16 +178,18 @@ def generated_files(comp: Compilation) -> dict[str, str]:
 
 
 def compile(spec: str | Path | Compilation, backend: str = "auto", sizes: dict | None = None,
-            lowering: str | None = None, memory_budget: int | str | None = None):
+            lowering: str | None = None, analysis_budget: float | None = None,
+            memory_budget: int | str | None = None):
     """Compile a spec (path, text, or a Compilation from `build`) to an nn.Module class; instantiate
-    it with sizes / backend. Each call runs the lowering its key length's dispatch entry names
-    (`lowering=` pins one); memory_budget (bytes, or "64GB") is what a lowering must fit to be
-    chosen (see `build`), and the budget the module's calls are checked against (attncc.runtime.memory).
+    it with sizes / backend. analysis_budget: seconds of symbolic analysis (see `build`). Each call
+    runs the lowering its key length's dispatch entry names (`lowering=` pins one); memory_budget
+    (bytes, or "64GB") is what a lowering must fit to be chosen (see `build`), and the budget the
+    module's calls are checked against (attncc.runtime.memory).
 
     >>> Attn = attncc.compile("examples/causal.attn")
     >>> out = Attn()(q, k, v)            # q, k, v: [batch, heads, tokens, dim]
     """
-    comp = spec if isinstance(spec, Compilation) else build(spec, sizes, lowering, memory_budget)
+    comp = spec if isinstance(spec, Compilation) else build(spec, sizes, lowering, analysis_budget, memory_budget)
     module = load_module(comp.checked.name, generated_files(comp))
     base = module.Module
     recipe = compile_recipe(comp, backend, memory_budget)
@@ -183,7 +218,7 @@ def compile_recipe(comp: Compilation, backend: str, memory_budget: int | str | N
             # a lowering that runs at every length is pinned (forcing it gives the same table); a
             # dispatch table is chosen again from the same sizes
             "lowering": comp.plan.lowering if len(comp.plan.dispatch) == 1 else None,
-            "memory_budget": memory_budget, "spec_hash": comp.spec_hash}
+            "spec_hash": comp.spec_hash, "analysis_budget": comp.analysis_budget, "memory_budget": memory_budget}
 
 
 def _recipe_key(recipe: dict) -> str:
@@ -200,7 +235,7 @@ def rebuild(recipe: dict):
     cls = COMPILED_CLASSES.get(_recipe_key(recipe))
     if cls is None:
         cls = compile(Source(recipe["text"], recipe["filename"]), recipe["backend"], recipe["sizes"],
-                      recipe["lowering"], recipe["memory_budget"])
+                      recipe["lowering"], recipe.get("analysis_budget"), recipe.get("memory_budget"))
     if cls.SPEC_HASH != recipe["spec_hash"]:
         raise AttnccError(
             f"cannot load the pickled attention `{recipe['name']}`: attncc {recipe['attncc']} compiled it to "

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Issue 5's benchmark suite on a CUDA machine, in one call, from the repository root:
-#     bash benchmarks/gpu_suite.sh              # about 9 minutes on an H100 (the suite stops itself at --budget)
+#     bash benchmarks/gpu_suite.sh              # about 10 minutes on an H100 (the suite stops itself at --budget)
 #     bash benchmarks/gpu_suite.sh --dry-run    # install check + the cases it would run; runs no kernel
 #     BUDGET=200 bash benchmarks/gpu_suite.sh --specs causal,hypercube --lengths 16384   # extra flags go to suite.py
 # That machine has torch and triton but no lark, no fla and no internet: lark, fla-core and einops
 # come from the wheels in benchmarks/wheels/ (pure Python), installed with --no-index into a folder of
 # their own; attncc runs from the checkout (PYTHONPATH), so no torch pin is installed. A baseline whose
 # import fails is skipped and the table says why. Results: $OUT/suite.json, suite.md (table and targets),
-# suite.log, autotune_check.txt, autotune_cache.json ($OUT defaults to benchmarks/results/gpu).
+# suite.log, decode.json / decode.md (split-K decoding), autotune_check.txt, autotune_cache.json,
+# compile_gate.txt ($OUT defaults to benchmarks/results/gpu).
+# Before the suite, the GPU compile gate's fast subset (tests/test_compile_gate.py, docs/compile_gate.md)
+# compiles the default kernels for sm_80 and sm_90 and prints their registers, spills and shared memory;
+# GATE=slow runs all of it (every example, dtype, head dim and candidate: long), GATE=0 skips it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,6 +49,17 @@ for name in ("triton", "lark", "einops", "fla", "fla.ops.linear_attn", "fla.ops.
         print(f"{name}: import failed: {type(exc).__name__}: {exc}")
 EOF
 
+if [ "${GATE:-fast}" != 0 ]; then
+    echo "== compile gate (${GATE:-fast})"
+    gate_flags=(-q -p no:cacheprovider tests/test_compile_gate.py)
+    [ "${GATE:-fast}" = slow ] && gate_flags+=(--slow)
+    timeout 600 "$py" -m pytest "${gate_flags[@]}" 2>&1 | tail -n 30 | tee "$out/compile_gate.txt"
+    for spec in causal hypercube; do
+        timeout 300 "$py" -c "from attncc.cli import main; main()" inspect "examples/$spec.attn" --emit resources \
+            --target sm_90 --head-dim 128 2>&1 | tee -a "$out/compile_gate.txt"
+    done
+fi
+
 if [ "$dry" = 1 ]; then
     echo "== dry run: the suite would run (budget ${budget}s, then the second-run autotune check)"
     "$py" benchmarks/suite.py "$@"
@@ -55,6 +70,9 @@ echo "== suite (budget ${budget}s)"
 timeout --signal=TERM 510 "$py" benchmarks/suite.py --out "$out/suite.json" --budget "$budget" "$@" 2>&1 | tee "$out/suite.log"
 status=${PIPESTATUS[0]}
 [ "$status" = 0 ] || echo "suite exited with status $status (results written so far are in $out/suite.json)"
+
+echo "== decoding: split-K (decode) against tiled at Nq = 1, 4, 16 and N = 16k, 128k (benchmarks/decode.py)"
+timeout 150 "$py" benchmarks/decode.py --out "$out/decode.json" 2>&1 | tee "$out/decode.log" || echo "decode.py: status $?"
 
 echo "== autotune: a second process must find every configuration in the cache (no retuning)"
 timeout 45 "$py" - "$out" <<'EOF' 2>&1 | tee "$out/autotune_check.txt"

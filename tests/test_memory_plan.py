@@ -51,8 +51,9 @@ def test_forced_lowering_pins_every_length():
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_both_sides_of_a_crossover_match_the_reference(backend):
     """Designed for D = E = 8 the table moves from tiled to fft above 1024 keys; a call on each side
-    runs its entry (tiled's module, or the sibling fft one) and matches the oracle."""
-    cls = attncc.compile(TOEPLITZ, sizes={"H": 2, "D": 8, "E": 8})
+    (two heads: the table depends on the key length only) runs its entry (tiled's module, or the
+    sibling fft one) and matches the oracle."""
+    cls = attncc.compile(TOEPLITZ, sizes={"D": 8, "E": 8})
     assert cls.DISPATCH == (("tiled", 1024), ("fft", None))
     m = cls(backend=backend)
     for n, lowering in ((24, "tiled"), (1030, "fft")):
@@ -66,7 +67,8 @@ def test_a_lowering_that_cannot_fit_is_not_chosen():
     pair: chosen while it fits (80 GB: up to 16k tokens at H = 8), never beyond, nor under a budget
     it does not fit at the design sizes."""
     hungry = replace(DENSE_TORCH, forced_only=False, cost=lambda query: Candidate(
-        "dense_torch", B * H * Nq * N, 0 * B, "the whole score matrix at once", 8 * B * H * Nq * N, 8 * B * H * Nq * N))
+        "dense_torch", B * H * Nq * N, 0 * B, "the whole score matrix at once", memory=8 * B * H * Nq * N,
+        saved=8 * B * H * Nq * N))
     softmax = ROOT / "examples" / "softmax.attn"
     with registry.registered(hungry):
         plan = build(softmax).plan

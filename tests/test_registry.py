@@ -12,6 +12,7 @@ import attncc
 from attncc.api import build
 from attncc.cli import main
 from attncc.emit.torch import emit_score_holes
+from attncc.emit.triton_backward import TILE_BACKWARD
 from attncc.frontend.approx import APPROXIMATIONS
 from attncc.ir.graph import B, D, E, H, N, Nq, attention_of
 from attncc.lang.normalizers import NORMALIZERS
@@ -74,7 +75,7 @@ def test_toy_lowering_is_a_candidate_only_when_forced():
 
 def test_every_lowering_has_every_field():
     assert {"tiled", "sdpa", "block_sparse", "linear", "linear_chunked", "fft", "fft2", "rings", "graph",
-            "mixed_chunk", "ista", "mra", "lara", "ra"} == set(registry.names())
+            "mixed_chunk", "ista", "mra", "lara", "ra", "decode"} == set(registry.names())
     for lowering in registry.all():
         assert callable(lowering.accepts) and callable(lowering.cost) and callable(lowering.emit_torch), lowering.name
         assert lowering.torch_backward, lowering.name
@@ -82,13 +83,16 @@ def test_every_lowering_has_every_field():
         if lowering.autotune_configs:
             assert lowering.interpreter_config is not None, lowering.name
         assert registry.get(lowering.autotune_kind).autotune_configs or lowering.triton_backward is None, lowering.name
+        if lowering.triton_backward is TILE_BACKWARD:  # its launcher tunes under <kind>:backward
+            backward = registry.get(lowering.autotune_kind)
+            assert backward.backward_autotune_configs and backward.backward_interpreter_config, lowering.name
         if lowering.tolerance is not None:
             assert torch.float32 in lowering.tolerance, lowering.name
 
 
 def test_sdpa_is_chosen_for_plain_softmax_and_tiled_stays_forceable(capsys):
     comp = build(ROOT / "examples" / "causal.attn")
-    assert comp.plan.lowering == "sdpa" and [c.name for c in comp.plan.candidates] == ["tiled", "sdpa"]
+    assert comp.plan.lowering == "sdpa" and [c.name for c in comp.plan.candidates] == ["tiled", "sdpa", "decode"]
     assert "rt.sdpa_attention(q, k, v, causal=True)" in comp.torch_source
     assert "Triton has no SDPA: the sdpa plan runs the tiled kernel" in comp.triton_description
     assert "autotune.best(SPEC_HASH, 'tiled'" in comp.triton_source

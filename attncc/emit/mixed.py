@@ -39,7 +39,7 @@ def emit_mixed_torch(w: CodeWriter, graph: Graph, plan: Plan) -> None:
             w.line(f'"""scale of linear term {n}: {brief(t.amplitude)}"""')
             w.line("i = j = torch.zeros((1, 1, 1, 1), dtype=torch.int32)")
             w.line("h = torch.arange(ctx.H, dtype=torch.int32).view(1, ctx.H, 1, 1)")
-            w.line(f"return rt.as_4d({let_expr(w, ex, t.amplitude)})")
+            w.line(f"return rt.as_4d({let_expr(w, ex, t.amplitude)}, ctx.dtype)")
         w.line()
     with w.block("def linear_terms(q, k, ctx):"):
         w.line('"""(phi(Q), psi(K), scale, key set) of each cross-chunk kernelized term."""')
@@ -80,7 +80,7 @@ def emit_mixed_local_kernel(w: CodeWriter, form: MixedForm, kernel: Kernel, dots
     ex = KernelExpr(dots, {s: size_arg(s) for s in sizes_used(form.local, form.local_mask)})
     extra = "".join(f"{a}, " for a in kernel.arg_names())
     w.line("@triton.jit")
-    with w.block(f"def _mixed_local({kernel_common_args()}, {extra}Num0, Den0, chunk, sm_scale, eps,"):
+    with w.block(f"def _mixed_local({kernel_common_args()}, {extra}Num0, Den0, chunk: tl.constexpr, sm_scale, eps,"):
         w.line("BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,")
         w.line("PRECISION: tl.constexpr):")
         w.line(f'"""Chunk-local weights {brief(form.local)} over the key tiles of the chunks of this query tile,')

@@ -16,6 +16,7 @@ NAME = "block_sparse"
 # block-sparse tiles are fixed by the layout: only warps and pipelining depth are free
 AUTOTUNE = (dict(num_warps=4, num_stages=3), dict(num_warps=4, num_stages=2),
             dict(num_warps=4, num_stages=4), dict(num_warps=8, num_stages=3))
+BACKWARD_AUTOTUNE = (dict(num_warps=4, num_stages=3), dict(num_warps=8, num_stages=3))
 
 
 def accepts(query: CostQuery) -> bool:
@@ -31,7 +32,7 @@ def cost(query: CostQuery) -> Candidate:
     layout = 2 * (Nq / block + 1) * (N / block + 1)  # the bool layout and its tiles, kept per length
     return Candidate(NAME, 2 * B * H * Nq * N * (D + E) * rho, BYTES_IO + 4 * B * H * Nq * N * rho / block * (D + E),
                      f"block-sparse over {block}-token blocks: {float(rho):.2%} of the score blocks "
-                     f"at the design sizes, layout computed once per length", working + layout, saved)
+                     f"at the design sizes, layout computed once per length", memory=working + layout, saved=saved)
 
 
 def emit_torch(w, graph, plan) -> None:
@@ -46,4 +47,5 @@ LOWERING = register(Lowering(
     NAME, accepts, cost, emit_torch,
     torch_backward="through the query blocks (the visited blocks' scores are kept for the backward)",
     emit_triton=tiled.emit_triton, triton_backward=TILE_BACKWARD, autotune_configs=AUTOTUNE,
-    interpreter_config=dict(num_warps=4, num_stages=3), block_sparse=True))
+    interpreter_config=dict(num_warps=4, num_stages=3), backward_autotune_configs=BACKWARD_AUTOTUNE,
+    backward_interpreter_config=dict(num_warps=4, num_stages=3), block_sparse=True))

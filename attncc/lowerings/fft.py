@@ -27,7 +27,7 @@ def cost(query: CostQuery) -> Candidate:
     return Candidate(NAME, B * H * D * (E + 1) * 5 * length * sympy.log(length, 2) + 4 * B * H * Nq * D * E,
                      BYTES_IO + 4 * B * H * length * D * (E + 1) * 3,
                      "circulant embedding, one FFT convolution per feature and value column",
-                     *blocked_transform_memory(cells))
+                     **blocked_transform_memory(cells))
 
 
 def forward(w, common: str) -> None:

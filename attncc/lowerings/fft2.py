@@ -28,7 +28,7 @@ def cost(query: CostQuery) -> Candidate:
     return Candidate(NAME, B * H * D * (E + 1) * 5 * cells * sympy.log(cells, 2) + 4 * B * H * Nq * D * E,
                      BYTES_IO + 4 * B * H * cells * D * (E + 1) * 3,
                      f"2-D FFT convolutions on the {width}-column grid (zero-padded, circulant-embedded)",
-                     *blocked_transform_memory(2 * cells))  # each side padded to a power of two: <= 4x
+                     **blocked_transform_memory(2 * cells))  # each side padded to a power of two: <= 4x
 
 
 def forward(w, common: str) -> None:

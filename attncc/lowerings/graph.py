@@ -23,7 +23,7 @@ def cost(query: CostQuery) -> Candidate:
                      BYTES_IO + products * (8 * nnz + 8 * B * H * N * D * (E + 1)),
                      f"{products} products with the adjacency ({GRAPH_DEGREE} edges per token assumed; "
                      f"CSR when sparse), G = kernel(A) never formed",
-                     *blocked_transform_memory(N * 3))  # a product's operand, result and running sum
+                     **blocked_transform_memory(N * 3))  # a product's operand, result and running sum
 
 
 def emit_torch(w, graph, plan) -> None:

@@ -23,7 +23,7 @@ def cost(query: CostQuery) -> Candidate:
     gram = 4 * B * H * D * (D + E)  # G and b
     return Candidate(NAME, flops, 4 * B * H * (Nq * (D + E) + N * (D + E) + (steps + 1) * D * (D + E)),
                      f"{steps} unrolled ISTA steps on the m x m Gram matrix, no N x N buffer",
-                     2 * BYTES_OUT + 2 * FEATURE_ROWS + 2 * gram, 2 * FEATURE_ROWS + (steps + 1) * gram)
+                     memory=2 * BYTES_OUT + 2 * FEATURE_ROWS + 2 * gram, saved=2 * FEATURE_ROWS + (steps + 1) * gram)
 
 
 def emit_torch(w, graph, plan) -> None:

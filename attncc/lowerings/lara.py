@@ -19,7 +19,8 @@ def cost(query: CostQuery) -> Candidate:
     c = query.approx.options["landmarks"]
     working, saved = quadratic_memory(c, rows=Nq + N)  # every token against the c landmarks at once
     return Candidate(NAME, 2 * B * H * ((Nq + N) * c * (D + E) + c * c * D), BYTES_IO,
-                     f"LARA: {c} landmark proposals, self-normalized multiple importance sampling", working, saved)
+                     f"LARA: {c} landmark proposals, self-normalized multiple importance sampling",
+                     memory=working, saved=saved)
 
 
 def emit_torch(w, graph, plan) -> None:

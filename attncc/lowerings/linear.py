@@ -25,7 +25,7 @@ def cost(query: CostQuery) -> Candidate:
     return Candidate(NAME, 2 * B * H * (N + Nq) * D * (E + 1), BYTES_IO,
                      "phi(Q) (phi(K)^T V): one pass for the state, one for the output",
                      # a map's rows pass through a temporary (elu(x), then + 1)
-                     2 * BYTES_OUT + 2 * FEATURE_ROWS + state, 2 * FEATURE_ROWS + state)
+                     memory=2 * BYTES_OUT + 2 * FEATURE_ROWS + state, saved=2 * FEATURE_ROWS + state)
 
 
 def emit_torch(w, graph, plan) -> None:

@@ -22,7 +22,7 @@ def cost(query: CostQuery) -> Candidate:
     chunks = 4 * B * H * N * (2 * D + E) + 12 * B * H * (N / CHUNK) * D * (E + 1) + 12 * B * H * N * CHUNK
     return Candidate(NAME, 2 * B * H * (N * CHUNK * (D + E) + 2 * N * D * (E + 1)), BYTES_IO,
                      f"chunks of {CHUNK}: quadratic inside, prefix state across",
-                     2 * BYTES_OUT + FEATURE_ROWS + chunks, FEATURE_ROWS + chunks)
+                     memory=2 * BYTES_OUT + FEATURE_ROWS + chunks, saved=FEATURE_ROWS + chunks)
 
 
 def emit_torch(w, graph, plan) -> None:

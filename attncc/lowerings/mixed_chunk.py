@@ -30,7 +30,7 @@ def cost(query: CostQuery) -> Candidate:
     # per linear term: its rows through the map, every chunk's state and its prefix sum, the terms' sums
     states = terms * (FEATURE_ROWS + 8 * B * H * (N / c) * D * (E + 1)) + 2 * BYTES_OUT
     return Candidate(NAME, flops, nbytes, "quadratic inside chunks of c, chunk states prefix-summed across",
-                     working + states, saved + states)
+                     memory=working + states, saved=saved + states)
 
 
 def emit_torch(w, graph, plan) -> None:

@@ -26,7 +26,7 @@ def cost(query: CostQuery) -> Candidate:
                      BYTES_IO + 4 * B * H * Nq * per_row * b,
                      f"MRA-2: exact scores on {per_row} blocks of {b} per block row (top-k of block-mean "
                      f"logits), {'block means elsewhere' if opts['mode'] == 'full' else 'nothing elsewhere'}",
-                     working, saved)
+                     memory=working, saved=saved)
 
 
 def emit_torch(w, graph, plan) -> None:

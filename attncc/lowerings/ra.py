@@ -24,7 +24,7 @@ def cost(query: CostQuery) -> Candidate:
     working = 2 * BYTES_OUT + 3 * 4 * sympy.Max(2 ** 23, B * H * s * N)
     return Candidate(NAME, 2 * B * H * Nq * N * (D + s * (D + E)), BYTES_IO + 4 * B * H * Nq * s * D,
                      f"RA: {s} samples per query from its softmax mixture (quadratic, unbiased)",
-                     working, PAIR_BYTES_KEPT * B * H * Nq * N * (s + 1))
+                     memory=working, saved=PAIR_BYTES_KEPT * B * H * Nq * N * (s + 1))
 
 
 def emit_torch(w, graph, plan) -> None:

@@ -28,7 +28,7 @@ def cost(query: CostQuery) -> Candidate:
                      4 * B * H * Nq * (rings + 1) * 4 * D * (E + 1),
                      f"summed-area tables on the {width}-column grid, {form.metric} rings: "
                      f"{rings} boxes of 4 reads per query at the design sizes",
-                     *blocked_transform_memory(table_cells(width, form.metric) + (rings + 2) * Nq))
+                     **blocked_transform_memory(table_cells(width, form.metric) + (rings + 2) * Nq))
 
 
 def table_cells(width: int, metric: str) -> sympy.Expr:

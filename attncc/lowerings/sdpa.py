@@ -23,7 +23,7 @@ NAME = "sdpa"
 def accepts(query: CostQuery) -> bool:
     if not query.exact or query.op != "attend" or not NORMALIZERS[query.attrs["normalize"]].online_softmax:
         return False
-    if query.mask.kind not in ("full", "causal"):
+    if query.mask.kind not in ("full", "causal") or query.attrs.get("eps"):  # eps: exp weights under rows
         return False
     scores = query.graph.operands(query.node_id)[0]
     return expr_of(query.graph, scores) == DEFAULT_LOGITS
@@ -33,7 +33,7 @@ def cost(query: CostQuery) -> Candidate:
     held = BYTES_OUT + 4 * B * H * Nq  # the output and its rows' log-sum-exp (flash kernels, CPU too)
     return Candidate(NAME, 2 * B * H * visited_pairs(query.mask) * (D + E), BYTES_IO,
                      "torch's fused SDPA kernels (FlashAttention on GPU): plain softmax, full or causal mask",
-                     held, held)
+                     memory=held, saved=held)
 
 
 def emit_torch(w, graph, plan) -> None:

@@ -19,7 +19,15 @@ CHUNK = 64  # chunk length of causal linear attention
 # The reference machine of the roofline: an H100's dense fp16/bf16 tensor-core rate with fp32
 # accumulation (about a third of its peak, what attention kernels reach), its memory bandwidth and
 # its memory (the budget a lowering must fit at compile time unless a caller gives another).
-MACHINE = {"flops_per_s": 300e12, "bytes_per_s": 3.0e12, "memory_bytes": 80e9}
+# A kernel launching fewer programs than the machine has multiprocessors (132 on an H100 SXM)
+# reaches only that fraction of both rates: a few long programs leave most of the GPU idle.
+MACHINE = {"flops_per_s": 300e12, "bytes_per_s": 3.0e12, "multiprocessors": 132, "memory_bytes": 80e9}
+# Split-K decoding (attncc/lowerings/decode.py): query tiles of DECODE_BLOCK_M rows; the keys a query
+# tile sees are cut into splits of at least SPLIT_MIN_TILES key tiles, as many as make the programs
+# fill the multiprocessors SPLIT_WAVES times over (rt.decode_splits, the launchers and the cost agree).
+DECODE_BLOCK_M = 16
+SPLIT_MIN_TILES = 4
+SPLIT_WAVES = 2
 GRAPH_DEGREE = 16  # edges per token assumed by the cost model (the graph is a call-time input)
 GRAPH_PRODUCTS = 12  # products with A per application of exp(t A) (a Taylor series; walks: its steps)
 BYTES_IO = 4 * B * H * (Nq * (D + E) + N * (D + E))  # q, k, v read and the output written once, fp32
@@ -40,6 +48,7 @@ class Candidate:
     flops: sympy.Expr
     bytes: sympy.Expr
     note: str
+    programs: sympy.Expr | None = None  # independent programs its kernel launches; None: enough to fill the GPU
     memory: sympy.Expr | None = None
     saved: sympy.Expr | None = None
 
@@ -61,10 +70,17 @@ class Candidate:
     def fits(self, sizes: dict, budget: float) -> bool:
         return self.held_at(sizes) <= budget
 
+    def occupancy(self, sizes: dict) -> float:
+        """The fraction of the machine its programs keep busy: min(1, programs / multiprocessors)."""
+        if self.programs is None:
+            return 1.0
+        return min(1.0, evaluate(self.programs, sizes) / MACHINE["multiprocessors"])
+
     def seconds(self, sizes: dict) -> float:
-        """Roofline estimate on the reference machine: the slower of compute and memory traffic."""
+        """Roofline estimate on the reference machine: the slower of compute and memory traffic, at
+        the occupancy its programs reach."""
         flops, nbytes = self.at(sizes)
-        return max(flops / MACHINE["flops_per_s"], nbytes / MACHINE["bytes_per_s"])
+        return max(flops / MACHINE["flops_per_s"], nbytes / MACHINE["bytes_per_s"]) / self.occupancy(sizes)
 
 
 class SizePrinter(PythonCodePrinter):
@@ -125,8 +141,8 @@ def quadratic_memory(keys_per_query: sympy.Expr, rows: sympy.Expr = QUERY_CHUNK)
     return working, PAIR_BYTES_KEPT * B * H * Nq * keys_per_query
 
 
-def blocked_transform_memory(cells: sympy.Expr) -> tuple[sympy.Expr, sympy.Expr]:
-    """(working, saved) of the FFT / ring paths (attncc.rt.kernel_blocks): phi(Q), phi(K), then one
+def blocked_transform_memory(cells: sympy.Expr) -> dict:
+    """{memory: working, saved: ...} (Candidate's fields) of the FFT / ring paths (attncc.rt.kernel_blocks): phi(Q), phi(K), then one
     block of (feature, value column) transforms of `cells` elements per column at a time, at most
     GROUP_ELEMENTS elements or one column of one feature (B H cells), six buffers of it alive (the
     product, its transform, the filtered transform, the inverse, the ring path's box reads, the
@@ -135,7 +151,7 @@ def blocked_transform_memory(cells: sympy.Expr) -> tuple[sympy.Expr, sympy.Expr]
     block = sympy.Min(D * (E + 1) * B * H * cells, sympy.Max(GROUP_ELEMENTS, B * H * cells))
     working = 2 * BYTES_OUT + FEATURE_ROWS + 6 * 4 * block + 4 * B * H * (N + 2 * Nq) * (E + 1)
     saved = FEATURE_ROWS + 4 * B * H * D * (E + 1) * (2 * cells + Nq)
-    return working, saved
+    return {"memory": working, "saved": saved}
 
 
 def visited_pairs(s: Structure) -> sympy.Expr:

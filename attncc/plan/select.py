@@ -18,8 +18,11 @@ from dataclasses import dataclass, field, replace
 
 from rich.filesize import decimal
 
+import sympy
+
 from ..analysis.structure import Structure
-from ..ir.graph import B, D, E, Graph, H, N
+from ..ir.graph import B, D, E, Graph, H, N, Nq
+from ..lang.features import tensor_power_width
 from ..lang.source import AttnccError
 from . import registry
 from .cost import DESIGN_SIZES, MACHINE, Candidate, CostQuery, evaluate
@@ -77,6 +80,15 @@ def with_pooling(c: Candidate, pool) -> Candidate:
                    saved=None if c.saved is None else c.saved + pooled)
 
 
+def with_feature_rows(c: Candidate, terms) -> Candidate:
+    """Tensor-power features (passes/polynomial.py) computed before any lowering: every lowering reads
+    rows of width m = tensor_power_width(D) in place of D, and the features cost m flops a row."""
+    m = tensor_power_width(D, [n for n, _ in terms])
+    wide = lambda e: None if e is None else sympy.sympify(e).subs(D, m)  # noqa: E731
+    return replace(c, flops=wide(c.flops) + B * H * (Nq + N) * m, bytes=wide(c.bytes),
+                   note=c.note + f"; rows of {m} tensor-power features", memory=wide(c.memory), saved=wide(c.saved))
+
+
 def candidates(query: CostQuery, force: str | None = None) -> list[Candidate]:
     """The candidates of every registered lowering that accepts the node (forced-only ones when forced)."""
     return [lowering.cost(query) for lowering in registry.all()
@@ -123,6 +135,8 @@ def select(graph: Graph, sizes: dict | None = None, force: str | None = None, bu
     cands = candidates(query, force)
     if attrs.get("pool") is not None:
         cands = [with_pooling(c, attrs["pool"]) for c in cands]
+    if attrs.get("tensor_powers") is not None:
+        cands = [with_feature_rows(c, attrs["tensor_powers"]) for c in cands]
     if force is not None:
         names = [c.name for c in cands]
         if force not in names:

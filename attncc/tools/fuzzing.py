@@ -1,7 +1,8 @@
 """`attncc fuzz`: random masks and biases, or a user's family of specs, against the dense reference.
 
 A family is a spec with holes: each `??` in `mask(i, j)` is filled with a random boolean
-expression, each other `??` with a random numeric one (over i, j, h and the spec's sizes);
+expression, each other `??` with a random numeric one (over i, j, h and the spec's sizes), each
+`??fn` with a random float expression of the math functions and conversions (over i, j, h, b);
 `??grid(w)` and `??ring(w)` are filled with functions of the 2-D offset, or of one ring distance
 (Chebyshev or Manhattan), of i and j on a grid of `w` columns (a size or a number). A spec without
 holes is fuzzed over random shapes and inputs. Every lowering the spec admits is run, not only the
@@ -24,10 +25,11 @@ from ..api import compile as compile_spec
 from ..api import relower
 from .compare import compare, make_module, random_inputs
 from ..lang.source import SpecError
-from .testing import attention_shapes, bias_expressions, grid_expressions, mask_expressions, ring_expressions
+from .testing import (attention_shapes, bias_expressions, function_expressions, grid_expressions, mask_expressions,
+                      ring_expressions)
 
 HOLE = "??"
-_HOLES = re.compile(r"\?\?(?:(grid|ring)\(\s*([A-Za-z_][A-Za-z0-9_]*|[0-9]+)\s*\))?")
+_HOLES = re.compile(r"\?\?(?:(grid|ring)\(\s*([A-Za-z_][A-Za-z0-9_]*|[0-9]+)\s*\)|(fn)\b)?")
 DEFAULT_FAMILIES = ["""attention fuzz {
     size w = 5
     score(i, j) = dot(q[i], k[j]) * scale + ??
@@ -50,6 +52,12 @@ DEFAULT_FAMILIES = ["""attention fuzz {
     feature phi = elu1
     weight(i, j) = dot(phi(q[i]), phi(k[j])) * (??ring(w))
     normalize none
+}""", """attention fuzz_functions {
+    size w = 5
+    param t[H, 8] = normal(std=0.5)
+    let d = i - j
+    score(i, j) = dot(q[i], k[j]) * scale + ??fn + t[h, clamp(abs(d) // 2, 0, 7)] + 0.1 * sin(d * 0.3)
+    mask(i, j) = ??
 }"""]
 _SIZE = re.compile(r"\bsize\s+([A-Za-z_][A-Za-z0-9_]*)")
 _DEF = re.compile(r"\b(score|weight|mask|bias)\s*\(")
@@ -62,15 +70,22 @@ class FuzzReport:
     failure: str | None = None
     error: str = ""
     lowerings: dict = field(default_factory=dict)
+    compiled: dict = field(default_factory=dict)  # family index -> specs of it that compiled
+    first_rejection: dict = field(default_factory=dict)  # family index -> the checker's first error on it
+
+    def untested(self) -> dict[int, str]:
+        """Family index -> the checker's first error, for each family none of whose specs compiled
+        (a typo in a family rejects every spec filled from it: nothing of it was tested)."""
+        return {n: error for n, error in sorted(self.first_rejection.items()) if not self.compiled.get(n)}
 
 
 def _holes(family: str) -> list[tuple[str, str | None, bool]]:
-    """(kind, grid width, boolean) of each hole: kind '' for `??`, 'grid' or 'ring'; boolean inside
+    """(kind, grid width, boolean) of each hole: kind '' for `??`, 'grid', 'ring' or 'fn'; boolean inside
     `mask(i, j)`."""
     holes = []
     for m in _HOLES.finditer(family):
         defs = _DEF.findall(family[:m.start()])
-        holes.append((m.group(1) or "", m.group(2), bool(defs) and defs[-1] == "mask"))
+        holes.append((m.group(1) or m.group(3) or "", m.group(2), bool(defs) and defs[-1] == "mask"))
     return holes
 
 
@@ -82,6 +97,8 @@ def family_strategy(family: str):
             holes.append(grid_expressions(width, boolean))
         elif kind == "ring":
             holes.append(ring_expressions(width, boolean))
+        elif kind == "fn":
+            holes.append(function_expressions(sizes))
         else:
             holes.append(mask_expressions(sizes) if boolean else bias_expressions(sizes))
 
@@ -106,18 +123,21 @@ def fuzz(families: list[str], examples: int, backends: list[tuple[str, torch.dty
     shrunk failure, if any."""
     report = FuzzReport()
 
-    def check(spec: str, shape) -> None:
+    def check(member: tuple[int, str], shape) -> None:
+        family, spec = member
         report.examples += 1
         if progress is not None:
             progress(report.examples)
         try:
             classes = _every_lowering(spec)
-        except SpecError:  # a random expression the language rejects (e.g. a constant overflow)
+        except SpecError as exc:  # a random expression the language rejects (e.g. a constant overflow)
             report.rejected += 1
+            report.first_rejection.setdefault(family, str(exc))
             return
         except Exception as exc:  # noqa: BLE001  a compiler crash is a finding: shrink it
             report.failure, report.error = spec, f"compile: {type(exc).__name__}: {exc}"
             raise
+        report.compiled[family] = report.compiled.get(family, 0) + 1
         b, h, nq, nk, d, e = shape
         for cls in classes:
             report.lowerings[cls.LOWERING] = report.lowerings.get(cls.LOWERING, 0) + 1
@@ -137,7 +157,8 @@ def fuzz(families: list[str], examples: int, backends: list[tuple[str, torch.dty
                                     f"tolerance {result.tolerance:.0e}")
                     raise AssertionError(report.error)
 
-    specs = st.one_of(*[family_strategy(f) if HOLE in f else st.just(f) for f in families])
+    specs = st.one_of(*[(family_strategy(f) if HOLE in f else st.just(f)).map(lambda spec, n=n: (n, spec))
+                        for n, f in enumerate(families)])
     run = settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck),
                    phases=[Phase.generate, Phase.shrink])(given(specs, attention_shapes(max_tokens=max_tokens))(check))
     run = hypothesis_seed(seed)(run)  # the same seed gives the same specs

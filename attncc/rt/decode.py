@@ -1,0 +1,94 @@
+"""Split-K (flash-decoding) softmax attention for few queries against many keys.
+
+The keys a query chunk sees are cut into S splits; each split gives the softmax of its own keys
+applied to their values, O_s, and its log-sum-exp L_s (-inf: no visible key). They merge exactly:
+
+    L = log sum_s exp(L_s),   out = sum_s exp(L_s - L) O_s
+
+since exp(L_s - L) is the share of the row's softmax mass that split s holds. The Triton kernels
+(attncc/emit/triton_decode.py) run one program per (query tile, head, split) and merge in a second
+launch; this torch skeleton computes the same partials and merge, every split at once.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..lang.normalizers import NORMALIZERS
+from ..plan.cost import BLOCK, SPLIT_MIN_TILES, SPLIT_WAVES
+from .attention import QUERY_CHUNK, compute_dtype, pair_scores
+
+__all__ = ["decode_attention", "decode_splits", "merge_splits", "multiprocessors"]
+
+CPU_MULTIPROCESSORS = 132  # off CUDA: the cost model's reference machine (attncc.plan.cost.MACHINE)
+
+
+def multiprocessors(device) -> int:
+    """Streaming multiprocessors of a CUDA device; the reference machine's count elsewhere."""
+    device = torch.device(device)
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" \
+        else CPU_MULTIPROCESSORS
+
+
+def decode_splits(programs: int, keys: int, tile: int, sms: int) -> int:
+    """How many splits the keys of each of `programs` (query tile, head) programs are cut into: enough
+    for SPLIT_WAVES programs per multiprocessor, each split at least SPLIT_MIN_TILES tiles of keys."""
+    most = max(1, -(-keys // (SPLIT_MIN_TILES * tile)))
+    wanted = -(-SPLIT_WAVES * sms // max(1, programs))
+    return max(1, min(most, wanted))
+
+
+def merge_splits(parts: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, L) from the splits' outputs parts [.., S, E] and log-sum-exps lse [.., S] (-inf: empty):
+    out = sum_s exp(L_s - L) O_s, L = log sum_s exp(L_s); rows with no visible key give 0, -inf."""
+    top = lse.amax(-1, keepdim=True).detach()
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    share = torch.exp(lse - top)  # 0 for empty splits
+    total = share.sum(-1, keepdim=True)
+    out = (share.unsqueeze(-1) * parts).sum(-2) / torch.where(total == 0, torch.ones_like(total), total)
+    return out, (top + torch.log(total)).squeeze(-1)
+
+
+def _split_partials(s: torch.Tensor, vc: torch.Tensor, splits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(O_s [B, H, cq, S, E], L_s [B, H, cq, S]) of masked logits s [B, H, cq, n] (-inf where masked)
+    cut into `splits` consecutive runs of keys."""
+    B, H, cq, n = s.shape
+    size = -(-n // splits)
+    pad = size * splits - n
+    s = torch.nn.functional.pad(s, (0, pad), value=float("-inf")).view(B, H, cq, splits, size)
+    vc = torch.nn.functional.pad(vc, (0, 0, 0, pad)).view(*vc.shape[:2], splits, size, vc.shape[-1])
+    top = s.amax(-1, keepdim=True).detach()
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    w = torch.exp(s - top)
+    z = w.sum(-1)
+    parts = torch.einsum("bhqsn,bhsne->bhqse", w, vc.expand(B, H, splits, size, vc.shape[-1]))
+    parts = parts / torch.where(z == 0, torch.ones_like(z), z).unsqueeze(-1)
+    return parts, top.squeeze(-1) + torch.log(z)
+
+
+def decode_attention(q, k, v, ctx, *, scores: Callable, mask: Callable | None, key_range: Callable,
+                     normalize: str, eps: float, chunk: int = QUERY_CHUNK) -> torch.Tensor:
+    """out = softmax(mask o scores) V by split-K: per query chunk, the keys [k0, k1) it can see
+    (key_range) cut into decode_splits runs (as the Triton launcher would on this device, with
+    tiles of BLOCK keys), each split's output and log-sum-exp, merged (merge_splits).
+    Differentiable by autograd; the holes are those of rt.tiled_attention (normalize: softmax; eps unused)."""
+    if not NORMALIZERS[normalize].online_softmax:
+        raise ValueError(f"split-K decoding merges softmax rows by log-sum-exp, not `normalize {normalize}`")
+    B, H, Nq, _ = q.shape
+    sms = multiprocessors(q.device)
+    N, E = k.shape[2], v.shape[-1]
+    outs = []
+    for q0 in range(0, Nq, chunk):
+        q1 = min(Nq, q0 + chunk)
+        k0, k1 = key_range(q0, q1, ctx)
+        k0, k1 = max(0, k0), min(N, k1)
+        if k1 <= k0:
+            outs.append(q.new_zeros(B, H, q1 - q0, E, dtype=compute_dtype(q)))
+            continue
+        s, m, vc = pair_scores(q, k, v, ctx, q0, q1, slice(k0, k1), scores=scores, mask=mask)
+        if m is not None:
+            s = s.masked_fill(~m, float("-inf"))
+        parts, lse = _split_partials(s, vc, decode_splits(B * H * -(-Nq // chunk), k1 - k0, BLOCK, sms))
+        outs.append(merge_splits(parts, lse)[0])
+    return torch.cat(outs, dim=2).to(v.dtype)
