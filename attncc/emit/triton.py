@@ -220,9 +220,15 @@ def tile_dots(w: CodeWriter, dots: dict) -> None:
         w.line(f"{name} = tl.dot({qvar}, tl.trans({kvar}), input_precision=PRECISION)")
 
 
-def key_tile_loop(w: CodeWriter, plan: Plan) -> str:
-    """The loop header over the key tiles that query tile pid_m may see (block layout, band, or all)."""
+def key_tile_loop(w: CodeWriter, plan: Plan, tiles: str = "Part") -> str:
+    """The loop header over the key tiles that query tile pid_m may see (block layout, band, or all);
+    a layout built per call lists them: `tiles` Part (partial), Full or Row (every visited one)."""
     lo, hi = band_bounds(plan.mask)
+    if plan.entry.token_tiles:
+        if tiles == "Part":
+            w.line(f"# layout built per call ({plan.attrs['token_layout'].describe()}): partial tiles, then full ones")
+        w.line("row = off_b * tl.cdiv(Nq, BLOCK_M) + pid_m")
+        return f"for idx in range(0, tl.load({tiles}Count + row)):"
     if plan.entry.block_sparse:
         w.line(f"# block-sparse: only the key tiles that the layout row lists ({plan.attrs['block_layout'].describe()})")
         return "for idx in range(tl.load(RowPtr + pid_m), tl.load(RowPtr + pid_m + 1)):"
@@ -244,7 +250,7 @@ def emit_tiled_kernel(w: CodeWriter, graph: Graph, plan: Plan, kernel: Kernel) -
     sparse = plan.entry.block_sparse
     stats = norm.row_statistic  # a row statistic for the backward: logsumexp, or the denominator
     extra = "".join(f"{a}, " for a in kernel.arg_names()) + ("RowPtr, Cols, " if sparse else "") + \
-        ("Stat, " if stats else "")
+        ("PartCount, PartIndex, FullCount, FullIndex, " if plan.entry.token_tiles else "") + ("Stat, " if stats else "")
     w.line("@triton.jit")
     with w.block(f"def _attn_fwd({kernel_common_args()}, {extra}sm_scale, eps, band_lo, band_hi,"):
         w.line("BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,")
@@ -253,9 +259,14 @@ def emit_tiled_kernel(w: CodeWriter, graph: Graph, plan: Plan, kernel: Kernel) -
                f'{norm.score_name} = {brief(scores)}; mask = {brief(mask) if mask else "none"}."""')
         query_tile(w, dots)
         w.lines_of(RUNNING_STATE)
+        update = ONLINE_SOFTMAX_UPDATE if norm.online_softmax else WEIGHTED_SUM_UPDATE
         with w.block(key_tile_loop(w, plan)):
-            key_tile_weights(w, sparse, dots, ex, scores, mask)
-            w.lines_of(ONLINE_SOFTMAX_UPDATE if norm.online_softmax else WEIGHTED_SUM_UPDATE)
+            key_tile_weights(w, tile_start(plan, "Part"), dots, ex, scores, mask)
+            w.lines_of(update)
+        if plan.entry.token_tiles:  # every pair of a full tile is kept: no mask to evaluate
+            with w.block(key_tile_loop(w, plan, "Full")):
+                key_tile_weights(w, tile_start(plan, "Full"), dots, ex, scores, None)
+                w.lines_of(update)
         store_tiled_rows(w, norm)
     w.line()
     emit_tiled_launcher(w, plan, kernel, att.attr("eps"), stats)
@@ -288,11 +299,19 @@ acc += tl.dot(p, v.to(tl.float32), input_precision=PRECISION)
 """
 
 
-def key_tile_weights(w: CodeWriter, sparse: bool, dots: dict, ex: KernelExpr, scores: TExpr,
+def tile_start(plan: Plan, tiles: str) -> str | None:
+    """The first key of the loop's tile `idx`, when a layout lists the tiles (None: the loop counts keys)."""
+    if plan.entry.token_tiles:
+        return f"tl.load({tiles}Index + row * tl.cdiv(N, BLOCK_N) + idx) * BLOCK_N"
+    return "tl.load(Cols + idx) * BLOCK_N" if plan.entry.block_sparse else None
+
+
+def key_tile_weights(w: CodeWriter, start: str | None, dots: dict, ex: KernelExpr, scores: TExpr,
                      mask: TExpr | None) -> None:
-    """Inside the key-tile loop: the tile's keys, its scores `s`, where they are visible `valid`, its value rows."""
-    if sparse:
-        w.line("start_n = tl.load(Cols + idx) * BLOCK_N")
+    """Inside the key-tile loop: the tile's keys (from `start`, the first key of a listed tile), its
+    scores `s`, where they are visible `valid`, its value rows."""
+    if start is not None:
+        w.line(f"start_n = {start}")
     w.line("offs_n = start_n + tl.arange(0, BLOCK_N)")
     tile_dots(w, dots)
     scope = LetScope(ex)
@@ -330,14 +349,17 @@ def emit_tiled_launcher(w: CodeWriter, plan: Plan, kernel: Kernel, eps: float, s
         if sparse:
             w.line("tile, row_ptr, cols = self.cached_tiles(ctx, host.block_layout, q.device)  # once per length")
         band_line(w, plan)
-        vals = "".join(f"{v}, " for v in kernel.arg_values()) + ("row_ptr, cols, " if sparse else "") + \
-            ("stat, " if stats else "")
+        vals = "".join(f"{v}, " for v in kernel.arg_values()) + ("row_ptr, cols, " if sparse else "")
+        stat = "stat, " if stats else ""
         w.line()
         with w.block(f"def launch({'' if sparse else 'BLOCK_M, BLOCK_N, '}num_warps, num_stages):"):
             if sparse:
                 w.line("BLOCK_M = BLOCK_N = tile")
+            if plan.entry.token_tiles:
+                w.line("tiles = token_tiles(ctx, B, BLOCK_M, BLOCK_N, q.device)  # on the device, reused while the inputs are")
+                vals += "tiles.part_count, tiles.part_index, tiles.full_count, tiles.full_index, "
             w.line("grid = (triton.cdiv(Nq, BLOCK_M), B * H)")
-            w.line(f"_attn_fwd[grid]({launch_common()}, {vals}ctx.scale, {eps!r}, band_lo, band_hi,")
+            w.line(f"_attn_fwd[grid]({launch_common()}, {vals}{stat}ctx.scale, {eps!r}, band_lo, band_hi,")
             w.line("    BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision,")
             w.line("    num_warps=num_warps, num_stages=num_stages)")
         w.line()

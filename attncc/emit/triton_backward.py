@@ -30,7 +30,8 @@ from ..plan.select import Plan
 from .exprs import band_bounds, key, name_dots
 from .let import LetScope
 from .triton import (HELPERS, kernel_common_args, helpers_of, Kernel, KernelExpr, launch_common,
-                     launcher_head, load_rows, program_prologue, row_feature, size_arg, sizes_used, band_line, key_tile_loop)
+                     launcher_head, load_rows, program_prologue, row_feature, size_arg, sizes_used, band_line, key_tile_loop,
+                     tile_start)
 from .writer import CodeWriter
 
 RECOMPUTE = "recomputation through the torch backend's autograd"
@@ -228,7 +229,8 @@ class TileBackward:
         """`_attn_bwd_dkdv`: one key tile over the query tiles that see it; dK, dV and the table gradients."""
         w = self.w
         grads = "".join(f"G{op[0].upper()}_{name}, " for op, name in self.tables)
-        with self.kernel_def("_attn_bwd_dkdv", f"{grads}Stat, Delta, {'ColPtr, Rows, ' if self.sparse else ''}",
+        lists = "ColPtr, Rows, " if self.sparse else "ColCount, ColIndex, " if self.plan.entry.token_tiles else ""
+        with self.kernel_def("_attn_bwd_dkdv", f"{grads}Stat, Delta, {lists}",
                              "dK, dV (and table gradients) of one key tile: weights recomputed from the saved row "
                              "statistic."):
             w.line("pid_n = pid_m  # this grid's first axis walks key tiles")
@@ -244,6 +246,8 @@ class TileBackward:
             with w.block(query_tile_loop(w, self.plan)):
                 if self.sparse:
                     w.line("start_m = tl.load(Rows + idx) * BLOCK_M")
+                if self.plan.entry.token_tiles:
+                    w.line("start_m = tl.load(ColIndex + col * tl.cdiv(Nq, BLOCK_M) + idx) * BLOCK_M")
                 w.line("offs_m = start_m + tl.arange(0, BLOCK_M)")
                 scope = self.recompute_weights(keys_fixed=True)
                 self.score_gradients(scope, keys_fixed=True)
@@ -256,7 +260,8 @@ class TileBackward:
     def emit_dq_kernel(self) -> None:
         """`_attn_bwd_dq`: one query tile over the key tiles the forward visits; dQ."""
         w = self.w
-        with self.kernel_def("_attn_bwd_dq", f"Stat, Delta, {'RowPtr, Cols, ' if self.sparse else ''}",
+        lists = "RowPtr, Cols, " if self.sparse else "RowCount, RowIndex, " if self.plan.entry.token_tiles else ""
+        with self.kernel_def("_attn_bwd_dq", f"Stat, Delta, {lists}",
                              "dQ of one query tile over the key tiles the forward visits."):
             w.line("offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)")
             self.load_sides(self.q_sides, "Q", "offs_m", "Nq")
@@ -267,9 +272,10 @@ class TileBackward:
             q_accs = [f"d{qv}" for qv in dict.fromkeys(qv for qv, _ in self.pairs)]
             for acc in q_accs:
                 w.line(f"{acc} = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)")
-            with w.block(key_tile_loop(w, self.plan)):
-                if self.sparse:
-                    w.line("start_n = tl.load(Cols + idx) * BLOCK_N")
+            with w.block(key_tile_loop(w, self.plan, "Row")):
+                start = tile_start(self.plan, "Row")
+                if start is not None:
+                    w.line(f"start_n = {start}")
                 w.line("offs_n = start_n + tl.arange(0, BLOCK_N)")
                 self.score_gradients(self.recompute_weights(keys_fixed=False), keys_fixed=False)
             _feature_grad(w, "dq", q_accs, "BLOCK_M", "Q", "offs_m", "Nq")
@@ -326,6 +332,10 @@ class TileBackward:
 
 def query_tile_loop(w: CodeWriter, plan: Plan) -> str:
     """The loop header over the query tiles that see key tile pid_n (the layout transposed, band, or all)."""
+    if plan.entry.token_tiles:
+        w.line("# layout built per call: the query tiles that visit this key tile (the layout transposed)")
+        w.line("col = off_b * tl.cdiv(N, BLOCK_N) + pid_n")
+        return "for idx in range(0, tl.load(ColCount + col)):"
     if plan.entry.block_sparse:
         w.line("# block-sparse: the query tiles whose layout rows list this key tile (the layout transposed)")
         return "for idx in range(tl.load(ColPtr + pid_n), tl.load(ColPtr + pid_n + 1)):"
@@ -357,15 +367,17 @@ def _tiled_launchers(w: CodeWriter, norm: Normalizer, plan: Plan, kernel: Kernel
             w.line("BLOCK_M, row_ptr, cols = self.cached_tiles(ctx, host.block_layout, q.device)")
             w.line("BLOCK_N = BLOCK_M")
             w.line("col_ptr, rows = triton_ops.transpose_tiles(row_ptr, cols, triton.cdiv(N, BLOCK_N))")
+        if plan.entry.token_tiles:
+            w.line("tiles = token_tiles(ctx, B, BLOCK_M, BLOCK_N, q.device)  # the forward's, when its tiles were these")
         band_line(w, plan)
         vals = "".join(f"{v}, " for v in kernel.arg_values())
         gvals = "".join(f"grads[{key(n)}], " for _, n in tables)
+        cols, rows = (" tiles.col_count, tiles.col_index,", " tiles.row_count, tiles.row_index,") \
+            if plan.entry.token_tiles else (" col_ptr, rows,", " row_ptr, cols,") if sparse else ("", "")
         tail = "ctx.scale, band_lo, band_hi, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E,"
-        w.line(f"_attn_bwd_dkdv[(triton.cdiv(N, BLOCK_N), B * H)]({bwd_launch()}, {vals}{gvals}stat, delta,"
-               f"{' col_ptr, rows,' if sparse else ''}")
+        w.line(f"_attn_bwd_dkdv[(triton.cdiv(N, BLOCK_N), B * H)]({bwd_launch()}, {vals}{gvals}stat, delta,{cols}")
         w.line(f"    {tail} PRECISION=precision)")
-        w.line(f"_attn_bwd_dq[(triton.cdiv(Nq, BLOCK_M), B * H)]({bwd_launch()}, {vals}stat, delta,"
-               f"{' row_ptr, cols,' if sparse else ''}")
+        w.line(f"_attn_bwd_dq[(triton.cdiv(Nq, BLOCK_M), B * H)]({bwd_launch()}, {vals}stat, delta,{rows}")
         w.line(f"    {tail} PRECISION=precision)")
         w.line("return dq, dk, dv, grads")
     w.line()

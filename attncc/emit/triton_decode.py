@@ -82,7 +82,7 @@ def emit_split_kernel(w: CodeWriter, graph: Graph, plan: Plan, kernel: Kernel) -
         query_tile(w, dots)
         w.lines_of(RUNNING_STATE)
         with w.block(split_key_loop(w)):
-            key_tile_weights(w, False, dots, ex, scores, mask)
+            key_tile_weights(w, None, dots, ex, scores, mask)
             w.lines_of(ONLINE_SOFTMAX_UPDATE)
         w.line("l_safe = tl.where(l_i == 0.0, 1.0, l_i)")
         w.line("tl.store(Out + offs_m[:, None] * stride_om + pid_s * stride_os + offs_e[None, :] * stride_od, "

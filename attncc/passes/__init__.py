@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..ir.graph import Graph, verify
-from .block_layout import analyse_blocks
+from .block_layout import analyse_blocks, analyse_token_layout
 from .favor import kernelize_favor
 from .mask_structure import analyse_mask
 from .ista import lower_ista
@@ -26,7 +26,8 @@ class PassContext:
         self.log.append((pass_name, message))
 
 
-PIPELINE = [kernelize_favor, analyse_mask, analyse_blocks, lower_ista, mixed_chunk, reassociate_kernel]
+PIPELINE = [kernelize_favor, analyse_mask, analyse_blocks, analyse_token_layout, lower_ista, mixed_chunk,
+            reassociate_kernel]
 
 
 def run_pipeline(graph: Graph, ctx: PassContext, check: bool = True) -> Graph:
