@@ -21,7 +21,8 @@ from .triton import HELPERS, Kernel, KernelExpr, size_arg, sizes_used
 from .writer import CodeWriter
 
 BIG = 2147483647
-CLASS_COLUMNS = 64  # key tiles classified per step of `_tile_classes`
+CLASS_COLUMNS = 64  # key blocks classified per step of `_tile_classes`
+GROUP = 16  # blocks a program of `_token_bounds` reduces, query blocks a program of `_tile_classes` classifies
 
 
 class Code:
@@ -88,85 +89,102 @@ def _sizes(layout: TokenLayout) -> list[str]:
 
 
 def emit_token_bounds(w: CodeWriter, layout: TokenLayout, kernel: Kernel) -> None:
-    """`_token_bounds`: per block, the min and max of each metadata expression over its tokens."""
+    """`_token_bounds`: per block, the min and max of each metadata expression over its tokens
+    (GROUP blocks a program: a [GROUP, block] tile reduced along its rows)."""
     ex = KernelExpr({}, {s: size_arg(s) for s in sizes_used(layout.mask)})
     w.line("@triton.jit")
     with w.block(f"def _token_bounds({''.join(f'{a}, ' for a in kernel.arg_names())}Nq, N, QLo, QHi, KLo, KHi, "
-                 "BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):"):
+                 "BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr):"):
         meta = ", ".join(f"{side}{n} = {brief(t)}" for side, ts in (("q", layout.queries), ("k", layout.keys))
                          for n, t in enumerate(ts))
         w.line(f'"""Min and max over each query block and each key block of the token metadata: {meta}."""')
-        w.line("blk = tl.program_id(0)")
+        w.line("blocks = tl.program_id(0) * GROUP + tl.arange(0, GROUP)")
         w.line("off_b = tl.program_id(1)")
         w.line("QB = tl.cdiv(Nq, BLOCK_M)")
         w.line("KB = tl.cdiv(N, BLOCK_N)")
-        for side, exprs, offs, count, block, tiles, lo, hi in (
-                ("q", layout.queries, "offs_m", "Nq", "BLOCK_M", "QB", "QLo", "QHi"),
-                ("k", layout.keys, "offs_n", "N", "BLOCK_N", "KB", "KLo", "KHi")):
+        for side, exprs, var, count, block, tiles, lo, hi in (
+                ("q", layout.queries, "i", "Nq", "BLOCK_M", "QB", "QLo", "QHi"),
+                ("k", layout.keys, "j", "N", "BLOCK_N", "KB", "KLo", "KHi")):
             if not exprs:
                 continue
-            w.line(f"{offs} = blk * {block} + tl.arange(0, {block})")
-            shape = "[BLOCK_M, 1]" if side == "q" else "[1, BLOCK_N]"
-            inside = f"({offs}[:, None] < {count})" if side == "q" else f"({offs}[None, :] < {count})"
-            scope = LetScope(ex, prefix=f"{side}t")
+            # the printed metadata reads i as offs_m[:, None] (j as offs_n[None, :]): one [GROUP, block]
+            # tile of tokens, block b's in row b either way
+            index = f"blocks[:, None] * {block} + tl.arange(0, {block})[None, :]"
+            w.line(f"tokens = {index}")
+            w.line(f"inside = tokens < {count}")
+            scope = LetScope(_TokenExpr(ex, var), prefix=f"{side}t")
             scope.bind(w, list(exprs))
             for n, t in enumerate(exprs):
                 value = f"({scope(t)})" + (".to(tl.int32)" if t.type == BOOL else "")
-                w.line(f"x = {value} + tl.zeros({shape}, dtype=tl.int32)")
-                at = f"(off_b * {tiles} + blk) * {len(exprs)} + {n}"
-                w.line(f"tl.store({lo} + {at}, tl.min(tl.min(tl.where({inside}, x, {BIG}), 1), 0), mask=blk < {tiles})")
-                w.line(f"tl.store({hi} + {at}, tl.max(tl.max(tl.where({inside}, x, -{BIG}), 1), 0), mask=blk < {tiles})")
+                w.line(f"x = {value} + tl.zeros([GROUP, {block}], dtype=tl.int32)")
+                at = f"(off_b * {tiles} + blocks) * {len(exprs)} + {n}"
+                w.line(f"tl.store({lo} + {at}, tl.min(tl.where(inside, x, {BIG}), 1), mask=blocks < {tiles})")
+                w.line(f"tl.store({hi} + {at}, tl.max(tl.where(inside, x, -{BIG}), 1), mask=blocks < {tiles})")
     w.line()
 
 
+class _TokenExpr(KernelExpr):
+    """KernelExpr with the side's index variable read as the [GROUP, block] tile `tokens`."""
+
+    def __init__(self, inner: KernelExpr, var: str):
+        super().__init__(inner.dots, inner.sizes)
+        self.var = var
+
+    def node(self, t: TExpr, args: list[str]) -> str:
+        if t.op == "var" and t.value == self.var:
+            return "tokens"
+        return super().node(t, args)
+
+
 def emit_bounded_classes(w: CodeWriter, layout: TokenLayout) -> None:
-    """`_tile_classes` from the block bounds, by the interval rules printed through TritonLib."""
+    """`_tile_classes` from the block bounds, by the interval rules printed through TritonLib: a
+    [GROUP query blocks, BLOCK_C key blocks] tile of classes per step."""
     sizes = _sizes(layout)
     args = "".join(f"{size_arg(s)}, " for s in sizes)
     w.line("@triton.jit")
     with w.block(f"def _tile_classes(Nq, N, {args}QLo, QHi, KLo, KHi, Cls, BLOCK_M: tl.constexpr, "
-                 "BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):"):
-        w.line(f'"""Class of every tile of one query block (0 empty, 1 partial, 2 full) for {brief(layout.mask)}."""')
-        w.line("row = tl.program_id(0)")
+                 "BLOCK_N: tl.constexpr, GROUP: tl.constexpr, BLOCK_C: tl.constexpr):"):
+        w.line(f'"""Class of every tile (0 empty, 1 partial, 2 full) of GROUP query blocks for {brief(layout.mask)}."""')
+        w.line("rows = (tl.program_id(0) * GROUP + tl.arange(0, GROUP))[:, None]")
         w.line("off_b = tl.program_id(1)")
         w.line("QB = tl.cdiv(Nq, BLOCK_M)")
         w.line("KB = tl.cdiv(N, BLOCK_N)")
-        w.line("i_lo = row * BLOCK_M")
+        w.line("i_lo = rows * BLOCK_M")
         w.line("i_hi = tl.minimum(i_lo + BLOCK_M, Nq) - 1")
         bounds: dict[TExpr, tuple] = {}
         for n, t in enumerate(layout.queries):
-            at = f"(off_b * QB + row) * {len(layout.queries)} + {n}"
-            w.line(f"q{n}_lo = tl.load(QLo + {at})")
-            w.line(f"q{n}_hi = tl.load(QHi + {at})")
+            at = f"(off_b * QB + rows) * {len(layout.queries)} + {n}"
+            w.line(f"q{n}_lo = tl.load(QLo + {at}, mask=rows < QB, other=0)")
+            w.line(f"q{n}_hi = tl.load(QHi + {at}, mask=rows < QB, other=0)")
             bounds[t] = (Code(f"q{n}_lo"), Code(f"q{n}_hi"))
         with w.block("for c0 in range(0, KB, BLOCK_C):"):
-            w.line("cols = c0 + tl.arange(0, BLOCK_C)")
-            w.line("inside = cols < KB")
+            w.line("cols = (c0 + tl.arange(0, BLOCK_C))[None, :]")
+            w.line("inside = (rows < QB) & (cols < KB)")
             w.line("j_lo = cols * BLOCK_N")
             w.line("j_hi = tl.minimum(j_lo + BLOCK_N, N) - 1")
             for n, t in enumerate(layout.keys):
                 at = f"(off_b * KB + cols) * {len(layout.keys)} + {n}"
-                w.line(f"k{n}_lo = tl.load(KLo + {at}, mask=inside, other=0)")
-                w.line(f"k{n}_hi = tl.load(KHi + {at}, mask=inside, other=0)")
+                w.line(f"k{n}_lo = tl.load(KLo + {at}, mask=cols < KB, other=0)")
+                w.line(f"k{n}_hi = tl.load(KHi + {at}, mask=cols < KB, other=0)")
                 bounds[t] = (Code(f"k{n}_lo"), Code(f"k{n}_hi"))
             env = {"bounds": bounds, "sizes": {s: Code(size_arg(s)) for s in sizes},
                    "rsizes": {"N": Code("N"), "Nq": Code("Nq")}, "i": (Code("i_lo"), Code("i_hi")),
                    "j": (Code("j_lo"), Code("j_hi"))}
             any_, all_ = tile_rule(layout, TritonLib(), env)
             w.line("# any: some pair of the tile may hold; all: every pair holds (interval rules)")
-            w.line(f"any_ = {_on_columns(any_)}")
-            w.line(f"all_ = {_on_columns(all_)}")
+            w.line(f"any_ = {_on_tiles(any_)}")
+            w.line(f"all_ = {_on_tiles(all_)}")
             w.line("cls = tl.where(all_, 2, tl.where(any_, 1, 0))")
-            w.line("tl.store(Cls + (off_b * QB + row) * KB + cols, cls.to(tl.int8), mask=inside)")
+            w.line("tl.store(Cls + (off_b * QB + rows) * KB + cols, cls.to(tl.int8), mask=inside)")
     w.line()
 
 
-def _on_columns(x) -> str:
-    """A rule's value over the step's columns (a Python bool where the rule is constant)."""
+def _on_tiles(x) -> str:
+    """A rule's value over the step's tiles (a Python bool where the rule is constant)."""
     if x is True:
         return "inside"
     if x is False:
-        return "cols < 0"
+        return "inside & False"
     return f"inside & ({_text(x)})"
 
 
@@ -218,11 +236,11 @@ def emit_token_tiles(w: CodeWriter, layout: TokenLayout) -> None:
                 nq, nk = max(1, len(layout.queries)), max(1, len(layout.keys))
                 w.line(f"q_lo, q_hi = (torch.empty(B, QB, {nq}, device=device, dtype=torch.int32) for _ in range(2))")
                 w.line(f"k_lo, k_hi = (torch.empty(B, KB, {nk}, device=device, dtype=torch.int32) for _ in range(2))")
-                w.line(f"_token_bounds[(max(QB, KB), B)]({vals}ctx.Nq, ctx.N, q_lo, q_hi, k_lo, k_hi, "
-                       "BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)")
+                w.line(f"_token_bounds[(triton.cdiv(max(QB, KB), {GROUP}), B)]({vals}ctx.Nq, ctx.N, q_lo, q_hi, k_lo, k_hi, "
+                       f"BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, GROUP={GROUP})")
                 sizes = "".join(f"ctx.sizes[{key(s)}], " for s in _sizes(layout))
-                w.line(f"_tile_classes[(QB, B)](ctx.Nq, ctx.N, {sizes}q_lo, q_hi, k_lo, k_hi, cls, "
-                       f"BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_C={CLASS_COLUMNS})")
+                w.line(f"_tile_classes[(triton.cdiv(QB, {GROUP}), B)](ctx.Nq, ctx.N, {sizes}q_lo, q_hi, k_lo, k_hi, cls, "
+                       f"BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, GROUP={GROUP}, BLOCK_C={CLASS_COLUMNS})")
             else:
                 w.line(f"_tile_classes[(QB, B)]({vals}ctx.Nq, ctx.N, cls, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)")
             w.line("return cls")
