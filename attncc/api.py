@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import weakref
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,7 +21,8 @@ from .ir.signature import Signature
 from .ir.lower import lower, size_symbols
 from .frontend.parse import parse
 from .passes import PassContext, run_pipeline
-from .runtime.compiled import RESERVED_ATTRIBUTES, load_module
+from .runtime.cache import load_module
+from .runtime.compiled import RESERVED_ATTRIBUTES, RESERVED_KEYWORDS
 from .plan.select import DESIGN_SIZES, Plan, select
 from .lang.source import AttnccError, Source
 
@@ -44,13 +46,17 @@ class Compilation:
 
 
 def read_source(spec: str | Path) -> Source:
-    """A path to a .attn file, or spec text itself."""
-    if isinstance(spec, Path) or (isinstance(spec, str) and "{" not in spec and spec.strip().endswith(".attn")):
-        path = Path(spec)
+    """A path to a spec file (a .attn name, or any file that exists), or spec text itself (it holds `{`)."""
+    if isinstance(spec, str) and "{" not in spec and (spec.strip().endswith(".attn") or os.path.exists(spec)):
+        spec = Path(spec)
+    if isinstance(spec, Path):
+        path = spec
         try:
             return Source(path.read_text(encoding="utf-8"), str(path))
         except FileNotFoundError:
             raise AttnccError(f"{path}: no such spec file") from None
+        except IsADirectoryError:
+            raise AttnccError(f"{path}: is a directory, not a spec file") from None
         except (UnicodeDecodeError, OSError) as exc:
             raise AttnccError(f"{path}: cannot read spec: {exc}") from None
     if not isinstance(spec, str):
@@ -62,7 +68,7 @@ def build(spec: str | Path | Source, sizes: dict | None = None, lowering: str | 
     """Run the whole pipeline up to generated source (nothing is imported or executed)."""
     src = spec if isinstance(spec, Source) else read_source(spec)
     tree = parse(src)
-    checked = check(src, tree, RESERVED_ATTRIBUTES)
+    checked = check(src, tree, RESERVED_ATTRIBUTES, RESERVED_KEYWORDS)
     ir = lower(checked)
     optimized = ir.copy()
     ctx = PassContext(size_symbols(ir.signature))

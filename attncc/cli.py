@@ -9,6 +9,90 @@ from pathlib import Path
 BACKEND_RUNS = [("torch", "float32"), ("torch", "float64"), ("torch", "bfloat16"),
                 ("triton", "float32"), ("triton", "float16"), ("triton", "bfloat16")]
 CHECK_SHAPES = [(37, 37), (1, 1), (20, 45), (45, 20), (130, 130)]
+MAX_SEED = 2**32  # seeds are drawn into torch generators (64-bit) with offsets added: 32 bits leave room
+
+
+class UsageError(Exception):
+    """An argument the command cannot use (a bad path, option value or device): exit code 2, as for
+    argparse's own errors."""
+
+    def __init__(self, message: str, hint: str = ""):
+        super().__init__(message)
+        self.hint = hint
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _int_in(text, 1, None, "a positive integer")
+
+
+def seed(text: str) -> int:
+    """argparse type: a seed in [0, 2^32)."""
+    return _int_in(text, 0, MAX_SEED, "an integer in [0, 2**32)")
+
+
+def _int_in(text: str, low: int, high: int | None, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+    if value < low or (high is not None and value >= high):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+    return value
+
+
+def spec_argument(text: str) -> str | Path:
+    """A SPEC argument: spec text if it holds `{`, else a spec file (whatever its suffix)."""
+    if "{" in text:
+        return text
+    path = Path(text)
+    if path.is_dir():
+        raise UsageError(f"{text}: is a directory, not a spec file", "name a .attn file")
+    if not path.exists():
+        raise UsageError(f"{text}: no such spec file", "name a .attn file, or pass spec text (it holds `{`)")
+    return path
+
+
+def output_file(text: str, option: str) -> Path:
+    """A file the command will write: not a directory, and no file stands where its folder must be."""
+    path = Path(text)
+    if path.is_dir():
+        raise UsageError(f"{option} {text}: is a directory", "name a file to write")
+    _no_file_in_the_way(path.parent, text, option, "name a file in a folder")
+    return path
+
+
+def output_folder(text: str, option: str) -> Path:
+    """A folder the command will write into, made if missing."""
+    path = Path(text)
+    _no_file_in_the_way(path, text, option, "name a folder (it is made if missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{option} {text}: cannot create the folder: {exc.strerror or exc}") from None
+    return path
+
+
+def _no_file_in_the_way(folder: Path, text: str, option: str, hint: str) -> None:
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise UsageError(f"{option} {text}: {existing} is not a folder", hint)
+
+
+def write_output(path: Path, text: str, option: str) -> None:
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        raise UsageError(f"{option}: cannot write {path}: {exc.strerror or exc}") from None
+
+
+def device_argument(requested: str | None) -> str:
+    """The device to run on: the one asked for (cpu or cuda) if this machine has it, else the best one here."""
+    import torch
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available here",
+                         "use --device cpu (Triton kernels then run in Triton's interpreter)")
+    return requested or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,27 +110,28 @@ def _parser() -> argparse.ArgumentParser:
                         "mask-png draws the kept pairs and the visited tiles (needs matplotlib)")
     i.add_argument("--lowering")
     i.add_argument("-o", "--out", help="mask-png: the PNG file (default: <name>-mask.png)")
-    i.add_argument("--tokens", type=int, default=64, help="mask-png: the length N drawn (default: 64)")
+    i.add_argument("--tokens", type=positive_int, default=64, help="mask-png: the length N drawn (default: 64)")
     i.add_argument("--size", action="append", default=[], metavar="NAME=VALUE",
                    help="override a spec size, or a design size of the plan (B, H, Nq, N, D, E)")
     k = sub.add_parser("check", help="run every backend against the dense reference")
     k.add_argument("specs", nargs="+")
-    k.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    k.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
     k.add_argument("--lowering")
-    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--seed", type=seed, default=0)
     f = sub.add_parser("fuzz", help="random masks and biases (or your spec family with ?? holes) vs the reference")
     f.add_argument("specs", nargs="*", help="specs or families with `??`, `??grid(w)`, `??ring(w)` holes (default: mask + bias, "
                    "grid and ring families)")
-    f.add_argument("--examples", type=int, default=200)
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--examples", type=positive_int, default=200)
+    f.add_argument("--seed", type=seed, default=0)
     f.add_argument("--out", default="fuzz-failure.attn", help="where a shrunk failing spec is written")
     b = sub.add_parser("bench", help="time specs against SDPA, FlexAttention, fla and naive torch (attncc.benchmark)")
     b.add_argument("specs", nargs="+", help="spec files; PATH@lowering forces a lowering")
-    b.add_argument("--device", default=None, help="cuda (Triton backend, do_bench) or cpu (torch backend vs naive)")
+    b.add_argument("--device", choices=["cpu", "cuda"],
+                   help="cuda (Triton backend, do_bench) or cpu (torch backend vs naive); default: cuda if available")
     b.add_argument("--dims", default="64,128", help="head dims d (= e)")
     b.add_argument("--lengths", default="1024,4096,16384,65536", help="token counts N, run in this order")
-    b.add_argument("--batch", type=int, default=4)
-    b.add_argument("--heads", type=int, default=16)
+    b.add_argument("--batch", type=positive_int, default=4)
+    b.add_argument("--heads", type=positive_int, default=16)
     b.add_argument("--dtype", default="", help="default: bfloat16 on CUDA, float32 on the CPU")
     b.add_argument("--baselines", default="sdpa,flex,fla,naive,fft")
     b.add_argument("--size", action="append", default=[], metavar="NAME=VALUE", help="override a spec size")
@@ -70,11 +155,10 @@ def _stage_graph(comp, stage):
 
 def cmd_compile(args) -> int:
     from .api import build, generated_files
-    comp = build(args.spec, lowering=args.lowering)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(args.out, "-o")
+    comp = build(spec_argument(args.spec), lowering=args.lowering)
     for name, source in generated_files(comp).items():
-        (out / name).write_text(source)
+        write_output(out / name, source, "-o")
         print(f"{out / name}")
     print(f"{comp.checked.name}: lowering {comp.plan.lowering} ({comp.spec_hash})")
     return 0
@@ -83,13 +167,16 @@ def cmd_compile(args) -> int:
 def inspect_mask_png(args) -> int:
     from .tools.compare import parse_sizes
     from .tools.pictures import mask_png
-    out = args.out or f"{Path(args.spec).stem}-mask.png"
+    spec = spec_argument(args.spec)
+    out = output_file(args.out or f"{Path(args.spec).stem}-mask.png", "-o")
     try:
         sizes = parse_sizes(args.size)
     except ValueError as exc:
-        print(f"attncc: {exc}", file=sys.stderr)
-        return 1
-    pic = mask_png(args.spec, out, args.tokens, sizes, args.lowering)
+        raise UsageError(f"--size: {exc}") from None
+    try:
+        pic = mask_png(spec, out, args.tokens, sizes, args.lowering)
+    except OSError as exc:
+        raise UsageError(f"-o: cannot write {out}: {exc.strerror or exc}") from None
     tiles = "no score tiles" if pic.tiles is None else "{} of {} tiles visited".format(*pic.tiles.fraction)
     print(f"{out}: {pic.name} at N = {args.tokens}, lowering {pic.lowering}: {tiles}")
     return 0
@@ -109,9 +196,8 @@ def cmd_inspect(args) -> int:
     try:
         sizes = parse_sizes(args.size)
     except ValueError as exc:
-        print(f"attncc: {exc}", file=sys.stderr)
-        return 1
-    comp = build(args.spec, lowering=args.lowering, sizes=sizes)
+        raise UsageError(f"--size: {exc}") from None
+    comp = build(spec_argument(args.spec), lowering=args.lowering, sizes=sizes)
     if args.emit in ("triton", "torch", "module"):
         print({"triton": comp.triton_source, "torch": comp.torch_source, "module": comp.module_source}[args.emit],
               end="")
@@ -147,19 +233,38 @@ def _approximation_error(cls, seed: int) -> str:
             f"benchmarks/approximation.py for real inputs)")
 
 
+def clamp_warnings(cls, seed: int) -> list[str]:
+    """The table lookups of a compiled spec that clamp an index on `check`'s inputs: the language
+    clamps silently (docs/language.md, section 13), so `check` says where, once per lookup index."""
+    import torch
+    from .tools.compare import make_module, random_inputs
+    found: dict[str, str] = {}
+    for nq, nk in CHECK_SHAPES:
+        if cls.GRAPHS and nq != nk:
+            continue
+        module = make_module(cls, heads=3, dim=24, dim_v=20, seed=seed)
+        q, k, v, inputs = random_inputs(cls, 2, 3, nq, nk, 24, 20,
+                                        generator=torch.Generator().manual_seed(seed + nq * 1000 + nk))
+        for line in module.clamped_lookups(q, k, v, **inputs):
+            found.setdefault(line.split(" is ")[0], f"{line} (Nq x N = {nq} x {nk}); write the clamp in the spec "
+                             "(`clamp(x, 0, n - 1)`) if it is meant, or pass check_bounds=True to raise")
+    return list(found.values())
+
+
 def cmd_check(args) -> int:
     import torch
     from rich.console import Console
     from rich.table import Table
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device_argument(args.device)
+    specs = [spec_argument(s) for s in args.specs]
     _interpret_triton(device)
     from .api import compile as compile_spec
     from .tools.compare import compare, make_module, random_inputs, triton_runnable
 
     console = Console()
     failed = 0
-    for spec in args.specs:
+    for spec in specs:
         cls = compile_spec(spec, lowering=args.lowering)
         comp = cls.compilation
         console.print(f"[bold]{spec}[/bold]: `{cls.SPEC_NAME}`, {comp.checked.normalize} attention")
@@ -189,6 +294,8 @@ def cmd_check(args) -> int:
                 table.add_row(backend, dtype_name, f"{nq} x {nk}", f"{r.error:.2e}", f"{r.tolerance:.0e}",
                               "[green]ok" if r.ok else "[red]FAIL")
         console.print(table)
+        for line in clamp_warnings(cls, args.seed):
+            console.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
         if comp.checked.approx is not None:
             console.print(_approximation_error(cls, args.seed), markup=False)
     console.print(f"{'[red]' + str(failed) + ' failed' if failed else '[green]all backends match the reference'}")
@@ -198,13 +305,15 @@ def cmd_check(args) -> int:
 def cmd_fuzz(args) -> int:
     import torch
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     _interpret_triton("cuda" if torch.cuda.is_available() else "cpu")
     from .api import read_source
     from .tools.fuzzing import DEFAULT_FAMILIES, fuzz, write_failure
 
-    families = [read_source(s).text for s in args.specs] or DEFAULT_FAMILIES
+    families = [read_source(spec_argument(s)).text for s in args.specs] or DEFAULT_FAMILIES
+    out = output_file(args.out, "--out")
     runs = [("torch", torch.float32), ("triton", torch.float32)]
     console = Console()
     with Progress(TextColumn("fuzzing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -215,18 +324,31 @@ def cmd_fuzz(args) -> int:
     lowerings = ", ".join(f"{k} {v}" for k, v in sorted(report.lowerings.items()))
     console.print(f"{report.examples} specs run (with shrinking), {report.rejected} rejected by the checker; "
                   f"lowerings: {lowerings or 'none'}", markup=False)
+    untested = report.untested()
+    if report.failure is None and untested:
+        for n, error in untested.items():
+            name = args.specs[n] if args.specs else f"default family {n + 1}"
+            console.print(f"[red]nothing tested[/red] of {escape(name)}: the checker rejected every spec filled "
+                          "from it; its first error:")
+            console.print(error, markup=False)
+        return 1
     if report.failure is None:
         console.print("[green]no failure: every backend matches the reference")
         return 0
-    write_failure(report, Path(args.out))
-    console.print(f"[red]failure[/red] ({report.error}); minimal spec written to {args.out}:")
+    try:
+        write_failure(report, out)
+    except OSError as exc:
+        raise UsageError(f"--out: cannot write {out}: {exc.strerror or exc}") from None
+    console.print(f"[red]failure[/red] ({report.error}); minimal spec written to {out}:")
     console.print(report.failure, markup=False)
     return 1
 
 
 def cmd_bench(args) -> int:
-    import torch
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device_argument(args.device)
+    for spec in args.specs:
+        spec_argument(str(spec).partition("@")[0])
+    output_file(args.out, "-o")
     _interpret_triton(device)
     from .tools.benchmark import run_cli
     return run_cli(args, device)
@@ -234,7 +356,10 @@ def cmd_bench(args) -> int:
 
 def main(argv=None) -> int:
     from .lang.source import AttnccError
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # argparse's usage errors (exit 2) and --help (0): a code, not an exception
+        return exc.code
     try:
         commands = {"compile": cmd_compile, "inspect": cmd_inspect, "check": cmd_check, "fuzz": cmd_fuzz,
                     "bench": cmd_bench}
@@ -242,6 +367,9 @@ def main(argv=None) -> int:
     except AttnccError as exc:
         print(str(exc), file=sys.stderr)
         return 1
+    except UsageError as exc:
+        print(f"attncc {args.command}: error: {exc}" + (f"\n  hint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # never a traceback for users; ATTNCC_DEBUG=1 shows it

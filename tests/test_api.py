@@ -4,6 +4,7 @@ import torch
 
 import attncc
 from attncc import AttnccError, ShapeError
+from attncc.lang.source import SpecError
 
 from .conftest import ROOT
 
@@ -168,3 +169,22 @@ def test_reference_of_empty_sequences():
     q, k0 = torch.randn(1, 1, 3, 4), torch.randn(1, 1, 0, 4)
     assert torch.equal(m(q, k0, k0), torch.zeros(1, 1, 3, 4))
     assert torch.equal(m.reference(q, k0, k0), torch.zeros(1, 1, 3, 4, dtype=torch.float64))
+
+
+def test_inputs_and_sizes_named_like_the_module_arguments():
+    """Sizes are passed to the constructor by name, inputs to every call: names the module's own
+    signatures take (`self`, `backend`, `rows`) are refused where they are declared."""
+    for declaration, name in (("input self[N]", "self"), ("size self = 2", "self"), ("size backend = 2", "backend"),
+                              ("input rows[N]", "rows")):
+        with pytest.raises(SpecError) as info:
+            attncc.compile(f"attention a {{\n    {declaration}\n    mask(i, j) = j <= i\n}}")
+        (d,) = info.value.diagnostics
+        assert f"`{name}` is a keyword argument of the compiled nn.Module" in d.message and d.hint
+        assert d.render(info.value.source).startswith("<spec>:2:")
+
+
+def test_layer_refuses_an_input_named_like_its_keywords():
+    spec = "attention a {\n    input need_weights[N] : bool\n    mask(i, j) = need_weights[j]\n}"
+    attncc.compile(spec)  # fine as a module: its calls take no such keyword
+    with pytest.raises(SpecError, match="keyword argument of attncc.layer's forward"):
+        attncc.layer(spec, embed_dim=8, num_heads=2)

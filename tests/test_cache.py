@@ -1,11 +1,22 @@
 """The cache of generated code: keyed, atomic, safe under concurrent compiles, self-healing."""
+import importlib.util
+import inspect
+import linecache
+import marshal
 import multiprocessing
 import os
+import pickle
+import shutil
+import struct
+import sys
+import warnings
+from pathlib import Path
 
+import pytest
 import torch
 
 import attncc
-from attncc.runtime.compiled import toolchain
+from attncc.runtime.cache import cache_dir, toolchain
 
 from .conftest import ROOT
 
@@ -48,3 +59,102 @@ def test_corrupted_entry_is_rebuilt(tmp_path, monkeypatch):
 
 def test_key_names_the_toolchain():
     assert torch.__version__ in toolchain() and "triton" in toolchain()
+
+
+def _plant_pyc(source: Path, form: str, payload: str) -> None:
+    """Write `payload` compiled as the bytecode Python's import would take for `source`: a timestamp
+    pyc with the source's mtime and size, or a hash-based one (unchecked, or checked with the
+    source's own hash) - each one valid for the file as it stands."""
+    flags = {"timestamp": 0, "unchecked-hash": 0b01, "checked-hash": 0b11}[form]
+    if form == "timestamp":
+        stat = source.stat()
+        validation = struct.pack("<II", int(stat.st_mtime) & 0xFFFFFFFF, stat.st_size & 0xFFFFFFFF)
+    else:
+        validation = importlib.util.source_hash(source.read_bytes())
+    code = compile(payload, str(source), "exec")
+    pyc = Path(importlib.util.cache_from_source(str(source)))
+    pyc.parent.mkdir(exist_ok=True)
+    pyc.write_bytes(importlib.util.MAGIC_NUMBER + struct.pack("<I", flags) + validation + marshal.dumps(code))
+
+
+@pytest.mark.parametrize("form", ["timestamp", "unchecked-hash", "checked-hash"])
+def test_planted_bytecode_never_runs(tmp_path, monkeypatch, form):
+    """The cache runs the text it checked: bytecode beside it (planted, or left by an import) is not read."""
+    monkeypatch.setenv("ATTNCC_CACHE_DIR", str(tmp_path / "cache"))
+    marker = tmp_path / "pwned"
+    spec = f"attention planted_{form.replace('-', '_')} {{ mask(i, j) = j <= i }}"
+    cls = attncc.compile(spec)
+    (folder,) = (tmp_path / "cache").iterdir()
+    for source in folder.glob("*.py"):
+        _plant_pyc(source, form, f"open({str(marker)!r}, 'w').write('ran')\n")
+    sys.modules.pop(cls.__module__)  # as in a fresh process: the next compile loads the entry again
+    again = attncc.compile(spec)
+    q = torch.randn(1, 1, 5, 4)
+    for backend in ("torch", "triton"):
+        again(backend=backend)(q, q, q)
+    assert not marker.exists()
+    assert {p.name for p in folder.iterdir()} == {"__pycache__", f"{cls.SPEC_NAME}.py", f"{cls.SPEC_NAME}_triton.py"}
+    assert len(list((folder / "__pycache__").iterdir())) == 2  # nothing written beside the planted files
+
+
+def test_generated_source_is_inspectable_and_pickles(tmp_path, monkeypatch):
+    """Loaded from text, the module still has a file, source for inspect (Triton's @jit needs it) and pickles."""
+    monkeypatch.setenv("ATTNCC_CACHE_DIR", str(tmp_path))
+    cls = attncc.compile(SPEC)
+    module = sys.modules[cls.__module__]
+    assert Path(module.__file__).read_text() == cls.compilation.module_source
+    assert "def forward_torch" in inspect.getsource(module.forward_torch)
+    linecache.clearcache()  # still found afterwards (tracebacks, inspect)
+    assert inspect.getsource(module) == cls.compilation.module_source
+    original = cls(H=2)
+    restored = pickle.loads(pickle.dumps(original))
+    q = torch.randn(1, 2, 6, 8)
+    assert type(restored) is cls and torch.equal(restored(q, q, q), original(q, q, q))
+    assert not (next(tmp_path.iterdir()) / "__pycache__").exists()
+
+
+def _compiles_with_fallback(spec: str) -> Path:
+    """Compile and run `spec`, expecting the cache warning; the folder the entry went to."""
+    with pytest.warns(RuntimeWarning, match="set ATTNCC_CACHE_DIR to a writable folder"):
+        cls = attncc.compile(spec)
+    q = torch.randn(1, 1, 5, 4)
+    cls(backend="triton")(q, q, q)
+    return Path(sys.modules[cls.__module__].__file__).parent.parent
+
+
+def test_cache_path_that_is_a_file_falls_back(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("ATTNCC_CACHE_DIR", str(tmp_path / "file"))
+    used = _compiles_with_fallback("attention cache_is_file { mask(i, j) = j <= i }")
+    assert used.name.startswith("attncc-cache-") and (used.stat().st_mode & 0o777) == 0o700
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once per process
+        attncc.compile("attention cache_is_file2 { mask(i, j) = j < i }")
+    assert cache_dir() == used
+
+
+def test_unwritable_home_falls_back(tmp_path, monkeypatch):
+    (tmp_path / "home").write_text("HOME is a file: ~/.cache cannot be made")
+    monkeypatch.delenv("ATTNCC_CACHE_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert not str(_compiles_with_fallback("attention home_unwritable { mask(i, j) = j <= i }")).startswith(
+        str(tmp_path))
+
+
+def test_unwritable_entry_falls_back(tmp_path, monkeypatch):
+    """The root can be written but the spec's own entry cannot (here: a file stands in its place)."""
+    monkeypatch.setenv("ATTNCC_CACHE_DIR", str(tmp_path))
+    spec = "attention entry_blocked { mask(i, j) = j + 1 <= i }"
+    first = attncc.compile(spec)
+    folder = Path(sys.modules[first.__module__].__file__).parent
+    sys.modules.pop(first.__module__)
+    shutil.rmtree(folder)
+    folder.write_text("in the way")
+    assert _compiles_with_fallback(spec) != tmp_path
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_cache_falls_back(tmp_path, monkeypatch):
+    (tmp_path / "ro").mkdir(mode=0o500)
+    monkeypatch.setenv("ATTNCC_CACHE_DIR", str(tmp_path / "ro"))
+    assert _compiles_with_fallback("attention cache_read_only { mask(i, j) = j <= i }") != tmp_path / "ro"

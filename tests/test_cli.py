@@ -3,9 +3,12 @@ import ast as pyast
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 
+import attncc
 from attncc.cli import main
 
 from .conftest import ROOT
@@ -61,3 +64,61 @@ def test_importing_attncc_leaves_triton_unimported():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _bad_arguments(tmp_path) -> dict[str, list[str]]:
+    (tmp_path / "file").write_text("a file, not a folder")
+    (tmp_path / "folder").mkdir()
+    return {
+        "-o is a file": ["compile", SPEC, "-o", str(tmp_path / "file")],
+        "-o under /dev/null": ["compile", SPEC, "-o", "/dev/null/out"],
+        "-o under a file": ["compile", SPEC, "-o", str(tmp_path / "file" / "deeper")],
+        "png under /dev/null": ["inspect", SPEC, "--emit", "mask-png", "-o", "/dev/null/mask.png"],
+        "png is a folder": ["inspect", SPEC, "--emit", "mask-png", "-o", str(tmp_path / "folder")],
+        "--device tpu": ["check", SPEC, "--device", "tpu"],
+        "--seed 2**70": ["check", SPEC, "--seed", "2**70"],
+        "--seed huge": ["check", SPEC, "--seed", str(2**70)],
+        "--seed negative": ["fuzz", SPEC, "--seed", "-1"],
+        "--examples 0": ["fuzz", SPEC, "--examples", "0"],
+        "--tokens 0": ["inspect", SPEC, "--emit", "mask-png", "--tokens", "0"],
+        "fuzz --out is a folder": ["fuzz", SPEC, "--out", str(tmp_path / "folder")],
+        "bench --heads 0": ["bench", SPEC, "--heads", "0", "--dry-run"],
+        "SPEC is a folder": ["inspect", str(tmp_path / "folder")],
+        "SPEC is missing": ["check", str(tmp_path / "missing.attn")],
+        "bench SPEC is a folder": ["bench", f"{tmp_path / 'folder'}@tiled", "--dry-run"],
+        "fuzz SPEC is a folder": ["fuzz", str(tmp_path / "folder")],
+    }
+
+
+def test_bad_arguments_are_usage_errors(tmp_path, capsys):
+    """Every bad path, option value or device: a one-line error naming it, exit code 2, nothing written."""
+    for name, argv in _bad_arguments(tmp_path).items():
+        assert main(argv) == 2, name
+        err = capsys.readouterr().err
+        assert "error:" in err and "internal error" not in err and "Traceback" not in err, (name, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder"] and not any((tmp_path / "folder").iterdir())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_device_cuda_without_a_gpu(capsys):
+    for command in (["check", SPEC], ["bench", SPEC, "--dry-run"]):
+        assert main([*command, "--device", "cuda"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_a_spec_file_with_another_suffix_is_read_as_a_file(tmp_path, capsys):
+    spec = tmp_path / "window.txt"
+    spec.write_text((ROOT / "examples" / "sliding_window.attn").read_text())
+    assert main(["inspect", str(spec), "--stage", "ast"]) == 0
+    assert "attention sliding_window {" in capsys.readouterr().out
+    assert attncc.compile(str(spec)).SPEC_NAME == "sliding_window"
+
+
+def test_unwritable_output_is_a_usage_error(tmp_path, capsys, monkeypatch):
+    """A folder that exists but cannot be written (a read-only mount; simulated: root writes anywhere)."""
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "write_text", refuse)
+    assert main(["compile", SPEC, "-o", str(tmp_path)]) == 2
+    assert "cannot write" in capsys.readouterr().err

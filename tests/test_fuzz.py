@@ -66,3 +66,16 @@ def test_cli_fuzz_on_a_family_and_on_plain_specs(tmp_path, capsys):
     family.write_text("attention fam {\n size b = 8\n mask(i, j) = ?? and i // b >= j // b\n}\n")
     assert main(["fuzz", str(family), str(ROOT / "examples" / "hypercube.attn"), "--examples", "12"]) == 0
     assert "every backend matches the reference" in capsys.readouterr().out
+
+
+def test_a_family_the_checker_always_rejects_tests_nothing_and_fails(tmp_path, capsys, monkeypatch):
+    """A typo in a family rejects every spec filled from it: that is reported, not "no failure"."""
+    family = tmp_path / "typo.attn"
+    family.write_text("attention typo {\n    mask(i, j) = ?? and j <== i\n}\n")
+    report = fuzz([family.read_text(), "attention fine { mask(i, j) = ?? }"], 6, [("torch", torch.float32)])
+    assert list(report.untested()) == [0] and "unexpected `=`" in report.untested()[0]
+    monkeypatch.setenv("COLUMNS", "1000")  # rich wraps nothing
+    assert main(["fuzz", str(family), "--examples", "3"]) == 1
+    out = capsys.readouterr().out
+    assert f"nothing tested of {family}: the checker rejected" in out and "j <== i" in out
+    assert "every backend matches" not in out

@@ -12,9 +12,9 @@ from attncc.lang.normalizers import Normalizer, register_normalizer, unregister_
 from attncc.runtime.backends import Backend, registered_backend
 from attncc.tools.compare import compare, make_module, random_inputs
 
-SOFTPLUS_SPEC = """
-attention softplus_linear {
-    feature phi = softplus
+SQUAREPLUS_SPEC = """
+attention squareplus_linear {
+    feature phi = squareplus
     weight(i, j) = dot(phi(q[i]), phi(k[j]))
     mask(i, j) = j <= i
     normalize rows
@@ -35,29 +35,29 @@ def check_against_oracle(cls, backend: str, dtype: torch.dtype, tokens: int, bat
 
 
 @pytest.fixture
-def softplus_map():
+def squareplus_map():
     # docs/pipeline.md, "Add a feature map": one record; `reference` is the oracle's implementation.
     fmap = register_feature_map(FeatureMap(
-        name="softplus", doc="log(1 + exp(x)), positive", kwargs={},
-        torch_expr="torch.nn.functional.softplus(x)",
-        triton_expr="tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(x)))",
-        triton_grad="tl.sigmoid(x)",
-        reference=lambda x: torch.log1p(torch.exp(x))))
+        name="squareplus", doc="(x + sqrt(x^2 + 4)) / 2, positive and smooth", kwargs={},
+        torch_expr="0.5 * (x + torch.sqrt(x * x + 4.0))",
+        triton_expr="0.5 * (x + tl.sqrt(x * x + 4.0))",
+        triton_grad="0.5 * (1.0 + x / tl.sqrt(x * x + 4.0))",
+        reference=lambda x: (x + (x ** 2 + 4).sqrt()) / 2))
     yield fmap
     unregister_feature_map(fmap.name)
 
 
 @pytest.mark.parametrize("lowering", ["linear_chunked", "tiled"])
 @pytest.mark.parametrize("backend, dtype", BACKENDS)
-def test_added_feature_map_matches_the_oracle(softplus_map, lowering, backend, dtype):
-    cls = attncc.compile(SOFTPLUS_SPEC, lowering=lowering)
+def test_added_feature_map_matches_the_oracle(squareplus_map, lowering, backend, dtype):
+    cls = attncc.compile(SQUAREPLUS_SPEC, lowering=lowering)
     check_against_oracle(cls, backend, dtype, tokens=37)
-    assert "softplus" in cls.compilation.torch_source
+    assert "squareplus" in cls.compilation.torch_source
 
 
-def test_added_feature_map_is_a_reserved_name(softplus_map):
+def test_added_feature_map_is_a_reserved_name(squareplus_map):
     with pytest.raises(attncc.SpecError, match="built-in name"):
-        attncc.compile("attention bad { size softplus = 2  normalize softmax }")
+        attncc.compile("attention bad { size squareplus = 2  normalize softmax }")
 
 
 # docs/pipeline.md, "Add a backend": one record; `run` gets the prepared call.
@@ -123,3 +123,8 @@ def test_added_normalizer_is_checked_like_the_builtins(sigmoid_normalizer):
         attncc.compile("attention bad { weight(i, j) = dot(q[i], k[j])  normalize sigmoid }")
     with pytest.raises(attncc.SpecError, match="did you mean `sigmoid`"):
         attncc.compile("attention bad { normalize sigmoidd }")
+
+
+def test_a_feature_map_cannot_take_a_function_name():
+    with pytest.raises(attncc.AttnccError, match="is a function of the language"):
+        register_feature_map(FeatureMap("softplus", "", {}, "x", "x", "1.0", lambda x: x))

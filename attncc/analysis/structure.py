@@ -19,6 +19,7 @@ from ..lang.evaluate import Env, evaluate, fold_constants
 from ..lang.operators import operator_of
 
 I, J, DIFF, HEAD = sympy.symbols("i j d h", integer=True)
+BATCH = sympy.Symbol("b", integer=True, nonnegative=True)  # the batch index: like h, a free integer
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def _sympy_node(t: TExpr, a: list, symbols: dict[str, sympy.Symbol]):
     if op == "const":
         return sympy.true if t.value is True else sympy.false if t.value is False else sympy.sympify(t.value)
     if op == "var":
-        return {"i": I, "j": J, "h": HEAD}[t.value]
+        return {"i": I, "j": J, "h": HEAD, "b": BATCH}[t.value]
     if op in ("size", "rsize"):
         return symbols[t.value]
     if op == "scale":
@@ -108,10 +109,11 @@ def _in_d(expr):
 
 
 def _exact_in_sizes(c) -> bool:
-    """Whether c is exact integer arithmetic over sizes: no float, no table, no head, no irrational power.
+    """Whether c is exact integer arithmetic over sizes: no float, no table, no head or batch index, no
+    irrational power.
     Only such bounds are the same number in every backend, for every head, and in Python launchers."""
     return (not c.atoms(sympy.Float) and not c.atoms(sympy.core.function.AppliedUndef)
-            and all(s.is_integer and s not in (I, J, HEAD, DIFF) for s in c.free_symbols)
+            and all(s.is_integer and s not in (I, J, HEAD, BATCH, DIFF) for s in c.free_symbols)
             and all(p.exp.is_integer for p in c.atoms(sympy.Pow)))
 
 
@@ -308,7 +310,8 @@ def random_env(signature, rng: random.Random, g: torch.Generator) -> Env:
         inputs[name] = (torch.randint(0, 3, shape, generator=g) if info.dtype == "int" else
                         torch.rand(shape, generator=g) > 0.5 if info.dtype == "bool" else
                         torch.randn(shape, generator=g, dtype=torch.float64))
-    return Env(sizes=sizes, rsizes=rsizes, params=params, inputs=inputs, h=torch.arange(heads).view(1, heads, 1, 1))
+    return Env(sizes=sizes, rsizes=rsizes, params=params, inputs=inputs, h=torch.arange(heads).view(1, heads, 1, 1),
+               b=torch.full((1, 1, 1, 1), rng.randint(0, 3)))  # the one batch row sampled may be any b
 
 
 def _values(t: TExpr, env: Env, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ import sympy
 from sympy.printing.pycode import PythonCodePrinter
 
 from ..lang.expr import BOOL, FLOAT, TExpr, fold
-from ..lang.operators import fmt, operator_of
+from ..lang.operators import float32_operand, fmt, operator_of
 
 
 def literal(t: TExpr) -> str:
@@ -40,41 +40,55 @@ class ExprPrinter:
     def node(self, t: TExpr, args: list[str]) -> str:
         raise NotImplementedError
 
+    def opaque(self, t: TExpr) -> bool:
+        """Whether node(t, ...) prints t's operands itself (they are then not printed or bound apart)."""
+        return t.op == "dot"
+
     def __call__(self, t: TExpr) -> str:
-        return fold(t, self.node, descend=lambda e: e.op != "dot")
+        return fold(t, self.node, descend=lambda e: not self.opaque(e))
 
 
 class TorchExpr(ExprPrinter):
-    """Emit torch code; i, j, h are index tensors, `ctx` the runtime Context, dots named by `dots`.
+    """Emit torch code; i, j, h are index tensors, `ctx` the runtime Context, dots named by `dots`; the batch
+    index b is rt.batch_index(ctx, i) ([B, 1, 1, 1], on i's device).
 
     Floats are computed at the precision of the computation (`ctx.dtype`: float64 for float64
-    inputs, else float32), except in masks, which are float32 everywhere (as in the reference)."""
+    inputs, else float32), except in masks and under a conversion to int (floor, int), which are
+    float32 everywhere (as in the reference)."""
 
     def __init__(self, dots: dict[TExpr, str] | None = None, mask: bool = False):
         self.dots = dots or {}
+        self.mask = mask
         self.float_dtype = "torch.float32" if mask else "ctx.dtype"
+
+    def opaque(self, t: TExpr) -> bool:
+        """A conversion's float operand is printed here, inline, in float32 (unless all of this is float32)."""
+        return super().opaque(t) or (not self.mask and float32_operand(t))
 
     def node(self, t: TExpr, a: list[str]) -> str:
         op = t.op
         if op == "const":
             return f"ctx.fp({literal(t)})" if t.type == FLOAT and self.float_dtype == "ctx.dtype" else literal(t)
         if op == "var":
-            return t.value
+            return "rt.batch_index(ctx, i)" if t.value == "b" else t.value
         if op == "size":
             return f"ctx.sizes[{key(t.value)}]"
         if op == "rsize":
             return f"ctx.{t.value}"
-        if op == "scale":
-            return "ctx.scale"
+        if op == "scale":  # a float constant like any other: a Python float would compute in float32
+            return "ctx.fp(ctx.scale)" if self.float_dtype == "ctx.dtype" else "ctx.scale"
+        in_float32 = ".float()" if self.mask and t.type == FLOAT else ""  # tables and dots are at ctx.dtype
         if op == "dot":
-            return self.dots[t]
+            return self.dots[t] + in_float32
         if op == "param":
-            return f"rt.lookup(ctx.params[{key(t.value)}], [{', '.join(a)}], batched=False)"
+            return f"rt.lookup(ctx.params[{key(t.value)}], [{', '.join(a)}], batched=False){in_float32}"
         if op == "input":
-            return f"rt.input_lookup(ctx.inputs[{key(t.value)}], [{', '.join(a)}], {len(a)})"
+            return f"rt.input_lookup(ctx.inputs[{key(t.value)}], [{', '.join(a)}], {len(a)}){in_float32}"
         operator = operator_of(t)
         if operator is None:
             raise ValueError(f"cannot emit {op}")
+        if self.opaque(t):
+            return operator.torch_code([TorchExpr(self.dots, mask=True)(t.args[0])], "torch.float32")
         return operator.torch_code(a, self.float_dtype)
 
 
@@ -111,7 +125,8 @@ def name_dots(*exprs: TExpr | None) -> dict[TExpr, str]:
 
 
 class TritonExpr(ExprPrinter):
-    """Emit Triton code over tile index vectors: `offs_m[:, None]` (i), `offs_n[None, :]` (j), `off_h` (h)."""
+    """Emit Triton code over tile index vectors: `offs_m[:, None]` (i), `offs_n[None, :]` (j), `off_h` (h),
+    `off_b` (b: every kernel that evaluates expressions has its program's batch row, as input lookups need)."""
 
     def __init__(self, dots: dict[TExpr, str], sizes: dict[str, str]):
         self.dots = dots
@@ -122,7 +137,7 @@ class TritonExpr(ExprPrinter):
         if op == "const":
             return literal(t)
         if op == "var":
-            return {"i": "offs_m[:, None]", "j": "offs_n[None, :]", "h": "off_h"}[t.value]
+            return {"i": "offs_m[:, None]", "j": "offs_n[None, :]", "h": "off_h", "b": "off_b"}[t.value]
         if op in ("size", "rsize"):
             return self.sizes[t.value]
         if op == "scale":

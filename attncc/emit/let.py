@@ -6,7 +6,7 @@ loaded twice), an operand that a spelling repeats (`x * x` for `x ** 2`, `x ^ (x
 `gray(x)`) would be inlined twice, and a deep expression would nest past what Python parses. A
 `LetScope` prints the expressions of one block of code as a DAG instead (equal subtrees are one node:
 TExpr equality ignores spans): it assigns a temporary `t0 = ...`, `t1 = ...` to every compound node
-that is
+that is (an opaque node, whose operands its printer spells itself, counts as one node)
   - used more than once (by the expressions of the scope together),
   - an operand its parent's spelling repeats, or
   - MAX_NESTING operator levels deep (so no line nests deeper),
@@ -36,7 +36,8 @@ class LetScope:
         self.names: dict[TExpr, str] = {}
 
     def _descend(self, t: TExpr) -> bool:
-        return t.op != "dot" and t not in self.names  # dot terms are named by the emitter; bound ones by us
+        # dot terms are named by the emitter, bound ones by us; opaque nodes print their operands themselves
+        return not self.printer.opaque(t) and t not in self.names
 
     def bind(self, w: CodeWriter, exprs: list[TExpr | None]) -> None:
         roots = [t for t in exprs if t is not None]
@@ -54,7 +55,7 @@ class LetScope:
             inner = t.args if self._descend(t) else ()
             code[t] = self.printer.node(t, [self.names.get(a) or code[a] for a in inner])
             depth[t] = 1 + max((0 if a in self.names else depth[a] for a in inner), default=-1)
-            if not inner:
+            if not t.args or code[t].isidentifier():  # leaves, and dot terms (already named)
                 continue
             if uses[t] > 1 or t in repeated or (depth[t] >= MAX_NESTING and t not in roots):
                 name = f"{self.prefix}{len(self.names)}"

@@ -39,7 +39,7 @@ def emit_mixed_torch(w: CodeWriter, graph: Graph, plan: Plan) -> None:
             w.line(f'"""scale of linear term {n}: {brief(t.amplitude)}"""')
             w.line("i = j = torch.zeros((1, 1, 1, 1), dtype=torch.int32)")
             w.line("h = torch.arange(ctx.H, dtype=torch.int32).view(1, ctx.H, 1, 1)")
-            w.line(f"return rt.as_4d({let_expr(w, ex, t.amplitude)})")
+            w.line(f"return rt.as_4d({let_expr(w, ex, t.amplitude)}, ctx.dtype)")
         w.line()
     with w.block("def linear_terms(q, k, ctx):"):
         w.line('"""(phi(Q), psi(K), scale, key set) of each cross-chunk kernelized term."""')

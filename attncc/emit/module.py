@@ -82,12 +82,24 @@ def module_class(graph: Graph, plan: Plan, spec_hash: str, triton_lowering: str)
                 w.line(f"{key(i.name)}: InputSpec(lambda s: ({dims}), {i.dtype!r}),")
         w.line("}")
         w.line()
+        if att.attr("tensor_powers") is not None:
+            tensor_power_terms(w, att.attr("tensor_powers"))
         if att.attr("pool") is not None:
             w.line("POOL = True")
             w.line("pool_kv = pool_kv")
         w.line("forward_torch = forward_torch")
         w.line("forward_triton = forward_triton")
     return w.text()
+
+
+def tensor_power_terms(w: CodeWriter, terms) -> None:
+    """The polynomial kernel's coefficients (passes/polynomial.py), read by CompiledAttention.prepared."""
+    w.line("TENSOR_POWERS = True")
+    with w.block("def tensor_power_terms(self, ctx):"):
+        w.line('"""((n, c_n), ...): the weight is sum_n c_n dot(q, k)^n, computed as T_c(q) . T(k)."""')
+        printer = TorchExpr()
+        w.line("return (" + "".join(f"({n}, {printer(c)}), " for n, c in terms) + ")")
+    w.line()
 
 
 def triton_entry(graph: Graph) -> str:

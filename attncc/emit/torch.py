@@ -134,7 +134,7 @@ def emit_kernelized(w: CodeWriter, graph: Graph, plan: Plan,
             w.line(f'"""{what}: {brief(m)}"""')
             w.line("i = j = torch.zeros((1, 1, 1, 1), dtype=torch.int32)")
             w.line("h = torch.arange(ctx.H, dtype=torch.int32).view(1, ctx.H, 1, 1)")
-            w.line(f"return rt.as_4d({let_expr(w, ex, m)})")
+            w.line(f"return rt.as_4d({let_expr(w, ex, m)}, ctx.dtype)")
         w.line()
     with w.block("def forward_torch(self, q, k, v, ctx):"):
         random_features_note(w, graph)
@@ -151,7 +151,7 @@ def emit_toeplitz_f(w: CodeWriter, exprs: list) -> None:
         w.line("i = torch.arange(ctx.Nq + ctx.N - 1, dtype=torch.int32).view(1, 1, -1, 1)  # i = d + N - 1 at j = N - 1")
         w.line("j = torch.full((1, 1, 1, 1), ctx.N - 1, dtype=torch.int32)")
         w.line("h = torch.arange(ctx.H, dtype=torch.int32).view(1, ctx.H, 1, 1)")
-        w.line(f"return rt.toeplitz_row({let_expr(w, ex, f)}, ctx.Nq + ctx.N - 1)")
+        w.line(f"return rt.toeplitz_row({let_expr(w, ex, f)}, ctx.Nq + ctx.N - 1, ctx.dtype)")
     w.line()
 
 
@@ -184,7 +184,7 @@ def emit_grid_f(w: CodeWriter, plan: Plan, exprs: list) -> None:
         w.line("dr, dc = rt.grid_offsets(ctx.Nq, ctx.N, width)")
         w.line("i, j = rt.offset_pairs(dr, dc, width)")
         w.line("h = torch.arange(ctx.H, dtype=torch.int32).view(1, ctx.H, 1, 1)")
-        w.line(f"return rt.as_4d({let_expr(w, ex, f)}).expand(-1, -1, dr.shape[2], dc.shape[3])")
+        w.line(f"return rt.as_4d({let_expr(w, ex, f)}, ctx.dtype).expand(-1, -1, dr.shape[2], dc.shape[3])")
     w.line()
 
 
@@ -202,7 +202,7 @@ def emit_ring_g(w: CodeWriter, plan: Plan, exprs: list) -> None:
         w.line("rho = torch.arange(T + 1, dtype=torch.int32).view(1, 1, 1, -1)")
         w.line("i, j = rt.ring_pairs(i, rho, width)")
         w.line("h = torch.arange(ctx.H, dtype=torch.int32).view(1, ctx.H, 1, 1)")
-        w.line(f"return rt.as_4d({let_expr(w, ex, f)}).expand(-1, -1, ctx.Nq, T + 1)")
+        w.line(f"return rt.as_4d({let_expr(w, ex, f)}, ctx.dtype).expand(-1, -1, ctx.Nq, T + 1)")
     w.line()
 
 

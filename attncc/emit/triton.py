@@ -12,6 +12,7 @@ triton_backward.py has them, else recomputation through the torch backend's auto
 """
 from __future__ import annotations
 
+import math
 
 from ..lang.expr import RUNTIME_SIZES, TExpr
 from ..lang.features import FEATURE_MAPS
@@ -53,6 +54,44 @@ def _powf(a, b):
     "_tanh": '''@triton.jit
 def _tanh(x):
     return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+''',
+    "_log1p": '''@triton.jit
+def _log1p(x):
+    """log(1 + x), accurate near 0: log(u) * x / (u - 1) with u = 1 + x as rounded (Goldberg)."""
+    u = 1.0 + x
+    d = u - 1.0
+    r = tl.log(u) * (x / tl.where(d == 0.0, 1.0, d))
+    return tl.where(d == 0.0, x, tl.where(u == float('inf'), u, r))
+''',
+    "_expm1": '''@triton.jit
+def _expm1(x):
+    """exp(x) - 1, accurate near 0: (u - 1) * x / log(u) with u = exp(x) as rounded (Kahan)."""
+    u = tl.exp(x)
+    lu = tl.log(u)
+    r = (u - 1.0) * (x / tl.where(u == 1.0, 1.0, lu))
+    return tl.where(u == 1.0, x, tl.where(u - 1.0 == -1.0, -1.0, tl.where(u == float('inf'), u, r)))
+''',
+    "_softplus": '''@triton.jit
+def _softplus(x):
+    """log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)), which never overflows."""
+    e = tl.exp(-tl.abs(x))
+    u = 1.0 + e
+    d = u - 1.0
+    return tl.maximum(x, 0.0) + tl.where(d == 0.0, e, tl.log(u) * (e / tl.where(d == 0.0, 1.0, d)))
+''',
+    "_floor_int": '''@triton.jit
+def _floor_int(x):
+    """floor(x) as an int32, saturating at the int32 range, NaN giving 0 (as rt.float_to_int)."""
+    x = tl.where(x == x, x, 0.0)
+    r = tl.floor(tl.minimum(tl.maximum(x, -2147483648.0), 2147483520.0)).to(tl.int32)
+    return tl.where(x >= 2147483648.0, 2147483647, r)
+''',
+    "_trunc_int": '''@triton.jit
+def _trunc_int(x):
+    """x truncated toward 0 as an int32, saturating at the int32 range, NaN giving 0 (as rt.float_to_int)."""
+    x = tl.where(x == x, x, 0.0)
+    r = tl.minimum(tl.maximum(x, -2147483648.0), 2147483520.0).to(tl.int32)
+    return tl.where(x >= 2147483648.0, 2147483647, r)
 ''',
     "_popcount": '''@triton.jit
 def _popcount(x):
@@ -267,7 +306,7 @@ def emit_tiled_kernel(w: CodeWriter, graph: Graph, plan: Plan, kernel: Kernel) -
             with w.block(key_tile_loop(w, plan, "Full")):
                 key_tile_weights(w, tile_start(plan, "Full"), dots, ex, scores, None)
                 w.lines_of(update)
-        store_tiled_rows(w, norm)
+        store_tiled_rows(w, norm, att.attr("eps"))
     w.line()
     emit_tiled_launcher(w, plan, kernel, att.attr("eps"), stats)
 
@@ -324,9 +363,15 @@ def key_tile_weights(w: CodeWriter, start: str | None, dots: dict, ex: KernelExp
     load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
 
 
-def store_tiled_rows(w: CodeWriter, norm: Normalizer) -> None:
+def store_tiled_rows(w: CodeWriter, norm: Normalizer, eps: float) -> None:
     """After the key tiles: normalize the rows, save the row statistic the backward reads, store the output."""
-    if norm.online_softmax:
+    if norm.online_softmax and eps:  # exp weights under rows (passes/stable_exp.py): eps is a key of logit log(eps)
+        w.line(f"m_top = tl.maximum(m_i, {math.log(eps)!r})  # max(row max, log(eps)): every exponent <= 0")
+        w.line("alpha = tl.exp(m_i - m_top)")
+        w.line(f"z = l_i * alpha + tl.exp({math.log(eps)!r} - m_top)")
+        w.line("out = acc * (alpha / z)[:, None]")
+        w.line("tl.store(Stat + pid_bh * Nq + offs_m, m_top + tl.log(z), mask=offs_m < Nq)  # log(sum e^s + eps)")
+    elif norm.online_softmax:
         w.line("out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # no visible key: output 0")
         w.line("tl.store(Stat + pid_bh * Nq + offs_m, m_i + tl.log(tl.where(l_i == 0.0, 1.0, l_i)), mask=offs_m < Nq)  # -inf: no visible key")
     elif norm.divides_by_row_sum:
@@ -370,6 +415,9 @@ def band_line(w: CodeWriter, plan: Plan) -> None:
     lo, hi = band_bounds(plan.mask)
     band = [lo or f"-{BIG}", hi or str(BIG)]  # an unbounded side: a bound no tile reaches
     w.line(f"band_lo, band_hi = {band[0]}, {band[1]}  # keys j with band_lo <= i - j <= band_hi")
+    # -N < i - j < Nq: a bound past that range means the same, and a size near 2^31 (a "no limit"
+    # sentinel) would overflow the kernel's int32 tile arithmetic
+    w.line("band_lo, band_hi = (min(max(bound, -N), Nq) for bound in (band_lo, band_hi))  # saturated to the offsets that occur")
 
 
 def launcher_head(w: CodeWriter, allocate_out: bool = True, fixed_blocks: bool = True) -> None:

@@ -75,6 +75,14 @@ class SizeDecl(Stmt):
 
 
 @dataclass(frozen=True)
+class LetDecl(Stmt):
+    """`let NAME = EXPR`: a named subexpression the definitions (and later lets) may use."""
+    name: str
+    name_span: Span
+    value: Expr
+
+
+@dataclass(frozen=True)
 class ParamDecl(Stmt):
     name: str
     name_span: Span
@@ -213,6 +221,8 @@ def _call_args(args, kwargs) -> str:
 def format_stmt(s: Stmt) -> str:
     if isinstance(s, SizeDecl):
         return f"size {s.name} = {format_expr(s.value)}"
+    if isinstance(s, LetDecl):
+        return f"let {s.name} = {format_expr(s.value)}"
     if isinstance(s, ParamDecl):
         init = f" = {format_expr(s.init)}" if s.init is not None else ""
         return f"param {s.name}[{', '.join(map(format_expr, s.shape))}]{init}"

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import torch
+
 from . import ast
 from .approx import APPROXIMATIONS, CHOICES, COUNTS, FLAGS, PLAIN_ONLY, POSITIVE
-from ..lang.evaluate import Env, eval_scalar, evaluate
+from ..lang.evaluate import Env, evaluate
 from ..lang.favor import FAVOR, favor_weight, is_plain_dot_scale, split_logits
 from ..lang.expr import BOOL, FLOAT, INT, RUNTIME_SIZES, VEC, TExpr
 from ..lang.features import ALL_MAPS, RANDOM_MAPS
@@ -113,9 +115,10 @@ def favor_kernelized(spec: CheckedSpec) -> CheckedSpec:
 
 
 class _Checker(ExprTyper, MechanismChecks):
-    def __init__(self, src: Source, spec: ast.Spec, reserved_attributes: frozenset[str]):
+    def __init__(self, src: Source, spec: ast.Spec, reserved_attributes: frozenset[str],
+                 reserved_keywords: frozenset[str]):
         self.src, self.spec = src, spec
-        self.reserved_attributes = reserved_attributes
+        self.reserved_attributes, self.reserved_keywords = reserved_attributes, reserved_keywords
         self.bag = DiagnosticBag(src)
         self.sizes: dict[str, int] = {}
         self.derived: dict[str, TExpr] = {}  # sizes defined from other sizes, recomputed on override
@@ -129,6 +132,8 @@ class _Checker(ExprTyper, MechanismChecks):
         self.pool: PoolInfo | None = None
         self.index_names: tuple[str, str] = ("i", "j")
         self.role = ""
+        self.let_decls: dict[str, ast.LetDecl] = {}  # in declaration order
+        self.lets: dict[str, TExpr | None] = {}  # typed so far (None: its body has an error, reported)
 
     # ---------------------------------------------------------------- declarations
     def run(self) -> CheckedSpec:
@@ -148,17 +153,26 @@ class _Checker(ExprTyper, MechanismChecks):
             handler(s)
         return self._finish()
 
+    def _keyword_clash(self, s, kind: str) -> bool:
+        """Sizes are passed to the constructor by name, inputs to each call: a name the module's own
+        signatures use (`self`, `backend`, `rows`) could not be passed."""
+        if s.name not in self.reserved_keywords:
+            return False
+        self.bag.error(f"`{s.name}` is a keyword argument of the compiled nn.Module and cannot name {kind}",
+                       s.name_span, f"choose another name, e.g. `{s.name}_{kind.split()[-1]}`")
+        return True
+
     def _SizeDecl(self, s: ast.SizeDecl):
+        if self._keyword_clash(s, "a size"):
+            return
         t = self._expr(s.value, ctx="size")
         if t is None:
             return
         if t.type != INT:
             self.bag.error(f"a size must be an integer, got {t.type}", s.value.span)
             return
-        try:
-            value = int(evaluate(t, Env(sizes=self.sizes)).item()) if t.op != "const" else eval_scalar(t)
-        except (ArithmeticError, RuntimeError, OverflowError):
-            self.bag.error("this size cannot be evaluated", s.value.span)
+        value = self._known_int(t, s.value.span, "size")
+        if value is None:
             return
         if value < 0:
             self.bag.error(f"a size must be >= 0, got {value}", s.value.span)
@@ -166,6 +180,16 @@ class _Checker(ExprTyper, MechanismChecks):
         self.sizes[s.name] = value
         if t.op != "const":
             self.derived[s.name] = t
+
+    def _LetDecl(self, s: ast.LetDecl):
+        self.let_decls[s.name] = s  # typed with the definitions, once every declaration is known
+
+    def _type_lets(self) -> None:
+        """Each let's body, typed once where definitions are (query index `i`, key index `j`, `dot`
+        allowed): a let may use every declaration and the lets above it."""
+        self.index_names = ("i", "j")
+        for name, s in self.let_decls.items():
+            self.lets[name] = self._expr(s.value, ctx="let")
 
     def _ParamDecl(self, s: ast.ParamDecl):
         if s.name in self.reserved_attributes:  # tables become attributes of the module (state_dict keys)
@@ -180,6 +204,8 @@ class _Checker(ExprTyper, MechanismChecks):
             self.params[s.name] = ParamInfo(s.name, shape, init, args, s.span)
 
     def _InputDecl(self, s: ast.InputDecl):
+        if self._keyword_clash(s, "an input"):
+            return
         dims = tuple(self._shape_expr(d, allow_tokens=True) for d in s.dims)
         dtype = s.dtype or "float"
         if dtype not in INPUT_DTYPES:
@@ -321,16 +347,29 @@ class _Checker(ExprTyper, MechanismChecks):
             return None
         return value
 
+    def _known_int(self, t: TExpr, span: Span, what: str) -> int | None:
+        """The value of a size or dimension over the declared sizes, as the constructor computes it
+        (exactly, in 64 bits: not wrapped to 32, which would fold 65536 * 65536 to 0); None when it
+        cannot be evaluated. A value beyond int32, the ints of kernels and of the spec's expressions, is
+        an error, and returned (declared, later uses of the size resolve instead of cascading)."""
+        try:
+            value = int(evaluate(t, Env(sizes=self.sizes, int_dtype=torch.int64)).item())
+        except (ArithmeticError, RuntimeError):
+            self.bag.error(f"this {what} cannot be evaluated", span)
+            return None
+        if not -2**31 <= value < 2**31:
+            self.bag.error(f"this {what} is {value}, beyond the 32-bit ints of the language and its kernels", span,
+                           f"a {what} must lie in -2^31 .. 2^31 - 1")
+        return value
+
     def _shape_expr(self, e: ast.Expr, allow_tokens: bool):
         t = self._expr(e, ctx="shape_tokens" if allow_tokens else "shape")
         if t is not None and t.type != INT:
             self.bag.error("a dimension must be an integer expression", e.span)
             return None
         if t is not None and not t.uses("rsize"):  # known now: check it (run-time sizes are checked at construction)
-            try:
-                value = int(evaluate(t, Env(sizes=self.sizes)).item())
-            except (ArithmeticError, RuntimeError):
-                self.bag.error("this dimension cannot be evaluated", e.span)
+            value = self._known_int(t, e.span, "dimension")
+            if value is None:
                 return None
             if value < 1:
                 self.bag.error(f"a dimension must be at least 1, got {value}", e.span)
@@ -359,6 +398,7 @@ class _Checker(ExprTyper, MechanismChecks):
     def _finish(self) -> CheckedSpec:
         norm, opts = self._normalizer()
         eps = dict(opts or ()).get("eps", 0.0)
+        self._type_lets()
         exprs: dict[str, TExpr | None] = {}
         for kind, d in self.defs.items():
             self.index_names = d.params
@@ -502,7 +542,9 @@ class _Checker(ExprTyper, MechanismChecks):
                 return
 
 
-def check(src: Source, spec: ast.Spec, reserved_attributes: frozenset[str] = frozenset()) -> CheckedSpec:
+def check(src: Source, spec: ast.Spec, reserved_attributes: frozenset[str] = frozenset(),
+          reserved_keywords: frozenset[str] = frozenset()) -> CheckedSpec:
     """The checked spec; `reserved_attributes` are names a learned table may not take because the module
-    class it is compiled into already has them (the driver passes the runtime's)."""
-    return _Checker(src, spec, reserved_attributes).run()
+    class it is compiled into already has them, `reserved_keywords` names a size or an input may not take
+    because the module's signatures pass them by keyword (the driver passes the runtime's)."""
+    return _Checker(src, spec, reserved_attributes, reserved_keywords).run()

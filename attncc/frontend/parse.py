@@ -5,6 +5,7 @@ and each piece is parsed on its own, so that every broken statement gets its own
 """
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from ..lang.source import Diagnostic, DiagnosticBag, Source, Span, SpecError
 
 MAX_SOURCE_CHARS = 1_000_000
 MAX_NESTING = 64
-STATEMENT_KEYWORDS = {"size", "param", "input", "feature", "score", "weight", "mask", "bias", "normalize", "pool"}
+STATEMENT_KEYWORDS = {"size", "param", "input", "feature", "score", "weight", "mask", "bias", "normalize", "pool",
+                      "let"}
 
 _TOKEN_TEXT = {
     "LBRACE": "`{`", "RBRACE": "`}`", "LPAR": "`(`", "RPAR": "`)`", "LSQB": "`[`", "RSQB": "`]`",
@@ -71,6 +73,9 @@ class _ToAst(Transformer_NonRecursive):
 
     def size_decl(self, meta, c):
         return ast.SizeDecl(self._s(meta), str(c[0]), self._s(c[0]), c[1])
+
+    def let_decl(self, meta, c):
+        return ast.LetDecl(self._s(meta), str(c[0]), self._s(c[0]), c[1])
 
     def param_decl(self, meta, c):
         return ast.ParamDecl(self._s(meta), str(c[0]), self._s(c[0]), tuple(c[1]), c[2])
@@ -158,11 +163,54 @@ def _expected(expected) -> str | None:
     return "expected " + ", ".join(names)
 
 
+# Characters the lexer rejects that users bring from other languages, and what to write instead.
+_CHARACTER_HINTS = {
+    "~": "there is no bitwise not: write `-x - 1` (or `x ^ -1`)",
+    "!": "write `not x` for a negation (`!=` compares)",
+    ";": "statements need no separator: start the next one on the same line or the next",
+    "'": "there are no strings in a spec", '"': "there are no strings in a spec",
+    "@": "there is no matrix product: `dot(q[i], k[j])` is the inner product of a query and a key row",
+    "?": "write `where(c, a, b)` for a conditional",
+    "$": "names are ASCII letters, digits and `_`",
+}
+
+
+def _character_hint(ch: str) -> str:
+    if ch in _CHARACTER_HINTS:
+        return _CHARACTER_HINTS[ch]
+    if ch.isalpha() or ch.isdigit():  # a letter or digit outside ASCII
+        return "names are ASCII letters, digits and `_`; comments start with `#`"
+    return f"`{ch}` is not part of the language; comments start with `#`"
+
+
+def _token_hint(token: Token, text: str) -> str | None:
+    """What the user most likely meant by a token that cannot stand where it is, judged from the text
+    just before it (`>>`, `&&`, `||`, `0x1f`, `1_000`), or None. Token positions are offsets in text."""
+    at = token.start_pos
+    before = text[at - 1] if at > 0 else ""
+    word = str(token)
+    if word in ("<", ">") and before == word:
+        shift = "x // 2 ** n" if word == ">" else "x * 2 ** n"
+        return f"there are no shift operators: write `{shift}`"
+    if word in ("&", "|") and before == word:
+        return f"write `{'and' if word == '&' else 'or'}` to combine conditions"
+    if token.type == "NAME" and before.isdigit():
+        number = re.search(r"[0-9.]*$", text[:at]).group() + word
+        if number[:2].lower() in ("0x", "0o", "0b"):
+            try:
+                return f"write integers in decimal: `{number}` is `{int(number, 0)}`"
+            except ValueError:
+                return "write integers in decimal"
+        if word.startswith("_"):
+            return f"digits are written without `_`: `{number.replace('_', '')}`"
+    return None
+
+
 def _syntax_diagnostic(err: lark.exceptions.UnexpectedInput, base: int, text: str) -> Diagnostic:
     if isinstance(err, lark.exceptions.UnexpectedCharacters):
         ch = text[err.pos_in_stream - base] if err.pos_in_stream - base < len(text) else ""
-        hint = "names are ASCII letters, digits and `_`; comments start with `#`"
-        return Diagnostic(f"unexpected character {ch!r}", Span(err.pos_in_stream, err.pos_in_stream + 1), hint)
+        return Diagnostic(f"unexpected character {ch!r}", Span(err.pos_in_stream, err.pos_in_stream + 1),
+                          _character_hint(ch))
     token = getattr(err, "token", None)
     if token is None or token.type == "$END":
         pos = base + len(text.rstrip())
@@ -172,7 +220,10 @@ def _syntax_diagnostic(err: lark.exceptions.UnexpectedInput, base: int, text: st
     span = Span(start, start + max(1, len(str(token))))
     expected = getattr(err, "expected", ())
     hint = _expected(expected)
-    if str(token) == "=" and "CMPOP" in expected:
+    special = _token_hint(token, text)
+    if special is not None:
+        hint = special
+    elif str(token) == "=" and "CMPOP" in expected:
         hint = "use `==` to compare"
     elif token.type == "CMPOP":
         hint = "comparisons do not chain: write `a < b and b < c`"

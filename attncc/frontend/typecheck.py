@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from . import ast
 from ..lang.evaluate import Env, eval_scalar, evaluate  # one definition of operator semantics, for folding
 from ..lang.expr import BOOL, FLOAT, INT, RUNTIME_SIZES, VEC, TExpr, const
 from ..lang.features import ALL_MAPS, RANDOM_MAPS
-from ..lang.operators import BINARY, FUNCTIONS, OPERATORS, UNARY
+from ..lang.operators import BINARY, CONSTANT_HINTS, FUNCTIONS, OPERATORS, REWRITES, UNARY
 from ..lang.source import Span, did_you_mean
 
 INT_LIMIT = 2**31
+FLOAT32_MAX, FLOAT32_TINY = float(np.finfo(np.float32).max), float(np.finfo(np.float32).tiny)
+DEFINITIONS = ("index", "score", "weight", "let")  # contexts that see the index variables and tables
 
 
 class ExprTyper:
     def _expr(self, e: ast.Expr, ctx: str) -> TExpr | None:
-        """Type one expression. ctx: const | size | shape | shape_tokens | index | score | weight."""
+        """Type one expression. ctx: const | size | shape | shape_tokens | index (mask, bias) | score | weight |
+        let (a let's body: what score allows)."""
         try:
             return self._typed(e, ctx)
         except RecursionError:
@@ -58,7 +63,7 @@ class ExprTyper:
             if isinstance(e.value, float) and not math.isfinite(e.value):
                 self.bag.error("number literal out of range", e.span)
                 return None
-            return const(e.value, e.span)
+            return self._in_float32(const(e.value, e.span))
         if isinstance(e, ast.Bool):
             return const(e.value, e.span)
         if isinstance(e, ast.Name):
@@ -81,7 +86,7 @@ class ExprTyper:
 
     def _name(self, e: ast.Name, ctx: str) -> TExpr | None:
         n = e.id
-        if ctx in ("index", "score", "weight"):
+        if ctx in DEFINITIONS:
             if n == self.index_names[0]:
                 return TExpr("var", (), "i", INT, e.span)
             if n == self.index_names[1]:
@@ -92,6 +97,14 @@ class ExprTyper:
                 return TExpr("scale", (), "scale", FLOAT, e.span)
             if n in ("N", "Nq", "H", "D", "E"):
                 return TExpr("rsize", (), n, INT, e.span)
+            if n in self.let_decls:
+                return self._let(e, ctx)
+            if n == "b" and not self._declared(n):  # older specs name a block size `b`: theirs wins
+                return TExpr("var", (), "b", INT, e.span)
+        if n in self.let_decls:
+            self.bag.error(f"`{n}` is a `let`, usable only in definitions and other lets", e.span,
+                           f"for a constant, declare `size {n} = ...`")
+            return None
         if ctx.startswith("shape"):
             if n in ("H", "D", "E"):
                 return TExpr("rsize", (), n, INT, e.span)
@@ -110,14 +123,35 @@ class ExprTyper:
             self.bag.error(f"`{n}` is a tensor of rows; index it with a token", e.span,
                            "write `dot(q[i], k[j])`")
             return None
-        known = set(self.sizes) | {"h", "scale", *RUNTIME_SIZES, *self.index_names}
+        known = set(self.sizes) | {"h", "b", "scale", *RUNTIME_SIZES, *self.index_names}
         where = {"const": "a constant", "size": "a size", "shape": "a table shape",
                  "shape_tokens": "an input shape"}.get(ctx)
         if where and (n in known or n in ("i", "j")):
-            self.bag.error(f"`{n}` cannot be used in {where}", e.span)
+            self.bag.error(f"`{n}` cannot be used in {where}", e.span,
+                           "index variables exist only in definitions and lets" if n in ("i", "j", "h", "b") else None)
             return None
-        self.bag.error(f"unknown name `{n}`", e.span, did_you_mean(n, known | set(self.params) | set(self.inputs)))
+        if ctx == "let" and any(n in d.params for d in self.defs.values()):
+            self.bag.error(f"unknown name `{n}`", e.span, "in a `let`, the query index is `i` and the key index `j`")
+            return None
+        self.bag.error(f"unknown name `{n}`", e.span, CONSTANT_HINTS.get(n) or
+                       did_you_mean(n, known | set(self.params) | set(self.inputs) | set(self.let_decls)))
         return None
+
+    def _declared(self, n: str) -> bool:
+        return n in self.sizes or n in self.params or n in self.inputs or n in self.features
+
+    def _let(self, e: ast.Name, ctx: str) -> TExpr | None:
+        """A let's typed body (typed once, in declaration order: a let may use only the lets above it)."""
+        n = e.id
+        if n not in self.lets:
+            self.bag.error(f"`{n}` is used before its `let`", e.span, "a let may use only the lets declared above it")
+            return None
+        value = self.lets[n]
+        if value is not None and ctx == "index" and value.uses("dot"):
+            self.bag.error(f"`{n}` uses `dot`, which may appear only in `score` or `weight`", e.span,
+                           "masks and biases depend on positions, not on q and k")
+            return None
+        return value  # None: its body's error is reported at the let
 
     def _want(self, x: TExpr, t: str, span: Span, what: str) -> TExpr:
         if x.type == t or (t == FLOAT and x.type == INT):
@@ -188,8 +222,9 @@ class ExprTyper:
                            f"write `dot({e.fn}(q[i]), {e.fn}(k[j]))`")
             return None
         if e.fn not in FUNCTIONS:
-            self.bag.error(f"unknown function `{e.fn}`", e.fn_span,
-                           did_you_mean(e.fn, set(FUNCTIONS) | {"dot"} | set(self.features)))
+            self.bag.error(f"unknown function `{e.fn}`", e.fn_span, self._function_hint(e.fn))
+            for a in e.args:  # every error at once: those inside its arguments too
+                self._typed(a, ctx)
             return None
         args = [self._typed(a, ctx) for a in e.args]
         if any(a is None for a in args):
@@ -216,8 +251,14 @@ class ExprTyper:
         result = operator.result_type([a.type for a in args])
         return self._fold(TExpr("call", tuple(args), e.fn, result, e.span))
 
+    def _function_hint(self, fn: str) -> str:
+        if fn in REWRITES:
+            return f"write {REWRITES[fn]}"
+        return did_you_mean(fn, set(FUNCTIONS) | {"dot"} | set(self.features)) or \
+            f"the functions are {', '.join(sorted(FUNCTIONS))} (docs/language.md, section 12)"
+
     def _dot(self, e: ast.Call, ctx: str) -> TExpr | None:
-        if ctx not in ("score", "weight"):
+        if ctx not in ("score", "weight", "let"):
             self.bag.error("`dot` may appear only in `score` or `weight`", e.span,
                            "masks and biases depend on positions, not on q and k")
             return None
@@ -278,9 +319,12 @@ class ExprTyper:
         if table is None:
             self.bag.error(f"unknown table `{e.table}`", e.table_span,
                            did_you_mean(e.table, set(self.params) | set(self.inputs)))
+            for i in e.indices if ctx in DEFINITIONS else ():  # every error at once: those in its indices too
+                self._typed(i, ctx)
             return None
-        if ctx not in ("index", "score", "weight"):
-            self.bag.error(f"table `{e.table}` cannot be used here", e.span)
+        if ctx not in DEFINITIONS:
+            self.bag.error(f"table `{e.table}` cannot be used here", e.span,
+                           "tables are read in definitions and lets; sizes and shapes are constants")
             return None
         dims = table.shape if is_param else table.dims
         if len(e.indices) != len(dims):
@@ -300,12 +344,25 @@ class ExprTyper:
         dtype = {"int": INT, "float": FLOAT, "bool": BOOL}[table.dtype]
         return TExpr("input", tuple(idx), e.table, dtype, e.span)
 
+    def _in_float32(self, t: TExpr) -> TExpr | None:
+        """A float constant that float32 represents (as itself or a nearby number), else None after an
+        error: float32 and half inputs and every Triton kernel compute in float32, where 1e300 is inf and
+        1e-300 is 0, while the float64 reference keeps them (a softmax would silently change)."""
+        if t.type != FLOAT or t.value == 0 or FLOAT32_TINY <= abs(t.value) <= FLOAT32_MAX:
+            return t
+        what = "beyond float32's range (about 3.4e38)" if abs(t.value) > FLOAT32_MAX else \
+            "below float32's normal range (about 1.2e-38): 0 or denormal there"
+        self.bag.error(f"the number {t.value:g} is {what}", t.span,
+                       "computations in float32 (float32 and half inputs, Triton kernels) cannot hold it; scale the "
+                       "expression (a constant added to a softmax score changes nothing: drop it)")
+        return None
+
     def _fold(self, t: TExpr) -> TExpr:
         """Fold operators over constants so that sizes and literals become plain numbers."""
         if not t.args or any(a.op != "const" for a in t.args):
             return t
         try:
-            return const(eval_scalar(t), t.span)
+            return self._in_float32(const(eval_scalar(t), t.span))
         except OverflowError:
             self.bag.error("integer overflow in a constant expression", t.span, "integers are 32-bit")
             return t

@@ -116,12 +116,14 @@ class Graph:
 
 
 # Attributes of an attention node that every rewrite into another form keeps.
-CARRIED_ATTRS = ("normalize", "eps", "mask_structure", "pool")
+CARRIED_ATTRS = ("normalize", "eps", "mask_structure", "pool", "tensor_powers")
+OPTIONAL_ATTRS = ("pool", "tensor_powers")  # carried only where present
 
 
 def carried_attrs(node: Node) -> dict[str, Any]:
-    """The attributes of an attention node that its rewrites keep (pool only where present)."""
-    return {name: node.attr(name) for name in CARRIED_ATTRS if name != "pool" or node.attr("pool") is not None}
+    """The attributes of an attention node that its rewrites keep (the optional ones only where present)."""
+    return {name: node.attr(name) for name in CARRIED_ATTRS
+            if name not in OPTIONAL_ATTRS or node.attr(name) is not None}
 
 
 def attention_of(graph: Graph) -> int:

@@ -1,7 +1,7 @@
 """CheckedSpec -> IR graph: the dense computation, one node per operation.
 
     q[B,H,Nq,D]  k[B,H,N,D]  v[B,H,N,E]
-    i[1,1,Nq,1]  j[1,1,1,N]  h[1,H,1,1]   (index grids; expressions over them broadcast to [B,H,Nq,N])
+    i[1,1,Nq,1]  j[1,1,1,N]  h[1,H,1,1]  b[B,1,1,1]   (index grids; expressions over them broadcast to [B,H,Nq,N])
     pairdot(phi(q), phi(k)) -> [B,H,Nq,N]
     attend(scores, mask?, v) {normalize} -> out[B,H,Nq,E]
 """
@@ -16,7 +16,7 @@ from ..lang.normalizers import pair_scores
 from .graph import SIZE_SYMBOLS, B, D, E, Graph, H, N, Nq, broadcast
 from .signature import Signature
 
-_VAR_SHAPES = {"i": (1, 1, Nq, 1), "j": (1, 1, 1, N), "h": (1, H, 1, 1)}
+_VAR_SHAPES = {"i": (1, 1, Nq, 1), "j": (1, 1, 1, N), "h": (1, H, 1, 1), "b": (B, 1, 1, 1)}
 
 
 class ExprBuilder:

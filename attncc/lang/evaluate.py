@@ -7,13 +7,13 @@ and are tested against it. Values broadcast to [batch, heads, query tokens, key 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
 
 from .expr import BOOL, FLOAT, INT, TExpr, fold
-from .operators import operator_of
+from .operators import float32_operand, operator_of
 
 
 @dataclass
@@ -23,6 +23,7 @@ class Env:
     i: torch.Tensor | None = None
     j: torch.Tensor | None = None
     h: torch.Tensor | None = None
+    b: torch.Tensor | None = None  # batch index [B, 1, 1, 1] (0 where there is no batch)
     params: dict[str, torch.Tensor] = field(default_factory=dict)
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # [B, *dims] or [*dims]
     dot: Callable[[TExpr], torch.Tensor] | None = None
@@ -54,8 +55,9 @@ def input_lookup(table: torch.Tensor, indices, ndims: int) -> torch.Tensor:
 
 def evaluate(t: TExpr, env: Env) -> torch.Tensor:
     """Evaluate a typed expression; ints are int32 (wrapping, as in kernels), floats env.float_dtype.
-    Each distinct subexpression is evaluated once, without recursion (specs may nest deeply)."""
-    return fold(t, lambda e, args: _node(e, args, env), descend=lambda e: e.op != "dot")
+    Each distinct subexpression is evaluated once, without recursion (specs may nest deeply). The float
+    operand of a conversion to int (floor, int) is evaluated in float32, as kernels compute it."""
+    return fold(t, lambda e, args: _node(e, args, env), descend=lambda e: e.op != "dot" and not float32_operand(e))
 
 
 def _node(t: TExpr, args: list[torch.Tensor], env: Env) -> torch.Tensor:
@@ -64,6 +66,8 @@ def _node(t: TExpr, args: list[torch.Tensor], env: Env) -> torch.Tensor:
         dtype = torch.bool if t.type == BOOL else env.int_dtype if t.type == INT else env.float_dtype
         return torch.tensor(t.value, dtype=dtype)
     if op == "var":
+        if t.value == "b":
+            return env.b if env.b is not None else torch.zeros((), dtype=torch.int32)
         return {"i": env.i, "j": env.j, "h": env.h}[t.value]
     if op == "size":
         return torch.tensor(env.sizes[t.value], dtype=env.int_dtype)
@@ -73,6 +77,8 @@ def _node(t: TExpr, args: list[torch.Tensor], env: Env) -> torch.Tensor:
         return torch.tensor(env.rsizes["D"] ** -0.5, dtype=env.float_dtype)
     if op == "dot":
         return env.dot(t)
+    if float32_operand(t):
+        args = [evaluate(t.args[0], replace(env, float_dtype=torch.float32))]
     if op == "param":
         out = lookup(env.params[t.value], args, batched=False)
     elif op == "input":

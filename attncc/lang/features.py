@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .operators import FUNCTIONS
 from .registry import Registry
 from .source import AttnccError
 
@@ -39,6 +40,8 @@ def register_feature_map(fmap: FeatureMap) -> FeatureMap:
     """Make an elementwise feature map known to the checker, the emitters and the oracle."""
     if fmap.name in ALL_MAPS:
         raise AttnccError(f"feature map `{fmap.name}` is registered twice")
+    if fmap.name in FUNCTIONS:  # `softplus(x)` must keep meaning the function of numbers
+        raise AttnccError(f"`{fmap.name}` is a function of the language; name the feature map otherwise")
     ALL_MAPS[fmap.name] = FEATURE_MAPS.register(fmap)
     return fmap
 
@@ -124,3 +127,44 @@ def random_features(kind: str, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor
     if kind == "trig":
         return torch.cat([torch.sin(u), torch.cos(u)], -1) * (torch.exp(half_norm) * norm)
     raise KeyError(kind)
+
+
+# Tensor-power features of a polynomial kernel (passes/polynomial.py): the query side carries the
+# coefficients, the key side is plain, so sum_n c_n (q.k)^n = T_c(q) . T(k) for any signs of c_n.
+TENSOR_POWER_Q, TENSOR_POWER_K = "tensor_power_q", "tensor_power_k"
+MODULE_MAPS = (TENSOR_POWER_Q, TENSOR_POWER_K)  # applied by the module before any lowering, like random maps
+
+
+def tensor_power_width(d, degrees) -> object:
+    """Columns of [x^(x)n]_n for rows of width d (a number or a sympy symbol): 1, d, d (d + 1) / 2
+    (the symmetric part of x (x) x), d^n beyond."""
+    return sum((1, d, d * (d + 1) / 2)[n] if n <= 2 else d ** n for n in degrees)
+
+
+def tensor_powers(x: torch.Tensor, degrees) -> list[torch.Tensor]:
+    """[x^(x)n for n in degrees] flattened over the last dimension; n = 2 keeps the upper triangle of
+    x x^T with its off-diagonal entries times sqrt(2), so that T2(x) . T2(y) = (x . y)^2 exactly."""
+    d = x.shape[-1]
+    out = []
+    for n in degrees:
+        if n == 0:
+            out.append(x.new_ones(*x.shape[:-1], 1))
+        elif n == 1:
+            out.append(x)
+        elif n == 2:
+            rows, cols = torch.triu_indices(d, d, device=x.device)
+            weight = torch.where(rows == cols, 1.0, torch.tensor(2.0, dtype=x.dtype).sqrt())  # sqrt(2) in x's precision
+            out.append(x[..., rows] * x[..., cols] * weight)
+        else:
+            power = x
+            for _ in range(n - 1):
+                power = (power.unsqueeze(-1) * x.unsqueeze(-2)).flatten(-2)
+            out.append(power)
+    return out
+
+
+def tensor_power_features(q: torch.Tensor, k: torch.Tensor, terms) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T_c(q), T(k)) for terms ((n, c_n), ...): T_c(q) . T(k) = sum_n c_n (q . k)^n."""
+    degrees = [n for n, _ in terms]
+    fq = torch.cat([c * p for (_, c), p in zip(terms, tensor_powers(q, degrees))], -1)
+    return fq, torch.cat(tensor_powers(k, degrees), -1)

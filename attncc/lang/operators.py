@@ -21,6 +21,7 @@ knows its own. `fmt` (spec text of an expression) lives here too, as it spells o
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -103,6 +104,23 @@ def popcount(x: torch.Tensor) -> torch.Tensor:
     x = (x & 0x33333333) + ((x >> 2) & 0x33333333)
     x = (x + (x >> 4)) & 0x0F0F0F0F
     return ((x * 0x01010101) >> 24 & 0xFF).int()
+
+
+def softplus(x):
+    """log(1 + exp(x)) without overflow (logaddexp(x, 0)); its gradient is sigmoid(x)."""
+    x = torch.as_tensor(x)
+    return torch.logaddexp(x, x.new_zeros(()))
+
+
+def float_to_int(x, rounding: str):
+    """floor(x) (rounding "floor") or x truncated toward 0 ("trunc") as an int32, saturating at the
+    int32 range, NaN giving 0; ints are returned as they are. The saturation is done in float64,
+    where both ends of the range are exact."""
+    x = torch.as_tensor(x)
+    if not x.is_floating_point():
+        return x
+    r = (torch.floor if rounding == "floor" else torch.trunc)(x.double())
+    return torch.nan_to_num(r, nan=0.0).clamp(-2.0**31, 2.0**31 - 1).to(torch.int32)
 
 
 def _true_div(args, float_dtype):
@@ -190,6 +208,14 @@ def _d_extremum(t, d):
     return acc_d
 
 
+def _d_clamp(t, d):
+    """clamp(x, lo, hi) = min(max(x, lo), hi): the derivative of that composition (ties as min and max)."""
+    x, lo, hi = t.args
+    inner = _f("call", x, lo, value="max")
+    d_inner = _d_extremum(inner, d[:2])
+    return _d_extremum(_f("call", inner, hi, value="min"), [d_inner, d[2]])
+
+
 def _chain(rule):
     """d f(a) = rule(node, a) da: the derivative of a function of one operand, 0 where da is."""
     return lambda t, d: None if d[0] is None else rule(t, t.args[0], d[0])
@@ -248,10 +274,33 @@ def _function(name, operands, result, evaluate, torch_code, triton, sympy_form, 
                     **more)
 
 
-def _float_function(name, torch_fn, sympy_fn, derivative, triton=None, **more) -> Operator:
+def _float_function(name, torch_fn, sympy_fn, derivative, triton=None, torch_code=None, **more) -> Operator:
     """exp, log, ...: a float function of one number."""
-    return _function(name, "num", FLOAT, _on_float(torch_fn), f"torch.{name}(rt.as_float({{0}}, {{float}}))",
+    return _function(name, "num", FLOAT, _on_float(torch_fn),
+                     torch_code or f"torch.{name}(rt.as_float({{0}}, {{float}}))",
                      triton or f"tl.{name}(({{0}}) * 1.0)", lambda t, a: sympy_fn(a[0]), _chain(derivative), **more)
+
+
+def _float_helper(name: str, torch_fn, sympy_fn, derivative) -> Operator:
+    """A float function of one number that kernels compute with a helper `_<name>` (HELPERS in emit/triton.py)."""
+    return _float_function(name, torch_fn, sympy_fn, derivative, triton=f"_{name}(({{0}}) * 1.0)",
+                           torch_code=f"rt.{name}(rt.as_float({{0}}, {{float}}))" if name == "softplus" else None,
+                           triton_helper=lambda t: f"_{name}")
+
+
+def _to_int(name: str, rounding: str, sympy_fn) -> Operator:
+    """floor, int: a number to an int (ints unchanged). The float operand is computed in float32 in every
+    backend, the reference included (see CONVERSIONS), so that the integer is the same everywhere."""
+    helper = f"_{rounding}_int"
+    return _function(name, "num", INT, lambda a, fd: float_to_int(a[0], rounding),
+                     f"rt.float_to_int({{0}}, {rounding!r})",
+                     lambda t, a: a[0] if t.args[0].type == INT else f"{helper}({a[0]})",
+                     lambda t, a: sympy_fn(a[0]), lambda t, d: None,
+                     triton_helper=lambda t: None if t.args[0].type == INT else helper)
+
+
+def _sympy_trunc(x):
+    return sympy.Piecewise((sympy.floor(x), x >= 0), (sympy.ceiling(x), True))
 
 
 def _compare(name, spelling, torch_fn, sympy_fn, operands="num") -> Operator:
@@ -320,6 +369,22 @@ TABLE: tuple[Operator, ...] = (
                     triton="_tanh(({0}) * 1.0)", triton_helper=lambda t: "_tanh"),
     _float_function("sigmoid", torch.sigmoid, lambda x: 1 / (1 + sympy.exp(-x)),
                     lambda t, x, dx: _times(_f("mul", t, _f("sub", const(1.0), t)), dx), triton="tl.sigmoid(({0}) * 1.0)"),
+    _float_function("sin", torch.sin, sympy.sin, lambda t, x, dx: _times(_f("call", x, value="cos"), dx)),
+    _float_function("cos", torch.cos, sympy.cos,
+                    lambda t, x, dx: _times(_f("neg", _f("call", x, value="sin")), dx)),
+    _float_function("erf", torch.erf, sympy.erf, lambda t, x, dx: _times(
+        _f("mul", const(2.0 / math.sqrt(math.pi)), _f("call", _f("neg", _f("mul", x, x)), value="exp")), dx)),
+    _float_helper("softplus", softplus, lambda x: sympy.log(1 + sympy.exp(x)),
+                  lambda t, x, dx: _times(_f("call", x, value="sigmoid"), dx)),
+    _float_helper("log1p", torch.log1p, lambda x: sympy.log(1 + x),
+                  lambda t, x, dx: _f("div", dx, _f("add", const(1.0), x))),
+    _float_helper("expm1", torch.expm1, lambda x: sympy.exp(x) - 1,
+                  lambda t, x, dx: _times(_f("add", t, const(1.0)), dx)),
+    _function("clamp", "num,num,num", "promote", lambda a, fd: torch.minimum(torch.maximum(a[0], a[1]), a[2]),
+              "rt.minimum(rt.maximum({0}, {1}), {2})", "tl.minimum(tl.maximum({0}, {1}), {2})",
+              lambda t, a: sympy.Min(sympy.Max(a[0], a[1]), a[2]), _d_clamp),
+    _to_int("floor", "floor", sympy.floor),
+    _to_int("int", "trunc", _sympy_trunc),
     _function("where", "bool,any,any", "promote", lambda a, fd: torch.where(a[0], a[1], a[2]),
               "torch.where(torch.as_tensor({0}), {1}, {2})", "tl.where({0}, {1}, {2})",
               lambda t, a: sympy.Piecewise((a[1], a[0]), (a[2], True)), lambda t, d: _select(t.args[0], d[1], d[2])),
@@ -328,6 +393,25 @@ TABLE: tuple[Operator, ...] = (
     _function("gray", INT, INT, lambda a, fd: torch.bitwise_xor(a[0], a[0] >> 1), "({0} ^ ({0} >> 1))",
               "({0} ^ ({0} >> 1))", lambda t, a: sympy.Function("gray")(*a)),
 )
+
+# Functions of other languages and how this one writes them (hints for an unknown function).
+REWRITES = {
+    "tan": "`sin(x) / cos(x)`", "sinh": "`(exp(x) - exp(-x)) / 2`", "cosh": "`(exp(x) + exp(-x)) / 2`",
+    "ceil": "`-floor(-x)`", "round": "`floor(x + 0.5)`", "trunc": "`int(x)`", "sign": "`where(x > 0, 1, where(x < 0, -1, 0))`",
+    "pow": "`a ** b`", "log2": "`log(x) / log(2.0)`", "log10": "`log(x) / log(10.0)`", "exp2": "`2.0 ** x`",
+    "relu": "`max(x, 0)`", "square": "`x * x`", "rsqrt": "`1 / sqrt(x)`", "float": "`x * 1.0`",
+    "minimum": "`min(a, b)`", "maximum": "`max(a, b)`", "clip": "`clamp(x, lo, hi)`", "select": "`where(c, a, b)`",
+    "logsigmoid": "`-softplus(-x)`", "silu": "`x * sigmoid(x)`",
+}
+# Names of constants of other languages: the hint for each.
+CONSTANT_HINTS = {
+    "inf": "a literal must be finite: exclude pairs with `mask(i, j) = ...` (a bias of -inf is a mask), "
+           "or use a large finite number such as `-1e9`",
+    "nan": "a literal must be finite", "pi": "write `3.141592653589793`", "e": "write `exp(1.0)`",
+}
+CONSTANT_HINTS["infinity"] = CONSTANT_HINTS["inf"]
+
+CONVERSIONS = frozenset({"floor", "int"})  # float -> int: the float operand is computed in float32 everywhere
 
 OPERATORS = {o.name: o for o in TABLE if o.form != "call"}  # by TExpr op
 FUNCTIONS = {o.name: o for o in TABLE if o.form == "call"}  # by function name
@@ -340,6 +424,12 @@ def operator_of(t: TExpr) -> Operator | None:
     if t.op == "call":
         return FUNCTIONS.get(t.value)
     return OPERATORS.get(t.op)
+
+
+def float32_operand(t: TExpr) -> bool:
+    """Whether t converts a float to an int: its operand is then computed in float32 in every backend
+    (the reference too), as masks are, so that the rounding, and with it the integer, is one value."""
+    return t.op == "call" and t.value in CONVERSIONS and t.args[0].type == FLOAT
 
 
 def fmt(e: TExpr) -> str:

@@ -23,7 +23,7 @@ NAME = "sdpa"
 def accepts(query: CostQuery) -> bool:
     if not query.exact or query.op != "attend" or not NORMALIZERS[query.attrs["normalize"]].online_softmax:
         return False
-    if query.mask.kind not in ("full", "causal"):
+    if query.mask.kind not in ("full", "causal") or query.attrs.get("eps"):  # eps: exp weights under rows
         return False
     scores = query.graph.operands(query.node_id)[0]
     return expr_of(query.graph, scores) == DEFAULT_LOGITS

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..api import compile
-from ..lang.source import AttnccError, ShapeError
+from ..lang.source import AttnccError, Diagnostic, ShapeError, SpecError
+from ..runtime.compiled import keyword_names
 
 
 class AttentionLayer(nn.Module):
@@ -45,6 +46,7 @@ class AttentionLayer(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise AttnccError(f"layer: dropout must be in [0, 1), got {dropout}")
         cls = attention if isinstance(attention, type) else _compile(attention)
+        _inputs_can_be_passed(cls, keyword_names(type(self).forward, type(self).tap))
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
         self.kdim, self.vdim = kdim or embed_dim, vdim or embed_dim
         self._qkv_same_embed_dim = self.kdim == embed_dim and self.vdim == embed_dim
@@ -218,3 +220,14 @@ def layer(spec, embed_dim: int, num_heads: int, **options) -> AttentionLayer:
     options: bias, kdim, vdim, batch_first, dropout, device, dtype (as torch.nn.MultiheadAttention),
     backend, and the spec's own sizes (window=..., ...)."""
     return AttentionLayer(spec, embed_dim, num_heads, **options)
+
+
+def _inputs_can_be_passed(cls, keywords: frozenset[str]) -> None:
+    """Inputs reach the layer as keywords of its calls: one named like the layer's own keywords
+    (`need_weights`, `attn_mask`, ...) could not be passed."""
+    clashes = [info for name, info in cls.checked.inputs.items() if name in keywords]
+    if clashes:
+        raise SpecError(cls.checked.source, [
+            Diagnostic(f"`{info.name}` is a keyword argument of attncc.layer's forward and cannot name an input of "
+                       "a spec used in a layer", info.span, f"choose another name, e.g. `{info.name}_input`")
+            for info in clashes])

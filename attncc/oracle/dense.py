@@ -65,7 +65,7 @@ def dense_weights(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: di
         rows.to(device=q.device, dtype=torch.int32)
     q = q if rows is None else q[:, :, rows.long()]
     env = pair_env(sizes, {"N": N, "Nq": Nq, "H": H, "D": D, "E": e_dim}, i,
-                   {n: p.to(dtype) if p.is_floating_point() else p for n, p in params.items()}, inputs, dtype)
+                   {n: p.to(dtype) if p.is_floating_point() else p for n, p in params.items()}, inputs, dtype, B)
     shape = (B, H, len(i), N)
     mask = evaluate_mask(spec, env, shape, q.device)
 
@@ -84,13 +84,15 @@ def dense_weights(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: di
 
 
 def pair_env(sizes: dict, rsizes: dict, i: torch.Tensor, params: dict, inputs: dict,
-             float_dtype: torch.dtype) -> Env:
+             float_dtype: torch.dtype, batch: int) -> Env:
     """The evaluation environment of the pair grid: query tokens i (int32, on the computation's
-    device), every key token j < N and head h < H, as [B, H, Nq, N]-broadcastable index tensors."""
+    device), every key token j < N, head h < H and batch row b < batch, as [B, H, Nq, N]-broadcastable
+    index tensors."""
     grid = lambda n: torch.arange(n, device=i.device, dtype=torch.int32)
     N, H = rsizes["N"], rsizes["H"]
     return Env(sizes=sizes, rsizes=rsizes, i=i.view(1, 1, -1, 1), j=grid(N).view(1, 1, 1, N),
-               h=grid(H).view(1, H, 1, 1), params=params, inputs=inputs, float_dtype=float_dtype)
+               h=grid(H).view(1, H, 1, 1), b=grid(batch).view(batch, 1, 1, 1), params=params, inputs=inputs,
+               float_dtype=float_dtype)
 
 
 def evaluate_mask(spec: CheckedSpec, env: Env, shape: tuple, device) -> torch.Tensor:
@@ -109,7 +111,7 @@ def dense_mask(spec: CheckedSpec, params: dict, inputs: dict, sizes: dict, shape
     """The pairs the mask keeps, bool [B, H, Nq, N] (shape), with these tables and inputs."""
     B, H, Nq, N = shape
     rsizes = {"N": N, "Nq": Nq, "H": H, "D": sizes.get("D", 0), "E": sizes.get("E", 0)}
-    env = pair_env(sizes, rsizes, torch.arange(Nq, dtype=torch.int32), params, inputs, torch.float32)
+    env = pair_env(sizes, rsizes, torch.arange(Nq, dtype=torch.int32), params, inputs, torch.float32, B)
     return evaluate_mask(spec, env, shape, "cpu")
 
 

@@ -12,7 +12,9 @@ from .favor import kernelize_favor
 from .mask_structure import analyse_mask
 from .ista import lower_ista
 from .mixed_chunk import mixed_chunk
+from .polynomial import expand_polynomial_kernel
 from .reassociate import reassociate_kernel
+from .stable_exp import stabilize_exp_rows
 
 
 @dataclass
@@ -26,8 +28,8 @@ class PassContext:
         self.log.append((pass_name, message))
 
 
-PIPELINE = [kernelize_favor, analyse_mask, analyse_blocks, analyse_token_layout, lower_ista, mixed_chunk,
-            reassociate_kernel]
+PIPELINE = [kernelize_favor, stabilize_exp_rows, analyse_mask, analyse_blocks, analyse_token_layout, lower_ista,
+            mixed_chunk, expand_polynomial_kernel, reassociate_kernel]
 
 
 def run_pipeline(graph: Graph, ctx: PassContext, check: bool = True) -> Graph:

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import sympy
+
 from ..analysis.structure import Structure
-from ..ir.graph import B, D, E, Graph, H, N
+from ..ir.graph import B, D, E, Graph, H, N, Nq
+from ..lang.features import tensor_power_width
 from ..lang.source import AttnccError
 from . import registry
 from .cost import DESIGN_SIZES, MACHINE, Candidate, CostQuery
@@ -49,6 +52,14 @@ def with_pooling(c: Candidate, pool) -> Candidate:
                      c.programs)
 
 
+def with_feature_rows(c: Candidate, terms) -> Candidate:
+    """Tensor-power features (passes/polynomial.py) computed before any lowering: every lowering reads
+    rows of width m = tensor_power_width(D) in place of D, and the features cost m flops a row."""
+    m = tensor_power_width(D, [n for n, _ in terms])
+    return Candidate(c.name, sympy.sympify(c.flops).subs(D, m) + B * H * (Nq + N) * m,
+                     sympy.sympify(c.bytes).subs(D, m), c.note + f"; rows of {m} tensor-power features", c.programs)
+
+
 def candidates(query: CostQuery, force: str | None = None) -> list[Candidate]:
     """The candidates of every registered lowering that accepts the node (forced-only ones when forced)."""
     return [lowering.cost(query) for lowering in registry.all()
@@ -65,6 +76,8 @@ def select(graph: Graph, sizes: dict | None = None, force: str | None = None) ->
     cands = candidates(query, force)
     if attrs.get("pool") is not None:
         cands = [with_pooling(c, attrs["pool"]) for c in cands]
+    if attrs.get("tensor_powers") is not None:
+        cands = [with_feature_rows(c, attrs["tensor_powers"]) for c in cands]
     if force is not None:
         names = [c.name for c in cands]
         if force not in names:

@@ -15,19 +15,20 @@ import torch.nn.functional as F
 from ..analysis.blocks import within_band  # noqa: F401  (re-exported for generated code)
 from ..analysis.grid import offset_pairs, ring_extent, ring_pairs  # noqa: F401  (re-exported for generated code)
 from ..lang.evaluate import input_lookup, lookup  # noqa: F401  (re-exported for generated code)
-from ..lang.operators import floordiv, floormod, popcount  # noqa: F401  (re-exported for generated code)
+from ..lang.operators import (  # noqa: F401  (re-exported for generated code)
+    float_to_int, floordiv, floormod, popcount, softplus)
 from ..lang.normalizers import NORMALIZERS
 from ..lang.source import ShapeError
 
 # What generated code may call as rt.NAME (attncc/rt/__init__.py re-exports exactly these).
 __all__ = [
     "CPU_FEATURE_TILE", "GPU_FEATURE_TILE", "GPU_GROUP_BUDGET", "GROUP_BUDGET", "LINEAR_CHUNK", "QUERY_CHUNK",
-    "RingGeometry", "as_4d", "as_float",
+    "RingGeometry", "as_4d", "as_float", "batch_index",
     "block_sparse_attention", "causal_linear_attention", "compute_dtype", "fft_length", "finish_rows",
-    "floordiv", "floormod", "graph_attention", "graph_transform", "grid_offsets", "grid_toeplitz_attention",
+    "float_to_int", "floordiv", "floormod", "graph_attention", "graph_transform", "grid_offsets", "grid_toeplitz_attention",
     "grid_transform", "input_lookup", "keep_grad", "kernel_products", "linear_attention", "logical_not",
     "lookup", "maximum", "minimum", "offset_pairs", "popcount", "prefix_chunk_sums", "ring_attention",
-    "ring_coordinates", "ring_extent", "ring_geometry", "ring_pairs", "sdpa_attention",
+    "ring_coordinates", "ring_extent", "ring_geometry", "ring_pairs", "sdpa_attention", "softplus",
     "summed_area_table", "tiled_attention", "toeplitz_attention", "toeplitz_row", "toeplitz_transform",
     "with_torch_backward", "within_band",
 ]
@@ -58,13 +59,21 @@ def maximum(*xs):
     return out
 
 
+def batch_index(ctx, like: torch.Tensor) -> torch.Tensor:
+    """The batch index b as an int32 [B, 1, 1, 1] tensor on the device of `like` (an index tensor)."""
+    return torch.arange(ctx.B, dtype=torch.int32, device=like.device).view(-1, 1, 1, 1)
+
+
 def logical_not(x):
     return torch.logical_not(torch.as_tensor(x))
 
 
-def as_float(x, dtype=torch.float32):
-    x = torch.as_tensor(x)
-    return x if x.is_floating_point() else x.to(dtype)
+def as_float(x, dtype: torch.dtype) -> torch.Tensor:
+    """x as a float tensor: a float tensor as it is, an int or bool tensor or any Python number in
+    `dtype` (the computation's: a Python float must not round through torch's default float32)."""
+    if isinstance(x, torch.Tensor):
+        return x if x.is_floating_point() else x.to(dtype)
+    return torch.tensor(x, dtype=dtype)
 
 
 def keep_grad(x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
@@ -75,15 +84,16 @@ def keep_grad(x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
     return x
 
 
-def as_4d(x) -> torch.Tensor:
-    """A value of an index expression (scalar, or broadcastable to [B, H, Nq, N]) as a 4-d float tensor."""
-    x = as_float(x)
+def as_4d(x, dtype: torch.dtype) -> torch.Tensor:
+    """A value of an index expression (scalar, or broadcastable to [B, H, Nq, N]) as a 4-d float tensor
+    (ints and Python numbers in `dtype`, the computation's)."""
+    x = as_float(x, dtype)
     return x.reshape(*([1] * (4 - x.dim())), *x.shape) if x.dim() < 4 else x
 
 
-def toeplitz_row(x, length: int) -> torch.Tensor:
+def toeplitz_row(x, length: int, dtype: torch.dtype) -> torch.Tensor:
     """f(d) evaluated on an [.., length, 1] grid, as a float [1|B, 1|H, length] tensor."""
-    x = as_4d(x)
+    x = as_4d(x, dtype)
     return x.expand(*x.shape[:2], length, 1)[..., 0]
 
 
@@ -115,9 +125,13 @@ def _attend(q, k, v, ctx, q0: int, q1: int, keys, *, scores: Callable, mask: Cal
         if m is not None:
             s = s.masked_fill(~m, float("-inf"))
         top = s.amax(-1, keepdim=True).detach()
+        if eps:  # exp(s) weights under `rows` (passes/stable_exp.py): eps joins the sum as a key of logit log(eps)
+            top = top.clamp_min(math.log(eps))
         top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
         w = torch.exp(s - top)
         z = w.sum(-1, keepdim=True)
+        if eps:
+            z = z + torch.exp(math.log(eps) - top)
         return (w @ vc) / torch.where(z == 0, torch.ones_like(z), z)
     w = torch.where(m, s, torch.zeros((), dtype=dtype, device=s.device)) if m is not None else s
     return finish_rows(w @ vc, w.sum(-1), normalize, eps)

@@ -4,12 +4,26 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
+
+
+# log(d^2 / (2 sigma^2)) past which exp(-d^2 / (2 sigma^2)) is 0 in float64 already (e^-745): capped
+# there, the value is unchanged and exp never overflows (nor its gradient, inf * 0)
+LOG_EXPONENT_CAP = 16.0
 
 
 def gating_head(k: torch.Tensor, head: torch.Tensor, bias: torch.Tensor, sigma: float):
-    """(m [B, H, N], sigma [B, H, N]) from the raw key rows: the gate m_j and the width sigma_j of token j."""
+    """(m [B, H, N], log sigma [B, H, N]) from the raw key rows: the gate m_j and the log of the width
+    sigma_j = sigma * sigmoid(.) of token j (in log space: sigma = 1e-30 squared underflows float32)."""
     s = k @ head.to(k.dtype).T + bias.to(k.dtype)
-    return torch.sigmoid(s[..., 0]), sigma * torch.sigmoid(s[..., 1])
+    return torch.sigmoid(s[..., 0]), math.log(sigma) + F.logsigmoid(s[..., 1])
+
+
+def offset_weights(d2: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
+    """g = exp(-d2 / (2 sigma^2)) = exp(-exp(log d2 - 2 log sigma - log 2)) for squared offsets d2 [2R + 1, 1]
+    and widths [B, H, 1, N]: finite for any width (d2 = 0 gives 1, never 0 / 0)."""
+    log_ratio = torch.log(d2.to(log_sigma.dtype)) - 2 * log_sigma - math.log(2)
+    return torch.exp(-torch.exp(log_ratio.clamp(max=LOG_EXPONENT_CAP)))
 
 
 def context_pool(k, v, head, bias, *, sigma: float, width: int, targets: tuple[str, ...]):
@@ -29,7 +43,7 @@ def context_pool(k, v, head, bias, *, sigma: float, width: int, targets: tuple[s
         j = pos + dr * width + dc if width else pos + dc  # [2R + 1, N]
         ok = (j >= 0) & (j < N) & (col + dc >= 0) & (col + dc < (width or N)) & (row + dr >= 0)
         jj = j.clamp(0, N - 1)
-        g = torch.exp(-(dr * dr + dc * dc) / (2 * s.unsqueeze(2) ** 2)) * m[..., jj] * ok  # [B, H, 2R + 1, N]
+        g = offset_weights(dr * dr + dc * dc, s.unsqueeze(2)) * m[..., jj] * ok  # [B, H, 2R + 1, N]
         den = den + g.sum(2)
         for t in targets:
             num[t] = num[t] + torch.einsum("bhcn,bhcnd->bhnd", g, xs[t][:, :, jj])

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..plan import registry
-from .compiled import cache_dir, write_atomic
+from .cache import cache_dir, write_atomic
 
 
 def configs(kind: str) -> list[dict]:

@@ -5,27 +5,23 @@ INPUTS) and `forward_torch` / `forward_triton`; this base class does everything 
 """
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import os
+import inspect
 import pickle
 import sys
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
-from importlib import metadata
-from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
 from ..lang.source import AttnccError, ShapeError, did_you_mean
-from ..lang.features import draw_projection, random_features
+from ..lang.features import draw_projection, random_features, tensor_power_features
 from ..lang.graph_kernels import dense_kernel
 from ..frontend.approx import RANDOM
 from ..lang.approx_math import lara_noise, ra_noise
 from .backends import auto_description, backends_to_prepare, get_backend, resolve
+from .cache import import_sibling  # generated modules import it from here
 
 LAYOUT_CACHE = 16  # block-sparse layouts kept per module (one per length and sizes)
 MAX_TILE = 128  # largest Triton tile edge for block-sparse kernels
@@ -58,6 +54,7 @@ class Context:
     E: int
     dtype: torch.dtype = torch.float32  # of the computation: float64 for float64 inputs
     noise: object = None  # the random draw of an approximation (lara, ra) for this call
+    B: int = 1  # batch rows (the batch index `b` runs over them)
 
     @property
     def scale(self) -> float:
@@ -98,6 +95,7 @@ class CompiledAttention(nn.Module):
     NEEDS: tuple = ()
     GRAPHS: dict = {}  # name -> (kernel, adjacency input, options): inputs computed from inputs
     RANDOM_FEATURES: dict = {}  # name -> (map, options): projections held in the `random_features` buffers
+    TENSOR_POWERS = False  # a polynomial kernel: rows become tensor-power features (tensor_power_terms)
     POOL = False  # `pool k, v = ...`: the generated `pool_kv` replaces k, v before any backend (attncc/rt/pool.py)
     APPROX = None  # (method, options) of a declared approximation computed by its own algorithm (attncc/rt/approx.py)
     TRITON_LOWERING = ""
@@ -108,11 +106,12 @@ class CompiledAttention(nn.Module):
     # the spec text instead and the function (stored by name) recompiles it.
     REBUILD: tuple | None = None
 
-    def __init__(self, backend: str = "auto", **sizes):
+    def __init__(self, backend: str = "auto", check_bounds: bool = False, **sizes):
         super().__init__()
         if backend != "auto":
             get_backend(backend)  # an unknown name fails here, not at the first call
         self.backend = backend
+        self.check_bounds = check_bounds  # every call first checks that no table lookup clamps (dense: slow)
         self.last_backend: str | None = None
         self._layouts: OrderedDict = OrderedDict()  # block-sparse layouts by lengths and sizes, LRU
         unknown = set(sizes) - set(self.SIZES) - set(self.NEEDS)
@@ -142,6 +141,11 @@ class CompiledAttention(nn.Module):
                       for name, p in self.PARAMS.items()}
         except (TypeError, ValueError, ArithmeticError) as exc:
             raise AttnccError(f"{self.SPEC_NAME}: bad sizes {sizes}: {exc}") from None
+        too_big = [n for n in self.DERIVED if abs(self.sizes[n]) >= 2**31]
+        if too_big:
+            name = too_big[0]
+            raise AttnccError(f"{self.SPEC_NAME}: size `{name}` (derived from other sizes) would be {self.sizes[name]}, "
+                              "beyond the 32-bit ints of the spec and its kernels; make the sizes it is computed from smaller")
         negative = [n for n, v in {**self.sizes, **self.fixed}.items() if v < 0]
         if negative:
             raise AttnccError(f"{self.SPEC_NAME}: size `{negative[0]}` must be >= 0")
@@ -263,7 +267,7 @@ class CompiledAttention(nn.Module):
         params = self.params_dict()
         if q.dtype == torch.float64:  # tables join the computation at its precision
             params = {n: p.double() for n, p in params.items()}
-        return Context(self.sizes, params, checked, **dims, dtype=dtype)
+        return Context(self.sizes, params, checked, **dims, dtype=dtype, B=B)
 
     def resolve_backend(self, q: torch.Tensor) -> str:
         """The name of the backend a call with q runs on (attncc/runtime/backends.py)."""
@@ -271,6 +275,11 @@ class CompiledAttention(nn.Module):
 
     def forward(self, q, k, v, **inputs):
         ctx = self._context(q, k, v, inputs)
+        if self.check_bounds:
+            problems = self._clamped(ctx, q.shape[0])
+            if problems:
+                raise ShapeError(f"{self.SPEC_NAME}: {problems[0]} (check_bounds=True); clamp the index in the "
+                                 "spec, e.g. `clamp(x, 0, n - 1)`, where reading the edge entry is meant")
         backend = resolve(self.backend, q)
         self.last_backend = backend.name
         if q.shape[2] == 0 or k.shape[2] == 0:  # nothing to attend with or to: zeros, in every backend
@@ -289,6 +298,8 @@ class CompiledAttention(nn.Module):
             ctx.inputs.update(self.graph_tables(ctx.inputs, ctx.dtype))
         if self.RANDOM_FEATURES:
             q, k = self.featurize(q, k)
+        if self.TENSOR_POWERS:
+            q, k = tensor_power_features(q, k, self.tensor_power_terms(ctx))
         return q, k, v
 
     def _cached(self, key: tuple, compute: Callable):
@@ -344,6 +355,19 @@ class CompiledAttention(nn.Module):
         inputs = {**ctx.inputs, **self.graph_tables(ctx.inputs, torch.float64)}
         return dense_attention(spec or self.checked, q, k, v, ctx.params, inputs, self.sizes, self.projections(),
                                ctx.noise)
+
+    def clamped_lookups(self, q, k, v, **inputs) -> list[str]:
+        """Where this call's table lookups leave their tables (the language clamps such an index): one
+        line per lookup index, with the first (b, h, i, j) at which it does; [] when none does. Dense
+        over [B, H, Nq, N]: for checking, not for every call (see check_bounds)."""
+        return self._clamped(self._context(q, k, v, inputs), q.shape[0])
+
+    def _clamped(self, ctx: Context, batch: int) -> list[str]:
+        from ..oracle.bounds import clamped_lookups
+        inputs = {**ctx.inputs, **self.graph_tables(ctx.inputs, torch.float64)}
+        with torch.no_grad():
+            return clamped_lookups(self.checked, ctx.params, inputs, {**self.sizes, "D": ctx.D, "E": ctx.E},
+                                   (batch, ctx.H, ctx.Nq, ctx.N))
 
     def tap(self, q, k, v, rows=None, **inputs) -> torch.Tensor:
         """The attention probabilities P[b, h, i, j] of this call, with out = P v: softmax's
@@ -413,76 +437,16 @@ RESERVED_ATTRIBUTES = (frozenset(dir(CompiledAttention)) | frozenset(vars(nn.Mod
                           "approx_draws"})
 
 
-# ---------------------------------------------------------------------- loading generated code
-def cache_dir() -> Path:
-    root = os.environ.get("ATTNCC_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "attncc")
-    return Path(root)
+def keyword_names(*functions: Callable) -> frozenset[str]:
+    """The parameters of `functions` that a caller can pass by keyword (not positional-only, not ** or *)."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return frozenset(p.name for fn in functions for p in inspect.signature(fn).parameters.values() if p.kind in kinds)
 
 
-def toolchain() -> str:
-    """What generated code depends on besides its own text (part of every cache key)."""
-    try:
-        triton_version = metadata.version("triton")
-    except metadata.PackageNotFoundError:
-        triton_version = "none"
-    return f"torch {torch.__version__}, triton {triton_version}"
+# Names a size or an input may not take: sizes are passed by keyword to the constructor, inputs to the
+# calls, beside the parameters those already have (`self` included: nn.Module.__call__ binds it too).
+RESERVED_KEYWORDS = keyword_names(CompiledAttention.__init__, CompiledAttention.forward, CompiledAttention.tap,
+                                  CompiledAttention.reference, CompiledAttention.target)
 
 
-def load_module(name: str, files: dict[str, str]):
-    """Write generated files into the cache and import `<name>.py`; siblings are imported on demand
-    (`import_sibling`). The folder is keyed by the sources (which name the spec hash and the attncc
-    version) and the toolchain; each file is written atomically (temporary file, then rename), so
-    concurrent compiles of one spec agree, and a file whose text differs (corrupted, truncated) is
-    rewritten before it is imported."""
-    key = "".join(f"{n}\0{src}\0" for n, src in sorted(files.items())) + toolchain()
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    directory = cache_dir() / digest
-    for file_name, source in files.items():
-        path = directory / file_name
-        if not (path.exists() and _read(path) == source):
-            write_atomic(path, source)
-    return _import(directory / f"{name}.py", f"attncc_generated_{name}_{digest}")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file in the same folder and os.replace: readers (other processes
-    too) see the old file or the whole new one, never a partial write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
-def import_sibling(main_file: str, suffix: str):
-    """Import `<stem><suffix>.py` that lies beside a generated module (once per process)."""
-    path = Path(main_file)
-    return _import(path.with_name(path.stem + suffix + ".py"), f"attncc_generated_{path.stem}{suffix}_{path.parent.name}")
-
-
-def _import(path: Path, module_name: str):
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[module_name]
-        raise
-    return module
-
-
-__all__ = ["CompiledAttention", "Context", "ParamSpec", "InputSpec", "load_module", "import_sibling"]
+__all__ = ["CompiledAttention", "Context", "ParamSpec", "InputSpec", "import_sibling"]

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from ..analysis.blocks import csr
-from .compiled import Context, import_sibling
+from .cache import import_sibling
+from .compiled import Context
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def _unpack(host: str, q: Tensor, tables, aux, ints, names: str):
     sizes = {n: int(x) for (_, n), x in zip([kn for kn in kinds if kn[0] == "s"], ints[6:])}
     N, Nq, H, D, E, tile = (int(x) for x in ints[:6])
     dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    ctx = Context(sizes, params, inputs, N, Nq, H, D, E, dtype=dtype)
+    ctx = Context(sizes, params, inputs, N, Nq, H, D, E, dtype=dtype, B=q.shape[0])
     tiles = CallTiles(tile, aux[0], aux[1]) if aux else None
     return main, import_sibling(main.__file__, "_triton"), ctx, tiles
 

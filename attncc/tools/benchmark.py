@@ -82,7 +82,8 @@ def reference_mask(module, inputs: dict, batch: int, heads: int, nq: int, n: int
     ar = lambda k: torch.arange(k, device=device, dtype=torch.int32)  # noqa: E731
     i = ar(nq)[rows] if rows is not None else ar(nq)
     env = Env(sizes=ctx.sizes, rsizes={"N": n, "Nq": nq, "H": heads, "D": 1, "E": 1}, i=i.view(1, 1, -1, 1),
-              j=ar(n).view(1, 1, 1, n), h=ar(heads).view(1, heads, 1, 1), params=ctx.params,
+              j=ar(n).view(1, 1, 1, n), h=ar(heads).view(1, heads, 1, 1), b=ar(batch).view(-1, 1, 1, 1),
+              params=ctx.params,
               inputs=ctx.inputs, float_dtype=torch.float32)
     return torch.as_tensor(evaluate(module.checked.mask, env), device=device)
 

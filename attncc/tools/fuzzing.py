@@ -62,6 +62,13 @@ class FuzzReport:
     failure: str | None = None
     error: str = ""
     lowerings: dict = field(default_factory=dict)
+    compiled: dict = field(default_factory=dict)  # family index -> specs of it that compiled
+    first_rejection: dict = field(default_factory=dict)  # family index -> the checker's first error on it
+
+    def untested(self) -> dict[int, str]:
+        """Family index -> the checker's first error, for each family none of whose specs compiled
+        (a typo in a family rejects every spec filled from it: nothing of it was tested)."""
+        return {n: error for n, error in sorted(self.first_rejection.items()) if not self.compiled.get(n)}
 
 
 def _holes(family: str) -> list[tuple[str, str | None, bool]]:
@@ -106,18 +113,21 @@ def fuzz(families: list[str], examples: int, backends: list[tuple[str, torch.dty
     shrunk failure, if any."""
     report = FuzzReport()
 
-    def check(spec: str, shape) -> None:
+    def check(member: tuple[int, str], shape) -> None:
+        family, spec = member
         report.examples += 1
         if progress is not None:
             progress(report.examples)
         try:
             classes = _every_lowering(spec)
-        except SpecError:  # a random expression the language rejects (e.g. a constant overflow)
+        except SpecError as exc:  # a random expression the language rejects (e.g. a constant overflow)
             report.rejected += 1
+            report.first_rejection.setdefault(family, str(exc))
             return
         except Exception as exc:  # noqa: BLE001  a compiler crash is a finding: shrink it
             report.failure, report.error = spec, f"compile: {type(exc).__name__}: {exc}"
             raise
+        report.compiled[family] = report.compiled.get(family, 0) + 1
         b, h, nq, nk, d, e = shape
         for cls in classes:
             report.lowerings[cls.LOWERING] = report.lowerings.get(cls.LOWERING, 0) + 1
@@ -137,7 +147,8 @@ def fuzz(families: list[str], examples: int, backends: list[tuple[str, torch.dty
                                     f"tolerance {result.tolerance:.0e}")
                     raise AssertionError(report.error)
 
-    specs = st.one_of(*[family_strategy(f) if HOLE in f else st.just(f) for f in families])
+    specs = st.one_of(*[(family_strategy(f) if HOLE in f else st.just(f)).map(lambda spec, n=n: (n, spec))
+                        for n, f in enumerate(families)])
     run = settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck),
                    phases=[Phase.generate, Phase.shrink])(given(specs, attention_shapes(max_tokens=max_tokens))(check))
     run = hypothesis_seed(seed)(run)  # the same seed gives the same specs
