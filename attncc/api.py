@@ -21,8 +21,9 @@ from .ir.signature import Signature
 from .ir.lower import lower, size_symbols
 from .frontend.parse import parse
 from .passes import PassContext, run_pipeline
-from .runtime.cache import load_module
+from .runtime.cache import analysis_path, load_analysis, load_module, store_analysis
 from .runtime.compiled import RESERVED_ATTRIBUTES, RESERVED_KEYWORDS
+from .analysis.session import check_budget, default_budget
 from .plan.select import DESIGN_SIZES, Plan, select
 from .lang.source import AttnccError, Source
 
@@ -43,6 +44,7 @@ class Compilation:
     module_source: str = ""
     triton_description: str = ""  # what the Triton backend runs, its backward included (Module.TRITON_LOWERING)
     spec_hash: str = ""
+    analysis_budget: float | None = None  # seconds the analyses ran under (None: not built here)
 
 
 def read_source(spec: str | Path) -> Source:
@@ -64,17 +66,44 @@ def read_source(spec: str | Path) -> Source:
     return Source(spec, "<spec>")
 
 
-def build(spec: str | Path | Source, sizes: dict | None = None, lowering: str | None = None) -> Compilation:
-    """Run the whole pipeline up to generated source (nothing is imported or executed)."""
+def build(spec: str | Path | Source, sizes: dict | None = None, lowering: str | None = None,
+          analysis_budget: float | None = None) -> Compilation:
+    """Run the whole pipeline up to generated source (nothing is imported or executed).
+
+    analysis_budget: seconds of symbolic analysis (default ATTNCC_ANALYSIS_BUDGET, else 20); what is
+    not proven by then is treated as general. Analysis results are cached beside the generated code."""
     src = spec if isinstance(spec, Source) else read_source(spec)
     tree = parse(src)
     checked = check(src, tree, RESERVED_ATTRIBUTES, RESERVED_KEYWORDS)
     ir = lower(checked)
-    optimized = ir.copy()
-    ctx = PassContext(size_symbols(ir.signature))
-    run_pipeline(optimized, ctx)
+    budget = default_budget() if analysis_budget is None else check_budget(analysis_budget)
+    optimized, ctx = _analyse(ir, format_spec(tree), budget)
     plan = select(optimized, {**checked.sizes, **_design_sizes(sizes, ir.signature)}, lowering)
-    return _emit(Compilation(src, tree, checked, ir, optimized, plan, ctx.log))
+    return _emit(Compilation(src, tree, checked, ir, optimized, plan, ctx.log, analysis_budget=budget))
+
+
+def _analyse(ir: Graph, spec_text: str, budget: float) -> tuple[Graph, PassContext]:
+    """The pass pipeline on a copy of the IR, reusing the analysis results stored for this spec and
+    storing those it proves. Stored results that fail their sampled checks (a damaged cache entry)
+    are dropped, and the spec is analysed again."""
+    stored = analysis_path(spec_text, budget)
+    memo = load_analysis(stored)
+    try:
+        optimized, ctx = _run_passes(ir, budget, memo)
+    except AttnccError:
+        if not memo:
+            raise
+        optimized, ctx = _run_passes(ir, budget, {})
+    if ctx.memo_added:
+        store_analysis(stored, ctx.memo)
+    return optimized, ctx
+
+
+def _run_passes(ir: Graph, budget: float, memo: dict) -> tuple[Graph, PassContext]:
+    optimized = ir.copy()
+    ctx = PassContext(size_symbols(ir.signature), budget=budget, memo=memo)
+    run_pipeline(optimized, ctx)
+    return optimized, ctx
 
 
 def relower(comp: Compilation, lowering: str) -> Compilation:
@@ -116,14 +145,14 @@ def generated_files(comp: Compilation) -> dict[str, str]:
 
 
 def compile(spec: str | Path | Compilation, backend: str = "auto", sizes: dict | None = None,
-            lowering: str | None = None):
+            lowering: str | None = None, analysis_budget: float | None = None):
     """Compile a spec (path, text, or a Compilation from `build`) to an nn.Module class; instantiate
-    it with sizes / backend.
+    it with sizes / backend. analysis_budget: seconds of symbolic analysis (see `build`).
 
     >>> Attn = attncc.compile("examples/causal.attn")
     >>> out = Attn()(q, k, v)            # q, k, v: [batch, heads, tokens, dim]
     """
-    comp = spec if isinstance(spec, Compilation) else build(spec, sizes, lowering)
+    comp = spec if isinstance(spec, Compilation) else build(spec, sizes, lowering, analysis_budget)
     module = load_module(comp.checked.name, generated_files(comp))
     base = module.Module
     recipe = compile_recipe(comp, backend)
@@ -147,7 +176,7 @@ def compile_recipe(comp: Compilation, backend: str) -> dict:
     return {"format": RECIPE_FORMAT, "attncc": __version__, "name": comp.checked.name,
             "text": comp.source.text, "filename": comp.source.filename, "backend": backend,
             "sizes": {n: v for n, v in comp.plan.sizes.items() if n in known},
-            "lowering": comp.plan.lowering, "spec_hash": comp.spec_hash}
+            "lowering": comp.plan.lowering, "spec_hash": comp.spec_hash, "analysis_budget": comp.analysis_budget}
 
 
 def _recipe_key(recipe: dict) -> str:
@@ -163,7 +192,8 @@ def rebuild(recipe: dict):
                           f"(recipe format {recipe.get('format')!r}; this attncc {__version__} reads {RECIPE_FORMAT})")
     cls = COMPILED_CLASSES.get(_recipe_key(recipe))
     if cls is None:
-        cls = compile(Source(recipe["text"], recipe["filename"]), recipe["backend"], recipe["sizes"], recipe["lowering"])
+        cls = compile(Source(recipe["text"], recipe["filename"]), recipe["backend"], recipe["sizes"], recipe["lowering"],
+                      recipe.get("analysis_budget"))
     if cls.SPEC_HASH != recipe["spec_hash"]:
         raise AttnccError(
             f"cannot load the pickled attention `{recipe['name']}`: attncc {recipe['attncc']} compiled it to "

@@ -105,9 +105,15 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="print one stage of the pipeline")
     i.add_argument("spec")
     i.add_argument("--stage", choices=["ast", "ir", "optimized", "plan"], default="plan")
-    i.add_argument("--emit", choices=["triton", "torch", "module", "ir", "dot", "mask-png"],
+    i.add_argument("--emit", choices=["triton", "torch", "module", "ir", "dot", "mask-png", "ptx", "ttgir", "resources"],
                    help="print generated source (triton, torch, module) or the stage's graph (ir, dot); "
-                        "mask-png draws the kept pairs and the visited tiles (needs matplotlib)")
+                        "mask-png draws the kept pairs and the visited tiles (needs matplotlib); ptx, ttgir: "
+                        "the Triton kernels compiled for --target (no GPU needed); resources: registers, spills, "
+                        "shared memory and tensor-core use of every kernel and autotune candidate")
+    i.add_argument("--target", choices=["sm_80", "sm_90"], default="sm_90", help="ptx, ttgir, resources: the GPU")
+    i.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16",
+                   help="ptx, ttgir, resources: the dtype of q, k, v (default: bfloat16)")
+    i.add_argument("--head-dim", type=positive_int, default=64, help="ptx, ttgir, resources: d = e (default: 64)")
     i.add_argument("--lowering")
     i.add_argument("-o", "--out", help="mask-png: the PNG file (default: <name>-mask.png)")
     i.add_argument("--tokens", type=positive_int, default=64, help="mask-png: the length N drawn (default: 64)")
@@ -182,9 +188,22 @@ def inspect_mask_png(args) -> int:
     return 0
 
 
+def inspect_gpu(args) -> int:
+    """--emit ptx|ttgir|resources: the kernels compiled for a GPU target from their real launches."""
+    import torch
+    from .api import compile as compile_spec
+    from .tools.gpu_compile import TARGETS, gate, report
+    cls = compile_spec(args.spec, lowering=args.lowering)
+    compiled = gate(cls, [TARGETS[args.target]], [getattr(torch, args.dtype)], [args.head_dim])
+    print(report(cls.SPEC_NAME, compiled, args.emit), end="")
+    return 0
+
+
 def cmd_inspect(args) -> int:
     if args.emit == "mask-png":
         return inspect_mask_png(args)
+    if args.emit in ("ptx", "ttgir", "resources"):
+        return inspect_gpu(args)
     from .api import build
     from .frontend.ast import format_spec
     from .emit.triton_backward import backward_line

@@ -7,8 +7,11 @@
 # come from the wheels in benchmarks/wheels/ (pure Python), installed with --no-index into a folder of
 # their own; attncc runs from the checkout (PYTHONPATH), so no torch pin is installed. A baseline whose
 # import fails is skipped and the table says why. Results: $OUT/suite.json, suite.md (table and targets),
-# suite.log, decode.json / decode.md (split-K decoding), autotune_check.txt, autotune_cache.json
-# ($OUT defaults to benchmarks/results/gpu).
+# suite.log, decode.json / decode.md (split-K decoding), autotune_check.txt, autotune_cache.json,
+# compile_gate.txt ($OUT defaults to benchmarks/results/gpu).
+# Before the suite, the GPU compile gate's fast subset (tests/test_compile_gate.py, docs/compile_gate.md)
+# compiles the default kernels for sm_80 and sm_90 and prints their registers, spills and shared memory;
+# GATE=slow runs all of it (every example, dtype, head dim and candidate: long), GATE=0 skips it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,6 +48,17 @@ for name in ("triton", "lark", "einops", "fla", "fla.ops.linear_attn", "fla.ops.
     except Exception as exc:  # the suite skips that baseline and says so
         print(f"{name}: import failed: {type(exc).__name__}: {exc}")
 EOF
+
+if [ "${GATE:-fast}" != 0 ]; then
+    echo "== compile gate (${GATE:-fast})"
+    gate_flags=(-q -p no:cacheprovider tests/test_compile_gate.py)
+    [ "${GATE:-fast}" = slow ] && gate_flags+=(--slow)
+    timeout 600 "$py" -m pytest "${gate_flags[@]}" 2>&1 | tail -n 30 | tee "$out/compile_gate.txt"
+    for spec in causal hypercube; do
+        timeout 300 "$py" -c "from attncc.cli import main; main()" inspect "examples/$spec.attn" --emit resources \
+            --target sm_90 --head-dim 128 2>&1 | tee -a "$out/compile_gate.txt"
+    done
+fi
 
 if [ "$dry" = 1 ]; then
     echo "== dry run: the suite would run (budget ${budget}s, then the second-run autotune check)"

@@ -12,8 +12,8 @@ from attncc.plan import registry
 from attncc.runtime import autotune
 from attncc.runtime.autotune import Tuner, bucket
 
-# launch candidates by kernel kind (the lowerings with Triton kernels declare them)
-CONFIGS = {lw.name: list(lw.autotune_configs) for lw in registry.all() if lw.autotune_configs}
+# launch candidates by kernel kind (the lowerings with Triton kernels declare them) for bf16 rows of d = 64
+CONFIGS = {lw.name: autotune.configs(lw.name, 128) for lw in registry.all() if lw.autotune_configs}
 INTERPRETER = {lw.name: lw.interpreter_config for lw in registry.all() if lw.autotune_configs}
 
 SIZES = dict(BH=64, Nq=3000, N=3000, D=64, E=64)
@@ -38,7 +38,7 @@ def make(directory, gpu="NVIDIA H100 80GB HBM3", triton="3.6.0"):
 
 
 def cuda_like(dtype=torch.bfloat16):
-    return SimpleNamespace(is_cuda=True, dtype=dtype, device="cuda:0")
+    return SimpleNamespace(is_cuda=True, dtype=dtype, device="cuda:0", element_size=lambda: dtype.itemsize)
 
 
 def launch_into(calls):

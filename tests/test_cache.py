@@ -1,6 +1,7 @@
 """The cache of generated code: keyed, atomic, safe under concurrent compiles, self-healing."""
 import importlib.util
 import inspect
+import json
 import linecache
 import marshal
 import multiprocessing
@@ -8,11 +9,13 @@ import os
 import pickle
 import shutil
 import struct
+import subprocess
 import sys
 import warnings
 from pathlib import Path
 
 import pytest
+import sympy
 import torch
 
 import attncc
@@ -33,20 +36,26 @@ def _compile_and_run(cache: str) -> tuple[str, float]:
     return cls.compilation.spec_hash, float(module(q, q, q).sum())
 
 
+def _code_folders(cache) -> list:
+    """The folders of generated code (the analysis results lie beside them, in `analysis`)."""
+    return [p for p in cache.iterdir() if p.name != "analysis"]
+
+
 def test_concurrent_compiles_give_one_correct_entry(tmp_path):
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(4) as pool:
         results = pool.map(_compile_and_run, [str(tmp_path)] * 4)
     assert len(set(results)) == 1
-    folders = list(tmp_path.iterdir())
+    folders = _code_folders(tmp_path)
     assert len(folders) == 1
     assert sorted(p.name for p in folders[0].iterdir()) == ["alibi.py", "alibi_triton.py"]
+    assert len(list((tmp_path / "analysis").iterdir())) == 1  # one spec, one record of its analysis
 
 
 def test_corrupted_entry_is_rebuilt(tmp_path, monkeypatch):
     monkeypatch.setenv("ATTNCC_CACHE_DIR", str(tmp_path))
     attncc.compile(SPEC)
-    (folder,) = tmp_path.iterdir()
+    (folder,) = _code_folders(tmp_path)
     good = (folder / "alibi.py").read_text()
     (folder / "alibi.py").write_bytes(b"\xff\x00 garbage")
     (folder / "alibi_triton.py").write_text(good[: len(good) // 3])
@@ -84,7 +93,7 @@ def test_planted_bytecode_never_runs(tmp_path, monkeypatch, form):
     marker = tmp_path / "pwned"
     spec = f"attention planted_{form.replace('-', '_')} {{ mask(i, j) = j <= i }}"
     cls = attncc.compile(spec)
-    (folder,) = (tmp_path / "cache").iterdir()
+    (folder,) = _code_folders(tmp_path / "cache")
     for source in folder.glob("*.py"):
         _plant_pyc(source, form, f"open({str(marker)!r}, 'w').write('ran')\n")
     sys.modules.pop(cls.__module__)  # as in a fresh process: the next compile loads the entry again
@@ -110,7 +119,7 @@ def test_generated_source_is_inspectable_and_pickles(tmp_path, monkeypatch):
     restored = pickle.loads(pickle.dumps(original))
     q = torch.randn(1, 2, 6, 8)
     assert type(restored) is cls and torch.equal(restored(q, q, q), original(q, q, q))
-    assert not (next(tmp_path.iterdir()) / "__pycache__").exists()
+    assert not (_code_folders(tmp_path)[0] / "__pycache__").exists()
 
 
 def _compiles_with_fallback(spec: str) -> Path:
@@ -158,3 +167,64 @@ def test_read_only_cache_falls_back(tmp_path, monkeypatch):
     (tmp_path / "ro").mkdir(mode=0o500)
     monkeypatch.setenv("ATTNCC_CACHE_DIR", str(tmp_path / "ro"))
     assert _compiles_with_fallback("attention cache_read_only { mask(i, j) = j <= i }") != tmp_path / "ro"
+
+
+CHILD = """
+import json, sys
+import attncc
+from attncc.analysis.session import STATS
+cls = attncc.compile(sys.argv[1])
+print(json.dumps({"proved": STATS["proved"], "reused": STATS["reused"], "hash": cls.SPEC_HASH,
+                  "log": cls.compilation.log, "module": cls.compilation.module_source}))
+"""
+
+
+def _compile_in_a_fresh_process(cache, spec: str) -> dict:
+    env = {**os.environ, "ATTNCC_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", CHILD, spec], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_a_second_process_reuses_the_analysis(tmp_path):
+    """Retention's mask, modulation and decay are proven once: the next process reads the results
+    (no proof runs) and generates the same module with the same notes."""
+    spec = str(ROOT / "examples" / "retention.attn")
+    first = _compile_in_a_fresh_process(tmp_path, spec)
+    second = _compile_in_a_fresh_process(tmp_path, spec)
+    assert first["proved"] >= 3 and first["reused"] == 0
+    assert second["proved"] == 0 and second["reused"] == first["proved"]
+    assert (second["hash"], second["log"], second["module"]) == (first["hash"], first["log"], first["module"])
+
+
+def _stored_analysis(cache) -> Path:
+    (path,) = (cache / "analysis").iterdir()
+    return path
+
+
+def test_damaged_analysis_records_are_proven_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTNCC_CACHE_DIR", str(tmp_path))
+    spec = ROOT / "examples" / "retention.attn"
+    want = attncc.compile(spec).compilation.module_source
+    path = _stored_analysis(tmp_path)
+    good = json.loads(path.read_text())
+    for damage in ("{not json", json.dumps({key: {"kind": ["Symbol", "x"]} for key in good}), json.dumps([1, 2])):
+        path.write_text(damage)
+        assert attncc.build(spec).module_source == want
+    # a well-formed record with a wrong claim (a causal mask stored as full) fails its sampled check
+    path.write_text(json.dumps({key: {"kind": "full", "lo": "-oo", "hi": "oo", "reason": "tampered"}
+                                if key.startswith("mask:") else value for key, value in good.items()}))
+    assert attncc.build(spec).module_source == want
+    assert json.loads(path.read_text()) == good  # and the record is repaired
+
+
+def test_stored_bounds_decode_to_the_same_expressions():
+    from attncc.analysis.session import sympy_from_json, sympy_to_json
+    w, n = sympy.Symbol("w", integer=True, nonnegative=True), sympy.Symbol("N", integer=True, positive=True)
+    symbols = {"w": w, "N": n}
+    for e in (-w, sympy.Max(-w, -n + 1), sympy.floor(n / 2) - 1, sympy.Rational(3, 2) * w, sympy.oo, -sympy.oo,
+              sympy.Integer(0), sympy.Min(w, 5), sympy.ceiling(w / 3)):
+        assert sympy_from_json(sympy_to_json(e), symbols) == e
+    for bad in (["Symbol", "os"], ["eval", "1"], ["Rational", 1, 0], "i", 1.5, [], {"a": 1}):
+        with pytest.raises(ValueError):
+            sympy_from_json(bad, symbols)

@@ -33,10 +33,20 @@ DIFFUSION = """attention diffused {
     weight(i, j) = dot(phi(q[i]), phi(k[j])) * g[i, j]
     normalize rows
 }"""
+FUNCTIONS = """attention functions {
+    input g[N]
+    param w[H] = normal(std=0.5)
+    let x = g[j] * w[h]
+    let s = dot(q[i], k[j]) * scale
+    score(i, j) = sin(s) + cos(x) + softplus(x) - 0.5 * erf(x) + log1p(abs(x)) + expm1(-abs(s)) + clamp(s, -0.5, 0.5)
+                  + clamp(x, -0.3, w[h]) + 0.01 * floor(x * 4) + 0.01 * int(x * 3 + b)
+    mask(i, j) = j <= i + 2 * b
+}"""  # every differentiable function, conversions (gradient 0) and the batch index b
 # VARS with one fixed draw of its features: a redraw per training step is a graph break under torch.compile
 VARS_FIXED = (ROOT / "examples" / "vars.attn").read_text().replace("seed = 0)", "seed = 0, redraw = 0)")
 SPECS = {p.stem: str(p) for p in EXAMPLES} | {"modulated": MODULATED, "decayed": DECAYED, "offset": OFFSET,
-                                               "diffused": DIFFUSION, "vars_fixed": VARS_FIXED}
+                                               "diffused": DIFFUSION, "vars_fixed": VARS_FIXED,
+                                               "functions": FUNCTIONS}
 LOWERINGS = registry.names()
 CASES = sorted({(name, None) for name in SPECS}
                | {(n, lw) for n, lws in KERNELIZED.items() for lw in lws}
@@ -95,7 +105,7 @@ def test_torch_gradients_across_chunks(name):
 
 
 # Triton's interpreter is slow: every lowering, with tables and a float input, not every example
-TRITON_CASES = [("alibi", None), ("offset", None), ("strided", None), ("linear_elu", "linear"),
+TRITON_CASES = [("alibi", None), ("offset", None), ("functions", None), ("strided", None), ("linear_elu", "linear"),
                 ("decayed", "linear_chunked"), ("retention", "linear_chunked"), ("toeplitz_linear", "fft"),
                 ("grid_rpe", "fft2"), ("ripple", "rings"), ("gkat", "graph"), ("gkat", "tiled"),
                 ("favor_softmax", None), ("mra2", None), ("lara", None), ("ra", None)]

@@ -85,10 +85,11 @@ def test_hypercube_visits_log_many_tiles():
     m = cls()
     q = torch.zeros(1, 1, 4096, 16)
     ctx = m._context(q, q, q, {})
-    tile, row_ptr, cols = m.cached_tiles(ctx, sys.modules[cls.__module__].block_layout, "cpu")
+    tiles = m.cached_tiles(ctx, sys.modules[cls.__module__].block_layout, "cpu", exact=True)
     blocks = 4096 // 16
-    assert tile == 16 and cols.numel() / blocks**2 == (12 - 4 + 1) / blocks
-    assert m.cached_tiles(ctx, sys.modules[cls.__module__].block_layout, "cpu")[1] is row_ptr  # cached
+    visited = tiles.full_cols.numel() + tiles.partial_cols.numel()
+    assert tiles.tile == 16 and visited / blocks**2 == (12 - 4 + 1) / blocks
+    assert m.cached_tiles(ctx, sys.modules[cls.__module__].block_layout, "cpu", exact=True) is tiles  # cached
 
 
 @pytest.mark.parametrize("lowering", ["tiled", "block_sparse"])

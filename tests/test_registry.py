@@ -12,6 +12,7 @@ import attncc
 from attncc.api import build
 from attncc.cli import main
 from attncc.emit.torch import emit_score_holes
+from attncc.emit.triton_backward import TILE_BACKWARD
 from attncc.frontend.approx import APPROXIMATIONS
 from attncc.ir.graph import B, D, E, H, N, Nq, attention_of
 from attncc.lang.normalizers import NORMALIZERS
@@ -82,6 +83,9 @@ def test_every_lowering_has_every_field():
         if lowering.autotune_configs:
             assert lowering.interpreter_config is not None, lowering.name
         assert registry.get(lowering.autotune_kind).autotune_configs or lowering.triton_backward is None, lowering.name
+        if lowering.triton_backward is TILE_BACKWARD:  # its launcher tunes under <kind>:backward
+            backward = registry.get(lowering.autotune_kind)
+            assert backward.backward_autotune_configs and backward.backward_interpreter_config, lowering.name
         if lowering.tolerance is not None:
             assert torch.float32 in lowering.tolerance, lowering.name
 

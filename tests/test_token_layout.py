@@ -110,6 +110,12 @@ def test_layout_kernels_match_their_reference(name):
         assert torch.equal(tiles.classes, want), name
 
 
+def _listed(lists, row: int) -> set:
+    """The tiles one CSR row of a TileLists names, full and partial."""
+    return {*lists.full_cols[lists.full_ptr[row]:lists.full_ptr[row + 1]].tolist(),
+            *lists.partial_cols[lists.partial_ptr[row]:lists.partial_ptr[row + 1]].tolist()}
+
+
 def test_document_kernel_skips_the_tiles_whose_documents_differ():
     """The lists the attention kernel walks, against the tiles counted from the document ids directly."""
     module = _module("document")
@@ -119,15 +125,16 @@ def test_document_kernel_skips_the_tiles_whose_documents_differ():
     first, last = doc[0, ::16], doc[0, 15::16]  # sorted ids: a tile's documents are [first, last] of its blocks
     meets = (first.view(-1, 1) <= last.view(1, -1)) & (first.view(1, -1) <= last.view(-1, 1))
     causal = torch.arange(10).view(1, -1) <= torch.arange(10).view(-1, 1)
-    visited = tiles.part_count + tiles.full_count
-    assert int(visited.sum()) == int((meets & causal).sum()) == int((tiles.classes != EMPTY).sum()) == 23
+    rows = tiles.rows
+    visited = int(rows.full_ptr[-1]) + int(rows.partial_ptr[-1])  # the lengths of the lists the kernel walks
+    assert visited == int((meets & causal).sum()) == tiles.visited() == 23
     assert int(causal.sum()) == 55  # what the band-bounded tiled kernel walks
     for r in range(10):  # every listed tile meets the row's documents and lies on or below the diagonal
-        listed = {*tiles.part_index[0, r, :tiles.part_count[0, r]].tolist(),
-                  *tiles.full_index[0, r, :tiles.full_count[0, r]].tolist()}
-        assert listed == {c for c in range(10) if meets[r, c] and causal[r, c]}
-    assert int(tiles.full_count.sum()) == 5  # below the diagonal inside one document: no mask evaluated
-    assert torch.equal(tiles.row_count, visited) and int(tiles.col_count.sum()) == 23
+        assert _listed(rows, r) == {c for c in range(10) if meets[r, c] and causal[r, c]}
+    assert int(rows.full_ptr[-1]) == 5  # below the diagonal inside one document: no mask evaluated
+    assert int(tiles.cols.full_ptr[-1]) + int(tiles.cols.partial_ptr[-1]) == 23  # the backward's, transposed
+    for c in range(10):
+        assert _listed(tiles.cols, c) == {r for r in range(10) if meets[r, c] and causal[r, c]}
 
 
 RUNS = [(name, torch.float32) for name in sorted(SPECS)] + [("document", torch.float16), ("prefix_lm", torch.float16)]
@@ -158,7 +165,7 @@ def test_layout_is_reused_while_the_inputs_are_unchanged(monkeypatch):
     module.backend = "triton"
     builds = []
     original = rt.TokenTiles.of
-    monkeypatch.setattr(rt.TokenTiles, "of", classmethod(lambda cls, c: builds.append(1) or original(c)))
+    monkeypatch.setattr(rt.TokenTiles, "of", classmethod(lambda cls, c, tile: builds.append(1) or original(c, tile)))
     doc = _documents([10, 30]).contiguous()
     q, k, v, _ = random_inputs(type(module), batch=1, heads=2, nq=40, nk=40, dim=16, dim_v=8)
     with torch.no_grad():

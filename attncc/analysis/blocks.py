@@ -6,6 +6,10 @@ layout L[I, J] = P evaluated at the first token of each block is exact: the conj
 (i, j) iff L[i // b, j // b]. Kernels then visit only the key blocks that L lists for each query
 block, and the full mask still decides inside them. A layout depends on the lengths and the
 sizes only, so a module computes it once per (Nq, N) and caches it.
+
+When the block conjuncts are the whole mask (`BlockLayout.exact`), the layout decides every pair:
+a tile all of whose blocks are on is full (no mask evaluation), and with tiles inside single blocks
+the remaining (partial) tiles are partial only through the Nq / N bounds (`split_tiles`).
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from ..lang.operators import fmt
 class BlockLayout:
     block: TExpr  # b: a constant or a size
     predicate: TExpr  # the conjunction of the block conjuncts
+    exact: bool = False  # the block conjuncts are the whole mask: mask(i, j) == L[i // b, j // b]
 
     def describe(self) -> str:
         return f"blocks of {fmt(self.block)} tokens where {fmt(self.predicate)}"
@@ -63,7 +68,7 @@ def find_layout(mask: TExpr | None) -> BlockLayout | None:
     predicate = parts[0]
     for p in parts[1:]:
         predicate = TExpr("and_", (predicate, p), None, "bool")
-    return BlockLayout(block, predicate)
+    return BlockLayout(block, predicate, exact=len(parts) == len(conjuncts(mask)))
 
 
 def within_band(i: torch.Tensor, j: torch.Tensor, b: int, lo: int | None, hi: int | None) -> torch.Tensor:
@@ -94,18 +99,31 @@ def block_size(layout: BlockLayout, sizes: dict) -> int:
 
 
 def layout_holds(mask: TExpr, layout: BlockLayout, sizes: dict, samples: int = 4, seed: int = 0) -> bool:
-    """Cross-check: every block conjunct agrees with the layout at random token pairs."""
+    """Cross-check: every block conjunct agrees with the layout at sampled token pairs.
+
+    The work is bounded whatever b is: at each sampled length (up to 6 blocks a side) only the
+    representative tokens of each block are tried (its first, its last and one at random), all
+    pairs of them: at most 18 x 18 pairs, where the whole token grid would be 36 b^2."""
     rng = random.Random(seed)
     b = block_size(layout, sizes)
     for _ in range(samples):
         nq, nk = rng.randint(1, 6 * b), rng.randint(1, 6 * b)
         grid = evaluate_layout(layout, sizes, nq, nk)
-        i, j = torch.arange(nq, dtype=torch.int32).view(-1, 1), torch.arange(nk, dtype=torch.int32).view(1, -1)
+        i, j = sample_tokens(nq, b, rng).view(-1, 1), sample_tokens(nk, b, rng).view(1, -1)
         env = Env(sizes=sizes, rsizes={"N": nk, "Nq": nq}, i=i, j=j, float_dtype=torch.float32)
-        tokens = evaluate(layout.predicate, env).expand(nq, nk)
+        tokens = evaluate(layout.predicate, env).expand(i.shape[0], j.shape[1])
         if not torch.equal(tokens, grid[i.long() // b, j.long() // b]):
             return False
     return True
+
+
+def sample_tokens(n: int, b: int, rng: random.Random) -> torch.Tensor:
+    """int32 tokens of 0..n-1: the first and last of each block of b, and one in between at random."""
+    picks = set()
+    for start in range(0, n, b):
+        end = min(start + b, n) - 1
+        picks |= {start, end, rng.randint(start, end)}
+    return torch.tensor(sorted(picks), dtype=torch.int32)
 
 
 def tile_layout(layout: torch.Tensor, block: int, tile: int) -> torch.Tensor:
@@ -131,6 +149,65 @@ def layout_tiles(block: int, layout: torch.Tensor, nq: int, nk: int, max_tile: i
         layout = layout.repeat_interleave(split, 0).repeat_interleave(split, 1)
         return tile, layout[:-(-nq // tile), :-(-nk // tile)].contiguous()
     return tile, tile_layout(layout, block, tile)
+
+
+@dataclass(frozen=True)
+class TileLists:
+    """The key tiles a block-sparse kernel visits for each query tile, in two classes (what
+    FlexAttention's BlockMask holds), as CSR over query tiles (columns ascending):
+      full      (full_ptr, full_cols): every pair of the tile is visible; the kernel evaluates no mask
+      partial   (partial_ptr, partial_cols): some pair may be masked; the kernel evaluates the mask,
+                or only the Nq / N bounds when `exact` says the layout alone decides every pair
+    A kernel walks both lists (in any order: softmax is merged online). Producers: `split_tiles`
+    (compile-time layouts, cached per length); a run-time layout builder may fill the same fields on
+    the device. `transposed` gives the query tiles of each key tile, for the dK / dV kernel."""
+
+    tile: int
+    full_ptr: torch.Tensor
+    full_cols: torch.Tensor
+    partial_ptr: torch.Tensor
+    partial_cols: torch.Tensor
+    exact: bool
+
+    @classmethod
+    def of(cls, tile: int, full: torch.Tensor, partial: torch.Tensor, exact: bool) -> "TileLists":
+        """From bool [query tiles, key tiles] grids of the full and the partial tiles."""
+        return cls(tile, *csr(full), *csr(partial), exact)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.full_ptr, self.full_cols, self.partial_ptr, self.partial_cols]
+
+    def transposed(self, key_tiles: int) -> "TileLists":
+        """The same tiles listed per key tile: (ptr over key tiles, query tile ids)."""
+        full, partial = (_csr_transpose(p, c, key_tiles) for p, c in ((self.full_ptr, self.full_cols),
+                                                                       (self.partial_ptr, self.partial_cols)))
+        return TileLists(self.tile, *full, *partial, self.exact)
+
+
+def _csr_transpose(row_ptr: torch.Tensor, cols: torch.Tensor, n_cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = torch.repeat_interleave(torch.arange(row_ptr.numel() - 1, device=cols.device),
+                                   (row_ptr[1:] - row_ptr[:-1]).long())
+    layout = torch.zeros(row_ptr.numel() - 1, n_cols, dtype=torch.bool, device=cols.device)
+    layout[rows, cols.long()] = True
+    return csr(layout.T.contiguous())
+
+
+def split_tiles(block: int, layout: torch.Tensor, nq: int, nk: int, max_tile: int, exact: bool) -> TileLists:
+    """The visited tiles of `layout_tiles`, split into full and partial ones. A tile is full when the
+    layout decides the whole mask (`exact`), every block the tile meets is on, and the tile lies
+    inside the Nq x N grid; only tiles inside single blocks (block a power of two >= the tile) keep
+    `exact` for the partial ones, which are then partial only through the grid's bounds."""
+    tile, visited = layout_tiles(block, layout, nq, nk, max_tile)
+    aligned = not block & (block - 1)
+    full = torch.zeros_like(visited)
+    if exact and aligned:
+        covered = ~tile_layout(~layout, block, tile) if block < tile else visited
+        rows, cols = visited.shape
+        inside = torch.ones_like(visited)
+        inside[nq // tile:, :] = False
+        inside[:, nk // tile:] = False
+        full = visited & covered[:rows, :cols] & inside
+    return TileLists.of(tile, full, visited & ~full, exact and aligned and block >= tile)
 
 
 def csr(layout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

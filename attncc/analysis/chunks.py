@@ -33,6 +33,7 @@ from ..lang.expr import BOOL, FLOAT, INT, TExpr, chain, conjuncts, const
 from ..lang.operators import fmt
 from ..lang.standard import KEY_INDEX, QUERY_INDEX
 from .kernel import split_kernel
+from .session import BudgetSpent, checkpoint, expr_digest, memoized
 from .structure import I, J, classify_mask, random_env, to_sympy
 
 ACROSS = ("all", "earlier", "upto", "causal")
@@ -124,25 +125,34 @@ def _same_chunk(t: TExpr) -> TExpr | None:
     return None
 
 
+@memoized("block relation", lambda t, chunk, symbols: f"{expr_digest(t)}/{expr_digest(chunk)}",
+          lambda relation: {"relation": relation}, lambda value, t, chunk, symbols: _stored_relation(value))
 def _block_relation(t: TExpr, chunk: TExpr, symbols: dict) -> str | None:
     """`earlier` (J < I), `upto` (J <= I) or `true` for a conjunct that reads i, j only as
     I = i // c, J = j // c; decided on its truth table over I, J in 0..5 once sympy has shown that
-    it depends on nothing else."""
+    it depends on nothing else. None: not such a conjunct, or no budget left to tell."""
     try:
         expr = to_sympy(t, symbols)
         c = to_sympy(chunk, symbols)
-    except ValueError:
+        X, Y = sympy.symbols("X Y", integer=True)
+        expr = expr.subs({sympy.floor(I / c): X, sympy.floor(J / c): Y})
+        if expr.has(I) or expr.has(J) or expr.free_symbols - {X, Y}:
+            return None
+        checkpoint()
+        table = tuple(bool(expr.subs({X: x, Y: y})) for x, y in itertools.product(range(6), repeat=2))
+    except (ValueError, TypeError, BudgetSpent):  # no sympy form, a truth value sympy cannot decide, no budget
         return None
-    X, Y = sympy.symbols("X Y", integer=True)
-    expr = expr.subs({sympy.floor(I / c): X, sympy.floor(J / c): Y})
-    if expr.has(I) or expr.has(J) or expr.free_symbols - {X, Y}:
-        return None
-    table = tuple(bool(expr.subs({X: x, Y: y})) for x, y in itertools.product(range(6), repeat=2))
     forms = {"earlier": lambda x, y: y < x, "upto": lambda x, y: y <= x, "true": lambda x, y: True}
     for name, f in forms.items():
         if table == tuple(f(x, y) for x, y in itertools.product(range(6), repeat=2)):
             return name
     return None
+
+
+def _stored_relation(value: dict) -> str | None:
+    if value["relation"] not in (None, "earlier", "upto", "true"):
+        raise ValueError(f"not a stored block relation: {value!r}")
+    return value["relation"]
 
 
 def _across(parts: list[TExpr], chunk: TExpr, symbols: dict) -> str | None:

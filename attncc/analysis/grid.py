@@ -21,6 +21,7 @@ import torch
 from ..lang.evaluate import Env, evaluate
 from ..lang.expr import TExpr
 from ..lang.operators import fmt
+from .session import NotEncodable, checkpoint, expr_digest, memoized, stored_bool, sympy_from_json, sympy_to_json
 from .structure import I, J, random_env, relation_to_zero, to_sympy
 
 RI, CI, RJ, CJ, DR, DC, RHO = sympy.symbols("r_i c_i r_j c_j dr dc rho", integer=True)
@@ -105,6 +106,36 @@ def classify_grid(f: TExpr, signature, symbols: dict) -> GridForm | None:
     width = _width(f)
     if width is None:
         return None
+    proof = _grid_proof(f, width, signature, symbols)
+    if proof is None:
+        return None
+    toeplitz, metric, saturation = proof
+    reason = f"i and j are read only as i // {fmt(width)}, i % {fmt(width)}"
+    return GridForm(width, toeplitz, metric, saturation, reason)
+
+
+def _encode_proof(proof):
+    if proof is None:
+        return {"form": None}
+    toeplitz, metric, saturation = proof
+    try:
+        return {"form": [toeplitz, metric, None if saturation is None else sympy_to_json(saturation)]}
+    except NotEncodable:
+        return None
+
+
+def _decode_proof(value, f, width, signature, symbols):
+    if value["form"] is None:
+        return None
+    toeplitz, metric, saturation = value["form"]
+    if metric not in (None, "chebyshev", "manhattan"):
+        raise ValueError(f"not a stored grid form: {value!r}")
+    return stored_bool(toeplitz), metric, None if saturation is None else sympy_from_json(saturation, symbols)
+
+
+@memoized("grid", lambda f, width, signature, symbols: expr_digest(f), _encode_proof, _decode_proof)
+def _grid_proof(f: TExpr, width: TExpr, signature, symbols: dict) -> tuple | None:
+    """(toeplitz, metric, saturation) of f on the grid of `width` columns; None if neither form is proven."""
     try:
         w = to_sympy(width, symbols)
         e = to_sympy(f, symbols).subs({sympy.floor(I / w): RI, sympy.Mod(I, w): CI,
@@ -113,22 +144,21 @@ def classify_grid(f: TExpr, signature, symbols: dict) -> GridForm | None:
             return None
         toeplitz = False
         if not e.has(I):
+            checkpoint()
             shifted = e.subs({RI: RJ + DR, CI: CJ + DC})  # comparisons moved to `lhs - rhs (op) 0` cancel r_j, c_j
             shifted = shifted.replace(lambda x: isinstance(x, sympy.core.relational.Relational), relation_to_zero)
             toeplitz = not (shifted.has(RJ) or shifted.has(CJ) or shifted.has(I))
         metric = saturation = None
         for name, distance in (("chebyshev", sympy.Max(abs(RI - RJ), abs(CI - CJ))),
                                ("manhattan", abs(RI - RJ) + abs(CI - CJ))):
+            checkpoint()
             g = e.subs(distance, RHO)
             if not (g.has(RJ) or g.has(CJ)):
                 metric, saturation = name, _saturation(g, signature, symbols)
                 break
-    except Exception:  # noqa: BLE001  (sympy raises many kinds; no proof, no claim)
+    except Exception:  # noqa: BLE001  (sympy raises many kinds, or the budget ran out; no proof, no claim)
         return None
-    if not toeplitz and metric is None:
-        return None
-    reason = f"i and j are read only as i // {fmt(width)}, i % {fmt(width)}"
-    return GridForm(width, toeplitz, metric, saturation, reason)
+    return (toeplitz, metric, saturation) if toeplitz or metric is not None else None
 
 
 def width_at(form: GridForm, sizes: dict) -> int:

@@ -8,15 +8,18 @@ A Structure says for which (i, j) an expression is non-zero (masks) or how it va
 """
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 
 import sympy
 import torch
 
-from ..lang.expr import BOOL, FLOAT, TExpr, conjuncts, const, fold, substitute
+from ..lang.expr import BOOL, FLOAT, TExpr, conjuncts, const, fold, postorder, substitute
 from ..lang.evaluate import Env, evaluate, fold_constants
 from ..lang.operators import operator_of
+from .session import (BudgetSpent, NotEncodable, budget_note, checkpoint, expr_digest, memoized, stored_bool,
+                      sympy_from_json, sympy_to_json)
 
 I, J, DIFF, HEAD = sympy.symbols("i j d h", integer=True)
 BATCH = sympy.Symbol("b", integer=True, nonnegative=True)  # the batch index: like h, a free integer
@@ -57,9 +60,47 @@ class Structure:
 FULL = Structure("full", reason="no mask")
 
 
+LOGIC = {"and_": sympy.And, "or_": sympy.Or}
+
+
+class _Chain:
+    """The operands of a chain of one logical operator, built into one n-ary sympy call when it is
+    used: sympy flattens and sorts the operands of every And / Or it builds, so building a chain of
+    n `or`s two at a time would cost n^2 log n."""
+
+    def __init__(self, op: str, operands: tuple):
+        self.op, self.operands, self._built = op, operands, None
+
+    def built(self):
+        if self._built is None:
+            self._built = LOGIC[self.op](*self.operands)
+        return self._built
+
+
 def to_sympy(t: TExpr, symbols: dict[str, sympy.Symbol]):
     """Typed expression -> sympy; lookups, bit operations and popcount stay uninterpreted functions."""
-    return fold(t, lambda e, args: _sympy_node(e, args, symbols))
+    return _built(dict(_sympy_forms(t, symbols))[t])
+
+
+def _sympy_forms(t: TExpr, symbols: dict):
+    """(e, sympy form of e) for the distinct subexpressions e of t, arguments first; the form of an
+    and/or is a _Chain until something uses it."""
+    checkpoint()
+    done = {}
+    for e in postorder(t):
+        args = [done[a] for a in e.args]
+        if e.op in LOGIC:
+            operands = ()
+            for a in args:
+                operands += a.operands if isinstance(a, _Chain) and a.op == e.op else (_built(a),)
+            done[e] = _Chain(e.op, operands)
+        else:
+            done[e] = _sympy_node(e, [_built(a) for a in args], symbols)
+        yield e, done[e]
+
+
+def _built(form):
+    return form.built() if isinstance(form, _Chain) else form
 
 
 def _sympy_node(t: TExpr, a: list, symbols: dict[str, sympy.Symbol]):
@@ -90,22 +131,52 @@ def relation_to_zero(rel):
     return moved.reversedsign if coeff.is_number and coeff < 0 else moved
 
 
+# simplify on more sympy operations than this may run for minutes; masks that large that only a
+# simplify would put in d = i - j are not worth the wait (they stay general).
+SIMPLIFY_LIMIT = 120
+# Where j survives a substitution for good: nothing rewrites doc[j], a bit operation of j, or
+# (j + d) // w, (j + d) % w into an expression of d alone.
+OPAQUE_IN_J = (sympy.core.function.AppliedUndef, sympy.floor, sympy.ceiling, sympy.Mod)
+
+
+@functools.lru_cache(maxsize=512)
 def _in_d(expr):
     """Rewrite an (i, j) expression in d = i - j; None if j does not cancel.
 
-    Substitution alone settles most masks; `simplify` (slow) runs only when j survives outside any
-    table lookup, since a lookup of j (doc[j]) never cancels."""
+    Substitution alone settles most masks. `simplify` (slow) runs only when j survives outside any
+    lookup, floor or mod and inside no comparison that is a polynomial in j, and only on a small
+    expression: j == 3 or doc[j] never cancel, and simplify on hundreds of terms takes minutes."""
     if not (expr.has(I) or expr.has(J)):
         return expr
+    checkpoint()
+    if _keeps_j(expr):
+        return None
     rewritten = expr.subs(I, J + DIFF)
     if rewritten.has(J):  # j <= j + d: move every comparison to `lhs - rhs (op) 0`, which cancels j cheaply
         rewritten = rewritten.replace(lambda e: isinstance(e, sympy.core.relational.Relational), relation_to_zero)
     if not rewritten.has(J):
         return rewritten
-    if any(f.has(J) for f in rewritten.atoms(sympy.core.function.AppliedUndef)):
+    checkpoint()
+    if sympy.count_ops(rewritten) > SIMPLIFY_LIMIT:
         return None
     rewritten = sympy.simplify(rewritten)
     return None if rewritten.has(J) else rewritten
+
+
+def _keeps_j(expr) -> bool:
+    """Whether some part of expr reads j after i = j + d whatever the rest does: a lookup, floor or
+    mod of j, or a comparison whose sides differ by a polynomial in j (j == 3, i + j < N). Tried part
+    by part, so that on a mask of hundreds of comparisons the first such one settles it."""
+    shift = lambda e: e.subs(I, J + DIFF)
+    for f in expr.atoms(*OPAQUE_IN_J):
+        if (f.has(I) or f.has(J)) and shift(f).has(J):
+            return True
+    for r in expr.atoms(sympy.core.relational.Relational):
+        checkpoint()
+        e = sympy.expand(shift(r.lhs - r.rhs)) if r.has(I) or r.has(J) else sympy.Integer(0)
+        if e.has(J) and e.is_polynomial(J):
+            return True
+    return False
 
 
 def _exact_in_sizes(c) -> bool:
@@ -190,11 +261,28 @@ def _interval(cond):
     return None
 
 
-def _conjunct_bounds(conjuncts: list[TExpr], symbols: dict) -> tuple:
-    """A band that contains the mask: the conjuncts of an `and` that are linear bounds on i - j."""
+COMPARISONS = ("eq", "ne", "lt", "le", "gt", "ge")
+OPAQUE_OPS = ("floordiv", "mod", "param", "input", "xor", "bitand", "bitor")
+OPAQUE_CALLS = ("popcount", "gray")
+
+
+def _unless_reads_j(t: TExpr, symbols: dict):
+    """t in sympy, or None as soon as one of its comparisons, floors, mods or lookups reads j beyond
+    i - j (see _keeps_j): on a mask of hundreds of comparisons (global tokens spelled out with `or`)
+    the first `i == 3` settles it, before the rest is built."""
+    for e, form in _sympy_forms(t, symbols):
+        if (e.op in COMPARISONS or e.op in OPAQUE_OPS or (e.op == "call" and e.value in OPAQUE_CALLS)) \
+                and _keeps_j(form):
+            return None
+    return _built(form)
+
+
+def _conjunct_bounds(forms: list) -> tuple:
+    """A band that contains the mask: its conjuncts (sympy, None where one reads j beyond i - j)
+    that are linear bounds on i - j."""
     lo, hi = -sympy.oo, sympy.oo
-    for part in conjuncts:
-        in_d = _in_d(to_sympy(part, symbols))
+    for form in forms:
+        in_d = _in_d(form) if form is not None else None
         interval = _interval(in_d) if in_d is not None else None
         if interval is not None:
             lo, hi = sympy.Max(lo, interval[0]), sympy.Min(hi, interval[1])
@@ -202,37 +290,66 @@ def _conjunct_bounds(conjuncts: list[TExpr], symbols: dict) -> tuple:
 
 
 def _guarded(classify):
-    """Analysis only ever proves more structure: if sympy fails on an expression, it is `general`."""
+    """Analysis only ever proves more structure: if sympy fails on an expression, or the analysis
+    budget runs out, it is `general` (the reason says which, for the plan)."""
     def run(t: TExpr | None, symbols: dict) -> Structure:
         try:
             return classify(t, symbols)
+        except BudgetSpent:
+            return Structure("general", reason=budget_note())
         except Exception as exc:  # noqa: BLE001  (sympy raises many kinds; none may reach users)
-            return Structure("general", reason=f"not analysed ({type(exc).__name__}: {exc})")
+            return Structure("general", reason=f"not analysed: sympy could not settle this expression "
+                                               f"({type(exc).__name__}); nothing is claimed")
     run.__doc__ = classify.__doc__
     return run
 
 
+def _encode_structure(s: Structure):
+    try:
+        return {"kind": s.kind, "lo": sympy_to_json(s.lo), "hi": sympy_to_json(s.hi), "reason": s.reason}
+    except NotEncodable:
+        return None
+
+
+KINDS = ("full", "causal", "band", "toeplitz", "general")
+
+
+def _decode_structure(value: dict, t: TExpr | None, symbols: dict) -> Structure:
+    if value["kind"] not in KINDS or not isinstance(value["reason"], str):
+        raise ValueError(f"not a stored structure: {value!r}")
+    return Structure(value["kind"], sympy_from_json(value["lo"], symbols), sympy_from_json(value["hi"], symbols),
+                     value["reason"])
+
+
+def _memoized_structure(name: str):
+    return memoized(name, lambda t, symbols: expr_digest(t), _encode_structure, _decode_structure)
+
+
+@_memoized_structure("mask")
 @_guarded
 def classify_mask(mask: TExpr | None, symbols: dict[str, sympy.Symbol]) -> Structure:
     """Structure of a boolean mask(i, j, h)."""
     if mask is None:
         return FULL
-    expr = to_sympy(mask, symbols)
-    if expr is sympy.true:
-        return Structure("full", reason="mask is always true")
     parts = conjuncts(mask)
-    exact = [c for c in parts if not any(e.type == FLOAT for e in c.walk())]
+    forms = [_unless_reads_j(c, symbols) for c in parts]  # each conjunct once; the mask is their And
+    exact = [f for c, f in zip(parts, forms) if not any(e.type == FLOAT for e in c.walk())]
     if len(exact) < len(parts):  # float rounding differs per (i, j): no claim beyond exact conjuncts
-        lo, hi = _conjunct_bounds(exact, symbols)
+        lo, hi = _conjunct_bounds(exact)
         return Structure("general", lo, hi, reason="mask uses float arithmetic; only its integer conjuncts bound it")
-    in_d = _in_d(expr)
+    in_d = None
+    if all(f is not None for f in forms):
+        expr = sympy.And(*forms)
+        if expr is sympy.true:
+            return Structure("full", reason="mask is always true")
+        in_d = _in_d(expr)
     if in_d is None:
-        lo, hi = _conjunct_bounds(parts, symbols)
+        lo, hi = _conjunct_bounds(forms)
         within = f"; keys outside {lo} <= i - j <= {hi} are masked" if (lo, hi) != (-sympy.oo, sympy.oo) else ""
         return Structure("general", lo, hi, reason="mask depends on more than i - j" + within)
     interval = _interval(in_d)
     if interval is None:
-        lo, hi = _conjunct_bounds(parts, symbols)
+        lo, hi = _conjunct_bounds(forms)
         return Structure("toeplitz", lo, hi, reason=f"mask depends only on d = i - j: {in_d}")
     lo, hi = interval
     if lo == -sympy.oo and hi == sympy.oo:
@@ -245,18 +362,9 @@ def classify_mask(mask: TExpr | None, symbols: dict[str, sympy.Symbol]) -> Struc
 def decay_form(m: TExpr | None, symbols: dict) -> tuple[TExpr, TExpr] | None:
     """M(i, j, h) = A(h) * gamma(h)^(i - j)? Then (A, gamma) as expressions, else None.
 
-    Proof: in d = i - j, j cancels and log f(d + 1) - log f(d) no longer depends on d; then A = M(0, 0) and
-    gamma = M(1, 0) / M(0, 0). Float arithmetic is allowed: it only rounds the factors."""
-    if m is None:
-        return None
-    try:
-        f = _in_d(to_sympy(m, symbols))
-        if f is None or not f.has(DIFF):
-            return None
-        log_f = sympy.expand_log(sympy.log(f), force=True)  # log A + d log gamma, if it is a decay
-        if sympy.expand(log_f.subs(DIFF, DIFF + 1) - log_f).has(DIFF):
-            return None
-    except Exception:  # noqa: BLE001  (no proof, no claim)
+    Proof (is_decay): in d = i - j, j cancels and log f(d + 1) - log f(d) no longer depends on d; then
+    A = M(0, 0) and gamma = M(1, 0) / M(0, 0). Float arithmetic is allowed: it only rounds the factors."""
+    if m is None or not is_decay(m, symbols):
         return None
     at = lambda i, j: fold_constants(substitute(m, {"i": const(i), "j": const(j)}))
     amplitude, ratio = at(0, 0), fold_constants(TExpr("div", (at(1, 0), at(0, 0)), None, FLOAT))
@@ -265,6 +373,21 @@ def decay_form(m: TExpr | None, symbols: dict) -> tuple[TExpr, TExpr] | None:
     # where A = 0 every weight is 0 and gamma is irrelevant: 1 keeps the recurrence finite
     zero = TExpr("eq", (amplitude, const(0.0)), None, BOOL)
     return amplitude, TExpr("call", (zero, const(1.0), ratio), "where", FLOAT)
+
+
+@memoized("decay", lambda m, symbols: expr_digest(m), lambda proven: proven,
+          lambda value, m, symbols: stored_bool(value))
+def is_decay(m: TExpr, symbols: dict) -> bool:
+    """Whether M(i, j, h) = A(h) gamma(h)^(i - j) (see decay_form); no proof (or no budget left): False."""
+    try:
+        f = _in_d(to_sympy(m, symbols))
+        if f is None or not f.has(DIFF):
+            return False
+        checkpoint()
+        log_f = sympy.expand_log(sympy.log(f), force=True)  # log A + d log gamma, if it is a decay
+        return not sympy.expand(log_f.subs(DIFF, DIFF + 1) - log_f).has(DIFF)
+    except Exception:  # noqa: BLE001  (no proof, no claim)
+        return False
 
 
 def decay_holds(m: TExpr, amplitude: TExpr, gamma: TExpr, signature, samples: int = 4, seed: int = 0) -> bool:
@@ -284,12 +407,15 @@ def decay_holds(m: TExpr, amplitude: TExpr, gamma: TExpr, signature, samples: in
     return True
 
 
+@_memoized_structure("modulation")
 @_guarded
 def classify_modulation(m: TExpr | None, symbols: dict[str, sympy.Symbol]) -> Structure:
     """Structure of a numeric factor M(i, j, h) multiplying the kernel."""
     if m is None:
         return FULL
-    expr = to_sympy(m, symbols)
+    expr = _unless_reads_j(m, symbols)
+    if expr is None:
+        return Structure("general", reason="modulation depends on more than i - j")
     if not (expr.has(I) or expr.has(J)):
         return Structure("full", reason=f"modulation {expr} does not depend on i, j")
     if _in_d(expr) is not None:
@@ -365,4 +491,26 @@ def structure_holds(t: TExpr, s: Structure, signature, is_mask: bool, samples: i
     return True
 
 
-__all__ = ["Structure", "classify_mask", "classify_modulation", "structure_holds", "to_sympy"]
+__all__ = ["Structure", "classify_mask", "classify_modulation", "nonnegative", "structure_holds", "to_sympy"]
+
+
+def nonnegative(t: TExpr) -> bool:
+    """Whether an integer expression is >= 0 at every index and size (sign knowledge for the emitters:
+    where a dividend is, truncating division is floor division).
+
+    i, j, h, sizes and lengths are >= 0; so are sums, products, floor quotients and remainders (by
+    the divisor's sign), min and xor / or of such values, max and and of any, popcount, and the Gray
+    code x ^ (x >> 1) of x >= 0. Nothing else is claimed (abs(-2**31) wraps to a negative int32)."""
+    return fold(t, _nonnegative_node)
+
+
+def _nonnegative_node(t: TExpr, args: list[bool]) -> bool:
+    if t.op == "const":
+        return t.type != BOOL and t.value >= 0
+    if t.op in ("var", "size", "rsize"):
+        return True
+    if t.op in ("add", "mul", "floordiv", "mod", "xor", "bitor") or (t.op == "call" and t.value in ("min", "gray")):
+        return all(args)
+    if t.op == "bitand" or (t.op == "call" and t.value == "max"):
+        return any(args)
+    return t.op == "call" and t.value == "popcount"

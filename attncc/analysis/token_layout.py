@@ -22,6 +22,7 @@ time. What does exist is a rule for each score tile (a block of queries I times 
    rule: its tiles are classified by evaluating the mask on every pair of each tile, once per call
    (not per head), and the classes are reused while the inputs are unchanged.
 
+A tile is full only if it lies inside Nq and N (kernels load a full tile's rows without bounds).
 The same rules evaluate torch tensors (here: the cost model and the tests' reference) and print
 Triton code (attncc/emit/triton_layout.py), so the kernel and this evaluator cannot differ.
 """
@@ -266,7 +267,15 @@ def tile_classes(layout: TokenLayout, sizes: dict, inputs: dict, nq: int, n: int
     j = (cols * block_n, torch.clamp(cols * block_n + block_n, max=n) - 1)
     env = {"bounds": bounds, "sizes": sizes, "rsizes": rsizes, "i": i, "j": j}
     any_, all_ = (torch.as_tensor(x).expand(batch, qb, kb) for x in tile_rule(layout, TorchLib(), env))
-    return torch.where(all_, FULL, torch.where(any_, PARTIAL, EMPTY)).to(torch.int8)
+    return _classes(any_, all_, nq, n, block_m, block_n)
+
+
+def _classes(any_: torch.Tensor, all_: torch.Tensor, nq: int, n: int, block_m: int, block_n: int) -> torch.Tensor:
+    """EMPTY / PARTIAL / FULL; a tile is FULL only inside Nq and N (kernels load its rows unmasked)."""
+    rows = torch.arange(any_.shape[1]).view(1, -1, 1)
+    cols = torch.arange(any_.shape[2]).view(1, 1, -1)
+    whole = (rows * block_m + block_m <= nq) & (cols * block_n + block_n <= n)
+    return torch.where(all_ & whole, FULL, torch.where(any_, PARTIAL, EMPTY)).to(torch.int8)
 
 
 def _evaluated_classes(layout: TokenLayout, env: Env, nq: int, n: int, block_m: int, block_n: int,
@@ -278,8 +287,7 @@ def _evaluated_classes(layout: TokenLayout, env: Env, nq: int, n: int, block_m: 
     qb, kb = -(-nq // block_m), -(-n // block_n)
     tiles = lambda fill: torch.nn.functional.pad(m, (0, kb * block_n - n, 0, qb * block_m - nq), value=fill).view(  # noqa: E731
         batch, qb, block_m, kb, block_n)
-    any_, all_ = tiles(False).any(4).any(2), tiles(True).all(4).all(2)
-    return torch.where(all_, FULL, torch.where(any_, PARTIAL, EMPTY)).to(torch.int8)
+    return _classes(tiles(False).any(4).any(2), tiles(True).all(4).all(2), nq, n, block_m, block_n)
 
 
 def token_layout_holds(layout: TokenLayout, signature, samples: int = 4, seed: int = 0) -> bool:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import sympy
 from sympy.printing.pycode import PythonCodePrinter
 
-from ..lang.expr import BOOL, FLOAT, TExpr, fold
+from ..analysis.structure import nonnegative
+from ..lang.expr import BOOL, FLOAT, INT, TExpr, fold
 from ..lang.operators import float32_operand, fmt, operator_of
 
 
@@ -124,29 +125,78 @@ def name_dots(*exprs: TExpr | None) -> dict[TExpr, str]:
     return names
 
 
+def constexpr_division(t: TExpr) -> str | None:
+    """How an integer `//` or `%` whose divisor is fixed when the kernel compiles is printed:
+      shift     a constant power of two: `a >> k`, `a & (b - 1)` (floor and the floor remainder for
+                either sign of a, in two's complement)
+      truncate  another positive constant, a >= 0 (nonnegative): Triton's truncating `//`, `%`
+      size      a declared size (a kernel constexpr, >= 1 as a divisor): the _floordiv_size /
+                _floormod_size helpers, which pick one of the above when the kernel compiles
+    None: anything else, through the general sign-correct helpers (_floordiv, _floormod)."""
+    if t.op not in ("floordiv", "mod") or t.type != INT:
+        return None
+    b = t.args[1]
+    if b.op == "size":
+        return "size"
+    if b.op != "const" or b.type != INT or b.value <= 0:
+        return None
+    if b.value & (b.value - 1) == 0:
+        return "shift"
+    return "truncate" if nonnegative(t.args[0]) else None
+
+
+def division_helper(t: TExpr) -> str | None:
+    """The Triton helper a `//` or `%` node calls where constexpr_division specialises it."""
+    how = constexpr_division(t)
+    if how is None:
+        return None
+    return {"floordiv": "_floordiv_size", "mod": "_floormod_size"}[t.op] if how == "size" else ""
+
+
+def shift_arg(size_arg: str) -> str:
+    """The kernel constexpr holding log2 of a size used as a divisor (-1: not a power of two)."""
+    return size_arg + "_shift"
+
+
 class TritonExpr(ExprPrinter):
     """Emit Triton code over tile index vectors: `offs_m[:, None]` (i), `offs_n[None, :]` (j), `off_h` (h),
     `off_b` (b: every kernel that evaluates expressions has its program's batch row, as input lookups need)."""
 
-    def __init__(self, dots: dict[TExpr, str], sizes: dict[str, str]):
+    TILE_VARIABLES = {"i": "offs_m[:, None]", "j": "offs_n[None, :]", "h": "off_h", "b": "off_b"}
+
+    def __init__(self, dots: dict[TExpr, str], sizes: dict[str, str], variables: dict[str, str] | None = None):
         self.dots = dots
         self.sizes = sizes  # size name -> kernel argument name
+        self.variables = variables or self.TILE_VARIABLES  # i, j, h, b -> code
 
     def node(self, t: TExpr, a: list[str]) -> str:
         op = t.op
         if op == "const":
             return literal(t)
         if op == "var":
-            return {"i": "offs_m[:, None]", "j": "offs_n[None, :]", "h": "off_h", "b": "off_b"}[t.value]
+            return self.variables[t.value]
         if op in ("size", "rsize"):
             return self.sizes[t.value]
-        if op == "scale":
-            return "sm_scale"
+        if op == "scale":  # a scale leaf may name the kernel variable of a multiple of it (qk_scale)
+            return "sm_scale" if t.value == "scale" else t.value
         if op == "dot":
             return self.dots[t]
         if op in ("param", "input"):
             return f"_load_{t.value}({', '.join(a)})"
+        how = constexpr_division(t)
+        if how is not None:
+            return self.division(t, a, how)
         operator = operator_of(t)
         if operator is None:
             raise ValueError(f"cannot emit {op}")
         return operator.triton_code(t, a)
+
+    def division(self, t: TExpr, a: list[str], how: str) -> str:
+        """An integer `//` or `%` by a constexpr divisor, as constexpr_division says."""
+        b = t.args[1]
+        if how == "shift":
+            return f"({a[0]} >> {b.value.bit_length() - 1})" if t.op == "floordiv" else f"({a[0]} & {b.value - 1})"
+        if how == "truncate":
+            return f"({a[0]} {'//' if t.op == 'floordiv' else '%'} {a[1]})"
+        helper = division_helper(t)
+        return f"{helper}({a[0]}, {a[1]}, {shift_arg(a[1])}, {nonnegative(t.args[0])})"

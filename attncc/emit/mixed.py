@@ -80,7 +80,7 @@ def emit_mixed_local_kernel(w: CodeWriter, form: MixedForm, kernel: Kernel, dots
     ex = KernelExpr(dots, {s: size_arg(s) for s in sizes_used(form.local, form.local_mask)})
     extra = "".join(f"{a}, " for a in kernel.arg_names())
     w.line("@triton.jit")
-    with w.block(f"def _mixed_local({kernel_common_args()}, {extra}Num0, Den0, chunk, sm_scale, eps,"):
+    with w.block(f"def _mixed_local({kernel_common_args()}, {extra}Num0, Den0, chunk: tl.constexpr, sm_scale, eps,"):
         w.line("BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,")
         w.line("PRECISION: tl.constexpr):")
         w.line(f'"""Chunk-local weights {brief(form.local)} over the key tiles of the chunks of this query tile,')

@@ -1,13 +1,16 @@
 """Emit the Triton backend: fixed kernel skeletons with generated holes, plus their launchers.
 
 Skeletons:
-  tiled           grid (cdiv(Nq, BLOCK_M), B*H); loop over key tiles inside the proven band;
-                  softmax: online max/sum (rows with no visible key give 0); rows/none: running sums.
+  tiled           grid (cdiv(Nq, BLOCK_M), B*H); loops over the key tiles inside the proven band or
+                  the block layout, full tiles without the mask (emit/tiles.py); softmax: online
+                  max/sum in base 2 (exp2, log2(e) folded into the scale; rows with no visible key
+                  give 0); rows/none: running sums.
   linear, linear_chunked   the kernelized skeletons: see triton_linear.py.
   fft, fft2, graph, rings   the transforms in torch, the contraction (and ring box reads) in Triton:
                   see triton_structured.py.
 Holes: the score/weight and mask expressions over tiles (i = offs_m[:, None], j = offs_n[None, :],
-h = off_h), feature maps, table loads (indices clamped into range). Backward: generated kernels where
+h = off_h), feature maps, table loads (indices clamped into range). Declared sizes and band bounds
+are `tl.constexpr` (fixed per module and size), so loop bounds and divisions by them fold. Backward: generated kernels where
 triton_backward.py has them, else recomputation through the torch backend's autograd.
 """
 from __future__ import annotations
@@ -21,11 +24,10 @@ from ..lang.operators import operator_of
 from ..lang.normalizers import NORMALIZERS, Normalizer
 from ..passes.quadratic import quadratic_form
 from ..plan.select import Plan
-from .exprs import TritonExpr, band_bounds, brief, key, name_dots
+from .exprs import TritonExpr, brief, division_helper, key, name_dots, shift_arg
 from .let import LetScope
+from .tiles import LAYOUT_ARGS, Stage, band_constexprs, band_launch, band_line, key_stages
 from .writer import CodeWriter
-
-BIG = 1 << 30
 
 HELPERS = {
     "_floordiv": '''@triton.jit
@@ -41,6 +43,28 @@ def _floormod(a, b):
     safe = tl.where(b == 0, 1, b)
     r = a % safe
     return tl.where(b == 0, a, tl.where((r != 0) & ((r < 0) != (safe < 0)), r + safe, r))
+''',
+    "_floordiv_size": '''@triton.jit
+def _floordiv_size(a, b: tl.constexpr, SHIFT: tl.constexpr, NONNEG: tl.constexpr):
+    """a // b (floor) by a size b >= 1: a shift where b = 2 ** SHIFT, truncation where a >= 0 (NONNEG)."""
+    if SHIFT >= 0:
+        return a >> SHIFT
+    elif NONNEG:
+        return a // b
+    else:
+        q = a // b
+        return tl.where((q * b != a) & (a < 0), q - 1, q)
+''',
+    "_floormod_size": '''@triton.jit
+def _floormod_size(a, b: tl.constexpr, SHIFT: tl.constexpr, NONNEG: tl.constexpr):
+    """a % b (the floor remainder, >= 0) by a size b >= 1: a mask where b = 2 ** SHIFT, else Triton's %."""
+    if SHIFT >= 0:
+        return a & (b - 1)
+    elif NONNEG:
+        return a % b
+    else:
+        r = a % b
+        return tl.where(r < 0, r + b, r)
 ''',
     "_powf": '''@triton.jit
 def _powf(a, b):
@@ -155,6 +179,8 @@ class Kernel:
     def __init__(self, exprs: list[TExpr | None], param_dims: dict):
         self.params, self.inputs = _tables(*exprs)
         self.sizes = [s for s in sizes_used(*exprs) if s not in RUNTIME_SIZES]
+        self.divisors = [s for s in self.sizes if any(division_helper(e) and e.args[1].value == s
+                                                      for t in exprs if t is not None for e in t.walk())]
         self.param_dims = param_dims
         self.helpers = sorted({h for t in exprs if t is not None for h in helpers_of(t)})
 
@@ -166,7 +192,8 @@ class Kernel:
         for name, nd in self.inputs:
             names += [f"I_{name}", f"I_{name}_sb"] + [f"I_{name}_n{d}" for d in range(nd)] + \
                      [f"I_{name}_s{d}" for d in range(nd)]
-        names += [f"S_{s}" for s in self.sizes]
+        names += [f"S_{s}: tl.constexpr" for s in self.sizes]  # fixed per module and size: they fold
+        names += [f"{shift_arg('S_' + s)}: tl.constexpr" for s in self.divisors]
         return names
 
     def arg_values(self) -> list[str]:
@@ -181,11 +208,18 @@ class Kernel:
             values += [f"{t}.shape[{t}.dim() - {nd - d}]" for d in range(nd)]
             values += [f"{t}.stride({t}.dim() - {nd - d})" for d in range(nd)]
         values += [f"ctx.sizes[{key(s)}]" for s in self.sizes]
+        values += [f"triton_ops.pow2_shift(ctx.sizes[{key(s)}])" for s in self.divisors]
         return values
 
 
 def helpers_of(t: TExpr):
+    """The names of the HELPERS that the code of t calls."""
     for e in t.walk():
+        special = division_helper(e)
+        if special is not None:  # "" for a division printed inline (a shift, or truncation)
+            if special:
+                yield special
+            continue
         operator = operator_of(e)
         helper = operator.triton_helper(e) if operator is not None else None
         if helper is not None:
@@ -200,27 +234,32 @@ def emit_feature_fn(w: CodeWriter, name: str) -> None:
     w.line()
 
 
-def load_rows(w: CodeWriter, var: str, ptr: str, offs: str, limit: str, cols: str, width: str, feature=None):
-    """Load a [rows, cols] tile of a [B, H, tokens, dim] tensor, zero outside; optionally apply phi in fp32."""
+def load_rows(w: CodeWriter, var: str, ptr: str, offs: str, limit: str | None, cols: str, width: str, feature=None):
+    """Load a [rows, cols] tile of a [B, H, tokens, dim] tensor, zero outside; optionally apply phi in fp32.
+    limit None: the rows are known to lie inside (a full tile), only the columns are masked."""
+    inside = (f"({offs}[:, None] < {limit}) & " if limit is not None else "") + f"({cols}[None, :] < {width})"
     w.line(f"{var} = tl.load({ptr} + {offs}[:, None] * stride_{ptr.lower()}m + {cols}[None, :] * stride_{ptr.lower()}d, "
-           f"mask=({offs}[:, None] < {limit}) & ({cols}[None, :] < {width}), other=0.0)")
+           f"mask={inside}, other=0.0)")
     if feature is not None:
         x = f"{var}.to(tl.float32)"
         body = f"_feature_{feature}({x})" if feature != "identity" else x
-        w.line(f"{var} = tl.where(({offs}[:, None] < {limit}) & ({cols}[None, :] < {width}), {body}, 0.0)")
+        w.line(f"{var} = tl.where({inside}, {body}, 0.0)")
 
 
-def kernel_common_args() -> str:
-    return ("Q, K, V, Out, Nq, N, H, D, E, "
+def kernel_common_args(out: bool = True) -> str:
+    """Q, K, V (and Out, unless the kernel writes no output), the lengths and dims, their strides."""
+    return (f"Q, K, V, {'Out, ' if out else ''}Nq, N, H, D, E, "
             "stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_km, stride_kd, "
-            "stride_vb, stride_vh, stride_vm, stride_vd, stride_ob, stride_oh, stride_om, stride_od")
+            "stride_vb, stride_vh, stride_vm, stride_vd" +
+            (", stride_ob, stride_oh, stride_om, stride_od" if out else ""))
 
 
-def launch_common() -> str:
-    return ("q, k, v, out, Nq, N, H, D, E, *q.stride(), *k.stride(), *v.stride(), *out.stride()")
+def launch_common(out: bool = True) -> str:
+    return (f"q, k, v, {'out, ' if out else ''}Nq, N, H, D, E, *q.stride(), *k.stride(), *v.stride()"
+            + (", *out.stride()" if out else ""))
 
 
-def program_prologue(w: CodeWriter, per_bh_only: bool = False) -> None:
+def program_prologue(w: CodeWriter, per_bh_only: bool = False, out: bool = True) -> None:
     if not per_bh_only:
         w.line("pid_m = tl.program_id(0)")
         w.line("pid_bh = tl.program_id(1)")
@@ -231,10 +270,10 @@ def program_prologue(w: CodeWriter, per_bh_only: bool = False) -> None:
     w.line("Q += off_b * stride_qb + off_h * stride_qh")
     w.line("K += off_b * stride_kb + off_h * stride_kh")
     w.line("V += off_b * stride_vb + off_h * stride_vh")
-    w.line("Out += off_b * stride_ob + off_h * stride_oh")
+    if out:
+        w.line("Out += off_b * stride_ob + off_h * stride_oh")
     w.line("offs_d = tl.arange(0, BLOCK_D)")
     w.line("offs_e = tl.arange(0, BLOCK_E)")
-
 
 
 def query_tile(w: CodeWriter, dots: dict) -> None:
@@ -250,65 +289,62 @@ def row_feature(t: TExpr):
     return t.value if t.op == "feature" and t.value in FEATURE_MAPS else None
 
 
-def tile_dots(w: CodeWriter, dots: dict) -> None:
-    """Inside a key-tile loop: load the tile's key rows (through each map used) and form every dot."""
+def tile_dots(w: CodeWriter, dots: dict, limit: str | None = "N") -> None:
+    """Inside a key-tile loop: load the tile's key rows (through each map used) and form every dot
+    (limit None: the tile's keys all lie below N)."""
     for fm in dict.fromkeys(row_feature(d.args[1]) for d in dots):
-        load_rows(w, f"k_{fm or 'raw'}", "K", "offs_n", "N", "offs_d", "D", feature=fm)
+        load_rows(w, f"k_{fm or 'raw'}", "K", "offs_n", limit, "offs_d", "D", feature=fm)
     for d, name in dots.items():
         qvar, kvar = (f"{x}_{row_feature(side) or 'raw'}" for x, side in zip("qk", d.args))
         w.line(f"{name} = tl.dot({qvar}, tl.trans({kvar}), input_precision=PRECISION)")
 
 
-def key_tile_loop(w: CodeWriter, plan: Plan, tiles: str = "Part") -> str:
-    """The loop header over the key tiles that query tile pid_m may see (block layout, band, or all);
-    a layout built per call lists them: `tiles` Part (partial), Full or Row (every visited one)."""
-    lo, hi = band_bounds(plan.mask)
-    if plan.entry.token_tiles:
-        if tiles == "Part":
-            w.line(f"# layout built per call ({plan.attrs['token_layout'].describe()}): partial tiles, then full ones")
-        w.line("row = off_b * tl.cdiv(Nq, BLOCK_M) + pid_m")
-        return f"for idx in range(0, tl.load({tiles}Count + row)):"
-    if plan.entry.block_sparse:
-        w.line(f"# block-sparse: only the key tiles that the layout row lists ({plan.attrs['block_layout'].describe()})")
-        return "for idx in range(tl.load(RowPtr + pid_m), tl.load(RowPtr + pid_m + 1)):"
-    if lo is not None or hi is not None:
-        w.line(f"# mask is {plan.mask.describe()}: only key tiles inside the band are visited")
-        w.line("lo = tl.maximum(pid_m * BLOCK_M - band_hi, 0) // BLOCK_N * BLOCK_N")
-        w.line("hi = tl.minimum(pid_m * BLOCK_M + BLOCK_M - band_lo, N)")
-        return "for start_n in range(lo, hi, BLOCK_N):"
-    return "for start_n in range(0, N, BLOCK_N):"
-
-
 def emit_tiled_kernel(w: CodeWriter, graph: Graph, plan: Plan, kernel: Kernel) -> None:
-    """`_attn_fwd`, one query tile over the key tiles it may see, and its launcher `triton_forward`."""
+    """`_attn_fwd`, one query tile over the key tiles it may see (full tiles without the mask, see
+    emit/tiles.py), and its launcher `triton_forward`."""
     att = attention_node(graph)
     norm = NORMALIZERS[att.attr("normalize")]
     scores, mask = quadratic_form(graph, attention_of(graph))
     dots = name_dots(scores)
     ex = KernelExpr(dots, {s: size_arg(s) for s in sizes_used(scores, mask)})
-    sparse = plan.entry.block_sparse
+    sparse = plan.entry.block_sparse or plan.entry.token_tiles  # tiles listed by a layout
     stats = norm.row_statistic  # a row statistic for the backward: logsumexp, or the denominator
-    extra = "".join(f"{a}, " for a in kernel.arg_names()) + ("RowPtr, Cols, " if sparse else "") + \
-        ("PartCount, PartIndex, FullCount, FullIndex, " if plan.entry.token_tiles else "") + ("Stat, " if stats else "")
+    extra = "".join(f"{a}, " for a in kernel.arg_names()) + (LAYOUT_ARGS if sparse else "") + \
+        ("Stat, " if stats else "") + ("eps, " if norm.divides_by_row_sum else "")
     w.line("@triton.jit")
-    with w.block(f"def _attn_fwd({kernel_common_args()}, {extra}sm_scale, eps, band_lo, band_hi,"):
-        w.line("BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,")
-        w.line("PRECISION: tl.constexpr):")
+    with w.block(f"def _attn_fwd({kernel_common_args()}, {extra}sm_scale,"):
+        w.line(f"{band_constexprs(plan)}BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, "
+               "BLOCK_E: tl.constexpr,")
+        w.line(f"PRECISION: tl.constexpr{', LAYOUT_EXACT: tl.constexpr' if sparse else ''}):")
         w.line(f'"""{att.attr("normalize")} attention over tiles; '
                f'{norm.score_name} = {brief(scores)}; mask = {brief(mask) if mask else "none"}."""')
         query_tile(w, dots)
         w.lines_of(RUNNING_STATE)
-        update = ONLINE_SOFTMAX_UPDATE if norm.online_softmax else WEIGHTED_SUM_UPDATE
-        with w.block(key_tile_loop(w, plan)):
-            key_tile_weights(w, tile_start(plan, "Part"), dots, ex, scores, mask)
-            w.lines_of(update)
-        if plan.entry.token_tiles:  # every pair of a full tile is kept: no mask to evaluate
-            with w.block(key_tile_loop(w, plan, "Full")):
-                key_tile_weights(w, tile_start(plan, "Full"), dots, ex, scores, None)
-                w.lines_of(update)
-        store_tiled_rows(w, norm, att.attr("eps"))
+        base2 = log2_scores(scores) if norm.online_softmax else None
+        if base2 is not None:
+            w.line(f"qk_scale = sm_scale * {LOG2E!r}  # softmax in base 2: log2(e) folded into the scale")
+        for stage in key_stages(w, plan):
+            w.line(f"# {stage.note}")
+            with w.block(stage.loop):
+                key_tile_weights(w, stage, dots, ex, scores, mask, base2)
+                w.lines_of(ONLINE_SOFTMAX_UPDATE if norm.online_softmax else WEIGHTED_SUM_UPDATE)
+        store_tiled_rows(w, norm, att.attr("eps"), base2 is not None)
     w.line()
-    emit_tiled_launcher(w, plan, kernel, att.attr("eps"), stats)
+    emit_tiled_launcher(w, plan, kernel, att.attr("eps"), norm)
+
+
+LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e))
+LN2 = 0.6931471805599453  # ln(2): the stored logsumexp stays natural (log2 sums times ln 2)
+
+
+def log2_scores(scores: TExpr) -> TExpr:
+    """The logits times log2(e), for exp2: a top-level `x * scale` becomes `x * qk_scale` (a `scale`
+    leaf standing for sm_scale * log2(e), one multiply per pair as before); other logits are
+    multiplied by log2(e)."""
+    if scores.op == "mul" and any(a.op == "scale" for a in scores.args):
+        return TExpr("mul", tuple(TExpr("scale", (), "qk_scale", a.type) if a.op == "scale" else a
+                                  for a in scores.args), None, scores.type)
+    return TExpr("mul", (scores, TExpr("const", (), LOG2E, "float")), None, "float")
 
 
 # the running state of a query tile: row max (softmax only), row sums, and the weighted value sums
@@ -318,62 +354,74 @@ l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
 acc = tl.zeros([BLOCK_M, BLOCK_E], dtype=tl.float32)
 """
 
-# one key tile folded into the running state, rescaled to the new row max (FlashAttention)
+# one key tile folded into the running state, rescaled to the new row max (FlashAttention); s and
+# m_i are in base 2 (logits times log2(e)), so exp2 is the exponential
 ONLINE_SOFTMAX_UPDATE = """\
-s = tl.where(valid, s, float('-inf'))
 m_new = tl.maximum(m_i, tl.max(s, 1))
 m_safe = tl.where(m_new == float('-inf'), 0.0, m_new)  # rows with no visible key yet
-p = tl.exp(s - m_safe[:, None])
-alpha = tl.exp(m_i - m_safe)
+p = tl.math.exp2(s - m_safe[:, None])
+alpha = tl.math.exp2(m_i - m_safe)
 l_i = l_i * alpha + tl.sum(p, 1)
 acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
 m_i = m_new
 """
 
-# one key tile of weights (rows, none) added to the running sums
+# one key tile of weights (rows, none) added to the running sums; p is kept in fp32 (fp16 would
+# under/overflow unnormalized weights)
 WEIGHTED_SUM_UPDATE = """\
-p = tl.where(valid, s * 1.0, 0.0)  # unnormalized weights: kept in fp32 (fp16 would under/overflow)
 l_i += tl.sum(p, 1)
 acc += tl.dot(p, v.to(tl.float32), input_precision=PRECISION)
 """
 
 
-def tile_start(plan: Plan, tiles: str) -> str | None:
-    """The first key of the loop's tile `idx`, when a layout lists the tiles (None: the loop counts keys)."""
-    if plan.entry.token_tiles:
-        return f"tl.load({tiles}Index + row * tl.cdiv(N, BLOCK_N) + idx) * BLOCK_N"
-    return "tl.load(Cols + idx) * BLOCK_N" if plan.entry.block_sparse else None
-
-
-def key_tile_weights(w: CodeWriter, start: str | None, dots: dict, ex: KernelExpr, scores: TExpr,
-                     mask: TExpr | None) -> None:
-    """Inside the key-tile loop: the tile's keys (from `start`, the first key of a listed tile), its
-    scores `s`, where they are visible `valid`, its value rows."""
-    if start is not None:
-        w.line(f"start_n = {start}")
+def key_tile_weights(w: CodeWriter, stage: Stage, dots: dict, ex: KernelExpr, scores: TExpr,
+                     mask: TExpr | None, base2: TExpr | None) -> None:
+    """Inside a key-tile loop: the tile's keys, its logits `s` (base 2 for softmax, -inf where masked)
+    or weights `p` (0 where masked), and its value rows. Full tiles (stage.masked false) skip the mask."""
+    if stage.start is not None:
+        w.line(stage.start)
     w.line("offs_n = start_n + tl.arange(0, BLOCK_N)")
-    tile_dots(w, dots)
+    limit = "N" if stage.masked else None  # full tiles lie inside N: unmasked row loads
+    tile_dots(w, dots, limit)
+    value = base2 if base2 is not None else scores
+    element_mask = mask if stage.masked else None
     scope = LetScope(ex)
-    scope.bind(w, [scores, mask])
-    w.line(f"s = {scope(scores)}")
-    valid = "(offs_n[None, :] < N)"
-    if mask is not None:
-        valid = f"{valid} & ({scope(mask)})"
-    w.line(f"valid = {valid}")
-    load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
+    if stage.masked and stage.start is not None and mask is not None:  # a layout's partial tiles
+        scope.bind(w, [value])
+        w.line(f"s = {scope(value)}")
+        w.line("valid = offs_n[None, :] < N")
+        with w.block("if not LAYOUT_EXACT:  # the layout alone decides exact tiles: only the bounds there"):
+            inner = LetScope(ex, prefix="u")
+            inner.bind(w, [mask])
+            w.line(f"valid = valid & ({inner(mask)})")
+    else:
+        scope.bind(w, [value, element_mask])
+        w.line(f"s = {scope(value)}")
+        if stage.masked:
+            w.line(f"valid = (offs_n[None, :] < N){f' & ({scope(mask)})' if element_mask is not None else ''}")
+    if stage.masked:
+        w.line("s = tl.where(valid, s, float('-inf'))" if base2 is not None else "p = tl.where(valid, s, 0.0)")
+    elif base2 is None:
+        w.line("p = s")
+    load_rows(w, "v", "V", "offs_n", limit, "offs_e", "E")
 
 
-def store_tiled_rows(w: CodeWriter, norm: Normalizer, eps: float) -> None:
-    """After the key tiles: normalize the rows, save the row statistic the backward reads, store the output."""
+def store_tiled_rows(w: CodeWriter, norm: Normalizer, eps: float, base2: bool) -> None:
+    """After the key tiles: normalize the rows, save the row statistic the backward reads, store the output.
+    base2: m_i and the sums are of base-2 logits; the saved logsumexp is natural (times ln 2)."""
     if norm.online_softmax and eps:  # exp weights under rows (passes/stable_exp.py): eps is a key of logit log(eps)
-        w.line(f"m_top = tl.maximum(m_i, {math.log(eps)!r})  # max(row max, log(eps)): every exponent <= 0")
-        w.line("alpha = tl.exp(m_i - m_top)")
-        w.line(f"z = l_i * alpha + tl.exp({math.log(eps)!r} - m_top)")
+        exp, log, key = ("tl.math.exp2", "tl.math.log2", math.log2(eps)) if base2 else ("tl.exp", "tl.log", math.log(eps))
+        w.line(f"m_top = tl.maximum(m_i, {key!r})  # max(row max, logit of eps): every exponent <= 0")
+        w.line(f"alpha = {exp}(m_i - m_top)")
+        w.line(f"z = l_i * alpha + {exp}({key!r} - m_top)")
         w.line("out = acc * (alpha / z)[:, None]")
-        w.line("tl.store(Stat + pid_bh * Nq + offs_m, m_top + tl.log(z), mask=offs_m < Nq)  # log(sum e^s + eps)")
+        lse = f"(m_top + {log}(z)) * {LN2!r}" if base2 else "m_top + tl.log(z)"
+        w.line(f"tl.store(Stat + pid_bh * Nq + offs_m, {lse}, mask=offs_m < Nq)  # log(sum e^s + eps)")
     elif norm.online_softmax:
         w.line("out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # no visible key: output 0")
-        w.line("tl.store(Stat + pid_bh * Nq + offs_m, m_i + tl.log(tl.where(l_i == 0.0, 1.0, l_i)), mask=offs_m < Nq)  # -inf: no visible key")
+        lse = "(m_i + tl.math.log2(tl.where(l_i == 0.0, 1.0, l_i))) * " + repr(LN2) if base2 else \
+            "m_i + tl.log(tl.where(l_i == 0.0, 1.0, l_i))"
+        w.line(f"tl.store(Stat + pid_bh * Nq + offs_m, {lse}, mask=offs_m < Nq)  # -inf: no visible key")
     elif norm.divides_by_row_sum:
         w.line("z = l_i + eps")
         w.line("tl.store(Stat + pid_bh * Nq + offs_m, z, mask=offs_m < Nq)")
@@ -384,50 +432,47 @@ def store_tiled_rows(w: CodeWriter, norm: Normalizer, eps: float) -> None:
            "mask=(offs_m[:, None] < Nq) & (offs_e[None, :] < E))")
 
 
-def emit_tiled_launcher(w: CodeWriter, plan: Plan, kernel: Kernel, eps: float, stats: bool) -> None:
+def emit_tiled_launcher(w: CodeWriter, plan: Plan, kernel: Kernel, eps: float, norm: Normalizer) -> None:
     """`triton_forward`: `_attn_fwd` launched with the tiles autotune chose (block-sparse: the layout's tile)."""
-    sparse = plan.entry.block_sparse
+    sparse, stats, token = plan.entry.block_sparse, norm.row_statistic, plan.entry.token_tiles
     with w.block(f"def triton_forward(self, q, k, v, ctx, host{', stat=None' if stats else ''}):"):
         launcher_head(w, fixed_blocks=False)
         if stats:
             w.line("stat = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32) if stat is None else stat")
         if sparse:
-            w.line("tile, row_ptr, cols = self.cached_tiles(ctx, host.block_layout, q.device)  # once per length")
+            w.line(f"tiles = self.cached_tiles(ctx, host.block_layout, q.device, exact={layout_exact(plan)})  "
+                   "# once per length")
         band_line(w, plan)
-        vals = "".join(f"{v}, " for v in kernel.arg_values()) + ("row_ptr, cols, " if sparse else "")
-        stat = "stat, " if stats else ""
+        vals = "".join(f"{v}, " for v in kernel.arg_values()) + ("*tiles.tensors(), " if sparse or token else "") + \
+            ("stat, " if stats else "") + (f"{eps!r}, " if norm.divides_by_row_sum else "")
         w.line()
         with w.block(f"def launch({'' if sparse else 'BLOCK_M, BLOCK_N, '}num_warps, num_stages):"):
             if sparse:
-                w.line("BLOCK_M = BLOCK_N = tile")
-            if plan.entry.token_tiles:
-                w.line("tiles = token_tiles(ctx, B, BLOCK_M, BLOCK_N, q.device)  # on the device, reused while the inputs are")
-                vals += "tiles.part_count, tiles.part_index, tiles.full_count, tiles.full_index, "
+                w.line("BLOCK_M = BLOCK_N = tiles.tile")
+            if token:
+                w.line("tiles = token_tiles(ctx, B, BLOCK_M, BLOCK_N, q.device).rows  # built on the device, reused "
+                       "while the inputs are")
             w.line("grid = (triton.cdiv(Nq, BLOCK_M), B * H)")
-            w.line(f"_attn_fwd[grid]({launch_common()}, {vals}{stat}ctx.scale, {eps!r}, band_lo, band_hi,")
-            w.line("    BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision,")
+            w.line(f"_attn_fwd[grid]({launch_common()}, {vals}ctx.scale,")
+            w.line(f"    {band_launch(plan)}BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E,"
+                   f" PRECISION=precision,{' LAYOUT_EXACT=tiles.exact,' if sparse or token else ''}")
             w.line("    num_warps=num_warps, num_stages=num_stages)")
         w.line()
-        tuned_launch(w, plan.entry.autotune_kind, ", tile=tile" if sparse else "")
+        tuned_launch(w, plan.entry.autotune_kind, ", tile=tiles.tile" if sparse else "")
 
 
-def band_line(w: CodeWriter, plan: Plan) -> None:
-    lo, hi = band_bounds(plan.mask)
-    band = [lo or f"-{BIG}", hi or str(BIG)]  # an unbounded side: a bound no tile reaches
-    w.line(f"band_lo, band_hi = {band[0]}, {band[1]}  # keys j with band_lo <= i - j <= band_hi")
-    # -N < i - j < Nq: a bound past that range means the same, and a size near 2^31 (a "no limit"
-    # sentinel) would overflow the kernel's int32 tile arithmetic
-    w.line("band_lo, band_hi = (min(max(bound, -N), Nq) for bound in (band_lo, band_hi))  # saturated to the offsets that occur")
+def layout_exact(plan: Plan) -> bool:
+    """Whether the block layout is the whole mask (its tiles need no element mask when aligned)."""
+    return bool(plan.attrs["block_layout"].exact)
 
 
 def launcher_head(w: CodeWriter, allocate_out: bool = True, fixed_blocks: bool = True) -> None:
     w.line("B, H, Nq, D = q.shape")
     w.line("N, E = k.shape[2], v.shape[3]")
-    w.line("q, k, v = q.contiguous(), k.contiguous(), v.contiguous()")
     if allocate_out:
         w.line("out = torch.empty(B, H, Nq, E, device=q.device, dtype=q.dtype)")
     if fixed_blocks:  # forward launchers take theirs from autotune
-        w.line("BLOCK_M = BLOCK_N = 64 if q.is_cuda else 16")
+        w.line("BLOCK_M = BLOCK_N = 64 if autotune.on_gpu(q) else 16")
     w.line("BLOCK_D = max(16, triton.next_power_of_2(D))")
     w.line("BLOCK_E = max(16, triton.next_power_of_2(E))")
     w.line("precision = 'ieee' if q.dtype == torch.float32 else 'tf32'")

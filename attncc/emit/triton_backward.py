@@ -20,18 +20,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
+from ..analysis.structure import classify_modulation
 from ..lang.derivative import NotDifferentiable, diff, leaves
 from ..lang.expr import TExpr
 from ..lang.features import FEATURE_MAPS
 from ..ir.graph import Graph, attention_node, attention_of
+from ..ir.lower import size_symbols
 from ..lang.normalizers import NORMALIZERS, Normalizer
 from ..passes.quadratic import quadratic_form
 from ..plan.select import Plan
-from .exprs import band_bounds, key, name_dots
+from .exprs import key, name_dots
 from .let import LetScope
-from .triton import (HELPERS, kernel_common_args, helpers_of, Kernel, KernelExpr, launch_common,
-                     launcher_head, load_rows, program_prologue, row_feature, size_arg, sizes_used, band_line, key_tile_loop,
-                     tile_start)
+from .tiles import LAYOUT_ARGS, Stage, band_constexprs, band_launch, band_line, key_stages, query_stages
+from .triton import (HELPERS, LOG2E, kernel_common_args, helpers_of, Kernel, KernelExpr, launch_common,
+                     launcher_head, layout_exact, load_rows, log2_scores, program_prologue, row_feature, size_arg,
+                     sizes_used)
 from .writer import CodeWriter
 
 RECOMPUTE = "recomputation through the torch backend's autograd"
@@ -112,36 +115,41 @@ def emit_backward(w: CodeWriter, graph: Graph, plan: Plan) -> str:
     with w.block("def forward_triton(self, q, k, v, ctx, host):"):
         w.line('"""Triton forward and backward kernels, run as the custom op attncc::triton_attention."""')
         if sparse:
-            w.line("tiles = self.cached_tiles(ctx, host.block_layout, q.device)  # once per length")
+            w.line(f"tiles = self.cached_tiles(ctx, host.block_layout, q.device, exact={layout_exact(plan)})  "
+                   "# once per length")
         w.line(f"return triton_ops.attention(q, k, v, ctx, host{', tiles' if sparse else ''})")
     return backward_line(graph, plan)
 
 
-def bwd_args() -> str:
-    return kernel_common_args() + ", DO, DQ, DK, DV, stride_dob, stride_doh, stride_dom, stride_dod"
+def bwd_args(grads: str = "QKV", out: bool = True) -> str:
+    """The forward's arguments (Out only if the kernel reads it), dO, and the gradients it writes, each
+    with its own strides (gradients are allocated afresh; q, k, v may be any strided views)."""
+    return kernel_common_args(out) + ", DO, stride_dob, stride_doh, stride_dom, stride_dod" + \
+        "".join(f", D{x}, stride_d{x.lower()}b, stride_d{x.lower()}h, stride_d{x.lower()}m, stride_d{x.lower()}d"
+                for x in grads)
 
 
-def bwd_launch() -> str:
-    return launch_common() + ", dout, dq, dk, dv, *dout.stride()"
+def bwd_launch(grads: str = "QKV", out: bool = True) -> str:
+    return launch_common(out) + ", dout, *dout.stride()" + "".join(f", d{x.lower()}, *d{x.lower()}.stride()"
+                                                                 for x in grads)
 
 
-def bwd_prologue(w: CodeWriter, per_bh_only: bool = False) -> None:
-    program_prologue(w, per_bh_only)
+def bwd_prologue(w: CodeWriter, per_bh_only: bool = False, grads: str = "QKV", out: bool = True) -> None:
+    program_prologue(w, per_bh_only, out)
     w.line("DO += off_b * stride_dob + off_h * stride_doh")
-    w.line("DQ += off_b * stride_qb + off_h * stride_qh  # gradients are laid out as q, k, v")
-    w.line("DK += off_b * stride_kb + off_h * stride_kh")
-    w.line("DV += off_b * stride_vb + off_h * stride_vh")
+    for x in grads:
+        w.line(f"D{x} += off_b * stride_d{x.lower()}b + off_h * stride_d{x.lower()}h")
 
 
-def backward_head(w: CodeWriter, doc: str) -> None:
+def backward_head(w: CodeWriter, doc: str, fixed_blocks: bool = True) -> None:
     w.line(f'"""{doc}"""')
-    launcher_head(w, allocate_out=False)
-    w.line("dout, out = dout.contiguous(), out.contiguous()")
+    launcher_head(w, allocate_out=False, fixed_blocks=fixed_blocks)
     w.line("dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)")
 
 
-def store_tile(w: CodeWriter, ptr: str, var: str, offs: str, limit: str, cols: str, width: str, like: str) -> None:
-    w.line(f"tl.store({ptr} + {offs}[:, None] * stride_{like}m + {cols}[None, :] * stride_{like}d, "
+def store_tile(w: CodeWriter, ptr: str, var: str, offs: str, limit: str, cols: str, width: str) -> None:
+    p = ptr.lower()
+    w.line(f"tl.store({ptr} + {offs}[:, None] * stride_{p}m + {cols}[None, :] * stride_{p}d, "
            f"{var}.to({ptr}.dtype.element_ty), mask=({offs}[:, None] < {limit}) & ({cols}[None, :] < {width}))")
 
 
@@ -179,7 +187,7 @@ def emit_tiled_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
     tiles.emit_helpers()
     tiles.emit_dkdv_kernel()
     tiles.emit_dq_kernel()
-    _tiled_launchers(w, tiles.norm, plan, tiles.kernel, tiles.tables)
+    _tiled_launchers(w, tiles.norm, plan, tiles.kernel, tiles.tables, tiles.diagonals)
 
 
 class TileBackward:
@@ -198,7 +206,10 @@ class TileBackward:
         self.q_sides = {_side(d, 0): row_feature(d.args[0]) for d in self.dots}
         self.k_sides = {_side(d, 1): row_feature(d.args[1]) for d in self.dots}
         self.tables = _grad_tables(self.scores)
-        self.sparse = plan.entry.block_sparse
+        self.sparse = plan.entry.block_sparse or plan.entry.token_tiles  # tiles listed by a layout
+        self.base2 = log2_scores(self.scores) if self.norm.online_softmax else None  # exp2, as the forward
+        self.symbols = size_symbols(graph.signature)
+        self.diagonals = diagonal_tables(self.tables, self.derivs, self.symbols)
 
     def emit_helpers(self) -> None:
         """The Triton helpers the derivatives call that the forward's kernel did not already bring."""
@@ -206,22 +217,29 @@ class TileBackward:
         for h in sorted({h for d in derivs if d is not None for h in helpers_of(d)} - set(self.kernel.helpers)):
             self.w.lines_of(HELPERS[h])
             self.w.line()
+        if self.diagonals:
+            self.w.lines_of(DIAGONAL_SUMS)
+            self.w.line()
 
     @contextmanager
-    def kernel_def(self, name: str, args: str, doc: str):
+    def kernel_def(self, name: str, grads: str, args: str, doc: str, diagonals: bool = False):
         """A backward kernel's signature, docstring and prologue; the body is written inside the block."""
         w = self.w
         extra = "".join(f"{a}, " for a in self.kernel.arg_names())
         w.line("@triton.jit")
-        with w.block(f"def {name}({bwd_args()}, {extra}{args}sm_scale, band_lo, band_hi,"):
-            w.line("BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,")
-            w.line("PRECISION: tl.constexpr):")
+        with w.block(f"def {name}({bwd_args(grads, out=False)}, {extra}{args}sm_scale,"):
+            w.line(f"{band_constexprs(self.plan)}BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, "
+                   "BLOCK_E: tl.constexpr,")
+            w.line(f"PRECISION: tl.constexpr{', LAYOUT_EXACT: tl.constexpr' if self.sparse else ''}"
+                   f"{', BLOCK_DIAG: tl.constexpr' if diagonals else ''}):")
             w.line(f'"""{doc}"""')
-            bwd_prologue(w)
+            bwd_prologue(w, grads=grads, out=False)
+            if self.base2 is not None:
+                w.line(f"qk_scale = sm_scale * {LOG2E!r}  # softmax in base 2, as the forward")
             yield
         w.line()
 
-    def load_sides(self, sides: dict, ptr: str, offs: str, limit: str) -> None:
+    def load_sides(self, sides: dict, ptr: str, offs: str, limit: str | None) -> None:
         for var, feature in sides.items():
             load_rows(self.w, var, ptr, offs, limit, "offs_d", "D", feature=feature)
 
@@ -229,10 +247,9 @@ class TileBackward:
         """`_attn_bwd_dkdv`: one key tile over the query tiles that see it; dK, dV and the table gradients."""
         w = self.w
         grads = "".join(f"G{op[0].upper()}_{name}, " for op, name in self.tables)
-        lists = "ColPtr, Rows, " if self.sparse else "ColCount, ColIndex, " if self.plan.entry.token_tiles else ""
-        with self.kernel_def("_attn_bwd_dkdv", f"{grads}Stat, Delta, {lists}",
+        with self.kernel_def("_attn_bwd_dkdv", "KV", f"{grads}Stat, Delta, {LAYOUT_ARGS if self.sparse else ''}",
                              "dK, dV (and table gradients) of one key tile: weights recomputed from the saved row "
-                             "statistic."):
+                             "statistic.", diagonals=self.diagonals):
             w.line("pid_n = pid_m  # this grid's first axis walks key tiles")
             w.line("Stat += pid_bh * Nq")
             w.line("Delta += pid_bh * Nq")
@@ -243,76 +260,92 @@ class TileBackward:
             for acc in k_accs:
                 w.line(f"{acc} = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)")
             w.line("dv = tl.zeros([BLOCK_N, BLOCK_E], dtype=tl.float32)")
-            with w.block(query_tile_loop(w, self.plan)):
-                if self.sparse:
-                    w.line("start_m = tl.load(Rows + idx) * BLOCK_M")
-                if self.plan.entry.token_tiles:
-                    w.line("start_m = tl.load(ColIndex + col * tl.cdiv(Nq, BLOCK_M) + idx) * BLOCK_M")
-                w.line("offs_m = start_m + tl.arange(0, BLOCK_M)")
-                scope = self.recompute_weights(keys_fixed=True)
-                self.score_gradients(scope, keys_fixed=True)
-                for op, name in self.tables:
-                    _table_atomics(w, scope, self.ex, op, name, self.derivs)
+            for stage in query_stages(w, self.plan, fixed_in_range=bool(self.tables)):
+                w.line(f"# {stage.note}")
+                with w.block(stage.loop):
+                    if stage.start is not None:
+                        w.line(stage.start)
+                    w.line("offs_m = start_m + tl.arange(0, BLOCK_M)")
+                    scope = self.recompute_weights(stage, keys_fixed=True)
+                    self.score_gradients(scope, stage, keys_fixed=True)
+                    for op, name in self.tables:
+                        table_atomics(w, scope, stage, self.ex, op, name, self.derivs, self.symbols)
             _feature_grad(w, "dk", k_accs, "BLOCK_N", "K", "offs_n", "N")
-            store_tile(w, "DK", "dk", "offs_n", "N", "offs_d", "D", "k")
-            store_tile(w, "DV", "dv", "offs_n", "N", "offs_e", "E", "v")
+            store_tile(w, "DK", "dk", "offs_n", "N", "offs_d", "D")
+            store_tile(w, "DV", "dv", "offs_n", "N", "offs_e", "E")
 
     def emit_dq_kernel(self) -> None:
         """`_attn_bwd_dq`: one query tile over the key tiles the forward visits; dQ."""
         w = self.w
-        lists = "RowPtr, Cols, " if self.sparse else "RowCount, RowIndex, " if self.plan.entry.token_tiles else ""
-        with self.kernel_def("_attn_bwd_dq", f"Stat, Delta, {lists}",
+        with self.kernel_def("_attn_bwd_dq", "Q", f"Stat, Delta, {LAYOUT_ARGS if self.sparse else ''}",
                              "dQ of one query tile over the key tiles the forward visits."):
             w.line("offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)")
             self.load_sides(self.q_sides, "Q", "offs_m", "Nq")
             load_rows(w, "do", "DO", "offs_m", "Nq", "offs_e", "E")
             if self.norm.row_statistic:
-                w.line("stat = tl.load(Stat + pid_bh * Nq + offs_m, mask=offs_m < Nq, other=0.0)")
-                w.line("delta = tl.load(Delta + pid_bh * Nq + offs_m, mask=offs_m < Nq, other=0.0)")
+                self.load_row_statistics("pid_bh * Nq + offs_m")
             q_accs = [f"d{qv}" for qv in dict.fromkeys(qv for qv, _ in self.pairs)]
             for acc in q_accs:
                 w.line(f"{acc} = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)")
-            with w.block(key_tile_loop(w, self.plan, "Row")):
-                start = tile_start(self.plan, "Row")
-                if start is not None:
-                    w.line(f"start_n = {start}")
-                w.line("offs_n = start_n + tl.arange(0, BLOCK_N)")
-                self.score_gradients(self.recompute_weights(keys_fixed=False), keys_fixed=False)
+            for stage in key_stages(w, self.plan):
+                w.line(f"# {stage.note}")
+                with w.block(stage.loop):
+                    if stage.start is not None:
+                        w.line(stage.start)
+                    w.line("offs_n = start_n + tl.arange(0, BLOCK_N)")
+                    self.score_gradients(self.recompute_weights(stage, keys_fixed=False), stage, keys_fixed=False)
             _feature_grad(w, "dq", q_accs, "BLOCK_M", "Q", "offs_m", "Nq")
-            store_tile(w, "DQ", "dq", "offs_m", "Nq", "offs_d", "D", "q")
+            store_tile(w, "DQ", "dq", "offs_m", "Nq", "offs_d", "D")
 
-    def recompute_weights(self, keys_fixed: bool) -> LetScope:
-        """Inside a tile loop: the other side's rows, the dots, scores `s`, `valid` and the weights `p` of
-        one (query tile, key tile); returns the scope of the tile's expressions (the table derivatives
-        too, with the key tile fixed). keys_fixed: the loop walks query tiles for one key tile."""
+    def load_row_statistics(self, offset: str) -> None:
+        """The saved row statistic (softmax: the logsumexp, to base 2 here) and delta = rowsum(dO o O)."""
+        scale = f" * {LOG2E!r}" if self.base2 is not None else ""
+        self.w.line(f"stat = tl.load(Stat + {offset}, mask=offs_m < Nq, other=0.0){scale}")
+        self.w.line(f"delta = tl.load(Delta + {offset}, mask=offs_m < Nq, other=0.0)")
+
+    def recompute_weights(self, stage: Stage, keys_fixed: bool) -> LetScope:
+        """Inside a tile loop: the other side's rows, the dots, the logits or weights `s`, `valid` (partial
+        tiles) and the weights `p` of one (query tile, key tile); returns the scope of the tile's
+        expressions (the table derivatives too, with the key tile fixed). keys_fixed: the loop walks
+        query tiles for one key tile."""
         w = self.w
+        bound = (lambda limit: limit) if stage.masked else (lambda limit: None)  # full tiles lie inside
         if keys_fixed:
-            self.load_sides(self.q_sides, "Q", "offs_m", "Nq")
-            load_rows(w, "do", "DO", "offs_m", "Nq", "offs_e", "E")
+            self.load_sides(self.q_sides, "Q", "offs_m", bound("Nq"))
+            load_rows(w, "do", "DO", "offs_m", bound("Nq"), "offs_e", "E")
         else:
-            self.load_sides(self.k_sides, "K", "offs_n", "N")
-            load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
+            self.load_sides(self.k_sides, "K", "offs_n", bound("N"))
+            load_rows(w, "v", "V", "offs_n", bound("N"), "offs_e", "E")
         for d, name in self.dots.items():
             w.line(f"{name} = tl.dot({_side(d, 0)}, tl.trans({_side(d, 1)}), input_precision=PRECISION)")
+        value = self.base2 if self.base2 is not None else self.scores
+        derivatives = [*self.pairs.values(), *(self.derivs.values() if keys_fixed and self.tables else ())]
         scope = LetScope(self.ex)
-        scope.bind(w, [self.scores, self.mask, *self.pairs.values(),
-                       *(self.derivs.values() if keys_fixed and self.tables else ())])
-        w.line(f"s = {scope(self.scores)}")
-        valid = "(offs_m[:, None] < Nq) & (offs_n[None, :] < N)"
-        w.line(f"valid = {valid} & ({scope(self.mask)})" if self.mask is not None else f"valid = {valid}")
+        exact_layout = stage.masked and stage.start is not None and self.mask is not None
+        scope.bind(w, [value, self.mask if stage.masked and not exact_layout else None, *derivatives])
+        w.line(f"s = {scope(value)}")
+        if stage.masked:
+            w.line("valid = (offs_m[:, None] < Nq) & (offs_n[None, :] < N)")
+            if exact_layout:
+                with w.block("if not LAYOUT_EXACT:  # the layout alone decides exact tiles: only the bounds there"):
+                    inner = LetScope(self.ex, prefix="u")
+                    inner.bind(w, [self.mask])
+                    w.line(f"valid = valid & ({inner(self.mask)})")
+            elif self.mask is not None:
+                w.line(f"valid = valid & ({scope(self.mask)})")
         if keys_fixed and self.norm.row_statistic:
-            w.line("stat = tl.load(Stat + offs_m, mask=offs_m < Nq, other=0.0)")
-            w.line("delta = tl.load(Delta + offs_m, mask=offs_m < Nq, other=0.0)")
+            self.load_row_statistics("offs_m")
+        keep = (lambda x: f"tl.where(valid, {x}, 0.0)") if stage.masked else (lambda x: x)
         if self.norm.online_softmax:
-            w.line("p = tl.where(valid, tl.exp(s - stat[:, None]), 0.0)")
+            w.line(f"p = {keep('tl.math.exp2(s - stat[:, None])')}")
         elif self.norm.divides_by_row_sum:
             w.line("inv = 1.0 / tl.where(stat == 0.0, 1.0, stat)  # stat: the row's denominator")
-            w.line("p = tl.where(valid, s * inv[:, None], 0.0)")
+            w.line(f"p = {keep('s * inv[:, None]')}")
         else:
-            w.line("p = tl.where(valid, s * 1.0, 0.0)")
+            w.line(f"p = {keep('s')}")
         return scope
 
-    def score_gradients(self, scope: LetScope, keys_fixed: bool) -> None:
+    def score_gradients(self, scope: LetScope, stage: Stage, keys_fixed: bool) -> None:
         """From the tile's weights: dV (key tile fixed), dS, and each dot pair's gradient accumulated."""
         w, softmax = self.w, self.norm.online_softmax
         if keys_fixed and softmax:
@@ -323,31 +356,18 @@ class TileBackward:
         w.line("ds = p * (dp - delta[:, None])" if softmax else "ds = (dp - delta[:, None]) * inv[:, None]"
                if self.norm.divides_by_row_sum else "ds = dp")
         for (qv, kv), d in self.pairs.items():
-            w.line(f"g = tl.where(valid, ds * ({scope(d)}), 0.0)  # zero where masked: s may be undefined there")
+            if stage.masked:
+                w.line(f"g = tl.where(valid, ds * ({scope(d)}), 0.0)  # zero where masked: s may be undefined there")
+            else:
+                w.line(f"g = ds * ({scope(d)})")
             if keys_fixed:
                 w.line(f"d{kv} += tl.dot(tl.trans(g.to({qv}.dtype)), {qv}, input_precision=PRECISION)")
             else:
                 w.line(f"d{qv} += tl.dot(g.to({kv}.dtype), {kv}, input_precision=PRECISION)")
 
 
-def query_tile_loop(w: CodeWriter, plan: Plan) -> str:
-    """The loop header over the query tiles that see key tile pid_n (the layout transposed, band, or all)."""
-    if plan.entry.token_tiles:
-        w.line("# layout built per call: the query tiles that visit this key tile (the layout transposed)")
-        w.line("col = off_b * tl.cdiv(N, BLOCK_N) + pid_n")
-        return "for idx in range(0, tl.load(ColCount + col)):"
-    if plan.entry.block_sparse:
-        w.line("# block-sparse: the query tiles whose layout rows list this key tile (the layout transposed)")
-        return "for idx in range(tl.load(ColPtr + pid_n), tl.load(ColPtr + pid_n + 1)):"
-    if any(b is not None for b in band_bounds(plan.mask)):
-        w.line(f"# mask is {plan.mask.describe()}: only query tiles inside the band are visited")
-        w.line("lo = tl.maximum(pid_n * BLOCK_N + band_lo, 0) // BLOCK_M * BLOCK_M")
-        w.line("hi = tl.minimum(pid_n * BLOCK_N + BLOCK_N + band_hi, Nq)")
-        return "for start_m in range(lo, hi, BLOCK_M):"
-    return "for start_m in range(0, Nq, BLOCK_M):"
-
-
-def _tiled_launchers(w: CodeWriter, norm: Normalizer, plan: Plan, kernel: Kernel, tables: list) -> None:
+def _tiled_launchers(w: CodeWriter, norm: Normalizer, plan: Plan, kernel: Kernel, tables: list,
+                     diagonals: bool) -> None:
     sparse = plan.entry.block_sparse
     stats = norm.row_statistic
     with w.block("def op_forward(self, q, k, v, ctx, host):"):
@@ -356,7 +376,8 @@ def _tiled_launchers(w: CodeWriter, norm: Normalizer, plan: Plan, kernel: Kernel
         w.line(f"return triton_forward(self, q, k, v, ctx, host{', stat' if stats else ''}), stat")
     w.line()
     with w.block("def op_backward(self, q, k, v, out, stat, dout, ctx, host):"):
-        backward_head(w, "(dq, dk, dv, table gradients by name) from the saved output and row statistic.")
+        backward_head(w, "(dq, dk, dv, table gradients by name) from the saved output and row statistic.",
+                      fixed_blocks=False)
         w.line("delta = (dout.float() * out.float()).sum(-1)")
         if norm.divides_by_row_sum:
             w.line("delta = torch.where(stat == 0.0, 0.0, delta)  # Z = 0: the forward divides by 1")
@@ -364,38 +385,96 @@ def _tiled_launchers(w: CodeWriter, norm: Normalizer, plan: Plan, kernel: Kernel
         w.line("grads = {" + ", ".join(f"{key(n)}: torch.zeros({table_of[op]}[{key(n)}].shape, device=q.device, "
                                        f"dtype=torch.float32)" for op, n in tables) + "}")
         if sparse:
-            w.line("BLOCK_M, row_ptr, cols = self.cached_tiles(ctx, host.block_layout, q.device)")
-            w.line("BLOCK_N = BLOCK_M")
-            w.line("col_ptr, rows = triton_ops.transpose_tiles(row_ptr, cols, triton.cdiv(N, BLOCK_N))")
-        if plan.entry.token_tiles:
-            w.line("tiles = token_tiles(ctx, B, BLOCK_M, BLOCK_N, q.device)  # the forward's, when its tiles were these")
+            w.line(f"tiles = self.cached_tiles(ctx, host.block_layout, q.device, exact={layout_exact(plan)})")
+            w.line("BLOCK_M = BLOCK_N = tiles.tile")
+            w.line("by_key = tiles.transposed(triton.cdiv(N, BLOCK_N))  # the query tiles of each key tile")
         band_line(w, plan)
-        vals = "".join(f"{v}, " for v in kernel.arg_values())
-        gvals = "".join(f"grads[{key(n)}], " for _, n in tables)
-        cols, rows = (" tiles.col_count, tiles.col_index,", " tiles.row_count, tiles.row_index,") \
-            if plan.entry.token_tiles else (" col_ptr, rows,", " row_ptr, cols,") if sparse else ("", "")
-        tail = "ctx.scale, band_lo, band_hi, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E,"
-        w.line(f"_attn_bwd_dkdv[(triton.cdiv(N, BLOCK_N), B * H)]({bwd_launch()}, {vals}{gvals}stat, delta,{cols}")
-        w.line(f"    {tail} PRECISION=precision)")
-        w.line(f"_attn_bwd_dq[(triton.cdiv(Nq, BLOCK_M), B * H)]({bwd_launch()}, {vals}stat, delta,{rows}")
-        w.line(f"    {tail} PRECISION=precision)")
+        w.line()
+        _backward_launch(w, plan, kernel, tables, diagonals)
+        w.line()
+        tile = ", tile=BLOCK_M" if sparse else ""
+        w.line(f"sizes = dict(BH=B * H, Nq=Nq, N=N, D=BLOCK_D, E=BLOCK_E{tile})")
+        w.line(f"launch(**autotune.best(SPEC_HASH, {plan.entry.autotune_kind + ':backward'!r}, q, sizes, launch))")
         w.line("return dq, dk, dv, grads")
     w.line()
     w.line(f"GRAD_TABLES = ({''.join(f'{key(n)}, ' for _, n in tables)})  # tables the backward kernels differentiate")
 
 
-def _table_atomics(w: CodeWriter, scope: LetScope, ex: KernelExpr, op: str, name: str, derivs: dict) -> None:
-    """dt[idx] += dS o ds/dt[idx] for every lookup of table `name` in the score (printed in the tile's scope)."""
+def _backward_launch(w: CodeWriter, plan: Plan, kernel: Kernel, tables: list, diagonals: bool) -> None:
+    """`launch(**config)`: both backward kernels with one autotune candidate of `<kind>:backward` (the
+    block-sparse tile is the layout's: only warps and stages are free)."""
+    sparse, token = plan.entry.block_sparse, plan.entry.token_tiles
+    listed = sparse or token
+    vals = "".join(f"{v}, " for v in kernel.arg_values())
+    gvals = "".join(f"grads[{key(n)}], " for _, n in tables)
+    tail = (f"ctx.scale, {band_launch(plan)}BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E,"
+            + (" LAYOUT_EXACT=tiles.exact," if listed else "") + " PRECISION=precision,")
+    diagonal = " BLOCK_DIAG=triton.next_power_of_2(BLOCK_M + BLOCK_N - 1)," if diagonals else ""
+    with w.block(f"def launch({'' if sparse else 'BLOCK_M, BLOCK_N, '}num_warps, num_stages):"):
+        if tables:  # autotune launches every candidate: the atomics must start from 0 each time
+            w.line("for g in grads.values():")
+            w.line("    g.zero_()")
+        if token:
+            w.line("lists = token_tiles(ctx, B, BLOCK_M, BLOCK_N, q.device)  # the forward's, when its tiles were these")
+            w.line("tiles, by_key = lists.rows, lists.cols")
+        w.line(f"_attn_bwd_dkdv[(triton.cdiv(N, BLOCK_N), B * H)]({bwd_launch('KV', out=False)}, {vals}{gvals}stat, "
+               f"delta,{' *by_key.tensors(),' if listed else ''}")
+        w.line(f"    {tail}{diagonal} num_warps=num_warps, num_stages=num_stages)")
+        w.line(f"_attn_bwd_dq[(triton.cdiv(Nq, BLOCK_M), B * H)]({bwd_launch('Q', out=False)}, {vals}stat, delta,"
+               f"{' *tiles.tensors(),' if listed else ''}")
+        w.line(f"    {tail} num_warps=num_warps, num_stages=num_stages)")
+
+
+def table_atomics(w: CodeWriter, scope: LetScope, stage: Stage, ex: KernelExpr, op: str, name: str,
+                  derivs: dict, symbols: dict) -> None:
+    """dt[idx] += dS o ds/dt[idx] for every lookup of table `name` in the score (printed in the tile's scope),
+    the tile's values summed over the pairs that share an entry before the atomics: one atomic per tile
+    when idx reads neither i nor j, per key (query) when it reads only j (i), per diagonal when it reads
+    them only through i - j (a Toeplitz table: `_diagonal_sums` over the BLOCK_M + BLOCK_N - 1
+    diagonals), else one per pair."""
     grad = f"G{op[0].upper()}_{name}"
     for leaf, d in derivs.items():
         if leaf.op != op or leaf.value != name or d is None:
             continue
-        w.line(f"c = tl.where(valid, ds * ({scope(d)}), 0.0)")
-        if any(e.op == "var" and e.value in ("i", "j") for arg in leaf.args for e in arg.walk()):
-            w.line(f"tl.atomic_add({grad} + {ex.offset(leaf, [scope(x) for x in leaf.args])} + tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32), c, "
-                   "mask=valid)")
+        w.line(f"c = tl.where(valid, ds * ({scope(d)}), 0.0)" if stage.masked else f"c = ds * ({scope(d)})")
+        reads = {e.value for arg in leaf.args for e in arg.walk() if e.op == "var"} & {"i", "j"}
+        along = lambda **variables: KernelExpr(ex.dots, ex.sizes, variables={"h": "off_h", **variables}).offset(leaf)
+        if not reads:
+            w.line(f"tl.atomic_add({grad} + {ex.offset(leaf, [scope(x) for x in leaf.args])}, tl.sum(tl.sum(c, 1), 0))"
+                   "  # one entry per tile")
+        elif reads == {"j"}:
+            w.line(f"tl.atomic_add({grad} + {along(j='offs_n')}, tl.sum(c, 0), mask=offs_n < N)  # one entry per key")
+        elif reads == {"i"}:
+            w.line(f"tl.atomic_add({grad} + {along(i='offs_m')}, tl.sum(c, 1), mask=offs_m < Nq)  # one entry per query")
+        elif all(classify_modulation(arg, symbols).kind in ("full", "toeplitz") for arg in leaf.args):
+            w.line("diag = start_m - pid_n * BLOCK_N - (BLOCK_N - 1) + tl.arange(0, BLOCK_DIAG)  # i - j on each diagonal")
+            w.line(f"tl.atomic_add({grad} + {along(i='diag', j='0')}, _diagonal_sums(c, BLOCK_M, BLOCK_N, BLOCK_DIAG), "
+                   "mask=tl.arange(0, BLOCK_DIAG) < BLOCK_M + BLOCK_N - 1)  # one entry per diagonal")
         else:
-            w.line(f"tl.atomic_add({grad} + {ex.offset(leaf, [scope(x) for x in leaf.args])}, tl.sum(tl.sum(c, 1), 0))  # one entry per tile")
+            w.line(f"tl.atomic_add({grad} + {ex.offset(leaf, [scope(x) for x in leaf.args])} + tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32), c"
+                   + (", mask=valid)" if stage.masked else ")"))
+
+
+def diagonal_tables(tables: list, derivs: dict, symbols: dict) -> bool:
+    """Whether some differentiated table is read through i - j only (its gradient is summed by diagonals)."""
+    def by_diagonals(leaf: TExpr) -> bool:
+        reads = {e.value for arg in leaf.args for e in arg.walk() if e.op == "var"} & {"i", "j"}
+        return reads == {"i", "j"} and all(classify_modulation(arg, symbols).kind in ("full", "toeplitz")
+                                           for arg in leaf.args)
+    return any(leaf.op == op and leaf.value == name and d is not None and by_diagonals(leaf)
+               for op, name in tables for leaf, d in derivs.items())
+
+
+DIAGONAL_SUMS = """\
+@triton.jit
+def _diagonal_sums(c, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DIAG: tl.constexpr):
+    \"\"\"Sums of c [BLOCK_M, BLOCK_N] along its diagonals: entry k adds c[r, r + BLOCK_N - 1 - k] over the rows r
+    (rows minus columns = k - BLOCK_N + 1), read by a gather of each row's shifted columns.\"\"\"
+    rows = tl.arange(0, BLOCK_M)[:, None]
+    col = rows + (BLOCK_N - 1) - tl.arange(0, BLOCK_DIAG)[None, :]
+    inside = (col >= 0) & (col < BLOCK_N)
+    return tl.sum(tl.where(inside, tl.gather(c, tl.minimum(tl.maximum(col, 0), BLOCK_N - 1), 1), 0.0), 0)
+"""
 
 
 TILE_BACKWARD = TritonBackward(tile_backward_support, tile_backward_line, emit_tiled_backward)

@@ -108,7 +108,7 @@ def emit_chunked_dq_kernel(w: CodeWriter, fq: str, fk: str, normalize: str, deca
             w.line(_within_chunk("da", decayed))
             w.line(f"dpq = {_dot('da', 'pk')} + {qd}({_dot('dnum', 'tl.trans(S)')} + dden[:, None] * z[None, :])")
             _chain(w, "dq", "dpq", "Q", "offs", "Nq", fq)
-            store_tile(w, "DQ", "dq", "offs", "Nq", "offs_d", "D", "q")
+            store_tile(w, "DQ", "dq", "offs", "Nq", "offs_d", "D")
             carry_state(w, decayed, "pk", "k_decay", "v", "S", "z", "pk")
     w.line()
 
@@ -137,8 +137,8 @@ def emit_chunked_dkdv_kernel(w: CodeWriter, fq: str, fk: str, decayed: bool) -> 
             w.line(f"dpk = {_dot('tl.trans(da)', 'pq')} + {kd}({_dot('v', 'tl.trans(R)')} + r[None, :])")
             w.line(f"dv = {_dot('tl.trans(a)', 'dnum')} + {kd}{_dot('pk', 'R')}")
             _chain(w, "dk", "dpk", "K", "offs", "N", fk)
-            store_tile(w, "DK", "dk", "offs", "N", "offs_d", "D", "k")
-            store_tile(w, "DV", "dv", "offs", "N", "offs_e", "E", "v")
+            store_tile(w, "DK", "dk", "offs", "N", "offs_d", "D")
+            store_tile(w, "DV", "dv", "offs", "N", "offs_e", "E")
             carry_state(w, decayed, "pq", "q_decay", "dnum", "R", "r", "pq * dden[:, None]")
     w.line()
 
@@ -161,7 +161,7 @@ def emit_linear_bwd_kernel(w: CodeWriter, fq: str, fk: str, normalize: str) -> N
             _finish_grads(w, normalize)
             w.line(f"dpq = {_dot('dnum', 'tl.trans(S)')} + dden[:, None] * z[None, :]")
             _chain(w, "dq", "dpq", "Q", "offs", "Nq", fq)
-            store_tile(w, "DQ", "dq", "offs", "Nq", "offs_d", "D", "q")
+            store_tile(w, "DQ", "dq", "offs", "Nq", "offs_d", "D")
             w.line(f"R += {_dot('tl.trans(pq)', 'dnum')}")
             w.line("r += tl.sum(pq * dden[:, None], 0)")
         with w.block("for start in range(0, N, BLOCK):"):
@@ -169,8 +169,8 @@ def emit_linear_bwd_kernel(w: CodeWriter, fq: str, fk: str, normalize: str) -> N
             w.line(f"dpk = {_dot('v', 'tl.trans(R)')} + r[None, :]")
             w.line(f"dv = {_dot('pk', 'R')}")
             _chain(w, "dk", "dpk", "K", "offs", "N", fk)
-            store_tile(w, "DK", "dk", "offs", "N", "offs_d", "D", "k")
-            store_tile(w, "DV", "dv", "offs", "N", "offs_e", "E", "v")
+            store_tile(w, "DK", "dk", "offs", "N", "offs_d", "D")
+            store_tile(w, "DV", "dv", "offs", "N", "offs_e", "E")
     w.line()
 
 

@@ -13,8 +13,10 @@ from ..passes.quadratic import quadratic_form
 from ..plan.cost import DECODE_BLOCK_M
 from ..plan.select import Plan
 from .exprs import brief, name_dots
-from .triton import (ONLINE_SOFTMAX_UPDATE, RUNNING_STATE, Kernel, KernelExpr, band_line, kernel_preamble,
-                     key_tile_weights, launcher_head, query_tile, size_arg, sizes_used, tuned_launch)
+from .exprs import band_bounds
+from .tiles import BAND_LIMIT, Stage
+from .triton import (LN2, LOG2E, ONLINE_SOFTMAX_UPDATE, RUNNING_STATE, Kernel, KernelExpr, kernel_preamble,
+                     key_tile_weights, launcher_head, log2_scores, query_tile, size_arg, sizes_used, tuned_launch)
 from .writer import CodeWriter
 
 MERGE_SPLITS = 16  # splits merged per step of `_attn_merge`
@@ -81,15 +83,25 @@ def emit_split_kernel(w: CodeWriter, graph: Graph, plan: Plan, kernel: Kernel) -
         w.line('Out: the splits\' outputs [B, H, Nq, SPLITS, E] (fp32), Lse: their log-sum-exps [B*H, Nq, SPLITS]."""')
         query_tile(w, dots)
         w.lines_of(RUNNING_STATE)
+        w.line(f"qk_scale = sm_scale * {LOG2E!r}  # softmax in base 2: log2(e) folded into the scale")
         with w.block(split_key_loop(w)):
-            key_tile_weights(w, None, dots, ex, scores, mask)
+            key_tile_weights(w, Stage("", None, True, "a split's key tiles"), dots, ex, scores, mask,
+                             log2_scores(scores))
             w.lines_of(ONLINE_SOFTMAX_UPDATE)
         w.line("l_safe = tl.where(l_i == 0.0, 1.0, l_i)")
         w.line("tl.store(Out + offs_m[:, None] * stride_om + pid_s * stride_os + offs_e[None, :] * stride_od, "
                "acc / l_safe[:, None], mask=(offs_m[:, None] < Nq) & (offs_e[None, :] < E))")
-        w.line("tl.store(Lse + (pid_bh * Nq + offs_m) * SPLITS + pid_s, m_i + tl.log(l_safe), mask=offs_m < Nq)  "
-               "# -inf: no visible key")
+        w.line(f"tl.store(Lse + (pid_bh * Nq + offs_m) * SPLITS + pid_s, (m_i + tl.math.log2(l_safe)) * {LN2!r}, "
+               "mask=offs_m < Nq)  # natural log; -inf: no visible key")
     w.line()
+
+
+def band_line(w: CodeWriter, plan: Plan) -> None:
+    """Both band bounds as run-time arguments of the split kernel (the splits are cut inside the band);
+    an unbounded side is one no tile reaches, and both are saturated to the offsets that occur."""
+    lo, hi = band_bounds(plan.mask)
+    w.line(f"band_lo, band_hi = {lo or -BAND_LIMIT}, {hi or BAND_LIMIT}  # keys j with band_lo <= i - j <= band_hi")
+    w.line("band_lo, band_hi = (min(max(bound, -N), Nq) for bound in (band_lo, band_hi))  # saturated")
 
 
 def emit_decode_launcher(w: CodeWriter, plan: Plan, kernel: Kernel) -> None:

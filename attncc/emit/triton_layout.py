@@ -174,7 +174,8 @@ def emit_bounded_classes(w: CodeWriter, layout: TokenLayout) -> None:
             w.line("# any: some pair of the tile may hold; all: every pair holds (interval rules)")
             w.line(f"any_ = {_on_tiles(any_)}")
             w.line(f"all_ = {_on_tiles(all_)}")
-            w.line("cls = tl.where(all_, 2, tl.where(any_, 1, 0))")
+            w.line("whole = (i_lo + BLOCK_M <= Nq) & (j_lo + BLOCK_N <= N)  # full tiles lie inside Nq and N")
+            w.line("cls = tl.where(all_ & whole, 2, tl.where(any_, 1, 0))")
             w.line("tl.store(Cls + (off_b * QB + rows) * KB + cols, cls.to(tl.int8), mask=inside)")
     w.line()
 
@@ -209,6 +210,8 @@ def emit_evaluated_classes(w: CodeWriter, layout: TokenLayout, kernel: Kernel) -
             w.line(f"keep = ({scope(layout.mask)}) & inside")
             w.line("any_ = tl.max(tl.max(keep.to(tl.int32), 1), 0)")
             w.line("all_ = tl.min(tl.min((keep | (~inside)).to(tl.int32), 1), 0)")
+            w.line("whole = (row * BLOCK_M + BLOCK_M <= Nq) & (c * BLOCK_N + BLOCK_N <= N)  # full tiles lie inside Nq and N")
+            w.line("all_ = tl.where(whole, all_, 0)")
             w.line("tl.store(Cls + (off_b * QB + row) * KB + c, tl.where(all_ == 1, 2, tl.where(any_ == 1, 1, 0)).to(tl.int8))")
     w.line()
 

@@ -100,7 +100,10 @@ def _emit_ring_contract(w: CodeWriter, feature: str | None, normalize: str, metr
         w.line("        tl.load(at + E * stride_te, mask=cols, other=0.0).to(tl.float32))")
     w.line()
     w.line("@triton.jit")
-    with w.block(f"def _ring_contract(Q, Tab, G, Acc, Out, Nq, H, E, L0, ML, T, width, R, C, {_strides('q', 'bhmd')},"):
+    # the grid's shape and the ring count are fixed per module and length: constexprs (the loop bound and
+    # the divisions by the width fold)
+    with w.block(f"def _ring_contract(Q, Tab, G, Acc, Out, Nq, H, E, L0, ML, T: tl.constexpr, width: tl.constexpr, "
+                 f"R: tl.constexpr, C: tl.constexpr, {_strides('q', 'bhmd')},"):
         w.line(f"{_strides('t', 'lbhce')}, {_strides('g', 'bhmr')}, {_strides('o', 'bhmd')}, eps,")
         w.line("BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_L: tl.constexpr, LAST: tl.constexpr):")
         w.line('"""num_i += sum_l phi(q_i)_l y_l(i) (den_i: the ones column) for one tile of queries, with')
@@ -110,7 +113,7 @@ def _emit_ring_contract(w: CodeWriter, feature: str | None, normalize: str, metr
         _head(w)
         w.line("Tab += off_b * stride_tb + off_h * stride_th")
         w.line("G += off_b * stride_gb + off_h * stride_gh + offs_m * stride_gm")
-        w.line("r = offs_m // width")
+        w.line("r = offs_m // width  # token indices are >= 0: truncation is floor")
         w.line("c = offs_m % width")
         if metric == "chebyshev":
             w.line("a, b = r, c  # Chebyshev balls are boxes of the grid itself")
@@ -167,9 +170,9 @@ def emit_structured(w: CodeWriter, graph: Graph, plan: Plan, torch_part: str,
         w.line("N, E = k.shape[2], v.shape[3]")
         w.line("out = torch.empty(B, H, Nq, E, device=q.device, dtype=q.dtype)")
         w.line("acc = torch.zeros(B, H, Nq, E + 1, device=q.device, dtype=torch.float32)")
-        w.line("BLOCK_M = 64 if q.is_cuda else 32")
+        w.line("BLOCK_M = 64 if autotune.on_gpu(q) else 32")
         w.line("BLOCK_E = max(16, triton.next_power_of_2(E))")
-        w.line("BLOCK_L = rt.GPU_FEATURE_TILE if q.is_cuda else rt.CPU_FEATURE_TILE")
+        w.line("BLOCK_L = rt.GPU_FEATURE_TILE if autotune.on_gpu(q) else rt.CPU_FEATURE_TILE")
         transform(w)
         w.line(f"pk = {f'host.feature_{fk}(k)' if fk not in (None, 'identity') else 'k'}")
         w.line("budget = rt.GPU_GROUP_BUDGET if q.is_cuda else rt.GROUP_BUDGET")

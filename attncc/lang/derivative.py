@@ -10,6 +10,9 @@ masks, indices) are piecewise constant in x, so their derivative is 0 (as autogr
   d tanh(a) = (1 - tanh(a)^2) da  d sigmoid(a) = s (1 - s) da   d abs(a) = where(a < 0, -da, da)
   d min(a, b) = where(a <= b, da, db), max alike;  d where(c, a, b) = where(c, da, db)
   d (a // b) = 0 on floats (piecewise constant);   d (a % b) = da - floor(a / b) db
+  d sin(a) = cos(a) da            d cos(a) = -sin(a) da          d erf(a) = 2/sqrt(pi) exp(-a^2) da
+  d softplus(a) = sigmoid(a) da   d log1p(a) = da / (1 + a)      d expm1(a) = (expm1(a) + 1) da
+  d clamp(a, lo, hi) = d min(max(a, lo), hi)                     floor, int: ints (derivative 0)
 
 A form outside these rules (a^b with x in both, ...) raises NotDifferentiable: the caller then
 keeps gradients by recomputation through the torch backend.

@@ -16,6 +16,7 @@ NAME = "block_sparse"
 # block-sparse tiles are fixed by the layout: only warps and pipelining depth are free
 AUTOTUNE = (dict(num_warps=4, num_stages=3), dict(num_warps=4, num_stages=2),
             dict(num_warps=4, num_stages=4), dict(num_warps=8, num_stages=3))
+BACKWARD_AUTOTUNE = (dict(num_warps=4, num_stages=3), dict(num_warps=8, num_stages=3))
 
 
 def accepts(query: CostQuery) -> bool:
@@ -44,4 +45,5 @@ LOWERING = register(Lowering(
     NAME, accepts, cost, emit_torch,
     torch_backward="through the query blocks (the visited blocks' scores are kept for the backward)",
     emit_triton=tiled.emit_triton, triton_backward=TILE_BACKWARD, autotune_configs=AUTOTUNE,
-    interpreter_config=dict(num_warps=4, num_stages=3), block_sparse=True))
+    interpreter_config=dict(num_warps=4, num_stages=3), backward_autotune_configs=BACKWARD_AUTOTUNE,
+    backward_interpreter_config=dict(num_warps=4, num_stages=3), block_sparse=True))

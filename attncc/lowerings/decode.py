@@ -23,6 +23,7 @@ from ..lang.normalizers import NORMALIZERS
 from ..plan.cost import (BLOCK, BYTES_IO, DECODE_BLOCK_M, MACHINE, SPLIT_MIN_TILES, SPLIT_WAVES, Candidate,
                          CostQuery, visited_pairs)
 from ..plan.registry import Lowering, register
+from . import tiled
 
 NAME = "decode"
 # CUDA launch candidates of the split kernel (its query tile is fixed at DECODE_BLOCK_M rows), the default first
@@ -68,4 +69,5 @@ LOWERING = register(Lowering(
     NAME, accepts, cost, emit_torch,
     torch_backward="through the splits and their merge (each query chunk's scores are kept for the backward)",
     emit_triton=emit_decode_triton, triton_backward=TILE_BACKWARD, autotune_configs=AUTOTUNE,
-    interpreter_config=INTERPRETER, band_tiles=True))
+    interpreter_config=INTERPRETER, backward_autotune_configs=tiled.BACKWARD_AUTOTUNE,
+    backward_interpreter_config=tiled.INTERPRETER, band_tiles=True))

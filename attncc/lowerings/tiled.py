@@ -16,15 +16,29 @@ from ..plan.cost import BLOCK, BYTES_IO, GRAPH_PRODUCTS, Candidate, CostQuery, v
 from ..plan.registry import Lowering, register
 
 NAME = "tiled"
-# CUDA launch candidates, the default first
-AUTOTUNE = (dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
-            dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
-            dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
-            dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3),
-            dict(BLOCK_M=128, BLOCK_N=32, num_warps=4, num_stages=4),
-            dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=3))
+# CUDA launch candidates, the default first (attncc/runtime/autotune.py): FlexAttention's and the Triton
+# tutorial's H100 tiles (BLOCK_M 128, BLOCK_N 64/128, 8 warps, 3-4 stages) among them. The compile gate
+# (docs/compile_gate.md) measured which ones spill or overflow: 128 x 128 tiles and 4-warp 128-row
+# tiles only for rows up to 128 bytes (bf16 d = 64), nothing but 32 x 32 tiles for fp32 inputs,
+# whose dots run on FMA units.
+AUTOTUNE = (dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, max_row_bytes=256, half_only=True),
+            dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, max_row_bytes=256, half_only=True),
+            dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=4, max_row_bytes=256, half_only=True),
+            dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, max_row_bytes=128, half_only=True),
+            dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=4, max_row_bytes=128, half_only=True),
+            dict(BLOCK_M=128, BLOCK_N=32, num_warps=4, num_stages=4, max_row_bytes=128, half_only=True),
+            dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=3, max_row_bytes=128, half_only=True),
+            dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=2))
 # Triton's interpreter: small tiles (it runs them as numpy arrays); warps and stages mean nothing there
 INTERPRETER = dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=3)
+# the backward kernels (dK, dV per key tile; dQ per query tile) share one candidate; dK/dV holds two
+# [BLOCK_N, d] fp32 accumulators: 64 x 64 tiles with 4 warps spilled (24 B at d = 64 on sm_90, over
+# 500 B at d = 128), 8 warps hold them at d = 64, 32-row query tiles at d = 128
+BACKWARD_AUTOTUNE = (dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=3, max_row_bytes=128, half_only=True),
+                     dict(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=3, max_row_bytes=256, half_only=True),
+                     dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=3, max_row_bytes=128, half_only=True),
+                     dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=3, max_row_bytes=256, half_only=True),
+                     dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=2))
 
 
 def accepts(query: CostQuery) -> bool:
@@ -56,4 +70,5 @@ LOWERING = register(Lowering(
     NAME, accepts, cost, emit_torch,
     torch_backward="through the query chunks (each chunk's scores are kept for the backward: O(Nq N) in all)",
     emit_triton=emit_triton, triton_backward=TILE_BACKWARD, autotune_configs=AUTOTUNE,
-    interpreter_config=INTERPRETER, band_tiles=True))
+    interpreter_config=INTERPRETER, backward_autotune_configs=BACKWARD_AUTOTUNE,
+    backward_interpreter_config=INTERPRETER, band_tiles=True))

@@ -82,4 +82,5 @@ LOWERING = register(Lowering(
     NAME, accepts, cost, emit_torch,
     torch_backward="through the query chunks (each chunk's scores are kept for the backward: O(Nq N) in all)",
     emit_triton=emit_triton, triton_backward=TILE_BACKWARD, autotune_configs=tiled.AUTOTUNE,
-    interpreter_config=tiled.INTERPRETER, token_tiles=True))
+    interpreter_config=tiled.INTERPRETER, backward_autotune_configs=tiled.BACKWARD_AUTOTUNE,
+    backward_interpreter_config=tiled.INTERPRETER, token_tiles=True))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..analysis.session import default_budget, session
 from ..ir.graph import Graph, verify
 from .block_layout import analyse_blocks, analyse_token_layout
 from .favor import kernelize_favor
@@ -20,9 +21,13 @@ from .stable_exp import stabilize_exp_rows
 @dataclass
 class PassContext:
     """What passes share besides the graph: the sympy size symbols and the log of notes. Passes read
-    everything about the spec from the graph (its nodes, their attributes, `graph.signature`)."""
+    everything about the spec from the graph (its nodes, their attributes, `graph.signature`).
+    The analyses they call run under `budget` seconds and read and fill `memo` (analysis.session)."""
     symbols: dict
     log: list[tuple[str, str]] = field(default_factory=list)
+    budget: float = field(default_factory=default_budget)
+    memo: dict = field(default_factory=dict)
+    memo_added: int = 0  # results proven by this run (the memo is worth storing)
 
     def note(self, pass_name: str, message: str) -> None:
         self.log.append((pass_name, message))
@@ -33,9 +38,13 @@ PIPELINE = [kernelize_favor, stabilize_exp_rows, analyse_mask, analyse_blocks, a
 
 
 def run_pipeline(graph: Graph, ctx: PassContext, check: bool = True) -> Graph:
-    for p in PIPELINE:
-        p(graph, ctx)
-        graph.remove_dead()
-        if check:
-            verify(graph)
+    with session(ctx.budget, ctx.memo) as analysis:
+        for p in PIPELINE:
+            p(graph, ctx)
+            graph.remove_dead()
+            if check:
+                verify(graph)
+    if analysis.spent:
+        ctx.note("analysis", analysis.budget_note(what="structure not proven by then is"))
+    ctx.memo_added += analysis.added
     return graph

@@ -35,8 +35,11 @@ class Lowering:
     torch_backward                how torch autograd differentiates it (`inspect`'s torch backward line)
     triton_runs                   the lowering whose Triton kernels (and autotune kind) it runs, if
                                   not its own (sdpa: Triton has no SDPA, it runs the tiled kernel)
-    autotune_configs              CUDA launch candidates of its kernel, the default first
+    autotune_configs              CUDA launch candidates of its kernel, the default first; one with
+                                  `max_head_dim` only for padded head dims up to it (attncc.runtime.autotune)
     interpreter_config            the launch configuration under Triton's interpreter
+    backward_autotune_configs     the same two for its generated backward kernels (autotune kind
+    backward_interpreter_config   `<name>:backward`), when they take a launch configuration
     tolerance                     {torch dtype: max relative error} where not attncc.tools.compare.TOLERANCE
     context_parallel              attncc.runtime.distributed can split its tokens over ranks (key states)
     forms_graph_tables            G = kernel(A) is formed as a table before it runs (not: graph)
@@ -58,6 +61,8 @@ class Lowering:
     triton_runs: str | None = None
     autotune_configs: tuple = ()
     interpreter_config: dict | None = None
+    backward_autotune_configs: tuple = ()
+    backward_interpreter_config: dict | None = None
     tolerance: dict | None = None
     context_parallel: bool = False
     forms_graph_tables: bool = True

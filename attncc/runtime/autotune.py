@@ -1,7 +1,12 @@
 """Autotuning of the generated Triton kernels, with the best launch configuration cached on disk.
 
 A generated launcher wraps its kernel launches in `launch(**config)` and calls
-`autotune.best(spec_hash, kind, q, sizes, launch)` for the configuration to use:
+`autotune.best(spec_hash, kind, q, sizes, launch)` for the configuration to use. A kind is a
+lowering's name (its forward's `autotune_configs`) or that name + ":backward" (its backward's
+`backward_autotune_configs`); a candidate with `max_row_bytes` is one only for head rows of up to
+that many bytes (the padded head dim, sizes D and E, times q's element size): wider rows make it
+spill registers or overflow shared memory (docs/compile_gate.md); one with `half_only` is one only
+for fp16 / bf16 inputs (fp32 dots run on FMA units, which need far smaller tiles).
 
   - off CUDA (Triton's interpreter) or with ATTNCC_AUTOTUNE=0: the fixed default of `kind`;
   - on CUDA: the configuration cached under the key (spec hash, which names the attncc version;
@@ -20,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -27,14 +33,44 @@ from ..plan import registry
 from .cache import cache_dir, write_atomic
 
 
-def configs(kind: str) -> list[dict]:
-    """CUDA launch candidates of a kernel kind (a lowering's name), its default first (attncc/lowerings/)."""
-    return list(registry.get(kind).autotune_configs)
+BACKWARD = ":backward"  # the suffix of a backward kernel kind
+
+
+def _declared(kind: str) -> tuple[tuple, dict | None]:
+    """(CUDA candidates, interpreter configuration) that the lowering of `kind` declares for it."""
+    lowering = registry.get(kind.removesuffix(BACKWARD))
+    if kind.endswith(BACKWARD):
+        return lowering.backward_autotune_configs, lowering.backward_interpreter_config
+    return lowering.autotune_configs, lowering.interpreter_config
+
+
+FILTERS = ("max_row_bytes", "half_only")  # keys of a candidate that choose where it applies, not launch keywords
+
+
+def configs(kind: str, row_bytes: int | None = None, half: bool = True) -> list[dict]:
+    """CUDA launch candidates of a kernel kind, its default first (attncc/lowerings/): those for head
+    rows of `row_bytes` bytes (every one when None) of half-precision inputs (or not), as launch keywords."""
+    return [{k: v for k, v in c.items() if k not in FILTERS} for c in _declared(kind)[0]
+            if (row_bytes is None or row_bytes <= c.get("max_row_bytes", row_bytes))
+            and (half or not c.get("half_only"))]
 
 
 def interpreter_config(kind: str) -> dict:
     """The fixed launch configuration of `kind` under Triton's interpreter (warps and stages mean nothing there)."""
-    return dict(registry.get(kind).interpreter_config)
+    return dict(_declared(kind)[1])
+
+
+def row_bytes(sizes: dict, q) -> int | None:
+    """Bytes of the widest head row a launch reads: the larger padded head dim its sizes name (D, E)
+    times q's element size; None if they name none."""
+    dims = [sizes[n] for n in ("D", "E") if n in sizes]
+    return max(dims) * q.element_size() if dims else None
+
+
+def on_gpu(q) -> bool:
+    """Whether a launcher takes its CUDA launch configuration for q: q is on CUDA, or the process's
+    tuner records the CUDA launches on the CPU (attncc.tools.gpu_compile)."""
+    return bool(q.is_cuda) or TUNER.records_gpu_launches
 
 
 def bucket(n: int) -> int:
@@ -69,6 +105,8 @@ class Tuner:
     """Chooses and caches launch configurations. `timer(fn) -> ms` and `environment(device) -> dict`
     (GPU name, triton version) can be injected, which is how the cache is tested without a GPU."""
 
+    records_gpu_launches = False  # see on_gpu
+
     def __init__(self, directory: Path | None = None, timer: Callable | None = None,
                  environment: Callable | None = None):
         self._directory = Path(directory) if directory is not None else None
@@ -88,10 +126,11 @@ class Tuner:
 
     def best(self, spec_hash: str, kind: str, q, sizes: dict, launch: Callable[..., None]) -> dict:
         """The configuration to launch `kind` with for these inputs (tuned once per key on CUDA)."""
+        candidates = configs(kind, row_bytes(sizes, q), q.element_size() <= 2)
         if not q.is_cuda or os.environ.get("ATTNCC_AUTOTUNE", "1") == "0":
-            return interpreter_config(kind) if not q.is_cuda else configs(kind)[0]
+            return interpreter_config(kind) if not q.is_cuda else candidates[0]
         key = self.key(spec_hash, kind, sizes, q.dtype, q.device)
-        config = self.lookup_or_tune(key, configs(kind), launch)
+        config = self.lookup_or_tune(key, candidates, launch)
         self.last = {"key": key, "config": config}
         return dict(config)
 
@@ -134,6 +173,17 @@ def _read_entry(path: Path, key: dict, configs: list[dict]) -> dict | None:
 
 
 TUNER = Tuner()
+
+
+@contextmanager
+def tuning_with(tuner: Tuner):
+    """Inside the block, launchers ask `tuner` (the compile gate's recorder, tests) instead of TUNER."""
+    global TUNER
+    saved, TUNER = TUNER, tuner
+    try:
+        yield tuner
+    finally:
+        TUNER = saved
 
 
 def best(spec_hash: str, kind: str, q, sizes: dict, launch: Callable[..., None]) -> dict:

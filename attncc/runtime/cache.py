@@ -8,7 +8,9 @@ kernels file and for `inspect.getsource` (Triton's `@jit` reads its kernels' sou
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import linecache
 import os
 import sys
@@ -161,3 +163,40 @@ def _load(path: Path, module_name: str):
 
 __all__ = ["CACHE_ENV", "cache_dir", "configured_cache_dir", "toolchain", "load_module", "write_atomic",
            "import_sibling"]
+
+
+# ---------------------------------------------------------------------- analysis results
+def analysis_path(spec_text: str, budget: float) -> Path:
+    """Where the analysis results of a spec are kept: keyed by its canonical text, the analysis
+    budget and everything that decides the results (attncc's own source and sympy's version), so a
+    change to any of them analyses again."""
+    key = f"{spec_text}\0{budget!r}\0{_source_digest()}\0sympy {metadata.version('sympy')}"
+    return cache_dir() / "analysis" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+
+
+@functools.cache
+def _source_digest() -> str:
+    """A digest of attncc's Python sources (their text, in path order), computed once per process."""
+    package = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def load_analysis(path: Path) -> dict:
+    """Stored analysis results (a JSON object, data only: nothing in it is executed), or {} if there
+    are none or they cannot be read."""
+    try:
+        memo = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return memo if isinstance(memo, dict) else {}
+
+
+def store_analysis(path: Path, memo: dict) -> None:
+    """Keep analysis results for the next process; a cache that cannot be written only costs time."""
+    try:
+        write_atomic(path, json.dumps(memo, sort_keys=True))
+    except OSError:
+        pass

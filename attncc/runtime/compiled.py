@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..analysis.blocks import TileLists, split_tiles
 from ..lang.source import AttnccError, ShapeError, did_you_mean
 from ..lang.features import draw_projection, random_features, tensor_power_features
 from ..lang.graph_kernels import dense_kernel
@@ -321,17 +322,15 @@ class CompiledAttention(nn.Module):
             return int(block), layout.to(device=device, dtype=torch.bool).contiguous()
         return self._cached(("blocks", ctx.Nq, ctx.N, tuple(sorted(self.sizes.items())), str(device)), compute)
 
-    def cached_tiles(self, ctx: Context, block_layout: Callable, device) -> tuple[int, torch.Tensor, torch.Tensor]:
-        """(tile, row_ptr, cols): the layout as CSR over square tiles of a power-of-two edge in
-        [16, MAX_TILE] aligned with the blocks (a tile is visited if any block it meets is); cached
-        like the layout. A block size that is not a power of two visits every 64-tile."""
-        from ..analysis.blocks import csr, layout_tiles
-
+    def cached_tiles(self, ctx: Context, block_layout: Callable, device, exact: bool = False) -> TileLists:
+        """The layout's tiles for a kernel (analysis.blocks.split_tiles): square tiles of a power-of-two
+        edge in [16, MAX_TILE] aligned with the blocks, as CSR lists of full and partial key tiles per
+        query tile; `exact`: the layout is the whole mask. Cached like the layout. A block size that is
+        not a power of two visits every 64-tile, all partial."""
         def compute():
             block, layout = self.cached_layout(ctx, block_layout, device)
-            tile, tiles = layout_tiles(block, layout, ctx.Nq, ctx.N, MAX_TILE)
-            return tile, *csr(tiles)
-        return self._cached(("tiles", ctx.Nq, ctx.N, tuple(sorted(self.sizes.items())), str(device)), compute)
+            return split_tiles(block, layout, ctx.Nq, ctx.N, MAX_TILE, exact)
+        return self._cached(("tiles", exact, ctx.Nq, ctx.N, tuple(sorted(self.sizes.items())), str(device)), compute)
 
     def reference(self, q, k, v, **inputs) -> torch.Tensor:
         """The dense float64 meaning of the spec with this module's tables: for a declared

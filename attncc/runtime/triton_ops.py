@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..analysis.blocks import csr
+from ..analysis.blocks import TileLists
 from .cache import import_sibling
 from .compiled import Context
 
@@ -25,20 +25,19 @@ class CallTiles:
     """A block-sparse module's tiles for one call, carried into the op as tensors: launchers ask
     their `self` for its cached tiles, and inside the op this stands for the module."""
 
-    tile: int
-    row_ptr: Tensor
-    cols: Tensor
+    tiles: TileLists
 
-    def cached_tiles(self, ctx, block_layout, device):
-        return self.tile, self.row_ptr, self.cols
+    def cached_tiles(self, ctx, block_layout, device, exact=False):
+        return self.tiles
 
 
 def attention(q, k, v, ctx: Context, host, tiles=None) -> Tensor:
     """out of the generated module `host` through the custom op (gradients by its backward kernels)."""
     names = [f"p:{n}" for n in ctx.params] + [f"i:{n}" for n in ctx.inputs] + [f"s:{n}" for n in ctx.sizes]
+    # tables stay contiguous: their gradients are allocated contiguous and indexed with the tables' strides
     tables = [t.contiguous() for t in (*ctx.params.values(), *ctx.inputs.values())]
-    tile, aux = (0, []) if tiles is None else (tiles[0], [tiles[1], tiles[2]])
-    ints = [ctx.N, ctx.Nq, ctx.H, ctx.D, ctx.E, tile, *ctx.sizes.values()]
+    tile, exact, aux = (0, 0, []) if tiles is None else (tiles.tile, int(tiles.exact), tiles.tensors())
+    ints = [ctx.N, ctx.Nq, ctx.H, ctx.D, ctx.E, tile, exact, *ctx.sizes.values()]
     out, _ = torch.ops.attncc.triton_attention(host.__name__, q, k, v, tables, aux, ints, ";".join(names))
     return out
 
@@ -49,11 +48,11 @@ def _unpack(host: str, q: Tensor, tables, aux, ints, names: str):
     kinds = [n.split(":", 1) for n in names.split(";") if n]
     params = {n: t for (kind, n), t in zip(kinds, tables) if kind == "p"}
     inputs = {n: t for (kind, n), t in zip(kinds, tables) if kind == "i"}
-    sizes = {n: int(x) for (_, n), x in zip([kn for kn in kinds if kn[0] == "s"], ints[6:])}
-    N, Nq, H, D, E, tile = (int(x) for x in ints[:6])
+    sizes = {n: int(x) for (_, n), x in zip([kn for kn in kinds if kn[0] == "s"], ints[7:])}
+    N, Nq, H, D, E, tile, exact = (int(x) for x in ints[:7])
     dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     ctx = Context(sizes, params, inputs, N, Nq, H, D, E, dtype=dtype, B=q.shape[0])
-    tiles = CallTiles(tile, aux[0], aux[1]) if aux else None
+    tiles = CallTiles(TileLists(tile, *aux, exact=bool(exact))) if aux else None
     return main, import_sibling(main.__file__, "_triton"), ctx, tiles
 
 
@@ -100,7 +99,7 @@ def _autograd_backward(ctx, dout, dlse):
     host, ints, names, count = ctx.call
     q, k, v, out, lse, *rest = ctx.saved_tensors
     tables, aux = rest[:count], rest[count:]
-    dq, dk, dv, *grads = _backward(host, q, k, v, out, lse, dout.contiguous(), tables, aux, ints, names)
+    dq, dk, dv, *grads = _backward(host, q, k, v, out, lse, dout, tables, aux, ints, names)
     grads = [g if g.shape == t.shape else None for g, t in zip(grads, tables)]
     return None, dq, dk, dv, grads, [None] * len(aux), None, None
 
@@ -108,10 +107,6 @@ def _autograd_backward(ctx, dout, dlse):
 _forward.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 
-def transpose_tiles(row_ptr: Tensor, cols: Tensor, n_cols: int) -> tuple[Tensor, Tensor]:
-    """(col_ptr, rows) of a tile layout given as CSR (row_ptr, cols): the query tiles of each key tile."""
-    rows = torch.repeat_interleave(torch.arange(row_ptr.numel() - 1, device=cols.device),
-                                   (row_ptr[1:] - row_ptr[:-1]).long())
-    layout = torch.zeros(row_ptr.numel() - 1, n_cols, dtype=torch.bool, device=cols.device)
-    layout[rows, cols.long()] = True
-    return csr(layout.T.contiguous())
+def pow2_shift(n: int) -> int:
+    """log2(n) for a power of two n >= 1, else -1: the shift a kernel uses to divide by the size n."""
+    return n.bit_length() - 1 if n >= 1 and n & (n - 1) == 0 else -1

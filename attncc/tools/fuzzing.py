@@ -1,7 +1,8 @@
 """`attncc fuzz`: random masks and biases, or a user's family of specs, against the dense reference.
 
 A family is a spec with holes: each `??` in `mask(i, j)` is filled with a random boolean
-expression, each other `??` with a random numeric one (over i, j, h and the spec's sizes);
+expression, each other `??` with a random numeric one (over i, j, h and the spec's sizes), each
+`??fn` with a random float expression of the math functions and conversions (over i, j, h, b);
 `??grid(w)` and `??ring(w)` are filled with functions of the 2-D offset, or of one ring distance
 (Chebyshev or Manhattan), of i and j on a grid of `w` columns (a size or a number). A spec without
 holes is fuzzed over random shapes and inputs. Every lowering the spec admits is run, not only the
@@ -24,10 +25,11 @@ from ..api import compile as compile_spec
 from ..api import relower
 from .compare import compare, make_module, random_inputs
 from ..lang.source import SpecError
-from .testing import attention_shapes, bias_expressions, grid_expressions, mask_expressions, ring_expressions
+from .testing import (attention_shapes, bias_expressions, function_expressions, grid_expressions, mask_expressions,
+                      ring_expressions)
 
 HOLE = "??"
-_HOLES = re.compile(r"\?\?(?:(grid|ring)\(\s*([A-Za-z_][A-Za-z0-9_]*|[0-9]+)\s*\))?")
+_HOLES = re.compile(r"\?\?(?:(grid|ring)\(\s*([A-Za-z_][A-Za-z0-9_]*|[0-9]+)\s*\)|(fn)\b)?")
 DEFAULT_FAMILIES = ["""attention fuzz {
     size w = 5
     score(i, j) = dot(q[i], k[j]) * scale + ??
@@ -50,6 +52,12 @@ DEFAULT_FAMILIES = ["""attention fuzz {
     feature phi = elu1
     weight(i, j) = dot(phi(q[i]), phi(k[j])) * (??ring(w))
     normalize none
+}""", """attention fuzz_functions {
+    size w = 5
+    param t[H, 8] = normal(std=0.5)
+    let d = i - j
+    score(i, j) = dot(q[i], k[j]) * scale + ??fn + t[h, clamp(abs(d) // 2, 0, 7)] + 0.1 * sin(d * 0.3)
+    mask(i, j) = ??
 }"""]
 _SIZE = re.compile(r"\bsize\s+([A-Za-z_][A-Za-z0-9_]*)")
 _DEF = re.compile(r"\b(score|weight|mask|bias)\s*\(")
@@ -72,12 +80,12 @@ class FuzzReport:
 
 
 def _holes(family: str) -> list[tuple[str, str | None, bool]]:
-    """(kind, grid width, boolean) of each hole: kind '' for `??`, 'grid' or 'ring'; boolean inside
+    """(kind, grid width, boolean) of each hole: kind '' for `??`, 'grid', 'ring' or 'fn'; boolean inside
     `mask(i, j)`."""
     holes = []
     for m in _HOLES.finditer(family):
         defs = _DEF.findall(family[:m.start()])
-        holes.append((m.group(1) or "", m.group(2), bool(defs) and defs[-1] == "mask"))
+        holes.append((m.group(1) or m.group(3) or "", m.group(2), bool(defs) and defs[-1] == "mask"))
     return holes
 
 
@@ -89,6 +97,8 @@ def family_strategy(family: str):
             holes.append(grid_expressions(width, boolean))
         elif kind == "ring":
             holes.append(ring_expressions(width, boolean))
+        elif kind == "fn":
+            holes.append(function_expressions(sizes))
         else:
             holes.append(mask_expressions(sizes) if boolean else bias_expressions(sizes))
 

@@ -82,7 +82,7 @@ def vocabulary() -> Vocabulary:
         operator_words=tuple(sorted(word_strings & OPERATOR_WORDS)),
         constants=tuple(sorted(word_strings & CONSTANT_WORDS)),
         builtins=tuple(sorted(builtins)),
-        implicit=tuple(sorted(RESERVED - builtins - CONSTANT_WORDS)),
+        implicit=tuple(sorted((RESERVED | {"b"}) - builtins - CONSTANT_WORDS)),  # b: the batch index (declarable)
         whitespace=patterns["whitespace"], comment=patterns["COMMENT"], number=patterns["NUMBER"],
         name=patterns["NAME"], operators="|".join(operators),
         punctuation="|".join(re.escape(s) for s in sorted(strings & PUNCTUATION)),

@@ -1,6 +1,7 @@
 """Hypothesis strategies and assertions for testing specs against their dense reference.
 
     from attncc.tools.testing import attention_shapes, mask_expressions, bias_expressions, assert_matches_reference
+    from attncc.tools.testing import function_expressions
 """
 from __future__ import annotations
 
@@ -59,6 +60,31 @@ def bias_expressions(sizes: tuple[str, ...] = ()):
             lambda t: f"where({t[0]}, {t[1]:.3f}, 0.0)"),
         st.tuples(st.floats(0.5, 1.05), st.sampled_from(["1.0", "h", "(h + 1) * 0.5"])).map(  # decays
             lambda t: f"{t[1]} * {t[0]:.3f} ** (i - j)"),
+    )
+
+
+def function_expressions(sizes: tuple[str, ...] = ()):
+    """Random float expressions of the math functions (sin, cos, erf, tanh, softplus, log1p, expm1,
+    clamp) and the conversions floor and int, over integer terms in i, j, h, the batch index b and the
+    given sizes, as spec text. Arguments stay moderate (no overflow in fp16); conversions read only
+    exact arithmetic (a transcendental value within rounding of an integer may round either way in
+    different libraries)."""
+    term = _int_terms((*sizes, "b"))
+    x = term.map(lambda t: f"0.1 * {t}")
+    converted = st.one_of(
+        st.tuples(st.sampled_from(["floor", "int"]), term, st.sampled_from(["/ 3.0", "* 0.7", "* -0.25"])).map(
+            lambda t: f"0.1 * {t[0]}({t[1]} {t[2]})"))
+    return st.recursive(
+        x | converted,
+        lambda inner: st.one_of(
+            st.tuples(st.sampled_from(["sin", "cos", "erf", "tanh", "softplus"]), inner).map(lambda t: f"{t[0]}({t[1]})"),
+            inner.map(lambda t: f"log1p(abs({t}))"),
+            inner.map(lambda t: f"expm1(-abs({t}))"),
+            st.tuples(inner, st.floats(-1, 0, allow_nan=False), st.floats(0, 1, allow_nan=False)).map(
+                lambda t: f"clamp({t[0]}, {t[1]:.2f}, {t[2]:.2f})"),
+            st.tuples(inner, st.sampled_from(["+", "-", "*"]), inner).map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
+        ),
+        max_leaves=4,
     )
 
 

@@ -1,0 +1,148 @@
+"""The GPU compile gate: every generated kernel compiled for sm_80 and sm_90 without a GPU (attncc/tools/gpu_compile.py).
+
+The launches are recorded from the real launch path (the module's Triton forward and backward on CPU
+tensors, every launch intercepted, every autotune candidate launched), then compiled by Triton for the
+target. A kernel fails the gate on a compile error, shared memory over the target's per-block limit,
+spills in a default forward configuration (candidate 0 of its autotune kind for the head rows, or a fixed launch),
+or a bf16 / fp16 tl.dot that misses the tensor cores. The default suite compiles a few examples' default
+configurations, one target each; --slow compiles every example, target, dtype, head dim and candidate.
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+import attncc
+from attncc.cli import main
+from attncc.plan import registry
+from attncc.runtime import autotune
+from attncc.tools import gpu_compile
+from attncc.tools.gpu_compile import TARGETS, Dot, compile_launch, dots_of, kernels_path, record_launches
+
+from .conftest import EXAMPLES, ROOT
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+HEAD_DIMS = (64, 128)
+# the default suite: causal's default configurations here, hypercube's every candidate through
+# `inspect --emit resources` below (about 50 s on a loaded 2-core machine, 10 s of it spawning the
+# compiling process). linear_elu_causal is not here: its default chunk spills at d = 64 (92 B on sm_90,
+# 652 B on sm_80), which the --slow gate reports (docs/compile_gate.md).
+FAST = [("causal", "sm_90", "bf16", 128)]
+
+
+def gate_failures(name: str, target: str, dtype: str, head_dim: int, defaults_only: bool) -> tuple[list, list]:
+    """(compiled kernels, failure lines) of one example at one target, dtype and head dim."""
+    cls = attncc.compile(ROOT / "examples" / f"{name}.attn")
+    launches = record_launches(cls, DTYPES[dtype], head_dim)
+    if defaults_only:
+        launches = [launch for launch in launches if launch.default]
+    compiled, failures = [], []
+    for launch in launches:
+        try:
+            c = compile_launch(kernels_path(cls), launch, TARGETS[target])
+        except Exception as exc:  # noqa: BLE001  (a compile error is a gate failure, reported with the launch)
+            failures.append(f"{launch.kernel} {launch.config}: does not compile: {type(exc).__name__}: "
+                            f"{str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else ''}")
+            continue
+        compiled.append(c)
+        failures += [f"{c.summary()}: {p}" for p in c.problems()]
+    return compiled, failures
+
+
+@pytest.mark.parametrize("name, target, dtype, head_dim", FAST)
+def test_default_configurations_pass_the_gate(name, target, dtype, head_dim):
+    compiled, failures = gate_failures(name, target, dtype, head_dim, defaults_only=True)
+    assert not failures, "\n".join(failures)
+    assert compiled and all(c.registers > 0 for c in compiled)
+    if name == "causal":  # the backward's own d = 128 tiles: its dK/dV kernel spilled with the 64 x 64 ones
+        assert {c.launch.kernel for c in compiled} == {"_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq"}
+        assert all(c.spills == 0 for c in compiled), [c.summary() for c in compiled]
+    if dtype in ("bf16", "fp16"):  # every half-precision dot reached the target's tensor cores
+        half = [d for c in compiled for d in c.dots if d.operand in ("bf16", "f16")]
+        assert half and {d.unit for d in half} <= {TARGETS[target].tensor_core, "mma"}
+
+
+def _example_names():
+    return [p.stem for p in EXAMPLES]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("target", list(TARGETS))
+@pytest.mark.parametrize("name", _example_names())
+def test_every_kernel_and_candidate_passes_the_gate(name, target, dtype, head_dim):
+    cls = attncc.compile(ROOT / "examples" / f"{name}.attn")
+    compiled, failures = gate_failures(name, target, dtype, head_dim, defaults_only=False)
+    assert not failures, "\n".join(failures)
+    launched = {c.launch.kernel for c in compiled}
+    jitted = set(re.findall(r"@triton\.jit\ndef (_\w+)\(", cls.compilation.triton_source or ""))
+    # every generated kernel that takes a grid is launched (helpers are called from kernels, not launched)
+    grid_kernels = {k for k in jitted if re.search(rf"\b{k}\[", cls.compilation.triton_source)}
+    assert launched == grid_kernels, (launched, grid_kernels)
+
+
+# ---------------------------------------------------------------------- the gate's own parts
+def test_recorded_launches_are_the_launchers_with_every_candidate():
+    """Forward: one launch per tiled candidate for the head dim; backward: its own kind; the argument
+    types are the launcher's (bf16 pointers for q, fp32 for the row statistic, i32 sizes)."""
+    cls = attncc.compile(ROOT / "examples" / "alibi.attn")
+    launches = record_launches(cls, torch.bfloat16, 128)
+    forward = [launch for launch in launches if launch.kernel == "_attn_fwd"]
+    assert [launch.config for launch in forward] == [
+        {**c, "BLOCK_D": 128, "BLOCK_E": 128} for c in autotune.configs("tiled", 256)] and forward[0].candidate == 0
+    assert {launch.kind for launch in launches if launch.kernel.startswith("_attn_bwd")} == {"tiled:backward"}
+    signature = dict(forward[0].signature)
+    assert signature["Q"] == "*bf16" and signature["Stat"] == "*fp32" and signature["N"] == "i32"
+    assert signature["sm_scale"] == "fp32" and signature["BLOCK_M"] == "constexpr"
+    assert dict(forward[0].constexprs)["PRECISION"] == "tf32" and "Q" in forward[0].divisible
+
+
+def test_dot_units_are_read_from_the_ttgir():
+    ttgir = """
+    %12 = tt.dot %a, %b, %c, inputPrecision = tf32 : tensor<64x64xbf16, #ttg.dot_op<{opIdx = 0, parent = #mma}>> * tensor<64x64xbf16, #ttg.dot_op<{opIdx = 1, parent = #mma}>> -> tensor<64x64xf32, #mma>
+    %13 = tt.dot %a, %b, %c : tensor<16x16xf32, #ttg.dot_op<{opIdx = 0, parent = #blocked}>> * tensor<16x16xf32, #ttg.dot_op<{opIdx = 1, parent = #blocked}>> -> tensor<16x16xf32, #blocked>
+    %14 = ttng.warp_group_dot %x, %y, %z {inputPrecision = 0 : i32} : !ttg.memdesc<64x64xf16, #shared, #smem> * !ttg.memdesc<64x64xf16, #shared1, #smem> -> tensor<64x64xf32, #mma1>
+    """
+    assert dots_of(ttgir) == [Dot("bf16", "mma"), Dot("f32", "fma"), Dot("f16", "wgmma")]
+
+
+def test_a_failing_kernel_is_reported():
+    """The gate's verdicts: shared memory over the limit, spills in a default configuration, a half dot on FMA."""
+    def compiled(**launch):
+        launch = gpu_compile.Launch("_k", (), (), (), (("num_warps", 4),), **launch)
+        return gpu_compile.Compiled(launch, TARGETS["sm_80"], 255, 96, 96, 200, 200 * 1024, (Dot("f16", "fma"),), {})
+    problems = compiled(kind="tiled", candidate=0).problems()
+    assert len(problems) == 3 and "over the sm_80 limit" in problems[0] and "spills" in problems[1]
+    assert "fell back to FMA" in problems[2]
+    assert len(compiled(kind="tiled", candidate=2).problems()) == 2  # a spilling candidate: the tuner may skip it
+    assert len(compiled(backward=True).problems()) == 2  # backward spills are reported, not failed
+
+
+def test_candidates_are_filtered_by_head_row_bytes():
+    """A candidate marked max_row_bytes is offered only up to it; every kind keeps one for any row."""
+    for lowering in registry.all():
+        for kind in (lowering.name, lowering.name + autotune.BACKWARD):
+            declared = autotune.configs(kind)
+            if declared:
+                assert autotune.configs(kind, 1 << 20), kind
+                assert all("max_row_bytes" not in c for c in declared)
+    assert len(autotune.configs("tiled", 512)) < len(autotune.configs("tiled", 256)) < len(autotune.configs("tiled", 128))
+    assert autotune.row_bytes(dict(D=128, E=64), torch.zeros(1, dtype=torch.bfloat16)) == 256
+    # fp32 dots run on FMA units: only the small tiles (64 x 64 spilled kilobytes at d = 64)
+    assert autotune.configs("tiled", 256, half=False) == [dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=2)]
+
+
+def test_inspect_prints_resources_and_ptx(capsys):
+    """hypercube at sm_80, fp16, d = 64: every kernel and candidate passes the gate; then the PTX."""
+    spec = str(ROOT / "examples" / "hypercube.attn")
+    assert main(["inspect", spec, "--emit", "resources", "--target", "sm_80", "--dtype", "float16"]) == 0
+    out = capsys.readouterr().out
+    assert "_attn_fwd sm_80" in out and "_attn_bwd_dkdv sm_80" in out and "mma (f16)" in out and "FAILS" not in out
+    assert out.count("candidate") == len(autotune.configs("block_sparse", 128)) + \
+        2 * len(autotune.configs("block_sparse:backward", 128))
+    assert main(["inspect", spec, "--emit", "ptx", "--target", "sm_80", "--dtype", "float16"]) == 0
+    ptx = capsys.readouterr().out
+    assert ".target sm_80" in ptx and "mma.sync.aligned" in ptx and ptx.count("// ===== ") == 3
