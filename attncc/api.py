@@ -192,8 +192,8 @@ def rebuild(recipe: dict):
                           f"(recipe format {recipe.get('format')!r}; this attncc {__version__} reads {RECIPE_FORMAT})")
     cls = COMPILED_CLASSES.get(_recipe_key(recipe))
     if cls is None:
-        cls = compile(Source(recipe["text"], recipe["filename"]), recipe["backend"], recipe["sizes"], recipe["lowering"],
-                      recipe.get("analysis_budget"))
+        cls = compile(Source(recipe["text"], recipe["filename"]), recipe["backend"], recipe["sizes"],
+                      recipe["lowering"], recipe.get("analysis_budget"))
     if cls.SPEC_HASH != recipe["spec_hash"]:
         raise AttnccError(
             f"cannot load the pickled attention `{recipe['name']}`: attncc {recipe['attncc']} compiled it to "

@@ -10,13 +10,22 @@ the breakdown follows whatever the pipeline does (e.g. `lower` counts both of bu
   warm   the same process, repeated: median of --repeats calls (the generated module is already
          imported; load_module only re-reads the cached file).
 
+  stress specs whose analysis was slow (--stress): a block-diagonal mask with chunks of 4096 and 16384
+         tokens, 60 / 120 / 199 global tokens spelled out with `or`, and attention-gym's NATTEN,
+         tiled NATTEN and STA masks (tests/specs). Each is compiled in a fresh process with an empty
+         cache (`cold`: the analysis runs), then in a second fresh process with the same cache
+         (`second`: the analysis results are read back), reporting the `passes` stage, the number of
+         proofs run and read, and the process's peak resident memory.
+
     python benchmarks/compile_time.py [--repeats 20] [--cold-repeats 3] [--specs causal,softmax]
+    python benchmarks/compile_time.py --stress
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -75,21 +84,65 @@ def compile_once(path: Path) -> dict:
 
 
 def child(path: Path) -> None:
-    """Run in a fresh process: time `import attncc`, then one cold compile; print JSON."""
+    """Run in a fresh process: time `import attncc`, then one cold compile; print JSON (with the
+    proofs the analysis ran and read back, and the peak resident memory in MiB)."""
     t0 = time.perf_counter()
     import attncc  # noqa: F401
+    from attncc.analysis.session import STATS
     import_ms = 1e3 * (time.perf_counter() - t0)
-    print(json.dumps({"import_ms": import_ms, **compile_once(path)}))
+    result = compile_once(path)
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    print(json.dumps({"import_ms": import_ms, **result, "proved": STATS["proved"], "reused": STATS["reused"],
+                      "peak_mib": peak_mib}))
 
 
-def cold(path: Path) -> dict:
-    with tempfile.TemporaryDirectory(prefix="attncc-cache-") as cache:
-        env = {**os.environ, "ATTNCC_CACHE_DIR": cache}
+def cold(path: Path, cache: str | None = None) -> dict:
+    """One compile in a fresh process, with an empty cache (or the given cache folder)."""
+    with tempfile.TemporaryDirectory(prefix="attncc-cache-") as empty:
+        env = {**os.environ, "ATTNCC_CACHE_DIR": cache or empty}
         proc = subprocess.run([sys.executable, __file__, "--child", str(path)], env=env, cwd=ROOT,
                               capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"cold compile of {path.name} failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def stress_specs(folder: Path) -> list[Path]:
+    """The specs whose analysis used to take seconds to minutes (see the module docstring)."""
+    texts = {f"chunk_{c}": f"attention chunk_{c} {{ size chunk = {c}  mask(i, j) = i // chunk == j // chunk "
+                           "and j <= i }" for c in (4096, 16384)}
+    for n in (60, 120, 199):
+        tokens = " or ".join(f"i == {t} or j == {t}" for t in range(3, 3 + 7 * n, 7))
+        texts[f"globals_{n}"] = f"attention globals_{n} {{ mask(i, j) = abs(i - j) <= 16 or {tokens} }}"
+    paths = []
+    for name, text in texts.items():
+        paths.append(folder / f"{name}.attn")
+        paths[-1].write_text(text)
+    return paths + [ROOT / "tests" / "specs" / f"{name}.attn" for name in ("natten", "tiled_natten", "sta")]
+
+
+def stress(out: Path) -> None:
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="attncc-stress-") as folder:
+        for path in stress_specs(Path(folder)):
+            with tempfile.TemporaryDirectory(prefix="attncc-cache-") as cache:
+                runs = {"cold": cold(path, cache), "second": cold(path, cache)}
+            results[path.stem] = runs
+            print(f"{path.stem}: cold {runs['cold']['total_ms']:.0f} ms, second process "
+                  f"{runs['second']['total_ms']:.0f} ms", file=sys.stderr)
+    headers = ["spec", "lowering", "cold ms", "cold passes ms", "proofs run", "second ms", "second passes ms",
+               "proofs run / read", "peak MiB"]
+    rows = [[name, r["cold"]["lowering"], r["cold"]["total_ms"], r["cold"]["stages"]["passes"], r["cold"]["proved"],
+             r["second"]["total_ms"], r["second"]["stages"]["passes"],
+             f"{r['second']['proved']} / {r['second']['reused']}", max(r[k]["peak_mib"] for k in r)]
+            for name, r in results.items()]
+    sections = [("stress specs: compile time (attncc.compile, fresh process each)", headers, rows)]
+    print_table(*sections[0])
+    notes = ("cold = fresh process, empty ATTNCC_CACHE_DIR (the analysis runs); second = another fresh process "
+             "with the same cache (the analysis results are read back). peak MiB: the process's peak resident "
+             "memory, torch included.")
+    print(notes)
+    write_results(out, {"specs": results}, sections, notes)
 
 
 def median_run(runs: list[dict]) -> dict:
@@ -103,10 +156,13 @@ def main() -> None:
     ap.add_argument("--cold-repeats", type=int, default=3, help="fresh processes per spec (median)")
     ap.add_argument("--specs", help="comma-separated example names (default: all)")
     ap.add_argument("--out", type=Path, default=RESULTS / "compile_time.json")
+    ap.add_argument("--stress", action="store_true", help="time the stress specs instead (writes compile_stress.*)")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(args.child)
+    if args.stress:
+        return stress(args.out.with_name("compile_stress.json"))
 
     os.environ["ATTNCC_CACHE_DIR"] = tempfile.mkdtemp(prefix="attncc-cache-")  # warm runs: one fresh cache
     paths = example_paths(args.specs.split(",") if args.specs else None)

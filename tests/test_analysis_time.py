@@ -125,9 +125,10 @@ def test_attention_gym_specs_mean_the_gym_masks(name):
     if name == "sta":
         want = _gym_sta(i, j, s["width"], s["height"], s["tw"], s["th"], s["kw"], s["kh"], s["text"])
     else:
+        tw, th = s.get("tw", 1), s.get("th", 1)  # NATTEN has no tiles
         row_major = lambda t: (t % s["width"], t // s["width"])
-        tiled = lambda t: (t // (s["tw"] * s["th"]) % (s["width"] // s["tw"]) * s["tw"] + t % (s["tw"] * s["th"]) % s["tw"],
-                           t // (s["tw"] * s["th"]) // (s["width"] // s["tw"]) * s["th"] + t % (s["tw"] * s["th"]) // s["tw"])
+        tiled = lambda t: (t // (tw * th) % (s["width"] // tw) * tw + t % (tw * th) % tw,
+                           t // (tw * th) // (s["width"] // tw) * th + t % (tw * th) // tw)
         want = _gym_natten(i, j, s["width"], s["height"], s["kw"], s["kh"], row_major if name == "natten" else tiled)
     assert torch.equal(dense_mask(cls.checked, {}, {}, s, (1, 1, n, n))[0, 0], want)
     module = make_module(cls, 2, 16, 16)
@@ -190,7 +191,8 @@ def test_budget_spent_midway_keeps_earlier_proofs(monkeypatch):
     def mask_then_late(graph, ctx):
         passes.analyse_mask(graph, ctx)
         now[0] = 1e6
-    monkeypatch.setattr(passes, "PIPELINE", [mask_then_late if p is passes.analyse_mask else p for p in passes.PIPELINE])
+    pipeline = [mask_then_late if p is passes.analyse_mask else p for p in passes.PIPELINE]
+    monkeypatch.setattr(passes, "PIPELINE", pipeline)
     comp = build(ROOT / "examples" / "retention.attn", analysis_budget=10)
     assert comp.plan.mask.kind == "causal"
     assert comp.plan.lowering != "linear_chunked"  # the decay was not proven in time

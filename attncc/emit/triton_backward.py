@@ -268,6 +268,9 @@ class TileBackward:
                     w.line("offs_m = start_m + tl.arange(0, BLOCK_M)")
                     scope = self.recompute_weights(stage, keys_fixed=True)
                     self.score_gradients(scope, stage, keys_fixed=True)
+                    if self.diagonals:
+                        w.line("diag = start_m - pid_n * BLOCK_N - (BLOCK_N - 1) + tl.arange(0, BLOCK_DIAG)  "
+                               "# i - j on each diagonal of the tile")
                     for op, name in self.tables:
                         table_atomics(w, scope, stage, self.ex, op, name, self.derivs, self.symbols)
             _feature_grad(w, "dk", k_accs, "BLOCK_N", "K", "offs_n", "N")
@@ -447,7 +450,6 @@ def table_atomics(w: CodeWriter, scope: LetScope, stage: Stage, ex: KernelExpr, 
         elif reads == {"i"}:
             w.line(f"tl.atomic_add({grad} + {along(i='offs_m')}, tl.sum(c, 1), mask=offs_m < Nq)  # one entry per query")
         elif all(classify_modulation(arg, symbols).kind in ("full", "toeplitz") for arg in leaf.args):
-            w.line("diag = start_m - pid_n * BLOCK_N - (BLOCK_N - 1) + tl.arange(0, BLOCK_DIAG)  # i - j on each diagonal")
             w.line(f"tl.atomic_add({grad} + {along(i='diag', j='0')}, _diagonal_sums(c, BLOCK_M, BLOCK_N, BLOCK_DIAG), "
                    "mask=tl.arange(0, BLOCK_DIAG) < BLOCK_M + BLOCK_N - 1)  # one entry per diagonal")
         else:
