@@ -29,8 +29,15 @@ TREE = """attention tree {
     mask(i, j) = ancestor[i, j]
     normalize softmax
 }"""  # a tree of drafts: no interval rule bounds a lookup by both i and j
+TOPK = """attention topk_blocks {
+    size block = 16
+    input selected[Nq // block + 1, N // block + 1] : bool
+    mask(i, j) = selected[i // block, j // block] and j <= i
+    normalize softmax
+}"""  # the key blocks each query block selected (a top-k block selection, made per call)
 SPECS = {"document": str(ROOT / "examples" / "document.attn"), "prefix_lm": PREFIX_LM,
-         "shared_prefix": SHARED_PREFIX, "tree": TREE}
+         "shared_prefix": SHARED_PREFIX, "tree": TREE, "topk": TOPK}
+EVALUATED = ("tree", "topk")  # not chosen at the design inputs (all true): forced
 
 
 def _layout(spec: str) -> TokenLayout:
@@ -46,7 +53,7 @@ def test_metadata_and_rules_found():
     assert _layout(SPECS["document"]).describe() == "tiles classified per call from the block min/max of doc[i], doc[j]"
     assert _layout(PREFIX_LM).describe() == "tiles classified per call from the block min/max of (j < prefix[0])"
     assert _layout(SHARED_PREFIX).bounded and len(_layout(SHARED_PREFIX).keys) == 1
-    assert not _layout(TREE).bounded
+    assert not _layout(TREE).bounded and not _layout(TOPK).bounded
     assert _layout(str(ROOT / "examples" / "causal.attn")) is None  # reads no input: the band says it all
 
 
@@ -81,7 +88,7 @@ def test_bounded_classes_are_sound_against_the_mask_on_every_pair(name):
 
 def _module(name):
     cls = attncc.compile(SPECS[name])
-    assert cls.LOWERING == "token_blocks" or name == "tree"
+    assert cls.LOWERING == "token_blocks" or name in EVALUATED
     cls = cls if cls.LOWERING == "token_blocks" else attncc.compile(SPECS[name], lowering="token_blocks")
     return make_module(cls, heads=2, dim=16, dim_v=8)
 
@@ -91,6 +98,9 @@ def _inputs(name, batch, nq, n, g):
         ancestor = torch.rand(batch, n, n, generator=g) < 0.1
         ancestor[:, :, : n // 3] = True  # a shared trunk, then sparse branches: tiles of every class
         return {"ancestor": ancestor | torch.eye(n, dtype=torch.bool)}
+    if name == "topk":
+        chosen = torch.rand(batch, nq // 16 + 1, n // 16 + 1, generator=g) < 0.4
+        return {"selected": chosen | torch.eye(nq // 16 + 1, n // 16 + 1, dtype=torch.bool)}
     if name == "prefix_lm":
         return {"prefix": torch.tensor([[n // 3], [n // 2]], dtype=torch.int32)[:batch]}
     return {"doc": torch.sort(torch.randint(0, 4, (batch, n), generator=g)).values.int()}
