@@ -186,6 +186,12 @@ def test_layout_is_reused_while_the_inputs_are_unchanged(monkeypatch):
         out = module(q.float(), k.float(), v.float(), doc=doc)
     assert len(builds) == 2
     assert (out.double() - module.reference(q, k, v, doc=doc)).abs().max() < 1e-4
+    other = _module("shared_prefix")  # the same input, another spec's mask: its own tiles
+    other.backend = "triton"
+    with torch.no_grad():
+        out = other(q.float(), k.float(), v.float(), doc=doc)
+    assert len(builds) == 3
+    assert (out.double() - other.reference(q, k, v, doc=doc)).abs().max() < 1e-4
 
 
 def test_cost_counts_the_visited_tiles():

@@ -247,5 +247,5 @@ def emit_token_tiles(w: CodeWriter, layout: TokenLayout) -> None:
             else:
                 w.line(f"_tile_classes[(QB, B)]({vals}ctx.Nq, ctx.N, cls, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)")
             w.line("return cls")
-        w.line("return rt.token_tiles(ctx, (BLOCK_M, BLOCK_N, B, str(device)), build)")
+        w.line("return rt.token_tiles(ctx, SPEC_HASH, BLOCK_M, BLOCK_N, B, device, build)")
     w.line()

@@ -65,17 +65,20 @@ def _identity(t: torch.Tensor) -> tuple:
     return (t.data_ptr(), t._version, tuple(t.shape), tuple(t.stride()), t.dtype, t.device)
 
 
-def token_tiles(ctx, key: tuple, build: Callable[[], torch.Tensor]) -> TokenTiles:
-    """The tiles of this call: built from `build()` (the generated layout kernels' classes, key[0] the
-    query tile), or reused while the inputs and tables they read are the same tensors, unmodified
-    (the cache holds them, so an address cannot be reused by another tensor while its entry lives)."""
+def token_tiles(ctx, spec: str, block_m: int, block_n: int, batch: int, device,
+                build: Callable[[], torch.Tensor]) -> TokenTiles:
+    """The tiles of this call of spec `spec` (its hash: two specs may read the same inputs) at these
+    tiles: built from `build()` (the generated layout kernels' classes), or reused while the inputs
+    and tables they read are the same tensors, unmodified (the cache holds them, so an address cannot
+    be reused by another tensor while its entry lives)."""
     tables = (*ctx.inputs.values(), *ctx.params.values())
-    full_key = (key, ctx.Nq, ctx.N, tuple(sorted(ctx.sizes.items())), tuple(_identity(t) for t in tables))
-    if full_key in _CACHE:
-        _CACHE.move_to_end(full_key)
-        return _CACHE[full_key][0]
-    tiles = TokenTiles.of(build(), key[0])
-    _CACHE[full_key] = (tiles, tables)
+    key = (spec, block_m, block_n, batch, str(device), ctx.Nq, ctx.N, tuple(sorted(ctx.sizes.items())),
+           tuple(_identity(t) for t in tables))
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key][0]
+    tiles = TokenTiles.of(build(), block_m)
+    _CACHE[key] = (tiles, tables)
     while len(_CACHE) > CACHED_LAYOUTS:
         _CACHE.popitem(last=False)
     return tiles
