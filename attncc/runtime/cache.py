@@ -55,7 +55,7 @@ def fall_back(root: Path, exc: OSError) -> Path:
     private = Path(tempfile.mkdtemp(prefix="attncc-cache-"))
     _FALLBACKS[str(root)] = private
     warnings.warn(f"attncc: cannot write the cache {root} ({exc.strerror or exc}); generated code goes to {private} "
-                  f"for this process; set {CACHE_ENV} to a writable folder", RuntimeWarning, stacklevel=3)
+                  f"for this process; set {CACHE_ENV} to a writable folder", RuntimeWarning, stacklevel=2)
     return private
 
 
