@@ -398,9 +398,9 @@ def _main(argv) -> int:
         commands = {"compile": cmd_compile, "inspect": cmd_inspect, "check": cmd_check, "fuzz": cmd_fuzz,
                     "bench": cmd_bench}
         return commands[args.command](args)
-    except AttnccError as exc:
+    except AttnccError as exc:  # a located error in the spec or its sizes: the user's input, as argparse's are
         print(str(exc), file=sys.stderr)
-        return 1
+        return 2
     except UsageError as exc:
         print(f"attncc {args.command}: error: {exc}" + (f"\n  hint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
         return 2

@@ -53,7 +53,7 @@ def test_check_passes_and_prints_a_table(capsys):
 
 
 def test_forced_lowering_that_does_not_apply(capsys):
-    assert main(["inspect", SPEC, "--lowering", "fft"]) == 1
+    assert main(["inspect", SPEC, "--lowering", "fft"]) == 2
     assert "does not apply" in capsys.readouterr().err
 
 
