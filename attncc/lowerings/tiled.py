@@ -12,7 +12,7 @@ from ..emit.torch import emit_tiled_torch
 from ..emit.triton import emit_tiled_triton
 from ..emit.triton_backward import TILE_BACKWARD
 from ..ir.graph import B, D, E, H, N, Nq
-from ..plan.cost import BLOCK, BYTES_IO, GRAPH_PRODUCTS, Candidate, CostQuery, visited_pairs
+from ..plan.cost import BLOCK, BYTES_IO, GRAPH_PRODUCTS, Candidate, CostQuery, quadratic_memory, visited_pairs
 from ..plan.registry import Lowering, register
 
 NAME = "tiled"
@@ -53,11 +53,14 @@ def cost(query: CostQuery) -> Candidate:
     flops = 2 * B * H * pairs * (D + E)
     nbytes = BYTES_IO + 4 * B * H * (Nq / BLOCK) * (pairs / Nq) * (D + E)
     note = "quadratic tiles, online softmax / row sums, empty tiles skipped by mask structure"
+    working, saved = quadratic_memory(pairs / Nq)
     if query.op == "graph_attend":  # the table lowerings first form G = kernel(A): dense N x N products
         flops += B * 2 * N ** 3 * (query.attrs["graph_steps"] or GRAPH_PRODUCTS)
         nbytes += 4 * B * N * N * 3
+        working += 12 * B * N * N  # G in float64, then at the computation's precision
         note += "; G = kernel(A) formed densely first"
-    return Candidate(NAME, flops, nbytes, note, programs=B * H * sympy.ceiling(Nq / BLOCK))
+    return Candidate(NAME, flops, nbytes, note, programs=B * H * sympy.ceiling(Nq / BLOCK),
+                     memory=working, saved=saved)
 
 
 def emit_torch(w, graph, plan) -> None:
