@@ -289,6 +289,12 @@ def row_feature(t: TExpr):
     return t.value if t.op == "feature" and t.value in FEATURE_MAPS else None
 
 
+def held_row_itemsize(dots) -> int | None:
+    """Bytes an element of the q / k rows a kernel holds when not its inputs': 4 where a feature map
+    keeps them in fp32 (load_rows), which the autotune candidates' row bytes must count; else None."""
+    return 4 if any(row_feature(side) is not None for d in dots for side in d.args) else None
+
+
 def tile_dots(w: CodeWriter, dots: dict, limit: str | None = "N") -> None:
     """Inside a key-tile loop: load the tile's key rows (through each map used) and form every dot
     (limit None: the tile's keys all lie below N)."""
@@ -330,7 +336,7 @@ def emit_tiled_kernel(w: CodeWriter, graph: Graph, plan: Plan, kernel: Kernel) -
                 w.lines_of(ONLINE_SOFTMAX_UPDATE if norm.online_softmax else WEIGHTED_SUM_UPDATE)
         store_tiled_rows(w, norm, att.attr("eps"), base2 is not None)
     w.line()
-    emit_tiled_launcher(w, plan, kernel, att.attr("eps"), norm)
+    emit_tiled_launcher(w, plan, kernel, att.attr("eps"), norm, held_row_itemsize(dots))
 
 
 LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e))
@@ -432,8 +438,10 @@ def store_tiled_rows(w: CodeWriter, norm: Normalizer, eps: float, base2: bool) -
            "mask=(offs_m[:, None] < Nq) & (offs_e[None, :] < E))")
 
 
-def emit_tiled_launcher(w: CodeWriter, plan: Plan, kernel: Kernel, eps: float, norm: Normalizer) -> None:
-    """`triton_forward`: `_attn_fwd` launched with the tiles autotune chose (block-sparse: the layout's tile)."""
+def emit_tiled_launcher(w: CodeWriter, plan: Plan, kernel: Kernel, eps: float, norm: Normalizer,
+                        row_itemsize: int | None = None) -> None:
+    """`triton_forward`: `_attn_fwd` launched with the tiles autotune chose (block-sparse: the layout's tile);
+    row_itemsize: see held_row_itemsize."""
     sparse, stats, token = plan.entry.block_sparse, norm.row_statistic, plan.entry.token_tiles
     with w.block(f"def triton_forward(self, q, k, v, ctx, host{', stat=None' if stats else ''}):"):
         launcher_head(w, fixed_blocks=False)
@@ -458,7 +466,7 @@ def emit_tiled_launcher(w: CodeWriter, plan: Plan, kernel: Kernel, eps: float, n
                    f" PRECISION=precision,{' LAYOUT_EXACT=tiles.exact,' if sparse or token else ''}")
             w.line("    num_warps=num_warps, num_stages=num_stages)")
         w.line()
-        tuned_launch(w, plan.entry.autotune_kind, ", tile=tiles.tile" if sparse else "")
+        tuned_launch(w, plan.entry.autotune_kind, ", tile=tiles.tile" if sparse else "", row_itemsize)
 
 
 def layout_exact(plan: Plan) -> bool:
@@ -478,11 +486,17 @@ def launcher_head(w: CodeWriter, allocate_out: bool = True, fixed_blocks: bool =
     w.line("precision = 'ieee' if q.dtype == torch.float32 else 'tf32'")
 
 
-def tuned_launch(w: CodeWriter, kind: str, extra_sizes: str = "") -> None:
+def tuned_launch(w: CodeWriter, kind: str, extra_sizes: str = "", row_itemsize: int | None = None) -> None:
     """Launch with the configuration autotune chose for these sizes (tuned once per key on CUDA)."""
     w.line(f"sizes = dict(BH=B * H, Nq=Nq, N=N, D=BLOCK_D, E=BLOCK_E{extra_sizes})")
-    w.line(f"launch(**autotune.best(SPEC_HASH, {kind!r}, q, sizes, launch))")
+    w.line(f"launch(**{autotune_call(kind, row_itemsize)})")
     w.line("return out")
+
+
+def autotune_call(kind: str, row_itemsize: int | None) -> str:
+    """The launcher's call for its configuration; rows the kernel keeps in fp32 are counted as such."""
+    held = f", row_itemsize={row_itemsize}" if row_itemsize else ""
+    return f"autotune.best(SPEC_HASH, {kind!r}, q, sizes, launch{held})"
 
 
 def triton_header(graph: Graph, spec_hash: str, version: str) -> str:

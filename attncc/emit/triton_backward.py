@@ -33,8 +33,8 @@ from .exprs import key, name_dots
 from .let import LetScope
 from .tiles import LAYOUT_ARGS, Stage, band_constexprs, band_launch, band_line, key_stages, query_stages
 from .triton import (HELPERS, LOG2E, kernel_common_args, helpers_of, Kernel, KernelExpr, launch_common,
-                     launcher_head, layout_exact, load_rows, log2_scores, program_prologue, row_feature, size_arg,
-                     sizes_used)
+                     autotune_call, held_row_itemsize, launcher_head, layout_exact, load_rows, log2_scores,
+                     program_prologue, row_feature, size_arg, sizes_used)
 from .writer import CodeWriter
 
 RECOMPUTE = "recomputation through the torch backend's autograd"
@@ -186,7 +186,7 @@ def emit_tiled_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
     tiles.emit_helpers()
     tiles.emit_dkdv_kernel()
     tiles.emit_dq_kernel()
-    _tiled_launchers(w, tiles.norm, plan, tiles.kernel, tiles.tables, tiles.diagonals)
+    _tiled_launchers(w, tiles.norm, plan, tiles.kernel, tiles.tables, tiles.diagonals, held_row_itemsize(tiles.dots))
 
 
 class TileBackward:
@@ -369,7 +369,7 @@ class TileBackward:
 
 
 def _tiled_launchers(w: CodeWriter, norm: Normalizer, plan: Plan, kernel: Kernel, tables: list,
-                     diagonals: bool) -> None:
+                     diagonals: bool, row_itemsize: int | None) -> None:
     sparse = plan.entry.block_sparse
     stats = norm.row_statistic
     with w.block("def op_forward(self, q, k, v, ctx, host):"):
@@ -396,7 +396,7 @@ def _tiled_launchers(w: CodeWriter, norm: Normalizer, plan: Plan, kernel: Kernel
         w.line()
         tile = ", tile=BLOCK_M" if sparse else ""
         w.line(f"sizes = dict(BH=B * H, Nq=Nq, N=N, D=BLOCK_D, E=BLOCK_E{tile})")
-        w.line(f"launch(**autotune.best(SPEC_HASH, {plan.entry.autotune_kind + ':backward'!r}, q, sizes, launch))")
+        w.line(f"launch(**{autotune_call(plan.entry.autotune_kind + ':backward', row_itemsize)})")
         w.line("return dq, dk, dv, grads")
     w.line()
     w.line(f"GRAD_TABLES = ({''.join(f'{key(n)}, ' for _, n in tables)})  # tables the backward kernels differentiate")
