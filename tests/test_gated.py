@@ -136,3 +136,19 @@ def test_gradients_of_q_k_v_and_the_gate_match_the_dense_reference():
     want = torch.autograd.grad((dense_gated(q, k, v, g, 8 ** -0.5) * w).sum(), (q, k, v, g))
     for a, b in zip(got, want):
         assert (a - b).abs().max() < 1e-9
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_triton_forward_matches_the_recurrence(dtype):
+    """The chunked gated kernel in Triton's interpreter (chunks of 16: several chunks, a ragged last one),
+    with gates per batch row, strong enough that exp(-G_j) alone would overflow fp16 and fp32."""
+    cls = attncc.compile(str(ROOT / "examples" / "simple_gla.attn"))
+    module = cls(backend="triton")
+    q, k, v = _inputs(2, 2, 45, 16, 8)
+    g = log_gates(2, 2, 45, seed=6, strength=-30.0)
+    got = module(q.to(dtype), k.to(dtype), v.to(dtype), g=g.to(dtype))
+    assert module.last_backend == "triton"
+    want = naive_recurrence(q.to(dtype).double(), k.to(dtype).double(), v.to(dtype).double(),
+                            g.to(dtype).double(), 16 ** -0.5)
+    tolerance = {torch.float32: 1e-5, torch.float16: 5e-3}[dtype]
+    assert ((got.double() - want).abs().max() / want.abs().max()) < tolerance

@@ -1,11 +1,14 @@
-"""Emit the pieces of gated linear attention (lowering `linear_gated`): the torch gate function and call."""
+"""Emit gated linear attention (lowering `linear_gated`): the torch gate function and call, the Triton forward."""
 from __future__ import annotations
 
-from ..ir.graph import Graph
+from ..ir.graph import Graph, attention_node, attention_of, expr_of
 from ..plan.select import Plan
 from .exprs import TorchExpr, brief
 from .let import let_expr
 from .torch import emit_kernelized
+from .triton import emit_feature_fn, kernel_common_args, launch_common, launcher_head, program_prologue, row_feature, \
+    tuned_launch
+from .triton_linear import carry_state, finish_rows, linear_scalars, load_chunk
 from .writer import CodeWriter
 
 
@@ -27,3 +30,68 @@ def emit_gated_torch(w: CodeWriter, graph: Graph, plan: Plan) -> None:
         w.line(f"return rt.gated_linear_attention(pq, pk, v, modulation=modulation(ctx).to(q.device), gates=gates, "
                f"{common})")
     emit_kernelized(w, graph, plan, emit_gate, call)
+
+
+def emit_gated_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
+    """The Triton forward of `linear_gated`: `_linear_gated` and its launcher `triton_forward`."""
+    ops = graph.operands(attention_of(graph))
+    fq, fk = (row_feature(expr_of(graph, o)) or "identity" for o in ops[:2])
+    for fm in sorted({fq, fk} - {"identity"}):
+        emit_feature_fn(w, fm)
+    emit_gated_kernel(w, fq, fk, finish_rows(attention_node(graph).attr("normalize")))
+    emit_gated_launcher(w, plan, attention_node(graph).attr("eps"))
+    return "chunked gated linear kernel"
+
+
+def emit_gated_kernel(w: CodeWriter, fq: str, fk: str, finish: str) -> None:
+    """`_linear_gated`: one program per (b, h) walks the chunks with the gates of their tokens."""
+    w.line("@triton.jit")
+    with w.block(f"def _linear_gated({kernel_common_args()}, Mod, Gq, Gk, eps, BLOCK: tl.constexpr, "
+                 "BLOCK_D: tl.constexpr,"):
+        w.line("BLOCK_E: tl.constexpr, PRECISION: tl.constexpr):")
+        w.line('"""Gated causal linear attention, one program per (b, h): chunks of BLOCK tokens, quadratic with')
+        w.line("exp(G_i - G_j) inside a chunk; the state S = sum_j exp(R - G_j) phi(k_j) v_j^T kept at R, the key gate")
+        w.line('of the last chunk end, and moved on by exp(R_new - R) (only differences: the gates reach -1e3 and more)."""')
+        program_prologue(w, per_bh_only=True)
+        w.line("mod = tl.load(Mod + pid_bh)")
+        w.line("Gq += pid_bh * Nq")
+        w.line("Gk += pid_bh * N")
+        w.line("S = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
+        w.line("z = tl.zeros([BLOCK_D], dtype=tl.float32)")
+        w.line("ref = tl.load(Gk)  # R: the state is zero until the first chunk end")
+        with w.block("for start in range(0, tl.maximum(Nq, N), BLOCK):"):
+            load_chunk(w, ("pq", "pk", "v"), fq, fk)
+            w.line("gq = tl.load(Gq + tl.minimum(offs, Nq - 1))  # padded rows repeat the last gate (their rows are 0)")
+            w.line("gk = tl.load(Gk + tl.minimum(offs, N - 1))")
+            w.line("causal = offs[:, None] >= offs[None, :]")
+            w.line("a = tl.dot(pq, tl.trans(pk), input_precision=PRECISION)")
+            w.line("a = tl.where(causal, a * tl.exp(tl.where(causal, gq[:, None] - gk[None, :], 0.0)), 0.0)")
+            w.line("q_scale = tl.exp(gq - ref)")
+            w.line("num = tl.dot(a, v, input_precision=PRECISION) + q_scale[:, None] * "
+                   "tl.dot(pq, S, input_precision=PRECISION)")
+            w.line("den = tl.sum(a, 1) + q_scale * tl.sum(pq * z[None, :], 1)")
+            w.line(f"out = {finish}")
+            w.line("tl.store(Out + offs[:, None] * stride_om + offs_e[None, :] * stride_od, out.to(Out.dtype.element_ty), "
+                   "mask=(offs[:, None] < Nq) & (offs_e[None, :] < E))")
+            w.line("end = tl.load(Gk + tl.minimum(start + BLOCK - 1, N - 1))")
+            w.line("k_scale = tl.exp(end - gk)")
+            w.line("carry = tl.exp(end - ref)")
+            carry_state(w, True, "pk", "k_scale", "v", "S", "z", "pk")
+            w.line("ref = end")
+    w.line()
+
+
+def emit_gated_launcher(w: CodeWriter, plan: Plan, eps: float) -> None:
+    """`triton_forward` of `linear_gated`: the gates at queries and keys as [B * H, n] fp32, then the kernel."""
+    with w.block("def triton_forward(self, q, k, v, ctx, host):"):
+        launcher_head(w, fixed_blocks=False)
+        linear_scalars(w, plan)
+        for name, n in (("gq", "Nq"), ("gk", "N")):
+            w.line(f"{name} = host.gate(ctx, {n}).to(device=q.device, dtype=torch.float32).expand(B, H, {n}, 1)"
+                   f".reshape(B * H, {n}).contiguous()")
+        w.line()
+        with w.block("def launch(BLOCK, num_warps, num_stages):"):
+            w.line(f"_linear_gated[(B * H,)]({launch_common()}, mod, gq, gk, {eps!r}, BLOCK=BLOCK,")
+            w.line("    BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision, num_warps=num_warps, num_stages=num_stages)")
+        w.line()
+        tuned_launch(w, plan.entry.autotune_kind)

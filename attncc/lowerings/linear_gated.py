@@ -3,10 +3,11 @@
 in-chunk gate differences, the gated state carried across."""
 from __future__ import annotations
 
-from ..emit.gated import emit_gated_torch
+from ..emit.gated import emit_gated_torch, emit_gated_triton
 from ..ir.graph import B, D, E, H, N
 from ..plan.cost import BYTES_IO, CHUNK, Candidate, CostQuery
 from ..plan.registry import Lowering, register
+from . import linear
 
 NAME = "linear_gated"
 
@@ -23,4 +24,4 @@ def cost(query: CostQuery) -> Candidate:
 LOWERING = register(Lowering(
     NAME, accepts, cost, emit_gated_torch,
     torch_backward="through the chunks and the carried gated states (C x C per chunk kept)",
-    triton_fallback="no Triton kernel for data-dependent gates yet: the torch chunks run"))
+    emit_triton=emit_gated_triton, autotune_configs=linear.AUTOTUNE, interpreter_config=linear.INTERPRETER))
