@@ -27,8 +27,8 @@ def emit_gated_torch(w: CodeWriter, graph: Graph, plan: Plan) -> None:
     """forward_torch of `linear_gated`: rt.gated_linear_attention with the gate at queries and keys."""
     def call(w: CodeWriter, common: str) -> None:
         w.line("gates = (gate(ctx, ctx.Nq).to(q.device), gate(ctx, ctx.N).to(q.device))")
-        w.line(f"return rt.gated_linear_attention(pq, pk, v, modulation=modulation(ctx).to(q.device), gates=gates, "
-               f"{common})")
+        w.line("return rt.gated_linear_attention(pq, pk, v, modulation=modulation(ctx).to(q.device), "
+               f"gates=gates, {common})")
     emit_kernelized(w, graph, plan, emit_gate, call)
 
 
@@ -50,8 +50,9 @@ def emit_gated_kernel(w: CodeWriter, fq: str, fk: str, finish: str) -> None:
                  "BLOCK_D: tl.constexpr,"):
         w.line("BLOCK_E: tl.constexpr, PRECISION: tl.constexpr):")
         w.line('"""Gated causal linear attention, one program per (b, h): chunks of BLOCK tokens, quadratic with')
-        w.line("exp(G_i - G_j) inside a chunk; the state S = sum_j exp(R - G_j) phi(k_j) v_j^T kept at R, the key gate")
-        w.line('of the last chunk end, and moved on by exp(R_new - R) (only differences: the gates reach -1e3 and more)."""')
+        w.line("exp(G_i - G_j) inside a chunk; the state S = sum_j exp(R - G_j) phi(k_j) v_j^T kept at R, the")
+        w.line("key gate of the last chunk end, moved on by exp(R_new - R) (only differences: the gates reach")
+        w.line('-1e3 and more)."""')
         program_prologue(w, per_bh_only=True)
         w.line("mod = tl.load(Mod + pid_bh)")
         w.line("Gq += pid_bh * Nq")
@@ -61,7 +62,7 @@ def emit_gated_kernel(w: CodeWriter, fq: str, fk: str, finish: str) -> None:
         w.line("ref = tl.load(Gk)  # R: the state is zero until the first chunk end")
         with w.block("for start in range(0, tl.maximum(Nq, N), BLOCK):"):
             load_chunk(w, ("pq", "pk", "v"), fq, fk)
-            w.line("gq = tl.load(Gq + tl.minimum(offs, Nq - 1))  # padded rows repeat the last gate (their rows are 0)")
+            w.line("gq = tl.load(Gq + tl.minimum(offs, Nq - 1))  # padded rows repeat the last gate (rows are 0)")
             w.line("gk = tl.load(Gk + tl.minimum(offs, N - 1))")
             w.line("causal = offs[:, None] >= offs[None, :]")
             w.line("a = tl.dot(pq, tl.trans(pk), input_precision=PRECISION)")
