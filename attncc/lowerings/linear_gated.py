@@ -4,6 +4,7 @@ in-chunk gate differences, the gated state carried across."""
 from __future__ import annotations
 
 from ..emit.gated import emit_gated_torch, emit_gated_triton
+from ..emit.triton_backward_linear import GATED_BACKWARD
 from ..ir.graph import B, D, E, H, N
 from ..plan.cost import BYTES_IO, CHUNK, Candidate, CostQuery
 from ..plan.registry import Lowering, register
@@ -24,4 +25,5 @@ def cost(query: CostQuery) -> Candidate:
 LOWERING = register(Lowering(
     NAME, accepts, cost, emit_gated_torch,
     torch_backward="through the chunks and the carried gated states (C x C per chunk kept)",
-    emit_triton=emit_gated_triton, autotune_configs=linear.AUTOTUNE, interpreter_config=linear.INTERPRETER))
+    emit_triton=emit_gated_triton, triton_backward=GATED_BACKWARD, autotune_configs=linear.AUTOTUNE,
+    interpreter_config=linear.INTERPRETER))

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from .attention import LINEAR_CHUNK, compute_dtype, finish_rows
 
-__all__ = ["gated_linear_attention"]
+__all__ = ["gated_linear_attention", "lookup_grad"]
 
 
 def gated_linear_attention(pq, pk, v, *, modulation, gates, normalize: str, eps: float,
@@ -57,3 +57,16 @@ def _gated_chunks(qc, kc, vc, gq, gk) -> torch.Tensor:
     for c in range(updates.shape[2] - 1):  # S_c: the one sequential step, on m x (E + 1) states
         states.append(carry[:, :, c, None, None] * states[-1] + updates[:, :, c])
     return intra + (qc * q_scale[..., None]) @ torch.stack(states, 2)
+
+
+
+def lookup_grad(table: torch.Tensor, indices, ndims: int, values: torch.Tensor) -> torch.Tensor:
+    """d(sum(values * input_lookup(table, indices, ndims))) / d(table): values added at the clamped
+    entries the lookup reads (a leading batch dimension of the table read per batch row)."""
+    batched = table.dim() > ndims
+    dims = table.shape[1:] if batched else table.shape
+    idx = [torch.as_tensor(ix, device=table.device).long().clamp(0, n - 1) for ix, n in zip(indices, dims)]
+    if batched:
+        idx = [torch.arange(table.shape[0], device=table.device).view(-1, 1, 1, 1)] + idx
+    *idx, values = torch.broadcast_tensors(*idx, values.to(device=table.device, dtype=table.dtype))
+    return torch.zeros_like(table).index_put_(tuple(idx), values, accumulate=True)
