@@ -4,10 +4,13 @@ float64 reference and a naive token-by-token recurrence written here."""
 import pytest
 import sympy
 import torch
+from hypothesis import given, settings
 
 import attncc
 from attncc.ir.graph import N, expr_of
 from attncc.lang.operators import fmt
+from attncc.tools.compare import compare, make_module, random_inputs
+from attncc.tools.testing import gate_expressions
 
 from .conftest import ROOT
 
@@ -192,3 +195,17 @@ def test_triton_backward_matches_the_reference_autograd(spec, dtype):
     for name, a, b in zip(["q", "k", "v", *gates], got, want):
         error = ((a.double() - b).abs().max() / b.abs().max().clamp(min=1)).item()
         assert error < tolerance, f"gradient of {name}: {error:.2e}"
+
+
+@settings(max_examples=6, deadline=None)
+@given(modulation=gate_expressions())
+def test_random_gates_take_the_gated_lowering_and_match_the_reference(modulation):
+    """Spellings of A exp(G(i) - G(j)) (attncc.tools.testing.gate_expressions): proven, lowered to
+    linear_gated, and equal to the dense reference (torch float64, Triton float32 in the interpreter)."""
+    cls = _compile(modulation)
+    assert cls.LOWERING == "linear_gated", modulation
+    module = make_module(cls, 2, 16, 8)
+    q, k, v, inputs = random_inputs(cls, 1, 2, 37, 37, 16, 8)
+    for backend, dtype in (("torch", torch.float64), ("triton", torch.float32)):
+        result = compare(module, q, k, v, inputs, backend, dtype)
+        assert result.ok, f"{modulation}: {backend} error {result.error:.2e}"
