@@ -10,6 +10,7 @@ import attncc
 from attncc.ir.graph import N, expr_of
 from attncc.lang.operators import fmt
 from attncc.tools.compare import compare, make_module, random_inputs
+from attncc.tools.fuzzing import family_strategy, fuzz
 from attncc.tools.testing import gate_expressions
 
 from .conftest import ROOT
@@ -209,3 +210,17 @@ def test_random_gates_take_the_gated_lowering_and_match_the_reference(modulation
     for backend, dtype in (("torch", torch.float64), ("triton", torch.float32)):
         result = compare(module, q, k, v, inputs, backend, dtype)
         assert result.ok, f"{modulation}: {backend} error {result.error:.2e}"
+
+
+def test_fuzz_fills_gate_holes_and_every_backend_passes():
+    family = """attention fuzz_gated {
+        input g[H, N]
+        feature phi = elu1
+        weight(i, j) = dot(phi(q[i]), phi(k[j])) * (??gate(g))
+        mask(i, j) = j <= i
+        normalize rows
+    }"""
+    assert "exp(" in family_strategy(family).example()
+    report = fuzz([family], 3, [("torch", torch.float32), ("triton", torch.float32)], max_tokens=40)
+    assert report.failure is None and report.examples >= 3, report.error
+    assert "linear_gated" in report.lowerings, report.lowerings
