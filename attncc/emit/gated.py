@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..ir.graph import Graph, attention_node, attention_of, expr_of
-from ..lang.derivative import diff, leaves
+from ..lang.derivative import NotDifferentiable, diff, leaves
 from ..lang.expr import TExpr
 from ..plan.select import Plan
 from .exprs import TorchExpr, brief
@@ -25,29 +25,31 @@ def emit_gate(w: CodeWriter, exprs: list) -> None:
     w.line()
 
 
-def gate_lookups(gate: TExpr) -> list[TExpr]:
-    """The float table and input lookups G reads (what its gradient flows to); raises NotDifferentiable
-    if G has no derivative."""
-    lookups = [e for e in leaves(gate) if e.op in ("param", "input")]
-    for e in lookups:
-        diff(gate, e)
-    return lookups
+def gate_lookups(gate: TExpr) -> list[tuple[TExpr, TExpr]]:
+    """(lookup, dG/d(lookup)) for the float table and input lookups G depends on (what its gradient flows
+    to); raises NotDifferentiable if G has no derivative."""
+    derivatives = [(e, diff(gate, e)) for e in leaves(gate) if e.op in ("param", "input")]
+    return [(e, d) for e, d in derivatives if d is not None]
 
 
 def emit_gate_grads(w: CodeWriter, gate: TExpr) -> None:
     """gate_grads(ctx, n, dg, grads): adds to grads[name] the gradient of sum_t dg_t G(t) (tokens 0 .. n-1)
     with respect to each table and float input G reads: dG/d(lookup) scattered to the looked-up entries.
     The Triton backward calls it with the gradients of the gates its kernels compute."""
+    try:
+        lookups = gate_lookups(gate)
+    except NotDifferentiable:  # no Triton backward then (gated_backward_support): nothing calls gate_grads
+        return
     ex = TorchExpr()
     with w.block("def gate_grads(ctx, n, dg, grads):"):
         w.line('"""grads[name] += d(sum_t dg[..., t, 0] G(t)) / d(name) for what G reads (dg: [B, H, n, 1])."""')
         w.line("i = torch.arange(n, dtype=torch.int32).view(1, 1, -1, 1)")
         w.line("j = torch.zeros((1, 1, 1, 1), dtype=torch.int32)")
         w.line("h = torch.arange(ctx.H, dtype=torch.int32).view(1, ctx.H, 1, 1)")
-        for e in gate_lookups(gate):
+        for e, d in lookups:
             table = f"ctx.{'params' if e.op == 'param' else 'inputs'}[{e.value!r}]"
             index = ", ".join(let_expr(w, ex, a) for a in e.args)
-            derivative = let_expr(w, ex, diff(gate, e))
+            derivative = let_expr(w, ex, d)
             w.line(f"grads[{e.value!r}] = grads.get({e.value!r}, 0) + rt.lookup_grad({table}, [{index}], "
                    f"{len(e.args)}, dg * {derivative})")
         w.line("return grads")

@@ -309,7 +309,7 @@ def emit_gated_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
     fq, fk = _linear_features(graph)
     emit_gated_dq_kernel(w, fq, fk, normalize)
     emit_gated_dkdv_kernel(w, fq, fk)
-    tables = sorted({e.value for e in gate_lookups(_gate(graph))})
+    tables = sorted({e.value for e, _ in gate_lookups(_gate(graph))})
     with w.block("def op_forward(self, q, k, v, ctx, host):"):
         w.line('"""The custom op\'s forward: the output (no row statistics: the backward recomputes them)."""')
         w.line("return triton_forward(self, q, k, v, ctx, host), q.new_zeros(*q.shape[:3], dtype=torch.float32)")
