@@ -1,6 +1,8 @@
 """Data-dependent scalar gates exp(G(i) - G(j)) (simple GLA): the analysis finds and proves the form,
 the plan is the chunked gated recurrence (linear in N), and its output and gradients match the dense
 float64 reference and a naive token-by-token recurrence written here."""
+import copy
+
 import pytest
 import sympy
 import torch
@@ -233,3 +235,25 @@ def test_fuzz_fills_gate_holes_and_every_backend_passes():
     report = fuzz([family], 3, [("torch", torch.float32), ("triton", torch.float32)], max_tokens=40)
     assert report.failure is None and report.examples >= 3, report.error
     assert "linear_gated" in report.lowerings, report.lowerings
+
+
+def test_a_learned_amplitude_recomputes_the_backward_through_torch():
+    """A = a[h], a table: the kernels do not differentiate it, so the Triton backend says so and
+    recomputes the backward through torch autograd; the table's gradient is still right."""
+    cls = attncc.compile("""attention learned_amplitude {
+        param a[H] = uniform(low=0.5, high=1.5)
+        input g[H, N]
+        weight(i, j) = dot(q[i], k[j]) * a[h] * exp(g[h, i] - g[h, j])
+        mask(i, j) = j <= i
+        normalize none
+    }""")
+    assert cls.LOWERING == "linear_gated" and "recomputation" in cls.TRITON_LOWERING
+    q, k, v = _inputs(1, 2, 40, 16, 8, seed=11)
+    g = log_gates(1, 2, 40, seed=12)
+    grads, first = {}, make_module(cls, 2, 16, 8)
+    for backend in ("triton", "torch"):
+        module = copy.deepcopy(first)  # the same table values (they are drawn at construction)
+        module.backend = backend
+        (module(q.float(), k.float(), v.float(), g=g.float()) ** 2).sum().backward()
+        grads[backend] = next(module.parameters()).grad
+    assert torch.allclose(grads["triton"], grads["torch"], rtol=1e-4)
