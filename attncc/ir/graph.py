@@ -116,8 +116,8 @@ class Graph:
 
 
 # Attributes of an attention node that every rewrite into another form keeps.
-CARRIED_ATTRS = ("normalize", "eps", "mask_structure", "pool", "tensor_powers")
-OPTIONAL_ATTRS = ("pool", "tensor_powers")  # carried only where present
+CARRIED_ATTRS = ("normalize", "eps", "mask_structure", "pool", "tensor_powers", "sink")
+OPTIONAL_ATTRS = ("pool", "tensor_powers", "sink")  # carried only where present
 
 
 def carried_attrs(node: Node) -> dict[str, Any]:
