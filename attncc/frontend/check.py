@@ -488,7 +488,7 @@ class _Checker(ExprTyper, MechanismChecks):
                     return None
                 out[kw.name] = kw.value.id
                 continue
-            value = kw.value if kw.name in row_options else self._const_number(kw.value, f"argument `{kw.name}`")
+            value = self._const_number(kw.value, f"argument `{kw.name}`")
             if value is None:
                 return None
             lowest = 1 if kw.name in POSITIVE else 0 if kw.name in COUNTS | FLAGS else None
