@@ -65,7 +65,7 @@ def _table_names(names: str) -> list[str]:
 
 @torch.library.custom_op("attncc::triton_attention", mutates_args=())
 def _forward(host: str, q: Tensor, k: Tensor, v: Tensor, tables: list[Tensor], aux: list[Tensor],
-             ints: list[int], names: str, sink: Tensor | None = None) -> tuple[Tensor, Tensor]:
+             ints: list[int], names: str, sink: Tensor | None) -> tuple[Tensor, Tensor]:
     main, kernels, ctx, tiles = _unpack(host, q, tables, aux, ints, names)
     if sink is None:
         return kernels.op_forward(tiles, q, k, v, ctx, main)
@@ -73,7 +73,7 @@ def _forward(host: str, q: Tensor, k: Tensor, v: Tensor, tables: list[Tensor], a
 
 
 @_forward.register_fake
-def _(host, q, k, v, tables, aux, ints, names, sink=None):
+def _(host, q, k, v, tables, aux, ints, names, sink):
     return q.new_empty(*q.shape[:3], v.shape[-1]), q.new_empty(*q.shape[:3], dtype=torch.float32)
 
 
@@ -103,7 +103,7 @@ def sink_gradient(out: Tensor, lse: Tensor, dout: Tensor, sink: Tensor) -> Tenso
     return -mass * delta
 
 
-def _setup_context(ctx, inputs, output):
+def _setup_context(ctx, inputs, output):  # sink has no default: the dispatcher would drop a None equal to it
     host, q, k, v, tables, aux, ints, names, sink = inputs
     ctx.call = (host, ints, names, len(tables), sink is not None)
     ctx.save_for_backward(q, k, v, *output, *tables, *aux, *([sink] if sink is not None else []))
