@@ -141,3 +141,18 @@ def test_split_k_decoding_merges_the_sink(backend, dtype, tol):
     cls = _class(EMPTY_ROWS, "decode")
     assert cls.LOWERING == "decode"
     _check_backend(cls, backend, dtype, tol, nq=5, nk=90)
+
+
+def test_torch_compile_fullgraph_carries_the_sink_gradient():
+    """The Triton path stays one custom op under torch.compile, the sink's logits one of its inputs."""
+    module = _class(EMPTY_ROWS)(H=2, backend="triton")
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    q, k, v = (torch.randn(1, 2, 20, 16, requires_grad=True) for _ in range(3))
+    compiled(q, k, v).square().sum().backward()
+    got = [t.grad.clone() for t in (q, k, v, module.s)]
+    for t in (q, k, v, module.s):
+        t.grad = None
+    module(q, k, v).square().sum().backward()
+    for g, t in zip(got, (q, k, v, module.s)):
+        torch.testing.assert_close(g, t.grad, rtol=1e-5, atol=1e-6)
+    assert module.s.grad.abs().min() > 0
