@@ -15,6 +15,7 @@ import attncc
 from attncc.api import build
 from attncc.lang.source import SpecError
 from attncc.tools.compare import compare, make_module, random_inputs
+from attncc.tools.fuzzing import fuzz
 
 PER_ROW = """attention per_row {
     input c[H, Nq]
@@ -156,3 +157,18 @@ def test_torch_compile_fullgraph_carries_the_sink_gradient():
     for g, t in zip(got, (q, k, v, module.s)):
         torch.testing.assert_close(g, t.grad, rtol=1e-5, atol=1e-6)
     assert module.s.grad.abs().min() > 0
+
+
+SINK_FAMILY = """attention fuzz_sink {
+    size w = 5
+    param s[H] = normal(std=1.0)
+    score(i, j) = dot(q[i], k[j]) * scale + ??
+    mask(i, j) = ??
+    normalize softmax(sink = s[h] + 0.1 * (i % w) - 1)
+}"""  # random masks (rows without keys among them) and biases, every lowering each one admits
+
+
+def test_fuzzed_masks_and_biases_with_a_sink():
+    report = fuzz([SINK_FAMILY], 5, [("torch", torch.float32), ("triton", torch.float32)], seed=3, max_tokens=40)
+    assert report.failure is None and report.examples >= 5, report.error
+    assert {"tiled", "decode"} <= set(report.lowerings), report.lowerings
