@@ -13,7 +13,7 @@ from . import lowerings  # noqa: F401  (each module registers its lowering)
 from .version import __version__
 from .frontend.ast import Spec, format_spec
 from .frontend.check import CheckedSpec, check
-from .emit.module import header, module_class, triton_entry
+from .emit.module import alternate_header, header, module_class, triton_entry
 from .emit.dispatch import emit_torch, emit_triton
 from .emit.triton import triton_header
 from .ir.graph import Graph
@@ -23,8 +23,9 @@ from .frontend.parse import parse
 from .passes import PassContext, run_pipeline
 from .runtime.cache import analysis_path, load_analysis, load_module, store_analysis
 from .runtime.compiled import RESERVED_ATTRIBUTES, RESERVED_KEYWORDS
+from .runtime.memory import configured_budget, parse_budget
 from .analysis.session import check_budget, default_budget
-from .plan.select import DESIGN_SIZES, Plan, select
+from .plan.select import DESIGN_SIZES, MACHINE, Plan, select
 from .lang.source import AttnccError, Source
 
 
@@ -45,6 +46,8 @@ class Compilation:
     triton_description: str = ""  # what the Triton backend runs, its backward included (Module.TRITON_LOWERING)
     spec_hash: str = ""
     analysis_budget: float | None = None  # seconds the analyses ran under (None: not built here)
+    # the other lowerings of the dispatch table: name -> (module source, Triton kernels source)
+    alternates: dict = field(default_factory=dict)
 
 
 def read_source(spec: str | Path) -> Source:
@@ -67,18 +70,21 @@ def read_source(spec: str | Path) -> Source:
 
 
 def build(spec: str | Path | Source, sizes: dict | None = None, lowering: str | None = None,
-          analysis_budget: float | None = None) -> Compilation:
+          analysis_budget: float | None = None, memory_budget: int | str | None = None) -> Compilation:
     """Run the whole pipeline up to generated source (nothing is imported or executed).
 
     analysis_budget: seconds of symbolic analysis (default ATTNCC_ANALYSIS_BUDGET, else 20); what is
-    not proven by then is treated as general. Analysis results are cached beside the generated code."""
+    not proven by then is treated as general. Analysis results are cached beside the generated code.
+    memory_budget: bytes (or "64GB") a lowering must fit in to be chosen at a length; by default
+    $ATTNCC_MEMORY_BUDGET, else the reference machine's memory (attncc.plan.cost.MACHINE)."""
     src = spec if isinstance(spec, Source) else read_source(spec)
     tree = parse(src)
     checked = check(src, tree, RESERVED_ATTRIBUTES, RESERVED_KEYWORDS)
     ir = lower(checked)
     budget = default_budget() if analysis_budget is None else check_budget(analysis_budget)
     optimized, ctx = _analyse(ir, format_spec(tree), budget)
-    plan = select(optimized, {**checked.sizes, **_design_sizes(sizes, ir.signature)}, lowering)
+    plan = select(optimized, {**checked.sizes, **_design_sizes(sizes, ir.signature)}, lowering,
+                  compile_budget(memory_budget))
     return _emit(Compilation(src, tree, checked, ir, optimized, plan, ctx.log, analysis_budget=budget))
 
 
@@ -108,20 +114,44 @@ def _run_passes(ir: Graph, budget: float, memo: dict) -> tuple[Graph, PassContex
 
 def relower(comp: Compilation, lowering: str) -> Compilation:
     """The same analysed spec with another of its lowerings: selection and emission only."""
-    return _emit(replace(comp, plan=select(comp.optimized, comp.plan.sizes, lowering)))
+    return _emit(replace(comp, plan=select(comp.optimized, comp.plan.sizes, lowering, comp.plan.budget)))
 
 
 def _emit(comp: Compilation) -> Compilation:
     graph, plan = comp.optimized, comp.plan
     comp.spec_hash = "sha256:" + hashlib.sha256(
-        f"{__version__}\n{format_spec(comp.ast)}\n{plan.lowering}".encode()).hexdigest()[:16]
+        f"{__version__}\n{format_spec(comp.ast)}\n{plan.lowering}\n{plan.dispatch}".encode()).hexdigest()[:16]
     comp.torch_source = emit_torch(graph, plan)
     kernels, comp.triton_description = emit_triton(graph, plan)
     comp.triton_source = triton_header(graph, comp.spec_hash, __version__) + kernels
-    comp.module_source = (header(graph, plan, comp.spec_hash, __version__) + "\n\n# " + "-" * 70 + " torch backend\n"
-                          + comp.torch_source + "\n\n# " + "-" * 70 + " triton backend\n" + triton_entry(graph)
+    comp.module_source = (header(graph, plan, comp.spec_hash, __version__) + _sections(graph.name, comp.torch_source)
                           + "\n\n" + module_class(graph, plan, comp.spec_hash, comp.triton_description))
+    comp.alternates = {name: _alternate(comp, replace(plan, lowering=name)) for name in plan.lowerings[1:]}
     return comp
+
+
+def _sections(stem: str, torch_source: str) -> str:
+    """The torch section, then the Triton entry of a module file named `<stem>.py`."""
+    return ("\n\n# " + "-" * 70 + " torch backend\n" + torch_source + "\n\n# " + "-" * 70 + " triton backend\n"
+            + triton_entry(stem))
+
+
+def _alternate(comp: Compilation, plan: Plan) -> tuple[str, str]:
+    """(module source, Triton kernels source) of another lowering of the dispatch table."""
+    graph = comp.optimized
+    kernels, description = emit_triton(graph, plan)
+    module = alternate_header(graph, plan, comp.spec_hash, __version__, description) + _sections(
+        f"{graph.name}_{plan.lowering}", emit_torch(graph, plan))
+    return module, triton_header(graph, comp.spec_hash, __version__) + kernels
+
+
+def compile_budget(memory_budget: int | str | None) -> float:
+    """The memory a lowering must fit at compile time: the argument, else $ATTNCC_MEMORY_BUDGET,
+    else the reference machine's (deterministic: the generated code does not depend on this host)."""
+    if memory_budget is not None:
+        return parse_budget(memory_budget, "memory_budget")
+    configured = configured_budget()
+    return MACHINE["memory_bytes"] if configured is None else configured
 
 
 def _design_sizes(sizes: dict | None, signature: Signature) -> dict:
@@ -141,24 +171,33 @@ def _design_sizes(sizes: dict | None, signature: Signature) -> dict:
 def generated_files(comp: Compilation) -> dict[str, str]:
     """File name -> source of everything generated for a spec."""
     name = comp.checked.name
-    return {f"{name}.py": comp.module_source, f"{name}_triton.py": comp.triton_source}
+    files = {f"{name}.py": comp.module_source, f"{name}_triton.py": comp.triton_source}
+    for lowering, (module, kernels) in comp.alternates.items():
+        files[f"{name}_{lowering}.py"], files[f"{name}_{lowering}_triton.py"] = module, kernels
+    return files
 
 
 def compile(spec: str | Path | Compilation, backend: str = "auto", sizes: dict | None = None,
-            lowering: str | None = None, analysis_budget: float | None = None):
+            lowering: str | None = None, analysis_budget: float | None = None,
+            memory_budget: int | str | None = None):
     """Compile a spec (path, text, or a Compilation from `build`) to an nn.Module class; instantiate
-    it with sizes / backend. analysis_budget: seconds of symbolic analysis (see `build`).
+    it with sizes / backend. analysis_budget: seconds of symbolic analysis (see `build`). Each call
+    runs the lowering its key length's dispatch entry names (`lowering=` pins one); memory_budget
+    (bytes, or "64GB") is what a lowering must fit to be chosen (see `build`), and the budget the
+    module's calls are checked against (attncc.runtime.memory).
 
     >>> Attn = attncc.compile("examples/causal.attn")
     >>> out = Attn()(q, k, v)            # q, k, v: [batch, heads, tokens, dim]
     """
-    comp = spec if isinstance(spec, Compilation) else build(spec, sizes, lowering, analysis_budget)
+    comp = spec if isinstance(spec, Compilation) else build(spec, sizes, lowering, analysis_budget, memory_budget)
     module = load_module(comp.checked.name, generated_files(comp))
     base = module.Module
-    recipe = compile_recipe(comp, backend)
+    recipe = compile_recipe(comp, backend, memory_budget)
     cls = type(comp.checked.name, (base,), {"checked": comp.checked, "compilation": comp,
                                             "__module__": module.__name__, "REBUILD": (rebuild, recipe),
-                                            "__init__": _init_with_backend(base, backend)})
+                                            "__init__": _init_with_backend(base, backend),
+                                            "memory_budget": None if memory_budget is None else
+                                            parse_budget(memory_budget, "memory_budget")})
     COMPILED_CLASSES[_recipe_key(recipe)] = cls
     return cls
 
@@ -169,14 +208,17 @@ COMPILED_CLASSES: "weakref.WeakValueDictionary[str, type]" = weakref.WeakValueDi
 RECIPE_FORMAT = 1
 
 
-def compile_recipe(comp: Compilation, backend: str) -> dict:
+def compile_recipe(comp: Compilation, backend: str, memory_budget: int | str | None = None) -> dict:
     """What a pickled compiled module carries to rebuild its class: the spec text and the choices
     that shaped it (plain values, so any later attncc can read it and say what differs)."""
     known = set(DESIGN_SIZES) | set(comp.checked.sizes)
     return {"format": RECIPE_FORMAT, "attncc": __version__, "name": comp.checked.name,
             "text": comp.source.text, "filename": comp.source.filename, "backend": backend,
             "sizes": {n: v for n, v in comp.plan.sizes.items() if n in known},
-            "lowering": comp.plan.lowering, "spec_hash": comp.spec_hash, "analysis_budget": comp.analysis_budget}
+            # a lowering that runs at every length is pinned (forcing it gives the same table); a
+            # dispatch table is chosen again from the same sizes
+            "lowering": comp.plan.lowering if len(comp.plan.dispatch) == 1 else None,
+            "spec_hash": comp.spec_hash, "analysis_budget": comp.analysis_budget, "memory_budget": memory_budget}
 
 
 def _recipe_key(recipe: dict) -> str:
@@ -193,7 +235,7 @@ def rebuild(recipe: dict):
     cls = COMPILED_CLASSES.get(_recipe_key(recipe))
     if cls is None:
         cls = compile(Source(recipe["text"], recipe["filename"]), recipe["backend"], recipe["sizes"],
-                      recipe["lowering"], recipe.get("analysis_budget"))
+                      recipe["lowering"], recipe.get("analysis_budget"), recipe.get("memory_budget"))
     if cls.SPEC_HASH != recipe["spec_hash"]:
         raise AttnccError(
             f"cannot load the pickled attention `{recipe['name']}`: attncc {recipe['attncc']} compiled it to "

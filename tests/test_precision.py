@@ -19,8 +19,10 @@ from attncc.tools.compare import TOLERANCE, compare, random_inputs
 # exactly dot * G[i, j]: it has no position for a constant.)
 SCALE_EVERYWHERE = {
     "softmax": """size w = 5
-        score(i, j) = dot(q[i], k[j]) * scale - scale * abs(i - j) + where(i % 2 == 0, scale, -scale)
-        bias(i, j) = scale * exp(-scale * (i - j)) + max(scale, 0.1) / (1 + scale)
+        let near = scale * abs(i - j)
+        score(i, j) = dot(q[i], k[j]) * scale - near + where(i % 2 == 0, scale, -scale)
+        bias(i, j) = scale * exp(-scale * (i - j)) + max(scale, 0.1) / (1 + scale) + softplus(scale)
+                   + clamp(scale * (i - j), -scale, scale) + int(scale * 64 + i) * scale
         mask(i, j) = scale * (i - j) <= 3 * scale * w
         normalize softmax""",
     "blocks": """size c = 4

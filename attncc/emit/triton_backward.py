@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..analysis.structure import classify_modulation
-from ..lang.derivative import NotDifferentiable, diff, leaves
+from ..lang.derivative import NotDifferentiable, gradient, leaves
 from ..lang.expr import TExpr
 from ..lang.features import FEATURE_MAPS
 from ..ir.graph import Graph, attention_node, attention_of
@@ -76,8 +76,7 @@ def tile_backward_support(graph: Graph, plan: Plan) -> str | None:
     """The tile kernels differentiate the score hole symbolically: it must be differentiable."""
     scores, _ = quadratic_form(graph, attention_of(graph))
     try:
-        for leaf in leaves(scores):
-            diff(scores, leaf)
+        gradient(scores)
     except NotDifferentiable as exc:
         return str(exc)
     return None
@@ -203,7 +202,7 @@ class TileBackward:
         self.dots = name_dots(self.scores)
         self.ex = KernelExpr(self.dots, {s: size_arg(s) for s in sizes_used(self.scores, self.mask)})
         self.kernel = Kernel([self.scores, self.mask], {n: len(p.shape) for n, p in graph.signature.params.items()})
-        self.derivs = {leaf: diff(self.scores, leaf) for leaf in leaves(self.scores)}
+        self.derivs = gradient(self.scores)
         self.pairs = _pair_derivatives(self.scores, self.derivs)
         self.q_sides = {_side(d, 0): row_feature(d.args[0]) for d in self.dots}
         self.k_sides = {_side(d, 1): row_feature(d.args[1]) for d in self.dots}

@@ -182,16 +182,6 @@ class _Checker(ExprTyper, MechanismChecks):
         if t.op != "const":
             self.derived[s.name] = t
 
-    def _LetDecl(self, s: ast.LetDecl):
-        self.let_decls[s.name] = s  # typed with the definitions, once every declaration is known
-
-    def _type_lets(self) -> None:
-        """Each let's body, typed once where definitions are (query index `i`, key index `j`, `dot`
-        allowed): a let may use every declaration and the lets above it."""
-        self.index_names = ("i", "j")
-        for name, s in self.let_decls.items():
-            self.lets[name] = self._expr(s.value, ctx="let")
-
     def _ParamDecl(self, s: ast.ParamDecl):
         if s.name in self.reserved_attributes:  # tables become attributes of the module (state_dict keys)
             self.bag.error(f"`{s.name}` is an attribute of the compiled nn.Module and cannot name a table",

@@ -8,7 +8,7 @@ from ..analysis.blocks import block_size, evaluate_layout
 from ..emit.torch import emit_block_layout, emit_score_holes
 from ..emit.triton_backward import TILE_BACKWARD
 from ..ir.graph import B, D, E, H, N, Nq
-from ..plan.cost import BYTES_IO, Candidate, CostQuery
+from ..plan.cost import BYTES_IO, Candidate, CostQuery, quadratic_memory
 from ..plan.registry import Lowering, register
 from . import tiled
 
@@ -28,9 +28,11 @@ def cost(query: CostQuery) -> Candidate:
     block = block_size(layout, sizes)
     band = query.mask.bounds_at(sizes)
     rho = sympy.Float(float(evaluate_layout(layout, sizes, sizes["Nq"], sizes["N"], band).float().mean()), 4)
+    working, saved = quadratic_memory(N * rho, rows=block)  # one query block against its row's key blocks
+    layout = 2 * (Nq / block + 1) * (N / block + 1)  # the bool layout and its tiles, kept per length
     return Candidate(NAME, 2 * B * H * Nq * N * (D + E) * rho, BYTES_IO + 4 * B * H * Nq * N * rho / block * (D + E),
                      f"block-sparse over {block}-token blocks: {float(rho):.2%} of the score blocks "
-                     f"at the design sizes, layout computed once per length")
+                     f"at the design sizes, layout computed once per length", memory=working + layout, saved=saved)
 
 
 def emit_torch(w, graph, plan) -> None:

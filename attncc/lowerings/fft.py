@@ -8,7 +8,7 @@ import torch
 from ..emit.torch import emit_kernelized, emit_toeplitz_f
 from ..emit.triton_structured import emit_structured
 from ..ir.graph import B, D, E, H, N, Nq
-from ..plan.cost import BYTES_IO, Candidate, CostQuery
+from ..plan.cost import BYTES_IO, Candidate, CostQuery, blocked_transform_memory
 from ..plan.registry import Lowering, register
 
 NAME = "fft"
@@ -23,9 +23,11 @@ def accepts(query: CostQuery) -> bool:
 
 def cost(query: CostQuery) -> Candidate:
     length = Nq + N
+    cells = 2 * length  # the FFT length: the power of two at or above Nq + N - 1, at most twice that
     return Candidate(NAME, B * H * D * (E + 1) * 5 * length * sympy.log(length, 2) + 4 * B * H * Nq * D * E,
                      BYTES_IO + 4 * B * H * length * D * (E + 1) * 3,
-                     "circulant embedding, one FFT convolution per feature and value column")
+                     "circulant embedding, one FFT convolution per feature and value column",
+                     **blocked_transform_memory(cells))
 
 
 def forward(w, common: str) -> None:

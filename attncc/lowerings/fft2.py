@@ -8,7 +8,7 @@ from ..analysis.grid import width_at
 from ..emit.torch import emit_grid_f, emit_kernelized
 from ..emit.triton_structured import emit_structured
 from ..ir.graph import B, D, E, H, N, Nq
-from ..plan.cost import BYTES_IO, Candidate, CostQuery
+from ..plan.cost import BYTES_IO, Candidate, CostQuery, blocked_transform_memory
 from ..plan.registry import Lowering, register
 from .fft import FFT_TOLERANCE
 
@@ -27,7 +27,8 @@ def cost(query: CostQuery) -> Candidate:
     cells = 2 * rows * 2 * width
     return Candidate(NAME, B * H * D * (E + 1) * 5 * cells * sympy.log(cells, 2) + 4 * B * H * Nq * D * E,
                      BYTES_IO + 4 * B * H * cells * D * (E + 1) * 3,
-                     f"2-D FFT convolutions on the {width}-column grid (zero-padded, circulant-embedded)")
+                     f"2-D FFT convolutions on the {width}-column grid (zero-padded, circulant-embedded)",
+                     **blocked_transform_memory(2 * cells))  # each side padded to a power of two: <= 4x
 
 
 def forward(w, common: str) -> None:

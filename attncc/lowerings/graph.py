@@ -6,7 +6,7 @@ from ..emit.exprs import key
 from ..emit.torch import emit_kernelized
 from ..emit.triton_structured import emit_structured
 from ..ir.graph import B, D, E, H, N, Nq
-from ..plan.cost import BYTES_IO, GRAPH_DEGREE, GRAPH_PRODUCTS, Candidate, CostQuery
+from ..plan.cost import BYTES_IO, GRAPH_DEGREE, GRAPH_PRODUCTS, Candidate, CostQuery, blocked_transform_memory
 from ..plan.registry import Lowering, register
 
 NAME = "graph"
@@ -22,7 +22,8 @@ def cost(query: CostQuery) -> Candidate:
     return Candidate(NAME, B * H * D * (E + 1) * products * 2 * nnz + 2 * B * H * Nq * D * E,
                      BYTES_IO + products * (8 * nnz + 8 * B * H * N * D * (E + 1)),
                      f"{products} products with the adjacency ({GRAPH_DEGREE} edges per token assumed; "
-                     f"CSR when sparse), G = kernel(A) never formed")
+                     f"CSR when sparse), G = kernel(A) never formed",
+                     **blocked_transform_memory(N * 3))  # a product's operand, result and running sum
 
 
 def emit_torch(w, graph, plan) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..emit.torch import emit_kernelized
 from ..ir.graph import B, D, E, H, N, Nq
-from ..plan.cost import Candidate, CostQuery
+from ..plan.cost import BYTES_OUT, FEATURE_ROWS, Candidate, CostQuery
 from ..plan.registry import Lowering, register
 
 NAME = "ista"
@@ -20,8 +20,10 @@ def cost(query: CostQuery) -> Candidate:
     out = Phi_Q z (Nq m e); m = D, the feature width."""
     steps = query.attrs["steps"]
     flops = 2 * B * H * (N * D * (D + E) + steps * D * D * E + Nq * D * E)
+    gram = 4 * B * H * D * (D + E)  # G and b
     return Candidate(NAME, flops, 4 * B * H * (Nq * (D + E) + N * (D + E) + (steps + 1) * D * (D + E)),
-                     f"{steps} unrolled ISTA steps on the m x m Gram matrix, no N x N buffer")
+                     f"{steps} unrolled ISTA steps on the m x m Gram matrix, no N x N buffer",
+                     memory=2 * BYTES_OUT + 2 * FEATURE_ROWS + 2 * gram, saved=2 * FEATURE_ROWS + (steps + 1) * gram)
 
 
 def emit_torch(w, graph, plan) -> None:

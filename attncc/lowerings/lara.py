@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..emit.torch import emit_approx
 from ..ir.graph import B, D, E, H, N, Nq
-from ..plan.cost import BYTES_IO, Candidate, CostQuery
+from ..plan.cost import BYTES_IO, Candidate, CostQuery, quadratic_memory
 from ..plan.registry import Lowering, register
 
 NAME = "lara"
@@ -17,8 +17,10 @@ def accepts(query: CostQuery) -> bool:
 
 def cost(query: CostQuery) -> Candidate:
     c = query.approx.options["landmarks"]
+    working, saved = quadratic_memory(c, rows=Nq + N)  # every token against the c landmarks at once
     return Candidate(NAME, 2 * B * H * ((Nq + N) * c * (D + E) + c * c * D), BYTES_IO,
-                     f"LARA: {c} landmark proposals, self-normalized multiple importance sampling")
+                     f"LARA: {c} landmark proposals, self-normalized multiple importance sampling",
+                     memory=working, saved=saved)
 
 
 def emit_torch(w, graph, plan) -> None:

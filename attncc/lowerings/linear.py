@@ -6,7 +6,7 @@ from ..emit.torch import emit_kernelized, emit_linear_call
 from ..emit.triton_linear import emit_linear_triton
 from ..emit.triton_backward_linear import LINEAR_BACKWARD
 from ..ir.graph import B, D, E, H, N, Nq
-from ..plan.cost import BYTES_IO, Candidate, CostQuery
+from ..plan.cost import BYTES_IO, BYTES_OUT, FEATURE_ROWS, Candidate, CostQuery
 from ..plan.registry import Lowering, register
 
 NAME = "linear"
@@ -21,8 +21,11 @@ def accepts(query: CostQuery) -> bool:
 
 
 def cost(query: CostQuery) -> Candidate:
+    state = 4 * B * H * D * (E + 1)
     return Candidate(NAME, 2 * B * H * (N + Nq) * D * (E + 1), BYTES_IO,
-                     "phi(Q) (phi(K)^T V): one pass for the state, one for the output")
+                     "phi(Q) (phi(K)^T V): one pass for the state, one for the output",
+                     # a map's rows pass through a temporary (elu(x), then + 1)
+                     memory=2 * BYTES_OUT + 2 * FEATURE_ROWS + state, saved=2 * FEATURE_ROWS + state)
 
 
 def emit_torch(w, graph, plan) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..emit.torch import emit_kernelized, emit_linear_call
 from ..emit.triton_backward_linear import LINEAR_BACKWARD
 from ..ir.graph import B, D, E, H, N
-from ..plan.cost import BYTES_IO, CHUNK, Candidate, CostQuery
+from ..plan.cost import BYTES_IO, BYTES_OUT, CHUNK, FEATURE_ROWS, Candidate, CostQuery
 from ..plan.registry import Lowering, register
 from . import linear
 
@@ -18,8 +18,11 @@ def accepts(query: CostQuery) -> bool:
 
 
 def cost(query: CostQuery) -> Candidate:
+    # the padded chunked copies, every chunk's state and its prefix (three of them), the C x C blocks
+    chunks = 4 * B * H * N * (2 * D + E) + 12 * B * H * (N / CHUNK) * D * (E + 1) + 12 * B * H * N * CHUNK
     return Candidate(NAME, 2 * B * H * (N * CHUNK * (D + E) + 2 * N * D * (E + 1)), BYTES_IO,
-                     f"chunks of {CHUNK}: quadratic inside, prefix state across")
+                     f"chunks of {CHUNK}: quadratic inside, prefix state across",
+                     memory=2 * BYTES_OUT + FEATURE_ROWS + chunks, saved=FEATURE_ROWS + chunks)
 
 
 def emit_torch(w, graph, plan) -> None:

@@ -6,7 +6,7 @@ import sympy
 
 from ..emit.mixed import emit_mixed_torch, emit_mixed_triton
 from ..ir.graph import B, D, E, H, N, Nq
-from ..plan.cost import Candidate, CostQuery
+from ..plan.cost import BYTES_OUT, FEATURE_ROWS, Candidate, CostQuery, quadratic_memory
 from ..plan.registry import Lowering, register
 from ..analysis.structure import to_sympy
 
@@ -26,7 +26,11 @@ def cost(query: CostQuery) -> Candidate:
     terms = len(form.linear)
     flops = 2 * B * H * Nq * c * (D + E) + terms * 2 * B * H * (N + Nq) * D * (E + 1) + terms * B * H * (N / c) * D * E
     nbytes = 4 * B * H * (Nq * (D + E) + N * (D + E)) + terms * 4 * B * H * (N / c) * D * (E + 1)
-    return Candidate(NAME, flops, nbytes, "quadratic inside chunks of c, chunk states prefix-summed across")
+    working, saved = quadratic_memory(c)
+    # per linear term: its rows through the map, every chunk's state and its prefix sum, the terms' sums
+    states = terms * (FEATURE_ROWS + 8 * B * H * (N / c) * D * (E + 1)) + 2 * BYTES_OUT
+    return Candidate(NAME, flops, nbytes, "quadratic inside chunks of c, chunk states prefix-summed across",
+                     memory=working + states, saved=saved + states)
 
 
 def emit_torch(w, graph, plan) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..emit.torch import emit_approx
 from ..emit.triton_approx import emit_mra_kernel, mra_triton_block
 from ..ir.graph import B, D, E, H, N, Nq
-from ..plan.cost import BYTES_IO, Candidate, CostQuery
+from ..plan.cost import BYTES_IO, Candidate, CostQuery, quadratic_memory
 from ..plan.registry import Lowering, register
 
 NAME = "mra"
@@ -21,10 +21,12 @@ def accepts(query: CostQuery) -> bool:
 def cost(query: CostQuery) -> Candidate:
     opts = query.approx.options
     b, per_row = opts["block"], opts["blocks_per_row"]
+    working, saved = quadratic_memory(per_row * b + N / b, rows=Nq)  # its blocks, and block means of a row
     return Candidate(NAME, 2 * B * H * (Nq * per_row * b * (D + E) + (Nq / b) * (N / b) * (D + E)),
                      BYTES_IO + 4 * B * H * Nq * per_row * b,
                      f"MRA-2: exact scores on {per_row} blocks of {b} per block row (top-k of block-mean "
-                     f"logits), {'block means elsewhere' if opts['mode'] == 'full' else 'nothing elsewhere'}")
+                     f"logits), {'block means elsewhere' if opts['mode'] == 'full' else 'nothing elsewhere'}",
+                     memory=working, saved=saved)
 
 
 def emit_torch(w, graph, plan) -> None:

@@ -2,11 +2,13 @@
 four reads per query (torch.cumsum builds the tables; Triton reads the boxes and contracts, fused)."""
 from __future__ import annotations
 
+import sympy
+
 from ..analysis.grid import ring_extent, saturation_at, width_at
 from ..emit.torch import emit_kernelized, emit_ring_g
 from ..emit.triton_structured import emit_structured
 from ..ir.graph import B, D, E, H, N, Nq
-from ..plan.cost import Candidate, CostQuery
+from ..plan.cost import Candidate, CostQuery, blocked_transform_memory
 from ..plan.registry import Lowering, register
 
 NAME = "rings"
@@ -25,7 +27,17 @@ def cost(query: CostQuery) -> Candidate:
     return Candidate(NAME, 2 * B * H * Nq * (rings + 1) * 4 * D * (E + 1) + 4 * B * H * N * D * (E + 1),
                      4 * B * H * Nq * (rings + 1) * 4 * D * (E + 1),
                      f"summed-area tables on the {width}-column grid, {form.metric} rings: "
-                     f"{rings} boxes of 4 reads per query at the design sizes")
+                     f"{rings} boxes of 4 reads per query at the design sizes",
+                     **blocked_transform_memory(table_cells(width, form.metric) + (rings + 2) * Nq))
+
+
+def table_cells(width: int, metric: str) -> sympy.Expr:
+    """Cells of the summed-area table on the ring plane (attncc.rt.ring_geometry): the grid's
+    rows by its columns for Chebyshev rings; for Manhattan the rotated plane, a square whose side
+    grows with the rows (quadratic in N at a fixed width)."""
+    if metric == "chebyshev":
+        return (N / width + 2) * (width + 1)
+    return (N / width + width + 1) ** 2
 
 
 def emit_torch(w, graph, plan) -> None:

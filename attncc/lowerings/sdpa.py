@@ -11,9 +11,9 @@ from ..lang.standard import DEFAULT_LOGITS
 from ..emit.torch import emit_tiled_torch
 from ..emit.triton import emit_tiled_triton
 from ..emit.triton_backward import TILE_BACKWARD
-from ..ir.graph import B, D, E, H, expr_of
+from ..ir.graph import B, D, E, H, Nq, expr_of
 from ..lang.normalizers import NORMALIZERS
-from ..plan.cost import BYTES_IO, Candidate, CostQuery, visited_pairs
+from ..plan.cost import BYTES_IO, BYTES_OUT, Candidate, CostQuery, visited_pairs
 from ..plan.registry import Lowering, register
 from . import tiled
 
@@ -32,8 +32,10 @@ def accepts(query: CostQuery) -> bool:
 
 
 def cost(query: CostQuery) -> Candidate:
+    held = BYTES_OUT + 4 * B * H * Nq  # the output and its rows' log-sum-exp (flash kernels, CPU too)
     return Candidate(NAME, 2 * B * H * visited_pairs(query.mask) * (D + E), BYTES_IO,
-                     "torch's fused SDPA kernels (FlashAttention on GPU): plain softmax, full or causal mask")
+                     "torch's fused SDPA kernels (FlashAttention on GPU): plain softmax, full or causal mask",
+                     memory=held, saved=held)
 
 
 def emit_torch(w, graph, plan) -> None:

@@ -12,18 +12,21 @@ from ..emit.torch import emit_tiled_torch
 from ..emit.triton import emit_tiled_triton
 from ..emit.triton_backward import TILE_BACKWARD
 from ..ir.graph import B, D, E, H, N, Nq
-from ..plan.cost import BLOCK, BYTES_IO, GRAPH_PRODUCTS, Candidate, CostQuery, visited_pairs
+from ..plan.cost import BLOCK, BYTES_IO, GRAPH_PRODUCTS, Candidate, CostQuery, quadratic_memory, visited_pairs
 from ..plan.registry import Lowering, register
 
 NAME = "tiled"
 # CUDA launch candidates, the default first (attncc/runtime/autotune.py): FlexAttention's and the Triton
 # tutorial's H100 tiles (BLOCK_M 128, BLOCK_N 64/128, 8 warps, 3-4 stages) among them. The compile gate
-# (docs/compile_gate.md) measured which ones spill or overflow: 128 x 128 tiles and 4-warp 128-row
-# tiles only for rows up to 128 bytes (bf16 d = 64), nothing but 32 x 32 tiles for fp32 inputs,
-# whose dots run on FMA units.
-AUTOTUNE = (dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, max_row_bytes=256, half_only=True),
+# (docs/compile_gate.md) measured which ones spill or overflow: 128 x 128 tiles, 4 stages and 4-warp
+# 128-row tiles only for rows up to 128 bytes (bf16 d = 64; at d = 128 a spec whose feature maps
+# hold its rows in fp32 needed 256-288 KB of shared memory with 4 stages); at d = 128 the default has
+# 8 warps (4 spilled 352 B with a bool input mask); nothing but 32 x 32 tiles for fp32 inputs, whose
+# dots run on FMA units.
+AUTOTUNE = (dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, max_row_bytes=128, half_only=True),
+            dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=3, max_row_bytes=256, half_only=True),
             dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, max_row_bytes=256, half_only=True),
-            dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=4, max_row_bytes=256, half_only=True),
+            dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=4, max_row_bytes=128, half_only=True),
             dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, max_row_bytes=128, half_only=True),
             dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=4, max_row_bytes=128, half_only=True),
             dict(BLOCK_M=128, BLOCK_N=32, num_warps=4, num_stages=4, max_row_bytes=128, half_only=True),
@@ -50,11 +53,14 @@ def cost(query: CostQuery) -> Candidate:
     flops = 2 * B * H * pairs * (D + E)
     nbytes = BYTES_IO + 4 * B * H * (Nq / BLOCK) * (pairs / Nq) * (D + E)
     note = "quadratic tiles, online softmax / row sums, empty tiles skipped by mask structure"
+    working, saved = quadratic_memory(pairs / Nq)
     if query.op == "graph_attend":  # the table lowerings first form G = kernel(A): dense N x N products
         flops += B * 2 * N ** 3 * (query.attrs["graph_steps"] or GRAPH_PRODUCTS)
         nbytes += 4 * B * N * N * 3
+        working += 12 * B * N * N  # G in float64, then at the computation's precision
         note += "; G = kernel(A) formed densely first"
-    return Candidate(NAME, flops, nbytes, note, programs=B * H * sympy.ceiling(Nq / BLOCK))
+    return Candidate(NAME, flops, nbytes, note, programs=B * H * sympy.ceiling(Nq / BLOCK),
+                     memory=working, saved=saved)
 
 
 def emit_torch(w, graph, plan) -> None:

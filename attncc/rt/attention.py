@@ -25,10 +25,11 @@ __all__ = [
     "CPU_FEATURE_TILE", "GPU_FEATURE_TILE", "GPU_GROUP_BUDGET", "GROUP_BUDGET", "LINEAR_CHUNK", "QUERY_CHUNK",
     "RingGeometry", "as_4d", "as_float", "batch_index",
     "block_sparse_attention", "causal_linear_attention", "compute_dtype", "fft_length", "finish_rows",
-    "float_to_int", "floordiv", "floormod", "graph_attention", "graph_transform", "grid_offsets", "grid_toeplitz_attention",
-    "grid_transform", "input_lookup", "keep_grad", "kernel_products", "linear_attention", "logical_not",
-    "lookup", "maximum", "minimum", "offset_pairs", "popcount", "prefix_chunk_sums", "ring_attention",
-    "ring_coordinates", "ring_extent", "ring_geometry", "ring_pairs", "sdpa_attention", "sink_rows", "softplus",
+    "float_to_int", "floordiv", "floormod", "graph_attention", "graph_transform", "grid_offsets",
+    "grid_toeplitz_attention", "grid_transform", "input_lookup", "keep_grad", "kernel_blocks", "kernel_products",
+    "linear_attention", "logical_not", "lookup", "maximum", "minimum", "offset_pairs", "popcount",
+    "prefix_chunk_sums", "ring_attention", "ring_coordinates", "ring_extent", "ring_geometry", "ring_pairs",
+    "sdpa_attention", "sink_rows", "softplus",
     "summed_area_table", "tiled_attention", "toeplitz_attention", "toeplitz_row", "toeplitz_transform",
     "with_torch_backward", "within_band",
 ]
@@ -315,34 +316,49 @@ GPU_GROUP_BUDGET = 1 << 26  # on GPUs: few, large groups (launches and re-reads 
 GPU_FEATURE_TILE, CPU_FEATURE_TILE = 1, 16
 
 
-def kernel_products(pk, v, transform: Callable, *, cells: int, budget: int = GROUP_BUDGET):
-    """Yield (l0, y) with y [ml, B, H, E+1, Nq] = T (phi(K)_l o [V, 1]) for the features l0 .. l0+ml-1:
-    a linear map T over key tokens (`transform`, [.., N] -> [.., Nq]) applied to every (feature, value
-    column) of one group at once. Groups are sized so that the largest buffer (`cells` elements per
-    column) stays within `budget` elements."""
+def kernel_blocks(pk, v, transform: Callable, *, cells: int, budget: int = GROUP_BUDGET, split_columns: bool = True):
+    """Yield (l0, e0, y) with y [ml, B, H, ne, Nq] = T (phi(K)_l o [V, 1]_e) for the features
+    l0 .. l0+ml-1 and the value columns e0 .. e0+ne-1 (column E is the ones of the row sums): a linear
+    map T over key tokens (`transform`, [.., N] -> [.., Nq]) applied to a block of (feature, value
+    column) pairs at once. Blocks are sized so that the largest buffer (`cells` elements per column)
+    stays within `budget` elements: whole features while one fits, else (split_columns) a few value
+    columns of one feature, never less than one column of one feature (B H cells elements). The
+    peak is therefore a few times max(budget, B H cells): linear in the tokens, whatever m and E."""
     dtype = compute_dtype(v)
     B, H, _, m = pk.shape
     E = v.shape[-1]
     ones = torch.ones(*v.shape[:-1], 1, dtype=dtype, device=v.device)
     v1 = torch.cat([v.to(dtype), ones], -1).transpose(-1, -2)  # [B, H, E+1, N]
     pk = pk.to(dtype).permute(3, 0, 1, 2)  # [m, B, H, N]
-    group = max(1, budget // max(1, B * H * (E + 1) * cells))
-    for l0 in range(0, m, group):
-        yield l0, transform(pk[l0:l0 + group, :, :, None, :] * v1)
+    column = max(1, B * H * cells)
+    columns = E + 1 if not split_columns else max(1, min(E + 1, budget // column))
+    group = max(1, budget // (column * columns)) if columns == E + 1 else 1
+    for e0 in range(0, E + 1, columns):
+        for l0 in range(0, m, group):
+            yield l0, e0, transform(pk[l0:l0 + group, :, :, None, :] * v1[:, :, e0:e0 + columns])
+
+
+def kernel_products(pk, v, transform: Callable, *, cells: int, budget: int = GROUP_BUDGET):
+    """Yield (l0, y) with y [ml, B, H, E+1, Nq] = T (phi(K)_l o [V, 1]) for the features l0 .. l0+ml-1,
+    every value column at once (what the Triton contraction kernels read): kernel_blocks by whole
+    features, at least one feature per group."""
+    for l0, _, y in kernel_blocks(pk, v, transform, cells=cells, budget=budget, split_columns=False):
+        yield l0, y
 
 
 def _kernel_sums(pq, pk, v, transform: Callable, *, normalize: str, eps: float, cells: int) -> torch.Tensor:
-    """num_i = sum_l phi(q_i)_l [T (phi(K)_l o [V, 1])]_i (kernel_products), then the normalization.
-    Features go in groups small enough to stay in cache, which matters more on CPUs than the number
-    of calls."""
+    """num_i = sum_l phi(q_i)_l [T (phi(K)_l o [V, 1])]_i (kernel_blocks), then the normalization.
+    Features and value columns go in blocks small enough to stay in cache, which matters more on
+    CPUs than the number of calls, and bounds the peak memory (see kernel_blocks)."""
     dtype = compute_dtype(v)
     B, H, Nq, _ = pq.shape
     E = v.shape[-1]
     pq = pq.to(dtype).permute(3, 0, 1, 2)  # [m, B, H, Nq]
-    out = torch.zeros(B, H, E + 1, Nq, dtype=dtype, device=v.device)
-    for l0, y in kernel_products(pk, v, transform, cells=cells):
-        out = out + (pq[l0:l0 + y.shape[0], :, :, None, :] * y).sum(0)
-    out = out.transpose(-1, -2)
+    sums: dict[int, torch.Tensor] = {}  # value column e0 -> its block's sum over features [B, H, ne, Nq]
+    for l0, e0, y in kernel_blocks(pk, v, transform, cells=cells):
+        part = (pq[l0:l0 + y.shape[0], :, :, None, :] * y).sum(0)
+        sums[e0] = part if e0 not in sums else sums[e0] + part
+    out = torch.cat([sums[e0] for e0 in sorted(sums)], 2).transpose(-1, -2)
     return finish_rows(out[..., :E], out[..., E], normalize, eps).to(v.dtype)
 
 

@@ -35,7 +35,9 @@ class Backend:
     auto                                  a candidate of backend="auto", in registration order
     raw_inputs                            run on q, k, v before pooling, graph tables and features
     prepare(module)                       called once at construction when it may run (imports)
-    describe                              what `repr(module)` and the docs say of it"""
+    describe                              what `repr(module)` and the docs say of it
+    checks_memory                         the module's MEMORY estimate (its torch forward's) is checked
+                                          against the budget before the call (attncc.runtime.memory)"""
     name: str
     run: Callable
     describe: str
@@ -43,6 +45,7 @@ class Backend:
     auto: bool = False
     raw_inputs: bool = False
     prepare: Callable | None = None
+    checks_memory: bool = False
 
     def __post_init__(self):
         if self.name == "auto":
@@ -88,14 +91,15 @@ def auto_description() -> str:
 
 
 def prepare_triton(module) -> None:
-    module.triton_kernels()  # imported now: torch.compile cannot trace an import (graph break)
+    for name, _ in module.DISPATCH:  # imported now: torch.compile cannot trace an import (graph break)
+        module.triton_kernels(name)
 
 
 register_backend(Backend(
     "triton", lambda m, q, k, v, ctx: m.forward_triton(q, k, v, ctx), "on CUDA",
     available=lambda device: device.type == "cuda" and cuda_triton_available(), auto=True, prepare=prepare_triton))
 register_backend(Backend(
-    "torch", lambda m, q, k, v, ctx: m.forward_torch(q, k, v, ctx), "elsewhere", auto=True))
+    "torch", lambda m, q, k, v, ctx: m.forward_torch(q, k, v, ctx), "elsewhere", auto=True, checks_memory=True))
 register_backend(Backend(
     "reference", lambda m, q, k, v, ctx: m.dense(q, k, v, ctx).to(v.dtype),
     "the dense float64 oracle, cast to v's dtype", raw_inputs=True))

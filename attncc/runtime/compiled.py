@@ -1,11 +1,15 @@
 """What every compiled module shares: parameters, input checks, backend choice, loading.
 
 A generated module file defines `class Module(CompiledAttention)` with its tables (SIZES, PARAMS,
-INPUTS) and `forward_torch` / `forward_triton`; this base class does everything else.
+INPUTS, DISPATCH, MEMORY) beside its lowering's `forward_torch` / `forward_triton`; the other
+lowerings its DISPATCH table runs live in sibling files (`<spec>_<lowering>.py`). This base class
+does everything else: it picks each call's lowering by the key length, checks the call's memory
+against the budget (attncc.runtime.memory), and runs that lowering's forward.
 """
 from __future__ import annotations
 
 import inspect
+import math
 import pickle
 import sys
 from collections import OrderedDict
@@ -21,8 +25,10 @@ from ..lang.features import draw_projection, random_features, tensor_power_featu
 from ..lang.graph_kernels import dense_kernel
 from ..frontend.approx import RANDOM
 from ..lang.approx_math import lara_noise, ra_noise
+from ..plan import registry
 from .backends import auto_description, backends_to_prepare, get_backend, resolve
 from .cache import import_sibling  # generated modules import it from here
+from .memory import check_fits, element_factor
 
 LAYOUT_CACHE = 16  # block-sparse layouts kept per module (one per length and sizes)
 MAX_TILE = 128  # largest Triton tile edge for block-sparse kernels
@@ -56,6 +62,7 @@ class Context:
     dtype: torch.dtype = torch.float32  # of the computation: float64 for float64 inputs
     noise: object = None  # the random draw of an approximation (lara, ra) for this call
     B: int = 1  # batch rows (the batch index `b` runs over them)
+    lowering: str = ""  # the lowering this call runs (the module's DISPATCH entry for N); "": LOWERING
 
     @property
     def scale(self) -> float:
@@ -100,7 +107,9 @@ class CompiledAttention(nn.Module):
     POOL = False  # `pool k, v = ...`: the generated `pool_kv` replaces k, v before any backend (attncc/rt/pool.py)
     APPROX = None  # (method, options) of a declared approximation computed by its own algorithm (attncc/rt/approx.py)
     TRITON_LOWERING = ""
-    FORMS_GRAPH_TABLES = True  # G = kernel(A) formed as a table before the lowering runs (not: graph)
+    DISPATCH: tuple = ()  # ((lowering, up to key length N or None), ...): the lowering of each call
+    MEMORY: dict = {}  # lowering -> sizes -> (working, kept for the backward) fp32 bytes of a torch call
+    memory_budget: int | None = None  # bytes a call may hold (attncc.runtime.memory); None: env / device
     checked = None  # the CheckedSpec, attached by attncc.compile (for .reference)
     # (function, recipe) that makes this class again in another process, attached by attncc.compile:
     # the class lives in a generated module that a fresh process does not have, so pickles carry
@@ -114,6 +123,7 @@ class CompiledAttention(nn.Module):
         self.backend = backend
         self.check_bounds = check_bounds  # every call first checks that no table lookup clamps (dense: slow)
         self.last_backend: str | None = None
+        self.last_lowering: str | None = None
         self._layouts: OrderedDict = OrderedDict()  # block-sparse layouts by lengths and sizes, LRU
         unknown = set(sizes) - set(self.SIZES) - set(self.NEEDS)
         if unknown:
@@ -152,15 +162,21 @@ class CompiledAttention(nn.Module):
             raise AttnccError(f"{self.SPEC_NAME}: size `{negative[0]}` must be >= 0")
         if any(fn(self.sizes) == 0 for fn in self.DIVISORS):
             raise AttnccError(f"{self.SPEC_NAME}: sizes {self.sizes} make a divisor of the spec 0")
-        for name, p in self.PARAMS.items():
-            shape = shapes[name]
+        for name, shape in shapes.items():
             if any(d <= 0 for d in shape):
                 raise AttnccError(f"{self.SPEC_NAME}: table `{name}` would have shape {shape}")
+        check_fits(f"{self.SPEC_NAME}: learned " + ", ".join(f"table `{n}` {s}" for n, s in shapes.items()),
+                   4 * sum(math.prod(s) for s in shapes.values()), torch.device("cpu"), self.memory_budget,
+                   _sizes_text({**self.sizes, **self.fixed}))
+        for name, p in self.PARAMS.items():
+            shape = shapes[name]
             try:
                 table = init_table(shape, p.init, p.args)
             except RuntimeError as exc:  # e.g. out of memory for a huge size
                 raise AttnccError(f"{self.SPEC_NAME}: cannot create table `{name}` of shape {shape}: {exc}") from None
             self.register_parameter(name, nn.Parameter(table))
+        for name, _ in self.DISPATCH:  # imported now: torch.compile cannot trace an import (graph break)
+            self.forward_module(name)
         for candidate in backends_to_prepare(backend):
             candidate.prepare(self)
         self.random_features = nn.Module()
@@ -171,9 +187,45 @@ class CompiledAttention(nn.Module):
         if self.APPROX and self.APPROX[0] in RANDOM:
             self.register_buffer("approx_draws", torch.zeros((), dtype=torch.int64))
 
-    def triton_kernels(self):
-        """The generated Triton kernels module beside this module's file (imported once)."""
-        return import_sibling(sys.modules[type(self).__module__].__file__, "_triton")
+    def triton_kernels(self, lowering: str | None = None):
+        """The generated Triton kernels of a lowering of this module (LOWERING's by default): the
+        `_triton` file beside its module file (imported once)."""
+        return import_sibling(self.forward_module(lowering or self.LOWERING).__file__, "_triton")
+
+    # ------------------------------------------------------------------ dispatch
+    @classmethod
+    def lowering_at(cls, N: int) -> str:
+        """The lowering a call with N key tokens runs (DISPATCH: fixed at compile time)."""
+        return next((name for name, upto in cls.DISPATCH if upto is None or N <= upto), cls.LOWERING)
+
+    @classmethod
+    def forward_module(cls, lowering: str):
+        """The generated module holding a lowering's forward_torch / forward_triton: this class's own
+        module for LOWERING, the sibling `<spec>_<lowering>.py` for the other DISPATCH entries."""
+        main = sys.modules[cls.__module__]
+        return main if lowering == cls.LOWERING else import_sibling(main.__file__, f"_{lowering}")
+
+    def forward_torch(self, q, k, v, ctx):
+        """The torch forward of the call's lowering (ctx.lowering)."""
+        return self.forward_module(ctx.lowering or self.LOWERING).forward_torch(self, q, k, v, ctx)
+
+    def forward_triton(self, q, k, v, ctx):
+        """The Triton forward of the call's lowering (ctx.lowering)."""
+        return self.forward_module(ctx.lowering or self.LOWERING).forward_triton(self, q, k, v, ctx)
+
+    def check_memory(self, q, k, v, ctx: Context) -> None:
+        """Raise a located AttnccError, before any work, when the call's torch forward would hold more
+        than the memory budget: MEMORY's estimate of its lowering at its sizes, with what autograd
+        keeps when it records (a learned table or an input needs a gradient)."""
+        estimate = self.MEMORY.get(ctx.lowering)
+        if estimate is None:
+            return
+        sizes = {**self.sizes, "B": q.shape[0], "N": ctx.N, "Nq": ctx.Nq, "H": ctx.H, "D": ctx.D, "E": ctx.E}
+        working, saved = estimate(sizes)
+        recording = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *ctx.params.values()))
+        need = (working + (saved if recording else 0)) * element_factor(ctx.dtype)
+        what = f"{self.SPEC_NAME}: lowering `{ctx.lowering}`" + (" (with autograd recording)" if recording else "")
+        check_fits(what, need, q.device, self.memory_budget, _sizes_text(sizes))
 
     # ------------------------------------------------------------------ random features
     def projections(self) -> dict:
@@ -283,8 +335,11 @@ class CompiledAttention(nn.Module):
                                  "spec, e.g. `clamp(x, 0, n - 1)`, where reading the edge entry is meant")
         backend = resolve(self.backend, q)
         self.last_backend = backend.name
+        ctx.lowering = self.last_lowering = self.lowering_at(ctx.N)
         if q.shape[2] == 0 or k.shape[2] == 0:  # nothing to attend with or to: zeros, in every backend
             return v.new_zeros(*q.shape[:3], v.shape[-1])
+        if backend.checks_memory:
+            self.check_memory(q, k, v, ctx)
         ctx.noise = self.approx_noise(q, k, advance=True)
         if not backend.raw_inputs:
             q, k, v = self.prepared(q, k, v, ctx)
@@ -295,7 +350,7 @@ class CompiledAttention(nn.Module):
         tables where the lowering reads G[i, j], rows of q and k through their random features."""
         if self.POOL:
             k, v = self.pool_kv(k, v, ctx)
-        if self.FORMS_GRAPH_TABLES:
+        if registry.get(ctx.lowering or self.LOWERING).forms_graph_tables:
             ctx.inputs.update(self.graph_tables(ctx.inputs, ctx.dtype))
         if self.RANDOM_FEATURES:
             q, k = self.featurize(q, k)
@@ -407,12 +462,6 @@ class CompiledAttention(nn.Module):
         return {name: dense_kernel(kind, inputs[adj].double(), opts).to(dtype)
                 for name, (kind, adj, opts) in self.GRAPHS.items()}
 
-    def forward_torch(self, q, k, v, ctx):  # pragma: no cover - replaced by generated code
-        raise NotImplementedError
-
-    def forward_triton(self, q, k, v, ctx):  # pragma: no cover - replaced by generated code
-        raise NotImplementedError
-
     def __reduce__(self):
         """Pickling (torch.save, copy.deepcopy, multiprocessing spawn): the recipe of the class and
         the instance's state; unpickling recompiles the spec (checking its hash) and restores it."""
@@ -426,14 +475,19 @@ class CompiledAttention(nn.Module):
         chosen = auto_description() if self.backend == "auto" else self.backend
         sizes = ", ".join(f"{k}={v}" for k, v in {**self.sizes, **self.fixed}.items())
         last = f", last_run={self.last_backend}" if self.last_backend else ""
-        return (f"spec={self.SPEC_NAME}, lowering={self.LOWERING}, backend={self.backend} ({chosen}){last}"
+        lowering = self.LOWERING if len(self.DISPATCH) < 2 else "/".join(name for name, _ in self.DISPATCH) + " by N"
+        return (f"spec={self.SPEC_NAME}, lowering={lowering}, backend={self.backend} ({chosen}){last}"
                 + (f", {sizes}" if sizes else ""))
+
+
+def _sizes_text(sizes: dict) -> str:
+    return ", ".join(f"{n} = {v}" for n, v in sizes.items())
 
 
 # Names a learned table may not take: it becomes an attribute of the module.
 RESERVED_ATTRIBUTES = (frozenset(dir(CompiledAttention)) | frozenset(vars(nn.Module()))
-                       | {"backend", "last_backend", "sizes", "fixed", "compilation", "_layouts", "random_features",
-                          "approx_draws"})
+                       | {"backend", "last_backend", "last_lowering", "sizes", "fixed", "compilation", "_layouts",
+                          "random_features", "approx_draws"})
 
 
 def keyword_names(*functions: Callable) -> frozenset[str]:

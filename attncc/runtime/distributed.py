@@ -72,13 +72,18 @@ class StateExchange:
 
 
 def check_context_parallel(module) -> None:
-    """Raise AttnccError unless the module's lowering passes states between token slices."""
+    """Raise AttnccError unless every lowering the module may run (its DISPATCH table: a rank's slice
+    length picks one) passes states between token slices."""
     name = module.SPEC_NAME
-    if not registry.get(module.LOWERING).context_parallel:
+    lowerings = [lowering for lowering, _ in module.DISPATCH] or [module.LOWERING]
+    other = next((lowering for lowering in lowerings if not registry.get(lowering).context_parallel), None)
+    if other is not None:
         covered = " and ".join(context_parallel_lowerings())
+        pin = (f"; compile it with lowering=\"{module.LOWERING}\" so that every slice runs that"
+               if len(lowerings) > 1 and registry.get(module.LOWERING).context_parallel else "")
         raise AttnccError(f"{name}: context parallelism covers the {covered} lowerings, whose tokens meet only "
-                          f"through key states; this module is `{module.LOWERING}` (for softmax, "
-                          f"see torch.distributed.tensor.experimental.context_parallel in docs/training.md)")
+                          f"through key states; this module runs `{other}` at some lengths (for softmax, "
+                          f"see torch.distributed.tensor.experimental.context_parallel in docs/training.md){pin}")
     graph = module.compilation.optimized
     (out,) = graph.operands(graph.output)
     for node in graph.operands(out)[2:]:  # the modulation and decay factors
@@ -93,7 +98,7 @@ def context_parallel(module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     ranks' slices consecutive in group rank order (any lengths); inputs are this rank's slices too.
     Runs the torch backend (the Triton kernels take no initial state). Every rank of the group must call."""
     check_context_parallel(module)
-    if registry.get(module.LOWERING).causal_chunks and q.shape[2] != k.shape[2]:
+    if registry.get(module.lowering_at(k.shape[2])).causal_chunks and q.shape[2] != k.shape[2]:
         raise ShapeError(f"{module.SPEC_NAME}: causal context parallelism slices one sequence: q has {q.shape[2]} "
                          f"tokens on this rank, k has {k.shape[2]}")
     if q.shape[2] == 0 or k.shape[2] == 0:  # the module would return early, leaving the others waiting
