@@ -50,7 +50,8 @@ SPECS = {p.stem: str(p) for p in EXAMPLES} | {"modulated": MODULATED, "decayed":
 LOWERINGS = registry.names()
 CASES = sorted({(name, None) for name in SPECS}
                | {(n, lw) for n, lws in KERNELIZED.items() for lw in lws}
-               | {("modulated", "linear_chunked"), ("decayed", "linear_chunked"), ("diffused", "graph")},
+               | {("modulated", "linear_chunked"), ("decayed", "linear_chunked"), ("diffused", "graph"),
+                  ("alibi", "decode")},
                key=lambda c: (c[0], c[1] or ""))
 IDS = [f"{n}-{lw or 'default'}" for n, lw in CASES]
 
@@ -131,6 +132,7 @@ GRADCHECK = {  # one spec per lowering, tables made small: gradcheck perturbs ev
     "mixed_chunk": ("flash", None, {"c": 2}),
     "ista": ("vars_fixed", None, {}),
     "decode": ("alibi", "decode", {}),
+    "token_blocks": ("document", None, {}),
 }
 
 

@@ -307,7 +307,7 @@ def emit_tiled_kernel(w: CodeWriter, graph: Graph, plan: Plan, kernel: Kernel) -
     scores, mask = quadratic_form(graph, attention_of(graph))
     dots = name_dots(scores)
     ex = KernelExpr(dots, {s: size_arg(s) for s in sizes_used(scores, mask)})
-    sparse = plan.entry.block_sparse
+    sparse = plan.entry.block_sparse or plan.entry.token_tiles  # tiles listed by a layout
     stats = norm.row_statistic  # a row statistic for the backward: logsumexp, or the denominator
     sink = att.attr("sink") is not None
     extra = "".join(f"{a}, " for a in kernel.arg_names()) + (LAYOUT_ARGS if sparse else "") + \
@@ -446,7 +446,7 @@ def emit_tiled_launcher(w: CodeWriter, plan: Plan, kernel: Kernel, eps: float, n
                         sink: bool = False) -> None:
     """`triton_forward`: `_attn_fwd` launched with the tiles autotune chose (block-sparse: the layout's tile).
     With a sink, its logits (sink_rows: given by the custom op, else evaluated here) travel as [B, H, Nq]."""
-    sparse, stats = plan.entry.block_sparse, norm.row_statistic
+    sparse, stats, token = plan.entry.block_sparse, norm.row_statistic, plan.entry.token_tiles
     if sink:
         w.lines_of(SINK_ROWS)
         w.line()
@@ -461,16 +461,19 @@ def emit_tiled_launcher(w: CodeWriter, plan: Plan, kernel: Kernel, eps: float, n
             w.line(f"tiles = self.cached_tiles(ctx, host.block_layout, q.device, exact={layout_exact(plan)})  "
                    "# once per length")
         band_line(w, plan)
-        vals = "".join(f"{v}, " for v in kernel.arg_values()) + ("*tiles.tensors(), " if sparse else "") + \
+        vals = "".join(f"{v}, " for v in kernel.arg_values()) + ("*tiles.tensors(), " if sparse or token else "") + \
             ("stat, " if stats else "") + ("sink, " if sink else "") + (f"{eps!r}, " if norm.divides_by_row_sum else "")
         w.line()
         with w.block(f"def launch({'' if sparse else 'BLOCK_M, BLOCK_N, '}num_warps, num_stages):"):
             if sparse:
                 w.line("BLOCK_M = BLOCK_N = tiles.tile")
+            if token:
+                w.line("tiles = token_tiles(ctx, B, BLOCK_M, BLOCK_N, q.device).rows  # built on the device, reused "
+                       "while the inputs are")
             w.line("grid = (triton.cdiv(Nq, BLOCK_M), B * H)")
             w.line(f"_attn_fwd[grid]({launch_common()}, {vals}ctx.scale,")
             w.line(f"    {band_launch(plan)}BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E,"
-                   f" PRECISION=precision,{' LAYOUT_EXACT=tiles.exact,' if sparse else ''}")
+                   f" PRECISION=precision,{' LAYOUT_EXACT=tiles.exact,' if sparse or token else ''}")
             w.line("    num_warps=num_warps, num_stages=num_stages)")
         w.line()
         tuned_launch(w, plan.entry.autotune_kind, ", tile=tiles.tile" if sparse else "")

@@ -207,7 +207,7 @@ class TileBackward:
         self.q_sides = {_side(d, 0): row_feature(d.args[0]) for d in self.dots}
         self.k_sides = {_side(d, 1): row_feature(d.args[1]) for d in self.dots}
         self.tables = _grad_tables(self.scores)
-        self.sparse = plan.entry.block_sparse
+        self.sparse = plan.entry.block_sparse or plan.entry.token_tiles  # tiles listed by a layout
         self.base2 = log2_scores(self.scores) if self.norm.online_softmax else None  # exp2, as the forward
         self.symbols = size_symbols(graph.signature)
         self.diagonals = diagonal_tables(self.tables, self.derivs, self.symbols)
@@ -410,21 +410,25 @@ def _tiled_launchers(w: CodeWriter, norm: Normalizer, plan: Plan, kernel: Kernel
 def _backward_launch(w: CodeWriter, plan: Plan, kernel: Kernel, tables: list, diagonals: bool) -> None:
     """`launch(**config)`: both backward kernels with one autotune candidate of `<kind>:backward` (the
     block-sparse tile is the layout's: only warps and stages are free)."""
-    sparse = plan.entry.block_sparse
+    sparse, token = plan.entry.block_sparse, plan.entry.token_tiles
+    listed = sparse or token
     vals = "".join(f"{v}, " for v in kernel.arg_values())
     gvals = "".join(f"grads[{key(n)}], " for _, n in tables)
     tail = (f"ctx.scale, {band_launch(plan)}BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E,"
-            + (" LAYOUT_EXACT=tiles.exact," if sparse else "") + " PRECISION=precision,")
+            + (" LAYOUT_EXACT=tiles.exact," if listed else "") + " PRECISION=precision,")
     diagonal = " BLOCK_DIAG=triton.next_power_of_2(BLOCK_M + BLOCK_N - 1)," if diagonals else ""
     with w.block(f"def launch({'' if sparse else 'BLOCK_M, BLOCK_N, '}num_warps, num_stages):"):
         if tables:  # autotune launches every candidate: the atomics must start from 0 each time
             w.line("for g in grads.values():")
             w.line("    g.zero_()")
+        if token:
+            w.line("lists = token_tiles(ctx, B, BLOCK_M, BLOCK_N, q.device)  # the forward's, when its tiles were these")
+            w.line("tiles, by_key = lists.rows, lists.cols")
         w.line(f"_attn_bwd_dkdv[(triton.cdiv(N, BLOCK_N), B * H)]({bwd_launch('KV', out=False)}, {vals}{gvals}stat, "
-               f"delta,{' *by_key.tensors(),' if sparse else ''}")
+               f"delta,{' *by_key.tensors(),' if listed else ''}")
         w.line(f"    {tail}{diagonal} num_warps=num_warps, num_stages=num_stages)")
         w.line(f"_attn_bwd_dq[(triton.cdiv(Nq, BLOCK_M), B * H)]({bwd_launch('Q', out=False)}, {vals}stat, delta,"
-               f"{' *tiles.tensors(),' if sparse else ''}")
+               f"{' *tiles.tensors(),' if listed else ''}")
         w.line(f"    {tail} num_warps=num_warps, num_stages=num_stages)")
 
 

@@ -22,7 +22,7 @@ from .writer import CodeWriter
 
 MERGE_SPLITS = 16  # splits merged per step of `_attn_merge`
 
-MERGE_KERNEL = f'''\
+MERGE_KERNEL = '''\
 @triton.jit
 def _attn_merge(Part, Lse, Out, Stat, Nq, H, E, SPLITS, stride_pb, stride_ph, stride_pm, stride_ps, stride_pe,
                 stride_ob, stride_oh, stride_om, stride_od, BLOCK_S: tl.constexpr, BLOCK_E: tl.constexpr):

@@ -18,7 +18,7 @@ import sympy
 from ..emit.torch import emit_tiled_torch
 from ..emit.triton_backward import TILE_BACKWARD
 from ..emit.triton_decode import emit_decode_triton
-from ..ir.graph import B, D, E, H, N, Nq
+from ..ir.graph import B, D, E, H, Nq
 from ..lang.normalizers import NORMALIZERS
 from ..plan.cost import (BLOCK, BYTES_IO, DECODE_BLOCK_M, MACHINE, SPLIT_MIN_TILES, SPLIT_WAVES, Candidate,
                          CostQuery, visited_pairs)
