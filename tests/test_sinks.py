@@ -179,3 +179,16 @@ def test_fuzzed_masks_and_biases_with_a_sink():
     report = fuzz([SINK_FAMILY], 4, [("torch", torch.float32), ("triton", torch.float32)], seed=3, max_tokens=24)
     assert report.failure is None and report.examples >= 4, report.error
     assert {"tiled", "decode"} <= set(report.lowerings), report.lowerings
+
+
+NO_SINK_HEAD = """attention no_sink_head {
+    input c[H]
+    mask(i, j) = j < i
+    normalize softmax(sink = log(abs(c[h])) + where(h == 0, log(0.0), 0.0))
+}"""  # head 0's sink is -inf (no sink); query 0 sees no key: its row is 0 there too, never NaN
+
+
+@pytest.mark.parametrize("backend,dtype,tol", [("torch", torch.float64, 1e-10), ("triton", torch.float32, 1e-4)])
+def test_a_sink_of_minus_infinity_is_no_sink(backend, dtype, tol):
+    ref = _check_backend(_class(NO_SINK_HEAD), backend, dtype, tol)
+    assert ref[:, :, 0].abs().max() == 0 and torch.isfinite(ref).all()

@@ -422,9 +422,10 @@ def store_tiled_rows(w: CodeWriter, norm: Normalizer, eps: float, base2: bool, s
             key = repr(math.log2(eps) if base2 else math.log(eps))
             w.line(f"key = {key}  # the logit of eps")
         w.line("m_top = tl.maximum(m_i, key)  # max(row max, extra logit): every exponent <= 0")
+        w.line("m_top = tl.where(m_top == float('-inf'), 0.0, m_top)  # no key and a sink of -inf: z = 0")
         w.line(f"alpha = {exp}(m_i - m_top)")
         w.line(f"z = l_i * alpha + {exp}(key - m_top)")
-        w.line("out = acc * (alpha / z)[:, None]  # no visible key: acc = 0, output 0")
+        w.line("out = acc * (alpha / tl.where(z == 0.0, 1.0, z))[:, None]  # no visible key: acc = 0, output 0")
         lse = f"(m_top + {log}(z)) * {LN2!r}" if base2 else "m_top + tl.log(z)"
         w.line(f"tl.store(Stat + pid_bh * Nq + offs_m, {lse}, mask=offs_m < Nq)  # log(sum e^s + e^key)")
     elif norm.online_softmax:

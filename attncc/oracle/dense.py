@@ -93,6 +93,8 @@ def sink_softmax(s: torch.Tensor, sink: torch.Tensor) -> torch.Tensor:
     while sink.dim() < 4:
         sink = sink.unsqueeze(0)
     column = sink.expand(*s.shape[:3], 1)
+    empty = torch.isneginf(s).all(-1, keepdim=True) & torch.isneginf(column)  # nothing in the denominator
+    column = torch.where(empty, torch.zeros_like(column), column)  # ... the row is 0, as without a sink
     return torch.softmax(torch.cat([s, column], dim=-1), dim=-1)[..., :-1]
 
 
