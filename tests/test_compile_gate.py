@@ -32,9 +32,10 @@ HEAD_DIMS = (64, 128)
 FAST = [("causal", "sm_90", "bf16", 128)]
 
 
-def gate_failures(name: str, target: str, dtype: str, head_dim: int, defaults_only: bool) -> tuple[list, list]:
-    """(compiled kernels, failure lines) of one example at one target, dtype and head dim."""
-    cls = attncc.compile(ROOT / "examples" / f"{name}.attn")
+def gate_failures(name: str, target: str, dtype: str, head_dim: int, defaults_only: bool,
+                  lowering: str | None = None) -> tuple[list, list]:
+    """(compiled kernels, failure lines) of one example (under a forced lowering) at one target, dtype and head dim."""
+    cls = attncc.compile(ROOT / "examples" / f"{name}.attn", lowering=lowering)
     launches = record_launches(cls, DTYPES[dtype], head_dim)
     if defaults_only:
         launches = [launch for launch in launches if launch.default]
@@ -82,6 +83,21 @@ def test_every_kernel_and_candidate_passes_the_gate(name, target, dtype, head_di
     # every generated kernel that takes a grid is launched (helpers are called from kernels, not launched)
     grid_kernels = {k for k in jitted if re.search(rf"\b{k}\[", cls.compilation.triton_source)}
     assert launched == grid_kernels, (launched, grid_kernels)
+
+
+# lowerings that no example's plan chooses at the design sizes, gated through an example forced to them
+FORCED = [("alibi", "decode")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("target", list(TARGETS))
+@pytest.mark.parametrize("name, lowering", FORCED)
+def test_forced_lowerings_pass_the_gate(name, lowering, target, dtype, head_dim):
+    compiled, failures = gate_failures(name, target, dtype, head_dim, defaults_only=False, lowering=lowering)
+    assert not failures, "\n".join(failures)
+    assert {c.launch.kernel for c in compiled} >= {"_attn_fwd_split", "_attn_merge"}
 
 
 # ---------------------------------------------------------------------- the gate's own parts

@@ -39,6 +39,32 @@ def deep_not_spec(nots: int = NOTS) -> str:
 }}"""
 
 
+def deep_neg_spec(negations: int = TERMS) -> str:
+    return f"""attention deep_neg {{
+    score(i, j) = dot(q[i], k[j]) * scale + {'-' * negations}(i - j) * 0.01
+}}"""
+
+
+def deep_shapes_spec(terms: int = TERMS) -> str:
+    """Table and input shapes and a derived size, each a long sum: printed as functions of the sizes."""
+    ones = " + ".join(["1"] * terms)
+    return f"""attention deep_shapes {{
+    size s = 3
+    size b = s{' + s' * terms}
+    param t[s, H + {ones}] = normal(std=0.1)
+    input x[N + {ones}]
+    score(i, j) = dot(q[i], k[j]) * scale + t[(i - j) % s, h] + x[j] / b
+    mask(i, j) = j <= i
+}}"""
+
+
+def many_tables_spec(tables: int) -> str:
+    """One bias reading `tables` distinct tables (each differentiated in the Triton backward)."""
+    params = "".join(f"    param t{n}[64] = normal(std=0.01)\n" for n in range(tables))
+    bias = " + ".join(f"t{n}[i - j + {n % 5}]" for n in range(tables))
+    return f"attention many_tables {{\n{params}    score(i, j) = dot(q[i], k[j]) * scale + {bias}\n    mask(i, j) = j <= i\n}}"
+
+
 def _matches_reference(cls, backend):
     module = make_module(cls, 2, 8, 8)
     q, k, v, inputs = random_inputs(cls, 1, 2, 19, 19, 8, 8, generator=torch.Generator().manual_seed(1))
@@ -57,7 +83,8 @@ def _max_bracket_depth(source: str) -> int:
     return deepest
 
 
-@pytest.mark.parametrize("spec", [deep_sum_spec(), deep_not_spec()], ids=["sum500", "not400"])
+@pytest.mark.parametrize("spec", [deep_sum_spec(), deep_not_spec(), deep_neg_spec(), deep_shapes_spec(),
+                                  many_tables_spec(100)], ids=["sum500", "not400", "neg500", "shapes500", "tables100"])
 def test_deep_expressions_compile_and_match_reference(spec):
     comp = build(spec)
     for source in (comp.module_source, comp.triton_source):
@@ -69,9 +96,11 @@ def test_deep_expressions_compile_and_match_reference(spec):
 
 
 def test_deep_sum_loads_each_distinct_lookup_once():
-    """500 terms read 7 distinct entries of t: the kernel loads each once per tile."""
+    """500 terms read 7 distinct entries of t: the kernel loads each once per tile (in each stage of
+    its key loop: the partial and the full tiles are separate loops)."""
     kernel = _function(build(deep_sum_spec()).triton_source, "_attn_fwd")
-    assert kernel.count("tl.load(P_t") == 7
+    stages = kernel.count("for start_n in range(")
+    assert stages >= 1 and kernel.count("tl.load(P_t") == 7 * stages
 
 
 def _function(source: str, name: str) -> str:
@@ -98,7 +127,8 @@ def test_gray_code_inlines_its_operand_once():
     }"""
     comp = build(spec)
     assert _function(comp.torch_source, "mask").count("rt.floordiv(i, ctx.sizes['block'])") == 1
-    assert _function(comp.triton_source, "_attn_fwd").count("_floordiv(offs_m[:, None], S_block)") == 1
+    # block is a kernel constexpr: the division goes through _floordiv_size (a shift for powers of two)
+    assert _function(comp.triton_source, "_attn_fwd").count("_floordiv_size(offs_m[:, None], S_block,") == 1
 
 
 GENERATE = """
@@ -120,3 +150,30 @@ def test_generated_code_is_byte_identical_across_builds():
     other = subprocess.run([sys.executable, "-c", GENERATE], cwd=ROOT, env=env, capture_output=True, text=True,
                            check=True).stdout
     assert other == first.module_source + first.triton_source
+
+
+@pytest.mark.slow
+def test_many_tables_and_long_or_chains():
+    """400 tables in one bias (each with its own derivative), 200 chained `or`s (the mask analysis
+    runs for each alternative)."""
+    chain = " or ".join(f"(j <= {n} and i > {n})" for n in range(200))
+    for spec in (many_tables_spec(400), f"attention or_chain {{ mask(i, j) = {chain} or j == i }}"):
+        cls = attncc.compile(spec)
+        for backend in ("torch", "triton"):
+            _matches_reference(cls, backend)
+
+
+def test_deep_table_gradients_match_reference():
+    """The Triton backward of a bias of 24 tables: every table's gradient, as the reference's."""
+    cls = attncc.compile(many_tables_spec(24))
+    module = make_module(cls, 1, 8, 8)
+    q, k, v, _ = random_inputs(cls, 1, 1, 9, 9, 8, 8, generator=torch.Generator().manual_seed(2))
+    grads = {}
+    for backend in ("triton", "reference"):
+        module.zero_grad()
+        module.backend = "triton"
+        out = module(q, k, v) if backend == "triton" else module.reference(q, k, v)
+        out.sum().backward()
+        grads[backend] = torch.stack([module.get_parameter(f"t{n}").grad.clone() for n in range(24)])
+    assert module.last_backend == "triton" and "by atomics" in cls.TRITON_LOWERING
+    torch.testing.assert_close(grads["triton"], grads["reference"].float(), atol=1e-4, rtol=1e-3)

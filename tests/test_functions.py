@@ -123,12 +123,14 @@ BATCHED = {
              "  mask(i, j) = j <= i }",
     "toeplitz": "attention bf { feature phi = elu1 "
                 " weight(i, j) = dot(phi(q[i]), phi(k[j])) * exp(-0.1 * (b + 1) * abs(i - j)) }",
+    "mixed": (ROOT / "examples" / "flash.attn").read_text().replace("b[", "rel[").replace("a[h]", "a[h] * (b + 1)")
+                                                   .replace("size c = 256", "size c = 8"),
 }
 
 
 @pytest.mark.parametrize("name", sorted(BATCHED))
 def test_batch_index_in_every_backend(name):
-    lowering = {"decay": "linear_chunked", "toeplitz": "fft"}.get(name)
+    lowering = {"decay": "linear_chunked", "toeplitz": "fft", "mixed": "mixed_chunk"}.get(name)
     cls = attncc.compile(BATCHED[name], lowering=lowering)
     module = make_module(cls, 2, 16, 16)
     q, k, v, inputs = random_inputs(cls, 3, 2, 21, 21, 16, 16)
@@ -163,6 +165,15 @@ def test_let_is_shared_in_the_ir_and_the_generated_code():
     inline = build("attention shared { input g[N]  bias(i, j) = g[j] * abs(i - j) + exp(-abs(i - j)) "
                    "+ where(abs(i - j) < 4, abs(i - j), 4) + abs(i - j) * abs(i - j) }")
     assert inline.checked.logits == comp.checked.logits  # a let means its body, written in place
+
+
+def test_integer_parts_under_a_conversion_are_shared_with_the_rest():
+    """int(log(n / 8) ...) computes its operand in float32, but n = abs(i - j) and the sizes hold no float:
+    the conversion reads their temporaries instead of spelling them again."""
+    source = attncc.compile(T5).compilation.torch_source
+    code = [line for line in source.splitlines() if not line.strip().startswith('"""')]
+    assert sum(line.count("abs((i - j))") for line in code) == 1
+    assert sum(line.count("rt.floordiv(ctx.sizes['num_buckets'], 2)") for line in code) == 1
 
 
 def test_let_may_use_lets_above_it_dot_and_any_declaration():

@@ -50,7 +50,8 @@ SPECS = {p.stem: str(p) for p in EXAMPLES} | {"modulated": MODULATED, "decayed":
 LOWERINGS = registry.names()
 CASES = sorted({(name, None) for name in SPECS}
                | {(n, lw) for n, lws in KERNELIZED.items() for lw in lws}
-               | {("modulated", "linear_chunked"), ("decayed", "linear_chunked"), ("diffused", "graph")},
+               | {("modulated", "linear_chunked"), ("decayed", "linear_chunked"), ("diffused", "graph"),
+                  ("alibi", "decode")},
                key=lambda c: (c[0], c[1] or ""))
 IDS = [f"{n}-{lw or 'default'}" for n, lw in CASES]
 
@@ -107,7 +108,7 @@ def test_torch_gradients_across_chunks(name):
 TRITON_CASES = [("alibi", None), ("offset", None), ("functions", None), ("strided", None), ("linear_elu", "linear"),
                 ("decayed", "linear_chunked"), ("retention", "linear_chunked"), ("toeplitz_linear", "fft"),
                 ("grid_rpe", "fft2"), ("ripple", "rings"), ("gkat", "graph"), ("gkat", "tiled"),
-                ("favor_softmax", None), ("mra2", None), ("lara", None), ("ra", None)]
+                ("favor_softmax", None), ("mra2", None), ("lara", None), ("ra", None), ("sinks", None)]
 
 
 @pytest.mark.parametrize("name,lowering", TRITON_CASES, ids=[f"{n}-{lw or 'default'}" for n, lw in TRITON_CASES])
@@ -131,6 +132,7 @@ GRADCHECK = {  # one spec per lowering, tables made small: gradcheck perturbs ev
     "mixed_chunk": ("flash", None, {"c": 2}),
     "ista": ("vars_fixed", None, {}),
     "decode": ("alibi", "decode", {}),
+    "token_blocks": ("document", None, {}),
 }
 
 

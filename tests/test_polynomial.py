@@ -48,7 +48,7 @@ def test_based_weight_is_read_as_a_polynomial():
 @pytest.mark.parametrize("weight", ["exp(dot(q[i], k[j]))", "dot(q[i], k[j]) ** 5",
                                     "dot(q[i], k[j]) ** 2 * (i - j)", "dot(q[i], k[j]) * dot(q[i], k[j]) * i"])
 def test_what_is_not_a_constant_coefficient_polynomial_stays_as_written(weight):
-    comp = attncc.build(spec(weight))
+    comp = attncc.build(spec(weight, normalize="none"))  # (under rows, exp(dot) is a softmax: stable_exp)
     assert comp.plan.lowering == "tiled"
     assert any(name == "expand_polynomial" and "stays as written" in msg for name, msg in comp.log)
 

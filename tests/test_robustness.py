@@ -1,7 +1,9 @@
 """No input text makes the compiler crash, hang or run away: every failure is a located AttnccError.
 
-Counts of fuzzed inputs are printed at the end of the run (conftest.pytest_terminal_summary);
-`--slow` runs ten times as many mutated examples and CLI runs.
+Random text and bytes, token soups, mutated examples, deep and wide operator chains, extreme sizes
+and constants, and random options of every CLI command. Counts of fuzzed inputs are printed at the
+end of the run (conftest.pytest_terminal_summary); `--slow` runs ten times as many mutated
+examples, chains, extremes and CLI runs.
 """
 import random
 import time
@@ -108,7 +110,105 @@ def test_cli_never_prints_a_traceback(tmp_path, capsys, request):
         FUZZ_COUNTS["CLI inspect"] = FUZZ_COUNTS.get("CLI inspect", 0) + 1
         code = main(["inspect", str(spec), "--emit", "triton"])
         err = capsys.readouterr().err
-        assert code in (0, 1) and "Traceback" not in err and "internal error" not in err, err
+        assert code in (0, 2) and "Traceback" not in err and "internal error" not in err, err
     (tmp_path / "binary.attn").write_bytes(b"\xff\xfe\x00attention")
-    assert main(["check", str(tmp_path / "binary.attn")]) == 1
+    assert main(["check", str(tmp_path / "binary.attn")]) == 2
     assert "cannot read spec" in capsys.readouterr().err
+
+
+ATOMS = ["i", "j", "h", "N", "scale", "t[i - j]", "abs(i - j)", "1", "0.5", "min(i, j)", "x[j]"]
+
+
+def _deep_and_wide(seed: str, count: int, longest: int):
+    """Bracket-free operator chains as long as `longest`: sums, products, unary minus and `not` runs,
+    bitwise and comparison chains, in biases, masks, table shapes and sizes."""
+    rng = random.Random(seed)
+    head = "attention deep {\n    size w = 3\n    param t[64] = 0\n    input x[N]\n"
+    for _ in range(count):
+        n = rng.randint(2, longest)
+        terms = [rng.choice(ATOMS) for _ in range(n)]
+        chain = terms[0] + "".join(f" {rng.choice(['+', '-', '*'])} {a}" for a in terms[1:])
+        yield rng.choice([
+            head + f"    bias(i, j) = {chain}\n}}",
+            head + f"    bias(i, j) = {'-' * n}(i - j) * 0.01\n}}",
+            head + f"    mask(i, j) = {'not ' * n}(j <= i)\n}}",
+            head + f"    mask(i, j) = ({' ^ '.join(rng.choice(['i', 'j', 'w', '1']) for _ in range(n))}) % 5 <= 2\n}}",
+            head.replace("param t[64]", f"param t[{' + '.join(['w'] * n)}]") + "    bias(i, j) = t[i - j]\n}",
+            head.replace("size w = 3", f"size w = {' + '.join(['1'] * n)}") + "    mask(i, j) = abs(i - j) <= w\n}",
+            head + f"    mask(i, j) = {' or '.join(f'j == i - {m}' for m in range(min(n, 12)))}\n}}",
+        ])
+
+
+def test_deep_and_wide_expressions(request):
+    """Every one of them is a valid spec: it must compile, in bounded time."""
+    for text in _deep_and_wide("deep", scale(request, 12), 300 if not request.config.getoption("--slow") else 600):
+        FUZZ_COUNTS["deep and wide"] = FUZZ_COUNTS.get("deep and wide", 0) + 1
+        start = time.perf_counter()
+        build(text)
+        assert time.perf_counter() - start < SECONDS_PER_INPUT, f"{len(text)} chars took too long"
+
+
+EXTREMES = ["0", "-0", "1", "-1", "2147483647", "2147483648", "-2147483649", "4294967296", "9223372036854775807",
+            "99999999999999999999999", "1e308", "-1e308", "1e309", "1e-308", "5e-324", "1e-400", "3.4e38", "6.5e4",
+            "0.0", "-0.0", "1e300", "0.1"]
+
+
+def _extreme(seed: str, count: int):
+    """Extreme sizes (declared, derived, table and input shapes) and constants (in every position)."""
+    rng = random.Random(seed)
+    for _ in range(count):
+        a, b = rng.choice(EXTREMES), rng.choice(EXTREMES)
+        yield rng.choice([
+            f"attention e {{ size w = {a}\n mask(i, j) = abs(i - j) <= w }}",
+            f"attention e {{ size a = {a}\n size b = a * a\n mask(i, j) = j <= i + b }}",
+            f"attention e {{ size w = {a}\n param t[w] = normal(std={b})\n bias(i, j) = t[i - j] }}",
+            f"attention e {{ input x[N, {a}]\n bias(i, j) = x[j, 0] }}",
+            f"attention e {{ score(i, j) = dot(q[i], k[j]) * scale - {a}\n mask(i, j) = j <= i - {b} }}",
+            f"attention e {{ feature phi = elu1\n weight(i, j) = dot(phi(q[i]), phi(k[j])) * {a} ** (i - j)\n"
+            f" normalize rows }}",
+            f"attention e {{ bias(i, j) = exp({a} * (i - j)) / {b} }}",
+            f"attention e {{ mask(i, j) = (i ^ {a}) % {b} <= {a} // {b} }}",
+        ])
+
+
+def test_extreme_sizes_and_constants(request):
+    for text in _extreme("extreme", scale(request, 60)):
+        _compiles_or_fails_cleanly(text, "extreme sizes and constants")
+
+
+# Options of each command: inspect and compile take valid and invalid ones; check, fuzz and bench,
+# which run backends, only invalid ones (each must be refused before any work), so the test stays fast.
+OPTIONS = {
+    "inspect": [["--stage", "ast"], ["--stage", "plan"], ["--stage", "bogus"], ["--emit", "torch"], ["--emit", "dot"],
+                ["--lowering", "fft"], ["--lowering", "nope"], ["--tokens", "0"], ["--tokens", "-5"],
+                ["--tokens", "x"], ["--size", "w=3"], ["--size", "=="], ["-o", "/dev/null/x.png"]],
+    "compile": [["-o", "{tmp}/out"], ["-o", "/dev/null"], ["-o", "/dev/null/x"], ["-o", "{tmp}/file"],
+                ["--lowering", "tiled"], ["--lowering", "zzz"]],
+    "check": [["--device", "tpu"], ["--device", ""], ["--seed", "-1"], ["--seed", "2**70"], ["--seed", str(2**64)],
+              ["--seed", "1e3"]],
+    "fuzz": [["--examples", "0"], ["--examples", "-3"], ["--examples", "many"], ["--seed", str(2**70)],
+             ["--out", "{tmp}"], ["--out", "/dev/null/f.attn"]],
+    "bench": [["--heads", "0"], ["--batch", "-1"], ["--device", "tpu"], ["--dims", "a,b"], ["--lengths", ""],
+              ["--baselines", "nope"], ["-o", "{tmp}"], ["-o", "/dev/null/b.json"]],
+}
+
+
+def _cli_runs(tmp_path, seed: str, count: int):
+    rng = random.Random(seed)
+    specs = [str(EXAMPLES[0]), str(tmp_path), str(tmp_path / "missing.attn"), str(tmp_path / "file"),
+             "attention a { mask(i, j) = j <= i }", "attention a { mask(i, j) = j <== i }"]
+    for _ in range(count):
+        command = rng.choice(sorted(OPTIONS))
+        options = rng.sample(OPTIONS[command], rng.randint(1, 3))
+        yield [command, rng.choice(specs)] + [a.replace("{tmp}", str(tmp_path)) for o in options for a in o]
+
+
+def test_cli_options(tmp_path, capsys, request):
+    """Random options of every command: a result or a clean error (exit 1 or 2), never an internal error."""
+    (tmp_path / "file").write_text("not a spec")
+    for argv in _cli_runs(tmp_path, "cli-options", scale(request, 40)):
+        FUZZ_COUNTS["CLI options"] = FUZZ_COUNTS.get("CLI options", 0) + 1
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code in (0, 1, 2) and "Traceback" not in err and "internal error" not in err, (argv, err)
+        assert argv[0] in ("inspect", "compile") or code != 0, argv

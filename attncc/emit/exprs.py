@@ -9,7 +9,7 @@ import sympy
 from sympy.printing.pycode import PythonCodePrinter
 
 from ..analysis.structure import nonnegative
-from ..lang.expr import BOOL, FLOAT, INT, TExpr, fold
+from ..lang.expr import BOOL, FLOAT, INT, TExpr, fold, postorder
 from ..lang.operators import float32_operand, fmt, operator_of
 
 
@@ -39,14 +39,33 @@ class ExprPrinter:
     each distinct subexpression spelled once, without recursion."""
 
     def node(self, t: TExpr, args: list[str]) -> str:
+        """t's code from the code of its operands(t)."""
         raise NotImplementedError
 
-    def opaque(self, t: TExpr) -> bool:
-        """Whether node(t, ...) prints t's operands itself (they are then not printed or bound apart)."""
-        return t.op == "dot"
+    def operands(self, t: TExpr) -> tuple[TExpr, ...]:
+        """The subexpressions whose code node(t, ...) takes: t's arguments, none for a dot term (named by
+        the emitter); a printer that spells some arguments itself names the parts it still takes."""
+        return () if t.op == "dot" else t.args
 
     def __call__(self, t: TExpr) -> str:
-        return fold(t, self.node, descend=lambda e: not self.opaque(e))
+        return fold(t, self.node, children=self.operands)
+
+
+def dtype_free_parts(t: TExpr) -> tuple[TExpr, ...]:
+    """The largest compound subexpressions of t that hold no float (nor dot): their code is the same at
+    any float precision. In order of first appearance."""
+    free: dict[TExpr, bool] = {}
+    for e in postorder(t):
+        free[e] = e.type != FLOAT and e.op != "dot" and all(free[a] for a in e.args)
+    parts: list[TExpr] = []
+    stack = [t]
+    while stack:
+        e = stack.pop()
+        if free[e] and e.args:
+            parts.append(e)
+        elif not free[e]:
+            stack.extend(reversed(e.args))
+    return tuple(dict.fromkeys(parts))
 
 
 class TorchExpr(ExprPrinter):
@@ -62,9 +81,15 @@ class TorchExpr(ExprPrinter):
         self.mask = mask
         self.float_dtype = "torch.float32" if mask else "ctx.dtype"
 
-    def opaque(self, t: TExpr) -> bool:
-        """A conversion's float operand is printed here, inline, in float32 (unless all of this is float32)."""
-        return super().opaque(t) or (not self.mask and float32_operand(t))
+    def _float32_operand(self, t: TExpr) -> bool:
+        """A conversion's float operand is printed by node(), in float32 (unless all of this is float32)."""
+        return not self.mask and float32_operand(t)
+
+    def operands(self, t: TExpr) -> tuple[TExpr, ...]:
+        """A conversion's float operand is spelled in float32 by node(); the parts of it that hold no
+        float (`abs(i - j)`, sizes) are the same code at any precision: those it takes as operands,
+        so that they are shared with the rest of the expression."""
+        return dtype_free_parts(t.args[0]) if self._float32_operand(t) else super().operands(t)
 
     def node(self, t: TExpr, a: list[str]) -> str:
         op = t.op
@@ -88,8 +113,12 @@ class TorchExpr(ExprPrinter):
         operator = operator_of(t)
         if operator is None:
             raise ValueError(f"cannot emit {op}")
-        if self.opaque(t):
-            return operator.torch_code([TorchExpr(self.dots, mask=True)(t.args[0])], "torch.float32")
+        if self._float32_operand(t):
+            parts = dict(zip(dtype_free_parts(t.args[0]), a))
+            f32 = TorchExpr(self.dots, mask=True)
+            code = fold(t.args[0], lambda e, x: parts.get(e) or f32.node(e, x),
+                        children=lambda e: () if e in parts else f32.operands(e))
+            return operator.torch_code([code], "torch.float32")
         return operator.torch_code(a, self.float_dtype)
 
 

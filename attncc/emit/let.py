@@ -6,7 +6,7 @@ loaded twice), an operand that a spelling repeats (`x * x` for `x ** 2`, `x ^ (x
 `gray(x)`) would be inlined twice, and a deep expression would nest past what Python parses. A
 `LetScope` prints the expressions of one block of code as a DAG instead (equal subtrees are one node:
 TExpr equality ignores spans): it assigns a temporary `t0 = ...`, `t1 = ...` to every compound node
-that is (an opaque node, whose operands its printer spells itself, counts as one node)
+that is (a node's operands are what its printer takes its code from: ExprPrinter.operands)
   - used more than once (by the expressions of the scope together),
   - an operand its parent's spelling repeats, or
   - MAX_NESTING operator levels deep (so no line nests deeper),
@@ -35,24 +35,24 @@ class LetScope:
         self.prefix = prefix
         self.names: dict[TExpr, str] = {}
 
-    def _descend(self, t: TExpr) -> bool:
-        # dot terms are named by the emitter, bound ones by us; opaque nodes print their operands themselves
-        return not self.printer.opaque(t) and t not in self.names
+    def _operands(self, t: TExpr) -> tuple[TExpr, ...]:
+        """What the printer takes t's code from (none for a node bound here: its name is its code)."""
+        return () if t in self.names else self.printer.operands(t)
 
     def bind(self, w: CodeWriter, exprs: list[TExpr | None]) -> None:
         roots = [t for t in exprs if t is not None]
-        order = [t for t in dict.fromkeys(n for root in roots for n in postorder(root, self._descend))
+        order = [t for t in dict.fromkeys(n for root in roots for n in postorder(root, children=self._operands))
                  if t not in self.names]
         uses = Counter(roots)
         repeated: set[TExpr] = set()
         for t in order:
-            if t.args and self._descend(t):
-                uses.update(t.args)
+            if self._operands(t):
+                uses.update(self._operands(t))
                 repeated.update(self._repeated_operands(t))
         code: dict[TExpr, str] = {}
         depth: dict[TExpr, int] = {}
         for t in order:
-            inner = t.args if self._descend(t) else ()
+            inner = self._operands(t)
             code[t] = self.printer.node(t, [self.names.get(a) or code[a] for a in inner])
             depth[t] = 1 + max((0 if a in self.names else depth[a] for a in inner), default=-1)
             if not t.args or code[t].isidentifier():  # leaves, and dot terms (already named)
@@ -64,18 +64,18 @@ class LetScope:
 
     def _repeated_operands(self, t: TExpr) -> list[TExpr]:
         """The operands that t's spelling writes more than once."""
-        marks = [f"\0{n}\0" for n in range(len(t.args))]
+        operands = self._operands(t)
+        marks = [f"\0{n}\0" for n in range(len(operands))]
         text = self.printer.node(t, marks)
-        return [a for a, mark in zip(t.args, marks) if text.count(mark) > 1]
+        return [a for a, mark in zip(operands, marks) if text.count(mark) > 1]
 
     def __call__(self, t: TExpr) -> str:
         """Code of t: inline, except for the subexpressions bound in this scope."""
         if t in self.names:
             return self.names[t]
         code: dict[TExpr, str] = {}
-        for e in postorder(t, self._descend):
-            inner = e.args if self._descend(e) else ()
-            code[e] = self.names.get(e) or self.printer.node(e, [self.names.get(a) or code[a] for a in inner])
+        for e in postorder(t, children=self._operands):
+            code[e] = self.names.get(e) or self.printer.node(e, [self.names.get(a) or code[a] for a in self._operands(e)])
         return code[t]
 
 

@@ -10,6 +10,7 @@ from ..lang.expr import TExpr
 from ..plan.cost import size_code
 from ..plan.select import Plan
 from .exprs import TorchExpr, key, literal
+from .let import LetScope
 from .writer import CodeWriter
 
 
@@ -48,6 +49,33 @@ from attncc import rt
 from attncc.rt import approx as ax
 from attncc.runtime.compiled import CompiledAttention, InputSpec, ParamSpec, import_sibling
 '''
+
+
+class _ShapeFunctions:
+    """Shapes, derived sizes and divisors as functions of the sizes `s`: a lambda when the expressions
+    print shallowly, else a function before the class whose let-bound temporaries keep every line
+    shallow (a 500-term shape would nest past what Python parses)."""
+
+    def __init__(self):
+        self.helpers = CodeWriter()
+
+    def __call__(self, label: str, exprs: list[TExpr], tuple_of: bool) -> str:
+        """A function of `s` computing exprs (a tuple of them, or the one); `label` names a helper."""
+        body = CodeWriter()
+        body.level = 1
+        scope = LetScope(_ShapeExpr())
+        scope.bind(body, exprs)
+        code = "".join(f"{scope(t)}, " for t in exprs) if tuple_of else scope(exprs[0])
+        code = f"({code})" if tuple_of else code
+        if not body.lines:
+            return f"lambda s: {code}"
+        name = f"_sizes_{label}"
+        self.helpers.line(f"def {name}(s):")
+        self.helpers.lines.extend(body.lines)
+        self.helpers.line(f"    return {code}")
+        self.helpers.line()
+        self.helpers.line()
+        return name
 
 
 def dispatch_line(plan: Plan) -> str:
@@ -91,7 +119,7 @@ def memory_table(w: CodeWriter, plan: Plan, fixed: dict) -> None:
 
 def module_class(graph: Graph, plan: Plan, spec_hash: str, triton_lowering: str) -> str:
     w = CodeWriter()
-    shape = _ShapeExpr()
+    shapes = _ShapeFunctions()
     sig, att = graph.signature, attention_node(graph)
     needs = {e.value for p in sig.params.values() for d in p.shape for e in d.walk() if e.op == "rsize"}
     randoms = sig.random_features
@@ -108,8 +136,10 @@ def module_class(graph: Graph, plan: Plan, spec_hash: str, triton_lowering: str)
         entries = [f"({key(name)}, {upto})" for name, upto in plan.dispatch]
         w.line(f"DISPATCH = ({', '.join(entries)}{',' if len(entries) == 1 else ''})")
         w.line("SIZES = {" + ", ".join(f"{key(n)}: {int(v)}" for n, v in sig.sizes.items()) + "}")
-        w.line("DERIVED = {" + ", ".join(f"{key(n)}: lambda s: {shape(t)}" for n, t in sig.derived.items()) + "}")
-        w.line("DIVISORS = (" + "".join(f"lambda s: {shape(t)}, " for t in sig.divisors) + ")")
+        w.line("DERIVED = {" + ", ".join(f"{key(n)}: {shapes(f'size_{n}', [t], False)}"
+                                        for n, t in sig.derived.items()) + "}")
+        w.line("DIVISORS = (" + "".join(f"{shapes(f'divisor_{n}', [t], False)}, "
+                                        for n, t in enumerate(sig.divisors)) + ")")
         w.line(f"NEEDS = ({''.join(f'{key(n)}, ' for n in needs)})")
         w.line("GRAPHS = {" + ", ".join(f"{key(g.name)}: ({key(g.kind)}, {key(g.adjacency)}, {g.options!r})"
                                         for g in sig.graphs.values()) + "}")
@@ -119,14 +149,12 @@ def module_class(graph: Graph, plan: Plan, spec_hash: str, triton_lowering: str)
                                                  for phi in randoms) + "}")
         with w.block("PARAMS = {"):
             for p in sig.params.values():
-                dims = "".join(f"{shape(d)}, " for d in p.shape)
                 args = "{" + ", ".join(f"{key(k)}: {literal_number(v)}" for k, v in p.init_args) + "}"
-                w.line(f"{key(p.name)}: ParamSpec(lambda s: ({dims}), {p.init!r}, {args}),")
+                w.line(f"{key(p.name)}: ParamSpec({shapes(f'table_{p.name}', list(p.shape), True)}, {p.init!r}, {args}),")
         w.line("}")
         with w.block("INPUTS = {"):
             for i in sig.call_inputs:
-                dims = "".join(f"{shape(d)}, " for d in i.dims)
-                w.line(f"{key(i.name)}: InputSpec(lambda s: ({dims}), {i.dtype!r}),")
+                w.line(f"{key(i.name)}: InputSpec({shapes(f'input_{i.name}', list(i.dims), True)}, {i.dtype!r}),")
         w.line("}")
         memory_table(w, plan, {D: randoms[0].out_dim} if randoms else {})  # kernels see rows of m features
         w.line()
@@ -135,7 +163,7 @@ def module_class(graph: Graph, plan: Plan, spec_hash: str, triton_lowering: str)
         if att.attr("pool") is not None:
             w.line("POOL = True")
             w.line("pool_kv = pool_kv")
-    return w.text()
+    return (shapes.helpers.text() if shapes.helpers.lines else "") + w.text()
 
 
 def tensor_power_terms(w: CodeWriter, terms) -> None:

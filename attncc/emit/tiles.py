@@ -15,7 +15,9 @@ full tiles:
             CSR lists of its full and of its partial key tiles (FlexAttention's BlockMask:
             full_kv_num_blocks / full_kv_indices and kv_num_blocks / kv_indices, as row pointers and
             columns). When the layout is exact at tile granularity (LAYOUT_EXACT) partial tiles are
-            partial only through the Nq / N bounds and no element mask is evaluated at all.
+            partial only through the Nq / N bounds and no element mask is evaluated at all. A layout
+            built per call from the inputs (token_blocks, analysis/token_layout.py) has the same lists
+            with one row per (batch, query tile), and is never exact.
 A mask that is proven only inside a band (toeplitz, general) gets one masked loop over the band.
 
 A `Stage` is one loop: its header, the line that sets the tile's start from a list entry (layouts),
@@ -76,6 +78,9 @@ def band_line(w: CodeWriter, plan: Plan) -> None:
 
 def key_stages(w: CodeWriter, plan: Plan) -> list[Stage]:
     """The loops over the key tiles that query tile pid_m sees (forward, dQ); writes their bounds."""
+    if plan.entry.token_tiles:  # a layout built per call: one list row per (batch, query tile)
+        w.line("row = off_b * tl.cdiv(Nq, BLOCK_M) + pid_m")
+        return layout_stages(w, "row", "start_n", "BLOCK_N", "query", "key", "layout built per call")
     if plan.entry.block_sparse:
         return layout_stages(w, "pid_m", "start_n", "BLOCK_N", "query", "key")
     return band_stages(w, plan, walk=("start_n", "BLOCK_N", "N"), fixed="pid_m * BLOCK_M", sign="-")
@@ -84,6 +89,9 @@ def key_stages(w: CodeWriter, plan: Plan) -> list[Stage]:
 def query_stages(w: CodeWriter, plan: Plan, fixed_in_range: bool) -> list[Stage]:
     """The loops over the query tiles that see key tile pid_n (dK, dV); writes their bounds.
     fixed_in_range: full tiles also need the key tile inside N (the loop writes table atomics)."""
+    if plan.entry.token_tiles:
+        w.line("col = off_b * tl.cdiv(N, BLOCK_N) + pid_n")
+        return layout_stages(w, "col", "start_m", "BLOCK_M", "key", "query", "layout built per call")
     if plan.entry.block_sparse:
         return layout_stages(w, "pid_n", "start_m", "BLOCK_M", "key", "query")
     stages = band_stages(w, plan, walk=("start_m", "BLOCK_M", "Nq"), fixed="pid_n * BLOCK_N", sign="+")
@@ -92,8 +100,9 @@ def query_stages(w: CodeWriter, plan: Plan, fixed_in_range: bool) -> list[Stage]
     return stages
 
 
-def layout_stages(w: CodeWriter, pid: str, start: str, block: str, fixed: str, walked: str) -> list[Stage]:
-    w.line(f"# block-sparse: the {walked} tiles that the layout lists for this {fixed} tile, full ones first")
+def layout_stages(w: CodeWriter, pid: str, start: str, block: str, fixed: str, walked: str,
+                  kind: str = "block-sparse") -> list[Stage]:
+    w.line(f"# {kind}: the {walked} tiles that the layout lists for this {fixed} tile, full ones first")
     return [Stage(f"for idx in range(tl.load(FullPtr + {pid}), tl.load(FullPtr + {pid} + 1)):",
                   f"{start} = tl.load(FullCols + idx) * {block}", False, f"full {walked} tiles: no mask"),
             Stage(f"for idx in range(tl.load(PartPtr + {pid}), tl.load(PartPtr + {pid} + 1)):",

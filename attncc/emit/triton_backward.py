@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..analysis.structure import classify_modulation
-from ..lang.derivative import NotDifferentiable, diff, leaves
+from ..lang.derivative import NotDifferentiable, gradient, leaves
 from ..lang.expr import TExpr
 from ..lang.features import FEATURE_MAPS
 from ..ir.graph import Graph, attention_node, attention_of
@@ -76,8 +76,7 @@ def tile_backward_support(graph: Graph, plan: Plan) -> str | None:
     """The tile kernels differentiate the score hole symbolically: it must be differentiable."""
     scores, _ = quadratic_form(graph, attention_of(graph))
     try:
-        for leaf in leaves(scores):
-            diff(scores, leaf)
+        gradient(scores)
     except NotDifferentiable as exc:
         return str(exc)
     return None
@@ -117,7 +116,8 @@ def emit_backward(w: CodeWriter, graph: Graph, plan: Plan) -> str:
         if sparse:
             w.line(f"tiles = self.cached_tiles(ctx, host.block_layout, q.device, exact={layout_exact(plan)})  "
                    "# once per length")
-        w.line(f"return triton_ops.attention(q, k, v, ctx, host{', tiles' if sparse else ''})")
+        sink = ", sink=sink_rows(host, q, ctx)" if attention_node(graph).attr("sink") is not None else ""
+        w.line(f"return triton_ops.attention(q, k, v, ctx, host{', tiles' if sparse else ''}{sink})")
     return backward_line(graph, plan)
 
 
@@ -187,7 +187,8 @@ def emit_tiled_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
     tiles.emit_helpers()
     tiles.emit_dkdv_kernel()
     tiles.emit_dq_kernel()
-    _tiled_launchers(w, tiles.norm, plan, tiles.kernel, tiles.tables, tiles.diagonals)
+    _tiled_launchers(w, tiles.norm, plan, tiles.kernel, tiles.tables, tiles.diagonals,
+                     attention_node(graph).attr("sink") is not None)
 
 
 class TileBackward:
@@ -201,12 +202,12 @@ class TileBackward:
         self.dots = name_dots(self.scores)
         self.ex = KernelExpr(self.dots, {s: size_arg(s) for s in sizes_used(self.scores, self.mask)})
         self.kernel = Kernel([self.scores, self.mask], {n: len(p.shape) for n, p in graph.signature.params.items()})
-        self.derivs = {leaf: diff(self.scores, leaf) for leaf in leaves(self.scores)}
+        self.derivs = gradient(self.scores)
         self.pairs = _pair_derivatives(self.scores, self.derivs)
         self.q_sides = {_side(d, 0): row_feature(d.args[0]) for d in self.dots}
         self.k_sides = {_side(d, 1): row_feature(d.args[1]) for d in self.dots}
         self.tables = _grad_tables(self.scores)
-        self.sparse = plan.entry.block_sparse
+        self.sparse = plan.entry.block_sparse or plan.entry.token_tiles  # tiles listed by a layout
         self.base2 = log2_scores(self.scores) if self.norm.online_softmax else None  # exp2, as the forward
         self.symbols = size_symbols(graph.signature)
         self.diagonals = diagonal_tables(self.tables, self.derivs, self.symbols)
@@ -370,13 +371,16 @@ class TileBackward:
 
 
 def _tiled_launchers(w: CodeWriter, norm: Normalizer, plan: Plan, kernel: Kernel, tables: list,
-                     diagonals: bool) -> None:
+                     diagonals: bool, sink: bool) -> None:
+    """op_forward (which passes a sink's logits on to the kernel) and op_backward; a sink's own gradient
+    is the custom op's (attncc/runtime/triton_ops.py), from the saved output and logsumexp."""
     sparse = plan.entry.block_sparse
     stats = norm.row_statistic
-    with w.block("def op_forward(self, q, k, v, ctx, host):"):
+    sink = ", sink" if sink else ""
+    with w.block(f"def op_forward(self, q, k, v, ctx, host{sink}):"):
         w.line('"""The custom op\'s forward: the output and the row statistic its backward reads."""')
         w.line(f"stat = torch.{'empty' if stats else 'zeros'}(*q.shape[:3], device=q.device, dtype=torch.float32)")
-        w.line(f"return triton_forward(self, q, k, v, ctx, host{', stat' if stats else ''}), stat")
+        w.line(f"return triton_forward(self, q, k, v, ctx, host{', stat' if stats else ''}{sink}), stat")
     w.line()
     with w.block("def op_backward(self, q, k, v, out, stat, dout, ctx, host):"):
         backward_head(w, "(dq, dk, dv, table gradients by name) from the saved output and row statistic.",
@@ -406,21 +410,25 @@ def _tiled_launchers(w: CodeWriter, norm: Normalizer, plan: Plan, kernel: Kernel
 def _backward_launch(w: CodeWriter, plan: Plan, kernel: Kernel, tables: list, diagonals: bool) -> None:
     """`launch(**config)`: both backward kernels with one autotune candidate of `<kind>:backward` (the
     block-sparse tile is the layout's: only warps and stages are free)."""
-    sparse = plan.entry.block_sparse
+    sparse, token = plan.entry.block_sparse, plan.entry.token_tiles
+    listed = sparse or token
     vals = "".join(f"{v}, " for v in kernel.arg_values())
     gvals = "".join(f"grads[{key(n)}], " for _, n in tables)
     tail = (f"ctx.scale, {band_launch(plan)}BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E,"
-            + (" LAYOUT_EXACT=tiles.exact," if sparse else "") + " PRECISION=precision,")
+            + (" LAYOUT_EXACT=tiles.exact," if listed else "") + " PRECISION=precision,")
     diagonal = " BLOCK_DIAG=triton.next_power_of_2(BLOCK_M + BLOCK_N - 1)," if diagonals else ""
     with w.block(f"def launch({'' if sparse else 'BLOCK_M, BLOCK_N, '}num_warps, num_stages):"):
         if tables:  # autotune launches every candidate: the atomics must start from 0 each time
             w.line("for g in grads.values():")
             w.line("    g.zero_()")
+        if token:
+            w.line("lists = token_tiles(ctx, B, BLOCK_M, BLOCK_N, q.device)  # the forward's, when its tiles were these")
+            w.line("tiles, by_key = lists.rows, lists.cols")
         w.line(f"_attn_bwd_dkdv[(triton.cdiv(N, BLOCK_N), B * H)]({bwd_launch('KV', out=False)}, {vals}{gvals}stat, "
-               f"delta,{' *by_key.tensors(),' if sparse else ''}")
+               f"delta,{' *by_key.tensors(),' if listed else ''}")
         w.line(f"    {tail}{diagonal} num_warps=num_warps, num_stages=num_stages)")
         w.line(f"_attn_bwd_dq[(triton.cdiv(Nq, BLOCK_M), B * H)]({bwd_launch('Q', out=False)}, {vals}stat, delta,"
-               f"{' *tiles.tensors(),' if sparse else ''}")
+               f"{' *tiles.tensors(),' if listed else ''}")
         w.line(f"    {tail} num_warps=num_warps, num_stages=num_stages)")
 
 

@@ -3,7 +3,8 @@
 `ExprTyper` is the half of the checker that turns an AST expression into a typed `TExpr` in a
 context (a size, a table shape, a mask or bias, a score or weight), reporting every error to
 `self.bag`. The checker (attncc/frontend/check.py) supplies the declarations it reads: `sizes`, `params`,
-`inputs`, `features`, the current definition's `index_names`, and collects `divisors`.
+`inputs`, `features`, the current definition's `index_names`, and collects `divisors`. Lets
+(`let NAME = EXPR`) are typed here too: `let_decls` in declaration order, `lets` once typed.
 """
 from __future__ import annotations
 
@@ -139,6 +140,16 @@ class ExprTyper:
 
     def _declared(self, n: str) -> bool:
         return n in self.sizes or n in self.params or n in self.inputs or n in self.features
+
+    def _LetDecl(self, s: ast.LetDecl):
+        self.let_decls[s.name] = s  # typed with the definitions, once every declaration is known
+
+    def _type_lets(self) -> None:
+        """Each let's body, typed once where definitions are (query index `i`, key index `j`, `dot`
+        allowed): a let may use every declaration and the lets above it."""
+        self.index_names = ("i", "j")
+        for name, s in self.let_decls.items():
+            self.lets[name] = self._expr(s.value, ctx="let")
 
     def _let(self, e: ast.Name, ctx: str) -> TExpr | None:
         """A let's typed body (typed once, in declaration order: a let may use only the lets above it)."""

@@ -19,18 +19,23 @@ keeps gradients by recomputation through the torch backend.
 """
 from __future__ import annotations
 
-from .expr import FLOAT, TExpr, const, fold
+from .expr import FLOAT, TExpr, const, fold, postorder
 from .operators import NotDifferentiable, operator_of
 
-__all__ = ["NotDifferentiable", "diff", "leaves"]
+__all__ = ["NotDifferentiable", "diff", "gradient", "leaves"]
 
 LEAVES = ("const", "var", "size", "rsize", "scale", "dot", "param", "input")
 
 
-def diff(t: TExpr, x: TExpr) -> TExpr | None:
-    """dt/dx as a TExpr, None where it is 0 (each operator's rule is in attncc/lang/operators.py)."""
+def diff(t: TExpr, x: TExpr, parents: dict | None = None) -> TExpr | None:
+    """dt/dx as a TExpr, None where it is 0 (each operator's rule is in attncc/lang/operators.py).
+    Only the subexpressions that contain x (found upwards from x through `parents`, t's
+    `parent_map`) are differentiated: the derivatives of a sum of n lookups by each take O(n) steps
+    each, not a walk of the whole sum."""
+    above = containing(parents if parents is not None else parent_map(t), x)
+
     def constant(e: TExpr) -> bool:  # integer and boolean parts are piecewise constant in x
-        return e.type != FLOAT or e.op in LEAVES
+        return e.type != FLOAT or e.op in LEAVES or e not in above
 
     def rule(e: TExpr, d: list) -> TExpr | None:
         if e == x:
@@ -42,6 +47,34 @@ def diff(t: TExpr, x: TExpr) -> TExpr | None:
             raise NotDifferentiable(f"no derivative rule for `{e.value if e.op == 'call' else e.op}`")
         return operator.derivative(e, d)
     return fold(t, rule, descend=lambda e: e != x and not constant(e))
+
+
+def gradient(t: TExpr) -> dict[TExpr, TExpr | None]:
+    """dt/dx for every leaf x of t (`leaves`), in order."""
+    parents = parent_map(t)
+    return {x: diff(t, x, parents) for x in leaves(t)}
+
+
+def parent_map(t: TExpr) -> dict[TExpr, list[TExpr]]:
+    """Each distinct subexpression of t -> the distinct subexpressions that have it as an argument."""
+    parents: dict[TExpr, list[TExpr]] = {t: []}
+    for e in postorder(t):
+        for a in dict.fromkeys(e.args):
+            parents.setdefault(a, []).append(e)
+    return parents
+
+
+def containing(parents: dict[TExpr, list[TExpr]], x: TExpr) -> set[TExpr]:
+    """The subexpressions that contain x (x included; none if x is not in the expression)."""
+    if x not in parents:
+        return set()
+    found, stack = set(), [x]
+    while stack:
+        e = stack.pop()
+        if e not in found:
+            found.add(e)
+            stack.extend(parents[e])
+    return found
 
 
 def leaves(t: TExpr) -> list[TExpr]:

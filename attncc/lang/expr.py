@@ -64,9 +64,15 @@ class TExpr:
 R = TypeVar("R")
 
 
-def postorder(root: TExpr, descend: Callable[[TExpr], bool] = lambda t: True) -> list[TExpr]:
+def _arguments(t: TExpr) -> tuple[TExpr, ...]:
+    return t.args
+
+
+def postorder(root: TExpr, descend: Callable[[TExpr], bool] = lambda t: True,
+              children: Callable[[TExpr], tuple[TExpr, ...]] = _arguments) -> list[TExpr]:
     """The distinct subexpressions of root (equal subtrees once), every one after its arguments, found
-    without recursion. `descend(t)` false: t's arguments are not visited (t is treated as a leaf)."""
+    without recursion. `descend(t)` false: t's arguments are not visited (t is treated as a leaf).
+    `children(t)`: what counts as t's arguments (default t.args; a printer may take others)."""
     seen: set[TExpr] = set()
     order: list[TExpr] = []
     stack: list[tuple[TExpr, bool]] = [(root, False)]
@@ -74,21 +80,23 @@ def postorder(root: TExpr, descend: Callable[[TExpr], bool] = lambda t: True) ->
         t, expanded = stack.pop()
         if t in seen:
             continue
-        if expanded or not t.args or not descend(t):
+        if expanded or not descend(t) or not children(t):
             seen.add(t)
             order.append(t)
             continue
         stack.append((t, True))
-        stack.extend((a, False) for a in reversed(t.args) if a not in seen)
+        stack.extend((a, False) for a in reversed(children(t)) if a not in seen)
     return order
 
 
-def fold(root: TExpr, combine: Callable[[TExpr, list], R], descend: Callable[[TExpr], bool] = lambda t: True) -> R:
+def fold(root: TExpr, combine: Callable[[TExpr, list], R], descend: Callable[[TExpr], bool] = lambda t: True,
+         children: Callable[[TExpr], tuple[TExpr, ...]] = _arguments) -> R:
     """combine(t, [results of t's arguments]) over the distinct subexpressions of root, arguments first,
     each computed once; a node that `descend` rejects is combined with no argument results."""
     done: dict[TExpr, R] = {}
-    for t in postorder(root, descend):
-        done[t] = combine(t, [done[a] for a in t.args] if t.args and descend(t) else [])
+    for t in postorder(root, descend, children):
+        kids = children(t) if descend(t) else ()
+        done[t] = combine(t, [done[a] for a in kids])
     return done[root]
 
 

@@ -281,11 +281,10 @@ def _float_function(name, torch_fn, sympy_fn, derivative, triton=None, torch_cod
                      triton or f"tl.{name}(({{0}}) * 1.0)", lambda t, a: sympy_fn(a[0]), _chain(derivative), **more)
 
 
-def _float_helper(name: str, torch_fn, sympy_fn, derivative) -> Operator:
+def _float_helper(name: str, torch_fn, sympy_fn, derivative, torch_code=None) -> Operator:
     """A float function of one number that kernels compute with a helper `_<name>` (HELPERS in emit/triton.py)."""
     return _float_function(name, torch_fn, sympy_fn, derivative, triton=f"_{name}(({{0}}) * 1.0)",
-                           torch_code=f"rt.{name}(rt.as_float({{0}}, {{float}}))" if name == "softplus" else None,
-                           triton_helper=lambda t: f"_{name}")
+                           torch_code=torch_code, triton_helper=lambda t: f"_{name}")
 
 
 def _to_int(name: str, rounding: str, sympy_fn) -> Operator:
@@ -375,7 +374,8 @@ TABLE: tuple[Operator, ...] = (
     _float_function("erf", torch.erf, sympy.erf, lambda t, x, dx: _times(
         _f("mul", const(2.0 / math.sqrt(math.pi)), _f("call", _f("neg", _f("mul", x, x)), value="exp")), dx)),
     _float_helper("softplus", softplus, lambda x: sympy.log(1 + sympy.exp(x)),
-                  lambda t, x, dx: _times(_f("call", x, value="sigmoid"), dx)),
+                  lambda t, x, dx: _times(_f("call", x, value="sigmoid"), dx),
+                  torch_code="rt.softplus(rt.as_float({0}, {float}))"),
     _float_helper("log1p", torch.log1p, lambda x: sympy.log(1 + x),
                   lambda t, x, dx: _f("div", dx, _f("add", const(1.0), x))),
     _float_helper("expm1", torch.expm1, lambda x: sympy.exp(x) - 1,

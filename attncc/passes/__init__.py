@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from ..analysis.session import default_budget, session
 from ..ir.graph import Graph, verify
-from .block_layout import analyse_blocks
+from .block_layout import analyse_blocks, analyse_token_layout
 from .favor import kernelize_favor
 from .mask_structure import analyse_mask
 from .ista import lower_ista
@@ -33,8 +33,8 @@ class PassContext:
         self.log.append((pass_name, message))
 
 
-PIPELINE = [kernelize_favor, stabilize_exp_rows, analyse_mask, analyse_blocks, lower_ista, mixed_chunk, expand_polynomial_kernel,
-            reassociate_kernel]
+PIPELINE = [kernelize_favor, stabilize_exp_rows, analyse_mask, analyse_blocks, analyse_token_layout, lower_ista,
+            mixed_chunk, expand_polynomial_kernel, reassociate_kernel]
 
 
 def run_pipeline(graph: Graph, ctx: PassContext, check: bool = True) -> Graph:

@@ -28,6 +28,10 @@ MACHINE = {"flops_per_s": 300e12, "bytes_per_s": 3.0e12, "multiprocessors": 132,
 DECODE_BLOCK_M = 16
 SPLIT_MIN_TILES = 4
 SPLIT_WAVES = 2
+# Inputs read by a mask are data: the cost of a layout built per call (attncc/lowerings/token_blocks.py)
+# counts the visited tiles at design inputs whose ints hold runs of DESIGN_RUN equal values (packed
+# documents of that many tokens).
+DESIGN_RUN = 1024
 GRAPH_DEGREE = 16  # edges per token assumed by the cost model (the graph is a call-time input)
 GRAPH_PRODUCTS = 12  # products with A per application of exp(t A) (a Taylor series; walks: its steps)
 BYTES_IO = 4 * B * H * (Nq * (D + E) + N * (D + E))  # q, k, v read and the output written once, fp32

@@ -44,6 +44,8 @@ class Lowering:
     context_parallel              attncc.runtime.distributed can split its tokens over ranks (key states)
     forms_graph_tables            G = kernel(A) is formed as a table before it runs (not: graph)
     block_sparse                  its tiles are the ones a block layout lists
+    token_tiles                   its tiles are the ones a layout built per call from the inputs lists
+                                  (partial and full tiles apart; attncc/analysis/token_layout.py)
     band_tiles                    its Triton kernel walks every key tile inside the proven band
     causal_chunks                 linear attention walked chunk by chunk with a carried prefix state
     forced_only                   a candidate only when a spec or caller forces it by name
@@ -65,6 +67,7 @@ class Lowering:
     context_parallel: bool = False
     forms_graph_tables: bool = True
     block_sparse: bool = False
+    token_tiles: bool = False
     band_tiles: bool = False
     causal_chunks: bool = False
     forced_only: bool = False

@@ -3,7 +3,8 @@ beside the tiles its chosen lowering visits (`attncc inspect SPEC --emit mask-pn
 
 The left panel is the dense float64 oracle at head 0 on fixed random q, k and the module's tables;
 the right one is the kernel's tile grid: for `tiled`, the key range of each query tile from the
-proven band, for `block_sparse` the layout as the runtime tiles it (`analysis.blocks.layout_tiles`).
+proven band, for `block_sparse` the layout as the runtime tiles it (`analysis.blocks.layout_tiles`), for
+`token_blocks` the layout built from the picture's inputs (`analysis.token_layout.tile_classes`).
 Reassociated lowerings (kernelized, FFT, rings, graph) have no score grid, so no tiles to skip.
 matplotlib (the `plot` extra) is imported only when a picture is drawn.
 """
@@ -16,6 +17,7 @@ import torch
 
 from ..api import compile as compile_spec
 from ..analysis.blocks import block_size, evaluate_layout, layout_tiles
+from ..analysis.token_layout import EMPTY, FULL, tile_classes
 from ..lang.source import AttnccError
 from ..oracle.dense import dense_mask
 from ..runtime.compiled import MAX_TILE
@@ -77,8 +79,20 @@ def block_sparse_grid(plan, sizes: dict, nq: int, nk: int) -> TileGrid:
     return TileGrid(tile, visited, f"{plan.lowering}, layout over blocks of {block} tokens")
 
 
-def tile_grid(plan, sizes: dict, nq: int, nk: int) -> TileGrid | None:
-    """The tiles the chosen lowering visits, or None if it forms no score tiles."""
+def token_grid(plan, sizes: dict, nq: int, nk: int, inputs: dict, params: dict) -> TileGrid:
+    """The tiles of the layout built per call from these inputs, classified as the layout kernels do."""
+    layout = plan.attrs["token_layout"]
+    classes = tile_classes(layout, sizes, inputs, nq, nk, TILED_TILE, TILED_TILE, 1, params)[0]
+    return TileGrid(TILED_TILE, classes != EMPTY, f"{plan.lowering}, layout from the inputs "
+                    f"({int((classes == FULL).sum())} full)")
+
+
+def tile_grid(plan, sizes: dict, nq: int, nk: int, inputs: dict | None = None,
+              params: dict | None = None) -> TileGrid | None:
+    """The tiles the chosen lowering visits (for a layout built per call: at these inputs), or None if
+    it forms no score tiles."""
+    if plan.entry.token_tiles:
+        return token_grid(plan, sizes, nq, nk, inputs or {}, params or {})
     if plan.entry.block_sparse:
         return block_sparse_grid(plan, sizes, nq, nk)
     if plan.entry.band_tiles:
@@ -103,7 +117,8 @@ def picture(cls, tokens: int = 64, sizes: dict | None = None) -> Picture:
     except AttnccError:  # e.g. `normalize ista`: no attention matrix
         weights = None
     plan = cls.compilation.plan
-    return Picture(cls.SPEC_NAME, plan.lowering, kept, weights, tile_grid(plan, all_sizes, tokens, tokens))
+    grid = tile_grid(plan, all_sizes, tokens, tokens, inputs, params)
+    return Picture(cls.SPEC_NAME, plan.lowering, kept, weights, grid)
 
 
 def import_pyplot():

@@ -30,6 +30,7 @@ def _int_terms(sizes: tuple[str, ...]):
             st.tuples(inner, inner).map(lambda t: f"(abs({t[0]}) ^ abs({t[1]}))"),
             st.tuples(st.sampled_from(["min", "max"]), inner, inner).map(lambda t: f"{t[0]}({t[1]}, {t[2]})"),
             inner.map(lambda t: f"abs({t})"),
+            st.tuples(st.integers(2, 20), inner).map(lambda t: "-" * t[0] + f"({t[1]})"),  # deep, bracket-free
         ),
         max_leaves=6,
     )
@@ -44,6 +45,7 @@ def mask_expressions(sizes: tuple[str, ...] = ()):
         lambda inner: st.one_of(
             st.tuples(inner, st.sampled_from(["and", "or"]), inner).map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
             inner.map(lambda t: f"not ({t})"),
+            st.tuples(st.integers(2, 30), inner).map(lambda t: "not " * t[0] + f"({t[1]})"),
         ),
         max_leaves=3,
     )
@@ -60,6 +62,8 @@ def bias_expressions(sizes: tuple[str, ...] = ()):
             lambda t: f"where({t[0]}, {t[1]:.3f}, 0.0)"),
         st.tuples(st.floats(0.5, 1.05), st.sampled_from(["1.0", "h", "(h + 1) * 0.5"])).map(  # decays
             lambda t: f"{t[1]} * {t[0]:.3f} ** (i - j)"),
+        st.lists(term, min_size=2, max_size=12).map(  # wide: a long bracket-free sum
+            lambda terms: f"0.01 * ({' + '.join(terms)})"),
     )
 
 
