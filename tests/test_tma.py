@@ -1,0 +1,56 @@
+"""Tensor descriptors (TMA) in the tiled forward: the launcher's choice (attncc/runtime/tma.py) and the
+USE_TMA variant's meaning. Triton's interpreter runs descriptor loads too (and checks their alignment),
+so the variant that sm_90 gets is held to the reference here, with the feature test forced on; that it
+compiles to TMA copies for sm_90 is checked by the compile gate (tests/test_compile_gate.py)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import attncc
+from attncc.runtime import tma
+from attncc.tools.compare import make_module, random_inputs
+from attncc.tools.gpu_compile import record_launches
+
+from .conftest import ROOT
+
+
+def test_describable_needs_a_contiguous_last_dim_and_16_byte_strides():
+    assert tma.describable(torch.zeros(2, 3, 70, 24, dtype=torch.float16))  # rows of 48 bytes
+    assert not tma.describable(torch.zeros(2, 3, 70, 4, dtype=torch.float16))  # rows of 8 bytes
+    assert not tma.describable(torch.zeros(2, 3, 24, 70, dtype=torch.float32).transpose(-1, -2))
+    assert not tma.describable(torch.zeros(2, 3, 70, 33, dtype=torch.float32)[..., :32])  # rows of 132 bytes
+    assert not tma.describable(torch.zeros(2 * 3 * 70 * 32 + 1, dtype=torch.float16)[1:].view(2, 3, 70, 32))
+
+
+def test_the_pointer_path_off_cuda_and_in_the_interpreter():
+    cls = attncc.compile(ROOT / "examples" / "causal.attn")
+    forward = [launch for launch in record_launches(cls, torch.bfloat16, 64, backward=False)
+               if launch.kernel == "_attn_fwd"]
+    assert forward and all(dict(launch.constexprs)["USE_TMA"] is False for launch in forward)
+    assert not tma.usable(torch.zeros(1, 1, 16, 16))
+    assert tma.interpreting()
+
+
+@pytest.mark.parametrize("name, dtype", [("causal", torch.float32), ("causal", torch.float16),
+                                         ("alibi", torch.float32), ("hypercube", torch.float32)])
+def test_the_tma_variant_matches_the_reference(name, dtype, monkeypatch):
+    """USE_TMA forced on: the query tile past Nq and the columns past D come zero from the descriptors
+    (Nq = N = 70, d = 24 of BLOCK_D 32, e = 40 of 64); full tiles of the band and of the layout load
+    K and V through them, the partial ones through pointers."""
+    cls = attncc.compile(ROOT / "examples" / f"{name}.attn")
+    module = make_module(cls, heads=2, dim=24, dim_v=40, seed=1)
+    q, k, v, inputs = random_inputs(cls, 2, 2, 70, 70, 24, 40)
+    q, k, v = (t.to(dtype) for t in (q, k, v))
+    module.backend = "torch"
+    reference = module(q.double(), k.double(), v.double(), **inputs)
+    chosen = []
+    monkeypatch.setattr(tma, "usable", lambda *tensors: chosen.append(tensors) or True)
+    module.backend = "triton"
+    out = module(q, k, v, **inputs)
+    assert chosen, "the launcher did not ask for tensor descriptors"
+    tolerance = 2e-2 if dtype == torch.float16 else 1e-4
+    torch.testing.assert_close(out.double(), reference, atol=tolerance, rtol=tolerance)
+    # the variant really reads through descriptors: the interpreter refuses a 4-byte row stride
+    with pytest.raises(Exception, match="16-byte"):
+        module(q.transpose(-1, -2).contiguous().transpose(-1, -2), k, v, **inputs)
