@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 BACKEND_RUNS = [("torch", "float32"), ("torch", "float64"), ("torch", "bfloat16"),
@@ -373,7 +374,21 @@ def cmd_bench(args) -> int:
     return run_cli(args, device)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """attncc's own warnings (e.g. the cache falling back) as one plain line; others as Python shows them."""
+    text = str(message)
+    out = file or sys.stderr
+    out.write(f"{text}\n" if text.startswith("attncc: ") else warnings.formatwarning(message, category, filename,
+                                                                                   lineno, line))
+
+
 def main(argv=None) -> int:
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _main(argv)
+
+
+def _main(argv) -> int:
     from .lang.source import AttnccError
     try:
         args = _parser().parse_args(argv)
@@ -383,9 +398,9 @@ def main(argv=None) -> int:
         commands = {"compile": cmd_compile, "inspect": cmd_inspect, "check": cmd_check, "fuzz": cmd_fuzz,
                     "bench": cmd_bench}
         return commands[args.command](args)
-    except AttnccError as exc:
+    except AttnccError as exc:  # a located error in the spec or its sizes: the user's input, as argparse's are
         print(str(exc), file=sys.stderr)
-        return 1
+        return 2
     except UsageError as exc:
         print(f"attncc {args.command}: error: {exc}" + (f"\n  hint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
         return 2

@@ -53,7 +53,7 @@ def test_check_passes_and_prints_a_table(capsys):
 
 
 def test_forced_lowering_that_does_not_apply(capsys):
-    assert main(["inspect", SPEC, "--lowering", "fft"]) == 1
+    assert main(["inspect", SPEC, "--lowering", "fft"]) == 2
     assert "does not apply" in capsys.readouterr().err
 
 
@@ -122,3 +122,12 @@ def test_unwritable_output_is_a_usage_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(Path, "write_text", refuse)
     assert main(["compile", SPEC, "-o", str(tmp_path)]) == 2
     assert "cannot write" in capsys.readouterr().err
+
+
+def test_unwritable_cache_is_a_one_line_warning(tmp_path, capsys, monkeypatch):
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("ATTNCC_CACHE_DIR", str(tmp_path / "file"))
+    assert main(["inspect", SPEC, "--stage", "ast"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("attncc: cannot write the cache") and "set ATTNCC_CACHE_DIR" in err
+    assert "RuntimeWarning" not in err and len(err.splitlines()) == 1

@@ -42,7 +42,7 @@ def test_all_errors_are_reported_at_once():
 
 def test_cli_prints_diagnostics_without_traceback(capsys):
     path = CASES[0]
-    assert main(["check", str(path)]) == 1
+    assert main(["check", str(path)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and ": error: " in err and "^" in err
 

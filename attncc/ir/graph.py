@@ -116,8 +116,8 @@ class Graph:
 
 
 # Attributes of an attention node that every rewrite into another form keeps.
-CARRIED_ATTRS = ("normalize", "eps", "mask_structure", "pool", "tensor_powers")
-OPTIONAL_ATTRS = ("pool", "tensor_powers")  # carried only where present
+CARRIED_ATTRS = ("normalize", "eps", "mask_structure", "pool", "tensor_powers", "sink")
+OPTIONAL_ATTRS = ("pool", "tensor_powers", "sink")  # carried only where present
 
 
 def carried_attrs(node: Node) -> dict[str, Any]:
@@ -141,15 +141,22 @@ def expr_of(graph: Graph, nid: int) -> TExpr:
     """Read the elementwise subgraph rooted at nid back as a typed expression (without recursion:
     expressions may be as deep as a spec is long)."""
     exprs: dict[int, TExpr] = {}
+    operands: dict[int, list[int]] = {}  # each node's operands, read from the graph once
     stack = [nid]
     while stack:
         top = stack[-1]
-        pending = [a for a in graph.operands(top) if a not in exprs]
+        if top in exprs:  # reached again through another user before its first visit ended
+            stack.pop()
+            continue
+        if top not in operands:
+            operands[top] = graph.operands(top)
+        ops = operands[top]
+        pending = [a for a in ops if a not in exprs]
         if pending:
             stack.extend(reversed(pending))
             continue
         stack.pop()
-        exprs[top] = _expr_node(graph.node(top), tuple(exprs[a] for a in graph.operands(top)))
+        exprs[top] = _expr_node(graph.node(top), tuple(exprs[a] for a in ops))
     return exprs[nid]
 
 

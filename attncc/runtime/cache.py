@@ -55,7 +55,7 @@ def fall_back(root: Path, exc: OSError) -> Path:
     private = Path(tempfile.mkdtemp(prefix="attncc-cache-"))
     _FALLBACKS[str(root)] = private
     warnings.warn(f"attncc: cannot write the cache {root} ({exc.strerror or exc}); generated code goes to {private} "
-                  f"for this process; set {CACHE_ENV} to a writable folder", RuntimeWarning, stacklevel=3)
+                  f"for this process; set {CACHE_ENV} to a writable folder", RuntimeWarning, stacklevel=2)
     return private
 
 
@@ -161,10 +161,6 @@ def _load(path: Path, module_name: str):
     return module
 
 
-__all__ = ["CACHE_ENV", "cache_dir", "configured_cache_dir", "toolchain", "load_module", "write_atomic",
-           "import_sibling"]
-
-
 # ---------------------------------------------------------------------- analysis results
 def analysis_path(spec_text: str, budget: float) -> Path:
     """Where the analysis results of a spec are kept: keyed by its canonical text, the analysis
@@ -200,3 +196,7 @@ def store_analysis(path: Path, memo: dict) -> None:
         write_atomic(path, json.dumps(memo, sort_keys=True))
     except OSError:
         pass
+
+
+__all__ = ["CACHE_ENV", "cache_dir", "configured_cache_dir", "toolchain", "load_module", "write_atomic",
+           "import_sibling", "analysis_path", "load_analysis", "store_analysis"]
