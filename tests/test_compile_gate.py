@@ -104,6 +104,7 @@ def test_forced_lowerings_pass_the_gate(name, lowering, target, dtype, head_dim)
 # launchers choose on sm_90 only (attncc/runtime/tma.py): recorded with the feature test forced on
 TMA_FAST = [("causal", "bf16", 128)]
 TMA_SLOW = [(name, dtype, d) for name in ("causal", "alibi") for dtype in ("bf16", "fp16") for d in HEAD_DIMS]
+TMA_SLOW += [(name, "bf16", 128) for name in ("hypercube", "document", "sinks", "sliding_window")]  # layouts, sinks, band
 # TMA bulk copies: in the TTGIR (the op's name by Triton version), in the PTX
 TMA_TTGIR = re.compile(r"ttng\.async_tma_copy_global_to_local|tt\.descriptor_load")
 TMA_PTX = "cp.async.bulk.tensor"
