@@ -35,22 +35,30 @@ def test_the_pointer_path_off_cuda_and_in_the_interpreter():
 @pytest.mark.parametrize("name, dtype", [("causal", torch.float32), ("causal", torch.float16),
                                          ("alibi", torch.float32), ("hypercube", torch.float32)])
 def test_the_tma_variant_matches_the_reference(name, dtype, monkeypatch):
-    """USE_TMA forced on: the query tile past Nq and the columns past D come zero from the descriptors
-    (Nq = N = 70, d = 24 of BLOCK_D 32, e = 40 of 64); full tiles of the band and of the layout load
-    K and V through them, the partial ones through pointers."""
+    """USE_TMA forced on, forward and backward: the query tile past Nq and the columns past D come zero
+    from the descriptors (Nq = N = 70, d = 24 of BLOCK_D 32, e = 40 of 64); full tiles of the band and
+    of the layout load their rows through them, the partial ones through pointers."""
     cls = attncc.compile(ROOT / "examples" / f"{name}.attn")
     module = make_module(cls, heads=2, dim=24, dim_v=40, seed=1)
     q, k, v, inputs = random_inputs(cls, 2, 2, 70, 70, 24, 40)
     q, k, v = (t.to(dtype) for t in (q, k, v))
+    dout = torch.randn(2, 2, 70, 40, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     module.backend = "torch"
-    reference = module(q.double(), k.double(), v.double(), **inputs)
+    exact = [t.double().requires_grad_() for t in (q, k, v)]
+    reference = module(*exact, **inputs)
+    reference_grads = torch.autograd.grad(reference, exact, dout)
     chosen = []
-    monkeypatch.setattr(tma, "usable", lambda *tensors: chosen.append(tensors) or True)
+    monkeypatch.setattr(tma, "usable", lambda *tensors: chosen.append(len(tensors)) or True)
     module.backend = "triton"
-    out = module(q, k, v, **inputs)
-    assert chosen, "the launcher did not ask for tensor descriptors"
+    inexact = [t.requires_grad_() for t in (q, k, v)]
+    out = module(*inexact, **inputs)
+    grads = torch.autograd.grad(out, inexact, dout.to(dtype))
+    assert chosen == [3, 4], "the forward and backward launchers did not both ask for tensor descriptors"
     tolerance = 2e-2 if dtype == torch.float16 else 1e-4
-    torch.testing.assert_close(out.double(), reference, atol=tolerance, rtol=tolerance)
+    torch.testing.assert_close(out.double(), reference.detach(), atol=tolerance, rtol=tolerance)
+    for grad, expected in zip(grads, reference_grads):
+        torch.testing.assert_close(grad.double(), expected, atol=5 * tolerance, rtol=5 * tolerance)
+    q, k, v = (t.detach() for t in (q, k, v))
     # the variant really reads through descriptors: the interpreter refuses a 4-byte row stride
     with pytest.raises(Exception, match="16-byte"):
         module(q.transpose(-1, -2).contiguous().transpose(-1, -2), k, v, **inputs)

@@ -246,12 +246,14 @@ def load_rows(w: CodeWriter, var: str, ptr: str, offs: str, limit: str | None, c
         w.line(f"{var} = tl.where({inside}, {body}, 0.0)")
 
 
-def descriptor_rows(w: CodeWriter, var: str, ptr: str, cols: str, width: str) -> None:
-    """A full key tile's rows of K or V (from start_n): the descriptor's load under USE_TMA, else pointers."""
+def descriptor_rows(w: CodeWriter, var: str, ptr: str, cols: str, width: str, start: str = "start_n",
+                    offs: str = "offs_n", limit: str | None = None) -> None:
+    """A tile's rows from `start` (default: a full key tile's): the descriptor's load under USE_TMA
+    (zero past the bounds), else the pointer load of load_rows."""
     with w.block("if USE_TMA:"):
-        w.line(f"{var} = {ptr.lower()}_desc.load([start_n, 0])")
+        w.line(f"{var} = {ptr.lower()}_desc.load([{start}, 0])")
     with w.block("else:"):
-        load_rows(w, var, ptr, "offs_n", None, cols, width)
+        load_rows(w, var, ptr, offs, limit, cols, width)
 
 
 def kernel_common_args(out: bool = True) -> str:
@@ -292,7 +294,7 @@ def query_tile(w: CodeWriter, dots: dict, tma: bool = False) -> None:
     w.line("offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)")
     maps = dict.fromkeys(row_feature(d.args[0]) for d in dots)
     if tma:
-        with w.block("if USE_TMA:  # sm_90: tiles by the tensor memory accelerator, out-of-bounds rows and columns zero"):
+        with w.block(f"if USE_TMA:  {TMA_NOTE}"):
             tensor_descriptors(w, dots)
             if None in maps:
                 w.line("q_raw = q_desc.load([pid_m * BLOCK_M, 0])")
@@ -304,15 +306,19 @@ def query_tile(w: CodeWriter, dots: dict, tma: bool = False) -> None:
             load_rows(w, f"q_{fm or 'raw'}", "Q", "offs_m", "Nq", "offs_d", "D", feature=fm)
 
 
-def tensor_descriptors(w: CodeWriter, dots: dict) -> None:
+TMA_NOTE = "# sm_90: tiles by the tensor memory accelerator, out-of-bounds rows and columns zero"
+
+
+def tensor_descriptors(w: CodeWriter, dots: dict, with_do: bool = False) -> None:
     """The device-side descriptors of one (batch, head) (USE_TMA: sm_90, the launcher's choice, see
     attncc/runtime/tma.py): [tokens, dim] with the row stride and a contiguous last dim, of the raw
-    query and key rows (those no feature map is applied to) and of the values."""
+    query and key rows (those no feature map is applied to), of the values (and of dO: with_do)."""
     raw_q = any(row_feature(d.args[0]) is None for d in dots)
     raw_k = any(row_feature(d.args[1]) is None for d in dots)
     descriptors = [("q", "Q", "Nq", "D", "BLOCK_M", "BLOCK_D")] if raw_q else []
     descriptors += [("k", "K", "N", "D", "BLOCK_N", "BLOCK_D")] if raw_k else []
     descriptors += [("v", "V", "N", "E", "BLOCK_N", "BLOCK_E")]
+    descriptors += [("do", "DO", "Nq", "E", "BLOCK_M", "BLOCK_E")] if with_do else []
     for var, ptr, rows, cols, block_rows, block_cols in descriptors:
         w.line(f"{var}_desc = tl.make_tensor_descriptor({ptr}, shape=[{rows}, {cols}], "
                f"strides=[stride_{var}m, 1], block_shape=[{block_rows}, {block_cols}])")

@@ -41,10 +41,11 @@ def usable(*tensors: torch.Tensor) -> bool:
 
 
 def describable(t: torch.Tensor) -> bool:
-    """The last dim contiguous, the base and the other strides multiples of 16 bytes."""
+    """The last dim contiguous, the base and the other strides multiples of 16 bytes and not 0 (an
+    expanded gradient's broadcast dims keep the pointer loads)."""
     size = t.element_size()
     return t.stride(-1) == 1 and t.data_ptr() % TMA_ALIGN == 0 and \
-        all(s * size % TMA_ALIGN == 0 for s in t.stride()[:-1])
+        all(s > 0 and s * size % TMA_ALIGN == 0 for s in t.stride()[:-1])
 
 
 @functools.cache
