@@ -122,6 +122,7 @@ GRADCHECK = {  # one spec per lowering, tables made small: gradcheck perturbs ev
     "block_sparse": ("strided", None, {"block": 2, "stride": 2}),
     "linear": ("linear_elu", None, {}),
     "linear_chunked": ("decayed", "linear_chunked", {}),
+    "linear_gated": ("simple_gla", None, {}),
     "fft": ("toeplitz_linear", "fft", {"max_len": 6}),
     "fft2": ("grid_rpe", "fft2", {"width": 3, "max_rows": 2}),
     "rings": ("ripple", "rings", {"width": 3, "rings": 2}),

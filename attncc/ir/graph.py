@@ -22,8 +22,8 @@ SIZE_SYMBOLS = {"B": B, "H": H, "Nq": Nq, "N": N, "D": D, "E": E}
 
 ELEMENTWISE = {*OPERATORS, "call", "param", "input"}
 LEAVES = {"q", "k", "v", "const", "var", "size", "rsize", "scale"}
-TENSOR_OPS = {"feature", "pairdot", "attend", "linear_attend", "toeplitz_attend", "grid_attend", "graph_attend", "mixed_attend",
-              "ista_attend", "output"}
+TENSOR_OPS = {"feature", "pairdot", "attend", "linear_attend", "gated_attend", "toeplitz_attend", "grid_attend",
+              "graph_attend", "mixed_attend", "ista_attend", "output"}
 
 
 @dataclass(frozen=True)

@@ -161,19 +161,28 @@ def tiled_attention(q, k, v, ctx, *, scores: Callable, mask: Callable | None, ke
     sink(i, h, ctx) -> [B|1, H|1, cq, 1]: softmax's valueless extra logit of each row (a chunk that
     sees no key is 0 with or without it).
     """
-    B, H, Nq, _ = q.shape
-    N, E = k.shape[2], v.shape[-1]
     outs = []
+    for q0, q1, keys in query_chunks(q, k, ctx, key_range, chunk):
+        outs.append(_attend(q, k, v, ctx, q0, q1, keys, scores=scores, mask=mask, normalize=normalize, eps=eps,
+                            sink=sink) if keys is not None else no_keys(q, v, q0, q1))
+    return torch.cat(outs, dim=2).to(v.dtype)
+
+
+def query_chunks(q, k, ctx, key_range: Callable, chunk: int):
+    """(q0, q1, keys) for each chunk [q0, q1) of `chunk` queries: keys, the slice of the keys it may
+    see (key_range, clipped to the N keys), or None when it sees none."""
+    Nq, N = q.shape[2], k.shape[2]
     for q0 in range(0, Nq, chunk):
         q1 = min(Nq, q0 + chunk)
         k0, k1 = key_range(q0, q1, ctx)
         k0, k1 = max(0, k0), min(N, k1)
-        if k1 <= k0:
-            outs.append(q.new_zeros(B, H, q1 - q0, E, dtype=compute_dtype(q)))
-            continue
-        outs.append(_attend(q, k, v, ctx, q0, q1, slice(k0, k1), scores=scores, mask=mask, normalize=normalize,
-                            eps=eps, sink=sink))
-    return torch.cat(outs, dim=2).to(v.dtype)
+        yield q0, q1, (slice(k0, k1) if k0 < k1 else None)
+
+
+def no_keys(q, v, q0: int, q1: int) -> torch.Tensor:
+    """The output rows of queries [q0, q1) that see no key: 0."""
+    B, H = q.shape[:2]
+    return q.new_zeros(B, H, q1 - q0, v.shape[-1], dtype=compute_dtype(q))
 
 
 def block_sparse_attention(q, k, v, ctx, *, layout: torch.Tensor, block: int, scores: Callable,

@@ -18,7 +18,7 @@ import torch
 
 from ..lang.normalizers import NORMALIZERS
 from ..plan.cost import BLOCK, SPLIT_MIN_TILES, SPLIT_WAVES
-from .attention import QUERY_CHUNK, compute_dtype, pair_scores, sink_rows
+from .attention import QUERY_CHUNK, no_keys, pair_scores, query_chunks, sink_rows
 
 __all__ = ["decode_attention", "decode_splits", "merge_sink", "merge_splits", "multiprocessors"]
 
@@ -87,19 +87,16 @@ def decode_attention(q, k, v, ctx, *, scores: Callable, mask: Callable | None, k
         raise ValueError(f"split-K decoding merges softmax rows by log-sum-exp, not `normalize {normalize}`")
     B, H, Nq, _ = q.shape
     sms = multiprocessors(q.device)
-    N, E = k.shape[2], v.shape[-1]
     outs = []
-    for q0 in range(0, Nq, chunk):
-        q1 = min(Nq, q0 + chunk)
-        k0, k1 = key_range(q0, q1, ctx)
-        k0, k1 = max(0, k0), min(N, k1)
-        if k1 <= k0:
-            outs.append(q.new_zeros(B, H, q1 - q0, E, dtype=compute_dtype(q)))
+    for q0, q1, keys in query_chunks(q, k, ctx, key_range, chunk):
+        if keys is None:
+            outs.append(no_keys(q, v, q0, q1))
             continue
-        s, m, vc = pair_scores(q, k, v, ctx, q0, q1, slice(k0, k1), scores=scores, mask=mask)
+        s, m, vc = pair_scores(q, k, v, ctx, q0, q1, keys, scores=scores, mask=mask)
         if m is not None:
             s = s.masked_fill(~m, float("-inf"))
-        parts, lse = _split_partials(s, vc, decode_splits(B * H * -(-Nq // chunk), k1 - k0, BLOCK, sms))
+        splits = decode_splits(B * H * -(-Nq // chunk), keys.stop - keys.start, BLOCK, sms)
+        parts, lse = _split_partials(s, vc, splits)
         out, lse = merge_splits(parts, lse)
         if sink is not None:
             out, lse = merge_sink(out, lse, sink_rows(sink, ctx, q, q0, q1)[..., 0])
