@@ -26,6 +26,7 @@ from ..passes.quadratic import quadratic_form
 from ..plan.select import Plan
 from .exprs import TritonExpr, brief, division_helper, key, name_dots, shift_arg
 from .let import LetScope
+from .rows import TMA_NOTE, descriptor_rows, load_rows, row_feature, tensor_descriptors
 from .tiles import LAYOUT_ARGS, Stage, band_constexprs, band_launch, band_line, key_stages
 from .writer import CodeWriter
 
@@ -234,28 +235,6 @@ def emit_feature_fn(w: CodeWriter, name: str) -> None:
     w.line()
 
 
-def load_rows(w: CodeWriter, var: str, ptr: str, offs: str, limit: str | None, cols: str, width: str, feature=None):
-    """Load a [rows, cols] tile of a [B, H, tokens, dim] tensor, zero outside; optionally apply phi in fp32.
-    limit None: the rows are known to lie inside (a full tile), only the columns are masked."""
-    inside = (f"({offs}[:, None] < {limit}) & " if limit is not None else "") + f"({cols}[None, :] < {width})"
-    w.line(f"{var} = tl.load({ptr} + {offs}[:, None] * stride_{ptr.lower()}m + {cols}[None, :] * stride_{ptr.lower()}d, "
-           f"mask={inside}, other=0.0)")
-    if feature is not None:
-        x = f"{var}.to(tl.float32)"
-        body = f"_feature_{feature}({x})" if feature != "identity" else x
-        w.line(f"{var} = tl.where({inside}, {body}, 0.0)")
-
-
-def descriptor_rows(w: CodeWriter, var: str, ptr: str, cols: str, width: str, start: str = "start_n",
-                    offs: str = "offs_n", limit: str | None = None) -> None:
-    """A tile's rows from `start` (default: a full key tile's): the descriptor's load under USE_TMA
-    (zero past the bounds), else the pointer load of load_rows."""
-    with w.block("if USE_TMA:"):
-        w.line(f"{var} = {ptr.lower()}_desc.load([{start}, 0])")
-    with w.block("else:"):
-        load_rows(w, var, ptr, offs, limit, cols, width)
-
-
 def kernel_common_args(out: bool = True) -> str:
     """Q, K, V (and Out, unless the kernel writes no output), the lengths and dims, their strides."""
     return (f"Q, K, V, {'Out, ' if out else ''}Nq, N, H, D, E, "
@@ -304,29 +283,6 @@ def query_tile(w: CodeWriter, dots: dict, tma: bool = False) -> None:
     for fm in maps:
         if not (tma and fm is None):
             load_rows(w, f"q_{fm or 'raw'}", "Q", "offs_m", "Nq", "offs_d", "D", feature=fm)
-
-
-TMA_NOTE = "# sm_90: tiles by the tensor memory accelerator, out-of-bounds rows and columns zero"
-
-
-def tensor_descriptors(w: CodeWriter, dots: dict, with_do: bool = False) -> None:
-    """The device-side descriptors of one (batch, head) (USE_TMA: sm_90, the launcher's choice, see
-    attncc/runtime/tma.py): [tokens, dim] with the row stride and a contiguous last dim, of the raw
-    query and key rows (those no feature map is applied to), of the values (and of dO: with_do)."""
-    raw_q = any(row_feature(d.args[0]) is None for d in dots)
-    raw_k = any(row_feature(d.args[1]) is None for d in dots)
-    descriptors = [("q", "Q", "Nq", "D", "BLOCK_M", "BLOCK_D")] if raw_q else []
-    descriptors += [("k", "K", "N", "D", "BLOCK_N", "BLOCK_D")] if raw_k else []
-    descriptors += [("v", "V", "N", "E", "BLOCK_N", "BLOCK_E")]
-    descriptors += [("do", "DO", "Nq", "E", "BLOCK_M", "BLOCK_E")] if with_do else []
-    for var, ptr, rows, cols, block_rows, block_cols in descriptors:
-        w.line(f"{var}_desc = tl.make_tensor_descriptor({ptr}, shape=[{rows}, {cols}], "
-               f"strides=[stride_{var}m, 1], block_shape=[{block_rows}, {block_cols}])")
-
-
-def row_feature(t: TExpr):
-    """The elementwise map of a dot side; random-feature rows arrive already mapped (attncc/lang/features.py)."""
-    return t.value if t.op == "feature" and t.value in FEATURE_MAPS else None
 
 
 def tile_dots(w: CodeWriter, dots: dict, limit: str | None = "N", tma: bool = False) -> None:

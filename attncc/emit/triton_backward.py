@@ -32,9 +32,10 @@ from ..plan.select import Plan
 from .exprs import key, name_dots
 from .let import LetScope
 from .tiles import LAYOUT_ARGS, Stage, band_constexprs, band_launch, band_line, key_stages, query_stages
-from .triton import (HELPERS, LOG2E, TMA_NOTE, descriptor_rows, kernel_common_args, helpers_of, Kernel, KernelExpr,
-                     launch_common, launcher_head, layout_exact, load_rows, log2_scores, program_prologue, row_feature,
-                     size_arg, sizes_used, tensor_descriptors)
+from .rows import TMA_NOTE, descriptor_rows, tensor_descriptors
+from .triton import (HELPERS, LOG2E, kernel_common_args, helpers_of, Kernel, KernelExpr, launch_common,
+                     launcher_head, layout_exact, load_rows, log2_scores, program_prologue, row_feature, size_arg,
+                     sizes_used)
 from .writer import CodeWriter
 
 RECOMPUTE = "recomputation through the torch backend's autograd"
