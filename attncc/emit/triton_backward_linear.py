@@ -18,7 +18,7 @@ from ..lang.normalizers import NORMALIZERS
 from ..passes.quadratic import quadratic_form
 from ..plan.select import Plan
 from .triton import launch_common, load_rows, row_feature
-from .triton_linear import carry_state, decay_factors, linear_scalars, load_chunk
+from .triton_linear import carry_state, decay_factors, linear_scalars, load_chunk, value_tile
 from .triton_backward import TritonBackward, backward_head, bwd_args, bwd_launch, bwd_prologue, store_tile
 from .writer import CodeWriter
 
@@ -194,8 +194,9 @@ def emit_linear_op(w: CodeWriter, plan: Plan, eps: float) -> None:
         else:
             w.line("state = torch.empty(B * H, BLOCK_D, BLOCK_E, device=q.device, dtype=torch.float32)")
             w.line("z = torch.empty(B * H, BLOCK_D, device=q.device, dtype=torch.float32)")
-            w.line(f"_linear_state[(B * H,)]({launch_common()}, state, z, BLOCK=BLOCK_N, BLOCK_D=BLOCK_D,")
-            w.line("    BLOCK_E=BLOCK_E, PRECISION=precision)")
+            value_tile(w)  # the forward's state kernel, column blocks and all; `_linear_bwd` reads every column
+            w.line(f"_linear_state[(B * H, value_blocks)]({launch_common()}, state, z, BLOCK=BLOCK_N, BLOCK_D=BLOCK_D,")
+            w.line("    BLOCK_E=E_TILE, STATE_E=BLOCK_E, PRECISION=precision)")
             w.line(f"_linear_bwd[(B * H,)]({bwd_launch()}, state, z, mod, {eps!r},")
             w.line(f"    {blocks})")
         w.line("return dq, dk, dv, {}")
