@@ -181,7 +181,9 @@ def emit_linear_op(w: CodeWriter, plan: Plan, eps: float) -> None:
         w.line("return triton_forward(self, q, k, v, ctx, host), q.new_zeros(*q.shape[:3], dtype=torch.float32)")
     w.line()
     with w.block("def op_backward(self, q, k, v, out, stat, dout, ctx, host):"):
-        backward_head(w, "(dq, dk, dv, no table gradients) by the reverse recurrence.")
+        backward_head(w, "(dq, dk, dv, no table gradients) by the reverse recurrence.", fixed_blocks=False)
+        # chunks that fit: the whole-width [BLOCK_D, BLOCK_E] states and four fp32 chunks of rows
+        w.line("BLOCK_M = BLOCK_N = (32 if max(BLOCK_D, BLOCK_E) <= 64 else 16) if autotune.on_gpu(q) else 16")
         linear_scalars(w, plan)
         blocks = "BLOCK=BLOCK_M, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision"
         if plan.entry.causal_chunks:

@@ -16,7 +16,7 @@ from .triton import (HELPERS, emit_feature_fn, kernel_common_args, launch_common
                      program_prologue, row_feature, tuned_launch)
 from .writer import CodeWriter
 
-VALUE_TILE = 64  # the most value columns (BLOCK_E) one program of the forward kernels carries
+VALUE_TILE = 32  # the most value columns (BLOCK_E) one program of the forward kernels carries
 _CHUNK_ROWS = {"pq": ("Q", "Nq", "offs_d", "D", False), "pk": ("K", "N", "offs_d", "D", False),
                "v": ("V", "N", "offs_e", "E", True), "do": ("DO", "Nq", "offs_e", "E", True)}
 
