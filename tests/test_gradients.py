@@ -108,7 +108,7 @@ def test_torch_gradients_across_chunks(name):
 TRITON_CASES = [("alibi", None), ("offset", None), ("functions", None), ("strided", None), ("linear_elu", "linear"),
                 ("decayed", "linear_chunked"), ("retention", "linear_chunked"), ("toeplitz_linear", "fft"),
                 ("grid_rpe", "fft2"), ("ripple", "rings"), ("gkat", "graph"), ("gkat", "tiled"),
-                ("favor_softmax", None), ("mra2", None), ("lara", None), ("ra", None)]
+                ("favor_softmax", None), ("mra2", None), ("lara", None), ("ra", None), ("sinks", None)]
 
 
 @pytest.mark.parametrize("name,lowering", TRITON_CASES, ids=[f"{n}-{lw or 'default'}" for n, lw in TRITON_CASES])
@@ -122,6 +122,7 @@ GRADCHECK = {  # one spec per lowering, tables made small: gradcheck perturbs ev
     "block_sparse": ("strided", None, {"block": 2, "stride": 2}),
     "linear": ("linear_elu", None, {}),
     "linear_chunked": ("decayed", "linear_chunked", {}),
+    "linear_gated": ("simple_gla", None, {}),
     "fft": ("toeplitz_linear", "fft", {"max_len": 6}),
     "fft2": ("grid_rpe", "fft2", {"width": 3, "max_rows": 2}),
     "rings": ("ripple", "rings", {"width": 3, "rings": 2}),

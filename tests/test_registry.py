@@ -74,8 +74,8 @@ def test_toy_lowering_is_a_candidate_only_when_forced():
 
 
 def test_every_lowering_has_every_field():
-    assert {"tiled", "sdpa", "block_sparse", "linear", "linear_chunked", "fft", "fft2", "rings", "graph",
-            "mixed_chunk", "ista", "mra", "lara", "ra", "decode", "token_blocks"} == set(registry.names())
+    assert {"tiled", "sdpa", "block_sparse", "linear", "linear_chunked", "linear_gated", "fft", "fft2", "rings",
+            "graph", "mixed_chunk", "ista", "mra", "lara", "ra", "decode", "token_blocks"} == set(registry.names())
     for lowering in registry.all():
         assert callable(lowering.accepts) and callable(lowering.cost) and callable(lowering.emit_torch), lowering.name
         assert lowering.torch_backward, lowering.name

@@ -396,9 +396,9 @@ def decay_holds(m: TExpr, amplitude: TExpr, gamma: TExpr, signature, samples: in
     for _ in range(samples):
         env = random_env(signature, rng, g)
         i, j = torch.arange(env.rsizes["Nq"]), torch.arange(env.rsizes["N"])
-        got = _values(m, env, i, j).double()
+        got = values_on_grid(m, env, i, j).double()
         zero = torch.zeros(1, dtype=torch.long)
-        a, gam = (_values(t, env, zero, zero).double() for t in (amplitude, gamma))
+        a, gam = (values_on_grid(t, env, zero, zero).double() for t in (amplitude, gamma))
         d = (i.view(-1, 1) - j.view(1, -1)).double()
         want = a * torch.pow(gam, d)
         causal = (d >= 0).expand_as(got)
@@ -440,7 +440,7 @@ def random_env(signature, rng: random.Random, g: torch.Generator) -> Env:
                b=torch.full((1, 1, 1, 1), rng.randint(0, 3)))  # the one batch row sampled may be any b
 
 
-def _values(t: TExpr, env: Env, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+def values_on_grid(t: TExpr, env: Env, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
     """t on the grid i [Nq, 1] x j [1, N], as a [1, H, Nq, N] tensor."""
     env.i, env.j = i.view(1, 1, -1, 1), j.view(1, 1, 1, -1)
     return evaluate(t, env).expand(1, env.rsizes["H"], i.numel(), j.numel())
@@ -471,7 +471,7 @@ def structure_holds(t: TExpr, s: Structure, signature, is_mask: bool, samples: i
     for _ in range(samples):
         env = random_env(signature, rng, g)
         i, j = torch.arange(env.rsizes["Nq"]), torch.arange(env.rsizes["N"])
-        got = _values(t, env, i, j)
+        got = values_on_grid(t, env, i, j)
         if is_mask:
             inside = _inside(s, env).expand_as(got)
             if (got.bool() & ~inside).any():
@@ -480,10 +480,10 @@ def structure_holds(t: TExpr, s: Structure, signature, is_mask: bool, samples: i
                 return False
         if s.kind == "toeplitz":
             shift = rng.randint(1, 50)
-            other = _values(t, env, i + shift, j + shift)
+            other = values_on_grid(t, env, i + shift, j + shift)
         elif not is_mask and s.kind == "full":
             zero = torch.zeros(1, dtype=torch.long)
-            other = _values(t, env, zero, zero).expand_as(got)
+            other = values_on_grid(t, env, zero, zero).expand_as(got)
         else:
             continue
         if not torch.allclose(got.double(), other.double(), equal_nan=True):

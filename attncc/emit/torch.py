@@ -73,7 +73,20 @@ def emit_score_holes(w: CodeWriter, graph: Graph) -> str:
     emit_pair_holes(w, "scores", f"{NORMALIZERS[att.attr('normalize')].score_name}: {brief(scores)}", scores,
                     "mask", brief(mask) if mask is not None else "", mask)
     mask_arg = "mask" if mask is not None else "None"
-    return f"scores=scores, mask={mask_arg}, normalize={att.attr('normalize')!r}, eps={att.attr('eps')!r}"
+    common = f"scores=scores, mask={mask_arg}, normalize={att.attr('normalize')!r}, eps={att.attr('eps')!r}"
+    if att.attr("sink") is None:
+        return common
+    emit_sink_hole(w, att.attr("sink"))
+    return common + ", sink=sink"
+
+
+def emit_sink_hole(w: CodeWriter, sink: TExpr) -> None:
+    """`sink(i, h, ctx)`: the softmax's extra logit of each query row ([B|1, H|1, rows, 1]), which joins
+    the row's denominator and takes no value; differentiable in the tables it reads."""
+    with w.block("def sink(i, h, ctx):"):
+        w.line(f'"""The sink logit of query rows i: {brief(sink)}"""')
+        w.line(f"return rt.as_4d({let_expr(w, TorchExpr(), sink)}, ctx.dtype)")
+    w.line()
 
 
 def emit_key_range(w: CodeWriter, plan: Plan) -> None:

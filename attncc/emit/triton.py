@@ -315,8 +315,9 @@ def emit_tiled_kernel(w: CodeWriter, graph: Graph, plan: Plan, kernel: Kernel) -
     ex = KernelExpr(dots, {s: size_arg(s) for s in sizes_used(scores, mask)})
     sparse = plan.entry.block_sparse or plan.entry.token_tiles  # tiles listed by a layout
     stats = norm.row_statistic  # a row statistic for the backward: logsumexp, or the denominator
+    sink = att.attr("sink") is not None
     extra = "".join(f"{a}, " for a in kernel.arg_names()) + (LAYOUT_ARGS if sparse else "") + \
-        ("Stat, " if stats else "") + ("eps, " if norm.divides_by_row_sum else "")
+        ("Stat, " if stats else "") + ("Sink, " if sink else "") + ("eps, " if norm.divides_by_row_sum else "")
     w.line("@triton.jit")
     with w.block(f"def _attn_fwd({kernel_common_args()}, {extra}sm_scale,"):
         w.line(f"{band_constexprs(plan)}BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, "
@@ -334,9 +335,9 @@ def emit_tiled_kernel(w: CodeWriter, graph: Graph, plan: Plan, kernel: Kernel) -
             with w.block(stage.loop):
                 key_tile_weights(w, stage, dots, ex, scores, mask, base2)
                 w.lines_of(ONLINE_SOFTMAX_UPDATE if norm.online_softmax else WEIGHTED_SUM_UPDATE)
-        store_tiled_rows(w, norm, att.attr("eps"), base2 is not None)
+        store_tiled_rows(w, norm, att.attr("eps"), base2 is not None, sink)
     w.line()
-    emit_tiled_launcher(w, plan, kernel, att.attr("eps"), norm)
+    emit_tiled_launcher(w, plan, kernel, att.attr("eps"), norm, sink)
 
 
 LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e))
@@ -412,17 +413,27 @@ def key_tile_weights(w: CodeWriter, stage: Stage, dots: dict, ex: KernelExpr, sc
     load_rows(w, "v", "V", "offs_n", limit, "offs_e", "E")
 
 
-def store_tiled_rows(w: CodeWriter, norm: Normalizer, eps: float, base2: bool) -> None:
+def store_tiled_rows(w: CodeWriter, norm: Normalizer, eps: float, base2: bool, sink: bool = False) -> None:
     """After the key tiles: normalize the rows, save the row statistic the backward reads, store the output.
-    base2: m_i and the sums are of base-2 logits; the saved logsumexp is natural (times ln 2)."""
-    if norm.online_softmax and eps:  # exp weights under rows (passes/stable_exp.py): eps is a key of logit log(eps)
-        exp, log, key = ("tl.math.exp2", "tl.math.log2", math.log2(eps)) if base2 else ("tl.exp", "tl.log", math.log(eps))
-        w.line(f"m_top = tl.maximum(m_i, {key!r})  # max(row max, logit of eps): every exponent <= 0")
+    base2: m_i and the sums are of base-2 logits; the saved logsumexp is natural (times ln 2).
+    eps (exp weights under rows, passes/stable_exp.py) and a sink (`softmax(sink = ...)`, read from the
+    launcher's [B, H, Nq] natural logits) are both one more key of each row that takes no value: the
+    saved logsumexp includes it, so the backward's formulas stay those of softmax."""
+    if norm.online_softmax and (eps or sink):
+        exp, log = ("tl.math.exp2", "tl.math.log2") if base2 else ("tl.exp", "tl.log")
+        if sink:
+            scaled = f" * {LOG2E!r}" if base2 else ""
+            w.line(f"key = tl.load(Sink + pid_bh * Nq + offs_m, mask=offs_m < Nq, other=0.0){scaled}  # the row's sink logit")
+        else:
+            key = repr(math.log2(eps) if base2 else math.log(eps))
+            w.line(f"key = {key}  # the logit of eps")
+        w.line("m_top = tl.maximum(m_i, key)  # max(row max, extra logit): every exponent <= 0")
+        w.line("m_top = tl.where(m_top == float('-inf'), 0.0, m_top)  # no key and a sink of -inf: z = 0")
         w.line(f"alpha = {exp}(m_i - m_top)")
-        w.line(f"z = l_i * alpha + {exp}({key!r} - m_top)")
-        w.line("out = acc * (alpha / z)[:, None]")
+        w.line(f"z = l_i * alpha + {exp}(key - m_top)")
+        w.line("out = acc * (alpha / tl.where(z == 0.0, 1.0, z))[:, None]  # no visible key: acc = 0, output 0")
         lse = f"(m_top + {log}(z)) * {LN2!r}" if base2 else "m_top + tl.log(z)"
-        w.line(f"tl.store(Stat + pid_bh * Nq + offs_m, {lse}, mask=offs_m < Nq)  # log(sum e^s + eps)")
+        w.line(f"tl.store(Stat + pid_bh * Nq + offs_m, {lse}, mask=offs_m < Nq)  # log(sum e^s + e^key)")
     elif norm.online_softmax:
         w.line("out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # no visible key: output 0")
         lse = "(m_i + tl.math.log2(tl.where(l_i == 0.0, 1.0, l_i))) * " + repr(LN2) if base2 else \
@@ -438,19 +449,27 @@ def store_tiled_rows(w: CodeWriter, norm: Normalizer, eps: float, base2: bool) -
            "mask=(offs_m[:, None] < Nq) & (offs_e[None, :] < E))")
 
 
-def emit_tiled_launcher(w: CodeWriter, plan: Plan, kernel: Kernel, eps: float, norm: Normalizer) -> None:
-    """`triton_forward`: `_attn_fwd` launched with the tiles autotune chose (block-sparse: the layout's tile)."""
+def emit_tiled_launcher(w: CodeWriter, plan: Plan, kernel: Kernel, eps: float, norm: Normalizer,
+                        sink: bool = False) -> None:
+    """`triton_forward`: `_attn_fwd` launched with the tiles autotune chose (block-sparse: the layout's tile).
+    With a sink, its logits (sink_rows: given by the custom op, else evaluated here) travel as [B, H, Nq]."""
     sparse, stats, token = plan.entry.block_sparse, norm.row_statistic, plan.entry.token_tiles
-    with w.block(f"def triton_forward(self, q, k, v, ctx, host{', stat=None' if stats else ''}):"):
+    if sink:
+        w.lines_of(SINK_ROWS)
+        w.line()
+    head = ("stat=None, " if stats else "") + ("sink=None, " if sink else "")
+    with w.block(f"def triton_forward(self, q, k, v, ctx, host{', ' + head[:-2] if head else ''}):"):
         launcher_head(w, fixed_blocks=False)
         if stats:
             w.line("stat = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32) if stat is None else stat")
+        if sink:
+            w.line("sink = sink_rows(host, q, ctx) if sink is None else sink")
         if sparse:
             w.line(f"tiles = self.cached_tiles(ctx, host.block_layout, q.device, exact={layout_exact(plan)})  "
                    "# once per length")
         band_line(w, plan)
         vals = "".join(f"{v}, " for v in kernel.arg_values()) + ("*tiles.tensors(), " if sparse or token else "") + \
-            ("stat, " if stats else "") + (f"{eps!r}, " if norm.divides_by_row_sum else "")
+            ("stat, " if stats else "") + ("sink, " if sink else "") + (f"{eps!r}, " if norm.divides_by_row_sum else "")
         w.line()
         with w.block(f"def launch({'' if sparse else 'BLOCK_M, BLOCK_N, '}num_warps, num_stages):"):
             if sparse:
@@ -465,6 +484,14 @@ def emit_tiled_launcher(w: CodeWriter, plan: Plan, kernel: Kernel, eps: float, n
             w.line("    num_warps=num_warps, num_stages=num_stages)")
         w.line()
         tuned_launch(w, plan.entry.autotune_kind, ", tile=tiles.tile" if sparse else "")
+
+
+SINK_ROWS = """\
+def sink_rows(host, q, ctx):
+    \"\"\"The sink logit of every query row as the forward kernel reads it: float32 [B, H, Nq], contiguous
+    (differentiable in the tables it reads: the custom op returns its gradient).\"\"\"
+    return rt.sink_rows(host.sink, ctx, q)[..., 0].expand(q.shape[0], -1, -1).float().contiguous()
+"""
 
 
 def layout_exact(plan: Plan) -> bool:

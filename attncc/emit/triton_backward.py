@@ -116,7 +116,8 @@ def emit_backward(w: CodeWriter, graph: Graph, plan: Plan) -> str:
         if sparse:
             w.line(f"tiles = self.cached_tiles(ctx, host.block_layout, q.device, exact={layout_exact(plan)})  "
                    "# once per length")
-        w.line(f"return triton_ops.attention(q, k, v, ctx, host{', tiles' if sparse else ''})")
+        sink = ", sink=sink_rows(host, q, ctx)" if attention_node(graph).attr("sink") is not None else ""
+        w.line(f"return triton_ops.attention(q, k, v, ctx, host{', tiles' if sparse else ''}{sink})")
     return backward_line(graph, plan)
 
 
@@ -186,7 +187,8 @@ def emit_tiled_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
     tiles.emit_helpers()
     tiles.emit_dkdv_kernel()
     tiles.emit_dq_kernel()
-    _tiled_launchers(w, tiles.norm, plan, tiles.kernel, tiles.tables, tiles.diagonals)
+    _tiled_launchers(w, tiles.norm, plan, tiles.kernel, tiles.tables, tiles.diagonals,
+                     attention_node(graph).attr("sink") is not None)
 
 
 class TileBackward:
@@ -369,13 +371,16 @@ class TileBackward:
 
 
 def _tiled_launchers(w: CodeWriter, norm: Normalizer, plan: Plan, kernel: Kernel, tables: list,
-                     diagonals: bool) -> None:
+                     diagonals: bool, sink: bool) -> None:
+    """op_forward (which passes a sink's logits on to the kernel) and op_backward; a sink's own gradient
+    is the custom op's (attncc/runtime/triton_ops.py), from the saved output and logsumexp."""
     sparse = plan.entry.block_sparse
     stats = norm.row_statistic
-    with w.block("def op_forward(self, q, k, v, ctx, host):"):
+    sink = ", sink" if sink else ""
+    with w.block(f"def op_forward(self, q, k, v, ctx, host{sink}):"):
         w.line('"""The custom op\'s forward: the output and the row statistic its backward reads."""')
         w.line(f"stat = torch.{'empty' if stats else 'zeros'}(*q.shape[:3], device=q.device, dtype=torch.float32)")
-        w.line(f"return triton_forward(self, q, k, v, ctx, host{', stat' if stats else ''}), stat")
+        w.line(f"return triton_forward(self, q, k, v, ctx, host{', stat' if stats else ''}{sink}), stat")
     w.line()
     with w.block("def op_backward(self, q, k, v, out, stat, dout, ctx, host):"):
         backward_head(w, "(dq, dk, dv, table gradients by name) from the saved output and row statistic.",

@@ -17,6 +17,8 @@ from ..ir.graph import Graph, attention_node, attention_of, expr_of
 from ..lang.normalizers import NORMALIZERS
 from ..passes.quadratic import quadratic_form
 from ..plan.select import Plan
+from ..lang.derivative import NotDifferentiable
+from .gated import gate_lookups
 from .triton import launch_common, load_rows, row_feature
 from .triton_linear import carry_state, decay_factors, linear_scalars, load_chunk, value_tile
 from .triton_backward import TritonBackward, backward_head, bwd_args, bwd_launch, bwd_prologue, store_tile
@@ -220,3 +222,135 @@ def linear_backward_line(graph: Graph, plan: Plan) -> str:
 
 
 LINEAR_BACKWARD = TritonBackward(linear_backward_support, linear_backward_line, emit_linear_backward)
+
+
+# ---------------------------------------------------------------------- gated (linear_gated)
+# W = (phi(q_i) . phi(k_j)) exp(G_i - G_j) on j <= i, G read per token: the decayed kernels above with
+# gate differences for gamma powers, plus the gradient of the gates. With da_ij = dnum_i . v_j + dden_i,
+#   dG_i (query side) = sum_j da_ij w_ij = phi(q_i) . dphi(q_i),   dG_j (key side) = -phi(k_j) . dphi(k_j),
+# and the inputs and tables G reads get sum_t dG_t dG(t)/dx, scattered by the module's gate_grads (O(N)).
+
+def _gate_rows(w: CodeWriter) -> None:
+    """Kernel lines: the gates of the chunk from `start`, the masked in-chunk factor exp(G_i - G_j), the
+    chunk's end gate `end`, the previous end `ref` (the first key's for chunk 0, as the forward), and the
+    scales of queries (from ref) and keys (to end)."""
+    w.line("gq = tl.load(Gq + pid_bh * Nq + tl.minimum(offs, Nq - 1))")
+    w.line("gk = tl.load(Gk + pid_bh * N + tl.minimum(offs, N - 1))")
+    w.line("causal = offs[:, None] >= offs[None, :]")
+    w.line("within = tl.where(causal, tl.exp(tl.where(causal, gq[:, None] - gk[None, :], 0.0)), 0.0)")
+    w.line("ref = tl.load(Gk + pid_bh * N + tl.maximum(tl.minimum(start - 1, N - 1), 0))")
+    w.line("end = tl.load(Gk + pid_bh * N + tl.minimum(start + BLOCK - 1, N - 1))")
+    w.line("q_scale = tl.exp(gq - ref)")
+    w.line("k_scale = tl.exp(end - gk)")
+    w.line("carry = tl.exp(end - ref)")
+
+
+def emit_gated_dq_kernel(w: CodeWriter, fq: str, fk: str, normalize: str) -> None:
+    """`_gated_bwd_dq`: chunks forward with the gated state; dQ, dG at the queries, each row's inv and dden."""
+    w.line("@triton.jit")
+    with w.block(f"def _gated_bwd_dq({bwd_args()}, Mod, Gq, Gk, DGq, Inv, Dden, eps, {_CONSTEXPRS}):"):
+        w.line('"""dQ and the query-side dG walking chunks forward with the carried gated state."""')
+        bwd_prologue(w, per_bh_only=True)
+        w.line("mod = tl.load(Mod + pid_bh)")
+        w.line("S = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
+        w.line("z = tl.zeros([BLOCK_D], dtype=tl.float32)")
+        with w.block("for start in range(0, tl.maximum(Nq, N), BLOCK):"):
+            load_chunk(w, ("pq", "pk", "v", "do"), fq, fk)
+            _load_out(w)
+            _gate_rows(w)
+            w.line(f"a = {_dot('pq', 'tl.trans(pk)')} * within")
+            w.line("den = tl.sum(a, 1) + q_scale * tl.sum(pq * z[None, :], 1)")
+            _finish_grads(w, normalize)
+            w.line("tl.store(Inv + pid_bh * Nq + offs, inv, mask=offs < Nq)")
+            w.line("tl.store(Dden + pid_bh * Nq + offs, dden, mask=offs < Nq)")
+            w.line(f"da = ({_dot('dnum', 'tl.trans(v)')} + dden[:, None]) * within")
+            w.line(f"dpq = {_dot('da', 'pk')} + q_scale[:, None] * ({_dot('dnum', 'tl.trans(S)')} + "
+                   "dden[:, None] * z[None, :])")
+            w.line("tl.store(DGq + pid_bh * Nq + offs, tl.sum(pq * dpq, 1), mask=offs < Nq)")
+            _chain(w, "dq", "dpq", "Q", "offs", "Nq", fq)
+            store_tile(w, "DQ", "dq", "offs", "Nq", "offs_d", "D")
+            carry_state(w, True, "pk", "k_scale", "v", "S", "z", "pk")
+    w.line()
+
+
+def emit_gated_dkdv_kernel(w: CodeWriter, fq: str, fk: str) -> None:
+    """`_gated_bwd_dkdv`: chunks in reverse carrying R = sum of later exp(G_i - end) phi(q_i) [dnum, dden]^T."""
+    w.line("@triton.jit")
+    with w.block(f"def _gated_bwd_dkdv({bwd_args()}, Gq, Gk, DGk, Inv, Dden, {_CONSTEXPRS}):"):
+        w.line('"""dK, dV and the key-side dG walking chunks in reverse with the later queries\' gated state."""')
+        bwd_prologue(w, per_bh_only=True)
+        w.line("R = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
+        w.line("r = tl.zeros([BLOCK_D], dtype=tl.float32)")
+        w.line("chunks = tl.cdiv(tl.maximum(Nq, N), BLOCK)")
+        with w.block("for t in range(0, chunks):"):
+            w.line("start = (chunks - 1 - t) * BLOCK")
+            load_chunk(w, ("pq", "pk", "v", "do"), fq, fk)
+            _gate_rows(w)
+            w.line("inv = tl.load(Inv + pid_bh * Nq + offs, mask=offs < Nq, other=0.0)")
+            w.line("dden = tl.load(Dden + pid_bh * Nq + offs, mask=offs < Nq, other=0.0)")
+            w.line("dnum = do * inv[:, None]")
+            w.line(f"a = {_dot('pq', 'tl.trans(pk)')} * within")
+            w.line(f"da = ({_dot('dnum', 'tl.trans(v)')} + dden[:, None]) * within")
+            w.line(f"dpk = {_dot('tl.trans(da)', 'pq')} + k_scale[:, None] * ({_dot('v', 'tl.trans(R)')} + r[None, :])")
+            w.line(f"dv = {_dot('tl.trans(a)', 'dnum')} + k_scale[:, None] * {_dot('pk', 'R')}")
+            w.line("tl.store(DGk + pid_bh * N + offs, -tl.sum(pk * dpk, 1), mask=offs < N)")
+            _chain(w, "dk", "dpk", "K", "offs", "N", fk)
+            store_tile(w, "DK", "dk", "offs", "N", "offs_d", "D")
+            store_tile(w, "DV", "dv", "offs", "N", "offs_e", "E")
+            carry_state(w, True, "pq", "q_scale", "dnum", "R", "r", "pq * dden[:, None]")
+    w.line()
+
+
+def _gate(graph: Graph):
+    (out,) = graph.operands(graph.output)
+    return expr_of(graph, graph.operands(out)[3])
+
+
+def emit_gated_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
+    """The gated backward kernels and the custom op's `op_forward`, `op_backward`."""
+    normalize, eps = attention_node(graph).attr("normalize"), attention_node(graph).attr("eps")
+    fq, fk = _linear_features(graph)
+    emit_gated_dq_kernel(w, fq, fk, normalize)
+    emit_gated_dkdv_kernel(w, fq, fk)
+    tables = sorted({e.value for e, _ in gate_lookups(_gate(graph))})
+    with w.block("def op_forward(self, q, k, v, ctx, host):"):
+        w.line('"""The custom op\'s forward: the output (no row statistics: the backward recomputes them)."""')
+        w.line("return triton_forward(self, q, k, v, ctx, host), q.new_zeros(*q.shape[:3], dtype=torch.float32)")
+    w.line()
+    with w.block("def op_backward(self, q, k, v, out, stat, dout, ctx, host):"):
+        backward_head(w, "(dq, dk, dv, gradients of what the gate reads) by the gated chunked recurrences.")
+        linear_scalars(w, plan)
+        w.line("gq, gk = (host.gate(ctx, n).to(device=q.device, dtype=torch.float32).expand(B, H, n, 1)")
+        w.line("          .reshape(B * H, n).contiguous() for n in (Nq, N))")
+        w.line("dgq, dgk = torch.empty_like(gq), torch.empty_like(gk)")
+        w.line("inv = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32)")
+        w.line("dden = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32)")
+        blocks = "BLOCK=BLOCK_M, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision"
+        w.line(f"_gated_bwd_dq[(B * H,)]({bwd_launch()}, mod, gq, gk, dgq, inv, dden, {eps!r},")
+        w.line(f"    {blocks})")
+        w.line(f"_gated_bwd_dkdv[(B * H,)]({bwd_launch()}, gq, gk, dgk, inv, dden,")
+        w.line(f"    {blocks})")
+        w.line("grads = host.gate_grads(ctx, Nq, dgq.view(B, H, Nq, 1), {})")
+        w.line("return dq, dk, dv, host.gate_grads(ctx, N, dgk.view(B, H, N, 1), grads)")
+    w.line()
+    w.line(f"GRAD_TABLES = {tuple(tables)!r}  # tables the backward kernels differentiate (through dG)")
+
+
+def gated_backward_support(graph: Graph, plan: Plan) -> str | None:
+    (out,) = graph.operands(graph.output)
+    amplitude = expr_of(graph, graph.operands(out)[2])
+    if any(e.op in ("param", "input") for e in amplitude.walk()):
+        return "the amplitude A of A exp(G(i) - G(j)) reads tables or inputs"
+    try:
+        gate_lookups(_gate(graph))
+    except NotDifferentiable as e:
+        return f"the gate G has no derivative ({e})"
+    return None
+
+
+def gated_backward_line(graph: Graph, plan: Plan) -> str:
+    return ("generated Triton kernels (dQ and dG forward over chunks, dK/dV/dG by the reverse gated recurrence; "
+            "what G reads from dG)")
+
+
+GATED_BACKWARD = TritonBackward(gated_backward_support, gated_backward_line, emit_gated_backward)

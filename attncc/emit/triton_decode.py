@@ -4,18 +4,19 @@
 (its band) are cut into SPLITS runs of whole key tiles; program pid_s runs the tiled kernel's online
 softmax over its run and stores its normalized output O_s and log-sum-exp L_s (-inf: no visible key).
 `_attn_merge`, grid (Nq, B*H): L = log sum_s exp(L_s), out = sum_s exp(L_s - L) O_s (attncc/rt/decode.py
-derives it), and L as the row statistic that the tiled backward kernels read.
+derives it), and L as the row statistic that the tiled backward kernels read. A softmax sink is
+merged last, in torch, as one more split of output 0 (rt.merge_sink): one pass over the few rows.
 """
 from __future__ import annotations
 
-from ..ir.graph import Graph, attention_of
+from ..ir.graph import Graph, attention_node, attention_of
 from ..passes.quadratic import quadratic_form
 from ..plan.cost import DECODE_BLOCK_M
 from ..plan.select import Plan
 from .exprs import brief, name_dots
 from .exprs import band_bounds
 from .tiles import BAND_LIMIT, Stage
-from .triton import (LN2, LOG2E, ONLINE_SOFTMAX_UPDATE, RUNNING_STATE, Kernel, KernelExpr, kernel_preamble,
+from .triton import (LN2, LOG2E, ONLINE_SOFTMAX_UPDATE, RUNNING_STATE, SINK_ROWS, Kernel, KernelExpr, kernel_preamble,
                      key_tile_weights, launcher_head, log2_scores, query_tile, size_arg, sizes_used, tuned_launch)
 from .writer import CodeWriter
 
@@ -104,11 +105,16 @@ def band_line(w: CodeWriter, plan: Plan) -> None:
     w.line("band_lo, band_hi = (min(max(bound, -N), Nq) for bound in (band_lo, band_hi))  # saturated")
 
 
-def emit_decode_launcher(w: CodeWriter, plan: Plan, kernel: Kernel) -> None:
-    """`triton_forward`: the split kernel with the splits that fill the GPU, then the merge."""
-    with w.block("def triton_forward(self, q, k, v, ctx, host, stat=None):"):
+def emit_decode_launcher(w: CodeWriter, plan: Plan, kernel: Kernel, sink: bool) -> None:
+    """`triton_forward`: the split kernel with the splits that fill the GPU, then the merge (and the sink's)."""
+    if sink:
+        w.lines_of(SINK_ROWS)
+        w.line()
+    with w.block(f"def triton_forward(self, q, k, v, ctx, host, stat=None{', sink=None' if sink else ''}):"):
         launcher_head(w, fixed_blocks=False)
         w.line("stat = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32) if stat is None else stat")
+        if sink:
+            w.line("sink = sink_rows(host, q, ctx) if sink is None else sink")
         band_line(w, plan)
         w.line(f"BLOCK_M = {DECODE_BLOCK_M}")
         w.line("tiles = triton.cdiv(Nq, BLOCK_M)")
@@ -126,6 +132,10 @@ def emit_decode_launcher(w: CodeWriter, plan: Plan, kernel: Kernel) -> None:
             w.line("    num_warps=num_warps, num_stages=num_stages)")
             w.line("_attn_merge[(Nq, B * H)](part, lse, out, stat, Nq, H, E, splits, *part.stride()[:4], part.stride(4),")
             w.line(f"    *out.stride(), BLOCK_S={MERGE_SPLITS}, BLOCK_E=BLOCK_E)")
+            if sink:  # in place: every autotune candidate's launch writes out and stat afresh
+                w.line("merged, total = rt.merge_sink(out.float(), stat, sink)  # the sink: one more split of output 0")
+                w.line("out.copy_(merged)")
+                w.line("stat.copy_(total)")
         w.line()
         tuned_launch(w, plan.entry.autotune_kind)
 
@@ -136,5 +146,5 @@ def emit_decode_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
     emit_split_kernel(w, graph, plan, kernel)
     w.lines_of(MERGE_KERNEL)
     w.line()
-    emit_decode_launcher(w, plan, kernel)
+    emit_decode_launcher(w, plan, kernel, attention_node(graph).attr("sink") is not None)
     return "split-K decoding kernels (online softmax per split, merged by log-sum-exp)"

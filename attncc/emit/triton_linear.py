@@ -39,15 +39,19 @@ def emit_linear_kernels(w: CodeWriter, graph: Graph, plan: Plan) -> None:
     att = attention_node(graph)
     fq = row_feature(expr_of(graph, ops[0])) or "identity"
     fk = row_feature(expr_of(graph, ops[1])) or "identity"
-    # the output rows from num = phi(q) S and den = phi(q) z, both times the modulation
-    finish = "num * mod / tl.where(den * mod + eps == 0.0, 1.0, den * mod + eps)[:, None]" \
-        if NORMALIZERS[att.attr("normalize")].divides_by_row_sum else "num * mod"
+    finish = finish_rows(att.attr("normalize"))
     if plan.entry.causal_chunks:
         emit_linear_causal_kernel(w, fq, fk, finish, bool(plan.attrs.get("decayed")))
     else:
         emit_linear_state_kernel(w, fk)
         emit_linear_out_kernel(w, fq, finish)
     emit_linear_launcher(w, plan, att.attr("eps"))
+
+
+def finish_rows(normalize: str) -> str:
+    """The output rows from num = phi(q) S and den = phi(q) z, both times the modulation."""
+    return "num * mod / tl.where(den * mod + eps == 0.0, 1.0, den * mod + eps)[:, None]" \
+        if NORMALIZERS[normalize].divides_by_row_sum else "num * mod"
 
 
 def emit_linear_causal_kernel(w: CodeWriter, fq: str, fk: str, finish: str, decayed: bool) -> None:

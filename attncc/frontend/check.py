@@ -98,6 +98,7 @@ class CheckedSpec:
     pool: PoolInfo | None = None  # `pool k, v = context(...)`: ContextPool before the attention
     approx: ApproxInfo | None = None  # a declared approximation computes this attention
     target: CheckedSpec | None = None  # with `approx`: the exact attention it approximates
+    sink: TExpr | None = None  # `normalize softmax(sink = ...)`: a logit per query row in every denominator
 
     @property
     def kind(self) -> str:
@@ -285,7 +286,8 @@ class _Checker(ExprTyper, MechanismChecks):
             return
         self.normalize = s
 
-    def _options(self, args, kwargs, allowed: dict, what: str, span: Span):
+    def _options(self, args, kwargs, allowed: dict, what: str, span: Span, row_options: tuple[str, ...] = ()):
+        """The options as (name, value) pairs: constant numbers, or (row_options) the unchecked expression."""
         if args:
             self.bag.error(f"{what} takes keyword arguments only", args[0].span,
                            f"write {', '.join(f'{k}=...' for k in allowed) or 'no arguments'}")
@@ -297,7 +299,7 @@ class _Checker(ExprTyper, MechanismChecks):
                                did_you_mean(kw.name, allowed) or (f"its arguments: {', '.join(allowed)}"
                                                                   if allowed else "it takes no arguments"))
                 return None
-            value = self._const_number(kw.value, f"argument `{kw.name}`")
+            value = kw.value if kw.name in row_options else self._const_number(kw.value, f"argument `{kw.name}`")
             if value is None:
                 return None
             out[kw.name] = value
@@ -374,7 +376,7 @@ class _Checker(ExprTyper, MechanismChecks):
             return norm, tuple(norm.options.items())
         norm = NORMALIZERS[self.normalize.kind]
         return norm, self._options(self.normalize.args, self.normalize.kwargs, norm.options,
-                                   f"normalize {norm.name}", self.normalize.kind_span)
+                                   f"normalize {norm.name}", self.normalize.kind_span, norm.row_options)
 
     def _check_roles(self, norm: Normalizer) -> None:
         """`score` and `bias` for normalizers written with scores (softmax), `weight` for the others."""
@@ -430,11 +432,12 @@ class _Checker(ExprTyper, MechanismChecks):
         if norm.of_score is not None and logits is not None:  # the weights it means (lang/normalizers.py)
             logits, weight = None, norm.of_score(logits)
         ista = self._check_ista(weight, mask, opts) if not norm.fixed_weights else None
+        sink = self._check_sink(dict(opts or ()).get("sink"))
         self.bag.raise_if_any()
         spans = {kind: d.span for kind, d in self.defs.items()}
         spec = CheckedSpec(self.spec.name, self.src, dict(self.sizes), self.params, self.inputs, self.features,
                            norm.name, float(eps), logits, weight, mask, spans, dict(self.derived),
-                           tuple(dict.fromkeys(self.divisors)), dict(self.graphs), ista, self.pool)
+                           tuple(dict.fromkeys(self.divisors)), dict(self.graphs), ista, self.pool, sink=sink)
         return self._approximated(spec) if self.normalize is not None and self.normalize.approx else spec
 
     # ---------------------------------------------------------------- approximations

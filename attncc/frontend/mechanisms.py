@@ -1,11 +1,12 @@
 """Checking of the named mechanisms' statements (a mixin of the checker in attncc/frontend/check.py):
-`pool k, v = context(...)` (ContextPool, attncc/lang/pool.py) and `normalize ista(...)` (VARS, attncc/oracle/ista.py)."""
+`pool k, v = context(...)` (ContextPool, attncc/lang/pool.py), `normalize ista(...)` (VARS, attncc/oracle/ista.py)
+and `normalize softmax(sink = ...)` (a logit per query row in the softmax denominator)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from . import ast
-from ..lang.expr import INT, TExpr
+from ..lang.expr import FLOAT, INT, TExpr
 from .records import ParamInfo
 from ..lang.pool import BIAS, HEAD, POOLINGS, PoolInfo
 from ..lang.source import did_you_mean
@@ -87,3 +88,27 @@ class MechanismChecks:
                            "`feature phi = favor(features = 128, seed = 0)`")
             ok = False
         return IstaInfo(int(opts["steps"]), float(opts["lam"])) if ok and opts else None
+
+    def _check_sink(self, e: ast.Expr | None) -> TExpr | None:
+        """`normalize softmax(sink = e)`: e typed as a float of the query row. It may read h, i, b, sizes,
+        tables and inputs, never the key index j (a sink is one logit per row, shared by no key),
+        and no declared approximation computes it."""
+        if e is None:
+            return None
+        self.index_names = ("i", "j")
+        t = self._expr(e, "index")
+        if t is None:
+            return None
+        if t.type not in (INT, FLOAT):
+            self.bag.error(f"a sink must be a number, got {t.type}", e.span, "write a logit, e.g. `sink = s[h]`")
+            return None
+        key = next((x for x in t.walk() if x.op == "var" and x.value == "j"), None)
+        if key is not None:
+            self.bag.error("a sink cannot read the key index `j`", key.span,
+                           "a sink is one logit per query row: an expression of h, i and b, e.g. `s[h]` or `s[h, i]`")
+            return None
+        if self.normalize.approx is not None:
+            self.bag.error(f"`approx {self.normalize.approx.method}` does not compute a softmax with a sink",
+                           self.normalize.approx.method_span, "drop the sink or the approximation")
+            return None
+        return t  # an int sink is converted to float where it is evaluated

@@ -22,8 +22,8 @@ SIZE_SYMBOLS = {"B": B, "H": H, "Nq": Nq, "N": N, "D": D, "E": E}
 
 ELEMENTWISE = {*OPERATORS, "call", "param", "input"}
 LEAVES = {"q", "k", "v", "const", "var", "size", "rsize", "scale"}
-TENSOR_OPS = {"feature", "pairdot", "attend", "linear_attend", "toeplitz_attend", "grid_attend", "graph_attend", "mixed_attend",
-              "ista_attend", "output"}
+TENSOR_OPS = {"feature", "pairdot", "attend", "linear_attend", "gated_attend", "toeplitz_attend", "grid_attend",
+              "graph_attend", "mixed_attend", "ista_attend", "output"}
 
 
 @dataclass(frozen=True)
@@ -116,8 +116,8 @@ class Graph:
 
 
 # Attributes of an attention node that every rewrite into another form keeps.
-CARRIED_ATTRS = ("normalize", "eps", "mask_structure", "pool", "tensor_powers")
-OPTIONAL_ATTRS = ("pool", "tensor_powers")  # carried only where present
+CARRIED_ATTRS = ("normalize", "eps", "mask_structure", "pool", "tensor_powers", "sink")
+OPTIONAL_ATTRS = ("pool", "tensor_powers", "sink")  # carried only where present
 
 
 def carried_attrs(node: Node) -> dict[str, Any]:

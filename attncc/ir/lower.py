@@ -75,10 +75,11 @@ def signature_of(spec: CheckedSpec) -> Signature:
 
 
 def lower(spec: CheckedSpec) -> Graph:
-    """attend(logits | weight, mask?, v) {normalize, eps, masked, approx?, pool?, steps?, lam?}.
+    """attend(logits | weight, mask?, v) {normalize, eps, masked, approx?, pool?, sink?, steps?, lam?}.
 
     approx: a declared approximation computes the node (favor: kernelized by a pass, see kernelize_favor);
-    pool: ContextPool replaces k and/or v before the attention; steps, lam: the ISTA solver's."""
+    pool: ContextPool replaces k and/or v before the attention; sink: the softmax's logit per query row
+    (an expression of b, h, i) in every denominator; steps, lam: the ISTA solver's."""
     graph = Graph(spec.name, signature_of(spec))
     build = ExprBuilder(graph)
     operands = [build.add(pair_scores(spec))]
@@ -90,6 +91,8 @@ def lower(spec: CheckedSpec) -> Graph:
         extra["approx"] = spec.approx
     if spec.pool is not None:
         extra["pool"] = spec.pool
+    if spec.sink is not None:
+        extra["sink"] = spec.sink
     if spec.ista is not None:
         extra.update(steps=spec.ista.steps, lam=spec.ista.lam)
     attend = graph.add("attend", operands, shape=(B, H, Nq, E), dtype=FLOAT, normalize=spec.normalize,

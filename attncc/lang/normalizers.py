@@ -1,7 +1,9 @@
 """The normalizers of `normalize ...`: what each one asks of a skeleton.
 
   softmax  logits through an online max and sum (exp), out = softmax(s) v; the Triton forward
-           saves the row logsumexp for its backward
+           saves the row logsumexp for its backward. `softmax(sink = e)`: e, an expression of the
+           query row (b, h, i), is a logit that joins each row's denominator and takes no value:
+           out_i = sum_j e^s_ij v_j / (sum_j e^s_ij + e^sink_i) (GPT-OSS, StreamingLLM)
   rows     fixed weights W summed per row, out = W v / (rowsum W + eps); saves the denominator
   none     fixed weights, out = W v; no row statistic
   ista     no fixed W: the unrolled sparse-reconstruction solver (lowering `ista` only)
@@ -29,6 +31,7 @@ class Normalizer:
     score_name: str  # what the pair expression is called in generated holes: logits or weights
     options: dict = field(default_factory=dict)  # keyword options of `normalize NAME(...)`, with defaults
     of_score: Callable[[TExpr], TExpr] | None = None  # W = of_score(score + bias), written like softmax
+    row_options: tuple[str, ...] = ()  # options that are expressions of the query row (b, h, i), not constants
 
     @property
     def takes_score(self) -> bool:
@@ -48,7 +51,7 @@ def default_normalizer(kernelized: bool) -> Normalizer:
 
 for builtin in (
         Normalizer("softmax", online_softmax=True, divides_by_row_sum=False, row_statistic=True, fixed_weights=True,
-                   score_name="logits"),
+                   score_name="logits", options={"sink": None}, row_options=("sink",)),
         Normalizer("rows", online_softmax=False, divides_by_row_sum=True, row_statistic=True, fixed_weights=True,
                    score_name="weights", options={"eps": 1e-6}),
         Normalizer("none", online_softmax=False, divides_by_row_sum=False, row_statistic=False, fixed_weights=True,

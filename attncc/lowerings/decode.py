@@ -35,8 +35,9 @@ INTERPRETER = dict(BLOCK_N=16, num_warps=4, num_stages=3)
 
 
 def accepts(query: CostQuery) -> bool:
-    """Softmax attend nodes (any score, bias and mask the tiled kernel computes), without the eps key
-    of exp weights under rows (passes/stable_exp.py), which its merge does not add."""
+    """Softmax attend nodes (any score, bias and mask the tiled kernel computes, a sink merged as one
+    more split), without the eps key of exp weights under rows (passes/stable_exp.py), which its merge
+    does not add."""
     return query.exact and query.op == "attend" and NORMALIZERS[query.attrs["normalize"]].online_softmax \
         and not query.attrs.get("eps")
 

@@ -25,6 +25,8 @@ def accepts(query: CostQuery) -> bool:
         return False
     if query.mask.kind not in ("full", "causal") or query.attrs.get("eps"):  # eps: exp weights under rows
         return False
+    if query.attrs.get("sink") is not None:  # SDPA's denominator has no extra logit
+        return False
     scores = query.graph.operands(query.node_id)[0]
     return expr_of(query.graph, scores) == DEFAULT_LOGITS
 

@@ -1,6 +1,8 @@
 """The dense reference: float64, materializes W[b, h, i, j], straight from the checked spec.
 
     softmax:     W = mask * exp(s - max_j s)        out = W V / sum_j W      (rows with no key: 0)
+      sink c_i:  softmax over the row's logits and one more column c_i, that column dropped:
+                 out = W V / (sum_j W + exp(c_i - max_j s))  (rows with no key: 0, the sink takes all)
     rows / none: W = mask * weight                  out = W V / (sum_j W + eps)  |  W V
 (a row whose normalizer is exactly 0 gives 0, never NaN)
 It shares nothing with the emitted backends except the expression semantics (attncc.lang.evaluate and attncc.lang.operators).
@@ -75,12 +77,25 @@ def dense_weights(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: di
     env.dot = dot
     if normalizer(spec).online_softmax:
         s = evaluate(spec.logits, env).to(dtype).expand(shape).masked_fill(~mask, float("-inf"))
+        if spec.sink is not None:
+            return sink_softmax(s, torch.as_tensor(evaluate(spec.sink, env), device=q.device).to(dtype))
         top = s.amax(-1, keepdim=True)
         top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
         w = torch.exp(s - top)
         z = w.sum(-1, keepdim=True)
         return w / torch.where(z == 0, torch.ones_like(z), z)
     return torch.where(mask, evaluate(spec.weight, env).to(dtype).expand(shape), torch.zeros((), dtype=dtype))
+
+
+def sink_softmax(s: torch.Tensor, sink: torch.Tensor) -> torch.Tensor:
+    """softmax of each row [s_i0 .. s_iN, c_i] with its last column (the sink c, broadcastable to
+    [B, H, Nq, 1]) dropped: exp(s_ij) / (sum_j exp(s_ij) + exp(c_i))."""
+    while sink.dim() < 4:
+        sink = sink.unsqueeze(0)
+    column = sink.expand(*s.shape[:3], 1)
+    empty = torch.isneginf(s).all(-1, keepdim=True) & torch.isneginf(column)  # nothing in the denominator
+    column = torch.where(empty, torch.zeros_like(column), column)  # ... the row is 0, as without a sink
+    return torch.softmax(torch.cat([s, column], dim=-1), dim=-1)[..., :-1]
 
 
 def pair_env(sizes: dict, rsizes: dict, i: torch.Tensor, params: dict, inputs: dict,

@@ -10,6 +10,7 @@ from ..lang.normalizers import NORMALIZERS
 from ..ir.graph import Graph, Node, carried_attrs, expr_of
 from ..ir.lower import ExprBuilder
 from ..lang.source import AttnccError
+from ..analysis.gates import gate_form, gate_holds
 from ..analysis.grid import classify_grid, grid_holds
 from ..analysis.structure import Structure, classify_modulation, decay_form, decay_holds, structure_holds
 
@@ -38,6 +39,9 @@ def reassociate_kernel(graph: Graph, ctx) -> None:
                                                                                     -> linear_attend {causal=True}
       M = A gamma^(i - j), mask causal: S_t = gamma S_(t-1) + psi(k_t) v_t^T (retention), chunked
                                                         -> linear_attend(phi_q, phi_k, A, gamma, M, v) {decayed}
+      M = A exp(G(i) - G(j)), mask causal (G one expression of a token index: data-dependent gates):
+                         S_t = exp(G_t - G_(t-1)) S_(t-1) + psi(k_t) v_t^T, chunked with in-chunk differences
+                                                        -> gated_attend(phi_q, phi_k, A, G, M, v)
       M o mask Toeplitz: (M o phi(Q) psi(K)^T) V = sum_l diag(phi(Q)_l) T_f diag(psi(K)_l) V with
                          f(i - j) = where(mask, M, 0), each T_f product a convolution (FFT) -> toeplitz_attend
       f = where(mask, M, 0) on a grid of width w (r = t // w, c = t % w):
@@ -133,6 +137,20 @@ def _as_decayed(k: _Kernelized) -> int | None:
     return new
 
 
+def _as_gated(k: _Kernelized) -> int | None:
+    """M = A exp(G(i) - G(j)), mask causal: the gated recurrence, in chunks (G read per token)."""
+    if k.mask_structure.kind != "causal" or (gated := gate_form(k.modulation, k.ctx.symbols)) is None:
+        return None
+    amplitude, gate = gated
+    if not gate_holds(k.modulation, amplitude, gate, k.graph.signature):
+        raise AttnccError("internal error: gate form failed its sampled check; please report this spec")
+    new = k.add("gated_attend", [k.build.add(amplitude), k.build.add(gate), k.build.add(k.modulation)],
+                causal=True, modulated=True)
+    k.note(f"kernelized with a gate exp(G(i) - G(j)), G(i) = {fmt(gate)}, on j <= i: the recurrence "
+           "S_t = exp(G_t - G_(t-1)) S_(t-1) + phi(k_t) v_t^T in chunks, O(N m e)")
+    return new
+
+
 def _as_graph(k: _Kernelized) -> int | None:
     """M = G[i, j] for a graph kernel G, no mask: products with its adjacency, G never formed."""
     graph_name = _graph_lookup(k.modulation, k.graph.signature)
@@ -171,6 +189,6 @@ def _as_grid(k: _Kernelized) -> int | None:
     return new
 
 
-# the rewrite forms, tried in this order: decay and graph only where no plain linear form holds,
+# the rewrite forms, tried in this order: decay, gates and graph only where no plain linear form holds,
 # the grid only where no Toeplitz one does
-REWRITE_FORMS = (_as_linear, _as_decayed, _as_graph, _as_toeplitz, _as_grid)
+REWRITE_FORMS = (_as_linear, _as_decayed, _as_gated, _as_graph, _as_toeplitz, _as_grid)

@@ -134,7 +134,7 @@ class CostQuery:
 # Memory of the torch skeletons (attncc.rt), fp32 bytes beyond q, k, v: the terms several lowerings share.
 FEATURE_ROWS = 4 * B * H * (Nq + N) * D  # phi(Q), phi(K)
 PAIR_BYTES_KEPT = 16  # a (query, key) pair's score, weight and mask, kept by autograd for the backward
-PAIR_BYTES_WORKING = 12  # the same pair's buffers alive at once inside one query chunk
+PAIR_BYTES_WORKING = 20  # the same pair's buffers alive at once inside one query chunk (measured: benchmarks/memory.py)
 
 
 def quadratic_memory(keys_per_query: sympy.Expr, rows: sympy.Expr = QUERY_CHUNK) -> tuple[sympy.Expr, sympy.Expr]:

@@ -29,7 +29,7 @@ __all__ = [
     "grid_toeplitz_attention", "grid_transform", "input_lookup", "keep_grad", "kernel_blocks", "kernel_products",
     "linear_attention", "logical_not", "lookup", "maximum", "minimum", "offset_pairs", "popcount",
     "prefix_chunk_sums", "ring_attention", "ring_coordinates", "ring_extent", "ring_geometry", "ring_pairs",
-    "sdpa_attention", "softplus",
+    "sdpa_attention", "sink_rows", "softplus",
     "summed_area_table", "tiled_attention", "toeplitz_attention", "toeplitz_row", "toeplitz_transform",
     "with_torch_backward", "within_band",
 ]
@@ -116,58 +116,84 @@ def pair_scores(q, k, v, ctx, q0: int, q1: int, keys, *, scores: Callable, mask:
     return scores(qc, kc, i, j, h, ctx, m).to(dtype).expand(shape), m, vc
 
 
+def sink_rows(sink: Callable, ctx, q: torch.Tensor, q0: int = 0, q1: int | None = None) -> torch.Tensor:
+    """The sink logits of queries [q0, q1) (all by default): sink(i, h, ctx) -> [B|1, H, rows, 1] in
+    the compute dtype, on q's device; differentiable in the tables the sink reads."""
+    H, q1 = q.shape[1], q.shape[2] if q1 is None else q1
+    grid = lambda a, b: torch.arange(a, b, device=q.device, dtype=torch.int32)
+    c = sink(grid(q0, q1).view(1, 1, -1, 1), grid(0, H).view(1, H, 1, 1), ctx).to(q.device, compute_dtype(q))
+    return c.expand(c.shape[0], H, q1 - q0, 1)
+
+
 def _attend(q, k, v, ctx, q0: int, q1: int, keys, *, scores: Callable, mask: Callable | None,
-            normalize: str, eps: float) -> torch.Tensor:
+            normalize: str, eps: float, sink: Callable | None = None) -> torch.Tensor:
     """Queries [q0, q1) against the keys at positions `keys` (a slice or an index tensor): the dense
-    formula on that slab, in the compute dtype."""
+    formula on that slab, in the compute dtype. A sink joins each row as one more logit, valueless."""
     s, m, vc = pair_scores(q, k, v, ctx, q0, q1, keys, scores=scores, mask=mask)
     dtype = s.dtype
     if NORMALIZERS[normalize].online_softmax:
         if m is not None:
             s = s.masked_fill(~m, float("-inf"))
         top = s.amax(-1, keepdim=True).detach()
+        extra = None  # the logit of the extra key every row holds (eps or the sink), if any
         if eps:  # exp(s) weights under `rows` (passes/stable_exp.py): eps joins the sum as a key of logit log(eps)
-            top = top.clamp_min(math.log(eps))
+            extra = torch.tensor(math.log(eps), dtype=dtype, device=s.device)
+        elif sink is not None:
+            extra = sink_rows(sink, ctx, q, q0, q1)
+        if extra is not None:
+            top = torch.maximum(top, extra.detach())
         top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
         w = torch.exp(s - top)
         z = w.sum(-1, keepdim=True)
-        if eps:
-            z = z + torch.exp(math.log(eps) - top)
+        if extra is not None:
+            z = z + torch.exp(extra - top)
         return (w @ vc) / torch.where(z == 0, torch.ones_like(z), z)
     w = torch.where(m, s, torch.zeros((), dtype=dtype, device=s.device)) if m is not None else s
     return finish_rows(w @ vc, w.sum(-1), normalize, eps)
 
 
 def tiled_attention(q, k, v, ctx, *, scores: Callable, mask: Callable | None, key_range: Callable,
-                    normalize: str, eps: float, chunk: int = QUERY_CHUNK) -> torch.Tensor:
+                    normalize: str, eps: float, chunk: int = QUERY_CHUNK, sink: Callable | None = None) -> torch.Tensor:
     """out = normalize(mask o scores) V, one chunk of queries at a time over the keys it can see.
 
     scores(qc, kc, i, j, h, ctx, keep) -> [B|1, H|1, cq, ck]; mask(i, j, h, ctx) -> bool, same grid;
-    key_range(q0, q1, ctx) -> (k0, k1): keys outside [k0, k1) are proven masked for queries [q0, q1).
+    key_range(q0, q1, ctx) -> (k0, k1): keys outside [k0, k1) are proven masked for queries [q0, q1);
+    sink(i, h, ctx) -> [B|1, H|1, cq, 1]: softmax's valueless extra logit of each row (a chunk that
+    sees no key is 0 with or without it).
     """
-    B, H, Nq, _ = q.shape
-    N, E = k.shape[2], v.shape[-1]
     outs = []
+    for q0, q1, keys in query_chunks(q, k, ctx, key_range, chunk):
+        outs.append(_attend(q, k, v, ctx, q0, q1, keys, scores=scores, mask=mask, normalize=normalize, eps=eps,
+                            sink=sink) if keys is not None else no_keys(q, v, q0, q1))
+    return torch.cat(outs, dim=2).to(v.dtype)
+
+
+def query_chunks(q, k, ctx, key_range: Callable, chunk: int):
+    """(q0, q1, keys) for each chunk [q0, q1) of `chunk` queries: keys, the slice of the keys it may
+    see (key_range, clipped to the N keys), or None when it sees none."""
+    Nq, N = q.shape[2], k.shape[2]
     for q0 in range(0, Nq, chunk):
         q1 = min(Nq, q0 + chunk)
         k0, k1 = key_range(q0, q1, ctx)
         k0, k1 = max(0, k0), min(N, k1)
-        if k1 <= k0:
-            outs.append(q.new_zeros(B, H, q1 - q0, E, dtype=compute_dtype(q)))
-            continue
-        outs.append(_attend(q, k, v, ctx, q0, q1, slice(k0, k1), scores=scores, mask=mask, normalize=normalize,
-                            eps=eps))
-    return torch.cat(outs, dim=2).to(v.dtype)
+        yield q0, q1, (slice(k0, k1) if k0 < k1 else None)
+
+
+def no_keys(q, v, q0: int, q1: int) -> torch.Tensor:
+    """The output rows of queries [q0, q1) that see no key: 0."""
+    B, H = q.shape[:2]
+    return q.new_zeros(B, H, q1 - q0, v.shape[-1], dtype=compute_dtype(q))
 
 
 def block_sparse_attention(q, k, v, ctx, *, layout: torch.Tensor, block: int, scores: Callable,
-                           mask: Callable | None, normalize: str, eps: float) -> torch.Tensor:
+                           mask: Callable | None, normalize: str, eps: float,
+                           sink: Callable | None = None) -> torch.Tensor:
     """out = normalize(mask o scores) V, one query block at a time over the key blocks its layout row
     lists (layout: bool [ceil(Nq / block), ceil(N / block)], exact for the mask's block conjuncts)."""
     if torch.compiler.is_compiling():  # a row's key list has a data-dependent length, which one graph
         # cannot hold: every key of the row, masked (exact, as the mask is; the layout only skips work)
         return tiled_attention(q, k, v, ctx, scores=scores, mask=mask, key_range=lambda q0, q1, ctx: (0, ctx.N),
-                               normalize=normalize, eps=eps)
+                               normalize=normalize, eps=eps, sink=sink)
     B, H, Nq, _ = q.shape
     N, E = k.shape[2], v.shape[-1]
     offsets = torch.arange(block, device=q.device)
@@ -180,7 +206,8 @@ def block_sparse_attention(q, k, v, ctx, *, layout: torch.Tensor, block: int, sc
         if keys.numel() == 0:
             outs.append(q.new_zeros(B, H, q1 - q0, E, dtype=compute_dtype(q)))
             continue
-        outs.append(_attend(q, k, v, ctx, q0, q1, keys, scores=scores, mask=mask, normalize=normalize, eps=eps))
+        outs.append(_attend(q, k, v, ctx, q0, q1, keys, scores=scores, mask=mask, normalize=normalize, eps=eps,
+                            sink=sink))
     return torch.cat(outs, dim=2).to(v.dtype)
 
 

@@ -5,7 +5,8 @@ applied to their values, O_s, and its log-sum-exp L_s (-inf: no visible key). Th
 
     L = log sum_s exp(L_s),   out = sum_s exp(L_s - L) O_s
 
-since exp(L_s - L) is the share of the row's softmax mass that split s holds. The Triton kernels
+since exp(L_s - L) is the share of the row's softmax mass that split s holds. A softmax sink c
+(`softmax(sink = ...)`) is one more split with L_s = c and O_s = 0 (merge_sink). The Triton kernels
 (attncc/emit/triton_decode.py) run one program per (query tile, head, split) and merge in a second
 launch; this torch skeleton computes the same partials and merge, every split at once.
 """
@@ -17,9 +18,9 @@ import torch
 
 from ..lang.normalizers import NORMALIZERS
 from ..plan.cost import BLOCK, SPLIT_MIN_TILES, SPLIT_WAVES
-from .attention import QUERY_CHUNK, compute_dtype, pair_scores
+from .attention import QUERY_CHUNK, no_keys, pair_scores, query_chunks, sink_rows
 
-__all__ = ["decode_attention", "decode_splits", "merge_splits", "multiprocessors"]
+__all__ = ["decode_attention", "decode_splits", "merge_sink", "merge_splits", "multiprocessors"]
 
 CPU_MULTIPROCESSORS = 132  # off CUDA: the cost model's reference machine (attncc.plan.cost.MACHINE)
 
@@ -50,6 +51,14 @@ def merge_splits(parts: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, 
     return out, (top + torch.log(total)).squeeze(-1)
 
 
+def merge_sink(out: torch.Tensor, lse: torch.Tensor, sink: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, L) of merged rows (out [B, H, rows, E], L [B, H, rows]) with the sink logits c [B|1, H, rows]
+    merged in as one more split of output 0: L' = log(e^L + e^c), out' = e^(L - L') out (0 where L' = -inf)."""
+    total = torch.logaddexp(lse, sink.to(lse.dtype))
+    share = torch.where(total == float("-inf"), torch.zeros_like(total), torch.exp(lse - total))
+    return out * share.unsqueeze(-1).to(out.dtype), total
+
+
 def _split_partials(s: torch.Tensor, vc: torch.Tensor, splits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(O_s [B, H, cq, S, E], L_s [B, H, cq, S]) of masked logits s [B, H, cq, n] (-inf where masked)
     cut into `splits` consecutive runs of keys."""
@@ -68,27 +77,28 @@ def _split_partials(s: torch.Tensor, vc: torch.Tensor, splits: int) -> tuple[tor
 
 
 def decode_attention(q, k, v, ctx, *, scores: Callable, mask: Callable | None, key_range: Callable,
-                     normalize: str, eps: float, chunk: int = QUERY_CHUNK) -> torch.Tensor:
+                     normalize: str, eps: float, chunk: int = QUERY_CHUNK, sink: Callable | None = None) -> torch.Tensor:
     """out = softmax(mask o scores) V by split-K: per query chunk, the keys [k0, k1) it can see
     (key_range) cut into decode_splits runs (as the Triton launcher would on this device, with
     tiles of BLOCK keys), each split's output and log-sum-exp, merged (merge_splits).
-    Differentiable by autograd; the holes are those of rt.tiled_attention (normalize: softmax; eps unused)."""
+    Differentiable by autograd; the holes are those of rt.tiled_attention (normalize: softmax; eps unused;
+    a sink merged in last, merge_sink)."""
     if not NORMALIZERS[normalize].online_softmax:
         raise ValueError(f"split-K decoding merges softmax rows by log-sum-exp, not `normalize {normalize}`")
     B, H, Nq, _ = q.shape
     sms = multiprocessors(q.device)
-    N, E = k.shape[2], v.shape[-1]
     outs = []
-    for q0 in range(0, Nq, chunk):
-        q1 = min(Nq, q0 + chunk)
-        k0, k1 = key_range(q0, q1, ctx)
-        k0, k1 = max(0, k0), min(N, k1)
-        if k1 <= k0:
-            outs.append(q.new_zeros(B, H, q1 - q0, E, dtype=compute_dtype(q)))
+    for q0, q1, keys in query_chunks(q, k, ctx, key_range, chunk):
+        if keys is None:
+            outs.append(no_keys(q, v, q0, q1))
             continue
-        s, m, vc = pair_scores(q, k, v, ctx, q0, q1, slice(k0, k1), scores=scores, mask=mask)
+        s, m, vc = pair_scores(q, k, v, ctx, q0, q1, keys, scores=scores, mask=mask)
         if m is not None:
             s = s.masked_fill(~m, float("-inf"))
-        parts, lse = _split_partials(s, vc, decode_splits(B * H * -(-Nq // chunk), k1 - k0, BLOCK, sms))
-        outs.append(merge_splits(parts, lse)[0])
+        splits = decode_splits(B * H * -(-Nq // chunk), keys.stop - keys.start, BLOCK, sms)
+        parts, lse = _split_partials(s, vc, splits)
+        out, lse = merge_splits(parts, lse)
+        if sink is not None:
+            out, lse = merge_sink(out, lse, sink_rows(sink, ctx, q, q0, q1)[..., 0])
+        outs.append(out)
     return torch.cat(outs, dim=2).to(v.dtype)

@@ -5,7 +5,9 @@ its backward kernels; register_autograd ties them together and register_fake giv
 torch.compile sees one opaque op (no graph break) and autograd its generated backward. Both ops are
 generic: the generated module is named by its import name, and what the kernels read from the call's
 Context travels as tensors (tables, block-sparse tiles), ints (run-time and declared sizes) and one
-string of names, rebuilt into a Context inside the op.
+string of names, rebuilt into a Context inside the op. A softmax sink (`softmax(sink = ...)`) enters
+as its logits per row, evaluated in torch by the module (so they carry the gradient to the tables
+they read); the op returns their gradient (`sink_gradient`), the kernels' row logsumexp includes them.
 """
 from __future__ import annotations
 
@@ -31,14 +33,15 @@ class CallTiles:
         return self.tiles
 
 
-def attention(q, k, v, ctx: Context, host, tiles=None) -> Tensor:
-    """out of the generated module `host` through the custom op (gradients by its backward kernels)."""
+def attention(q, k, v, ctx: Context, host, tiles=None, sink: Tensor | None = None) -> Tensor:
+    """out of the generated module `host` through the custom op (gradients by its backward kernels);
+    sink: the sink logits of every row, float32 [B, H, Nq], if the softmax has one."""
     names = [f"p:{n}" for n in ctx.params] + [f"i:{n}" for n in ctx.inputs] + [f"s:{n}" for n in ctx.sizes]
     # tables stay contiguous: their gradients are allocated contiguous and indexed with the tables' strides
     tables = [t.contiguous() for t in (*ctx.params.values(), *ctx.inputs.values())]
     tile, exact, aux = (0, 0, []) if tiles is None else (tiles.tile, int(tiles.exact), tiles.tensors())
     ints = [ctx.N, ctx.Nq, ctx.H, ctx.D, ctx.E, tile, exact, *ctx.sizes.values()]
-    out, _ = torch.ops.attncc.triton_attention(host.__name__, q, k, v, tables, aux, ints, ";".join(names))
+    out, _ = torch.ops.attncc.triton_attention(host.__name__, q, k, v, tables, aux, ints, ";".join(names), sink)
     return out
 
 
@@ -62,13 +65,15 @@ def _table_names(names: str) -> list[str]:
 
 @torch.library.custom_op("attncc::triton_attention", mutates_args=())
 def _forward(host: str, q: Tensor, k: Tensor, v: Tensor, tables: list[Tensor], aux: list[Tensor],
-             ints: list[int], names: str) -> tuple[Tensor, Tensor]:
+             ints: list[int], names: str, sink: Tensor | None) -> tuple[Tensor, Tensor]:
     main, kernels, ctx, tiles = _unpack(host, q, tables, aux, ints, names)
-    return kernels.op_forward(tiles, q, k, v, ctx, main)
+    if sink is None:
+        return kernels.op_forward(tiles, q, k, v, ctx, main)
+    return kernels.op_forward(tiles, q, k, v, ctx, main, sink)
 
 
 @_forward.register_fake
-def _(host, q, k, v, tables, aux, ints, names):
+def _(host, q, k, v, tables, aux, ints, names, sink):
     return q.new_empty(*q.shape[:3], v.shape[-1]), q.new_empty(*q.shape[:3], dtype=torch.float32)
 
 
@@ -89,19 +94,30 @@ def _(host, q, k, v, out, lse, dout, tables, aux, ints, names):
         [t.new_empty(t.shape) if n in differentiated else t.new_empty(0) for n, t in zip(_table_names(names), tables)]
 
 
-def _setup_context(ctx, inputs, output):
-    host, q, k, v, tables, aux, ints, names = inputs
-    ctx.call = (host, ints, names, len(tables))
-    ctx.save_for_backward(q, k, v, *output, *tables, *aux)
+def sink_gradient(out: Tensor, lse: Tensor, dout: Tensor, sink: Tensor) -> Tensor:
+    """d loss / d sink_i = -exp(sink_i - lse_i) (dO_i . O_i): out_i = sum_j e^(s_ij - lse_i) v_j with
+    lse_i = log(sum_j e^s_ij + e^sink_i), so d out_i / d sink_i = -e^(sink_i - lse_i) out_i (a row with
+    lse = -inf, nothing in its denominator, has none)."""
+    delta = (dout.float() * out.float()).sum(-1)
+    mass = torch.where(lse == float("-inf"), 0.0, torch.exp(sink - lse))
+    return -mass * delta
+
+
+def _setup_context(ctx, inputs, output):  # sink has no default: the dispatcher would drop a None equal to it
+    host, q, k, v, tables, aux, ints, names, sink = inputs
+    ctx.call = (host, ints, names, len(tables), sink is not None)
+    ctx.save_for_backward(q, k, v, *output, *tables, *aux, *([sink] if sink is not None else []))
 
 
 def _autograd_backward(ctx, dout, dlse):
-    host, ints, names, count = ctx.call
+    host, ints, names, count, has_sink = ctx.call
     q, k, v, out, lse, *rest = ctx.saved_tensors
+    sink = rest.pop() if has_sink else None
     tables, aux = rest[:count], rest[count:]
     dq, dk, dv, *grads = _backward(host, q, k, v, out, lse, dout, tables, aux, ints, names)
     grads = [g if g.shape == t.shape else None for g, t in zip(grads, tables)]
-    return None, dq, dk, dv, grads, [None] * len(aux), None, None
+    dsink = sink_gradient(out, lse, dout, sink) if sink is not None else None
+    return None, dq, dk, dv, grads, [None] * len(aux), None, None, dsink
 
 
 _forward.register_autograd(_autograd_backward, setup_context=_setup_context)

@@ -25,11 +25,11 @@ from ..api import compile as compile_spec
 from ..api import relower
 from .compare import compare, make_module, random_inputs
 from ..lang.source import SpecError
-from .testing import (attention_shapes, bias_expressions, function_expressions, grid_expressions, mask_expressions,
-                      ring_expressions)
+from .testing import (attention_shapes, bias_expressions, function_expressions, gate_expressions, grid_expressions,
+                      mask_expressions, ring_expressions)
 
 HOLE = "??"
-_HOLES = re.compile(r"\?\?(?:(grid|ring)\(\s*([A-Za-z_][A-Za-z0-9_]*|[0-9]+)\s*\)|(fn)\b)?")
+_HOLES = re.compile(r"\?\?(?:(grid|ring|gate)\(\s*([A-Za-z_][A-Za-z0-9_]*|[0-9]+)\s*\)|(fn)\b)?")
 DEFAULT_FAMILIES = ["""attention fuzz {
     size w = 5
     score(i, j) = dot(q[i], k[j]) * scale + ??
@@ -80,8 +80,8 @@ class FuzzReport:
 
 
 def _holes(family: str) -> list[tuple[str, str | None, bool]]:
-    """(kind, grid width, boolean) of each hole: kind '' for `??`, 'grid', 'ring' or 'fn'; boolean inside
-    `mask(i, j)`."""
+    """(kind, argument, boolean) of each hole: kind '' for `??`, 'grid', 'ring' (argument: the grid width),
+    'gate' (argument: the gate input) or 'fn'; boolean inside `mask(i, j)`."""
     holes = []
     for m in _HOLES.finditer(family):
         defs = _DEF.findall(family[:m.start()])
@@ -97,6 +97,8 @@ def family_strategy(family: str):
             holes.append(grid_expressions(width, boolean))
         elif kind == "ring":
             holes.append(ring_expressions(width, boolean))
+        elif kind == "gate":
+            holes.append(gate_expressions(width))
         elif kind == "fn":
             holes.append(function_expressions(sizes))
         else:

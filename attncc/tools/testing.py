@@ -92,6 +92,21 @@ def function_expressions(sizes: tuple[str, ...] = ()):
     )
 
 
+# G(t) of a gate, as spec text: the input, scaled, with a position term (t is i or j)
+_GATE_FORMS = ("{gate}[h, {t}]", "0.5 * {gate}[h, {t}]", "({gate}[h, {t}] - 0.01 * {t})", "{gate}[h, {t}] * 1.5")
+
+
+def gate_expressions(gate: str = "g"):
+    """Data-dependent scalar gates A exp(G(i) - G(j)) in equivalent spellings, as spec text, with G(t)
+    read from the float input `gate` (declared `[H, N]`) and sometimes a position term; A a constant,
+    `scale` or a function of h. Under a causal mask these take the chunked gated lowering."""
+    amplitude = st.sampled_from(["1.0", "scale", "(h + 1) * 0.5"])
+    spelling = st.sampled_from(["exp({i} - {j})", "exp({i}) * exp(-{j})", "exp(-({j} - {i}))"])
+    form = st.sampled_from(_GATE_FORMS)
+    return st.tuples(amplitude, spelling, form).map(lambda t: f"{t[0]} * " + t[1].format(
+        i=t[2].format(gate=gate, t="i"), j=t[2].format(gate=gate, t="j")))
+
+
 def _offsets(width: str):
     """(row offset, column offset) of i and j on a grid of `width` columns, in equivalent spellings."""
     w = width
