@@ -27,8 +27,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 HEAD_DIMS = (64, 128)
 # the default suite: causal's default configurations here, hypercube's every candidate through
 # `inspect --emit resources` below (about 50 s on a loaded 2-core machine, 10 s of it spawning the
-# compiling process). linear_elu_causal is not here: its default chunk spills at d = 64 (92 B on sm_90,
-# 652 B on sm_80), which the --slow gate reports (docs/compile_gate.md).
+# compiling process); the linear forward's default below.
 FAST = [("causal", "sm_90", "bf16", 128)]
 
 
@@ -63,6 +62,17 @@ def test_default_configurations_pass_the_gate(name, target, dtype, head_dim):
     if dtype in ("bf16", "fp16"):  # every half-precision dot reached the target's tensor cores
         half = [d for c in compiled for d in c.dots if d.operand in ("bf16", "f16")]
         assert half and {d.unit for d in half} <= {TARGETS[target].tensor_core, "mma"}
+
+
+def test_linear_default_forward_does_not_spill():
+    """Regression: the chunked linear forward kept the whole [d, e] fp32 state in one program and spilled
+    in its default configuration (19 KB at d = 128 on sm_80); each program now carries 32 value columns."""
+    cls = attncc.compile(ROOT / "examples" / "linear_elu_causal.attn")
+    launches = [launch for launch in record_launches(cls, torch.bfloat16, 128) if launch.default and not launch.backward]
+    assert [launch.kernel for launch in launches] == ["_linear_causal"]
+    compiled = compile_launch(kernels_path(cls), launches[0], TARGETS["sm_80"])
+    assert dict(compiled.launch.constexprs)["BLOCK_E"] == 32
+    assert compiled.spills == 0 and not compiled.problems(), compiled.summary()
 
 
 def _example_names():

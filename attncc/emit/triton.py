@@ -248,7 +248,9 @@ def launch_common(out: bool = True) -> str:
             + (", *out.stride()" if out else ""))
 
 
-def program_prologue(w: CodeWriter, per_bh_only: bool = False, out: bool = True) -> None:
+def program_prologue(w: CodeWriter, per_bh_only: bool = False, out: bool = True, value_axis: int | None = None) -> None:
+    """Program ids, the (b, h) offsets of the tensors and the head columns; with `value_axis`, the
+    program owns the value columns [pid_e BLOCK_E, (pid_e + 1) BLOCK_E) of that grid axis."""
     if not per_bh_only:
         w.line("pid_m = tl.program_id(0)")
         w.line("pid_bh = tl.program_id(1)")
@@ -262,7 +264,11 @@ def program_prologue(w: CodeWriter, per_bh_only: bool = False, out: bool = True)
     if out:
         w.line("Out += off_b * stride_ob + off_h * stride_oh")
     w.line("offs_d = tl.arange(0, BLOCK_D)")
-    w.line("offs_e = tl.arange(0, BLOCK_E)")
+    if value_axis is None:
+        w.line("offs_e = tl.arange(0, BLOCK_E)")
+    else:
+        w.line(f"pid_e = tl.program_id({value_axis})")
+        w.line("offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)")
 
 
 def query_tile(w: CodeWriter, dots: dict, tma: bool = False) -> None:
