@@ -95,19 +95,21 @@ def test_every_kernel_and_candidate_passes_the_gate(name, target, dtype, head_di
     assert launched == grid_kernels, (launched, grid_kernels)
 
 
-# lowerings that no example's plan chooses at the design sizes, gated through an example forced to them
-FORCED = [("alibi", "decode")]
+# lowerings that no example's plan chooses at the gate's 256 tokens, gated through an example forced to
+# them, with the kernels they must launch: alibi under decode; gkat's graph lowering (its plan dispatches
+# to tiled up to N = 2048), whose _contract spilled 168 B (sm_90) / 240 B (sm_80) at d = 128 with 4 warps
+FORCED = [("alibi", "decode", {"_attn_fwd_split", "_attn_merge"}), ("gkat", "graph", {"_contract"})]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("head_dim", HEAD_DIMS)
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("target", list(TARGETS))
-@pytest.mark.parametrize("name, lowering", FORCED)
-def test_forced_lowerings_pass_the_gate(name, lowering, target, dtype, head_dim):
+@pytest.mark.parametrize("name, lowering, kernels", FORCED)
+def test_forced_lowerings_pass_the_gate(name, lowering, kernels, target, dtype, head_dim):
     compiled, failures = gate_failures(name, target, dtype, head_dim, defaults_only=False, lowering=lowering)
     assert not failures, "\n".join(failures)
-    assert {c.launch.kernel for c in compiled} >= {"_attn_fwd_split", "_attn_merge"}
+    assert {c.launch.kernel for c in compiled} >= kernels
 
 
 # the tiled kernels' USE_TMA variant (the fixed tile and full tiles' rows through tensor descriptors), which
@@ -208,8 +210,21 @@ def test_candidates_are_filtered_by_head_row_bytes():
                 assert all("max_row_bytes" not in c for c in declared)
     assert len(autotune.configs("tiled", 512)) < len(autotune.configs("tiled", 256)) < len(autotune.configs("tiled", 128))
     assert autotune.row_bytes(dict(D=128, E=64), torch.zeros(1, dtype=torch.bfloat16)) == 256
+    # a kernel whose feature maps keep rows in fp32 holds 4 bytes an element whatever q's dtype
+    assert autotune.row_bytes(dict(D=128, E=128), torch.zeros(1, dtype=torch.bfloat16), 4) == 512
     # fp32 dots run on FMA units: only the small tiles (64 x 64 spilled kilobytes at d = 64)
     assert autotune.configs("tiled", 256, half=False) == [dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=2)]
+
+
+def test_fp32_feature_rows_are_counted_in_the_candidates_row_bytes():
+    """grid_rpe's relu feature rows are fp32 in its kernels: at d = 128 in bf16 (rows of 512 bytes, not
+    256) its launches are offered only the candidates that fit them (the 64 x 64, 8-warp default spilled
+    576 B on sm_80); softmax's raw rows keep q's element size."""
+    launches = record_launches(attncc.compile(ROOT / "examples" / "grid_rpe.attn"), torch.bfloat16, 128)
+    forward = [launch.config for launch in launches if launch.kernel == "_attn_fwd"]
+    assert forward == [{**c, "BLOCK_D": 128, "BLOCK_E": 128} for c in autotune.configs("tiled", 512)]
+    assert len(autotune.configs("tiled", 512)) < len(autotune.configs("tiled", 256))
+    assert "row_itemsize" not in attncc.compile(ROOT / "examples" / "softmax.attn").compilation.triton_source
 
 
 def test_inspect_prints_resources_and_ptx(capsys):

@@ -291,6 +291,12 @@ def query_tile(w: CodeWriter, dots: dict, tma: bool = False) -> None:
             load_rows(w, f"q_{fm or 'raw'}", "Q", "offs_m", "Nq", "offs_d", "D", feature=fm)
 
 
+def held_row_itemsize(dots) -> int | None:
+    """Bytes an element of the q / k rows a kernel holds when not its inputs': 4 where a feature map
+    keeps them in fp32 (load_rows), which the autotune candidates' row bytes must count; else None."""
+    return 4 if any(row_feature(side) is not None for d in dots for side in d.args) else None
+
+
 def tile_dots(w: CodeWriter, dots: dict, limit: str | None = "N", tma: bool = False) -> None:
     """Inside a key-tile loop: load the tile's key rows (through each map used) and form every dot
     (limit None: the tile's keys all lie below N; tma: a full tile's raw rows come through the
@@ -337,7 +343,7 @@ def emit_tiled_kernel(w: CodeWriter, graph: Graph, plan: Plan, kernel: Kernel) -
                 w.lines_of(ONLINE_SOFTMAX_UPDATE if norm.online_softmax else WEIGHTED_SUM_UPDATE)
         store_tiled_rows(w, norm, att.attr("eps"), base2 is not None, sink)
     w.line()
-    emit_tiled_launcher(w, plan, kernel, att.attr("eps"), norm, sink)
+    emit_tiled_launcher(w, plan, kernel, att.attr("eps"), norm, sink, held_row_itemsize(dots))
 
 
 LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e))
@@ -455,9 +461,10 @@ def store_tiled_rows(w: CodeWriter, norm: Normalizer, eps: float, base2: bool, s
 
 
 def emit_tiled_launcher(w: CodeWriter, plan: Plan, kernel: Kernel, eps: float, norm: Normalizer,
-                        sink: bool = False) -> None:
+                        sink: bool = False, row_itemsize: int | None = None) -> None:
     """`triton_forward`: `_attn_fwd` launched with the tiles autotune chose (block-sparse: the layout's tile).
-    With a sink, its logits (sink_rows: given by the custom op, else evaluated here) travel as [B, H, Nq]."""
+    With a sink, its logits (sink_rows: given by the custom op, else evaluated here) travel as [B, H, Nq];
+    row_itemsize: see held_row_itemsize."""
     sparse, stats, token = plan.entry.block_sparse, norm.row_statistic, plan.entry.token_tiles
     if sink:
         w.lines_of(SINK_ROWS)
@@ -489,7 +496,7 @@ def emit_tiled_launcher(w: CodeWriter, plan: Plan, kernel: Kernel, eps: float, n
                    f" PRECISION=precision, USE_TMA=use_tma,{' LAYOUT_EXACT=tiles.exact,' if sparse or token else ''}")
             w.line("    num_warps=num_warps, num_stages=num_stages)")
         w.line()
-        tuned_launch(w, plan.entry.autotune_kind, ", tile=tiles.tile" if sparse else "")
+        tuned_launch(w, plan.entry.autotune_kind, ", tile=tiles.tile" if sparse else "", row_itemsize)
 
 
 SINK_ROWS = """\
@@ -517,11 +524,17 @@ def launcher_head(w: CodeWriter, allocate_out: bool = True, fixed_blocks: bool =
     w.line("precision = 'ieee' if q.dtype == torch.float32 else 'tf32'")
 
 
-def tuned_launch(w: CodeWriter, kind: str, extra_sizes: str = "") -> None:
+def tuned_launch(w: CodeWriter, kind: str, extra_sizes: str = "", row_itemsize: int | None = None) -> None:
     """Launch with the configuration autotune chose for these sizes (tuned once per key on CUDA)."""
     w.line(f"sizes = dict(BH=B * H, Nq=Nq, N=N, D=BLOCK_D, E=BLOCK_E{extra_sizes})")
-    w.line(f"launch(**autotune.best(SPEC_HASH, {kind!r}, q, sizes, launch))")
+    w.line(f"launch(**{autotune_call(kind, row_itemsize)})")
     w.line("return out")
+
+
+def autotune_call(kind: str, row_itemsize: int | None) -> str:
+    """The launcher's call for its configuration; rows the kernel keeps in fp32 are counted as such."""
+    held = f", row_itemsize={row_itemsize}" if row_itemsize else ""
+    return f"autotune.best(SPEC_HASH, {kind!r}, q, sizes, launch{held})"
 
 
 def triton_header(graph: Graph, spec_hash: str, version: str) -> str:

@@ -34,8 +34,8 @@ from .let import LetScope
 from .tiles import LAYOUT_ARGS, Stage, band_constexprs, band_launch, band_line, key_stages, query_stages
 from .rows import TMA_NOTE, descriptor_rows, tensor_descriptors
 from .triton import (HELPERS, LOG2E, kernel_common_args, helpers_of, Kernel, KernelExpr, launch_common,
-                     launcher_head, layout_exact, load_rows, log2_scores, program_prologue, row_feature, size_arg,
-                     sizes_used)
+                     autotune_call, held_row_itemsize, launcher_head, layout_exact, load_rows, log2_scores,
+                     program_prologue, row_feature, size_arg, sizes_used)
 from .writer import CodeWriter
 
 RECOMPUTE = "recomputation through the torch backend's autograd"
@@ -189,7 +189,7 @@ def emit_tiled_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
     tiles.emit_dkdv_kernel()
     tiles.emit_dq_kernel()
     _tiled_launchers(w, tiles.norm, plan, tiles.kernel, tiles.tables, tiles.diagonals,
-                     attention_node(graph).attr("sink") is not None)
+                     attention_node(graph).attr("sink") is not None, held_row_itemsize(tiles.dots))
 
 
 class TileBackward:
@@ -388,9 +388,10 @@ class TileBackward:
 
 
 def _tiled_launchers(w: CodeWriter, norm: Normalizer, plan: Plan, kernel: Kernel, tables: list,
-                     diagonals: bool, sink: bool) -> None:
+                     diagonals: bool, sink: bool, row_itemsize: int | None) -> None:
     """op_forward (which passes a sink's logits on to the kernel) and op_backward; a sink's own gradient
-    is the custom op's (attncc/runtime/triton_ops.py), from the saved output and logsumexp."""
+    is the custom op's (attncc/runtime/triton_ops.py), from the saved output and logsumexp;
+    row_itemsize: see held_row_itemsize."""
     sparse = plan.entry.block_sparse
     stats = norm.row_statistic
     sink = ", sink" if sink else ""
@@ -419,7 +420,7 @@ def _tiled_launchers(w: CodeWriter, norm: Normalizer, plan: Plan, kernel: Kernel
         w.line()
         tile = ", tile=BLOCK_M" if sparse else ""
         w.line(f"sizes = dict(BH=B * H, Nq=Nq, N=N, D=BLOCK_D, E=BLOCK_E{tile})")
-        w.line(f"launch(**autotune.best(SPEC_HASH, {plan.entry.autotune_kind + ':backward'!r}, q, sizes, launch))")
+        w.line(f"launch(**{autotune_call(plan.entry.autotune_kind + ':backward', row_itemsize)})")
         w.line("return dq, dk, dv, grads")
     w.line()
     w.line(f"GRAD_TABLES = ({''.join(f'{key(n)}, ' for _, n in tables)})  # tables the backward kernels differentiate")
