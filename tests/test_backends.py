@@ -86,6 +86,13 @@ def test_per_head_modulation_and_decay(spec, lowering, backend, dtype):
         _check(cls, shape, backend, dtype)
 
 
+@pytest.mark.parametrize("name", ["linear_elu", "linear_elu_causal", "retention"])
+def test_linear_value_columns_split_across_programs(name):
+    """48 value columns: two programs per (b, h) in the forward, each with a 32-column block of the state
+    (the second one half masked), each recomputing the normalizer row sums z (regression: the compile gate)."""
+    _check(CLASSES[name], (1, 2, 37, 37, 16, 48), "triton", torch.float32)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", sorted(CLASSES))

@@ -17,7 +17,7 @@ import torch
 import attncc
 from attncc.cli import main
 from attncc.plan import registry
-from attncc.runtime import autotune
+from attncc.runtime import autotune, tma
 from attncc.tools import gpu_compile
 from attncc.tools.gpu_compile import TARGETS, Dot, compile_launch, dots_of, kernels_path, record_launches
 
@@ -27,8 +27,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 HEAD_DIMS = (64, 128)
 # the default suite: causal's default configurations here, hypercube's every candidate through
 # `inspect --emit resources` below (about 50 s on a loaded 2-core machine, 10 s of it spawning the
-# compiling process). linear_elu_causal is not here: its default chunk spills at d = 64 (92 B on sm_90,
-# 652 B on sm_80), which the --slow gate reports (docs/compile_gate.md).
+# compiling process); the linear forward's default below.
 FAST = [("causal", "sm_90", "bf16", 128)]
 
 
@@ -63,6 +62,17 @@ def test_default_configurations_pass_the_gate(name, target, dtype, head_dim):
     if dtype in ("bf16", "fp16"):  # every half-precision dot reached the target's tensor cores
         half = [d for c in compiled for d in c.dots if d.operand in ("bf16", "f16")]
         assert half and {d.unit for d in half} <= {TARGETS[target].tensor_core, "mma"}
+
+
+def test_linear_default_forward_does_not_spill():
+    """Regression: the chunked linear forward kept the whole [d, e] fp32 state in one program and spilled
+    in its default configuration (19 KB at d = 128 on sm_80); each program now carries 32 value columns."""
+    cls = attncc.compile(ROOT / "examples" / "linear_elu_causal.attn")
+    launches = [launch for launch in record_launches(cls, torch.bfloat16, 128) if launch.default and not launch.backward]
+    assert [launch.kernel for launch in launches] == ["_linear_causal"]
+    compiled = compile_launch(kernels_path(cls), launches[0], TARGETS["sm_80"])
+    assert dict(compiled.launch.constexprs)["BLOCK_E"] == 32
+    assert compiled.spills == 0 and not compiled.problems(), compiled.summary()
 
 
 def _example_names():
@@ -105,6 +115,57 @@ def test_forced_lowerings_pass_the_gate(name, lowering, kernels, target, dtype, 
     compiled, failures = gate_failures(name, target, dtype, head_dim, defaults_only=False, lowering=lowering)
     assert not failures, "\n".join(failures)
     assert {c.launch.kernel for c in compiled} >= kernels
+
+
+# the tiled kernels' USE_TMA variant (the fixed tile and full tiles' rows through tensor descriptors), which
+# launchers choose on sm_90 only (attncc/runtime/tma.py): recorded with the feature test forced on
+TMA_FAST = [("causal", "bf16", 128)]
+TMA_SLOW = [(name, dtype, d) for name in ("causal", "alibi") for dtype in ("bf16", "fp16") for d in HEAD_DIMS]
+TMA_SLOW += [(name, "bf16", 128) for name in ("hypercube", "document", "sinks", "sliding_window")]  # layouts, sinks, band
+# TMA bulk copies: in the TTGIR (the op's name by Triton version), in the PTX
+TMA_TTGIR = re.compile(r"ttng\.async_tma_copy_global_to_local|tt\.descriptor_load")
+TMA_PTX = "cp.async.bulk.tensor"
+
+
+TMA_KERNELS = {"_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq"}  # the kernels with a USE_TMA variant
+
+
+def tma_gate(name: str, dtype: str, head_dim: int, defaults_only: bool, monkeypatch) -> list:
+    """The tiled forward and backward kernels of one example recorded with tensor descriptors chosen,
+    compiled for sm_90; asserts each passes the gate (no spills in any default configuration, backward
+    included) and loads its tiles by TMA. Returns them."""
+    monkeypatch.setattr(tma, "usable", lambda *tensors: True)
+    cls = attncc.compile(ROOT / "examples" / f"{name}.attn")
+    launches = [launch for launch in record_launches(cls, DTYPES[dtype], head_dim)
+                if launch.kernel in TMA_KERNELS and (launch.default or not defaults_only)]
+    assert {launch.kernel for launch in launches} == TMA_KERNELS
+    assert all(dict(launch.constexprs)["USE_TMA"] is True for launch in launches)
+    compiled = [compile_launch(kernels_path(cls), launch, TARGETS["sm_90"]) for launch in launches]
+    for c in compiled:
+        assert not c.problems() and (c.spills == 0 or not c.launch.default), c.summary()
+        assert TMA_TTGIR.search(c.asm["ttgir"]) and TMA_PTX in c.asm["ptx"], c.summary()
+        half = {d.unit for d in c.dots if d.operand in ("bf16", "f16")}
+        assert half and half <= {"wgmma", "mma"}, c.summary()  # mma where a tile is too small for wgmma
+    return compiled
+
+
+@pytest.mark.parametrize("name, dtype, head_dim", TMA_FAST)
+def test_the_tma_variant_compiles_for_sm_90(name, dtype, head_dim, monkeypatch):
+    """sm_90 with descriptors, forward and backward: bulk tensor copies, tensor-core dots, no spills,
+    shared memory within the limit; the pointer variant (sm_80, the interpreter) has no bulk copy."""
+    tma_gate(name, dtype, head_dim, defaults_only=True, monkeypatch=monkeypatch)
+    monkeypatch.undo()
+    cls = attncc.compile(ROOT / "examples" / f"{name}.attn")
+    plain = [launch for launch in record_launches(cls, DTYPES[dtype], head_dim)
+             if launch.kernel in TMA_KERNELS and launch.default]
+    assert len(plain) == 3 and all(dict(launch.constexprs)["USE_TMA"] is False for launch in plain)
+    assert TMA_PTX not in compile_launch(kernels_path(cls), plain[0], TARGETS["sm_90"]).asm["ptx"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, dtype, head_dim", TMA_SLOW)
+def test_every_tma_candidate_compiles_for_sm_90(name, dtype, head_dim, monkeypatch):
+    tma_gate(name, dtype, head_dim, defaults_only=False, monkeypatch=monkeypatch)
 
 
 # ---------------------------------------------------------------------- the gate's own parts

@@ -33,6 +33,9 @@ CASES = {  # name: (spec, lowering, sizes, (B, H, Nq, N, D, E)); lengths past on
     "linear_causal_nq_ne_n": ("linear_elu_causal", None, {}, (1, 2, 20, 37, 16, 8)),
     "retention": ("retention", None, {}, (1, 2, 37, 37, 16, 8)),
     "linear": ("linear_elu", "linear", {}, (1, 2, 37, 20, 16, 8)),
+    # 48 value columns: two column blocks of the forward's state (E_TILE 32), the backward reads both
+    "linear_value_blocks": ("linear_elu", "linear", {}, (1, 1, 37, 20, 16, 48)),
+    "retention_value_blocks": ("retention", None, {}, (1, 1, 37, 37, 16, 48)),
     "weighted_rows": ("toeplitz_linear", "tiled", {}, (1, 2, 37, 20, 16, 8)),  # feature maps, a table, rows
     "weighted_none": ("retention", "tiled", {}, (1, 2, 37, 37, 16, 8)),
 }

@@ -10,7 +10,7 @@ from .let import let_expr
 from .torch import emit_kernelized
 from .triton import emit_feature_fn, kernel_common_args, launch_common, launcher_head, program_prologue, row_feature, \
     tuned_launch
-from .triton_linear import carry_state, finish_rows, linear_scalars, load_chunk
+from .triton_linear import carry_state, finish_rows, linear_scalars, load_chunk, value_tile
 from .writer import CodeWriter
 
 
@@ -80,16 +80,16 @@ def emit_gated_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
 
 
 def emit_gated_kernel(w: CodeWriter, fq: str, fk: str, finish: str) -> None:
-    """`_linear_gated`: one program per (b, h) walks the chunks with the gates of their tokens."""
+    """`_linear_gated`: one program per (b, h, value block) walks the chunks with the gates of their tokens."""
     w.line("@triton.jit")
     with w.block(f"def _linear_gated({kernel_common_args()}, Mod, Gq, Gk, eps, BLOCK: tl.constexpr, "
                  "BLOCK_D: tl.constexpr,"):
         w.line("BLOCK_E: tl.constexpr, PRECISION: tl.constexpr):")
-        w.line('"""Gated causal linear attention, one program per (b, h): chunks of BLOCK tokens, quadratic with')
-        w.line("exp(G_i - G_j) inside a chunk; the state S = sum_j exp(R - G_j) phi(k_j) v_j^T kept at R, the")
-        w.line("key gate of the last chunk end, moved on by exp(R_new - R) (only differences: the gates reach")
-        w.line('-1e3 and more)."""')
-        program_prologue(w, per_bh_only=True)
+        w.line('"""Gated causal linear attention, one program per (b, h, BLOCK_E value columns): chunks of BLOCK')
+        w.line("tokens, quadratic with exp(G_i - G_j) inside a chunk; the state S = sum_j exp(R - G_j) phi(k_j)")
+        w.line("v_j^T kept at R, the key gate of the last chunk end, moved on by exp(R_new - R) (only differences:")
+        w.line('the gates reach -1e3 and more)."""')
+        program_prologue(w, per_bh_only=True, value_axis=1)
         w.line("mod = tl.load(Mod + pid_bh)")
         w.line("Gq += pid_bh * Nq")
         w.line("Gk += pid_bh * N")
@@ -123,12 +123,13 @@ def emit_gated_launcher(w: CodeWriter, plan: Plan, eps: float) -> None:
     with w.block("def triton_forward(self, q, k, v, ctx, host):"):
         launcher_head(w, fixed_blocks=False)
         linear_scalars(w, plan)
+        value_tile(w)
         for name, n in (("gq", "Nq"), ("gk", "N")):
             w.line(f"{name} = host.gate(ctx, {n}).to(device=q.device, dtype=torch.float32).expand(B, H, {n}, 1)"
                    f".reshape(B * H, {n}).contiguous()")
         w.line()
         with w.block("def launch(BLOCK, num_warps, num_stages):"):
-            w.line(f"_linear_gated[(B * H,)]({launch_common()}, mod, gq, gk, {eps!r}, BLOCK=BLOCK,")
-            w.line("    BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision, num_warps=num_warps, num_stages=num_stages)")
+            w.line(f"_linear_gated[(B * H, value_blocks)]({launch_common()}, mod, gq, gk, {eps!r}, BLOCK=BLOCK,")
+            w.line("    BLOCK_D=BLOCK_D, BLOCK_E=E_TILE, PRECISION=precision, num_warps=num_warps, num_stages=num_stages)")
         w.line()
         tuned_launch(w, plan.entry.autotune_kind)

@@ -20,7 +20,7 @@ from ..plan.select import Plan
 from ..lang.derivative import NotDifferentiable
 from .gated import gate_lookups
 from .triton import launch_common, load_rows, row_feature
-from .triton_linear import carry_state, decay_factors, linear_scalars, load_chunk
+from .triton_linear import carry_state, decay_factors, linear_scalars, load_chunk, value_tile
 from .triton_backward import TritonBackward, backward_head, bwd_args, bwd_launch, bwd_prologue, store_tile
 from .writer import CodeWriter
 
@@ -183,7 +183,9 @@ def emit_linear_op(w: CodeWriter, plan: Plan, eps: float) -> None:
         w.line("return triton_forward(self, q, k, v, ctx, host), q.new_zeros(*q.shape[:3], dtype=torch.float32)")
     w.line()
     with w.block("def op_backward(self, q, k, v, out, stat, dout, ctx, host):"):
-        backward_head(w, "(dq, dk, dv, no table gradients) by the reverse recurrence.")
+        backward_head(w, "(dq, dk, dv, no table gradients) by the reverse recurrence.", fixed_blocks=False)
+        # chunks that fit: the whole-width [BLOCK_D, BLOCK_E] states and four fp32 chunks of rows
+        w.line("BLOCK_M = BLOCK_N = (32 if max(BLOCK_D, BLOCK_E) <= 64 else 16) if autotune.on_gpu(q) else 16")
         linear_scalars(w, plan)
         blocks = "BLOCK=BLOCK_M, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision"
         if plan.entry.causal_chunks:
@@ -196,8 +198,9 @@ def emit_linear_op(w: CodeWriter, plan: Plan, eps: float) -> None:
         else:
             w.line("state = torch.empty(B * H, BLOCK_D, BLOCK_E, device=q.device, dtype=torch.float32)")
             w.line("z = torch.empty(B * H, BLOCK_D, device=q.device, dtype=torch.float32)")
-            w.line(f"_linear_state[(B * H,)]({launch_common()}, state, z, BLOCK=BLOCK_N, BLOCK_D=BLOCK_D,")
-            w.line("    BLOCK_E=BLOCK_E, PRECISION=precision)")
+            value_tile(w)  # the forward's state kernel, column blocks and all; `_linear_bwd` reads every column
+            w.line(f"_linear_state[(B * H, value_blocks)]({launch_common()}, state, z, BLOCK=BLOCK_N, BLOCK_D=BLOCK_D,")
+            w.line("    BLOCK_E=E_TILE, STATE_E=BLOCK_E, PRECISION=precision)")
             w.line(f"_linear_bwd[(B * H,)]({bwd_launch()}, state, z, mod, {eps!r},")
             w.line(f"    {blocks})")
         w.line("return dq, dk, dv, {}")

@@ -2,6 +2,9 @@
 
   linear          state pass S = phi(K)^T V, z = phi(K)^T 1 per (b, h); output pass phi(Q) S / (phi(Q) z + eps).
   linear_chunked  one program per (b, h) walks chunks: masked quadratic inside, carried (decayed) state across.
+Both split the value columns across programs (VALUE_TILE at most): the fp32 state S [BLOCK_D, BLOCK_E] a
+program keeps in registers is one column block of it, and each program recomputes the normalizer row
+sums z (a BLOCK_D vector: cheaper than sharing it). Whole-width S spilled at d = 64 (docs/compile_gate.md).
 The chunk loaders and state updates here are shared with their backward (triton_backward_linear.py).
 """
 from __future__ import annotations
@@ -13,6 +16,7 @@ from .triton import (HELPERS, emit_feature_fn, kernel_common_args, launch_common
                      program_prologue, row_feature, tuned_launch)
 from .writer import CodeWriter
 
+VALUE_TILE = 32  # the most value columns (BLOCK_E) one program of the forward kernels carries
 _CHUNK_ROWS = {"pq": ("Q", "Nq", "offs_d", "D", False), "pk": ("K", "N", "offs_d", "D", False),
                "v": ("V", "N", "offs_e", "E", True), "do": ("DO", "Nq", "offs_e", "E", True)}
 
@@ -51,15 +55,16 @@ def finish_rows(normalize: str) -> str:
 
 
 def emit_linear_causal_kernel(w: CodeWriter, fq: str, fk: str, finish: str, decayed: bool) -> None:
-    """`_linear_causal`: one program per (b, h) walks the chunks, quadratic inside, the state carried across."""
+    """`_linear_causal`: one program per (b, h, value block) walks the chunks, quadratic inside, the state
+    carried across."""
     w.line("@triton.jit")
     with w.block(f"def _linear_causal({kernel_common_args()}, Mod, Decay, eps, BLOCK: tl.constexpr, "
                  "BLOCK_D: tl.constexpr,"):
         w.line("BLOCK_E: tl.constexpr, PRECISION: tl.constexpr):")
-        w.line('"""Causal linear attention, one program per (b, h): chunks of BLOCK tokens, quadratic (masked)')
-        w.line('inside a chunk, the running state S = sum phi(k_j) v_j^T, z = sum phi(k_j) across chunks'
+        w.line('"""Causal linear attention, one program per (b, h, BLOCK_E value columns): chunks of BLOCK')
+        w.line('tokens, quadratic (masked) inside a chunk, the running state S = sum phi(k_j) v_j^T, z = sum phi(k_j) across chunks'
                + (' (decayed: S <- gamma^BLOCK S + sum_b gamma^(BLOCK-1-b) phi(k_b) v_b^T)."""' if decayed else '."""'))
-        program_prologue(w, per_bh_only=True)
+        program_prologue(w, per_bh_only=True, value_axis=1)
         w.line("mod = tl.load(Mod + pid_bh)")
         w.line("S = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
         w.line("z = tl.zeros([BLOCK_D], dtype=tl.float32)")
@@ -85,35 +90,37 @@ def emit_linear_causal_kernel(w: CodeWriter, fq: str, fk: str, finish: str, deca
 
 
 def emit_linear_state_kernel(w: CodeWriter, fk: str) -> None:
-    """`_linear_state`: S = phi(K)^T V and z = phi(K)^T 1 of one (b, h), saved for `_linear_out`."""
+    """`_linear_state`: S = phi(K)^T V (one block of value columns) and z = phi(K)^T 1 of one (b, h), saved
+    for `_linear_out` in a [B H, BLOCK_D, STATE_E] buffer (STATE_E: the padded value dim)."""
     w.line("@triton.jit")
     with w.block(f"def _linear_state({kernel_common_args()}, State, Z, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,"):
-        w.line("BLOCK_E: tl.constexpr, PRECISION: tl.constexpr):")
-        w.line('"""S = phi(K)^T V and z = phi(K)^T 1 for one (b, h)."""')
-        program_prologue(w, per_bh_only=True)
+        w.line("BLOCK_E: tl.constexpr, STATE_E: tl.constexpr, PRECISION: tl.constexpr):")
+        w.line('"""S[:, value block] = phi(K)^T V[:, value block] and z = phi(K)^T 1 for one (b, h)."""')
+        program_prologue(w, per_bh_only=True, value_axis=1)
         w.line("S = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
         w.line("z = tl.zeros([BLOCK_D], dtype=tl.float32)")
         with w.block("for start in range(0, N, BLOCK):"):
             load_chunk(w, ("pk", "v"), fk=fk)
             w.line("S += tl.dot(tl.trans(pk), v, input_precision=PRECISION)")
             w.line("z += tl.sum(pk, 0)")
-        w.line("State += pid_bh * BLOCK_D * BLOCK_E")
-        w.line("tl.store(State + offs_d[:, None] * BLOCK_E + offs_e[None, :], S)")
-        w.line("tl.store(Z + pid_bh * BLOCK_D + offs_d, z)")
+        w.line("State += pid_bh * BLOCK_D * STATE_E")
+        w.line("tl.store(State + offs_d[:, None] * STATE_E + offs_e[None, :], S)")
+        with w.block("if pid_e == 0:  # every value block computed the same z"):
+            w.line("tl.store(Z + pid_bh * BLOCK_D + offs_d, z)")
     w.line()
 
 
 def emit_linear_out_kernel(w: CodeWriter, fq: str, finish: str) -> None:
-    """`_linear_out`: one tile of queries read against the saved state."""
+    """`_linear_out`: one tile of queries and one block of value columns read against the saved state."""
     w.line("@triton.jit")
     with w.block(f"def _linear_out({kernel_common_args()}, State, Z, Mod, eps, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,"):
-        w.line("BLOCK_E: tl.constexpr, PRECISION: tl.constexpr):")
-        w.line('"""out = phi(Q) S / (phi(Q) z + eps) for one tile of queries."""')
-        program_prologue(w)
+        w.line("BLOCK_E: tl.constexpr, STATE_E: tl.constexpr, PRECISION: tl.constexpr):")
+        w.line('"""out = phi(Q) S / (phi(Q) z + eps) for one tile of queries and BLOCK_E value columns."""')
+        program_prologue(w, value_axis=2)
         w.line("offs = pid_m * BLOCK + tl.arange(0, BLOCK)")
         w.line("mod = tl.load(Mod + pid_bh)")
         load_rows(w, "pq", "Q", "offs", "Nq", "offs_d", "D", feature=fq)
-        w.line("S = tl.load(State + pid_bh * BLOCK_D * BLOCK_E + offs_d[:, None] * BLOCK_E + offs_e[None, :])")
+        w.line("S = tl.load(State + pid_bh * BLOCK_D * STATE_E + offs_d[:, None] * STATE_E + offs_e[None, :])")
         w.line("z = tl.load(Z + pid_bh * BLOCK_D + offs_d)")
         w.line("num = tl.dot(pq, S, input_precision=PRECISION)")
         w.line("den = tl.sum(pq * z[None, :], 1)")
@@ -129,22 +136,29 @@ def emit_linear_launcher(w: CodeWriter, plan: Plan, eps: float) -> None:
     with w.block("def triton_forward(self, q, k, v, ctx, host):"):
         launcher_head(w, fixed_blocks=False)
         linear_scalars(w, plan)
+        value_tile(w)
         if not causal:
             w.line("state = torch.empty(B * H, BLOCK_D, BLOCK_E, device=q.device, dtype=torch.float32)")
             w.line("z = torch.empty(B * H, BLOCK_D, device=q.device, dtype=torch.float32)")
         w.line()
         with w.block("def launch(BLOCK, num_warps, num_stages):"):
-            tail = "BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision, num_warps=num_warps, num_stages=num_stages)"
+            tail = "PRECISION=precision, num_warps=num_warps, num_stages=num_stages)"
             if causal:
-                w.line(f"_linear_causal[(B * H,)]({launch_common()}, mod, gamma, {eps!r}, BLOCK=BLOCK,")
-                w.line(f"    {tail}")
+                w.line(f"_linear_causal[(B * H, value_blocks)]({launch_common()}, mod, gamma, {eps!r}, BLOCK=BLOCK,")
+                w.line(f"    BLOCK_D=BLOCK_D, BLOCK_E=E_TILE, {tail}")
             else:
-                w.line(f"_linear_state[(B * H,)]({launch_common()}, state, z, BLOCK=BLOCK,")
-                w.line(f"    {tail}")
-                w.line(f"_linear_out[(triton.cdiv(Nq, BLOCK), B * H)]({launch_common()}, state, z, mod, {eps!r},")
-                w.line(f"    BLOCK=BLOCK, {tail}")
+                w.line(f"_linear_state[(B * H, value_blocks)]({launch_common()}, state, z, BLOCK=BLOCK,")
+                w.line(f"    BLOCK_D=BLOCK_D, BLOCK_E=E_TILE, STATE_E=BLOCK_E, {tail}")
+                w.line(f"_linear_out[(triton.cdiv(Nq, BLOCK), B * H, value_blocks)]({launch_common()}, state, z, mod,")
+                w.line(f"    {eps!r}, BLOCK=BLOCK, BLOCK_D=BLOCK_D, BLOCK_E=E_TILE, STATE_E=BLOCK_E, {tail}")
         w.line()
         tuned_launch(w, plan.entry.autotune_kind)
+
+
+def value_tile(w: CodeWriter) -> None:
+    """Launcher lines: the value columns of one program (`E_TILE`, at most VALUE_TILE) and their blocks."""
+    w.line(f"E_TILE = min(BLOCK_E, {VALUE_TILE})  # the fp32 state block [BLOCK_D, E_TILE] stays in registers")
+    w.line("value_blocks = triton.cdiv(E, E_TILE)")
 
 
 def linear_scalars(w: CodeWriter, plan: Plan) -> None:

@@ -10,9 +10,12 @@ from ..plan.cost import BYTES_IO, BYTES_OUT, FEATURE_ROWS, Candidate, CostQuery
 from ..plan.registry import Lowering, register
 
 NAME = "linear"
-AUTOTUNE = (dict(BLOCK=64, num_warps=4, num_stages=3), dict(BLOCK=32, num_warps=4, num_stages=2),
-            dict(BLOCK=64, num_warps=8, num_stages=2), dict(BLOCK=128, num_warps=4, num_stages=2),
-            dict(BLOCK=128, num_warps=8, num_stages=2))
+# chunk candidates from the compile gate (docs/compile_gate.md): each program carries a [BLOCK_D, 32] fp32
+# state block and fp32 feature rows; 64-token chunks spilled at d = 64 whatever the warps, 32-token ones
+# with 4 warps spill at d = 128 (rows over 128 bytes)
+AUTOTUNE = (dict(BLOCK=32, num_warps=8, num_stages=2), dict(BLOCK=16, num_warps=4, num_stages=2),
+            dict(BLOCK=32, num_warps=4, num_stages=2, max_row_bytes=128),
+            dict(BLOCK=32, num_warps=4, num_stages=3, max_row_bytes=128))
 INTERPRETER = dict(BLOCK=16, num_warps=4, num_stages=3)
 
 
