@@ -66,6 +66,10 @@ if [ "$dry" = 1 ]; then
     exit $?
 fi
 
+echo "== tensor descriptors: the sm_90 TMA path against the reference (skipped off sm_90)"
+TRITON_INTERPRET=0 timeout 300 "$py" -m pytest -q -p no:cacheprovider tests/test_tma.py -k sm_90 2>&1 | tail -n 5 \
+    | tee "$out/tma.txt"
+
 echo "== suite (budget ${budget}s)"
 timeout --signal=TERM 510 "$py" benchmarks/suite.py --out "$out/suite.json" --budget "$budget" "$@" 2>&1 | tee "$out/suite.log"
 status=${PIPESTATUS[0]}

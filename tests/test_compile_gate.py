@@ -17,7 +17,7 @@ import torch
 import attncc
 from attncc.cli import main
 from attncc.plan import registry
-from attncc.runtime import autotune
+from attncc.runtime import autotune, tma
 from attncc.tools import gpu_compile
 from attncc.tools.gpu_compile import TARGETS, Dot, compile_launch, dots_of, kernels_path, record_launches
 
@@ -95,19 +95,72 @@ def test_every_kernel_and_candidate_passes_the_gate(name, target, dtype, head_di
     assert launched == grid_kernels, (launched, grid_kernels)
 
 
-# lowerings that no example's plan chooses at the design sizes, gated through an example forced to them
-FORCED = [("alibi", "decode")]
+# lowerings that no example's plan chooses at the gate's 256 tokens, gated through an example forced to
+# them, with the kernels they must launch: alibi under decode; gkat's graph lowering (its plan dispatches
+# to tiled up to N = 2048), whose _contract spilled 168 B (sm_90) / 240 B (sm_80) at d = 128 with 4 warps
+FORCED = [("alibi", "decode", {"_attn_fwd_split", "_attn_merge"}), ("gkat", "graph", {"_contract"})]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("head_dim", HEAD_DIMS)
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("target", list(TARGETS))
-@pytest.mark.parametrize("name, lowering", FORCED)
-def test_forced_lowerings_pass_the_gate(name, lowering, target, dtype, head_dim):
+@pytest.mark.parametrize("name, lowering, kernels", FORCED)
+def test_forced_lowerings_pass_the_gate(name, lowering, kernels, target, dtype, head_dim):
     compiled, failures = gate_failures(name, target, dtype, head_dim, defaults_only=False, lowering=lowering)
     assert not failures, "\n".join(failures)
-    assert {c.launch.kernel for c in compiled} >= {"_attn_fwd_split", "_attn_merge"}
+    assert {c.launch.kernel for c in compiled} >= kernels
+
+
+# the tiled kernels' USE_TMA variant (the fixed tile and full tiles' rows through tensor descriptors), which
+# launchers choose on sm_90 only (attncc/runtime/tma.py): recorded with the feature test forced on
+TMA_FAST = [("causal", "bf16", 128)]
+TMA_SLOW = [(name, dtype, d) for name in ("causal", "alibi") for dtype in ("bf16", "fp16") for d in HEAD_DIMS]
+TMA_SLOW += [(name, "bf16", 128) for name in ("hypercube", "document", "sinks", "sliding_window")]  # layouts, sinks, band
+# TMA bulk copies: in the TTGIR (the op's name by Triton version), in the PTX
+TMA_TTGIR = re.compile(r"ttng\.async_tma_copy_global_to_local|tt\.descriptor_load")
+TMA_PTX = "cp.async.bulk.tensor"
+
+
+TMA_KERNELS = {"_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq"}  # the kernels with a USE_TMA variant
+
+
+def tma_gate(name: str, dtype: str, head_dim: int, defaults_only: bool, monkeypatch) -> list:
+    """The tiled forward and backward kernels of one example recorded with tensor descriptors chosen,
+    compiled for sm_90; asserts each passes the gate (no spills in any default configuration, backward
+    included) and loads its tiles by TMA. Returns them."""
+    monkeypatch.setattr(tma, "usable", lambda *tensors: True)
+    cls = attncc.compile(ROOT / "examples" / f"{name}.attn")
+    launches = [launch for launch in record_launches(cls, DTYPES[dtype], head_dim)
+                if launch.kernel in TMA_KERNELS and (launch.default or not defaults_only)]
+    assert {launch.kernel for launch in launches} == TMA_KERNELS
+    assert all(dict(launch.constexprs)["USE_TMA"] is True for launch in launches)
+    compiled = [compile_launch(kernels_path(cls), launch, TARGETS["sm_90"]) for launch in launches]
+    for c in compiled:
+        assert not c.problems() and (c.spills == 0 or not c.launch.default), c.summary()
+        assert TMA_TTGIR.search(c.asm["ttgir"]) and TMA_PTX in c.asm["ptx"], c.summary()
+        half = {d.unit for d in c.dots if d.operand in ("bf16", "f16")}
+        assert half and half <= {"wgmma", "mma"}, c.summary()  # mma where a tile is too small for wgmma
+    return compiled
+
+
+@pytest.mark.parametrize("name, dtype, head_dim", TMA_FAST)
+def test_the_tma_variant_compiles_for_sm_90(name, dtype, head_dim, monkeypatch):
+    """sm_90 with descriptors, forward and backward: bulk tensor copies, tensor-core dots, no spills,
+    shared memory within the limit; the pointer variant (sm_80, the interpreter) has no bulk copy."""
+    tma_gate(name, dtype, head_dim, defaults_only=True, monkeypatch=monkeypatch)
+    monkeypatch.undo()
+    cls = attncc.compile(ROOT / "examples" / f"{name}.attn")
+    plain = [launch for launch in record_launches(cls, DTYPES[dtype], head_dim)
+             if launch.kernel in TMA_KERNELS and launch.default]
+    assert len(plain) == 3 and all(dict(launch.constexprs)["USE_TMA"] is False for launch in plain)
+    assert TMA_PTX not in compile_launch(kernels_path(cls), plain[0], TARGETS["sm_90"]).asm["ptx"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, dtype, head_dim", TMA_SLOW)
+def test_every_tma_candidate_compiles_for_sm_90(name, dtype, head_dim, monkeypatch):
+    tma_gate(name, dtype, head_dim, defaults_only=False, monkeypatch=monkeypatch)
 
 
 # ---------------------------------------------------------------------- the gate's own parts
@@ -157,8 +210,21 @@ def test_candidates_are_filtered_by_head_row_bytes():
                 assert all("max_row_bytes" not in c for c in declared)
     assert len(autotune.configs("tiled", 512)) < len(autotune.configs("tiled", 256)) < len(autotune.configs("tiled", 128))
     assert autotune.row_bytes(dict(D=128, E=64), torch.zeros(1, dtype=torch.bfloat16)) == 256
+    # a kernel whose feature maps keep rows in fp32 holds 4 bytes an element whatever q's dtype
+    assert autotune.row_bytes(dict(D=128, E=128), torch.zeros(1, dtype=torch.bfloat16), 4) == 512
     # fp32 dots run on FMA units: only the small tiles (64 x 64 spilled kilobytes at d = 64)
     assert autotune.configs("tiled", 256, half=False) == [dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=2)]
+
+
+def test_fp32_feature_rows_are_counted_in_the_candidates_row_bytes():
+    """grid_rpe's relu feature rows are fp32 in its kernels: at d = 128 in bf16 (rows of 512 bytes, not
+    256) its launches are offered only the candidates that fit them (the 64 x 64, 8-warp default spilled
+    576 B on sm_80); softmax's raw rows keep q's element size."""
+    launches = record_launches(attncc.compile(ROOT / "examples" / "grid_rpe.attn"), torch.bfloat16, 128)
+    forward = [launch.config for launch in launches if launch.kernel == "_attn_fwd"]
+    assert forward == [{**c, "BLOCK_D": 128, "BLOCK_E": 128} for c in autotune.configs("tiled", 512)]
+    assert len(autotune.configs("tiled", 512)) < len(autotune.configs("tiled", 256))
+    assert "row_itemsize" not in attncc.compile(ROOT / "examples" / "softmax.attn").compilation.triton_source
 
 
 def test_inspect_prints_resources_and_ptx(capsys):

@@ -126,9 +126,12 @@ def emit_mixed_launcher(w: CodeWriter, kernel: Kernel, eps: float) -> None:
                "dtype=torch.float32)")
         w.line("num0, den0 = num0.float().contiguous(), den0.float().contiguous()")
         w.line("grid = (triton.cdiv(Nq, BLOCK_M), B * H)")
+        w.line("# 64 x 64 tiles with fp32 feature rows: 4 warps spilled at d = 128 on sm_80 (docs/compile_gate.md)")
+        w.line("num_warps = 8 if max(BLOCK_D, BLOCK_E) > 64 else 4")
         vals = "".join(f"{v}, " for v in kernel.arg_values())
         w.line(f"_mixed_local[grid]({launch_common()}, {vals}num0, den0, chunk, ctx.scale, {eps!r},")
-        w.line("    BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision)")
+        w.line("    BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision, "
+               "num_warps=num_warps)")
         w.line("return out")
 
 

@@ -26,6 +26,7 @@ from ..passes.quadratic import quadratic_form
 from ..plan.select import Plan
 from .exprs import TritonExpr, brief, division_helper, key, name_dots, shift_arg
 from .let import LetScope
+from .rows import TMA_NOTE, descriptor_rows, load_rows, row_feature, tensor_descriptors
 from .tiles import LAYOUT_ARGS, Stage, band_constexprs, band_launch, band_line, key_stages
 from .writer import CodeWriter
 
@@ -234,18 +235,6 @@ def emit_feature_fn(w: CodeWriter, name: str) -> None:
     w.line()
 
 
-def load_rows(w: CodeWriter, var: str, ptr: str, offs: str, limit: str | None, cols: str, width: str, feature=None):
-    """Load a [rows, cols] tile of a [B, H, tokens, dim] tensor, zero outside; optionally apply phi in fp32.
-    limit None: the rows are known to lie inside (a full tile), only the columns are masked."""
-    inside = (f"({offs}[:, None] < {limit}) & " if limit is not None else "") + f"({cols}[None, :] < {width})"
-    w.line(f"{var} = tl.load({ptr} + {offs}[:, None] * stride_{ptr.lower()}m + {cols}[None, :] * stride_{ptr.lower()}d, "
-           f"mask={inside}, other=0.0)")
-    if feature is not None:
-        x = f"{var}.to(tl.float32)"
-        body = f"_feature_{feature}({x})" if feature != "identity" else x
-        w.line(f"{var} = tl.where({inside}, {body}, 0.0)")
-
-
 def kernel_common_args(out: bool = True) -> str:
     """Q, K, V (and Out, unless the kernel writes no output), the lengths and dims, their strides."""
     return (f"Q, K, V, {'Out, ' if out else ''}Nq, N, H, D, E, "
@@ -282,24 +271,41 @@ def program_prologue(w: CodeWriter, per_bh_only: bool = False, out: bool = True,
         w.line("offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)")
 
 
-def query_tile(w: CodeWriter, dots: dict) -> None:
-    """Kernel prologue, then the query tile's rows, once per feature map the dots apply to them."""
+def query_tile(w: CodeWriter, dots: dict, tma: bool = False) -> None:
+    """Kernel prologue, then the query tile's rows, once per feature map the dots apply to them.
+    tma: the kernel has a USE_TMA constexpr, under which it makes its tensor descriptors and the raw
+    query rows come through one."""
     program_prologue(w)
     w.line("offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)")
-    for fm in dict.fromkeys(row_feature(d.args[0]) for d in dots):
-        load_rows(w, f"q_{fm or 'raw'}", "Q", "offs_m", "Nq", "offs_d", "D", feature=fm)
+    maps = dict.fromkeys(row_feature(d.args[0]) for d in dots)
+    if tma:
+        with w.block(f"if USE_TMA:  {TMA_NOTE}"):
+            tensor_descriptors(w, dots)
+            if None in maps:
+                w.line("q_raw = q_desc.load([pid_m * BLOCK_M, 0])")
+        if None in maps:
+            with w.block("else:"):
+                load_rows(w, "q_raw", "Q", "offs_m", "Nq", "offs_d", "D")
+    for fm in maps:
+        if not (tma and fm is None):
+            load_rows(w, f"q_{fm or 'raw'}", "Q", "offs_m", "Nq", "offs_d", "D", feature=fm)
 
 
-def row_feature(t: TExpr):
-    """The elementwise map of a dot side; random-feature rows arrive already mapped (attncc/lang/features.py)."""
-    return t.value if t.op == "feature" and t.value in FEATURE_MAPS else None
+def held_row_itemsize(dots) -> int | None:
+    """Bytes an element of the q / k rows a kernel holds when not its inputs': 4 where a feature map
+    keeps them in fp32 (load_rows), which the autotune candidates' row bytes must count; else None."""
+    return 4 if any(row_feature(side) is not None for d in dots for side in d.args) else None
 
 
-def tile_dots(w: CodeWriter, dots: dict, limit: str | None = "N") -> None:
+def tile_dots(w: CodeWriter, dots: dict, limit: str | None = "N", tma: bool = False) -> None:
     """Inside a key-tile loop: load the tile's key rows (through each map used) and form every dot
-    (limit None: the tile's keys all lie below N)."""
+    (limit None: the tile's keys all lie below N; tma: a full tile's raw rows come through the
+    descriptor under USE_TMA)."""
     for fm in dict.fromkeys(row_feature(d.args[1]) for d in dots):
-        load_rows(w, f"k_{fm or 'raw'}", "K", "offs_n", limit, "offs_d", "D", feature=fm)
+        if tma and fm is None:
+            descriptor_rows(w, "k_raw", "K", "offs_d", "D")
+        else:
+            load_rows(w, f"k_{fm or 'raw'}", "K", "offs_n", limit, "offs_d", "D", feature=fm)
     for d, name in dots.items():
         qvar, kvar = (f"{x}_{row_feature(side) or 'raw'}" for x, side in zip("qk", d.args))
         w.line(f"{name} = tl.dot({qvar}, tl.trans({kvar}), input_precision=PRECISION)")
@@ -322,10 +328,10 @@ def emit_tiled_kernel(w: CodeWriter, graph: Graph, plan: Plan, kernel: Kernel) -
     with w.block(f"def _attn_fwd({kernel_common_args()}, {extra}sm_scale,"):
         w.line(f"{band_constexprs(plan)}BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, "
                "BLOCK_E: tl.constexpr,")
-        w.line(f"PRECISION: tl.constexpr{', LAYOUT_EXACT: tl.constexpr' if sparse else ''}):")
+        w.line(f"PRECISION: tl.constexpr, USE_TMA: tl.constexpr{', LAYOUT_EXACT: tl.constexpr' if sparse else ''}):")
         w.line(f'"""{att.attr("normalize")} attention over tiles; '
                f'{norm.score_name} = {brief(scores)}; mask = {brief(mask) if mask else "none"}."""')
-        query_tile(w, dots)
+        query_tile(w, dots, tma=True)
         w.lines_of(RUNNING_STATE)
         base2 = log2_scores(scores) if norm.online_softmax else None
         if base2 is not None:
@@ -333,11 +339,11 @@ def emit_tiled_kernel(w: CodeWriter, graph: Graph, plan: Plan, kernel: Kernel) -
         for stage in key_stages(w, plan):
             w.line(f"# {stage.note}")
             with w.block(stage.loop):
-                key_tile_weights(w, stage, dots, ex, scores, mask, base2)
+                key_tile_weights(w, stage, dots, ex, scores, mask, base2, tma=True)
                 w.lines_of(ONLINE_SOFTMAX_UPDATE if norm.online_softmax else WEIGHTED_SUM_UPDATE)
         store_tiled_rows(w, norm, att.attr("eps"), base2 is not None, sink)
     w.line()
-    emit_tiled_launcher(w, plan, kernel, att.attr("eps"), norm, sink)
+    emit_tiled_launcher(w, plan, kernel, att.attr("eps"), norm, sink, held_row_itemsize(dots))
 
 
 LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e))
@@ -382,14 +388,16 @@ acc += tl.dot(p, v.to(tl.float32), input_precision=PRECISION)
 
 
 def key_tile_weights(w: CodeWriter, stage: Stage, dots: dict, ex: KernelExpr, scores: TExpr,
-                     mask: TExpr | None, base2: TExpr | None) -> None:
+                     mask: TExpr | None, base2: TExpr | None, tma: bool = False) -> None:
     """Inside a key-tile loop: the tile's keys, its logits `s` (base 2 for softmax, -inf where masked)
-    or weights `p` (0 where masked), and its value rows. Full tiles (stage.masked false) skip the mask."""
+    or weights `p` (0 where masked), and its value rows. Full tiles (stage.masked false) skip the mask
+    and, under USE_TMA (tma: the kernel has it), load their raw rows through the descriptors."""
     if stage.start is not None:
         w.line(stage.start)
     w.line("offs_n = start_n + tl.arange(0, BLOCK_N)")
     limit = "N" if stage.masked else None  # full tiles lie inside N: unmasked row loads
-    tile_dots(w, dots, limit)
+    full_by_tma = tma and not stage.masked
+    tile_dots(w, dots, limit, tma=full_by_tma)
     value = base2 if base2 is not None else scores
     element_mask = mask if stage.masked else None
     scope = LetScope(ex)
@@ -410,7 +418,10 @@ def key_tile_weights(w: CodeWriter, stage: Stage, dots: dict, ex: KernelExpr, sc
         w.line("s = tl.where(valid, s, float('-inf'))" if base2 is not None else "p = tl.where(valid, s, 0.0)")
     elif base2 is None:
         w.line("p = s")
-    load_rows(w, "v", "V", "offs_n", limit, "offs_e", "E")
+    if full_by_tma:
+        descriptor_rows(w, "v", "V", "offs_e", "E")
+    else:
+        load_rows(w, "v", "V", "offs_n", limit, "offs_e", "E")
 
 
 def store_tiled_rows(w: CodeWriter, norm: Normalizer, eps: float, base2: bool, sink: bool = False) -> None:
@@ -450,9 +461,10 @@ def store_tiled_rows(w: CodeWriter, norm: Normalizer, eps: float, base2: bool, s
 
 
 def emit_tiled_launcher(w: CodeWriter, plan: Plan, kernel: Kernel, eps: float, norm: Normalizer,
-                        sink: bool = False) -> None:
+                        sink: bool = False, row_itemsize: int | None = None) -> None:
     """`triton_forward`: `_attn_fwd` launched with the tiles autotune chose (block-sparse: the layout's tile).
-    With a sink, its logits (sink_rows: given by the custom op, else evaluated here) travel as [B, H, Nq]."""
+    With a sink, its logits (sink_rows: given by the custom op, else evaluated here) travel as [B, H, Nq];
+    row_itemsize: see held_row_itemsize."""
     sparse, stats, token = plan.entry.block_sparse, norm.row_statistic, plan.entry.token_tiles
     if sink:
         w.lines_of(SINK_ROWS)
@@ -468,6 +480,7 @@ def emit_tiled_launcher(w: CodeWriter, plan: Plan, kernel: Kernel, eps: float, n
             w.line(f"tiles = self.cached_tiles(ctx, host.block_layout, q.device, exact={layout_exact(plan)})  "
                    "# once per length")
         band_line(w, plan)
+        w.line("use_tma = tma.usable(q, k, v)  # sm_90, a Triton with descriptors, 16-byte aligned strides")
         vals = "".join(f"{v}, " for v in kernel.arg_values()) + ("*tiles.tensors(), " if sparse or token else "") + \
             ("stat, " if stats else "") + ("sink, " if sink else "") + (f"{eps!r}, " if norm.divides_by_row_sum else "")
         w.line()
@@ -480,10 +493,10 @@ def emit_tiled_launcher(w: CodeWriter, plan: Plan, kernel: Kernel, eps: float, n
             w.line("grid = (triton.cdiv(Nq, BLOCK_M), B * H)")
             w.line(f"_attn_fwd[grid]({launch_common()}, {vals}ctx.scale,")
             w.line(f"    {band_launch(plan)}BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E,"
-                   f" PRECISION=precision,{' LAYOUT_EXACT=tiles.exact,' if sparse or token else ''}")
+                   f" PRECISION=precision, USE_TMA=use_tma,{' LAYOUT_EXACT=tiles.exact,' if sparse or token else ''}")
             w.line("    num_warps=num_warps, num_stages=num_stages)")
         w.line()
-        tuned_launch(w, plan.entry.autotune_kind, ", tile=tiles.tile" if sparse else "")
+        tuned_launch(w, plan.entry.autotune_kind, ", tile=tiles.tile" if sparse else "", row_itemsize)
 
 
 SINK_ROWS = """\
@@ -511,11 +524,17 @@ def launcher_head(w: CodeWriter, allocate_out: bool = True, fixed_blocks: bool =
     w.line("precision = 'ieee' if q.dtype == torch.float32 else 'tf32'")
 
 
-def tuned_launch(w: CodeWriter, kind: str, extra_sizes: str = "") -> None:
+def tuned_launch(w: CodeWriter, kind: str, extra_sizes: str = "", row_itemsize: int | None = None) -> None:
     """Launch with the configuration autotune chose for these sizes (tuned once per key on CUDA)."""
     w.line(f"sizes = dict(BH=B * H, Nq=Nq, N=N, D=BLOCK_D, E=BLOCK_E{extra_sizes})")
-    w.line(f"launch(**autotune.best(SPEC_HASH, {kind!r}, q, sizes, launch))")
+    w.line(f"launch(**{autotune_call(kind, row_itemsize)})")
     w.line("return out")
+
+
+def autotune_call(kind: str, row_itemsize: int | None) -> str:
+    """The launcher's call for its configuration; rows the kernel keeps in fp32 are counted as such."""
+    held = f", row_itemsize={row_itemsize}" if row_itemsize else ""
+    return f"autotune.best(SPEC_HASH, {kind!r}, q, sizes, launch{held})"
 
 
 def triton_header(graph: Graph, spec_hash: str, version: str) -> str:
@@ -531,7 +550,7 @@ import triton.language as tl
 
 from attncc import rt
 from attncc.rt import approx as ax
-from attncc.runtime import autotune, triton_ops
+from attncc.runtime import autotune, tma, triton_ops
 
 SPEC_HASH = {spec_hash!r}  # part of every autotune key
 

@@ -32,9 +32,10 @@ from ..plan.select import Plan
 from .exprs import key, name_dots
 from .let import LetScope
 from .tiles import LAYOUT_ARGS, Stage, band_constexprs, band_launch, band_line, key_stages, query_stages
+from .rows import TMA_NOTE, descriptor_rows, tensor_descriptors
 from .triton import (HELPERS, LOG2E, kernel_common_args, helpers_of, Kernel, KernelExpr, launch_common,
-                     launcher_head, layout_exact, load_rows, log2_scores, program_prologue, row_feature, size_arg,
-                     sizes_used)
+                     autotune_call, held_row_itemsize, launcher_head, layout_exact, load_rows, log2_scores,
+                     program_prologue, row_feature, size_arg, sizes_used)
 from .writer import CodeWriter
 
 RECOMPUTE = "recomputation through the torch backend's autograd"
@@ -188,7 +189,7 @@ def emit_tiled_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
     tiles.emit_dkdv_kernel()
     tiles.emit_dq_kernel()
     _tiled_launchers(w, tiles.norm, plan, tiles.kernel, tiles.tables, tiles.diagonals,
-                     attention_node(graph).attr("sink") is not None)
+                     attention_node(graph).attr("sink") is not None, held_row_itemsize(tiles.dots))
 
 
 class TileBackward:
@@ -231,18 +232,32 @@ class TileBackward:
         with w.block(f"def {name}({bwd_args(grads, out=False)}, {extra}{args}sm_scale,"):
             w.line(f"{band_constexprs(self.plan)}BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, "
                    "BLOCK_E: tl.constexpr,")
-            w.line(f"PRECISION: tl.constexpr{', LAYOUT_EXACT: tl.constexpr' if self.sparse else ''}"
+            w.line(f"PRECISION: tl.constexpr, USE_TMA: tl.constexpr{', LAYOUT_EXACT: tl.constexpr' if self.sparse else ''}"
                    f"{', BLOCK_DIAG: tl.constexpr' if diagonals else ''}):")
             w.line(f'"""{doc}"""')
             bwd_prologue(w, grads=grads, out=False)
+            with w.block(f"if USE_TMA:  {TMA_NOTE}"):
+                tensor_descriptors(w, self.dots, with_do=True)
             if self.base2 is not None:
                 w.line(f"qk_scale = sm_scale * {LOG2E!r}  # softmax in base 2, as the forward")
             yield
         w.line()
 
-    def load_sides(self, sides: dict, ptr: str, offs: str, limit: str | None) -> None:
+    def load_sides(self, sides: dict, ptr: str, offs: str, limit: str | None, start: str | None = None) -> None:
+        """The tile's rows of each dot side; raw ones through the descriptor under USE_TMA where `start`
+        is given (the fixed tile, or a full tile of the loop)."""
         for var, feature in sides.items():
-            load_rows(self.w, var, ptr, offs, limit, "offs_d", "D", feature=feature)
+            if start is not None and feature is None:
+                descriptor_rows(self.w, var, ptr, "offs_d", "D", start, offs, limit)
+            else:
+                load_rows(self.w, var, ptr, offs, limit, "offs_d", "D", feature=feature)
+
+    def load_values(self, var: str, ptr: str, offs: str, limit: str | None, start: str | None = None) -> None:
+        """V or dO rows of the tile, as load_sides."""
+        if start is not None:
+            descriptor_rows(self.w, var, ptr, "offs_e", "E", start, offs, limit)
+        else:
+            load_rows(self.w, var, ptr, offs, limit, "offs_e", "E")
 
     def emit_dkdv_kernel(self) -> None:
         """`_attn_bwd_dkdv`: one key tile over the query tiles that see it; dK, dV and the table gradients."""
@@ -255,8 +270,8 @@ class TileBackward:
             w.line("Stat += pid_bh * Nq")
             w.line("Delta += pid_bh * Nq")
             w.line("offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)")
-            self.load_sides(self.k_sides, "K", "offs_n", "N")
-            load_rows(w, "v", "V", "offs_n", "N", "offs_e", "E")
+            self.load_sides(self.k_sides, "K", "offs_n", "N", start="pid_n * BLOCK_N")
+            self.load_values("v", "V", "offs_n", "N", start="pid_n * BLOCK_N")
             k_accs = [f"d{kv}" for kv in dict.fromkeys(kv for _, kv in self.pairs)]
             for acc in k_accs:
                 w.line(f"{acc} = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)")
@@ -284,8 +299,8 @@ class TileBackward:
         with self.kernel_def("_attn_bwd_dq", "Q", f"Stat, Delta, {LAYOUT_ARGS if self.sparse else ''}",
                              "dQ of one query tile over the key tiles the forward visits."):
             w.line("offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)")
-            self.load_sides(self.q_sides, "Q", "offs_m", "Nq")
-            load_rows(w, "do", "DO", "offs_m", "Nq", "offs_e", "E")
+            self.load_sides(self.q_sides, "Q", "offs_m", "Nq", start="pid_m * BLOCK_M")
+            self.load_values("do", "DO", "offs_m", "Nq", start="pid_m * BLOCK_M")
             if self.norm.row_statistic:
                 self.load_row_statistics("pid_bh * Nq + offs_m")
             q_accs = [f"d{qv}" for qv in dict.fromkeys(qv for qv, _ in self.pairs)]
@@ -314,12 +329,14 @@ class TileBackward:
         query tiles for one key tile."""
         w = self.w
         bound = (lambda limit: limit) if stage.masked else (lambda limit: None)  # full tiles lie inside
-        if keys_fixed:
-            self.load_sides(self.q_sides, "Q", "offs_m", bound("Nq"))
-            load_rows(w, "do", "DO", "offs_m", bound("Nq"), "offs_e", "E")
+        if keys_fixed:  # full tiles: their raw rows through the descriptors under USE_TMA
+            start = None if stage.masked else "start_m"
+            self.load_sides(self.q_sides, "Q", "offs_m", bound("Nq"), start)
+            self.load_values("do", "DO", "offs_m", bound("Nq"), start)
         else:
-            self.load_sides(self.k_sides, "K", "offs_n", bound("N"))
-            load_rows(w, "v", "V", "offs_n", bound("N"), "offs_e", "E")
+            start = None if stage.masked else "start_n"
+            self.load_sides(self.k_sides, "K", "offs_n", bound("N"), start)
+            self.load_values("v", "V", "offs_n", bound("N"), start)
         for d, name in self.dots.items():
             w.line(f"{name} = tl.dot({_side(d, 0)}, tl.trans({_side(d, 1)}), input_precision=PRECISION)")
         value = self.base2 if self.base2 is not None else self.scores
@@ -371,9 +388,10 @@ class TileBackward:
 
 
 def _tiled_launchers(w: CodeWriter, norm: Normalizer, plan: Plan, kernel: Kernel, tables: list,
-                     diagonals: bool, sink: bool) -> None:
+                     diagonals: bool, sink: bool, row_itemsize: int | None) -> None:
     """op_forward (which passes a sink's logits on to the kernel) and op_backward; a sink's own gradient
-    is the custom op's (attncc/runtime/triton_ops.py), from the saved output and logsumexp."""
+    is the custom op's (attncc/runtime/triton_ops.py), from the saved output and logsumexp;
+    row_itemsize: see held_row_itemsize."""
     sparse = plan.entry.block_sparse
     stats = norm.row_statistic
     sink = ", sink" if sink else ""
@@ -396,12 +414,13 @@ def _tiled_launchers(w: CodeWriter, norm: Normalizer, plan: Plan, kernel: Kernel
             w.line("BLOCK_M = BLOCK_N = tiles.tile")
             w.line("by_key = tiles.transposed(triton.cdiv(N, BLOCK_N))  # the query tiles of each key tile")
         band_line(w, plan)
+        w.line("use_tma = tma.usable(q, k, v, dout)  # sm_90, a Triton with descriptors, 16-byte aligned strides")
         w.line()
         _backward_launch(w, plan, kernel, tables, diagonals)
         w.line()
         tile = ", tile=BLOCK_M" if sparse else ""
         w.line(f"sizes = dict(BH=B * H, Nq=Nq, N=N, D=BLOCK_D, E=BLOCK_E{tile})")
-        w.line(f"launch(**autotune.best(SPEC_HASH, {plan.entry.autotune_kind + ':backward'!r}, q, sizes, launch))")
+        w.line(f"launch(**{autotune_call(plan.entry.autotune_kind + ':backward', row_itemsize)})")
         w.line("return dq, dk, dv, grads")
     w.line()
     w.line(f"GRAD_TABLES = ({''.join(f'{key(n)}, ' for _, n in tables)})  # tables the backward kernels differentiate")
@@ -415,7 +434,7 @@ def _backward_launch(w: CodeWriter, plan: Plan, kernel: Kernel, tables: list, di
     vals = "".join(f"{v}, " for v in kernel.arg_values())
     gvals = "".join(f"grads[{key(n)}], " for _, n in tables)
     tail = (f"ctx.scale, {band_launch(plan)}BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E,"
-            + (" LAYOUT_EXACT=tiles.exact," if listed else "") + " PRECISION=precision,")
+            + (" LAYOUT_EXACT=tiles.exact," if listed else "") + " PRECISION=precision, USE_TMA=use_tma,")
     diagonal = " BLOCK_DIAG=triton.next_power_of_2(BLOCK_M + BLOCK_N - 1)," if diagonals else ""
     with w.block(f"def launch({'' if sparse else 'BLOCK_M, BLOCK_N, '}num_warps, num_stages):"):
         if tables:  # autotune launches every candidate: the atomics must start from 0 each time

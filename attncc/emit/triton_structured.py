@@ -173,6 +173,8 @@ def emit_structured(w: CodeWriter, graph: Graph, plan: Plan, torch_part: str,
         w.line("BLOCK_M = 64 if autotune.on_gpu(q) else 32")
         w.line("BLOCK_E = max(16, triton.next_power_of_2(E))")
         w.line("BLOCK_L = rt.GPU_FEATURE_TILE if autotune.on_gpu(q) else rt.CPU_FEATURE_TILE")
+        w.line("# the [BLOCK_M, BLOCK_E] fp32 sums and value tile: 4 warps spilled at E = 128 (docs/compile_gate.md)")
+        w.line("num_warps = 8 if BLOCK_E > 64 else 4")
         transform(w)
         w.line(f"pk = {f'host.feature_{fk}(k)' if fk not in (None, 'identity') else 'k'}")
         w.line("budget = rt.GPU_GROUP_BUDGET if q.is_cuda else rt.GROUP_BUDGET")
@@ -182,7 +184,7 @@ def emit_structured(w: CodeWriter, graph: Graph, plan: Plan, torch_part: str,
             tables = "*y.stride(), *g.stride()" if rings else "*y.stride()"
             w.line(f"{kernel}[grid](q, y, {'g, ' if rings else ''}acc, out, Nq, H, E, l0, y.shape[0], {extra}*q.stride(),")
             w.line(f"    {tables}, *out.stride(), {eps!r}, BLOCK_M=BLOCK_M, BLOCK_E=BLOCK_E, BLOCK_L=BLOCK_L,")
-            w.line("    LAST=l0 + y.shape[0] == pk.shape[-1])")
+            w.line("    LAST=l0 + y.shape[0] == pk.shape[-1], num_warps=num_warps)")
         w.line("return out")
     what = "box reads, ring weights and contraction" if rings else "contraction"
     return f"{plan.lowering}: Triton {what} kernel ({kernel}); in torch: {torch_part}"

@@ -4,8 +4,9 @@ A generated launcher wraps its kernel launches in `launch(**config)` and calls
 `autotune.best(spec_hash, kind, q, sizes, launch)` for the configuration to use. A kind is a
 lowering's name (its forward's `autotune_configs`) or that name + ":backward" (its backward's
 `backward_autotune_configs`); a candidate with `max_row_bytes` is one only for head rows of up to
-that many bytes (the padded head dim, sizes D and E, times q's element size): wider rows make it
-spill registers or overflow shared memory (docs/compile_gate.md); one with `half_only` is one only
+that many bytes (the padded head dim, sizes D and E, times the element size of the rows the kernel
+holds: q's, or 4 where its feature maps keep rows in fp32): wider rows make it spill registers or
+overflow shared memory (docs/compile_gate.md); one with `half_only` is one only
 for fp16 / bf16 inputs (fp32 dots run on FMA units, which need far smaller tiles).
 
   - off CUDA (Triton's interpreter) or with ATTNCC_AUTOTUNE=0: the fixed default of `kind`;
@@ -60,11 +61,18 @@ def interpreter_config(kind: str) -> dict:
     return dict(_declared(kind)[1])
 
 
-def row_bytes(sizes: dict, q) -> int | None:
-    """Bytes of the widest head row a launch reads: the larger padded head dim its sizes name (D, E)
-    times q's element size; None if they name none."""
+def row_bytes(sizes: dict, q, itemsize: int | None = None) -> int | None:
+    """Bytes of the widest head row a launch holds: the larger padded head dim its sizes name (D, E)
+    times the element size of the rows in the kernel (`itemsize`, by default q's: a kernel whose
+    feature maps keep rows in fp32 holds 4 bytes an element whatever its inputs); None if they name none."""
     dims = [sizes[n] for n in ("D", "E") if n in sizes]
-    return max(dims) * q.element_size() if dims else None
+    return max(dims) * (itemsize or q.element_size()) if dims else None
+
+
+def candidates(kind: str, q, sizes: dict, row_itemsize: int | None = None) -> list[dict]:
+    """The CUDA candidates of `kind` for a launch on q with these sizes (rows of `row_itemsize` bytes
+    an element in the kernel, q's by default), its default first."""
+    return configs(kind, row_bytes(sizes, q, row_itemsize), q.element_size() <= 2)
 
 
 def on_gpu(q) -> bool:
@@ -124,13 +132,15 @@ class Tuner:
         return {"spec": spec_hash, "kind": kind, "sizes": {n: bucket(v) for n, v in sizes.items()},
                 "dtype": str(dtype).removeprefix("torch."), **self.environment(device)}
 
-    def best(self, spec_hash: str, kind: str, q, sizes: dict, launch: Callable[..., None]) -> dict:
-        """The configuration to launch `kind` with for these inputs (tuned once per key on CUDA)."""
-        candidates = configs(kind, row_bytes(sizes, q), q.element_size() <= 2)
+    def best(self, spec_hash: str, kind: str, q, sizes: dict, launch: Callable[..., None],
+             row_itemsize: int | None = None) -> dict:
+        """The configuration to launch `kind` with for these inputs (tuned once per key on CUDA);
+        row_itemsize: bytes an element of the rows the kernel holds, when not q's (fp32 feature rows)."""
+        offered = candidates(kind, q, sizes, row_itemsize)
         if not q.is_cuda or os.environ.get("ATTNCC_AUTOTUNE", "1") == "0":
-            return interpreter_config(kind) if not q.is_cuda else candidates[0]
+            return interpreter_config(kind) if not q.is_cuda else offered[0]
         key = self.key(spec_hash, kind, sizes, q.dtype, q.device)
-        config = self.lookup_or_tune(key, candidates, launch)
+        config = self.lookup_or_tune(key, offered, launch)
         self.last = {"key": key, "config": config}
         return dict(config)
 
@@ -186,6 +196,7 @@ def tuning_with(tuner: Tuner):
         TUNER = saved
 
 
-def best(spec_hash: str, kind: str, q, sizes: dict, launch: Callable[..., None]) -> dict:
+def best(spec_hash: str, kind: str, q, sizes: dict, launch: Callable[..., None],
+         row_itemsize: int | None = None) -> dict:
     """The process-wide tuner's choice (see Tuner.best)."""
-    return TUNER.best(spec_hash, kind, q, sizes, launch)
+    return TUNER.best(spec_hash, kind, q, sizes, launch, row_itemsize)

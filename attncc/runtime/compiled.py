@@ -216,9 +216,11 @@ class CompiledAttention(nn.Module):
     def check_memory(self, q, k, v, ctx: Context) -> None:
         """Raise a located AttnccError, before any work, when the call's torch forward would hold more
         than the memory budget: MEMORY's estimate of its lowering at its sizes, with what autograd
-        keeps when it records (a learned table or an input needs a gradient)."""
+        keeps when it records (a learned table or an input needs a gradient). Eager calls only: under
+        torch.compile the check (host queries, Python arithmetic on sizes) would break the graph, and the
+        compiled graph's first run is an eager-shaped call of the same sizes anyway."""
         estimate = self.MEMORY.get(ctx.lowering)
-        if estimate is None:
+        if estimate is None or torch.compiler.is_compiling():
             return
         sizes = {**self.sizes, "B": q.shape[0], "N": ctx.N, "Nq": ctx.Nq, "H": ctx.H, "D": ctx.D, "E": ctx.E}
         working, saved = estimate(sizes)
