@@ -196,7 +196,8 @@ def emit_linear_op(w: CodeWriter, plan: Plan, eps: float) -> None:
             w.line(f"_linear_bwd_dkdv[(B * H,)]({bwd_launch()}, gamma, inv, dden,")
             w.line(f"    {blocks})")
         else:
-            w.line("state = torch.empty(B * H, BLOCK_D, BLOCK_E, device=q.device, dtype=torch.float32)")
+            # zeros: the state kernel writes the columns of its value blocks, `_linear_bwd` reads the padded width
+            w.line("state = torch.zeros(B * H, BLOCK_D, BLOCK_E, device=q.device, dtype=torch.float32)")
             w.line("z = torch.empty(B * H, BLOCK_D, device=q.device, dtype=torch.float32)")
             value_tile(w)  # the forward's state kernel, column blocks and all; `_linear_bwd` reads every column
             w.line(f"_linear_state[(B * H, value_blocks)]({launch_common()}, state, z, BLOCK=BLOCK_N, BLOCK_D=BLOCK_D,")

@@ -17,6 +17,7 @@ from .triton import (HELPERS, emit_feature_fn, kernel_common_args, launch_common
 from .writer import CodeWriter
 
 VALUE_TILE = 32  # the most value columns (BLOCK_E) one program of the forward kernels carries
+FMA_VALUE_TILE = 16  # the same for fp32 inputs, whose dots run on FMA units with operands in registers
 _CHUNK_ROWS = {"pq": ("Q", "Nq", "offs_d", "D", False), "pk": ("K", "N", "offs_d", "D", False),
                "v": ("V", "N", "offs_e", "E", True), "do": ("DO", "Nq", "offs_e", "E", True)}
 
@@ -157,7 +158,7 @@ def emit_linear_launcher(w: CodeWriter, plan: Plan, eps: float) -> None:
 
 def value_tile(w: CodeWriter) -> None:
     """Launcher lines: the value columns of one program (`E_TILE`, at most VALUE_TILE) and their blocks."""
-    w.line(f"E_TILE = min(BLOCK_E, {VALUE_TILE})  # the fp32 state block [BLOCK_D, E_TILE] stays in registers")
+    w.line(f"E_TILE = min(BLOCK_E, {VALUE_TILE} if q.element_size() <= 2 else {FMA_VALUE_TILE})  # the fp32 state block [BLOCK_D, E_TILE] stays in registers")
     w.line("value_blocks = triton.cdiv(E, E_TILE)")
 
 

@@ -11,11 +11,13 @@ from ..plan.registry import Lowering, register
 
 NAME = "linear"
 # chunk candidates from the compile gate (docs/compile_gate.md): each program carries a [BLOCK_D, 32] fp32
-# state block and fp32 feature rows; 64-token chunks spilled at d = 64 whatever the warps, 32-token ones
-# with 4 warps spill at d = 128 (rows over 128 bytes)
-AUTOTUNE = (dict(BLOCK=32, num_warps=8, num_stages=2), dict(BLOCK=16, num_warps=4, num_stages=2),
-            dict(BLOCK=32, num_warps=4, num_stages=2, max_row_bytes=128),
-            dict(BLOCK=32, num_warps=4, num_stages=3, max_row_bytes=128))
+# state block (16 columns for fp32 inputs) and fp32 feature rows; 64-token chunks spilled at d = 64
+# whatever the warps, 32-token ones with 4 warps spill at d = 128 (rows over 128 bytes), and fp32 inputs
+# (FMA dots) spill kilobytes in all but 16-token chunks with 8 warps
+AUTOTUNE = (dict(BLOCK=32, num_warps=8, num_stages=2, half_only=True), dict(BLOCK=16, num_warps=8, num_stages=2),
+            dict(BLOCK=16, num_warps=4, num_stages=2, half_only=True),
+            dict(BLOCK=32, num_warps=4, num_stages=2, max_row_bytes=128, half_only=True),
+            dict(BLOCK=32, num_warps=4, num_stages=3, max_row_bytes=128, half_only=True))
 INTERPRETER = dict(BLOCK=16, num_warps=4, num_stages=3)
 
 
