@@ -246,7 +246,8 @@ def _approximation_error(cls, seed: int) -> str:
     from .tools.compare import make_module, random_inputs
     module = make_module(cls, heads=3, dim=24, dim_v=20, seed=seed).eval()
     q, k, v, inputs = random_inputs(cls, 2, 3, 256, 256, 24, 20, generator=torch.Generator().manual_seed(seed))
-    approx, exact = module.reference(q, k, v, **inputs), module.target(q, k, v, **inputs)
+    with torch.no_grad():  # an estimate printed as a number: no graph to keep
+        approx, exact = module.reference(q, k, v, **inputs), module.target(q, k, v, **inputs)
     rel = ((approx - exact).norm(dim=-1) / exact.norm(dim=-1).clamp_min(1e-30)).mean()
     return (f"  approximation {cls.compilation.checked.approx}: mean relative row error vs exact softmax "
             f"{float(rel):.3f} at N = 256 on Gaussian inputs (an estimate, not a tolerance; see "
