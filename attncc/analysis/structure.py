@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import random
 from dataclasses import dataclass
+from typing import Callable
 
 import sympy
 import torch
@@ -390,21 +391,28 @@ def is_decay(m: TExpr, symbols: dict) -> bool:
         return False
 
 
-def decay_holds(m: TExpr, amplitude: TExpr, gamma: TExpr, signature, samples: int = 4, seed: int = 0) -> bool:
-    """Cross-check M(i, j) == A gamma^(i - j) at sampled pairs j <= i with random tables."""
+def holds_on_causal_pairs(m: TExpr, want: Callable, signature, samples: int = 4, seed: int = 0) -> bool:
+    """Cross-check M(i, j) == want(env, i, j) at the pairs j <= i of `samples` random environments
+    (lengths, tables, inputs); want gives float64 values broadcastable to M's grid."""
     rng, g = random.Random(seed), torch.Generator().manual_seed(seed)
     for _ in range(samples):
         env = random_env(signature, rng, g)
         i, j = torch.arange(env.rsizes["Nq"]), torch.arange(env.rsizes["N"])
         got = values_on_grid(m, env, i, j).double()
-        zero = torch.zeros(1, dtype=torch.long)
-        a, gam = (values_on_grid(t, env, zero, zero).double() for t in (amplitude, gamma))
-        d = (i.view(-1, 1) - j.view(1, -1)).double()
-        want = a * torch.pow(gam, d)
-        causal = (d >= 0).expand_as(got)
-        if not torch.allclose(got[causal], want.expand_as(got)[causal], rtol=1e-6, atol=1e-12):
+        expected = want(env, i, j).expand_as(got)
+        causal = (i.view(-1, 1) >= j.view(1, -1)).expand_as(got)
+        if not torch.allclose(got[causal], expected[causal], rtol=1e-6, atol=1e-12):
             return False
     return True
+
+
+def decay_holds(m: TExpr, amplitude: TExpr, gamma: TExpr, signature, samples: int = 4, seed: int = 0) -> bool:
+    """Cross-check M(i, j) == A gamma^(i - j) at sampled pairs j <= i with random tables."""
+    def want(env, i, j):
+        zero = torch.zeros(1, dtype=torch.long)
+        a, gam = (values_on_grid(t, env, zero, zero).double() for t in (amplitude, gamma))
+        return a * torch.pow(gam, (i.view(-1, 1) - j.view(1, -1)).double())
+    return holds_on_causal_pairs(m, want, signature, samples, seed)
 
 
 @_memoized_structure("modulation")
