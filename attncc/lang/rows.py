@@ -172,15 +172,20 @@ def dot_terms(t: TExpr) -> tuple[list[tuple[TExpr, TExpr]], TExpr | None] | None
             ts, r = parts[0]
             return [(d, _neg(c)) for d, c in ts], None if r is None else _neg(r)
         if e.op == "mul" and not e.args[0].uses("dot"):  # c * (...)
-            (ts, r), scale = parts[1], lambda x: TExpr("mul", (e.args[0], x), None, FLOAT)
+            (ts, r), scale = parts[1], lambda x: e.args[0] if _is_one(x) else TExpr("mul", (e.args[0], x), None, FLOAT)
         elif e.op in ("mul", "div") and not e.args[1].uses("dot"):  # (...) * c, (...) / c
-            (ts, r), scale = parts[0], lambda x: TExpr(e.op, (x, e.args[1]), None, FLOAT)
+            (ts, r), scale = parts[0], lambda x: e.args[1] if _is_one(x) and e.op == "mul" else \
+                TExpr(e.op, (x, e.args[1]), None, FLOAT)
         else:
             return None
         return [(d, scale(c)) for d, c in ts], None if r is None else scale(r)
         return None
     out = fold(t, combine, descend=lambda e: e.op != "dot")
     return None if out is None else ([(d, fold_constants(c)) for d, c in out[0]], out[1])
+
+
+def _is_one(t: TExpr) -> bool:
+    return t.op == "const" and t.value == 1 and not isinstance(t.value, bool)
 
 
 def _neg(t: TExpr) -> TExpr:
