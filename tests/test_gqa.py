@@ -136,9 +136,10 @@ def test_hkv_only_in_table_shapes():
 def test_shape_errors_say_the_expected_shapes():
     module = make_module(_class("alibi", None), H, 8, 8)
     q = torch.randn(2, H, 10, 8)
-    with pytest.raises(ShapeError, match=r"expected \(2, 3, 10, 8\) with 3 dividing the 4 heads of q"):
+    with pytest.raises(ShapeError, match=r"`k` has 3 heads, which do not divide the 4 heads of q .*"
+                                         r"expected k \[B, Hkv, N, D\] and v \[B, Hkv, N, E\] with Hkv dividing H"):
         module(q, torch.randn(2, 3, 10, 8), torch.randn(2, 3, 10, 8))
-    with pytest.raises(ShapeError, match="`v` has shape"):
+    with pytest.raises(ShapeError, match=r"`v` has shape \(2, 1, 10, 8\), expected \(2, 2, 10, 8\)"):
         module(q, torch.randn(2, 2, 10, 8), torch.randn(2, 1, 10, 8))
 
 

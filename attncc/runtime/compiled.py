@@ -294,12 +294,16 @@ class CompiledAttention(nn.Module):
         B, H, Nq, D = q.shape
         N, Hkv = k.shape[2], k.shape[1]
         want = {"k": (B, Hkv, N, D), "v": (B, Hkv, N, v.shape[-1])}
+        if Hkv == 0 or H % Hkv:
+            raise ShapeError(f"{self.SPEC_NAME}: `k` has {Hkv} heads, which do not divide the {H} heads of q "
+                             f"(q is {tuple(q.shape)}, k {tuple(k.shape)}); expected k [B, Hkv, N, D] and "
+                             "v [B, Hkv, N, E] with Hkv dividing H (grouped-query attention; Hkv = H: one "
+                             "key/value head per query head)")
         for name, t in (("k", k), ("v", v)):
-            if tuple(t.shape) != want[name] or Hkv == 0 or H % Hkv:
+            if tuple(t.shape) != want[name]:
                 raise ShapeError(f"{self.SPEC_NAME}: `{name}` has shape {tuple(t.shape)}, expected {want[name]} "
-                                 f"with {Hkv} dividing the {H} heads of q (q is {tuple(q.shape)}; k and v share "
-                                 "their heads and token count; grouped-query attention: q [B, H, Nq, D], "
-                                 "k [B, Hkv, N, D], v [B, Hkv, N, E], Hkv dividing H)")
+                                 f"(q is {tuple(q.shape)}; k and v share their heads, dividing q's, and their "
+                                 "token count)")
             if t.dtype != q.dtype or t.device != q.device:
                 raise ShapeError(f"{self.SPEC_NAME}: `{name}` is {t.dtype} on {t.device}, q is {q.dtype} on "
                                  f"{q.device}")
