@@ -112,6 +112,7 @@ class CompiledAttention(nn.Module):
     NEEDS: tuple = ()
     GRAPHS: dict = {}  # name -> (kernel, adjacency input, options): inputs computed from inputs
     RANDOM_FEATURES: dict = {}  # name -> (map, options): projections held in the `random_features` buffers
+    PREPARED_ROWS = False  # rows of inputs, slices or several dot terms: `prepare_rows` forms q', k' (passes/rows.py)
     TENSOR_POWERS = False  # a polynomial kernel: rows become tensor-power features (tensor_power_terms)
     POOL = False  # `pool k, v = ...`: the generated `pool_kv` replaces k, v before any backend (attncc/rt/pool.py)
     APPROX = None  # (method, options) of a declared approximation computed by its own algorithm (attncc/rt/approx.py)
@@ -364,8 +365,10 @@ class CompiledAttention(nn.Module):
         return backend.run(self, q, k, v, ctx)
 
     def prepared(self, q, k, v, ctx: Context):
-        """What every lowering's forward reads: k, v pooled (ContextPool), graph kernels formed as
+        """What every lowering's forward reads: q, k as the spec's prepared rows, k, v pooled (ContextPool), graph kernels formed as
         tables where the lowering reads G[i, j], rows of q and k through their random features."""
+        if self.PREPARED_ROWS:
+            q, k = self.prepare_rows(q, k, ctx)
         if self.POOL:
             k, v = self.pool_kv(k, v, ctx)
         if registry.get(ctx.lowering or self.LOWERING).forms_graph_tables:
