@@ -123,7 +123,7 @@ class _Composer:
                     self.bag.error("`output` is given twice", s.span, "write one `output = ...` combining every map")
                 self.outputs.append(s)
             else:
-                what = s.kind if isinstance(s, (ast.Def, ast.Normalize)) else "pool"
+                what = s.kind if isinstance(s, ast.Def) else "normalize" if isinstance(s, ast.Normalize) else "pool"
                 span = s.kind_span if isinstance(s, ast.Def) else s.span
                 self.bag.error(f"`{what}` is written outside the maps of a spec that has maps", span,
                                "each map holds its own definitions: move it into a `map NAME { ... }`")
@@ -158,7 +158,10 @@ class _Composer:
     def _coefficients(self, top) -> dict[str, TExpr]:
         output = self.outputs[0].value
         known = BUILTIN_NAMES | {s.name for s in self.shared} | set(self.maps)
+        errors = len(self.bag.items)
         terms = _Linear(self.maps, known, self.bag)(output)
+        if len(self.bag.items) > errors:  # a map used otherwise, reported: nothing more to say of the output
+            return {}
         if terms is None:
             if not self.bag.items:
                 self.bag.error("`output` uses no map", output.span, LINEAR_HINT)
