@@ -326,3 +326,22 @@ def test_compile_writes_every_module(tmp_path, capsys):
     source = (tmp_path / "gated_mix.py").read_text()
     assert "c_soft = torch.sigmoid(rt.lookup(ctx.params['mix'], [h], batched=False))" in source.replace("\n", " ") \
         or "c_soft =" in source
+
+
+def test_a_saved_composed_module_loads_in_a_fresh_process(tmp_path):
+    """The maps' classes are rebuilt from the composed spec's recipe (attncc.api.rebuild)."""
+    import os
+    import subprocess
+    import sys
+    module = compiled(INPUT_GATE)(H=2)
+    with torch.no_grad():
+        module.biased.slope.mul_(2.0)
+    q, k, v, inputs = random_inputs(type(module), 2, 2, 9, 9, 8, 8)
+    torch.save({"model": module, "args": (q.float(), k.float(), v.float()), "inputs": inputs}, tmp_path / "m.pt")
+    load = ("import sys, torch; s = torch.load(sys.argv[1], weights_only=False); "
+            "torch.save(s['model'](*s['args'], **s['inputs']), sys.argv[2])")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ATTNCC_CACHE_DIR": str(tmp_path / "empty-cache")}
+    result = subprocess.run([sys.executable, "-c", load, str(tmp_path / "m.pt"), str(tmp_path / "out.pt")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert torch.equal(torch.load(tmp_path / "out.pt"), module(q.float(), k.float(), v.float(), **inputs))
