@@ -349,6 +349,8 @@ def compile_composed(comp: Composition, backend: str, memory_budget: int | str |
     first = next(iter(classes.values()))
     union = lambda attr: {n: v for c in classes.values() for n, v in getattr(c, attr).items()}  # noqa: E731
     return _compile_class(comp, backend, memory_budget, recipe, {
-        "MAPS": classes, "SHARED": shared, "PARAMS": {n: first.PARAMS[n] for n in shared},
+        "MAPS": classes, "SHARED": shared,
+        "LOWERING": ", ".join(f"{n}: {c.LOWERING}" for n, c in classes.items()),
+        "TRITON_LOWERING": "; ".join(f"{n}: {c.TRITON_LOWERING}" for n, c in classes.items()), "PARAMS": {n: first.PARAMS[n] for n in shared},
         "SIZES": union("SIZES"), "INPUTS": union("INPUTS"), "GRAPHS": union("GRAPHS"),
         "NEEDS": tuple(sorted({n for c in classes.values() for n in c.NEEDS}))})

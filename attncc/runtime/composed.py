@@ -36,6 +36,8 @@ class ComposedAttention(nn.Module):
     INPUTS: dict = {}
     GRAPHS: dict = {}
     APPROX = None  # each map's own approximation, if any, lives in its class
+    LOWERING = ""  # each map's, as text (`soft: sdpa, lin: linear_chunked`)
+    TRITON_LOWERING = ""
     checked = None  # the ComposedSpec
     compilation = None
     memory_budget: int | None = None
