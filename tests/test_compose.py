@@ -345,3 +345,18 @@ def test_a_saved_composed_module_loads_in_a_fresh_process(tmp_path):
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert torch.equal(torch.load(tmp_path / "out.pt"), module(q.float(), k.float(), v.float(), **inputs))
+
+
+def test_tap_is_the_combined_matrix():
+    _, module, q, k, v, inputs, _ = case("input_gate", 9, 9)
+    module = module.double()
+    p = module.tap(q, k, v, **inputs)
+    assert p.shape == (2, 3, 9, 9)
+    assert torch.allclose(p @ v, module.reference(q, k, v, **inputs), atol=1e-12)
+    rows = torch.tensor([7, 2])
+    assert torch.allclose(module.tap(q, k, v, rows=rows, **inputs), p[:, :, rows], atol=1e-12)
+    _, diff, q, k, v, _, _ = case("diff_window", 6, 6)
+    with torch.no_grad():
+        want = softmax_attention(q, k, v, causal(6, 6)) - diff.lam.double().view(1, -1, 1, 1) * softmax_attention(
+            q, k, v, causal(6, 6, 4))
+    assert torch.allclose(diff.double().tap(q, k, v) @ v, want, atol=1e-12)

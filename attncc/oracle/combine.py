@@ -10,13 +10,15 @@ from ..lang.expr import TExpr
 
 
 def dense_combination(coefficients: dict[str, TExpr], outs: dict[str, torch.Tensor], sizes: dict, rsizes: dict,
-                      params: dict, inputs: dict) -> torch.Tensor:
-    """sum_m c_m * outs[m] in float64; outs[m] is [B, H, Nq, E], the coefficients broadcast over
-    h [1, H, 1, 1], i [1, 1, Nq, 1] and b [B, 1, 1, 1]."""
+                      params: dict, inputs: dict, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """sum_m c_m * outs[m] in float64; outs[m] is [B, H, Nq, E] (or the probabilities [B, H, Nq, N]:
+    the coefficients do not depend on j), the coefficients broadcast over h [1, H, 1, 1], i [1, 1,
+    Nq, 1] (the query indices `rows` when given) and b [B, 1, 1, 1]."""
     first = next(iter(outs.values()))
     B, H, Nq = first.shape[:3]
     grid = lambda n: torch.arange(n, dtype=torch.int32, device=first.device)  # noqa: E731
-    env = Env(sizes=sizes, rsizes=rsizes, i=grid(Nq).view(1, 1, -1, 1), h=grid(H).view(1, H, 1, 1),
+    i = grid(Nq) if rows is None else torch.as_tensor(rows, device=first.device).to(torch.int32)
+    env = Env(sizes=sizes, rsizes=rsizes, i=i.view(1, 1, -1, 1), h=grid(H).view(1, H, 1, 1),
               b=grid(B).view(B, 1, 1, 1), params={n: p.double() for n, p in params.items()},
               inputs={n: t.double() if t.is_floating_point() else t for n, t in inputs.items()},
               float_dtype=torch.float64)

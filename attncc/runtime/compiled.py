@@ -457,8 +457,12 @@ class CompiledAttention(nn.Module):
         Dense: [B, H, Nq, N], or [B, H, len(rows), N] for `rows`, a 1-d sample of query indices.
         Differentiable in q, k and the learned tables; computed at the input's precision (float32
         for half inputs) and returned in q's dtype."""
+        return self.tap_with(q, k, v, inputs, None, rows)
+
+    def tap_with(self, q, k, v, inputs: dict, tables: dict | None = None, rows=None) -> torch.Tensor:
+        """tap with the learned tables `tables` passed in (SHARED ones)."""
         from ..oracle.dense import dense_probabilities
-        ctx = self._context(q, k, v, inputs)
+        ctx = self._context(q, k, v, inputs, tables)
         if rows is not None:
             rows = torch.as_tensor(rows, device=q.device)
             if rows.dim() != 1 or rows.is_floating_point() or rows.dtype == torch.bool:

@@ -116,6 +116,17 @@ class ComposedAttention(nn.Module):
         rsizes = {"N": ctx.N, "Nq": ctx.Nq, "H": ctx.H, "D": ctx.D, "E": ctx.E}
         return dense_combination(self.checked.coefficients, outs, ctx.sizes, rsizes, ctx.params, ctx.inputs)
 
+    def tap(self, q, k, v, rows=None, **inputs) -> torch.Tensor:
+        """The attention matrix of the composition, P = sum over maps of c_m P_m (the coefficients
+        do not depend on the key j, so out = P v): for differential attention, P_1 - lambda P_2. Dense
+        [B, H, Nq, N] (or len(rows) query rows), differentiable, in q's dtype; see CompiledAttention.tap."""
+        tables = self.tables()
+        taps = {name: m.tap_with(q, k, v, inputs, tables, rows) for name, m in zip(self.MAP_NAMES, self.map_modules())}
+        ctx = self.map_modules()[0].call_context(q, k, v, inputs, tables)
+        rsizes = {"N": ctx.N, "Nq": ctx.Nq, "H": ctx.H, "D": ctx.D, "E": ctx.E}
+        return dense_combination(self.checked.coefficients, taps, ctx.sizes, rsizes, ctx.params, ctx.inputs,
+                                 rows).to(q.dtype)
+
     def clamped_lookups(self, q, k, v, **inputs) -> list[str]:
         """Where each map's table lookups clamp an index on this call (see CompiledAttention)."""
         tables = self.tables()
