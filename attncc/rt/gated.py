@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import LINEAR_CHUNK, compute_dtype, finish_rows
+from .heads import grouped_matmul, heads_product
 
 __all__ = ["gated_linear_attention", "lookup_grad"]
 
@@ -25,7 +26,7 @@ def gated_linear_attention(pq, pk, v, *, modulation, gates, normalize: str, eps:
     B, H, Nq, m = pq.shape
     N, E = pk.shape[2], v.shape[-1]
     L = -(-max(Nq, N) // chunk) * chunk
-    rows = lambda x, n: F.pad(x.to(dtype), (0, 0, 0, L - n)).view(B, H, L // chunk, chunk, x.shape[-1])
+    rows = lambda x, n: F.pad(x.to(dtype), (0, 0, 0, L - n)).view(x.shape[0], x.shape[1], L // chunk, chunk, x.shape[-1])
     v1 = torch.cat([v.to(dtype), torch.ones_like(v[..., :1], dtype=dtype)], -1)  # the row sums ride along
     qc, kc, vc = rows(pq, Nq), rows(pk, N), rows(v1, N)
     gq, gk = (_chunked_gate(g, B, H, n, L, chunk, dtype) for g, n in zip(gates, (Nq, N)))
@@ -37,26 +38,34 @@ def gated_linear_attention(pq, pk, v, *, modulation, gates, normalize: str, eps:
 
 
 def _chunked_gate(g, B: int, H: int, n: int, L: int, chunk: int, dtype) -> torch.Tensor:
-    """[B, H, L / C, C]: the gate of n tokens, padded by repeating the last (padded rows are zero)."""
-    g = g.to(dtype).expand(B, H, n, 1)[..., 0]
-    return F.pad(g, (0, L - n), mode="replicate").view(B, H, L // chunk, chunk)
+    """[B, H|1, L / C, C]: the gate of n tokens, padded by repeating the last (padded rows are zero); one
+    head when the gate is the same for every head."""
+    g = g.to(dtype).expand(B, g.shape[1], n, 1)[..., 0]
+    return F.pad(g, (0, L - n), mode="replicate").view(B, g.shape[1], L // chunk, chunk)
 
 
 def _gated_chunks(qc, kc, vc, gq, gk) -> torch.Tensor:
-    """[B, H, chunks, C, E + 1]: sum_{j <= i} exp(G_i - G_j) (q_i . k_j) v_j, per chunk row."""
+    """[B, H, chunks, C, E + 1]: sum_{j <= i} exp(G_i - G_j) (q_i . k_j) v_j, per chunk row. k and v may
+    have fewer heads than q (grouped-query attention); the states are per key/value head unless the
+    gates are per query head, and then each chunk's keys are scaled per query head one chunk at a time."""
     chunk = qc.shape[3]
     tri = torch.tril(torch.ones(chunk, chunk, dtype=torch.bool, device=qc.device))
     within = torch.where(tri, gq[..., :, None] - gk[..., None, :], 0).exp() * tri  # masked before exp
-    intra = (qc @ kc.transpose(-1, -2)) * within @ vc
+    intra = grouped_matmul(grouped_matmul(qc, kc.transpose(-1, -2)) * within, vc)
     ends = gk[..., -1]  # R_c
     starts = torch.cat([gk[:, :, :1, 0], ends[:, :, :-1]], -1)  # R_(c-1); chunk 0 reads a zero state
     q_scale, k_scale = (gq - starts[..., None]).exp(), (ends[..., None] - gk).exp()
     carry = (ends - starts).exp()
-    updates = (kc * k_scale[..., None]).transpose(-1, -2) @ vc  # [B, H, chunks, m, E + 1]
-    states = [torch.zeros_like(updates[:, :, 0])]
-    for c in range(updates.shape[2] - 1):  # S_c: the one sequential step, on m x (E + 1) states
-        states.append(carry[:, :, c, None, None] * states[-1] + updates[:, :, c])
-    return intra + (qc * q_scale[..., None]) @ torch.stack(states, 2)
+    def update(c):  # sum_b exp(R_c - G_b) psi(k_b) [v_b, 1]^T of chunk c (every chunk: c = slice(None))
+        return grouped_matmul(heads_product(kc[:, :, c], k_scale[:, :, c, :, None], -3).transpose(-1, -2), vc[:, :, c])
+    if k_scale.shape[1] <= kc.shape[1]:  # keys scaled at their own heads: every chunk's update at once
+        updates = update(slice(None))  # [B, Hkv, chunks, m, E + 1]
+        update = lambda c: updates[:, :, c]  # noqa: E731
+    S = max(kc.shape[1], k_scale.shape[1])
+    states = [qc.new_zeros(qc.shape[0], S, kc.shape[-1], vc.shape[-1])]
+    for c in range(qc.shape[2] - 1):  # S_c: the one sequential step, on m x (E + 1) states
+        states.append(carry[:, :, c, None, None] * states[-1] + update(c))
+    return intra + grouped_matmul(heads_product(qc, q_scale[..., None], -4), torch.stack(states, 2))
 
 
 
