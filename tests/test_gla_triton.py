@@ -55,7 +55,7 @@ def launch_forward(kernels, q, k, v, G, mod: float, eps: float, value_tile: int 
     return out
 
 
-def launch_backward(kernels, q, k, v, G, out, dout, mod: float, eps: float):
+def launch_backward(kernels, q, k, v, G, out, dout, mod: float, eps: float, **options):
     """(dq, dk, dv, dG) from `_gla_bwd_dq` and `_gla_bwd_dkdv`, dG the two sides summed per token."""
     B, H, Nq, D = q.shape
     N = k.shape[2]
@@ -64,7 +64,7 @@ def launch_backward(kernels, q, k, v, G, out, dout, mod: float, eps: float):
     dgq, dgk = torch.empty(B * H, Nq, D), torch.empty(B * H, N, D)
     inv, dden = torch.empty(B, H, Nq), torch.empty(B, H, Nq)
     common = (*_common(q, k, v, out), dout, *dout.stride(), dq, *dq.stride(), dk, *dk.stride(), dv, *dv.stride())
-    blocks, mods = _blocks(q, v), torch.full((B * H,), mod)
+    blocks, mods = {**_blocks(q, v), **options}, torch.full((B * H,), mod)
     kernels._gla_bwd_dq[(B * H,)](*common, mods, g, dgq, inv, dden, eps, **blocks)
     kernels._gla_bwd_dkdv[(B * H,)](*common, g, dgk, inv, dden, **blocks)
     dG = torch.zeros(B * H, max(Nq, N), D)
