@@ -30,7 +30,7 @@ from .typecheck import ExprTyper
 INITIALIZERS = {"zeros": {}, "ones": {}, "alibi": {}, "normal": {"std": 0.02, "mean": 0.0},
                 "uniform": {"low": -0.1, "high": 0.1}}
 INPUT_DTYPES = ("int", "float", "bool")
-RESERVED = {"q", "k", "v", "i", "j", "h", "scale", "dot", "true", "false", *RUNTIME_SIZES, *FUNCTIONS}
+RESERVED = {"q", "k", "v", "i", "j", "h", "hk", "scale", "dot", "true", "false", *RUNTIME_SIZES, *FUNCTIONS}
 
 
 

@@ -92,14 +92,19 @@ class ExprTyper:
                 return TExpr("var", (), "i", INT, e.span)
             if n == self.index_names[1]:
                 return TExpr("var", (), "j", INT, e.span)
-            if n == "h":
-                return TExpr("var", (), "h", INT, e.span)
+            if n in ("h", "hk"):  # hk = h // (H // Hkv): the key/value head query head h reads
+                return TExpr("var", (), n, INT, e.span)
             if n == "scale":
                 return TExpr("scale", (), "scale", FLOAT, e.span)
             if n in ("N", "Nq", "H", "D", "E"):
                 return TExpr("rsize", (), n, INT, e.span)
             if n in self.let_decls:
                 return self._let(e, ctx)
+            if n == "Hkv":
+                self.bag.error("`Hkv` (the key/value heads) can size a table but not be used in a definition",
+                               e.span, "index a table of one entry per key/value head with `hk`, e.g. `slope[hk]` "
+                               "with `param slope[Hkv]`")
+                return None
             if n == "b" and not self._declared(n):  # older specs name a block size `b`: theirs wins
                 return TExpr("var", (), "b", INT, e.span)
         if n in self.let_decls:
@@ -107,7 +112,7 @@ class ExprTyper:
                            f"for a constant, declare `size {n} = ...`")
             return None
         if ctx.startswith("shape"):
-            if n in ("H", "D", "E"):
+            if n in ("H", "Hkv", "D", "E"):
                 return TExpr("rsize", (), n, INT, e.span)
             if n in ("N", "Nq"):
                 if ctx == "shape_tokens":
@@ -124,12 +129,12 @@ class ExprTyper:
             self.bag.error(f"`{n}` is a tensor of rows; index it with a token", e.span,
                            "write `dot(q[i], k[j])`")
             return None
-        known = set(self.sizes) | {"h", "b", "scale", *RUNTIME_SIZES, *self.index_names}
+        known = set(self.sizes) | {"h", "hk", "b", "scale", *RUNTIME_SIZES, *self.index_names}
         where = {"const": "a constant", "size": "a size", "shape": "a table shape",
                  "shape_tokens": "an input shape"}.get(ctx)
         if where and (n in known or n in ("i", "j")):
             self.bag.error(f"`{n}` cannot be used in {where}", e.span,
-                           "index variables exist only in definitions and lets" if n in ("i", "j", "h", "b") else None)
+                           "index variables exist only in definitions and lets" if n in ("i", "j", "h", "hk", "b") else None)
             return None
         if ctx == "let" and any(n in d.params for d in self.defs.values()):
             self.bag.error(f"unknown name `{n}`", e.span, "in a `let`, the query index is `i` and the key index `j`")

@@ -16,7 +16,7 @@ from ..lang.normalizers import pair_scores
 from .graph import SIZE_SYMBOLS, B, D, E, Graph, H, N, Nq, broadcast
 from .signature import Signature
 
-_VAR_SHAPES = {"i": (1, 1, Nq, 1), "j": (1, 1, 1, N), "h": (1, H, 1, 1), "b": (B, 1, 1, 1)}
+_VAR_SHAPES = {"i": (1, 1, Nq, 1), "j": (1, 1, 1, N), "h": (1, H, 1, 1), "hk": (1, H, 1, 1), "b": (B, 1, 1, 1)}
 
 
 class ExprBuilder:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from ..lang.approx_math import (MRA_EPS, block_sums, lara_count, lara_log_weights, lara_proposals, log_xi,
                                mra_selection, ra_samples)
 from .attention import compute_dtype
+from .heads import same_heads
 
 RA_BUDGET = 1 << 23  # RA: elements of the [B, H, queries, samples, N] scores held at once
 
@@ -26,6 +27,7 @@ def mra_attention(q, k, v, *, block: int, blocks_per_row: int, mode: str, first:
 
     The selected blocks (K per head) are gathered into [K, block, block] score tiles: O(N blocks_per_row
     block d) work and memory; the low-resolution part is an nq x nk product. Never N x N."""
+    same_heads(q, k, "the MRA-2 approximation")
     B, H, Nq, D = q.shape
     N, E = k.shape[2], v.shape[-1]
     dtype = compute_dtype(q)
@@ -86,6 +88,7 @@ def mra_csr(idx: torch.Tensor, nq: int, nk: int) -> tuple[torch.Tensor, torch.Te
 def lara_attention(q, k, v, *, landmarks: int, alpha: float, noise=None):
     """LARA: out_n = sum_c softmax_c(log weights)_nc f(w_c), f(w) = sum_m xi(k_m, w) v_m / sum_m xi(k_m, w).
     O(N C (D + E) + C^2 D); eval (noise None) uses the proposal means w_c = mu_c: deterministic."""
+    same_heads(q, k, "the LARA approximation")
     dtype = compute_dtype(q)
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     count = lara_count(landmarks, q.shape[2], k.shape[2])
@@ -101,6 +104,7 @@ def lara_attention(q, k, v, *, landmarks: int, alpha: float, noise=None):
 def ra_attention(q, k, v, *, noise):
     """RA: out_n = mean_s f(w_ns), w_ns ~ p_n(w) = sum_m softmax(s q_n.k)_m N(w; q'_n + k'_m, I): unbiased
     for softmax attention (E f(w) = softmax(s q_n K^T) V), quadratic; queries in chunks."""
+    same_heads(q, k, "the RA approximation")
     dtype = compute_dtype(q)
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     u, eps = noise

@@ -63,6 +63,15 @@ class Context:
     noise: object = None  # the random draw of an approximation (lara, ra) for this call
     B: int = 1  # batch rows (the batch index `b` runs over them)
     lowering: str = ""  # the lowering this call runs (the module's DISPATCH entry for N); "": LOWERING
+    Hkv: int = 0  # key/value heads (grouped-query attention: H // Hkv query heads read each); 0: H
+
+    def __post_init__(self):
+        self.Hkv = self.Hkv or self.H
+
+    @property
+    def group(self) -> int:
+        """Query heads per key/value head: query head h reads key/value head h // group."""
+        return self.H // self.Hkv
 
     @property
     def scale(self) -> float:
@@ -222,7 +231,8 @@ class CompiledAttention(nn.Module):
         estimate = self.MEMORY.get(ctx.lowering)
         if estimate is None or torch.compiler.is_compiling():
             return
-        sizes = {**self.sizes, "B": q.shape[0], "N": ctx.N, "Nq": ctx.Nq, "H": ctx.H, "D": ctx.D, "E": ctx.E}
+        sizes = {**self.sizes, "B": q.shape[0], "N": ctx.N, "Nq": ctx.Nq, "H": ctx.H, "D": ctx.D, "E": ctx.E,
+                 "Hkv": ctx.Hkv}
         working, saved = estimate(sizes)
         recording = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *ctx.params.values()))
         need = (working + (saved if recording else 0)) * element_factor(ctx.dtype)
@@ -282,16 +292,18 @@ class CompiledAttention(nn.Module):
             if not t.is_floating_point():
                 raise ShapeError(f"{self.SPEC_NAME}: `{name}` must be floating point, got {t.dtype}")
         B, H, Nq, D = q.shape
-        N = k.shape[2]
-        want = {"k": (B, H, N, D), "v": (B, H, N, v.shape[-1])}
+        N, Hkv = k.shape[2], k.shape[1]
+        want = {"k": (B, Hkv, N, D), "v": (B, Hkv, N, v.shape[-1])}
         for name, t in (("k", k), ("v", v)):
-            if tuple(t.shape) != want[name]:
+            if tuple(t.shape) != want[name] or Hkv == 0 or H % Hkv:
                 raise ShapeError(f"{self.SPEC_NAME}: `{name}` has shape {tuple(t.shape)}, expected {want[name]} "
-                                 f"(q is {tuple(q.shape)}; k and v share their token count)")
+                                 f"with {Hkv} dividing the {H} heads of q (q is {tuple(q.shape)}; k and v share "
+                                 "their heads and token count; grouped-query attention: q [B, H, Nq, D], "
+                                 "k [B, Hkv, N, D], v [B, Hkv, N, E], Hkv dividing H)")
             if t.dtype != q.dtype or t.device != q.device:
                 raise ShapeError(f"{self.SPEC_NAME}: `{name}` is {t.dtype} on {t.device}, q is {q.dtype} on "
                                  f"{q.device}")
-        dims = {"N": N, "Nq": Nq, "H": H, "D": D, "E": v.shape[-1]}
+        dims = {"N": N, "Nq": Nq, "H": H, "D": D, "E": v.shape[-1], "Hkv": Hkv}
         for n, value in self.fixed.items():
             if dims[n] != value:
                 raise ShapeError(f"{self.SPEC_NAME}: built for {n} = {value}, called with {n} = {dims[n]}")
@@ -422,7 +434,7 @@ class CompiledAttention(nn.Module):
         from ..oracle.bounds import clamped_lookups
         inputs = {**ctx.inputs, **self.graph_tables(ctx.inputs, torch.float64)}
         with torch.no_grad():
-            return clamped_lookups(self.checked, ctx.params, inputs, {**self.sizes, "D": ctx.D, "E": ctx.E},
+            return clamped_lookups(self.checked, ctx.params, inputs, {**self.sizes, "D": ctx.D, "E": ctx.E, "Hkv": ctx.Hkv},
                                    (batch, ctx.H, ctx.Nq, ctx.N))
 
     def tap(self, q, k, v, rows=None, **inputs) -> torch.Tensor:

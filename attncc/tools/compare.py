@@ -32,14 +32,16 @@ class Result:
 
 
 def random_inputs(cls, batch: int, heads: int, nq: int, nk: int, dim: int, dim_v: int | None = None,
-                  generator: torch.Generator | None = None, device="cpu"):
-    """q, k, v in float64 plus every declared input, random but valid."""
+                  generator: torch.Generator | None = None, device="cpu", kv_heads: int | None = None):
+    """q, k, v in float64 plus every declared input, random but valid; k and v of `kv_heads` heads
+    (grouped-query attention; default: `heads`)."""
     g = generator or torch.Generator().manual_seed(0)
     dim_v = dim_v or dim
+    kv_heads = kv_heads or heads
     q = torch.randn(batch, heads, nq, dim, generator=g, dtype=torch.float64)
-    k = torch.randn(batch, heads, nk, dim, generator=g, dtype=torch.float64)
-    v = torch.randn(batch, heads, nk, dim_v, generator=g, dtype=torch.float64)
-    sizes = {**cls.SIZES, "N": nk, "Nq": nq, "H": heads, "D": dim, "E": dim_v}
+    k = torch.randn(batch, kv_heads, nk, dim, generator=g, dtype=torch.float64)
+    v = torch.randn(batch, kv_heads, nk, dim_v, generator=g, dtype=torch.float64)
+    sizes = {**cls.SIZES, "N": nk, "Nq": nq, "H": heads, "D": dim, "E": dim_v, "Hkv": kv_heads}
     inputs = {}
     adjacencies = {adj for _, adj, _ in cls.GRAPHS.values()}
     for name, spec in cls.INPUTS.items():
@@ -64,8 +66,9 @@ def parse_sizes(pairs: list[str]) -> dict:
     return {name: int(value) for name, value in (s.split("=", 1) for s in pairs)}
 
 
-def make_module(cls, heads: int, dim: int, dim_v: int, randomize: bool = True, seed: int = 0, **sizes):
-    fixed = {n: v for n, v in (("H", heads), ("D", dim), ("E", dim_v)) if n in cls.NEEDS}
+def make_module(cls, heads: int, dim: int, dim_v: int, randomize: bool = True, seed: int = 0,
+                kv_heads: int | None = None, **sizes):
+    fixed = {n: v for n, v in (("H", heads), ("D", dim), ("E", dim_v), ("Hkv", kv_heads or heads)) if n in cls.NEEDS}
     module = cls(**fixed, **sizes)
     if randomize:  # learned tables at their init (often zeros) would test little
         g = torch.Generator().manual_seed(seed)
