@@ -110,3 +110,13 @@ def test_strong_gates_have_finite_gradients():
     assert G.min() < -1000
     grads = torch.autograd.grad(chunked(q, k, v, G, 0.5).float().sum(), (q, k, v, G))
     assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_grouped_query_heads_read_their_key_value_head():
+    """k, v of 2 heads under 4 query heads (grouped-query attention), the gates per query head."""
+    q = rows(1, 4, 50, 8, 4, seed=12)[0]
+    _, k, v = rows(1, 2, 50, 8, 4, seed=13)
+    G = log_gates(1, 4, 50, 8, seed=14)
+    got = chunked(q, k, v, G, 0.5, chunk=16)
+    want = dense_gla(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), G, 0.5)
+    assert (got - want).abs().max() < 1e-9

@@ -196,4 +196,3 @@ def emit_gla_dkdv_kernel(w: CodeWriter, fq: str, fk: str) -> None:
             w.line(f"R = carry[:, None] * R + {_dot('tl.trans(scaled)', 'dnum')}")
             w.line("r = carry * r + tl.sum(scaled * dden[:, None], 0)")
     w.line()
-
