@@ -330,10 +330,6 @@ def cmd_check(args) -> int:
                 if cls.GRAPHS and nq != nk:  # a graph relates the same tokens as queries and keys
                     continue
                 where = (f"{nq} x {nk}", f"{heads}:{kv_heads}")
-                if kv_heads != heads and cls.APPROX:
-                    table.add_row(backend, dtype_name, *where, "-", "-", "[yellow]skipped: no grouped form of "
-                                  f"{cls.APPROX[0]} yet (raises)")
-                    continue
                 module = make_module(cls, heads=heads, dim=24, dim_v=20, seed=args.seed, kv_heads=kv_heads)
                 gen = torch.Generator().manual_seed(args.seed + nq * 1000 + nk)
                 q, k, v, inputs = random_inputs(cls, 2, heads, nq, nk, 24, 20, generator=gen, kv_heads=kv_heads)
