@@ -10,6 +10,9 @@ from pathlib import Path
 BACKEND_RUNS = [("torch", "float32"), ("torch", "float64"), ("torch", "bfloat16"),
                 ("triton", "float32"), ("triton", "float16"), ("triton", "bfloat16")]
 CHECK_SHAPES = [(37, 37), (1, 1), (20, 45), (45, 20), (130, 130)]
+# grouped-query attention (k, v of Hkv heads dividing q's H): (Nq, N, H, Hkv) checked in GQA_BACKENDS too
+GQA_SHAPES = [(37, 37, 4, 2), (45, 20, 3, 1), (130, 130, 4, 1)]
+GQA_BACKENDS = ("torch",)
 MAX_SEED = 2**32  # seeds are drawn into torch generators (64-bit) with offsets added: 32 bits leave room
 
 
@@ -311,7 +314,7 @@ def cmd_check(args) -> int:
         else:
             _describe(console, cls, f"[bold]{spec}[/bold]: `{cls.SPEC_NAME}`, ", "  ", device)
         table = Table(title=f"{cls.SPEC_NAME}: every backend vs the dense float64 reference")
-        for col in ("backend", "dtype", "Nq x N", "max error", "tolerance", "result"):
+        for col in ("backend", "dtype", "Nq x N", "H:Hkv", "max error", "tolerance", "result"):
             table.add_column(col)
         for backend, dtype_name in BACKEND_RUNS:
             dtype = getattr(torch, dtype_name)
@@ -319,17 +322,24 @@ def cmd_check(args) -> int:
                 runnable, why = triton_runnable(device)
                 if not runnable or (dtype == torch.bfloat16 and device == "cpu"):
                     why = why if not runnable else "interpreter bf16 tl.dot (triton#11584)"
-                    table.add_row(backend, dtype_name, "-", "-", "-", f"[yellow]skipped: {why}")
+                    table.add_row(backend, dtype_name, "-", "-", "-", "-", f"[yellow]skipped: {why}")
                     continue
-            for nq, nk in CHECK_SHAPES:
+            shapes = [(nq, nk, 3, 3) for nq, nk in CHECK_SHAPES]
+            shapes += GQA_SHAPES if backend in GQA_BACKENDS else []
+            for nq, nk, heads, kv_heads in shapes:
                 if cls.GRAPHS and nq != nk:  # a graph relates the same tokens as queries and keys
                     continue
-                module = make_module(cls, heads=3, dim=24, dim_v=20, seed=args.seed)
+                where = (f"{nq} x {nk}", f"{heads}:{kv_heads}")
+                if kv_heads != heads and cls.APPROX:
+                    table.add_row(backend, dtype_name, *where, "-", "-", "[yellow]skipped: no grouped form of "
+                                  f"{cls.APPROX[0]} yet (raises)")
+                    continue
+                module = make_module(cls, heads=heads, dim=24, dim_v=20, seed=args.seed, kv_heads=kv_heads)
                 gen = torch.Generator().manual_seed(args.seed + nq * 1000 + nk)
-                q, k, v, inputs = random_inputs(cls, 2, 3, nq, nk, 24, 20, generator=gen)
+                q, k, v, inputs = random_inputs(cls, 2, heads, nq, nk, 24, 20, generator=gen, kv_heads=kv_heads)
                 r = compare(module, q, k, v, inputs, backend, dtype, device)
                 failed += not r.ok
-                table.add_row(backend, dtype_name, f"{nq} x {nk}", f"{r.error:.2e}", f"{r.tolerance:.0e}",
+                table.add_row(backend, dtype_name, *where, f"{r.error:.2e}", f"{r.tolerance:.0e}",
                               "[green]ok" if r.ok else "[red]FAIL")
         console.print(table)
         for line in clamp_warnings(cls, args.seed):

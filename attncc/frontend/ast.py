@@ -63,6 +63,13 @@ class Index(Expr):
 
 
 @dataclass(frozen=True)
+class Slice(Expr):
+    """`lo:hi` as the last index of a row (`q[i, 0:D // 2]`); a missing bound is None."""
+    lo: Expr | None
+    hi: Expr | None
+
+
+@dataclass(frozen=True)
 class Stmt:
     span: Span
 
@@ -197,6 +204,8 @@ def _parts(e: Expr) -> list[Expr]:
         return [*e.args, *(k.value for k in e.kwargs)]
     if isinstance(e, Index):
         return list(e.indices)
+    if isinstance(e, Slice):
+        return [b for b in (e.lo, e.hi) if b is not None]
     return []
 
 
@@ -217,6 +226,10 @@ def _format_node(e: Expr, parts: list[str]) -> str:
         return f"{e.fn}({', '.join(args)})"
     if isinstance(e, Index):
         return f"{e.table}[{', '.join(parts)}]"
+    if isinstance(e, Slice):
+        bounds = iter(parts)
+        lo = next(bounds) if e.lo is not None else ""
+        return f"{lo}:{next(bounds) if e.hi is not None else ''}"
     raise TypeError(type(e))
 
 

@@ -446,6 +446,9 @@ class _Checker(ExprTyper, MechanismChecks):
                     self.bag.error(f"`normalize {norm.name}` needs `weight(i, j)`", self.spec.name_span,
                                    "e.g. `weight(i, j) = dot(phi(q[i]), phi(k[j]))`")
         self._check_random_features(logits if norm.takes_score else weight)
+        kind = "score" if norm.takes_score else "weight"
+        if kind in self.defs:
+            self._check_dot_terms(logits if norm.takes_score else weight, self.defs[kind].body.span)
         if norm.of_score is not None and logits is not None:  # the weights it means (lang/normalizers.py)
             logits, weight = None, norm.of_score(logits)
         ista = self._check_ista(weight, mask, opts) if not norm.fixed_weights else None

@@ -154,6 +154,12 @@ class _ToAst(Transformer_NonRecursive):
     def index(self, meta, c):
         return ast.Index(self._s(meta), str(c[0]), self._s(c[0]), tuple(c[1]))
 
+    def items(self, meta, c):
+        return tuple(c)
+
+    def slice(self, meta, c):
+        return ast.Slice(self._s(meta), c[0], c[1])
+
 
 def _describe(token: Token | None) -> str:
     if token is None or token.type == "$END":

@@ -112,6 +112,7 @@ class CompiledAttention(nn.Module):
     NEEDS: tuple = ()
     GRAPHS: dict = {}  # name -> (kernel, adjacency input, options): inputs computed from inputs
     RANDOM_FEATURES: dict = {}  # name -> (map, options): projections held in the `random_features` buffers
+    PREPARED_ROWS = False  # rows of inputs, slices or several dot terms: `prepare_rows` forms q', k' (passes/rows.py)
     TENSOR_POWERS = False  # a polynomial kernel: rows become tensor-power features (tensor_power_terms)
     POOL = False  # `pool k, v = ...`: the generated `pool_kv` replaces k, v before any backend (attncc/rt/pool.py)
     APPROX = None  # (method, options) of a declared approximation computed by its own algorithm (attncc/rt/approx.py)
@@ -304,12 +305,16 @@ class CompiledAttention(nn.Module):
         B, H, Nq, D = q.shape
         N, Hkv = k.shape[2], k.shape[1]
         want = {"k": (B, Hkv, N, D), "v": (B, Hkv, N, v.shape[-1])}
+        if Hkv == 0 or H % Hkv:
+            raise ShapeError(f"{self.SPEC_NAME}: `k` has {Hkv} heads, which do not divide the {H} heads of q "
+                             f"(q is {tuple(q.shape)}, k {tuple(k.shape)}); expected k [B, Hkv, N, D] and "
+                             "v [B, Hkv, N, E] with Hkv dividing H (grouped-query attention; Hkv = H: one "
+                             "key/value head per query head)")
         for name, t in (("k", k), ("v", v)):
-            if tuple(t.shape) != want[name] or Hkv == 0 or H % Hkv:
+            if tuple(t.shape) != want[name]:
                 raise ShapeError(f"{self.SPEC_NAME}: `{name}` has shape {tuple(t.shape)}, expected {want[name]} "
-                                 f"with {Hkv} dividing the {H} heads of q (q is {tuple(q.shape)}; k and v share "
-                                 "their heads and token count; grouped-query attention: q [B, H, Nq, D], "
-                                 "k [B, Hkv, N, D], v [B, Hkv, N, E], Hkv dividing H)")
+                                 f"(q is {tuple(q.shape)}; k and v share their heads, dividing q's, and their "
+                                 "token count)")
             if t.dtype != q.dtype or t.device != q.device:
                 raise ShapeError(f"{self.SPEC_NAME}: `{name}` is {t.dtype} on {t.device}, q is {q.dtype} on "
                                  f"{q.device}")
@@ -374,8 +379,10 @@ class CompiledAttention(nn.Module):
         return backend.run(self, q, k, v, ctx)
 
     def prepared(self, q, k, v, ctx: Context):
-        """What every lowering's forward reads: k, v pooled (ContextPool), graph kernels formed as
+        """What every lowering's forward reads: q, k as the spec's prepared rows, k, v pooled (ContextPool), graph kernels formed as
         tables where the lowering reads G[i, j], rows of q and k through their random features."""
+        if self.PREPARED_ROWS:
+            q, k = self.prepare_rows(q, k, ctx)
         if self.POOL:
             k, v = self.pool_kv(k, v, ctx)
         if registry.get(ctx.lowering or self.LOWERING).forms_graph_tables:
