@@ -360,3 +360,19 @@ def test_tap_is_the_combined_matrix():
         want = softmax_attention(q, k, v, causal(6, 6)) - diff.lam.double().view(1, -1, 1, 1) * softmax_attention(
             q, k, v, causal(6, 6, 4))
     assert torch.allclose(diff.double().tap(q, k, v) @ v, want, atol=1e-12)
+
+
+@pytest.mark.parametrize("kv_heads", [1, 3])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_grouped_query_heads(name, kv_heads):
+    """k and v with fewer heads: every map reads key/value head h // (H / Hkv); the combination is per query head."""
+    text, by_hand = CASES[name]
+    cls = compiled(text)
+    module = make_module(cls, heads=3, dim=8, dim_v=6, seed=1, kv_heads=kv_heads).double()
+    q, k, v, inputs = random_inputs(cls, 2, 3, 10, 10, 8, 6, generator=torch.Generator().manual_seed(4),
+                                    kv_heads=kv_heads)
+    expand = lambda t: t.repeat_interleave(3 // kv_heads, dim=1)  # noqa: E731
+    with torch.no_grad():
+        want = by_hand(module, q, expand(k), expand(v), {n: t.double() for n, t in inputs.items()})
+        assert torch.allclose(module.reference(q, k, v, **inputs), want, atol=1e-12)
+        assert torch.allclose(module(q, k, v, **inputs), want, atol=1e-10)
