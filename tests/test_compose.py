@@ -387,3 +387,15 @@ def test_grouped_query_heads(name, kv_heads):
         want = by_hand(module, q, expand(k), expand(v), {n: t.double() for n, t in inputs.items()})
         assert torch.allclose(module.reference(q, k, v, **inputs), want, atol=1e-12)
         assert torch.allclose(module(q, k, v, **inputs), want, atol=1e-10)
+
+
+def test_the_reference_function_takes_shared_and_map_tables():
+    q, k, v = torch.randn(3, 1, 2, 7, 8, dtype=torch.float64)
+    g = torch.rand(1, 7)
+    slope, lam = torch.tensor([0.5, 0.25]), torch.tensor([0.3, 0.7])
+    got = attncc.reference(INPUT_GATE, q, k, v, params={"biased.slope": slope}, g=g)
+    assert torch.allclose(got, input_gate_by_hand(q, k, v, g, slope), atol=1e-12)
+    got = attncc.reference(DIFF_WINDOW, q, k, v, params={"lam": lam})
+    assert torch.allclose(got, diff_window_by_hand(q, k, v, lam), atol=1e-12)
+    with pytest.raises(AttnccError, match="made by attncc.compile"):
+        compiled(DIFF_WINDOW).__mro__[1]()  # the generated module's class alone has no maps
