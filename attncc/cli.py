@@ -295,6 +295,7 @@ def clamp_warnings(cls, seed: int) -> list[str]:
 def cmd_check(args) -> int:
     import torch
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     device = device_argument(args.device)
@@ -308,7 +309,7 @@ def cmd_check(args) -> int:
     for spec in specs:
         cls = compile_spec(spec, lowering=args.lowering)
         if getattr(cls, "MAPS", None):
-            console.print(f"[bold]{spec}[/bold]: `{cls.SPEC_NAME}`, output = {cls.OUTPUT}")
+            console.print(f"[bold]{spec}[/bold]: `{cls.SPEC_NAME}`, output = {escape(cls.OUTPUT)}")
             for name, part in cls.MAPS.items():
                 _describe(console, part, f"  map `{name}`: ", "    ", device)
         else:
