@@ -191,7 +191,7 @@ class TritonExpr(ExprPrinter):
     """Emit Triton code over tile index vectors: `offs_m[:, None]` (i), `offs_n[None, :]` (j), `off_h` (h),
     `off_b` (b: every kernel that evaluates expressions has its program's batch row, as input lookups need)."""
 
-    TILE_VARIABLES = {"i": "offs_m[:, None]", "j": "offs_n[None, :]", "h": "off_h", "b": "off_b"}
+    TILE_VARIABLES = {"i": "offs_m[:, None]", "j": "offs_n[None, :]", "h": "off_h", "hk": "off_hk", "b": "off_b"}
 
     def __init__(self, dots: dict[TExpr, str], sizes: dict[str, str], variables: dict[str, str] | None = None):
         self.dots = dots

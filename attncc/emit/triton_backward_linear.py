@@ -183,7 +183,8 @@ def emit_linear_op(w: CodeWriter, plan: Plan, eps: float) -> None:
         w.line("return triton_forward(self, q, k, v, ctx, host), q.new_zeros(*q.shape[:3], dtype=torch.float32)")
     w.line()
     with w.block("def op_backward(self, q, k, v, out, stat, dout, ctx, host):"):
-        backward_head(w, "(dq, dk, dv, no table gradients) by the reverse recurrence.", fixed_blocks=False)
+        backward_head(w, "(dq, dk, dv, no table gradients) by the reverse recurrence.", fixed_blocks=False,
+                      per_query_head=True)
         # chunks that fit: the whole-width [BLOCK_D, BLOCK_E] states and four fp32 chunks of rows
         w.line("BLOCK_M = BLOCK_N = (32 if max(BLOCK_D, BLOCK_E) <= 64 else 16) if autotune.on_gpu(q) else 16")
         linear_scalars(w, plan)
@@ -204,7 +205,7 @@ def emit_linear_op(w: CodeWriter, plan: Plan, eps: float) -> None:
             w.line("    BLOCK_E=E_TILE, STATE_E=BLOCK_E, PRECISION=precision)")
             w.line(f"_linear_bwd[(B * H,)]({bwd_launch()}, state, z, mod, {eps!r},")
             w.line(f"    {blocks})")
-        w.line("return dq, dk, dv, {}")
+        w.line("return dq, triton_ops.group_sum(dk, k), triton_ops.group_sum(dv, v), {}")
     w.line()
     w.line("GRAD_TABLES = ()  # tables the backward kernels differentiate")
 
@@ -319,7 +320,8 @@ def emit_gated_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
         w.line("return triton_forward(self, q, k, v, ctx, host), q.new_zeros(*q.shape[:3], dtype=torch.float32)")
     w.line()
     with w.block("def op_backward(self, q, k, v, out, stat, dout, ctx, host):"):
-        backward_head(w, "(dq, dk, dv, gradients of what the gate reads) by the gated chunked recurrences.")
+        backward_head(w, "(dq, dk, dv, gradients of what the gate reads) by the gated chunked recurrences.",
+                      per_query_head=True)
         linear_scalars(w, plan)
         w.line("gq, gk = (host.gate(ctx, n).to(device=q.device, dtype=torch.float32).expand(B, H, n, 1)")
         w.line("          .reshape(B * H, n).contiguous() for n in (Nq, N))")
@@ -332,6 +334,7 @@ def emit_gated_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
         w.line(f"_gated_bwd_dkdv[(B * H,)]({bwd_launch()}, gq, gk, dgk, inv, dden,")
         w.line(f"    {blocks})")
         w.line("grads = host.gate_grads(ctx, Nq, dgq.view(B, H, Nq, 1), {})")
+        w.line("dk, dv = triton_ops.group_sum(dk, k), triton_ops.group_sum(dv, v)")
         w.line("return dq, dk, dv, host.gate_grads(ctx, N, dgk.view(B, H, N, 1), grads)")
     w.line()
     w.line(f"GRAD_TABLES = {tuple(tables)!r}  # tables the backward kernels differentiate (through dG)")

@@ -126,3 +126,21 @@ _forward.register_autograd(_autograd_backward, setup_context=_setup_context)
 def pow2_shift(n: int) -> int:
     """log2(n) for a power of two n >= 1, else -1: the shift a kernel uses to divide by the size n."""
     return n.bit_length() - 1 if n >= 1 and n & (n - 1) == 0 else -1
+
+
+def per_query_head(x: Tensor, heads: int) -> Tensor:
+    """The buffer a backward kernel writes the gradient of k or v (x, with Hkv heads) into, one slice per
+    query head: x's own shape without grouping (heads == Hkv), else float32 [B, heads, N, dim], summed
+    over each group of heads by group_sum."""
+    if x.shape[1] == heads:
+        return torch.empty_like(x)
+    return torch.empty(x.shape[0], heads, *x.shape[2:], device=x.device, dtype=torch.float32)
+
+
+def group_sum(grad: Tensor, like: Tensor) -> Tensor:
+    """The gradient of k or v (`like`, Hkv heads) from per-query-head gradients (per_query_head): query
+    head h reads key/value head h // G, so the G adjacent heads of a group add up."""
+    if grad.shape == like.shape:
+        return grad
+    B, H, *rest = grad.shape
+    return grad.view(B, like.shape[1], H // like.shape[1], *rest).sum(2).to(like.dtype)
