@@ -23,6 +23,7 @@ HEAD_TABLE = """attention head_table {
     score(i, j) = dot(q[i], k[j]) * scale + rpe[h, i - j + 16]
     mask(i, j) = abs(i - j) <= 16
 }"""  # a per-head table: its gradient atomics per query head, dK / dV summed over the group
+MRA = "attention a { normalize softmax approx mra(block = 16, blocks_per_row = 2, first = 1, diagonal = 1) }"
 CASES = {  # name: (spec, lowering, sizes, (Nq, N), backward kernels)
     "causal": ("causal", None, {}, (37, 37), True),
     "alibi": ("alibi", None, {}, (37, 30), True),
@@ -37,7 +38,14 @@ CASES = {  # name: (spec, lowering, sizes, (Nq, N), backward kernels)
     "decode": (DECODE, "decode", {}, (3, 40), True),
     "fft": ("toeplitz_linear", "fft", {}, (30, 30), False),
     "rings": ("ripple", "rings", {}, (36, 36), False),
+    "mixed_chunk": ("flash", None, {"c": 16}, (40, 40), False),
+    "mra": (MRA, None, {}, (40, 40), False),
 }
+# their torch parts (the chunk states of mixed_chunk, MRA's block selection) broadcast one kv head but
+# do not yet group several: they belong to the runtime side of grouped heads, which lands separately
+TORCH_PART_PENDING = {("mixed_chunk", 2), ("mra", 2)}
+PARAMS = [pytest.param(case, kv, marks=pytest.mark.xfail(strict=True, reason="torch part not grouped yet"))
+          if (case, kv) in TORCH_PART_PENDING else (case, kv) for case in sorted(CASES) for kv in (1, 2)]
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 3e-2}
 B, H, D, E = 2, 4, 16, 8
 
@@ -80,8 +88,7 @@ def _run(call, module, q, k, v, inputs, dtype, backward):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-@pytest.mark.parametrize("kv_heads", [1, 2])
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case, kv_heads", PARAMS)
 def test_grouped_heads_match_expanded_torch(case, kv_heads, dtype):
     spec, lowering, sizes, (nq, n), backward = CASES[case]
     cls = _compile(spec, lowering)

@@ -292,8 +292,8 @@ class TileBackward:
             for acc in k_accs:
                 w.line(f"{acc} = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)")
             w.line("dv = tl.zeros([BLOCK_N, BLOCK_E], dtype=tl.float32)")
-            with w.block("for g in range(GROUP):  # the query heads of this key/value head (GROUP = 1: one pass)"):
-                w.line("off_h = off_hk * GROUP + g")
+            with w.block("for member in range(GROUP):  # the query heads of this key/value head (GROUP = 1: one pass)"):
+                w.line("off_h = off_hk * GROUP + member")
                 with w.block(f"if USE_TMA:  {TMA_NOTE}"):
                     tensor_descriptors(w, self.dots, with_do=True, sides="q")
                 self.query_tiles()
