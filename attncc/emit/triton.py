@@ -258,8 +258,9 @@ def program_prologue(w: CodeWriter, per_bh_only: bool = False, out: bool = True,
                      per_kv_head: bool = False) -> None:
     """Program ids, the (b, h) offsets of the tensors and the head columns; with `value_axis`, the
     program owns the value columns [pid_e BLOCK_E, (pid_e + 1) BLOCK_E) of that grid axis. Query head
-    off_h reads key/value head off_hk = off_h // GROUP. per_kv_head: the grid walks (b, kv head); Q
-    and Out are left at the batch's first query head of the group, which the kernel walks itself."""
+    off_h reads key/value head off_hk = off_h // GROUP. per_kv_head: the grid walks (b, kv head);
+    Q_group and Out_group point at the group's first query head, and the kernel sets Q and Out per
+    member, afresh from them (not incremented: no pointer is carried across the group loop)."""
     if not per_bh_only:
         w.line("pid_m = tl.program_id(0)")
         w.line("pid_bh = tl.program_id(1)")
@@ -268,7 +269,7 @@ def program_prologue(w: CodeWriter, per_bh_only: bool = False, out: bool = True,
     if per_kv_head:
         w.line("off_b = pid_bh // (H // GROUP)")
         w.line("off_hk = pid_bh % (H // GROUP)  # the key/value head; its query heads: off_hk GROUP + g, g < GROUP")
-        w.line("Q += off_b * stride_qb + off_hk * GROUP * stride_qh")
+        w.line("Q_group = Q + off_b * stride_qb + off_hk * GROUP * stride_qh")
     else:
         w.line("off_b = pid_bh // H")
         w.line("off_h = pid_bh % H")
@@ -276,8 +277,10 @@ def program_prologue(w: CodeWriter, per_bh_only: bool = False, out: bool = True,
         w.line("Q += off_b * stride_qb + off_h * stride_qh")
     w.line("K += off_b * stride_kb + off_hk * stride_kh")
     w.line("V += off_b * stride_vb + off_hk * stride_vh")
-    if out:
-        w.line(f"Out += off_b * stride_ob + {'off_hk * GROUP' if per_kv_head else 'off_h'} * stride_oh")
+    if out and per_kv_head:
+        w.line("Out_group = Out + off_b * stride_ob + off_hk * GROUP * stride_oh")
+    elif out:
+        w.line("Out += off_b * stride_ob + off_h * stride_oh")
     w.line("offs_d = tl.arange(0, BLOCK_D)")
     if value_axis is None:
         w.line("offs_e = tl.arange(0, BLOCK_E)")

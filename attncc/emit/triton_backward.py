@@ -141,7 +141,10 @@ def bwd_prologue(w: CodeWriter, per_bh_only: bool = False, grads: str = "QKV", o
     the key/value head and dO at the group's first query head (the kernel walks the group); else all
     at the query head (dK, dV then have H heads: per query head, summed over the group by the launcher)."""
     program_prologue(w, per_bh_only, out, per_kv_head=per_kv_head)
-    w.line(f"DO += off_b * stride_dob + {'off_hk * GROUP' if per_kv_head else 'off_h'} * stride_doh")
+    if per_kv_head:
+        w.line("DO_group = DO + off_b * stride_dob + off_hk * GROUP * stride_doh")
+    else:
+        w.line("DO += off_b * stride_dob + off_h * stride_doh")
     for x in grads:
         head = "off_hk" if per_kv_head and x in "KV" else "off_h"
         w.line(f"D{x} += off_b * stride_d{x.lower()}b + {head} * stride_d{x.lower()}h")
@@ -283,8 +286,8 @@ class TileBackward:
                              "statistic, summed over the GROUP query heads that read this key/value head.",
                              diagonals=self.diagonals, per_kv_head=True):
             w.line("pid_n = pid_m  # this grid's first axis walks key tiles")
-            w.line("Stat += (off_b * H + off_hk * GROUP) * Nq  # the group's first query head")
-            w.line("Delta += (off_b * H + off_hk * GROUP) * Nq")
+            w.line("Stat_group = Stat + (off_b * H + off_hk * GROUP) * Nq  # the group's first query head")
+            w.line("Delta_group = Delta + (off_b * H + off_hk * GROUP) * Nq")
             w.line("offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)")
             self.load_sides(self.k_sides, "K", "offs_n", "N", start="pid_n * BLOCK_N")
             self.load_values("v", "V", "offs_n", "N", start="pid_n * BLOCK_N")
@@ -294,13 +297,13 @@ class TileBackward:
             w.line("dv = tl.zeros([BLOCK_N, BLOCK_E], dtype=tl.float32)")
             with w.block("for member in range(GROUP):  # the query heads of this key/value head (GROUP = 1: one pass)"):
                 w.line("off_h = off_hk * GROUP + member")
+                w.line("Q = Q_group + member * stride_qh  # from the bases: nothing carried from one member to the next")
+                w.line("DO = DO_group + member * stride_doh")
+                w.line("Stat = Stat_group + member * Nq")
+                w.line("Delta = Delta_group + member * Nq")
                 with w.block(f"if USE_TMA:  {TMA_NOTE}"):
                     tensor_descriptors(w, self.dots, with_do=True, sides="q")
                 self.query_tiles()
-                w.line("Q += stride_qh  # on to the group's next query head")
-                w.line("DO += stride_doh")
-                w.line("Stat += Nq")
-                w.line("Delta += Nq")
             _feature_grad(w, "dk", k_accs, "BLOCK_N", "K", "offs_n", "N")
             store_tile(w, "DK", "dk", "offs_n", "N", "offs_d", "D")
             store_tile(w, "DV", "dv", "offs_n", "N", "offs_e", "E")
