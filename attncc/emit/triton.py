@@ -250,8 +250,9 @@ def launch_common(out: bool = True) -> str:
             + (", *out.stride()" if out else ""))
 
 
-# the launchers' GROUP: query heads per key/value head (q and k may differ in heads only by it)
-GROUP_OF = "q.shape[1] // k.shape[1]"
+# the launchers' GROUP: query heads per key/value head (q and k may differ in heads only by it); every
+# launcher has H = q.shape[1] and Hkv = k.shape[1] (launcher_head)
+GROUP_OF = "H // Hkv"
 
 
 def program_prologue(w: CodeWriter, per_bh_only: bool = False, out: bool = True, value_axis: int | None = None,
@@ -532,7 +533,7 @@ def layout_exact(plan: Plan) -> bool:
 
 def launcher_head(w: CodeWriter, allocate_out: bool = True, fixed_blocks: bool = True) -> None:
     w.line("B, H, Nq, D = q.shape")
-    w.line("N, E = k.shape[2], v.shape[3]")
+    w.line("N, E, Hkv = k.shape[2], v.shape[3], k.shape[1]  # Hkv: key/value heads, H // GROUP")
     if allocate_out:
         w.line("out = torch.empty(B, H, Nq, E, device=q.device, dtype=q.dtype)")
     if fixed_blocks:  # forward launchers take theirs from autotune

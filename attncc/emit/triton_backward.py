@@ -146,8 +146,21 @@ def bwd_prologue(w: CodeWriter, per_bh_only: bool = False, grads: str = "QKV", o
     else:
         w.line("DO += off_b * stride_dob + off_h * stride_doh")
     for x in grads:
-        head = "off_hk" if per_kv_head and x in "KV" else "off_h"
-        w.line(f"D{x} += off_b * stride_d{x.lower()}b + {head} * stride_d{x.lower()}h")
+        g = f"stride_d{x.lower()}"
+        if per_kv_head and x == "Q":
+            w.line(f"DQ_group = DQ + off_b * {g}b + off_hk * GROUP * {g}h")
+        else:
+            w.line(f"D{x} += off_b * {g}b + {'off_hk' if per_kv_head else 'off_h'} * {g}h")
+
+
+def group_member(w: CodeWriter, pointers: tuple[str, ...]) -> None:
+    """Inside `for member in range(GROUP)` of a per-kv-head kernel: the query head off_h and its
+    pointers, each set afresh from its group base (X = X_group + member * stride_xh; Stat and Delta
+    [B H, Nq] rows by Nq), so nothing is carried from one member to the next."""
+    w.line("off_h = off_hk * GROUP + member")
+    for ptr in pointers:
+        step = "Nq" if ptr in ("Stat", "Delta") else "stride_oh" if ptr == "Out" else f"stride_{ptr.lower()}h"
+        w.line(f"{ptr} = {ptr}_group + member * {step}")
 
 
 def backward_head(w: CodeWriter, doc: str, fixed_blocks: bool = True, per_query_head: bool = False) -> None:
@@ -296,11 +309,7 @@ class TileBackward:
                 w.line(f"{acc} = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)")
             w.line("dv = tl.zeros([BLOCK_N, BLOCK_E], dtype=tl.float32)")
             with w.block("for member in range(GROUP):  # the query heads of this key/value head (GROUP = 1: one pass)"):
-                w.line("off_h = off_hk * GROUP + member")
-                w.line("Q = Q_group + member * stride_qh  # from the bases: nothing carried from one member to the next")
-                w.line("DO = DO_group + member * stride_doh")
-                w.line("Stat = Stat_group + member * Nq")
-                w.line("Delta = Delta_group + member * Nq")
+                group_member(w, ("Q", "DO", "Stat", "Delta"))
                 with w.block(f"if USE_TMA:  {TMA_NOTE}"):
                     tensor_descriptors(w, self.dots, with_do=True, sides="q")
                 self.query_tiles()

@@ -168,7 +168,7 @@ def emit_structured(w: CodeWriter, graph: Graph, plan: Plan, torch_part: str,
         w.line(f"# Triton ({kernel}): phi(Q), {'the box reads and ring weights, ' if rings else ''}"
                "the contraction and the normalization.")
         w.line("B, H, Nq, _ = q.shape")
-        w.line("N, E = k.shape[2], v.shape[3]")
+        w.line("N, E, Hkv = k.shape[2], v.shape[3], k.shape[1]  # the transforms run over the Hkv key/value heads")
         w.line("out = torch.empty(B, H, Nq, E, device=q.device, dtype=q.dtype)")
         w.line("acc = torch.zeros(B, H, Nq, E + 1, device=q.device, dtype=torch.float32)")
         w.line("BLOCK_M = 64 if autotune.on_gpu(q) else 32")
