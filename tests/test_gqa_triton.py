@@ -41,11 +41,7 @@ CASES = {  # name: (spec, lowering, sizes, (Nq, N), backward kernels)
     "mixed_chunk": ("flash", None, {"c": 16}, (40, 40), False),
     "mra": (MRA, None, {}, (40, 40), False),
 }
-# their torch parts (the chunk states of mixed_chunk, MRA's block selection) broadcast one kv head but
-# do not yet group several: they belong to the runtime side of grouped heads, which lands separately
-TORCH_PART_PENDING = {("mixed_chunk", 2), ("mra", 2)}
-PARAMS = [pytest.param(case, kv, marks=pytest.mark.xfail(strict=True, reason="torch part not grouped yet"))
-          if (case, kv) in TORCH_PART_PENDING else (case, kv) for case in sorted(CASES) for kv in (1, 2)]
+PARAMS = [(case, kv) for case in sorted(CASES) for kv in (1, 2)]
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 3e-2}
 B, H, D, E = 2, 4, 16, 8
 
@@ -62,14 +58,7 @@ def _inputs(cls, nq, n, kv_heads):
 
 
 def _call(module, q, k, v, inputs):
-    """The module's Triton path on k, v of fewer heads than q. The module's shape check does not yet
-    accept them (the runtime side of grouped heads lands separately): its context is built from the
-    expanded shapes, then the kernels run on the grouped tensors themselves."""
-    group = q.shape[1] // k.shape[1]
-    shaped = [t.detach().repeat_interleave(group, 1) for t in (k, v)]
-    ctx = module._context(q, *shaped, inputs)
-    ctx.lowering = module.lowering_at(ctx.N)
-    return module.forward_triton(q, k, v, ctx)
+    return module(q, k, v, **inputs)
 
 
 def _reference(module, q, k, v, inputs):
