@@ -169,7 +169,10 @@ def cmd_compile(args) -> int:
     for name, source in generated_files(comp).items():
         write_output(out / name, source, "-o")
         print(f"{out / name}")
-    print(f"{comp.checked.name}: lowering {comp.plan.lowering} ({comp.spec_hash})")
+    lowerings = {comp.checked.name: comp} if not hasattr(comp, "maps") else comp.maps
+    print(f"{comp.checked.name}: " + ", ".join(f"{'map ' + n + ' ' if n != comp.checked.name else ''}lowering "
+                                               f"{c.plan.lowering}" for n, c in lowerings.items())
+          + f" ({comp.spec_hash})")
     return 0
 
 
@@ -197,8 +200,9 @@ def inspect_gpu(args) -> int:
     from .api import compile as compile_spec
     from .tools.gpu_compile import TARGETS, gate, report
     cls = compile_spec(args.spec, lowering=args.lowering)
-    compiled = gate(cls, [TARGETS[args.target]], [getattr(torch, args.dtype)], [args.head_dim])
-    print(report(cls.SPEC_NAME, compiled, args.emit), end="")
+    for part in getattr(cls, "MAPS", {}).values() or [cls]:  # a composed spec: each map's kernels
+        compiled = gate(part, [TARGETS[args.target]], [getattr(torch, args.dtype)], [args.head_dim])
+        print(report(part.SPEC_NAME, compiled, args.emit), end="")
     return 0
 
 
@@ -208,18 +212,31 @@ def cmd_inspect(args) -> int:
     if args.emit in ("ptx", "ttgir", "resources"):
         return inspect_gpu(args)
     from .api import build
-    from .frontend.ast import format_spec
-    from .emit.triton_backward import backward_line
-    from .plan.gradients import torch_backward_line
-    from .ir.graph import print_graph, to_dot
-    from .runtime.backends import cuda_triton_available
-    from .plan.select import format_plan
     from .tools.compare import parse_sizes
     try:
         sizes = parse_sizes(args.size)
     except ValueError as exc:
         raise UsageError(f"--size: {exc}") from None
     comp = build(spec_argument(args.spec), lowering=args.lowering, sizes=sizes)
+    if not hasattr(comp, "maps"):
+        return _inspect_one(args, comp)
+    print(f"# {comp.checked.name}: output = {comp.checked.output}")
+    if args.emit == "module":
+        print(comp.module_source)
+    for name, part in comp.maps.items():
+        print(f"\n# {'=' * 24} map {name} (compiled as the spec `{part.checked.name}`) {'=' * 24}")
+        _inspect_one(args, part)
+    return 0
+
+
+def _inspect_one(args, comp) -> int:
+    """One compiled spec's stage or generated source (a map's, for a composed spec)."""
+    from .frontend.ast import format_spec
+    from .emit.triton_backward import backward_line
+    from .plan.gradients import torch_backward_line
+    from .ir.graph import print_graph, to_dot
+    from .runtime.backends import cuda_triton_available
+    from .plan.select import format_plan
     if args.emit in ("triton", "torch", "module"):
         print({"triton": comp.triton_source, "torch": comp.torch_source, "module": comp.module_source}[args.emit],
               end="")
@@ -277,6 +294,7 @@ def clamp_warnings(cls, seed: int) -> list[str]:
 def cmd_check(args) -> int:
     import torch
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     device = device_argument(args.device)
@@ -289,12 +307,12 @@ def cmd_check(args) -> int:
     failed = 0
     for spec in specs:
         cls = compile_spec(spec, lowering=args.lowering)
-        comp = cls.compilation
-        console.print(f"[bold]{spec}[/bold]: `{cls.SPEC_NAME}`, {comp.checked.normalize} attention")
-        for name, message in comp.log:
-            console.print(f"  [{name}] {message}", markup=False)
-        console.print(f"  lowering: {cls.LOWERING} ({comp.plan.chosen.note}); triton: {cls.TRITON_LOWERING}"
-                      + ("; run by Triton's interpreter on the CPU" if device == "cpu" else ""), markup=False)
+        if getattr(cls, "MAPS", None):
+            console.print(f"[bold]{spec}[/bold]: `{cls.SPEC_NAME}`, output = {escape(cls.OUTPUT)}")
+            for name, part in cls.MAPS.items():
+                _describe(console, part, f"  map `{name}`: ", "    ", device)
+        else:
+            _describe(console, cls, f"[bold]{spec}[/bold]: `{cls.SPEC_NAME}`, ", "  ", device)
         table = Table(title=f"{cls.SPEC_NAME}: every backend vs the dense float64 reference")
         for col in ("backend", "dtype", "Nq x N", "H:Hkv", "max error", "tolerance", "result"):
             table.add_column(col)
@@ -322,10 +340,20 @@ def cmd_check(args) -> int:
         console.print(table)
         for line in clamp_warnings(cls, args.seed):
             console.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
-        if comp.checked.approx is not None:
+        if getattr(cls.checked, "approx", None) is not None:
             console.print(_approximation_error(cls, args.seed), markup=False)
     console.print(f"{'[red]' + str(failed) + ' failed' if failed else '[green]all backends match the reference'}")
     return 1 if failed else 0
+
+
+def _describe(console, cls, title: str, indent: str, device: str) -> None:
+    """What `check` says of a compiled spec (or a map) before its table: analyses and lowering."""
+    comp = cls.compilation
+    console.print(f"{title}{comp.checked.normalize} attention")
+    for name, message in comp.log:
+        console.print(f"{indent}[{name}] {message}", markup=False)
+    console.print(f"{indent}lowering: {cls.LOWERING} ({comp.plan.chosen.note}); triton: {cls.TRITON_LOWERING}"
+                  + ("; run by Triton's interpreter on the CPU" if device == "cpu" else ""), markup=False)
 
 
 def cmd_fuzz(args) -> int:

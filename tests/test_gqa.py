@@ -20,7 +20,10 @@ SPECS = {p.stem: str(p) for p in EXAMPLES}
 
 @functools.cache
 def _candidates(name):
-    return tuple(c.name for c in attncc.compile(SPECS[name]).compilation.plan.candidates)
+    compilation = attncc.compile(SPECS[name]).compilation
+    if not hasattr(compilation, "plan"):  # a composition: each map has its plan (test_composed_grouped_heads)
+        return ()
+    return tuple(c.name for c in compilation.plan.candidates)
 
 
 @functools.cache
@@ -43,6 +46,20 @@ def test_every_lowering_matches_reference(name, lowering, kv_heads):
     result = compare(module, q, k, v, inputs, "torch", torch.float64)
     assert module.last_lowering == lowering
     assert result.ok, f"{name} @ {lowering}, Hkv = {kv_heads}: error {result.error:.2e}"
+
+
+COMPOSED = [n for n in sorted(SPECS) if not _candidates(n)]
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2])
+@pytest.mark.parametrize("name", COMPOSED)
+def test_composed_grouped_heads(name, kv_heads):
+    """A composition's maps each read k, v of Hkv heads through their own lowering."""
+    cls = _class(name, None)
+    module = make_module(cls, H, 8, 6, kv_heads=kv_heads, seed=1)
+    q, k, v, inputs = random_inputs(cls, 2, H, 40, 70, 8, 6, kv_heads=kv_heads)
+    result = compare(module, q, k, v, inputs, "torch", torch.float64)
+    assert result.ok, f"{name}, Hkv = {kv_heads}: error {result.error:.2e}"
 
 
 GRADIENT_CASES = [("alibi", "tiled"), ("alibi", "decode"), ("causal", "sdpa"), ("block_diagonal", "block_sparse"),

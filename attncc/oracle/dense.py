@@ -14,6 +14,7 @@ import torch
 from .approx import lara_weights, mra_weights, ra_weights
 from .ista import dense_ista
 from .pool import dense_pool
+from .rows import dense_dot
 from ..frontend.check import CheckedSpec, favor_kernelized
 from ..lang.evaluate import Env, evaluate
 from ..lang.expr import TExpr
@@ -36,6 +37,11 @@ def gradient_only_where(x: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
     if x.requires_grad:
         x.register_hook(lambda g: None if g is None else g.masked_fill(~visible, 0.0))
     return x
+
+
+def plain_row(t: TExpr) -> bool:
+    """`q[i]`, `k[j]` or a feature map of one (other rows: attncc/oracle/rows.py)."""
+    return t.op in ("qrow", "krow") or (t.op == "feature" and t.args[0].op in ("qrow", "krow"))
 
 
 def feature_rows(spec: CheckedSpec, t: TExpr, x: torch.Tensor, projections: dict | None) -> torch.Tensor:
@@ -79,8 +85,12 @@ def dense_weights(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: di
     shape = (B, H, len(i), N)
     mask = evaluate_mask(spec, env, shape, q.device)
 
+    dims = {name: info.dims for name, info in spec.inputs.items()}
+
     def dot(t: TExpr) -> torch.Tensor:
-        return gradient_only_where(torch.einsum("bhid,bhjd->bhij", _row(t.args[0], q), _row(t.args[1], k)), mask)
+        if all(plain_row(s) for s in t.args):
+            return gradient_only_where(torch.einsum("bhid,bhjd->bhij", _row(t.args[0], q), _row(t.args[1], k)), mask)
+        return gradient_only_where(dense_dot(t, q, k, env, dims, _row), mask)
 
     env.dot = dot
     if normalizer(spec).online_softmax:

@@ -212,10 +212,11 @@ def block_sparse_attention(q, k, v, ctx, *, layout: torch.Tensor, block: int, sc
     return torch.cat(outs, dim=2).to(v.dtype)
 
 
-def sdpa_attention(q, k, v, *, causal: bool) -> torch.Tensor:
-    """Plain softmax(q k^T / sqrt(d)) v with a full or causal (j <= i, top-left aligned) mask: torch's
-    fused kernels (FlashAttention on GPU); k, v of fewer heads than q by torch's own grouped-query path."""
-    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=k.shape[1] != q.shape[1])
+def sdpa_attention(q, k, v, *, causal: bool, scale: float | None = None) -> torch.Tensor:
+    """Plain softmax(q k^T * scale) v (scale None: 1/sqrt(d) of q's width) with a full or causal
+    (j <= i, top-left aligned) mask: torch's fused kernels (FlashAttention on GPU); k, v of fewer
+    heads than q by torch's own grouped-query path."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
 
 
 def finish_rows(num, den, normalize: str, eps: float):
