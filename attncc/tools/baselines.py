@@ -225,7 +225,7 @@ def sdpa(fam: Family, q, k, v, m=None, inputs=None, scale=None):
                          1, H, Nq, k.shape[2], q.device).to(q.dtype)
         bias = bias.masked_fill(~grid_mask(fam.mask(m, inputs), 1, H, Nq, k.shape[2], q.device), float("-inf"))
         return (lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=bias, **opts)), \
-            "default backend, bias [H, N, N] built outside the timing"
+            "default (the mask and score_mod as a float bias [H, N, N] built outside the timing)"
 
     def flash():
         with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
