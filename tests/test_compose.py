@@ -399,3 +399,11 @@ def test_the_reference_function_takes_shared_and_map_tables():
     assert torch.allclose(got, diff_window_by_hand(q, k, v, lam), atol=1e-12)
     with pytest.raises(AttnccError, match="made by attncc.compile"):
         compiled(DIFF_WINDOW).__mro__[1]()  # the generated module's class alone has no maps
+
+
+def test_fuzz_a_composed_family_under_every_lowering_of_each_map():
+    from attncc.tools.fuzzing import fuzz
+    family = DIFF_WINDOW.replace("j <= i and i - j < w", "??")
+    report = fuzz([family], 3, [("torch", torch.float32)], seed=1)
+    assert report.failure is None and report.examples >= 3
+    assert {"a1: sdpa, a2: tiled", "a1: tiled, a2: tiled", "a1: decode, a2: tiled"} <= set(report.lowerings)
