@@ -407,3 +407,15 @@ def test_fuzz_a_composed_family_under_every_lowering_of_each_map():
     report = fuzz([family], 3, [("torch", torch.float32)], seed=1)
     assert report.failure is None and report.examples >= 3
     assert {"a1: sdpa, a2: tiled", "a1: tiled, a2: tiled", "a1: decode, a2: tiled"} <= set(report.lowerings)
+
+
+def test_as_a_layer_with_padded_sequences():
+    layer = attncc.layer(ROOT / "examples" / "diff_transformer.attn", embed_dim=32, num_heads=2, batch_first=True)
+    x = torch.randn(2, 9, 32)
+    padding = torch.zeros(2, 9, dtype=torch.bool)
+    padding[1, 6:] = True
+    out, _ = layer(x, x, x, key_padding_mask=padding, need_weights=False)
+    alone, _ = layer(x[1:, :6], x[1:, :6], x[1:, :6], need_weights=False)
+    assert torch.allclose(out[1:, :6], alone, atol=1e-5)
+    assert layer.attention.last_backend == "torch" and layer.attention.sizes == {}
+    assert [n for n, _ in layer.named_parameters()].count("attention.lam") == 1

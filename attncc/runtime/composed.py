@@ -87,6 +87,21 @@ class ComposedAttention(nn.Module):
         for m in self.map_modules():
             m.backend = value
 
+    @property
+    def sizes(self) -> dict:
+        """The declared sizes of every map (the top-level ones are the same in each)."""
+        return {n: v for m in self.map_modules() for n, v in m.sizes.items()}
+
+    @property
+    def fixed(self) -> dict:
+        """The run-time sizes the tables are built for (H, D, E, Hkv: see CompiledAttention)."""
+        return {n: v for m in self.map_modules() for n, v in m.fixed.items()}
+
+    @property
+    def last_backend(self) -> str | None:
+        """The backend the last call ran on (every map runs on the same)."""
+        return self.map_modules()[0].last_backend
+
     def tables(self) -> dict:
         """The shared learned tables, by name."""
         return {name: getattr(self, name) for name in self.SHARED}
