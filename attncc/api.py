@@ -13,7 +13,7 @@ from . import lowerings  # noqa: F401  (each module registers its lowering)
 from .version import __version__
 from .frontend.ast import Spec, format_spec
 from .frontend.check import CheckedSpec, check
-from .frontend.compose import check_composed, is_composed
+from .frontend.compose import ComposedSpec, check_composed, is_composed
 from .emit.combine import composed_module
 from .runtime.composed import COMPOSED_ATTRIBUTES
 from .emit.module import alternate_header, header, module_class, triton_entry
@@ -38,7 +38,7 @@ class Composition:
 
     source: Source
     ast: Spec
-    checked: object  # ComposedSpec
+    checked: ComposedSpec
     maps: dict  # map name -> Compilation
     module_source: str = ""
     spec_hash: str = ""
@@ -362,6 +362,7 @@ def compile_composed(comp: Composition, backend: str, memory_budget: int | str |
     return _compile_class(comp, backend, memory_budget, recipe, {
         "MAPS": classes, "SHARED": shared,
         "LOWERING": ", ".join(f"{n}: {c.LOWERING}" for n, c in classes.items()),
-        "TRITON_LOWERING": "; ".join(f"{n}: {c.TRITON_LOWERING}" for n, c in classes.items()), "PARAMS": {n: first.PARAMS[n] for n in shared},
+        "TRITON_LOWERING": "; ".join(f"{n}: {c.TRITON_LOWERING}" for n, c in classes.items()),
+        "PARAMS": {n: first.PARAMS[n] for n in shared},
         "SIZES": union("SIZES"), "INPUTS": union("INPUTS"), "GRAPHS": union("GRAPHS"),
         "NEEDS": tuple(sorted({n for c in classes.values() for n in c.NEEDS}))})

@@ -419,3 +419,31 @@ def test_as_a_layer_with_padded_sequences():
     assert torch.allclose(out[1:, :6], alone, atol=1e-5)
     assert layer.attention.last_backend == "torch" and layer.attention.sizes == {}
     assert [n for n, _ in layer.named_parameters()].count("attention.lam") == 1
+
+
+def test_a_map_s_own_input_goes_to_that_map_only():
+    text = """attention own_inputs {
+        input g[Nq]
+        map a1 {
+            input doc[N] : int
+            mask(i, j) = doc[i] == doc[j]
+        }
+        map a2 {
+            mask(i, j) = j <= i
+        }
+        output = g[i] * a1 + a2
+    }"""
+    cls = compiled(text)
+    assert set(cls.INPUTS) == {"g", "doc"} and set(cls.MAPS["a2"].INPUTS) == {"g"}
+    module = cls()
+    q, k, v, inputs = random_inputs(cls, 2, 2, 8, 8, 4, 4)
+    nq = 8
+    keep = inputs["doc"].view(2, 1, -1, 1) == inputs["doc"].view(2, 1, 1, -1)
+    want = (inputs["g"].double().view(2, 1, nq, 1) * softmax_attention(q, k, v, keep)
+            + softmax_attention(q, k, v, causal(nq, nq)))
+    assert torch.allclose(module.reference(q, k, v, **inputs), want, atol=1e-12)
+    assert torch.allclose(module(q, k, v, **inputs), want, atol=1e-10)
+    with pytest.raises(AttnccError, match="unexpected input `dco`; did you mean `doc`"):
+        module(q, k, v, g=inputs["g"], dco=inputs["doc"])
+    with pytest.raises(AttnccError, match="missing input `doc`"):
+        module(q, k, v, g=inputs["g"])
