@@ -342,7 +342,7 @@ def cmd_check(args) -> int:
                 if cls.GRAPHS and nq != nk:  # a graph relates the same tokens as queries and keys
                     continue
                 where = (f"{nq} x {nk}", f"{heads}:{kv_heads}")
-                if (why := rows_beyond_input(comp.checked, nq, nk)) is not None:
+                if (why := rows_beyond_input(cls.compilation.checked, nq, nk)) is not None:
                     table.add_row(backend, dtype_name, *where, "-", "-", f"[yellow]skipped: {why}")
                     continue
                 if kv_heads != heads and cls.APPROX:
