@@ -278,10 +278,10 @@ def clamp_warnings(cls, seed: int) -> list[str]:
     """The table lookups of a compiled spec that clamp an index on `check`'s inputs: the language
     clamps silently (docs/language.md, section 13), so `check` says where, once per lookup index."""
     import torch
-    from .tools.compare import make_module, random_inputs
+    from .tools.compare import make_module, random_inputs, rows_beyond_input
     found: dict[str, str] = {}
     for nq, nk in CHECK_SHAPES:
-        if cls.GRAPHS and nq != nk or rows_beyond_input(cls.compilation.checked, nq, nk) is not None:
+        if cls.GRAPHS and nq != nk or rows_beyond_input(cls, nq, nk) is not None:
             continue
         module = make_module(cls, heads=3, dim=24, dim_v=20, seed=seed)
         q, k, v, inputs = random_inputs(cls, 2, 3, nq, nk, 24, 20,
@@ -290,18 +290,6 @@ def clamp_warnings(cls, seed: int) -> list[str]:
             found.setdefault(line.split(" is ")[0], f"{line} (Nq x N = {nq} x {nk}); write the clamp in the spec "
                              "(`clamp(x, 0, n - 1)`) if it is meant, or pass check_bounds=True to raise")
     return list(found.values())
-
-
-def rows_beyond_input(checked, nq: int, nk: int) -> str | None:
-    """Why lengths Nq x N do not fit the spec, or None: a row input of N rows read at the query index
-    (a gate per dimension, `G[h, i]` beside `G[h, j]`) needs Nq <= N (docs/language.md, `dot`)."""
-    lengths = {"i": nq, "j": nk, "N": nk, "Nq": nq}
-    for t in (checked.weight, checked.logits, checked.mask):
-        for e in t.walk() if t is not None else ():
-            tokens = checked.inputs[e.value].dims[-2].value if e.op == "rowin" else None
-            if tokens is not None and lengths[e.args[-1].value] > lengths[tokens]:
-                return f"`{e.value}` ({tokens} rows) read at {lengths[e.args[-1].value]} tokens"
-    return None
 
 
 def cmd_check(args) -> int:
@@ -313,7 +301,7 @@ def cmd_check(args) -> int:
     specs = [spec_argument(s) for s in args.specs]
     _interpret_triton(device)
     from .api import compile as compile_spec
-    from .tools.compare import compare, make_module, random_inputs, triton_runnable
+    from .tools.compare import compare, make_module, random_inputs, rows_beyond_input, triton_runnable
 
     console = Console()
     failed = 0
@@ -342,7 +330,7 @@ def cmd_check(args) -> int:
                 if cls.GRAPHS and nq != nk:  # a graph relates the same tokens as queries and keys
                     continue
                 where = (f"{nq} x {nk}", f"{heads}:{kv_heads}")
-                if (why := rows_beyond_input(cls.compilation.checked, nq, nk)) is not None:
+                if (why := rows_beyond_input(cls, nq, nk)) is not None:
                     table.add_row(backend, dtype_name, *where, "-", "-", f"[yellow]skipped: {why}")
                     continue
                 if kv_heads != heads and cls.APPROX:
