@@ -6,12 +6,17 @@ definition (differences formed before the exp, masked) and against the naive rec
 flash-linear-attention's GLA, re-derived here: S_t = diag(exp(g_t)) S_(t-1) + k_t v_t^T, o_t = q_t S_t,
 g_t = G_t - G_(t-1) the per-step log-gate. Then the language: examples/gla.attn and the spellings of
 the gate the analysis finds (analysis/row_gates.py), lowered to `linear_gated` with a gate row."""
+from dataclasses import replace
+
 import pytest
 import sympy
 import torch
 
 import attncc
 from attncc import rt
+from attncc.analysis.row_gates import row_gate_form, row_gate_holds
+from attncc.analysis.structure import I, J
+from attncc.lang.expr import FLOAT, TExpr
 from attncc.ir.graph import N, expr_of
 from attncc.lang.operators import fmt
 from attncc.tools.compare import compare, make_module, random_inputs
@@ -236,3 +241,15 @@ def test_scalar_gate_alongside_and_rows_normalizer_match_the_reference():
         for backend, dtype in (("torch", torch.float64), ("triton", torch.float32)):
             result = compare(module, q, k, v, inputs, backend, dtype)
             assert result.ok, f"{weight}: {backend} error {result.error:.2e}"
+
+
+def test_the_sampled_check_refuses_a_wrong_split():
+    """row_gate_holds compares the written dot with the split on random rows: a wrong gate fails it."""
+    cls = _compile("dot(q[i] * exp(G[h, i]), k[j] * exp(-G[h, j]))")
+    graph = cls.compilation.ir
+    dot = next(e for nid in graph.find("attend") for e in expr_of(graph, graph.operands(nid)[0]).walk()
+               if e.op == "dot")
+    gate = row_gate_form(dot, {"i": I, "j": J})
+    assert gate is not None and row_gate_holds(dot, gate, graph.signature)
+    doubled = TExpr("mul", (TExpr("const", (), 2.0, FLOAT), gate.gate), None, gate.gate.type)
+    assert row_gate_holds(dot, replace(gate, gate=doubled), graph.signature) is False

@@ -20,7 +20,12 @@ def find_row_gates(graph: Graph, ctx) -> None:
         dots = list(dict.fromkeys(e for e in scores.walk() if e.op == "dot"))
         if len(dots) != 1 or (gate := row_gate_form(dots[0], ctx.symbols)) is None:
             continue
-        if not row_gate_holds(dots[0], gate, graph.signature):
+        holds = row_gate_holds(dots[0], gate, graph.signature)
+        if holds is None:
+            ctx.note("find_row_gates", f"{gate.describe()}: not checked on samples (row inputs of different "
+                     "widths), kept on the prepared rows")
+            continue
+        if not holds:
             raise AttnccError("internal error: per-dimension gate failed its sampled check; please report this spec")
         new = graph.add(node.op, graph.operands(nid), shape=node.shape, dtype=node.dtype, span=node.span,
                         **{**dict(node.attrs), "row_gate": gate})
