@@ -308,7 +308,7 @@ def reference(spec: str | Path, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     if params:
         with torch.no_grad():
             for name, value in params.items():
-                getattr(module, name).copy_(torch.as_tensor(value))
+                module.get_parameter(name).copy_(torch.as_tensor(value))  # `map.table` for a map's own
     return module.reference(q, k, v, **inputs)
 
 

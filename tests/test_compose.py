@@ -75,6 +75,15 @@ def diff_window_by_hand(q, k, v, lam):
     return a1 - lam.view(1, -1, 1, 1) * a2
 
 
+def diff_transformer_by_hand(q, k, v, lam):
+    """Ye et al.'s DiffAttn: (softmax(Q1 K1^T / sqrt(d)) - lambda softmax(Q2 K2^T / sqrt(d))) V, Q = [Q1; Q2]."""
+    d = q.shape[-1] // 2
+    keep = causal(q.shape[2], k.shape[2])
+    a1 = softmax_attention(q[..., :d], k[..., :d], v, keep)  # softmax_attention scales by 1 / sqrt(d)
+    a2 = softmax_attention(q[..., d:], k[..., d:], v, keep)
+    return a1 - lam.view(1, -1, 1, 1) * a2
+
+
 def gated_mix_by_hand(q, k, v, mix):
     nq, nk = q.shape[2], k.shape[2]
     soft = softmax_attention(q, k, v, causal(nq, nk))
@@ -97,6 +106,8 @@ def input_gate_by_hand(q, k, v, g, slope):
 
 CASES = {
     "diff_window": (DIFF_WINDOW, lambda m, q, k, v, inputs: diff_window_by_hand(q, k, v, m.lam)),
+    "diff_transformer": ((ROOT / "examples" / "diff_transformer.attn").read_text(),
+                         lambda m, q, k, v, inputs: diff_transformer_by_hand(q, k, v, m.lam)),
     "gated_mix": ((ROOT / "examples" / "gated_mix.attn").read_text(),
                   lambda m, q, k, v, inputs: gated_mix_by_hand(q, k, v, m.mix)),
     "input_gate": (INPUT_GATE, lambda m, q, k, v, inputs: input_gate_by_hand(q, k, v, inputs["g"], m.biased.slope)),
@@ -155,7 +166,7 @@ def test_gradients_match_the_formula(name, backend, dtype, tol):
     want = leaf_gradients(module, q, k, v, inputs, lambda q, k, v, x: by_hand(module, q, k, v, x))
     module.to(dtype).backend = backend
     got = leaf_gradients(module, *(t.to(dtype) for t in (q, k, v)), inputs, lambda q, k, v, x: module(q, k, v, **x))
-    learned = {"diff_window": "lam", "gated_mix": "mix", "input_gate": "biased.slope"}[name]
+    learned = {"diff_window": "lam", "diff_transformer": "lam", "gated_mix": "mix", "input_gate": "biased.slope"}[name]
     assert set(got) == set(want) and learned in got and float(want[learned].abs().max()) > 1e-3
     for n in want:
         error = float((got[n].double() - want[n].double()).abs().max()) / max(1.0, float(want[n].abs().max()))
@@ -360,3 +371,31 @@ def test_tap_is_the_combined_matrix():
         want = softmax_attention(q, k, v, causal(6, 6)) - diff.lam.double().view(1, -1, 1, 1) * softmax_attention(
             q, k, v, causal(6, 6, 4))
     assert torch.allclose(diff.double().tap(q, k, v) @ v, want, atol=1e-12)
+
+
+@pytest.mark.parametrize("kv_heads", [1, 3])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_grouped_query_heads(name, kv_heads):
+    """k and v with fewer heads: every map reads key/value head h // (H / Hkv); the combination is per query head."""
+    text, by_hand = CASES[name]
+    cls = compiled(text)
+    module = make_module(cls, heads=3, dim=8, dim_v=6, seed=1, kv_heads=kv_heads).double()
+    q, k, v, inputs = random_inputs(cls, 2, 3, 10, 10, 8, 6, generator=torch.Generator().manual_seed(4),
+                                    kv_heads=kv_heads)
+    expand = lambda t: t.repeat_interleave(3 // kv_heads, dim=1)  # noqa: E731
+    with torch.no_grad():
+        want = by_hand(module, q, expand(k), expand(v), {n: t.double() for n, t in inputs.items()})
+        assert torch.allclose(module.reference(q, k, v, **inputs), want, atol=1e-12)
+        assert torch.allclose(module(q, k, v, **inputs), want, atol=1e-10)
+
+
+def test_the_reference_function_takes_shared_and_map_tables():
+    q, k, v = torch.randn(3, 1, 2, 7, 8, dtype=torch.float64)
+    g = torch.rand(1, 7)
+    slope, lam = torch.tensor([0.5, 0.25]), torch.tensor([0.3, 0.7])
+    got = attncc.reference(INPUT_GATE, q, k, v, params={"biased.slope": slope}, g=g)
+    assert torch.allclose(got, input_gate_by_hand(q, k, v, g, slope), atol=1e-12)
+    got = attncc.reference(DIFF_WINDOW, q, k, v, params={"lam": lam})
+    assert torch.allclose(got, diff_window_by_hand(q, k, v, lam), atol=1e-12)
+    with pytest.raises(AttnccError, match="made by attncc.compile"):
+        compiled(DIFF_WINDOW).__mro__[1]()  # the generated module's class alone has no maps

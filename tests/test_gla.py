@@ -253,3 +253,22 @@ def test_the_sampled_check_refuses_a_wrong_split():
     assert gate is not None and row_gate_holds(dot, gate, graph.signature)
     doubled = TExpr("mul", (TExpr("const", (), 2.0, FLOAT), gate.gate), None, gate.gate.type)
     assert row_gate_holds(dot, replace(gate, gate=doubled), graph.signature) is False
+
+
+def test_example_triton_with_grouped_query_heads():
+    """k, v of 2 heads under 4 query heads (gates per query head): the Triton kernels read each key/value
+    head from its group's programs and the launcher sums dK, dV over the group; against the torch backend."""
+    cls = attncc.compile(str(ROOT / "examples" / "gla.attn"))
+    q = rows(1, 4, 37, 16, 8, seed=25)[0]
+    _, k, v = rows(1, 2, 37, 16, 8, seed=26)
+    G = log_gates(1, 4, 37, 16, seed=27, strength=-3.0)
+    w = torch.randn(1, 4, 37, 8, generator=torch.Generator().manual_seed(28), dtype=torch.float64)
+    results = {}
+    for backend, dtype in (("torch", torch.float64), ("triton", torch.float32)):
+        module = cls(backend=backend)
+        leaves = [x.to(dtype).requires_grad_() for x in (q, k, v, G)]
+        out = module(*leaves[:3], G=leaves[3])
+        results[backend] = (out, *torch.autograd.grad((out * w.to(dtype)).sum(), leaves))
+        assert module.last_backend == backend
+    for name, a, b in zip(["out", "q", "k", "v", "G"], results["triton"], results["torch"]):
+        assert a.shape == b.shape and ((a.double() - b).abs().max() / b.abs().max()).item() < 1e-4, name

@@ -9,19 +9,21 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import attncc
-from attncc.lang.source import AttnccError, ShapeError, SpecError
+from attncc.lang.source import ShapeError, SpecError
 from attncc.rt import grouped_matmul, heads_product
 from attncc.tools.compare import compare, make_module, random_inputs
 
 from .conftest import EXAMPLES, ROOT
 
 SPECS = {p.stem: str(p) for p in EXAMPLES}
-APPROXIMATIONS = {"mra2", "lara", "ra"}  # no grouped form yet: they raise a ShapeError for Hkv < H
 
 
 @functools.cache
 def _candidates(name):
-    return tuple(c.name for c in attncc.compile(SPECS[name]).compilation.plan.candidates)
+    compilation = attncc.compile(SPECS[name]).compilation
+    if not hasattr(compilation, "plan"):  # a composition: each map has its plan (test_composed_grouped_heads)
+        return ()
+    return tuple(c.name for c in compilation.plan.candidates)
 
 
 @functools.cache
@@ -29,7 +31,7 @@ def _class(name, lowering):
     return attncc.compile(SPECS[name], lowering=lowering)
 
 
-CASES = [(n, lw) for n in sorted(SPECS) if n not in APPROXIMATIONS for lw in _candidates(n)]
+CASES = [(n, lw) for n in sorted(SPECS) for lw in _candidates(n)]
 H = 4
 
 
@@ -46,21 +48,25 @@ def test_every_lowering_matches_reference(name, lowering, kv_heads):
     assert result.ok, f"{name} @ {lowering}, Hkv = {kv_heads}: error {result.error:.2e}"
 
 
-@pytest.mark.parametrize("name", sorted(APPROXIMATIONS))
-def test_approximations_refuse_grouped_heads(name):
+COMPOSED = [n for n in sorted(SPECS) if not _candidates(n)]
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2])
+@pytest.mark.parametrize("name", COMPOSED)
+def test_composed_grouped_heads(name, kv_heads):
+    """A composition's maps each read k, v of Hkv heads through their own lowering."""
     cls = _class(name, None)
-    module = make_module(cls, H, 8, 8)
-    q, k, v, inputs = random_inputs(cls, 1, H, 32, 32, 8, 8, kv_heads=2)
-    with pytest.raises(ShapeError, match="grouped-query attention"):
-        module(q, k, v, **inputs)
-    assert module.reference(q, k, v, **inputs).shape == (1, H, 32, 8)  # the meaning is defined
+    module = make_module(cls, H, 8, 6, kv_heads=kv_heads, seed=1)
+    q, k, v, inputs = random_inputs(cls, 2, H, 40, 70, 8, 6, kv_heads=kv_heads)
+    result = compare(module, q, k, v, inputs, "torch", torch.float64)
+    assert result.ok, f"{name}, Hkv = {kv_heads}: error {result.error:.2e}"
 
 
 GRADIENT_CASES = [("alibi", "tiled"), ("alibi", "decode"), ("causal", "sdpa"), ("block_diagonal", "block_sparse"),
                   ("document", "token_blocks"), ("linear_elu", "linear"), ("retention", "linear_chunked"),
                   ("simple_gla", "linear_gated"), ("rpe_performer", "fft"), ("ripple", "rings"),
                   ("ripple", "fft2"), ("gkat", "graph"), ("flash", "mixed_chunk"), ("vars", "ista"),
-                  ("sinks", "tiled"), ("context_pool", "tiled")]
+                  ("sinks", "tiled"), ("context_pool", "tiled"), ("mra2", "mra"), ("lara", "lara"), ("ra", "ra")]
 
 
 def _grads(run, leaves, inputs):
@@ -195,7 +201,7 @@ def _kv_copies(run, B, H, N, D):
 MEMORY_CASES = [("alibi", "tiled"), ("alibi", "decode"), ("causal", "sdpa"), ("block_diagonal", "block_sparse"),
                 ("document", "token_blocks"), ("linear_elu", "linear"), ("linear_elu_causal", "linear_chunked"),
                 ("retention", "linear_chunked"), ("simple_gla", "linear_gated"), ("toeplitz_linear", "fft"),
-                ("flash", "mixed_chunk"), ("vars", "ista")]
+                ("flash", "mixed_chunk"), ("vars", "ista"), ("mra2", "mra"), ("lara", "lara"), ("ra", "ra")]
 
 
 @pytest.mark.parametrize("name,lowering", MEMORY_CASES, ids=[f"{n}-{lw}" for n, lw in MEMORY_CASES])

@@ -222,6 +222,8 @@ def _errors(body: str) -> list:
     ("let a = q[i] * k[j]\nscore(i, j) = dot(a, k[j])", "the row `a` reads both", None),
     ("feature phi = favor(features = 8, seed = 0)\nweight(i, j) = dot(phi(q[i]), phi(k[j])) + dot(phi(q[i]), phi(k[j] * 2))",
      "a random feature map may be used in one `dot` only", None),
+    ("input X[N, D]\nfeature phi = relu\nweight(i, j) = dot(phi(q[i] * X[i]), phi(k[j]))\nnormalize ista",
+     "`normalize ista` needs the weight `dot(phi(q[i]), phi(k[j]))` and nothing else", None),
 ])
 def test_errors(body, message, hint):
     found = [d for d in _errors(body) if message in d.message]
@@ -233,3 +235,21 @@ def test_the_score_may_read_d_only_where_the_rows_are_d_wide():
     with pytest.raises(attncc.AttnccError, match="reads D outside the dot"):
         _compile("score(i, j) = dot(q[i, 0:D // 2], k[j, 0:D // 2]) + i / D")
     _compile("score(i, j) = dot(q[i, 0:D // 2], k[j, 0:D // 2]) / sqrt(D)")  # a coefficient: folded into q'
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available(),
+                    reason="Triton needs a GPU or TRITON_INTERPRET=1")
+def test_triton_gradients_through_prepared_rows_match_the_reference():
+    """The kernels' backward gives the prepared rows' gradients; autograd carries them to q, k and X."""
+    M = _compile("input X[H, N, 4]\nscore(i, j) = dot(q[i], k[j]) * scale + dot(q[i, 0:4] * X[h, i], k[j, 4:]) * scale\n"
+                 "mask(i, j) = j <= i", backend="triton")
+    module = M()
+    g = torch.Generator().manual_seed(3)
+    leaves = [torch.randn(1, 2, 17, 8, generator=g, requires_grad=True) for _ in range(3)]
+    X = torch.randn(2, 17, 4, generator=g, requires_grad=True)
+    dout = torch.randn(1, 2, 17, 8, generator=g)
+    grads = torch.autograd.grad((module(*leaves, X=X) * dout).sum(), (*leaves, X))
+    assert module.last_backend == "triton"
+    want = torch.autograd.grad((module.reference(*leaves, X=X) * dout.double()).sum(), (*leaves, X))
+    for got, ref in zip(grads, want):
+        assert (got.double() - ref).abs().max() < 1e-4

@@ -21,7 +21,8 @@ from ..lang.derivative import NotDifferentiable
 from .gated import gate_lookups
 from .triton import launch_common, load_rows, row_feature
 from .triton_linear import carry_state, decay_factors, linear_scalars, load_chunk, value_tile
-from .triton_backward import TritonBackward, backward_head, bwd_args, bwd_launch, bwd_prologue, store_tile
+from .triton_backward import (TritonBackward, backward_head, bwd_args, bwd_launch, bwd_prologue, group_member,
+                              store_tile)
 from .writer import CodeWriter
 
 
@@ -149,23 +150,17 @@ def emit_linear_bwd_kernel(w: CodeWriter, fq: str, fk: str, normalize: str) -> N
     """`_linear_bwd` (not causal): one program per (b, h), the queries' pass, then the keys' from R."""
     w.line("@triton.jit")
     with w.block(f"def _linear_bwd({bwd_args()}, State, Z, Mod, eps, {_CONSTEXPRS}):"):
-        w.line('"""Queries first (dQ, and R = phi(Q)^T [dnum, dden]), then keys (dK, dV) from R."""')
-        bwd_prologue(w, per_bh_only=True)
-        w.line("mod = tl.load(Mod + pid_bh)")
+        w.line('"""One program per key/value head: the queries of each of its GROUP query heads first (dQ, and')
+        w.line('R = sum over them of phi(Q)^T [dnum, dden]), then its keys (dK, dV) from R."""')
+        bwd_prologue(w, per_bh_only=True, per_kv_head=True)
         w.line("S = tl.load(State + pid_bh * BLOCK_D * BLOCK_E + offs_d[:, None] * BLOCK_E + offs_e[None, :])")
         w.line("z = tl.load(Z + pid_bh * BLOCK_D + offs_d)")
         w.line("R = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
         w.line("r = tl.zeros([BLOCK_D], dtype=tl.float32)")
-        with w.block("for start in range(0, Nq, BLOCK):"):
-            load_chunk(w, ("pq", "do"), fq)
-            load_out(w)
-            w.line("den = tl.sum(pq * z[None, :], 1)")
-            finish_grads(w, normalize)
-            w.line(f"dpq = {_dot('dnum', 'tl.trans(S)')} + dden[:, None] * z[None, :]")
-            chain_feature(w, "dq", "dpq", "Q", "offs", "Nq", fq)
-            store_tile(w, "DQ", "dq", "offs", "Nq", "offs_d", "D")
-            w.line(f"R += {_dot('tl.trans(pq)', 'dnum')}")
-            w.line("r += tl.sum(pq * dden[:, None], 0)")
+        with w.block("for member in range(GROUP):  # the query heads reading this key/value head"):
+            group_member(w, ("Q", "DO", "Out", "DQ"))
+            w.line("mod = tl.load(Mod + off_b * H + off_h)")
+            _query_pass(w, fq, normalize)
         with w.block("for start in range(0, N, BLOCK):"):
             load_chunk(w, ("pk", "v"), fk=fk)
             w.line(f"dpk = {_dot('v', 'tl.trans(R)')} + r[None, :]")
@@ -176,6 +171,20 @@ def emit_linear_bwd_kernel(w: CodeWriter, fq: str, fk: str, normalize: str) -> N
     w.line()
 
 
+def _query_pass(w: CodeWriter, fq: str, normalize: str) -> None:
+    """`_linear_bwd`'s pass over one query head's rows: dQ, and R, r summed."""
+    with w.block("for start in range(0, Nq, BLOCK):"):
+        load_chunk(w, ("pq", "do"), fq)
+        load_out(w)
+        w.line("den = tl.sum(pq * z[None, :], 1)")
+        finish_grads(w, normalize)
+        w.line(f"dpq = {_dot('dnum', 'tl.trans(S)')} + dden[:, None] * z[None, :]")
+        chain_feature(w, "dq", "dpq", "Q", "offs", "Nq", fq)
+        store_tile(w, "DQ", "dq", "offs", "Nq", "offs_d", "D")
+        w.line(f"R += {_dot('tl.trans(pq)', 'dnum')}")
+        w.line("r += tl.sum(pq * dden[:, None], 0)")
+
+
 def emit_linear_op(w: CodeWriter, plan: Plan, eps: float) -> None:
     """The custom op's `op_forward` (no row statistic) and `op_backward`, which launches the kernels above."""
     with w.block("def op_forward(self, q, k, v, ctx, host):"):
@@ -183,7 +192,9 @@ def emit_linear_op(w: CodeWriter, plan: Plan, eps: float) -> None:
         w.line("return triton_forward(self, q, k, v, ctx, host), q.new_zeros(*q.shape[:3], dtype=torch.float32)")
     w.line()
     with w.block("def op_backward(self, q, k, v, out, stat, dout, ctx, host):"):
-        backward_head(w, "(dq, dk, dv, no table gradients) by the reverse recurrence.", fixed_blocks=False)
+        causal = plan.entry.causal_chunks  # its dK, dV per query head (summed by group); else per key/value head
+        backward_head(w, "(dq, dk, dv, no table gradients) by the reverse recurrence.", fixed_blocks=False,
+                      per_query_head=causal)
         # chunks that fit: the whole-width [BLOCK_D, BLOCK_E] states and four fp32 chunks of rows
         w.line("BLOCK_M = BLOCK_N = (32 if max(BLOCK_D, BLOCK_E) <= 64 else 16) if autotune.on_gpu(q) else 16")
         linear_scalars(w, plan)
@@ -197,14 +208,15 @@ def emit_linear_op(w: CodeWriter, plan: Plan, eps: float) -> None:
             w.line(f"    {blocks})")
         else:
             # zeros: the state kernel writes the columns of its value blocks, `_linear_bwd` reads the padded width
-            w.line("state = torch.zeros(B * H, BLOCK_D, BLOCK_E, device=q.device, dtype=torch.float32)")
-            w.line("z = torch.empty(B * H, BLOCK_D, device=q.device, dtype=torch.float32)")
+            w.line("state = torch.zeros(B * Hkv, BLOCK_D, BLOCK_E, device=q.device, dtype=torch.float32)")
+            w.line("z = torch.empty(B * Hkv, BLOCK_D, device=q.device, dtype=torch.float32)")
             value_tile(w)  # the forward's state kernel, column blocks and all; `_linear_bwd` reads every column
-            w.line(f"_linear_state[(B * H, value_blocks)]({launch_common()}, state, z, BLOCK=BLOCK_N, BLOCK_D=BLOCK_D,")
+            w.line(f"_linear_state[(B * Hkv, value_blocks)]({launch_common()}, state, z, BLOCK=BLOCK_N, BLOCK_D=BLOCK_D,")
             w.line("    BLOCK_E=E_TILE, STATE_E=BLOCK_E, PRECISION=precision)")
-            w.line(f"_linear_bwd[(B * H,)]({bwd_launch()}, state, z, mod, {eps!r},")
+            w.line(f"_linear_bwd[(B * Hkv,)]({bwd_launch()}, state, z, mod, {eps!r},")
             w.line(f"    {blocks})")
-        w.line("return dq, dk, dv, {}")
+        w.line("return dq, triton_ops.group_sum(dk, k), triton_ops.group_sum(dv, v), {}" if causal else
+               "return dq, dk, dv, {}")
     w.line()
     w.line("GRAD_TABLES = ()  # tables the backward kernels differentiate")
 
@@ -320,7 +332,8 @@ def emit_gated_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
         w.line("return triton_forward(self, q, k, v, ctx, host), q.new_zeros(*q.shape[:3], dtype=torch.float32)")
     w.line()
     with w.block("def op_backward(self, q, k, v, out, stat, dout, ctx, host):"):
-        backward_head(w, "(dq, dk, dv, gradients of what the gate reads) by the gated chunked recurrences.")
+        backward_head(w, "(dq, dk, dv, gradients of what the gate reads) by the gated chunked recurrences.",
+                      per_query_head=True)
         linear_scalars(w, plan)
         w.line("gq, gk = (host.gate(ctx, n).to(device=q.device, dtype=torch.float32).expand(B, H, n, 1)")
         w.line("          .reshape(B * H, n).contiguous() for n in (Nq, N))")
@@ -333,6 +346,7 @@ def emit_gated_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
         w.line(f"_gated_bwd_dkdv[(B * H,)]({bwd_launch()}, gq, gk, dgk, inv, dden,")
         w.line(f"    {blocks})")
         w.line("grads = host.gate_grads(ctx, Nq, dgq.view(B, H, Nq, 1), {})")
+        w.line("dk, dv = triton_ops.group_sum(dk, k), triton_ops.group_sum(dv, v)")
         w.line("return dq, dk, dv, host.gate_grads(ctx, N, dgk.view(B, H, N, 1), grads)")
     w.line()
     w.line(f"GRAD_TABLES = {tuple(tables)!r}  # tables the backward kernels differentiate (through dG)")

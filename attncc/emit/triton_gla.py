@@ -252,7 +252,7 @@ def emit_gla_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
     w.line()
     with w.block("def op_backward(self, q, k, v, out, stat, dout, ctx, host):"):
         backward_head(w, "(dq, dk, dv, gradients of what the gate rows read) by the gated chunked recurrences.",
-                      fixed_blocks=False)
+                      fixed_blocks=False, per_query_head=True)
         linear_scalars(w, plan)
         _gate_rows(w)
         w.line("dgq = torch.empty(B * H, Nq, D, device=q.device, dtype=torch.float32)")
@@ -266,6 +266,7 @@ def emit_gla_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
         w.line("dg = torch.zeros(B, H, T, D, device=q.device, dtype=torch.float32)  # the two sides of each token's gate")
         w.line("dg[:, :, :Nq] += dgq.view(B, H, Nq, D)")
         w.line("dg[:, :, :N] += dgk.view(B, H, N, D)")
+        w.line("dk, dv = triton_ops.group_sum(dk, k), triton_ops.group_sum(dv, v)  # the gates are per query head")
         w.line("return dq, dk, dv, host.gate_grads(ctx, T, dg, {})")
     w.line()
     rows, scalar = row_gate_terms(_gate(graph))

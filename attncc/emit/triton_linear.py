@@ -91,13 +91,14 @@ def emit_linear_causal_kernel(w: CodeWriter, fq: str, fk: str, finish: str, deca
 
 
 def emit_linear_state_kernel(w: CodeWriter, fk: str) -> None:
-    """`_linear_state`: S = phi(K)^T V (one block of value columns) and z = phi(K)^T 1 of one (b, h), saved
-    for `_linear_out` in a [B H, BLOCK_D, STATE_E] buffer (STATE_E: the padded value dim)."""
+    """`_linear_state`: S = phi(K)^T V (one block of value columns) and z = phi(K)^T 1 of one (b, kv head),
+    saved for `_linear_out` in a [B Hkv, BLOCK_D, STATE_E] buffer (STATE_E: the padded value dim): the
+    query heads of a group share their key/value head's state."""
     w.line("@triton.jit")
     with w.block(f"def _linear_state({kernel_common_args()}, State, Z, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,"):
         w.line("BLOCK_E: tl.constexpr, STATE_E: tl.constexpr, PRECISION: tl.constexpr):")
-        w.line('"""S[:, value block] = phi(K)^T V[:, value block] and z = phi(K)^T 1 for one (b, h)."""')
-        program_prologue(w, per_bh_only=True, value_axis=1)
+        w.line('"""S[:, value block] = phi(K)^T V[:, value block] and z = phi(K)^T 1 for one (b, kv head)."""')
+        program_prologue(w, per_bh_only=True, value_axis=1, per_kv_head=True)
         w.line("S = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
         w.line("z = tl.zeros([BLOCK_D], dtype=tl.float32)")
         with w.block("for start in range(0, N, BLOCK):"):
@@ -121,8 +122,9 @@ def emit_linear_out_kernel(w: CodeWriter, fq: str, finish: str) -> None:
         w.line("offs = pid_m * BLOCK + tl.arange(0, BLOCK)")
         w.line("mod = tl.load(Mod + pid_bh)")
         load_rows(w, "pq", "Q", "offs", "Nq", "offs_d", "D", feature=fq)
-        w.line("S = tl.load(State + pid_bh * BLOCK_D * STATE_E + offs_d[:, None] * STATE_E + offs_e[None, :])")
-        w.line("z = tl.load(Z + pid_bh * BLOCK_D + offs_d)")
+        w.line("kv = pid_bh // GROUP  # the (b, kv head) of the state: b Hkv + off_hk")
+        w.line("S = tl.load(State + kv * BLOCK_D * STATE_E + offs_d[:, None] * STATE_E + offs_e[None, :])")
+        w.line("z = tl.load(Z + kv * BLOCK_D + offs_d)")
         w.line("num = tl.dot(pq, S, input_precision=PRECISION)")
         w.line("den = tl.sum(pq * z[None, :], 1)")
         w.line(f"out = {finish}")
@@ -139,8 +141,8 @@ def emit_linear_launcher(w: CodeWriter, plan: Plan, eps: float) -> None:
         linear_scalars(w, plan)
         value_tile(w)
         if not causal:
-            w.line("state = torch.empty(B * H, BLOCK_D, BLOCK_E, device=q.device, dtype=torch.float32)")
-            w.line("z = torch.empty(B * H, BLOCK_D, device=q.device, dtype=torch.float32)")
+            w.line("state = torch.empty(B * Hkv, BLOCK_D, BLOCK_E, device=q.device, dtype=torch.float32)  # per kv head")
+            w.line("z = torch.empty(B * Hkv, BLOCK_D, device=q.device, dtype=torch.float32)")
         w.line()
         with w.block("def launch(BLOCK, num_warps, num_stages):"):
             tail = "PRECISION=precision, num_warps=num_warps, num_stages=num_stages)"
@@ -148,7 +150,7 @@ def emit_linear_launcher(w: CodeWriter, plan: Plan, eps: float) -> None:
                 w.line(f"_linear_causal[(B * H, value_blocks)]({launch_common()}, mod, gamma, {eps!r}, BLOCK=BLOCK,")
                 w.line(f"    BLOCK_D=BLOCK_D, BLOCK_E=E_TILE, {tail}")
             else:
-                w.line(f"_linear_state[(B * H, value_blocks)]({launch_common()}, state, z, BLOCK=BLOCK,")
+                w.line(f"_linear_state[(B * Hkv, value_blocks)]({launch_common()}, state, z, BLOCK=BLOCK,")
                 w.line(f"    BLOCK_D=BLOCK_D, BLOCK_E=E_TILE, STATE_E=BLOCK_E, {tail}")
                 w.line(f"_linear_out[(triton.cdiv(Nq, BLOCK), B * H, value_blocks)]({launch_common()}, state, z, mod,")
                 w.line(f"    {eps!r}, BLOCK=BLOCK, BLOCK_D=BLOCK_D, BLOCK_E=E_TILE, STATE_E=BLOCK_E, {tail}")

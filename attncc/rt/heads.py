@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["grouped_matmul", "heads_product", "same_heads"]
+__all__ = ["grouped_matmul", "heads_product"]
 
 
 def _fold_rows(a: torch.Tensor, groups: int) -> torch.Tensor:
@@ -57,27 +57,19 @@ def grouped_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"grouped heads: {ha} and {hb} heads, neither dividing the other")
 
 
-def heads_product(x: torch.Tensor, f: torch.Tensor, dim: int) -> torch.Tensor:
-    """x * f broadcast from the right, where the heads (at `dim`, negative: counted from the right in both)
-    may differ by a group: the side with fewer heads is repeated across each group by broadcasting (a
-    view), so the product, of the larger heads, is the only new tensor. For a factor per query head
-    applied to key-side rows (decays, gates, Toeplitz filters) or query-side rows against key-side
-    sums: nothing of the key side is copied first."""
+def heads_product(x: torch.Tensor, f: torch.Tensor, dim: int, op=torch.mul) -> torch.Tensor:
+    """x * f (or op(x, f), any broadcasting binary op) broadcast from the right, where the heads (at
+    `dim`, negative: counted from the right in both) may differ by a group: the side with fewer heads is
+    repeated across each group by broadcasting (a view), so the product, of the larger heads, is the
+    only new tensor. For a factor per query head applied to key-side rows (decays, gates, Toeplitz
+    filters) or query-side rows against key-side sums: nothing of the key side is copied first."""
     assert dim < 0, "heads are counted from the right"
     hx, hf = x.shape[dim], f.shape[dim]
     if hx == hf or hx == 1 or hf == 1:
-        return x * f
+        return op(x, f)
     if hx % hf and hf % hx:
         raise ValueError(f"grouped heads: {hx} and {hf} heads, neither dividing the other")
     small = min(hx, hf)
     split = lambda t: t.unflatten(dim, (small, t.shape[dim] // small))  # noqa: E731
-    return (split(x) * split(f)).flatten(dim - 1, dim)
+    return op(split(x), split(f)).flatten(dim - 1, dim)
 
-
-def same_heads(q: torch.Tensor, k: torch.Tensor, what: str) -> None:
-    """Raise for k, v of fewer heads than q where an algorithm has no grouped form (yet)."""
-    if q.shape[1] != k.shape[1]:
-        from ..lang.source import ShapeError
-        raise ShapeError(f"{what} does not support grouped-query attention yet: q has {q.shape[1]} heads, k and v "
-                         f"{k.shape[1]}; pass k and v with {q.shape[1]} heads (e.g. k.repeat_interleave("
-                         f"{q.shape[1] // max(1, k.shape[1])}, 1)), or use an exact `normalize softmax`")

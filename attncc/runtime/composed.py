@@ -46,6 +46,9 @@ class ComposedAttention(nn.Module):
 
     def __init__(self, backend: str = "auto", check_bounds: bool = False, **sizes):
         super().__init__()
+        if not self.MAPS:
+            raise AttnccError(f"{self.SPEC_NAME}: a composed attention's class is made by attncc.compile, which "
+                              "attaches its maps; compile the spec rather than importing its generated module")
         if backend != "auto":
             get_backend(backend)
         known = set(self.SIZES) | set(self.NEEDS)
