@@ -12,7 +12,6 @@ BACKEND_RUNS = [("torch", "float32"), ("torch", "float64"), ("torch", "bfloat16"
 CHECK_SHAPES = [(37, 37), (1, 1), (20, 45), (45, 20), (130, 130)]
 # grouped-query attention (k, v of Hkv heads dividing q's H): (Nq, N, H, Hkv) checked in GQA_BACKENDS too
 GQA_SHAPES = [(37, 37, 4, 2), (45, 20, 3, 1), (130, 130, 4, 1)]
-GQA_BACKENDS = ("torch",)
 MAX_SEED = 2**32  # seeds are drawn into torch generators (64-bit) with offsets added: 32 bits leave room
 
 
@@ -302,7 +301,7 @@ def cmd_check(args) -> int:
     specs = [spec_argument(s) for s in args.specs]
     _interpret_triton(device)
     from .api import compile as compile_spec
-    from .tools.compare import compare, make_module, random_inputs, rows_beyond_input, triton_runnable
+    from .tools.compare import GQA_BACKENDS, compare, make_module, random_inputs, rows_beyond_input, triton_runnable
 
     console = Console()
     failed = 0
