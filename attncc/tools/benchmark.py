@@ -2,9 +2,10 @@
 
 For each spec, head dim d (= e) and length N: random normal q [B, H, N, d] and k, v [B, Hkv, N, d]
 (Hkv = H unless `PATH:kv=Hkv` or BenchConfig.kv_heads says fewer: grouped-query attention; bf16 on
-CUDA, float32 on the CPU), the spec's inputs (bench_inputs), the module (Triton backend on CUDA, torch backend on the CPU) and every
-baseline that applies to the spec's family. Forward times are medians: triton.testing.do_bench on
-CUDA, torch.utils.benchmark's blocked_autorange on the CPU; `--backward` adds forward + backward.
+CUDA, float32 on the CPU), the spec's inputs (bench_inputs), the module (Triton backend on CUDA,
+torch backend on the CPU) and every baseline that applies to the spec's family. Forward times are
+medians: triton.testing.do_bench on CUDA, torch.utils.benchmark's blocked_autorange on the CPU;
+`--backward` adds forward + backward.
 
   useful flops  2 * pairs * (d + e) where pairs counts the (b, h, i, j) the mask keeps (the
                 reference mask, evaluated in row chunks); the dense-equivalent count for kernelized
