@@ -399,3 +399,51 @@ def test_the_reference_function_takes_shared_and_map_tables():
     assert torch.allclose(got, diff_window_by_hand(q, k, v, lam), atol=1e-12)
     with pytest.raises(AttnccError, match="made by attncc.compile"):
         compiled(DIFF_WINDOW).__mro__[1]()  # the generated module's class alone has no maps
+
+
+def test_fuzz_a_composed_family_under_every_lowering_of_each_map():
+    from attncc.tools.fuzzing import fuzz
+    family = DIFF_WINDOW.replace("j <= i and i - j < w", "??")
+    report = fuzz([family], 3, [("torch", torch.float32)], seed=1)
+    assert report.failure is None and report.examples >= 3
+    assert {"a1: sdpa, a2: tiled", "a1: tiled, a2: tiled", "a1: decode, a2: tiled"} <= set(report.lowerings)
+
+
+def test_as_a_layer_with_padded_sequences():
+    layer = attncc.layer(ROOT / "examples" / "diff_transformer.attn", embed_dim=32, num_heads=2, batch_first=True)
+    x = torch.randn(2, 9, 32)
+    padding = torch.zeros(2, 9, dtype=torch.bool)
+    padding[1, 6:] = True
+    out, _ = layer(x, x, x, key_padding_mask=padding, need_weights=False)
+    alone, _ = layer(x[1:, :6], x[1:, :6], x[1:, :6], need_weights=False)
+    assert torch.allclose(out[1:, :6], alone, atol=1e-5)
+    assert layer.attention.last_backend == "torch" and layer.attention.sizes == {}
+    assert [n for n, _ in layer.named_parameters()].count("attention.lam") == 1
+
+
+def test_a_map_s_own_input_goes_to_that_map_only():
+    text = """attention own_inputs {
+        input g[Nq]
+        map a1 {
+            input doc[N] : int
+            mask(i, j) = doc[i] == doc[j]
+        }
+        map a2 {
+            mask(i, j) = j <= i
+        }
+        output = g[i] * a1 + a2
+    }"""
+    cls = compiled(text)
+    assert set(cls.INPUTS) == {"g", "doc"} and set(cls.MAPS["a2"].INPUTS) == {"g"}
+    module = cls()
+    q, k, v, inputs = random_inputs(cls, 2, 2, 8, 8, 4, 4)
+    nq = 8
+    keep = inputs["doc"].view(2, 1, -1, 1) == inputs["doc"].view(2, 1, 1, -1)
+    want = (inputs["g"].double().view(2, 1, nq, 1) * softmax_attention(q, k, v, keep)
+            + softmax_attention(q, k, v, causal(nq, nq)))
+    assert torch.allclose(module.reference(q, k, v, **inputs), want, atol=1e-12)
+    assert torch.allclose(module(q, k, v, **inputs), want, atol=1e-10)
+    with pytest.raises(AttnccError, match="unexpected input `dco`; did you mean `doc`"):
+        module(q, k, v, g=inputs["g"], dco=inputs["doc"])
+    with pytest.raises(AttnccError, match="missing input `doc`"):
+        module(q, k, v, g=inputs["g"])

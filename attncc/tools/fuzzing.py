@@ -22,7 +22,7 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 from ..api import compile as compile_spec
-from ..api import relower
+from ..api import relower, relower_map
 from .compare import GQA_BACKENDS, compare, make_module, random_inputs
 from ..lang.source import SpecError
 from .testing import (attention_shapes, bias_expressions, function_expressions, gate_expressions, grid_expressions,
@@ -114,6 +114,9 @@ def _every_lowering(spec: str) -> list:
     """The spec compiled with the cost model's lowering, then with each other lowering it admits."""
     chosen = compile_spec(spec)
     comp = chosen.compilation
+    if getattr(chosen, "MAPS", None):  # a composed spec: each map under each of its lowerings, the others as chosen
+        return [chosen] + [compile_spec(relower_map(comp, name, c.name)) for name, part in comp.maps.items()
+                           for c in part.plan.candidates if c.name != part.plan.lowering]
     others = [c.name for c in comp.plan.candidates if c.name != chosen.LOWERING]
     return [chosen] + [compile_spec(relower(comp, name)) for name in others]  # analysed once
 
@@ -143,7 +146,7 @@ def fuzz(families: list[str], examples: int, backends: list[tuple[str, torch.dty
         b, h, nq, nk, d, e = shape
         divisors = [n for n in range(1, h + 1) if h % n == 0]  # key/value heads (grouped-query attention)
         for cls in classes:
-            report.lowerings[cls.LOWERING] = report.lowerings.get(cls.LOWERING, 0) + 1
+            report.lowerings[cls.LOWERING] = report.lowerings.get(cls.LOWERING, 0) + 1  # composed: "a1: tiled, a2: ..."
             nk = nq if cls.GRAPHS else nk  # a graph kernel relates the same tokens
             for backend, dtype in backends:
                 hkv = divisors[grouping % len(divisors)] if backend in GQA_BACKENDS else h
