@@ -37,7 +37,9 @@ def rows_beyond_input(cls, nq: int, nk: int) -> str | None:
     """Why lengths Nq x N do not fit compiled class `cls`, or None: a row input of N rows read at the
     query index (a gate per dimension, `G[h, i]` beside `G[h, j]`) needs Nq <= N, one of Nq rows read
     at the key index N <= Nq (docs/language.md, `dot`)."""
-    checked = getattr(getattr(cls, "compilation", None), "checked", None)  # a composition: its maps' own
+    if getattr(cls, "MAP_NAMES", ()):  # a composition: each map reads its own rows
+        return next((why for why in (rows_beyond_input(cls.MAPS[m], nq, nk) for m in cls.MAP_NAMES) if why), None)
+    checked = getattr(getattr(cls, "compilation", None), "checked", None)
     if checked is None:
         return None
     lengths = {"i": nq, "j": nk, "N": nk, "Nq": nq}
