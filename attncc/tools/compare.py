@@ -15,8 +15,8 @@ from ..plan import registry
 # of half precisions; a lowering may declare its own per dtype (Lowering.tolerance: FFT's round-off
 # grows like eps log N).
 TOLERANCE = {torch.float32: 2e-4, torch.float16: 5e-3, torch.bfloat16: 3e-2, torch.float64: 1e-9}
-# The backends `check` and `fuzz` also run with k, v of fewer heads than q (grouped-query attention).
-GQA_BACKENDS = ("torch",)
+# The backends `check` and `fuzz` also run with k, v of fewer heads than q (grouped-query attention): all.
+GQA_BACKENDS = ("torch", "triton")
 
 
 @dataclass
