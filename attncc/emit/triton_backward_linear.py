@@ -242,6 +242,7 @@ LINEAR_BACKWARD = TritonBackward(linear_backward_support, linear_backward_line, 
 # gate differences for gamma powers, plus the gradient of the gates. With da_ij = dnum_i . v_j + dden_i,
 #   dG_i (query side) = sum_j da_ij w_ij = phi(q_i) . dphi(q_i),   dG_j (key side) = -phi(k_j) . dphi(k_j),
 # and the inputs and tables G reads get sum_t dG_t dG(t)/dx, scattered by the module's gate_grads (O(N)).
+# (A gate per dimension has its own kernels: triton_gla.py, whose GATED_BACKWARD dispatches between them.)
 
 def _gate_rows(w: CodeWriter) -> None:
     """Kernel lines: the gates of the chunk from `start`, the masked in-chunk factor exp(G_i - G_j), the
@@ -367,5 +368,3 @@ def gated_backward_line(graph: Graph, plan: Plan) -> str:
     return ("generated Triton kernels (dQ and dG forward over chunks, dK/dV/dG by the reverse gated recurrence; "
             "what G reads from dG)")
 
-
-GATED_BACKWARD = TritonBackward(gated_backward_support, gated_backward_line, emit_gated_backward)
