@@ -35,6 +35,7 @@ CASES = {  # name: (spec, lowering, sizes, (Nq, N), backward kernels)
     "linear_chunked": ("linear_elu_causal", None, {}, (37, 37), True),
     "retention": ("retention", None, {}, (37, 37), True),
     "gated": ("simple_gla", None, {}, (37, 37), True),
+    "gla": ("gla", None, {}, (37, 37), True),  # a gate per dimension
     "decode": (DECODE, "decode", {}, (3, 40), True),
     "fft": ("toeplitz_linear", "fft", {}, (30, 30), False),
     "rings": ("ripple", "rings", {}, (36, 36), False),
@@ -52,8 +53,10 @@ def _compile(spec, lowering):
 
 def _inputs(cls, nq, n, kv_heads):
     q, k, v, inputs = random_inputs(cls, B, H, nq, n, D, E, generator=torch.Generator().manual_seed(0))
-    if "g" in inputs:  # a cumulative log-gate: non-increasing along the tokens
-        inputs["g"] = -torch.rand(inputs["g"].shape, generator=torch.Generator().manual_seed(2)).cumsum(-1) * 0.3
+    for name, tokens in (("g", -1), ("G", -2)):  # cumulative log-gates: non-increasing along the tokens
+        if name in inputs:
+            gates = torch.rand(inputs[name].shape, generator=torch.Generator().manual_seed(2))
+            inputs[name] = -gates.cumsum(tokens) * 0.3
     return q, k[:, :kv_heads].contiguous(), v[:, :kv_heads].contiguous(), inputs
 
 
