@@ -211,8 +211,8 @@ def emit_linear_op(w: CodeWriter, plan: Plan, eps: float) -> None:
             w.line("state = torch.zeros(B * Hkv, BLOCK_D, BLOCK_E, device=q.device, dtype=torch.float32)")
             w.line("z = torch.empty(B * Hkv, BLOCK_D, device=q.device, dtype=torch.float32)")
             value_tile(w)  # the forward's state kernel, column blocks and all; `_linear_bwd` reads every column
-            w.line(f"_linear_state[(B * Hkv, value_blocks)]({launch_common()}, state, z, BLOCK=BLOCK_N, BLOCK_D=BLOCK_D,")
-            w.line("    BLOCK_E=E_TILE, STATE_E=BLOCK_E, PRECISION=precision)")
+            w.line(f"_linear_state[(B * Hkv, value_blocks)]({launch_common()}, state, z, BLOCK=BLOCK_N,")
+            w.line("    BLOCK_D=BLOCK_D, BLOCK_E=E_TILE, STATE_E=BLOCK_E, PRECISION=precision)")
             w.line(f"_linear_bwd[(B * Hkv,)]({bwd_launch()}, state, z, mod, {eps!r},")
             w.line(f"    {blocks})")
         w.line("return dq, triton_ops.group_sum(dk, k), triton_ops.group_sum(dv, v), {}" if causal else
