@@ -12,9 +12,9 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from . import ast
-from .approx import APPROXIMATIONS, CHOICES, COUNTS, FLAGS, PLAIN_ONLY, POSITIVE
+from .approx import ApproxChecks
 from ..lang.evaluate import Env, evaluate
-from ..lang.favor import FAVOR, favor_weight, is_plain_dot_scale, split_logits
+from ..lang.favor import FAVOR, favor_weight, split_logits
 from ..lang.expr import BOOL, FLOAT, INT, RUNTIME_SIZES, VEC, TExpr
 from ..lang.features import ALL_MAPS, RANDOM_MAPS
 from ..lang.graph_kernels import GRAPH_KERNELS
@@ -24,7 +24,7 @@ from ..lang.normalizers import NORMALIZERS, Normalizer, default_normalizer
 from ..lang.pool import PoolInfo
 from ..lang.source import DiagnosticBag, Source, Span, did_you_mean
 from ..lang.standard import DEFAULT_LOGITS
-from .records import InputInfo, KeywordOptions, ParamInfo
+from .records import ApproxInfo, FeatureInfo, InputInfo, KeywordOptions, ParamInfo
 from .typecheck import ExprTyper
 
 INITIALIZERS = {"zeros": {}, "ones": {}, "alibi": {}, "normal": {"std": 0.02, "mean": 0.0},
@@ -45,36 +45,6 @@ class GraphInfo(KeywordOptions):
 
     def describe(self) -> str:
         return f"{self.name} = {self.kind}(" + ", ".join([self.adjacency, *(f"{k}={v}" for k, v in self.kwargs)]) + ")"
-
-
-@dataclass(frozen=True)
-class ApproxInfo(KeywordOptions):
-    """`approx METHOD(...)`: its method and every option, defaults filled in (see approx.py)."""
-    method: str
-    kwargs: tuple[tuple[str, object], ...]
-
-    def __str__(self) -> str:
-        return f"{self.method}(" + ", ".join(f"{k}={v}" for k, v in self.kwargs) + ")"
-
-    def favor_map(self) -> FeatureInfo:
-        """approx favor(...): the random feature map `favor` it draws, with the same options."""
-        return FeatureInfo(FAVOR, FAVOR, self.kwargs)
-
-
-@dataclass(frozen=True)
-class FeatureInfo(KeywordOptions):
-    name: str
-    fn: str
-    kwargs: tuple[tuple[str, float], ...]
-
-    @property
-    def random(self) -> bool:
-        """A random-feature map: it has a projection buffer and is referred to by its declared name."""
-        return self.fn in RANDOM_MAPS
-
-    @property
-    def out_dim(self) -> int:
-        return RANDOM_MAPS[self.fn].out_dim(int(self.options["features"])) if self.random else 0
 
 
 @dataclass
@@ -115,7 +85,7 @@ def favor_kernelized(spec: CheckedSpec) -> CheckedSpec:
                    weight=favor_weight(split_logits(spec.logits)), approx=None)
 
 
-class _Checker(ExprTyper, MechanismChecks):
+class _Checker(ExprTyper, MechanismChecks, ApproxChecks):
     def __init__(self, src: Source, spec: ast.Spec, reserved_attributes: frozenset[str],
                  reserved_keywords: frozenset[str]):
         self.src, self.spec = src, spec
@@ -460,81 +430,6 @@ class _Checker(ExprTyper, MechanismChecks):
                            norm.name, float(eps), logits, weight, mask, spans, dict(self.derived),
                            tuple(dict.fromkeys(self.divisors)), dict(self.graphs), ista, self.pool, sink=sink)
         return self._approximated(spec) if self.normalize is not None and self.normalize.approx else spec
-
-    # ---------------------------------------------------------------- approximations
-    def _approximated(self, spec: CheckedSpec) -> CheckedSpec:
-        """The spec computed by its declared approximation (see approx.py); `target` keeps the exact one."""
-        a = self.normalize.approx
-        if a.method not in APPROXIMATIONS:
-            self.bag.error(f"unknown approximation `{a.method}`", a.method_span,
-                           did_you_mean(a.method, APPROXIMATIONS) or f"use one of {', '.join(APPROXIMATIONS)}")
-        elif not NORMALIZERS[spec.normalize].online_softmax:
-            self.bag.error(f"`approx {a.method}` approximates softmax attention, but this spec normalizes "
-                           f"with `{spec.normalize}`", a.method_span, "write `normalize softmax approx ...`")
-        else:
-            info = self._approx_options(a)
-            if info is not None and self._approx_applies(spec, info, a):
-                self.bag.raise_if_any()
-                return replace(spec, approx=info, target=spec)
-        self.bag.raise_if_any()
-        return spec
-
-    def _approx_options(self, a: ast.Approx) -> ApproxInfo | None:
-        allowed = APPROXIMATIONS[a.method]
-        if a.args:
-            self.bag.error(f"approx {a.method} takes keyword arguments only", a.args[0].span,
-                           f"write {', '.join(f'{k}=...' for k in allowed)}")
-            return None
-        out = dict(allowed)
-        for kw in a.kwargs:
-            if kw.name not in allowed:
-                self.bag.error(f"approx {a.method} has no argument `{kw.name}`", kw.span,
-                               did_you_mean(kw.name, allowed) or f"its arguments: {', '.join(allowed)}")
-                return None
-            choices = CHOICES.get((a.method, kw.name))
-            if choices:
-                if not isinstance(kw.value, ast.Name) or kw.value.id not in choices:
-                    self.bag.error(f"`{kw.name}` of approx {a.method} is one of {', '.join(choices)}", kw.value.span,
-                                   f"write `{kw.name} = {choices[0]}`")
-                    return None
-                out[kw.name] = kw.value.id
-                continue
-            value = self._const_number(kw.value, f"argument `{kw.name}`")
-            if value is None:
-                return None
-            lowest = 1 if kw.name in POSITIVE else 0 if kw.name in COUNTS | FLAGS else None
-            if lowest is not None and (not isinstance(value, int) or value < lowest
-                                       or (kw.name in FLAGS and value > 1) or value >= 2**31):
-                what = "0 or 1" if kw.name in FLAGS else f"an integer >= {lowest}"
-                self.bag.error(f"`{kw.name}` of approx {a.method} must be {what}, got {value}", kw.value.span)
-                return None
-            out[kw.name] = value
-        return ApproxInfo(a.method, tuple(out.items()))
-
-    def _approx_applies(self, spec: CheckedSpec, info: ApproxInfo, a: ast.Approx) -> bool:
-        """favor: logits dot(q[i], k[j]) * scale + bias(i, j), any mask; mra, lara, ra: the plain logits."""
-        where = self.defs["score"].body.span if "score" in self.defs else a.method_span
-        if spec.features:
-            self.bag.error(f"approx {info.method} approximates exp(q.k * scale): it takes no feature map",
-                           self.spec.name_span, "drop the `feature` declaration")
-            return False
-        if info.method in PLAIN_ONLY:
-            for kind in ("mask", "bias"):
-                if kind in self.defs:
-                    self.bag.error(f"approx {info.method} approximates unmasked softmax without a bias",
-                                   self.defs[kind].kind_span, f"drop `{kind}`, or use `approx favor(...)`, "
-                                   "which keeps masks and biases")
-                    return False
-            if not is_plain_dot_scale(spec.logits):
-                self.bag.error(f"approx {info.method} needs the score `dot(q[i], k[j]) * scale`", where,
-                               "it approximates softmax(Q K^T / sqrt(D)) and nothing else")
-                return False
-            return True
-        if split_logits(spec.logits) is False:
-            self.bag.error("approx favor needs the score `dot(q[i], k[j]) * scale` plus terms without `dot`",
-                           where, "FAVOR+ estimates exp(q.k / sqrt(D)); other terms become a modulation exp(bias)")
-            return False
-        return True
 
     def _check_random_features(self, scores: TExpr | None) -> None:
         """A random-feature map replaces q and k by their features before any kernel runs, so when

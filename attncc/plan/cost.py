@@ -120,7 +120,7 @@ class CostQuery:
     attrs: dict
     mask: Structure
     sizes: dict
-    approx: object = None  # attncc.check.ApproxInfo or None
+    approx: object = None  # attncc.frontend.records.ApproxInfo or None
 
     @property
     def exact(self) -> bool:
