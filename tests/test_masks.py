@@ -7,7 +7,7 @@ import attncc
 from attncc.api import build
 from attncc.tools.compare import compare, make_module, random_inputs
 from attncc.tools.testing import mask_expressions
-from attncc.analysis.structure import structure_holds
+from attncc.analysis.sampling import structure_holds
 
 from .conftest import ROOT
 

@@ -34,7 +34,8 @@ from ..lang.operators import fmt
 from ..lang.standard import KEY_INDEX, QUERY_INDEX
 from .kernel import split_kernel
 from .session import BudgetSpent, checkpoint, expr_digest, memoized
-from .structure import I, J, classify_mask, random_env, to_sympy
+from .sampling import random_env
+from .structure import I, J, classify_mask, to_sympy
 
 ACROSS = ("all", "earlier", "upto", "causal")
 

@@ -11,7 +11,8 @@ from ..lang.expr import FLOAT, TExpr, const, substitute
 from ..lang.evaluate import fold_constants
 from .kernel import product_factors
 from ..lang.standard import KEY_INDEX
-from .structure import I, J, holds_on_causal_pairs, to_sympy, values_on_grid
+from .sampling import holds_on_causal_pairs, values_on_grid
+from .structure import I, J, to_sympy
 
 
 def _reads(t: TExpr, var: str) -> bool:

@@ -22,7 +22,8 @@ from ..lang.evaluate import Env, evaluate
 from ..lang.expr import TExpr
 from ..lang.operators import fmt
 from .session import NotEncodable, checkpoint, expr_digest, memoized, stored_bool, sympy_from_json, sympy_to_json
-from .structure import I, J, random_env, relation_to_zero, to_sympy
+from .sampling import random_env
+from .structure import I, J, relation_to_zero, to_sympy
 
 RI, CI, RJ, CJ, DR, DC, RHO = sympy.symbols("r_i c_i r_j c_j dr dc rho", integer=True)
 

@@ -23,7 +23,8 @@ from ..lang.operators import fmt, operator_of
 from ..lang.rows import input_rows, row_input_layout, side
 from ..lang.standard import KEY_INDEX
 from .kernel import product_factors
-from .structure import I, J, random_env, to_sympy
+from .sampling import random_env
+from .structure import I, J, to_sympy
 
 
 @dataclass(frozen=True)

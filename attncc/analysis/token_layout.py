@@ -36,7 +36,7 @@ import torch
 from ..lang.evaluate import Env, evaluate
 from ..lang.expr import BOOL, INT, TExpr, postorder
 from ..lang.operators import fmt
-from .structure import random_env
+from .sampling import random_env
 
 EMPTY, PARTIAL, FULL = 0, 1, 2  # tile classes
 

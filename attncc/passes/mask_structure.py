@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from ..ir.graph import Graph, expr_of
 from ..lang.source import AttnccError
-from ..analysis.structure import classify_mask, structure_holds
+from ..analysis.sampling import structure_holds
+from ..analysis.structure import classify_mask
 
 
 def analyse_mask(graph: Graph, ctx) -> None:

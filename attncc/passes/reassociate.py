@@ -13,7 +13,8 @@ from ..lang.source import AttnccError
 from ..analysis.gates import gate_form, gate_holds
 from ..lang.rows import PreparedRows
 from ..analysis.grid import classify_grid, grid_holds
-from ..analysis.structure import Structure, classify_modulation, decay_form, decay_holds, structure_holds
+from ..analysis.sampling import decay_holds, structure_holds
+from ..analysis.structure import Structure, classify_modulation, decay_form
 
 
 def _graph_lookup(m: TExpr | None, signature) -> str | None:
