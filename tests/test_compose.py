@@ -19,6 +19,7 @@ from attncc.lang.source import AttnccError, SpecError
 from attncc.tools.compare import compare, make_module, random_inputs
 
 from .conftest import ROOT
+from .helpers import run_fresh
 
 # causal softmax minus lam[h] times a sliding-window softmax: differential attention on whole q, k
 DIFF_WINDOW = """attention diff_window {
@@ -341,9 +342,6 @@ def test_compile_writes_every_module(tmp_path, capsys):
 
 def test_a_saved_composed_module_loads_in_a_fresh_process(tmp_path):
     """The maps' classes are rebuilt from the composed spec's recipe (attncc.api.rebuild)."""
-    import os
-    import subprocess
-    import sys
     module = compiled(INPUT_GATE)(H=2)
     with torch.no_grad():
         module.biased.slope.mul_(2.0)
@@ -351,10 +349,7 @@ def test_a_saved_composed_module_loads_in_a_fresh_process(tmp_path):
     torch.save({"model": module, "args": (q.float(), k.float(), v.float()), "inputs": inputs}, tmp_path / "m.pt")
     load = ("import sys, torch; s = torch.load(sys.argv[1], weights_only=False); "
             "torch.save(s['model'](*s['args'], **s['inputs']), sys.argv[2])")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "ATTNCC_CACHE_DIR": str(tmp_path / "empty-cache")}
-    result = subprocess.run([sys.executable, "-c", load, str(tmp_path / "m.pt"), str(tmp_path / "out.pt")],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_fresh(tmp_path, load, str(tmp_path / "m.pt"), str(tmp_path / "out.pt"))
     assert torch.equal(torch.load(tmp_path / "out.pt"), module(q.float(), k.float(), v.float(), **inputs))
 
 

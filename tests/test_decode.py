@@ -9,14 +9,7 @@ from attncc import rt
 from attncc.tools.compare import assert_matches_reference, make_module, random_inputs
 
 from .conftest import ROOT
-
-# the spec of docs/cookbook/decoding.md: the Nq new tokens are the last Nq of the N keys
-DECODE = """attention decode {
-    param slope[H] = alibi
-    score(i, j) = dot(q[i], k[j]) * scale - slope[h] * (i + N - Nq - j)
-    mask(i, j) = j <= i + N - Nq
-    normalize softmax
-}"""
+from .helpers import DECODE
 
 
 def _lowering(spec: str, nq: int, n: int) -> str:

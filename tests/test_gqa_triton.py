@@ -11,13 +11,8 @@ import attncc
 from attncc.tools.compare import make_module, random_inputs
 
 from .conftest import ROOT
+from .helpers import DECODE
 
-DECODE = """attention decode {
-    param slope[H] = alibi
-    score(i, j) = dot(q[i], k[j]) * scale - slope[h] * (i + N - Nq - j)
-    mask(i, j) = j <= i + N - Nq
-    normalize softmax
-}"""
 HEAD_TABLE = """attention head_table {
     param rpe[H, 33] = normal(mean=0.0, std=1.0)
     score(i, j) = dot(q[i], k[j]) * scale + rpe[h, i - j + 16]

@@ -19,6 +19,7 @@ from torch import nn
 import attncc
 from attncc.api import rebuild
 
+from .helpers import run_fresh
 from .markdown_blocks import ROOT
 
 EXAMPLES = ROOT / "examples"
@@ -50,10 +51,7 @@ def test_torch_save_loads_in_a_fresh_process_with_only_the_file(tmp_path, qkv):
     expected = outputs(model, *qkv)
     load = ("import sys, torch; saved = torch.load(sys.argv[1], weights_only=False); "
             "torch.save({n: m(*saved['qkv']) for n, m in saved['model'].items()}, sys.argv[2])")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "ATTNCC_CACHE_DIR": str(tmp_path / "empty-cache")}
-    result = subprocess.run([sys.executable, "-c", load, str(tmp_path / "model.pt"), str(tmp_path / "out.pt")],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_fresh(tmp_path, load, str(tmp_path / "model.pt"), str(tmp_path / "out.pt"))
     loaded = torch.load(tmp_path / "out.pt")
     assert {n: m.LOWERING for n, m in model.items()} == {"alibi": "tiled", "linear": "linear_chunked", "window": "tiled"}
     for name in expected:

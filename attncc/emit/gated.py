@@ -23,9 +23,7 @@ def emit_gate(w: CodeWriter, exprs: list, input_dims: dict) -> None:
     with w.block("def gate(ctx, n):"):
         per = " per dimension" if gate.type == VEC else ""
         w.line(f'"""G(i) of the gate exp(G(i) - G(j)){per} at tokens 0 .. n-1: {brief(gate)}"""')
-        w.line("i = torch.arange(n, dtype=torch.int32).view(1, 1, -1, 1)")
-        w.line("j = torch.zeros((1, 1, 1, 1), dtype=torch.int32)")
-        w.line("h = torch.arange(ctx.H, dtype=torch.int32).view(1, ctx.H, 1, 1)")
+        _token_indices(w)
         if gate.type == VEC:
             w.line(f"return {_row_code(w, TorchExpr(), gate, input_dims)}")
         else:
@@ -52,6 +50,13 @@ def _row_code(w: CodeWriter, ex: TorchExpr, t: TExpr, input_dims: dict) -> str:
     raise ValueError(f"a gate row of the form {t.op} (analysis/row_gates.py finds sums of row inputs and numbers)")
 
 
+def _token_indices(w: CodeWriter) -> None:
+    """The indices a gate is evaluated at (gate, gate_grads): every token i of 0 .. n-1 and head h, j = 0."""
+    w.line("i = torch.arange(n, dtype=torch.int32).view(1, 1, -1, 1)")
+    w.line("j = torch.zeros((1, 1, 1, 1), dtype=torch.int32)")
+    w.line("h = torch.arange(ctx.H, dtype=torch.int32).view(1, ctx.H, 1, 1)")
+
+
 def gate_lookups(gate: TExpr) -> list[tuple[TExpr, TExpr]]:
     """(lookup, dG/d(lookup)) for the float table and input lookups G depends on (what its gradient flows
     to); raises NotDifferentiable if G has no derivative."""
@@ -69,9 +74,7 @@ def emit_row_gate_grads(w: CodeWriter, gate: TExpr, input_dims: dict) -> None:
     ex = TorchExpr()
     with w.block("def gate_grads(ctx, n, dg, grads):"):
         w.line('"""grads[name] += d(sum_t dg[..., t, :] . G(t)) / d(name) for what G reads (dg: [B, H, n, W])."""')
-        w.line("i = torch.arange(n, dtype=torch.int32).view(1, 1, -1, 1)")
-        w.line("j = torch.zeros((1, 1, 1, 1), dtype=torch.int32)")
-        w.line("h = torch.arange(ctx.H, dtype=torch.int32).view(1, ctx.H, 1, 1)")
+        _token_indices(w)
         for row, c in rows:
             per_head, _ = row_input_layout(input_dims[row.value])
             w.line(f"grads[{row.value!r}] = grads.get({row.value!r}, 0) + rt.row_input_grad(ctx.inputs[{row.value!r}], "
@@ -94,9 +97,7 @@ def emit_gate_grads(w: CodeWriter, gate: TExpr) -> None:
     ex = TorchExpr()
     with w.block("def gate_grads(ctx, n, dg, grads):"):
         w.line('"""grads[name] += d(sum_t dg[..., t, 0] G(t)) / d(name) for what G reads (dg: [B, H, n, 1])."""')
-        w.line("i = torch.arange(n, dtype=torch.int32).view(1, 1, -1, 1)")
-        w.line("j = torch.zeros((1, 1, 1, 1), dtype=torch.int32)")
-        w.line("h = torch.arange(ctx.H, dtype=torch.int32).view(1, ctx.H, 1, 1)")
+        _token_indices(w)
         _lookup_grads(w, ex, lookups)
         w.line("return grads")
     w.line()
