@@ -105,7 +105,7 @@ def reference_mask(module, inputs: dict, batch: int, heads: int, nq: int, n: int
     query rows `rows` (a slice; default all): bool, broadcastable to [B, H, len(rows), N]. dim: the head
     width of the call (inputs sized by D, gla's G [H, N, D], must match it)."""
     d, e = module.fixed.get("D", dim), module.fixed.get("E", dim)  # zero-stride stand-ins for q, k, v
-    ctx = module._context(*(torch.zeros((), device=device).expand(batch, heads, t, w)
+    ctx = module.call_context(*(torch.zeros((), device=device).expand(batch, heads, t, w)
                             for t, w in ((nq, d), (n, d), (n, e))), inputs)
     ar = lambda k: torch.arange(k, device=device, dtype=torch.int32)  # noqa: E731
     i = ar(nq)[rows] if rows is not None else ar(nq)
