@@ -145,12 +145,21 @@ def test_feature_blocks_are_bounded(budget):
     assert len(blocks) == (m * (E + 1) if budget == 1 else 1 if budget == 10**9 else len(blocks))
     covered = sorted((l0 + l, e0 + e) for l0, e0, y in blocks for l in range(y.shape[0]) for e in range(y.shape[3]))
     assert covered == [(l, e) for l in range(m) for e in range(E + 1)]  # each (feature, column) once
-    saved = rt.GROUP_BUDGET
+    calls = []
+    real = rt.transforms.kernel_blocks
+
+    def spy(*args, **kwargs):  # the blocks toeplitz_attention really forms under this budget
+        calls.append(len(list(real(*args, **kwargs))))
+        yield from real(*args, **kwargs)
+    saved = rt.transforms.GROUP_BUDGET
     try:
         rt.transforms.GROUP_BUDGET = budget
+        rt.transforms.kernel_blocks = spy
         ours = rt.toeplitz_attention(pq, pk, v, f, normalize="rows", eps=1e-6)
     finally:
-        rt.transforms.GROUP_BUDGET = saved
+        rt.transforms.GROUP_BUDGET, rt.transforms.kernel_blocks = saved, real
+    # the module's budget, read at the call, sized the blocks (the default budget takes one block here)
+    assert len(calls) == 1 and (calls[0] > 1 if budget < 10**9 else calls[0] == 1), calls
     whole = rt.toeplitz_attention(pq, pk, v, f, normalize="rows", eps=1e-6)
     torch.testing.assert_close(ours, whole, rtol=1e-5, atol=1e-6)
 

@@ -30,7 +30,7 @@ GPU_GROUP_BUDGET = 1 << 26  # on GPUs: few, large groups (launches and re-reads 
 GPU_FEATURE_TILE, CPU_FEATURE_TILE = 1, 16
 
 
-def kernel_blocks(pk, v, transform: Callable, *, cells: int, budget: int = GROUP_BUDGET, split_columns: bool = True,
+def kernel_blocks(pk, v, transform: Callable, *, cells: int, budget: int | None = None, split_columns: bool = True,
                   heads: int | None = None):
     """Yield (l0, e0, y) with y [ml, B, H, ne, Nq] = T (phi(K)_l o [V, 1]_e) for the features
     l0 .. l0+ml-1 and the value columns e0 .. e0+ne-1 (column E is the ones of the row sums): a linear
@@ -39,7 +39,9 @@ def kernel_blocks(pk, v, transform: Callable, *, cells: int, budget: int = GROUP
     stays within `budget` elements: whole features while one fits, else (split_columns) a few value
     columns of one feature, never less than one column of one feature (B H cells elements). The
     peak is therefore a few times max(budget, B H cells): linear in the tokens, whatever m and E.
-    `heads`: of the transform's output when it has more than the keys (a filter per query head)."""
+    `heads`: of the transform's output when it has more than the keys (a filter per query head).
+    `budget`: GROUP_BUDGET as it is at the call (not at import: tests and users may lower it)."""
+    budget = GROUP_BUDGET if budget is None else budget
     dtype = compute_dtype(v)
     B, H, _, m = pk.shape
     H = heads or H
@@ -55,7 +57,7 @@ def kernel_blocks(pk, v, transform: Callable, *, cells: int, budget: int = GROUP
             yield l0, e0, transform(pk[l0:l0 + group, :, :, None, :] * v1[:, :, e0:e0 + columns])
 
 
-def kernel_products(pk, v, transform: Callable, *, cells: int, budget: int = GROUP_BUDGET):
+def kernel_products(pk, v, transform: Callable, *, cells: int, budget: int | None = None):
     """Yield (l0, y) with y [ml, B, H, E+1, Nq] = T (phi(K)_l o [V, 1]) for the features l0 .. l0+ml-1,
     every value column at once (what the Triton contraction kernels read): kernel_blocks by whole
     features, at least one feature per group."""
