@@ -248,9 +248,11 @@ def launch_common(out: bool = True) -> str:
             + (", *out.stride()" if out else ""))
 
 
-def program_prologue(w: CodeWriter, per_bh_only: bool = False, out: bool = True, value_axis: int | None = None) -> None:
+def program_prologue(w: CodeWriter, per_bh_only: bool = False, out: bool = True, value_axis: int | None = None,
+                     feature_axis: int | None = None) -> None:
     """Program ids, the (b, h) offsets of the tensors and the head columns; with `value_axis`, the
-    program owns the value columns [pid_e BLOCK_E, (pid_e + 1) BLOCK_E) of that grid axis."""
+    program owns the value columns [pid_e BLOCK_E, (pid_e + 1) BLOCK_E) of that grid axis; with
+    `feature_axis`, the head (feature) columns [pid_f BLOCK_D, (pid_f + 1) BLOCK_D) of that one."""
     if not per_bh_only:
         w.line("pid_m = tl.program_id(0)")
         w.line("pid_bh = tl.program_id(1)")
@@ -263,7 +265,11 @@ def program_prologue(w: CodeWriter, per_bh_only: bool = False, out: bool = True,
     w.line("V += off_b * stride_vb + off_h * stride_vh")
     if out:
         w.line("Out += off_b * stride_ob + off_h * stride_oh")
-    w.line("offs_d = tl.arange(0, BLOCK_D)")
+    if feature_axis is None:
+        w.line("offs_d = tl.arange(0, BLOCK_D)")
+    else:
+        w.line(f"pid_f = tl.program_id({feature_axis})")
+        w.line("offs_d = pid_f * BLOCK_D + tl.arange(0, BLOCK_D)")
     if value_axis is None:
         w.line("offs_e = tl.arange(0, BLOCK_E)")
     else:

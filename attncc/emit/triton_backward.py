@@ -135,8 +135,9 @@ def bwd_launch(grads: str = "QKV", out: bool = True) -> str:
                                                                  for x in grads)
 
 
-def bwd_prologue(w: CodeWriter, per_bh_only: bool = False, grads: str = "QKV", out: bool = True) -> None:
-    program_prologue(w, per_bh_only, out)
+def bwd_prologue(w: CodeWriter, per_bh_only: bool = False, grads: str = "QKV", out: bool = True,
+                 feature_axis: int | None = None) -> None:
+    program_prologue(w, per_bh_only, out, feature_axis=feature_axis)
     w.line("DO += off_b * stride_dob + off_h * stride_doh")
     for x in grads:
         w.line(f"D{x} += off_b * stride_d{x.lower()}b + off_h * stride_d{x.lower()}h")
