@@ -13,6 +13,9 @@ from . import lowerings  # noqa: F401  (each module registers its lowering)
 from .version import __version__
 from .frontend.ast import Spec, format_spec
 from .frontend.check import CheckedSpec, check
+from .frontend.compose import check_composed, is_composed
+from .emit.combine import composed_module
+from .runtime.composed import COMPOSED_ATTRIBUTES
 from .emit.module import alternate_header, header, module_class, triton_entry
 from .emit.dispatch import emit_torch, emit_triton
 from .emit.triton import triton_header
@@ -27,6 +30,25 @@ from .runtime.memory import configured_budget, parse_budget
 from .analysis.session import check_budget, default_budget
 from .plan.select import DESIGN_SIZES, MACHINE, Plan, select
 from .lang.source import AttnccError, Source
+
+
+@dataclass
+class Composition:
+    """A composed spec compiled: one Compilation per map, and the module that combines them."""
+
+    source: Source
+    ast: Spec
+    checked: object  # ComposedSpec
+    maps: dict  # map name -> Compilation
+    module_source: str = ""
+    spec_hash: str = ""
+    sizes: dict = field(default_factory=dict)  # the design sizes asked for (the recipe's)
+    lowering: str | None = None  # the lowering asked for, every map's
+    analysis_budget: float | None = None
+
+    def parts(self) -> dict:
+        """Each map's Compilation, by map name."""
+        return dict(self.maps)
 
 
 @dataclass
@@ -48,6 +70,11 @@ class Compilation:
     analysis_budget: float | None = None  # seconds the analyses ran under (None: not built here)
     # the other lowerings of the dispatch table: name -> (module source, Triton kernels source)
     alternates: dict = field(default_factory=dict)
+    map_name: str = ""  # a map of a composed spec: its name there (see Composition)
+
+    def parts(self) -> dict:
+        """The compilations that make up this one: itself (a Composition has one per map)."""
+        return {"": self}
 
 
 def read_source(spec: str | Path) -> Source:
@@ -79,9 +106,17 @@ def build(spec: str | Path | Source, sizes: dict | None = None, lowering: str | 
     $ATTNCC_MEMORY_BUDGET, else the reference machine's memory (attncc.plan.cost.MACHINE)."""
     src = spec if isinstance(spec, Source) else read_source(spec)
     tree = parse(src)
-    checked = check(src, tree, RESERVED_ATTRIBUTES, RESERVED_KEYWORDS)
-    ir = lower(checked)
     budget = default_budget() if analysis_budget is None else check_budget(analysis_budget)
+    if is_composed(tree):
+        return build_composed(src, tree, sizes, lowering, budget, memory_budget)
+    checked = check(src, tree, RESERVED_ATTRIBUTES, RESERVED_KEYWORDS)
+    return build_checked(src, tree, checked, sizes, lowering, budget, memory_budget)
+
+
+def build_checked(src: Source, tree: Spec, checked: CheckedSpec, sizes: dict | None, lowering: str | None,
+                  budget: float, memory_budget: int | str | None) -> Compilation:
+    """The pipeline after checking: lower, analyse, select and emit."""
+    ir = lower(checked)
     optimized, ctx = _analyse(ir, format_spec(tree), budget)
     plan = select(optimized, {**checked.sizes, **_design_sizes(sizes, ir.signature)}, lowering,
                   compile_budget(memory_budget))
@@ -171,6 +206,9 @@ def _design_sizes(sizes: dict | None, signature: Signature) -> dict:
 def generated_files(comp: Compilation) -> dict[str, str]:
     """File name -> source of everything generated for a spec."""
     name = comp.checked.name
+    if isinstance(comp, Composition):  # the combination, then every map's files (named <spec>_<map>...)
+        return {f"{name}.py": comp.module_source,
+                **{n: text for c in comp.maps.values() for n, text in generated_files(c).items()}}
     files = {f"{name}.py": comp.module_source, f"{name}_triton.py": comp.triton_source}
     for lowering, (module, kernels) in comp.alternates.items():
         files[f"{name}_{lowering}.py"], files[f"{name}_{lowering}_triton.py"] = module, kernels
@@ -189,15 +227,23 @@ def compile(spec: str | Path | Compilation, backend: str = "auto", sizes: dict |
     >>> Attn = attncc.compile("examples/causal.attn")
     >>> out = Attn()(q, k, v)            # q, k, v: [batch, heads, tokens, dim]
     """
-    comp = spec if isinstance(spec, Compilation) else build(spec, sizes, lowering, analysis_budget, memory_budget)
-    module = load_module(comp.checked.name, generated_files(comp))
+    comp = spec if isinstance(spec, (Compilation, Composition)) else build(spec, sizes, lowering, analysis_budget,
+                                                                            memory_budget)
+    if isinstance(comp, Composition):
+        return compile_composed(comp, backend, memory_budget)
+    return _compile_class(comp, backend, memory_budget, compile_recipe(comp, backend, memory_budget))
+
+
+def _compile_class(comp, backend: str, memory_budget, recipe: dict, extra: dict | None = None):
+    """The class of a Compilation or Composition: its generated module loaded, the recipe attached."""
+    files = {f"{comp.checked.name}.py": comp.module_source} if isinstance(comp, Composition) else generated_files(comp)
+    module = load_module(comp.checked.name, files)
     base = module.Module
-    recipe = compile_recipe(comp, backend, memory_budget)
     cls = type(comp.checked.name, (base,), {"checked": comp.checked, "compilation": comp,
                                             "__module__": module.__name__, "REBUILD": (rebuild, recipe),
                                             "__init__": _init_with_backend(base, backend),
                                             "memory_budget": None if memory_budget is None else
-                                            parse_budget(memory_budget, "memory_budget")})
+                                            parse_budget(memory_budget, "memory_budget"), **(extra or {})})
     COMPILED_CLASSES[_recipe_key(recipe)] = cls
     return cls
 
@@ -233,6 +279,8 @@ def rebuild(recipe: dict):
         raise AttnccError(f"cannot load a compiled attention pickled by attncc {recipe.get('attncc', '?')} "
                           f"(recipe format {recipe.get('format')!r}; this attncc {__version__} reads {RECIPE_FORMAT})")
     cls = COMPILED_CLASSES.get(_recipe_key(recipe))
+    if cls is None and "map" in recipe:  # a map of a composed spec: made with the composed class
+        cls = type(rebuild(recipe["composed"])).MAPS[recipe["map"]]
     if cls is None:
         cls = compile(Source(recipe["text"], recipe["filename"]), recipe["backend"], recipe["sizes"],
                       recipe["lowering"], recipe.get("analysis_budget"), recipe.get("memory_budget"))
@@ -262,3 +310,47 @@ def reference(spec: str | Path, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
             for name, value in params.items():
                 getattr(module, name).copy_(torch.as_tensor(value))
     return module.reference(q, k, v, **inputs)
+
+
+# ---------------------------------------------------------------------------- composed specs
+def build_composed(src: Source, tree: Spec, sizes: dict | None, lowering: str | None, budget: float,
+                   memory_budget: int | str | None) -> Composition:
+    """A composed spec (attncc/frontend/compose.py): every map through the whole pipeline as its own
+    spec (`<spec>_<map>`), then the module that combines their outputs (attncc/emit/combine.py)."""
+    checked = check_composed(src, tree, COMPOSED_ATTRIBUTES, RESERVED_KEYWORDS)
+    sizes = dict(sizes or {})
+    known = set(DESIGN_SIZES) | {n for m in checked.maps.values() for n in m.sizes}
+    unknown = sorted(set(sizes) - known)
+    if unknown:
+        raise AttnccError(f"sizes: unknown size `{unknown[0]}`; use {', '.join(sorted(known))}")
+    maps = {}
+    for name, spec in checked.maps.items():
+        own = {n: v for n, v in sizes.items() if n in DESIGN_SIZES or n in spec.sizes}
+        maps[name] = replace(build_checked(src, checked.map_asts[name], spec, own, lowering, budget, memory_budget),
+                             map_name=name)
+    spec_hash = "sha256:" + hashlib.sha256("\n".join(
+        [__version__, format_spec(tree), *(c.spec_hash for c in maps.values())]).encode()).hexdigest()[:16]
+    source = composed_module(checked.name, spec_hash, __version__, checked.output, checked.coefficients,
+                             {name: c.plan.lowering for name, c in maps.items()})
+    return Composition(src, tree, checked, maps, source, spec_hash, sizes, lowering, budget)
+
+
+def compile_composed(comp: Composition, backend: str, memory_budget: int | str | None):
+    """The composed module class: each map compiled (its class reads the shared tables it is passed),
+    then the generated combination's class holding them (attncc/runtime/composed.py)."""
+    recipe = {"format": RECIPE_FORMAT, "attncc": __version__, "name": comp.checked.name, "text": comp.source.text,
+              "filename": comp.source.filename, "backend": backend, "sizes": comp.sizes, "lowering": comp.lowering,
+              "spec_hash": comp.spec_hash, "analysis_budget": comp.analysis_budget, "memory_budget": memory_budget}
+    shared = comp.checked.shared
+    classes = {}
+    for name, map_comp in comp.maps.items():
+        map_recipe = {**compile_recipe(map_comp, backend, memory_budget), "map": name, "composed": recipe}
+        classes[name] = _compile_class(map_comp, backend, memory_budget, map_recipe, {"SHARED": shared})
+    first = next(iter(classes.values()))
+    union = lambda attr: {n: v for c in classes.values() for n, v in getattr(c, attr).items()}  # noqa: E731
+    return _compile_class(comp, backend, memory_budget, recipe, {
+        "MAPS": classes, "SHARED": shared,
+        "LOWERING": ", ".join(f"{n}: {c.LOWERING}" for n, c in classes.items()),
+        "TRITON_LOWERING": "; ".join(f"{n}: {c.TRITON_LOWERING}" for n, c in classes.items()), "PARAMS": {n: first.PARAMS[n] for n in shared},
+        "SIZES": union("SIZES"), "INPUTS": union("INPUTS"), "GRAPHS": union("GRAPHS"),
+        "NEEDS": tuple(sorted({n for c in classes.values() for n in c.NEEDS}))})

@@ -10,6 +10,9 @@ from pathlib import Path
 BACKEND_RUNS = [("torch", "float32"), ("torch", "float64"), ("torch", "bfloat16"),
                 ("triton", "float32"), ("triton", "float16"), ("triton", "bfloat16")]
 CHECK_SHAPES = [(37, 37), (1, 1), (20, 45), (45, 20), (130, 130)]
+# grouped-query attention (k, v of Hkv heads dividing q's H): (Nq, N, H, Hkv) checked in GQA_BACKENDS too
+GQA_SHAPES = [(37, 37, 4, 2), (45, 20, 3, 1), (130, 130, 4, 1)]
+GQA_BACKENDS = ("torch",)
 MAX_SEED = 2**32  # seeds are drawn into torch generators (64-bit) with offsets added: 32 bits leave room
 
 
@@ -167,7 +170,10 @@ def cmd_compile(args) -> int:
     for name, source in generated_files(comp).items():
         write_output(out / name, source, "-o")
         print(f"{out / name}")
-    print(f"{comp.checked.name}: lowering {comp.plan.lowering} ({comp.spec_hash})")
+    lowerings = {comp.checked.name: comp} if not hasattr(comp, "maps") else comp.maps
+    print(f"{comp.checked.name}: " + ", ".join(f"{'map ' + n + ' ' if n != comp.checked.name else ''}lowering "
+                                               f"{c.plan.lowering}" for n, c in lowerings.items())
+          + f" ({comp.spec_hash})")
     return 0
 
 
@@ -195,8 +201,9 @@ def inspect_gpu(args) -> int:
     from .api import compile as compile_spec
     from .tools.gpu_compile import TARGETS, gate, report
     cls = compile_spec(args.spec, lowering=args.lowering)
-    compiled = gate(cls, [TARGETS[args.target]], [getattr(torch, args.dtype)], [args.head_dim])
-    print(report(cls.SPEC_NAME, compiled, args.emit), end="")
+    for part in getattr(cls, "MAPS", {}).values() or [cls]:  # a composed spec: each map's kernels
+        compiled = gate(part, [TARGETS[args.target]], [getattr(torch, args.dtype)], [args.head_dim])
+        print(report(part.SPEC_NAME, compiled, args.emit), end="")
     return 0
 
 
@@ -206,18 +213,31 @@ def cmd_inspect(args) -> int:
     if args.emit in ("ptx", "ttgir", "resources"):
         return inspect_gpu(args)
     from .api import build
-    from .frontend.ast import format_spec
-    from .emit.triton_backward import backward_line
-    from .plan.gradients import torch_backward_line
-    from .ir.graph import print_graph, to_dot
-    from .runtime.backends import cuda_triton_available
-    from .plan.select import format_plan
     from .tools.compare import parse_sizes
     try:
         sizes = parse_sizes(args.size)
     except ValueError as exc:
         raise UsageError(f"--size: {exc}") from None
     comp = build(spec_argument(args.spec), lowering=args.lowering, sizes=sizes)
+    if not hasattr(comp, "maps"):
+        return _inspect_one(args, comp)
+    print(f"# {comp.checked.name}: output = {comp.checked.output}")
+    if args.emit == "module":
+        print(comp.module_source)
+    for name, part in comp.maps.items():
+        print(f"\n# {'=' * 24} map {name} (compiled as the spec `{part.checked.name}`) {'=' * 24}")
+        _inspect_one(args, part)
+    return 0
+
+
+def _inspect_one(args, comp) -> int:
+    """One compiled spec's stage or generated source (a map's, for a composed spec)."""
+    from .frontend.ast import format_spec
+    from .emit.triton_backward import backward_line
+    from .plan.gradients import torch_backward_line
+    from .ir.graph import print_graph, to_dot
+    from .runtime.backends import cuda_triton_available
+    from .plan.select import format_plan
     if args.emit in ("triton", "torch", "module"):
         print({"triton": comp.triton_source, "torch": comp.torch_source, "module": comp.module_source}[args.emit],
               end="")
@@ -287,14 +307,14 @@ def cmd_check(args) -> int:
     failed = 0
     for spec in specs:
         cls = compile_spec(spec, lowering=args.lowering)
-        comp = cls.compilation
-        console.print(f"[bold]{spec}[/bold]: `{cls.SPEC_NAME}`, {comp.checked.normalize} attention")
-        for name, message in comp.log:
-            console.print(f"  [{name}] {message}", markup=False)
-        console.print(f"  lowering: {cls.LOWERING} ({comp.plan.chosen.note}); triton: {cls.TRITON_LOWERING}"
-                      + ("; run by Triton's interpreter on the CPU" if device == "cpu" else ""), markup=False)
+        if getattr(cls, "MAPS", None):
+            console.print(f"[bold]{spec}[/bold]: `{cls.SPEC_NAME}`, output = {cls.OUTPUT}")
+            for name, part in cls.MAPS.items():
+                _describe(console, part, f"  map `{name}`: ", "    ", device)
+        else:
+            _describe(console, cls, f"[bold]{spec}[/bold]: `{cls.SPEC_NAME}`, ", "  ", device)
         table = Table(title=f"{cls.SPEC_NAME}: every backend vs the dense float64 reference")
-        for col in ("backend", "dtype", "Nq x N", "max error", "tolerance", "result"):
+        for col in ("backend", "dtype", "Nq x N", "H:Hkv", "max error", "tolerance", "result"):
             table.add_column(col)
         for backend, dtype_name in BACKEND_RUNS:
             dtype = getattr(torch, dtype_name)
@@ -302,25 +322,38 @@ def cmd_check(args) -> int:
                 runnable, why = triton_runnable(device)
                 if not runnable or (dtype == torch.bfloat16 and device == "cpu"):
                     why = why if not runnable else "interpreter bf16 tl.dot (triton#11584)"
-                    table.add_row(backend, dtype_name, "-", "-", "-", f"[yellow]skipped: {why}")
+                    table.add_row(backend, dtype_name, "-", "-", "-", "-", f"[yellow]skipped: {why}")
                     continue
-            for nq, nk in CHECK_SHAPES:
+            shapes = [(nq, nk, 3, 3) for nq, nk in CHECK_SHAPES]
+            shapes += GQA_SHAPES if backend in GQA_BACKENDS else []
+            for nq, nk, heads, kv_heads in shapes:
                 if cls.GRAPHS and nq != nk:  # a graph relates the same tokens as queries and keys
                     continue
-                module = make_module(cls, heads=3, dim=24, dim_v=20, seed=args.seed)
+                where = (f"{nq} x {nk}", f"{heads}:{kv_heads}")
+                module = make_module(cls, heads=heads, dim=24, dim_v=20, seed=args.seed, kv_heads=kv_heads)
                 gen = torch.Generator().manual_seed(args.seed + nq * 1000 + nk)
-                q, k, v, inputs = random_inputs(cls, 2, 3, nq, nk, 24, 20, generator=gen)
+                q, k, v, inputs = random_inputs(cls, 2, heads, nq, nk, 24, 20, generator=gen, kv_heads=kv_heads)
                 r = compare(module, q, k, v, inputs, backend, dtype, device)
                 failed += not r.ok
-                table.add_row(backend, dtype_name, f"{nq} x {nk}", f"{r.error:.2e}", f"{r.tolerance:.0e}",
+                table.add_row(backend, dtype_name, *where, f"{r.error:.2e}", f"{r.tolerance:.0e}",
                               "[green]ok" if r.ok else "[red]FAIL")
         console.print(table)
         for line in clamp_warnings(cls, args.seed):
             console.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
-        if comp.checked.approx is not None:
+        if getattr(cls.checked, "approx", None) is not None:
             console.print(_approximation_error(cls, args.seed), markup=False)
     console.print(f"{'[red]' + str(failed) + ' failed' if failed else '[green]all backends match the reference'}")
     return 1 if failed else 0
+
+
+def _describe(console, cls, title: str, indent: str, device: str) -> None:
+    """What `check` says of a compiled spec (or a map) before its table: analyses and lowering."""
+    comp = cls.compilation
+    console.print(f"{title}{comp.checked.normalize} attention")
+    for name, message in comp.log:
+        console.print(f"{indent}[{name}] {message}", markup=False)
+    console.print(f"{indent}lowering: {cls.LOWERING} ({comp.plan.chosen.note}); triton: {cls.TRITON_LOWERING}"
+                  + ("; run by Triton's interpreter on the CPU" if device == "cpu" else ""), markup=False)
 
 
 def cmd_fuzz(args) -> int:

@@ -20,16 +20,20 @@ GOLDEN = ROOT / "tests" / "golden" / "ir"
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_printed_ir_golden(path, update_golden):
     comp = build(str(path.relative_to(ROOT)))
-    text = "\n\n".join([print_graph(comp.ir), print_graph(comp.optimized), format_plan(comp.plan, comp.log)])
+    sections = []  # a composed spec: each map's, under a header
+    for name, part in comp.parts().items():
+        sections += [f"# map {name} of output = {comp.checked.output}"] if name else []
+        sections += [print_graph(part.ir), print_graph(part.optimized), format_plan(part.plan, part.log)]
+    text = "\n\n".join(sections)
     golden(GOLDEN / f"{path.stem}.txt", text + "\n", update_golden)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_graphs_verify_and_render(path):
-    comp = build(str(path))
-    verify(comp.ir)
-    verify(comp.optimized)
-    assert to_dot(comp.optimized).startswith("digraph")
+    for part in build(str(path)).parts().values():
+        verify(part.ir)
+        verify(part.optimized)
+        assert to_dot(part.optimized).startswith("digraph")
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
@@ -81,8 +85,8 @@ def test_generated_code_calls_only_what_rt_exports():
     from attncc.api import relower
     missing = set()
     for path in EXAMPLES:
-        comp = build(str(path))
-        for candidate in comp.plan.candidates:
+        comps = build(str(path)).parts().values()
+        for comp, candidate in [(comp, candidate) for comp in comps for candidate in comp.plan.candidates]:
             other = relower(comp, candidate.name)
             names = re.findall(r"\brt\.([A-Za-z_]\w*)", other.module_source + other.triton_source)
             missing |= {f"{path.stem}@{candidate.name}: rt.{n}" for n in names if not hasattr(rt, n)}

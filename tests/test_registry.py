@@ -93,7 +93,7 @@ def test_every_lowering_has_every_field():
 def test_sdpa_is_chosen_for_plain_softmax_and_tiled_stays_forceable(capsys):
     comp = build(ROOT / "examples" / "causal.attn")
     assert comp.plan.lowering == "sdpa" and [c.name for c in comp.plan.candidates] == ["tiled", "sdpa", "decode"]
-    assert "rt.sdpa_attention(q, k, v, causal=True)" in comp.torch_source
+    assert "rt.sdpa_attention(q, k, v, causal=True, scale=ctx.scale)" in comp.torch_source
     assert "Triton has no SDPA: the sdpa plan runs the tiled kernel" in comp.triton_description
     assert "autotune.best(SPEC_HASH, 'tiled'" in comp.triton_source
     tiled = build(ROOT / "examples" / "causal.attn", lowering="tiled")

@@ -22,7 +22,7 @@ TOKENS = ["attention", "a", "{", "}", "(", ")", "[", "]", ",", "=", "==", "<=", 
           "q", "k", "v", "dot", "mask", "score", "weight", "bias", "size", "param", "input", "feature", "normalize",
           "softmax", "rows", "elu1", "N", "H", "+", "-", "*", "/", "//", "%", "**", "^", "1", "0", "2.5", "1e9",
           "99999999999", "abs", "min", "where", "popcount", "#", "\n", "é", "\\", "'", '"', "__import__", "\x00"]
-SECONDS_PER_INPUT = 5.0
+SECONDS_PER_INPUT = 5.0  # of this process's CPU time: wall time flakes on a loaded 2-core machine
 
 
 def scale(request, n: int) -> int:
@@ -31,7 +31,7 @@ def scale(request, n: int) -> int:
 
 def _compiles_or_fails_cleanly(text: str, kind: str) -> None:
     FUZZ_COUNTS[kind] = FUZZ_COUNTS.get(kind, 0) + 1
-    start = time.perf_counter()
+    start = time.process_time()
     try:
         build(text)
     except SpecError as exc:
@@ -41,7 +41,7 @@ def _compiles_or_fails_cleanly(text: str, kind: str) -> None:
             assert head.startswith("<spec>:") and ": error: " in head, head
     except AttnccError:
         pass
-    assert time.perf_counter() - start < SECONDS_PER_INPUT, f"{len(text)} chars took too long"
+    assert time.process_time() - start < SECONDS_PER_INPUT, f"{len(text)} chars took too long"
 
 
 @settings(max_examples=1000, suppress_health_check=[HealthCheck.too_slow])
@@ -143,9 +143,9 @@ def test_deep_and_wide_expressions(request):
     """Every one of them is a valid spec: it must compile, in bounded time."""
     for text in _deep_and_wide("deep", scale(request, 12), 300 if not request.config.getoption("--slow") else 600):
         FUZZ_COUNTS["deep and wide"] = FUZZ_COUNTS.get("deep and wide", 0) + 1
-        start = time.perf_counter()
+        start = time.process_time()
         build(text)
-        assert time.perf_counter() - start < SECONDS_PER_INPUT, f"{len(text)} chars took too long"
+        assert time.process_time() - start < SECONDS_PER_INPUT, f"{len(text)} chars took too long"
 
 
 EXTREMES = ["0", "-0", "1", "-1", "2147483647", "2147483648", "-2147483649", "4294967296", "9223372036854775807",

@@ -24,6 +24,7 @@ from .session import (BudgetSpent, NotEncodable, budget_note, checkpoint, expr_d
 
 I, J, DIFF, HEAD = sympy.symbols("i j d h", integer=True)
 BATCH = sympy.Symbol("b", integer=True, nonnegative=True)  # the batch index: like h, a free integer
+HEAD_KV = sympy.Symbol("hk", integer=True, nonnegative=True)  # h's key/value head: like h, a free integer
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def _sympy_node(t: TExpr, a: list, symbols: dict[str, sympy.Symbol]):
     if op == "const":
         return sympy.true if t.value is True else sympy.false if t.value is False else sympy.sympify(t.value)
     if op == "var":
-        return {"i": I, "j": J, "h": HEAD, "b": BATCH}[t.value]
+        return {"i": I, "j": J, "h": HEAD, "hk": HEAD_KV, "b": BATCH}[t.value]
     if op in ("size", "rsize"):
         return symbols[t.value]
     if op == "scale":
@@ -185,7 +186,7 @@ def _exact_in_sizes(c) -> bool:
     irrational power.
     Only such bounds are the same number in every backend, for every head, and in Python launchers."""
     return (not c.atoms(sympy.Float) and not c.atoms(sympy.core.function.AppliedUndef)
-            and all(s.is_integer and s not in (I, J, HEAD, BATCH, DIFF) for s in c.free_symbols)
+            and all(s.is_integer and s not in (I, J, HEAD, HEAD_KV, BATCH, DIFF) for s in c.free_symbols)
             and all(p.exp.is_integer for p in c.atoms(sympy.Pow)))
 
 

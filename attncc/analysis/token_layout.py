@@ -82,7 +82,7 @@ def find_token_layout(mask: TExpr | None) -> TokenLayout | None:
     """The run-time layout of a mask that reads a call-time input: from block bounds of its metadata
     when every input is read inside one and the rules then say something, else evaluated per tile;
     None if it reads no input, or reads the head (whose tiles would differ per head)."""
-    if mask is None or not mask.uses("input") or mask.uses("var", "h"):
+    if mask is None or not mask.uses("input") or mask.uses("var", "h") or mask.uses("var", "hk"):
         return None
     queries, keys = metadata_of(mask)
     layout = TokenLayout(mask, tuple(queries), tuple(keys), bounded=True)

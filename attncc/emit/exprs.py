@@ -69,8 +69,8 @@ def dtype_free_parts(t: TExpr) -> tuple[TExpr, ...]:
 
 
 class TorchExpr(ExprPrinter):
-    """Emit torch code; i, j, h are index tensors, `ctx` the runtime Context, dots named by `dots`; the batch
-    index b is rt.batch_index(ctx, i) ([B, 1, 1, 1], on i's device).
+    """Emit torch code; i, j, h are index tensors (hk is h // ctx.group), `ctx` the runtime Context, dots
+    named by `dots`; the batch index b is rt.batch_index(ctx, i) ([B, 1, 1, 1], on i's device).
 
     Floats are computed at the precision of the computation (`ctx.dtype`: float64 for float64
     inputs, else float32), except in masks and under a conversion to int (floor, int), which are
@@ -96,6 +96,8 @@ class TorchExpr(ExprPrinter):
         if op == "const":
             return f"ctx.fp({literal(t)})" if t.type == FLOAT and self.float_dtype == "ctx.dtype" else literal(t)
         if op == "var":
+            if t.value == "hk":  # the key/value head of query head h (heads of one group are adjacent)
+                return "(h // ctx.group)"
             return "rt.batch_index(ctx, i)" if t.value == "b" else t.value
         if op == "size":
             return f"ctx.sizes[{key(t.value)}]"
@@ -191,7 +193,7 @@ class TritonExpr(ExprPrinter):
     """Emit Triton code over tile index vectors: `offs_m[:, None]` (i), `offs_n[None, :]` (j), `off_h` (h),
     `off_b` (b: every kernel that evaluates expressions has its program's batch row, as input lookups need)."""
 
-    TILE_VARIABLES = {"i": "offs_m[:, None]", "j": "offs_n[None, :]", "h": "off_h", "b": "off_b"}
+    TILE_VARIABLES = {"i": "offs_m[:, None]", "j": "offs_n[None, :]", "h": "off_h", "hk": "off_hk", "b": "off_b"}
 
     def __init__(self, dots: dict[TExpr, str], sizes: dict[str, str], variables: dict[str, str] | None = None):
         self.dots = dots

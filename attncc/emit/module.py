@@ -11,6 +11,7 @@ from ..plan.cost import size_code
 from ..plan.select import Plan
 from .exprs import TorchExpr, key, literal
 from .let import LetScope
+from .prepared import prepare_rows_method
 from .writer import CodeWriter
 
 
@@ -158,6 +159,8 @@ def module_class(graph: Graph, plan: Plan, spec_hash: str, triton_lowering: str)
         w.line("}")
         memory_table(w, plan, {D: randoms[0].out_dim} if randoms else {})  # kernels see rows of m features
         w.line()
+        if att.attr("prepared_rows") is not None:
+            prepare_rows_method(w, att.attr("prepared_rows"), sig.inputs, graph.name)
         if att.attr("tensor_powers") is not None:
             tensor_power_terms(w, att.attr("tensor_powers"))
         if att.attr("pool") is not None:

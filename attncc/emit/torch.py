@@ -54,7 +54,8 @@ def emit_pair_holes(w: CodeWriter, name: str, doc: str, value: TExpr, mask_name:
     with w.block(f"def {name}(qc, kc, i, j, h, ctx, keep):"):
         w.line(f'"""{doc}"""')
         for d, dot in dots.items():
-            w.line(f"{dot} = rt.keep_grad({row_through_map(d.args[0], 'qc')} @ {row_through_map(d.args[1], 'kc')}.transpose(-1, -2), keep)")
+            qc, kc = row_through_map(d.args[0], 'qc'), row_through_map(d.args[1], 'kc')  # kc: H // ctx.group heads
+            w.line(f"{dot} = rt.keep_grad(rt.grouped_matmul({qc}, {kc}.transpose(-1, -2)), keep)")
         w.line(f"return {let_expr(w, TorchExpr(dots), value)}")
     w.line()
     if mask is not None:

@@ -31,7 +31,7 @@ def _linear_features(graph: Graph) -> tuple[str, str]:
     return tuple(row_feature(expr_of(graph, o)) or "identity" for o in ops[:2])
 
 
-def _finish_grads(w: CodeWriter, normalize: str) -> None:
+def finish_grads(w: CodeWriter, normalize: str) -> None:
     """dnum, dden of each row from den (the forward's unmodulated denominator), dO and out."""
     if NORMALIZERS[normalize].divides_by_row_sum:
         w.line("zz = den * mod + eps")
@@ -44,12 +44,12 @@ def _finish_grads(w: CodeWriter, normalize: str) -> None:
     w.line("dnum = do * inv[:, None]")
 
 
-def _load_out(w: CodeWriter) -> None:
+def load_out(w: CodeWriter) -> None:
     w.line("out = tl.load(Out + offs[:, None] * stride_om + offs_e[None, :] * stride_od, "
            "mask=(offs[:, None] < Nq) & (offs_e[None, :] < E), other=0.0).to(tl.float32)")
 
 
-def _chain(w: CodeWriter, var: str, grad: str, ptr: str, offs: str, limit: str, feature: str) -> None:
+def chain_feature(w: CodeWriter, var: str, grad: str, ptr: str, offs: str, limit: str, feature: str) -> None:
     """var = grad o phi'(raw rows), phi the side's feature map."""
     if feature == "identity":
         w.line(f"{var} = {grad}")
@@ -104,17 +104,17 @@ def emit_chunked_dq_kernel(w: CodeWriter, fq: str, fk: str, normalize: str, deca
             with w.block("if SPLIT_D:"):
                 _load_row_grads(w)
             with w.block("else:"):
-                _load_out(w)
+                load_out(w)
                 w.line(f"a = {_dot('pq', 'tl.trans(pk)')}")
                 w.line(_within_chunk("a", decayed))
                 w.line(f"den = tl.sum(a, 1) + {'q_decay * ' if decayed else ''}tl.sum(pq * z[None, :], 1)")
-                _finish_grads(w, normalize)
+                finish_grads(w, normalize)
                 w.line("tl.store(Inv + pid_bh * Nq + offs, inv, mask=offs < Nq)")
                 w.line("tl.store(Dden + pid_bh * Nq + offs, dden, mask=offs < Nq)")
             w.line(f"da = {_dot('dnum', 'tl.trans(v)')} + dden[:, None]")
             w.line(_within_chunk("da", decayed))
             w.line(f"dpq = {_dot('da', 'pk')} + {qd}({_dot('dnum', 'tl.trans(S)')} + dden[:, None] * z[None, :])")
-            _chain(w, "dq", "dpq", "Q", "offs", "Nq", fq)
+            chain_feature(w, "dq", "dpq", "Q", "offs", "Nq", fq)
             store_tile(w, "DQ", "dq", "offs", "Nq", "offs_d", "D")
             carry_state(w, decayed, "pk", "k_decay", "v", "S", "z", "pk")
     w.line()
@@ -150,7 +150,7 @@ def emit_chunked_dkdv_kernel(w: CodeWriter, fq: str, fk: str, decayed: bool) -> 
             w.line(_within_chunk("da", decayed))
             w.line(f"dpk = {_dot('tl.trans(da)', 'pq')} + {kd}({_dot('v', 'tl.trans(R)')} + r[None, :])")
             w.line(f"dv = {_dot('tl.trans(a)', 'dnum')} + {kd}{_dot('pk', 'R')}")
-            _chain(w, "dk", "dpk", "K", "offs", "N", fk)
+            chain_feature(w, "dk", "dpk", "K", "offs", "N", fk)
             store_tile(w, "DK", "dk", "offs", "N", "offs_d", "D")
             with w.block("if SPLIT_D:"):
                 w.line("part = (pid_f * tl.num_programs(0) + pid_bh) * N + offs")
@@ -174,11 +174,11 @@ def emit_linear_bwd_kernel(w: CodeWriter, fq: str, fk: str, normalize: str) -> N
         w.line("r = tl.zeros([BLOCK_D], dtype=tl.float32)")
         with w.block("for start in range(0, Nq, BLOCK):"):
             load_chunk(w, ("pq", "do"), fq)
-            _load_out(w)
+            load_out(w)
             w.line("den = tl.sum(pq * z[None, :], 1)")
-            _finish_grads(w, normalize)
+            finish_grads(w, normalize)
             w.line(f"dpq = {_dot('dnum', 'tl.trans(S)')} + dden[:, None] * z[None, :]")
-            _chain(w, "dq", "dpq", "Q", "offs", "Nq", fq)
+            chain_feature(w, "dq", "dpq", "Q", "offs", "Nq", fq)
             store_tile(w, "DQ", "dq", "offs", "Nq", "offs_d", "D")
             w.line(f"R += {_dot('tl.trans(pq)', 'dnum')}")
             w.line("r += tl.sum(pq * dden[:, None], 0)")
@@ -186,7 +186,7 @@ def emit_linear_bwd_kernel(w: CodeWriter, fq: str, fk: str, normalize: str) -> N
             load_chunk(w, ("pk", "v"), fk=fk)
             w.line(f"dpk = {_dot('v', 'tl.trans(R)')} + r[None, :]")
             w.line(f"dv = {_dot('pk', 'R')}")
-            _chain(w, "dk", "dpk", "K", "offs", "N", fk)
+            chain_feature(w, "dk", "dpk", "K", "offs", "N", fk)
             store_tile(w, "DK", "dk", "offs", "N", "offs_d", "D")
             store_tile(w, "DV", "dv", "offs", "N", "offs_e", "E")
     w.line()
@@ -293,18 +293,18 @@ def emit_gated_dq_kernel(w: CodeWriter, fq: str, fk: str, normalize: str) -> Non
         w.line("z = tl.zeros([BLOCK_D], dtype=tl.float32)")
         with w.block("for start in range(0, tl.maximum(Nq, N), BLOCK):"):
             load_chunk(w, ("pq", "pk", "v", "do"), fq, fk)
-            _load_out(w)
+            load_out(w)
             _gate_rows(w)
             w.line(f"a = {_dot('pq', 'tl.trans(pk)')} * within")
             w.line("den = tl.sum(a, 1) + q_scale * tl.sum(pq * z[None, :], 1)")
-            _finish_grads(w, normalize)
+            finish_grads(w, normalize)
             w.line("tl.store(Inv + pid_bh * Nq + offs, inv, mask=offs < Nq)")
             w.line("tl.store(Dden + pid_bh * Nq + offs, dden, mask=offs < Nq)")
             w.line(f"da = ({_dot('dnum', 'tl.trans(v)')} + dden[:, None]) * within")
             w.line(f"dpq = {_dot('da', 'pk')} + q_scale[:, None] * ({_dot('dnum', 'tl.trans(S)')} + "
                    "dden[:, None] * z[None, :])")
             w.line("tl.store(DGq + pid_bh * Nq + offs, tl.sum(pq * dpq, 1), mask=offs < Nq)")
-            _chain(w, "dq", "dpq", "Q", "offs", "Nq", fq)
+            chain_feature(w, "dq", "dpq", "Q", "offs", "Nq", fq)
             store_tile(w, "DQ", "dq", "offs", "Nq", "offs_d", "D")
             carry_state(w, True, "pk", "k_scale", "v", "S", "z", "pk")
     w.line()
@@ -331,7 +331,7 @@ def emit_gated_dkdv_kernel(w: CodeWriter, fq: str, fk: str) -> None:
             w.line(f"dpk = {_dot('tl.trans(da)', 'pq')} + k_scale[:, None] * ({_dot('v', 'tl.trans(R)')} + r[None, :])")
             w.line(f"dv = {_dot('tl.trans(a)', 'dnum')} + k_scale[:, None] * {_dot('pk', 'R')}")
             w.line("tl.store(DGk + pid_bh * N + offs, -tl.sum(pk * dpk, 1), mask=offs < N)")
-            _chain(w, "dk", "dpk", "K", "offs", "N", fk)
+            chain_feature(w, "dk", "dpk", "K", "offs", "N", fk)
             store_tile(w, "DK", "dk", "offs", "N", "offs_d", "D")
             store_tile(w, "DV", "dv", "offs", "N", "offs_e", "E")
             carry_state(w, True, "pq", "q_scale", "dnum", "R", "r", "pq * dden[:, None]")

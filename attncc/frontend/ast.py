@@ -63,6 +63,13 @@ class Index(Expr):
 
 
 @dataclass(frozen=True)
+class Slice(Expr):
+    """`lo:hi` as the last index of a row (`q[i, 0:D // 2]`); a missing bound is None."""
+    lo: Expr | None
+    hi: Expr | None
+
+
+@dataclass(frozen=True)
 class Stmt:
     span: Span
 
@@ -149,6 +156,21 @@ class PoolDecl(Stmt):
 
 
 @dataclass(frozen=True)
+class MapDecl(Stmt):
+    """`map NAME { ... }`: one named attention map of a composed spec (its definitions, and
+    declarations of its own); the spec's top-level declarations are shared by every map."""
+    name: str
+    name_span: Span
+    stmts: tuple[Stmt, ...] = ()
+
+
+@dataclass(frozen=True)
+class OutputDecl(Stmt):
+    """`output = EXPR`: a composed spec's result, a linear combination of its maps' outputs."""
+    value: Expr
+
+
+@dataclass(frozen=True)
 class Spec:
     name: str
     name_span: Span
@@ -182,6 +204,8 @@ def _parts(e: Expr) -> list[Expr]:
         return [*e.args, *(k.value for k in e.kwargs)]
     if isinstance(e, Index):
         return list(e.indices)
+    if isinstance(e, Slice):
+        return [b for b in (e.lo, e.hi) if b is not None]
     return []
 
 
@@ -202,6 +226,10 @@ def _format_node(e: Expr, parts: list[str]) -> str:
         return f"{e.fn}({', '.join(args)})"
     if isinstance(e, Index):
         return f"{e.table}[{', '.join(parts)}]"
+    if isinstance(e, Slice):
+        bounds = iter(parts)
+        lo = next(bounds) if e.lo is not None else ""
+        return f"{lo}:{next(bounds) if e.hi is not None else ''}"
     raise TypeError(type(e))
 
 
@@ -209,7 +237,10 @@ def format_spec(spec: Spec) -> str:
     """The AST as a canonical spec text: one statement a line, expressions fully parenthesised."""
     lines = [f"attention {spec.name} {{"]
     for s in spec.stmts:
-        lines.append("    " + format_stmt(s))
+        if isinstance(s, MapDecl):
+            lines += [f"    map {s.name} {{", *("        " + format_stmt(m) for m in s.stmts), "    }"]
+        else:
+            lines.append("    " + format_stmt(s))
     lines.append("}")
     return "\n".join(lines)
 
@@ -238,6 +269,10 @@ def format_stmt(s: Stmt) -> str:
         args = f"({_call_args(s.args, s.kwargs)})" if s.args or s.kwargs else ""
         approx = f" approx {s.approx.method}({_call_args(s.approx.args, s.approx.kwargs)})" if s.approx else ""
         return f"normalize {s.kind}{args}{approx}"
+    if isinstance(s, OutputDecl):
+        return f"output = {format_expr(s.value)}"
+    if isinstance(s, MapDecl):  # a map inside a map (refused by the checker): on one line
+        return f"map {s.name} {{ " + " ".join(format_stmt(m) for m in s.stmts) + " }"
     if isinstance(s, PoolDecl):
         return f"pool {', '.join(s.targets)} = {s.fn}({_call_args(s.args, s.kwargs)})"
     raise TypeError(type(s))

@@ -30,7 +30,7 @@ from .typecheck import ExprTyper
 INITIALIZERS = {"zeros": {}, "ones": {}, "alibi": {}, "normal": {"std": 0.02, "mean": 0.0},
                 "uniform": {"low": -0.1, "high": 0.1}}
 INPUT_DTYPES = ("int", "float", "bool")
-RESERVED = {"q", "k", "v", "i", "j", "h", "scale", "dot", "true", "false", *RUNTIME_SIZES, *FUNCTIONS}
+RESERVED = {"q", "k", "v", "i", "j", "h", "hk", "scale", "dot", "true", "false", *RUNTIME_SIZES, *FUNCTIONS}
 
 
 
@@ -138,6 +138,11 @@ class _Checker(ExprTyper, MechanismChecks):
 
     # ---------------------------------------------------------------- declarations
     def run(self) -> CheckedSpec:
+        self.declare()
+        return self._finish()
+
+    def declare(self) -> None:
+        """Every statement's handler, in order: declarations recorded, definitions kept for _finish."""
         declared: dict[str, Span] = {}
         for s in self.spec.stmts:
             name = getattr(s, "name", None)
@@ -152,7 +157,19 @@ class _Checker(ExprTyper, MechanismChecks):
                 declared[name] = s.name_span
             handler = getattr(self, "_" + type(s).__name__)
             handler(s)
-        return self._finish()
+
+    def typed_coefficient(self, e: ast.Expr) -> TExpr | None:
+        """A coefficient of a composed spec's `output` (attncc/frontend/compose.py), typed where masks
+        and biases are (i, j, h, b, sizes, tables, inputs, lets; no `dot`)."""
+        self.index_names = ("i", "j")
+        return self._expr(e, "index")
+
+    def _OutputDecl(self, s: ast.OutputDecl):
+        self.bag.error("`output` combines attention maps, but this spec defines none", s.span,
+                       "declare the maps with `map NAME { ... }`, or drop `output`")
+
+    def _MapDecl(self, s: ast.MapDecl):  # only nested maps reach a map's own check (compose.py reports them)
+        self.bag.error("a map cannot hold another map", s.name_span, "declare every map at the top level of the spec")
 
     def _keyword_clash(self, s, kind: str) -> bool:
         """Sizes are passed to the constructor by name, inputs to each call: a name the module's own
@@ -429,6 +446,9 @@ class _Checker(ExprTyper, MechanismChecks):
                     self.bag.error(f"`normalize {norm.name}` needs `weight(i, j)`", self.spec.name_span,
                                    "e.g. `weight(i, j) = dot(phi(q[i]), phi(k[j]))`")
         self._check_random_features(logits if norm.takes_score else weight)
+        kind = "score" if norm.takes_score else "weight"
+        if kind in self.defs:
+            self._check_dot_terms(logits if norm.takes_score else weight, self.defs[kind].body.span)
         if norm.of_score is not None and logits is not None:  # the weights it means (lang/normalizers.py)
             logits, weight = None, norm.of_score(logits)
         ista = self._check_ista(weight, mask, opts) if not norm.fixed_weights else None
@@ -533,6 +553,17 @@ class _Checker(ExprTyper, MechanismChecks):
                                f"write `dot({name}(q[i]), {name}(k[j]))`: q and k are replaced by their "
                                "random features before the kernels run")
                 return
+
+
+def declarations_checker(src: Source, spec: ast.Spec, reserved_attributes: frozenset[str] = frozenset(),
+                         reserved_keywords: frozenset[str] = frozenset()) -> _Checker:
+    """A checker that has read a spec's declarations and typed its lets, with nothing else checked:
+    a composed spec's top level, against which its output's coefficients are typed (`typed_coefficient`).
+    Its errors are in `.bag`."""
+    checker = _Checker(src, spec, reserved_attributes, reserved_keywords)
+    checker.declare()
+    checker._type_lets()
+    return checker
 
 
 def check(src: Source, spec: ast.Spec, reserved_attributes: frozenset[str] = frozenset(),

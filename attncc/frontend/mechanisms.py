@@ -80,7 +80,8 @@ class MechanismChecks:
                            self.defs["mask"].kind_span, "drop the mask, or use `normalize rows` for masked "
                            "kernelized attention")
             ok = False
-        plain = weight is not None and weight.op == "dot" and all(side.op == "feature" for side in weight.args)
+        plain = weight is not None and weight.op == "dot" and \
+            all(side.op == "feature" and side.args[0].op in ("qrow", "krow") for side in weight.args)
         if weight is not None and not plain:
             span = self.defs["weight"].body.span if "weight" in self.defs else self.spec.name_span
             self.bag.error("`normalize ista` needs the weight `dot(phi(q[i]), phi(k[j]))` and nothing else",

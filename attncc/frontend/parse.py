@@ -18,7 +18,7 @@ from ..lang.source import Diagnostic, DiagnosticBag, Source, Span, SpecError
 MAX_SOURCE_CHARS = 1_000_000
 MAX_NESTING = 64
 STATEMENT_KEYWORDS = {"size", "param", "input", "feature", "score", "weight", "mask", "bias", "normalize", "pool",
-                      "let"}
+                      "let", "output"}
 
 _TOKEN_TEXT = {
     "LBRACE": "`{`", "RBRACE": "`}`", "LPAR": "`(`", "RPAR": "`)`", "LSQB": "`[`", "RSQB": "`]`",
@@ -111,6 +111,13 @@ class _ToAst(Transformer_NonRecursive):
         return ast.PoolDecl(self._s(meta), tuple(str(n) for n in names), tuple(self._s(n) for n in names),
                             str(fn), self._s(fn), args, kwargs)
 
+    def map_decl(self, meta, c):
+        name, *stmts = c
+        return ast.MapDecl(self._s(meta), str(name), self._s(name), tuple(stmts))
+
+    def output_stmt(self, meta, c):
+        return ast.OutputDecl(self._s(meta), c[0])
+
     def exprs(self, meta, c):
         return tuple(c)
 
@@ -146,6 +153,12 @@ class _ToAst(Transformer_NonRecursive):
 
     def index(self, meta, c):
         return ast.Index(self._s(meta), str(c[0]), self._s(c[0]), tuple(c[1]))
+
+    def items(self, meta, c):
+        return tuple(c)
+
+    def slice(self, meta, c):
+        return ast.Slice(self._s(meta), c[0], c[1])
 
 
 def _describe(token: Token | None) -> str:
@@ -272,6 +285,7 @@ def parse(src: Source) -> ast.Spec:
 def _recover(src: Source) -> list[Diagnostic]:
     """Cut the body at statement keywords and parse each piece alone, collecting every error."""
     text, diagnostics = _blank_bad_characters(src.text)
+    text = _unwrap_maps(text, diagnostics)
     cuts = _statement_starts(text)
     if cuts is None:
         return diagnostics
@@ -326,6 +340,34 @@ def _blank_bad_characters(text: str, limit: int = 50) -> tuple[str, list[Diagnos
             pos = err.pos_in_stream
             text = text[:pos] + " " + text[pos + 1:]
     return text, diagnostics
+
+
+def _unwrap_maps(text: str, diagnostics: list[Diagnostic]) -> str:
+    """`map NAME {` and its closing `}` blanked out, so that the statements inside a map are cut and
+    parsed one by one like the top-level ones; a `map` not followed by `NAME {` is reported."""
+    try:
+        tokens = list(parser().lex(text, dont_ignore=False))
+    except lark.exceptions.UnexpectedCharacters:
+        return text
+    blank = []
+    for n, t in enumerate(tokens):
+        if t.type != "MAP":
+            continue
+        if [x.type for x in tokens[n + 1:n + 3]] != ["NAME", "LBRACE"]:
+            diagnostics.append(Diagnostic("expected `map NAME {`", Span(t.start_pos, t.end_pos),
+                                          "a map is written `map NAME { ...definitions... }`"))
+            blank.append((t.start_pos, t.end_pos))
+            continue
+        blank.append((t.start_pos, tokens[n + 2].end_pos))
+        depth = 0
+        for x in tokens[n + 2:]:
+            depth += {"LBRACE": 1, "RBRACE": -1}.get(x.type, 0)
+            if depth == 0:
+                blank.append((x.start_pos, x.end_pos))
+                break
+    for start, end in blank:
+        text = text[:start] + " " * (end - start) + text[end:]
+    return text
 
 
 def _statement_starts(text: str) -> list[int] | None:

@@ -15,16 +15,18 @@ import numpy as np
 from . import ast
 from ..lang.evaluate import Env, eval_scalar, evaluate  # one definition of operator semantics, for folding
 from ..lang.expr import BOOL, FLOAT, INT, RUNTIME_SIZES, VEC, TExpr, const
-from ..lang.features import ALL_MAPS, RANDOM_MAPS
+from ..lang.features import ALL_MAPS
+from ..lang.rows import side
 from ..lang.operators import BINARY, CONSTANT_HINTS, FUNCTIONS, OPERATORS, REWRITES, UNARY
 from ..lang.source import Span, did_you_mean
+from .rowtype import RowTyper
 
 INT_LIMIT = 2**31
 FLOAT32_MAX, FLOAT32_TINY = float(np.finfo(np.float32).max), float(np.finfo(np.float32).tiny)
 DEFINITIONS = ("index", "score", "weight", "let")  # contexts that see the index variables and tables
 
 
-class ExprTyper:
+class ExprTyper(RowTyper):
     def _expr(self, e: ast.Expr, ctx: str) -> TExpr | None:
         """Type one expression. ctx: const | size | shape | shape_tokens | index (mask, bias) | score | weight |
         let (a let's body: what score allows)."""
@@ -92,14 +94,19 @@ class ExprTyper:
                 return TExpr("var", (), "i", INT, e.span)
             if n == self.index_names[1]:
                 return TExpr("var", (), "j", INT, e.span)
-            if n == "h":
-                return TExpr("var", (), "h", INT, e.span)
+            if n in ("h", "hk"):  # hk = h // (H // Hkv): the key/value head query head h reads
+                return TExpr("var", (), n, INT, e.span)
             if n == "scale":
                 return TExpr("scale", (), "scale", FLOAT, e.span)
             if n in ("N", "Nq", "H", "D", "E"):
                 return TExpr("rsize", (), n, INT, e.span)
             if n in self.let_decls:
                 return self._let(e, ctx)
+            if n == "Hkv":
+                self.bag.error("`Hkv` (the key/value heads) can size a table but not be used in a definition",
+                               e.span, "index a table of one entry per key/value head with `hk`, e.g. `slope[hk]` "
+                               "with `param slope[Hkv]`")
+                return None
             if n == "b" and not self._declared(n):  # older specs name a block size `b`: theirs wins
                 return TExpr("var", (), "b", INT, e.span)
         if n in self.let_decls:
@@ -107,7 +114,7 @@ class ExprTyper:
                            f"for a constant, declare `size {n} = ...`")
             return None
         if ctx.startswith("shape"):
-            if n in ("H", "D", "E"):
+            if n in ("H", "Hkv", "D", "E"):
                 return TExpr("rsize", (), n, INT, e.span)
             if n in ("N", "Nq"):
                 if ctx == "shape_tokens":
@@ -124,12 +131,12 @@ class ExprTyper:
             self.bag.error(f"`{n}` is a tensor of rows; index it with a token", e.span,
                            "write `dot(q[i], k[j])`")
             return None
-        known = set(self.sizes) | {"h", "b", "scale", *RUNTIME_SIZES, *self.index_names}
+        known = set(self.sizes) | {"h", "hk", "b", "scale", *RUNTIME_SIZES, *self.index_names}
         where = {"const": "a constant", "size": "a size", "shape": "a table shape",
                  "shape_tokens": "an input shape"}.get(ctx)
         if where and (n in known or n in ("i", "j")):
             self.bag.error(f"`{n}` cannot be used in {where}", e.span,
-                           "index variables exist only in definitions and lets" if n in ("i", "j", "h", "b") else None)
+                           "index variables exist only in definitions and lets" if n in ("i", "j", "h", "hk", "b") else None)
             return None
         if ctx == "let" and any(n in d.params for d in self.defs.values()):
             self.bag.error(f"unknown name `{n}`", e.span, "in a `let`, the query index is `i` and the key index `j`")
@@ -149,7 +156,14 @@ class ExprTyper:
         allowed): a let may use every declaration and the lets above it."""
         self.index_names = ("i", "j")
         for name, s in self.let_decls.items():
-            self.lets[name] = self._expr(s.value, ctx="let")
+            if self._mentions_row(s.value):  # a row, for the dots that use it
+                self.lets[name] = self._row(s.value)
+                if self.lets[name] is not None and len(side(self.lets[name])) != 1:
+                    self.bag.error(f"the row `{name}` reads both the query index `i` and the key index `j`",
+                                   s.value.span, "a row is of one token: the query's i or the key's j")
+                    self.lets[name] = None
+            else:
+                self.lets[name] = self._expr(s.value, ctx="let")
 
     def _let(self, e: ast.Name, ctx: str) -> TExpr | None:
         """A let's typed body (typed once, in declaration order: a let may use only the lets above it)."""
@@ -158,6 +172,9 @@ class ExprTyper:
             self.bag.error(f"`{n}` is used before its `let`", e.span, "a let may use only the lets declared above it")
             return None
         value = self.lets[n]
+        if value is not None and value.type == VEC:
+            self.bag.error(f"`{n}` is a row, usable only as a side of `dot`", e.span, f"write e.g. `dot({n}, k[j])`")
+            return None
         if value is not None and ctx == "index" and value.uses("dot"):
             self.bag.error(f"`{n}` uses `dot`, which may appear only in `score` or `weight`", e.span,
                            "masks and biases depend on positions, not on q and k")
@@ -268,62 +285,19 @@ class ExprTyper:
         return did_you_mean(fn, set(FUNCTIONS) | {"dot"} | set(self.features)) or \
             f"the functions are {', '.join(sorted(FUNCTIONS))} (docs/language.md, section 12)"
 
-    def _dot(self, e: ast.Call, ctx: str) -> TExpr | None:
-        if ctx not in ("score", "weight", "let"):
-            self.bag.error("`dot` may appear only in `score` or `weight`", e.span,
-                           "masks and biases depend on positions, not on q and k")
-            return None
-        if len(e.args) != 2:
-            self.bag.error(f"`dot` takes 2 arguments, got {len(e.args)}", e.span)
-            return None
-        sides = [self._row(a) for a in e.args]
-        if any(s is None for s in sides):
-            return None
-        if {s.args[0].op if s.op == "feature" else s.op for s in sides} != {"qrow", "krow"}:
-            self.bag.error("`dot` takes one row of q and one row of k", e.span, "write `dot(q[i], k[j])`")
-            return None
-        if sides[0].op == "krow" or (sides[0].args and sides[0].args[0].op == "krow"):
-            sides.reverse()  # dot is symmetric: keep the q side first
-        return TExpr("dot", tuple(sides), None, FLOAT, e.span)
-
-    def _row(self, e: ast.Expr) -> TExpr | None:
-        if isinstance(e, ast.Call) and not e.kwargs and len(e.args) == 1 and \
-                (e.fn in self.features or e.fn in ALL_MAPS):
-            inner = self._row(e.args[0])
-            if inner is None:
-                return None
-            if inner.op == "feature":
-                self.bag.error("feature maps do not compose", e.span)
-                return None
-            if e.fn in RANDOM_MAPS and e.fn not in self.features:
-                self.bag.error(f"random feature map `{e.fn}` must be declared: it carries a seed and a draw",
-                               e.fn_span, f"declare `feature phi = {e.fn}(features=64, seed=0)` and write `phi(q[i])`")
-                return None
-            info = self.features.get(e.fn)
-            fn = (info.name if info.random else info.fn) if info else e.fn
-            return TExpr("feature", (inner,), fn, VEC, e.span)
-        if isinstance(e, ast.Index) and e.table in ("q", "k"):
-            want = self.index_names[0] if e.table == "q" else self.index_names[1]
-            if len(e.indices) != 1 or not (isinstance(e.indices[0], ast.Name) and e.indices[0].id == want):
-                which = "query" if e.table == "q" else "key"
-                self.bag.error(f"`{e.table}` is indexed by the {which} index `{want}`", e.span,
-                               f"write `{e.table}[{want}]`")
-                return None
-            return TExpr("qrow" if e.table == "q" else "krow", (), e.table, VEC, e.span)
-        if isinstance(e, ast.Call) and len(e.args) == 1 and isinstance(e.args[0], ast.Index) \
-                and e.args[0].table in ("q", "k"):
-            self.bag.error(f"unknown feature map `{e.fn}`", e.fn_span,
-                           did_you_mean(e.fn, set(self.features) | set(ALL_MAPS))
-                           or f"declare it, e.g. `feature {e.fn} = elu1`")
-            return None
-        self.bag.error("expected a row of q or k, optionally through a feature map", e.span,
-                       "write `q[i]`, `k[j]` or `phi(q[i])`")
-        return None
-
     def _index(self, e: ast.Index, ctx: str) -> TExpr | None:
         if e.table in ("q", "k", "v"):
             self.bag.error(f"a row of `{e.table}` may appear only inside `dot`", e.span,
                            "write `dot(q[i], k[j])`")
+            return None
+        if any(isinstance(i, ast.Slice) for i in e.indices):
+            self.bag.error("a slice may appear only in a row inside `dot`", e.span,
+                           "write e.g. `dot(q[i, 0:R], k[j, 0:R])`")
+            return None
+        info = self.inputs.get(e.table)
+        if info is not None and ctx in DEFINITIONS and len(e.indices) == len(info.dims) - 1 and len(info.dims) > 1:
+            self.bag.error(f"a row of `{e.table}` may appear only inside `dot`", e.span,
+                           f"index all {len(info.dims)} dimensions for a number, or write `dot(..., {e.table}[...])`")
             return None
         table = self.params.get(e.table) or self.inputs.get(e.table)
         is_param = e.table in self.params

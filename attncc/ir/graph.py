@@ -22,6 +22,7 @@ SIZE_SYMBOLS = {"B": B, "H": H, "Nq": Nq, "N": N, "D": D, "E": E}
 
 ELEMENTWISE = {*OPERATORS, "call", "param", "input"}
 LEAVES = {"q", "k", "v", "const", "var", "size", "rsize", "scale"}
+ROW_OPS = {"rowin", "slice"}  # rows of inputs and their slices (attncc/lang/rows.py); rows are dtype vec
 TENSOR_OPS = {"feature", "pairdot", "attend", "linear_attend", "gated_attend", "toeplitz_attend", "grid_attend",
               "graph_attend", "mixed_attend", "ista_attend", "output"}
 
@@ -116,8 +117,8 @@ class Graph:
 
 
 # Attributes of an attention node that every rewrite into another form keeps.
-CARRIED_ATTRS = ("normalize", "eps", "mask_structure", "pool", "tensor_powers", "sink")
-OPTIONAL_ATTRS = ("pool", "tensor_powers", "sink")  # carried only where present
+CARRIED_ATTRS = ("normalize", "eps", "mask_structure", "pool", "tensor_powers", "sink", "prepared_rows")
+OPTIONAL_ATTRS = ("pool", "tensor_powers", "sink", "prepared_rows")  # carried only where present
 
 
 def carried_attrs(node: Node) -> dict[str, Any]:
@@ -179,13 +180,13 @@ def verify(graph: Graph) -> None:
     assert graph.output is not None and graph.output in g, "IR has no output"
     for nid in g.nodes:
         node = graph.node(nid)
-        assert node.op in ELEMENTWISE | LEAVES | TENSOR_OPS, f"%{nid}: unknown op {node.op}"
+        assert node.op in ELEMENTWISE | LEAVES | TENSOR_OPS | ROW_OPS, f"%{nid}: unknown op {node.op}"
         keys = sorted(k for _, _, k in g.in_edges(nid, keys=True))
         assert keys == list(range(len(keys))), f"%{nid} {node.op}: operand positions {keys}"
         ops = graph.operands(nid)
         if node.op in OPERATORS and OPERATORS[node.op].form == "binary":
             assert len(ops) == 2, f"%{nid} {node.op} needs 2 operands"
-        if node.op in ELEMENTWISE and node.op not in ("param", "input"):
+        if node.op in ELEMENTWISE and node.op not in ("param", "input") and node.dtype != VEC:
             shapes = [graph.node(o).shape for o in ops]
             try:
                 want = broadcast(*shapes)

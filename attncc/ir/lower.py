@@ -10,13 +10,14 @@ from __future__ import annotations
 import sympy
 
 from ..frontend.check import CheckedSpec
-from ..lang.expr import FLOAT, TExpr, postorder
+from ..lang.expr import FLOAT, VEC, TExpr, postorder
+from ..lang.rows import side, width, width_sympy
 from ..lang.favor import FAVOR
 from ..lang.normalizers import pair_scores
 from .graph import SIZE_SYMBOLS, B, D, E, Graph, H, N, Nq, broadcast
 from .signature import Signature
 
-_VAR_SHAPES = {"i": (1, 1, Nq, 1), "j": (1, 1, 1, N), "h": (1, H, 1, 1), "b": (B, 1, 1, 1)}
+_VAR_SHAPES = {"i": (1, 1, Nq, 1), "j": (1, 1, 1, N), "h": (1, H, 1, 1), "hk": (1, H, 1, 1), "b": (B, 1, 1, 1)}
 
 
 class ExprBuilder:
@@ -51,6 +52,12 @@ class ExprBuilder:
                          **self._random_map(t.value))
         if t.op == "dot":
             return g.add("pairdot", args, shape=(B, H, Nq, N), dtype=FLOAT, span=t.span)
+        if t.type == VEC and t.op != "feature":  # a row of one token's side: [B, H, tokens, width]
+            tokens = Nq if side(t) == {"i"} else N
+            dims = {name: info.dims for name, info in g.signature.inputs.items()}
+            shape = (B, H, tokens, width_sympy(width(t, dims)))
+            value = {"value": t.value} if t.value is not None else {}
+            return g.add(t.op, args, shape=shape, dtype=VEC, span=t.span, **value)
         if t.op == "var":
             return g.add("var", shape=_VAR_SHAPES[t.value], dtype=t.type, span=t.span, value=t.value)
         shape = broadcast(*(g.node(a).shape for a in args)) if args else ()

@@ -39,10 +39,27 @@ def block_sums(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]
     return padded.unflatten(-2, (nb, block)).sum(-2), counts
 
 
+def query_heads_of(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """Small per-key/value-head summaries x [B, Hkv, n, d] (block means, landmarks: n far below N) for
+    each of `heads` query heads: query head h reads key/value head h // (heads / Hkv)."""
+    return x if x.shape[1] == heads else x.repeat_interleave(heads // x.shape[1], 1)
+
+
+def head_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x [B, Hx, n, *rest] read at index [B, H, *k] (each in 0 .. n-1) for H query heads, query head h
+    reading head h // (H / Hx) of x: [B, H, *k, *rest], gathered without first expanding x to H heads."""
+    B, Hx, n = x.shape[:3]
+    H = index.shape[1]
+    head = (torch.arange(H, device=x.device) // (H // Hx)).view(1, H, *([1] * (index.dim() - 2)))
+    return x.flatten(1, 2)[torch.arange(B, device=x.device).view(B, *([1] * (index.dim() - 1))), head * n + index]
+
+
 def mra_low_resolution(q: torch.Tensor, k: torch.Tensor, block: int) -> torch.Tensor:
-    """L[I, J] = s mean_{i in I} q_i . mean_{j in J} k_j: the low-resolution logits."""
+    """L[I, J] = s mean_{i in I} q_i . mean_{j in J} k_j: the low-resolution logits (k's block means
+    per query head under grouped-query attention)."""
     (qs, qn), (ks, kn) = block_sums(q, block), block_sums(k, block)
-    return (qs / qn[:, None]) @ (ks / kn[:, None]).transpose(-1, -2) * q.shape[-1] ** -0.5
+    ks = query_heads_of(ks / kn[:, None], q.shape[1])
+    return (qs / qn[:, None]) @ ks.transpose(-1, -2) * q.shape[-1] ** -0.5
 
 
 def mra_selection(q, k, *, block: int, blocks_per_row: int, first: int,
@@ -87,7 +104,7 @@ def lara_proposals(q, k, count: int, noise):
     scale = q.shape[-1] ** -0.25
     qs, ks = q * scale, k * scale
     q_bar = landmarks(qs, count)
-    mu = q_bar + landmarks(ks, count)
+    mu = q_bar + query_heads_of(landmarks(ks, count), q.shape[1])
     w = mu if noise is None else mu + noise.to(mu.dtype)
     return qs, ks, q_bar, mu, w
 
@@ -117,6 +134,4 @@ def ra_samples(qs, ks, probs, u, eps) -> torch.Tensor:
     """w_ns = q'_n + k'_m + eps_ns with m ~ softmax_n by inverse CDF of u_ns: [.., Nq, S, D]."""
     cdf = probs.cumsum(-1)
     comp = torch.searchsorted(cdf.contiguous(), u.to(cdf.dtype).contiguous()).clamp(max=ks.shape[2] - 1)
-    picked = torch.gather(ks.unsqueeze(2).expand(-1, -1, comp.shape[2], -1, -1), 3,
-                          comp[..., None].expand(-1, -1, -1, -1, ks.shape[-1]))
-    return qs.unsqueeze(3) + picked + eps.to(qs.dtype)
+    return qs.unsqueeze(3) + head_rows(ks, comp) + eps.to(qs.dtype)  # ks may have fewer heads (grouped)

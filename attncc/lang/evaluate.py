@@ -68,11 +68,14 @@ def _node(t: TExpr, args: list[torch.Tensor], env: Env) -> torch.Tensor:
     if op == "var":
         if t.value == "b":
             return env.b if env.b is not None else torch.zeros((), dtype=torch.int32)
+        if t.value == "hk":  # the key/value head of query head h: heads of one group are adjacent
+            return env.h // (env.rsizes["H"] // env.rsizes.get("Hkv", env.rsizes["H"]))
         return {"i": env.i, "j": env.j, "h": env.h}[t.value]
     if op == "size":
         return torch.tensor(env.sizes[t.value], dtype=env.int_dtype)
-    if op == "rsize":
-        return torch.tensor(env.rsizes[t.value], dtype=env.int_dtype)
+    if op == "rsize":  # Hkv, where a caller knows no grouping, is H (every head its own key/value head)
+        value = env.rsizes[t.value] if t.value != "Hkv" else env.rsizes.get("Hkv", env.rsizes["H"])
+        return torch.tensor(value, dtype=env.int_dtype)
     if op == "scale":
         return torch.tensor(env.rsizes["D"] ** -0.5, dtype=env.float_dtype)
     if op == "dot":

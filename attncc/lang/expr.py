@@ -1,7 +1,8 @@
 """Typed index expressions: what the checker produces and every later stage consumes.
 
 A `TExpr` is a small immutable tree. Leaves are constants, the index variables (`i` query token,
-`j` key token, `h` head), sizes (declared `size`s and the run-time sizes N, Nq, H, D, E), `scale`,
+`j` key token, `h` head, `hk` its key/value head h // (H // Hkv)), sizes (declared `size`s and the
+run-time sizes N, Nq, H, D, E; Hkv only in table shapes), `scale`,
 and rows of q and k. Operators keep Python's meaning: `//` floors, `%` takes the divisor's sign,
 `^`, `&`, `|` are bitwise on integers. Table and input lookups clamp every index into range.
 """
@@ -15,7 +16,8 @@ from .source import Span, NO_SPAN
 INT, FLOAT, BOOL, VEC = "int", "float", "bool", "vec"
 
 # Run-time sizes, bound from the input tensors at call time.
-RUNTIME_SIZES = {"N": "key tokens", "Nq": "query tokens", "H": "heads", "D": "q/k head dim", "E": "v head dim"}
+RUNTIME_SIZES = {"N": "key tokens", "Nq": "query tokens", "H": "heads", "D": "q/k head dim", "E": "v head dim",
+                 "Hkv": "key/value heads"}
 
 @dataclass(frozen=True, eq=False)
 class TExpr:

@@ -448,12 +448,18 @@ def _fmt_node(e: TExpr, a: list[str], operator: Operator | None) -> str:
         return str(e.value)
     if e.op in ("qrow", "krow"):
         return f"{e.op[0]}[{'i' if e.op == 'qrow' else 'j'}]"
-    if e.op in ("param", "input"):
+    if e.op in ("param", "input", "rowin"):
         return f"{e.value}[{', '.join(a)}]"
+    if e.op == "slice":  # a row's last dimension: `q[i, 0:D]`, `(q[i] * X[h, i])[0:R]`
+        bounds = f"{a[1]}:{a[2]}"
+        leaf = e.args[0].op in ("qrow", "krow", "rowin")
+        return f"{a[0][:-1]}, {bounds}]" if leaf else f"({a[0]})[{bounds}]"
     if e.op in ("call", "feature"):
         return f"{e.value}({', '.join(a)})"
     if e.op == "dot":
         return f"dot({a[0]}, {a[1]})"
+    if e.op == "concat":  # prepared rows side by side (attncc/lang/rows.py)
+        return f"concat({', '.join(a)})"
     if e.op == "cast":
         return f"{e.value}({a[0]})"
     raise ValueError(f"unknown expression op {e.op}")

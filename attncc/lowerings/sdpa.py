@@ -40,8 +40,9 @@ def cost(query: CostQuery) -> Candidate:
 
 def emit_torch(w, graph, plan) -> None:
     emit_tiled_torch(w, graph, plan, lambda common: [
-        "# plain softmax(q k^T / sqrt(d)) with a full or causal mask: torch's fused SDPA kernels",
-        f"return rt.sdpa_attention(q, k, v, causal={plan.mask.kind == 'causal'})"])
+        "# plain softmax(q k^T * scale) with a full or causal mask: torch's fused SDPA kernels (scale of the",
+        "# spec's D: prepared rows may be wider)",
+        f"return rt.sdpa_attention(q, k, v, causal={plan.mask.kind == 'causal'}, scale=ctx.scale)"])
 
 
 def emit_triton(w, graph, plan) -> str:

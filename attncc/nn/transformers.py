@@ -14,7 +14,9 @@ function besides q, k, v is mapped onto the spec:
   call that has padding raises instead of silently attending to it;
 - `scaling`: the spec's `scale` is `D^-1/2`; another scaling rescales q by `scaling * D^1/2`;
 - `dropout` (training only): on the attention probabilities, as transformers' eager attention
-  does, which needs them: the module's `tap` (dense) times v.
+  does, which needs them: the module's `tap` (dense) times v;
+- grouped-query layers (`num_key_value_heads < num_attention_heads`): k and v arrive with their own
+  heads and go to the module as they are (attncc's grouped-query attention); nothing expands them.
 
 The spec's module for a layer is made at that layer's first call (it needs the head count and
 dims) and kept on the layer as the submodule `attncc_attention`, so its tables, if any, move with
@@ -31,6 +33,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from ..api import compile as compile_spec
 from ..lang.source import AttnccError
+from ..rt import grouped_matmul
 
 PREFIX = "attncc:"
 MASK_INPUT = "attention_mask"  # the spec input that receives transformers' attention mask
@@ -63,15 +66,14 @@ def attention_function(cls, backend: str, sizes: dict):
     """The function transformers calls in each attention layer (its AttentionInterface signature)."""
 
     def attncc_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-        attention = layer_attention(module, cls, backend, sizes, query)
-        key, value = repeat_shared_heads(module, key, value)
+        attention = layer_attention(module, cls, backend, sizes, query, key)
         inputs = mask_inputs(cls, attention_mask, query, key)
         head_dim = query.shape[-1]
         if scaling is not None and scaling != head_dim ** -0.5:
             query = query * (scaling * head_dim ** 0.5)  # the spec's scale is D^-1/2
         if module.training and dropout > 0:
             probabilities = F.dropout(attention.tap(query, key, value, **inputs), p=dropout, training=True)
-            out = probabilities @ value
+            out = grouped_matmul(probabilities, value)  # value: the layer's key/value heads
         else:
             out = attention(query, key, value, **inputs)
         return out.transpose(1, 2).contiguous(), None  # transformers' layout: [B, Nq, H, E]
@@ -80,22 +82,15 @@ def attention_function(cls, backend: str, sizes: dict):
     return attncc_attention
 
 
-def layer_attention(module, cls, backend: str, sizes: dict, query: torch.Tensor):
-    """The compiled module of one transformers attention layer, made at its first call."""
+def layer_attention(module, cls, backend: str, sizes: dict, query: torch.Tensor, key: torch.Tensor):
+    """The compiled module of one transformers attention layer, made at its first call. Grouped-query
+    layers (num_key_value_heads < num_attention_heads) pass k and v with their own heads, unexpanded."""
     attention = getattr(module, MODULE_ATTRIBUTE, None)
     if attention is None:
-        dims = {"H": query.shape[1], "D": query.shape[-1], "E": query.shape[-1]}
+        dims = {"H": query.shape[1], "D": query.shape[-1], "E": query.shape[-1], "Hkv": key.shape[1]}
         attention = cls(backend=backend, **{n: dims[n] for n in cls.NEEDS}, **sizes).to(query.device)
         setattr(module, MODULE_ATTRIBUTE, attention)
     return attention
-
-
-def repeat_shared_heads(module, key, value):
-    """Grouped-query attention: each key/value head serves `num_key_value_groups` query heads."""
-    groups = getattr(module, "num_key_value_groups", 1)
-    if groups == 1:
-        return key, value
-    return key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
 
 
 def mask_inputs(cls, attention_mask, query, key) -> dict:

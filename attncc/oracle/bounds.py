@@ -33,7 +33,7 @@ def _dims(table: torch.Tensor, lookup: TExpr) -> tuple[int, ...]:
 def clamped_lookups(spec: CheckedSpec, params: dict, inputs: dict, sizes: dict, shape: tuple) -> list[str]:
     """One line per lookup index that leaves its table somewhere on the grid `shape` [B, H, Nq, N]."""
     B, H, Nq, N = shape
-    rsizes = {"N": N, "Nq": Nq, "H": H, "D": sizes.get("D", 0), "E": sizes.get("E", 0)}
+    rsizes = {"N": N, "Nq": Nq, "H": H, "D": sizes.get("D", 0), "E": sizes.get("E", 0), "Hkv": sizes.get("Hkv", H)}
     env = pair_env(sizes, rsizes, torch.arange(Nq, dtype=torch.int32), params, inputs, torch.float64, B)
     kept = evaluate_mask(spec, env, shape, "cpu")
     every = torch.ones((), dtype=torch.bool).expand(shape)

@@ -14,6 +14,7 @@ import torch
 from .approx import lara_weights, mra_weights, ra_weights
 from .ista import dense_ista
 from .pool import dense_pool
+from .rows import dense_dot
 from ..frontend.check import CheckedSpec, favor_kernelized
 from ..lang.evaluate import Env, evaluate
 from ..lang.expr import TExpr
@@ -23,12 +24,24 @@ from ..lang.normalizers import normalizer
 APPROX_WEIGHTS = ("mra", "lara", "ra")  # approximations with a dense matrix of their own (favor is kernelized)
 
 
+def query_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """Key or value rows x [B, Hkv, n, d] as [B, heads, n, d]: query head h reads key/value head
+    h // (heads / Hkv) (grouped-query attention; heads of one group are adjacent). A copy: the
+    reference is dense."""
+    return x if x.shape[1] == heads else x.index_select(1, torch.arange(heads, device=x.device) // (heads // x.shape[1]))
+
+
 def gradient_only_where(x: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
     """x, with its gradient zeroed at masked pairs: a score may be undefined there (inf or NaN, e.g.
     dot / (i - j) on the diagonal), and 0 * inf would poison the gradients of q and k."""
     if x.requires_grad:
         x.register_hook(lambda g: None if g is None else g.masked_fill(~visible, 0.0))
     return x
+
+
+def plain_row(t: TExpr) -> bool:
+    """`q[i]`, `k[j]` or a feature map of one (other rows: attncc/oracle/rows.py)."""
+    return t.op in ("qrow", "krow") or (t.op == "feature" and t.args[0].op in ("qrow", "krow"))
 
 
 def feature_rows(spec: CheckedSpec, t: TExpr, x: torch.Tensor, projections: dict | None) -> torch.Tensor:
@@ -50,6 +63,7 @@ def dense_weights(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: di
     noise: the random draw of a sampling approximation (attncc/lang/approx_math.py).
     rows: query indices to evaluate (a sample of rows; i takes their values), all rows if None."""
     spec = favor_kernelized(spec)
+    Hkv, k = k.shape[1], query_heads(k, q.shape[1])  # the reference reads k per query head
     if spec.approx is not None and spec.approx.method in APPROX_WEIGHTS:
         opts = spec.approx.options
         if spec.approx.method == "mra":
@@ -66,13 +80,17 @@ def dense_weights(spec: CheckedSpec, q, k, params: dict, inputs: dict, sizes: di
     i = torch.arange(Nq, device=q.device, dtype=torch.int32) if rows is None else \
         rows.to(device=q.device, dtype=torch.int32)
     q = q if rows is None else q[:, :, rows.long()]
-    env = pair_env(sizes, {"N": N, "Nq": Nq, "H": H, "D": D, "E": e_dim}, i,
+    env = pair_env(sizes, {"N": N, "Nq": Nq, "H": H, "D": D, "E": e_dim, "Hkv": Hkv}, i,
                    {n: p.to(dtype) if p.is_floating_point() else p for n, p in params.items()}, inputs, dtype, B)
     shape = (B, H, len(i), N)
     mask = evaluate_mask(spec, env, shape, q.device)
 
+    dims = {name: info.dims for name, info in spec.inputs.items()}
+
     def dot(t: TExpr) -> torch.Tensor:
-        return gradient_only_where(torch.einsum("bhid,bhjd->bhij", _row(t.args[0], q), _row(t.args[1], k)), mask)
+        if all(plain_row(s) for s in t.args):
+            return gradient_only_where(torch.einsum("bhid,bhjd->bhij", _row(t.args[0], q), _row(t.args[1], k)), mask)
+        return gradient_only_where(dense_dot(t, q, k, env, dims, _row), mask)
 
     env.dot = dot
     if normalizer(spec).online_softmax:
@@ -149,9 +167,10 @@ def dense_attention(spec: CheckedSpec, q, k, v, params: dict, inputs: dict, size
     spec = favor_kernelized(spec)
     if spec.pool is not None:  # ContextPool: k and/or v pooled by the dense matrix first (attncc/oracle/pool.py)
         k, v = dense_pool(spec.pool, k, v, params)
+    v = query_heads(v, q.shape[1])  # grouped-query attention: k is read per query head in dense_weights
     if not normalizer(spec).fixed_weights:  # ista: the unrolled solver, naively (attncc/oracle/ista.py)
         phi_q = feature_rows(spec, spec.weight.args[0], q.double(), projections)
-        phi_k = feature_rows(spec, spec.weight.args[1], k.double(), projections)
+        phi_k = feature_rows(spec, spec.weight.args[1], query_heads(k, q.shape[1]).double(), projections)
         return dense_ista(spec, phi_q, phi_k, v)
     v = v.double()
     return dense_probabilities(spec, q, k, params, inputs, sizes, v.shape[-1], projections, noise) @ v

@@ -39,4 +39,7 @@ def tap_through_pool(pool: PoolInfo, k, params: dict, probabilities):
     values out = P M v, so the matrix that applies to the raw v is P M (M the pooling matrix)."""
     M = dense_pooling_matrix(k, params[HEAD], params[BIAS], pool).to(k.dtype)
     P = probabilities(M @ k if "k" in pool.targets else k)
-    return P @ M.to(P.dtype) if "v" in pool.targets else P
+    if "v" not in pool.targets:
+        return P
+    heads = P.shape[1] // M.shape[1]  # grouped-query attention: query head h reads M of key/value head h // heads
+    return P @ M.to(P.dtype).repeat_interleave(heads, 1)

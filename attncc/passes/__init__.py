@@ -15,6 +15,7 @@ from .ista import lower_ista
 from .mixed_chunk import mixed_chunk
 from .polynomial import expand_polynomial_kernel
 from .reassociate import reassociate_kernel
+from .rows import prepare_rows
 from .stable_exp import stabilize_exp_rows
 
 
@@ -33,7 +34,7 @@ class PassContext:
         self.log.append((pass_name, message))
 
 
-PIPELINE = [kernelize_favor, stabilize_exp_rows, analyse_mask, analyse_blocks, analyse_token_layout, lower_ista,
+PIPELINE = [prepare_rows, kernelize_favor, stabilize_exp_rows, analyse_mask, analyse_blocks, analyse_token_layout, lower_ista,
             mixed_chunk, expand_polynomial_kernel, reassociate_kernel]
 
 

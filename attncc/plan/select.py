@@ -23,6 +23,7 @@ import sympy
 from ..analysis.structure import Structure
 from ..ir.graph import B, D, E, Graph, H, N, Nq
 from ..lang.features import tensor_power_width
+from ..lang.rows import width, width_sympy
 from ..lang.source import AttnccError
 from . import registry
 from .cost import DESIGN_SIZES, MACHINE, Candidate, CostQuery, evaluate
@@ -89,6 +90,17 @@ def with_feature_rows(c: Candidate, terms) -> Candidate:
                    note=c.note + f"; rows of {m} tensor-power features", memory=wide(c.memory), saved=wide(c.saved))
 
 
+def with_prepared_rows(c: Candidate, rows, inputs: dict) -> Candidate:
+    """Prepared rows q', k' (passes/rows.py) computed before any lowering: every lowering reads rows of
+    width W' in place of D, and preparing them costs about W' flops a row per operation."""
+    dims = {name: info.dims for name, info in inputs.items()}
+    w = width_sympy(width(rows.q, dims))  # sizes as positive integer symbols; D is the IR's D
+    ops = sum(1 for side in (rows.q, rows.k) for e in side.walk() if e.type == "vec")
+    wide = lambda e: None if e is None else sympy.sympify(e).subs(D, w)  # noqa: E731
+    return replace(c, flops=wide(c.flops) + B * H * (Nq + N) * w * ops, bytes=wide(c.bytes),
+                   note=c.note + f"; prepared rows of width {w}", memory=wide(c.memory), saved=wide(c.saved))
+
+
 def candidates(query: CostQuery, force: str | None = None) -> list[Candidate]:
     """The candidates of every registered lowering that accepts the node (forced-only ones when forced)."""
     return [lowering.cost(query) for lowering in registry.all()
@@ -137,6 +149,8 @@ def select(graph: Graph, sizes: dict | None = None, force: str | None = None, bu
         cands = [with_pooling(c, attrs["pool"]) for c in cands]
     if attrs.get("tensor_powers") is not None:
         cands = [with_feature_rows(c, attrs["tensor_powers"]) for c in cands]
+    if attrs.get("prepared_rows") is not None:  # after the tensor powers: their width is of W'
+        cands = [with_prepared_rows(c, attrs["prepared_rows"], graph.signature.inputs) for c in cands]
     if force is not None:
         names = [c.name for c in cands]
         if force not in names:

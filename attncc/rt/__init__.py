@@ -8,6 +8,7 @@ algorithms are attncc.rt.approx (`ax` in generated code).
 from .attention import *  # noqa: F401,F403  (exactly attention.__all__: the skeletons and index helpers)
 from .mechanisms import chunk_states, ista_attention, mixed_chunk_attention, mixed_linear_sums  # noqa: F401
 from .pool import context_pool  # noqa: F401
-from .gated import gated_linear_attention, lookup_grad  # noqa: F401
+from .gated import gated_linear_attention, lookup_grad, row_input_grad  # noqa: F401
 from .decode import decode_attention, decode_splits, merge_sink, merge_splits, multiprocessors  # noqa: F401
+from ..lang.rows import check_widths, concat_rows, full_rows, input_rows, row_slice  # noqa: F401  (prepare_rows)
 from .blocks import TokenTiles, device_csr, token_tiles  # noqa: F401

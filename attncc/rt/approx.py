@@ -10,9 +10,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..lang.approx_math import (MRA_EPS, block_sums, lara_count, lara_log_weights, lara_proposals, log_xi,
+from ..lang.approx_math import (MRA_EPS, block_sums, head_rows, lara_count, lara_log_weights, lara_proposals,
                                mra_selection, ra_samples)
 from .attention import compute_dtype
+from .heads import grouped_matmul, heads_product
 
 RA_BUDGET = 1 << 23  # RA: elements of the [B, H, queries, samples, N] scores held at once
 
@@ -33,8 +34,8 @@ def mra_attention(q, k, v, *, block: int, blocks_per_row: int, mode: str, first:
     idx, low = mra_selection(q, k, block=block, blocks_per_row=blocks_per_row, first=first, diagonal=diagonal)
     nq, nk = -(-Nq // block), -(-N // block)
     rows, cols = idx // nk, idx % nk  # [B, H, K]
-    tiles = lambda x, n, at: torch.gather(F.pad(x, (0, 0, 0, n * block - x.shape[2])).unflatten(2, (n, block)), 2,
-                                          at[..., None, None].expand(-1, -1, -1, block, x.shape[-1]))
+    # the selected blocks of x (per query head; k, v read at each query head's key/value head)
+    tiles = lambda x, n, at: head_rows(F.pad(x, (0, 0, 0, n * block - x.shape[2])).unflatten(2, (n, block)), at)
     scores = tiles(q, nq, rows) @ tiles(k, nk, cols).transpose(-1, -2) * D ** -0.5  # [B, H, K, b, b]
     key_pos = cols[..., None] * block + torch.arange(block, device=q.device)
     scores = scores.masked_fill((key_pos >= N)[..., None, :], float("-inf"))
@@ -69,7 +70,7 @@ def mra_low_part(low, v, idx, block: int):
     base = torch.where(torch.isfinite(low_top), low_top, torch.zeros_like(low_top))
     w = torch.where(torch.isfinite(low), torch.exp(low - base[..., None]), torch.zeros_like(low))
     v_sums, counts = block_sums(v, block)
-    return low_top, w @ v_sums, w @ counts
+    return low_top, grouped_matmul(w, v_sums), w @ counts
 
 
 def mra_csr(idx: torch.Tensor, nq: int, nk: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,8 +91,10 @@ def lara_attention(q, k, v, *, landmarks: int, alpha: float, noise=None):
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     count = lara_count(landmarks, q.shape[2], k.shape[2])
     qs, ks, q_bar, mu, w = lara_proposals(q, k, count, noise)
-    log_pk = log_xi(ks, w)  # [B, H, C, N]
-    values = torch.softmax(log_pk, -1) @ v  # f(w_c): [B, H, C, E]
+    # log xi(k_m, w_c) [B, H, C, N]: k, v per key/value head (grouped-query attention), w per query head
+    log_pk = heads_product(grouped_matmul(w, ks.transpose(-1, -2)), 0.5 * (ks * ks).sum(-1).unsqueeze(-2), -3,
+                           torch.sub)
+    values = grouped_matmul(torch.softmax(log_pk, -1), v)  # f(w_c): [B, H, C, E]
     return torch.softmax(lara_log_weights(qs, q_bar, mu, w, log_pk, alpha), -1) @ values
 
 
@@ -111,8 +114,9 @@ def ra_attention(q, k, v, *, noise):
     outs = []
     for q0 in range(0, Nq, chunk):
         sl = slice(q0, q0 + chunk)
-        probs = torch.softmax(qs[:, :, sl] @ ks.transpose(-1, -2), -1)
+        probs = torch.softmax(grouped_matmul(qs[:, :, sl], ks.transpose(-1, -2)), -1)
         w = ra_samples(qs[:, :, sl], ks, probs, u[:, :, sl], eps[:, :, sl])  # [B, H, c, S, D]
-        log_pk = w @ ks.unsqueeze(2).transpose(-1, -2) - 0.5 * (ks * ks).sum(-1)[:, :, None, None, :]
-        outs.append((torch.softmax(log_pk, -1) @ v.unsqueeze(2)).mean(3))
+        log_pk = heads_product(grouped_matmul(w, ks.unsqueeze(2).transpose(-1, -2)),
+                               0.5 * (ks * ks).sum(-1)[:, :, None, None, :], -4, torch.sub)
+        outs.append(grouped_matmul(torch.softmax(log_pk, -1), v.unsqueeze(2)).mean(3))
     return torch.cat(outs, 2)

@@ -19,15 +19,16 @@ from ..lang.operators import (  # noqa: F401  (re-exported for generated code)
     float_to_int, floordiv, floormod, popcount, softplus)
 from ..lang.normalizers import NORMALIZERS
 from ..lang.source import ShapeError
+from .heads import grouped_matmul, heads_product
 
 # What generated code may call as rt.NAME (attncc/rt/__init__.py re-exports exactly these).
 __all__ = [
     "CPU_FEATURE_TILE", "GPU_FEATURE_TILE", "GPU_GROUP_BUDGET", "GROUP_BUDGET", "LINEAR_CHUNK", "QUERY_CHUNK",
     "RingGeometry", "as_4d", "as_float", "batch_index",
     "block_sparse_attention", "causal_linear_attention", "compute_dtype", "fft_length", "finish_rows",
+    "float_to_int", "floordiv", "floormod", "graph_attention", "grouped_matmul", "graph_transform", "grid_offsets",
+    "grid_toeplitz_attention", "grid_transform", "heads_product", "input_lookup", "keep_grad", "kernel_blocks", "kernel_products",
     "linear_row_grads",
-    "float_to_int", "floordiv", "floormod", "graph_attention", "graph_transform", "grid_offsets",
-    "grid_toeplitz_attention", "grid_transform", "input_lookup", "keep_grad", "kernel_blocks", "kernel_products",
     "linear_attention", "logical_not", "lookup", "maximum", "minimum", "offset_pairs", "popcount",
     "prefix_chunk_sums", "ring_attention", "ring_coordinates", "ring_extent", "ring_geometry", "ring_pairs",
     "sdpa_attention", "sink_rows", "softplus",
@@ -148,9 +149,9 @@ def _attend(q, k, v, ctx, q0: int, q1: int, keys, *, scores: Callable, mask: Cal
         z = w.sum(-1, keepdim=True)
         if extra is not None:
             z = z + torch.exp(extra - top)
-        return (w @ vc) / torch.where(z == 0, torch.ones_like(z), z)
+        return grouped_matmul(w, vc) / torch.where(z == 0, torch.ones_like(z), z)
     w = torch.where(m, s, torch.zeros((), dtype=dtype, device=s.device)) if m is not None else s
-    return finish_rows(w @ vc, w.sum(-1), normalize, eps)
+    return finish_rows(grouped_matmul(w, vc), w.sum(-1), normalize, eps)
 
 
 def tiled_attention(q, k, v, ctx, *, scores: Callable, mask: Callable | None, key_range: Callable,
@@ -212,10 +213,11 @@ def block_sparse_attention(q, k, v, ctx, *, layout: torch.Tensor, block: int, sc
     return torch.cat(outs, dim=2).to(v.dtype)
 
 
-def sdpa_attention(q, k, v, *, causal: bool) -> torch.Tensor:
-    """Plain softmax(q k^T / sqrt(d)) v with a full or causal (j <= i, top-left aligned) mask: torch's
-    fused kernels (FlashAttention on GPU)."""
-    return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+def sdpa_attention(q, k, v, *, causal: bool, scale: float | None = None) -> torch.Tensor:
+    """Plain softmax(q k^T * scale) v (scale None: 1/sqrt(d) of q's width) with a full or causal
+    (j <= i, top-left aligned) mask: torch's fused kernels (FlashAttention on GPU); k, v of fewer
+    heads than q by torch's own grouped-query path."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
 
 
 def finish_rows(num, den, normalize: str, eps: float):
@@ -250,8 +252,8 @@ def linear_attention(pq, pk, v, *, modulation, normalize: str, eps: float) -> to
     if exchange is not None:  # context parallel: phi(K)^T [V, 1] of every rank's keys
         total = exchange.total(torch.cat([kv, ks.unsqueeze(-1)], -1))
         kv, ks = total[..., :-1], total[..., -1]
-    num = torch.einsum("bhqm,bhme->bhqe", pq, kv)
-    den = torch.einsum("bhqm,bhm->bhq", pq, ks)
+    num = grouped_matmul(pq, kv)  # the states are per key/value head: k and v are never expanded
+    den = grouped_matmul(pq, ks.unsqueeze(-1)).squeeze(-1)
     if modulation is not None:
         num, den = num * modulation, den * modulation.squeeze(-1)
     return finish_rows(num, den, normalize, eps).to(v.dtype)
@@ -266,7 +268,7 @@ def causal_linear_attention(pq, pk, v, *, modulation, normalize: str, eps: float
     B, H, Nq, m = pq.shape
     N, E = pk.shape[2], v.shape[-1]
     L = -(-max(Nq, N) // chunk) * chunk
-    pad = lambda x, n: F.pad(x.to(dtype), (0, 0, 0, L - n)).view(B, H, L // chunk, chunk, x.shape[-1])
+    pad = lambda x, n: F.pad(x.to(dtype), (0, 0, 0, L - n)).view(x.shape[0], x.shape[1], L // chunk, chunk, x.shape[-1])
     qc, kc, vc = pad(pq, Nq), pad(pk, N), pad(v, N)
     gamma = None if decay is None else decay.to(dtype)
     initial = _initial_state(pk.to(dtype), v.to(dtype), gamma)
@@ -288,10 +290,10 @@ def _initial_state(pk, v, gamma):
     if exchange is None:
         return None
     n = pk.shape[2]
-    if gamma is not None:
-        pk = pk * torch.pow(gamma, torch.arange(n - 1, -1, -1, device=pk.device, dtype=pk.dtype).view(-1, 1))
+    if gamma is not None:  # a decay per query head makes this rank's keys per query head ([B, H, n, m])
+        pk = heads_product(pk, torch.pow(gamma, torch.arange(n - 1, -1, -1, device=pk.device, dtype=pk.dtype).view(-1, 1)), -3)
     v1 = torch.cat([v, torch.ones_like(v[..., :1])], -1)
-    return exchange.prefix(torch.einsum("bhnm,bhne->bhme", pk, v1), n, gamma)
+    return exchange.prefix(grouped_matmul(pk.transpose(-1, -2), v1), n, gamma)
 
 
 def prefix_chunk_sums(qc, kc, vc, initial=None):
@@ -303,17 +305,19 @@ def prefix_chunk_sums(qc, kc, vc, initial=None):
     if initial is not None:
         prefix, zprefix = prefix + initial[:, :, None, :, :-1], zprefix + initial[:, :, None, :, -1]
     tri = torch.tril(torch.ones(chunk, chunk, dtype=torch.bool, device=qc.device))
-    intra = torch.einsum("bhcim,bhcjm->bhcij", qc, kc).masked_fill(~tri, 0)
-    num = intra @ vc + torch.einsum("bhcim,bhcme->bhcie", qc, prefix)
-    den = intra.sum(-1) + torch.einsum("bhcim,bhcm->bhci", qc, zprefix)
+    intra = grouped_matmul(qc, kc.transpose(-1, -2)).masked_fill(~tri, 0)
+    num = grouped_matmul(intra, vc) + grouped_matmul(qc, prefix)
+    den = intra.sum(-1) + grouped_matmul(qc, zprefix.unsqueeze(-1)).squeeze(-1)
     return num, den
 
 
 def _decayed_chunks(qc, kc, vc, gamma, initial=None):
     """Chunked causal sums with decay gamma^(i - j), walking chunks with the carried state (a closed-form
-    prefix sum would divide by gamma^(C c), which under- or overflows)."""
-    B, H, nc, chunk, m = qc.shape
+    prefix sum would divide by gamma^(C c), which under- or overflows). The state is per key/value head,
+    or per query head when the decay is (then each chunk's keys, scaled per query head, are too)."""
+    B, _, nc, chunk, m = qc.shape
     E, dtype = vc.shape[-1], qc.dtype
+    H = max(kc.shape[1], gamma.shape[1])  # the heads of the state
     pos = torch.arange(chunk, device=qc.device, dtype=dtype)
     steps = (pos[:, None] - pos[None, :]).clamp(min=0)
     within = torch.where(pos[:, None] >= pos[None, :], torch.pow(gamma, steps), 0)  # [.., C, C]
@@ -326,11 +330,12 @@ def _decayed_chunks(qc, kc, vc, gamma, initial=None):
     nums, dens = [], []
     for c in range(nc):
         q_, k_, v_ = qc[:, :, c], kc[:, :, c], vc[:, :, c]
-        intra = (q_ @ k_.transpose(-1, -2)) * within
-        nums.append(intra @ v_ + q_decay * (q_ @ state))
-        dens.append(intra.sum(-1, keepdim=True) + q_decay * (q_ @ z))
-        state = carry * state + (k_ * k_decay).transpose(-1, -2) @ v_
-        z = carry * z + (k_ * k_decay).sum(2).unsqueeze(-1)
+        intra = grouped_matmul(q_, k_.transpose(-1, -2)) * within
+        nums.append(grouped_matmul(intra, v_) + q_decay * grouped_matmul(q_, state))
+        dens.append(intra.sum(-1, keepdim=True) + q_decay * grouped_matmul(q_, z))
+        decayed = heads_product(k_, k_decay, -3)
+        state = carry * state + grouped_matmul(decayed.transpose(-1, -2), v_)
+        z = carry * z + decayed.sum(2).unsqueeze(-1)
     return torch.stack(nums, 2), torch.stack(dens, 2)[..., 0]
 
 
@@ -341,16 +346,19 @@ GPU_GROUP_BUDGET = 1 << 26  # on GPUs: few, large groups (launches and re-reads 
 GPU_FEATURE_TILE, CPU_FEATURE_TILE = 1, 16
 
 
-def kernel_blocks(pk, v, transform: Callable, *, cells: int, budget: int = GROUP_BUDGET, split_columns: bool = True):
+def kernel_blocks(pk, v, transform: Callable, *, cells: int, budget: int = GROUP_BUDGET, split_columns: bool = True,
+                  heads: int | None = None):
     """Yield (l0, e0, y) with y [ml, B, H, ne, Nq] = T (phi(K)_l o [V, 1]_e) for the features
     l0 .. l0+ml-1 and the value columns e0 .. e0+ne-1 (column E is the ones of the row sums): a linear
     map T over key tokens (`transform`, [.., N] -> [.., Nq]) applied to a block of (feature, value
     column) pairs at once. Blocks are sized so that the largest buffer (`cells` elements per column)
     stays within `budget` elements: whole features while one fits, else (split_columns) a few value
     columns of one feature, never less than one column of one feature (B H cells elements). The
-    peak is therefore a few times max(budget, B H cells): linear in the tokens, whatever m and E."""
+    peak is therefore a few times max(budget, B H cells): linear in the tokens, whatever m and E.
+    `heads`: of the transform's output when it has more than the keys (a filter per query head)."""
     dtype = compute_dtype(v)
     B, H, _, m = pk.shape
+    H = heads or H
     E = v.shape[-1]
     ones = torch.ones(*v.shape[:-1], 1, dtype=dtype, device=v.device)
     v1 = torch.cat([v.to(dtype), ones], -1).transpose(-1, -2)  # [B, H, E+1, N]
@@ -380,8 +388,8 @@ def _kernel_sums(pq, pk, v, transform: Callable, *, normalize: str, eps: float, 
     E = v.shape[-1]
     pq = pq.to(dtype).permute(3, 0, 1, 2)  # [m, B, H, Nq]
     sums: dict[int, torch.Tensor] = {}  # value column e0 -> its block's sum over features [B, H, ne, Nq]
-    for l0, e0, y in kernel_blocks(pk, v, transform, cells=cells):
-        part = (pq[l0:l0 + y.shape[0], :, :, None, :] * y).sum(0)
+    for l0, e0, y in kernel_blocks(pk, v, transform, cells=cells, heads=pq.shape[1]):
+        part = heads_product(pq[l0:l0 + y.shape[0], :, :, None, :], y, -3).sum(0)  # y: per key/value head or per query head
         sums[e0] = part if e0 not in sums else sums[e0] + part
     out = torch.cat([sums[e0] for e0 in sorted(sums)], 2).transpose(-1, -2)
     return finish_rows(out[..., :E], out[..., E], normalize, eps).to(v.dtype)
@@ -400,7 +408,7 @@ def toeplitz_transform(f, nq: int, n: int, dtype) -> tuple[Callable, int]:
     g = torch.fft.rfft(f.to(dtype), n=n_fft, dim=-1)[:, :, None, :]  # [1|B, 1|H, 1, F]
 
     def convolve(u):
-        return torch.fft.irfft(torch.fft.rfft(u, n=n_fft, dim=-1) * g, n=n_fft, dim=-1)[..., n - 1:n - 1 + nq]
+        return torch.fft.irfft(heads_product(torch.fft.rfft(u, n=n_fft, dim=-1), g, -3), n=n_fft, dim=-1)[..., n - 1:n - 1 + nq]
     return convolve, n_fft
 
 
@@ -447,7 +455,7 @@ def grid_transform(f, nq: int, n: int, width: int, dtype) -> tuple[Callable, int
 
     def convolve(u):
         grid = torch.nn.functional.pad(u, (0, rk * width - n)).unflatten(-1, (rk, width))
-        y = torch.fft.irfft2(torch.fft.rfft2(grid, s=shape) * g, s=shape)
+        y = torch.fft.irfft2(heads_product(torch.fft.rfft2(grid, s=shape), g, -4), s=shape)
         return y[..., rk - 1:rk - 1 + rq, width - 1:2 * width - 1].flatten(-2)[..., :nq]
     return convolve, shape[0] * shape[1]
 
@@ -518,12 +526,12 @@ def ring_attention(pq, pk, v, g, width: int, metric: str, *, normalize: str, eps
 
     def ring_sums(u):
         table = summed_area_table(u, geo)
-        y = weights[T] * table[..., -1:]  # every key, at the saturated weight
+        y = heads_product(weights[T], table[..., -1:], -3)  # every key, at the saturated weight
         for r in range(T):
             a0, a1, b0, b1 = geo.a_q - r, geo.a_q + r + 1, geo.b_q - r, geo.b_q + r + 1
             box = (table[..., corner(a1, b1)] - table[..., corner(a0, b1)] - table[..., corner(a1, b0)]
                    + table[..., corner(a0, b0)])
-            y = y + weights[r] * box
+            y = y + heads_product(weights[r], box, -3)
         return y
     return _kernel_sums(pq, pk, v, ring_sums, normalize=normalize, eps=eps, cells=geo.cells + pq.shape[2])
 

@@ -19,6 +19,7 @@ import torch
 from ..lang.normalizers import NORMALIZERS
 from ..plan.cost import BLOCK, SPLIT_MIN_TILES, SPLIT_WAVES
 from .attention import QUERY_CHUNK, no_keys, pair_scores, query_chunks, sink_rows
+from .heads import grouped_matmul
 
 __all__ = ["decode_attention", "decode_splits", "merge_sink", "merge_splits", "multiprocessors"]
 
@@ -71,7 +72,7 @@ def _split_partials(s: torch.Tensor, vc: torch.Tensor, splits: int) -> tuple[tor
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
     w = torch.exp(s - top)
     z = w.sum(-1)
-    parts = torch.einsum("bhqsn,bhsne->bhqse", w, vc.expand(B, H, splits, size, vc.shape[-1]))
+    parts = grouped_matmul(w.transpose(2, 3), vc).transpose(2, 3)  # [B, H, cq, S, E]; vc per key/value head
     parts = parts / torch.where(z == 0, torch.ones_like(z), z).unsqueeze(-1)
     return parts, top.squeeze(-1) + torch.log(z)
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import compute_dtype, finish_rows, prefix_chunk_sums
+from .heads import grouped_matmul
 
 
 def _grouped(x: torch.Tensor, length: int, chunk: int, dtype) -> torch.Tensor:
@@ -32,8 +33,8 @@ def chunk_states(pq, pk, v, chunk: int, across: str):
     else:
         inclusive_s, inclusive_z = torch.cumsum(states, 2), torch.cumsum(zs, 2)
         states, zs = (inclusive_s, inclusive_z) if across == "upto" else (inclusive_s - states, inclusive_z - zs)
-    num = torch.einsum("bhgim,bhgme->bhgie", pq, states.expand(*pq.shape[:3], *states.shape[3:]))
-    den = torch.einsum("bhgim,bhgm->bhgi", pq, zs.expand(*pq.shape[:3], zs.shape[-1]))
+    num = grouped_matmul(pq, states)  # states per key/value head (and chunk, or one for every chunk)
+    den = grouped_matmul(pq, zs.unsqueeze(-1)).squeeze(-1)
     return num, den
 
 
@@ -80,7 +81,7 @@ def mixed_chunk_attention(q, k, v, ctx, *, chunk: int, local: Callable, mask: Ca
     keep = keep.expand(shape)
     w = torch.where(keep, local(qg, kg, i, j, h, ctx, keep).to(dtype).expand(shape), torch.zeros((), dtype=dtype,
                                                                                               device=q.device))
-    num = (w @ vg).reshape(B, H, L, E)[:, :, :Nq]
+    num = grouped_matmul(w, vg).reshape(B, H, L, E)[:, :, :Nq]
     den = w.sum(-1).reshape(B, H, L)[:, :, :Nq]
     lin_num, lin_den = mixed_linear_sums(q, k, v, chunk=chunk, linear=linear, dtype=dtype)
     return finish_rows(num + lin_num, den + lin_den, normalize, eps).to(v.dtype)
@@ -107,4 +108,4 @@ def ista_attention(pq, pk, v, *, steps: int, lam: float) -> torch.Tensor:
     for _ in range(steps):
         u = z - (gram @ z - b) / step
         z = torch.sign(u) * torch.relu(u.abs() - lam / step)
-    return (pq @ z).to(v.dtype)
+    return grouped_matmul(pq, z).to(v.dtype)

@@ -63,6 +63,15 @@ class Context:
     noise: object = None  # the random draw of an approximation (lara, ra) for this call
     B: int = 1  # batch rows (the batch index `b` runs over them)
     lowering: str = ""  # the lowering this call runs (the module's DISPATCH entry for N); "": LOWERING
+    Hkv: int = 0  # key/value heads (grouped-query attention: H // Hkv query heads read each); 0: H
+
+    def __post_init__(self):
+        self.Hkv = self.Hkv or self.H
+
+    @property
+    def group(self) -> int:
+        """Query heads per key/value head: query head h reads key/value head h // group."""
+        return self.H // self.Hkv
 
     @property
     def scale(self) -> float:
@@ -103,6 +112,7 @@ class CompiledAttention(nn.Module):
     NEEDS: tuple = ()
     GRAPHS: dict = {}  # name -> (kernel, adjacency input, options): inputs computed from inputs
     RANDOM_FEATURES: dict = {}  # name -> (map, options): projections held in the `random_features` buffers
+    PREPARED_ROWS = False  # rows of inputs, slices or several dot terms: `prepare_rows` forms q', k' (passes/rows.py)
     TENSOR_POWERS = False  # a polynomial kernel: rows become tensor-power features (tensor_power_terms)
     POOL = False  # `pool k, v = ...`: the generated `pool_kv` replaces k, v before any backend (attncc/rt/pool.py)
     APPROX = None  # (method, options) of a declared approximation computed by its own algorithm (attncc/rt/approx.py)
@@ -115,6 +125,9 @@ class CompiledAttention(nn.Module):
     # the class lives in a generated module that a fresh process does not have, so pickles carry
     # the spec text instead and the function (stored by name) recompiles it.
     REBUILD: tuple | None = None
+    # learned tables this module reads but does not own: a composed spec's shared tables, registered
+    # once on the composed module (attncc/runtime/composed.py), which passes them to each call (`tables`)
+    SHARED: tuple = ()
 
     def __init__(self, backend: str = "auto", check_bounds: bool = False, **sizes):
         super().__init__()
@@ -169,6 +182,8 @@ class CompiledAttention(nn.Module):
                    4 * sum(math.prod(s) for s in shapes.values()), torch.device("cpu"), self.memory_budget,
                    _sizes_text({**self.sizes, **self.fixed}))
         for name, p in self.PARAMS.items():
+            if name in self.SHARED:
+                continue
             shape = shapes[name]
             try:
                 table = init_table(shape, p.init, p.args)
@@ -222,7 +237,8 @@ class CompiledAttention(nn.Module):
         estimate = self.MEMORY.get(ctx.lowering)
         if estimate is None or torch.compiler.is_compiling():
             return
-        sizes = {**self.sizes, "B": q.shape[0], "N": ctx.N, "Nq": ctx.Nq, "H": ctx.H, "D": ctx.D, "E": ctx.E}
+        sizes = {**self.sizes, "B": q.shape[0], "N": ctx.N, "Nq": ctx.Nq, "H": ctx.H, "D": ctx.D, "E": ctx.E,
+                 "Hkv": ctx.Hkv}
         working, saved = estimate(sizes)
         recording = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *ctx.params.values()))
         need = (working + (saved if recording else 0)) * element_factor(ctx.dtype)
@@ -270,9 +286,14 @@ class CompiledAttention(nn.Module):
 
     # ------------------------------------------------------------------ calling
     def params_dict(self) -> dict:
-        return {name: getattr(self, name) for name in self.PARAMS}
+        """The learned tables this module owns, by name (SHARED ones are passed to each call)."""
+        return {name: getattr(self, name) for name in self.PARAMS if name not in self.SHARED}
 
-    def _context(self, q, k, v, inputs: dict) -> Context:
+    def call_context(self, q, k, v, inputs: dict, tables: dict | None = None) -> Context:
+        """The checked Context of a call; `tables`: learned tables passed in (SHARED), beside the own."""
+        return self._context(q, k, v, inputs, tables)
+
+    def _context(self, q, k, v, inputs: dict, tables: dict | None = None) -> Context:
         for name, t in (("q", q), ("k", k), ("v", v)):
             if not isinstance(t, torch.Tensor):
                 raise ShapeError(f"{self.SPEC_NAME}: `{name}` must be a tensor, got {type(t).__name__}")
@@ -282,16 +303,22 @@ class CompiledAttention(nn.Module):
             if not t.is_floating_point():
                 raise ShapeError(f"{self.SPEC_NAME}: `{name}` must be floating point, got {t.dtype}")
         B, H, Nq, D = q.shape
-        N = k.shape[2]
-        want = {"k": (B, H, N, D), "v": (B, H, N, v.shape[-1])}
+        N, Hkv = k.shape[2], k.shape[1]
+        want = {"k": (B, Hkv, N, D), "v": (B, Hkv, N, v.shape[-1])}
+        if Hkv == 0 or H % Hkv:
+            raise ShapeError(f"{self.SPEC_NAME}: `k` has {Hkv} heads, which do not divide the {H} heads of q "
+                             f"(q is {tuple(q.shape)}, k {tuple(k.shape)}); expected k [B, Hkv, N, D] and "
+                             "v [B, Hkv, N, E] with Hkv dividing H (grouped-query attention; Hkv = H: one "
+                             "key/value head per query head)")
         for name, t in (("k", k), ("v", v)):
             if tuple(t.shape) != want[name]:
                 raise ShapeError(f"{self.SPEC_NAME}: `{name}` has shape {tuple(t.shape)}, expected {want[name]} "
-                                 f"(q is {tuple(q.shape)}; k and v share their token count)")
+                                 f"(q is {tuple(q.shape)}; k and v share their heads, dividing q's, and their "
+                                 "token count)")
             if t.dtype != q.dtype or t.device != q.device:
                 raise ShapeError(f"{self.SPEC_NAME}: `{name}` is {t.dtype} on {t.device}, q is {q.dtype} on "
                                  f"{q.device}")
-        dims = {"N": N, "Nq": Nq, "H": H, "D": D, "E": v.shape[-1]}
+        dims = {"N": N, "Nq": Nq, "H": H, "D": D, "E": v.shape[-1], "Hkv": Hkv}
         for n, value in self.fixed.items():
             if dims[n] != value:
                 raise ShapeError(f"{self.SPEC_NAME}: built for {n} = {value}, called with {n} = {dims[n]}")
@@ -319,7 +346,7 @@ class CompiledAttention(nn.Module):
             if spec.dtype in ("int", "bool") and t.is_floating_point():
                 raise ShapeError(f"{self.SPEC_NAME}: input `{name}` must be {spec.dtype}, got {t.dtype}")
             checked[name] = t.int() if spec.dtype == "int" else t.bool() if spec.dtype == "bool" else t.to(dtype)
-        params = self.params_dict()
+        params = {**self.params_dict(), **(tables or {})}
         if q.dtype == torch.float64:  # tables join the computation at its precision
             params = {n: p.double() for n, p in params.items()}
         return Context(self.sizes, params, checked, **dims, dtype=dtype, B=B)
@@ -329,7 +356,11 @@ class CompiledAttention(nn.Module):
         return resolve(self.backend, q).name
 
     def forward(self, q, k, v, **inputs):
-        ctx = self._context(q, k, v, inputs)
+        return self.forward_with(q, k, v, inputs)
+
+    def forward_with(self, q, k, v, inputs: dict, tables: dict | None = None):
+        """forward(q, k, v, **inputs) with the learned tables `tables` passed in (SHARED ones)."""
+        ctx = self._context(q, k, v, inputs, tables)
         if self.check_bounds:
             problems = self._clamped(ctx, q.shape[0])
             if problems:
@@ -348,8 +379,10 @@ class CompiledAttention(nn.Module):
         return backend.run(self, q, k, v, ctx)
 
     def prepared(self, q, k, v, ctx: Context):
-        """What every lowering's forward reads: k, v pooled (ContextPool), graph kernels formed as
+        """What every lowering's forward reads: q, k as the spec's prepared rows, k, v pooled (ContextPool), graph kernels formed as
         tables where the lowering reads G[i, j], rows of q and k through their random features."""
+        if self.PREPARED_ROWS:
+            q, k = self.prepare_rows(q, k, ctx)
         if self.POOL:
             k, v = self.pool_kv(k, v, ctx)
         if registry.get(ctx.lowering or self.LOWERING).forms_graph_tables:
@@ -399,8 +432,13 @@ class CompiledAttention(nn.Module):
         spec without `approx`, the same as `reference`."""
         return self._dense_call(self.checked.target or self.checked, q, k, v, inputs)
 
-    def _dense_call(self, spec, q, k, v, inputs: dict) -> torch.Tensor:
-        ctx = self._context(q, k, v, inputs)
+    def reference_with(self, q, k, v, inputs: dict, tables: dict | None = None, target: bool = False):
+        """reference (or target) of a call with the learned tables `tables` passed in (SHARED ones)."""
+        return self._dense_call(self.checked.target or self.checked if target else self.checked, q, k, v, inputs,
+                                tables)
+
+    def _dense_call(self, spec, q, k, v, inputs: dict, tables: dict | None = None) -> torch.Tensor:
+        ctx = self._context(q, k, v, inputs, tables)
         if q.shape[2] == 0 or k.shape[2] == 0:
             return torch.zeros(*q.shape[:3], v.shape[-1], dtype=torch.float64, device=q.device)
         ctx.noise = self.approx_noise(q, k, advance=False)
@@ -416,13 +454,17 @@ class CompiledAttention(nn.Module):
         """Where this call's table lookups leave their tables (the language clamps such an index): one
         line per lookup index, with the first (b, h, i, j) at which it does; [] when none does. Dense
         over [B, H, Nq, N]: for checking, not for every call (see check_bounds)."""
-        return self._clamped(self._context(q, k, v, inputs), q.shape[0])
+        return self.clamped_with(q, k, v, inputs)
+
+    def clamped_with(self, q, k, v, inputs: dict, tables: dict | None = None) -> list[str]:
+        """clamped_lookups with the learned tables `tables` passed in (SHARED ones)."""
+        return self._clamped(self._context(q, k, v, inputs, tables), q.shape[0])
 
     def _clamped(self, ctx: Context, batch: int) -> list[str]:
         from ..oracle.bounds import clamped_lookups
         inputs = {**ctx.inputs, **self.graph_tables(ctx.inputs, torch.float64)}
         with torch.no_grad():
-            return clamped_lookups(self.checked, ctx.params, inputs, {**self.sizes, "D": ctx.D, "E": ctx.E},
+            return clamped_lookups(self.checked, ctx.params, inputs, {**self.sizes, "D": ctx.D, "E": ctx.E, "Hkv": ctx.Hkv},
                                    (batch, ctx.H, ctx.Nq, ctx.N))
 
     def tap(self, q, k, v, rows=None, **inputs) -> torch.Tensor:
@@ -434,8 +476,12 @@ class CompiledAttention(nn.Module):
         Dense: [B, H, Nq, N], or [B, H, len(rows), N] for `rows`, a 1-d sample of query indices.
         Differentiable in q, k and the learned tables; computed at the input's precision (float32
         for half inputs) and returned in q's dtype."""
+        return self.tap_with(q, k, v, inputs, None, rows)
+
+    def tap_with(self, q, k, v, inputs: dict, tables: dict | None = None, rows=None) -> torch.Tensor:
+        """tap with the learned tables `tables` passed in (SHARED ones)."""
         from ..oracle.dense import dense_probabilities
-        ctx = self._context(q, k, v, inputs)
+        ctx = self._context(q, k, v, inputs, tables)
         if rows is not None:
             rows = torch.as_tensor(rows, device=q.device)
             if rows.dim() != 1 or rows.is_floating_point() or rows.dtype == torch.bool:

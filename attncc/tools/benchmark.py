@@ -89,7 +89,10 @@ def reference_mask(module, inputs: dict, batch: int, heads: int, nq: int, n: int
 
 
 def count_pairs(module, inputs: dict, batch: int, heads: int, nq: int, n: int, device) -> int:
-    """(b, h, i, j) kept by the spec's reference mask, counted in chunks of rows (no N x N buffer)."""
+    """(b, h, i, j) kept by the spec's reference mask, counted in chunks of rows (no N x N buffer); for a
+    composed spec, the sum over its maps (each computes its own)."""
+    if hasattr(module, "map_modules"):
+        return sum(count_pairs(m, inputs, batch, heads, nq, n, device) for m in module.map_modules())
     if module.checked.mask is None:
         return batch * heads * nq * n
     chunk = max(1, (1 << 24) // max(1, n))

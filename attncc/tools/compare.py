@@ -32,14 +32,16 @@ class Result:
 
 
 def random_inputs(cls, batch: int, heads: int, nq: int, nk: int, dim: int, dim_v: int | None = None,
-                  generator: torch.Generator | None = None, device="cpu"):
-    """q, k, v in float64 plus every declared input, random but valid."""
+                  generator: torch.Generator | None = None, device="cpu", kv_heads: int | None = None):
+    """q, k, v in float64 plus every declared input, random but valid; k and v of `kv_heads` heads
+    (grouped-query attention; default: `heads`)."""
     g = generator or torch.Generator().manual_seed(0)
     dim_v = dim_v or dim
+    kv_heads = kv_heads or heads
     q = torch.randn(batch, heads, nq, dim, generator=g, dtype=torch.float64)
-    k = torch.randn(batch, heads, nk, dim, generator=g, dtype=torch.float64)
-    v = torch.randn(batch, heads, nk, dim_v, generator=g, dtype=torch.float64)
-    sizes = {**cls.SIZES, "N": nk, "Nq": nq, "H": heads, "D": dim, "E": dim_v}
+    k = torch.randn(batch, kv_heads, nk, dim, generator=g, dtype=torch.float64)
+    v = torch.randn(batch, kv_heads, nk, dim_v, generator=g, dtype=torch.float64)
+    sizes = {**cls.SIZES, "N": nk, "Nq": nq, "H": heads, "D": dim, "E": dim_v, "Hkv": kv_heads}
     inputs = {}
     adjacencies = {adj for _, adj, _ in cls.GRAPHS.values()}
     for name, spec in cls.INPUTS.items():
@@ -64,8 +66,9 @@ def parse_sizes(pairs: list[str]) -> dict:
     return {name: int(value) for name, value in (s.split("=", 1) for s in pairs)}
 
 
-def make_module(cls, heads: int, dim: int, dim_v: int, randomize: bool = True, seed: int = 0, **sizes):
-    fixed = {n: v for n, v in (("H", heads), ("D", dim), ("E", dim_v)) if n in cls.NEEDS}
+def make_module(cls, heads: int, dim: int, dim_v: int, randomize: bool = True, seed: int = 0,
+                kv_heads: int | None = None, **sizes):
+    fixed = {n: v for n, v in (("H", heads), ("D", dim), ("E", dim_v), ("Hkv", kv_heads or heads)) if n in cls.NEEDS}
     module = cls(**fixed, **sizes)
     if randomize:  # learned tables at their init (often zeros) would test little
         g = torch.Generator().manual_seed(seed)
@@ -103,9 +106,16 @@ def compare(module, q, k, v, inputs, backend: str, dtype: torch.dtype, device: s
     error = float((out.double().cpu() - ref.cpu()).abs().max()) / scale if ref.numel() else 0.0
     if not torch.isfinite(out).all():
         error = float("inf")
-    table = registry.get(module.lowering_at(k.shape[2])).tolerance or TOLERANCE  # of the lowering that ran
-    tol = table.get(dtype, TOLERANCE[dtype])
+    tol = tolerance(module, k.shape[2], dtype)
     return Result(backend, dtype, tuple(q.shape[2:3]) + tuple(k.shape[2:3]), error, tol)
+
+
+def tolerance(module, n: int, dtype: torch.dtype) -> float:
+    """The tolerance of the lowering a call with n keys runs (a lowering may declare its own per dtype);
+    for a composed module, the largest of its maps'."""
+    parts = module.map_modules() if hasattr(module, "map_modules") else [module]
+    tables = [registry.get(part.lowering_at(n)).tolerance or TOLERANCE for part in parts]
+    return max(table.get(dtype, TOLERANCE[dtype]) for table in tables)
 
 
 def assert_matches_reference(module, q, k, v, backend: str = "torch", dtype=torch.float32, **inputs) -> None:

@@ -191,6 +191,10 @@ def write_png(pic: Picture, path: str | Path) -> None:
 def mask_png(spec, path: str | Path, tokens: int = 64, sizes: dict | None = None,
              lowering: str | None = None) -> Picture:
     """Compile a spec, draw its mask picture to `path`, and return the numbers drawn."""
-    pic = picture(compile_spec(spec, lowering=lowering), tokens, sizes)
+    cls = compile_spec(spec, lowering=lowering)
+    if getattr(cls, "MAPS", None):
+        raise AttnccError(f"`{cls.SPEC_NAME}` is composed of the maps {', '.join(cls.MAPS)}: a mask picture draws "
+                          "one attention; inspect a map as a spec of its own")
+    pic = picture(cls, tokens, sizes)
     write_png(pic, path)
     return pic
