@@ -355,7 +355,10 @@ def emit_gated_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
         w.line("return triton_forward(self, q, k, v, ctx, host), q.new_zeros(*q.shape[:3], dtype=torch.float32)")
     w.line()
     with w.block("def op_backward(self, q, k, v, out, stat, dout, ctx, host):"):
-        backward_head(w, "(dq, dk, dv, gradients of what the gate reads) by the gated chunked recurrences.")
+        backward_head(w, "(dq, dk, dv, gradients of what the gate reads) by the gated chunked recurrences.",
+                      fixed_blocks=False)
+        # the linear backward's chunks: 64-token ones needed 258-386 KB of shared memory at d = 128
+        w.line("BLOCK_M = BLOCK_N = (32 if max(BLOCK_D, BLOCK_E) <= 64 else 16) if autotune.on_gpu(q) else 16")
         linear_scalars(w, plan)
         w.line("gq, gk = (host.gate(ctx, n).to(device=q.device, dtype=torch.float32).expand(B, H, n, 1)")
         w.line("          .reshape(B * H, n).contiguous() for n in (Nq, N))")
