@@ -13,7 +13,7 @@ from . import lowerings  # noqa: F401  (each module registers its lowering)
 from .version import __version__
 from .frontend.ast import Spec, format_spec
 from .frontend.check import CheckedSpec, check
-from .frontend.compose import check_composed, is_composed
+from .frontend.compose import ComposedSpec, check_composed, is_composed
 from .emit.combine import composed_module
 from .runtime.composed import COMPOSED_ATTRIBUTES
 from .emit.module import alternate_header, header, module_class, triton_entry
@@ -38,7 +38,7 @@ class Composition:
 
     source: Source
     ast: Spec
-    checked: object  # ComposedSpec
+    checked: ComposedSpec
     maps: dict  # map name -> Compilation
     module_source: str = ""
     spec_hash: str = ""
@@ -308,7 +308,7 @@ def reference(spec: str | Path, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     if params:
         with torch.no_grad():
             for name, value in params.items():
-                getattr(module, name).copy_(torch.as_tensor(value))
+                module.get_parameter(name).copy_(torch.as_tensor(value))  # `map.table` for a map's own
     return module.reference(q, k, v, **inputs)
 
 
@@ -328,11 +328,22 @@ def build_composed(src: Source, tree: Spec, sizes: dict | None, lowering: str | 
         own = {n: v for n, v in sizes.items() if n in DESIGN_SIZES or n in spec.sizes}
         maps[name] = replace(build_checked(src, checked.map_asts[name], spec, own, lowering, budget, memory_budget),
                              map_name=name)
-    spec_hash = "sha256:" + hashlib.sha256("\n".join(
-        [__version__, format_spec(tree), *(c.spec_hash for c in maps.values())]).encode()).hexdigest()[:16]
-    source = composed_module(checked.name, spec_hash, __version__, checked.output, checked.coefficients,
-                             {name: c.plan.lowering for name, c in maps.items()})
-    return Composition(src, tree, checked, maps, source, spec_hash, sizes, lowering, budget)
+    return _composed(Composition(src, tree, checked, maps, sizes=sizes, lowering=lowering, analysis_budget=budget))
+
+
+def relower_map(comp: Composition, name: str, lowering: str) -> Composition:
+    """The same composition with one map under another of its lowerings (selection and emission only)."""
+    return _composed(replace(comp, maps={**comp.maps, name: replace(relower(comp.maps[name], lowering), map_name=name)}))
+
+
+def _composed(comp: Composition) -> Composition:
+    """The composition's hash (of its spec and its maps' hashes) and its generated module."""
+    checked = comp.checked
+    comp.spec_hash = "sha256:" + hashlib.sha256("\n".join(
+        [__version__, format_spec(comp.ast), *(c.spec_hash for c in comp.maps.values())]).encode()).hexdigest()[:16]
+    comp.module_source = composed_module(checked.name, comp.spec_hash, __version__, checked.output,
+                                         checked.coefficients, {n: c.plan.lowering for n, c in comp.maps.items()})
+    return comp
 
 
 def compile_composed(comp: Composition, backend: str, memory_budget: int | str | None):
@@ -351,6 +362,7 @@ def compile_composed(comp: Composition, backend: str, memory_budget: int | str |
     return _compile_class(comp, backend, memory_budget, recipe, {
         "MAPS": classes, "SHARED": shared,
         "LOWERING": ", ".join(f"{n}: {c.LOWERING}" for n, c in classes.items()),
-        "TRITON_LOWERING": "; ".join(f"{n}: {c.TRITON_LOWERING}" for n, c in classes.items()), "PARAMS": {n: first.PARAMS[n] for n in shared},
+        "TRITON_LOWERING": "; ".join(f"{n}: {c.TRITON_LOWERING}" for n, c in classes.items()),
+        "PARAMS": {n: first.PARAMS[n] for n in shared},
         "SIZES": union("SIZES"), "INPUTS": union("INPUTS"), "GRAPHS": union("GRAPHS"),
         "NEEDS": tuple(sorted({n for c in classes.values() for n in c.NEEDS}))})

@@ -47,7 +47,7 @@ def test_constructor_errors():
 @pytest.mark.parametrize("q_shape,k_shape,v_shape,message", [
     ((1, 2, 8), (1, 2, 8, 4), (1, 2, 8, 4), "`q` must be \\[batch, heads, tokens, dim\\]"),
     ((1, 2, 8, 4), (1, 2, 7, 4), (1, 2, 8, 4), "`v` has shape"),
-    ((1, 2, 8, 4), (1, 3, 8, 4), (1, 3, 8, 4), "`k` has shape"),
+    ((1, 2, 8, 4), (1, 3, 8, 4), (1, 3, 8, 4), "`k` has 3 heads, which do not divide the 2 heads of q"),
     ((1, 3, 8, 4), (1, 3, 8, 4), (1, 3, 8, 4), "built for H = 2"),
 ])
 def test_call_time_shape_errors(q_shape, k_shape, v_shape, message):

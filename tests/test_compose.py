@@ -75,6 +75,15 @@ def diff_window_by_hand(q, k, v, lam):
     return a1 - lam.view(1, -1, 1, 1) * a2
 
 
+def diff_transformer_by_hand(q, k, v, lam):
+    """Ye et al.'s DiffAttn: (softmax(Q1 K1^T / sqrt(d)) - lambda softmax(Q2 K2^T / sqrt(d))) V, Q = [Q1; Q2]."""
+    d = q.shape[-1] // 2
+    keep = causal(q.shape[2], k.shape[2])
+    a1 = softmax_attention(q[..., :d], k[..., :d], v, keep)  # softmax_attention scales by 1 / sqrt(d)
+    a2 = softmax_attention(q[..., d:], k[..., d:], v, keep)
+    return a1 - lam.view(1, -1, 1, 1) * a2
+
+
 def gated_mix_by_hand(q, k, v, mix):
     nq, nk = q.shape[2], k.shape[2]
     soft = softmax_attention(q, k, v, causal(nq, nk))
@@ -97,6 +106,8 @@ def input_gate_by_hand(q, k, v, g, slope):
 
 CASES = {
     "diff_window": (DIFF_WINDOW, lambda m, q, k, v, inputs: diff_window_by_hand(q, k, v, m.lam)),
+    "diff_transformer": ((ROOT / "examples" / "diff_transformer.attn").read_text(),
+                         lambda m, q, k, v, inputs: diff_transformer_by_hand(q, k, v, m.lam)),
     "gated_mix": ((ROOT / "examples" / "gated_mix.attn").read_text(),
                   lambda m, q, k, v, inputs: gated_mix_by_hand(q, k, v, m.mix)),
     "input_gate": (INPUT_GATE, lambda m, q, k, v, inputs: input_gate_by_hand(q, k, v, inputs["g"], m.biased.slope)),
@@ -155,7 +166,7 @@ def test_gradients_match_the_formula(name, backend, dtype, tol):
     want = leaf_gradients(module, q, k, v, inputs, lambda q, k, v, x: by_hand(module, q, k, v, x))
     module.to(dtype).backend = backend
     got = leaf_gradients(module, *(t.to(dtype) for t in (q, k, v)), inputs, lambda q, k, v, x: module(q, k, v, **x))
-    learned = {"diff_window": "lam", "gated_mix": "mix", "input_gate": "biased.slope"}[name]
+    learned = {"diff_window": "lam", "diff_transformer": "lam", "gated_mix": "mix", "input_gate": "biased.slope"}[name]
     assert set(got) == set(want) and learned in got and float(want[learned].abs().max()) > 1e-3
     for n in want:
         error = float((got[n].double() - want[n].double()).abs().max()) / max(1.0, float(want[n].abs().max()))
@@ -376,3 +387,63 @@ def test_grouped_query_heads(name, kv_heads):
         want = by_hand(module, q, expand(k), expand(v), {n: t.double() for n, t in inputs.items()})
         assert torch.allclose(module.reference(q, k, v, **inputs), want, atol=1e-12)
         assert torch.allclose(module(q, k, v, **inputs), want, atol=1e-10)
+
+
+def test_the_reference_function_takes_shared_and_map_tables():
+    q, k, v = torch.randn(3, 1, 2, 7, 8, dtype=torch.float64)
+    g = torch.rand(1, 7)
+    slope, lam = torch.tensor([0.5, 0.25]), torch.tensor([0.3, 0.7])
+    got = attncc.reference(INPUT_GATE, q, k, v, params={"biased.slope": slope}, g=g)
+    assert torch.allclose(got, input_gate_by_hand(q, k, v, g, slope), atol=1e-12)
+    got = attncc.reference(DIFF_WINDOW, q, k, v, params={"lam": lam})
+    assert torch.allclose(got, diff_window_by_hand(q, k, v, lam), atol=1e-12)
+    with pytest.raises(AttnccError, match="made by attncc.compile"):
+        compiled(DIFF_WINDOW).__mro__[1]()  # the generated module's class alone has no maps
+
+
+def test_fuzz_a_composed_family_under_every_lowering_of_each_map():
+    from attncc.tools.fuzzing import fuzz
+    family = DIFF_WINDOW.replace("j <= i and i - j < w", "??")
+    report = fuzz([family], 3, [("torch", torch.float32)], seed=1)
+    assert report.failure is None and report.examples >= 3
+    assert {"a1: sdpa, a2: tiled", "a1: tiled, a2: tiled", "a1: decode, a2: tiled"} <= set(report.lowerings)
+
+
+def test_as_a_layer_with_padded_sequences():
+    layer = attncc.layer(ROOT / "examples" / "diff_transformer.attn", embed_dim=32, num_heads=2, batch_first=True)
+    x = torch.randn(2, 9, 32)
+    padding = torch.zeros(2, 9, dtype=torch.bool)
+    padding[1, 6:] = True
+    out, _ = layer(x, x, x, key_padding_mask=padding, need_weights=False)
+    alone, _ = layer(x[1:, :6], x[1:, :6], x[1:, :6], need_weights=False)
+    assert torch.allclose(out[1:, :6], alone, atol=1e-5)
+    assert layer.attention.last_backend == "torch" and layer.attention.sizes == {}
+    assert [n for n, _ in layer.named_parameters()].count("attention.lam") == 1
+
+
+def test_a_map_s_own_input_goes_to_that_map_only():
+    text = """attention own_inputs {
+        input g[Nq]
+        map a1 {
+            input doc[N] : int
+            mask(i, j) = doc[i] == doc[j]
+        }
+        map a2 {
+            mask(i, j) = j <= i
+        }
+        output = g[i] * a1 + a2
+    }"""
+    cls = compiled(text)
+    assert set(cls.INPUTS) == {"g", "doc"} and set(cls.MAPS["a2"].INPUTS) == {"g"}
+    module = cls()
+    q, k, v, inputs = random_inputs(cls, 2, 2, 8, 8, 4, 4)
+    nq = 8
+    keep = inputs["doc"].view(2, 1, -1, 1) == inputs["doc"].view(2, 1, 1, -1)
+    want = (inputs["g"].double().view(2, 1, nq, 1) * softmax_attention(q, k, v, keep)
+            + softmax_attention(q, k, v, causal(nq, nq)))
+    assert torch.allclose(module.reference(q, k, v, **inputs), want, atol=1e-12)
+    assert torch.allclose(module(q, k, v, **inputs), want, atol=1e-10)
+    with pytest.raises(AttnccError, match="unexpected input `dco`; did you mean `doc`"):
+        module(q, k, v, g=inputs["g"], dco=inputs["doc"])
+    with pytest.raises(AttnccError, match="missing input `doc`"):
+        module(q, k, v, g=inputs["g"])

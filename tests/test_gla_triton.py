@@ -34,7 +34,8 @@ def kernels_module(tmp_path, fq: str, fk: str, normalize: str):
 
 def _common(q, k, v, out):
     B, H, Nq, D = q.shape
-    return (q, k, v, out, Nq, k.shape[2], H, D, v.shape[3], *q.stride(), *k.stride(), *v.stride(), *out.stride())
+    return (q, k, v, out, Nq, k.shape[2], H, D, v.shape[3], H // k.shape[1], *q.stride(), *k.stride(), *v.stride(),
+            *out.stride())  # H // Hkv: the kernels' GROUP
 
 
 def _blocks(q, v, value_tile=None):

@@ -9,7 +9,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import attncc
-from attncc.lang.source import ShapeError, SpecError
+from attncc.lang.source import AttnccError, ShapeError, SpecError
 from attncc.rt import grouped_matmul, heads_product
 from attncc.tools.compare import compare, make_module, random_inputs
 
@@ -184,10 +184,10 @@ class NewTensors(TorchDispatchMode):
 def _kv_copies(run, B, H, N, D):
     """The aten calls in run() that allocate a [B, H, N, D]-sized copy of key/value data for Hkv = 1:
     a tensor of >= B H N D elements, with a dimension of the H query heads along which it is the same
-    (query-side tensors differ per head, q being random per head), and not one value throughout
-    (zero-filled accumulators)."""
+    (query-side tensors differ per head, q being random per head), float (bool masks broadcast over the
+    heads are not key/value data), and not one value throughout (zero-filled accumulators)."""
     def expanded(t):
-        if t.numel() < B * H * N * D or t.is_complex():
+        if t.numel() < B * H * N * D or not t.is_floating_point():  # k, v are float (masks broadcast per head are not)
             return False
         t = t.detach()
         if bool((t == t.flatten()[0]).all()):
@@ -207,13 +207,12 @@ MEMORY_CASES = [("alibi", "tiled"), ("alibi", "decode"), ("causal", "sdpa"), ("b
 @pytest.mark.parametrize("name,lowering", MEMORY_CASES, ids=[f"{n}-{lw}" for n, lw in MEMORY_CASES])
 def test_no_expanded_copy_of_k_or_v(name, lowering):
     """Hkv = 1 and many keys: no op of the forward creates a tensor as large as k expanded to the H query
-    heads (few queries, so that one query chunk's scores stay below that size too)."""
-    B, H_, N, D = 1, 6, 2048, 64
+    heads that holds the same data for every query head (_kv_copies)."""
+    B, H_, N, D = 1, 6, 1024, 64
     cls = _class(name, lowering)
     module = make_module(cls, H_, D, D, kv_heads=1)
     module.backend = "torch"
-    nq = 5 if lowering in ("tiled", "decode", "sdpa", "block_sparse", "token_blocks") else N  # query chunks small
-    q, k, v, inputs = random_inputs(cls, B, H_, nq, N, D, D, kv_heads=1)
+    q, k, v, inputs = random_inputs(cls, B, H_, N, N, D, D, kv_heads=1)  # every query: causal masks see all keys
     q, k, v = q.float(), k.float(), v.float()
     with torch.no_grad():
         found = _kv_copies(lambda: module(q, k, v, **inputs), B, H_, N, D)
@@ -234,3 +233,23 @@ def test_the_copy_detector_sees_an_expansion():
 def test_gqa_example_checks():
     from attncc.cli import main
     assert main(["check", str(ROOT / "examples" / "gqa.attn")]) == 0
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_layer_with_fewer_key_value_heads(packed):
+    """attncc.layer(..., num_kv_heads=2): k and v projected to 2 heads, the output torch's sdpa gives with
+    the same projections (enable_gqa); a num_kv_heads that does not divide num_heads is refused."""
+    options = {} if packed else {"kdim": 24, "vdim": 20}
+    mha = attncc.layer(SPECS["softmax"], embed_dim=32, num_heads=4, num_kv_heads=2, batch_first=True,
+                       backend="torch", **options).double()
+    assert (mha.in_proj_weight if packed else mha.k_proj_weight).shape[0] == (32 + 2 * 16 if packed else 16)
+    x = torch.randn(2, 9, 32, dtype=torch.float64)
+    key = x if packed else torch.randn(2, 11, 24, dtype=torch.float64)
+    value = x if packed else torch.randn(2, 11, 20, dtype=torch.float64)
+    out, _ = mha(x, key, value)
+    q, k, v = mha.project(x, key, value)
+    assert q.shape[1] == 4 and k.shape[1] == v.shape[1] == 2
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    torch.testing.assert_close(out, mha.out_proj(want.transpose(1, 2).reshape(2, 9, 32)))
+    with pytest.raises(AttnccError, match=r"num_kv_heads \(3\) must divide num_heads \(4\)"):
+        attncc.layer(SPECS["softmax"], embed_dim=32, num_heads=4, num_kv_heads=3)

@@ -253,3 +253,26 @@ def test_triton_gradients_through_prepared_rows_match_the_reference():
     want = torch.autograd.grad((module.reference(*leaves, X=X) * dout.double()).sum(), (*leaves, X))
     for got, ref in zip(grads, want):
         assert (got.double() - ref).abs().max() < 1e-4
+
+
+def _side(token: str):
+    """Random row expressions of one side: q[i] / k[j], rows of X (per head) and Y (shared), their
+    slices, functions, products, sums and scalings."""
+    base, per_head, shared = ("q[i]", "X[h, i]", "Y[i]") if token == "i" else ("k[j]", "X[h, j]", "Y[j]")
+    leaves = st.sampled_from([base, per_head, shared, f"exp({per_head})", f"sigmoid({shared})",
+                              f"({base} * 0.5)", f"({per_head} / (h + 1))", f"(-{shared})"])
+    return st.recursive(leaves, lambda rows: st.tuples(rows, st.sampled_from(["*", "+", "-"]), rows).map(
+        lambda t: f"({t[0]} {t[1]} {t[2]})"), max_leaves=4)
+
+
+@settings(max_examples=8, deadline=None)
+@given(a=_side("i"), b=_side("j"), c=_side("i"), d=_side("j"), two=st.booleans(), seed=st.integers(0, 2**16))
+def test_random_row_expressions_match_the_reference(a, b, c, d, two, seed):
+    second = f" + dot({c}, {d}) * (h + 2)" if two else ""
+    module = _compile(f"input X[H, N, D]\ninput Y[N, D]\nscore(i, j) = dot({a}, {b}) * scale{second}\n"
+                      "mask(i, j) = j <= i", backend="torch")()
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = torch.randn(3, 1, 2, 7, D, generator=g, dtype=torch.float64)
+    inputs = {"X": torch.randn(2, 7, D, generator=g, dtype=torch.float64) / 2,
+              "Y": torch.randn(7, D, generator=g, dtype=torch.float64) / 2}
+    assert (module(q, k, v, **inputs) - module.reference(q, k, v, **inputs)).abs().max() < 1e-9

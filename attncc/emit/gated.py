@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from ..ir.graph import Graph, attention_node, attention_of, expr_of
 from ..lang.derivative import NotDifferentiable, diff, leaves
-from ..lang.expr import TExpr
+from ..analysis.row_gates import row_gate_terms
+from ..lang.expr import VEC, TExpr
+from ..lang.rows import row_input_layout
 from ..plan.select import Plan
 from .exprs import TorchExpr, brief
 from .let import let_expr
@@ -14,15 +16,40 @@ from .triton_linear import carry_state, finish_rows, linear_scalars, load_chunk,
 from .writer import CodeWriter
 
 
-def emit_gate(w: CodeWriter, exprs: list) -> None:
-    """gate(ctx, n): G(t) of M = A exp(G(i) - G(j)) at the tokens t = 0 .. n-1, as [., ., n, 1]."""
+def emit_gate(w: CodeWriter, exprs: list, input_dims: dict) -> None:
+    """gate(ctx, n): G(t) of M = A exp(G(i) - G(j)) at the tokens t = 0 .. n-1, as [., ., n, 1]; a gate
+    per dimension (a row, exp(G_d(i) - G_d(j))) as [., ., n, W]."""
+    gate = exprs[3]
     with w.block("def gate(ctx, n):"):
-        w.line(f'"""G(i) of the gate exp(G(i) - G(j)) at tokens 0 .. n-1: {brief(exprs[3])}"""')
+        per = " per dimension" if gate.type == VEC else ""
+        w.line(f'"""G(i) of the gate exp(G(i) - G(j)){per} at tokens 0 .. n-1: {brief(gate)}"""')
         w.line("i = torch.arange(n, dtype=torch.int32).view(1, 1, -1, 1)")
         w.line("j = torch.zeros((1, 1, 1, 1), dtype=torch.int32)")
         w.line("h = torch.arange(ctx.H, dtype=torch.int32).view(1, ctx.H, 1, 1)")
-        w.line(f"return rt.as_4d({let_expr(w, TorchExpr(), exprs[3])}, ctx.dtype)")
+        if gate.type == VEC:
+            w.line(f"return {_row_code(w, TorchExpr(), gate, input_dims)}")
+        else:
+            w.line(f"return rt.as_4d({let_expr(w, TorchExpr(), gate)}, ctx.dtype)")
     w.line()
+
+
+_ROW_OPERATORS = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+
+
+def _row_code(w: CodeWriter, ex: TorchExpr, t: TExpr, input_dims: dict) -> str:
+    """A gate row at the tokens i = 0 .. n-1 ([B|1, H|1, n, W]): row inputs read through rt.input_rows,
+    numbers as the scalar gate prints them (broadcast along the width)."""
+    if t.type != VEC:
+        return f"rt.as_4d({let_expr(w, ex, t)}, ctx.dtype)"
+    a = [_row_code(w, ex, x, input_dims) for x in t.args]
+    if t.op == "rowin":
+        per_head, _ = row_input_layout(input_dims[t.value])
+        return f"rt.input_rows(ctx.inputs[{t.value!r}], {len(input_dims[t.value])}, {per_head}, n, {t.value!r}).to(ctx.dtype)"
+    if t.op == "neg":
+        return f"(-{a[0]})"
+    if t.op in _ROW_OPERATORS:
+        return f"({a[0]} {_ROW_OPERATORS[t.op]} {a[1]})"
+    raise ValueError(f"a gate row of the form {t.op} (analysis/row_gates.py finds sums of row inputs and numbers)")
 
 
 def gate_lookups(gate: TExpr) -> list[tuple[TExpr, TExpr]]:
@@ -30,6 +57,30 @@ def gate_lookups(gate: TExpr) -> list[tuple[TExpr, TExpr]]:
     to); raises NotDifferentiable if G has no derivative."""
     derivatives = [(e, diff(gate, e)) for e in leaves(gate) if e.op in ("param", "input")]
     return [(e, d) for e, d in derivatives if d is not None]
+
+
+def emit_row_gate_grads(w: CodeWriter, gate: TExpr, input_dims: dict) -> None:
+    """gate_grads(ctx, n, dg, grads) of a gate row G = sum_t c_t X_t[h?, i] + g(i) (dg: [B, H, n, W]):
+    c_t dg onto the rows of each input X_t, sum_d dg_d through the scalar part g as emit_gate_grads does."""
+    terms = row_gate_terms(gate)
+    if terms is None:  # no Triton backward then (gated_backward_support): nothing calls gate_grads
+        return
+    rows, scalar = terms
+    ex = TorchExpr()
+    with w.block("def gate_grads(ctx, n, dg, grads):"):
+        w.line('"""grads[name] += d(sum_t dg[..., t, :] . G(t)) / d(name) for what G reads (dg: [B, H, n, W])."""')
+        w.line("i = torch.arange(n, dtype=torch.int32).view(1, 1, -1, 1)")
+        w.line("j = torch.zeros((1, 1, 1, 1), dtype=torch.int32)")
+        w.line("h = torch.arange(ctx.H, dtype=torch.int32).view(1, ctx.H, 1, 1)")
+        for row, c in rows:
+            per_head, _ = row_input_layout(input_dims[row.value])
+            w.line(f"grads[{row.value!r}] = grads.get({row.value!r}, 0) + rt.row_input_grad(ctx.inputs[{row.value!r}], "
+                   f"{len(input_dims[row.value])}, {per_head}, dg * {let_expr(w, ex, c)})")
+        if scalar is not None:
+            w.line("dg = dg.sum(-1, keepdim=True)")
+            _lookup_grads(w, ex, gate_lookups(scalar))
+        w.line("return grads")
+    w.line()
 
 
 def emit_gate_grads(w: CodeWriter, gate: TExpr) -> None:
@@ -46,14 +97,19 @@ def emit_gate_grads(w: CodeWriter, gate: TExpr) -> None:
         w.line("i = torch.arange(n, dtype=torch.int32).view(1, 1, -1, 1)")
         w.line("j = torch.zeros((1, 1, 1, 1), dtype=torch.int32)")
         w.line("h = torch.arange(ctx.H, dtype=torch.int32).view(1, ctx.H, 1, 1)")
-        for e, d in lookups:
-            table = f"ctx.{'params' if e.op == 'param' else 'inputs'}[{e.value!r}]"
-            index = ", ".join(let_expr(w, ex, a) for a in e.args)
-            derivative = let_expr(w, ex, d)
-            w.line(f"grads[{e.value!r}] = grads.get({e.value!r}, 0) + rt.lookup_grad({table}, [{index}], "
-                   f"{len(e.args)}, dg * {derivative})")
+        _lookup_grads(w, ex, lookups)
         w.line("return grads")
     w.line()
+
+
+def _lookup_grads(w: CodeWriter, ex: TorchExpr, lookups: list) -> None:
+    """grads[name] += dg dG/d(lookup) scattered to the entries each table or input lookup reads."""
+    for e, d in lookups:
+        table = f"ctx.{'params' if e.op == 'param' else 'inputs'}[{e.value!r}]"
+        index = ", ".join(let_expr(w, ex, a) for a in e.args)
+        derivative = let_expr(w, ex, d)
+        w.line(f"grads[{e.value!r}] = grads.get({e.value!r}, 0) + rt.lookup_grad({table}, [{index}], "
+               f"{len(e.args)}, dg * {derivative})")
 
 
 def emit_gated_torch(w: CodeWriter, graph: Graph, plan: Plan) -> None:
@@ -62,9 +118,14 @@ def emit_gated_torch(w: CodeWriter, graph: Graph, plan: Plan) -> None:
         w.line("gates = (gate(ctx, ctx.Nq).to(q.device), gate(ctx, ctx.N).to(q.device))")
         w.line("return rt.gated_linear_attention(pq, pk, v, modulation=modulation(ctx).to(q.device), "
                f"gates=gates, {common})")
+    dims = {name: info.dims for name, info in graph.signature.inputs.items()}
+
     def holes(w: CodeWriter, exprs: list) -> None:
-        emit_gate(w, exprs)
-        emit_gate_grads(w, exprs[3])
+        emit_gate(w, exprs, dims)
+        if exprs[3].type == VEC:
+            emit_row_gate_grads(w, exprs[3], dims)
+        else:
+            emit_gate_grads(w, exprs[3])
     emit_kernelized(w, graph, plan, holes, call)
 
 

@@ -37,9 +37,10 @@ lowering:  {plan.lowering}: {plan.chosen.note}
 cost:      {flops:.3e} flops, {nbytes:.3e} bytes at {sizes}
 dispatch:  {dispatch_line(plan)}
 mask:      {plan.mask.describe()}
-glossary:  q [B, H, Nq, D], k [B, H, N, D], v [B, H, N, E]; i query token, j key token, h head;
+glossary:  q [B, H, Nq, D], k [B, Hkv, N, D], v [B, Hkv, N, E] (Hkv dividing H: grouped-query attention);
+           i query token, j key token, h head, hk = h // ctx.group its key/value head;
            ctx.sizes declared sizes, ctx.params learned tables, ctx.inputs call-time inputs,
-           ctx.N / ctx.Nq / ctx.H / ctx.D / ctx.E run-time sizes, ctx.scale = D ** -0.5.
+           ctx.N / ctx.Nq / ctx.H / ctx.Hkv / ctx.D / ctx.E run-time sizes, ctx.scale = D ** -0.5.
 """
 import math
 import sys

@@ -14,6 +14,10 @@ from ..lang.rows import PreparedRows, row_input_layout
 from .exprs import TorchExpr, brief, key
 from .writer import CodeWriter
 
+# index columns of the numbers inside rows: tokens on axis 2, so that they broadcast along the width
+_INDEX_COLUMNS = {"i": "i = torch.arange(ctx.Nq, dtype=torch.int32, device=q.device).view(1, 1, -1, 1)",
+                  "j": "j = torch.arange(ctx.N, dtype=torch.int32, device=q.device).view(1, 1, -1, 1)",
+                  "h": "h = torch.arange(ctx.H, dtype=torch.int32, device=q.device).view(1, -1, 1, 1)"}
 _ROW_OPERATORS = {"mul": "*", "div": "/", "add": "+", "sub": "-"}
 
 
@@ -25,9 +29,12 @@ def prepare_rows_method(w: CodeWriter, rows: PreparedRows, inputs: dict, spec_na
         w.line(f"q' = {brief(rows.q)}")
         w.line(f"k' = {brief(rows.k)}")
         w.line('"""')
-        w.line("i = torch.arange(ctx.Nq, dtype=torch.int32, device=q.device).view(1, 1, -1, 1)")
-        w.line("j = torch.arange(ctx.N, dtype=torch.int32, device=q.device).view(1, 1, -1, 1)")
-        w.line("h = torch.arange(ctx.H, dtype=torch.int32, device=q.device).view(1, -1, 1, 1)")
+        used = {e.value for part in (rows.q, rows.k) for e in postorder(part, descend=lambda t: t.op != "rowin")
+                if e.op == "var"}  # (a row input's indices are spelled by rt.input_rows)
+        used |= {"i"} if "b" in used else set()  # rt.batch_index(ctx, i) places b on i's device
+        for var, line in _INDEX_COLUMNS.items():
+            if var in used:
+                w.line(line)
         w.line("given = q  # the rows leave in its dtype")
         w.line("q, k = q.to(ctx.dtype), k.to(ctx.dtype)")
         names: dict[TExpr, str] = {}

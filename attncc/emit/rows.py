@@ -38,16 +38,18 @@ def descriptor_rows(w: CodeWriter, var: str, ptr: str, cols: str, width: str, st
 TMA_NOTE = "# sm_90: tiles by the tensor memory accelerator, out-of-bounds rows and columns zero"
 
 
-def tensor_descriptors(w: CodeWriter, dots: dict, with_do: bool = False) -> None:
+def tensor_descriptors(w: CodeWriter, dots: dict, with_do: bool = False, sides: str = "qkv") -> None:
     """The device-side descriptors of one (batch, head) (USE_TMA: sm_90, the launcher's choice, see
     attncc/runtime/tma.py): [tokens, dim] with the row stride and a contiguous last dim, of the raw
-    query and key rows (those no feature map is applied to), of the values (and of dO: with_do)."""
-    raw_q = any(row_feature(d.args[0]) is None for d in dots)
-    raw_k = any(row_feature(d.args[1]) is None for d in dots)
+    query and key rows (those no feature map is applied to), of the values (and of dO: with_do), of
+    the `sides` named (q: the query side with dO; k, v). Each is made from the tensor's pointer as the
+    kernel set it: K and V at the key/value head (Hkv heads), Q and dO at the query head."""
+    raw_q = "q" in sides and any(row_feature(d.args[0]) is None for d in dots)
+    raw_k = "k" in sides and any(row_feature(d.args[1]) is None for d in dots)
     descriptors = [("q", "Q", "Nq", "D", "BLOCK_M", "BLOCK_D")] if raw_q else []
     descriptors += [("k", "K", "N", "D", "BLOCK_N", "BLOCK_D")] if raw_k else []
-    descriptors += [("v", "V", "N", "E", "BLOCK_N", "BLOCK_E")]
-    descriptors += [("do", "DO", "Nq", "E", "BLOCK_M", "BLOCK_E")] if with_do else []
+    descriptors += [("v", "V", "N", "E", "BLOCK_N", "BLOCK_E")] if "v" in sides else []
+    descriptors += [("do", "DO", "Nq", "E", "BLOCK_M", "BLOCK_E")] if with_do and "q" in sides else []
     for var, ptr, rows, cols, block_rows, block_cols in descriptors:
         w.line(f"{var}_desc = tl.make_tensor_descriptor({ptr}, shape=[{rows}, {cols}], "
                f"strides=[stride_{var}m, 1], block_shape=[{block_rows}, {block_cols}])")

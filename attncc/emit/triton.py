@@ -236,34 +236,52 @@ def emit_feature_fn(w: CodeWriter, name: str) -> None:
 
 
 def kernel_common_args(out: bool = True) -> str:
-    """Q, K, V (and Out, unless the kernel writes no output), the lengths and dims, their strides."""
-    return (f"Q, K, V, {'Out, ' if out else ''}Nq, N, H, D, E, "
+    """Q, K, V (and Out, unless the kernel writes no output), the lengths and dims, GROUP (query heads
+    per key/value head: H // Hkv, 1 without grouped-query attention; a constexpr, so 1 folds away),
+    their strides. K and V have H // GROUP heads."""
+    return (f"Q, K, V, {'Out, ' if out else ''}Nq, N, H, D, E, GROUP: tl.constexpr, "
             "stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_km, stride_kd, "
             "stride_vb, stride_vh, stride_vm, stride_vd" +
             (", stride_ob, stride_oh, stride_om, stride_od" if out else ""))
 
 
 def launch_common(out: bool = True) -> str:
-    return (f"q, k, v, {'out, ' if out else ''}Nq, N, H, D, E, *q.stride(), *k.stride(), *v.stride()"
+    return (f"q, k, v, {'out, ' if out else ''}Nq, N, H, D, E, {GROUP_OF}, *q.stride(), *k.stride(), *v.stride()"
             + (", *out.stride()" if out else ""))
 
 
+# the launchers' GROUP: query heads per key/value head (q and k may differ in heads only by it); every
+# launcher has H = q.shape[1] and Hkv = k.shape[1] (launcher_head)
+GROUP_OF = "H // Hkv"
+
+
 def program_prologue(w: CodeWriter, per_bh_only: bool = False, out: bool = True, value_axis: int | None = None,
-                     feature_axis: int | None = None) -> None:
+                     feature_axis: int | None = None, per_kv_head: bool = False) -> None:
     """Program ids, the (b, h) offsets of the tensors and the head columns; with `value_axis`, the
     program owns the value columns [pid_e BLOCK_E, (pid_e + 1) BLOCK_E) of that grid axis; with
-    `feature_axis`, the head (feature) columns [pid_f BLOCK_D, (pid_f + 1) BLOCK_D) of that one."""
+    `feature_axis`, the head (feature) columns [pid_f BLOCK_D, (pid_f + 1) BLOCK_D) of that one. Query head
+    off_h reads key/value head off_hk = off_h // GROUP. per_kv_head: the grid walks (b, kv head);
+    Q_group and Out_group point at the group's first query head, and the kernel sets Q and Out per
+    member, afresh from them (not incremented: no pointer is carried across the group loop)."""
     if not per_bh_only:
         w.line("pid_m = tl.program_id(0)")
         w.line("pid_bh = tl.program_id(1)")
     else:
         w.line("pid_bh = tl.program_id(0)")
-    w.line("off_b = pid_bh // H")
-    w.line("off_h = pid_bh % H")
-    w.line("Q += off_b * stride_qb + off_h * stride_qh")
-    w.line("K += off_b * stride_kb + off_h * stride_kh")
-    w.line("V += off_b * stride_vb + off_h * stride_vh")
-    if out:
+    if per_kv_head:
+        w.line("off_b = pid_bh // (H // GROUP)")
+        w.line("off_hk = pid_bh % (H // GROUP)  # the key/value head; its query heads: off_hk GROUP + g, g < GROUP")
+        w.line("Q_group = Q + off_b * stride_qb + off_hk * GROUP * stride_qh")
+    else:
+        w.line("off_b = pid_bh // H")
+        w.line("off_h = pid_bh % H")
+        w.line("off_hk = off_h // GROUP  # the key/value head this query head reads (GROUP = 1 folds)")
+        w.line("Q += off_b * stride_qb + off_h * stride_qh")
+    w.line("K += off_b * stride_kb + off_hk * stride_kh")
+    w.line("V += off_b * stride_vb + off_hk * stride_vh")
+    if out and per_kv_head:
+        w.line("Out_group = Out + off_b * stride_ob + off_hk * GROUP * stride_oh")
+    elif out:
         w.line("Out += off_b * stride_ob + off_h * stride_oh")
     if feature_axis is None:
         w.line("offs_d = tl.arange(0, BLOCK_D)")
@@ -520,7 +538,7 @@ def layout_exact(plan: Plan) -> bool:
 
 def launcher_head(w: CodeWriter, allocate_out: bool = True, fixed_blocks: bool = True) -> None:
     w.line("B, H, Nq, D = q.shape")
-    w.line("N, E = k.shape[2], v.shape[3]")
+    w.line("N, E, Hkv = k.shape[2], v.shape[3], k.shape[1]  # Hkv: key/value heads, H // GROUP")
     if allocate_out:
         w.line("out = torch.empty(B, H, Nq, E, device=q.device, dtype=q.dtype)")
     if fixed_blocks:  # forward launchers take theirs from autotune

@@ -26,7 +26,7 @@ MRA_KERNEL = '''\
 def _mra_fwd(Q, K, V, Out, LowTop, LowNum, LowDen, RowPtr, Cols,
     stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_ve, stride_ob, stride_oh, stride_om, stride_oe,
-    H, Nq, N, D, E, nq, selected, sm_scale, eps,
+    H, Nq, N, D, E, nq, selected, sm_scale, eps, GROUP: tl.constexpr,
     BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr, FULL: tl.constexpr,
     PRECISION: tl.constexpr):
     """MRA-2 ({mode}): query block pid_m against the key blocks its head selected, exp(q.k * scale) on each, plus the low-resolution rest."""
@@ -34,12 +34,13 @@ def _mra_fwd(Q, K, V, Out, LowTop, LowNum, LowDen, RowPtr, Cols,
     pid_bh = tl.program_id(1)
     off_b = pid_bh // H
     off_h = pid_bh % H
+    off_hk = off_h // GROUP  # the key/value head of this query head
     offs_m = pid_m * BLOCK + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
     offs_e = tl.arange(0, BLOCK_E)
     Q += off_b * stride_qb + off_h * stride_qh
-    K += off_b * stride_kb + off_h * stride_kh
-    V += off_b * stride_vb + off_h * stride_vh
+    K += off_b * stride_kb + off_hk * stride_kh
+    V += off_b * stride_vb + off_hk * stride_vh
     q = tl.load(Q + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
                 mask=(offs_m[:, None] < Nq) & (offs_d[None, :] < D), other=0.0)
     if FULL:  # the running state starts as the unselected blocks' sums, relative to their max
@@ -92,7 +93,7 @@ def triton_forward(self, q, k, v, ctx, host):
     precision = 'ieee' if q.dtype == torch.float32 else 'tf32'
     _mra_fwd[(nq, B * H)](q, k, v, out, low_top.contiguous(), low_num.contiguous(), low_den.contiguous(),
         row_ptr, cols, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        H, Nq, N, D, E, nq, idx.shape[-1], ctx.scale, {eps},
+        H, Nq, N, D, E, nq, idx.shape[-1], ctx.scale, {eps}, H // k.shape[1],
         BLOCK=BLOCK, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, FULL={full}, PRECISION=precision)
     return out
 '''

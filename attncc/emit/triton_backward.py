@@ -136,17 +136,44 @@ def bwd_launch(grads: str = "QKV", out: bool = True) -> str:
 
 
 def bwd_prologue(w: CodeWriter, per_bh_only: bool = False, grads: str = "QKV", out: bool = True,
-                 feature_axis: int | None = None) -> None:
-    program_prologue(w, per_bh_only, out, feature_axis=feature_axis)
-    w.line("DO += off_b * stride_dob + off_h * stride_doh")
+                 per_kv_head: bool = False, feature_axis: int | None = None) -> None:
+    """program_prologue, then dO and the gradients at this program's heads: per_kv_head, dK and dV at
+    the key/value head and dO at the group's first query head (the kernel walks the group); else all
+    at the query head (dK, dV then have H heads: per query head, summed over the group by the launcher)."""
+    program_prologue(w, per_bh_only, out, per_kv_head=per_kv_head, feature_axis=feature_axis)
+    if per_kv_head:
+        w.line("DO_group = DO + off_b * stride_dob + off_hk * GROUP * stride_doh")
+    else:
+        w.line("DO += off_b * stride_dob + off_h * stride_doh")
     for x in grads:
-        w.line(f"D{x} += off_b * stride_d{x.lower()}b + off_h * stride_d{x.lower()}h")
+        g = f"stride_d{x.lower()}"
+        if per_kv_head and x == "Q":
+            w.line(f"DQ_group = DQ + off_b * {g}b + off_hk * GROUP * {g}h")
+        else:
+            w.line(f"D{x} += off_b * {g}b + {'off_hk' if per_kv_head else 'off_h'} * {g}h")
 
 
-def backward_head(w: CodeWriter, doc: str, fixed_blocks: bool = True) -> None:
+def group_member(w: CodeWriter, pointers: tuple[str, ...]) -> None:
+    """Inside `for member in range(GROUP)` of a per-kv-head kernel: the query head off_h and its
+    pointers, each set afresh from its group base (X = X_group + member * stride_xh; Stat and Delta
+    [B H, Nq] rows by Nq), so nothing is carried from one member to the next."""
+    w.line("off_h = off_hk * GROUP + member")
+    for ptr in pointers:
+        step = "Nq" if ptr in ("Stat", "Delta") else "stride_oh" if ptr == "Out" else f"stride_{ptr.lower()}h"
+        w.line(f"{ptr} = {ptr}_group + member * {step}")
+
+
+def backward_head(w: CodeWriter, doc: str, fixed_blocks: bool = True, per_query_head: bool = False) -> None:
+    """The backward launcher's sizes and gradient buffers. per_query_head: the kernels write dK, dV per
+    query head; with grouped heads those go to float32 [B, H, N, *] buffers that the launcher sums over
+    each group (triton_ops.group_sum) before returning."""
     w.line(f'"""{doc}"""')
     launcher_head(w, allocate_out=False, fixed_blocks=fixed_blocks)
-    w.line("dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)")
+    if per_query_head:
+        w.line("dq = torch.empty_like(q)")
+        w.line("dk, dv = (triton_ops.per_query_head(x, H) for x in (k, v))  # k, v themselves without grouping")
+    else:
+        w.line("dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)")
 
 
 def store_tile(w: CodeWriter, ptr: str, var: str, offs: str, limit: str, cols: str, width: str) -> None:
@@ -225,8 +252,11 @@ class TileBackward:
             self.w.line()
 
     @contextmanager
-    def kernel_def(self, name: str, grads: str, args: str, doc: str, diagonals: bool = False):
-        """A backward kernel's signature, docstring and prologue; the body is written inside the block."""
+    def kernel_def(self, name: str, grads: str, args: str, doc: str, diagonals: bool = False,
+                   per_kv_head: bool = False):
+        """A backward kernel's signature, docstring and prologue; the body is written inside the block.
+        per_kv_head: one program per key/value head (bwd_prologue); the query-side descriptors are the
+        body's, per query head of the group."""
         w = self.w
         extra = "".join(f"{a}, " for a in self.kernel.arg_names())
         w.line("@triton.jit")
@@ -236,9 +266,9 @@ class TileBackward:
             w.line(f"PRECISION: tl.constexpr, USE_TMA: tl.constexpr{', LAYOUT_EXACT: tl.constexpr' if self.sparse else ''}"
                    f"{', BLOCK_DIAG: tl.constexpr' if diagonals else ''}):")
             w.line(f'"""{doc}"""')
-            bwd_prologue(w, grads=grads, out=False)
+            bwd_prologue(w, grads=grads, out=False, per_kv_head=per_kv_head)
             with w.block(f"if USE_TMA:  {TMA_NOTE}"):
-                tensor_descriptors(w, self.dots, with_do=True)
+                tensor_descriptors(w, self.dots, with_do=True, sides="kv" if per_kv_head else "qkv")
             if self.base2 is not None:
                 w.line(f"qk_scale = sm_scale * {LOG2E!r}  # softmax in base 2, as the forward")
             yield
@@ -266,10 +296,11 @@ class TileBackward:
         grads = "".join(f"G{op[0].upper()}_{name}, " for op, name in self.tables)
         with self.kernel_def("_attn_bwd_dkdv", "KV", f"{grads}Stat, Delta, {LAYOUT_ARGS if self.sparse else ''}",
                              "dK, dV (and table gradients) of one key tile: weights recomputed from the saved row "
-                             "statistic.", diagonals=self.diagonals):
+                             "statistic, summed over the GROUP query heads that read this key/value head.",
+                             diagonals=self.diagonals, per_kv_head=True):
             w.line("pid_n = pid_m  # this grid's first axis walks key tiles")
-            w.line("Stat += pid_bh * Nq")
-            w.line("Delta += pid_bh * Nq")
+            w.line("Stat_group = Stat + (off_b * H + off_hk * GROUP) * Nq  # the group's first query head")
+            w.line("Delta_group = Delta + (off_b * H + off_hk * GROUP) * Nq")
             w.line("offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)")
             self.load_sides(self.k_sides, "K", "offs_n", "N", start="pid_n * BLOCK_N")
             self.load_values("v", "V", "offs_n", "N", start="pid_n * BLOCK_N")
@@ -277,22 +308,31 @@ class TileBackward:
             for acc in k_accs:
                 w.line(f"{acc} = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)")
             w.line("dv = tl.zeros([BLOCK_N, BLOCK_E], dtype=tl.float32)")
-            for stage in query_stages(w, self.plan, fixed_in_range=bool(self.tables)):
-                w.line(f"# {stage.note}")
-                with w.block(stage.loop):
-                    if stage.start is not None:
-                        w.line(stage.start)
-                    w.line("offs_m = start_m + tl.arange(0, BLOCK_M)")
-                    scope = self.recompute_weights(stage, keys_fixed=True)
-                    self.score_gradients(scope, stage, keys_fixed=True)
-                    if self.diagonals:
-                        w.line("diag = start_m - pid_n * BLOCK_N - (BLOCK_N - 1) + tl.arange(0, BLOCK_DIAG)  "
-                               "# i - j on each diagonal of the tile")
-                    for op, name in self.tables:
-                        table_atomics(w, scope, stage, self.ex, op, name, self.derivs, self.symbols)
+            with w.block("for member in range(GROUP):  # the query heads of this key/value head (GROUP = 1: one pass)"):
+                group_member(w, ("Q", "DO", "Stat", "Delta"))
+                with w.block(f"if USE_TMA:  {TMA_NOTE}"):
+                    tensor_descriptors(w, self.dots, with_do=True, sides="q")
+                self.query_tiles()
             _feature_grad(w, "dk", k_accs, "BLOCK_N", "K", "offs_n", "N")
             store_tile(w, "DK", "dk", "offs_n", "N", "offs_d", "D")
             store_tile(w, "DV", "dv", "offs_n", "N", "offs_e", "E")
+
+    def query_tiles(self) -> None:
+        """dK, dV (and the table atomics) of query head off_h: its query tiles that see the key tile."""
+        w = self.w
+        for stage in query_stages(w, self.plan, fixed_in_range=bool(self.tables)):
+            w.line(f"# {stage.note}")
+            with w.block(stage.loop):
+                if stage.start is not None:
+                    w.line(stage.start)
+                w.line("offs_m = start_m + tl.arange(0, BLOCK_M)")
+                scope = self.recompute_weights(stage, keys_fixed=True)
+                self.score_gradients(scope, stage, keys_fixed=True)
+                if self.diagonals:
+                    w.line("diag = start_m - pid_n * BLOCK_N - (BLOCK_N - 1) + tl.arange(0, BLOCK_DIAG)  "
+                           "# i - j on each diagonal of the tile")
+                for op, name in self.tables:
+                    table_atomics(w, scope, stage, self.ex, op, name, self.derivs, self.symbols)
 
     def emit_dq_kernel(self) -> None:
         """`_attn_bwd_dq`: one query tile over the key tiles the forward visits; dQ."""
@@ -444,7 +484,7 @@ def _backward_launch(w: CodeWriter, plan: Plan, kernel: Kernel, tables: list, di
         if token:
             w.line("lists = token_tiles(ctx, B, BLOCK_M, BLOCK_N, q.device)  # the forward's, when its tiles were these")
             w.line("tiles, by_key = lists.rows, lists.cols")
-        w.line(f"_attn_bwd_dkdv[(triton.cdiv(N, BLOCK_N), B * H)]({bwd_launch('KV', out=False)}, {vals}{gvals}stat, "
+        w.line(f"_attn_bwd_dkdv[(triton.cdiv(N, BLOCK_N), B * k.shape[1])]({bwd_launch('KV', out=False)}, {vals}{gvals}stat, "
                f"delta,{' *by_key.tensors(),' if listed else ''}")
         w.line(f"    {tail}{diagonal} num_warps=num_warps, num_stages=num_stages)")
         w.line(f"_attn_bwd_dq[(triton.cdiv(Nq, BLOCK_M), B * H)]({bwd_launch('Q', out=False)}, {vals}stat, delta,"
@@ -465,7 +505,7 @@ def table_atomics(w: CodeWriter, scope: LetScope, stage: Stage, ex: KernelExpr, 
             continue
         w.line(f"c = tl.where(valid, ds * ({scope(d)}), 0.0)" if stage.masked else f"c = ds * ({scope(d)})")
         reads = {e.value for arg in leaf.args for e in arg.walk() if e.op == "var"} & {"i", "j"}
-        along = lambda **variables: KernelExpr(ex.dots, ex.sizes, variables={"h": "off_h", **variables}).offset(leaf)
+        along = lambda **variables: KernelExpr(ex.dots, ex.sizes, variables={"h": "off_h", "hk": "off_hk", "b": "off_b", **variables}).offset(leaf)
         if not reads:
             w.line(f"tl.atomic_add({grad} + {ex.offset(leaf, [scope(x) for x in leaf.args])}, tl.sum(tl.sum(c, 1), 0))"
                    "  # one entry per tile")

@@ -21,7 +21,8 @@ from ..lang.derivative import NotDifferentiable
 from .gated import gate_lookups
 from .triton import launch_common, load_rows, row_feature
 from .triton_linear import carry_state, decay_factors, feature_tile, linear_scalars, load_chunk, value_tile
-from .triton_backward import TritonBackward, backward_head, bwd_args, bwd_launch, bwd_prologue, store_tile
+from .triton_backward import (TritonBackward, backward_head, bwd_args, bwd_launch, bwd_prologue, group_member,
+                              store_tile)
 from .writer import CodeWriter
 
 
@@ -165,23 +166,17 @@ def emit_linear_bwd_kernel(w: CodeWriter, fq: str, fk: str, normalize: str) -> N
     """`_linear_bwd` (not causal): one program per (b, h), the queries' pass, then the keys' from R."""
     w.line("@triton.jit")
     with w.block(f"def _linear_bwd({bwd_args()}, State, Z, Mod, eps, {_CONSTEXPRS}):"):
-        w.line('"""Queries first (dQ, and R = phi(Q)^T [dnum, dden]), then keys (dK, dV) from R."""')
-        bwd_prologue(w, per_bh_only=True)
-        w.line("mod = tl.load(Mod + pid_bh)")
+        w.line('"""One program per key/value head: the queries of each of its GROUP query heads first (dQ, and')
+        w.line('R = sum over them of phi(Q)^T [dnum, dden]), then its keys (dK, dV) from R."""')
+        bwd_prologue(w, per_bh_only=True, per_kv_head=True)
         w.line("S = tl.load(State + pid_bh * BLOCK_D * BLOCK_E + offs_d[:, None] * BLOCK_E + offs_e[None, :])")
         w.line("z = tl.load(Z + pid_bh * BLOCK_D + offs_d)")
         w.line("R = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
         w.line("r = tl.zeros([BLOCK_D], dtype=tl.float32)")
-        with w.block("for start in range(0, Nq, BLOCK):"):
-            load_chunk(w, ("pq", "do"), fq)
-            load_out(w)
-            w.line("den = tl.sum(pq * z[None, :], 1)")
-            finish_grads(w, normalize)
-            w.line(f"dpq = {_dot('dnum', 'tl.trans(S)')} + dden[:, None] * z[None, :]")
-            chain_feature(w, "dq", "dpq", "Q", "offs", "Nq", fq)
-            store_tile(w, "DQ", "dq", "offs", "Nq", "offs_d", "D")
-            w.line(f"R += {_dot('tl.trans(pq)', 'dnum')}")
-            w.line("r += tl.sum(pq * dden[:, None], 0)")
+        with w.block("for member in range(GROUP):  # the query heads reading this key/value head"):
+            group_member(w, ("Q", "DO", "Out", "DQ"))
+            w.line("mod = tl.load(Mod + off_b * H + off_h)")
+            _query_pass(w, fq, normalize)
         with w.block("for start in range(0, N, BLOCK):"):
             load_chunk(w, ("pk", "v"), fk=fk)
             w.line(f"dpk = {_dot('v', 'tl.trans(R)')} + r[None, :]")
@@ -190,6 +185,20 @@ def emit_linear_bwd_kernel(w: CodeWriter, fq: str, fk: str, normalize: str) -> N
             store_tile(w, "DK", "dk", "offs", "N", "offs_d", "D")
             store_tile(w, "DV", "dv", "offs", "N", "offs_e", "E")
     w.line()
+
+
+def _query_pass(w: CodeWriter, fq: str, normalize: str) -> None:
+    """`_linear_bwd`'s pass over one query head's rows: dQ, and R, r summed."""
+    with w.block("for start in range(0, Nq, BLOCK):"):
+        load_chunk(w, ("pq", "do"), fq)
+        load_out(w)
+        w.line("den = tl.sum(pq * z[None, :], 1)")
+        finish_grads(w, normalize)
+        w.line(f"dpq = {_dot('dnum', 'tl.trans(S)')} + dden[:, None] * z[None, :]")
+        chain_feature(w, "dq", "dpq", "Q", "offs", "Nq", fq)
+        store_tile(w, "DQ", "dq", "offs", "Nq", "offs_d", "D")
+        w.line(f"R += {_dot('tl.trans(pq)', 'dnum')}")
+        w.line("r += tl.sum(pq * dden[:, None], 0)")
 
 
 def emit_linear_op(w: CodeWriter, plan: Plan, eps: float, normalize: str) -> None:
@@ -203,7 +212,8 @@ def emit_linear_op(w: CodeWriter, plan: Plan, eps: float, normalize: str) -> Non
         w.line(f"return triton_forward(self, q, k, v, ctx, host{', den=stat' if causal else ''}), stat")
     w.line()
     with w.block("def op_backward(self, q, k, v, out, stat, dout, ctx, host):"):
-        backward_head(w, "(dq, dk, dv, no table gradients) by the reverse recurrence.", fixed_blocks=False)
+        backward_head(w, "(dq, dk, dv, no table gradients) by the reverse recurrence.", fixed_blocks=False,
+                      per_query_head=causal)  # chunked: dK, dV per query head (summed by group); else per key/value head
         feature_tile(w)
         # chunks that fit: the [F_TILE, BLOCK_E] states (whole value width) and four fp32 chunks of rows
         rows = "F_TILE" if causal else "BLOCK_D"  # `_linear_bwd` keeps whole-width states
@@ -214,14 +224,15 @@ def emit_linear_op(w: CodeWriter, plan: Plan, eps: float, normalize: str) -> Non
         else:
             blocks = "BLOCK=BLOCK_M, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision"
             # zeros: the state kernel writes the columns of its value blocks, `_linear_bwd` reads the padded width
-            w.line("state = torch.zeros(B * H, BLOCK_D, BLOCK_E, device=q.device, dtype=torch.float32)")
-            w.line("z = torch.empty(B * H, BLOCK_D, device=q.device, dtype=torch.float32)")
+            w.line("state = torch.zeros(B * Hkv, BLOCK_D, BLOCK_E, device=q.device, dtype=torch.float32)")
+            w.line("z = torch.empty(B * Hkv, BLOCK_D, device=q.device, dtype=torch.float32)")
             value_tile(w)  # the forward's state kernel, column and feature blocks and all; `_linear_bwd` reads every column
-            w.line(f"_linear_state[(B * H, value_blocks, feature_blocks)]({launch_common()}, state, z, BLOCK=BLOCK_N,")
+            w.line(f"_linear_state[(B * Hkv, value_blocks, feature_blocks)]({launch_common()}, state, z, BLOCK=BLOCK_N,")
             w.line("    BLOCK_D=F_TILE, BLOCK_E=E_TILE, STATE_D=BLOCK_D, STATE_E=BLOCK_E, PRECISION=precision)")
-            w.line(f"_linear_bwd[(B * H,)]({bwd_launch()}, state, z, mod, {eps!r},")
+            w.line(f"_linear_bwd[(B * Hkv,)]({bwd_launch()}, state, z, mod, {eps!r},")
             w.line(f"    {blocks})")
-        w.line("return dq, dk, dv, {}")
+        w.line("return dq, triton_ops.group_sum(dk, k), triton_ops.group_sum(dv, v), {}" if causal else
+               "return dq, dk, dv, {}")
     w.line()
     w.line("GRAD_TABLES = ()  # tables the backward kernels differentiate")
 
@@ -266,6 +277,7 @@ LINEAR_BACKWARD = TritonBackward(linear_backward_support, linear_backward_line, 
 # gate differences for gamma powers, plus the gradient of the gates. With da_ij = dnum_i . v_j + dden_i,
 #   dG_i (query side) = sum_j da_ij w_ij = phi(q_i) . dphi(q_i),   dG_j (key side) = -phi(k_j) . dphi(k_j),
 # and the inputs and tables G reads get sum_t dG_t dG(t)/dx, scattered by the module's gate_grads (O(N)).
+# (A gate per dimension has its own kernels: triton_gla.py, whose GATED_BACKWARD dispatches between them.)
 
 def _gate_rows(w: CodeWriter) -> None:
     """Kernel lines: the gates of the chunk from `start`, the masked in-chunk factor exp(G_i - G_j), the
@@ -356,7 +368,7 @@ def emit_gated_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
     w.line()
     with w.block("def op_backward(self, q, k, v, out, stat, dout, ctx, host):"):
         backward_head(w, "(dq, dk, dv, gradients of what the gate reads) by the gated chunked recurrences.",
-                      fixed_blocks=False)
+                      fixed_blocks=False, per_query_head=True)
         # the linear backward's chunks: 64-token ones needed 258-386 KB of shared memory at d = 128
         w.line("BLOCK_M = BLOCK_N = (32 if max(BLOCK_D, BLOCK_E) <= 64 else 16) if autotune.on_gpu(q) else 16")
         linear_scalars(w, plan)
@@ -371,6 +383,7 @@ def emit_gated_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
         w.line(f"_gated_bwd_dkdv[(B * H,)]({bwd_launch()}, gq, gk, dgk, inv, dden,")
         w.line(f"    {blocks})")
         w.line("grads = host.gate_grads(ctx, Nq, dgq.view(B, H, Nq, 1), {})")
+        w.line("dk, dv = triton_ops.group_sum(dk, k), triton_ops.group_sum(dv, v)")
         w.line("return dq, dk, dv, host.gate_grads(ctx, N, dgk.view(B, H, N, 1), grads)")
     w.line()
     w.line(f"GRAD_TABLES = {tuple(tables)!r}  # tables the backward kernels differentiate (through dG)")
@@ -392,5 +405,3 @@ def gated_backward_line(graph: Graph, plan: Plan) -> str:
     return ("generated Triton kernels (dQ and dG forward over chunks, dK/dV/dG by the reverse gated recurrence; "
             "what G reads from dG)")
 
-
-GATED_BACKWARD = TritonBackward(gated_backward_support, gated_backward_line, emit_gated_backward)

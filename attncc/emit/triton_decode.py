@@ -16,7 +16,7 @@ from ..plan.select import Plan
 from .exprs import brief, name_dots
 from .exprs import band_bounds
 from .tiles import BAND_LIMIT, Stage
-from .triton import (LN2, LOG2E, ONLINE_SOFTMAX_UPDATE, RUNNING_STATE, SINK_ROWS, Kernel, KernelExpr, kernel_preamble,
+from .triton import (GROUP_OF, LN2, LOG2E, ONLINE_SOFTMAX_UPDATE, RUNNING_STATE, SINK_ROWS, Kernel, KernelExpr, kernel_preamble,
                      key_tile_weights, launcher_head, log2_scores, query_tile, size_arg, sizes_used, tuned_launch)
 from .writer import CodeWriter
 
@@ -75,7 +75,7 @@ def emit_split_kernel(w: CodeWriter, graph: Graph, plan: Plan, kernel: Kernel) -
     ex = KernelExpr(dots, {s: size_arg(s) for s in sizes_used(scores, mask)})
     extra = "".join(f"{a}, " for a in kernel.arg_names())
     w.line("@triton.jit")
-    with w.block("def _attn_fwd_split(Q, K, V, Out, Nq, N, H, D, E, stride_qb, stride_qh, stride_qm, stride_qd,"):
+    with w.block("def _attn_fwd_split(Q, K, V, Out, Nq, N, H, D, E, GROUP: tl.constexpr, stride_qb, stride_qh, stride_qm, stride_qd,"):
         w.line("stride_kb, stride_kh, stride_km, stride_kd, stride_vb, stride_vh, stride_vm, stride_vd,")
         w.line(f"stride_ob, stride_oh, stride_om, stride_os, stride_od, {extra}Lse, sm_scale, band_lo, band_hi, SPLITS,")
         w.line("BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,")
@@ -125,8 +125,8 @@ def emit_decode_launcher(w: CodeWriter, plan: Plan, kernel: Kernel, sink: bool) 
             w.line("splits = rt.decode_splits(B * H * tiles, keys, BLOCK_N, rt.multiprocessors(q.device))")
             w.line("part = torch.empty(B, H, Nq, splits, E, device=q.device, dtype=torch.float32)")
             w.line("lse = torch.empty(B, H, Nq, splits, device=q.device, dtype=torch.float32)")
-            w.line("_attn_fwd_split[(tiles, B * H, splits)](q, k, v, part, Nq, N, H, D, E, *q.stride(), *k.stride(), "
-                   "*v.stride(),")
+            w.line(f"_attn_fwd_split[(tiles, B * H, splits)](q, k, v, part, Nq, N, H, D, E, {GROUP_OF}, *q.stride(), "
+                   "*k.stride(), *v.stride(),")
             w.line(f"    *part.stride(), {vals}lse, ctx.scale, band_lo, band_hi, splits,")
             w.line("    BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision,")
             w.line("    num_warps=num_warps, num_stages=num_stages)")

@@ -24,10 +24,17 @@ time as the forward does.
 """
 from __future__ import annotations
 
-from .triton import kernel_common_args, program_prologue
-from .triton_backward import bwd_args, bwd_prologue, store_tile
-from .triton_backward_linear import chain_feature, finish_grads, load_out
-from .triton_linear import load_chunk
+from ..analysis.row_gates import row_gate_terms
+from ..ir.graph import Graph, attention_node, attention_of, expr_of
+from ..lang.derivative import NotDifferentiable
+from ..lang.normalizers import NORMALIZERS
+from ..plan.select import Plan
+from .gated import emit_gated_triton, gate_lookups
+from .triton import emit_feature_fn, kernel_common_args, launch_common, launcher_head, program_prologue, row_feature
+from .triton_backward import TritonBackward, backward_head, bwd_args, bwd_launch, bwd_prologue, store_tile
+from .triton_backward_linear import chain_feature, emit_gated_backward, finish_grads, gated_backward_line, \
+    gated_backward_support, load_out
+from .triton_linear import finish_rows, linear_scalars, load_chunk, value_tile
 from .writer import CodeWriter
 
 _CONSTEXPRS = "BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr"
@@ -196,3 +203,115 @@ def emit_gla_dkdv_kernel(w: CodeWriter, fq: str, fk: str) -> None:
             w.line(f"R = carry[:, None] * R + {_dot('tl.trans(scaled)', 'dnum')}")
             w.line("r = carry * r + tl.sum(scaled * dden[:, None], 0)")
     w.line()
+
+
+# ---------------------------------------------------------------------- the module's launchers
+def _features(graph: Graph) -> tuple[str, str]:
+    ops = graph.operands(attention_of(graph))
+    return tuple(row_feature(expr_of(graph, o)) or "identity" for o in ops[:2])
+
+
+def _gate_rows(w: CodeWriter) -> None:
+    """Launcher lines: the gate rows at max(Nq, N) tokens as one [B H, T, D] fp32 sequence."""
+    w.line("T = max(Nq, N)")
+    w.line("g = host.gate(ctx, T).to(device=q.device, dtype=torch.float32).expand(B, H, T, D).reshape(B * H, T, D)"
+           ".contiguous()")
+
+
+def _blocks(e_block: str) -> str:
+    return f"BLOCK={GLA_BLOCK}, BLOCK_D=BLOCK_D, BLOCK_E={e_block}, PRECISION=precision"
+
+
+def emit_gla_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
+    """The Triton forward of `linear_gated` with a gate per dimension: `_gla_fwd` and `triton_forward`."""
+    fq, fk = _features(graph)
+    for fm in sorted({fq, fk} - {"identity"}):
+        emit_feature_fn(w, fm)
+    emit_gla_forward_kernel(w, fq, fk, finish_rows(attention_node(graph).attr("normalize")))
+    with w.block("def triton_forward(self, q, k, v, ctx, host):"):
+        launcher_head(w, fixed_blocks=False)
+        linear_scalars(w, plan)
+        value_tile(w)
+        _gate_rows(w)
+        w.line(f"_gla_fwd[(B * H, value_blocks)]({launch_common()}, mod, g, {attention_node(graph).attr('eps')!r},")
+        w.line(f"    {_blocks('E_TILE')})")
+        w.line("return out")
+    w.line()
+    return f"chunked gated linear kernel, a gate per dimension (chunks of {GLA_BLOCK})"
+
+
+def emit_gla_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
+    """`_gla_bwd_dq`, `_gla_bwd_dkdv` and the custom op's `op_forward`, `op_backward`."""
+    normalize, eps = attention_node(graph).attr("normalize"), attention_node(graph).attr("eps")
+    fq, fk = _features(graph)
+    emit_gla_dq_kernel(w, fq, fk, normalize, NORMALIZERS[normalize].divides_by_row_sum)
+    emit_gla_dkdv_kernel(w, fq, fk)
+    with w.block("def op_forward(self, q, k, v, ctx, host):"):
+        w.line('"""The custom op\'s forward: the output (no row statistics: the backward recomputes them)."""')
+        w.line("return triton_forward(self, q, k, v, ctx, host), q.new_zeros(*q.shape[:3], dtype=torch.float32)")
+    w.line()
+    with w.block("def op_backward(self, q, k, v, out, stat, dout, ctx, host):"):
+        backward_head(w, "(dq, dk, dv, gradients of what the gate rows read) by the gated chunked recurrences.",
+                      fixed_blocks=False, per_query_head=True)
+        linear_scalars(w, plan)
+        _gate_rows(w)
+        w.line("dgq = torch.empty(B * H, Nq, D, device=q.device, dtype=torch.float32)")
+        w.line("dgk = torch.empty(B * H, N, D, device=q.device, dtype=torch.float32)")
+        w.line("inv = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32)")
+        w.line("dden = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32)")
+        w.line(f"_gla_bwd_dq[(B * H,)]({bwd_launch()}, mod, g, dgq, inv, dden, {eps!r},")
+        w.line(f"    {_blocks('BLOCK_E')})")
+        w.line(f"_gla_bwd_dkdv[(B * H,)]({bwd_launch()}, g, dgk, inv, dden,")
+        w.line(f"    {_blocks('BLOCK_E')})")
+        w.line("dg = torch.zeros(B, H, T, D, device=q.device, dtype=torch.float32)  # the two sides of each token's gate")
+        w.line("dg[:, :, :Nq] += dgq.view(B, H, Nq, D)")
+        w.line("dg[:, :, :N] += dgk.view(B, H, N, D)")
+        w.line("dk, dv = triton_ops.group_sum(dk, k), triton_ops.group_sum(dv, v)  # the gates are per query head")
+        w.line("return dq, dk, dv, host.gate_grads(ctx, T, dg, {})")
+    w.line()
+    rows, scalar = row_gate_terms(_gate(graph))
+    tables = {row.value for row, _ in rows} | {e.value for e, _ in (gate_lookups(scalar) if scalar is not None else [])}
+    w.line(f"GRAD_TABLES = {tuple(sorted(tables))!r}  # tables the backward kernels differentiate (through dG)")
+
+
+def _gate(graph: Graph):
+    return expr_of(graph, graph.operands(attention_of(graph))[3])
+
+
+def _per_dimension(graph: Graph) -> bool:
+    return bool(attention_node(graph).attr("gate_rows"))
+
+
+def emit_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
+    """The Triton forward of `linear_gated`: a gate per dimension here, a scalar gate in gated.py."""
+    return (emit_gla_triton if _per_dimension(graph) else emit_gated_triton)(w, graph, plan)
+
+
+def _support(graph: Graph, plan: Plan) -> str | None:
+    if not _per_dimension(graph):
+        return gated_backward_support(graph, plan)
+    amplitude = expr_of(graph, graph.operands(attention_of(graph))[2])
+    if any(e.op in ("param", "input") for e in amplitude.walk()):
+        return "the amplitude A of the gated weight reads tables or inputs"
+    terms = row_gate_terms(_gate(graph))
+    if terms is None:
+        return "the gate row is not a sum of row inputs and numbers"
+    try:
+        gate_lookups(terms[1]) if terms[1] is not None else None
+    except NotDifferentiable as e:
+        return f"the gate's numbers have no derivative ({e})"
+    return None
+
+
+def _line(graph: Graph, plan: Plan) -> str:
+    if not _per_dimension(graph):
+        return gated_backward_line(graph, plan)
+    return ("generated Triton kernels (dQ and the query side of dG forward over chunks, dK/dV and the key side in "
+            "reverse; the gate rows' inputs from dG)")
+
+
+def _emit_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
+    (emit_gla_backward if _per_dimension(graph) else emit_gated_backward)(w, graph, plan)
+
+
+GATED_BACKWARD = TritonBackward(_support, _line, _emit_backward)

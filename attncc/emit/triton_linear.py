@@ -99,13 +99,14 @@ def emit_linear_causal_kernel(w: CodeWriter, fq: str, fk: str, finish: str, deca
 
 
 def emit_linear_state_kernel(w: CodeWriter, fk: str) -> None:
-    """`_linear_state`: S = phi(K)^T V (one block of value columns) and z = phi(K)^T 1 of one (b, h), saved
-    for `_linear_out` in a [B H, BLOCK_D, STATE_E] buffer (STATE_E: the padded value dim)."""
+    """`_linear_state`: S = phi(K)^T V (one block of value columns) and z = phi(K)^T 1 of one (b, kv head),
+    saved for `_linear_out` in a [B Hkv, BLOCK_D, STATE_E] buffer (STATE_E: the padded value dim): the
+    query heads of a group share their key/value head's state."""
     w.line("@triton.jit")
     with w.block(f"def _linear_state({kernel_common_args()}, State, Z, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,"):
         w.line("BLOCK_E: tl.constexpr, STATE_D: tl.constexpr, STATE_E: tl.constexpr, PRECISION: tl.constexpr):")
-        w.line('"""S[feature block, value block] = phi(K)^T V and z[feature block] = phi(K)^T 1 for one (b, h)."""')
-        program_prologue(w, per_bh_only=True, value_axis=1, feature_axis=2)
+        w.line('"""S[feature block, value block] = phi(K)^T V and z[feature block] = phi(K)^T 1 for one (b, kv head)."""')
+        program_prologue(w, per_bh_only=True, value_axis=1, feature_axis=2, per_kv_head=True)
         w.line("S = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
         w.line("z = tl.zeros([BLOCK_D], dtype=tl.float32)")
         with w.block("for start in range(0, N, BLOCK):"):
@@ -129,14 +130,15 @@ def emit_linear_out_kernel(w: CodeWriter, fq: str, finish: str) -> None:
         program_prologue(w, value_axis=2)
         w.line("offs = pid_m * BLOCK + tl.arange(0, BLOCK)")
         w.line("mod = tl.load(Mod + pid_bh)")
-        w.line("State += pid_bh * STATE_D * STATE_E")
+        w.line("kv = pid_bh // GROUP  # the (b, kv head) of the state: b Hkv + off_hk")
+        w.line("State += kv * STATE_D * STATE_E")
         w.line("num = tl.zeros([BLOCK, BLOCK_E], dtype=tl.float32)")
         w.line("den = tl.zeros([BLOCK], dtype=tl.float32)")
         with w.block("for f in range(0, D, BLOCK_D):  # one pass unless the feature rows are wider than BLOCK_D"):
             w.line("offs_d = f + tl.arange(0, BLOCK_D)")
             load_rows(w, "pq", "Q", "offs", "Nq", "offs_d", "D", feature=fq)
             w.line("S = tl.load(State + offs_d[:, None] * STATE_E + offs_e[None, :])")
-            w.line("z = tl.load(Z + pid_bh * STATE_D + offs_d)")
+            w.line("z = tl.load(Z + kv * STATE_D + offs_d)")
             w.line("num += tl.dot(pq, S, input_precision=PRECISION)")
             w.line("den += tl.sum(pq * z[None, :], 1)")
         w.line(f"out = {finish}")
@@ -170,8 +172,8 @@ def emit_linear_launcher(w: CodeWriter, plan: Plan, eps: float, normalize: str) 
         value_tile(w)
         feature_tile(w)
         if not causal:
-            w.line("state = torch.empty(B * H, BLOCK_D, BLOCK_E, device=q.device, dtype=torch.float32)")
-            w.line("z = torch.empty(B * H, BLOCK_D, device=q.device, dtype=torch.float32)")
+            w.line("state = torch.empty(B * Hkv, BLOCK_D, BLOCK_E, device=q.device, dtype=torch.float32)  # per kv head")
+            w.line("z = torch.empty(B * Hkv, BLOCK_D, device=q.device, dtype=torch.float32)")
         else:
             w.line("part = part_den = None  # each feature block's share of num and den, when there are several")
             with w.block("if feature_blocks > 1:"):
@@ -191,7 +193,7 @@ def emit_linear_launcher(w: CodeWriter, plan: Plan, eps: float, normalize: str) 
                         w.line("den.copy_(rows)")
                     w.line(f"out.copy_(rt.finish_rows(part.sum(0).view(B, H, Nq, E) * m, rows * m[..., 0], {normalize!r}, {eps!r}))")
             else:
-                w.line(f"_linear_state[(B * H, value_blocks, feature_blocks)]({launch_common()}, state, z, BLOCK=BLOCK,")
+                w.line(f"_linear_state[(B * Hkv, value_blocks, feature_blocks)]({launch_common()}, state, z, BLOCK=BLOCK,")
                 w.line(f"    BLOCK_D=F_TILE, BLOCK_E=E_TILE, STATE_D=BLOCK_D, STATE_E=BLOCK_E, {tail}")
                 w.line(f"_linear_out[(triton.cdiv(Nq, BLOCK), B * H, value_blocks)]({launch_common()}, state, z, mod,")
                 w.line(f"    {eps!r}, BLOCK=BLOCK, BLOCK_D=F_TILE, BLOCK_E=E_TILE, STATE_D=BLOCK_D, STATE_E=BLOCK_E, {tail}")

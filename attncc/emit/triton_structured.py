@@ -20,7 +20,7 @@ from typing import Callable
 from ..ir.graph import Graph, attention_node, attention_of, expr_of
 from ..lang.normalizers import NORMALIZERS
 from ..plan.select import Plan
-from .triton import emit_feature_fn, row_feature
+from .triton import GROUP_OF, emit_feature_fn, row_feature
 from .writer import CodeWriter
 
 def _strides(prefix: str, axes: str) -> str:
@@ -33,6 +33,7 @@ def _head(w: CodeWriter) -> None:
     w.line("pid_bh = tl.program_id(1)")
     w.line("off_b = pid_bh // H")
     w.line("off_h = pid_bh % H")
+    w.line("off_hk = off_h // GROUP  # the key/value head: the transforms' Y (or Tab) has H // GROUP heads")
     w.line("offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)")
     w.line("offs_e = tl.arange(0, BLOCK_E)")
     w.line("rows = offs_m < Nq")
@@ -73,13 +74,13 @@ def _tail(w: CodeWriter, normalize: str) -> None:
 
 def _emit_contract(w: CodeWriter, feature: str | None, normalize: str) -> None:
     w.line("@triton.jit")
-    with w.block(f"def _contract(Q, Y, Acc, Out, Nq, H, E, L0, ML, {_strides('q', 'bhmd')},"):
+    with w.block(f"def _contract(Q, Y, Acc, Out, Nq, H, GROUP: tl.constexpr, E, L0, ML, {_strides('q', 'bhmd')},"):
         w.line(f"{_strides('y', 'lbhen')}, {_strides('o', 'bhmd')}, eps,")
         w.line("BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_L: tl.constexpr, LAST: tl.constexpr):")
         w.line('"""num_i += sum_{L0 <= l < L0 + ML} phi(q_i)_l Y_l[:E, i], den_i += ... Y_l[E, i] for one tile of')
         w.line('queries, BLOCK_L features a step; Y [ML, B, H, E + 1, Nq] = T (phi(K)_l o [V, 1]) of one group."""')
         _head(w)
-        w.line("Y += off_b * stride_yb + off_h * stride_yh")
+        w.line("Y += off_b * stride_yb + off_hk * stride_yh")
         with w.block("for l0 in range(0, ML, BLOCK_L):"):
             _feature_tile(w, feature)
             w.line("y = Y + ls[None, :] * stride_yl + offs_m[:, None] * stride_yn  # [BLOCK_M, BLOCK_L] pointers")
@@ -102,7 +103,7 @@ def _emit_ring_contract(w: CodeWriter, feature: str | None, normalize: str, metr
     w.line("@triton.jit")
     # the grid's shape and the ring count are fixed per module and length: constexprs (the loop bound and
     # the divisions by the width fold)
-    with w.block(f"def _ring_contract(Q, Tab, G, Acc, Out, Nq, H, E, L0, ML, T: tl.constexpr, width: tl.constexpr, "
+    with w.block(f"def _ring_contract(Q, Tab, G, Acc, Out, Nq, H, GROUP: tl.constexpr, E, L0, ML, T: tl.constexpr, width: tl.constexpr, "
                  f"R: tl.constexpr, C: tl.constexpr, {_strides('q', 'bhmd')},"):
         w.line(f"{_strides('t', 'lbhce')}, {_strides('g', 'bhmr')}, {_strides('o', 'bhmd')}, eps,")
         w.line("BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_L: tl.constexpr, LAST: tl.constexpr):")
@@ -111,7 +112,7 @@ def _emit_ring_contract(w: CodeWriter, feature: str | None, normalize: str, metr
         w.line(f"within {metric} distance rho of i, four reads of the summed-area table Tab [ML, B, H, (R + 1) (C + 1), E + 1]")
         w.line('(entry (A, B): keys with a < A and b < B); G [B, H, Nq, T + 1] holds g(i, rho). BLOCK_L features a step."""')
         _head(w)
-        w.line("Tab += off_b * stride_tb + off_h * stride_th")
+        w.line("Tab += off_b * stride_tb + off_hk * stride_th")
         w.line("G += off_b * stride_gb + off_h * stride_gh + offs_m * stride_gm")
         w.line("r = offs_m // width  # token indices are >= 0: truncation is floor")
         w.line("c = offs_m % width")
@@ -167,7 +168,7 @@ def emit_structured(w: CodeWriter, graph: Graph, plan: Plan, torch_part: str,
         w.line(f"# Triton ({kernel}): phi(Q), {'the box reads and ring weights, ' if rings else ''}"
                "the contraction and the normalization.")
         w.line("B, H, Nq, _ = q.shape")
-        w.line("N, E = k.shape[2], v.shape[3]")
+        w.line("N, E, Hkv = k.shape[2], v.shape[3], k.shape[1]  # the transforms run over the Hkv key/value heads")
         w.line("out = torch.empty(B, H, Nq, E, device=q.device, dtype=q.dtype)")
         w.line("acc = torch.zeros(B, H, Nq, E + 1, device=q.device, dtype=torch.float32)")
         w.line("BLOCK_M = 64 if autotune.on_gpu(q) else 32")
@@ -182,7 +183,7 @@ def emit_structured(w: CodeWriter, graph: Graph, plan: Plan, torch_part: str,
         with w.block("for l0, y in rt.kernel_products(pk, v, transform, cells=cells, budget=budget):"):
             extra = "g.shape[-1] - 1, width, geo.rows, geo.cols, " if rings else ""
             tables = "*y.stride(), *g.stride()" if rings else "*y.stride()"
-            w.line(f"{kernel}[grid](q, y, {'g, ' if rings else ''}acc, out, Nq, H, E, l0, y.shape[0], {extra}*q.stride(),")
+            w.line(f"{kernel}[grid](q, y, {'g, ' if rings else ''}acc, out, Nq, H, {GROUP_OF}, E, l0, y.shape[0], {extra}*q.stride(),")
             w.line(f"    {tables}, *out.stride(), {eps!r}, BLOCK_M=BLOCK_M, BLOCK_E=BLOCK_E, BLOCK_L=BLOCK_L,")
             w.line("    LAST=l0 + y.shape[0] == pk.shape[-1], num_warps=num_warps)")
         w.line("return out")

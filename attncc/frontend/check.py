@@ -168,8 +168,9 @@ class _Checker(ExprTyper, MechanismChecks):
         self.bag.error("`output` combines attention maps, but this spec defines none", s.span,
                        "declare the maps with `map NAME { ... }`, or drop `output`")
 
-    def _MapDecl(self, s: ast.MapDecl):  # only nested maps reach a map's own check (compose.py reports them)
-        self.bag.error("a map cannot hold another map", s.name_span, "declare every map at the top level of the spec")
+    def _MapDecl(self, s: ast.MapDecl):  # attncc.build sends specs with maps to compose.check_composed
+        self.bag.error("a spec with maps is checked map by map", s.name_span,
+                       "check it with attncc.frontend.compose.check_composed (attncc.build does)")
 
     def _keyword_clash(self, s, kind: str) -> bool:
         """Sizes are passed to the constructor by name, inputs to each call: a name the module's own

@@ -41,7 +41,7 @@ class ComposedSpec:
     output: str  # the output as written (canonical text)
     sizes: dict[str, int]  # top-level sizes
     params: dict[str, ParamInfo]  # top-level learned tables: one parameter, shared
-    inputs: dict[str, InputInfo]  # top-level inputs
+    inputs: dict[str, InputInfo]  # every input a call may pass: the top-level ones, then each map's own
 
     @property
     def shared(self) -> tuple[str, ...]:
@@ -108,7 +108,9 @@ class _Composer:
             raise SpecError(self.src, unique)
         output = ast.format_expr(self.outputs[0].value)
         output = output[1:-1] if isinstance(self.outputs[0].value, ast.Binary) else output
-        return ComposedSpec(self.spec.name, self.src, checked, map_asts, coefficients, output, dict(top.sizes), dict(top.params), dict(top.inputs))
+        inputs = {**top.inputs, **{n: info for spec in checked.values() for n, info in spec.inputs.items()}}
+        return ComposedSpec(self.spec.name, self.src, checked, map_asts, coefficients, output, dict(top.sizes),
+                            dict(top.params), inputs)
 
     # ---------------------------------------------------------------- statements
     def _sort_statements(self) -> None:

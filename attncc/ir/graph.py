@@ -117,8 +117,8 @@ class Graph:
 
 
 # Attributes of an attention node that every rewrite into another form keeps.
-CARRIED_ATTRS = ("normalize", "eps", "mask_structure", "pool", "tensor_powers", "sink", "prepared_rows")
-OPTIONAL_ATTRS = ("pool", "tensor_powers", "sink", "prepared_rows")  # carried only where present
+CARRIED_ATTRS = ("normalize", "eps", "mask_structure", "pool", "tensor_powers", "sink", "prepared_rows", "row_gate")
+OPTIONAL_ATTRS = ("pool", "tensor_powers", "sink", "prepared_rows", "row_gate")  # carried only where present
 
 
 def carried_attrs(node: Node) -> dict[str, Any]:

@@ -46,7 +46,8 @@ BACKWARD_AUTOTUNE = (dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=3, max
 
 
 def accepts(query: CostQuery) -> bool:
-    return query.exact and query.op != "ista_attend"  # VARS has no fixed W to tile
+    # VARS has no fixed W to tile; a per-dimension gate's weight is no dot of the rows it keeps
+    return query.exact and query.op != "ista_attend" and not query.attrs.get("gate_rows")
 
 
 def cost(query: CostQuery) -> Candidate:

@@ -4,6 +4,10 @@ torch.nn.MultiheadAttention, whose parameter names it keeps, so its state_dict l
     x [B, L, embed_dim] --in projections--> q, k, v [B, H, L, embed_dim / H]
         --compiled spec--> [B, H, L, embed_dim / H] --merge heads, dropout, out projection--> [B, L, embed_dim]
 
+`num_kv_heads` (dividing num_heads) makes it grouped-query attention: k and v are projected to
+num_kv_heads heads only (in_proj_weight [embed_dim + 2 num_kv_heads head_dim, embed_dim]), and the
+compiled spec reads them unexpanded.
+
 The spec's own sizes go to the constructor, its declared inputs (`doc`, `adj`, ...) to the call.
 """
 from __future__ import annotations
@@ -36,37 +40,42 @@ class AttentionLayer(nn.Module):
 
     def __init__(self, attention, embed_dim: int, num_heads: int, bias: bool = True, kdim: int | None = None,
                  vdim: int | None = None, batch_first: bool = False, dropout: float = 0.0, device=None,
-                 dtype=None, backend: str = "auto", **sizes):
+                 dtype=None, backend: str = "auto", num_kv_heads: int | None = None, **sizes):
         super().__init__()
-        for name, value in (("embed_dim", embed_dim), ("num_heads", num_heads)):
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        for name, value in (("embed_dim", embed_dim), ("num_heads", num_heads), ("num_kv_heads", num_kv_heads)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise AttnccError(f"layer: `{name}` must be a positive integer, got {value!r}")
         if embed_dim % num_heads:
             raise AttnccError(f"layer: embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
+        if num_heads % num_kv_heads:
+            raise AttnccError(f"layer: num_kv_heads ({num_kv_heads}) must divide num_heads ({num_heads}): each "
+                              "key/value head serves a group of num_heads / num_kv_heads query heads")
         if not 0.0 <= dropout < 1.0:
             raise AttnccError(f"layer: dropout must be in [0, 1), got {dropout}")
         cls = attention if isinstance(attention, type) else _compile(attention)
         _inputs_can_be_passed(cls, keyword_names(type(self).forward, type(self).tap))
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
+        self.num_kv_heads, kv_dim = num_kv_heads, num_kv_heads * (embed_dim // num_heads)
         self.kdim, self.vdim = kdim or embed_dim, vdim or embed_dim
         self._qkv_same_embed_dim = self.kdim == embed_dim and self.vdim == embed_dim
         self.batch_first, self.dropout = batch_first, dropout
-        fixed = {"H": num_heads, "D": self.head_dim, "E": self.head_dim}
+        fixed = {"H": num_heads, "D": self.head_dim, "E": self.head_dim, "Hkv": num_kv_heads}
         self.attention = cls(backend=backend, **{n: fixed[n] for n in cls.NEEDS}, **sizes)
         self.attention.to(device=device, dtype=dtype)
         factory = {"device": device, "dtype": dtype}
         if self._qkv_same_embed_dim:
-            self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim, **factory))
+            self.in_proj_weight = nn.Parameter(torch.empty(embed_dim + 2 * kv_dim, embed_dim, **factory))
             self.register_parameter("q_proj_weight", None)
             self.register_parameter("k_proj_weight", None)
             self.register_parameter("v_proj_weight", None)
         else:
             self.register_parameter("in_proj_weight", None)
             self.q_proj_weight = nn.Parameter(torch.empty(embed_dim, embed_dim, **factory))
-            self.k_proj_weight = nn.Parameter(torch.empty(embed_dim, self.kdim, **factory))
-            self.v_proj_weight = nn.Parameter(torch.empty(embed_dim, self.vdim, **factory))
+            self.k_proj_weight = nn.Parameter(torch.empty(kv_dim, self.kdim, **factory))
+            self.v_proj_weight = nn.Parameter(torch.empty(kv_dim, self.vdim, **factory))
         if bias:
-            self.in_proj_bias = nn.Parameter(torch.empty(3 * embed_dim, **factory))
+            self.in_proj_bias = nn.Parameter(torch.empty(embed_dim + 2 * kv_dim, **factory))
         else:
             self.register_parameter("in_proj_bias", None)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
@@ -115,20 +124,22 @@ class AttentionLayer(nn.Module):
         return (out if self.batch_first else out.transpose(0, 1)), weights
 
     def project(self, query, key, value) -> tuple:
-        """The input projections, split into heads: [B, L, dim] -> [B, H, L, head_dim] each."""
+        """The input projections, split into heads: [B, L, dim] -> [B, H, L, head_dim] (q), [B, Hkv, L,
+        head_dim] (k, v)."""
         E = self.embed_dim
+        parts = [E, self.num_kv_heads * self.head_dim, self.num_kv_heads * self.head_dim]
         if self._qkv_same_embed_dim:
-            wq, wk, wv = self.in_proj_weight.split(E)
+            wq, wk, wv = self.in_proj_weight.split(parts)
         else:
             wq, wk, wv = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
-        bq, bk, bv = (None, None, None) if self.in_proj_bias is None else self.in_proj_bias.split(E)
+        bq, bk, bv = (None, None, None) if self.in_proj_bias is None else self.in_proj_bias.split(parts)
         for name, x, dim in (("query", query, E), ("key", key, self.kdim), ("value", value, self.vdim)):
             if x.shape[-1] != dim:
                 raise ShapeError(f"layer: `{name}` has {x.shape[-1]} features, expected {dim}")
         if key.shape[:2] != value.shape[:2] or key.shape[0] != query.shape[0]:
             raise ShapeError(f"layer: query, key and value disagree on batch or key length: {tuple(query.shape)}, "
                              f"{tuple(key.shape)}, {tuple(value.shape)}")
-        heads = lambda x: x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+        heads = lambda x: x.unflatten(-1, (-1, self.head_dim)).transpose(1, 2)  # noqa: E731
         return heads(F.linear(query, wq, bq)), heads(F.linear(key, wk, bk)), heads(F.linear(value, wv, bv))
 
     def tap(self, query, key=None, value=None, key_padding_mask=None, rows=None, **inputs) -> torch.Tensor:
@@ -176,7 +187,7 @@ class AttentionLayer(nn.Module):
         """The spec's inputs for the sequences `idx` cut to `length` keys: batched inputs keep their
         rows idx; an axis of size N becomes `length`; any other axis that depends on N is refused."""
         core = self.attention
-        dims = {"Nq": q.shape[2], "H": q.shape[1], "D": q.shape[3], "E": self.head_dim, **core.sizes}
+        dims = {"Nq": q.shape[2], "H": q.shape[1], "D": q.shape[3], "E": self.head_dim, "Hkv": k.shape[1], **core.sizes}
         cut = {}
         for name, value in inputs.items():
             spec = core.INPUTS.get(name)
@@ -200,7 +211,8 @@ class AttentionLayer(nn.Module):
         return cut
 
     def extra_repr(self) -> str:
-        return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, head_dim={self.head_dim}, "
+        kv = f"num_kv_heads={self.num_kv_heads}, " if self.num_kv_heads != self.num_heads else ""
+        return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, {kv}head_dim={self.head_dim}, "
                 f"kdim={self.kdim}, vdim={self.vdim}, batch_first={self.batch_first}, dropout={self.dropout}")
 
 
@@ -218,7 +230,8 @@ def layer(spec, embed_dim: int, num_heads: int, **options) -> AttentionLayer:
     >>> out, _ = mha(x)                  # x: [batch, tokens, 256]
 
     options: bias, kdim, vdim, batch_first, dropout, device, dtype (as torch.nn.MultiheadAttention),
-    backend, and the spec's own sizes (window=..., ...)."""
+    backend, num_kv_heads (grouped-query attention: k and v projected to that many heads, dividing
+    num_heads), and the spec's own sizes (window=..., ...)."""
     return AttentionLayer(spec, embed_dim, num_heads, **options)
 
 

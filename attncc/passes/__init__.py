@@ -15,6 +15,7 @@ from .ista import lower_ista
 from .mixed_chunk import mixed_chunk
 from .polynomial import expand_polynomial_kernel
 from .reassociate import reassociate_kernel
+from .row_gates import find_row_gates
 from .rows import prepare_rows
 from .stable_exp import stabilize_exp_rows
 
@@ -34,8 +35,8 @@ class PassContext:
         self.log.append((pass_name, message))
 
 
-PIPELINE = [prepare_rows, kernelize_favor, stabilize_exp_rows, analyse_mask, analyse_blocks, analyse_token_layout, lower_ista,
-            mixed_chunk, expand_polynomial_kernel, reassociate_kernel]
+PIPELINE = [find_row_gates, prepare_rows, kernelize_favor, stabilize_exp_rows, analyse_mask, analyse_blocks,
+            analyse_token_layout, lower_ista, mixed_chunk, expand_polynomial_kernel, reassociate_kernel]
 
 
 def run_pipeline(graph: Graph, ctx: PassContext, check: bool = True) -> Graph:

@@ -8,6 +8,7 @@ this is the other direction, from the rewritten node's operands (pq, pk = phi(q)
     linear_attend(pq, pk, A, gamma, M, v) {decayed}  -> dot(pq, pk) * M,  mask j <= i
                                                     (M = A gamma^(i - j) was proven, M is kept for this)
     gated_attend(pq, pk, A, G, M, v)             -> dot(pq, pk) * M,  mask j <= i  (M = A exp(G(i) - G(j)))
+    gated_attend(...) {gate_rows}                -> none: sum_d pq_d pk_d exp(G_d(i) - G_d(j)) is no dot
     toeplitz_attend | grid_attend | graph_attend(pq, pk, f, v)
                                                  -> dot(pq, pk) * f, no mask (f = where(mask, M, 0))
     mixed_attend(q, k, v) {mixed}                -> the form's weight, mask folded in (MixedForm.weight)
@@ -38,6 +39,8 @@ def quadratic_form(graph: Graph, nid: int) -> tuple[TExpr, TExpr | None]:
     dot = TExpr("dot", (expr_of(graph, ops[0]), expr_of(graph, ops[1])), None, FLOAT)
     if node.op in FACTORED:
         return _mul(dot, expr_of(graph, ops[2])), None
+    if node.op == "gated_attend" and node.attr("gate_rows"):
+        raise ValueError("a per-dimension gate has no quadratic form over the rows it keeps")
     if node.op == "gated_attend":
         return _mul(dot, expr_of(graph, ops[4])), TExpr("le", (KEY_INDEX, QUERY_INDEX), None, BOOL)
     if node.op != "linear_attend":

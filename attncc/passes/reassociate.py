@@ -4,13 +4,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..analysis.kernel import split_kernel
-from ..lang.expr import FLOAT, TExpr
+from ..lang.expr import FLOAT, VEC, TExpr, const
 from ..lang.operators import fmt
 from ..lang.normalizers import NORMALIZERS
 from ..ir.graph import Graph, Node, carried_attrs, expr_of
 from ..ir.lower import ExprBuilder
 from ..lang.source import AttnccError
 from ..analysis.gates import gate_form, gate_holds
+from ..lang.rows import PreparedRows
 from ..analysis.grid import classify_grid, grid_holds
 from ..analysis.structure import Structure, classify_modulation, decay_form, decay_holds, structure_holds
 
@@ -42,6 +43,10 @@ def reassociate_kernel(graph: Graph, ctx) -> None:
       M = A exp(G(i) - G(j)), mask causal (G one expression of a token index: data-dependent gates):
                          S_t = exp(G_t - G_(t-1)) S_(t-1) + psi(k_t) v_t^T, chunked with in-chunk differences
                                                         -> gated_attend(phi_q, phi_k, A, G, M, v)
+      a per-dimension gate found on the written dot (find_row_gates: dot(X o exp(G(i)), Y o exp(-G(j)))),
+      mask causal, M = A or A exp(g(i) - g(j)):  the same recurrence with S's rows decayed apiece, on the
+                         prepared rows X, Y (not X o exp(G)) and the gate row G (+ g)
+                                                        -> gated_attend(q', k', A, G, M, v) {gate_rows}
       M o mask Toeplitz: (M o phi(Q) psi(K)^T) V = sum_l diag(phi(Q)_l) T_f diag(psi(K)_l) V with
                          f(i - j) = where(mask, M, 0), each T_f product a convolution (FFT) -> toeplitz_attend
       f = where(mask, M, 0) on a grid of width w (r = t // w, c = t % w):
@@ -151,6 +156,34 @@ def _as_gated(k: _Kernelized) -> int | None:
     return new
 
 
+def _as_row_gated(k: _Kernelized) -> int | None:
+    """A per-dimension gate on the written dot (node attribute row_gate), mask causal: the gated
+    recurrence over the rows X, Y, the gate a row; a scalar gate of M joins it (exp(g_i - g_j)
+    multiplies every dimension's exp(G_id - G_jd))."""
+    gate = k.node.attr("row_gate")
+    if gate is None or k.mask_structure.kind != "causal":
+        return None
+    if k.mod_structure.kind == "full":
+        amplitude, row = k.modulation if k.modulation is not None else const(1.0), gate.gate
+    elif (scalar := gate_form(k.modulation, k.ctx.symbols)) is not None and \
+            gate_holds(k.modulation, *scalar, k.graph.signature):
+        amplitude, row = scalar[0], TExpr("add", (gate.gate, scalar[1]), None, VEC)
+    else:
+        k.note(f"a per-dimension gate with the modulation {fmt(k.modulation)} (neither free of i, j nor a "
+               "scalar gate): stays on the prepared rows")
+        return None
+    weight = k.modulation if k.modulation is not None else const(1.0)
+    attrs = {**{n: a for n, a in carried_attrs(k.node).items() if n != "row_gate"},  # now in the operands
+             "prepared_rows": PreparedRows(gate.query, gate.key)}
+    new = k.graph.add("gated_attend", [k.phi_q, k.phi_k, *(k.build.add(e) for e in (amplitude, row, weight)),
+                                       k.ops[-1]], causal=True, modulated=True, gate_rows=True, shape=k.node.shape,
+                      dtype=FLOAT, **attrs)
+    k.note(f"kernelized with a gate exp(G_d(i) - G_d(j)) per dimension, G(i) = {fmt(row)}, on j <= i: the "
+           "recurrence S_t = diag(exp(G_t - G_(t-1))) S_(t-1) + x_t v_t^T in chunks on the rows "
+           f"{fmt(gate.query)}, {fmt(gate.key)}, O(N m e)")
+    return new
+
+
 def _as_graph(k: _Kernelized) -> int | None:
     """M = G[i, j] for a graph kernel G, no mask: products with its adjacency, G never formed."""
     graph_name = _graph_lookup(k.modulation, k.graph.signature)
@@ -189,6 +222,7 @@ def _as_grid(k: _Kernelized) -> int | None:
     return new
 
 
-# the rewrite forms, tried in this order: decay, gates and graph only where no plain linear form holds,
+# the rewrite forms, tried in this order: a per-dimension gate first (the plain forms would read the
+# prepared rows X o exp(G)), decay, gates and graph only where no plain linear form holds,
 # the grid only where no Toeplitz one does
-REWRITE_FORMS = (_as_linear, _as_decayed, _as_gated, _as_graph, _as_toeplitz, _as_grid)
+REWRITE_FORMS = (_as_row_gated, _as_linear, _as_decayed, _as_gated, _as_graph, _as_toeplitz, _as_grid)

@@ -15,7 +15,7 @@ import pickle
 import torch
 from torch import nn
 
-from ..lang.source import AttnccError, did_you_mean
+from ..lang.source import AttnccError, ShapeError, did_you_mean
 from ..oracle.combine import dense_combination
 from .backends import get_backend
 from .compiled import RESERVED_ATTRIBUTES, init_table
@@ -46,6 +46,9 @@ class ComposedAttention(nn.Module):
 
     def __init__(self, backend: str = "auto", check_bounds: bool = False, **sizes):
         super().__init__()
+        if not self.MAPS:
+            raise AttnccError(f"{self.SPEC_NAME}: a composed attention's class is made by attncc.compile, which "
+                              "attaches its maps; compile the spec rather than importing its generated module")
         if backend != "auto":
             get_backend(backend)
         known = set(self.SIZES) | set(self.NEEDS)
@@ -84,9 +87,32 @@ class ComposedAttention(nn.Module):
         for m in self.map_modules():
             m.backend = value
 
+    @property
+    def sizes(self) -> dict:
+        """The declared sizes of every map (the top-level ones are the same in each)."""
+        return {n: v for m in self.map_modules() for n, v in m.sizes.items()}
+
+    @property
+    def fixed(self) -> dict:
+        """The run-time sizes the tables are built for (H, D, E, Hkv: see CompiledAttention)."""
+        return {n: v for m in self.map_modules() for n, v in m.fixed.items()}
+
+    @property
+    def last_backend(self) -> str | None:
+        """The backend the last call ran on (every map runs on the same)."""
+        return self.map_modules()[0].last_backend
+
     def tables(self) -> dict:
         """The shared learned tables, by name."""
         return {name: getattr(self, name) for name in self.SHARED}
+
+    def routed(self, inputs: dict) -> list[tuple]:
+        """(map module, the inputs it declares) for each map: a map's own input goes to that map only."""
+        unknown = sorted(set(inputs) - set(self.INPUTS))
+        if unknown:
+            hint = did_you_mean(unknown[0], self.INPUTS)
+            raise ShapeError(f"{self.SPEC_NAME}: unexpected input `{unknown[0]}`" + (f"; {hint}" if hint else ""))
+        return [(m, {n: t for n, t in inputs.items() if n in m.INPUTS}) for m in self.map_modules()]
 
     def lowering_at(self, N: int) -> dict:
         """The lowering each map runs for a call with N key tokens."""
@@ -94,9 +120,9 @@ class ComposedAttention(nn.Module):
 
     # ------------------------------------------------------------------ calling
     def forward(self, q, k, v, **inputs):
-        tables = self.tables()
-        outs = {name: m.forward_with(q, k, v, inputs, tables) for name, m in zip(self.MAP_NAMES, self.map_modules())}
-        ctx = self.map_modules()[0].call_context(q, k, v, inputs, tables)
+        tables, routed = self.tables(), self.routed(inputs)
+        outs = {name: m.forward_with(q, k, v, own, tables) for name, (m, own) in zip(self.MAP_NAMES, routed)}
+        ctx = routed[0][0].call_context(q, k, v, routed[0][1], tables)
         first = outs[self.MAP_NAMES[0]]
         return self.combine(outs, ctx, first.device).to(first.dtype)
 
@@ -109,10 +135,10 @@ class ComposedAttention(nn.Module):
         return self._dense(q, k, v, inputs, target=True)
 
     def _dense(self, q, k, v, inputs: dict, target: bool) -> torch.Tensor:
-        tables = self.tables()
-        outs = {name: m.reference_with(q, k, v, inputs, tables, target=target)
-                for name, m in zip(self.MAP_NAMES, self.map_modules())}
-        ctx = self.map_modules()[0].call_context(q.double(), k.double(), v.double(), inputs, tables)
+        tables, routed = self.tables(), self.routed(inputs)
+        outs = {name: m.reference_with(q, k, v, own, tables, target=target)
+                for name, (m, own) in zip(self.MAP_NAMES, routed)}
+        ctx = routed[0][0].call_context(q.double(), k.double(), v.double(), routed[0][1], tables)
         rsizes = {"N": ctx.N, "Nq": ctx.Nq, "H": ctx.H, "D": ctx.D, "E": ctx.E}
         return dense_combination(self.checked.coefficients, outs, ctx.sizes, rsizes, ctx.params, ctx.inputs)
 
@@ -120,9 +146,9 @@ class ComposedAttention(nn.Module):
         """The attention matrix of the composition, P = sum over maps of c_m P_m (the coefficients
         do not depend on the key j, so out = P v): for differential attention, P_1 - lambda P_2. Dense
         [B, H, Nq, N] (or len(rows) query rows), differentiable, in q's dtype; see CompiledAttention.tap."""
-        tables = self.tables()
-        taps = {name: m.tap_with(q, k, v, inputs, tables, rows) for name, m in zip(self.MAP_NAMES, self.map_modules())}
-        ctx = self.map_modules()[0].call_context(q, k, v, inputs, tables)
+        tables, routed = self.tables(), self.routed(inputs)
+        taps = {name: m.tap_with(q, k, v, own, tables, rows) for name, (m, own) in zip(self.MAP_NAMES, routed)}
+        ctx = routed[0][0].call_context(q, k, v, routed[0][1], tables)
         rsizes = {"N": ctx.N, "Nq": ctx.Nq, "H": ctx.H, "D": ctx.D, "E": ctx.E}
         return dense_combination(self.checked.coefficients, taps, ctx.sizes, rsizes, ctx.params, ctx.inputs,
                                  rows).to(q.dtype)
@@ -130,8 +156,8 @@ class ComposedAttention(nn.Module):
     def clamped_lookups(self, q, k, v, **inputs) -> list[str]:
         """Where each map's table lookups clamp an index on this call (see CompiledAttention)."""
         tables = self.tables()
-        return [f"map `{name}`: {line}" for name, m in zip(self.MAP_NAMES, self.map_modules())
-                for line in m.clamped_with(q, k, v, inputs, tables)]
+        return [f"map `{name}`: {line}" for name, (m, own) in zip(self.MAP_NAMES, self.routed(inputs))
+                for line in m.clamped_with(q, k, v, own, tables)]
 
     def __reduce__(self):
         """Pickling: the recipe of the class (attncc.api.compile_recipe) and the instance's state."""

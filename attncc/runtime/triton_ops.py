@@ -40,7 +40,7 @@ def attention(q, k, v, ctx: Context, host, tiles=None, sink: Tensor | None = Non
     # tables stay contiguous: their gradients are allocated contiguous and indexed with the tables' strides
     tables = [t.contiguous() for t in (*ctx.params.values(), *ctx.inputs.values())]
     tile, exact, aux = (0, 0, []) if tiles is None else (tiles.tile, int(tiles.exact), tiles.tensors())
-    ints = [ctx.N, ctx.Nq, ctx.H, ctx.D, ctx.E, tile, exact, *ctx.sizes.values()]
+    ints = [ctx.N, ctx.Nq, ctx.H, ctx.D, ctx.E, ctx.Hkv, tile, exact, *ctx.sizes.values()]
     out, _ = torch.ops.attncc.triton_attention(host.__name__, q, k, v, tables, aux, ints, ";".join(names), sink)
     return out
 
@@ -51,10 +51,10 @@ def _unpack(host: str, q: Tensor, tables, aux, ints, names: str):
     kinds = [n.split(":", 1) for n in names.split(";") if n]
     params = {n: t for (kind, n), t in zip(kinds, tables) if kind == "p"}
     inputs = {n: t for (kind, n), t in zip(kinds, tables) if kind == "i"}
-    sizes = {n: int(x) for (_, n), x in zip([kn for kn in kinds if kn[0] == "s"], ints[7:])}
-    N, Nq, H, D, E, tile, exact = (int(x) for x in ints[:7])
+    sizes = {n: int(x) for (_, n), x in zip([kn for kn in kinds if kn[0] == "s"], ints[8:])}
+    N, Nq, H, D, E, Hkv, tile, exact = (int(x) for x in ints[:8])
     dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    ctx = Context(sizes, params, inputs, N, Nq, H, D, E, dtype=dtype, B=q.shape[0])
+    ctx = Context(sizes, params, inputs, N, Nq, H, D, E, dtype=dtype, B=q.shape[0], Hkv=Hkv)
     tiles = CallTiles(TileLists(tile, *aux, exact=bool(exact))) if aux else None
     return main, import_sibling(main.__file__, "_triton"), ctx, tiles
 
@@ -126,3 +126,21 @@ _forward.register_autograd(_autograd_backward, setup_context=_setup_context)
 def pow2_shift(n: int) -> int:
     """log2(n) for a power of two n >= 1, else -1: the shift a kernel uses to divide by the size n."""
     return n.bit_length() - 1 if n >= 1 and n & (n - 1) == 0 else -1
+
+
+def per_query_head(x: Tensor, heads: int) -> Tensor:
+    """The buffer a backward kernel writes the gradient of k or v (x, with Hkv heads) into, one slice per
+    query head: x's own shape without grouping (heads == Hkv), else float32 [B, heads, N, dim], summed
+    over each group of heads by group_sum."""
+    if x.shape[1] == heads:
+        return torch.empty_like(x)
+    return torch.empty(x.shape[0], heads, *x.shape[2:], device=x.device, dtype=torch.float32)
+
+
+def group_sum(grad: Tensor, like: Tensor) -> Tensor:
+    """The gradient of k or v (`like`, Hkv heads) from per-query-head gradients (per_query_head): query
+    head h reads key/value head h // G, so the G adjacent heads of a group add up."""
+    if grad.shape == like.shape:
+        return grad
+    B, H, *rest = grad.shape
+    return grad.view(B, like.shape[1], H // like.shape[1], *rest).sum(2).to(like.dtype)

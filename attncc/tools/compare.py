@@ -15,6 +15,8 @@ from ..plan import registry
 # of half precisions; a lowering may declare its own per dtype (Lowering.tolerance: FFT's round-off
 # grows like eps log N).
 TOLERANCE = {torch.float32: 2e-4, torch.float16: 5e-3, torch.bfloat16: 3e-2, torch.float64: 1e-9}
+# The backends `check` and `fuzz` also run with k, v of fewer heads than q (grouped-query attention).
+GQA_BACKENDS = ("torch",)
 
 
 @dataclass
@@ -29,6 +31,28 @@ class Result:
     @property
     def ok(self) -> bool:
         return self.error <= self.tolerance
+
+
+def rows_beyond_input(cls, nq: int, nk: int) -> str | None:
+    """Why lengths Nq x N do not fit compiled class `cls`, or None: a row input of N rows read at the
+    query index (a gate per dimension, `G[h, i]` beside `G[h, j]`) needs Nq <= N, one of Nq rows read
+    at the key index N <= Nq (docs/language.md, `dot`)."""
+    checked = getattr(getattr(cls, "compilation", None), "checked", None)  # a composition: its maps' own
+    if checked is None:
+        return None
+    lengths = {"i": nq, "j": nk, "N": nk, "Nq": nq}
+    for t in (checked.weight, checked.logits, checked.mask):
+        for e in t.walk() if t is not None else ():
+            tokens = checked.inputs[e.value].dims[-2].value if e.op == "rowin" else None
+            if tokens is not None and lengths[e.args[-1].value] > lengths[tokens]:
+                return f"`{e.value}` ({tokens} rows) read at {lengths[e.args[-1].value]} tokens"
+    return None
+
+
+def serving_lengths(cls, nq: int, nk: int) -> tuple[int, int]:
+    """(Nq, N) as asked, or both the longer of them where the spec's row inputs cannot serve those
+    (rows_beyond_input): the lengths the property tests run a spec at."""
+    return (nq, nk) if rows_beyond_input(cls, nq, nk) is None else (max(nq, nk), max(nq, nk))
 
 
 def random_inputs(cls, batch: int, heads: int, nq: int, nk: int, dim: int, dim_v: int | None = None,

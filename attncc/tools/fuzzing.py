@@ -22,8 +22,8 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 from ..api import compile as compile_spec
-from ..api import relower
-from .compare import compare, make_module, random_inputs
+from ..api import relower, relower_map
+from .compare import GQA_BACKENDS, compare, make_module, random_inputs
 from ..lang.source import SpecError
 from .testing import (attention_shapes, bias_expressions, function_expressions, gate_expressions, grid_expressions,
                       mask_expressions, ring_expressions)
@@ -114,6 +114,9 @@ def _every_lowering(spec: str) -> list:
     """The spec compiled with the cost model's lowering, then with each other lowering it admits."""
     chosen = compile_spec(spec)
     comp = chosen.compilation
+    if getattr(chosen, "MAPS", None):  # a composed spec: each map under each of its lowerings, the others as chosen
+        return [chosen] + [compile_spec(relower_map(comp, name, c.name)) for name, part in comp.maps.items()
+                           for c in part.plan.candidates if c.name != part.plan.lowering]
     others = [c.name for c in comp.plan.candidates if c.name != chosen.LOWERING]
     return [chosen] + [compile_spec(relower(comp, name)) for name in others]  # analysed once
 
@@ -125,7 +128,7 @@ def fuzz(families: list[str], examples: int, backends: list[tuple[str, torch.dty
     shrunk failure, if any."""
     report = FuzzReport()
 
-    def check(member: tuple[int, str], shape) -> None:
+    def check(member: tuple[int, str], shape, grouping: int) -> None:
         family, spec = member
         report.examples += 1
         if progress is not None:
@@ -141,13 +144,16 @@ def fuzz(families: list[str], examples: int, backends: list[tuple[str, torch.dty
             raise
         report.compiled[family] = report.compiled.get(family, 0) + 1
         b, h, nq, nk, d, e = shape
+        divisors = [n for n in range(1, h + 1) if h % n == 0]  # key/value heads (grouped-query attention)
         for cls in classes:
-            report.lowerings[cls.LOWERING] = report.lowerings.get(cls.LOWERING, 0) + 1
+            report.lowerings[cls.LOWERING] = report.lowerings.get(cls.LOWERING, 0) + 1  # composed: "a1: tiled, a2: ..."
             nk = nq if cls.GRAPHS else nk  # a graph kernel relates the same tokens
-            module = make_module(cls, h, d, e, seed=seed)
-            q, k, v, inputs = random_inputs(cls, b, h, nq, nk, d, e, generator=torch.Generator().manual_seed(seed))
             for backend, dtype in backends:
-                where = f"{backend} {dtype}, lowering {cls.LOWERING}"
+                hkv = divisors[grouping % len(divisors)] if backend in GQA_BACKENDS else h
+                module = make_module(cls, h, d, e, seed=seed, kv_heads=hkv)
+                q, k, v, inputs = random_inputs(cls, b, h, nq, nk, d, e, generator=torch.Generator().manual_seed(seed),
+                                                kv_heads=hkv)
+                where = f"{backend} {dtype}, lowering {cls.LOWERING}" + (f", Hkv = {hkv}" if hkv != h else "")
                 try:
                     result = compare(module, q, k, v, inputs, backend, dtype)
                 except Exception as exc:  # noqa: BLE001  (a crash is a finding, not the end of the run)
@@ -162,7 +168,7 @@ def fuzz(families: list[str], examples: int, backends: list[tuple[str, torch.dty
     specs = st.one_of(*[(family_strategy(f) if HOLE in f else st.just(f)).map(lambda spec, n=n: (n, spec))
                         for n, f in enumerate(families)])
     run = settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck),
-                   phases=[Phase.generate, Phase.shrink])(given(specs, attention_shapes(max_tokens=max_tokens))(check))
+                   phases=[Phase.generate, Phase.shrink])(given(specs, attention_shapes(max_tokens=max_tokens), st.integers(0, 7))(check))
     run = hypothesis_seed(seed)(run)  # the same seed gives the same specs
     try:
         run()

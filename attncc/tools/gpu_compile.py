@@ -182,12 +182,20 @@ def _intercepted(kernels_module, sweep: _Sweep):
             setattr(kernels_module, name, obj)
 
 
-def record_launches(cls, dtype: torch.dtype, head_dim: int, tokens: int = 256, backward: bool = True) -> list[Launch]:
+GQA_HEADS = 4  # query heads of a grouped-query recording (kv_heads key/value heads)
+
+
+def record_launches(cls, dtype: torch.dtype, head_dim: int, tokens: int = 256, backward: bool = True,
+                    kv_heads: int | None = None) -> list[Launch]:
     """Every kernel launch of a forward (and backward) of compiled class `cls` at this dtype and head
-    dim, with every autotune candidate; CPU tensors, no kernel runs (outputs are left unwritten)."""
-    module = make_module(cls, heads=2, dim=head_dim, dim_v=head_dim, seed=0)
+    dim, with every autotune candidate; CPU tensors, no kernel runs (outputs are left unwritten).
+    kv_heads: grouped-query attention, GQA_HEADS query heads over k, v of kv_heads heads (the kernels'
+    GROUP constexpr GQA_HEADS // kv_heads); None: 2 heads, k and v as many."""
+    heads = 2 if kv_heads is None else GQA_HEADS
+    module = make_module(cls, heads=heads, dim=head_dim, dim_v=head_dim, seed=0)
     module.backend = "triton"
-    q, k, v, inputs = random_inputs(cls, 1, 2, tokens, tokens, head_dim, head_dim)
+    q, k, v, inputs = random_inputs(cls, 1, heads, tokens, tokens, head_dim, head_dim)
+    k, v = (t[:, :kv_heads or heads].contiguous() for t in (k, v))
     q, k, v = (t.to(dtype).requires_grad_(backward) for t in (q, k, v))
     with _intercepted(module.triton_kernels(), _Sweep()) as sweep:
         out = module(q, k, v, **inputs)
