@@ -11,7 +11,7 @@ BACKEND_RUNS = [("torch", "float32"), ("torch", "float64"), ("torch", "bfloat16"
                 ("triton", "float32"), ("triton", "float16"), ("triton", "bfloat16")]
 CHECK_SHAPES = [(37, 37), (1, 1), (20, 45), (45, 20), (130, 130)]
 # grouped-query attention (k, v of Hkv heads dividing q's H): (Nq, N, H, Hkv) checked in GQA_BACKENDS too
-GQA_SHAPES = [(37, 37, 4, 2), (45, 20, 3, 1), (130, 130, 4, 1)]
+GQA_SHAPES = [(37, 37, 4, 2), (45, 20, 3, 1), (100, 100, 4, 1)]
 MAX_SEED = 2**32  # seeds are drawn into torch generators (64-bit) with offsets added: 32 bits leave room
 
 
@@ -134,13 +134,16 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=seed, default=0)
     f.add_argument("--out", default="fuzz-failure.attn", help="where a shrunk failing spec is written")
     b = sub.add_parser("bench", help="time specs against SDPA, FlexAttention, fla and naive torch (attncc.benchmark)")
-    b.add_argument("specs", nargs="+", help="spec files; PATH@lowering forces a lowering")
+    b.add_argument("specs", nargs="+", help="spec files; PATH@lowering forces a lowering, PATH:kv=HKV calls it "
+                   "with k, v of HKV heads (grouped-query attention)")
     b.add_argument("--device", choices=["cpu", "cuda"],
                    help="cuda (Triton backend, do_bench) or cpu (torch backend vs naive); default: cuda if available")
     b.add_argument("--dims", default="64,128", help="head dims d (= e)")
     b.add_argument("--lengths", default="1024,4096,16384,65536", help="token counts N, run in this order")
     b.add_argument("--batch", type=positive_int, default=4)
     b.add_argument("--heads", type=positive_int, default=16)
+    b.add_argument("--kv-heads", type=positive_int, default=0, help="k, v heads for specs without :kv= "
+                   "(dividing --heads); default: --heads")
     b.add_argument("--dtype", default="", help="default: bfloat16 on CUDA, float32 on the CPU")
     b.add_argument("--baselines", default="sdpa,flex,fla,naive,fft")
     b.add_argument("--size", action="append", default=[], metavar="NAME=VALUE", help="override a spec size")
@@ -404,7 +407,7 @@ def cmd_fuzz(args) -> int:
 def cmd_bench(args) -> int:
     device = device_argument(args.device)
     for spec in args.specs:
-        spec_argument(str(spec).partition("@")[0])
+        spec_argument(str(spec).partition(":kv=")[0].partition("@")[0])
     output_file(args.out, "-o")
     _interpret_triton(device)
     from .tools.benchmark import run_cli

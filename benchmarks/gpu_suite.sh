@@ -3,6 +3,9 @@
 #     bash benchmarks/gpu_suite.sh              # about 10 minutes on an H100 (the suite stops itself at --budget)
 #     bash benchmarks/gpu_suite.sh --dry-run    # install check + the cases it would run; runs no kernel
 #     BUDGET=200 bash benchmarks/gpu_suite.sh --specs causal,hypercube --lengths 16384   # extra flags go to suite.py
+#     GATE=0 bash benchmarks/gpu_suite.sh --set variants   # issue 14's variants only, with the whole budget
+# The suite runs issue 5's specs, then issue 14's variants (GQA via `:kv=`, gated linear attention, Based,
+# sinks, MLA, composed maps) in the last 120 s of the budget (--variant-budget), or more if time is left.
 # That machine has torch and triton but no lark, no fla and no internet: lark, fla-core and einops
 # come from the wheels in benchmarks/wheels/ (pure Python), installed with --no-index into a folder of
 # their own; attncc runs from the checkout (PYTHONPATH), so no torch pin is installed. A baseline whose
@@ -41,7 +44,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>
 import importlib
 import torch
 print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else "")
-for name in ("triton", "lark", "einops", "fla", "fla.ops.linear_attn", "fla.ops.retention", "attncc"):
+for name in ("triton", "lark", "einops", "fla", "fla.ops.linear_attn", "fla.ops.retention", "fla.ops.simple_gla",
+             "fla.ops.gla", "fla.ops.based", "attncc"):
     try:
         mod = importlib.import_module(name)
         print(f"{name}: {getattr(mod, '__version__', 'ok')} ({getattr(mod, '__file__', '')})")

@@ -1,33 +1,44 @@
-"""The whole benchmark suite of issue 5 in one run, and the check of its targets.
+"""The whole benchmark suite of issue 5 in one run, and the check of its targets; then issue 14's variants.
 
 Runs `attncc.benchmark` (what `attncc bench` runs) over the suite's examples: B=4, H=16, d = 64 and
 128, N = 16k, 4k, 1k, 64k in that order (the targets first, so a spent --budget cuts the least
-important cases), bf16 on CUDA. After every case the results so far are written to
-<out>.json / <out>.md, so a run stopped from outside still leaves its numbers. The targets are then
-read off the rows (a missing measurement is "not measured", never a pass).
+important cases), bf16 on CUDA. Then (--set all, the default) the variants of issue 14 (VARIANTS:
+grouped-query attention through `:kv=Hkv`, gated linear attention, Based, sinks, MLA, composed maps)
+at d = 64, N = 4k then 16k, in the last --variant-budget seconds of --budget (more if the first part
+ends early); --set variants runs only them, --set issue5 only the first part. After every case the
+results so far are written to <out>.json / <out>.md, so a run stopped from outside still leaves its
+numbers. The targets are then read off the rows (a missing measurement is "not measured", never a pass).
 
     python benchmarks/suite.py --out $OUT/suite.json            # on a CUDA machine (gpu_suite.sh)
     python benchmarks/suite.py --dry-run                        # the cases and baselines, nothing run
+    python benchmarks/suite.py --set variants --dry-run         # issue 14's variants only
     python benchmarks/suite.py --device cpu --dims 16 --lengths 64 --batch 1 --heads 2   # plumbing only
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from common import EXAMPLES, RESULTS, markdown_table, parse_ints
 
-from attncc.tools.benchmark import BenchConfig, Runner, write_report
+from attncc.tools.benchmark import BenchConfig, Runner, split_spec, write_report
 
 SPECS = ("softmax", "causal", "sliding_window", "alibi", "document", "hypercube", "block_diagonal", "strided",
          "linear_elu", "linear_elu_causal", "retention", "toeplitz_linear", "rpe_performer",
          "ripple@rings")  # name@lowering forces a lowering (the ring path is not the cost model's choice here)
 LENGTHS = (16384, 4096, 1024, 65536)
+# issue 14's variants; `:kv=4`: k, v with 4 heads for q's 16 (GQA), `:kv=1`: one (MQA)
+VARIANTS = ("gqa:kv=4", "causal:kv=4", "causal:kv=1", "simple_gla", "gla", "based", "sinks", "mla",
+            "diff_transformer", "gated_mix")
+VARIANT_LENGTHS = (4096, 16384)
+VARIANT_BUDGET = 120.0  # seconds of --budget kept for the variants with --set all
 MASKED = {"sliding_window": 1.1, "block_diagonal": 1.1, "document": 1.1, "hypercube": 3.0}
 LINEAR = {"linear_elu_causal": "chunk_linear_attn", "retention": "chunk_retention"}
-SUBQUADRATIC = ("linear", "linear_chunked", "fft", "fft2", "rings", "block_sparse")
+SUBQUADRATIC = ("linear", "linear_chunked", "linear_gated", "fft", "fft2", "rings", "block_sparse")
 
 
 def targets(rows: list[dict]) -> list[dict]:
@@ -81,15 +92,48 @@ def targets_markdown(found: list[dict]) -> str:
             + markdown_table(["target", "spec", "d", "N", "ratio", "need", "result"], rows) + "\n")
 
 
+def spec_paths(names: str) -> tuple[list[str], list[str]]:
+    """`name[@lowering][:kv=Hkv]` names -> (example paths with their suffixes, names whose example is missing)."""
+    found, missing = [], []
+    for name in (n for n in names.split(",") if n):
+        stem, lowering, kv = split_spec(name)
+        path = EXAMPLES / f"{stem}.attn"
+        suffix = (f"@{lowering}" if lowering else "") + (f":kv={kv}" if kv else "")
+        (found if path.exists() else missing).append(f"{path}{suffix}" if path.exists() else name)
+    return found, missing
+
+
+def parts(args, cfg: BenchConfig) -> list[tuple[BenchConfig, list[str], list[str]]]:
+    """(config, specs, missing specs) of each part --set runs, in order; the variants' config keeps the
+    batch, heads, dtype and baselines and takes their own dims and lengths (budget set when they start)."""
+    out = []
+    if args.set in ("all", "issue5"):
+        reserve = args.variant_budget if args.set == "all" else 0.0
+        budget = None if args.budget is None else max(args.budget - reserve, 1e-9)
+        out.append((replace(cfg, budget_s=budget), *spec_paths(args.specs)))
+    if args.set in ("all", "variants"):
+        out.append((replace(cfg, dims=tuple(args.variant_dims), lengths=tuple(args.variant_lengths)),
+                    *spec_paths(args.variants)))
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=RESULTS / "suite.json")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--set", choices=("all", "issue5", "variants"), default="all",
+                    help="issue5: SPECS; variants: VARIANTS (issue 14); all: both, in that order")
     ap.add_argument("--specs", default=",".join(SPECS))
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="name[@lowering][:kv=Hkv], comma-separated")
     ap.add_argument("--dims", type=parse_ints, default=[64, 128])
     ap.add_argument("--lengths", type=parse_ints, default=list(LENGTHS))
+    ap.add_argument("--variant-dims", type=parse_ints, default=[64])
+    ap.add_argument("--variant-lengths", type=parse_ints, default=list(VARIANT_LENGTHS))
+    ap.add_argument("--variant-budget", type=float, default=VARIANT_BUDGET,
+                    help="seconds of --budget kept for the variants with --set all")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--heads", type=int, default=16)
+    ap.add_argument("--kv-heads", type=int, default=0, help="k, v heads for specs without :kv= (default: --heads)")
     ap.add_argument("--baselines", default="sdpa,flex,fla,naive,fft")
     ap.add_argument("--backward", action="store_true")
     ap.add_argument("--budget", type=float, default=None, help="seconds; later cases are reported as not run")
@@ -101,23 +145,35 @@ def main() -> int:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     cfg = BenchConfig(device=args.device, batch=args.batch, heads=args.heads, dims=tuple(args.dims),
                       lengths=tuple(args.lengths), baselines=tuple(args.baselines.split(",")),
-                      backward=args.backward, budget_s=args.budget, min_run_time=args.min_run_time)
-    specs = [f"{EXAMPLES / name.partition('@')[0]}.attn" + (f"@{name.partition('@')[2]}" if "@" in name else "")
-             for name in args.specs.split(",")]
-    runner = Runner(cfg)
+                      backward=args.backward, budget_s=args.budget, min_run_time=args.min_run_time,
+                      kv_heads=args.kv_heads)
     if args.dry_run:
-        plan = runner.plan(specs)
-        for case in plan:
-            print(f"{case['spec']} d={case['d']} N={case['N']} ({case['lowering']}): {', '.join(case['impls'])}")
-        print(f"{len(plan)} cases, {sum(len(c['impls']) for c in plan)} timings (+ create_block_mask for masked Flex)")
+        cases = timings = 0
+        for part_cfg, specs, missing in parts(args, cfg):
+            for case in Runner(part_cfg).plan(specs):
+                print(f"{case['spec']} d={case['d']} N={case['N']} ({case['lowering']}): {', '.join(case['impls'])}")
+                cases, timings = cases + 1, timings + len(case["impls"])
+            for name in missing:
+                print(f"{name}: not run: examples/{split_spec(name)[0]}.attn is not in this checkout")
+        print(f"{cases} cases, {timings} timings (+ create_block_mask for masked Flex)")
         return 0
 
-    def save(rows):
-        found = targets(rows)
-        write_report(args.out, cfg, rows, "attncc benchmark suite", {"targets": found}, targets_markdown(found))
+    done: list[dict] = []
+    start = time.monotonic()
 
-    rows = runner.run(specs, on_case=save)
-    save(rows)
+    def save(rows):
+        found = targets(done + rows)
+        write_report(args.out, cfg, done + rows, "attncc benchmark suite", {"targets": found}, targets_markdown(found))
+
+    for part_cfg, specs, missing in parts(args, cfg):
+        if args.budget is not None and part_cfg.budget_s is None:  # the variants: what is left, at least their share
+            part_cfg = replace(part_cfg, budget_s=max(args.budget - (time.monotonic() - start), 1e-9))
+        rows = Runner(part_cfg).run(specs, on_case=save)
+        rows += [{"spec": name, "d": d, "N": n, "impl": "attncc", "mode": "fwd",
+                  "note": f"not run: examples/{split_spec(name)[0]}.attn is not in this checkout"}
+                 for name in missing for d in part_cfg.dims for n in part_cfg.lengths]
+        done += rows
+    save([])
     print(args.out.with_suffix(".md").read_text())
     return 0
 

@@ -35,6 +35,7 @@ CASES = {  # name: (spec, lowering, sizes, (Nq, N), backward kernels)
     "linear_chunked": ("linear_elu_causal", None, {}, (37, 37), True),
     "retention": ("retention", None, {}, (37, 37), True),
     "gated": ("simple_gla", None, {}, (37, 37), True),
+    "gla": ("gla", None, {}, (37, 37), True),  # a gate per dimension
     "decode": (DECODE, "decode", {}, (3, 40), True),
     "fft": ("toeplitz_linear", "fft", {}, (30, 30), False),
     "rings": ("ripple", "rings", {}, (36, 36), False),
@@ -52,8 +53,10 @@ def _compile(spec, lowering):
 
 def _inputs(cls, nq, n, kv_heads):
     q, k, v, inputs = random_inputs(cls, B, H, nq, n, D, E, generator=torch.Generator().manual_seed(0))
-    if "g" in inputs:  # a cumulative log-gate: non-increasing along the tokens
-        inputs["g"] = -torch.rand(inputs["g"].shape, generator=torch.Generator().manual_seed(2)).cumsum(-1) * 0.3
+    for name, tokens in (("g", -1), ("G", -2)):  # cumulative log-gates: non-increasing along the tokens
+        if name in inputs:
+            gates = torch.rand(inputs[name].shape, generator=torch.Generator().manual_seed(2))
+            inputs[name] = -gates.cumsum(tokens) * 0.3
     return q, k[:, :kv_heads].contiguous(), v[:, :kv_heads].contiguous(), inputs
 
 
@@ -95,5 +98,30 @@ def test_grouped_heads_match_expanded_torch(case, kv_heads, dtype):
         assert got[2].shape == k.shape and got[3].shape == v.shape
     for i, (g, r) in enumerate(zip(got, want)):
         error = ((g.double() - r).abs().max() / r.abs().max().clamp(min=1)).item()
-        assert error < TOLERANCE[dtype], f"{case} Hkv={kv_heads} {dtype} {'out dq dk dv'.split()[i] if i < 4 else i}: {error:.2e}"
+        what = ("out", "dq", "dk", "dv")[i] if i < 4 else f"table gradient {i - 4}"
+        assert error < TOLERANCE[dtype], f"{case} Hkv={kv_heads} {dtype} {what}: {error:.2e}"
 
+
+
+TRITON_MEMORY_CASES = [("alibi", "tiled"), ("alibi", "decode"), ("block_diagonal", "block_sparse"),
+                       ("document", "token_blocks"), ("linear_elu", "linear"), ("linear_elu_causal", "linear_chunked"),
+                       ("retention", "linear_chunked"), ("simple_gla", "linear_gated"), ("toeplitz_linear", "fft"),
+                       ("flash", "mixed_chunk"), ("mra2", "mra")]
+
+
+@pytest.mark.parametrize("name,lowering", TRITON_MEMORY_CASES, ids=[f"{n}-{lw}" for n, lw in TRITON_MEMORY_CASES])
+def test_no_expanded_copy_of_k_or_v_in_the_triton_forward(name, lowering):
+    """Hkv = 1: no op of the Triton forward (launchers, torch parts, the custom op) creates a tensor as large
+    as k expanded to the H query heads (tests/test_gqa.py's detector, on the Triton backend)."""
+    from .test_gqa import _kv_copies
+    B, heads, N, dim = 1, 6, 256, 16
+    cls = _compile(name, lowering)
+    module = make_module(cls, heads, dim, dim, kv_heads=1, **({"c": 32} if name == "flash" else {}))
+    module.backend = "triton"
+    nq = 5 if lowering in ("tiled", "decode", "block_sparse", "token_blocks") else N
+    q, k, v, inputs = random_inputs(cls, B, heads, nq, N, dim, dim, kv_heads=1)
+    q, k, v = q.float(), k.float(), v.float()
+    with torch.no_grad():
+        found = _kv_copies(lambda: module(q, k, v, **inputs), B, heads, N, dim)
+    assert module.last_lowering == lowering and module.last_backend == "triton"
+    assert not found, f"{name} @ {lowering} made [B, H, N, D]-sized tensors: {found[:3]}"

@@ -84,7 +84,7 @@ def test_hypercube_visits_log_many_tiles():
     cls = attncc.compile(str(ROOT / "examples" / "hypercube.attn"))
     m = cls()
     q = torch.zeros(1, 1, 4096, 16)
-    ctx = m._context(q, q, q, {})
+    ctx = m.call_context(q, q, q, {})
     tiles = m.cached_tiles(ctx, sys.modules[cls.__module__].block_layout, "cpu", exact=True)
     blocks = 4096 // 16
     visited = tiles.full_cols.numel() + tiles.partial_cols.numel()
@@ -120,5 +120,5 @@ def test_layout_cache_is_bounded():
     fn = sys.modules[cls.__module__].block_layout
     for n in range(1, 3 * LAYOUT_CACHE):
         q = torch.zeros(1, 1, n, 16)
-        m.cached_tiles(m._context(q, q, q, {}), fn, "cpu")
+        m.cached_tiles(m.call_context(q, q, q, {}), fn, "cpu")
     assert len(m._layouts) <= LAYOUT_CACHE

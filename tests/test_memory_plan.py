@@ -147,10 +147,10 @@ def test_feature_blocks_are_bounded(budget):
     assert covered == [(l, e) for l in range(m) for e in range(E + 1)]  # each (feature, column) once
     saved = rt.GROUP_BUDGET
     try:
-        rt.attention.GROUP_BUDGET = budget
+        rt.transforms.GROUP_BUDGET = budget
         ours = rt.toeplitz_attention(pq, pk, v, f, normalize="rows", eps=1e-6)
     finally:
-        rt.attention.GROUP_BUDGET = saved
+        rt.transforms.GROUP_BUDGET = saved
     whole = rt.toeplitz_attention(pq, pk, v, f, normalize="rows", eps=1e-6)
     torch.testing.assert_close(ours, whole, rtol=1e-5, atol=1e-6)
 
@@ -160,7 +160,7 @@ import ctypes, re, sys, torch
 from pathlib import Path
 from attncc import rt
 n, split = int(sys.argv[1]), sys.argv[2] == "split"
-rt.attention.kernel_blocks.__kwdefaults__["split_columns"] = split
+rt.transforms.kernel_blocks.__kwdefaults__["split_columns"] = split
 gen = torch.Generator().manual_seed(0)
 B, H, m, E = 1, 8, 4, 64
 pq, pk, v = (torch.rand(B, H, n, d, generator=gen) for d in (m, m, E))

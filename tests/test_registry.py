@@ -109,7 +109,7 @@ def test_sdpa_is_chosen_for_plain_softmax_and_tiled_stays_forceable(capsys):
 OTHER_VOCABULARIES = {
     "approx.py": set(APPROXIMATIONS), "dense.py": set(APPROXIMATIONS) | set(NORMALIZERS),
     "compiled.py": set(APPROXIMATIONS), "check.py": set(NORMALIZERS), "benchmark.py": {"sdpa", "fft"},
-    "baselines.py": {"rings", "linear"},  # a size name and an FLA kernel family
+    "baselines.py": {"rings", "linear", "sdpa"},  # a size name, an FLA kernel family, the SDPA baseline
 }
 
 

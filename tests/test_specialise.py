@@ -94,7 +94,7 @@ def test_hypercube_kernel_evaluates_no_element_mask():
     module = make_module(cls, 1, 16, 16)
     for n in (64, 70):
         q, k, v, inputs = random_inputs(cls, 1, 1, n, n, 16, 16)
-        tiles = module.cached_tiles(module._context(q, k, v, {}), sys.modules[cls.__module__].block_layout, "cpu",
+        tiles = module.cached_tiles(module.call_context(q, k, v, {}), sys.modules[cls.__module__].block_layout, "cpu",
                                     exact=True)
         rows = torch.repeat_interleave(torch.arange(len(tiles.partial_ptr) - 1), tiles.partial_ptr.diff().long())
         last = (n - 1) // 16
@@ -111,7 +111,7 @@ def test_blocks_smaller_than_the_tile_keep_the_element_mask():
     cls = attncc.compile(str(ROOT / "examples" / "hypercube.attn"))
     module = make_module(cls, 1, 16, 16, block=8)
     q, k, v, inputs = random_inputs(cls, 1, 1, 64, 64, 16, 16)
-    tiles = module.cached_tiles(module._context(q, k, v, {}), sys.modules[cls.__module__].block_layout, "cpu",
+    tiles = module.cached_tiles(module.call_context(q, k, v, {}), sys.modules[cls.__module__].block_layout, "cpu",
                                 exact=True)
     assert not tiles.exact and tiles.full_cols.numel() > 0 and tiles.partial_cols.numel() > 0
     with LineCounts("_attn_fwd", "_popcount") as lines:

@@ -111,7 +111,7 @@ def test_layout_kernels_match_their_reference(name):
     module = _module(name)
     inputs = _inputs(name, 2, 70, 70, torch.Generator().manual_seed(0))
     q = torch.zeros(2, 2, 70, 16)
-    ctx = module._context(q, q, q[..., :8], inputs)
+    ctx = module.call_context(q, q, q[..., :8], inputs)
     kernels = module.triton_kernels()
     for bm, bn in ((16, 16), (32, 16)):
         tiles = kernels.token_tiles(ctx, 2, bm, bn, "cpu")
@@ -131,7 +131,7 @@ def test_document_kernel_skips_the_tiles_whose_documents_differ():
     module = _module("document")
     doc = _documents([40, 24, 56, 40])  # 160 tokens, 10 tiles of 16 a side
     q = torch.zeros(1, 2, 160, 16)
-    tiles = module.triton_kernels().token_tiles(module._context(q, q, q[..., :8], {"doc": doc}), 1, 16, 16, "cpu")
+    tiles = module.triton_kernels().token_tiles(module.call_context(q, q, q[..., :8], {"doc": doc}), 1, 16, 16, "cpu")
     first, last = doc[0, ::16], doc[0, 15::16]  # sorted ids: a tile's documents are [first, last] of its blocks
     meets = (first.view(-1, 1) <= last.view(1, -1)) & (first.view(1, -1) <= last.view(-1, 1))
     causal = torch.arange(10).view(1, -1) <= torch.arange(10).view(-1, 1)

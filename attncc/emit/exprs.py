@@ -191,6 +191,7 @@ def shift_arg(size_arg: str) -> str:
 
 class TritonExpr(ExprPrinter):
     """Emit Triton code over tile index vectors: `offs_m[:, None]` (i), `offs_n[None, :]` (j), `off_h` (h),
+    `off_hk` (hk: the key/value head, every kernel's prologue sets it),
     `off_b` (b: every kernel that evaluates expressions has its program's batch row, as input lookups need)."""
 
     TILE_VARIABLES = {"i": "offs_m[:, None]", "j": "offs_n[None, :]", "h": "off_h", "hk": "off_hk", "b": "off_b"}

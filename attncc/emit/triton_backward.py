@@ -10,7 +10,8 @@ Weighted tiles: W = w(s) where visible; `rows` saves the denominator Z = rowsum 
 dS = (dP - delta) / Z (delta = 0 where Z = 0: the forward divides by 1 there); `none`: P = W, dS = dP.
 Feature maps on a dot's sides: dK += (G^T phi(Q)) o phi'(K), dQ alike, per (q map, k map) pair.
 Two kernels: dK, dV (and the tables) per key tile over the query tiles that can see it (the band, or
-the block layout transposed), dQ per query tile over its key tiles, as the forward.
+the block layout transposed), dQ per query tile over its key tiles, as the forward. Grouped-query
+attention: the dK, dV kernel runs per key/value head and walks the GROUP query heads reading it.
 
 Linear lowerings: triton_backward_linear.py.
 """
@@ -29,7 +30,7 @@ from ..ir.lower import size_symbols
 from ..lang.normalizers import NORMALIZERS, Normalizer
 from ..passes.quadratic import quadratic_form
 from ..plan.select import Plan
-from .exprs import key, name_dots
+from .exprs import TritonExpr, key, name_dots
 from .let import LetScope
 from .tiles import LAYOUT_ARGS, Stage, band_constexprs, band_launch, band_line, key_stages, query_stages
 from .rows import TMA_NOTE, descriptor_rows, tensor_descriptors
@@ -484,7 +485,8 @@ def _backward_launch(w: CodeWriter, plan: Plan, kernel: Kernel, tables: list, di
         if token:
             w.line("lists = token_tiles(ctx, B, BLOCK_M, BLOCK_N, q.device)  # the forward's, when its tiles were these")
             w.line("tiles, by_key = lists.rows, lists.cols")
-        w.line(f"_attn_bwd_dkdv[(triton.cdiv(N, BLOCK_N), B * k.shape[1])]({bwd_launch('KV', out=False)}, {vals}{gvals}stat, "
+        w.line("# dK, dV: one program per (key tile, b, kv head), over the GROUP query heads reading it")
+        w.line(f"_attn_bwd_dkdv[(triton.cdiv(N, BLOCK_N), B * Hkv)]({bwd_launch('KV', out=False)}, {vals}{gvals}stat, "
                f"delta,{' *by_key.tensors(),' if listed else ''}")
         w.line(f"    {tail}{diagonal} num_warps=num_warps, num_stages=num_stages)")
         w.line(f"_attn_bwd_dq[(triton.cdiv(Nq, BLOCK_M), B * H)]({bwd_launch('Q', out=False)}, {vals}stat, delta,"
@@ -505,7 +507,8 @@ def table_atomics(w: CodeWriter, scope: LetScope, stage: Stage, ex: KernelExpr, 
             continue
         w.line(f"c = tl.where(valid, ds * ({scope(d)}), 0.0)" if stage.masked else f"c = ds * ({scope(d)})")
         reads = {e.value for arg in leaf.args for e in arg.walk() if e.op == "var"} & {"i", "j"}
-        along = lambda **variables: KernelExpr(ex.dots, ex.sizes, variables={"h": "off_h", "hk": "off_hk", "b": "off_b", **variables}).offset(leaf)
+        along = lambda **variables: KernelExpr(ex.dots, ex.sizes,
+                                               variables={**TritonExpr.TILE_VARIABLES, **variables}).offset(leaf)
         if not reads:
             w.line(f"tl.atomic_add({grad} + {ex.offset(leaf, [scope(x) for x in leaf.args])}, tl.sum(tl.sum(c, 1), 0))"
                    "  # one entry per tile")

@@ -16,8 +16,9 @@ from ..plan.select import Plan
 from .exprs import brief, name_dots
 from .exprs import band_bounds
 from .tiles import BAND_LIMIT, Stage
-from .triton import (GROUP_OF, LN2, LOG2E, ONLINE_SOFTMAX_UPDATE, RUNNING_STATE, SINK_ROWS, Kernel, KernelExpr, kernel_preamble,
-                     key_tile_weights, launcher_head, log2_scores, query_tile, size_arg, sizes_used, tuned_launch)
+from .triton import (GROUP_OF, LN2, LOG2E, ONLINE_SOFTMAX_UPDATE, RUNNING_STATE, SINK_ROWS, Kernel, KernelExpr,
+                     kernel_preamble, key_tile_weights, launcher_head, log2_scores, query_tile, size_arg, sizes_used,
+                     tuned_launch)
 from .writer import CodeWriter
 
 MERGE_SPLITS = 16  # splits merged per step of `_attn_merge`
@@ -75,7 +76,8 @@ def emit_split_kernel(w: CodeWriter, graph: Graph, plan: Plan, kernel: Kernel) -
     ex = KernelExpr(dots, {s: size_arg(s) for s in sizes_used(scores, mask)})
     extra = "".join(f"{a}, " for a in kernel.arg_names())
     w.line("@triton.jit")
-    with w.block("def _attn_fwd_split(Q, K, V, Out, Nq, N, H, D, E, GROUP: tl.constexpr, stride_qb, stride_qh, stride_qm, stride_qd,"):
+    with w.block("def _attn_fwd_split(Q, K, V, Out, Nq, N, H, D, E, GROUP: tl.constexpr,"):
+        w.line("stride_qb, stride_qh, stride_qm, stride_qd,")
         w.line("stride_kb, stride_kh, stride_km, stride_kd, stride_vb, stride_vh, stride_vm, stride_vd,")
         w.line(f"stride_ob, stride_oh, stride_om, stride_os, stride_od, {extra}Lse, sm_scale, band_lo, band_hi, SPLITS,")
         w.line("BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,")

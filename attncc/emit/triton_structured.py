@@ -103,8 +103,8 @@ def _emit_ring_contract(w: CodeWriter, feature: str | None, normalize: str, metr
     w.line("@triton.jit")
     # the grid's shape and the ring count are fixed per module and length: constexprs (the loop bound and
     # the divisions by the width fold)
-    with w.block(f"def _ring_contract(Q, Tab, G, Acc, Out, Nq, H, GROUP: tl.constexpr, E, L0, ML, T: tl.constexpr, width: tl.constexpr, "
-                 f"R: tl.constexpr, C: tl.constexpr, {_strides('q', 'bhmd')},"):
+    with w.block("def _ring_contract(Q, Tab, G, Acc, Out, Nq, H, GROUP: tl.constexpr, E, L0, ML, T: tl.constexpr, "
+                 f"width: tl.constexpr, R: tl.constexpr, C: tl.constexpr, {_strides('q', 'bhmd')},"):
         w.line(f"{_strides('t', 'lbhce')}, {_strides('g', 'bhmr')}, {_strides('o', 'bhmd')}, eps,")
         w.line("BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_L: tl.constexpr, LAST: tl.constexpr):")
         w.line('"""num_i += sum_l phi(q_i)_l y_l(i) (den_i: the ones column) for one tile of queries, with')
@@ -183,7 +183,8 @@ def emit_structured(w: CodeWriter, graph: Graph, plan: Plan, torch_part: str,
         with w.block("for l0, y in rt.kernel_products(pk, v, transform, cells=cells, budget=budget):"):
             extra = "g.shape[-1] - 1, width, geo.rows, geo.cols, " if rings else ""
             tables = "*y.stride(), *g.stride()" if rings else "*y.stride()"
-            w.line(f"{kernel}[grid](q, y, {'g, ' if rings else ''}acc, out, Nq, H, {GROUP_OF}, E, l0, y.shape[0], {extra}*q.stride(),")
+            w.line(f"{kernel}[grid](q, y, {'g, ' if rings else ''}acc, out, Nq, H, {GROUP_OF}, E, l0, y.shape[0], "
+                   f"{extra}*q.stride(),")
             w.line(f"    {tables}, *out.stride(), {eps!r}, BLOCK_M=BLOCK_M, BLOCK_E=BLOCK_E, BLOCK_L=BLOCK_L,")
             w.line("    LAST=l0 + y.shape[0] == pk.shape[-1], num_warps=num_warps)")
         w.line("return out")

@@ -1,4 +1,5 @@
-"""What every compiled module shares: parameters, input checks, backend choice, loading.
+"""What every compiled module shares: parameters, backend choice, loading (the checks of its sizes and
+of each call's tensors and inputs, and the call's Context: attncc/runtime/context.py).
 
 A generated module file defines `class Module(CompiledAttention)` with its tables (SIZES, PARAMS,
 INPUTS, DISPATCH, MEMORY) beside its lowering's `forward_torch` / `forward_triton`; the other
@@ -13,14 +14,13 @@ import math
 import pickle
 import sys
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
 from ..analysis.blocks import TileLists, split_tiles
-from ..lang.source import AttnccError, ShapeError, did_you_mean
+from ..lang.source import AttnccError, ShapeError
 from ..lang.features import draw_projection, random_features, tensor_power_features
 from ..lang.graph_kernels import dense_kernel
 from ..frontend.approx import RANDOM
@@ -28,76 +28,14 @@ from ..lang.approx_math import lara_noise, ra_noise
 from ..plan import registry
 from .backends import auto_description, backends_to_prepare, get_backend, resolve
 from .cache import import_sibling  # generated modules import it from here
+from .context import (  # InputSpec, ParamSpec: generated modules import them from here
+    Context, InputSpec, ParamSpec, call_context, checked_sizes, init_table, sizes_text)
 from .memory import check_fits, element_factor
 
 LAYOUT_CACHE = 16  # block-sparse layouts kept per module (one per length and sizes)
 MAX_TILE = 128  # largest Triton tile edge for block-sparse kernels
 
 
-@dataclass(frozen=True)
-class ParamSpec:
-    shape: Callable[[dict], tuple]
-    init: str
-    args: dict
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    dims: Callable[[dict], tuple]
-    dtype: str
-
-
-@dataclass
-class Context:
-    """Everything a generated hole may read: sizes, tables and the run-time dims."""
-
-    sizes: dict
-    params: dict
-    inputs: dict
-    N: int
-    Nq: int
-    H: int
-    D: int
-    E: int
-    dtype: torch.dtype = torch.float32  # of the computation: float64 for float64 inputs
-    noise: object = None  # the random draw of an approximation (lara, ra) for this call
-    B: int = 1  # batch rows (the batch index `b` runs over them)
-    lowering: str = ""  # the lowering this call runs (the module's DISPATCH entry for N); "": LOWERING
-    Hkv: int = 0  # key/value heads (grouped-query attention: H // Hkv query heads read each); 0: H
-
-    def __post_init__(self):
-        self.Hkv = self.Hkv or self.H
-
-    @property
-    def group(self) -> int:
-        """Query heads per key/value head: query head h reads key/value head h // group."""
-        return self.H // self.Hkv
-
-    @property
-    def scale(self) -> float:
-        return self.D ** -0.5
-
-    def fp(self, x: float) -> torch.Tensor:
-        """A float literal at the precision of the computation."""
-        return torch.tensor(x, dtype=self.dtype)
-
-
-def init_table(shape: tuple, init: str, args: dict) -> torch.Tensor:
-    if init == "zeros":
-        return torch.zeros(shape)
-    if init == "ones":
-        return torch.ones(shape)
-    if init == "constant":
-        return torch.full(shape, float(args["value"]))
-    if init == "normal":
-        return torch.randn(shape) * args["std"] + args["mean"]
-    if init == "uniform":
-        return torch.rand(shape) * (args["high"] - args["low"]) + args["low"]
-    if init == "alibi":  # ALiBi slopes 2^(-8 k / n), k = 1..n, along the first dimension
-        n = shape[0]
-        slopes = torch.tensor([2.0 ** (-8.0 * (idx + 1) / n) for idx in range(n)])
-        return slopes.view(n, *([1] * (len(shape) - 1))).expand(shape).clone()
-    raise AttnccError(f"unknown initializer {init}")
 
 
 class CompiledAttention(nn.Module):
@@ -138,49 +76,10 @@ class CompiledAttention(nn.Module):
         self.last_backend: str | None = None
         self.last_lowering: str | None = None
         self._layouts: OrderedDict = OrderedDict()  # block-sparse layouts by lengths and sizes, LRU
-        unknown = set(sizes) - set(self.SIZES) - set(self.NEEDS)
-        if unknown:
-            name = sorted(unknown)[0]
-            hint = did_you_mean(name, set(self.SIZES) | set(self.NEEDS))
-            raise AttnccError(f"{self.SPEC_NAME}: unknown size `{name}`" + (f"; {hint}" if hint else ""))
-        missing = [n for n in self.NEEDS if n not in sizes]
-        if missing:
-            raise AttnccError(f"{self.SPEC_NAME}: its tables are sized by {', '.join(missing)}; pass "
-                              + ", ".join(f"{n}=..." for n in missing) + " to the constructor")
-        derived = sorted(set(sizes) & set(self.DERIVED))
-        if derived:
-            raise AttnccError(f"{self.SPEC_NAME}: size `{derived[0]}` is derived from other sizes; set those instead")
-        bad = [n for n, v in sizes.items() if isinstance(v, bool) or not isinstance(v, int)]
-        if bad:
-            raise AttnccError(f"{self.SPEC_NAME}: size `{bad[0]}` must be an integer, got {sizes[bad[0]]!r}")
-        too_big = [n for n, v in sizes.items() if abs(v) >= 2**31]
-        if too_big:
-            raise AttnccError(f"{self.SPEC_NAME}: size `{too_big[0]}` must be below 2^31 (ints are 32-bit)")
-        try:
-            self.sizes = {**self.SIZES, **{n: int(v) for n, v in sizes.items() if n in self.SIZES}}
-            self.fixed = {n: int(sizes[n]) for n in self.NEEDS}
-            for name, fn in self.DERIVED.items():  # in declaration order, so chains resolve
-                self.sizes[name] = int(fn(self.sizes))
-            shapes = {name: tuple(int(d) for d in p.shape({**self.sizes, **self.fixed}))
-                      for name, p in self.PARAMS.items()}
-        except (TypeError, ValueError, ArithmeticError) as exc:
-            raise AttnccError(f"{self.SPEC_NAME}: bad sizes {sizes}: {exc}") from None
-        too_big = [n for n in self.DERIVED if abs(self.sizes[n]) >= 2**31]
-        if too_big:
-            name = too_big[0]
-            raise AttnccError(f"{self.SPEC_NAME}: size `{name}` (derived from other sizes) would be {self.sizes[name]}, "
-                              "beyond the 32-bit ints of the spec and its kernels; make the sizes it is computed from smaller")
-        negative = [n for n, v in {**self.sizes, **self.fixed}.items() if v < 0]
-        if negative:
-            raise AttnccError(f"{self.SPEC_NAME}: size `{negative[0]}` must be >= 0")
-        if any(fn(self.sizes) == 0 for fn in self.DIVISORS):
-            raise AttnccError(f"{self.SPEC_NAME}: sizes {self.sizes} make a divisor of the spec 0")
-        for name, shape in shapes.items():
-            if any(d <= 0 for d in shape):
-                raise AttnccError(f"{self.SPEC_NAME}: table `{name}` would have shape {shape}")
+        self.sizes, self.fixed, shapes = checked_sizes(type(self), sizes)
         check_fits(f"{self.SPEC_NAME}: learned " + ", ".join(f"table `{n}` {s}" for n, s in shapes.items()),
                    4 * sum(math.prod(s) for s in shapes.values()), torch.device("cpu"), self.memory_budget,
-                   _sizes_text({**self.sizes, **self.fixed}))
+                   sizes_text({**self.sizes, **self.fixed}))
         for name, p in self.PARAMS.items():
             if name in self.SHARED:
                 continue
@@ -243,7 +142,7 @@ class CompiledAttention(nn.Module):
         recording = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *ctx.params.values()))
         need = (working + (saved if recording else 0)) * element_factor(ctx.dtype)
         what = f"{self.SPEC_NAME}: lowering `{ctx.lowering}`" + (" (with autograd recording)" if recording else "")
-        check_fits(what, need, q.device, self.memory_budget, _sizes_text(sizes))
+        check_fits(what, need, q.device, self.memory_budget, sizes_text(sizes))
 
     # ------------------------------------------------------------------ random features
     def projections(self) -> dict:
@@ -291,66 +190,8 @@ class CompiledAttention(nn.Module):
 
     def call_context(self, q, k, v, inputs: dict, tables: dict | None = None) -> Context:
         """The checked Context of a call; `tables`: learned tables passed in (SHARED), beside the own."""
-        return self._context(q, k, v, inputs, tables)
-
-    def _context(self, q, k, v, inputs: dict, tables: dict | None = None) -> Context:
-        for name, t in (("q", q), ("k", k), ("v", v)):
-            if not isinstance(t, torch.Tensor):
-                raise ShapeError(f"{self.SPEC_NAME}: `{name}` must be a tensor, got {type(t).__name__}")
-            if t.dim() != 4:
-                raise ShapeError(f"{self.SPEC_NAME}: `{name}` must be [batch, heads, tokens, dim], got "
-                                 f"{tuple(t.shape)}")
-            if not t.is_floating_point():
-                raise ShapeError(f"{self.SPEC_NAME}: `{name}` must be floating point, got {t.dtype}")
-        B, H, Nq, D = q.shape
-        N, Hkv = k.shape[2], k.shape[1]
-        want = {"k": (B, Hkv, N, D), "v": (B, Hkv, N, v.shape[-1])}
-        if Hkv == 0 or H % Hkv:
-            raise ShapeError(f"{self.SPEC_NAME}: `k` has {Hkv} heads, which do not divide the {H} heads of q "
-                             f"(q is {tuple(q.shape)}, k {tuple(k.shape)}); expected k [B, Hkv, N, D] and "
-                             "v [B, Hkv, N, E] with Hkv dividing H (grouped-query attention; Hkv = H: one "
-                             "key/value head per query head)")
-        for name, t in (("k", k), ("v", v)):
-            if tuple(t.shape) != want[name]:
-                raise ShapeError(f"{self.SPEC_NAME}: `{name}` has shape {tuple(t.shape)}, expected {want[name]} "
-                                 f"(q is {tuple(q.shape)}; k and v share their heads, dividing q's, and their "
-                                 "token count)")
-            if t.dtype != q.dtype or t.device != q.device:
-                raise ShapeError(f"{self.SPEC_NAME}: `{name}` is {t.dtype} on {t.device}, q is {q.dtype} on "
-                                 f"{q.device}")
-        dims = {"N": N, "Nq": Nq, "H": H, "D": D, "E": v.shape[-1], "Hkv": Hkv}
-        for n, value in self.fixed.items():
-            if dims[n] != value:
-                raise ShapeError(f"{self.SPEC_NAME}: built for {n} = {value}, called with {n} = {dims[n]}")
-        unknown = set(inputs) - set(self.INPUTS)
-        if unknown:
-            name = sorted(unknown)[0]
-            hint = did_you_mean(name, self.INPUTS)
-            raise ShapeError(f"{self.SPEC_NAME}: unexpected input `{name}`" + (f"; {hint}" if hint else ""))
-        dtype = torch.float64 if q.dtype == torch.float64 else torch.float32  # float inputs and tables join at it
-        checked = {}
-        for name, spec in self.INPUTS.items():
-            if name not in inputs:
-                raise ShapeError(f"{self.SPEC_NAME}: missing input `{name}` (declared `input {name}[...]`)")
-            try:
-                t = torch.as_tensor(inputs[name], device=q.device)
-            except (TypeError, ValueError, RuntimeError) as exc:
-                raise ShapeError(f"{self.SPEC_NAME}: input `{name}` must be a tensor or a nested list of "
-                                 f"numbers, got {type(inputs[name]).__name__} ({exc})") from None
-            if t.is_complex():
-                raise ShapeError(f"{self.SPEC_NAME}: input `{name}` must be real, got {t.dtype}")
-            shape = tuple(int(d) for d in spec.dims({**self.sizes, **dims}))
-            if tuple(t.shape) not in (shape, (B, *shape)):
-                raise ShapeError(f"{self.SPEC_NAME}: input `{name}` has shape {tuple(t.shape)}, expected "
-                                 f"{shape} or {(B, *shape)}")
-            if spec.dtype in ("int", "bool") and t.is_floating_point():
-                raise ShapeError(f"{self.SPEC_NAME}: input `{name}` must be {spec.dtype}, got {t.dtype}")
-            checked[name] = t.int() if spec.dtype == "int" else t.bool() if spec.dtype == "bool" else t.to(dtype)
-        params = {**self.params_dict(), **(tables or {})}
-        if q.dtype == torch.float64:  # tables join the computation at its precision
-            params = {n: p.double() for n, p in params.items()}
-        return Context(self.sizes, params, checked, **dims, dtype=dtype, B=B)
-
+        return call_context(self.SPEC_NAME, q, k, v, inputs, declared=self.INPUTS, sizes=self.sizes, fixed=self.fixed,
+                            params={**self.params_dict(), **(tables or {})})
     def resolve_backend(self, q: torch.Tensor) -> str:
         """The name of the backend a call with q runs on (attncc/runtime/backends.py)."""
         return resolve(self.backend, q).name
@@ -360,7 +201,7 @@ class CompiledAttention(nn.Module):
 
     def forward_with(self, q, k, v, inputs: dict, tables: dict | None = None):
         """forward(q, k, v, **inputs) with the learned tables `tables` passed in (SHARED ones)."""
-        ctx = self._context(q, k, v, inputs, tables)
+        ctx = self.call_context(q, k, v, inputs, tables)
         if self.check_bounds:
             problems = self._clamped(ctx, q.shape[0])
             if problems:
@@ -438,7 +279,7 @@ class CompiledAttention(nn.Module):
                                 tables)
 
     def _dense_call(self, spec, q, k, v, inputs: dict, tables: dict | None = None) -> torch.Tensor:
-        ctx = self._context(q, k, v, inputs, tables)
+        ctx = self.call_context(q, k, v, inputs, tables)
         if q.shape[2] == 0 or k.shape[2] == 0:
             return torch.zeros(*q.shape[:3], v.shape[-1], dtype=torch.float64, device=q.device)
         ctx.noise = self.approx_noise(q, k, advance=False)
@@ -458,7 +299,7 @@ class CompiledAttention(nn.Module):
 
     def clamped_with(self, q, k, v, inputs: dict, tables: dict | None = None) -> list[str]:
         """clamped_lookups with the learned tables `tables` passed in (SHARED ones)."""
-        return self._clamped(self._context(q, k, v, inputs, tables), q.shape[0])
+        return self._clamped(self.call_context(q, k, v, inputs, tables), q.shape[0])
 
     def _clamped(self, ctx: Context, batch: int) -> list[str]:
         from ..oracle.bounds import clamped_lookups
@@ -481,7 +322,7 @@ class CompiledAttention(nn.Module):
     def tap_with(self, q, k, v, inputs: dict, tables: dict | None = None, rows=None) -> torch.Tensor:
         """tap with the learned tables `tables` passed in (SHARED ones)."""
         from ..oracle.dense import dense_probabilities
-        ctx = self._context(q, k, v, inputs, tables)
+        ctx = self.call_context(q, k, v, inputs, tables)
         if rows is not None:
             rows = torch.as_tensor(rows, device=q.device)
             if rows.dim() != 1 or rows.is_floating_point() or rows.dtype == torch.bool:
@@ -511,13 +352,8 @@ class CompiledAttention(nn.Module):
                 for name, (kind, adj, opts) in self.GRAPHS.items()}
 
     def __reduce__(self):
-        """Pickling (torch.save, copy.deepcopy, multiprocessing spawn): the recipe of the class and
-        the instance's state; unpickling recompiles the spec (checking its hash) and restores it."""
-        if type(self).REBUILD is None:
-            raise pickle.PicklingError(f"{type(self).__qualname__}: only modules of classes made by "
-                                       "attncc.compile can be pickled")
-        rebuild, recipe = type(self).REBUILD
-        return rebuild, (recipe,), self.__getstate__()
+        """Pickling (torch.save, copy.deepcopy, multiprocessing spawn): see reduce_by_recipe."""
+        return reduce_by_recipe(self)
 
     def extra_repr(self) -> str:
         chosen = auto_description() if self.backend == "auto" else self.backend
@@ -528,8 +364,15 @@ class CompiledAttention(nn.Module):
                 + (f", {sizes}" if sizes else ""))
 
 
-def _sizes_text(sizes: dict) -> str:
-    return ", ".join(f"{n} = {v}" for n, v in sizes.items())
+def reduce_by_recipe(module: nn.Module) -> tuple:
+    """module.__reduce__ of a compiled (or composed) module: the recipe its class's REBUILD holds and
+    the instance's state; unpickling recompiles the spec (checking its hash) and restores the state.
+    Its class lives in a generated module that a fresh process does not have."""
+    if type(module).REBUILD is None:
+        raise pickle.PicklingError(f"{type(module).__qualname__}: only modules of classes made by "
+                                   "attncc.compile can be pickled")
+    rebuild, recipe = type(module).REBUILD
+    return rebuild, (recipe,), module.__getstate__()
 
 
 # Names a learned table may not take: it becomes an attribute of the module.
@@ -550,4 +393,4 @@ RESERVED_KEYWORDS = keyword_names(CompiledAttention.__init__, CompiledAttention.
                                   CompiledAttention.reference, CompiledAttention.target)
 
 
-__all__ = ["CompiledAttention", "Context", "ParamSpec", "InputSpec", "import_sibling"]
+__all__ = ["CompiledAttention", "Context", "ParamSpec", "InputSpec", "import_sibling", "reduce_by_recipe"]

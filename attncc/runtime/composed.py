@@ -10,15 +10,14 @@ gradient sums what every map and the coefficients contribute.
 """
 from __future__ import annotations
 
-import pickle
-
 import torch
 from torch import nn
 
 from ..lang.source import AttnccError, ShapeError, did_you_mean
 from ..oracle.combine import dense_combination
 from .backends import get_backend
-from .compiled import RESERVED_ATTRIBUTES, init_table
+from .compiled import RESERVED_ATTRIBUTES, reduce_by_recipe
+from .context import init_table
 
 
 class ComposedAttention(nn.Module):
@@ -161,11 +160,7 @@ class ComposedAttention(nn.Module):
 
     def __reduce__(self):
         """Pickling: the recipe of the class (attncc.api.compile_recipe) and the instance's state."""
-        if type(self).REBUILD is None:
-            raise pickle.PicklingError(f"{type(self).__qualname__}: only modules of classes made by "
-                                       "attncc.compile can be pickled")
-        rebuild, recipe = type(self).REBUILD
-        return rebuild, (recipe,), self.__getstate__()
+        return reduce_by_recipe(self)
 
     def extra_repr(self) -> str:
         return f"spec={self.SPEC_NAME}, output={self.OUTPUT}, backend={self.backend}"

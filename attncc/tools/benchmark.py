@@ -1,9 +1,11 @@
 """`attncc bench`: time compiled specs against the baselines of attncc.baselines, in one run.
 
-For each spec, head dim d (= e) and length N: random normal q, k, v [B, H, N, d] (bf16 on CUDA,
-float32 on the CPU), the module (Triton backend on CUDA, torch backend on the CPU) and every
-baseline that applies to the spec's family. Forward times are medians: triton.testing.do_bench on
-CUDA, torch.utils.benchmark's blocked_autorange on the CPU; `--backward` adds forward + backward.
+For each spec, head dim d (= e) and length N: random normal q [B, H, N, d] and k, v [B, Hkv, N, d]
+(Hkv = H unless `PATH:kv=Hkv` or BenchConfig.kv_heads says fewer: grouped-query attention; bf16 on
+CUDA, float32 on the CPU), the spec's inputs (bench_inputs), the module (Triton backend on CUDA,
+torch backend on the CPU) and every baseline that applies to the spec's family. Forward times are
+medians: triton.testing.do_bench on CUDA, torch.utils.benchmark's blocked_autorange on the CPU;
+`--backward` adds forward + backward.
 
   useful flops  2 * pairs * (d + e) where pairs counts the (b, h, i, j) the mask keeps (the
                 reference mask, evaluated in row chunks); the dense-equivalent count for kernelized
@@ -23,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from ..api import compile as compile_spec
 from ..lang.evaluate import Env, evaluate
@@ -30,7 +33,8 @@ from . import baselines as bl
 from .compare import parse_sizes
 
 BASELINES = ("sdpa", "flex", "fla", "naive", "fft")
-SPEC_SIZES = {"sliding_window": {"window": 256}, "block_diagonal": {"chunk": 256}}  # issue 5's targets
+SPEC_SIZES = {"sliding_window": {"window": 256}, "block_diagonal": {"chunk": 256},  # issue 5's targets
+              "sinks": {"window": 128}}  # GPT-OSS's banded layers
 FWD_BWD_FLOPS = 3.5  # backward = 2.5 forwards (two products recomputed or transposed per forward product)
 
 
@@ -49,6 +53,7 @@ class BenchConfig:
     doc_len: int = 1000  # tokens per document for `input doc[N]`
     min_run_time: float = 0.2  # CPU timer: seconds per measurement
     seed: int = 0
+    kv_heads: int = 0  # heads of k and v for specs without a `:kv=` suffix; 0: q's heads (no grouping)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -65,19 +70,42 @@ def instantiate(cls, *, heads: int, tokens: int, dim: int = 64, **kwargs):
     return cls(**sizes, **kwargs)
 
 
-def bench_inputs(cls, batch: int, tokens: int, doc_len: int, device) -> dict:
-    """Call-time inputs: `doc` = documents of doc_len tokens (the same in every batch row)."""
-    unknown = sorted(set(cls.INPUTS) - {"doc"}) + sorted(cls.GRAPHS)
+GATES = ("g", "G")  # float inputs named so are cumulative log-gates (the examples' and fla's convention)
+GATE_NORMALIZER = 16  # GLA's gate_logit_normalizer: per-step log-gates logsigmoid(x) / 16, about -0.05
+
+
+def bench_inputs(cls, batch: int, tokens: int, doc_len: int, device, heads: int = 1, dim: int = 64,
+                 dtype=torch.float32, seed: int = 0) -> dict:
+    """Call-time inputs, each with its batch axis [B, *declared shape]: `doc` = documents of doc_len
+    tokens (the same in every batch row); a float input named g or G = cumulative log-gates along its
+    token axis, cumsum(logsigmoid(x) / 16) for normal x (realistic: decays of a few % per token); any
+    other float input (mla's q_rope, k_rope) random normal, rounded to `dtype` (the baselines read
+    them in q's dtype; the module then sees the same values)."""
+    unknown = sorted(n for n, spec in cls.INPUTS.items() if n != "doc" and spec.dtype != "float") + sorted(cls.GRAPHS)
     if unknown:
         raise ValueError(f"no benchmark data for input `{unknown[0]}`")
-    return {"doc": (torch.arange(tokens, device=device) // doc_len).int().expand(batch, tokens)} if cls.INPUTS else {}
+    sizes = lambda n: {**cls.SIZES, "N": n, "Nq": n, "H": heads, "Hkv": heads, "D": dim, "E": dim}  # noqa: E731
+    gen = torch.Generator().manual_seed(seed + 1)
+    out = {}
+    for name, spec in cls.INPUTS.items():
+        if name == "doc":
+            out[name] = (torch.arange(tokens, device=device) // doc_len).int().expand(batch, tokens)
+            continue
+        shape = tuple(int(x) for x in spec.dims(sizes(tokens)))
+        x = torch.randn(batch, *shape, generator=gen)
+        if name in GATES:  # the token axis: the one that follows N
+            axis = 1 + [a != b for a, b in zip(shape, spec.dims(sizes(tokens + 1)))].index(True)
+            x = torch.cumsum(F.logsigmoid(x) / GATE_NORMALIZER, dim=axis)
+        out[name] = x.to(dtype).float().to(device)
+    return out
 
 
-def reference_mask(module, inputs: dict, batch: int, heads: int, nq: int, n: int, device, rows=None):
+def reference_mask(module, inputs: dict, batch: int, heads: int, nq: int, n: int, device, rows=None, dim: int = 1):
     """The spec's mask as the dense reference evaluates it (attncc.lang.evaluate, float32 arithmetic) on
-    query rows `rows` (a slice; default all): bool, broadcastable to [B, H, len(rows), N]."""
-    d, e = module.fixed.get("D", 1), module.fixed.get("E", 1)  # zero-stride stand-ins for q, k, v
-    ctx = module._context(*(torch.zeros((), device=device).expand(batch, heads, t, w)
+    query rows `rows` (a slice; default all): bool, broadcastable to [B, H, len(rows), N]. dim: the head
+    width of the call (inputs sized by D, gla's G [H, N, D], must match it)."""
+    d, e = module.fixed.get("D", dim), module.fixed.get("E", dim)  # zero-stride stand-ins for q, k, v
+    ctx = module.call_context(*(torch.zeros((), device=device).expand(batch, heads, t, w)
                             for t, w in ((nq, d), (n, d), (n, e))), inputs)
     ar = lambda k: torch.arange(k, device=device, dtype=torch.int32)  # noqa: E731
     i = ar(nq)[rows] if rows is not None else ar(nq)
@@ -88,17 +116,17 @@ def reference_mask(module, inputs: dict, batch: int, heads: int, nq: int, n: int
     return torch.as_tensor(evaluate(module.checked.mask, env), device=device)
 
 
-def count_pairs(module, inputs: dict, batch: int, heads: int, nq: int, n: int, device) -> int:
+def count_pairs(module, inputs: dict, batch: int, heads: int, nq: int, n: int, device, dim: int = 1) -> int:
     """(b, h, i, j) kept by the spec's reference mask, counted in chunks of rows (no N x N buffer); for a
     composed spec, the sum over its maps (each computes its own)."""
     if hasattr(module, "map_modules"):
-        return sum(count_pairs(m, inputs, batch, heads, nq, n, device) for m in module.map_modules())
+        return sum(count_pairs(m, inputs, batch, heads, nq, n, device, dim) for m in module.map_modules())
     if module.checked.mask is None:
         return batch * heads * nq * n
     chunk = max(1, (1 << 24) // max(1, n))
     total = 0
     for start in range(0, nq, chunk):
-        m = reference_mask(module, inputs, batch, heads, nq, n, device, slice(start, start + chunk))
+        m = reference_mask(module, inputs, batch, heads, nq, n, device, slice(start, start + chunk), dim)
         while m.dim() < 4:
             m = m.unsqueeze(0)
         m = m.expand(m.shape[0], m.shape[1], min(chunk, nq - start), n)
@@ -107,12 +135,23 @@ def count_pairs(module, inputs: dict, batch: int, heads: int, nq: int, n: int, d
 
 
 def planned(fam: bl.Family | None, baselines: tuple) -> list[str]:
-    """The baselines that apply to a family, in report order."""
+    """The baselines that apply to a family, in report order (a variant's: those it builds or explains)."""
     if fam is None:
         return []
-    applies = {"sdpa": fam.softmax and fam.sdpa_causal is not None, "flex": fam.softmax, "fla": fam.fla is not None,
-               "naive": True, "fft": fam.modulation == "toeplitz"}
+    if fam.custom is not None:
+        return [b for b in baselines if b in fam.offers]
+    applies = {"sdpa": fam.softmax and (fam.sdpa_causal is not None or fam.sdpa_bias), "flex": fam.softmax,
+               "fla": fam.fla is not None, "naive": True, "fft": fam.modulation == "toeplitz"}
     return [b for b in baselines if applies[b]]
+
+
+def split_spec(spec) -> tuple[str, str, int]:
+    """`PATH[@lowering][:kv=Hkv]` -> (path, lowering or "", Hkv or 0)."""
+    text, _, kv = str(spec).partition(":kv=")
+    path, _, lowering = text.partition("@")
+    if kv and not kv.isdigit():
+        raise ValueError(f"`{spec}`: `:kv=` takes the number of key/value heads, e.g. `gqa.attn:kv=4`")
+    return path, lowering, int(kv or 0)
 
 
 class Runner:
@@ -150,9 +189,9 @@ class Runner:
     def compiled(self, spec, n: int, d: int):
         """The module class for this shape: the lowering named by a `PATH@lowering` spec, else the one
         the cost model picks for B, H, N, d and the spec's sizes (what a user would get)."""
-        key = (str(spec), n, d)
+        path, lowering, _ = split_spec(spec)
+        key = (path, lowering, n, d)
         if key not in self.classes:
-            path, _, lowering = str(spec).partition("@")
             backend = "triton" if self.cuda else "torch"
             cls = compile_spec(Path(path), backend=backend)
             design = {"B": self.cfg.batch, "H": self.cfg.heads, "Nq": n, "N": n, "D": d, "E": d,
@@ -181,13 +220,13 @@ class Runner:
         for spec, d, n in self.cases(specs):
             first = len(rows)
             if self.deadline is not None and time.monotonic() > self.deadline:
-                rows.append({"spec": Path(str(spec)).name.replace(".attn", ""), "d": d, "N": n, "impl": "attncc",
+                rows.append({"spec": _name(spec), "d": d, "N": n, "impl": "attncc",
                              "mode": "fwd", "note": "not run: time budget spent"})
                 continue
             try:
                 rows += self.case(spec, d, n)
             except Exception as exc:  # noqa: BLE001  (one failing case must not end the suite)
-                rows.append({"spec": Path(str(spec)).name.replace(".attn", ""), "d": d, "N": n, "impl": "attncc",
+                rows.append({"spec": _name(spec), "d": d, "N": n, "impl": "attncc",
                              "mode": "fwd", "note": _failure(exc)})
             finally:
                 if self.cuda:
@@ -205,12 +244,14 @@ class Runner:
         overrides = self.overrides(cls)
         # eval(): inference, and random features keep their draw (training mode redraws per call)
         module = instantiate(cls, heads=cfg.heads, tokens=n, dim=d, **overrides).to(cfg.device).eval()
-        inputs = bench_inputs(cls, cfg.batch, n, cfg.doc_len, cfg.device)
+        inputs = bench_inputs(cls, cfg.batch, n, cfg.doc_len, cfg.device, heads=cfg.heads, dim=d,
+                              dtype=cfg.torch_dtype, seed=cfg.seed)
+        hkv = self.kv_heads(spec)
         gen = torch.Generator().manual_seed(cfg.seed)
-        q, k, v = (torch.randn(cfg.batch, cfg.heads, n, d, generator=gen).to(cfg.device, cfg.torch_dtype)
-                   for _ in range(3))
-        pairs = count_pairs(module, inputs, cfg.batch, cfg.heads, n, n, cfg.device)
-        base = {"spec": _label(cls, spec), "d": d, "N": n, "lowering": cls.LOWERING, "pairs": pairs,
+        q, k, v = (torch.randn(cfg.batch, heads, n, d, generator=gen).to(cfg.device, cfg.torch_dtype)
+                   for heads in (cfg.heads, hkv, hkv))
+        pairs = count_pairs(module, inputs, cfg.batch, cfg.heads, n, n, cfg.device, d)
+        base = {"spec": _label(cls, spec), "d": d, "N": n, "kv_heads": hkv, "lowering": cls.LOWERING, "pairs": pairs,
                 "density": pairs / (cfg.batch * cfg.heads * n * n), "flops": 2 * pairs * (d + d)}
         rows = []
         with torch.no_grad():
@@ -248,10 +289,20 @@ class Runner:
             row.pop("_out", None)
         return row
 
+    def kv_heads(self, spec) -> int:
+        """k and v heads for this spec: its `:kv=` suffix, else BenchConfig.kv_heads, else q's heads."""
+        hkv = split_spec(spec)[2] or self.cfg.kv_heads or self.cfg.heads
+        if self.cfg.heads % hkv:
+            raise ValueError(f"{hkv} key/value heads do not divide {self.cfg.heads} query heads")
+        return hkv
+
     def baseline(self, base, name, fam, module, inputs, q, k, v, ref) -> list[dict]:
         try:
+            if fam.custom is not None:  # a variant: its baselines written out in attncc.tools.baselines
+                fn, unpack, note = fam.custom(name, module, inputs, q, k, v, self.cuda)
+                return [{**self.measure(base, name, fn, ref, unpack), "note": note}]
             if name == "sdpa":
-                fn, kind = bl.sdpa(fam, q, k, v)
+                fn, kind = bl.sdpa(fam, q, k, v, module, inputs)
                 return [{**self.measure(base, "sdpa", fn, ref), "note": f"backend: {kind}"}]
             if name == "flex":
                 fn, make_mask = bl.flex(fam, module, inputs, q, k, v, compiled=self.cuda)
@@ -270,6 +321,8 @@ class Runner:
             return [self.measure(base, "fft", lambda: bl.fft_naive(fam, module, q, k, v), ref)]
         except ImportError as exc:
             return [{**base, "impl": name, "mode": "fwd", "note": f"skipped: import failed ({exc})"}]
+        except bl.Unavailable as exc:
+            return [{**base, "impl": name, "mode": "fwd", "note": f"n/a: {exc}"}]
         except Exception as exc:  # noqa: BLE001
             return [{**base, "impl": name, "mode": "fwd", "note": _failure(exc)}]
 
@@ -278,8 +331,9 @@ class Runner:
         qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
         grad = torch.randn_like(q)
         impls = [("attncc", lambda: module(qg, kg, vg, **inputs))]
+        fam = fam if fam is not None and fam.custom is None else None  # variants: attncc's backward only
         if fam is not None and "sdpa" in planned(fam, self.cfg.baselines):
-            impls.append(("sdpa", bl.sdpa(fam, qg, kg, vg)[0]))
+            impls.append(("sdpa", bl.sdpa(fam, qg, kg, vg, module, inputs)[0]))
         if fam is not None and "flex" in planned(fam, self.cfg.baselines):
             impls.append(("flex", bl.flex(fam, module, inputs, qg, kg, vg, compiled=self.cuda)[0]))
         rows = []
@@ -290,9 +344,15 @@ class Runner:
 
 
 def _label(cls, spec) -> str:
-    """The spec's name, with `@lowering` when the lowering was forced."""
-    forced = str(spec).partition("@")[2]
-    return f"{cls.SPEC_NAME}@{forced}" if forced else cls.SPEC_NAME
+    """The spec's name, with `@lowering` when the lowering was forced and `:kv=Hkv` when given."""
+    _, forced, kv = split_spec(spec)
+    return cls.SPEC_NAME + (f"@{forced}" if forced else "") + (f":kv={kv}" if kv else "")
+
+
+def _name(spec) -> str:
+    """The label of a spec that did not compile: its file name and suffixes."""
+    path, forced, kv = split_spec(spec)
+    return Path(path).stem + (f"@{forced}" if forced else "") + (f":kv={kv}" if kv else "")
 
 
 def _speedups(rows: list[dict]) -> None:
@@ -397,14 +457,20 @@ def run_cli(args, device: str) -> int:
             raise ValueError("--dims and --lengths need at least one value")
         cfg = BenchConfig(device=device, dtype=args.dtype, batch=args.batch, heads=args.heads, dims=ints(args.dims),
                           lengths=ints(args.lengths), baselines=baselines, backward=args.backward,
-                          budget_s=args.budget, sizes=sizes, min_run_time=args.min_run_time)
+                          budget_s=args.budget, sizes=sizes, min_run_time=args.min_run_time,
+                          kv_heads=getattr(args, "kv_heads", 0))
         cfg.torch_dtype  # noqa: B018  (an unknown dtype fails here, before any work)
     except (ValueError, AttributeError) as exc:
         print(f"attncc bench: bad option: {exc}", file=sys.stderr)
         return 2
     runner = Runner(cfg)
-    for spec in args.specs:  # a bad spec or lowering is an error here, not a failed row later
-        runner.compiled(spec, cfg.lengths[0], cfg.dims[0])
+    try:
+        for spec in args.specs:  # a bad spec, lowering or head count is an error here, not a failed row later
+            runner.compiled(spec, cfg.lengths[0], cfg.dims[0])
+            runner.kv_heads(spec)
+    except ValueError as exc:
+        print(f"attncc bench: bad option: {exc}", file=sys.stderr)
+        return 2
     if args.dry_run:
         for case in runner.plan(args.specs):
             print(f"{case['spec']} d={case['d']} N={case['N']} ({case['lowering']}): {', '.join(case['impls'])}")

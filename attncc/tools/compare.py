@@ -15,8 +15,8 @@ from ..plan import registry
 # of half precisions; a lowering may declare its own per dtype (Lowering.tolerance: FFT's round-off
 # grows like eps log N).
 TOLERANCE = {torch.float32: 2e-4, torch.float16: 5e-3, torch.bfloat16: 3e-2, torch.float64: 1e-9}
-# The backends `check` and `fuzz` also run with k, v of fewer heads than q (grouped-query attention).
-GQA_BACKENDS = ("torch",)
+# The backends `check` and `fuzz` also run with k, v of fewer heads than q (grouped-query attention): all.
+GQA_BACKENDS = ("torch", "triton")
 
 
 @dataclass
@@ -37,7 +37,9 @@ def rows_beyond_input(cls, nq: int, nk: int) -> str | None:
     """Why lengths Nq x N do not fit compiled class `cls`, or None: a row input of N rows read at the
     query index (a gate per dimension, `G[h, i]` beside `G[h, j]`) needs Nq <= N, one of Nq rows read
     at the key index N <= Nq (docs/language.md, `dot`)."""
-    checked = getattr(getattr(cls, "compilation", None), "checked", None)  # a composition: its maps' own
+    if getattr(cls, "MAP_NAMES", ()):  # a composition: each map reads its own rows
+        return next((why for why in (rows_beyond_input(cls.MAPS[m], nq, nk) for m in cls.MAP_NAMES) if why), None)
+    checked = getattr(getattr(cls, "compilation", None), "checked", None)
     if checked is None:
         return None
     lengths = {"i": nq, "j": nk, "N": nk, "Nq": nq}
