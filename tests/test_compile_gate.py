@@ -71,14 +71,26 @@ def test_default_configurations_pass_the_gate(name, target, dtype, head_dim):
         assert half and {d.unit for d in half} <= {TARGETS[target].tensor_core, "mma"}
 
 
-def test_linear_default_forward_does_not_spill():
+# (example, dtype, head dim, target, the program's feature columns BLOCK_D, value columns BLOCK_E, split)
+LINEAR_FAST = [("linear_elu_causal", "bf16", 128, "sm_80", 128, 32, False),
+               # Based's 2145 tensor-power features: 17 feature blocks (the whole width spilled 67 KB, 1 MB of smem)
+               ("based", "bf16", 64, "sm_90", 128, 32, True),
+               # fp32 rows of 128 features spilled 104 + 84 B: two blocks of 64
+               ("linear_elu_causal", "fp32", 128, "sm_80", 64, 16, True)]
+
+
+@pytest.mark.parametrize("name, dtype, head_dim, target, features, values, split", LINEAR_FAST)
+def test_linear_default_forward_does_not_spill(name, dtype, head_dim, target, features, values, split):
     """Regression: the chunked linear forward kept the whole [d, e] fp32 state in one program and spilled
-    in its default configuration (19 KB at d = 128 on sm_80); each program now carries 32 value columns."""
-    cls = attncc.compile(ROOT / "examples" / "linear_elu_causal.attn")
-    launches = [launch for launch in record_launches(cls, torch.bfloat16, 128) if launch.default and not launch.backward]
+    in its default configuration (19 KB at d = 128 on sm_80); each program now carries one block of
+    value columns and one of feature columns."""
+    cls = attncc.compile(ROOT / "examples" / f"{name}.attn")
+    launches = [launch for launch in record_launches(cls, DTYPES[dtype], head_dim, backward=False) if launch.default]
     assert [launch.kernel for launch in launches] == ["_linear_causal"]
-    compiled = compile_launch(kernels_path(cls), launches[0], TARGETS["sm_80"])
-    assert dict(compiled.launch.constexprs)["BLOCK_E"] == 32
+    compiled = compile_launch(kernels_path(cls), launches[0], TARGETS[target])
+    constexprs = dict(compiled.launch.constexprs)
+    assert (constexprs["BLOCK_D"], constexprs["BLOCK_E"]) == (features, values)
+    assert constexprs["SPLIT_D"] is split
     assert compiled.spills == 0 and not compiled.problems(), compiled.summary()
 
 
@@ -276,8 +288,11 @@ def test_candidates_are_filtered_by_head_row_bytes():
     assert autotune.row_bytes(dict(D=128, E=64), torch.zeros(1, dtype=torch.bfloat16)) == 256
     # a kernel whose feature maps keep rows in fp32 holds 4 bytes an element whatever q's dtype
     assert autotune.row_bytes(dict(D=128, E=128), torch.zeros(1, dtype=torch.bfloat16), 4) == 512
-    # fp32 dots run on FMA units: only the small tiles (64 x 64 spilled kilobytes at d = 64)
-    assert autotune.configs("tiled", 256, half=False) == [dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=2)]
+    # fp32 dots run on FMA units: only the small tiles (64 x 64 spilled kilobytes at d = 64), 32 x 16 by
+    # default beyond 256-byte rows (32 x 32 spilled 1.1 KB at d = 128 on sm_90)
+    assert autotune.configs("tiled", 256, half=False) == [dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=2),
+                                                          dict(BLOCK_M=32, BLOCK_N=16, num_warps=4, num_stages=2)]
+    assert autotune.configs("tiled", 512, half=False) == [dict(BLOCK_M=32, BLOCK_N=16, num_warps=4, num_stages=2)]
 
 
 def test_fp32_feature_rows_are_counted_in_the_candidates_row_bytes():

@@ -76,3 +76,17 @@ def test_backends_match_the_reference(source, lowering, backend, dtype):
     q, k = q * 0.5, k * 0.5  # keep (q.k)^3 of a signed, unnormalized weight within fp16's range
     result = compare(module, q, k, v, inputs, backend, dtype)
     assert result.ok, result
+
+
+@pytest.mark.parametrize("source,lowering", [(BASED, "linear_chunked"), (SQUARED, "linear")], ids=["based", "squared"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_wide_feature_rows_are_split_across_programs(source, lowering, dtype):
+    """At d = 16 the tensor-power features are 153 (Based) and 136 ((q.k)^2) wide, over one program's
+    feature block (FEATURE_TILE, FMA_FEATURE_TILE): the chunked kernel sums its feature blocks' partial
+    num and den in the launcher, the output kernel loops over them; both match the reference."""
+    cls = attncc.compile(source, lowering=lowering)
+    assert "F_TILE" in cls.compilation.triton_source and "feature_blocks" in cls.compilation.triton_source
+    module = make_module(cls, heads=2, dim=16, dim_v=16)
+    q, k, v, inputs = random_inputs(cls, batch=1, heads=2, nq=37, nk=37, dim=16, dim_v=16)
+    result = compare(module, q * 0.5, k * 0.5, v, inputs, "triton", dtype)
+    assert result.ok, result

@@ -36,6 +36,11 @@ CASES = {  # name: (spec, lowering, sizes, (B, H, Nq, N, D, E)); lengths past on
     # 48 value columns: two column blocks of the forward's state (E_TILE 32), the backward reads both
     "linear_value_blocks": ("linear_elu", "linear", {}, (1, 1, 37, 20, 16, 48)),
     "retention_value_blocks": ("retention", None, {}, (1, 1, 37, 37, 16, 48)),
+    # feature columns split across programs (FEATURE_TILE 128, fp32 64): Based's 153 tensor-power
+    # features at d = 16 (both dtypes); 80 columns, fp32 only (decayed too): partial dV and forward den
+    "based_feature_blocks": ("based", None, {}, (1, 2, 37, 37, 16, 8)),
+    "linear_causal_feature_blocks": ("linear_elu_causal", None, {}, (1, 2, 37, 37, 80, 8)),
+    "retention_feature_blocks": ("retention", None, {}, (1, 1, 37, 37, 80, 8)),
     "weighted_rows": ("toeplitz_linear", "tiled", {}, (1, 2, 37, 20, 16, 8)),  # feature maps, a table, rows
     "weighted_none": ("retention", "tiled", {}, (1, 2, 37, 37, 16, 8)),
 }

@@ -259,9 +259,10 @@ GROUP_OF = "H // Hkv"
 
 
 def program_prologue(w: CodeWriter, per_bh_only: bool = False, out: bool = True, value_axis: int | None = None,
-                     per_kv_head: bool = False) -> None:
+                     feature_axis: int | None = None, per_kv_head: bool = False) -> None:
     """Program ids, the (b, h) offsets of the tensors and the head columns; with `value_axis`, the
-    program owns the value columns [pid_e BLOCK_E, (pid_e + 1) BLOCK_E) of that grid axis. Query head
+    program owns the value columns [pid_e BLOCK_E, (pid_e + 1) BLOCK_E) of that grid axis; with
+    `feature_axis`, the head (feature) columns [pid_f BLOCK_D, (pid_f + 1) BLOCK_D) of that one. Query head
     off_h reads key/value head off_hk = off_h // GROUP. per_kv_head: the grid walks (b, kv head);
     Q_group and Out_group point at the group's first query head, and the kernel sets Q and Out per
     member, afresh from them (not incremented: no pointer is carried across the group loop)."""
@@ -285,7 +286,11 @@ def program_prologue(w: CodeWriter, per_bh_only: bool = False, out: bool = True,
         w.line("Out_group = Out + off_b * stride_ob + off_hk * GROUP * stride_oh")
     elif out:
         w.line("Out += off_b * stride_ob + off_h * stride_oh")
-    w.line("offs_d = tl.arange(0, BLOCK_D)")
+    if feature_axis is None:
+        w.line("offs_d = tl.arange(0, BLOCK_D)")
+    else:
+        w.line(f"pid_f = tl.program_id({feature_axis})")
+        w.line("offs_d = pid_f * BLOCK_D + tl.arange(0, BLOCK_D)")
     if value_axis is None:
         w.line("offs_e = tl.arange(0, BLOCK_E)")
     else:

@@ -137,11 +137,11 @@ def bwd_launch(grads: str = "QKV", out: bool = True) -> str:
 
 
 def bwd_prologue(w: CodeWriter, per_bh_only: bool = False, grads: str = "QKV", out: bool = True,
-                 per_kv_head: bool = False) -> None:
+                 per_kv_head: bool = False, feature_axis: int | None = None) -> None:
     """program_prologue, then dO and the gradients at this program's heads: per_kv_head, dK and dV at
     the key/value head and dO at the group's first query head (the kernel walks the group); else all
     at the query head (dK, dV then have H heads: per query head, summed over the group by the launcher)."""
-    program_prologue(w, per_bh_only, out, per_kv_head=per_kv_head)
+    program_prologue(w, per_bh_only, out, per_kv_head=per_kv_head, feature_axis=feature_axis)
     if per_kv_head:
         w.line("DO_group = DO + off_b * stride_dob + off_hk * GROUP * stride_doh")
     else:

@@ -20,7 +20,7 @@ from ..plan.select import Plan
 from ..lang.derivative import NotDifferentiable
 from .gated import gate_lookups
 from .triton import launch_common, load_rows, row_feature
-from .triton_linear import carry_state, decay_factors, linear_scalars, load_chunk, value_tile
+from .triton_linear import carry_state, decay_factors, feature_tile, linear_scalars, load_chunk, value_tile
 from .triton_backward import (TritonBackward, backward_head, bwd_args, bwd_launch, bwd_prologue, group_member,
                               store_tile)
 from .writer import CodeWriter
@@ -71,7 +71,7 @@ def emit_linear_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
         emit_chunked_dkdv_kernel(w, fq, fk, decayed)
     else:
         emit_linear_bwd_kernel(w, fq, fk, normalize)
-    emit_linear_op(w, plan, eps)
+    emit_linear_op(w, plan, eps, normalize)
 
 
 _CONSTEXPRS = "BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr"
@@ -87,12 +87,14 @@ def _within_chunk(var: str, decayed: bool) -> str:
 
 
 def emit_chunked_dq_kernel(w: CodeWriter, fq: str, fk: str, normalize: str, decayed: bool) -> None:
-    """`_linear_bwd_dq`: chunks forward with the forward's carried state; saves each row's inv and dden."""
+    """`_linear_bwd_dq`: chunks forward with the forward's carried state; saves each row's inv and dden,
+    or under SPLIT_D (one of several feature blocks, a program per block) reads them: the launcher made
+    them from the forward's denominators, a sum over every feature block."""
     qd = "q_decay[:, None] * " if decayed else ""
     w.line("@triton.jit")
-    with w.block(f"def _linear_bwd_dq({bwd_args()}, Mod, Decay, Inv, Dden, eps, {_CONSTEXPRS}):"):
+    with w.block(f"def _linear_bwd_dq({bwd_args()}, Mod, Decay, Inv, Dden, eps, {_CONSTEXPRS}, SPLIT_D: tl.constexpr):"):
         w.line('"""dQ walking chunks forward with the carried state; saves each row\'s dnum scale and dden."""')
-        bwd_prologue(w, per_bh_only=True)
+        bwd_prologue(w, per_bh_only=True, feature_axis=1)
         w.line("mod = tl.load(Mod + pid_bh)")
         if decayed:
             decay_factors(w)
@@ -100,13 +102,16 @@ def emit_chunked_dq_kernel(w: CodeWriter, fq: str, fk: str, normalize: str, deca
         w.line("z = tl.zeros([BLOCK_D], dtype=tl.float32)")
         with w.block("for start in range(0, tl.maximum(Nq, N), BLOCK):"):
             load_chunk(w, ("pq", "pk", "v", "do"), fq, fk)
-            load_out(w)
-            w.line(f"a = {_dot('pq', 'tl.trans(pk)')}")
-            w.line(_within_chunk("a", decayed))
-            w.line(f"den = tl.sum(a, 1) + {'q_decay * ' if decayed else ''}tl.sum(pq * z[None, :], 1)")
-            finish_grads(w, normalize)
-            w.line("tl.store(Inv + pid_bh * Nq + offs, inv, mask=offs < Nq)")
-            w.line("tl.store(Dden + pid_bh * Nq + offs, dden, mask=offs < Nq)")
+            with w.block("if SPLIT_D:"):
+                _load_row_grads(w)
+            with w.block("else:"):
+                load_out(w)
+                w.line(f"a = {_dot('pq', 'tl.trans(pk)')}")
+                w.line(_within_chunk("a", decayed))
+                w.line(f"den = tl.sum(a, 1) + {'q_decay * ' if decayed else ''}tl.sum(pq * z[None, :], 1)")
+                finish_grads(w, normalize)
+                w.line("tl.store(Inv + pid_bh * Nq + offs, inv, mask=offs < Nq)")
+                w.line("tl.store(Dden + pid_bh * Nq + offs, dden, mask=offs < Nq)")
             w.line(f"da = {_dot('dnum', 'tl.trans(v)')} + dden[:, None]")
             w.line(_within_chunk("da", decayed))
             w.line(f"dpq = {_dot('da', 'pk')} + {qd}({_dot('dnum', 'tl.trans(S)')} + dden[:, None] * z[None, :])")
@@ -116,13 +121,22 @@ def emit_chunked_dq_kernel(w: CodeWriter, fq: str, fk: str, normalize: str, deca
     w.line()
 
 
+def _load_row_grads(w: CodeWriter) -> None:
+    """Kernel lines: each row's inv and dden (saved by the dQ kernel or the launcher), and dnum."""
+    w.line("inv = tl.load(Inv + pid_bh * Nq + offs, mask=offs < Nq, other=0.0)")
+    w.line("dden = tl.load(Dden + pid_bh * Nq + offs, mask=offs < Nq, other=0.0)")
+    w.line("dnum = do * inv[:, None]")
+
+
 def emit_chunked_dkdv_kernel(w: CodeWriter, fq: str, fk: str, decayed: bool) -> None:
-    """`_linear_bwd_dkdv`: chunks in reverse, carrying R, the later queries' (decayed) gradient state."""
+    """`_linear_bwd_dkdv`: chunks in reverse, carrying R, the later queries' (decayed) gradient state.
+    Under SPLIT_D a program owns one feature block: dK's columns are its own, dV (a sum over the
+    features) is its share, stored in fp32 to DVPart [feature blocks, B H, N, E] for the launcher to sum."""
     kd = "k_decay[:, None] * " if decayed else ""
     w.line("@triton.jit")
-    with w.block(f"def _linear_bwd_dkdv({bwd_args()}, Decay, Inv, Dden, {_CONSTEXPRS}):"):
+    with w.block(f"def _linear_bwd_dkdv({bwd_args()}, Decay, Inv, Dden, DVPart, {_CONSTEXPRS}, SPLIT_D: tl.constexpr):"):
         w.line('"""dK, dV walking chunks in reverse with R = sum of later (decayed) phi(q) [dnum, dden]^T."""')
-        bwd_prologue(w, per_bh_only=True)
+        bwd_prologue(w, per_bh_only=True, feature_axis=1)
         if decayed:
             decay_factors(w)
         w.line("R = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)")
@@ -130,9 +144,7 @@ def emit_chunked_dkdv_kernel(w: CodeWriter, fq: str, fk: str, decayed: bool) -> 
         w.line("chunks = tl.cdiv(tl.maximum(Nq, N), BLOCK)")
         with w.block("for t in range(0, chunks):"):
             load_chunk(w, ("pq", "pk", "v", "do"), fq, fk, first="(chunks - 1 - t) * BLOCK")
-            w.line("inv = tl.load(Inv + pid_bh * Nq + offs, mask=offs < Nq, other=0.0)")
-            w.line("dden = tl.load(Dden + pid_bh * Nq + offs, mask=offs < Nq, other=0.0)")
-            w.line("dnum = do * inv[:, None]")
+            _load_row_grads(w)
             w.line(f"a = {_dot('pq', 'tl.trans(pk)')}")
             w.line(_within_chunk("a", decayed))
             w.line(f"da = {_dot('dnum', 'tl.trans(v)')} + dden[:, None]")
@@ -141,7 +153,11 @@ def emit_chunked_dkdv_kernel(w: CodeWriter, fq: str, fk: str, decayed: bool) -> 
             w.line(f"dv = {_dot('tl.trans(a)', 'dnum')} + {kd}{_dot('pk', 'R')}")
             chain_feature(w, "dk", "dpk", "K", "offs", "N", fk)
             store_tile(w, "DK", "dk", "offs", "N", "offs_d", "D")
-            store_tile(w, "DV", "dv", "offs", "N", "offs_e", "E")
+            with w.block("if SPLIT_D:"):
+                w.line("part = (pid_f * tl.num_programs(0) + pid_bh) * N + offs")
+                w.line("tl.store(DVPart + part[:, None] * E + offs_e[None, :], dv, mask=(offs[:, None] < N) & (offs_e[None, :] < E))")
+            with w.block("else:"):
+                store_tile(w, "DV", "dv", "offs", "N", "offs_e", "E")
             carry_state(w, decayed, "pq", "q_decay", "dnum", "R", "r", "pq * dden[:, None]")
     w.line()
 
@@ -185,40 +201,59 @@ def _query_pass(w: CodeWriter, fq: str, normalize: str) -> None:
         w.line("r += tl.sum(pq * dden[:, None], 0)")
 
 
-def emit_linear_op(w: CodeWriter, plan: Plan, eps: float) -> None:
-    """The custom op's `op_forward` (no row statistic) and `op_backward`, which launches the kernels above."""
+def emit_linear_op(w: CodeWriter, plan: Plan, eps: float, normalize: str) -> None:
+    """The custom op's `op_forward` and `op_backward`, which launches the kernels above. The chunked
+    forward's statistic is its rows' denominators when the feature columns are split (the backward
+    cannot sum them within one program), else nothing (the dQ kernel recomputes them)."""
+    causal = plan.entry.causal_chunks
     with w.block("def op_forward(self, q, k, v, ctx, host):"):
-        w.line('"""The custom op\'s forward: the output (no row statistics: the backward recomputes them)."""')
-        w.line("return triton_forward(self, q, k, v, ctx, host), q.new_zeros(*q.shape[:3], dtype=torch.float32)")
+        w.line('"""The custom op\'s forward: the output and its statistic (split rows\' denominators, or zeros)."""')
+        w.line("stat = q.new_zeros(*q.shape[:3], dtype=torch.float32)")
+        w.line(f"return triton_forward(self, q, k, v, ctx, host{', den=stat' if causal else ''}), stat")
     w.line()
     with w.block("def op_backward(self, q, k, v, out, stat, dout, ctx, host):"):
-        causal = plan.entry.causal_chunks  # its dK, dV per query head (summed by group); else per key/value head
         backward_head(w, "(dq, dk, dv, no table gradients) by the reverse recurrence.", fixed_blocks=False,
-                      per_query_head=causal)
-        # chunks that fit: the whole-width [BLOCK_D, BLOCK_E] states and four fp32 chunks of rows
-        w.line("BLOCK_M = BLOCK_N = (32 if max(BLOCK_D, BLOCK_E) <= 64 else 16) if autotune.on_gpu(q) else 16")
+                      per_query_head=causal)  # chunked: dK, dV per query head (summed by group); else per key/value head
+        feature_tile(w)
+        # chunks that fit: the [F_TILE, BLOCK_E] states (whole value width) and four fp32 chunks of rows
+        rows = "F_TILE" if causal else "BLOCK_D"  # `_linear_bwd` keeps whole-width states
+        w.line(f"BLOCK_M = BLOCK_N = (32 if max({rows}, BLOCK_E) <= 64 else 16) if autotune.on_gpu(q) else 16")
         linear_scalars(w, plan)
-        blocks = "BLOCK=BLOCK_M, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision"
-        if plan.entry.causal_chunks:
-            w.line("inv = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32)")
-            w.line("dden = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32)")
-            w.line(f"_linear_bwd_dq[(B * H,)]({bwd_launch()}, mod, gamma, inv, dden, {eps!r},")
-            w.line(f"    {blocks})")
-            w.line(f"_linear_bwd_dkdv[(B * H,)]({bwd_launch()}, gamma, inv, dden,")
-            w.line(f"    {blocks})")
+        if causal:
+            _chunked_backward_launch(w, normalize, eps)
         else:
+            blocks = "BLOCK=BLOCK_M, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E, PRECISION=precision"
             # zeros: the state kernel writes the columns of its value blocks, `_linear_bwd` reads the padded width
             w.line("state = torch.zeros(B * Hkv, BLOCK_D, BLOCK_E, device=q.device, dtype=torch.float32)")
             w.line("z = torch.empty(B * Hkv, BLOCK_D, device=q.device, dtype=torch.float32)")
-            value_tile(w)  # the forward's state kernel, column blocks and all; `_linear_bwd` reads every column
-            w.line(f"_linear_state[(B * Hkv, value_blocks)]({launch_common()}, state, z, BLOCK=BLOCK_N,")
-            w.line("    BLOCK_D=BLOCK_D, BLOCK_E=E_TILE, STATE_E=BLOCK_E, PRECISION=precision)")
+            value_tile(w)  # the forward's state kernel, column and feature blocks and all; `_linear_bwd` reads every column
+            w.line(f"_linear_state[(B * Hkv, value_blocks, feature_blocks)]({launch_common()}, state, z, BLOCK=BLOCK_N,")
+            w.line("    BLOCK_D=F_TILE, BLOCK_E=E_TILE, STATE_D=BLOCK_D, STATE_E=BLOCK_E, PRECISION=precision)")
             w.line(f"_linear_bwd[(B * Hkv,)]({bwd_launch()}, state, z, mod, {eps!r},")
             w.line(f"    {blocks})")
         w.line("return dq, triton_ops.group_sum(dk, k), triton_ops.group_sum(dv, v), {}" if causal else
                "return dq, dk, dv, {}")
     w.line()
     w.line("GRAD_TABLES = ()  # tables the backward kernels differentiate")
+
+
+def _chunked_backward_launch(w: CodeWriter, normalize: str, eps: float) -> None:
+    """Launcher lines: the chunked dQ and dK / dV kernels, one program per (b, h, feature block); split,
+    the rows' inv and dden come from the forward's denominators and dV is the blocks' shares summed."""
+    blocks = "BLOCK=BLOCK_M, BLOCK_D=F_TILE, BLOCK_E=BLOCK_E, PRECISION=precision, SPLIT_D=feature_blocks > 1"
+    with w.block("if feature_blocks > 1:"):
+        w.line(f"inv, dden = rt.linear_row_grads(stat, dout, out, mod, {normalize!r}, {eps!r})")
+        w.line("dv_part = torch.empty(feature_blocks, B * H, N, E, device=q.device, dtype=torch.float32)")
+    with w.block("else:"):
+        w.line("inv = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32)")
+        w.line("dden = torch.empty(B, H, Nq, device=q.device, dtype=torch.float32)")
+        w.line("dv_part = None")
+    w.line(f"_linear_bwd_dq[(B * H, feature_blocks)]({bwd_launch()}, mod, gamma, inv, dden, {eps!r},")
+    w.line(f"    {blocks})")
+    w.line(f"_linear_bwd_dkdv[(B * H, feature_blocks)]({bwd_launch()}, gamma, inv, dden, dv_part,")
+    w.line(f"    {blocks})")
+    with w.block("if feature_blocks > 1:"):
+        w.line("dv.copy_(dv_part.sum(0).view(B, H, N, E))")
 
 
 def linear_backward_support(graph: Graph, plan: Plan) -> str | None:
@@ -333,7 +368,9 @@ def emit_gated_backward(w: CodeWriter, graph: Graph, plan: Plan) -> None:
     w.line()
     with w.block("def op_backward(self, q, k, v, out, stat, dout, ctx, host):"):
         backward_head(w, "(dq, dk, dv, gradients of what the gate reads) by the gated chunked recurrences.",
-                      per_query_head=True)
+                      fixed_blocks=False, per_query_head=True)
+        # the linear backward's chunks: 64-token ones needed 258-386 KB of shared memory at d = 128
+        w.line("BLOCK_M = BLOCK_N = (32 if max(BLOCK_D, BLOCK_E) <= 64 else 16) if autotune.on_gpu(q) else 16")
         linear_scalars(w, plan)
         w.line("gq, gk = (host.gate(ctx, n).to(device=q.device, dtype=torch.float32).expand(B, H, n, 1)")
         w.line("          .reshape(B * H, n).contiguous() for n in (Nq, N))")

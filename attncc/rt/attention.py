@@ -25,7 +25,7 @@ from .heads import grouped_matmul, heads_product
 __all__ = [
     "LINEAR_CHUNK", "QUERY_CHUNK", "as_4d", "as_float", "batch_index",
     "block_sparse_attention", "causal_linear_attention", "compute_dtype", "finish_rows",
-    "float_to_int", "floordiv", "floormod", "grouped_matmul", "heads_product", "input_lookup", "keep_grad",
+    "float_to_int", "floordiv", "floormod", "grouped_matmul", "heads_product", "input_lookup", "keep_grad", "linear_row_grads",
     "linear_attention", "logical_not", "lookup", "maximum", "minimum", "offset_pairs", "popcount",
     "prefix_chunk_sums", "ring_extent", "ring_pairs", "sdpa_attention", "sink_rows", "softplus",
     "tiled_attention", "toeplitz_row", "with_torch_backward", "within_band",
@@ -221,6 +221,21 @@ def finish_rows(num, den, normalize: str, eps: float):
         return num
     den = den.unsqueeze(-1) + eps
     return num / torch.where(den == 0, torch.ones_like(den), den)
+
+
+def linear_row_grads(den, dout, out, mod, normalize: str, eps: float):
+    """(inv, dden) [B, H, Nq] fp32 of linear attention's rows, out = mod num / Z with Z = mod den + eps
+    (1 where that is 0), from the unmodulated denominators `den` and mod [B, H] (or [B, H, 1, 1]):
+    inv = mod / Z, dden = -(dO . out) inv (0 where Z was 0); `none`: inv = mod, dden = 0. The backward
+    kernels' own reading of them (emit/triton_backward_linear.py) when den is a sum over programs."""
+    B, H = den.shape[:2]
+    mod = mod.reshape(B, H, 1).float()
+    if not NORMALIZERS[normalize].divides_by_row_sum:
+        return (mod.expand_as(den).contiguous(), torch.zeros_like(den))
+    zz = den * mod + eps
+    inv = mod / torch.where(zz == 0, torch.ones_like(zz), zz)
+    dden = torch.where(zz == 0, torch.zeros_like(zz), -(dout.float() * out.float()).sum(-1) * inv)
+    return inv.contiguous(), dden.contiguous()
 
 
 def linear_attention(pq, pk, v, *, modulation, normalize: str, eps: float) -> torch.Tensor:
