@@ -126,6 +126,10 @@ def emit_mixed_launcher(w: CodeWriter, kernel: Kernel, eps: float) -> None:
                "dtype=torch.float32)")
         w.line("num0, den0 = num0.float().contiguous(), den0.float().contiguous()")
         w.line("grid = (triton.cdiv(Nq, BLOCK_M), B * H)")
+        w.line("# fp32 inputs (dots on FMA units, operands in registers): 64 x 64 tiles spilled 1.3-14 KB and")
+        w.line("# overflowed sm_80's shared memory at d = 128; the tiled lowering's fp32 tiles (docs/compile_gate.md)")
+        with w.block("if q.dtype == torch.float32 and autotune.on_gpu(q):"):
+            w.line("BLOCK_M, BLOCK_N = 32, (32 if max(BLOCK_D, BLOCK_E) * 4 <= 256 else 16)")
         w.line("# 64 x 64 tiles with fp32 feature rows: 4 warps spilled at d = 128 on sm_80 (docs/compile_gate.md)")
         w.line("num_warps = 8 if max(BLOCK_D, BLOCK_E) > 64 else 4")
         vals = "".join(f"{v}, " for v in kernel.arg_values())
