@@ -504,7 +504,8 @@ def emit_tiled_launcher(w: CodeWriter, plan: Plan, kernel: Kernel, eps: float, n
         if sink:
             w.line("sink = sink_rows(host, q, ctx) if sink is None else sink")
         if sparse:
-            w.line(f"tiles = self.cached_tiles(ctx, host.block_layout, q.device, exact={layout_exact(plan)})  "
+            w.line(f"tiles = self.cached_tiles(ctx, host.block_layout, q.device, exact={layout_exact(plan)}, "
+                   "max_tile=autotune.sparse_tile_limit(q, v))  "
                    "# once per length")
         band_line(w, plan)
         w.line("use_tma = tma.usable(q, k, v)  # sm_90, a Triton with descriptors, 16-byte aligned strides")

@@ -116,7 +116,8 @@ def emit_backward(w: CodeWriter, graph: Graph, plan: Plan) -> str:
     with w.block("def forward_triton(self, q, k, v, ctx, host):"):
         w.line('"""Triton forward and backward kernels, run as the custom op attncc::triton_attention."""')
         if sparse:
-            w.line(f"tiles = self.cached_tiles(ctx, host.block_layout, q.device, exact={layout_exact(plan)})  "
+            w.line(f"tiles = self.cached_tiles(ctx, host.block_layout, q.device, exact={layout_exact(plan)}, "
+                   "max_tile=autotune.sparse_tile_limit(q, v))  "
                    "# once per length")
         sink = ", sink=sink_rows(host, q, ctx)" if attention_node(graph).attr("sink") is not None else ""
         w.line(f"return triton_ops.attention(q, k, v, ctx, host{', tiles' if sparse else ''}{sink})")
@@ -452,7 +453,8 @@ def _tiled_launchers(w: CodeWriter, norm: Normalizer, plan: Plan, kernel: Kernel
         w.line("grads = {" + ", ".join(f"{key(n)}: torch.zeros({table_of[op]}[{key(n)}].shape, device=q.device, "
                                        f"dtype=torch.float32)" for op, n in tables) + "}")
         if sparse:
-            w.line(f"tiles = self.cached_tiles(ctx, host.block_layout, q.device, exact={layout_exact(plan)})")
+            w.line(f"tiles = self.cached_tiles(ctx, host.block_layout, q.device, exact={layout_exact(plan)}, "
+                   "max_tile=autotune.sparse_tile_limit(q, v))")
             w.line("BLOCK_M = BLOCK_N = tiles.tile")
             w.line("by_key = tiles.transposed(triton.cdiv(N, BLOCK_N))  # the query tiles of each key tile")
         band_line(w, plan)

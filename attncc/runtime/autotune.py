@@ -81,6 +81,16 @@ def on_gpu(q) -> bool:
     return bool(q.is_cuda) or TUNER.records_gpu_launches
 
 
+def sparse_tile_limit(q, v) -> int | None:
+    """The largest block-sparse tile edge for these inputs (None: no limit beyond the runtime's). fp32
+    dots run on FMA units with their operands in registers: the layout's 64 x 64 tiles spilled 2.4-5.8 KB
+    (block_diagonal) and overflowed sm_80's shared memory at d = 128, so fp32 inputs on the GPU take the
+    edge 16 beyond 128-byte rows (32 x 32 spilled 16 B on sm_90 at d = 64; docs/compile_gate.md)."""
+    if not on_gpu(q) or q.element_size() < 4:
+        return None
+    return 32 if max(q.shape[-1], v.shape[-1]) * q.element_size() <= 128 else 16
+
+
 def bucket(n: int) -> int:
     """The power of two >= n (>= 1): one tuning serves every length in (n/2, n]."""
     return 1 << max(0, int(n) - 1).bit_length()

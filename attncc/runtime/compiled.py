@@ -253,15 +253,19 @@ class CompiledAttention(nn.Module):
             return int(block), layout.to(device=device, dtype=torch.bool).contiguous()
         return self._cached(("blocks", ctx.Nq, ctx.N, tuple(sorted(self.sizes.items())), str(device)), compute)
 
-    def cached_tiles(self, ctx: Context, block_layout: Callable, device, exact: bool = False) -> TileLists:
+    def cached_tiles(self, ctx: Context, block_layout: Callable, device, exact: bool = False,
+                     max_tile: int | None = None) -> TileLists:
         """The layout's tiles for a kernel (analysis.blocks.split_tiles): square tiles of a power-of-two
-        edge in [16, MAX_TILE] aligned with the blocks, as CSR lists of full and partial key tiles per
-        query tile; `exact`: the layout is the whole mask. Cached like the layout. A block size that is
-        not a power of two visits every 64-tile, all partial."""
+        edge in [16, max_tile or MAX_TILE] aligned with the blocks, as CSR lists of full and partial key
+        tiles per query tile; `exact`: the layout is the whole mask. Cached like the layout. A block size
+        that is not a power of two visits every 64-tile, all partial."""
+        edge = max_tile or MAX_TILE
+
         def compute():
             block, layout = self.cached_layout(ctx, block_layout, device)
-            return split_tiles(block, layout, ctx.Nq, ctx.N, MAX_TILE, exact)
-        return self._cached(("tiles", exact, ctx.Nq, ctx.N, tuple(sorted(self.sizes.items())), str(device)), compute)
+            return split_tiles(block, layout, ctx.Nq, ctx.N, edge, exact)
+        return self._cached(("tiles", exact, edge, ctx.Nq, ctx.N, tuple(sorted(self.sizes.items())), str(device)),
+                            compute)
 
     def reference(self, q, k, v, **inputs) -> torch.Tensor:
         """The dense float64 meaning of the spec with this module's tables: for a declared

@@ -29,7 +29,7 @@ class CallTiles:
 
     tiles: TileLists
 
-    def cached_tiles(self, ctx, block_layout, device, exact=False):
+    def cached_tiles(self, ctx, block_layout, device, exact=False, max_tile=None):
         return self.tiles
 
 
