@@ -15,7 +15,7 @@ from . import ast
 from ..lang.expr import FLOAT, INT, VEC, TExpr, const
 from ..lang.features import ALL_MAPS, RANDOM_MAPS
 from ..lang.operators import fmt, operator_of
-from ..lang.rows import ROW_FUNCTIONS, dot_terms, row_input_layout, side, width, width_sympy
+from ..lang.rows import ROW_FUNCTIONS, dot_terms, plain_dots, row_input_layout, side, width, width_sympy
 from ..lang.source import did_you_mean
 
 _ELEMENTWISE = {"*": "mul", "+": "add", "-": "sub"}
@@ -258,7 +258,8 @@ class RowTyper:
     def _check_dot_terms(self, scores: TExpr | None, span) -> None:
         """Several dots are summed, each times a number: sum_t c_t dot_t + rest (passes/rows.py makes one
         dot of them). The c_t either agree or each reads one side (it folds into that side's rows)."""
-        if scores is None or len({e for e in scores.walk() if e.op == "dot"}) < 2:
+        dots = {e for e in scores.walk() if e.op == "dot"} if scores is not None else set()
+        if len(dots) < 2 or plain_dots(dots):  # dots of q and k themselves combine freely (no rows to form)
             return
         found = dot_terms(scores)
         if found is None:

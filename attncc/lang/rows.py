@@ -151,6 +151,18 @@ def check_widths(q, k, name: str) -> None:
                          f"side) and {k.shape[-1]} (key side); check the row inputs' last dimensions")
 
 
+def plain_side(t: TExpr) -> bool:
+    """A dot side that is q[i] or k[j] itself, or a feature map of it: what every lowering reads directly."""
+    core = t.args[0] if t.op == "feature" else t
+    return core.op in ("qrow", "krow")
+
+
+def plain_dots(dots) -> bool:
+    """Every dot is of plain sides: however they combine (FLASH's `where(.., dot(phi(q), phi(k)), 0) +
+    dot(q, k)`), the scores read q and k as they are, with no rows to prepare."""
+    return all(plain_side(s) for d in dots for s in d.args)
+
+
 def dot_terms(t: TExpr) -> tuple[list[tuple[TExpr, TExpr]], TExpr | None] | None:
     """t = sum_n c_n dot_n + rest: ([(dot_n, c_n)], rest or None), the c_n and rest free of dot;
     None when t is not linear in its dots (exp(dot), dot * dot, ...)."""

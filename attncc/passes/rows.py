@@ -14,7 +14,7 @@ import sympy
 from ..ir.graph import D, Graph, expr_of
 from ..ir.lower import ExprBuilder
 from ..lang.expr import FLOAT, VEC, TExpr, fold
-from ..lang.rows import PreparedRows, dot_terms, side, width, width_sympy
+from ..lang.rows import PreparedRows, dot_terms, plain_dots, side, width, width_sympy
 from ..lang.source import AttnccError
 
 QROW, KROW = TExpr("qrow", (), "q", VEC), TExpr("krow", (), "k", VEC)
@@ -37,7 +37,7 @@ def prepare_rows(graph: Graph, ctx) -> None:
         ops = graph.operands(nid)
         scores = expr_of(graph, ops[0])
         dots = list(dict.fromkeys(e for e in scores.walk() if e.op == "dot"))
-        if not dots or (len(dots) == 1 and all(_core(s) in (QROW, KROW) for s in dots[0].args)):
+        if not dots or plain_dots(dots):  # q and k as they are: nothing to prepare, any combination
             continue
         if len(dots) == 1 and (dot_terms(scores) is None or any(s.op == "feature" for s in dots[0].args)):
             new_scores, rows = _one_dot(scores, dots[0])
