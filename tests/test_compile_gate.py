@@ -288,11 +288,12 @@ def test_candidates_are_filtered_by_head_row_bytes():
     assert autotune.row_bytes(dict(D=128, E=64), torch.zeros(1, dtype=torch.bfloat16)) == 256
     # a kernel whose feature maps keep rows in fp32 holds 4 bytes an element whatever q's dtype
     assert autotune.row_bytes(dict(D=128, E=128), torch.zeros(1, dtype=torch.bfloat16), 4) == 512
-    # fp32 dots run on FMA units: only the small tiles (64 x 64 spilled kilobytes at d = 64), 32 x 16 by
-    # default beyond 256-byte rows (32 x 32 spilled 1.1 KB at d = 128 on sm_90)
+    # fp32 dots run on FMA units: only the small tiles (64 x 64 spilled kilobytes at d = 64), 32 x 16 with
+    # 8 warps by default beyond 256-byte rows (32 x 32 spilled 1.1 KB at d = 128 on sm_90; with 4 warps,
+    # mla's 80-wide rows, padded to 128, spilled 440 B at d = 64 on sm_90)
     assert autotune.configs("tiled", 256, half=False) == [dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=2),
-                                                          dict(BLOCK_M=32, BLOCK_N=16, num_warps=4, num_stages=2)]
-    assert autotune.configs("tiled", 512, half=False) == [dict(BLOCK_M=32, BLOCK_N=16, num_warps=4, num_stages=2)]
+                                                          dict(BLOCK_M=32, BLOCK_N=16, num_warps=8, num_stages=2)]
+    assert autotune.configs("tiled", 512, half=False) == [dict(BLOCK_M=32, BLOCK_N=16, num_warps=8, num_stages=2)]
 
 
 def test_fp32_feature_rows_are_counted_in_the_candidates_row_bytes():
