@@ -103,15 +103,14 @@ def emit_chunked_dq_kernel(w: CodeWriter, fq: str, fk: str, normalize: str, deca
         with w.block("for start in range(0, tl.maximum(Nq, N), BLOCK):"):
             load_chunk(w, ("pq", "pk", "v", "do"), fq, fk)
             with w.block("if SPLIT_D:"):
-                _load_row_grads(w)
+                load_row_grads(w)
             with w.block("else:"):
                 load_out(w)
                 w.line(f"a = {_dot('pq', 'tl.trans(pk)')}")
                 w.line(_within_chunk("a", decayed))
                 w.line(f"den = tl.sum(a, 1) + {'q_decay * ' if decayed else ''}tl.sum(pq * z[None, :], 1)")
                 finish_grads(w, normalize)
-                w.line("tl.store(Inv + pid_bh * Nq + offs, inv, mask=offs < Nq)")
-                w.line("tl.store(Dden + pid_bh * Nq + offs, dden, mask=offs < Nq)")
+                store_row_grads(w)
             w.line(f"da = {_dot('dnum', 'tl.trans(v)')} + dden[:, None]")
             w.line(_within_chunk("da", decayed))
             w.line(f"dpq = {_dot('da', 'pk')} + {qd}({_dot('dnum', 'tl.trans(S)')} + dden[:, None] * z[None, :])")
@@ -121,7 +120,13 @@ def emit_chunked_dq_kernel(w: CodeWriter, fq: str, fk: str, normalize: str, deca
     w.line()
 
 
-def _load_row_grads(w: CodeWriter) -> None:
+def store_row_grads(w: CodeWriter) -> None:
+    """Kernel lines: each row's inv and dden, saved by a dQ kernel for its dK/dV kernel (load_row_grads)."""
+    w.line("tl.store(Inv + pid_bh * Nq + offs, inv, mask=offs < Nq)")
+    w.line("tl.store(Dden + pid_bh * Nq + offs, dden, mask=offs < Nq)")
+
+
+def load_row_grads(w: CodeWriter) -> None:
     """Kernel lines: each row's inv and dden (saved by the dQ kernel or the launcher), and dnum."""
     w.line("inv = tl.load(Inv + pid_bh * Nq + offs, mask=offs < Nq, other=0.0)")
     w.line("dden = tl.load(Dden + pid_bh * Nq + offs, mask=offs < Nq, other=0.0)")
@@ -144,7 +149,7 @@ def emit_chunked_dkdv_kernel(w: CodeWriter, fq: str, fk: str, decayed: bool) -> 
         w.line("chunks = tl.cdiv(tl.maximum(Nq, N), BLOCK)")
         with w.block("for t in range(0, chunks):"):
             load_chunk(w, ("pq", "pk", "v", "do"), fq, fk, first="(chunks - 1 - t) * BLOCK")
-            _load_row_grads(w)
+            load_row_grads(w)
             w.line(f"a = {_dot('pq', 'tl.trans(pk)')}")
             w.line(_within_chunk("a", decayed))
             w.line(f"da = {_dot('dnum', 'tl.trans(v)')} + dden[:, None]")
@@ -310,8 +315,7 @@ def emit_gated_dq_kernel(w: CodeWriter, fq: str, fk: str, normalize: str) -> Non
             w.line(f"a = {_dot('pq', 'tl.trans(pk)')} * within")
             w.line("den = tl.sum(a, 1) + q_scale * tl.sum(pq * z[None, :], 1)")
             finish_grads(w, normalize)
-            w.line("tl.store(Inv + pid_bh * Nq + offs, inv, mask=offs < Nq)")
-            w.line("tl.store(Dden + pid_bh * Nq + offs, dden, mask=offs < Nq)")
+            store_row_grads(w)
             w.line(f"da = ({_dot('dnum', 'tl.trans(v)')} + dden[:, None]) * within")
             w.line(f"dpq = {_dot('da', 'pk')} + q_scale[:, None] * ({_dot('dnum', 'tl.trans(S)')} + "
                    "dden[:, None] * z[None, :])")
@@ -335,9 +339,7 @@ def emit_gated_dkdv_kernel(w: CodeWriter, fq: str, fk: str) -> None:
             w.line("start = (chunks - 1 - t) * BLOCK")
             load_chunk(w, ("pq", "pk", "v", "do"), fq, fk)
             _gate_rows(w)
-            w.line("inv = tl.load(Inv + pid_bh * Nq + offs, mask=offs < Nq, other=0.0)")
-            w.line("dden = tl.load(Dden + pid_bh * Nq + offs, mask=offs < Nq, other=0.0)")
-            w.line("dnum = do * inv[:, None]")
+            load_row_grads(w)
             w.line(f"a = {_dot('pq', 'tl.trans(pk)')} * within")
             w.line(f"da = ({_dot('dnum', 'tl.trans(v)')} + dden[:, None]) * within")
             w.line(f"dpk = {_dot('tl.trans(da)', 'pq')} + k_scale[:, None] * ({_dot('v', 'tl.trans(R)')} + r[None, :])")

@@ -33,7 +33,7 @@ from .gated import emit_gated_triton, gate_lookups
 from .triton import emit_feature_fn, kernel_common_args, launch_common, launcher_head, program_prologue, row_feature
 from .triton_backward import TritonBackward, backward_head, bwd_args, bwd_launch, bwd_prologue, store_tile
 from .triton_backward_linear import chain_feature, emit_gated_backward, finish_grads, gated_backward_line, \
-    gated_backward_support, load_out
+    gated_backward_support, load_out, load_row_grads, store_row_grads
 from .triton_linear import finish_rows, linear_scalars, load_chunk, value_tile
 from .writer import CodeWriter
 
@@ -144,8 +144,7 @@ def emit_gla_dq_kernel(w: CodeWriter, fq: str, fk: str, normalize: str, rows_sum
                 _intra_weights(w, fk)
                 w.line("den = tl.sum(a, 1) + tl.sum(pq * q_scale * z[None, :], 1)")
             finish_grads(w, normalize)
-            w.line("tl.store(Inv + pid_bh * Nq + offs, inv, mask=offs < Nq)")
-            w.line("tl.store(Dden + pid_bh * Nq + offs, dden, mask=offs < Nq)")
+            store_row_grads(w)
             w.line(f"da = {_dot('dnum', 'tl.trans(v)')} + dden[:, None]")
             w.line(f"dpq = q_scale * ({_dot('dnum', 'tl.trans(S)')} + dden[:, None] * z[None, :])")
             with w.block("for jj in range(0, BLOCK):"):
@@ -178,9 +177,7 @@ def emit_gla_dkdv_kernel(w: CodeWriter, fq: str, fk: str) -> None:
             load_chunk(w, ("pq", "pk", "v", "do"), fq, fk)
             _chunk_gates(w)
             _gate_row(w, "ref", "tl.maximum(start - 1, 0)")
-            w.line("inv = tl.load(Inv + pid_bh * Nq + offs, mask=offs < Nq, other=0.0)")
-            w.line("dden = tl.load(Dden + pid_bh * Nq + offs, mask=offs < Nq, other=0.0)")
-            w.line("dnum = do * inv[:, None]")
+            load_row_grads(w)
             w.line(f"da = {_dot('dnum', 'tl.trans(v)')} + dden[:, None]")
             w.line("k_scale = tl.exp(end[None, :] - g)")
             w.line(f"dpk = k_scale * ({_dot('v', 'tl.trans(R)')} + r[None, :])")
