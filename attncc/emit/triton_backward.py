@@ -34,9 +34,10 @@ from .exprs import TritonExpr, key, name_dots
 from .let import LetScope
 from .tiles import LAYOUT_ARGS, Stage, band_constexprs, band_launch, band_line, key_stages, query_stages
 from .rows import TMA_NOTE, descriptor_rows, tensor_descriptors
-from .triton import (HELPERS, LOG2E, kernel_common_args, helpers_of, Kernel, KernelExpr, launch_common,
-                     autotune_call, held_row_itemsize, launcher_head, layout_exact, load_rows, log2_scores,
-                     program_prologue, row_feature, size_arg, sizes_used)
+from .triton import (LOG2E, kernel_common_args, Kernel, KernelExpr, launch_common, autotune_call, held_row_itemsize,
+                     launcher_head, layout_exact, load_rows, log2_scores, program_prologue, row_feature, size_arg,
+                     sizes_used)
+from .triton_helpers import HELPERS, helpers_of
 from .writer import CodeWriter
 
 RECOMPUTE = "recomputation through the torch backend's autograd"

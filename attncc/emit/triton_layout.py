@@ -17,7 +17,8 @@ from ..analysis.token_layout import TokenLayout, tile_rule
 from ..lang.expr import BOOL, RUNTIME_SIZES, TExpr
 from .exprs import brief, key
 from .let import LetScope
-from .triton import HELPERS, Kernel, KernelExpr, size_arg, sizes_used
+from .triton import Kernel, KernelExpr, size_arg, sizes_used
+from .triton_helpers import HELPERS
 from .writer import CodeWriter
 
 BIG = 2147483647

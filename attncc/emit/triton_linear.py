@@ -19,8 +19,9 @@ from __future__ import annotations
 from ..ir.graph import Graph, attention_node, attention_of, expr_of
 from ..lang.normalizers import NORMALIZERS
 from ..plan.select import Plan
-from .triton import (HELPERS, emit_feature_fn, kernel_common_args, launch_common, launcher_head, load_rows,
-                     program_prologue, row_feature, tuned_launch)
+from .triton import (emit_feature_fn, kernel_common_args, launch_common, launcher_head, load_rows, program_prologue,
+                     row_feature, tuned_launch)
+from .triton_helpers import HELPERS
 from .writer import CodeWriter
 
 VALUE_TILE = 32  # the most value columns (BLOCK_E) one program of the forward kernels carries
