@@ -87,6 +87,17 @@ def test_per_head_modulation_and_decay(spec, lowering, backend, dtype):
         _check(cls, shape, backend, dtype)
 
 
+@pytest.mark.parametrize("name", ["grid_rpe", "ripple", "toeplitz_linear"])
+def test_fp32_feature_rows_dotted_in_column_steps(name):
+    """fp32 inputs with feature-mapped key rows (emit/rows.py chunked_rows): the tiled kernel sums its score
+    dots over steps of ROW_CHUNK head columns; at d = 40 (BLOCK_D 64, 8 columns a step) there are eight
+    steps, the last one partial, and the output matches the reference (fp16 keeps whole rows)."""
+    cls = CLASSES[name]
+    assert "for c0 in tl.static_range(0, BLOCK_D, ROW_CHUNK):" in cls.compilation.triton_source
+    for dtype in (torch.float32, torch.float16):
+        _check(cls, (1, 2, 37, 37, 40, 24), "triton", dtype)
+
+
 @pytest.mark.parametrize("name", ["linear_elu", "linear_elu_causal", "retention"])
 def test_linear_value_columns_split_across_programs(name):
     """48 value columns: two programs per (b, h) in the forward, each with a 32-column block of the state

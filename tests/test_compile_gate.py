@@ -94,6 +94,25 @@ def test_linear_default_forward_does_not_spill(name, dtype, head_dim, target, fe
     assert compiled.spills == 0 and not compiled.problems(), compiled.summary()
 
 
+# fp32 feature-mapped rows (emit/rows.py chunked_rows): their whole-row FMA dots spilled 420-876 B in the
+# default forward of grid_rpe, ripple, toeplitz_linear on both targets; the dots now take ROW_CHUNK columns a step
+FEATURE_ROWS_FP32 = [("ripple", "sm_80", 64), ("grid_rpe", "sm_90", 128)] + [
+    pytest.param(name, target, d, marks=pytest.mark.slow)
+    for name in ("grid_rpe", "ripple", "toeplitz_linear") for target in TARGETS for d in HEAD_DIMS
+    if (name, target, d) not in (("ripple", "sm_80", 64), ("grid_rpe", "sm_90", 128))]
+
+
+@pytest.mark.parametrize("name, target, head_dim", FEATURE_ROWS_FP32)
+def test_fp32_feature_rows_default_forward_does_not_spill(name, target, head_dim):
+    cls = attncc.compile(ROOT / "examples" / f"{name}.attn")
+    launches = [launch for launch in record_launches(cls, torch.float32, head_dim, backward=False) if launch.default]
+    assert [launch.kernel for launch in launches] == ["_attn_fwd"]
+    compiled = compile_launch(kernels_path(cls), launches[0], TARGETS[target])
+    constexprs = dict(compiled.launch.constexprs)
+    assert constexprs["ROW_CHUNK"] == (8 if head_dim <= 64 else 16) < constexprs["BLOCK_D"]
+    assert compiled.spills == 0 and not compiled.problems(), compiled.summary()
+
+
 def _example_names():
     return [p.stem for p in EXAMPLES]
 

@@ -16,7 +16,8 @@ from ..plan.select import Plan
 from .exprs import TorchExpr, brief, name_dots
 from .let import LetScope, let_expr
 from .triton import (Kernel, KernelExpr, emit_feature_fn, kernel_common_args, launch_common, launcher_head,
-                     load_rows, query_tile, row_feature, size_arg, sizes_used, tile_dots)
+                     load_rows, query_tile, row_feature, size_arg, sizes_used)
+from .rows import tile_dots
 from .triton_helpers import HELPERS
 from .writer import CodeWriter
 

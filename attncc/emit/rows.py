@@ -53,3 +53,89 @@ def tensor_descriptors(w: CodeWriter, dots: dict, with_do: bool = False, sides: 
     for var, ptr, rows, cols, block_rows, block_cols in descriptors:
         w.line(f"{var}_desc = tl.make_tensor_descriptor({ptr}, shape=[{rows}, {cols}], "
                f"strides=[stride_{var}m, 1], block_shape=[{block_rows}, {block_cols}])")
+
+
+# fp32 inputs: head columns per step of the score dots when a kernel forms feature-mapped key rows, by
+# the padded head dim's bound (up to 64: 32 x 32 tiles, 4 warps; beyond: 32 x 16, 8 warps). Measured on
+# grid_rpe, ripple, toeplitz_linear: 16 columns left 4 B of spills at d = 64 (ripple, sm_80), 8 at d = 128
+# (grid_rpe, sm_80), 32 spilled 28-64 B at d = 64 (sm_90); these leave none (docs/compile_gate.md)
+FMA_ROW_CHUNKS = ((64, 8), (None, 16))
+
+
+def chunked_rows(dots) -> bool:
+    """Whether the score dots read key rows through a feature map: such a kernel takes the constexpr
+    ROW_CHUNK, the head columns one step of its dots covers. BLOCK_D (half precision) keeps whole rows,
+    the query tile's held across the key tiles; fp32 inputs take FMA_ROW_CHUNKS: their dots run on FMA
+    units with operands in registers, and a [BLOCK_N, BLOCK_D] fp32 tile mapped in the loop spilled
+    420-876 B even at 32 x 32 tiles (docs/compile_gate.md). Each step reloads its query columns (a
+    BLOCK_N-th of the dot's work)."""
+    return any(row_feature(d.args[1]) is not None for d in dots)
+
+
+def row_chunk_line() -> str:
+    """The launcher line choosing ROW_CHUNK (see chunked_rows and FMA_ROW_CHUNKS)."""
+    (narrow_dim, narrow), (_, wide) = FMA_ROW_CHUNKS
+    return (f"row_chunk = BLOCK_D if q.element_size() <= 2 else min(BLOCK_D, {narrow} if BLOCK_D <= {narrow_dim} "
+            f"else {wide})  # fp32: the score dots in column steps")
+
+
+def row_var(side: str, t: TExpr, chunk: bool = False) -> str:
+    """The variable of a dot side's rows: q_relu, k_raw, ... (qc_relu: one chunk of columns)."""
+    return f"{side}{'c' if chunk else ''}_{row_feature(t) or 'raw'}"
+
+
+def query_rows(w: CodeWriter, dots: dict, tma: bool = False, chunked: bool = False) -> None:
+    """The query tile's rows, once per feature map the dots apply to them (tma: under USE_TMA the kernel
+    makes its descriptors and the raw rows come through one; chunked: only where ROW_CHUNK keeps whole
+    rows, the chunks load their own)."""
+    maps = dict.fromkeys(row_feature(d.args[0]) for d in dots)
+    raw_by_tma = tma and None in maps and not chunked
+    if tma:
+        with w.block(f"if USE_TMA:  {TMA_NOTE}"):
+            tensor_descriptors(w, dots)
+            if raw_by_tma:
+                w.line("q_raw = q_desc.load([pid_m * BLOCK_M, 0])")
+    if raw_by_tma:
+        with w.block("else:"):
+            load_rows(w, "q_raw", "Q", "offs_m", "Nq", "offs_d", "D")
+    if not chunked:
+        for fm in maps:
+            if not (raw_by_tma and fm is None):
+                load_rows(w, f"q_{fm or 'raw'}", "Q", "offs_m", "Nq", "offs_d", "D", feature=fm)
+        return
+    with w.block("if ROW_CHUNK == BLOCK_D:  # whole rows, held across the key tiles"):
+        for fm in maps:
+            load_rows(w, f"q_{fm or 'raw'}", "Q", "offs_m", "Nq", "offs_d", "D", feature=fm)
+
+
+def tile_dots(w: CodeWriter, dots: dict, limit: str | None = "N", tma: bool = False, chunked: bool = False) -> None:
+    """Inside a key-tile loop: load the tile's key rows (through each map used) and form every dot
+    (limit None: the tile's keys all lie below N; tma: a full tile's raw rows come through the
+    descriptor under USE_TMA; chunked: see chunked_rows)."""
+    if not chunked:
+        _whole_row_dots(w, dots, limit, tma)
+        return
+    with w.block("if ROW_CHUNK == BLOCK_D:"):
+        _whole_row_dots(w, dots, limit, tma)
+    with w.block("else:  # fp32: each dot summed over steps of ROW_CHUNK head columns"):
+        for name in dots.values():
+            w.line(f"{name} = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)")
+        with w.block("for c0 in tl.static_range(0, BLOCK_D, ROW_CHUNK):"):
+            w.line("offs_c = c0 + tl.arange(0, ROW_CHUNK)")
+            for side, ptr, offs, rows_limit, index in (("q", "Q", "offs_m", "Nq", 0), ("k", "K", "offs_n", limit, 1)):
+                for fm in dict.fromkeys(row_feature(d.args[index]) for d in dots):
+                    load_rows(w, f"{side}c_{fm or 'raw'}", ptr, offs, rows_limit, "offs_c", "D", feature=fm)
+            for d, name in dots.items():
+                w.line(f"{name} += tl.dot({row_var('q', d.args[0], True)}, tl.trans({row_var('k', d.args[1], True)}), "
+                       "input_precision=PRECISION)")
+
+
+def _whole_row_dots(w: CodeWriter, dots: dict, limit: str | None, tma: bool) -> None:
+    for fm in dict.fromkeys(row_feature(d.args[1]) for d in dots):
+        if tma and fm is None:
+            descriptor_rows(w, "k_raw", "K", "offs_d", "D")
+        else:
+            load_rows(w, f"k_{fm or 'raw'}", "K", "offs_n", limit, "offs_d", "D", feature=fm)
+    for d, name in dots.items():
+        w.line(f"{name} = tl.dot({row_var('q', d.args[0])}, tl.trans({row_var('k', d.args[1])}), "
+               "input_precision=PRECISION)")

@@ -28,7 +28,7 @@ from ..passes.quadratic import quadratic_form
 from ..plan.select import Plan
 from .exprs import TritonExpr, brief, division_helper, key, name_dots, shift_arg
 from .let import LetScope
-from .rows import TMA_NOTE, descriptor_rows, load_rows, row_feature, tensor_descriptors
+from .rows import chunked_rows, descriptor_rows, load_rows, query_rows, row_chunk_line, row_feature, tile_dots
 from .triton_helpers import HELPERS, helpers_of
 from .tiles import LAYOUT_ARGS, Stage, band_constexprs, band_launch, band_line, key_stages
 from .writer import CodeWriter
@@ -184,44 +184,17 @@ def program_prologue(w: CodeWriter, per_bh_only: bool = False, out: bool = True,
         w.line("offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)")
 
 
-def query_tile(w: CodeWriter, dots: dict, tma: bool = False) -> None:
-    """Kernel prologue, then the query tile's rows, once per feature map the dots apply to them.
-    tma: the kernel has a USE_TMA constexpr, under which it makes its tensor descriptors and the raw
-    query rows come through one."""
+def query_tile(w: CodeWriter, dots: dict, tma: bool = False, chunked: bool = False) -> None:
+    """Kernel prologue, then the query tile's rows (rows.query_rows)."""
     program_prologue(w)
     w.line("offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)")
-    maps = dict.fromkeys(row_feature(d.args[0]) for d in dots)
-    if tma:
-        with w.block(f"if USE_TMA:  {TMA_NOTE}"):
-            tensor_descriptors(w, dots)
-            if None in maps:
-                w.line("q_raw = q_desc.load([pid_m * BLOCK_M, 0])")
-        if None in maps:
-            with w.block("else:"):
-                load_rows(w, "q_raw", "Q", "offs_m", "Nq", "offs_d", "D")
-    for fm in maps:
-        if not (tma and fm is None):
-            load_rows(w, f"q_{fm or 'raw'}", "Q", "offs_m", "Nq", "offs_d", "D", feature=fm)
+    query_rows(w, dots, tma, chunked)
 
 
 def held_row_itemsize(dots) -> int | None:
     """Bytes an element of the q / k rows a kernel holds when not its inputs': 4 where a feature map
     keeps them in fp32 (load_rows), which the autotune candidates' row bytes must count; else None."""
     return 4 if any(row_feature(side) is not None for d in dots for side in d.args) else None
-
-
-def tile_dots(w: CodeWriter, dots: dict, limit: str | None = "N", tma: bool = False) -> None:
-    """Inside a key-tile loop: load the tile's key rows (through each map used) and form every dot
-    (limit None: the tile's keys all lie below N; tma: a full tile's raw rows come through the
-    descriptor under USE_TMA)."""
-    for fm in dict.fromkeys(row_feature(d.args[1]) for d in dots):
-        if tma and fm is None:
-            descriptor_rows(w, "k_raw", "K", "offs_d", "D")
-        else:
-            load_rows(w, f"k_{fm or 'raw'}", "K", "offs_n", limit, "offs_d", "D", feature=fm)
-    for d, name in dots.items():
-        qvar, kvar = (f"{x}_{row_feature(side) or 'raw'}" for x, side in zip("qk", d.args))
-        w.line(f"{name} = tl.dot({qvar}, tl.trans({kvar}), input_precision=PRECISION)")
 
 
 def emit_tiled_kernel(w: CodeWriter, graph: Graph, plan: Plan, kernel: Kernel) -> None:
@@ -235,16 +208,18 @@ def emit_tiled_kernel(w: CodeWriter, graph: Graph, plan: Plan, kernel: Kernel) -
     sparse = plan.entry.block_sparse or plan.entry.token_tiles  # tiles listed by a layout
     stats = norm.row_statistic  # a row statistic for the backward: logsumexp, or the denominator
     sink = att.attr("sink") is not None
+    chunked = chunked_rows(dots)
     extra = "".join(f"{a}, " for a in kernel.arg_names()) + (LAYOUT_ARGS if sparse else "") + \
         ("Stat, " if stats else "") + ("Sink, " if sink else "") + ("eps, " if norm.divides_by_row_sum else "")
     w.line("@triton.jit")
     with w.block(f"def _attn_fwd({kernel_common_args()}, {extra}sm_scale,"):
         w.line(f"{band_constexprs(plan)}BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, "
                "BLOCK_E: tl.constexpr,")
-        w.line(f"PRECISION: tl.constexpr, USE_TMA: tl.constexpr{', LAYOUT_EXACT: tl.constexpr' if sparse else ''}):")
+        w.line(f"PRECISION: tl.constexpr, USE_TMA: tl.constexpr{', LAYOUT_EXACT: tl.constexpr' if sparse else ''}"
+               f"{', ROW_CHUNK: tl.constexpr' if chunked else ''}):")
         w.line(f'"""{att.attr("normalize")} attention over tiles; '
                f'{norm.score_name} = {brief(scores)}; mask = {brief(mask) if mask else "none"}."""')
-        query_tile(w, dots, tma=True)
+        query_tile(w, dots, tma=True, chunked=chunked)
         w.lines_of(RUNNING_STATE)
         base2 = log2_scores(scores) if norm.online_softmax else None
         if base2 is not None:
@@ -252,11 +227,11 @@ def emit_tiled_kernel(w: CodeWriter, graph: Graph, plan: Plan, kernel: Kernel) -
         for stage in key_stages(w, plan):
             w.line(f"# {stage.note}")
             with w.block(stage.loop):
-                key_tile_weights(w, stage, dots, ex, scores, mask, base2, tma=True)
+                key_tile_weights(w, stage, dots, ex, scores, mask, base2, tma=True, chunked=chunked)
                 w.lines_of(ONLINE_SOFTMAX_UPDATE if norm.online_softmax else WEIGHTED_SUM_UPDATE)
         store_tiled_rows(w, norm, att.attr("eps"), base2 is not None, sink)
     w.line()
-    emit_tiled_launcher(w, plan, kernel, att.attr("eps"), norm, sink, held_row_itemsize(dots))
+    emit_tiled_launcher(w, plan, kernel, att.attr("eps"), norm, sink, held_row_itemsize(dots), chunked)
 
 
 LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e))
@@ -301,16 +276,17 @@ acc += tl.dot(p, v.to(tl.float32), input_precision=PRECISION)
 
 
 def key_tile_weights(w: CodeWriter, stage: Stage, dots: dict, ex: KernelExpr, scores: TExpr,
-                     mask: TExpr | None, base2: TExpr | None, tma: bool = False) -> None:
+                     mask: TExpr | None, base2: TExpr | None, tma: bool = False, chunked: bool = False) -> None:
     """Inside a key-tile loop: the tile's keys, its logits `s` (base 2 for softmax, -inf where masked)
     or weights `p` (0 where masked), and its value rows. Full tiles (stage.masked false) skip the mask
-    and, under USE_TMA (tma: the kernel has it), load their raw rows through the descriptors."""
+    and, under USE_TMA (tma: the kernel has it), load their raw rows through the descriptors (chunked:
+    rows.chunked_rows)."""
     if stage.start is not None:
         w.line(stage.start)
     w.line("offs_n = start_n + tl.arange(0, BLOCK_N)")
     limit = "N" if stage.masked else None  # full tiles lie inside N: unmasked row loads
     full_by_tma = tma and not stage.masked
-    tile_dots(w, dots, limit, tma=full_by_tma)
+    tile_dots(w, dots, limit, tma=full_by_tma, chunked=chunked)
     value = base2 if base2 is not None else scores
     element_mask = mask if stage.masked else None
     scope = LetScope(ex)
@@ -374,10 +350,10 @@ def store_tiled_rows(w: CodeWriter, norm: Normalizer, eps: float, base2: bool, s
 
 
 def emit_tiled_launcher(w: CodeWriter, plan: Plan, kernel: Kernel, eps: float, norm: Normalizer,
-                        sink: bool = False, row_itemsize: int | None = None) -> None:
+                        sink: bool = False, row_itemsize: int | None = None, chunked: bool = False) -> None:
     """`triton_forward`: `_attn_fwd` launched with the tiles autotune chose (block-sparse: the layout's tile).
     With a sink, its logits (sink_rows: given by the custom op, else evaluated here) travel as [B, H, Nq];
-    row_itemsize: see held_row_itemsize."""
+    row_itemsize: see held_row_itemsize; chunked: the kernel takes ROW_CHUNK (rows.chunked_rows)."""
     sparse, stats, token = plan.entry.block_sparse, norm.row_statistic, plan.entry.token_tiles
     if sink:
         w.lines_of(SINK_ROWS)
@@ -395,6 +371,8 @@ def emit_tiled_launcher(w: CodeWriter, plan: Plan, kernel: Kernel, eps: float, n
                    "# once per length")
         band_line(w, plan)
         w.line("use_tma = tma.usable(q, k, v)  # sm_90, a Triton with descriptors, 16-byte aligned strides")
+        if chunked:
+            w.line(row_chunk_line())
         vals = "".join(f"{v}, " for v in kernel.arg_values()) + ("*tiles.tensors(), " if sparse or token else "") + \
             ("stat, " if stats else "") + ("sink, " if sink else "") + (f"{eps!r}, " if norm.divides_by_row_sum else "")
         w.line()
@@ -407,7 +385,8 @@ def emit_tiled_launcher(w: CodeWriter, plan: Plan, kernel: Kernel, eps: float, n
             w.line("grid = (triton.cdiv(Nq, BLOCK_M), B * H)")
             w.line(f"_attn_fwd[grid]({launch_common()}, {vals}ctx.scale,")
             w.line(f"    {band_launch(plan)}BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_E=BLOCK_E,"
-                   f" PRECISION=precision, USE_TMA=use_tma,{' LAYOUT_EXACT=tiles.exact,' if sparse or token else ''}")
+                   f" PRECISION=precision, USE_TMA=use_tma,{' LAYOUT_EXACT=tiles.exact,' if sparse or token else ''}"
+                   f"{' ROW_CHUNK=row_chunk,' if chunked else ''}")
             w.line("    num_warps=num_warps, num_stages=num_stages)")
         w.line()
         tuned_launch(w, plan.entry.autotune_kind, ", tile=tiles.tile" if sparse else "", row_itemsize)
