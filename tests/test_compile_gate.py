@@ -16,6 +16,7 @@ import torch
 
 import attncc
 from attncc.cli import main
+from attncc.emit.triton_linear import FMA_VALUE_TILE, VALUE_TILE
 from attncc.plan import registry
 from attncc.runtime import autotune, tma
 from attncc.tools import gpu_compile
@@ -358,29 +359,33 @@ class _GlaRecorder:
 
 def gla_launches(tmp_path, dtype, head_dim: int):
     """(kernels file, launches) of the per-dimension gated kernels (attncc/emit/triton_gla.py) as the
-    direct launchers of tests/test_gla_triton.py make them: the forward with 32 value columns a program
-    (the linear kernels' VALUE_TILE for half inputs), the backward whole-width."""
+    direct launchers of tests/test_gla_triton.py make them: the forward with the linear kernels' value
+    columns a program (VALUE_TILE for half inputs, FMA_VALUE_TILE for fp32), the backward whole-width."""
     from .test_gla_triton import kernels_module, launch_backward, launch_forward
     module = kernels_module(tmp_path, "identity", "identity", "none")
     recorder = _GlaRecorder(module)
     q, k, v = (torch.randn(1, 2, 256, head_dim).to(dtype) for _ in range(3))
     gates, out = torch.zeros(1, 2, 256, head_dim), torch.empty_like(v)
-    launch_forward(recorder, q, k, v, gates, 1.0, 0.0, value_tile=32)
+    launch_forward(recorder, q, k, v, gates, 1.0, 0.0, value_tile=FMA_VALUE_TILE if dtype == torch.float32 else VALUE_TILE)
     recorder.backward = True
     launch_backward(recorder, q, k, v, gates, out, out, 1.0, 0.0)
     return module.__file__, recorder.launches
 
 
-GLA_FAST = [("sm_80", 128)]
+GLA_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+GLA_FAST = [("sm_80", 128, "bf16"), ("sm_90", 128, "fp32")]
 
 
-@pytest.mark.parametrize("target, head_dim", GLA_FAST + [pytest.param(t, d, marks=pytest.mark.slow)
-                                                         for t in TARGETS for d in HEAD_DIMS if (t, d) not in GLA_FAST])
-def test_gla_kernels_compile_and_the_forward_does_not_spill(tmp_path, target, head_dim):
-    """Measured (bf16, chunks of 16): `_gla_fwd` 228 / 166 registers on sm_80 (d = 128 / 64), 204 / 145 on
-    sm_90, no spills; the whole-width backward spills at d = 128 (dq 3.9 KB on sm_80, 0.7 KB on sm_90), as
+@pytest.mark.parametrize("target, head_dim, dtype", GLA_FAST + [
+    pytest.param(t, d, dt, marks=pytest.mark.slow) for t in TARGETS for d in HEAD_DIMS for dt in GLA_DTYPES
+    if (t, d, dt) not in GLA_FAST])
+def test_gla_kernels_compile_and_the_forward_does_not_spill(tmp_path, target, head_dim, dtype):
+    """Measured (chunks of 16), registers of `_gla_fwd` on sm_80 / sm_90 at d = 128 and 64, no spills:
+    bf16 (32 value columns, 4 warps) 228 / 204 and 166 / 145; fp32 (16 value columns, FMA dots, FMA_WARPS = 8)
+    224 / 224 and 128 / 128 (with 4 warps: 255 and 364 / 356 B of spills on sm_80 at d = 128, 436 / 448 B
+    on sm_90). The whole-width backward spills at d = 128 (bf16 dq 3.9 KB on sm_80, 0.7 KB on sm_90), as
     the gate allows for backward kernels (docs/compile_gate.md)."""
-    kernels_file, launches = gla_launches(tmp_path, torch.bfloat16, head_dim)
+    kernels_file, launches = gla_launches(tmp_path, GLA_DTYPES[dtype], head_dim)
     assert [launch.kernel for launch in launches] == ["_gla_fwd", "_gla_bwd_dq", "_gla_bwd_dkdv"]
     for launch in launches:
         compiled = compile_launch(kernels_file, launch, TARGETS[target])

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from attncc.emit.triton import emit_feature_fn
-from attncc.emit.triton_gla import GLA_BLOCK, emit_gla_dkdv_kernel, emit_gla_dq_kernel, emit_gla_forward_kernel
+from attncc.emit.triton_gla import FMA_WARPS, GLA_BLOCK, emit_gla_dkdv_kernel, emit_gla_dq_kernel, emit_gla_forward_kernel
 from attncc.emit.triton_linear import finish_rows
 from attncc.emit.writer import CodeWriter
 
@@ -46,13 +46,15 @@ def _blocks(q, v, value_tile=None):
 
 
 def launch_forward(kernels, q, k, v, G, mod: float, eps: float, value_tile: int = 16):
-    """out, as a launcher runs `_gla_fwd`: G [B, H, max(Nq, N), D] flattened to [B H, T, D] fp32."""
+    """out, as a launcher runs `_gla_fwd`: G [B, H, max(Nq, N), D] flattened to [B H, T, D] fp32, fp32 inputs
+    with FMA_WARPS warps."""
     B, H = q.shape[:2]
     out = torch.empty(*q.shape[:3], v.shape[3], dtype=q.dtype)
     g = G.float().reshape(B * H, *G.shape[2:]).contiguous()
     blocks = _blocks(q, v, value_tile)
     grid = (B * H, -(-v.shape[3] // blocks["BLOCK_E"]))
-    kernels._gla_fwd[grid](*_common(q, k, v, out), torch.full((B * H,), mod), g, eps, **blocks)
+    warps = 4 if q.element_size() <= 2 else FMA_WARPS
+    kernels._gla_fwd[grid](*_common(q, k, v, out), torch.full((B * H,), mod), g, eps, **blocks, num_warps=warps)
     return out
 
 

@@ -39,6 +39,8 @@ from .writer import CodeWriter
 
 _CONSTEXPRS = "BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr"
 GLA_BLOCK = 16  # tokens per chunk: the in-chunk weights cost BLOCK x D per token, one row at a time
+FMA_WARPS = 8  # fp32 inputs' forward: the FMA dot (phi(Q) o exp(G - R)) S reads whole [BLOCK, BLOCK_D] rows
+# and [BLOCK_D, BLOCK_E] columns from registers; with 4 warps it spilled at d = 128 (docs/compile_gate.md)
 
 
 def _dot(a: str, b: str) -> str:
@@ -230,8 +232,9 @@ def emit_gla_triton(w: CodeWriter, graph: Graph, plan: Plan) -> str:
         linear_scalars(w, plan)
         value_tile(w)
         _gate_rows(w)
+        w.line(f"warps = 4 if q.element_size() <= 2 else {FMA_WARPS}  # fp32: the state read phi(Q) S runs on FMA units")
         w.line(f"_gla_fwd[(B * H, value_blocks)]({launch_common()}, mod, g, {attention_node(graph).attr('eps')!r},")
-        w.line(f"    {_blocks('E_TILE')})")
+        w.line(f"    {_blocks('E_TILE')}, num_warps=warps)")
         w.line("return out")
     w.line()
     return f"chunked gated linear kernel, a gate per dimension (chunks of {GLA_BLOCK})"
