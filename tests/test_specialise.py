@@ -174,3 +174,40 @@ def test_toeplitz_table_gradients_are_summed_by_diagonals():
     for name in ("rpe", "col"):
         got, want = getattr(module, name).grad.double(), getattr(reference, name).grad
         assert (got - want).abs().max() < 1e-4 * want.abs().max().clamp(min=1), name
+
+
+class _Clones(torch.utils._python_dispatch.TorchDispatchMode):
+    """The aten copies (clone, copy_, _to_copy keeping the dtype) of the given tensors, seen by their
+    storage and shape (Triton's interpreter copies whole storages as bytes to run a kernel: not these)."""
+
+    def __init__(self, *tensors):
+        super().__init__()
+        self.seen, self.found = {(t.data_ptr(), tuple(t.shape)) for t in tensors}, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten.clone.default, torch.ops.aten.copy_.default, torch.ops.aten._to_copy.default):
+            sources = [a for a in args if isinstance(a, torch.Tensor)][-1:]
+            out = func(*args, **(kwargs or {}))
+            if sources and (sources[0].data_ptr(), tuple(sources[0].shape)) in self.seen and \
+                    out.dtype == sources[0].dtype:  # conversions aside
+                self.found.append(f"{func}: {tuple(sources[0].shape)}")
+            return out
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", ["causal", "mra2", "linear_elu_causal", "toeplitz_linear"])
+def test_launchers_read_strided_rows_without_copies(name):
+    """q, k, v as views of [B, N, H, D] tensors (the layout a projection gives): the launchers pass their
+    strides to the kernels, and no copy of them is made (MRA's launcher made q, k, v contiguous)."""
+    cls = attncc.compile(str(ROOT / "examples" / f"{name}.attn"))
+    module = make_module(cls, 2, 16, 16)
+    module.backend = "triton"
+    q, k, v, inputs = random_inputs(cls, 1, 2, 40, 40, 16, 16)
+    q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q.float(), k.float(), v.float()))
+    assert not q.is_contiguous()
+    with torch.no_grad(), _Clones(q, k, v) as clones:
+        out = module(q, k, v, **inputs)
+    assert not clones.found, clones.found
+    module.backend = "torch"
+    with torch.no_grad():
+        torch.testing.assert_close(out, module(q, k, v, **inputs), atol=1e-4, rtol=1e-4)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ..lang.approx_math import MRA_EPS
 from ..ir.graph import Graph, attention_of
+from .triton import LOG2E
 from .writer import CodeWriter
 
 
@@ -20,7 +21,7 @@ def mra_triton_block(graph: Graph) -> int | None:
 
 
 # MRA-2's kernel: the online softmax over the selected key blocks, its running state seeded (mode
-# `full`) with the low-resolution part of the unselected ones. Hole: {mode}.
+# `full`) with the low-resolution part of the unselected ones, in base 2 (exp2). Holes: {mode}, {log2e}.
 MRA_KERNEL = '''\
 @triton.jit
 def _mra_fwd(Q, K, V, Out, LowTop, LowNum, LowDen, RowPtr, Cols,
@@ -43,9 +44,10 @@ def _mra_fwd(Q, K, V, Out, LowTop, LowNum, LowDen, RowPtr, Cols,
     V += off_b * stride_vb + off_hk * stride_vh
     q = tl.load(Q + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
                 mask=(offs_m[:, None] < Nq) & (offs_d[None, :] < D), other=0.0)
+    qk_scale = sm_scale * {log2e}  # softmax in base 2: log2(e) folded into the scale
     if FULL:  # the running state starts as the unselected blocks' sums, relative to their max
         row = pid_bh * nq + pid_m
-        m_i = tl.full([BLOCK], 0.0, dtype=tl.float32) + tl.load(LowTop + row)
+        m_i = tl.full([BLOCK], 0.0, dtype=tl.float32) + tl.load(LowTop + row) * {log2e}  # base 2, as s
         l_i = tl.full([BLOCK], 0.0, dtype=tl.float32) + tl.load(LowDen + row)
         low = tl.load(LowNum + row * E + offs_e, mask=offs_e < E, other=0.0)
         acc = tl.zeros([BLOCK, BLOCK_E], dtype=tl.float32) + low[None, :]
@@ -60,12 +62,12 @@ def _mra_fwd(Q, K, V, Out, LowTop, LowNum, LowDen, RowPtr, Cols,
                     mask=(offs_n[:, None] < N) & (offs_d[None, :] < D), other=0.0)
         v = tl.load(V + offs_n[:, None] * stride_vn + offs_e[None, :] * stride_ve,
                     mask=(offs_n[:, None] < N) & (offs_e[None, :] < E), other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * sm_scale
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
         s = tl.where(offs_n[None, :] < N, s, float('-inf'))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float('-inf'), 0.0, m_new)
-        p = tl.exp(s - m_safe[:, None])
-        alpha = tl.exp(m_i - m_safe)
+        p = tl.math.exp2(s - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
@@ -87,7 +89,6 @@ def triton_forward(self, q, k, v, ctx, host):
     idx, low = ax.mra_selection(q, k, block=BLOCK, blocks_per_row={blocks_per_row}, first={first}, diagonal={diagonal})
     row_ptr, cols = ax.mra_csr(idx, nq, nk)
     low_top, low_num, low_den = ax.mra_low_part(low.float(), v.float(), idx, BLOCK)
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     out = torch.empty(B, H, Nq, E, device=q.device, dtype=q.dtype)
     BLOCK_D, BLOCK_E = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(E))
     precision = 'ieee' if q.dtype == torch.float32 else 'tf32'
@@ -103,7 +104,7 @@ def emit_mra_kernel(w: CodeWriter, graph: Graph) -> None:
     """The MRA-2 kernel and its `triton_forward` (the templates above, holes filled from the options)."""
     opts = graph.node(attention_of(graph)).attr("approx").options
     full = opts["mode"] == "full"
-    w.lines_of(MRA_KERNEL.format(mode="full" if full else "sparse"))
+    w.lines_of(MRA_KERNEL.format(mode="full" if full else "sparse", log2e=repr(LOG2E)))
     w.line()
     w.line()
     w.lines_of(MRA_LAUNCHER.format(block=opts["block"], blocks_per_row=opts["blocks_per_row"], first=opts["first"],
