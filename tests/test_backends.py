@@ -90,8 +90,9 @@ def test_per_head_modulation_and_decay(spec, lowering, backend, dtype):
 @pytest.mark.parametrize("name", ["grid_rpe", "ripple", "toeplitz_linear"])
 def test_fp32_feature_rows_dotted_in_column_steps(name):
     """fp32 inputs with feature-mapped key rows (emit/rows.py chunked_rows): the tiled kernel sums its score
-    dots over steps of ROW_CHUNK head columns; at d = 40 (BLOCK_D 64, 8 columns a step) there are eight
-    steps, the last one partial, and the output matches the reference (fp16 keeps whole rows)."""
+    dots over steps of ROW_CHUNK head columns; at d = 40 (BLOCK_D 64, 16 columns a step) there are four
+    steps, the third one partial and the fourth past D, and the output matches the reference (fp16 keeps
+    whole rows)."""
     cls = CLASSES[name]
     assert "for c0 in tl.static_range(0, BLOCK_D, ROW_CHUNK):" in cls.compilation.triton_source
     for dtype in (torch.float32, torch.float16):

@@ -55,17 +55,16 @@ def tensor_descriptors(w: CodeWriter, dots: dict, with_do: bool = False, sides: 
                f"strides=[stride_{var}m, 1], block_shape=[{block_rows}, {block_cols}])")
 
 
-# fp32 inputs: head columns per step of the score dots when a kernel forms feature-mapped key rows, by
-# the padded head dim's bound (up to 64: 32 x 32 tiles, 4 warps; beyond: 32 x 16, 8 warps). Measured on
-# grid_rpe, ripple, toeplitz_linear: 16 columns left 4 B of spills at d = 64 (ripple, sm_80), 8 at d = 128
-# (grid_rpe, sm_80), 32 spilled 28-64 B at d = 64 (sm_90); these leave none (docs/compile_gate.md)
-FMA_ROW_CHUNKS = ((64, 8), (None, 16))
+# fp32 inputs: head columns per step of the score dots when a kernel forms feature-mapped key rows: the
+# K of a dot (Triton 3.6 wants K >= 16; 8 columns compiled with 3.9 only). With the fp32 tiles of such
+# kernels (32 x 16, 8 warps) no step size measured on grid_rpe, ripple, toeplitz_linear spills at d = 64 or 128
+FMA_ROW_CHUNK = 16
 
 
 def chunked_rows(dots) -> bool:
     """Whether the score dots read key rows through a feature map: such a kernel takes the constexpr
     ROW_CHUNK, the head columns one step of its dots covers. BLOCK_D (half precision) keeps whole rows,
-    the query tile's held across the key tiles; fp32 inputs take FMA_ROW_CHUNKS: their dots run on FMA
+    the query tile's held across the key tiles; fp32 inputs take FMA_ROW_CHUNK: their dots run on FMA
     units with operands in registers, and a [BLOCK_N, BLOCK_D] fp32 tile mapped in the loop spilled
     420-876 B even at 32 x 32 tiles (docs/compile_gate.md). Each step reloads its query columns (a
     BLOCK_N-th of the dot's work)."""
@@ -73,10 +72,8 @@ def chunked_rows(dots) -> bool:
 
 
 def row_chunk_line() -> str:
-    """The launcher line choosing ROW_CHUNK (see chunked_rows and FMA_ROW_CHUNKS)."""
-    (narrow_dim, narrow), (_, wide) = FMA_ROW_CHUNKS
-    return (f"row_chunk = BLOCK_D if q.element_size() <= 2 else min(BLOCK_D, {narrow} if BLOCK_D <= {narrow_dim} "
-            f"else {wide})  # fp32: the score dots in column steps")
+    """The launcher line choosing ROW_CHUNK (see chunked_rows)."""
+    return f"row_chunk = BLOCK_D if q.element_size() <= 2 else min(BLOCK_D, {FMA_ROW_CHUNK})  # fp32: the score dots in column steps"
 
 
 def row_var(side: str, t: TExpr, chunk: bool = False) -> str:

@@ -24,7 +24,9 @@ NAME = "tiled"
 # hold its rows in fp32 needed 256-288 KB of shared memory with 4 stages); at d = 128 the default has
 # 8 warps (4 spilled 352 B with a bool input mask); nothing but 32 x 32 tiles for fp32 inputs, whose
 # dots run on FMA units, and 32 x 16 with 8 warps beyond 256-byte rows (fp32 at d = 128: 32 x 32 spilled
-# 1.1 KB on sm_90; mla's 128-wide prepared rows at d = 64 spilled 440 B with 4 warps on 32 x 16).
+# 1.1 KB on sm_90; mla's 128-wide prepared rows at d = 64 spilled 440 B with 4 warps on 32 x 16);
+# kernels whose feature maps form fp32 rows in the loop take 32 x 16 with 8 warps at d = 64 too (32 x 32
+# left 4-8 B of spills on sm_80 with the fp32 dots in 16-column steps, emit/rows.py chunked_rows).
 AUTOTUNE = (dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, max_row_bytes=128, half_only=True),
             dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=3, max_row_bytes=256, half_only=True),
             dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, max_row_bytes=256, half_only=True),
@@ -32,7 +34,7 @@ AUTOTUNE = (dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, max_row_byte
             dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, max_row_bytes=128, half_only=True),
             dict(BLOCK_M=128, BLOCK_N=32, num_warps=4, num_stages=4, max_row_bytes=128, half_only=True),
             dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=3, max_row_bytes=128, half_only=True),
-            dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=2, max_row_bytes=256),
+            dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=2, max_row_bytes=256, plain_rows=True),
             dict(BLOCK_M=32, BLOCK_N=16, num_warps=8, num_stages=2))
 # Triton's interpreter: small tiles (it runs them as numpy arrays); warps and stages mean nothing there
 INTERPRETER = dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=3)

@@ -7,7 +7,8 @@ lowering's name (its forward's `autotune_configs`) or that name + ":backward" (i
 that many bytes (the padded head dim, sizes D and E, times the element size of the rows the kernel
 holds: q's, or 4 where its feature maps keep rows in fp32): wider rows make it spill registers or
 overflow shared memory (docs/compile_gate.md); one with `half_only` is one only
-for fp16 / bf16 inputs (fp32 dots run on FMA units, which need far smaller tiles).
+for fp16 / bf16 inputs (fp32 dots run on FMA units, which need far smaller tiles); one with `plain_rows`
+only for kernels that hold their rows as loaded (no feature map: `row_itemsize` not given).
 
   - off CUDA (Triton's interpreter) or with ATTNCC_AUTOTUNE=0: the fixed default of `kind`;
   - on CUDA: the configuration cached under the key (spec hash, which names the attncc version;
@@ -45,15 +46,16 @@ def _declared(kind: str) -> tuple[tuple, dict | None]:
     return lowering.autotune_configs, lowering.interpreter_config
 
 
-FILTERS = ("max_row_bytes", "half_only")  # keys of a candidate that choose where it applies, not launch keywords
+FILTERS = ("max_row_bytes", "half_only", "plain_rows")  # keys of a candidate that choose where it applies, not launch keywords
 
 
-def configs(kind: str, row_bytes: int | None = None, half: bool = True) -> list[dict]:
+def configs(kind: str, row_bytes: int | None = None, half: bool = True, mapped: bool = False) -> list[dict]:
     """CUDA launch candidates of a kernel kind, its default first (attncc/lowerings/): those for head
-    rows of `row_bytes` bytes (every one when None) of half-precision inputs (or not), as launch keywords."""
+    rows of `row_bytes` bytes (every one when None) of half-precision inputs (or not), whose rows go
+    through a feature map in the kernel (mapped) or not, as launch keywords."""
     return [{k: v for k, v in c.items() if k not in FILTERS} for c in _declared(kind)[0]
             if (row_bytes is None or row_bytes <= c.get("max_row_bytes", row_bytes))
-            and (half or not c.get("half_only"))]
+            and (half or not c.get("half_only")) and not (mapped and c.get("plain_rows"))]
 
 
 def interpreter_config(kind: str) -> dict:
@@ -71,8 +73,8 @@ def row_bytes(sizes: dict, q, itemsize: int | None = None) -> int | None:
 
 def candidates(kind: str, q, sizes: dict, row_itemsize: int | None = None) -> list[dict]:
     """The CUDA candidates of `kind` for a launch on q with these sizes (rows of `row_itemsize` bytes
-    an element in the kernel, q's by default), its default first."""
-    return configs(kind, row_bytes(sizes, q, row_itemsize), q.element_size() <= 2)
+    an element in the kernel, given where feature maps keep them in fp32; q's by default), its default first."""
+    return configs(kind, row_bytes(sizes, q, row_itemsize), q.element_size() <= 2, mapped=row_itemsize is not None)
 
 
 def on_gpu(q) -> bool:
