@@ -4,8 +4,9 @@ The launches are recorded from the real launch path (the module's Triton forward
 tensors, every launch intercepted, every autotune candidate launched), then compiled by Triton for the
 target. A kernel fails the gate on a compile error, shared memory over the target's per-block limit,
 spills in a default forward configuration (candidate 0 of its autotune kind for the head rows, or a fixed launch),
-or a bf16 / fp16 tl.dot that misses the tensor cores. The default suite compiles a few examples' default
-configurations, one target each; --slow compiles every example, target, dtype, head dim and candidate.
+or a bf16 / fp16 tl.dot that misses the tensor cores. The default suite compiles every example's default
+forward launches at two slices (sm_90 bf16 d = 128, sm_80 fp32 d = 64) and a few examples' default
+configurations, forward and backward; --slow compiles every example, target, dtype, head dim and candidate.
 """
 from __future__ import annotations
 
@@ -157,6 +158,36 @@ def test_every_grouped_query_kernel_passes_the_gate(name, target):
     if cls.lowering_at(256) != cls.LOWERING:  # the lowering a 256-token call runs, as above
         cls = attncc.compile(ROOT / "examples" / f"{name}.attn", lowering=cls.lowering_at(256))
     grouped_gate(cls, target)
+
+
+def gated_classes(name: str) -> list:
+    """The compiled classes whose kernels an example launches at the recorder's 256 tokens: each map of a
+    composed spec, else the example (under the lowering its plan runs there, for plans that dispatch by length)."""
+    cls = attncc.compile(ROOT / "examples" / f"{name}.attn")
+    if getattr(cls, "MAPS", None):
+        return list(cls.MAPS.values())
+    lowering = cls.lowering_at(256)
+    return [cls if lowering == cls.LOWERING else attncc.compile(ROOT / "examples" / f"{name}.attn", lowering=lowering)]
+
+
+# the default suite's sweep: every example's default forward launches at two slices (half precision on the
+# tensor cores, fp32 on FMA units, where the spills were); about a minute each on two cores
+EVERY_EXAMPLE_FAST = [("sm_90", "bf16", 128), ("sm_80", "fp32", 64)]
+WITHOUT_KERNELS = {"lara", "ra", "vars"}  # their approximations run in torch (emit/triton_approx.py)
+
+
+@pytest.mark.parametrize("target, dtype, head_dim", EVERY_EXAMPLE_FAST)
+def test_every_example_default_forward_passes_the_gate(target, dtype, head_dim):
+    failures, launched = [], set()
+    for name in _example_names():
+        for cls in gated_classes(name):
+            for launch in record_launches(cls, DTYPES[dtype], head_dim, backward=False):
+                if launch.default:
+                    launched.add(name)
+                    c = compile_launch(kernels_path(cls), launch, TARGETS[target])
+                    failures += [f"{name}: {c.summary()}: {p}" for p in c.problems()]
+    assert not failures, "\n".join(failures)
+    assert launched == set(_example_names()) - WITHOUT_KERNELS, set(_example_names()) - WITHOUT_KERNELS - launched
 
 
 @pytest.mark.slow
