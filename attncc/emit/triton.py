@@ -9,7 +9,8 @@ Skeletons:
   fft, fft2, graph, rings   the transforms in torch, the contraction (and ring box reads) in Triton:
                   see triton_structured.py.
 Holes: the score/weight and mask expressions over tiles (i = offs_m[:, None], j = offs_n[None, :],
-h = off_h, hk = off_hk), feature maps, table loads (indices clamped into range). Declared sizes and
+h = off_h, hk = off_hk), feature maps (fp32 mapped rows dotted in steps of ROW_CHUNK columns, see
+rows.chunked_rows), table loads (indices clamped into range). Declared sizes and
 band bounds are `tl.constexpr` (fixed per module and size), so loop bounds and divisions by them fold.
 Grouped-query attention: k and v have Hkv = H // GROUP heads (GROUP a constexpr, 1 folding away);
 query head off_h reads key/value head off_hk = off_h // GROUP, with no expanded copy.
