@@ -360,6 +360,22 @@ def test_fp32_feature_rows_are_counted_in_the_candidates_row_bytes():
     assert "row_itemsize" not in attncc.compile(ROOT / "examples" / "softmax.attn").compilation.triton_source
 
 
+def test_mapped_rows_and_pair_lookups_filter_the_candidates():
+    """Kernels whose feature maps form fp32 rows in the loop are not offered the fp32 32 x 32 tile (it kept
+    4-8 B of spills), and kernels that gather a table per (i, j) pair (t5_bias's bias table, softmax_masked's
+    input mask) not the largest tiles (176-246 KB of shared memory, 0.2-23 KB of spills)."""
+    assert autotune.configs("tiled", 256, half=False, mapped=True) == [
+        dict(BLOCK_M=32, BLOCK_N=16, num_warps=8, num_stages=2)]
+    tiles = {(c["BLOCK_M"], c["BLOCK_N"], c["num_stages"]) for c in autotune.configs("tiled", 128)}
+    kept = {(c["BLOCK_M"], c["BLOCK_N"], c["num_stages"]) for c in autotune.configs("tiled", 128, pairs=True)}
+    assert tiles - kept == {(128, 128, 3), (64, 128, 3), (128, 32, 4), (128, 64, 3)}
+    t5_bias = attncc.compile(ROOT / "examples" / "t5_bias.attn")
+    assert "pair_lookups=True" in t5_bias.compilation.triton_source
+    assert "pair_lookups" not in attncc.compile(ROOT / "examples" / "alibi.attn").compilation.triton_source
+    forward = [launch.config for launch in record_launches(t5_bias, torch.bfloat16, 64, backward=False)]
+    assert forward == [{**c, "BLOCK_D": 64, "BLOCK_E": 64} for c in autotune.configs("tiled", 128, pairs=True)]
+
+
 def test_inspect_prints_resources_and_ptx(capsys):
     """hypercube at sm_80, fp16, d = 64: every kernel and candidate passes the gate; then the PTX."""
     spec = str(ROOT / "examples" / "hypercube.attn")

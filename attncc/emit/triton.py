@@ -78,6 +78,14 @@ def size_arg(name: str) -> str:
     return name if name in RUNTIME_SIZES else "S_" + name
 
 
+def pair_lookup(e: TExpr) -> bool:
+    """Whether e is a table lookup whose index reads both token indices (a relative-position table, an
+    input mask): a [BLOCK_M, BLOCK_N] gather per tile, which the largest tiles spill or overflow with."""
+    if e.op not in ("param", "input"):
+        return False
+    return {"i", "j"} <= {x.value for a in e.args for x in a.walk() if x.op == "var"}
+
+
 class Kernel:
     """Shared pieces of every kernel: table/size arguments and their launcher values."""
 
@@ -88,6 +96,7 @@ class Kernel:
                                                       for t in exprs if t is not None for e in t.walk())]
         self.param_dims = param_dims
         self.helpers = sorted({h for t in exprs if t is not None for h in helpers_of(t)})
+        self.pair_lookups = any(pair_lookup(e) for t in exprs if t is not None for e in t.walk())
 
     def arg_names(self) -> list[str]:
         names = []
@@ -390,7 +399,8 @@ def emit_tiled_launcher(w: CodeWriter, plan: Plan, kernel: Kernel, eps: float, n
                    f"{' ROW_CHUNK=row_chunk,' if chunked else ''}")
             w.line("    num_warps=num_warps, num_stages=num_stages)")
         w.line()
-        tuned_launch(w, plan.entry.autotune_kind, ", tile=tiles.tile" if sparse else "", row_itemsize)
+        tuned_launch(w, plan.entry.autotune_kind, ", tile=tiles.tile" if sparse else "", row_itemsize,
+                     kernel.pair_lookups)
 
 
 SINK_ROWS = """\
@@ -418,16 +428,18 @@ def launcher_head(w: CodeWriter, allocate_out: bool = True, fixed_blocks: bool =
     w.line("precision = 'ieee' if q.dtype == torch.float32 else 'tf32'")
 
 
-def tuned_launch(w: CodeWriter, kind: str, extra_sizes: str = "", row_itemsize: int | None = None) -> None:
+def tuned_launch(w: CodeWriter, kind: str, extra_sizes: str = "", row_itemsize: int | None = None,
+                 pair_lookups: bool = False) -> None:
     """Launch with the configuration autotune chose for these sizes (tuned once per key on CUDA)."""
     w.line(f"sizes = dict(BH=B * H, Nq=Nq, N=N, D=BLOCK_D, E=BLOCK_E{extra_sizes})")
-    w.line(f"launch(**{autotune_call(kind, row_itemsize)})")
+    w.line(f"launch(**{autotune_call(kind, row_itemsize, pair_lookups)})")
     w.line("return out")
 
 
-def autotune_call(kind: str, row_itemsize: int | None) -> str:
-    """The launcher's call for its configuration; rows the kernel keeps in fp32 are counted as such."""
-    held = f", row_itemsize={row_itemsize}" if row_itemsize else ""
+def autotune_call(kind: str, row_itemsize: int | None, pair_lookups: bool = False) -> str:
+    """The launcher's call for its configuration; rows the kernel keeps in fp32 are counted as such, and
+    a kernel that gathers a table per pair (Kernel.pair_lookups) says so."""
+    held = (f", row_itemsize={row_itemsize}" if row_itemsize else "") + (", pair_lookups=True" if pair_lookups else "")
     return f"autotune.best(SPEC_HASH, {kind!r}, q, sizes, launch{held})"
 
 

@@ -26,14 +26,18 @@ NAME = "tiled"
 # dots run on FMA units, and 32 x 16 with 8 warps beyond 256-byte rows (fp32 at d = 128: 32 x 32 spilled
 # 1.1 KB on sm_90; mla's 128-wide prepared rows at d = 64 spilled 440 B with 4 warps on 32 x 16);
 # kernels whose feature maps form fp32 rows in the loop take 32 x 16 with 8 warps at d = 64 too (32 x 32
-# left 4-8 B of spills on sm_80 with the fp32 dots in 16-column steps, emit/rows.py chunked_rows).
+# left 4-8 B of spills on sm_80 with the fp32 dots in 16-column steps, emit/rows.py chunked_rows); kernels
+# that gather a table per (i, j) pair (relative-position tables, input masks: emit/triton.py pair_lookup)
+# keep to 64-row tiles and 128 x 64 with 4 stages: 128 x 128 needed 176-246 KB of shared memory (t5_bias,
+# rpe_performer, bf16, d = 64), and 128 x 128, 64 x 128, 128 x 32 and (at d = 128) 128 x 64 with 3 stages
+# spilled 0.2-23 KB (softmax_masked's bool mask tile) or 32 B-1.3 KB (t5_bias's bias table).
 AUTOTUNE = (dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, max_row_bytes=128, half_only=True),
             dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=3, max_row_bytes=256, half_only=True),
-            dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, max_row_bytes=256, half_only=True),
+            dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, max_row_bytes=256, half_only=True, plain_pairs=True),
             dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=4, max_row_bytes=128, half_only=True),
-            dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, max_row_bytes=128, half_only=True),
-            dict(BLOCK_M=128, BLOCK_N=32, num_warps=4, num_stages=4, max_row_bytes=128, half_only=True),
-            dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=3, max_row_bytes=128, half_only=True),
+            dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, max_row_bytes=128, half_only=True, plain_pairs=True),
+            dict(BLOCK_M=128, BLOCK_N=32, num_warps=4, num_stages=4, max_row_bytes=128, half_only=True, plain_pairs=True),
+            dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=3, max_row_bytes=128, half_only=True, plain_pairs=True),
             dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=2, max_row_bytes=256, plain_rows=True),
             dict(BLOCK_M=32, BLOCK_N=16, num_warps=8, num_stages=2))
 # Triton's interpreter: small tiles (it runs them as numpy arrays); warps and stages mean nothing there

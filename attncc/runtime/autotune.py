@@ -8,7 +8,8 @@ that many bytes (the padded head dim, sizes D and E, times the element size of t
 holds: q's, or 4 where its feature maps keep rows in fp32): wider rows make it spill registers or
 overflow shared memory (docs/compile_gate.md); one with `half_only` is one only
 for fp16 / bf16 inputs (fp32 dots run on FMA units, which need far smaller tiles); one with `plain_rows`
-only for kernels that hold their rows as loaded (no feature map: `row_itemsize` not given).
+only for kernels that hold their rows as loaded (no feature map: `row_itemsize` not given); one with
+`plain_pairs` only for kernels that gather no table per (query, key) pair (`pair_lookups` false).
 
   - off CUDA (Triton's interpreter) or with ATTNCC_AUTOTUNE=0: the fixed default of `kind`;
   - on CUDA: the configuration cached under the key (spec hash, which names the attncc version;
@@ -46,16 +47,19 @@ def _declared(kind: str) -> tuple[tuple, dict | None]:
     return lowering.autotune_configs, lowering.interpreter_config
 
 
-FILTERS = ("max_row_bytes", "half_only", "plain_rows")  # keys of a candidate that choose where it applies, not launch keywords
+FILTERS = ("max_row_bytes", "half_only", "plain_rows", "plain_pairs")  # keys of a candidate that choose where it applies, not launch keywords
 
 
-def configs(kind: str, row_bytes: int | None = None, half: bool = True, mapped: bool = False) -> list[dict]:
+def configs(kind: str, row_bytes: int | None = None, half: bool = True, mapped: bool = False,
+            pairs: bool = False) -> list[dict]:
     """CUDA launch candidates of a kernel kind, its default first (attncc/lowerings/): those for head
     rows of `row_bytes` bytes (every one when None) of half-precision inputs (or not), whose rows go
-    through a feature map in the kernel (mapped) or not, as launch keywords."""
+    through a feature map in the kernel (mapped) or not, which gathers a table per pair (pairs) or
+    not, as launch keywords."""
     return [{k: v for k, v in c.items() if k not in FILTERS} for c in _declared(kind)[0]
             if (row_bytes is None or row_bytes <= c.get("max_row_bytes", row_bytes))
-            and (half or not c.get("half_only")) and not (mapped and c.get("plain_rows"))]
+            and (half or not c.get("half_only")) and not (mapped and c.get("plain_rows"))
+            and not (pairs and c.get("plain_pairs"))]
 
 
 def interpreter_config(kind: str) -> dict:
@@ -71,10 +75,12 @@ def row_bytes(sizes: dict, q, itemsize: int | None = None) -> int | None:
     return max(dims) * (itemsize or q.element_size()) if dims else None
 
 
-def candidates(kind: str, q, sizes: dict, row_itemsize: int | None = None) -> list[dict]:
+def candidates(kind: str, q, sizes: dict, row_itemsize: int | None = None, pair_lookups: bool = False) -> list[dict]:
     """The CUDA candidates of `kind` for a launch on q with these sizes (rows of `row_itemsize` bytes
-    an element in the kernel, given where feature maps keep them in fp32; q's by default), its default first."""
-    return configs(kind, row_bytes(sizes, q, row_itemsize), q.element_size() <= 2, mapped=row_itemsize is not None)
+    an element in the kernel, given where feature maps keep them in fp32; q's by default; pair_lookups: the
+    kernel gathers a table per pair), its default first."""
+    return configs(kind, row_bytes(sizes, q, row_itemsize), q.element_size() <= 2, mapped=row_itemsize is not None,
+                   pairs=pair_lookups)
 
 
 def on_gpu(q) -> bool:
@@ -145,10 +151,11 @@ class Tuner:
                 "dtype": str(dtype).removeprefix("torch."), **self.environment(device)}
 
     def best(self, spec_hash: str, kind: str, q, sizes: dict, launch: Callable[..., None],
-             row_itemsize: int | None = None) -> dict:
+             row_itemsize: int | None = None, pair_lookups: bool = False) -> dict:
         """The configuration to launch `kind` with for these inputs (tuned once per key on CUDA);
-        row_itemsize: bytes an element of the rows the kernel holds, when not q's (fp32 feature rows)."""
-        offered = candidates(kind, q, sizes, row_itemsize)
+        row_itemsize: bytes an element of the rows the kernel holds, when not q's (fp32 feature rows);
+        pair_lookups: the kernel gathers a table per (query, key) pair."""
+        offered = candidates(kind, q, sizes, row_itemsize, pair_lookups)
         if not q.is_cuda or os.environ.get("ATTNCC_AUTOTUNE", "1") == "0":
             return interpreter_config(kind) if not q.is_cuda else offered[0]
         key = self.key(spec_hash, kind, sizes, q.dtype, q.device)
@@ -209,6 +216,6 @@ def tuning_with(tuner: Tuner):
 
 
 def best(spec_hash: str, kind: str, q, sizes: dict, launch: Callable[..., None],
-         row_itemsize: int | None = None) -> dict:
+         row_itemsize: int | None = None, pair_lookups: bool = False) -> dict:
     """The process-wide tuner's choice (see Tuner.best)."""
-    return TUNER.best(spec_hash, kind, q, sizes, launch, row_itemsize)
+    return TUNER.best(spec_hash, kind, q, sizes, launch, row_itemsize, pair_lookups)

@@ -150,8 +150,8 @@ class _Sweep(Tuner):
         self.current: tuple = (None, None)
         self.backward = False  # set while the backward pass runs
 
-    def best(self, spec_hash, kind, q, sizes, launch, row_itemsize=None):
-        candidates = autotune.candidates(kind, q, sizes, row_itemsize)
+    def best(self, spec_hash, kind, q, sizes, launch, row_itemsize=None, pair_lookups=False):
+        candidates = autotune.candidates(kind, q, sizes, row_itemsize, pair_lookups)
         for index, config in enumerate(candidates):
             self.current = (kind, index)
             launch(**config)
