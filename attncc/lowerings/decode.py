@@ -26,11 +26,16 @@ from ..plan.registry import Lowering, register
 from . import tiled
 
 NAME = "decode"
-# CUDA launch candidates of the split kernel (its query tile is fixed at DECODE_BLOCK_M rows), the default first
-AUTOTUNE = (dict(BLOCK_N=64, num_warps=4, num_stages=3),
-            dict(BLOCK_N=128, num_warps=4, num_stages=2),
-            dict(BLOCK_N=32, num_warps=2, num_stages=4),
-            dict(BLOCK_N=64, num_warps=2, num_stages=3))
+# CUDA launch candidates of the split kernel (its query tile is fixed at DECODE_BLOCK_M rows), the default first.
+# fp32 inputs (FMA dots) take 64-key tiles with 2 stages, or 16: at d = 128 the half-precision tiles spilled
+# 208 B (64 keys, 3 stages, the old fp32 default, sm_80) to 37 KB (128 keys), and 32 keys 0.8-2.2 KB on sm_90
+# (docs/compile_gate.md); the two fp32 tiles compile without spills in half precision too.
+AUTOTUNE = (dict(BLOCK_N=64, num_warps=4, num_stages=3, half_only=True),
+            dict(BLOCK_N=128, num_warps=4, num_stages=2, half_only=True),
+            dict(BLOCK_N=32, num_warps=2, num_stages=4, half_only=True),
+            dict(BLOCK_N=64, num_warps=2, num_stages=3, half_only=True),
+            dict(BLOCK_N=64, num_warps=4, num_stages=2),
+            dict(BLOCK_N=16, num_warps=4, num_stages=2))
 INTERPRETER = dict(BLOCK_N=16, num_warps=4, num_stages=3)
 
 
