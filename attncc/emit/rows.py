@@ -3,6 +3,8 @@ optionally through a feature map) and, under the kernels' USE_TMA constexpr (sm_
 launchers through attncc/runtime/tma.py), loads through device-side tensor descriptors."""
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 from ..lang.expr import TExpr
 from ..lang.features import FEATURE_MAPS
 from .writer import CodeWriter
@@ -76,9 +78,14 @@ def row_chunk_line() -> str:
     return f"row_chunk = BLOCK_D if q.element_size() <= 2 else min(BLOCK_D, {FMA_ROW_CHUNK})  # fp32: the score dots in column steps"
 
 
-def row_var(side: str, t: TExpr, chunk: bool = False) -> str:
-    """The variable of a dot side's rows: q_relu, k_raw, ... (qc_relu: one chunk of columns)."""
-    return f"{side}{'c' if chunk else ''}_{row_feature(t) or 'raw'}"
+def row_var(side: str, fm: str | None, chunk: bool = False) -> str:
+    """The variable of a dot side's rows under feature map fm: q_relu, k_raw, ... (qc_relu: one chunk of columns)."""
+    return f"{side}{'c' if chunk else ''}_{fm or 'raw'}"
+
+
+def _whole_rows(w: CodeWriter, chunked: bool, note: str = ""):
+    """The block of a chunked kernel's whole-row code (ROW_CHUNK == BLOCK_D: half precision); none otherwise."""
+    return w.block(f"if ROW_CHUNK == BLOCK_D:{note}") if chunked else nullcontext()
 
 
 def query_rows(w: CodeWriter, dots: dict, tma: bool = False, chunked: bool = False) -> None:
@@ -95,25 +102,26 @@ def query_rows(w: CodeWriter, dots: dict, tma: bool = False, chunked: bool = Fal
     if raw_by_tma:
         with w.block("else:"):
             load_rows(w, "q_raw", "Q", "offs_m", "Nq", "offs_d", "D")
-    if not chunked:
+    with _whole_rows(w, chunked, "  # whole rows, held across the key tiles"):
         for fm in maps:
             if not (raw_by_tma and fm is None):
-                load_rows(w, f"q_{fm or 'raw'}", "Q", "offs_m", "Nq", "offs_d", "D", feature=fm)
-        return
-    with w.block("if ROW_CHUNK == BLOCK_D:  # whole rows, held across the key tiles"):
-        for fm in maps:
-            load_rows(w, f"q_{fm or 'raw'}", "Q", "offs_m", "Nq", "offs_d", "D", feature=fm)
+                load_rows(w, row_var("q", fm), "Q", "offs_m", "Nq", "offs_d", "D", feature=fm)
 
 
 def tile_dots(w: CodeWriter, dots: dict, limit: str | None = "N", tma: bool = False, chunked: bool = False) -> None:
     """Inside a key-tile loop: load the tile's key rows (through each map used) and form every dot
     (limit None: the tile's keys all lie below N; tma: a full tile's raw rows come through the
     descriptor under USE_TMA; chunked: see chunked_rows)."""
+    with _whole_rows(w, chunked):
+        for fm in dict.fromkeys(row_feature(d.args[1]) for d in dots):
+            if tma and fm is None:
+                descriptor_rows(w, "k_raw", "K", "offs_d", "D")
+            else:
+                load_rows(w, row_var("k", fm), "K", "offs_n", limit, "offs_d", "D", feature=fm)
+        for d, name in dots.items():
+            w.line(f"{name} = {_row_dot(d)}")
     if not chunked:
-        _whole_row_dots(w, dots, limit, tma)
         return
-    with w.block("if ROW_CHUNK == BLOCK_D:"):
-        _whole_row_dots(w, dots, limit, tma)
     with w.block("else:  # fp32: each dot summed over steps of ROW_CHUNK head columns"):
         for name in dots.values():
             w.line(f"{name} = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)")
@@ -121,18 +129,12 @@ def tile_dots(w: CodeWriter, dots: dict, limit: str | None = "N", tma: bool = Fa
             w.line("offs_c = c0 + tl.arange(0, ROW_CHUNK)")
             for side, ptr, offs, rows_limit, index in (("q", "Q", "offs_m", "Nq", 0), ("k", "K", "offs_n", limit, 1)):
                 for fm in dict.fromkeys(row_feature(d.args[index]) for d in dots):
-                    load_rows(w, f"{side}c_{fm or 'raw'}", ptr, offs, rows_limit, "offs_c", "D", feature=fm)
+                    load_rows(w, row_var(side, fm, True), ptr, offs, rows_limit, "offs_c", "D", feature=fm)
             for d, name in dots.items():
-                w.line(f"{name} += tl.dot({row_var('q', d.args[0], True)}, tl.trans({row_var('k', d.args[1], True)}), "
-                       "input_precision=PRECISION)")
+                w.line(f"{name} += {_row_dot(d, chunk=True)}")
 
 
-def _whole_row_dots(w: CodeWriter, dots: dict, limit: str | None, tma: bool) -> None:
-    for fm in dict.fromkeys(row_feature(d.args[1]) for d in dots):
-        if tma and fm is None:
-            descriptor_rows(w, "k_raw", "K", "offs_d", "D")
-        else:
-            load_rows(w, f"k_{fm or 'raw'}", "K", "offs_n", limit, "offs_d", "D", feature=fm)
-    for d, name in dots.items():
-        w.line(f"{name} = tl.dot({row_var('q', d.args[0])}, tl.trans({row_var('k', d.args[1])}), "
-               "input_precision=PRECISION)")
+def _row_dot(d: TExpr, chunk: bool = False) -> str:
+    """tl.dot of a dot's query and key rows (a chunk of their columns)."""
+    q, k = (row_var(side, row_feature(t), chunk) for side, t in zip("qk", d.args))
+    return f"tl.dot({q}, tl.trans({k}), input_precision=PRECISION)"
